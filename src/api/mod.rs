@@ -1,0 +1,443 @@
+//! HTTP adapters over [`crate::keys`]: verification (`POST /v1/verify`) and the admin
+//! API (`/v1/admin/...`). The admin API is served on the Unix socket, where the peer's
+//! Unix account (SO_PEERCRED) says who is asking, and on TCP to bearers of a key that
+//! holds the `apikeyd:admin` scope. Handlers are thin: parse, call, render.
+
+pub mod peer;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::config::ADMIN_SCOPE;
+use crate::keys::model::{rfc3339, Code};
+use crate::keys::{headers, Actor, CreateKey, EditKey, KeyError, Keys};
+
+/// Shared state of every router.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    /// The key service.
+    pub keys: Arc<Keys>,
+}
+
+/// An error answered as `{"error": {"code", "message"}}`.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    /// A 400 with a message.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            code: "bad_request",
+            message: message.into(),
+        }
+    }
+}
+
+impl From<KeyError> for ApiError {
+    fn from(e: KeyError) -> Self {
+        let (status, code) = match &e {
+            KeyError::Invalid { .. } => (StatusCode::BAD_REQUEST, "invalid"),
+            KeyError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            KeyError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            KeyError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            KeyError::Store(_) | KeyError::Internal(_) => {
+                tracing::error!(error = %e, "request failed");
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal")
+            }
+        };
+        Self {
+            status,
+            code,
+            message: e.to_string(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(json!({"error": {"code": self.code, "message": self.message}})),
+        )
+            .into_response()
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+fn parse_body<T: serde::de::DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> ApiResult<T> {
+    let bytes = body.map_err(|e| ApiError {
+        status: e.status(),
+        code: "bad_body",
+        message: format!("cannot read the request body: {}", e.body_text()),
+    })?;
+    serde_json::from_slice(&bytes).map_err(|e| ApiError::bad_request(format!("malformed JSON request: {e}")))
+}
+
+// ---------------------------------------------------------------- verify
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VerifyRequest {
+    key: String,
+    #[serde(default)]
+    scope: Option<String>,
+    #[serde(default)]
+    ip: Option<String>,
+}
+
+/// The `/v1/verify` answer.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct VerifyResponse {
+    /// True only for `VALID`.
+    pub valid: bool,
+    /// The code.
+    pub code: Code,
+    /// Key id (known keys only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// Key name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Owner.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    /// Scopes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scopes: Option<Vec<String>>,
+    /// Hard expiry (null = never).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Option<String>>,
+    /// Effective expiry (hard or inactivity).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub effective_expires_at: Option<Option<String>>,
+    /// Response headers with templates filled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headers: Option<serde_json::Map<String, Value>>,
+}
+
+/// Verify one key and build the answer.
+pub fn verify_response(keys: &Keys, key: &str, scope: Option<&str>, ip: Option<IpAddr>) -> VerifyResponse {
+    let v = keys.verify(key, scope, ip);
+    let mut out = VerifyResponse {
+        valid: v.code == Code::Valid,
+        code: v.code,
+        id: None,
+        name: None,
+        owner: None,
+        scopes: None,
+        expires_at: None,
+        effective_expires_at: None,
+        headers: None,
+    };
+    if let Some(live) = v.key {
+        let rec = &live.rec;
+        let policy = keys.settings().policy.clone();
+        let last_used = live.usage.last_used().max(rec.last_used_at);
+        let id = rec.id.to_string();
+        let expires = rec.expires_at.map(rfc3339);
+        let values = headers::Values {
+            id: &id,
+            name: &rec.name,
+            owner: &rec.owner,
+            expires_at: expires.as_deref().unwrap_or(""),
+        };
+        out.headers = Some(
+            rec.headers
+                .iter()
+                .map(|h| (h.name.clone(), Value::String(h.render(&values))))
+                .collect(),
+        );
+        out.effective_expires_at = Some(rec.effective_expiry(&policy, last_used).map(|(t, _)| rfc3339(t)));
+        out.id = Some(id);
+        out.name = Some(rec.name.clone());
+        out.owner = Some(rec.owner.clone());
+        out.scopes = Some(rec.scopes.clone());
+        out.expires_at = Some(expires);
+    }
+    out
+}
+
+async fn verify(State(st): State<AppState>, body: Result<Bytes, BytesRejection>) -> ApiResult<Json<VerifyResponse>> {
+    let req: VerifyRequest = parse_body(body)?;
+    let ip = match req.ip.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+        Some(s) => Some(
+            s.parse::<IpAddr>()
+                .map_err(|_| ApiError::bad_request(format!("ip: {s:?} is not an IP address")))?,
+        ),
+        None => None,
+    };
+    Ok(Json(verify_response(&st.keys, &req.key, req.scope.as_deref(), ip)))
+}
+
+async fn healthz(State(st): State<AppState>) -> Json<Value> {
+    Json(json!({"status": "ok", "keys": st.keys.len()}))
+}
+
+// ---------------------------------------------------------------- admin
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    #[serde(default)]
+    user: Option<String>,
+    #[serde(default)]
+    all: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditQuery {
+    #[serde(default)]
+    key: Option<String>,
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RotateRequest {
+    #[serde(default)]
+    grace: Option<String>,
+}
+
+async fn whoami(Extension(actor): Extension<Actor>) -> Json<Value> {
+    Json(json!({"user": actor.name, "admin": actor.admin}))
+}
+
+async fn list_keys(
+    State(st): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Query(q): Query<ListQuery>,
+) -> ApiResult<Json<Value>> {
+    let list = st.keys.list(&actor, q.user.as_deref(), q.all.unwrap_or(false))?;
+    Ok(Json(json!({ "keys": list })))
+}
+
+async fn create_key(
+    State(st): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    let req: CreateKey = parse_body(body)?;
+    let issued = st.keys.create(&actor, req).await?;
+    Ok((StatusCode::CREATED, Json(issued)).into_response())
+}
+
+async fn import_key(
+    State(st): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    let req: CreateKey = parse_body(body)?;
+    let view = st.keys.import(&actor, req).await?;
+    Ok((StatusCode::CREATED, Json(view)).into_response())
+}
+
+async fn show_key(
+    State(st): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    Ok(Json(st.keys.show(&actor, &id)?).into_response())
+}
+
+async fn edit_key(
+    State(st): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    let req: EditKey = parse_body(body)?;
+    Ok(Json(st.keys.edit(&actor, &id, req).await?).into_response())
+}
+
+async fn remove_key(
+    State(st): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    Ok(Json(st.keys.remove(&actor, &id).await?).into_response())
+}
+
+async fn disable_key(
+    State(st): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    Ok(Json(st.keys.set_enabled(&actor, &id, false).await?).into_response())
+}
+
+async fn enable_key(
+    State(st): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    Ok(Json(st.keys.set_enabled(&actor, &id, true).await?).into_response())
+}
+
+async fn rotate_key(
+    State(st): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    let bytes_empty = matches!(&body, Ok(b) if b.is_empty());
+    let req: RotateRequest = if bytes_empty { RotateRequest::default() } else { parse_body(body)? };
+    Ok(Json(st.keys.rotate(&actor, &id, req.grace.as_deref()).await?).into_response())
+}
+
+async fn audit(
+    State(st): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Query(q): Query<AuditQuery>,
+) -> ApiResult<Json<Value>> {
+    let entries = st
+        .keys
+        .audit(&actor, q.key.as_deref(), q.limit.unwrap_or(100).min(10_000))
+        .await?;
+    Ok(Json(json!({ "entries": entries })))
+}
+
+fn admin_routes() -> Router<AppState> {
+    Router::new()
+        .route("/v1/admin/whoami", get(whoami))
+        .route("/v1/admin/keys", get(list_keys).post(create_key))
+        .route("/v1/admin/keys/import", post(import_key))
+        .route(
+            "/v1/admin/keys/{id}",
+            get(show_key).patch(edit_key).delete(remove_key),
+        )
+        .route("/v1/admin/keys/{id}/disable", post(disable_key))
+        .route("/v1/admin/keys/{id}/enable", post(enable_key))
+        .route("/v1/admin/keys/{id}/rotate", post(rotate_key))
+        .route("/v1/admin/audit", get(audit))
+}
+
+fn public_routes() -> Router<AppState> {
+    Router::new()
+        .route("/v1/verify", post(verify))
+        .route("/healthz", get(healthz))
+}
+
+async fn not_found() -> ApiError {
+    ApiError {
+        status: StatusCode::NOT_FOUND,
+        code: "not_found",
+        message: "no such endpoint".into(),
+    }
+}
+
+/// The router served on TCP: verification, health, and the admin API for bearers of
+/// a key with the `apikeyd:admin` scope.
+pub fn tcp_router(state: AppState, max_body: usize) -> Router {
+    let admin = admin_routes().route_layer(middleware::from_fn_with_state(state.clone(), bearer_actor));
+    public_routes()
+        .merge(admin)
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(state)
+}
+
+/// The router served on the admin Unix socket: identity from SO_PEERCRED.
+pub fn unix_router(state: AppState, max_body: usize) -> Router {
+    let admin = admin_routes().route_layer(middleware::from_fn_with_state(state.clone(), peer_actor));
+    public_routes()
+        .merge(admin)
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(state)
+}
+
+fn unauthorized(message: &str) -> Response {
+    let mut r = ApiError {
+        status: StatusCode::UNAUTHORIZED,
+        code: "unauthorized",
+        message: message.to_owned(),
+    }
+    .into_response();
+    r.headers_mut()
+        .insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer realm=\"apikeyd\""));
+    r
+}
+
+async fn bearer_actor(State(st): State<AppState>, headers: HeaderMap, mut req: Request, next: Next) -> Response {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let Some(token) = token else {
+        return unauthorized("the admin API on TCP needs Authorization: Bearer <key with the apikeyd:admin scope>");
+    };
+    let client_ip = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
+    let v = st.keys.verify(token, Some(ADMIN_SCOPE), client_ip);
+    let Some(live) = v.key.filter(|_| v.code == Code::Valid) else {
+        return ApiError {
+            status: if v.code == Code::InsufficientScope {
+                StatusCode::FORBIDDEN
+            } else {
+                StatusCode::UNAUTHORIZED
+            },
+            code: "unauthorized",
+            message: format!("admin key refused: {}", v.code.as_str()),
+        }
+        .into_response();
+    };
+    let settings = st.keys.settings();
+    let admin = settings
+        .directory
+        .rights(&live.rec.owner)
+        .is_some_and(|r| r.manage_all_keys);
+    req.extensions_mut().insert(Actor {
+        name: live.rec.owner.clone(),
+        admin,
+    });
+    next.run(req).await
+}
+
+async fn peer_actor(State(st): State<AppState>, mut req: Request, next: Next) -> Response {
+    let Some(peer) = req.extensions().get::<ConnectInfo<peer::UnixPeer>>().map(|c| c.0.clone()) else {
+        return ApiError {
+            status: StatusCode::FORBIDDEN,
+            code: "forbidden",
+            message: "cannot identify the peer of this connection".into(),
+        }
+        .into_response();
+    };
+    let settings = st.keys.settings();
+    match peer::actor_for(&peer, &settings.directory) {
+        Ok(actor) => {
+            req.extensions_mut().insert(actor);
+            next.run(req).await
+        }
+        Err(message) => {
+            tracing::warn!(uid = ?peer.uid, "admin socket peer refused");
+            ApiError {
+                status: StatusCode::FORBIDDEN,
+                code: "forbidden",
+                message,
+            }
+            .into_response()
+        }
+    }
+}

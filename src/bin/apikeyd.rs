@@ -1,0 +1,119 @@
+//! `apikeyd`: parse arguments, set up logging, load the configuration, run the daemon.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use apikeyd::clock::{OffsetClock, SharedClock, SystemClock};
+use apikeyd::config::{self, Environment};
+use apikeyd::daemon::Daemon;
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "apikeyd", version, about = "API key lifecycle daemon")]
+struct Args {
+    /// Configuration file.
+    #[arg(long, short, global = true, default_value = "/etc/apikeyd/apikeyd.toml", env = "APIKEYD_CONFIG")]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Validate the configuration and exit (non-zero listing every problem).
+    CheckConfig,
+    /// Run in the foreground (the default).
+    Run,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let env = Environment::from_process();
+    match args.command {
+        Some(Command::CheckConfig) => check_config(&args.config, &env),
+        Some(Command::Run) | None => match run(&args.config, env) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("apikeyd: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+fn check_config(path: &std::path::Path, env: &Environment) -> ExitCode {
+    match config::load(path, env) {
+        Ok(c) => {
+            let p = &c.policy;
+            let show = |v: &Option<config::Period>| v.as_ref().map_or_else(|| "off".to_owned(), |p| p.to_string());
+            println!(
+                "{}: configuration OK ({} users, {} groups; MaxExpirationPeriod={}, NotAccessedExpirationPeriod={}, DefaultExpirationPeriod={})",
+                path.display(),
+                c.directory.users.len(),
+                c.directory.groups.len(),
+                show(&p.max_expiration),
+                show(&p.not_accessed_expiration),
+                show(&p.default_expiration),
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            for p in &e.problems {
+                eprintln!("{p}");
+            }
+            eprintln!("{}: {} problem(s); configuration rejected", path.display(), e.problems.len());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(path: &std::path::Path, env: Environment) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let config = config::load(path, &env).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    if config.server.worker_threads > 0 {
+        rt.worker_threads(config.server.worker_threads);
+    }
+    let rt = rt.enable_all().build().context("starting the tokio runtime")?;
+    rt.block_on(async move {
+        // Testing hook: run the real binary "in the future" to observe expiry.
+        let clock: SharedClock = match std::env::var("APIKEYD_CLOCK_OFFSET_SECS") {
+            Ok(s) => {
+                let secs: i64 = s.parse().context("APIKEYD_CLOCK_OFFSET_SECS must be an integer")?;
+                tracing::warn!(secs, "clock offset in effect (testing only)");
+                Arc::new(OffsetClock::new(chrono::Duration::seconds(secs)))
+            }
+            Err(_) => Arc::new(SystemClock),
+        };
+        let daemon = Daemon::start(config, &env, clock).await?;
+        let addr = daemon.tcp_addr()?;
+        tracing::info!(tcp = %addr, socket = %daemon.socket_path().display(), "listening");
+        // One machine-readable line on stdout for scripts and tests using port 0.
+        println!("apikeyd listening tcp={addr} socket={}", daemon.socket_path().display());
+
+        let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(4);
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                let _ = reload_tx.try_send(());
+            }
+        });
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let shutdown = async move {
+            tokio::select! {
+                _ = term.recv() => {},
+                _ = tokio::signal::ctrl_c() => {},
+            }
+        };
+        daemon.run(shutdown, reload_rx, env).await?;
+        Ok(())
+    })
+}

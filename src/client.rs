@@ -1,0 +1,155 @@
+//! A small HTTP/1.1 client for the admin API, over the Unix socket (identity from
+//! SO_PEERCRED) or over TCP with a bearer key. Used by `apikeyctl`.
+
+use std::path::PathBuf;
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+
+/// Where the daemon is.
+#[derive(Clone)]
+pub enum Endpoint {
+    /// The admin Unix socket.
+    Unix(PathBuf),
+    /// `host:port` with a bearer key.
+    Tcp {
+        /// `host:port`.
+        addr: String,
+        /// Key with the `apikeyd:admin` scope.
+        token: String,
+    },
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Endpoint::Unix(p) => write!(f, "unix:{}", p.display()),
+            Endpoint::Tcp { addr, .. } => write!(f, "http://{addr} (bearer <redacted>)"),
+        }
+    }
+}
+
+/// Failures talking to the daemon.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Could not connect.
+    #[error("cannot reach apikeyd at {endpoint}: {source} (is the daemon running? set --socket or APIKEYD_SOCKET)")]
+    Connect {
+        /// Where we tried.
+        endpoint: String,
+        /// Why it failed.
+        source: std::io::Error,
+    },
+    /// HTTP-level failure.
+    #[error("HTTP error talking to apikeyd: {0}")]
+    Http(String),
+    /// The daemon answered with an error.
+    #[error("{message}")]
+    Api {
+        /// HTTP status.
+        status: u16,
+        /// The daemon's message.
+        message: String,
+    },
+}
+
+/// Admin API client.
+#[derive(Debug, Clone)]
+pub struct Client {
+    endpoint: Endpoint,
+}
+
+impl Client {
+    /// A client for `endpoint`.
+    pub fn new(endpoint: Endpoint) -> Self {
+        Self { endpoint }
+    }
+
+    /// Send a request; return the JSON body of a 2xx answer, or the daemon's error.
+    pub async fn call(&self, method: Method, path: &str, body: Option<&Value>) -> Result<Value, ClientError> {
+        let (status, value) = self.raw(method, path, body).await?;
+        if status.is_success() {
+            Ok(value)
+        } else {
+            let message = value
+                .pointer("/error/message")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+                .unwrap_or_else(|| format!("HTTP {status}: {value}"));
+            Err(ClientError::Api {
+                status: status.as_u16(),
+                message,
+            })
+        }
+    }
+
+    /// Send a request and return status and JSON body, whatever the status.
+    pub async fn raw(&self, method: Method, path: &str, body: Option<&Value>) -> Result<(StatusCode, Value), ClientError> {
+        let http = |e: &dyn std::fmt::Display| ClientError::Http(e.to_string());
+        let payload = match body {
+            Some(v) => Bytes::from(serde_json::to_vec(v).map_err(|e| http(&e))?),
+            None => Bytes::new(),
+        };
+        let mut builder = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(hyper::header::HOST, "apikeyd")
+            .header(hyper::header::CONTENT_TYPE, "application/json");
+        if let Endpoint::Tcp { token, .. } = &self.endpoint {
+            builder = builder.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let req = builder.body(Full::new(payload)).map_err(|e| http(&e))?;
+        let response = match &self.endpoint {
+            Endpoint::Unix(path) => {
+                let stream = tokio::net::UnixStream::connect(path)
+                    .await
+                    .map_err(|source| ClientError::Connect {
+                        endpoint: path.display().to_string(),
+                        source,
+                    })?;
+                send(stream, req).await?
+            }
+            Endpoint::Tcp { addr, .. } => {
+                let stream = tokio::net::TcpStream::connect(addr)
+                    .await
+                    .map_err(|source| ClientError::Connect {
+                        endpoint: addr.clone(),
+                        source,
+                    })?;
+                send(stream, req).await?
+            }
+        };
+        let status = response.status();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| http(&e))?
+            .to_bytes();
+        let value = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
+        };
+        Ok((status, value))
+    }
+}
+
+async fn send<S>(stream: S, req: Request<Full<Bytes>>) -> Result<hyper::Response<hyper::body::Incoming>, ClientError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| ClientError::Http(e.to_string()))?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    sender
+        .send_request(req)
+        .await
+        .map_err(|e| ClientError::Http(e.to_string()))
+}

@@ -1,0 +1,273 @@
+//! Wiring: open the store, load keys, bind the TCP listener and the admin socket,
+//! run the background last-used flush, and stop or reload on signals. `run` takes its
+//! shutdown and reload triggers as parameters so tests can drive it.
+
+use std::future::{Future, IntoFuture};
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::{mpsc, watch};
+
+use crate::api::{self, peer::UnixPeer, AppState};
+use crate::clock::SharedClock;
+use crate::config::{self, Config, Environment};
+use crate::keys::secret::{load_or_create_server_secret, KeyHasher, SecretSource};
+use crate::keys::{Keys, Settings};
+use crate::store::Store;
+
+/// How often the last-used flush looks for keys to write.
+pub const FLUSH_TICK: Duration = Duration::from_secs(10);
+
+/// Start-up failures.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The server secret could not be loaded or created.
+    #[error(transparent)]
+    Secret(#[from] crate::keys::secret::SecretFileError),
+    /// The database could not be opened.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    /// A listener could not be bound.
+    #[error("cannot listen on {what}: {source}")]
+    Bind {
+        /// Which listener.
+        what: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+/// A daemon with its listeners bound and keys loaded, not yet serving.
+pub struct Daemon {
+    config: Config,
+    keys: Arc<Keys>,
+    tcp: TcpListener,
+    unix: UnixListener,
+    socket_path: PathBuf,
+}
+
+impl std::fmt::Debug for Daemon {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Daemon").field("socket", &self.socket_path).finish_non_exhaustive()
+    }
+}
+
+fn settings_of(config: &Config) -> Settings {
+    Settings {
+        policy: config.policy.clone(),
+        directory: config.directory.clone(),
+    }
+}
+
+impl Daemon {
+    /// Open everything the daemon needs.
+    pub async fn start(config: Config, env: &Environment, clock: SharedClock) -> Result<Self, StartError> {
+        let (secret, source) =
+            load_or_create_server_secret(&config.server.secret_file, env.credentials_directory.as_deref())?;
+        match &source {
+            SecretSource::Created(p) => tracing::info!(path = %p.display(), "created a new server secret"),
+            SecretSource::File(p) => tracing::info!(path = %p.display(), "server secret loaded"),
+            SecretSource::Credential(p) => tracing::info!(path = %p.display(), "server secret loaded from systemd credential"),
+        }
+        let db_path = config.server.database_path();
+        let store = {
+            let p = db_path.clone();
+            tokio::task::spawn_blocking(move || Store::open(&p))
+                .await
+                .map_err(|e| crate::store::StoreError::Db(e.to_string()))??
+        };
+        let store = Arc::new(store);
+        let keys = {
+            let store = store.clone();
+            let settings = settings_of(&config);
+            let hasher = KeyHasher::new(&secret);
+            tokio::task::spawn_blocking(move || Keys::open(store, hasher, clock, settings))
+                .await
+                .map_err(|e| crate::store::StoreError::Db(e.to_string()))??
+        };
+        tracing::info!(db = %db_path.display(), keys = keys.len(), "database opened");
+
+        let tcp = TcpListener::bind(config.server.listen)
+            .await
+            .map_err(|source| StartError::Bind {
+                what: config.server.listen.to_string(),
+                source,
+            })?;
+        let socket_path = config.server.admin_socket.clone();
+        let unix = bind_unix(&socket_path).await?;
+        Ok(Self {
+            config,
+            keys: Arc::new(keys),
+            tcp,
+            unix,
+            socket_path,
+        })
+    }
+
+    /// The bound TCP address (useful with port 0).
+    pub fn tcp_addr(&self) -> std::io::Result<SocketAddr> {
+        self.tcp.local_addr()
+    }
+
+    /// The admin socket path.
+    pub fn socket_path(&self) -> &Path {
+        &self.socket_path
+    }
+
+    /// The key service.
+    pub fn keys(&self) -> Arc<Keys> {
+        self.keys.clone()
+    }
+
+    /// Serve until `shutdown` completes; each message on `reload` re-reads the
+    /// configuration file. Flushes last-used times before returning.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+        mut reload: mpsc::Receiver<()>,
+        env: Environment,
+    ) -> Result<(), crate::keys::KeyError> {
+        let state = AppState { keys: self.keys.clone() };
+        let max_body = self.config.server.max_body_bytes;
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let wait = |mut rx: watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+
+        let tcp_app = api::tcp_router(state.clone(), max_body).into_make_service_with_connect_info::<SocketAddr>();
+        let tcp_task = tokio::spawn(
+            axum::serve(self.tcp, tcp_app)
+                .with_graceful_shutdown(wait(stop_rx.clone()))
+                .into_future(),
+        );
+        let unix_app = api::unix_router(state, max_body).into_make_service_with_connect_info::<UnixPeer>();
+        let unix_task = tokio::spawn(
+            axum::serve(self.unix, unix_app)
+                .with_graceful_shutdown(wait(stop_rx.clone()))
+                .into_future(),
+        );
+
+        let keys = self.keys.clone();
+        let flush_task = {
+            let keys = keys.clone();
+            let mut stop = stop_rx.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(FLUSH_TICK);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => {
+                            if let Err(e) = keys.flush_last_used(false).await {
+                                tracing::error!(error = %e, "last-used flush failed; will retry");
+                            }
+                        }
+                        _ = async { let _ = stop.wait_for(|s| *s).await; } => break,
+                    }
+                }
+            })
+        };
+
+        notify("READY=1");
+        tracing::info!("apikeyd ready");
+        let source = self.config.source.clone();
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                Some(()) = reload.recv() => reload_config(&keys, &source, &env, &self.config),
+            }
+        }
+        notify("STOPPING=1");
+        tracing::info!("stopping: finishing requests in flight");
+        let _ = stop_tx.send(true);
+        let _ = tcp_task.await;
+        let _ = unix_task.await;
+        let _ = flush_task.await;
+        let written = keys.flush_last_used(true).await?;
+        let _ = std::fs::remove_file(&self.socket_path);
+        tracing::info!(last_used_written = written, "stopped");
+        Ok(())
+    }
+}
+
+async fn bind_unix(path: &Path) -> Result<UnixListener, StartError> {
+    let err = |source| StartError::Bind {
+        what: path.display().to_string(),
+        source,
+    };
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(err)?;
+    }
+    if path.exists() {
+        // A live daemon answers; a stale file from a crash does not.
+        if tokio::net::UnixStream::connect(path).await.is_ok() {
+            return Err(err(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                "another apikeyd is listening on this socket",
+            )));
+        }
+        std::fs::remove_file(path).map_err(err)?;
+    }
+    let listener = UnixListener::bind(path).map_err(err)?;
+    // Anyone may connect; who they are (SO_PEERCRED) decides what they may do.
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666)).map_err(err)?;
+    Ok(listener)
+}
+
+fn reload_config(keys: &Keys, path: &Path, env: &Environment, running: &Config) {
+    notify_reloading();
+    match config::load(path, env) {
+        Ok(new) => {
+            if new.server != running.server {
+                tracing::warn!("[server] settings changed; they take effect after a restart");
+            }
+            let users = new.directory.users.len();
+            let groups = new.directory.groups.len();
+            keys.reload(settings_of(&new));
+            tracing::info!(users, groups, "configuration reloaded");
+        }
+        Err(e) => {
+            for p in &e.problems {
+                tracing::error!(problem = %p, "reload rejected; the previous configuration stays in force");
+            }
+        }
+    }
+    notify("READY=1");
+}
+
+fn notify_reloading() {
+    let usec = monotonic_usec();
+    notify(&format!("RELOADING=1\nMONOTONIC_USEC={usec}"));
+}
+
+fn monotonic_usec() -> u128 {
+    // CLOCK_MONOTONIC, as systemd expects with RELOADING=1.
+    let ts = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    u128::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000 + u128::try_from(ts.tv_nsec / 1000).unwrap_or(0)
+}
+
+/// Send a state line to systemd if `$NOTIFY_SOCKET` is set (Type=notify).
+pub fn notify(state: &str) {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let result = (|| -> std::io::Result<()> {
+        let sock = std::os::unix::net::UnixDatagram::unbound()?;
+        let bytes = path.as_encoded_bytes();
+        if let Some(name) = bytes.strip_prefix(b"@") {
+            use std::os::linux::net::SocketAddrExt;
+            let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+            sock.send_to_addr(state.as_bytes(), &addr)?;
+        } else {
+            sock.send_to(state.as_bytes(), &path)?;
+        }
+        Ok(())
+    })();
+    if let Err(e) = result {
+        tracing::warn!(error = %e, "sd_notify failed");
+    }
+}

@@ -1,0 +1,137 @@
+//! Per-key response headers with template values (`${key.id}`, `${key.name}`,
+//! `${key.owner}`, `${key.expires_at}`), as the Data Hub attaches to its keys.
+
+use serde::{Deserialize, Serialize};
+
+/// The variables a template may use.
+pub const VARIABLES: &[&str] = &["key.id", "key.name", "key.owner", "key.expires_at"];
+const MAX_VALUE: usize = 1024;
+
+/// One configured header.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeaderTemplate {
+    /// Header name, e.g. `X-Tenant`.
+    pub name: String,
+    /// Value with `${...}` variables.
+    pub template: String,
+}
+
+/// Why a header was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HeaderError {
+    /// Not `NAME=TEMPLATE`.
+    #[error("header {0:?} must be written NAME=TEMPLATE")]
+    Form(String),
+    /// Bad header name.
+    #[error("{0:?} is not a valid HTTP header name (letters, digits and !#$%&'*+-.^_`|~, at most 64)")]
+    Name(String),
+    /// Bad characters or too long.
+    #[error("value of header {0:?} must be printable ASCII of at most 1024 characters")]
+    Value(String),
+    /// Unknown `${...}` variable or an unclosed `${`.
+    #[error("header {name:?} uses unknown variable {var:?}; known: ${{key.id}}, ${{key.name}}, ${{key.owner}}, ${{key.expires_at}}")]
+    Variable {
+        /// Header name.
+        name: String,
+        /// The variable text.
+        var: String,
+    },
+}
+
+/// Parse `NAME=TEMPLATE`.
+pub fn parse(input: &str) -> Result<HeaderTemplate, HeaderError> {
+    let (name, template) = input
+        .split_once('=')
+        .ok_or_else(|| HeaderError::Form(input.chars().take(80).collect()))?;
+    validate(name.trim(), template)
+}
+
+/// Validate a name and template.
+pub fn validate(name: &str, template: &str) -> Result<HeaderTemplate, HeaderError> {
+    let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+    if name.is_empty() || name.len() > 64 || !name.bytes().all(token) {
+        return Err(HeaderError::Name(name.chars().take(80).collect()));
+    }
+    if template.len() > MAX_VALUE || !template.bytes().all(|b| b == b' ' || b.is_ascii_graphic()) {
+        return Err(HeaderError::Value(name.to_owned()));
+    }
+    let mut rest = template;
+    while let Some(start) = rest.find("${") {
+        let after = &rest[start + 2..];
+        let Some(end) = after.find('}') else {
+            return Err(HeaderError::Variable {
+                name: name.to_owned(),
+                var: after.chars().take(40).collect(),
+            });
+        };
+        let var = &after[..end];
+        if !VARIABLES.contains(&var) {
+            return Err(HeaderError::Variable {
+                name: name.to_owned(),
+                var: var.to_owned(),
+            });
+        }
+        rest = &after[end + 1..];
+    }
+    Ok(HeaderTemplate {
+        name: name.to_owned(),
+        template: template.to_owned(),
+    })
+}
+
+/// Values the templates are filled with.
+#[derive(Debug, Clone, Copy)]
+pub struct Values<'a> {
+    /// Key id.
+    pub id: &'a str,
+    /// Key name.
+    pub name: &'a str,
+    /// Owner's user name.
+    pub owner: &'a str,
+    /// RFC 3339 expiry, or empty for never.
+    pub expires_at: &'a str,
+}
+
+impl HeaderTemplate {
+    /// The value with every variable filled. Characters a header value cannot carry
+    /// (a key name is free text) are replaced by `?`.
+    pub fn render(&self, v: &Values<'_>) -> String {
+        let out = self
+            .template
+            .replace("${key.id}", v.id)
+            .replace("${key.name}", v.name)
+            .replace("${key.owner}", v.owner)
+            .replace("${key.expires_at}", v.expires_at);
+        out.chars()
+            .map(|c| if c == ' ' || c.is_ascii_graphic() { c } else { '?' })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[test]
+    fn parse_and_render() {
+        let h = parse("X-Tenant=key ${key.name} of ${key.owner} (${key.id}) until ${key.expires_at}").unwrap();
+        let v = Values {
+            id: "ID",
+            name: "sync",
+            owner: "alice",
+            expires_at: "2027-01-01T00:00:00Z",
+        };
+        assert_eq!(h.render(&v), "key sync of alice (ID) until 2027-01-01T00:00:00Z");
+    }
+
+    #[test]
+    fn rejects() {
+        assert!(matches!(parse("novalue"), Err(HeaderError::Form(_))));
+        assert!(matches!(parse("Bad Name=x"), Err(HeaderError::Name(_))));
+        assert!(matches!(parse("X-A=${key.secret}"), Err(HeaderError::Variable { .. })));
+        assert!(matches!(parse("X-A=${key.id"), Err(HeaderError::Variable { .. })));
+        assert!(matches!(parse("X-A=a\nb"), Err(HeaderError::Value(_))));
+        assert!(parse(&format!("X-A={}", "a".repeat(1025))).is_err());
+    }
+}

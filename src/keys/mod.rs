@@ -1,0 +1,1120 @@
+//! Keys: the model, the secret format, the policy rules and verification.
+//!
+//! [`Keys`] owns the in-memory index (keyed hash → key) that verification reads
+//! without touching redb, and serialises every change through one writer: validate
+//! under the writer lock, commit to the store in `spawn_blocking`, then publish the
+//! new record to the index. Last-used times live in atomics and are flushed in
+//! batches, at most once a minute per key.
+
+pub mod headers;
+pub mod ipfilter;
+pub mod model;
+pub mod secret;
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+
+use chrono::{DateTime, Duration, Utc};
+use parking_lot::RwLock;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::clock::SharedClock;
+use crate::config::{valid_scope, Directory, Period, Policy};
+use crate::store::{Batch, Store, StoreError};
+use headers::HeaderTemplate;
+use model::{rfc3339, AuditEntry, Code, KeyKind, KeyRecord, KeyState, Limit, Status};
+use secret::{KeyHash, KeyHasher, Secret, Shape};
+
+/// How long a last-used time may sit in memory before it is written (per key).
+pub const LAST_USED_PERSIST_INTERVAL: Duration = Duration::seconds(60);
+const MAX_NAME: usize = 100;
+const MAX_DESCRIPTION: usize = 1000;
+const MAX_SCOPES: usize = 64;
+const MAX_IP_FILTERS: usize = 64;
+const MAX_HEADERS: usize = 32;
+
+/// Who is asking.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Actor {
+    /// Configured user name, or `root` for an unmapped root.
+    pub name: String,
+    /// Manages everyone's keys.
+    pub admin: bool,
+}
+
+/// Why a key operation was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// The request is wrong; `field` says which part.
+    #[error("{field}: {message}")]
+    Invalid {
+        /// The offending field (`name`, `expires_at`, `ip`, ...).
+        field: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+    /// Not allowed for this actor.
+    #[error("{0}")]
+    Forbidden(String),
+    /// No such key (or not visible to this actor).
+    #[error("no key with id {0}")]
+    NotFound(String),
+    /// Conflicts with existing state (duplicate name, expired key, ...).
+    #[error("{0}")]
+    Conflict(String),
+    /// The store failed; nothing was changed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A blocking task died.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+fn invalid(field: &'static str, message: impl Into<String>) -> KeyError {
+    KeyError::Invalid {
+        field,
+        message: message.into(),
+    }
+}
+
+/// Reloadable rules: policy plus users and groups.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `[ApiKey]`.
+    pub policy: Policy,
+    /// Users and groups.
+    pub directory: Directory,
+}
+
+/// Per-key usage, shared across record versions.
+#[derive(Debug)]
+pub struct Usage {
+    /// Last successful verification (unix seconds), `i64::MIN` if never.
+    last_used: AtomicI64,
+    /// The value last written to the store.
+    persisted: AtomicI64,
+    /// When (unix seconds) it was last written.
+    persisted_at: AtomicI64,
+}
+
+const NEVER: i64 = i64::MIN;
+
+impl Usage {
+    fn new(last_used: Option<DateTime<Utc>>) -> Self {
+        let v = last_used.map_or(NEVER, |t| t.timestamp());
+        Self {
+            last_used: AtomicI64::new(v),
+            persisted: AtomicI64::new(v),
+            persisted_at: AtomicI64::new(NEVER),
+        }
+    }
+
+    fn touch(&self, now: DateTime<Utc>) {
+        self.last_used.fetch_max(now.timestamp(), Ordering::Relaxed);
+    }
+
+    /// The last-used time as known in memory.
+    pub fn last_used(&self) -> Option<DateTime<Utc>> {
+        match self.last_used.load(Ordering::Relaxed) {
+            NEVER => None,
+            s => DateTime::from_timestamp(s, 0),
+        }
+    }
+}
+
+/// A key as the index holds it.
+#[derive(Debug)]
+pub struct Live {
+    /// The record as last committed.
+    pub rec: KeyRecord,
+    hash: KeyHash,
+    previous: Option<(KeyHash, DateTime<Utc>)>,
+    /// Usage counters.
+    pub usage: Arc<Usage>,
+}
+
+impl Live {
+    fn new(rec: KeyRecord, usage: Arc<Usage>) -> Result<Self, StoreError> {
+        let hash = decode_hash(&rec.hash)?;
+        let previous = match (&rec.previous_hash, rec.previous_valid_until) {
+            (Some(h), Some(until)) => Some((decode_hash(h)?, until)),
+            _ => None,
+        };
+        Ok(Self {
+            rec,
+            hash,
+            previous,
+            usage,
+        })
+    }
+
+    /// The record with the in-memory last-used time.
+    pub fn snapshot(&self) -> KeyRecord {
+        let mut r = self.rec.clone();
+        r.last_used_at = self.usage.last_used().max(r.last_used_at);
+        r
+    }
+}
+
+fn decode_hash(h: &str) -> Result<KeyHash, StoreError> {
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(h, &mut out).map_err(|e| StoreError::Corrupt {
+        table: "keys",
+        message: format!("bad hash: {e}"),
+    })?;
+    Ok(out)
+}
+
+/// The keyed hashes are HMAC outputs under a secret an attacker does not know, so
+/// their first 8 bytes are already a uniformly distributed hash: no need to SipHash.
+#[derive(Default)]
+pub struct PrefixHasher(u64);
+
+impl Hasher for PrefixHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for (i, b) in bytes.iter().take(8).enumerate() {
+            self.0 ^= u64::from(*b) << (8 * i);
+        }
+    }
+}
+
+type HashIndex = HashMap<KeyHash, Arc<Live>, BuildHasherDefault<PrefixHasher>>;
+
+#[derive(Debug, Default)]
+struct Index {
+    by_hash: HashIndex,
+    by_id: HashMap<Uuid, Arc<Live>>,
+}
+
+impl Index {
+    fn insert(&mut self, live: Arc<Live>) {
+        if let Some(old) = self.by_id.insert(live.rec.id, live.clone()) {
+            self.by_hash.remove(&old.hash);
+            if let Some((h, _)) = old.previous {
+                self.by_hash.remove(&h);
+            }
+        }
+        if live.rec.state != KeyState::Removed {
+            self.by_hash.insert(live.hash, live.clone());
+            if let Some((h, _)) = live.previous {
+                self.by_hash.insert(h, live.clone());
+            }
+        }
+    }
+}
+
+/// Outcome of a verification.
+#[derive(Debug, Clone)]
+pub struct Verification {
+    /// The code.
+    pub code: Code,
+    /// The key, when one was found (even if not valid).
+    pub key: Option<Arc<Live>>,
+}
+
+/// Request to create (or import) a key.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateKey {
+    /// Owner; defaults to the actor.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Name, unique per owner.
+    pub name: String,
+    /// Optional description.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Scopes; default all the owner's groups grant.
+    #[serde(default)]
+    pub scopes: Option<Vec<String>>,
+    /// RFC 3339 expiry.
+    #[serde(default)]
+    pub expires_at: Option<String>,
+    /// ISO 8601 period from now.
+    #[serde(default)]
+    pub expires_in: Option<String>,
+    /// No expiry (only when MaxExpirationPeriod is empty).
+    #[serde(default)]
+    pub never_expires: bool,
+    /// IP filters.
+    #[serde(default)]
+    pub ip: Vec<String>,
+    /// `NAME=TEMPLATE` headers.
+    #[serde(default)]
+    pub headers: Vec<String>,
+    /// For import: the user-defined secret. Never logged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<ImportedSecret>,
+}
+
+/// A secret sent by `key import`, redacted in `Debug`.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ImportedSecret(pub String);
+
+impl std::fmt::Debug for ImportedSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// Request to edit a key. Absent fields are left alone.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EditKey {
+    /// New name.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// New description.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// New scopes: must be a subset of the current ones.
+    #[serde(default)]
+    pub scopes: Option<Vec<String>>,
+    /// Replace the IP filters (empty list clears them).
+    #[serde(default)]
+    pub ip: Option<Vec<String>>,
+    /// Replace the headers (empty list clears them).
+    #[serde(default)]
+    pub headers: Option<Vec<String>>,
+    /// Earlier expiry (RFC 3339).
+    #[serde(default)]
+    pub expires_at: Option<String>,
+    /// Earlier expiry as a period from now.
+    #[serde(default)]
+    pub expires_in: Option<String>,
+}
+
+/// A key as shown to administrators.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct KeyView {
+    /// Id.
+    pub id: Uuid,
+    /// Name.
+    pub name: String,
+    /// Description.
+    pub description: String,
+    /// Owner.
+    pub owner: String,
+    /// Scopes.
+    pub scopes: Vec<String>,
+    /// `active`, `disabled`, `expired`, `inactive`, `removed`.
+    pub status: String,
+    /// `generated` or `imported`.
+    pub kind: String,
+    /// Created.
+    pub created_at: String,
+    /// Last record change.
+    pub updated_at: String,
+    /// Last successful verification.
+    pub last_used_at: Option<String>,
+    /// Hard expiry.
+    pub expires_at: Option<String>,
+    /// Earlier of the hard expiry and the inactivity deadline.
+    pub effective_expires_at: Option<String>,
+    /// `hard` or `inactivity`.
+    pub effective_limit: Option<String>,
+    /// Human details line.
+    pub details: String,
+    /// IP filters.
+    pub ip_filters: Vec<String>,
+    /// Response headers.
+    pub headers: Vec<HeaderTemplate>,
+    /// When the previous secret stops working after a rotation.
+    pub rotation_grace_until: Option<String>,
+    /// Alert notification (not configured in this version: always "none").
+    pub notification: String,
+}
+
+/// A key just issued: the secret, shown once, and the key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Issued {
+    /// The secret. Shown once; never stored.
+    pub key: String,
+    /// The key.
+    #[serde(flatten)]
+    pub view: KeyView,
+}
+
+/// The key service.
+pub struct Keys {
+    clock: SharedClock,
+    hasher: KeyHasher,
+    store: Arc<Store>,
+    settings: RwLock<Arc<Settings>>,
+    index: RwLock<Index>,
+    writer: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for Keys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Keys").finish_non_exhaustive()
+    }
+}
+
+impl Keys {
+    /// Load every key from the store into the index.
+    pub fn open(
+        store: Arc<Store>,
+        hasher: KeyHasher,
+        clock: SharedClock,
+        settings: Settings,
+    ) -> Result<Self, StoreError> {
+        let mut index = Index::default();
+        for rec in store.load_keys()? {
+            let usage = Arc::new(Usage::new(rec.last_used_at));
+            index.insert(Arc::new(Live::new(rec, usage)?));
+        }
+        Ok(Self {
+            clock,
+            hasher,
+            store,
+            settings: RwLock::new(Arc::new(settings)),
+            index: RwLock::new(index),
+            writer: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// The clock in use.
+    pub fn clock(&self) -> &SharedClock {
+        &self.clock
+    }
+
+    /// Current settings.
+    pub fn settings(&self) -> Arc<Settings> {
+        self.settings.read().clone()
+    }
+
+    /// Replace policy, users and groups (SIGHUP).
+    pub fn reload(&self, settings: Settings) {
+        *self.settings.write() = Arc::new(settings);
+    }
+
+    /// Number of keys held (all states).
+    pub fn len(&self) -> usize {
+        self.index.read().by_id.len()
+    }
+
+    /// Whether no keys are held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    // ---------------------------------------------------------------- verify
+
+    /// Verify a presented key. Never waits for the store.
+    pub fn verify(&self, presented: &str, scope: Option<&str>, ip: Option<IpAddr>) -> Verification {
+        let settings = self.settings.read().clone();
+        self.verify_with(&settings.policy, presented, scope, ip, self.clock.now())
+    }
+
+    fn verify_with(
+        &self,
+        policy: &Policy,
+        presented: &str,
+        scope: Option<&str>,
+        ip: Option<IpAddr>,
+        now: DateTime<Utc>,
+    ) -> Verification {
+        let none = |code| Verification { code, key: None };
+        if presented.len() > secret::MAX_SECRET_LEN
+            || secret::shape(presented, policy.min_imported_secret_length) == Shape::Malformed
+        {
+            return none(Code::Malformed);
+        }
+        let hash = self.hasher.hash(presented);
+        let Some(live) = self.index.read().by_hash.get(&hash).cloned() else {
+            return none(Code::NotFound);
+        };
+        if live.hash != hash {
+            // The previous secret of a rotated key: good only during the grace period.
+            match live.previous {
+                Some((h, until)) if h == hash && now < until => {}
+                _ => return none(Code::NotFound),
+            }
+        }
+        let last_used = live.usage.last_used().max(live.rec.last_used_at);
+        let code = match live.rec.status(policy, last_used, now) {
+            Status::Removed => return none(Code::NotFound),
+            Status::Disabled => Code::Disabled,
+            Status::Expired => Code::Expired,
+            Status::Inactive => Code::Inactive,
+            Status::Active => {
+                if !live.rec.ip_filters.is_empty()
+                    && !ip.is_some_and(|ip| ipfilter::allows(&live.rec.ip_filters, ip))
+                {
+                    Code::IpNotAllowed
+                } else if scope.is_some_and(|s| !live.rec.scopes.iter().any(|k| k == s)) {
+                    Code::InsufficientScope
+                } else {
+                    live.usage.touch(now);
+                    Code::Valid
+                }
+            }
+        };
+        Verification {
+            code,
+            key: Some(live),
+        }
+    }
+
+    // ---------------------------------------------------------------- views
+
+    /// The admin view of a key at the current time.
+    pub fn view(&self, live: &Live) -> KeyView {
+        let settings = self.settings.read().clone();
+        view_of(&settings.policy, live, self.clock.now())
+    }
+
+    // ---------------------------------------------------------------- queries
+
+    fn visible(&self, actor: &Actor, id: &str) -> Result<Arc<Live>, KeyError> {
+        let uuid = Uuid::parse_str(id.trim()).map_err(|_| invalid("id", format!("{id:?} is not a key id (a UUID)")))?;
+        let live = self
+            .index
+            .read()
+            .by_id
+            .get(&uuid)
+            .cloned()
+            .ok_or_else(|| KeyError::NotFound(uuid.to_string()))?;
+        if !actor.admin && live.rec.owner != actor.name {
+            // Do not reveal that someone else's key exists.
+            return Err(KeyError::NotFound(uuid.to_string()));
+        }
+        Ok(live)
+    }
+
+    /// One key.
+    pub fn show(&self, actor: &Actor, id: &str) -> Result<KeyView, KeyError> {
+        let live = self.visible(actor, id)?;
+        Ok(self.view(&live))
+    }
+
+    /// Keys visible to `actor`, optionally of one user, oldest first.
+    pub fn list(&self, actor: &Actor, user: Option<&str>, include_removed: bool) -> Result<Vec<KeyView>, KeyError> {
+        if let Some(u) = user {
+            if !actor.admin && u != actor.name {
+                return Err(KeyError::Forbidden(format!(
+                    "{} may only list their own keys (not those of {u:?})",
+                    actor.name
+                )));
+            }
+        }
+        let settings = self.settings.read().clone();
+        let now = self.clock.now();
+        let wanted = user.map(str::to_owned).or_else(|| (!actor.admin).then(|| actor.name.clone()));
+        let mut lives: Vec<Arc<Live>> = self
+            .index
+            .read()
+            .by_id
+            .values()
+            .filter(|l| wanted.as_deref().is_none_or(|w| l.rec.owner == w))
+            .filter(|l| include_removed || l.rec.state != KeyState::Removed)
+            .cloned()
+            .collect();
+        lives.sort_by_key(|l| (l.rec.created_at, l.rec.id));
+        Ok(lives.iter().map(|l| view_of(&settings.policy, l, now)).collect())
+    }
+
+    /// Audit entries visible to `actor`, newest first.
+    pub async fn audit(&self, actor: &Actor, key: Option<&str>, limit: usize) -> Result<Vec<AuditEntry>, KeyError> {
+        let key_id = match key {
+            Some(k) => Some(self.visible(actor, k)?.rec.id),
+            None => None,
+        };
+        let store = self.store.clone();
+        let fetch = if actor.admin || key_id.is_some() { limit } else { usize::MAX };
+        let mut entries = tokio::task::spawn_blocking(move || store.audit(key_id, fetch))
+            .await
+            .map_err(|e| KeyError::Internal(e.to_string()))??;
+        if !actor.admin && key_id.is_none() {
+            let index = self.index.read();
+            entries.retain(|e| {
+                e.key_id
+                    .and_then(|id| index.by_id.get(&id))
+                    .is_some_and(|l| l.rec.owner == actor.name)
+            });
+            entries.truncate(limit);
+        }
+        Ok(entries)
+    }
+
+    // ---------------------------------------------------------------- changes
+
+    async fn commit(&self, batch: Batch) -> Result<(), KeyError> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.commit(batch))
+            .await
+            .map_err(|e| KeyError::Internal(e.to_string()))??;
+        Ok(())
+    }
+
+    async fn commit_and_publish(&self, rec: KeyRecord, usage: Arc<Usage>, audit: AuditEntry) -> Result<Arc<Live>, KeyError> {
+        let live = Arc::new(Live::new(rec.clone(), usage)?);
+        self.commit(Batch {
+            put_keys: vec![rec],
+            audit: vec![audit],
+        })
+        .await?;
+        self.index.write().insert(live.clone());
+        Ok(live)
+    }
+
+    fn audit_entry(&self, actor: &Actor, action: &str, key: Uuid, detail: String) -> AuditEntry {
+        AuditEntry {
+            seq: 0,
+            at: self.clock.now(),
+            actor: actor.name.clone(),
+            action: action.to_owned(),
+            key_id: Some(key),
+            detail,
+        }
+    }
+
+    /// Create a key with a generated secret.
+    pub async fn create(&self, actor: &Actor, req: CreateKey) -> Result<Issued, KeyError> {
+        if req.secret.is_some() {
+            return Err(invalid("secret", "use key import to bring your own secret"));
+        }
+        let secret = secret::generate();
+        self.insert_new(actor, req, secret, KeyKind::Generated).await
+    }
+
+    /// Import a user-defined ("generic") token.
+    pub async fn import(&self, actor: &Actor, mut req: CreateKey) -> Result<KeyView, KeyError> {
+        let Some(ImportedSecret(s)) = req.secret.take() else {
+            return Err(invalid("secret", "a secret is required for import"));
+        };
+        let s = s.trim_end_matches(['\n', '\r']).to_owned();
+        let min = self.settings().policy.min_imported_secret_length;
+        if s.starts_with(secret::PREFIX) {
+            return Err(invalid(
+                "secret",
+                "looks like a key issued by apikeyd; issued keys cannot be imported",
+            ));
+        }
+        if s.len() < min {
+            return Err(invalid(
+                "secret",
+                format!("is {} characters long; at least {min} are required (MinImportedSecretLength)", s.len()),
+            ));
+        }
+        if !secret::is_generic_token(&s, min) {
+            return Err(invalid(
+                "secret",
+                format!("must be printable ASCII without spaces, {min} to {} characters", secret::MAX_SECRET_LEN),
+            ));
+        }
+        let issued = self.insert_new(actor, req, Secret::new(s), KeyKind::Imported).await?;
+        Ok(issued.view)
+    }
+
+    async fn insert_new(&self, actor: &Actor, req: CreateKey, secret: Secret, kind: KeyKind) -> Result<Issued, KeyError> {
+        let settings = self.settings();
+        let now = self.clock.now();
+        let owner = match req.user.as_deref().map(str::trim) {
+            Some(u) if !u.is_empty() => u.to_owned(),
+            _ if settings.directory.users.contains_key(&actor.name) => actor.name.clone(),
+            _ => return Err(invalid("user", "name the key's owner with --user")),
+        };
+        if owner != actor.name && !actor.admin {
+            return Err(KeyError::Forbidden(format!(
+                "{} may only create keys for themselves, not for {owner:?}",
+                actor.name
+            )));
+        }
+        let Some(rights) = settings.directory.rights(&owner) else {
+            return Err(invalid("user", format!("unknown user {owner:?}")));
+        };
+        if !rights.create_keys {
+            let groups = settings.directory.users.get(&owner).map(|u| u.groups.join(", ")).unwrap_or_default();
+            return Err(KeyError::Forbidden(format!(
+                "user {owner:?} may not have API keys: none of their groups ({groups}) allows creating keys"
+            )));
+        }
+        let name = check_name(&req.name, secret.expose())?;
+        let description = check_description(req.description.as_deref().unwrap_or(""), secret.expose())?;
+        let scopes = match &req.scopes {
+            None => rights.scopes.iter().cloned().collect(),
+            Some(list) => {
+                let scopes = check_scopes(&list)?;
+                if let Some(bad) = scopes.iter().find(|s| !rights.scopes.contains(*s)) {
+                    let allowed: Vec<_> = rights.scopes.iter().map(String::as_str).collect();
+                    return Err(invalid(
+                        "scopes",
+                        format!("user {owner:?} may not hold scope {bad:?} (allowed: {})", allowed.join(", ")),
+                    ));
+                }
+                scopes
+            }
+        };
+        let expires_at = resolve_create_expiry(&settings.policy, &req, now)?;
+        let ip_filters = check_ips(&req.ip)?;
+        let headers = check_headers(&req.headers)?;
+        let hash = self.hasher.hash(secret.expose());
+
+        let _writer = self.writer.lock().await;
+        {
+            let index = self.index.read();
+            if index.by_hash.contains_key(&hash) {
+                return Err(KeyError::Conflict("this secret is already in use by another key".into()));
+            }
+            check_unique_name(&index, &owner, &name, None)?;
+        }
+        let rec = KeyRecord {
+            id: Uuid::now_v7(),
+            name,
+            description,
+            owner,
+            scopes,
+            hash: hex::encode(hash),
+            previous_hash: None,
+            previous_valid_until: None,
+            kind,
+            state: KeyState::Enabled,
+            created_at: now,
+            updated_at: now,
+            last_used_at: None,
+            expires_at,
+            ip_filters,
+            headers,
+            removed_at: None,
+        };
+        let action = match kind {
+            KeyKind::Generated => "create",
+            KeyKind::Imported => "import",
+        };
+        let detail = format!(
+            "name={:?} owner={} scopes=[{}] expires={}",
+            rec.name,
+            rec.owner,
+            rec.scopes.join(","),
+            rec.expires_at.map_or_else(|| "never".to_owned(), rfc3339)
+        );
+        let audit = self.audit_entry(actor, action, rec.id, detail);
+        let live = self.commit_and_publish(rec, Arc::new(Usage::new(None)), audit).await?;
+        tracing::info!(key_id = %live.rec.id, owner = %live.rec.owner, actor = %actor.name, action, "key issued");
+        Ok(Issued {
+            key: secret.expose().to_owned(),
+            view: view_of(&settings.policy, &live, now),
+        })
+    }
+
+    /// Change a key in place through `change`, which validates and edits a copy of the
+    /// record and returns the audit detail. Nothing is written if it fails.
+    async fn modify<F>(&self, actor: &Actor, id: &str, action: &str, change: F) -> Result<Arc<Live>, KeyError>
+    where
+        F: FnOnce(&mut KeyRecord, &Index, &Settings, DateTime<Utc>) -> Result<String, KeyError>,
+    {
+        let _writer = self.writer.lock().await;
+        let live = self.visible(actor, id)?;
+        if live.rec.state == KeyState::Removed {
+            return Err(KeyError::Conflict(format!("key {} was removed", live.rec.id)));
+        }
+        let settings = self.settings();
+        let now = self.clock.now();
+        let mut rec = live.snapshot();
+        let detail = {
+            let index = self.index.read();
+            change(&mut rec, &index, &settings, now)?
+        };
+        rec.updated_at = now;
+        let audit = self.audit_entry(actor, action, rec.id, detail);
+        let new = self.commit_and_publish(rec, live.usage.clone(), audit).await?;
+        tracing::info!(key_id = %new.rec.id, actor = %actor.name, action, "key changed");
+        Ok(new)
+    }
+
+    /// Edit description, name, IP filters, headers, narrow scopes, shorten expiry.
+    pub async fn edit(&self, actor: &Actor, id: &str, req: EditKey) -> Result<KeyView, KeyError> {
+        let live = self
+            .modify(actor, id, "edit", |rec, index, settings, now| {
+                let mut changed = Vec::new();
+                if let Some(name) = &req.name {
+                    let name = check_name(name, "")?;
+                    check_unique_name(index, &rec.owner, &name, Some(rec.id))?;
+                    changed.push(format!("name={name:?}"));
+                    rec.name = name;
+                }
+                if let Some(d) = &req.description {
+                    rec.description = check_description(d, "")?;
+                    changed.push("description".to_owned());
+                }
+                if let Some(list) = &req.scopes {
+                    let scopes = check_scopes(list)?;
+                    if let Some(bad) = scopes.iter().find(|s| !rec.scopes.contains(s)) {
+                        return Err(invalid(
+                            "scopes",
+                            format!("scopes can only be narrowed; the key does not hold {bad:?} (it holds: {})", rec.scopes.join(", ")),
+                        ));
+                    }
+                    changed.push(format!("scopes=[{}]", scopes.join(",")));
+                    rec.scopes = scopes;
+                }
+                if let Some(ips) = &req.ip {
+                    rec.ip_filters = check_ips(ips)?;
+                    changed.push(format!("ip=[{}]", rec.ip_filters.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(",")));
+                }
+                if let Some(h) = &req.headers {
+                    rec.headers = check_headers(h)?;
+                    changed.push(format!("headers={}", rec.headers.len()));
+                }
+                let new_expiry = match (&req.expires_at, &req.expires_in) {
+                    (Some(_), Some(_)) => return Err(invalid("expires_at", "give either --expires-at or --expires-in, not both")),
+                    (Some(at), None) => Some(parse_time(at)?),
+                    (None, Some(p)) => Some(add_period(&parse_period("expires_in", p)?, now)?),
+                    (None, None) => None,
+                };
+                if let Some(at) = new_expiry {
+                    if rec.expires_at.is_some_and(|cur| at > cur) {
+                        return Err(invalid(
+                            "expires_at",
+                            format!(
+                                "the expiry of a key can only be moved earlier (currently {}, asked {})",
+                                rec.expires_at.map(rfc3339).unwrap_or_default(),
+                                rfc3339(at)
+                            ),
+                        ));
+                    }
+                    check_expiry_range(&settings.policy, at, now)?;
+                    rec.expires_at = Some(at);
+                    changed.push(format!("expires={}", rfc3339(at)));
+                }
+                if changed.is_empty() {
+                    return Err(invalid("edit", "nothing to change: give at least one field"));
+                }
+                Ok(changed.join(" "))
+            })
+            .await?;
+        Ok(self.view(&live))
+    }
+
+    /// Enable or disable a key.
+    pub async fn set_enabled(&self, actor: &Actor, id: &str, enabled: bool) -> Result<KeyView, KeyError> {
+        let action = if enabled { "enable" } else { "disable" };
+        let live = self
+            .modify(actor, id, action, |rec, _, _, _| {
+                rec.state = if enabled { KeyState::Enabled } else { KeyState::Disabled };
+                Ok(String::new())
+            })
+            .await?;
+        Ok(self.view(&live))
+    }
+
+    /// Remove a key: it stops working at once and is kept for the record.
+    pub async fn remove(&self, actor: &Actor, id: &str) -> Result<KeyView, KeyError> {
+        let live = self
+            .modify(actor, id, "remove", |rec, _, _, now| {
+                rec.state = KeyState::Removed;
+                rec.removed_at = Some(now);
+                rec.previous_hash = None;
+                rec.previous_valid_until = None;
+                Ok(String::new())
+            })
+            .await?;
+        Ok(self.view(&live))
+    }
+
+    /// Give a key a new secret, keeping its settings. With a grace period the old
+    /// secret keeps working until it ends (never past the key's expiry).
+    pub async fn rotate(&self, actor: &Actor, id: &str, grace: Option<&str>) -> Result<Issued, KeyError> {
+        let grace = match grace.map(str::trim).filter(|g| !g.is_empty()) {
+            Some(g) => Some(parse_period("grace", g)?),
+            None => None,
+        };
+        let secret = secret::generate();
+        let new_hash = self.hasher.hash(secret.expose());
+        let live = self
+            .modify(actor, id, "rotate", |rec, _, settings, now| {
+                match rec.status(&settings.policy, rec.last_used_at, now) {
+                    Status::Expired | Status::Inactive => {
+                        return Err(KeyError::Conflict(format!(
+                            "key {} has expired; create a new key instead of rotating it",
+                            rec.id
+                        )))
+                    }
+                    _ => {}
+                }
+                let old = rec.hash.clone();
+                rec.hash = hex::encode(new_hash);
+                rec.kind = KeyKind::Generated;
+                match &grace {
+                    Some(p) => {
+                        let mut until = add_period(p, now)?;
+                        if let Some(exp) = rec.expires_at {
+                            until = until.min(exp);
+                        }
+                        rec.previous_hash = Some(old);
+                        rec.previous_valid_until = Some(until);
+                        Ok(format!("grace until {}", rfc3339(until)))
+                    }
+                    None => {
+                        rec.previous_hash = None;
+                        rec.previous_valid_until = None;
+                        Ok("no grace".to_owned())
+                    }
+                }
+            })
+            .await?;
+        Ok(Issued {
+            key: secret.expose().to_owned(),
+            view: self.view(&live),
+        })
+    }
+
+    // ---------------------------------------------------------------- last used
+
+    /// Write last-used times that changed. A key is written at most once per
+    /// [`LAST_USED_PERSIST_INTERVAL`] unless `force` (shutdown). Returns keys written.
+    pub async fn flush_last_used(&self, force: bool) -> Result<usize, KeyError> {
+        let _writer = self.writer.lock().await;
+        let now = self.clock.now().timestamp();
+        let due: Vec<(Arc<Live>, i64)> = self
+            .index
+            .read()
+            .by_id
+            .values()
+            .filter_map(|l| {
+                let used = l.usage.last_used.load(Ordering::Relaxed);
+                let persisted = l.usage.persisted.load(Ordering::Relaxed);
+                let at = l.usage.persisted_at.load(Ordering::Relaxed);
+                let interval_passed = at == NEVER || now.saturating_sub(at) >= LAST_USED_PERSIST_INTERVAL.num_seconds();
+                (used > persisted && (force || interval_passed)).then(|| (l.clone(), used))
+            })
+            .collect();
+        if due.is_empty() {
+            return Ok(0);
+        }
+        let batch = Batch {
+            put_keys: due.iter().map(|(l, _)| l.snapshot()).collect(),
+            audit: Vec::new(),
+        };
+        self.commit(batch).await?;
+        for (l, used) in &due {
+            l.usage.persisted.fetch_max(*used, Ordering::Relaxed);
+            l.usage.persisted_at.store(now, Ordering::Relaxed);
+        }
+        tracing::debug!(keys = due.len(), "last-used times flushed");
+        Ok(due.len())
+    }
+}
+
+/// Build the admin view of a key.
+pub fn view_of(policy: &Policy, live: &Live, now: DateTime<Utc>) -> KeyView {
+    let rec = &live.rec;
+    let last_used = live.usage.last_used().max(rec.last_used_at);
+    let effective = rec.effective_expiry(policy, last_used);
+    KeyView {
+        id: rec.id,
+        name: rec.name.clone(),
+        description: rec.description.clone(),
+        owner: rec.owner.clone(),
+        scopes: rec.scopes.clone(),
+        status: rec.status(policy, last_used, now).as_str().to_owned(),
+        kind: match rec.kind {
+            KeyKind::Generated => "generated",
+            KeyKind::Imported => "imported",
+        }
+        .to_owned(),
+        created_at: rfc3339(rec.created_at),
+        updated_at: rfc3339(rec.updated_at),
+        last_used_at: last_used.map(rfc3339),
+        expires_at: rec.expires_at.map(rfc3339),
+        effective_expires_at: effective.map(|(t, _)| rfc3339(t)),
+        effective_limit: effective.map(|(_, l)| {
+            match l {
+                Limit::Hard => "hard",
+                Limit::Inactivity => "inactivity",
+            }
+            .to_owned()
+        }),
+        details: rec.details(policy, last_used, now),
+        ip_filters: rec.ip_filters.iter().map(|n| n.to_string()).collect(),
+        headers: rec.headers.clone(),
+        rotation_grace_until: rec
+            .previous_valid_until
+            .filter(|t| *t > now)
+            .map(rfc3339),
+        notification: "none".to_owned(),
+    }
+}
+
+// ---------------------------------------------------------------- validation
+
+fn check_text(field: &'static str, s: &str, max: usize, allow_newlines: bool) -> Result<String, KeyError> {
+    if s.chars().count() > max {
+        return Err(invalid(field, format!("is too long ({} characters; at most {max})", s.chars().count())));
+    }
+    if s.chars().any(|c| c.is_control() && !(allow_newlines && (c == '\n' || c == '\t'))) {
+        return Err(invalid(field, "must not contain control characters"));
+    }
+    Ok(s.to_owned())
+}
+
+fn check_name(name: &str, secret: &str) -> Result<String, KeyError> {
+    let name = name.trim();
+    if name.is_empty() {
+        return Err(invalid("name", "a key needs a name"));
+    }
+    let name = check_text("name", name, MAX_NAME, false)?;
+    if (!secret.is_empty() && name.contains(secret)) || secret::looks_like_key(&name) {
+        return Err(invalid("name", "must not contain an API key (a key's name is shown everywhere; the key is not)"));
+    }
+    Ok(name)
+}
+
+fn check_description(d: &str, secret: &str) -> Result<String, KeyError> {
+    let d = check_text("description", d.trim(), MAX_DESCRIPTION, true)?;
+    if (!secret.is_empty() && d.contains(secret)) || secret::looks_like_key(&d) {
+        return Err(invalid("description", "must not contain an API key"));
+    }
+    Ok(d)
+}
+
+fn check_scopes(list: &[String]) -> Result<Vec<String>, KeyError> {
+    if list.len() > MAX_SCOPES {
+        return Err(invalid("scopes", format!("at most {MAX_SCOPES} scopes")));
+    }
+    let mut out: Vec<String> = Vec::new();
+    for s in list {
+        let s = s.trim();
+        if !valid_scope(s) {
+            return Err(invalid("scopes", format!("{:?} is not a valid scope", s.chars().take(80).collect::<String>())));
+        }
+        if !out.iter().any(|o| o == s) {
+            out.push(s.to_owned());
+        }
+    }
+    if out.is_empty() {
+        return Err(invalid("scopes", "give at least one scope, or leave scopes out for all the owner may hold"));
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn check_ips(list: &[String]) -> Result<Vec<ipnet::IpNet>, KeyError> {
+    if list.len() > MAX_IP_FILTERS {
+        return Err(invalid("ip", format!("at most {MAX_IP_FILTERS} IP filters")));
+    }
+    let mut out = Vec::new();
+    for s in list {
+        let net = ipfilter::parse(s).map_err(|e| invalid("ip", e.to_string()))?;
+        if !out.contains(&net) {
+            out.push(net);
+        }
+    }
+    Ok(out)
+}
+
+fn check_headers(list: &[String]) -> Result<Vec<HeaderTemplate>, KeyError> {
+    if list.len() > MAX_HEADERS {
+        return Err(invalid("headers", format!("at most {MAX_HEADERS} headers")));
+    }
+    let mut out: Vec<HeaderTemplate> = Vec::new();
+    for s in list {
+        let h = headers::parse(s).map_err(|e| invalid("headers", e.to_string()))?;
+        if out.iter().any(|o| o.name.eq_ignore_ascii_case(&h.name)) {
+            return Err(invalid("headers", format!("header {:?} is given twice", h.name)));
+        }
+        out.push(h);
+    }
+    Ok(out)
+}
+
+fn check_unique_name(index: &Index, owner: &str, name: &str, except: Option<Uuid>) -> Result<(), KeyError> {
+    let lower = name.to_lowercase();
+    let clash = index.by_id.values().any(|l| {
+        l.rec.owner == owner
+            && l.rec.state != KeyState::Removed
+            && Some(l.rec.id) != except
+            && l.rec.name.to_lowercase() == lower
+    });
+    if clash {
+        return Err(KeyError::Conflict(format!(
+            "{owner} already has a key named {name:?} (names are unique per owner, ignoring case)"
+        )));
+    }
+    Ok(())
+}
+
+fn parse_period(field: &'static str, s: &str) -> Result<Period, KeyError> {
+    Period::parse(s).map_err(|e| invalid(field, e.to_string()))
+}
+
+fn add_period(p: &Period, now: DateTime<Utc>) -> Result<DateTime<Utc>, KeyError> {
+    p.add_to(now)
+        .ok_or_else(|| invalid("expires_in", format!("{p} is too far in the future")))
+}
+
+fn parse_time(s: &str) -> Result<DateTime<Utc>, KeyError> {
+    DateTime::parse_from_rfc3339(s.trim())
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|_| invalid("expires_at", format!("{s:?} is not an RFC 3339 time such as 2027-01-31T00:00:00Z")))
+}
+
+fn check_expiry_range(policy: &Policy, at: DateTime<Utc>, now: DateTime<Utc>) -> Result<(), KeyError> {
+    let earliest = now + Duration::minutes(1);
+    if at < earliest {
+        return Err(invalid(
+            "expires_at",
+            format!("{} is too soon: a key must live at least one minute (from {})", rfc3339(at), rfc3339(earliest)),
+        ));
+    }
+    if let Some(max) = &policy.max_expiration {
+        if let Some(latest) = max.add_to(now) {
+            if at > latest {
+                return Err(invalid(
+                    "expires_at",
+                    format!(
+                        "{} is later than MaxExpirationPeriod ({max}) allows: at most {}",
+                        rfc3339(at),
+                        rfc3339(latest)
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn resolve_create_expiry(policy: &Policy, req: &CreateKey, now: DateTime<Utc>) -> Result<Option<DateTime<Utc>>, KeyError> {
+    let given = usize::from(req.expires_at.is_some()) + usize::from(req.expires_in.is_some()) + usize::from(req.never_expires);
+    if given > 1 {
+        return Err(invalid("expires_at", "give only one of --expires-at, --expires-in and --never-expires"));
+    }
+    let at = if let Some(s) = &req.expires_at {
+        parse_time(s)?
+    } else if let Some(p) = &req.expires_in {
+        add_period(&parse_period("expires_in", p)?, now)?
+    } else if req.never_expires {
+        return match &policy.max_expiration {
+            Some(max) => Err(invalid(
+                "expires_at",
+                format!("keys must expire: MaxExpirationPeriod is {max} (empty it to allow keys that never expire)"),
+            )),
+            None => Ok(None),
+        };
+    } else {
+        // The default lifetime, clamped to the maximum; if neither is set, never.
+        let default = policy.default_expiration.as_ref().and_then(|p| p.add_to(now));
+        let max = policy.max_expiration.as_ref().and_then(|p| p.add_to(now));
+        match (default, max) {
+            (Some(d), Some(m)) => d.min(m),
+            (Some(d), None) => d,
+            (None, Some(m)) => m,
+            (None, None) => return Ok(None),
+        }
+    };
+    check_expiry_range(policy, at, now)?;
+    Ok(Some(at))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,19 @@
+//! apikeyd: a daemon that owns the whole life of API keys — issue, verify, expire.
+//!
+//! # Layout
+//!
+//! - [`config`]: the TOML file → validated [`config::Config`]; ISO 8601 periods.
+//! - [`keys`]: key model, secret format and hashing, policy rules, verification.
+//! - [`store`]: the redb database (the only module that knows redb).
+//! - [`api`]: axum routers for verification and administration; Unix-socket peer identity.
+//! - [`daemon`]: wiring, signals (SIGTERM, SIGHUP), sd_notify, background flushes.
+//! - [`client`]: the admin API client used by `apikeyctl`.
+//! - [`clock`]: the injected clock.
+
+pub mod api;
+pub mod client;
+pub mod clock;
+pub mod config;
+pub mod daemon;
+pub mod keys;
+pub mod store;

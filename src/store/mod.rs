@@ -1,0 +1,140 @@
+//! The redb database: the only module that knows redb. Every function here blocks;
+//! callers run it in `spawn_blocking` and never hold a transaction across an `.await`.
+//!
+//! Tables: `keys` (id → JSON record) and `audit` (sequence → JSON entry). Records are
+//! JSON so fields can be added without a migration.
+
+use std::path::Path;
+
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use uuid::Uuid;
+
+use crate::keys::model::{AuditEntry, KeyRecord};
+
+const KEYS: TableDefinition<u128, &[u8]> = TableDefinition::new("keys");
+const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
+
+/// Storage failures.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database could not be opened (held by another process, unreadable, ...).
+    #[error("cannot open database {path}: {message} (is another apikeyd running on it?)")]
+    Open {
+        /// Database file.
+        path: String,
+        /// redb's message.
+        message: String,
+    },
+    /// A read or write failed.
+    #[error("database error: {0}")]
+    Db(String),
+    /// A stored record could not be decoded.
+    #[error("corrupt record in table {table}: {message}")]
+    Corrupt {
+        /// Table name.
+        table: &'static str,
+        /// Decoder message.
+        message: String,
+    },
+}
+
+fn db_err(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Db(e.to_string())
+}
+
+/// A set of changes committed in one transaction.
+#[derive(Debug, Default)]
+pub struct Batch {
+    /// Records to insert or replace.
+    pub put_keys: Vec<KeyRecord>,
+    /// Audit entries to append (their `seq` is assigned here).
+    pub audit: Vec<AuditEntry>,
+}
+
+/// The open database.
+#[derive(Debug)]
+pub struct Store {
+    db: Database,
+}
+
+impl Store {
+    /// Open (or create) the database file and its tables.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|e| StoreError::Open {
+                path: path.display().to_string(),
+                message: e.to_string(),
+            })?;
+        }
+        let db = Database::create(path).map_err(|e| StoreError::Open {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        let txn = db.begin_write().map_err(db_err)?;
+        txn.open_table(KEYS).map_err(db_err)?;
+        txn.open_table(AUDIT).map_err(db_err)?;
+        txn.commit().map_err(db_err)?;
+        Ok(Self { db })
+    }
+
+    /// Every key record.
+    pub fn load_keys(&self) -> Result<Vec<KeyRecord>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let table = txn.open_table(KEYS).map_err(db_err)?;
+        let mut out = Vec::with_capacity(usize::try_from(table.len().map_err(db_err)?).unwrap_or(0));
+        for row in table.iter().map_err(db_err)? {
+            let (_, v) = row.map_err(db_err)?;
+            out.push(decode("keys", v.value())?);
+        }
+        Ok(out)
+    }
+
+    /// Commit a batch atomically.
+    pub fn commit(&self, mut batch: Batch) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(db_err)?;
+        {
+            let mut keys = txn.open_table(KEYS).map_err(db_err)?;
+            for rec in &batch.put_keys {
+                let bytes = serde_json::to_vec(rec).map_err(db_err)?;
+                keys.insert(rec.id.as_u128(), bytes.as_slice()).map_err(db_err)?;
+            }
+            let mut audit = txn.open_table(AUDIT).map_err(db_err)?;
+            let mut next = match audit.last().map_err(db_err)? {
+                Some((k, _)) => k.value() + 1,
+                None => 1,
+            };
+            for entry in &mut batch.audit {
+                entry.seq = next;
+                next += 1;
+                let bytes = serde_json::to_vec(entry).map_err(db_err)?;
+                audit.insert(entry.seq, bytes.as_slice()).map_err(db_err)?;
+            }
+        }
+        txn.commit().map_err(db_err)
+    }
+
+    /// The newest `limit` audit entries, optionally for one key, newest first.
+    pub fn audit(&self, key: Option<Uuid>, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let table = txn.open_table(AUDIT).map_err(db_err)?;
+        let mut out = Vec::new();
+        for row in table.iter().map_err(db_err)?.rev() {
+            let (_, v) = row.map_err(db_err)?;
+            let entry: AuditEntry = decode("audit", v.value())?;
+            if key.is_none() || entry.key_id == key {
+                out.push(entry);
+                if out.len() >= limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn decode<T: serde::de::DeserializeOwned>(table: &'static str, bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+        table,
+        message: e.to_string(),
+    })
+}

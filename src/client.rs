@@ -69,7 +69,12 @@ impl Client {
     }
 
     /// Send a request; return the JSON body of a 2xx answer, or the daemon's error.
-    pub async fn call(&self, method: Method, path: &str, body: Option<&Value>) -> Result<Value, ClientError> {
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Value, ClientError> {
         let (status, value) = self.raw(method, path, body).await?;
         if status.is_success() {
             Ok(value)
@@ -87,7 +92,12 @@ impl Client {
     }
 
     /// Send a request and return status and JSON body, whatever the status.
-    pub async fn raw(&self, method: Method, path: &str, body: Option<&Value>) -> Result<(StatusCode, Value), ClientError> {
+    pub async fn raw(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<(StatusCode, Value), ClientError> {
         let http = |e: &dyn std::fmt::Display| ClientError::Http(e.to_string());
         let payload = match body {
             Some(v) => Bytes::from(serde_json::to_vec(v).map_err(|e| http(&e))?),
@@ -132,13 +142,17 @@ impl Client {
         let value = if bytes.is_empty() {
             Value::Null
         } else {
-            serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
         };
         Ok((status, value))
     }
 }
 
-async fn send<S>(stream: S, req: Request<Full<Bytes>>) -> Result<hyper::Response<hyper::body::Incoming>, ClientError>
+async fn send<S>(
+    stream: S,
+    req: Request<Full<Bytes>>,
+) -> Result<hyper::Response<hyper::body::Incoming>, ClientError>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {

@@ -52,7 +52,9 @@ pub struct Daemon {
 
 impl std::fmt::Debug for Daemon {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Daemon").field("socket", &self.socket_path).finish_non_exhaustive()
+        f.debug_struct("Daemon")
+            .field("socket", &self.socket_path)
+            .finish_non_exhaustive()
     }
 }
 
@@ -65,13 +67,23 @@ fn settings_of(config: &Config) -> Settings {
 
 impl Daemon {
     /// Open everything the daemon needs.
-    pub async fn start(config: Config, env: &Environment, clock: SharedClock) -> Result<Self, StartError> {
-        let (secret, source) =
-            load_or_create_server_secret(&config.server.secret_file, env.credentials_directory.as_deref())?;
+    pub async fn start(
+        config: Config,
+        env: &Environment,
+        clock: SharedClock,
+    ) -> Result<Self, StartError> {
+        let (secret, source) = load_or_create_server_secret(
+            &config.server.secret_file,
+            env.credentials_directory.as_deref(),
+        )?;
         match &source {
-            SecretSource::Created(p) => tracing::info!(path = %p.display(), "created a new server secret"),
+            SecretSource::Created(p) => {
+                tracing::info!(path = %p.display(), "created a new server secret")
+            }
             SecretSource::File(p) => tracing::info!(path = %p.display(), "server secret loaded"),
-            SecretSource::Credential(p) => tracing::info!(path = %p.display(), "server secret loaded from systemd credential"),
+            SecretSource::Credential(p) => {
+                tracing::info!(path = %p.display(), "server secret loaded from systemd credential")
+            }
         }
         let db_path = config.server.database_path();
         let store = {
@@ -131,20 +143,24 @@ impl Daemon {
         mut reload: mpsc::Receiver<()>,
         env: Environment,
     ) -> Result<(), crate::keys::KeyError> {
-        let state = AppState { keys: self.keys.clone() };
+        let state = AppState {
+            keys: self.keys.clone(),
+        };
         let max_body = self.config.server.max_body_bytes;
         let (stop_tx, stop_rx) = watch::channel(false);
         let wait = |mut rx: watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|s| *s).await;
         };
 
-        let tcp_app = api::tcp_router(state.clone(), max_body).into_make_service_with_connect_info::<SocketAddr>();
+        let tcp_app = api::tcp_router(state.clone(), max_body)
+            .into_make_service_with_connect_info::<SocketAddr>();
         let tcp_task = tokio::spawn(
             axum::serve(self.tcp, tcp_app)
                 .with_graceful_shutdown(wait(stop_rx.clone()))
                 .into_future(),
         );
-        let unix_app = api::unix_router(state, max_body).into_make_service_with_connect_info::<UnixPeer>();
+        let unix_app =
+            api::unix_router(state, max_body).into_make_service_with_connect_info::<UnixPeer>();
         let unix_task = tokio::spawn(
             axum::serve(self.unix, unix_app)
                 .with_graceful_shutdown(wait(stop_rx.clone()))
@@ -247,7 +263,8 @@ fn notify_reloading() {
 fn monotonic_usec() -> u128 {
     // CLOCK_MONOTONIC, as systemd expects with RELOADING=1.
     let ts = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
-    u128::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000 + u128::try_from(ts.tv_nsec / 1000).unwrap_or(0)
+    u128::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000
+        + u128::try_from(ts.tv_nsec / 1000).unwrap_or(0)
 }
 
 /// Send a state line to systemd if `$NOTIFY_SOCKET` is set (Type=notify).

@@ -87,7 +87,8 @@ fn parse_body<T: serde::de::DeserializeOwned>(body: Result<Bytes, BytesRejection
         code: "bad_body",
         message: format!("cannot read the request body: {}", e.body_text()),
     })?;
-    serde_json::from_slice(&bytes).map_err(|e| ApiError::bad_request(format!("malformed JSON request: {e}")))
+    serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::bad_request(format!("malformed JSON request: {e}")))
 }
 
 // ---------------------------------------------------------------- verify
@@ -133,7 +134,12 @@ pub struct VerifyResponse {
 }
 
 /// Verify one key and build the answer.
-pub fn verify_response(keys: &Keys, key: &str, scope: Option<&str>, ip: Option<IpAddr>) -> VerifyResponse {
+pub fn verify_response(
+    keys: &Keys,
+    key: &str,
+    scope: Option<&str>,
+    ip: Option<IpAddr>,
+) -> VerifyResponse {
     let v = keys.verify(key, scope, ip);
     let mut out = VerifyResponse {
         valid: v.code == Code::Valid,
@@ -164,7 +170,10 @@ pub fn verify_response(keys: &Keys, key: &str, scope: Option<&str>, ip: Option<I
                 .map(|h| (h.name.clone(), Value::String(h.render(&values))))
                 .collect(),
         );
-        out.effective_expires_at = Some(rec.effective_expiry(&policy, last_used).map(|(t, _)| rfc3339(t)));
+        out.effective_expires_at = Some(
+            rec.effective_expiry(&policy, last_used)
+                .map(|(t, _)| rfc3339(t)),
+        );
         out.id = Some(id);
         out.name = Some(rec.name.clone());
         out.owner = Some(rec.owner.clone());
@@ -174,7 +183,10 @@ pub fn verify_response(keys: &Keys, key: &str, scope: Option<&str>, ip: Option<I
     out
 }
 
-async fn verify(State(st): State<AppState>, body: Result<Bytes, BytesRejection>) -> ApiResult<Json<VerifyResponse>> {
+async fn verify(
+    State(st): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<VerifyResponse>> {
     let req: VerifyRequest = parse_body(body)?;
     let ip = match req.ip.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
         Some(s) => Some(
@@ -183,7 +195,12 @@ async fn verify(State(st): State<AppState>, body: Result<Bytes, BytesRejection>)
         ),
         None => None,
     };
-    Ok(Json(verify_response(&st.keys, &req.key, req.scope.as_deref(), ip)))
+    Ok(Json(verify_response(
+        &st.keys,
+        &req.key,
+        req.scope.as_deref(),
+        ip,
+    )))
 }
 
 async fn healthz(State(st): State<AppState>) -> Json<Value> {
@@ -226,7 +243,9 @@ async fn list_keys(
     Extension(actor): Extension<Actor>,
     Query(q): Query<ListQuery>,
 ) -> ApiResult<Json<Value>> {
-    let list = st.keys.list(&actor, q.user.as_deref(), q.all.unwrap_or(false))?;
+    let list = st
+        .keys
+        .list(&actor, q.user.as_deref(), q.all.unwrap_or(false))?;
     Ok(Json(json!({ "keys": list })))
 }
 
@@ -299,7 +318,11 @@ async fn rotate_key(
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
     let bytes_empty = matches!(&body, Ok(b) if b.is_empty());
-    let req: RotateRequest = if bytes_empty { RotateRequest::default() } else { parse_body(body)? };
+    let req: RotateRequest = if bytes_empty {
+        RotateRequest::default()
+    } else {
+        parse_body(body)?
+    };
     Ok(Json(st.keys.rotate(&actor, &id, req.grace.as_deref()).await?).into_response())
 }
 
@@ -347,7 +370,8 @@ async fn not_found() -> ApiError {
 /// The router served on TCP: verification, health, and the admin API for bearers of
 /// a key with the `apikeyd:admin` scope.
 pub fn tcp_router(state: AppState, max_body: usize) -> Router {
-    let admin = admin_routes().route_layer(middleware::from_fn_with_state(state.clone(), bearer_actor));
+    let admin =
+        admin_routes().route_layer(middleware::from_fn_with_state(state.clone(), bearer_actor));
     public_routes()
         .merge(admin)
         .fallback(not_found)
@@ -357,7 +381,8 @@ pub fn tcp_router(state: AppState, max_body: usize) -> Router {
 
 /// The router served on the admin Unix socket: identity from SO_PEERCRED.
 pub fn unix_router(state: AppState, max_body: usize) -> Router {
-    let admin = admin_routes().route_layer(middleware::from_fn_with_state(state.clone(), peer_actor));
+    let admin =
+        admin_routes().route_layer(middleware::from_fn_with_state(state.clone(), peer_actor));
     public_routes()
         .merge(admin)
         .fallback(not_found)
@@ -372,19 +397,28 @@ fn unauthorized(message: &str) -> Response {
         message: message.to_owned(),
     }
     .into_response();
-    r.headers_mut()
-        .insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer realm=\"apikeyd\""));
+    r.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        header::HeaderValue::from_static("Bearer realm=\"apikeyd\""),
+    );
     r
 }
 
-async fn bearer_actor(State(st): State<AppState>, headers: HeaderMap, mut req: Request, next: Next) -> Response {
+async fn bearer_actor(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    mut req: Request,
+    next: Next,
+) -> Response {
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
     let Some(token) = token else {
-        return unauthorized("the admin API on TCP needs Authorization: Bearer <key with the apikeyd:admin scope>");
+        return unauthorized(
+            "the admin API on TCP needs Authorization: Bearer <key with the apikeyd:admin scope>",
+        );
     };
     let client_ip = req
         .extensions()
@@ -416,7 +450,11 @@ async fn bearer_actor(State(st): State<AppState>, headers: HeaderMap, mut req: R
 }
 
 async fn peer_actor(State(st): State<AppState>, mut req: Request, next: Next) -> Response {
-    let Some(peer) = req.extensions().get::<ConnectInfo<peer::UnixPeer>>().map(|c| c.0.clone()) else {
+    let Some(peer) = req
+        .extensions()
+        .get::<ConnectInfo<peer::UnixPeer>>()
+        .map(|c| c.0.clone())
+    else {
         return ApiError {
             status: StatusCode::FORBIDDEN,
             code: "forbidden",

@@ -86,6 +86,12 @@ mod tests {
         let root = actor_for(&UnixPeer { uid: Some(0) }, &dir).unwrap();
         assert!(root.admin);
         assert_eq!(root.name, "root");
-        assert!(actor_for(&UnixPeer { uid: Some(4_000_000) }, &dir).is_err());
+        assert!(actor_for(
+            &UnixPeer {
+                uid: Some(4_000_000)
+            },
+            &dir
+        )
+        .is_err());
     }
 }

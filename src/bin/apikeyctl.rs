@@ -14,7 +14,11 @@ use hyper::Method;
 use serde_json::{json, Value};
 
 #[derive(Debug, Parser)]
-#[command(name = "apikeyctl", version, about = "Administer apikeyd: issue, list, change and verify API keys")]
+#[command(
+    name = "apikeyctl",
+    version,
+    about = "Administer apikeyd: issue, list, change and verify API keys"
+)]
 struct Cli {
     /// Admin socket of the daemon [default: from the config file, else /run/apikeyd/apikeyd.sock].
     #[arg(long, global = true, env = "APIKEYD_SOCKET")]
@@ -209,7 +213,10 @@ enum KeyCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("apikeyctl: cannot start: {e}");
@@ -230,7 +237,8 @@ fn endpoint(cli: &Cli) -> anyhow::Result<Endpoint> {
         let Some(file) = &cli.token_file else {
             bail!("--addr needs --token-file with a key holding the apikeyd:admin scope");
         };
-        let token = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+        let token =
+            std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
         return Ok(Endpoint::Tcp {
             addr: addr.clone(),
             token: token.trim().to_owned(),
@@ -265,7 +273,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let client = Client::new(endpoint(&cli)?);
     match cli.command {
         Command::Key(cmd) => key_command(&client, cmd).await,
-        Command::Verify { key, ip, scope, json } => {
+        Command::Verify {
+            key,
+            ip,
+            scope,
+            json,
+        } => {
             let key = if key == "-" {
                 let mut s = String::new();
                 std::io::stdin().read_to_string(&mut s)?;
@@ -275,7 +288,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let body = json!({"key": key, "scope": scope, "ip": ip});
             let v = client.call(Method::POST, "/v1/verify", Some(&body)).await?;
-            let code = v.get("code").and_then(Value::as_str).unwrap_or("?").to_owned();
+            let code = v
+                .get("code")
+                .and_then(Value::as_str)
+                .unwrap_or("?")
+                .to_owned();
             if json {
                 print_json(&v);
             } else if code == "VALID" {
@@ -288,7 +305,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 println!("{code}");
             }
-            Ok(if code == "VALID" { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            Ok(if code == "VALID" {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         Command::Audit { key, limit, json } => {
             let mut path = format!("/v1/admin/audit?limit={limit}");
@@ -320,7 +341,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Whoami => {
             let v = client.call(Method::GET, "/v1/admin/whoami", None).await?;
-            println!("{}{}", s(&v, "user"), if v["admin"] == true { " (admin)" } else { "" });
+            println!(
+                "{}{}",
+                s(&v, "user"),
+                if v["admin"] == true { " (admin)" } else { "" }
+            );
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -345,7 +370,9 @@ async fn key_command(client: &Client, cmd: KeyCommand) -> anyhow::Result<ExitCod
         KeyCommand::Create { new, out } => {
             // Refuse a bad --out before the key exists, so no secret is lost.
             let out = out.map(|p| apikey_path(&p)).transpose()?;
-            let v = client.call(Method::POST, "/v1/admin/keys", Some(&new_key_body(&new))).await?;
+            let v = client
+                .call(Method::POST, "/v1/admin/keys", Some(&new_key_body(&new)))
+                .await?;
             issued(&v, out.as_deref(), new.json, "Created")
         }
         KeyCommand::Import { new, secret_file } => {
@@ -353,11 +380,18 @@ async fn key_command(client: &Client, cmd: KeyCommand) -> anyhow::Result<ExitCod
                 .with_context(|| format!("reading {}", secret_file.display()))?;
             let mut body = new_key_body(&new);
             body["secret"] = Value::String(secret.trim_end_matches(['\n', '\r']).to_owned());
-            let v = client.call(Method::POST, "/v1/admin/keys/import", Some(&body)).await?;
+            let v = client
+                .call(Method::POST, "/v1/admin/keys/import", Some(&body))
+                .await?;
             if new.json {
                 print_json(&v);
             } else {
-                println!("Imported key {} \"{}\" for {}", s(&v, "id"), s(&v, "name"), s(&v, "owner"));
+                println!(
+                    "Imported key {} \"{}\" for {}",
+                    s(&v, "id"),
+                    s(&v, "name"),
+                    s(&v, "owner")
+                );
                 println!("  {}", s(&v, "details"));
             }
             Ok(ExitCode::SUCCESS)
@@ -393,8 +427,17 @@ async fn key_command(client: &Client, cmd: KeyCommand) -> anyhow::Result<ExitCod
                     .collect();
                 print_table(
                     &[
-                        "ID", "NAME", "OWNER", "STATUS", "CREATED", "CHANGED", "LAST USED", "EXPIRES", "DETAILS",
-                        "NOTIFICATION", "DESCRIPTION",
+                        "ID",
+                        "NAME",
+                        "OWNER",
+                        "STATUS",
+                        "CREATED",
+                        "CHANGED",
+                        "LAST USED",
+                        "EXPIRES",
+                        "DETAILS",
+                        "NOTIFICATION",
+                        "DESCRIPTION",
                     ],
                     &rows,
                 );
@@ -402,7 +445,13 @@ async fn key_command(client: &Client, cmd: KeyCommand) -> anyhow::Result<ExitCod
             Ok(ExitCode::SUCCESS)
         }
         KeyCommand::Show { id, json } => {
-            let v = client.call(Method::GET, &format!("/v1/admin/keys/{}", urlencode(&id)), None).await?;
+            let v = client
+                .call(
+                    Method::GET,
+                    &format!("/v1/admin/keys/{}", urlencode(&id)),
+                    None,
+                )
+                .await?;
             show(&v, json);
             Ok(ExitCode::SUCCESS)
         }
@@ -441,15 +490,48 @@ async fn key_command(client: &Client, cmd: KeyCommand) -> anyhow::Result<ExitCod
                 body.insert("expires_in".into(), json!(e));
             }
             let v = client
-                .call(Method::PATCH, &format!("/v1/admin/keys/{}", urlencode(&id)), Some(&Value::Object(body)))
+                .call(
+                    Method::PATCH,
+                    &format!("/v1/admin/keys/{}", urlencode(&id)),
+                    Some(&Value::Object(body)),
+                )
                 .await?;
             show(&v, json);
             Ok(ExitCode::SUCCESS)
         }
-        KeyCommand::Disable { id } => simple(client, Method::POST, &format!("/v1/admin/keys/{}/disable", urlencode(&id)), "Disabled").await,
-        KeyCommand::Enable { id } => simple(client, Method::POST, &format!("/v1/admin/keys/{}/enable", urlencode(&id)), "Enabled").await,
-        KeyCommand::Remove { id } => simple(client, Method::DELETE, &format!("/v1/admin/keys/{}", urlencode(&id)), "Removed").await,
-        KeyCommand::Rotate { id, grace, out, json } => {
+        KeyCommand::Disable { id } => {
+            simple(
+                client,
+                Method::POST,
+                &format!("/v1/admin/keys/{}/disable", urlencode(&id)),
+                "Disabled",
+            )
+            .await
+        }
+        KeyCommand::Enable { id } => {
+            simple(
+                client,
+                Method::POST,
+                &format!("/v1/admin/keys/{}/enable", urlencode(&id)),
+                "Enabled",
+            )
+            .await
+        }
+        KeyCommand::Remove { id } => {
+            simple(
+                client,
+                Method::DELETE,
+                &format!("/v1/admin/keys/{}", urlencode(&id)),
+                "Removed",
+            )
+            .await
+        }
+        KeyCommand::Rotate {
+            id,
+            grace,
+            out,
+            json,
+        } => {
             let out = out.map(|p| apikey_path(&p)).transpose()?;
             let v = client
                 .call(
@@ -463,9 +545,19 @@ async fn key_command(client: &Client, cmd: KeyCommand) -> anyhow::Result<ExitCod
     }
 }
 
-async fn simple(client: &Client, method: Method, path: &str, verb: &str) -> anyhow::Result<ExitCode> {
+async fn simple(
+    client: &Client,
+    method: Method,
+    path: &str,
+    verb: &str,
+) -> anyhow::Result<ExitCode> {
     let v = client.call(method, path, None).await?;
-    println!("{verb} key {} \"{}\" ({})", s(&v, "id"), s(&v, "name"), s(&v, "status"));
+    println!(
+        "{verb} key {} \"{}\" ({})",
+        s(&v, "id"),
+        s(&v, "name"),
+        s(&v, "status")
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -479,7 +571,10 @@ fn apikey_path(p: &Path) -> anyhow::Result<PathBuf> {
         PathBuf::from(s)
     };
     if path.exists() {
-        bail!("{} already exists; refusing to overwrite a key file", path.display());
+        bail!(
+            "{} already exists; refusing to overwrite a key file",
+            path.display()
+        );
     }
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         if !dir.is_dir() {
@@ -510,14 +605,32 @@ fn issued(v: &Value, out: Option<&Path>, json: bool, verb: &str) -> anyhow::Resu
         }
         print_json(&v);
     } else {
-        println!("{verb} key {} \"{}\" for {}", s(v, "id"), s(v, "name"), s(v, "owner"));
-        println!("  scopes:  {}", v["scopes"].as_array().map(|a| a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", ")).unwrap_or_default());
+        println!(
+            "{verb} key {} \"{}\" for {}",
+            s(v, "id"),
+            s(v, "name"),
+            s(v, "owner")
+        );
+        println!(
+            "  scopes:  {}",
+            v["scopes"]
+                .as_array()
+                .map(|a| a
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", "))
+                .unwrap_or_default()
+        );
         println!("  expires: {}", or_never(s(v, "expires_at")));
         if let Some(g) = v["rotation_grace_until"].as_str() {
             println!("  the previous secret keeps working until {g}");
         }
         match out {
-            Some(path) => println!("The key was written to {} (mode 0600). It is not shown again.", path.display()),
+            Some(path) => println!(
+                "The key was written to {} (mode 0600). It is not shown again.",
+                path.display()
+            ),
             None => {
                 println!("The key (shown once; store it now):");
                 println!("{secret}");
@@ -534,7 +647,12 @@ fn show(v: &Value, json: bool) {
     }
     let list = |k: &str| {
         v[k].as_array()
-            .map(|a| a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", "))
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
             .unwrap_or_default()
     };
     let headers = v["headers"]

@@ -14,7 +14,13 @@ use clap::{Parser, Subcommand};
 #[command(name = "apikeyd", version, about = "API key lifecycle daemon")]
 struct Args {
     /// Configuration file.
-    #[arg(long, short, global = true, default_value = "/etc/apikeyd/apikeyd.toml", env = "APIKEYD_CONFIG")]
+    #[arg(
+        long,
+        short,
+        global = true,
+        default_value = "/etc/apikeyd/apikeyd.toml",
+        env = "APIKEYD_CONFIG"
+    )]
     config: PathBuf,
     #[command(subcommand)]
     command: Option<Command>,
@@ -47,7 +53,10 @@ fn check_config(path: &std::path::Path, env: &Environment) -> ExitCode {
     match config::load(path, env) {
         Ok(c) => {
             let p = &c.policy;
-            let show = |v: &Option<config::Period>| v.as_ref().map_or_else(|| "off".to_owned(), |p| p.to_string());
+            let show = |v: &Option<config::Period>| {
+                v.as_ref()
+                    .map_or_else(|| "off".to_owned(), |p| p.to_string())
+            };
             println!(
                 "{}: configuration OK ({} users, {} groups; MaxExpirationPeriod={}, NotAccessedExpirationPeriod={}, DefaultExpirationPeriod={})",
                 path.display(),
@@ -63,7 +72,11 @@ fn check_config(path: &std::path::Path, env: &Environment) -> ExitCode {
             for p in &e.problems {
                 eprintln!("{p}");
             }
-            eprintln!("{}: {} problem(s); configuration rejected", path.display(), e.problems.len());
+            eprintln!(
+                "{}: {} problem(s); configuration rejected",
+                path.display(),
+                e.problems.len()
+            );
             ExitCode::FAILURE
         }
     }
@@ -82,12 +95,17 @@ fn run(path: &std::path::Path, env: Environment) -> anyhow::Result<()> {
     if config.server.worker_threads > 0 {
         rt.worker_threads(config.server.worker_threads);
     }
-    let rt = rt.enable_all().build().context("starting the tokio runtime")?;
+    let rt = rt
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
     rt.block_on(async move {
         // Testing hook: run the real binary "in the future" to observe expiry.
         let clock: SharedClock = match std::env::var("APIKEYD_CLOCK_OFFSET_SECS") {
             Ok(s) => {
-                let secs: i64 = s.parse().context("APIKEYD_CLOCK_OFFSET_SECS must be an integer")?;
+                let secs: i64 = s
+                    .parse()
+                    .context("APIKEYD_CLOCK_OFFSET_SECS must be an integer")?;
                 tracing::warn!(secs, "clock offset in effect (testing only)");
                 Arc::new(OffsetClock::new(chrono::Duration::seconds(secs)))
             }
@@ -97,7 +115,10 @@ fn run(path: &std::path::Path, env: Environment) -> anyhow::Result<()> {
         let addr = daemon.tcp_addr()?;
         tracing::info!(tcp = %addr, socket = %daemon.socket_path().display(), "listening");
         // One machine-readable line on stdout for scripts and tests using port 0.
-        println!("apikeyd listening tcp={addr} socket={}", daemon.socket_path().display());
+        println!(
+            "apikeyd listening tcp={addr} socket={}",
+            daemon.socket_path().display()
+        );
 
         let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(4);
         let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;

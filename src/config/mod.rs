@@ -312,7 +312,10 @@ pub fn parse(path: &Path, text: &str, env: &Environment) -> Result<Config, Confi
     let table: toml::Table = match toml::from_str(text) {
         Ok(t) => t,
         Err(e) => {
-            v.push("", format!("not valid TOML: {}", e.message().trim()) + &location(text, e.span()));
+            v.push(
+                "",
+                format!("not valid TOML: {}", e.message().trim()) + &location(text, e.span()),
+            );
             return Err(v.finish_err());
         }
     };
@@ -505,14 +508,19 @@ impl Validator {
         let mut directory = Directory::default();
         for (name, g) in raw.groups {
             if !valid_name(&name) {
-                self.push(&format!("groups.{name}"), "group names use letters, digits, '-', '_' and '.' (at most 64)".into());
+                self.push(
+                    &format!("groups.{name}"),
+                    "group names use letters, digits, '-', '_' and '.' (at most 64)".into(),
+                );
             }
             let mut scopes = BTreeSet::new();
             for sc in g.scopes {
                 if !valid_scope(&sc) {
                     self.push(
                         &format!("groups.{name}.scopes"),
-                        format!("{sc:?} is not a valid scope (letters, digits and -_.:/*, at most 64)"),
+                        format!(
+                            "{sc:?} is not a valid scope (letters, digits and -_.:/*, at most 64)"
+                        ),
                     );
                 }
                 scopes.insert(sc);
@@ -530,10 +538,16 @@ impl Validator {
         for (name, u) in raw.users {
             let key = format!("users.{name}");
             if !valid_name(&name) {
-                self.push(&key, "user names use letters, digits, '-', '_' and '.' (at most 64)".into());
+                self.push(
+                    &key,
+                    "user names use letters, digits, '-', '_' and '.' (at most 64)".into(),
+                );
             }
             if u.groups.is_empty() {
-                self.push(&format!("{key}.groups"), "a user needs at least one group".into());
+                self.push(
+                    &format!("{key}.groups"),
+                    "a user needs at least one group".into(),
+                );
             }
             for g in &u.groups {
                 if !directory.groups.contains_key(g) {
@@ -545,7 +559,10 @@ impl Validator {
             }
             if let Some(email) = &u.email {
                 if !plausible_email(email) {
-                    self.push(&format!("{key}.email"), format!("{email:?} is not an email address"));
+                    self.push(
+                        &format!("{key}.email"),
+                        format!("{email:?} is not an email address"),
+                    );
                 }
             }
             if let Some(unix) = &u.unix_user {
@@ -635,8 +652,18 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/apikeyd.toml");
         let c = load(&path, &Environment::default()).unwrap();
         assert_eq!(c.policy.max_expiration.as_ref().unwrap().as_str(), "p6m");
-        assert_eq!(c.policy.not_accessed_expiration.as_ref().unwrap().as_str(), "p3m");
-        for g in ["Synchronizer", "User", "Moderator", "Admin", "SiteAdmin", "Recognizer"] {
+        assert_eq!(
+            c.policy.not_accessed_expiration.as_ref().unwrap().as_str(),
+            "p3m"
+        );
+        for g in [
+            "Synchronizer",
+            "User",
+            "Moderator",
+            "Admin",
+            "SiteAdmin",
+            "Recognizer",
+        ] {
             assert!(c.directory.groups.contains_key(g), "{g}");
         }
         let creators: Vec<_> = c
@@ -646,7 +673,10 @@ mod tests {
             .filter(|(_, g)| g.create_keys)
             .map(|(n, _)| n.as_str())
             .collect();
-        assert_eq!(creators, ["Admin", "Moderator", "SiteAdmin", "Synchronizer"]);
+        assert_eq!(
+            creators,
+            ["Admin", "Moderator", "SiteAdmin", "Synchronizer"]
+        );
         assert!(c.directory.rights("admin").unwrap().manage_all_keys);
         assert!(!c.directory.rights("alice").unwrap().manage_all_keys);
         assert_eq!(c.directory.user_for_unix("root").unwrap().name, "admin");
@@ -692,14 +722,18 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_errors() {
-        let err = parse_str("[ApiKey]\nMaxExpirationPeriode = \"p6m\"\n[server]\nlisten_addr = \"x\"\n").unwrap_err();
+        let err =
+            parse_str("[ApiKey]\nMaxExpirationPeriode = \"p6m\"\n[server]\nlisten_addr = \"x\"\n")
+                .unwrap_err();
         let keys: Vec<_> = err.problems.iter().map(|p| p.key.as_str()).collect();
         assert_eq!(keys, ["server.listen_addr", "ApiKey.MaxExpirationPeriode"]);
     }
 
     #[test]
     fn empty_period_turns_limit_off() {
-        let c = parse_str("[ApiKey]\nMaxExpirationPeriod = \"\"\nNotAccessedExpirationPeriod = \"\"\n").unwrap();
+        let c =
+            parse_str("[ApiKey]\nMaxExpirationPeriod = \"\"\nNotAccessedExpirationPeriod = \"\"\n")
+                .unwrap();
         assert!(c.policy.max_expiration.is_none());
         assert!(c.policy.not_accessed_expiration.is_none());
     }
@@ -711,10 +745,21 @@ mod tests {
             runtime_directory: Some("/run/apikeyd".into()),
             credentials_directory: None,
         };
-        let c = parse(Path::new("x.toml"), "[server]\nstate_dir = \"var\"\nadmin_socket = \"var/apikeyd.sock\"\n", &env).unwrap();
+        let c = parse(
+            Path::new("x.toml"),
+            "[server]\nstate_dir = \"var\"\nadmin_socket = \"var/apikeyd.sock\"\n",
+            &env,
+        )
+        .unwrap();
         assert_eq!(c.server.state_dir, PathBuf::from("/var/lib/apikeyd"));
-        assert_eq!(c.server.admin_socket, PathBuf::from("/run/apikeyd/apikeyd.sock"));
-        assert_eq!(c.server.secret_file, PathBuf::from("/var/lib/apikeyd/server.secret"));
+        assert_eq!(
+            c.server.admin_socket,
+            PathBuf::from("/run/apikeyd/apikeyd.sock")
+        );
+        assert_eq!(
+            c.server.secret_file,
+            PathBuf::from("/var/lib/apikeyd/server.secret")
+        );
     }
 
     #[test]

@@ -24,7 +24,9 @@ pub enum PeriodError {
     #[error("a period is required here (ISO 8601, e.g. \"p6m\", \"p14d\", \"pt10m\")")]
     Empty,
     /// Not an ISO 8601 period at all.
-    #[error("{0:?} is not an ISO 8601 period (expected e.g. \"p6m\", \"P1Y2M\", \"p2w\", \"pt10m\")")]
+    #[error(
+        "{0:?} is not an ISO 8601 period (expected e.g. \"p6m\", \"P1Y2M\", \"p2w\", \"pt10m\")"
+    )]
     Syntax(String),
     /// Parsed, but with unparsed text after it.
     #[error("{value:?} has unexpected text {rest:?} after the period")]
@@ -124,14 +126,18 @@ impl Period {
     pub fn add_to(&self, at: DateTime<Utc>) -> Option<DateTime<Utc>> {
         let after_months = at.checked_add_months(Months::new(self.months))?;
         let after_days = after_months.checked_add_days(Days::new(self.days))?;
-        after_days.checked_add_signed(TimeDelta::try_milliseconds(i64::try_from(self.millis).ok()?)?)
+        after_days.checked_add_signed(TimeDelta::try_milliseconds(
+            i64::try_from(self.millis).ok()?,
+        )?)
     }
 
     /// `at` - this period, calendar-correct. `None` on overflow.
     pub fn subtract_from(&self, at: DateTime<Utc>) -> Option<DateTime<Utc>> {
         let before_months = at.checked_sub_months(Months::new(self.months))?;
         let before_days = before_months.checked_sub_days(Days::new(self.days))?;
-        before_days.checked_sub_signed(TimeDelta::try_milliseconds(i64::try_from(self.millis).ok()?)?)
+        before_days.checked_sub_signed(TimeDelta::try_milliseconds(
+            i64::try_from(self.millis).ok()?,
+        )?)
     }
 
     /// The period as written (lower case).
@@ -176,31 +182,59 @@ mod tests {
 
     #[test]
     fn accepts_registry_and_iso_forms() {
-        for ok in ["p6m", "P6M", "p3m", "p1y", "P1Y2M", "p2w", "pt10m", "PT1H30M", "p1dt2h", "P14D"] {
+        for ok in [
+            "p6m", "P6M", "p3m", "p1y", "P1Y2M", "p2w", "pt10m", "PT1H30M", "p1dt2h", "P14D",
+        ] {
             Period::parse(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
         }
     }
 
     #[test]
     fn rejects_malformed() {
-        for bad in ["p6mjunk", "6m", "p", "p0d", "P0Y0M", "pt", "p1w2d", "p-1m", "p1.5d", "p 6m", "x"] {
+        for bad in [
+            "p6mjunk", "6m", "p", "p0d", "P0Y0M", "pt", "p1w2d", "p-1m", "p1.5d", "p 6m", "x",
+        ] {
             assert!(Period::parse(bad).is_err(), "{bad} should be rejected");
         }
         assert_eq!(Period::parse(""), Err(PeriodError::Empty));
-        assert!(matches!(Period::parse("p6mjunk"), Err(PeriodError::Syntax(_)) | Err(PeriodError::Trailing { .. })));
+        assert!(matches!(
+            Period::parse("p6mjunk"),
+            Err(PeriodError::Syntax(_)) | Err(PeriodError::Trailing { .. })
+        ));
     }
 
     #[test]
     fn calendar_months_clamp_to_month_end() {
         let p = Period::parse("p6m").unwrap();
         assert_eq!(p.add_to(at(2026, 8, 31)).unwrap(), at(2027, 2, 28));
-        assert_eq!(Period::parse("p1y").unwrap().add_to(at(2028, 2, 29)).unwrap(), at(2029, 2, 28));
-        assert_eq!(Period::parse("p2w").unwrap().add_to(at(2026, 12, 25)).unwrap(), at(2027, 1, 8));
         assert_eq!(
-            Period::parse("pt10m").unwrap().add_to(at(2026, 1, 1)).unwrap(),
+            Period::parse("p1y")
+                .unwrap()
+                .add_to(at(2028, 2, 29))
+                .unwrap(),
+            at(2029, 2, 28)
+        );
+        assert_eq!(
+            Period::parse("p2w")
+                .unwrap()
+                .add_to(at(2026, 12, 25))
+                .unwrap(),
+            at(2027, 1, 8)
+        );
+        assert_eq!(
+            Period::parse("pt10m")
+                .unwrap()
+                .add_to(at(2026, 1, 1))
+                .unwrap(),
             at(2026, 1, 1) + TimeDelta::minutes(10)
         );
-        assert_eq!(Period::parse("p14d").unwrap().subtract_from(at(2027, 1, 8)).unwrap(), at(2026, 12, 25));
+        assert_eq!(
+            Period::parse("p14d")
+                .unwrap()
+                .subtract_from(at(2027, 1, 8))
+                .unwrap(),
+            at(2026, 12, 25)
+        );
     }
 
     #[test]

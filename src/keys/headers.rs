@@ -23,7 +23,9 @@ pub enum HeaderError {
     #[error("header {0:?} must be written NAME=TEMPLATE")]
     Form(String),
     /// Bad header name.
-    #[error("{0:?} is not a valid HTTP header name (letters, digits and !#$%&'*+-.^_`|~, at most 64)")]
+    #[error(
+        "{0:?} is not a valid HTTP header name (letters, digits and !#$%&'*+-.^_`|~, at most 64)"
+    )]
     Name(String),
     /// Bad characters or too long.
     #[error("value of header {0:?} must be printable ASCII of at most 1024 characters")]
@@ -103,7 +105,13 @@ impl HeaderTemplate {
             .replace("${key.owner}", v.owner)
             .replace("${key.expires_at}", v.expires_at);
         out.chars()
-            .map(|c| if c == ' ' || c.is_ascii_graphic() { c } else { '?' })
+            .map(|c| {
+                if c == ' ' || c.is_ascii_graphic() {
+                    c
+                } else {
+                    '?'
+                }
+            })
             .collect()
     }
 }
@@ -115,22 +123,33 @@ mod tests {
 
     #[test]
     fn parse_and_render() {
-        let h = parse("X-Tenant=key ${key.name} of ${key.owner} (${key.id}) until ${key.expires_at}").unwrap();
+        let h =
+            parse("X-Tenant=key ${key.name} of ${key.owner} (${key.id}) until ${key.expires_at}")
+                .unwrap();
         let v = Values {
             id: "ID",
             name: "sync",
             owner: "alice",
             expires_at: "2027-01-01T00:00:00Z",
         };
-        assert_eq!(h.render(&v), "key sync of alice (ID) until 2027-01-01T00:00:00Z");
+        assert_eq!(
+            h.render(&v),
+            "key sync of alice (ID) until 2027-01-01T00:00:00Z"
+        );
     }
 
     #[test]
     fn rejects() {
         assert!(matches!(parse("novalue"), Err(HeaderError::Form(_))));
         assert!(matches!(parse("Bad Name=x"), Err(HeaderError::Name(_))));
-        assert!(matches!(parse("X-A=${key.secret}"), Err(HeaderError::Variable { .. })));
-        assert!(matches!(parse("X-A=${key.id"), Err(HeaderError::Variable { .. })));
+        assert!(matches!(
+            parse("X-A=${key.secret}"),
+            Err(HeaderError::Variable { .. })
+        ));
+        assert!(matches!(
+            parse("X-A=${key.id"),
+            Err(HeaderError::Variable { .. })
+        ));
         assert!(matches!(parse("X-A=a\nb"), Err(HeaderError::Value(_))));
         assert!(parse(&format!("X-A={}", "a".repeat(1025))).is_err());
     }

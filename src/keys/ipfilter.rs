@@ -109,19 +109,37 @@ mod tests {
     fn forms() {
         assert_eq!(parse("192.168.1.1").unwrap().to_string(), "192.168.1.1/32");
         assert_eq!(parse("10.0.0.0/8").unwrap().to_string(), "10.0.0.0/8");
-        assert_eq!(parse("10.1.2.3/255.255.0.0").unwrap().to_string(), "10.1.0.0/16");
+        assert_eq!(
+            parse("10.1.2.3/255.255.0.0").unwrap().to_string(),
+            "10.1.0.0/16"
+        );
         assert_eq!(parse("2001:db8::/32").unwrap().to_string(), "2001:db8::/32");
         assert_eq!(parse("::1").unwrap().to_string(), "::1/128");
     }
 
     #[test]
     fn rejects() {
-        assert!(matches!(parse("192.168.01.1"), Err(IpFilterError::LeadingZero(_))));
-        assert!(matches!(parse("10.0.0.0/33"), Err(IpFilterError::Prefix(_))));
-        assert!(matches!(parse("10.0.0.0/08"), Err(IpFilterError::LeadingZero(_))));
+        assert!(matches!(
+            parse("192.168.01.1"),
+            Err(IpFilterError::LeadingZero(_))
+        ));
+        assert!(matches!(
+            parse("10.0.0.0/33"),
+            Err(IpFilterError::Prefix(_))
+        ));
+        assert!(matches!(
+            parse("10.0.0.0/08"),
+            Err(IpFilterError::LeadingZero(_))
+        ));
         assert!(matches!(parse("::/129"), Err(IpFilterError::Prefix(_))));
-        assert!(matches!(parse("10.0.0.0/255.0.255.0"), Err(IpFilterError::Netmask(_))));
-        assert!(matches!(parse("10.0.0.0/255.255.255.256"), Err(IpFilterError::Address(_))));
+        assert!(matches!(
+            parse("10.0.0.0/255.0.255.0"),
+            Err(IpFilterError::Netmask(_))
+        ));
+        assert!(matches!(
+            parse("10.0.0.0/255.255.255.256"),
+            Err(IpFilterError::Address(_))
+        ));
         assert!(parse("example.com").is_err());
         assert!(parse("10.0.0.0/").is_err());
         assert!(parse("10.0.0").is_err());

@@ -476,7 +476,8 @@ impl Keys {
     // ---------------------------------------------------------------- queries
 
     fn visible(&self, actor: &Actor, id: &str) -> Result<Arc<Live>, KeyError> {
-        let uuid = Uuid::parse_str(id.trim()).map_err(|_| invalid("id", format!("{id:?} is not a key id (a UUID)")))?;
+        let uuid = Uuid::parse_str(id.trim())
+            .map_err(|_| invalid("id", format!("{id:?} is not a key id (a UUID)")))?;
         let live = self
             .index
             .read()
@@ -498,7 +499,12 @@ impl Keys {
     }
 
     /// Keys visible to `actor`, optionally of one user, oldest first.
-    pub fn list(&self, actor: &Actor, user: Option<&str>, include_removed: bool) -> Result<Vec<KeyView>, KeyError> {
+    pub fn list(
+        &self,
+        actor: &Actor,
+        user: Option<&str>,
+        include_removed: bool,
+    ) -> Result<Vec<KeyView>, KeyError> {
         if let Some(u) = user {
             if !actor.admin && u != actor.name {
                 return Err(KeyError::Forbidden(format!(
@@ -509,7 +515,9 @@ impl Keys {
         }
         let settings = self.settings.read().clone();
         let now = self.clock.now();
-        let wanted = user.map(str::to_owned).or_else(|| (!actor.admin).then(|| actor.name.clone()));
+        let wanted = user
+            .map(str::to_owned)
+            .or_else(|| (!actor.admin).then(|| actor.name.clone()));
         let mut lives: Vec<Arc<Live>> = self
             .index
             .read()
@@ -520,17 +528,29 @@ impl Keys {
             .cloned()
             .collect();
         lives.sort_by_key(|l| (l.rec.created_at, l.rec.id));
-        Ok(lives.iter().map(|l| view_of(&settings.policy, l, now)).collect())
+        Ok(lives
+            .iter()
+            .map(|l| view_of(&settings.policy, l, now))
+            .collect())
     }
 
     /// Audit entries visible to `actor`, newest first.
-    pub async fn audit(&self, actor: &Actor, key: Option<&str>, limit: usize) -> Result<Vec<AuditEntry>, KeyError> {
+    pub async fn audit(
+        &self,
+        actor: &Actor,
+        key: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<AuditEntry>, KeyError> {
         let key_id = match key {
             Some(k) => Some(self.visible(actor, k)?.rec.id),
             None => None,
         };
         let store = self.store.clone();
-        let fetch = if actor.admin || key_id.is_some() { limit } else { usize::MAX };
+        let fetch = if actor.admin || key_id.is_some() {
+            limit
+        } else {
+            usize::MAX
+        };
         let mut entries = tokio::task::spawn_blocking(move || store.audit(key_id, fetch))
             .await
             .map_err(|e| KeyError::Internal(e.to_string()))??;
@@ -556,7 +576,12 @@ impl Keys {
         Ok(())
     }
 
-    async fn commit_and_publish(&self, rec: KeyRecord, usage: Arc<Usage>, audit: AuditEntry) -> Result<Arc<Live>, KeyError> {
+    async fn commit_and_publish(
+        &self,
+        rec: KeyRecord,
+        usage: Arc<Usage>,
+        audit: AuditEntry,
+    ) -> Result<Arc<Live>, KeyError> {
         let live = Arc::new(Live::new(rec.clone(), usage)?);
         self.commit(Batch {
             put_keys: vec![rec],
@@ -584,7 +609,8 @@ impl Keys {
             return Err(invalid("secret", "use key import to bring your own secret"));
         }
         let secret = secret::generate();
-        self.insert_new(actor, req, secret, KeyKind::Generated).await
+        self.insert_new(actor, req, secret, KeyKind::Generated)
+            .await
     }
 
     /// Import a user-defined ("generic") token.
@@ -603,20 +629,34 @@ impl Keys {
         if s.len() < min {
             return Err(invalid(
                 "secret",
-                format!("is {} characters long; at least {min} are required (MinImportedSecretLength)", s.len()),
+                format!(
+                    "is {} characters long; at least {min} are required (MinImportedSecretLength)",
+                    s.len()
+                ),
             ));
         }
         if !secret::is_generic_token(&s, min) {
             return Err(invalid(
                 "secret",
-                format!("must be printable ASCII without spaces, {min} to {} characters", secret::MAX_SECRET_LEN),
+                format!(
+                    "must be printable ASCII without spaces, {min} to {} characters",
+                    secret::MAX_SECRET_LEN
+                ),
             ));
         }
-        let issued = self.insert_new(actor, req, Secret::new(s), KeyKind::Imported).await?;
+        let issued = self
+            .insert_new(actor, req, Secret::new(s), KeyKind::Imported)
+            .await?;
         Ok(issued.view)
     }
 
-    async fn insert_new(&self, actor: &Actor, req: CreateKey, secret: Secret, kind: KeyKind) -> Result<Issued, KeyError> {
+    async fn insert_new(
+        &self,
+        actor: &Actor,
+        req: CreateKey,
+        secret: Secret,
+        kind: KeyKind,
+    ) -> Result<Issued, KeyError> {
         let settings = self.settings();
         let now = self.clock.now();
         let owner = match req.user.as_deref().map(str::trim) {
@@ -634,22 +674,31 @@ impl Keys {
             return Err(invalid("user", format!("unknown user {owner:?}")));
         };
         if !rights.create_keys {
-            let groups = settings.directory.users.get(&owner).map(|u| u.groups.join(", ")).unwrap_or_default();
+            let groups = settings
+                .directory
+                .users
+                .get(&owner)
+                .map(|u| u.groups.join(", "))
+                .unwrap_or_default();
             return Err(KeyError::Forbidden(format!(
                 "user {owner:?} may not have API keys: none of their groups ({groups}) allows creating keys"
             )));
         }
         let name = check_name(&req.name, secret.expose())?;
-        let description = check_description(req.description.as_deref().unwrap_or(""), secret.expose())?;
+        let description =
+            check_description(req.description.as_deref().unwrap_or(""), secret.expose())?;
         let scopes = match &req.scopes {
             None => rights.scopes.iter().cloned().collect(),
             Some(list) => {
-                let scopes = check_scopes(&list)?;
+                let scopes = check_scopes(list)?;
                 if let Some(bad) = scopes.iter().find(|s| !rights.scopes.contains(*s)) {
                     let allowed: Vec<_> = rights.scopes.iter().map(String::as_str).collect();
                     return Err(invalid(
                         "scopes",
-                        format!("user {owner:?} may not hold scope {bad:?} (allowed: {})", allowed.join(", ")),
+                        format!(
+                            "user {owner:?} may not hold scope {bad:?} (allowed: {})",
+                            allowed.join(", ")
+                        ),
                     ));
                 }
                 scopes
@@ -664,7 +713,9 @@ impl Keys {
         {
             let index = self.index.read();
             if index.by_hash.contains_key(&hash) {
-                return Err(KeyError::Conflict("this secret is already in use by another key".into()));
+                return Err(KeyError::Conflict(
+                    "this secret is already in use by another key".into(),
+                ));
             }
             check_unique_name(&index, &owner, &name, None)?;
         }
@@ -699,7 +750,9 @@ impl Keys {
             rec.expires_at.map_or_else(|| "never".to_owned(), rfc3339)
         );
         let audit = self.audit_entry(actor, action, rec.id, detail);
-        let live = self.commit_and_publish(rec, Arc::new(Usage::new(None)), audit).await?;
+        let live = self
+            .commit_and_publish(rec, Arc::new(Usage::new(None)), audit)
+            .await?;
         tracing::info!(key_id = %live.rec.id, owner = %live.rec.owner, actor = %actor.name, action, "key issued");
         Ok(Issued {
             key: secret.expose().to_owned(),
@@ -709,14 +762,23 @@ impl Keys {
 
     /// Change a key in place through `change`, which validates and edits a copy of the
     /// record and returns the audit detail. Nothing is written if it fails.
-    async fn modify<F>(&self, actor: &Actor, id: &str, action: &str, change: F) -> Result<Arc<Live>, KeyError>
+    async fn modify<F>(
+        &self,
+        actor: &Actor,
+        id: &str,
+        action: &str,
+        change: F,
+    ) -> Result<Arc<Live>, KeyError>
     where
         F: FnOnce(&mut KeyRecord, &Index, &Settings, DateTime<Utc>) -> Result<String, KeyError>,
     {
         let _writer = self.writer.lock().await;
         let live = self.visible(actor, id)?;
         if live.rec.state == KeyState::Removed {
-            return Err(KeyError::Conflict(format!("key {} was removed", live.rec.id)));
+            return Err(KeyError::Conflict(format!(
+                "key {} was removed",
+                live.rec.id
+            )));
         }
         let settings = self.settings();
         let now = self.clock.now();
@@ -727,7 +789,9 @@ impl Keys {
         };
         rec.updated_at = now;
         let audit = self.audit_entry(actor, action, rec.id, detail);
-        let new = self.commit_and_publish(rec, live.usage.clone(), audit).await?;
+        let new = self
+            .commit_and_publish(rec, live.usage.clone(), audit)
+            .await?;
         tracing::info!(key_id = %new.rec.id, actor = %actor.name, action, "key changed");
         Ok(new)
     }
@@ -797,11 +861,20 @@ impl Keys {
     }
 
     /// Enable or disable a key.
-    pub async fn set_enabled(&self, actor: &Actor, id: &str, enabled: bool) -> Result<KeyView, KeyError> {
+    pub async fn set_enabled(
+        &self,
+        actor: &Actor,
+        id: &str,
+        enabled: bool,
+    ) -> Result<KeyView, KeyError> {
         let action = if enabled { "enable" } else { "disable" };
         let live = self
             .modify(actor, id, action, |rec, _, _, _| {
-                rec.state = if enabled { KeyState::Enabled } else { KeyState::Disabled };
+                rec.state = if enabled {
+                    KeyState::Enabled
+                } else {
+                    KeyState::Disabled
+                };
                 Ok(String::new())
             })
             .await?;
@@ -824,7 +897,12 @@ impl Keys {
 
     /// Give a key a new secret, keeping its settings. With a grace period the old
     /// secret keeps working until it ends (never past the key's expiry).
-    pub async fn rotate(&self, actor: &Actor, id: &str, grace: Option<&str>) -> Result<Issued, KeyError> {
+    pub async fn rotate(
+        &self,
+        actor: &Actor,
+        id: &str,
+        grace: Option<&str>,
+    ) -> Result<Issued, KeyError> {
         let grace = match grace.map(str::trim).filter(|g| !g.is_empty()) {
             Some(g) => Some(parse_period("grace", g)?),
             None => None,
@@ -885,7 +963,8 @@ impl Keys {
                 let used = l.usage.last_used.load(Ordering::Relaxed);
                 let persisted = l.usage.persisted.load(Ordering::Relaxed);
                 let at = l.usage.persisted_at.load(Ordering::Relaxed);
-                let interval_passed = at == NEVER || now.saturating_sub(at) >= LAST_USED_PERSIST_INTERVAL.num_seconds();
+                let interval_passed = at == NEVER
+                    || now.saturating_sub(at) >= LAST_USED_PERSIST_INTERVAL.num_seconds();
                 (used > persisted && (force || interval_passed)).then(|| (l.clone(), used))
             })
             .collect();
@@ -938,21 +1017,31 @@ pub fn view_of(policy: &Policy, live: &Live, now: DateTime<Utc>) -> KeyView {
         details: rec.details(policy, last_used, now),
         ip_filters: rec.ip_filters.iter().map(|n| n.to_string()).collect(),
         headers: rec.headers.clone(),
-        rotation_grace_until: rec
-            .previous_valid_until
-            .filter(|t| *t > now)
-            .map(rfc3339),
+        rotation_grace_until: rec.previous_valid_until.filter(|t| *t > now).map(rfc3339),
         notification: "none".to_owned(),
     }
 }
 
 // ---------------------------------------------------------------- validation
 
-fn check_text(field: &'static str, s: &str, max: usize, allow_newlines: bool) -> Result<String, KeyError> {
+fn check_text(
+    field: &'static str,
+    s: &str,
+    max: usize,
+    allow_newlines: bool,
+) -> Result<String, KeyError> {
     if s.chars().count() > max {
-        return Err(invalid(field, format!("is too long ({} characters; at most {max})", s.chars().count())));
+        return Err(invalid(
+            field,
+            format!(
+                "is too long ({} characters; at most {max})",
+                s.chars().count()
+            ),
+        ));
     }
-    if s.chars().any(|c| c.is_control() && !(allow_newlines && (c == '\n' || c == '\t'))) {
+    if s.chars()
+        .any(|c| c.is_control() && !(allow_newlines && (c == '\n' || c == '\t')))
+    {
         return Err(invalid(field, "must not contain control characters"));
     }
     Ok(s.to_owned())
@@ -965,7 +1054,10 @@ fn check_name(name: &str, secret: &str) -> Result<String, KeyError> {
     }
     let name = check_text("name", name, MAX_NAME, false)?;
     if (!secret.is_empty() && name.contains(secret)) || secret::looks_like_key(&name) {
-        return Err(invalid("name", "must not contain an API key (a key's name is shown everywhere; the key is not)"));
+        return Err(invalid(
+            "name",
+            "must not contain an API key (a key's name is shown everywhere; the key is not)",
+        ));
     }
     Ok(name)
 }
@@ -986,14 +1078,23 @@ fn check_scopes(list: &[String]) -> Result<Vec<String>, KeyError> {
     for s in list {
         let s = s.trim();
         if !valid_scope(s) {
-            return Err(invalid("scopes", format!("{:?} is not a valid scope", s.chars().take(80).collect::<String>())));
+            return Err(invalid(
+                "scopes",
+                format!(
+                    "{:?} is not a valid scope",
+                    s.chars().take(80).collect::<String>()
+                ),
+            ));
         }
         if !out.iter().any(|o| o == s) {
             out.push(s.to_owned());
         }
     }
     if out.is_empty() {
-        return Err(invalid("scopes", "give at least one scope, or leave scopes out for all the owner may hold"));
+        return Err(invalid(
+            "scopes",
+            "give at least one scope, or leave scopes out for all the owner may hold",
+        ));
     }
     out.sort();
     Ok(out)
@@ -1001,7 +1102,10 @@ fn check_scopes(list: &[String]) -> Result<Vec<String>, KeyError> {
 
 fn check_ips(list: &[String]) -> Result<Vec<ipnet::IpNet>, KeyError> {
     if list.len() > MAX_IP_FILTERS {
-        return Err(invalid("ip", format!("at most {MAX_IP_FILTERS} IP filters")));
+        return Err(invalid(
+            "ip",
+            format!("at most {MAX_IP_FILTERS} IP filters"),
+        ));
     }
     let mut out = Vec::new();
     for s in list {
@@ -1021,14 +1125,22 @@ fn check_headers(list: &[String]) -> Result<Vec<HeaderTemplate>, KeyError> {
     for s in list {
         let h = headers::parse(s).map_err(|e| invalid("headers", e.to_string()))?;
         if out.iter().any(|o| o.name.eq_ignore_ascii_case(&h.name)) {
-            return Err(invalid("headers", format!("header {:?} is given twice", h.name)));
+            return Err(invalid(
+                "headers",
+                format!("header {:?} is given twice", h.name),
+            ));
         }
         out.push(h);
     }
     Ok(out)
 }
 
-fn check_unique_name(index: &Index, owner: &str, name: &str, except: Option<Uuid>) -> Result<(), KeyError> {
+fn check_unique_name(
+    index: &Index,
+    owner: &str,
+    name: &str,
+    except: Option<Uuid>,
+) -> Result<(), KeyError> {
     let lower = name.to_lowercase();
     let clash = index.by_id.values().any(|l| {
         l.rec.owner == owner
@@ -1056,15 +1168,28 @@ fn add_period(p: &Period, now: DateTime<Utc>) -> Result<DateTime<Utc>, KeyError>
 fn parse_time(s: &str) -> Result<DateTime<Utc>, KeyError> {
     DateTime::parse_from_rfc3339(s.trim())
         .map(|t| t.with_timezone(&Utc))
-        .map_err(|_| invalid("expires_at", format!("{s:?} is not an RFC 3339 time such as 2027-01-31T00:00:00Z")))
+        .map_err(|_| {
+            invalid(
+                "expires_at",
+                format!("{s:?} is not an RFC 3339 time such as 2027-01-31T00:00:00Z"),
+            )
+        })
 }
 
-fn check_expiry_range(policy: &Policy, at: DateTime<Utc>, now: DateTime<Utc>) -> Result<(), KeyError> {
+fn check_expiry_range(
+    policy: &Policy,
+    at: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Result<(), KeyError> {
     let earliest = now + Duration::minutes(1);
     if at < earliest {
         return Err(invalid(
             "expires_at",
-            format!("{} is too soon: a key must live at least one minute (from {})", rfc3339(at), rfc3339(earliest)),
+            format!(
+                "{} is too soon: a key must live at least one minute (from {})",
+                rfc3339(at),
+                rfc3339(earliest)
+            ),
         ));
     }
     if let Some(max) = &policy.max_expiration {
@@ -1084,10 +1209,19 @@ fn check_expiry_range(policy: &Policy, at: DateTime<Utc>, now: DateTime<Utc>) ->
     Ok(())
 }
 
-fn resolve_create_expiry(policy: &Policy, req: &CreateKey, now: DateTime<Utc>) -> Result<Option<DateTime<Utc>>, KeyError> {
-    let given = usize::from(req.expires_at.is_some()) + usize::from(req.expires_in.is_some()) + usize::from(req.never_expires);
+fn resolve_create_expiry(
+    policy: &Policy,
+    req: &CreateKey,
+    now: DateTime<Utc>,
+) -> Result<Option<DateTime<Utc>>, KeyError> {
+    let given = usize::from(req.expires_at.is_some())
+        + usize::from(req.expires_in.is_some())
+        + usize::from(req.never_expires);
     if given > 1 {
-        return Err(invalid("expires_at", "give only one of --expires-at, --expires-in and --never-expires"));
+        return Err(invalid(
+            "expires_at",
+            "give only one of --expires-at, --expires-in and --never-expires",
+        ));
     }
     let at = if let Some(s) = &req.expires_at {
         parse_time(s)?
@@ -1103,7 +1237,10 @@ fn resolve_create_expiry(policy: &Policy, req: &CreateKey, now: DateTime<Utc>) -
         };
     } else {
         // The default lifetime, clamped to the maximum; if neither is set, never.
-        let default = policy.default_expiration.as_ref().and_then(|p| p.add_to(now));
+        let default = policy
+            .default_expiration
+            .as_ref()
+            .and_then(|p| p.add_to(now));
         let max = policy.max_expiration.as_ref().and_then(|p| p.add_to(now));
         match (default, max) {
             (Some(d), Some(m)) => d.min(m),

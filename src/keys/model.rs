@@ -195,7 +195,12 @@ impl KeyRecord {
     }
 
     /// Status at `now`.
-    pub fn status(&self, policy: &Policy, last_used: Option<DateTime<Utc>>, now: DateTime<Utc>) -> Status {
+    pub fn status(
+        &self,
+        policy: &Policy,
+        last_used: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> Status {
         match self.state {
             KeyState::Removed => return Status::Removed,
             KeyState::Disabled => return Status::Disabled,
@@ -214,7 +219,12 @@ impl KeyRecord {
     }
 
     /// The human "details" line of the RunMyJobs extension.
-    pub fn details(&self, policy: &Policy, last_used: Option<DateTime<Utc>>, now: DateTime<Utc>) -> String {
+    pub fn details(
+        &self,
+        policy: &Policy,
+        last_used: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> String {
         if let (KeyState::Removed, Some(at)) = (self.state, self.removed_at) {
             return format!("removed {}", day(at));
         }
@@ -296,17 +306,29 @@ mod tests {
         // Using it again moves the inactivity deadline.
         let used = Some(t(2027, 1, 15));
         assert_eq!(r.status(&policy, used, t(2027, 2, 2)), Status::Active);
-        assert_eq!(r.effective_expiry(&policy, used).unwrap(), (t(2027, 4, 15), Limit::Inactivity));
+        assert_eq!(
+            r.effective_expiry(&policy, used).unwrap(),
+            (t(2027, 4, 15), Limit::Inactivity)
+        );
     }
 
     #[test]
     fn hard_limit_when_sooner() {
         let policy = Policy::default();
         let r = rec(t(2026, 11, 1), Some(t(2026, 12, 31)));
-        assert_eq!(r.details(&policy, None, t(2026, 11, 2)), "expires 2026-12-31");
+        assert_eq!(
+            r.details(&policy, None, t(2026, 11, 2)),
+            "expires 2026-12-31"
+        );
         assert_eq!(r.status(&policy, None, t(2026, 12, 31)), Status::Expired);
-        assert_eq!(r.details(&policy, None, t(2027, 1, 2)), "expired 2026-12-31");
-        assert_eq!(r.status(&policy, None, t(2026, 12, 31) - Duration::seconds(1)), Status::Active);
+        assert_eq!(
+            r.details(&policy, None, t(2027, 1, 2)),
+            "expired 2026-12-31"
+        );
+        assert_eq!(
+            r.status(&policy, None, t(2026, 12, 31) - Duration::seconds(1)),
+            Status::Active
+        );
     }
 
     #[test]
@@ -324,7 +346,10 @@ mod tests {
             not_accessed_expiration: Period::parse_optional("p1m").unwrap(),
             ..policy
         };
-        assert_eq!(r.details(&policy, None, t(2026, 11, 2)), "expires 2026-12-01 if not used again (inactivity)");
+        assert_eq!(
+            r.details(&policy, None, t(2026, 11, 2)),
+            "expires 2026-12-01 if not used again (inactivity)"
+        );
     }
 
     #[test]
@@ -333,11 +358,16 @@ mod tests {
         let mut r = rec(t(2026, 11, 1), Some(t(2026, 12, 31)));
         r.state = KeyState::Disabled;
         assert_eq!(r.status(&policy, None, t(2026, 11, 2)), Status::Disabled);
-        assert!(r.details(&policy, None, t(2026, 11, 2)).starts_with("disabled; "));
+        assert!(r
+            .details(&policy, None, t(2026, 11, 2))
+            .starts_with("disabled; "));
         r.state = KeyState::Removed;
         r.removed_at = Some(t(2026, 11, 3));
         assert_eq!(r.status(&policy, None, t(2026, 11, 4)), Status::Removed);
-        assert_eq!(r.details(&policy, None, t(2026, 11, 4)), "removed 2026-11-03");
+        assert_eq!(
+            r.details(&policy, None, t(2026, 11, 4)),
+            "removed 2026-11-03"
+        );
     }
 }
 

@@ -110,7 +110,10 @@ pub fn looks_like_key(text: &str) -> bool {
     let mut rest = text;
     while let Some(pos) = rest.find(PREFIX) {
         let after = &rest[pos + PREFIX.len()..];
-        let run = after.bytes().take_while(|b| b.is_ascii_alphanumeric()).count();
+        let run = after
+            .bytes()
+            .take_while(|b| b.is_ascii_alphanumeric())
+            .count();
         if run >= 20 {
             return true;
         }
@@ -180,7 +183,10 @@ pub fn load_or_create_server_secret(
         let cred = dir.join("server-secret");
         if cred.exists() {
             let bytes = std::fs::read(&cred).map_err(io(&cred))?;
-            return Ok((ServerSecret::from_bytes(trim(bytes))?, SecretSource::Credential(cred)));
+            return Ok((
+                ServerSecret::from_bytes(trim(bytes))?,
+                SecretSource::Credential(cred),
+            ));
         }
     }
     match std::fs::read(path) {
@@ -190,7 +196,10 @@ pub fn load_or_create_server_secret(
                     tracing::warn!(path = %path.display(), "server secret is readable by group or others; chmod 600 it");
                 }
             }
-            Ok((ServerSecret::from_bytes(trim(bytes))?, SecretSource::File(path.to_path_buf())))
+            Ok((
+                ServerSecret::from_bytes(trim(bytes))?,
+                SecretSource::File(path.to_path_buf()),
+            ))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -207,7 +216,10 @@ pub fn load_or_create_server_secret(
                 .map_err(io(path))?;
             f.write_all(text.as_bytes()).map_err(io(path))?;
             f.sync_all().map_err(io(path))?;
-            Ok((ServerSecret(text.into_bytes()), SecretSource::Created(path.to_path_buf())))
+            Ok((
+                ServerSecret(text.into_bytes()),
+                SecretSource::Created(path.to_path_buf()),
+            ))
         }
         Err(e) => Err(io(path)(e)),
     }
@@ -292,7 +304,10 @@ mod tests {
         let path = dir.path().join("sub/server.secret");
         let (s1, src) = load_or_create_server_secret(&path, None).unwrap();
         assert!(matches!(src, SecretSource::Created(_)));
-        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         let (s2, src) = load_or_create_server_secret(&path, None).unwrap();
         assert!(matches!(src, SecretSource::File(_)));
         assert_eq!(KeyHasher::new(&s1).hash("k"), KeyHasher::new(&s2).hash("k"));

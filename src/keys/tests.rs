@@ -43,7 +43,12 @@ groups = ["User"]
 "#;
 
 fn settings(text: &str) -> Settings {
-    let c = config::parse(std::path::Path::new("t.toml"), text, &Environment::default()).unwrap();
+    let c = config::parse(
+        std::path::Path::new("t.toml"),
+        text,
+        &Environment::default(),
+    )
+    .unwrap();
     Settings {
         policy: c.policy,
         directory: c.directory,
@@ -103,7 +108,10 @@ async fn default_expiry_is_clamped_to_the_maximum_calendar_correctly() {
     let f = fixture();
     let issued = f.keys.create(&admin(), req("alice", "sync")).await.unwrap();
     // 2026-08-31 + p6m = 2027-02-28 (p1y default clamped to p6m max).
-    assert_eq!(issued.view.expires_at.as_deref(), Some("2027-02-28T10:00:00Z"));
+    assert_eq!(
+        issued.view.expires_at.as_deref(),
+        Some("2027-02-28T10:00:00Z")
+    );
     assert_eq!(issued.view.scopes, ["catalog:read", "catalog:sync"]);
     assert_eq!(secret::shape(&issued.key, 32), secret::Shape::Generated);
 }
@@ -113,10 +121,16 @@ async fn expiry_must_lie_between_one_minute_and_the_maximum() {
     let f = fixture();
     let mut r = req("alice", "a");
     r.expires_in = Some("pt30s".into());
-    assert!(is_invalid(&f.keys.create(&admin(), r).await.unwrap_err(), "expires_at"));
+    assert!(is_invalid(
+        &f.keys.create(&admin(), r).await.unwrap_err(),
+        "expires_at"
+    ));
     let mut r = req("alice", "a");
     r.expires_at = Some("2027-03-01T10:00:00Z".into());
-    assert!(is_invalid(&f.keys.create(&admin(), r).await.unwrap_err(), "expires_at"));
+    assert!(is_invalid(
+        &f.keys.create(&admin(), r).await.unwrap_err(),
+        "expires_at"
+    ));
     let mut r = req("alice", "a");
     r.expires_at = Some("2027-02-28T10:00:00Z".into());
     f.keys.create(&admin(), r).await.unwrap();
@@ -125,12 +139,18 @@ async fn expiry_must_lie_between_one_minute_and_the_maximum() {
     f.keys.create(&admin(), r).await.unwrap();
     let mut r = req("alice", "c");
     r.never_expires = true;
-    assert!(is_invalid(&f.keys.create(&admin(), r).await.unwrap_err(), "expires_at"));
+    assert!(is_invalid(
+        &f.keys.create(&admin(), r).await.unwrap_err(),
+        "expires_at"
+    ));
 }
 
 #[tokio::test]
 async fn never_expires_only_when_max_is_empty() {
-    let f = fixture_with(&CONFIG.replace("MaxExpirationPeriod = \"p6m\"", "MaxExpirationPeriod = \"\""));
+    let f = fixture_with(&CONFIG.replace(
+        "MaxExpirationPeriod = \"p6m\"",
+        "MaxExpirationPeriod = \"\"",
+    ));
     let mut r = req("alice", "forever");
     r.never_expires = true;
     let issued = f.keys.create(&admin(), r).await.unwrap();
@@ -153,52 +173,113 @@ async fn hard_expiry_with_injected_clock() {
 #[tokio::test]
 async fn inactivity_expires_unused_keys_and_use_extends() {
     let f = fixture();
-    let a = f.keys.create(&admin(), req("alice", "used")).await.unwrap().key;
-    let b = f.keys.create(&admin(), req("alice", "idle")).await.unwrap().key;
+    let a = f
+        .keys
+        .create(&admin(), req("alice", "used"))
+        .await
+        .unwrap()
+        .key;
+    let b = f
+        .keys
+        .create(&admin(), req("alice", "idle"))
+        .await
+        .unwrap()
+        .key;
     // Use `a` after two months; leave `b` alone.
     f.clock.advance(Duration::days(60));
     assert_eq!(f.keys.verify(&a, None, None).code, Code::Valid);
     // 2026-08-31 + p3m = 2026-11-30: `b` is inactive from then on.
-    f.clock.set(Utc.with_ymd_and_hms(2026, 11, 30, 9, 59, 59).unwrap());
+    f.clock
+        .set(Utc.with_ymd_and_hms(2026, 11, 30, 9, 59, 59).unwrap());
     assert_eq!(f.keys.verify(&b, None, None).code, Code::Valid);
-    f.clock.set(Utc.with_ymd_and_hms(2027, 1, 1, 0, 0, 0).unwrap());
-    assert_eq!(f.keys.verify(&a, None, None).code, Code::Valid, "used on 2026-11-30 (and before)");
+    f.clock
+        .set(Utc.with_ymd_and_hms(2027, 1, 1, 0, 0, 0).unwrap());
+    assert_eq!(
+        f.keys.verify(&a, None, None).code,
+        Code::Valid,
+        "used on 2026-11-30 (and before)"
+    );
     // `b` was used at 2026-11-30 09:59:59 above, so its deadline moved to 2027-02-28.
-    f.clock.set(Utc.with_ymd_and_hms(2027, 2, 28, 10, 0, 0).unwrap());
-    assert_eq!(f.keys.verify(&b, None, None).code, Code::Expired, "hard limit 2027-02-28 10:00");
-    let c = f.keys.create(&admin(), req("bob", "never-used")).await.unwrap();
+    f.clock
+        .set(Utc.with_ymd_and_hms(2027, 2, 28, 10, 0, 0).unwrap());
+    assert_eq!(
+        f.keys.verify(&b, None, None).code,
+        Code::Expired,
+        "hard limit 2027-02-28 10:00"
+    );
+    let c = f
+        .keys
+        .create(&admin(), req("bob", "never-used"))
+        .await
+        .unwrap();
     f.clock.advance(Duration::days(95));
     assert_eq!(f.keys.verify(&c.key, None, None).code, Code::Inactive);
     let view = f.keys.show(&admin(), &c.view.id.to_string()).unwrap();
     assert_eq!(view.status, "inactive");
-    assert!(view.details.contains("through inactivity"), "{}", view.details);
+    assert!(
+        view.details.contains("through inactivity"),
+        "{}",
+        view.details
+    );
 }
 
 #[tokio::test]
 async fn last_used_is_persisted_at_most_once_a_minute_per_key() {
     let f = fixture();
-    let k = f.keys.create(&admin(), req("alice", "k")).await.unwrap().key;
-    assert_eq!(f.keys.flush_last_used(false).await.unwrap(), 0, "never used: nothing to write");
+    let k = f
+        .keys
+        .create(&admin(), req("alice", "k"))
+        .await
+        .unwrap()
+        .key;
+    assert_eq!(
+        f.keys.flush_last_used(false).await.unwrap(),
+        0,
+        "never used: nothing to write"
+    );
     assert_eq!(f.keys.verify(&k, None, None).code, Code::Valid);
     assert_eq!(f.keys.flush_last_used(false).await.unwrap(), 1);
     f.clock.advance(Duration::seconds(20));
     f.keys.verify(&k, None, None);
-    assert_eq!(f.keys.flush_last_used(false).await.unwrap(), 0, "20 s after the last write");
+    assert_eq!(
+        f.keys.flush_last_used(false).await.unwrap(),
+        0,
+        "20 s after the last write"
+    );
     f.clock.advance(Duration::seconds(39));
-    assert_eq!(f.keys.flush_last_used(false).await.unwrap(), 0, "59 s after the last write");
+    assert_eq!(
+        f.keys.flush_last_used(false).await.unwrap(),
+        0,
+        "59 s after the last write"
+    );
     f.clock.advance(Duration::seconds(1));
-    assert_eq!(f.keys.flush_last_used(false).await.unwrap(), 1, "60 s after the last write");
-    assert_eq!(f.keys.flush_last_used(false).await.unwrap(), 0, "nothing new");
+    assert_eq!(
+        f.keys.flush_last_used(false).await.unwrap(),
+        1,
+        "60 s after the last write"
+    );
+    assert_eq!(
+        f.keys.flush_last_used(false).await.unwrap(),
+        0,
+        "nothing new"
+    );
     f.clock.advance(Duration::seconds(5));
     f.keys.verify(&k, None, None);
-    assert_eq!(f.keys.flush_last_used(true).await.unwrap(), 1, "shutdown writes everything");
+    assert_eq!(
+        f.keys.flush_last_used(true).await.unwrap(),
+        1,
+        "shutdown writes everything"
+    );
     // What was written is what a reopened store sees.
     let expected = f.clock.now();
     drop(f.keys);
     let store = Arc::new(Store::open(&f.path).unwrap());
     let reopened = Keys::open(store, hasher(), f.clock.clone(), settings(CONFIG)).unwrap();
     let list = reopened.list(&admin(), None, false).unwrap();
-    assert_eq!(list[0].last_used_at.as_deref(), Some(rfc3339(expected).as_str()));
+    assert_eq!(
+        list[0].last_used_at.as_deref(),
+        Some(rfc3339(expected).as_str())
+    );
 }
 
 #[tokio::test]
@@ -217,15 +298,26 @@ async fn disable_remove_and_rotate_take_effect_on_the_next_verification() {
     assert_eq!(f.keys.verify(&rotated.key, None, None).code, Code::Valid);
 
     let graced = f.keys.rotate(&alice(), &id, Some("pt1h")).await.unwrap();
-    assert_eq!(f.keys.verify(&rotated.key, None, None).code, Code::Valid, "old key in grace");
+    assert_eq!(
+        f.keys.verify(&rotated.key, None, None).code,
+        Code::Valid,
+        "old key in grace"
+    );
     assert_eq!(f.keys.verify(&graced.key, None, None).code, Code::Valid);
     f.clock.advance(Duration::hours(1));
-    assert_eq!(f.keys.verify(&rotated.key, None, None).code, Code::NotFound, "grace over");
+    assert_eq!(
+        f.keys.verify(&rotated.key, None, None).code,
+        Code::NotFound,
+        "grace over"
+    );
     assert_eq!(f.keys.verify(&graced.key, None, None).code, Code::Valid);
 
     f.keys.remove(&alice(), &id).await.unwrap();
     assert_eq!(f.keys.verify(&graced.key, None, None).code, Code::NotFound);
-    assert!(matches!(f.keys.rotate(&alice(), &id, None).await, Err(KeyError::Conflict(_))));
+    assert!(matches!(
+        f.keys.rotate(&alice(), &id, None).await,
+        Err(KeyError::Conflict(_))
+    ));
 }
 
 #[tokio::test]
@@ -237,33 +329,85 @@ async fn ip_filters_and_scopes() {
     let k = f.keys.create(&admin(), r).await.unwrap().key;
     let ip = |s: &str| Some(s.parse().unwrap());
     assert_eq!(f.keys.verify(&k, None, None).code, Code::IpNotAllowed);
-    assert_eq!(f.keys.verify(&k, None, ip("11.0.0.1")).code, Code::IpNotAllowed);
+    assert_eq!(
+        f.keys.verify(&k, None, ip("11.0.0.1")).code,
+        Code::IpNotAllowed
+    );
     assert_eq!(f.keys.verify(&k, None, ip("10.9.9.9")).code, Code::Valid);
     assert_eq!(f.keys.verify(&k, None, ip("2001:db8::1")).code, Code::Valid);
-    assert_eq!(f.keys.verify(&k, Some("catalog:sync"), ip("10.9.9.9")).code, Code::InsufficientScope);
-    assert_eq!(f.keys.verify(&k, Some("catalog:read"), ip("10.9.9.9")).code, Code::Valid);
+    assert_eq!(
+        f.keys.verify(&k, Some("catalog:sync"), ip("10.9.9.9")).code,
+        Code::InsufficientScope
+    );
+    assert_eq!(
+        f.keys.verify(&k, Some("catalog:read"), ip("10.9.9.9")).code,
+        Code::Valid
+    );
     assert_eq!(f.keys.verify("akd_nope", None, None).code, Code::Malformed);
-    assert_eq!(f.keys.verify(secret::generate().expose(), None, None).code, Code::NotFound);
+    assert_eq!(
+        f.keys.verify(secret::generate().expose(), None, None).code,
+        Code::NotFound
+    );
 }
 
 #[tokio::test]
 async fn permissions_follow_groups() {
     let f = fixture();
     // alice may create for herself, not for bob.
-    f.keys.create(&alice(), CreateKey { name: "mine".into(), ..CreateKey::default() }).await.unwrap();
-    assert!(matches!(f.keys.create(&alice(), req("bob", "x")).await, Err(KeyError::Forbidden(_))));
+    f.keys
+        .create(
+            &alice(),
+            CreateKey {
+                name: "mine".into(),
+                ..CreateKey::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(matches!(
+        f.keys.create(&alice(), req("bob", "x")).await,
+        Err(KeyError::Forbidden(_))
+    ));
     // carol's group (User) may not create keys, even through an admin.
-    assert!(matches!(f.keys.create(&admin(), req("carol", "x")).await, Err(KeyError::Forbidden(_))));
+    assert!(matches!(
+        f.keys.create(&admin(), req("carol", "x")).await,
+        Err(KeyError::Forbidden(_))
+    ));
     // Scopes must be a subset of what the owner's groups grant.
     let mut r = req("alice", "s");
     r.scopes = Some(vec!["apikeyd:admin".into()]);
-    assert!(is_invalid(&f.keys.create(&admin(), r).await.unwrap_err(), "scopes"));
-    assert!(is_invalid(&f.keys.create(&admin(), req("nobody", "x")).await.unwrap_err(), "user"));
+    assert!(is_invalid(
+        &f.keys.create(&admin(), r).await.unwrap_err(),
+        "scopes"
+    ));
+    assert!(is_invalid(
+        &f.keys
+            .create(&admin(), req("nobody", "x"))
+            .await
+            .unwrap_err(),
+        "user"
+    ));
     // Non-admins see and touch only their own keys.
-    let bobs = f.keys.create(&admin(), req("bob", "b")).await.unwrap().view.id.to_string();
-    assert!(matches!(f.keys.show(&alice(), &bobs), Err(KeyError::NotFound(_))));
-    assert!(matches!(f.keys.set_enabled(&alice(), &bobs, false).await, Err(KeyError::NotFound(_))));
-    assert!(matches!(f.keys.list(&alice(), Some("bob"), false), Err(KeyError::Forbidden(_))));
+    let bobs = f
+        .keys
+        .create(&admin(), req("bob", "b"))
+        .await
+        .unwrap()
+        .view
+        .id
+        .to_string();
+    assert!(matches!(
+        f.keys.show(&alice(), &bobs),
+        Err(KeyError::NotFound(_))
+    ));
+    assert!(matches!(
+        f.keys.set_enabled(&alice(), &bobs, false).await,
+        Err(KeyError::NotFound(_))
+    ));
+    assert!(matches!(
+        f.keys.list(&alice(), Some("bob"), false),
+        Err(KeyError::Forbidden(_))
+    ));
     assert_eq!(f.keys.list(&alice(), None, false).unwrap().len(), 1);
     assert_eq!(f.keys.list(&admin(), None, false).unwrap().len(), 2);
 }
@@ -272,25 +416,44 @@ async fn permissions_follow_groups() {
 async fn names_are_unique_per_owner_and_never_a_key() {
     let f = fixture();
     f.keys.create(&admin(), req("alice", "Sync")).await.unwrap();
-    assert!(matches!(f.keys.create(&admin(), req("alice", "sYNC")).await, Err(KeyError::Conflict(_))));
+    assert!(matches!(
+        f.keys.create(&admin(), req("alice", "sYNC")).await,
+        Err(KeyError::Conflict(_))
+    ));
     f.keys.create(&admin(), req("bob", "sync")).await.unwrap();
     let pasted = secret::generate();
     let r = req("alice", pasted.expose());
-    assert!(is_invalid(&f.keys.create(&admin(), r).await.unwrap_err(), "name"));
+    assert!(is_invalid(
+        &f.keys.create(&admin(), r).await.unwrap_err(),
+        "name"
+    ));
     let mut r = req("alice", "d");
     r.description = Some(format!("key is {}", pasted.expose()));
-    assert!(is_invalid(&f.keys.create(&admin(), r).await.unwrap_err(), "description"));
+    assert!(is_invalid(
+        &f.keys.create(&admin(), r).await.unwrap_err(),
+        "description"
+    ));
 }
 
 #[tokio::test]
 async fn edit_narrows_scopes_and_only_shortens_expiry() {
     let f = fixture();
-    let id = f.keys.create(&admin(), req("alice", "k")).await.unwrap().view.id.to_string();
+    let id = f
+        .keys
+        .create(&admin(), req("alice", "k"))
+        .await
+        .unwrap()
+        .view
+        .id
+        .to_string();
     let later = EditKey {
         expires_at: Some("2027-02-28T10:00:01Z".into()),
         ..EditKey::default()
     };
-    assert!(is_invalid(&f.keys.edit(&alice(), &id, later).await.unwrap_err(), "expires_at"));
+    assert!(is_invalid(
+        &f.keys.edit(&alice(), &id, later).await.unwrap_err(),
+        "expires_at"
+    ));
     let earlier = EditKey {
         expires_in: Some("p1m".into()),
         ..EditKey::default()
@@ -301,7 +464,10 @@ async fn edit_narrows_scopes_and_only_shortens_expiry() {
         scopes: Some(vec!["catalog:read".into(), "catalog:write".into()]),
         ..EditKey::default()
     };
-    assert!(is_invalid(&f.keys.edit(&alice(), &id, wider).await.unwrap_err(), "scopes"));
+    assert!(is_invalid(
+        &f.keys.edit(&alice(), &id, wider).await.unwrap_err(),
+        "scopes"
+    ));
     let narrower = EditKey {
         scopes: Some(vec!["catalog:read".into()]),
         description: Some("reads only".into()),
@@ -318,25 +484,51 @@ async fn edit_narrows_scopes_and_only_shortens_expiry() {
 #[tokio::test]
 async fn bad_input_changes_nothing() {
     let f = fixture();
-    let id = f.keys.create(&admin(), req("alice", "k")).await.unwrap().view.id.to_string();
+    let id = f
+        .keys
+        .create(&admin(), req("alice", "k"))
+        .await
+        .unwrap()
+        .view
+        .id
+        .to_string();
     let before = f.keys.show(&admin(), &id).unwrap();
     let audit_before = f.keys.audit(&admin(), None, 100).await.unwrap().len();
     let bad_edits = [
-        EditKey { ip: Some(vec!["10.0.0.1".into(), "192.168.01.1".into()]), description: Some("x".into()), ..EditKey::default() },
-        EditKey { headers: Some(vec!["X-A=${key.secret}".into()]), ..EditKey::default() },
-        EditKey { name: Some("a".repeat(101)), ..EditKey::default() },
-        EditKey { expires_in: Some("p6mjunk".into()), ..EditKey::default() },
+        EditKey {
+            ip: Some(vec!["10.0.0.1".into(), "192.168.01.1".into()]),
+            description: Some("x".into()),
+            ..EditKey::default()
+        },
+        EditKey {
+            headers: Some(vec!["X-A=${key.secret}".into()]),
+            ..EditKey::default()
+        },
+        EditKey {
+            name: Some("a".repeat(101)),
+            ..EditKey::default()
+        },
+        EditKey {
+            expires_in: Some("p6mjunk".into()),
+            ..EditKey::default()
+        },
         EditKey::default(),
     ];
     for e in bad_edits {
-        assert!(matches!(f.keys.edit(&alice(), &id, e).await, Err(KeyError::Invalid { .. })));
+        assert!(matches!(
+            f.keys.edit(&alice(), &id, e).await,
+            Err(KeyError::Invalid { .. })
+        ));
     }
     let mut r = req("alice", "other");
     r.ip = vec!["10.0.0.0/33".into()];
     assert!(f.keys.create(&admin(), r).await.is_err());
     assert_eq!(f.keys.show(&admin(), &id).unwrap(), before);
     assert_eq!(f.keys.list(&admin(), None, true).unwrap().len(), 1);
-    assert_eq!(f.keys.audit(&admin(), None, 100).await.unwrap().len(), audit_before);
+    assert_eq!(
+        f.keys.audit(&admin(), None, 100).await.unwrap().len(),
+        audit_before
+    );
 }
 
 #[tokio::test]
@@ -344,10 +536,16 @@ async fn import_enforces_minimum_length_and_hashes() {
     let f = fixture();
     let mut r = req("alice", "legacy");
     r.secret = Some(ImportedSecret("short-token".into()));
-    assert!(is_invalid(&f.keys.import(&admin(), r).await.unwrap_err(), "secret"));
+    assert!(is_invalid(
+        &f.keys.import(&admin(), r).await.unwrap_err(),
+        "secret"
+    ));
     let mut r = req("alice", "legacy");
     r.secret = Some(ImportedSecret(secret::generate().expose().to_owned()));
-    assert!(is_invalid(&f.keys.import(&admin(), r).await.unwrap_err(), "secret"));
+    assert!(is_invalid(
+        &f.keys.import(&admin(), r).await.unwrap_err(),
+        "secret"
+    ));
     let token = "legacy-token-0123456789-abcdefghijkl";
     let mut r = req("alice", "legacy");
     r.secret = Some(ImportedSecret(token.into()));
@@ -356,19 +554,40 @@ async fn import_enforces_minimum_length_and_hashes() {
     assert_eq!(f.keys.verify(token, None, None).code, Code::Valid);
     let mut r = req("bob", "dup");
     r.secret = Some(ImportedSecret(token.into()));
-    assert!(matches!(f.keys.import(&admin(), r).await, Err(KeyError::Conflict(_))));
+    assert!(matches!(
+        f.keys.import(&admin(), r).await,
+        Err(KeyError::Conflict(_))
+    ));
 }
 
 #[tokio::test]
 async fn every_change_is_audited() {
     let f = fixture();
-    let id = f.keys.create(&admin(), req("alice", "k")).await.unwrap().view.id.to_string();
+    let id = f
+        .keys
+        .create(&admin(), req("alice", "k"))
+        .await
+        .unwrap()
+        .view
+        .id
+        .to_string();
     f.keys.set_enabled(&alice(), &id, false).await.unwrap();
     f.keys.rotate(&alice(), &id, None).await.unwrap();
     f.keys.remove(&admin(), &id).await.unwrap();
     let entries = f.keys.audit(&admin(), Some(&id), 10).await.unwrap();
-    let actions: Vec<_> = entries.iter().map(|e| (e.actor.as_str(), e.action.as_str())).collect();
-    assert_eq!(actions, [("admin", "remove"), ("alice", "rotate"), ("alice", "disable"), ("admin", "create")]);
+    let actions: Vec<_> = entries
+        .iter()
+        .map(|e| (e.actor.as_str(), e.action.as_str()))
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            ("admin", "remove"),
+            ("alice", "rotate"),
+            ("alice", "disable"),
+            ("admin", "create")
+        ]
+    );
     // Alice sees the trail of her own key.
     assert_eq!(f.keys.audit(&alice(), None, 10).await.unwrap().len(), 4);
 }

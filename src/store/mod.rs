@@ -81,7 +81,8 @@ impl Store {
     pub fn load_keys(&self) -> Result<Vec<KeyRecord>, StoreError> {
         let txn = self.db.begin_read().map_err(db_err)?;
         let table = txn.open_table(KEYS).map_err(db_err)?;
-        let mut out = Vec::with_capacity(usize::try_from(table.len().map_err(db_err)?).unwrap_or(0));
+        let mut out =
+            Vec::with_capacity(usize::try_from(table.len().map_err(db_err)?).unwrap_or(0));
         for row in table.iter().map_err(db_err)? {
             let (_, v) = row.map_err(db_err)?;
             out.push(decode("keys", v.value())?);
@@ -96,16 +97,16 @@ impl Store {
             let mut keys = txn.open_table(KEYS).map_err(db_err)?;
             for rec in &batch.put_keys {
                 let bytes = serde_json::to_vec(rec).map_err(db_err)?;
-                keys.insert(rec.id.as_u128(), bytes.as_slice()).map_err(db_err)?;
+                keys.insert(rec.id.as_u128(), bytes.as_slice())
+                    .map_err(db_err)?;
             }
             let mut audit = txn.open_table(AUDIT).map_err(db_err)?;
-            let mut next = match audit.last().map_err(db_err)? {
+            let first = match audit.last().map_err(db_err)? {
                 Some((k, _)) => k.value() + 1,
                 None => 1,
             };
-            for entry in &mut batch.audit {
-                entry.seq = next;
-                next += 1;
+            for (seq, entry) in (first..).zip(&mut batch.audit) {
+                entry.seq = seq;
                 let bytes = serde_json::to_vec(entry).map_err(db_err)?;
                 audit.insert(entry.seq, bytes.as_slice()).map_err(db_err)?;
             }
@@ -132,7 +133,10 @@ impl Store {
     }
 }
 
-fn decode<T: serde::de::DeserializeOwned>(table: &'static str, bytes: &[u8]) -> Result<T, StoreError> {
+fn decode<T: serde::de::DeserializeOwned>(
+    table: &'static str,
+    bytes: &[u8],
+) -> Result<T, StoreError> {
     serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
         table,
         message: e.to_string(),

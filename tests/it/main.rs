@@ -1,1 +1,5 @@
+//! The one integration test binary: the real `apikeyd` and `apikeyctl`.
+
+mod lifecycle;
 mod systemd;
+mod util;

@@ -1,0 +1,346 @@
+//! The `TestDaemon` fixture: the real `apikeyd` binary on a temp dir and port 0,
+//! driven with the real `apikeyctl`. Stopped (SIGKILL) on drop.
+#![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const APIKEYD: &str = env!("CARGO_BIN_EXE_apikeyd");
+pub const APIKEYCTL: &str = env!("CARGO_BIN_EXE_apikeyctl");
+
+/// A config for tests: the shipped groups, users admin (root) and alice (nobody).
+pub fn test_config(dir: &Path, api_key_table: &str, extra_users: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+state_dir = "{state}"
+admin_socket = "{sock}"
+worker_threads = 2
+
+[ApiKey]
+{api_key_table}
+
+[groups.Synchronizer]
+scopes = ["catalog:read", "catalog:sync"]
+create_keys = true
+
+[groups.User]
+scopes = ["catalog:read"]
+
+[groups.Admin]
+scopes = ["catalog:read", "catalog:write", "apikeyd:admin"]
+create_keys = true
+manage_all_keys = true
+
+[users.admin]
+email = "admin@example.com"
+groups = ["Admin"]
+unix_user = "root"
+
+[users.alice]
+email = "alice@example.com"
+groups = ["Synchronizer"]
+unix_user = "nobody"
+
+[users.bob]
+email = "bob@example.com"
+groups = ["Synchronizer"]
+
+{extra_users}
+"#,
+        state = dir.join("state").display(),
+        sock = dir.join("apikeyd.sock").display(),
+    )
+}
+
+pub const DEFAULT_POLICY: &str = r#"MaxExpirationPeriod = "p6m"
+NotAccessedExpirationPeriod = "p3m"
+DefaultExpirationPeriod = "p1y""#;
+
+pub struct TestDaemon {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub socket: PathBuf,
+    pub addr: SocketAddr,
+    pub log: PathBuf,
+    child: Option<Child>,
+    runs: usize,
+}
+
+impl TestDaemon {
+    pub fn start() -> Self {
+        Self::start_with(DEFAULT_POLICY, "")
+    }
+
+    pub fn start_with(api_key_table: &str, extra_users: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        // Let a non-root apikeyctl (uid nobody) reach the socket inside.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let config = dir.path().join("apikeyd.toml");
+        std::fs::write(&config, test_config(dir.path(), api_key_table, extra_users)).unwrap();
+        let mut d = Self {
+            socket: dir.path().join("apikeyd.sock"),
+            log: dir.path().join("daemon.log"),
+            config,
+            dir,
+            addr: "127.0.0.1:1".parse().unwrap(),
+            child: None,
+            runs: 0,
+        };
+        d.spawn(&[]);
+        d
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.dir.path().join("state/apikeyd.redb")
+    }
+
+    /// Start the binary and wait for its "listening" line.
+    pub fn spawn(&mut self, env: &[(&str, &str)]) {
+        self.runs += 1;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let mut cmd = Command::new(APIKEYD);
+        cmd.arg("--config")
+            .arg(&self.config)
+            .env("RUST_LOG", "debug")
+            .env_remove("NOTIFY_SOCKET")
+            .stdout(Stdio::piped())
+            .stderr(log);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            if let Some(Ok(line)) = lines.next() {
+                let _ = tx.send(line);
+            }
+            for _ in lines {}
+        });
+        let line = match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(l) => l,
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "apikeyd did not start; log:\n{}",
+                    std::fs::read_to_string(&self.log).unwrap_or_default()
+                );
+            }
+        };
+        let addr = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("tcp="))
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+        self.addr = addr.parse().unwrap();
+        self.child = Some(child);
+        // The socket is bound before the line is printed; wait for READY anyway.
+        wait_until(Duration::from_secs(10), || {
+            self.ctl(&["whoami"]).status.success()
+        });
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().unwrap().id() as i32
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                if let Some(status) = child.try_wait().unwrap() {
+                    assert!(status.success(), "apikeyd exited with {status}");
+                    break;
+                }
+                assert!(Instant::now() < deadline, "apikeyd did not stop on SIGTERM");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
+    /// SIGKILL: no chance to flush anything.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn(&[]);
+    }
+
+    pub fn ctl(&self, args: &[&str]) -> Output {
+        self.ctl_as(None, args)
+    }
+
+    /// Run apikeyctl, optionally as another uid (tests run as root).
+    pub fn ctl_as(&self, uid: Option<u32>, args: &[&str]) -> Output {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = Command::new(APIKEYCTL);
+        cmd.arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .env_remove("APIKEYD_SOCKET");
+        if let Some(uid) = uid {
+            cmd.uid(uid).gid(uid);
+        }
+        cmd.output().unwrap()
+    }
+
+    /// apikeyctl that must succeed; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.ctl(args);
+        assert!(
+            out.status.success(),
+            "apikeyctl {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// apikeyctl with --json that must succeed.
+    pub fn json(&self, args: &[&str]) -> Value {
+        let mut a = args.to_vec();
+        a.push("--json");
+        serde_json::from_str(&self.ok(&a)).unwrap()
+    }
+
+    /// apikeyctl that must fail; returns stderr.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let out = self.ctl(args);
+        assert!(
+            !out.status.success(),
+            "apikeyctl {args:?} should have failed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8(out.stderr).unwrap()
+    }
+
+    pub fn create(&self, user: &str, name: &str, extra: &[&str]) -> (String, String) {
+        let mut args = vec!["key", "create", "--user", user, "--name", name];
+        args.extend_from_slice(extra);
+        let v = self.json(&args);
+        (
+            v["id"].as_str().unwrap().to_owned(),
+            v["key"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    pub fn keys(&self) -> Vec<Value> {
+        self.json(&["key", "list", "--all"])["keys"]
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+
+    pub fn audit_len(&self) -> usize {
+        self.json(&["audit", "--limit", "100000"])["entries"]
+            .as_array()
+            .unwrap()
+            .len()
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// POST to the daemon's TCP listener.
+    pub fn post(&self, path: &str, body: &str) -> (u16, Value) {
+        http(self.addr, "POST", path, &[], body.as_bytes())
+    }
+}
+
+impl Drop for TestDaemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(
+            Instant::now() < deadline,
+            "condition not met within {timeout:?}"
+        );
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// A minimal HTTP/1.1 client (Connection: close) for raw requests.
+pub fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, Value) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req += &format!("{k}: {v}\r\n");
+    }
+    req += "\r\n";
+    s.write_all(req.as_bytes()).unwrap();
+    let _ = s.write_all(body);
+    let mut resp = Vec::new();
+    let _ = s.read_to_end(&mut resp);
+    let text = String::from_utf8_lossy(&resp).into_owned();
+    let status: u16 = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    let value = serde_json::from_str(body).unwrap_or(Value::String(body.to_owned()));
+    (status, value)
+}
+
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}

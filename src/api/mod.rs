@@ -96,7 +96,7 @@ fn parse_body<T: serde::de::DeserializeOwned>(body: Result<Bytes, BytesRejection
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct VerifyRequest {
-    key: String,
+    key: crate::keys::secret::Secret,
     #[serde(default)]
     scope: Option<String>,
     #[serde(default)]
@@ -197,7 +197,7 @@ async fn verify(
     };
     Ok(Json(verify_response(
         &st.keys,
-        &req.key,
+        req.key.expose(),
         req.scope.as_deref(),
         ip,
     )))

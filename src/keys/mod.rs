@@ -336,8 +336,8 @@ pub struct KeyView {
 /// A key just issued: the secret, shown once, and the key.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Issued {
-    /// The secret. Shown once; never stored.
-    pub key: String,
+    /// The secret. Shown once; never stored; redacted in `Debug`.
+    pub key: Secret,
     /// The key.
     #[serde(flatten)]
     pub view: KeyView,
@@ -755,7 +755,7 @@ impl Keys {
             .await?;
         tracing::info!(key_id = %live.rec.id, owner = %live.rec.owner, actor = %actor.name, action, "key issued");
         Ok(Issued {
-            key: secret.expose().to_owned(),
+            key: secret,
             view: view_of(&settings.policy, &live, now),
         })
     }
@@ -942,7 +942,7 @@ impl Keys {
             })
             .await?;
         Ok(Issued {
-            key: secret.expose().to_owned(),
+            key: secret,
             view: self.view(&live),
         })
     }

@@ -143,9 +143,12 @@ impl Daemon {
         mut reload: mpsc::Receiver<()>,
         env: Environment,
     ) -> Result<(), crate::keys::KeyError> {
-        let state = AppState {
-            keys: self.keys.clone(),
-        };
+        let state = AppState::new(
+            self.keys.clone(),
+            self.config.auth.clone(),
+            self.config.rate_limit.clone(),
+        );
+        let state_for_reload = state.clone();
         let max_body = self.config.server.max_body_bytes;
         let (stop_tx, stop_rx) = watch::channel(false);
         let wait = |mut rx: watch::Receiver<bool>| async move {
@@ -194,7 +197,7 @@ impl Daemon {
         loop {
             tokio::select! {
                 _ = &mut shutdown => break,
-                Some(()) = reload.recv() => reload_config(&keys, &source, &env, &self.config),
+                Some(()) = reload.recv() => reload_config(&state_for_reload, &source, &env, &self.config),
             }
         }
         notify("STOPPING=1");
@@ -234,7 +237,8 @@ async fn bind_unix(path: &Path) -> Result<UnixListener, StartError> {
     Ok(listener)
 }
 
-fn reload_config(keys: &Keys, path: &Path, env: &Environment, running: &Config) {
+fn reload_config(state: &AppState, path: &Path, env: &Environment, running: &Config) {
+    let keys = &state.keys;
     notify_reloading();
     match config::load(path, env) {
         Ok(new) => {
@@ -244,6 +248,9 @@ fn reload_config(keys: &Keys, path: &Path, env: &Environment, running: &Config) 
             let users = new.directory.users.len();
             let groups = new.directory.groups.len();
             keys.reload(settings_of(&new));
+            state
+                .edge
+                .reconfigure(new.auth.clone(), new.rate_limit.clone());
             tracing::info!(users, groups, "configuration reloaded");
         }
         Err(e) => {

@@ -3,6 +3,9 @@
 //! Unix account (SO_PEERCRED) says who is asking, and on TCP to bearers of a key that
 //! holds the `apikeyd:admin` scope. Handlers are thin: parse, call, render.
 
+pub mod auth;
+pub mod limits;
+pub mod metrics;
 pub mod peer;
 
 use std::net::{IpAddr, SocketAddr};
@@ -14,12 +17,14 @@ use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
+use axum::routing::any;
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
+use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::config::ADMIN_SCOPE;
+use crate::config::{AuthConfig, RateLimitConfig, ADMIN_SCOPE};
 use crate::keys::model::{rfc3339, Code};
 use crate::keys::{headers, Actor, CreateKey, EditKey, KeyError, Keys};
 
@@ -28,6 +33,45 @@ use crate::keys::{headers, Actor, CreateKey, EditKey, KeyError, Keys};
 pub struct AppState {
     /// The key service.
     pub keys: Arc<Keys>,
+    /// Forward-auth settings, the rate limiter and the metrics.
+    pub edge: Arc<Edge>,
+}
+
+impl AppState {
+    /// State for `keys` with these edge settings.
+    pub fn new(keys: Arc<Keys>, auth: AuthConfig, rate_limit: RateLimitConfig) -> Self {
+        Self {
+            keys,
+            edge: Arc::new(Edge {
+                auth: RwLock::new(Arc::new(auth)),
+                limiter: limits::RateLimiter::new(rate_limit),
+                metrics: metrics::Metrics::default(),
+            }),
+        }
+    }
+}
+
+/// What the verification endpoints share besides the keys.
+#[derive(Debug)]
+pub struct Edge {
+    auth: RwLock<Arc<AuthConfig>>,
+    /// Failed-verification limits.
+    pub limiter: limits::RateLimiter,
+    /// Counters for `/metrics`.
+    pub metrics: metrics::Metrics,
+}
+
+impl Edge {
+    /// Current forward-auth settings.
+    pub fn auth(&self) -> Arc<AuthConfig> {
+        self.auth.read().clone()
+    }
+
+    /// Replace settings on reload.
+    pub fn reconfigure(&self, auth: AuthConfig, rate_limit: RateLimitConfig) {
+        *self.auth.write() = Arc::new(auth);
+        self.limiter.reconfigure(rate_limit);
+    }
 }
 
 /// An error answered as `{"error": {"code", "message"}}`.
@@ -39,6 +83,15 @@ pub struct ApiError {
 }
 
 impl ApiError {
+    /// An error with a status, a machine-readable code and a message.
+    pub fn new(status: StatusCode, code: &'static str, message: String) -> Self {
+        Self {
+            status,
+            code,
+            message,
+        }
+    }
+
     /// A 400 with a message.
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self {
@@ -204,7 +257,20 @@ async fn verify(
 }
 
 async fn healthz(State(st): State<AppState>) -> Json<Value> {
-    Json(json!({"status": "ok", "keys": st.keys.len()}))
+    // Serving at all means the store is open and the keys are loaded: live and ready.
+    Json(json!({"status": "ok", "live": true, "ready": true, "keys": st.keys.len()}))
+}
+
+async fn metrics_text(State(st): State<AppState>) -> Response {
+    let body = st.edge.metrics.render(&st.keys);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+}
+
+/// The OpenAPI 3.1 description of the HTTP API.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
 }
 
 // ---------------------------------------------------------------- admin
@@ -356,7 +422,11 @@ fn admin_routes() -> Router<AppState> {
 fn public_routes() -> Router<AppState> {
     Router::new()
         .route("/v1/verify", post(verify))
+        .route("/v1/auth", any(auth::auth))
+        .route("/v1/auth/{*path}", any(auth::auth_path))
         .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics_text))
+        .route("/openapi.json", get(openapi))
 }
 
 async fn not_found() -> ApiError {

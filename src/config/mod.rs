@@ -5,6 +5,7 @@
 //! validation pass turns the raw values into a [`Config`], collecting every problem
 //! with its file and key (like `nginx -t`) instead of stopping at the first.
 
+pub mod edge;
 pub mod period;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -14,6 +15,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+pub use edge::{AuthConfig, RateLimitConfig, Route};
 pub use period::{Period, PeriodError};
 
 /// The scope that lets a key use the admin API over TCP.
@@ -182,6 +184,10 @@ pub struct Config {
     pub policy: Policy,
     /// Users and groups.
     pub directory: Directory,
+    /// Forward-auth settings.
+    pub auth: AuthConfig,
+    /// Failed-verification limits.
+    pub rate_limit: RateLimitConfig,
 }
 
 // ---------- raw file types ----------
@@ -197,6 +203,10 @@ struct RawFile {
     groups: BTreeMap<String, RawGroup>,
     #[serde(default)]
     users: BTreeMap<String, RawUser>,
+    #[serde(default)]
+    auth: edge::RawAuth,
+    #[serde(default)]
+    rate_limit: edge::RawRateLimit,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -348,13 +358,13 @@ fn location(text: &str, span: Option<std::ops::Range<usize>>) -> String {
     }
 }
 
-struct Validator {
+pub(crate) struct Validator {
     file: PathBuf,
     problems: Vec<Problem>,
 }
 
 impl Validator {
-    fn push(&mut self, key: &str, message: String) {
+    pub(crate) fn push(&mut self, key: &str, message: String) {
         self.problems.push(Problem {
             file: self.file.clone(),
             key: key.to_owned(),
@@ -380,7 +390,24 @@ impl Validator {
     }
 
     fn unknown_keys(&mut self, table: &toml::Table) {
-        self.check_keys("", table, &["server", "ApiKey", "groups", "users"]);
+        self.check_keys(
+            "",
+            table,
+            &["server", "ApiKey", "groups", "users", "auth", "rate_limit"],
+        );
+        if let Some(t) = table.get("auth").and_then(|v| v.as_table()) {
+            self.check_keys("auth.", t, edge::AUTH_KEYS);
+            if let Some(routes) = t.get("routes").and_then(|r| r.as_array()) {
+                for (i, r) in routes.iter().enumerate() {
+                    if let Some(r) = r.as_table() {
+                        self.check_keys(&format!("auth.routes[{i}]."), r, edge::ROUTE_KEYS);
+                    }
+                }
+            }
+        }
+        if let Some(t) = table.get("rate_limit").and_then(|v| v.as_table()) {
+            self.check_keys("rate_limit.", t, edge::RATE_LIMIT_KEYS);
+        }
         let sub = |name: &str| table.get(name).and_then(|v| v.as_table());
         if let Some(t) = sub("server") {
             self.check_keys("server.", t, SERVER_KEYS);
@@ -411,6 +438,8 @@ impl Validator {
     }
 
     fn validate(&mut self, raw: RawFile, env: &Environment) -> Option<Config> {
+        let auth = edge::validate_auth(self, raw.auth);
+        let rate_limit = edge::validate_rate_limit(self, raw.rate_limit);
         // ---- [ApiKey]
         let a = &raw.api_key;
         let max = self.period(
@@ -596,6 +625,8 @@ impl Validator {
             },
             policy,
             directory,
+            auth,
+            rate_limit,
         })
     }
 }

@@ -27,6 +27,9 @@ pub enum HeaderError {
         "{0:?} is not a valid HTTP header name (letters, digits and !#$%&'*+-.^_`|~, at most 64)"
     )]
     Name(String),
+    /// A name apikeyd sets itself.
+    #[error("header names starting with X-Api-Key- are reserved for apikeyd ({0:?})")]
+    Reserved(String),
     /// Bad characters or too long.
     #[error("value of header {0:?} must be printable ASCII of at most 1024 characters")]
     Value(String),
@@ -53,6 +56,9 @@ pub fn validate(name: &str, template: &str) -> Result<HeaderTemplate, HeaderErro
     let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
     if name.is_empty() || name.len() > 64 || !name.bytes().all(token) {
         return Err(HeaderError::Name(name.chars().take(80).collect()));
+    }
+    if name.to_ascii_lowercase().starts_with("x-api-key-") {
+        return Err(HeaderError::Reserved(name.to_owned()));
     }
     if template.len() > MAX_VALUE || !template.bytes().all(|b| b == b' ' || b.is_ascii_graphic()) {
         return Err(HeaderError::Value(name.to_owned()));
@@ -142,6 +148,10 @@ mod tests {
     fn rejects() {
         assert!(matches!(parse("novalue"), Err(HeaderError::Form(_))));
         assert!(matches!(parse("Bad Name=x"), Err(HeaderError::Name(_))));
+        assert!(matches!(
+            parse("X-Api-Key-Owner=x"),
+            Err(HeaderError::Reserved(_))
+        ));
         assert!(matches!(
             parse("X-A=${key.secret}"),
             Err(HeaderError::Variable { .. })

@@ -86,6 +86,11 @@ fn netmask_prefix(mask: Ipv4Addr) -> Option<u8> {
     }
 }
 
+/// Whether `ip` lies in any of `nets` (an empty list matches nothing).
+pub fn allows_any(nets: &[IpNet], ip: IpAddr) -> bool {
+    !nets.is_empty() && allows(nets, ip)
+}
+
 /// Whether `ip` is allowed by `filters` (an empty list allows everyone). IPv4-mapped
 /// IPv6 addresses are matched as the IPv4 address they carry.
 pub fn allows(filters: &[IpNet], ip: IpAddr) -> bool {

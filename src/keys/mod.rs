@@ -11,10 +11,11 @@ pub mod ipfilter;
 pub mod model;
 pub mod secret;
 
+use std::collections::BTreeMap;
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};
@@ -26,7 +27,7 @@ use crate::clock::SharedClock;
 use crate::config::{valid_scope, Directory, Period, Policy};
 use crate::store::{Batch, Store, StoreError};
 use headers::HeaderTemplate;
-use model::{rfc3339, AuditEntry, Code, KeyKind, KeyRecord, KeyState, Limit, Status};
+use model::{rfc3339, AuditEntry, Code, KeyKind, KeyRecord, KeyState, Limit, Status, UsageCounts};
 use secret::{KeyHash, KeyHasher, Secret, Shape};
 
 /// How long a last-used time may sit in memory before it is written (per key).
@@ -95,26 +96,41 @@ pub struct Settings {
 pub struct Usage {
     /// Last successful verification (unix seconds), `i64::MIN` if never.
     last_used: AtomicI64,
-    /// The value last written to the store.
-    persisted: AtomicI64,
-    /// When (unix seconds) it was last written.
+    /// When (unix seconds) usage was last written.
     persisted_at: AtomicI64,
+    /// Something changed since the last write.
+    dirty: AtomicBool,
+    valid: AtomicU64,
+    denied: AtomicU64,
+    routes: parking_lot::Mutex<BTreeMap<String, u64>>,
 }
 
 const NEVER: i64 = i64::MIN;
 
 impl Usage {
-    fn new(last_used: Option<DateTime<Utc>>) -> Self {
-        let v = last_used.map_or(NEVER, |t| t.timestamp());
+    fn new(last_used: Option<DateTime<Utc>>, counts: &UsageCounts) -> Self {
         Self {
-            last_used: AtomicI64::new(v),
-            persisted: AtomicI64::new(v),
+            last_used: AtomicI64::new(last_used.map_or(NEVER, |t| t.timestamp())),
             persisted_at: AtomicI64::new(NEVER),
+            dirty: AtomicBool::new(false),
+            valid: AtomicU64::new(counts.verifications),
+            denied: AtomicU64::new(counts.denied),
+            routes: parking_lot::Mutex::new(counts.routes.clone()),
         }
     }
 
-    fn touch(&self, now: DateTime<Utc>) {
+    fn touch(&self, now: DateTime<Utc>, route: Option<&str>) {
         self.last_used.fetch_max(now.timestamp(), Ordering::Relaxed);
+        self.valid.fetch_add(1, Ordering::Relaxed);
+        if let Some(r) = route {
+            *self.routes.lock().entry(r.to_owned()).or_insert(0) += 1;
+        }
+        self.dirty.store(true, Ordering::Release);
+    }
+
+    fn deny(&self) {
+        self.denied.fetch_add(1, Ordering::Relaxed);
+        self.dirty.store(true, Ordering::Release);
     }
 
     /// The last-used time as known in memory.
@@ -122,6 +138,15 @@ impl Usage {
         match self.last_used.load(Ordering::Relaxed) {
             NEVER => None,
             s => DateTime::from_timestamp(s, 0),
+        }
+    }
+
+    /// Verification counts as known in memory.
+    pub fn counts(&self) -> UsageCounts {
+        UsageCounts {
+            verifications: self.valid.load(Ordering::Relaxed),
+            denied: self.denied.load(Ordering::Relaxed),
+            routes: self.routes.lock().clone(),
         }
     }
 }
@@ -156,6 +181,7 @@ impl Live {
     pub fn snapshot(&self) -> KeyRecord {
         let mut r = self.rec.clone();
         r.last_used_at = self.usage.last_used().max(r.last_used_at);
+        r.usage = self.usage.counts();
         r
     }
 }
@@ -331,6 +357,8 @@ pub struct KeyView {
     pub rotation_grace_until: Option<String>,
     /// Alert notification (not configured in this version: always "none").
     pub notification: String,
+    /// Verification counts (in memory, flushed with the last-used times).
+    pub usage: UsageCounts,
 }
 
 /// A key just issued: the secret, shown once, and the key.
@@ -369,7 +397,7 @@ impl Keys {
     ) -> Result<Self, StoreError> {
         let mut index = Index::default();
         for rec in store.load_keys()? {
-            let usage = Arc::new(Usage::new(rec.last_used_at));
+            let usage = Arc::new(Usage::new(rec.last_used_at, &rec.usage));
             index.insert(Arc::new(Live::new(rec, usage)?));
         }
         Ok(Self {
@@ -411,8 +439,26 @@ impl Keys {
 
     /// Verify a presented key. Never waits for the store.
     pub fn verify(&self, presented: &str, scope: Option<&str>, ip: Option<IpAddr>) -> Verification {
+        self.verify_route(presented, scope, ip, None)
+    }
+
+    /// Verify, counting a success against `route` (a configured route prefix).
+    pub fn verify_route(
+        &self,
+        presented: &str,
+        scope: Option<&str>,
+        ip: Option<IpAddr>,
+        route: Option<&str>,
+    ) -> Verification {
         let settings = self.settings.read().clone();
-        self.verify_with(&settings.policy, presented, scope, ip, self.clock.now())
+        self.verify_with(
+            &settings.policy,
+            presented,
+            scope,
+            ip,
+            route,
+            self.clock.now(),
+        )
     }
 
     fn verify_with(
@@ -421,6 +467,7 @@ impl Keys {
         presented: &str,
         scope: Option<&str>,
         ip: Option<IpAddr>,
+        route: Option<&str>,
         now: DateTime<Utc>,
     ) -> Verification {
         let none = |code| Verification { code, key: None };
@@ -454,11 +501,14 @@ impl Keys {
                 } else if scope.is_some_and(|s| !live.rec.scopes.iter().any(|k| k == s)) {
                     Code::InsufficientScope
                 } else {
-                    live.usage.touch(now);
+                    live.usage.touch(now, route);
                     Code::Valid
                 }
             }
         };
+        if code != Code::Valid {
+            live.usage.deny();
+        }
         Verification {
             code,
             key: Some(live),
@@ -737,6 +787,7 @@ impl Keys {
             ip_filters,
             headers,
             removed_at: None,
+            usage: UsageCounts::default(),
         };
         let action = match kind {
             KeyKind::Generated => "create",
@@ -751,7 +802,11 @@ impl Keys {
         );
         let audit = self.audit_entry(actor, action, rec.id, detail);
         let live = self
-            .commit_and_publish(rec, Arc::new(Usage::new(None)), audit)
+            .commit_and_publish(
+                rec,
+                Arc::new(Usage::new(None, &UsageCounts::default())),
+                audit,
+            )
             .await?;
         tracing::info!(key_id = %live.rec.id, owner = %live.rec.owner, actor = %actor.name, action, "key issued");
         Ok(Issued {
@@ -954,34 +1009,77 @@ impl Keys {
     pub async fn flush_last_used(&self, force: bool) -> Result<usize, KeyError> {
         let _writer = self.writer.lock().await;
         let now = self.clock.now().timestamp();
-        let due: Vec<(Arc<Live>, i64)> = self
+        let interval = LAST_USED_PERSIST_INTERVAL.num_seconds();
+        let due: Vec<Arc<Live>> = self
             .index
             .read()
             .by_id
             .values()
-            .filter_map(|l| {
-                let used = l.usage.last_used.load(Ordering::Relaxed);
-                let persisted = l.usage.persisted.load(Ordering::Relaxed);
+            .filter(|l| {
                 let at = l.usage.persisted_at.load(Ordering::Relaxed);
-                let interval_passed = at == NEVER
-                    || now.saturating_sub(at) >= LAST_USED_PERSIST_INTERVAL.num_seconds();
-                (used > persisted && (force || interval_passed)).then(|| (l.clone(), used))
+                l.usage.dirty.load(Ordering::Acquire)
+                    && (force || at == NEVER || now.saturating_sub(at) >= interval)
             })
+            .cloned()
             .collect();
         if due.is_empty() {
             return Ok(0);
         }
+        // Clear the flags before taking the snapshots: a use racing with this flush
+        // sets its key dirty again and is written next time.
+        for l in &due {
+            l.usage.dirty.store(false, Ordering::Release);
+        }
         let batch = Batch {
-            put_keys: due.iter().map(|(l, _)| l.snapshot()).collect(),
+            put_keys: due.iter().map(|l| l.snapshot()).collect(),
             audit: Vec::new(),
         };
-        self.commit(batch).await?;
-        for (l, used) in &due {
-            l.usage.persisted.fetch_max(*used, Ordering::Relaxed);
+        if let Err(e) = self.commit(batch).await {
+            for l in &due {
+                l.usage.dirty.store(true, Ordering::Release);
+            }
+            return Err(e);
+        }
+        for l in &due {
             l.usage.persisted_at.store(now, Ordering::Relaxed);
         }
         tracing::debug!(keys = due.len(), "last-used times flushed");
         Ok(due.len())
+    }
+
+    /// Keys with usage not yet written, and the age in seconds of the oldest write
+    /// among them (0 if none): the "last-used flush lag".
+    pub fn unflushed(&self) -> (usize, i64) {
+        let now = self.clock.now().timestamp();
+        let index = self.index.read();
+        let mut count = 0;
+        let mut lag = 0;
+        for l in index.by_id.values() {
+            if l.usage.dirty.load(Ordering::Relaxed) {
+                count += 1;
+                let at = l.usage.persisted_at.load(Ordering::Relaxed);
+                if at != NEVER {
+                    lag = lag.max(now.saturating_sub(at));
+                }
+            }
+        }
+        (count, lag)
+    }
+
+    /// Number of keys per status at the current time.
+    pub fn status_counts(&self) -> BTreeMap<&'static str, usize> {
+        let policy = self.settings().policy.clone();
+        let now = self.clock.now();
+        let mut out = BTreeMap::new();
+        for s in ["active", "disabled", "expired", "inactive", "removed"] {
+            out.insert(s, 0);
+        }
+        for l in self.index.read().by_id.values() {
+            let last = l.usage.last_used().max(l.rec.last_used_at);
+            *out.entry(l.rec.status(&policy, last, now).as_str())
+                .or_insert(0) += 1;
+        }
+        out
     }
 }
 
@@ -1019,6 +1117,7 @@ pub fn view_of(policy: &Policy, live: &Live, now: DateTime<Utc>) -> KeyView {
         headers: rec.headers.clone(),
         rotation_grace_until: rec.previous_valid_until.filter(|t| *t > now).map(rfc3339),
         notification: "none".to_owned(),
+        usage: live.usage.counts(),
     }
 }
 

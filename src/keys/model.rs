@@ -53,6 +53,21 @@ pub struct KeyRecord {
     /// When it was removed.
     #[serde(default)]
     pub removed_at: Option<DateTime<Utc>>,
+    /// Verification counts, as last persisted.
+    #[serde(default)]
+    pub usage: UsageCounts,
+}
+
+/// How often a key was verified: in total and per configured route prefix.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageCounts {
+    /// Successful verifications.
+    pub verifications: u64,
+    /// Refused verifications of this key (disabled, expired, IP, scope, ...).
+    pub denied: u64,
+    /// Successful verifications per route prefix (forward-auth).
+    #[serde(default)]
+    pub routes: std::collections::BTreeMap<String, u64>,
 }
 
 /// Where a secret came from.
@@ -285,6 +300,7 @@ mod tests {
             ip_filters: vec![],
             headers: vec![],
             removed_at: None,
+            usage: UsageCounts::default(),
         }
     }
 

@@ -1,0 +1,154 @@
+//! Counters for `/metrics` (Prometheus text format 0.0.4), kept in atomics so the
+//! verification path never takes a lock to count.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::keys::model::Code;
+use crate::keys::Keys;
+
+/// Where a verification came from.
+#[derive(Debug, Clone, Copy)]
+pub enum Endpoint {
+    /// `POST /v1/verify`.
+    Verify,
+    /// `/v1/auth` (forward-auth).
+    Auth,
+}
+
+/// Result labels: the verification codes plus `MISSING` (no key in the request).
+pub const CODES: [&str; 9] = [
+    "VALID",
+    "MALFORMED",
+    "NOT_FOUND",
+    "DISABLED",
+    "EXPIRED",
+    "INACTIVE",
+    "IP_NOT_ALLOWED",
+    "INSUFFICIENT_SCOPE",
+    "MISSING",
+];
+
+/// Index of a code in [`CODES`].
+pub fn code_index(code: Option<Code>) -> usize {
+    match code {
+        Some(c) => CODES.iter().position(|n| *n == c.as_str()).unwrap_or(0),
+        None => 8,
+    }
+}
+
+/// Upper bounds (seconds) of the latency histogram buckets.
+const BUCKETS: [f64; 12] = [
+    0.000_001,
+    0.000_002_5,
+    0.000_005,
+    0.000_01,
+    0.000_025,
+    0.000_05,
+    0.000_1,
+    0.000_25,
+    0.000_5,
+    0.001,
+    0.005,
+    0.025,
+];
+
+/// Process-wide counters.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    verifications: [[AtomicU64; 9]; 2],
+    rate_limited: AtomicU64,
+    latency: [AtomicU64; BUCKETS.len()],
+    latency_count: AtomicU64,
+    latency_sum_ns: AtomicU64,
+}
+
+impl Metrics {
+    /// Count one verification and how long it took.
+    pub fn record(&self, endpoint: Endpoint, code: Option<Code>, took: Duration) {
+        self.verifications[endpoint as usize][code_index(code)].fetch_add(1, Ordering::Relaxed);
+        let secs = took.as_secs_f64();
+        if let Some(i) = BUCKETS.iter().position(|b| secs <= *b) {
+            self.latency[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.latency_count.fetch_add(1, Ordering::Relaxed);
+        self.latency_sum_ns.fetch_add(
+            u64::try_from(took.as_nanos()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Count one request refused with 429.
+    pub fn record_rate_limited(&self) {
+        self.rate_limited.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Count of verifications with a code at an endpoint.
+    pub fn count(&self, endpoint: Endpoint, code: Option<Code>) -> u64 {
+        self.verifications[endpoint as usize][code_index(code)].load(Ordering::Relaxed)
+    }
+
+    /// Render everything in the Prometheus text format.
+    pub fn render(&self, keys: &Keys) -> String {
+        let mut out = String::with_capacity(4096);
+        let _ = writeln!(
+            out,
+            "# HELP apikeyd_verifications_total Key verifications by endpoint and result code."
+        );
+        let _ = writeln!(out, "# TYPE apikeyd_verifications_total counter");
+        for (e, name) in [(Endpoint::Verify, "verify"), (Endpoint::Auth, "auth")] {
+            for (i, code) in CODES.iter().enumerate() {
+                let n = self.verifications[e as usize][i].load(Ordering::Relaxed);
+                let _ = writeln!(
+                    out,
+                    "apikeyd_verifications_total{{endpoint=\"{name}\",code=\"{code}\"}} {n}"
+                );
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP apikeyd_verification_duration_seconds Time to verify one key (in process)."
+        );
+        let _ = writeln!(
+            out,
+            "# TYPE apikeyd_verification_duration_seconds histogram"
+        );
+        let mut cumulative = 0;
+        for (i, b) in BUCKETS.iter().enumerate() {
+            cumulative += self.latency[i].load(Ordering::Relaxed);
+            let _ = writeln!(
+                out,
+                "apikeyd_verification_duration_seconds_bucket{{le=\"{b}\"}} {cumulative}"
+            );
+        }
+        let count = self.latency_count.load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "apikeyd_verification_duration_seconds_bucket{{le=\"+Inf\"}} {count}"
+        );
+        let sum = self.latency_sum_ns.load(Ordering::Relaxed) as f64 / 1e9;
+        let _ = writeln!(out, "apikeyd_verification_duration_seconds_sum {sum}");
+        let _ = writeln!(out, "apikeyd_verification_duration_seconds_count {count}");
+        let _ = writeln!(out, "# HELP apikeyd_rate_limited_total Requests refused with 429 after too many failed verifications.");
+        let _ = writeln!(out, "# TYPE apikeyd_rate_limited_total counter");
+        let _ = writeln!(
+            out,
+            "apikeyd_rate_limited_total {}",
+            self.rate_limited.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(out, "# HELP apikeyd_keys Keys by status.");
+        let _ = writeln!(out, "# TYPE apikeyd_keys gauge");
+        for (status, n) in keys.status_counts() {
+            let _ = writeln!(out, "apikeyd_keys{{status=\"{status}\"}} {n}");
+        }
+        let (unflushed, lag) = keys.unflushed();
+        let _ = writeln!(out, "# HELP apikeyd_usage_unflushed_keys Keys whose last-used time or counts are not yet written.");
+        let _ = writeln!(out, "# TYPE apikeyd_usage_unflushed_keys gauge");
+        let _ = writeln!(out, "apikeyd_usage_unflushed_keys {unflushed}");
+        let _ = writeln!(out, "# HELP apikeyd_usage_flush_lag_seconds Age of the oldest last write among keys waiting to be flushed.");
+        let _ = writeln!(out, "# TYPE apikeyd_usage_flush_lag_seconds gauge");
+        let _ = writeln!(out, "apikeyd_usage_flush_lag_seconds {lag}");
+        out
+    }
+}

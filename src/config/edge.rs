@@ -1,0 +1,305 @@
+//! `[auth]` and `[rate_limit]`: how forward-auth reads keys, client addresses and
+//! required scopes from proxy requests, and how failed verifications are limited.
+
+use std::collections::BTreeMap;
+
+use ipnet::IpNet;
+use serde::Deserialize;
+
+use super::{valid_scope, Validator};
+use crate::keys::ipfilter;
+
+/// A route prefix and the scope it requires.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// Path prefix, e.g. `/catalog/sync`; matches whole path segments.
+    pub prefix: String,
+    /// Scope a key needs for it; `None` = any valid key.
+    pub scope: Option<String>,
+}
+
+impl Route {
+    /// Whether `path` is under this prefix (segment-aware: `/a` matches `/a/b`, not `/ab`).
+    pub fn matches(&self, path: &str) -> bool {
+        let Some(rest) = path.strip_prefix(&self.prefix) else {
+            return false;
+        };
+        self.prefix.ends_with('/')
+            || rest.is_empty()
+            || rest.starts_with('/')
+            || rest.starts_with('?')
+    }
+}
+
+/// Forward-auth settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthConfig {
+    /// Header names (lower case) that may carry the key, in order. `authorization`
+    /// is read as `Bearer KEY`; any other as the bare key.
+    pub key_headers: Vec<String>,
+    /// Query parameter that may carry the key; `None` = never read the query string.
+    pub query_param: Option<String>,
+    /// Peers whose `X-Forwarded-For` / `X-Real-IP` are believed.
+    pub trusted_proxies: Vec<IpNet>,
+    /// Header (lower case) in which the proxy names the required scope.
+    pub scope_header: String,
+    /// Headers (lower case) holding the original request URI, in order.
+    pub uri_headers: Vec<String>,
+    /// Route prefixes, longest first.
+    pub routes: Vec<Route>,
+    /// Largest total size of request headers accepted.
+    pub max_header_bytes: usize,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            key_headers: vec!["authorization".into(), "x-api-key".into()],
+            query_param: None,
+            trusted_proxies: Vec::new(),
+            scope_header: "x-required-scope".into(),
+            uri_headers: vec!["x-forwarded-uri".into(), "x-original-uri".into()],
+            routes: Vec::new(),
+            max_header_bytes: 16 * 1024,
+        }
+    }
+}
+
+impl AuthConfig {
+    /// The longest configured route matching `path`.
+    pub fn route_for(&self, path: &str) -> Option<&Route> {
+        self.routes.iter().find(|r| r.matches(path))
+    }
+}
+
+/// Limits on failed verifications per client address (token bucket).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimitConfig {
+    /// Tokens refilled per minute; 0 turns limiting off.
+    pub failures_per_minute: u32,
+    /// Bucket size: failures allowed in a burst.
+    pub burst: u32,
+    /// Most client addresses tracked at once (memory bound).
+    pub max_tracked_clients: usize,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        Self {
+            failures_per_minute: 60,
+            burst: 30,
+            max_tracked_clients: 100_000,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAuth {
+    key_headers: Option<Vec<String>>,
+    query_param: Option<String>,
+    trusted_proxies: Option<Vec<String>>,
+    scope_header: Option<String>,
+    uri_headers: Option<Vec<String>>,
+    #[serde(default)]
+    routes: Vec<RawRoute>,
+    max_header_bytes: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRoute {
+    prefix: String,
+    scope: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRateLimit {
+    failures_per_minute: Option<i64>,
+    burst: Option<i64>,
+    max_tracked_clients: Option<i64>,
+}
+
+pub(super) const AUTH_KEYS: &[&str] = &[
+    "key_headers",
+    "query_param",
+    "trusted_proxies",
+    "scope_header",
+    "uri_headers",
+    "routes",
+    "max_header_bytes",
+];
+pub(super) const ROUTE_KEYS: &[&str] = &["prefix", "scope"];
+pub(super) const RATE_LIMIT_KEYS: &[&str] =
+    &["failures_per_minute", "burst", "max_tracked_clients"];
+
+fn header_name(v: &mut Validator, key: &str, name: &str) -> String {
+    let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+    if name.is_empty() || name.len() > 64 || !name.bytes().all(token) {
+        v.push(key, format!("{name:?} is not a valid HTTP header name"));
+    }
+    name.to_ascii_lowercase()
+}
+
+pub(super) fn validate_auth(v: &mut Validator, raw: RawAuth) -> AuthConfig {
+    let d = AuthConfig::default();
+    let key_headers = match raw.key_headers {
+        Some(list) if list.is_empty() => {
+            v.push("auth.key_headers", "needs at least one header name".into());
+            d.key_headers
+        }
+        Some(list) => list
+            .iter()
+            .map(|h| header_name(v, "auth.key_headers", h))
+            .collect(),
+        None => d.key_headers,
+    };
+    let query_param = match raw.query_param.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(p)
+            if p.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+                && p.len() <= 64 =>
+        {
+            Some(p.to_owned())
+        }
+        Some(p) => {
+            v.push(
+                "auth.query_param",
+                format!("{p:?} is not a plain query parameter name"),
+            );
+            None
+        }
+    };
+    let mut trusted_proxies = Vec::new();
+    for p in raw.trusted_proxies.unwrap_or_default() {
+        match ipfilter::parse(&p) {
+            Ok(net) => trusted_proxies.push(net),
+            Err(e) => v.push("auth.trusted_proxies", e.to_string()),
+        }
+    }
+    let scope_header = match raw.scope_header {
+        Some(h) => header_name(v, "auth.scope_header", &h),
+        None => d.scope_header,
+    };
+    let uri_headers = match raw.uri_headers {
+        Some(list) => list
+            .iter()
+            .map(|h| header_name(v, "auth.uri_headers", h))
+            .collect(),
+        None => d.uri_headers,
+    };
+    let mut seen = BTreeMap::new();
+    let mut routes = Vec::new();
+    for (i, r) in raw.routes.into_iter().enumerate() {
+        let key = format!("auth.routes[{i}]");
+        if !r.prefix.starts_with('/')
+            || r.prefix.len() > 512
+            || r.prefix
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control())
+        {
+            v.push(
+                &format!("{key}.prefix"),
+                format!("{:?} must be a path starting with '/'", r.prefix),
+            );
+            continue;
+        }
+        if let Some(s) = &r.scope {
+            if !valid_scope(s) {
+                v.push(
+                    &format!("{key}.scope"),
+                    format!("{s:?} is not a valid scope"),
+                );
+            }
+        }
+        if seen.insert(r.prefix.clone(), i).is_some() {
+            v.push(
+                &format!("{key}.prefix"),
+                format!("prefix {:?} is listed twice", r.prefix),
+            );
+        }
+        routes.push(Route {
+            prefix: r.prefix,
+            scope: r.scope.filter(|s| !s.is_empty()),
+        });
+    }
+    // Longest prefix first, so the most specific route wins.
+    routes.sort_by(|a, b| {
+        b.prefix
+            .len()
+            .cmp(&a.prefix.len())
+            .then(a.prefix.cmp(&b.prefix))
+    });
+    let max_header_bytes = raw.max_header_bytes.unwrap_or(16 * 1024);
+    if !(1024..=1024 * 1024).contains(&max_header_bytes) {
+        v.push(
+            "auth.max_header_bytes",
+            format!("{max_header_bytes} is out of range (1024 to 1048576)"),
+        );
+    }
+    AuthConfig {
+        key_headers,
+        query_param,
+        trusted_proxies,
+        scope_header,
+        uri_headers,
+        routes,
+        max_header_bytes: usize::try_from(max_header_bytes).unwrap_or(16 * 1024),
+    }
+}
+
+pub(super) fn validate_rate_limit(v: &mut Validator, raw: RawRateLimit) -> RateLimitConfig {
+    let d = RateLimitConfig::default();
+    let mut int =
+        |key: &str, value: Option<i64>, default: i64, range: std::ops::RangeInclusive<i64>| {
+            let x = value.unwrap_or(default);
+            if !range.contains(&x) {
+                v.push(
+                    key,
+                    format!("{x} is out of range ({} to {})", range.start(), range.end()),
+                );
+                default
+            } else {
+                x
+            }
+        };
+    let per_minute = int(
+        "rate_limit.failures_per_minute",
+        raw.failures_per_minute,
+        60,
+        0..=1_000_000,
+    );
+    let burst = int("rate_limit.burst", raw.burst, 30, 1..=1_000_000);
+    let max = int(
+        "rate_limit.max_tracked_clients",
+        raw.max_tracked_clients,
+        100_000,
+        100..=10_000_000,
+    );
+    RateLimitConfig {
+        failures_per_minute: u32::try_from(per_minute).unwrap_or(d.failures_per_minute),
+        burst: u32::try_from(burst).unwrap_or(d.burst),
+        max_tracked_clients: usize::try_from(max).unwrap_or(d.max_tracked_clients),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[test]
+    fn routes_match_whole_segments() {
+        let r = Route {
+            prefix: "/catalog".into(),
+            scope: None,
+        };
+        assert!(r.matches("/catalog"));
+        assert!(r.matches("/catalog/items"));
+        assert!(r.matches("/catalog?x=1"));
+        assert!(!r.matches("/catalogue"));
+        assert!(!r.matches("/other"));
+    }
+}

@@ -238,8 +238,9 @@ pub fn verify_response(
 
 async fn verify(
     State(st): State<AppState>,
+    auth::PeerIp(peer): auth::PeerIp,
     body: Result<Bytes, BytesRejection>,
-) -> ApiResult<Json<VerifyResponse>> {
+) -> Result<Response, ApiError> {
     let req: VerifyRequest = parse_body(body)?;
     let ip = match req.ip.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
         Some(s) => Some(
@@ -248,12 +249,41 @@ async fn verify(
         ),
         None => None,
     };
-    Ok(Json(verify_response(
-        &st.keys,
-        req.key.expose(),
-        req.scope.as_deref(),
-        ip,
-    )))
+    // Failures are counted against the end client when the caller names one.
+    let client = ip.or(peer);
+    let now = std::time::Instant::now();
+    if let Some(c) = client {
+        if let Err(retry) = st.edge.limiter.check(c, now) {
+            st.edge.metrics.record_rate_limited();
+            let mut r = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                format!(
+                    "too many failed verifications from {c}; retry in {} s",
+                    retry.as_secs()
+                ),
+            )
+            .into_response();
+            r.headers_mut().insert(
+                header::RETRY_AFTER,
+                header::HeaderValue::from(retry.as_secs()),
+            );
+            return Ok(r);
+        }
+    }
+    let started = std::time::Instant::now();
+    let answer = verify_response(&st.keys, req.key.expose(), req.scope.as_deref(), ip);
+    st.edge.metrics.record(
+        metrics::Endpoint::Verify,
+        Some(answer.code),
+        started.elapsed(),
+    );
+    if matches!(answer.code, Code::Malformed | Code::NotFound) {
+        if let Some(c) = client {
+            st.edge.limiter.record_failure(c, now);
+        }
+    }
+    Ok(Json(answer).into_response())
 }
 
 async fn healthz(State(st): State<AppState>) -> Json<Value> {

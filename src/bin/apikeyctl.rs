@@ -681,8 +681,16 @@ fn show(v: &Value, json: bool) {
         ("ip filters", list("ip_filters")),
         ("headers", headers),
         ("notification", s(v, "notification")),
+        ("verified", v["usage"]["verifications"].to_string()),
+        ("denied", v["usage"]["denied"].to_string()),
     ] {
         println!("{label:<13}{value}");
+    }
+    if let Some(routes) = v["usage"]["routes"].as_object().filter(|r| !r.is_empty()) {
+        println!("per route:");
+        for (prefix, n) in routes {
+            println!("  {prefix:<30}{n}");
+        }
     }
 }
 

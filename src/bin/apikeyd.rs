@@ -32,6 +32,20 @@ enum Command {
     CheckConfig,
     /// Run in the foreground (the default).
     Run,
+    /// Write COUNT keys for USER straight into the database (daemon stopped) and
+    /// print one of their secrets. For benchmarks and load tests.
+    #[command(hide = true)]
+    SeedKeys {
+        /// How many keys.
+        #[arg(long)]
+        count: usize,
+        /// Owner (a configured user whose groups allow keys).
+        #[arg(long)]
+        user: String,
+        /// Print one valid secret on stdout.
+        #[arg(long)]
+        print_key: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -39,6 +53,17 @@ fn main() -> ExitCode {
     let env = Environment::from_process();
     match args.command {
         Some(Command::CheckConfig) => check_config(&args.config, &env),
+        Some(Command::SeedKeys {
+            count,
+            user,
+            print_key,
+        }) => match seed(&args.config, &env, count, &user, print_key) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("apikeyd: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Some(Command::Run) | None => match run(&args.config, env) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -80,6 +105,54 @@ fn check_config(path: &std::path::Path, env: &Environment) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn seed(
+    path: &std::path::Path,
+    env: &Environment,
+    count: usize,
+    user: &str,
+    print_key: bool,
+) -> anyhow::Result<()> {
+    use apikeyd::keys::secret::{load_or_create_server_secret, KeyHasher};
+    let config = config::load(path, env).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let rights = config
+        .directory
+        .rights(user)
+        .ok_or_else(|| anyhow::anyhow!("unknown user {user:?}"))?;
+    if !rights.create_keys {
+        anyhow::bail!("user {user:?} may not have keys (no group with create_keys)");
+    }
+    let (secret, _) = load_or_create_server_secret(
+        &config.server.secret_file,
+        env.credentials_directory.as_deref(),
+    )?;
+    let store = apikeyd::store::Store::open(&config.server.database_path())?;
+    let now = chrono::Utc::now();
+    let expires = config
+        .policy
+        .max_expiration
+        .as_ref()
+        .and_then(|p| p.add_to(now));
+    let scopes: Vec<String> = rights.scopes.into_iter().collect();
+    let started = std::time::Instant::now();
+    let sample = apikeyd::keys::seed(
+        &store,
+        &KeyHasher::new(&secret),
+        user,
+        &scopes,
+        count,
+        now,
+        expires,
+    )?;
+    eprintln!(
+        "seeded {count} keys for {user} in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    if print_key {
+        println!("{}", sample.expose());
+    }
+    Ok(())
 }
 
 fn run(path: &std::path::Path, env: Environment) -> anyhow::Result<()> {

@@ -1354,3 +1354,66 @@ fn resolve_create_expiry(
 
 #[cfg(test)]
 mod tests;
+
+/// Write `count` keys for `owner` straight into a store that no daemon holds open, in
+/// batched transactions (benchmarks and load tests). Returns one of the secrets.
+/// Nothing is audited per key; one audit entry records the whole seeding.
+pub fn seed(
+    store: &Store,
+    hasher: &KeyHasher,
+    owner: &str,
+    scopes: &[String],
+    count: usize,
+    now: DateTime<Utc>,
+    expires_at: Option<DateTime<Utc>>,
+) -> Result<Secret, StoreError> {
+    const BATCH: usize = 20_000;
+    let mut sample = None;
+    let mut done = 0;
+    while done < count {
+        let n = BATCH.min(count - done);
+        let mut put_keys = Vec::with_capacity(n);
+        for i in 0..n {
+            let secret = secret::generate();
+            let hash = hasher.hash(secret.expose());
+            if sample.is_none() {
+                sample = Some(secret);
+            }
+            put_keys.push(KeyRecord {
+                id: Uuid::now_v7(),
+                name: format!("seed-{}", done + i),
+                description: String::new(),
+                owner: owner.to_owned(),
+                scopes: scopes.to_vec(),
+                hash: hex::encode(hash),
+                previous_hash: None,
+                previous_valid_until: None,
+                kind: KeyKind::Generated,
+                state: KeyState::Enabled,
+                created_at: now,
+                updated_at: now,
+                last_used_at: None,
+                expires_at,
+                ip_filters: Vec::new(),
+                headers: Vec::new(),
+                removed_at: None,
+                usage: UsageCounts::default(),
+            });
+        }
+        let audit = if done == 0 {
+            vec![AuditEntry {
+                seq: 0,
+                at: now,
+                actor: "seed".to_owned(),
+                action: "seed".to_owned(),
+                key_id: None,
+                detail: format!("{count} keys for {owner}"),
+            }]
+        } else {
+            Vec::new()
+        };
+        store.commit(Batch { put_keys, audit })?;
+        done += n;
+    }
+    sample.ok_or_else(|| StoreError::Db("nothing to seed (count is 0)".into()))
+}

@@ -226,10 +226,7 @@ fn failed_verifications_are_rate_limited_per_client() {
     );
     // /v1/verify counts failures against the end client it names.
     for _ in 0..3 {
-        let (s, _) = d.post(
-            "/v1/verify",
-            &format!(r#"{{"key":"akd_x","ip":"192.0.2.7"}}"#),
-        );
+        let (s, _) = d.post("/v1/verify", r#"{"key":"akd_x","ip":"192.0.2.7"}"#);
         assert_eq!(s, 200);
     }
     let (s, body) = d.post("/v1/verify", r#"{"key":"akd_x","ip":"192.0.2.7"}"#);

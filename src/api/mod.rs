@@ -434,29 +434,73 @@ async fn audit(
     Ok(Json(json!({ "entries": entries })))
 }
 
-fn admin_routes() -> Router<AppState> {
-    Router::new()
-        .route("/v1/admin/whoami", get(whoami))
-        .route("/v1/admin/keys", get(list_keys).post(create_key))
-        .route("/v1/admin/keys/import", post(import_key))
-        .route(
-            "/v1/admin/keys/{id}",
-            get(show_key).patch(edit_key).delete(remove_key),
-        )
-        .route("/v1/admin/keys/{id}/disable", post(disable_key))
-        .route("/v1/admin/keys/{id}/enable", post(enable_key))
-        .route("/v1/admin/keys/{id}/rotate", post(rotate_key))
-        .route("/v1/admin/audit", get(audit))
+/// Routes registered together with the methods they answer, so the route table
+/// can be compared with the OpenAPI document (see `route_table`).
+struct Routes {
+    router: Router<AppState>,
+    table: Vec<(&'static str, &'static [&'static str])>,
 }
 
-fn public_routes() -> Router<AppState> {
-    Router::new()
-        .route("/v1/verify", post(verify))
-        .route("/v1/auth", any(auth::auth))
-        .route("/v1/auth/{*path}", any(auth::auth_path))
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics_text))
-        .route("/openapi.json", get(openapi))
+const ANY: &[&str] = &["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"];
+
+impl Routes {
+    fn new() -> Self {
+        Self {
+            router: Router::new(),
+            table: Vec::new(),
+        }
+    }
+
+    fn add(
+        mut self,
+        path: &'static str,
+        methods: &'static [&'static str],
+        handler: axum::routing::MethodRouter<AppState>,
+    ) -> Self {
+        self.router = self.router.route(path, handler);
+        self.table.push((path, methods));
+        self
+    }
+}
+
+fn admin_routes() -> Routes {
+    Routes::new()
+        .add("/v1/admin/whoami", &["GET"], get(whoami))
+        .add(
+            "/v1/admin/keys",
+            &["GET", "POST"],
+            get(list_keys).post(create_key),
+        )
+        .add("/v1/admin/keys/import", &["POST"], post(import_key))
+        .add(
+            "/v1/admin/keys/{id}",
+            &["GET", "PATCH", "DELETE"],
+            get(show_key).patch(edit_key).delete(remove_key),
+        )
+        .add("/v1/admin/keys/{id}/disable", &["POST"], post(disable_key))
+        .add("/v1/admin/keys/{id}/enable", &["POST"], post(enable_key))
+        .add("/v1/admin/keys/{id}/rotate", &["POST"], post(rotate_key))
+        .add("/v1/admin/audit", &["GET"], get(audit))
+}
+
+fn public_routes() -> Routes {
+    Routes::new()
+        .add("/v1/verify", &["POST"], post(verify))
+        .add("/v1/auth", ANY, any(auth::auth))
+        .add("/v1/auth/{*path}", ANY, any(auth::auth_path))
+        .add("/healthz", &["GET"], get(healthz))
+        .add("/metrics", &["GET"], get(metrics_text))
+        .add("/openapi.json", &["GET"], get(openapi))
+}
+
+/// Every served path (OpenAPI syntax: `{*path}` becomes `{path}`) with its methods.
+pub fn route_table() -> Vec<(String, Vec<&'static str>)> {
+    public_routes()
+        .table
+        .into_iter()
+        .chain(admin_routes().table)
+        .map(|(p, m)| (p.replace("{*", "{"), m.to_vec()))
+        .collect()
 }
 
 async fn not_found() -> ApiError {
@@ -470,9 +514,11 @@ async fn not_found() -> ApiError {
 /// The router served on TCP: verification, health, and the admin API for bearers of
 /// a key with the `apikeyd:admin` scope.
 pub fn tcp_router(state: AppState, max_body: usize) -> Router {
-    let admin =
-        admin_routes().route_layer(middleware::from_fn_with_state(state.clone(), bearer_actor));
+    let admin = admin_routes()
+        .router
+        .route_layer(middleware::from_fn_with_state(state.clone(), bearer_actor));
     public_routes()
+        .router
         .merge(admin)
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body))
@@ -481,9 +527,11 @@ pub fn tcp_router(state: AppState, max_body: usize) -> Router {
 
 /// The router served on the admin Unix socket: identity from SO_PEERCRED.
 pub fn unix_router(state: AppState, max_body: usize) -> Router {
-    let admin =
-        admin_routes().route_layer(middleware::from_fn_with_state(state.clone(), peer_actor));
+    let admin = admin_routes()
+        .router
+        .route_layer(middleware::from_fn_with_state(state.clone(), peer_actor));
     public_routes()
+        .router
         .merge(admin)
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body))

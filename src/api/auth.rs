@@ -212,7 +212,11 @@ fn check(
     let expires = rec.expires_at.map(rfc3339);
     let mut r = (
         StatusCode::OK,
-        Json(json!({"valid": true, "code": "VALID"})),
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        r#"{"valid":true,"code":"VALID"}"#,
     )
         .into_response();
     let h = r.headers_mut();
@@ -221,9 +225,10 @@ fn check(
     h.insert("x-api-key-name", header_value(&rec.name));
     h.insert("x-api-key-owner", header_value(&rec.owner));
     h.insert("x-api-key-scopes", header_value(&rec.scopes.join(",")));
-    let policy = st.keys.settings().policy.clone();
+    let settings = st.keys.settings();
+    let policy = &settings.policy;
     let last_used = live.usage.last_used().max(rec.last_used_at);
-    if let Some((at, _)) = rec.effective_expiry(&policy, last_used) {
+    if let Some((at, _)) = rec.effective_expiry(policy, last_used) {
         let secs = (at - st.keys.clock().now()).num_seconds().max(0);
         h.insert("x-api-key-expires-in", HeaderValue::from(secs));
     }

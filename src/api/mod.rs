@@ -207,7 +207,8 @@ pub fn verify_response(
     };
     if let Some(live) = v.key {
         let rec = &live.rec;
-        let policy = keys.settings().policy.clone();
+        let settings = keys.settings();
+        let policy = &settings.policy;
         let last_used = live.usage.last_used().max(rec.last_used_at);
         let id = rec.id.to_string();
         let expires = rec.expires_at.map(rfc3339);

@@ -1068,7 +1068,8 @@ impl Keys {
 
     /// Number of keys per status at the current time.
     pub fn status_counts(&self) -> BTreeMap<&'static str, usize> {
-        let policy = self.settings().policy.clone();
+        let settings = self.settings();
+        let policy = &settings.policy;
         let now = self.clock.now();
         let mut out = BTreeMap::new();
         for s in ["active", "disabled", "expired", "inactive", "removed"] {
@@ -1076,7 +1077,7 @@ impl Keys {
         }
         for l in self.index.read().by_id.values() {
             let last = l.usage.last_used().max(l.rec.last_used_at);
-            *out.entry(l.rec.status(&policy, last, now).as_str())
+            *out.entry(l.rec.status(policy, last, now).as_str())
                 .or_insert(0) += 1;
         }
         out

@@ -10,8 +10,6 @@ use axum::extract::{ConnectInfo, FromRequestParts, Path, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
-use serde_json::json;
 
 use super::metrics::Endpoint;
 use super::AppState;
@@ -100,8 +98,10 @@ pub fn header_value(s: &str) -> HeaderValue {
     HeaderValue::from_str(&out).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
+/// Answers carry no body: proxies read only status and headers, and nginx closes an
+/// upstream connection whose `auth_request` answer had a body it did not read.
 fn deny(status: StatusCode, reason: &'static str) -> Response {
-    let mut r = (status, Json(json!({"valid": false, "code": reason}))).into_response();
+    let mut r = status.into_response();
     let h = r.headers_mut();
     h.insert("x-api-key-reason", HeaderValue::from_static(reason));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -182,16 +182,27 @@ fn check(
         .find_map(|h| headers.get(h.as_str()).and_then(|v| v.to_str().ok()))
         .or(path);
     let route = original_uri.and_then(|u| cfg.route_for(u));
-    let scope = headers
+    // A scope named by the proxy adds to the route's scope; it can never replace it,
+    // so a client-supplied header cannot weaken what a route requires.
+    let header_scope = headers
         .get(cfg.scope_header.as_str())
         .and_then(|v| v.to_str().ok())
         .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .or_else(|| route.and_then(|r| r.scope.as_deref()));
+        .filter(|s| !s.is_empty());
+    let route_scope = route.and_then(|r| r.scope.as_deref());
+    let mut scopes: [&str; 2] = [""; 2];
+    let mut n = 0;
+    for s in [header_scope, route_scope].into_iter().flatten() {
+        scopes[n] = s;
+        n += 1;
+    }
     let started = Instant::now();
-    let v = st
-        .keys
-        .verify_route(key, scope, Some(client), route.map(|r| r.prefix.as_str()));
+    let v = st.keys.verify_route(
+        key,
+        &scopes[..n],
+        Some(client),
+        route.map(|r| r.prefix.as_str()),
+    );
     st.edge
         .metrics
         .record(Endpoint::Auth, Some(v.code), started.elapsed());
@@ -210,15 +221,7 @@ fn check(
     let rec = &live.rec;
     let id = rec.id.to_string();
     let expires = rec.expires_at.map(rfc3339);
-    let mut r = (
-        StatusCode::OK,
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        )],
-        r#"{"valid":true,"code":"VALID"}"#,
-    )
-        .into_response();
+    let mut r = StatusCode::OK.into_response();
     let h = r.headers_mut();
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h.insert("x-api-key-id", header_value(&id));

@@ -225,7 +225,7 @@ pub fn verify_response(
                 .collect(),
         );
         out.effective_expires_at = Some(
-            rec.effective_expiry(&policy, last_used)
+            rec.effective_expiry(policy, last_used)
                 .map(|(t, _)| rfc3339(t)),
         );
         out.id = Some(id);

@@ -439,14 +439,18 @@ impl Keys {
 
     /// Verify a presented key. Never waits for the store.
     pub fn verify(&self, presented: &str, scope: Option<&str>, ip: Option<IpAddr>) -> Verification {
-        self.verify_route(presented, scope, ip, None)
+        match scope {
+            Some(s) => self.verify_route(presented, &[s], ip, None),
+            None => self.verify_route(presented, &[], ip, None),
+        }
     }
 
-    /// Verify, counting a success against `route` (a configured route prefix).
+    /// Verify a key that must hold every one of `scopes`, counting a success against
+    /// `route` (a configured route prefix).
     pub fn verify_route(
         &self,
         presented: &str,
-        scope: Option<&str>,
+        scopes: &[&str],
         ip: Option<IpAddr>,
         route: Option<&str>,
     ) -> Verification {
@@ -454,7 +458,7 @@ impl Keys {
         self.verify_with(
             &settings.policy,
             presented,
-            scope,
+            scopes,
             ip,
             route,
             self.clock.now(),
@@ -465,7 +469,7 @@ impl Keys {
         &self,
         policy: &Policy,
         presented: &str,
-        scope: Option<&str>,
+        scopes: &[&str],
         ip: Option<IpAddr>,
         route: Option<&str>,
         now: DateTime<Utc>,
@@ -498,7 +502,10 @@ impl Keys {
                     && !ip.is_some_and(|ip| ipfilter::allows(&live.rec.ip_filters, ip))
                 {
                     Code::IpNotAllowed
-                } else if scope.is_some_and(|s| !live.rec.scopes.iter().any(|k| k == s)) {
+                } else if scopes
+                    .iter()
+                    .any(|s| !live.rec.scopes.iter().any(|k| k == s))
+                {
                     Code::InsufficientScope
                 } else {
                     live.usage.touch(now, route);

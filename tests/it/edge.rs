@@ -106,6 +106,17 @@ fn forward_auth_passes_identity_and_refuses_with_reasons() {
         403,
         "INSUFFICIENT_SCOPE",
     );
+    // A scope header adds to the route's scope, never replaces it.
+    deny(
+        d.addr,
+        &[
+            ("X-Api-Key", reader.as_str()),
+            ("X-Original-URI", "/catalog/sync/x"),
+            ("X-Required-Scope", "catalog:read"),
+        ],
+        403,
+        "INSUFFICIENT_SCOPE",
+    );
     let a = request(
         d.addr,
         "GET",

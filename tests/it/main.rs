@@ -2,6 +2,7 @@
 
 mod edge;
 mod lifecycle;
+mod nginx;
 mod openapi;
 mod service;
 mod systemd;

@@ -1,0 +1,438 @@
+//! End to end through a real nginx: the shipped `config/proxies/nginx.conf`, with only
+//! its addresses changed, in front of a small echo upstream, asking the real apikeyd.
+//! Skipped, saying so on stderr, when nginx is not installed (`.ci/run` installs it).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::util::{is_root, request, Answer, TestDaemon, DEFAULT_POLICY};
+
+/// The snippet users install, compiled in so the test always runs the shipped file.
+const SNIPPET: &str = include_str!("../../config/proxies/nginx.conf");
+
+const EDGE: &str = r#"
+[auth]
+trusted_proxies = ["127.0.0.1/32"]
+
+[[auth.routes]]
+prefix = "/admin"
+scope = "catalog:write"
+
+[rate_limit]
+failures_per_minute = 1
+burst = 5
+"#;
+
+fn find_nginx() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/usr/local/sbin", "/usr/local/nginx/sbin"].map(PathBuf::from))
+        .map(|d| d.join("nginx"))
+        .find(|p| p.is_file())
+}
+
+/// An upstream answering every request with 200 and the request head as the body.
+struct Echo {
+    addr: SocketAddr,
+    seen: Arc<Mutex<Vec<String>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Echo {
+    fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (seen2, stop2) = (seen.clone(), stop.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if stop2.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(conn) = conn else { continue };
+                let seen = seen2.clone();
+                std::thread::spawn(move || Self::serve(conn, &seen));
+            }
+        });
+        Self { addr, seen, stop }
+    }
+
+    fn serve(conn: TcpStream, seen: &Mutex<Vec<String>>) {
+        let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
+        let mut reader = BufReader::new(&conn);
+        let mut head = String::new();
+        loop {
+            let mut line = String::new();
+            match reader.read_line(&mut line) {
+                Ok(0) | Err(_) => return,
+                Ok(_) if line.trim_end().is_empty() => break,
+                Ok(_) => head.push_str(&line),
+            }
+        }
+        let len = head
+            .lines()
+            .filter_map(|l| l.split_once(':'))
+            .find(|(k, _)| k.trim().eq_ignore_ascii_case("content-length"))
+            .and_then(|(_, v)| v.trim().parse::<usize>().ok())
+            .unwrap_or(0);
+        let mut body = vec![0; len];
+        if reader.read_exact(&mut body).is_err() {
+            return;
+        }
+        seen.lock().unwrap().push(head.clone());
+        let resp = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{head}",
+            head.len()
+        );
+        let _ = (&conn).write_all(resp.as_bytes());
+    }
+
+    fn count(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+}
+
+impl Drop for Echo {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
+    }
+}
+
+/// A running nginx (master and worker in their own process group); stopped on drop.
+struct Nginx {
+    child: Option<Child>,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Nginx {
+    /// The shipped snippet with the daemon's, the upstream's and the listen address
+    /// put in place of the ones it ships with (each must appear exactly once).
+    fn snippet(apikeyd: SocketAddr, app: SocketAddr, port: u16) -> String {
+        let mut s = SNIPPET.to_owned();
+        for (from, to) in [
+            ("server 127.0.0.1:8700;", format!("server {apikeyd};")),
+            ("server 127.0.0.1:9000;", format!("server {app};")),
+            ("listen 8080;", format!("listen 127.0.0.1:{port};")),
+        ] {
+            assert_eq!(
+                s.matches(from).count(),
+                1,
+                "config/proxies/nginx.conf must contain {from:?} exactly once"
+            );
+            s = s.replace(from, &to);
+        }
+        s
+    }
+
+    fn main_conf(dir: &Path) -> String {
+        let d = dir.display();
+        // As root the workers would switch to "nobody", which cannot enter the
+        // private temp dir; a test nginx can simply stay root.
+        let user = if is_root() { "user root;" } else { "" };
+        format!(
+            r#"{user}
+worker_processes 1;
+daemon off;
+pid {d}/nginx.pid;
+error_log {d}/error.log notice;
+events {{ worker_connections 256; }}
+http {{
+    access_log {d}/access.log;
+    client_body_temp_path {d}/client_body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    include {d}/apikeyd.conf;
+}}
+"#
+        )
+    }
+
+    fn start(bin: &Path, apikeyd: SocketAddr, app: SocketAddr) -> Self {
+        let mut dir = tempfile::tempdir().unwrap();
+        let conf = dir.path().join("nginx.conf");
+        std::fs::write(&conf, Self::main_conf(dir.path())).unwrap();
+        // A free port is found by binding port 0 and letting it go; someone else may
+        // take it in between, so try a few times.
+        for _attempt in 0..5 {
+            let port = TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            std::fs::write(
+                dir.path().join("apikeyd.conf"),
+                Self::snippet(apikeyd, app, port),
+            )
+            .unwrap();
+            // Fresh logs, so a clash is told from another failure by this attempt's.
+            std::fs::write(dir.path().join("error.log"), "").unwrap();
+            let out = std::fs::File::create(dir.path().join("stderr.log")).unwrap();
+            let child = {
+                use std::os::unix::process::CommandExt;
+                Command::new(bin)
+                    .arg("-p")
+                    .arg(dir.path())
+                    .arg("-c")
+                    .arg(&conf)
+                    .arg("-e")
+                    .arg(dir.path().join("error.log"))
+                    .stdin(Stdio::null())
+                    .stdout(out.try_clone().unwrap())
+                    .stderr(out)
+                    .process_group(0)
+                    .spawn()
+                    .unwrap()
+            };
+            let mut n = Self {
+                child: Some(child),
+                port,
+                dir,
+            };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                if let Some(status) = n.child.as_mut().unwrap().try_wait().unwrap() {
+                    n.child = None;
+                    let log = n.log();
+                    assert!(
+                        log.contains("Address already in use"),
+                        "nginx exited with {status}:\n{log}"
+                    );
+                    break; // another port
+                }
+                if n.dir.path().join("nginx.pid").exists()
+                    && TcpStream::connect(("127.0.0.1", port)).is_ok()
+                {
+                    return n;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "nginx did not listen on port {port} within 10 s:\n{}",
+                    n.log()
+                );
+                std::thread::sleep(Duration::from_millis(25));
+            }
+            dir = std::mem::replace(&mut n.dir, tempfile::tempdir().unwrap());
+        }
+        panic!("nginx found no free port in 5 tries");
+    }
+
+    fn log(&self) -> String {
+        let read = |n: &str| std::fs::read_to_string(self.dir.path().join(n)).unwrap_or_default();
+        format!("{}{}", read("stderr.log"), read("error.log"))
+    }
+
+    fn get(&self, path: &str, headers: &[(&str, &str)]) -> Answer {
+        request(
+            SocketAddr::from(([127, 0, 0, 1], self.port)),
+            "GET",
+            path,
+            headers,
+        )
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let pid = child.id().to_string();
+        // SIGTERM: the master stops its worker and exits; SIGKILL the whole group
+        // if that takes too long.
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{pid}")])
+            .status();
+        let _ = child.wait();
+    }
+}
+
+/// TCP sockets on this host whose remote end is 127.0.0.1:`port`, in any state
+/// (TIME_WAIT included): the connections nginx opened to apikeyd.
+fn sockets_to(port: u16) -> usize {
+    let remote = format!("0100007F:{port:04X}");
+    std::fs::read_to_string("/proc/net/tcp")
+        .unwrap_or_default()
+        .lines()
+        .skip(1)
+        .filter(|l| l.split_whitespace().nth(2) == Some(remote.as_str()))
+        .count()
+}
+
+fn bearer(key: &str) -> String {
+    format!("Bearer {key}")
+}
+
+#[test]
+fn nginx_auth_request_with_shipped_snippet() {
+    let Some(bin) = find_nginx() else {
+        // Straight to stderr: the test harness captures eprintln! of passing tests.
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED: nginx_auth_request_with_shipped_snippet: nginx not found on PATH or in \
+             /usr/sbin; install it (apt-get install nginx) to run this end-to-end test"
+        );
+        return;
+    };
+    let d = TestDaemon::start_with(DEFAULT_POLICY, EDGE);
+    let echo = Echo::start();
+    let nginx = Nginx::start(&bin, d.addr, echo.addr);
+    let reason = |a: &Answer| a.header("x-api-key-reason").map(str::to_owned);
+
+    // A valid key reaches the upstream, which sees the identity and not the secret;
+    // identity headers sent by the client are replaced.
+    let (id, key) = d.create("alice", "nginx e2e", &[]);
+    let auth = bearer(&key);
+    let a = nginx.get(
+        "/catalog/items?page=2",
+        &[
+            ("Authorization", auth.as_str()),
+            ("X-Api-Key-Name", "forged"),
+            ("X-Api-Key-Owner", "mallory"),
+        ],
+    );
+    assert_eq!(a.status, 200, "{}\n{}", a.body, nginx.log());
+    assert_eq!(echo.count(), 1);
+    let seen = a.body.to_ascii_lowercase();
+    let saw = |line: &str| seen.contains(&format!("\r\n{line}\r\n"));
+    assert!(seen.starts_with("get /catalog/items?page=2 "), "{}", a.body);
+    assert!(saw("x-api-key-name: nginx e2e"), "{}", a.body);
+    assert!(saw("x-api-key-owner: alice"), "{}", a.body);
+    assert!(saw(&format!("x-api-key-id: {id}")), "{}", a.body);
+    assert!(
+        saw("x-api-key-scopes: catalog:read,catalog:sync"),
+        "{}",
+        a.body
+    );
+    assert!(seen.contains("\r\nx-api-key-expires-in: "), "{}", a.body);
+    assert!(!seen.contains("forged"), "{}", a.body);
+    assert!(!seen.contains("mallory"), "{}", a.body);
+    assert!(!a.body.contains(&key), "the secret reached the upstream");
+    assert!(!seen.contains("\r\nauthorization:"), "{}", a.body);
+    assert_eq!(reason(&a), None);
+
+    // X-Api-Key works as well.
+    let a = nginx.get("/x", &[("X-Api-Key", key.as_str())]);
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(echo.count(), 2);
+    assert!(!a.body.contains(&key), "the secret reached the upstream");
+
+    // The client address apikeyd checks is the one nginx saw (trusted_proxies), not
+    // the one the client claims.
+    let (_, local) = d.create("alice", "local only", &["--ip", "127.0.0.1/32"]);
+    let (_, remote) = d.create("alice", "remote only", &["--ip", "203.0.113.0/24"]);
+    let a = nginx.get(
+        "/x",
+        &[
+            ("Authorization", &bearer(&local)),
+            ("X-Forwarded-For", "203.0.113.9"),
+        ],
+    );
+    assert_eq!(a.status, 200, "{}", a.body);
+    let a = nginx.get(
+        "/x",
+        &[
+            ("Authorization", &bearer(&remote)),
+            ("X-Forwarded-For", "203.0.113.9"),
+            ("X-Real-IP", "203.0.113.9"),
+        ],
+    );
+    assert_eq!(a.status, 403, "{}", a.body);
+    assert_eq!(reason(&a).as_deref(), Some("IP_NOT_ALLOWED"));
+    assert_eq!(echo.count(), 3);
+
+    // Route scopes apply to the original URI; the client cannot name its own scope
+    // or its own URI.
+    let a = nginx.get(
+        "/admin/users",
+        &[
+            ("Authorization", auth.as_str()),
+            ("X-Required-Scope", "catalog:read"),
+            ("X-Forwarded-Uri", "/public"),
+        ],
+    );
+    assert_eq!(a.status, 403, "{}", a.body);
+    assert_eq!(reason(&a).as_deref(), Some("INSUFFICIENT_SCOPE"));
+    assert_eq!(echo.count(), 3);
+
+    // A missing or invalid key gets 401 from nginx and never reaches the upstream.
+    let a = nginx.get("/x", &[]);
+    assert_eq!(a.status, 401, "{}", a.body);
+    assert_eq!(reason(&a).as_deref(), Some("MISSING"));
+    let a = nginx.get("/x", &[("Authorization", "Bearer akd_not-a-real-key")]);
+    assert_eq!(a.status, 401, "{}", a.body);
+    assert!(
+        a.header("www-authenticate")
+            .is_some_and(|v| v.starts_with("Bearer")),
+        "{:?}",
+        a.headers
+    );
+    assert_eq!(reason(&a).as_deref(), Some("MALFORMED"));
+    assert_eq!(echo.count(), 3);
+
+    // A key disabled between two requests: 200, then 403.
+    let (id2, key2) = d.create("alice", "to be disabled", &[]);
+    let auth2 = bearer(&key2);
+    let a = nginx.get("/x", &[("Authorization", auth2.as_str())]);
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(echo.count(), 4);
+    d.ok(&["key", "disable", &id2]);
+    let a = nginx.get("/x", &[("Authorization", auth2.as_str())]);
+    assert_eq!(a.status, 403, "{}", a.body);
+    assert_eq!(reason(&a).as_deref(), Some("DISABLED"));
+    assert_eq!(echo.count(), 4);
+
+    // The checks reuse kept-alive connections to apikeyd (nginx closes a connection
+    // whose response body it did not read: the snippet asks with HEAD).
+    for _ in 0..20 {
+        assert_eq!(
+            nginx.get("/x", &[("Authorization", auth.as_str())]).status,
+            200
+        );
+    }
+    let opened = sockets_to(d.addr.port());
+    assert!(
+        (1..=5).contains(&opened),
+        "nginx opened {opened} connections to apikeyd for about 30 checks: upstream keepalive is not working"
+    );
+
+    // Too many failures from one client: 429 with Retry-After (not nginx's 500).
+    let mut limited = None;
+    for _ in 0..20 {
+        let a = nginx.get("/x", &[("Authorization", "Bearer wrong")]);
+        assert_ne!(a.status, 500, "{}", nginx.log());
+        if a.status == 429 {
+            limited = Some(a);
+            break;
+        }
+        assert_eq!(a.status, 401, "{}", a.body);
+    }
+    let a = limited.expect("no 429 after 20 failures with burst = 5");
+    assert_eq!(reason(&a).as_deref(), Some("RATE_LIMITED"));
+    let retry: u64 = a.header("retry-after").unwrap().parse().unwrap();
+    assert!(retry >= 1, "{retry}");
+    // Now even the valid key from this client waits.
+    assert_eq!(
+        nginx.get("/x", &[("Authorization", auth.as_str())]).status,
+        429
+    );
+    assert_eq!(echo.count(), 24);
+}

@@ -207,6 +207,7 @@ fn record(
         ip_filters: Vec::new(),
         headers: Vec::new(),
         removed_at: None,
+        alerting: Default::default(),
     }
 }
 
@@ -623,14 +624,18 @@ async fn load_round(
                 match sender.send_request(req).await {
                     Ok(resp) => {
                         let status = resp.status();
-                        match resp.into_body().collect().await {
-                            Ok(b)
-                                if status == StatusCode::OK
-                                    && b.to_bytes().starts_with(b"{\"valid\":true") =>
-                            {
-                                ok += 1
+                        // `to_bytes` takes the body, so it cannot run in a match guard.
+                        let valid = match resp.into_body().collect().await {
+                            Ok(b) => {
+                                status == StatusCode::OK
+                                    && b.to_bytes().starts_with(b"{\"valid\":true")
                             }
-                            _ => errors += 1,
+                            Err(_) => false,
+                        };
+                        if valid {
+                            ok += 1
+                        } else {
+                            errors += 1
                         }
                     }
                     Err(_) => {

@@ -3,6 +3,7 @@
 //! Unix account (SO_PEERCRED) says who is asking, and on TCP to bearers of a key that
 //! holds the `apikeyd:admin` scope. Handlers are thin: parse, call, render.
 
+mod alerts;
 pub mod peer;
 
 use std::net::{IpAddr, SocketAddr};
@@ -351,6 +352,7 @@ fn admin_routes() -> Router<AppState> {
         .route("/v1/admin/keys/{id}/enable", post(enable_key))
         .route("/v1/admin/keys/{id}/rotate", post(rotate_key))
         .route("/v1/admin/audit", get(audit))
+        .merge(alerts::routes())
 }
 
 fn public_routes() -> Router<AppState> {

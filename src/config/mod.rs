@@ -5,6 +5,7 @@
 //! validation pass turns the raw values into a [`Config`], collecting every problem
 //! with its file and key (like `nginx -t`) instead of stopping at the first.
 
+pub mod alerts;
 pub mod period;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -14,6 +15,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+pub use alerts::AlertConfig;
 pub use period::{Period, PeriodError};
 
 /// The scope that lets a key use the admin API over TCP.
@@ -182,6 +184,8 @@ pub struct Config {
     pub policy: Policy,
     /// Users and groups.
     pub directory: Directory,
+    /// Alert jobs, sources, SMTP and maintenance schedules.
+    pub alerts: AlertConfig,
 }
 
 // ---------- raw file types ----------
@@ -197,6 +201,14 @@ struct RawFile {
     groups: BTreeMap<String, RawGroup>,
     #[serde(default)]
     users: BTreeMap<String, RawUser>,
+    #[serde(default)]
+    smtp: alerts::RawSmtp,
+    #[serde(default)]
+    alert_sources: BTreeMap<String, alerts::RawAlertSource>,
+    #[serde(default)]
+    alerts: alerts::RawAlerts,
+    #[serde(default)]
+    jobs: alerts::RawJobs,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -218,6 +230,10 @@ struct RawApiKey {
     NotAccessedExpirationPeriod: Option<String>,
     DefaultExpirationPeriod: Option<String>,
     MinImportedSecretLength: Option<i64>,
+    DefaultNotificationLeadTime: Option<String>,
+    DefaultAlertSource: Option<String>,
+    InactivityWarningLeadTime: Option<String>,
+    RetentionPeriod: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -253,6 +269,10 @@ const API_KEY_KEYS: &[&str] = &[
     "NotAccessedExpirationPeriod",
     "DefaultExpirationPeriod",
     "MinImportedSecretLength",
+    "DefaultNotificationLeadTime",
+    "DefaultAlertSource",
+    "InactivityWarningLeadTime",
+    "RetentionPeriod",
 ];
 const GROUP_KEYS: &[&str] = &["scopes", "create_keys", "manage_all_keys"];
 const USER_KEYS: &[&str] = &["email", "groups", "unix_user"];
@@ -380,7 +400,21 @@ impl Validator {
     }
 
     fn unknown_keys(&mut self, table: &toml::Table) {
-        self.check_keys("", table, &["server", "ApiKey", "groups", "users"]);
+        self.check_keys(
+            "",
+            table,
+            &[
+                "server",
+                "ApiKey",
+                "groups",
+                "users",
+                "smtp",
+                "alert_sources",
+                "alerts",
+                "jobs",
+            ],
+        );
+        self.alert_unknown_keys(table);
         let sub = |name: &str| table.get(name).and_then(|v| v.as_table());
         if let Some(t) = sub("server") {
             self.check_keys("server.", t, SERVER_KEYS);
@@ -584,6 +618,20 @@ impl Validator {
             );
         }
 
+        let alert_keys = alerts::RawAlertKeys {
+            default_lead_time: raw.api_key.DefaultNotificationLeadTime,
+            default_source: raw.api_key.DefaultAlertSource,
+            inactivity_warning_lead_time: raw.api_key.InactivityWarningLeadTime,
+            retention: raw.api_key.RetentionPeriod,
+        };
+        let alerts = self.validate_alerts(
+            alert_keys,
+            raw.smtp,
+            raw.alert_sources,
+            raw.alerts,
+            raw.jobs,
+        );
+
         Some(Config {
             source: self.file.clone(),
             server: ServerConfig {
@@ -596,6 +644,7 @@ impl Validator {
             },
             policy,
             directory,
+            alerts,
         })
     }
 }

@@ -113,8 +113,14 @@ async fn default_expiry_is_clamped_to_the_maximum_calendar_correctly() {
         Some("2027-02-28T10:00:00Z")
     );
     assert_eq!(issued.view.scopes, ["catalog:read", "catalog:sync"]);
-    assert_eq!(secret::shape(issued.key.expose(), 32), secret::Shape::Generated);
-    assert!(!format!("{issued:?}").contains(issued.key.expose()), "Debug must redact the secret");
+    assert_eq!(
+        secret::shape(issued.key.expose(), 32),
+        secret::Shape::Generated
+    );
+    assert!(
+        !format!("{issued:?}").contains(issued.key.expose()),
+        "Debug must redact the secret"
+    );
 }
 
 #[tokio::test]
@@ -163,7 +169,14 @@ async fn hard_expiry_with_injected_clock() {
     let f = fixture();
     let mut r = req("alice", "short");
     r.expires_in = Some("p10d".into());
-    let k = f.keys.create(&admin(), r).await.unwrap().key.expose().to_owned();
+    let k = f
+        .keys
+        .create(&admin(), r)
+        .await
+        .unwrap()
+        .key
+        .expose()
+        .to_owned();
     assert_eq!(f.keys.verify(&k, None, None).code, Code::Valid);
     f.clock.advance(Duration::days(10) - Duration::seconds(1));
     assert_eq!(f.keys.verify(&k, None, None).code, Code::Valid);
@@ -179,13 +192,17 @@ async fn inactivity_expires_unused_keys_and_use_extends() {
         .create(&admin(), req("alice", "used"))
         .await
         .unwrap()
-        .key.expose().to_owned();
+        .key
+        .expose()
+        .to_owned();
     let b = f
         .keys
         .create(&admin(), req("alice", "idle"))
         .await
         .unwrap()
-        .key.expose().to_owned();
+        .key
+        .expose()
+        .to_owned();
     // Use `a` after two months; leave `b` alone.
     f.clock.advance(Duration::days(60));
     assert_eq!(f.keys.verify(&a, None, None).code, Code::Valid);
@@ -214,7 +231,10 @@ async fn inactivity_expires_unused_keys_and_use_extends() {
         .await
         .unwrap();
     f.clock.advance(Duration::days(95));
-    assert_eq!(f.keys.verify(c.key.expose(), None, None).code, Code::Inactive);
+    assert_eq!(
+        f.keys.verify(c.key.expose(), None, None).code,
+        Code::Inactive
+    );
     let view = f.keys.show(&admin(), &c.view.id.to_string()).unwrap();
     assert_eq!(view.status, "inactive");
     assert!(
@@ -232,7 +252,9 @@ async fn last_used_is_persisted_at_most_once_a_minute_per_key() {
         .create(&admin(), req("alice", "k"))
         .await
         .unwrap()
-        .key.expose().to_owned();
+        .key
+        .expose()
+        .to_owned();
     assert_eq!(
         f.keys.flush_last_used(false).await.unwrap(),
         0,
@@ -296,7 +318,10 @@ async fn disable_remove_and_rotate_take_effect_on_the_next_verification() {
 
     let rotated = f.keys.rotate(&alice(), &id, None).await.unwrap();
     assert_eq!(f.keys.verify(&k, None, None).code, Code::NotFound);
-    assert_eq!(f.keys.verify(rotated.key.expose(), None, None).code, Code::Valid);
+    assert_eq!(
+        f.keys.verify(rotated.key.expose(), None, None).code,
+        Code::Valid
+    );
 
     let graced = f.keys.rotate(&alice(), &id, Some("pt1h")).await.unwrap();
     assert_eq!(
@@ -304,17 +329,26 @@ async fn disable_remove_and_rotate_take_effect_on_the_next_verification() {
         Code::Valid,
         "old key in grace"
     );
-    assert_eq!(f.keys.verify(graced.key.expose(), None, None).code, Code::Valid);
+    assert_eq!(
+        f.keys.verify(graced.key.expose(), None, None).code,
+        Code::Valid
+    );
     f.clock.advance(Duration::hours(1));
     assert_eq!(
         f.keys.verify(rotated.key.expose(), None, None).code,
         Code::NotFound,
         "grace over"
     );
-    assert_eq!(f.keys.verify(graced.key.expose(), None, None).code, Code::Valid);
+    assert_eq!(
+        f.keys.verify(graced.key.expose(), None, None).code,
+        Code::Valid
+    );
 
     f.keys.remove(&alice(), &id).await.unwrap();
-    assert_eq!(f.keys.verify(graced.key.expose(), None, None).code, Code::NotFound);
+    assert_eq!(
+        f.keys.verify(graced.key.expose(), None, None).code,
+        Code::NotFound
+    );
     assert!(matches!(
         f.keys.rotate(&alice(), &id, None).await,
         Err(KeyError::Conflict(_))
@@ -327,7 +361,14 @@ async fn ip_filters_and_scopes() {
     let mut r = req("alice", "k");
     r.ip = vec!["10.0.0.0/255.0.0.0".into(), "2001:db8::/32".into()];
     r.scopes = Some(vec!["catalog:read".into()]);
-    let k = f.keys.create(&admin(), r).await.unwrap().key.expose().to_owned();
+    let k = f
+        .keys
+        .create(&admin(), r)
+        .await
+        .unwrap()
+        .key
+        .expose()
+        .to_owned();
     let ip = |s: &str| Some(s.parse().unwrap());
     assert_eq!(f.keys.verify(&k, None, None).code, Code::IpNotAllowed);
     assert_eq!(

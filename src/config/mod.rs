@@ -729,6 +729,13 @@ mod tests {
         assert!(c.directory.rights("admin").unwrap().manage_all_keys);
         assert!(!c.directory.rights("alice").unwrap().manage_all_keys);
         assert_eq!(c.directory.user_for_unix("root").unwrap().name, "admin");
+        let a = &c.alerts;
+        assert_eq!(a.default_lead_time.as_ref().unwrap().as_str(), "p14d");
+        assert_eq!(a.default_source.as_deref(), Some("owner-email"));
+        for s in ["owner-email", "operator", "security-team", "webhook"] {
+            assert!(a.source(s).is_some(), "{s}");
+        }
+        assert_eq!(a.jobs.purge, "0 17 3 * * *");
     }
 
     #[test]

@@ -936,3 +936,7 @@ impl Keys {
         Ok(m)
     }
 }
+
+#[cfg(test)]
+#[path = "notify_tests.rs"]
+mod tests;

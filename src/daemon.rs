@@ -12,7 +12,10 @@ use std::time::Duration;
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{mpsc, watch};
 
+use crate::alerts::maintenance::Maintenance;
+use crate::alerts::Dispatcher;
 use crate::api::{self, peer::UnixPeer, AppState};
+use crate::channels::{ChannelError, Channels};
 use crate::clock::SharedClock;
 use crate::config::{self, Config, Environment};
 use crate::keys::secret::{load_or_create_server_secret, KeyHasher, SecretSource};
@@ -31,6 +34,12 @@ pub enum StartError {
     /// The database could not be opened.
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+    /// A delivery channel could not be set up.
+    #[error(transparent)]
+    Channels(#[from] ChannelError),
+    /// Jobs left Running by a crash could not be replaced.
+    #[error("cannot recover alert jobs: {0}")]
+    Jobs(#[from] crate::keys::KeyError),
     /// A listener could not be bound.
     #[error("cannot listen on {what}: {source}")]
     Bind {
@@ -45,6 +54,7 @@ pub enum StartError {
 pub struct Daemon {
     config: Config,
     keys: Arc<Keys>,
+    channels: Arc<Channels>,
     tcp: TcpListener,
     unix: UnixListener,
     socket_path: PathBuf,
@@ -97,11 +107,26 @@ impl Daemon {
             let store = store.clone();
             let settings = settings_of(&config);
             let hasher = KeyHasher::new(&secret);
+            let clock = clock.clone();
             tokio::task::spawn_blocking(move || Keys::open(store, hasher, clock, settings))
                 .await
                 .map_err(|e| crate::store::StoreError::Db(e.to_string()))??
         };
         tracing::info!(db = %db_path.display(), keys = keys.len(), "database opened");
+        keys.set_alert_config(config.alerts.clone());
+        let channels = Channels::new(
+            &config.alerts,
+            store.clone(),
+            clock,
+            env.credentials_directory.as_deref(),
+        )?;
+        let replaced = keys.recover_running_jobs().await?;
+        if replaced > 0 {
+            tracing::warn!(
+                jobs = replaced,
+                "alert jobs interrupted by the last stop were replaced by new jobs"
+            );
+        }
 
         let tcp = TcpListener::bind(config.server.listen)
             .await
@@ -114,6 +139,7 @@ impl Daemon {
         Ok(Self {
             config,
             keys: Arc::new(keys),
+            channels: Arc::new(channels),
             tcp,
             unix,
             socket_path,
@@ -171,23 +197,15 @@ impl Daemon {
         );
 
         let keys = self.keys.clone();
-        let flush_task = {
-            let keys = keys.clone();
-            let mut stop = stop_rx.clone();
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(FLUSH_TICK);
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                loop {
-                    tokio::select! {
-                        _ = tick.tick() => {
-                            if let Err(e) = keys.flush_last_used(false).await {
-                                tracing::error!(error = %e, "last-used flush failed; will retry");
-                            }
-                        }
-                        _ = async { let _ = stop.wait_for(|s| *s).await; } => break,
-                    }
-                }
-            })
+        let dispatcher =
+            tokio::spawn(Dispatcher::new(keys.clone(), self.channels.clone()).run(stop_rx.clone()));
+        // The last-used flush, expiry sweep, purge and inactivity warning.
+        let mut maintenance = match Maintenance::start(keys.clone(), &self.config.alerts).await {
+            Ok(m) => Some(m),
+            Err(e) => {
+                tracing::error!(error = %e, "maintenance jobs could not start; last-used times are flushed at stop only");
+                None
+            }
         };
 
         notify("READY=1");
@@ -205,7 +223,10 @@ impl Daemon {
         let _ = stop_tx.send(true);
         let _ = tcp_task.await;
         let _ = unix_task.await;
-        let _ = flush_task.await;
+        if let Some(m) = maintenance.as_mut() {
+            m.shutdown().await;
+        }
+        let _ = dispatcher.await;
         let written = keys.flush_last_used(true).await?;
         let _ = std::fs::remove_file(&self.socket_path);
         tracing::info!(last_used_written = written, "stopped");
@@ -247,6 +268,15 @@ fn reload_config(state: &AppState, path: &Path, env: &Environment, running: &Con
             }
             let users = new.directory.users.len();
             let groups = new.directory.groups.len();
+            if new.alerts.smtp != running.alerts.smtp
+                || new.alerts.jobs != running.alerts.jobs
+                || new.alerts.plugins_dir != running.alerts.plugins_dir
+            {
+                tracing::warn!(
+                    "[smtp], [jobs] and plugins_dir changes take effect after a restart"
+                );
+            }
+            keys.set_alert_config(new.alerts.clone());
             keys.reload(settings_of(&new));
             state
                 .edge

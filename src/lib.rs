@@ -9,8 +9,12 @@
 //! - [`daemon`]: wiring, signals (SIGTERM, SIGHUP), sd_notify, background flushes.
 //! - [`client`]: the admin API client used by `apikeyctl`.
 //! - [`clock`]: the injected clock.
+//! - [`alerts`]: alert jobs (one per key), the dispatcher, cron maintenance jobs.
+//! - [`channels`]: delivery: email (lettre), operator messages, exec plugins.
 
+pub mod alerts;
 pub mod api;
+pub mod channels;
 pub mod client;
 pub mod clock;
 pub mod config;

@@ -3,6 +3,7 @@
 //! Unix account (SO_PEERCRED) says who is asking, and on TCP to bearers of a key that
 //! holds the `apikeyd:admin` scope. Handlers are thin: parse, call, render.
 
+mod alerts;
 pub mod auth;
 pub mod limits;
 pub mod metrics;
@@ -445,6 +446,10 @@ struct Routes {
 const ANY: &[&str] = &["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"];
 
 impl Routes {
+    fn extend(self, more: impl FnOnce(Self) -> Self) -> Self {
+        more(self)
+    }
+
     fn new() -> Self {
         Self {
             router: Router::new(),
@@ -482,6 +487,7 @@ fn admin_routes() -> Routes {
         .add("/v1/admin/keys/{id}/enable", &["POST"], post(enable_key))
         .add("/v1/admin/keys/{id}/rotate", &["POST"], post(rotate_key))
         .add("/v1/admin/audit", &["GET"], get(audit))
+        .extend(alerts::routes)
 }
 
 fn public_routes() -> Routes {
@@ -507,7 +513,7 @@ pub fn route_table() -> Vec<(String, Vec<&'static str>)> {
 async fn not_found() -> ApiError {
     ApiError {
         status: StatusCode::NOT_FOUND,
-        code: "not_found",
+        code: "no_route",
         message: "no such endpoint".into(),
     }
 }

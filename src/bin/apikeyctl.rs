@@ -1,6 +1,9 @@
 //! `apikeyctl`: the admin CLI. Parses arguments, calls the daemon's admin API over
 //! the Unix socket (or TCP with an admin key), prints tables or JSON.
 
+#[path = "apikeyctl/alerts.rs"]
+mod alerts;
+
 use std::io::{Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -36,6 +39,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once per run: the size of the biggest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Manage keys.
@@ -69,6 +74,12 @@ enum Command {
     },
     /// Show who the daemon thinks you are.
     Whoami,
+    /// Alert jobs (notifications) and the maintenance jobs.
+    #[command(subcommand)]
+    Job(alerts::JobCommand),
+    /// Operator messages.
+    #[command(subcommand)]
+    Message(alerts::MessageCommand),
 }
 
 #[derive(Debug, Args)]
@@ -106,6 +117,8 @@ struct NewKeyArgs {
     /// Never expire (only when MaxExpirationPeriod is empty).
     #[arg(long, conflicts_with_all = ["expires_at", "expires_in"])]
     never_expires: bool,
+    #[command(flatten)]
+    notify: alerts::CreateNotifyArgs,
     /// JSON output.
     #[arg(long)]
     json: bool,
@@ -209,6 +222,8 @@ enum KeyCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Set, change (--at/--before/--source) or cancel (--cancel) the key's notification.
+    Notify(alerts::NotifyArgs),
 }
 
 fn main() -> ExitCode {
@@ -339,6 +354,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Job(cmd) => alerts::job_command(&client, cmd).await,
+        Command::Message(cmd) => alerts::message_command(&client, cmd).await,
         Command::Whoami => {
             let v = client.call(Method::GET, "/v1/admin/whoami", None).await?;
             println!(
@@ -352,7 +369,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 fn new_key_body(new: &NewKeyArgs) -> Value {
-    json!({
+    let mut body = json!({
         "user": new.user,
         "name": new.name,
         "description": new.description,
@@ -362,7 +379,9 @@ fn new_key_body(new: &NewKeyArgs) -> Value {
         "never_expires": new.never_expires,
         "ip": new.ip,
         "headers": new.header,
-    })
+    });
+    new.notify.add_to(&mut body);
+    body
 }
 
 async fn key_command(client: &Client, cmd: KeyCommand) -> anyhow::Result<ExitCode> {
@@ -542,6 +561,7 @@ async fn key_command(client: &Client, cmd: KeyCommand) -> anyhow::Result<ExitCod
                 .await?;
             issued(&v, out.as_deref(), json, "Rotated")
         }
+        KeyCommand::Notify(args) => alerts::notify(client, args).await,
     }
 }
 
@@ -623,6 +643,7 @@ fn issued(v: &Value, out: Option<&Path>, json: bool, verb: &str) -> anyhow::Resu
                 .unwrap_or_default()
         );
         println!("  expires: {}", or_never(s(v, "expires_at")));
+        println!("  notify:  {}", s(v, "notification"));
         if let Some(g) = v["rotation_grace_until"].as_str() {
             println!("  the previous secret keeps working until {g}");
         }

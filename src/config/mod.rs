@@ -5,6 +5,7 @@
 //! validation pass turns the raw values into a [`Config`], collecting every problem
 //! with its file and key (like `nginx -t`) instead of stopping at the first.
 
+pub mod alerts;
 pub mod edge;
 pub mod period;
 
@@ -15,6 +16,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+pub use alerts::AlertConfig;
 pub use edge::{AuthConfig, RateLimitConfig, Route};
 pub use period::{Period, PeriodError};
 
@@ -188,6 +190,8 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Failed-verification limits.
     pub rate_limit: RateLimitConfig,
+    /// Alert jobs, sources, SMTP and maintenance schedules.
+    pub alerts: AlertConfig,
 }
 
 // ---------- raw file types ----------
@@ -207,6 +211,14 @@ struct RawFile {
     auth: edge::RawAuth,
     #[serde(default)]
     rate_limit: edge::RawRateLimit,
+    #[serde(default)]
+    smtp: alerts::RawSmtp,
+    #[serde(default)]
+    alert_sources: BTreeMap<String, alerts::RawAlertSource>,
+    #[serde(default)]
+    alerts: alerts::RawAlerts,
+    #[serde(default)]
+    jobs: alerts::RawJobs,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -228,6 +240,10 @@ struct RawApiKey {
     NotAccessedExpirationPeriod: Option<String>,
     DefaultExpirationPeriod: Option<String>,
     MinImportedSecretLength: Option<i64>,
+    DefaultNotificationLeadTime: Option<String>,
+    DefaultAlertSource: Option<String>,
+    InactivityWarningLeadTime: Option<String>,
+    RetentionPeriod: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -263,6 +279,10 @@ const API_KEY_KEYS: &[&str] = &[
     "NotAccessedExpirationPeriod",
     "DefaultExpirationPeriod",
     "MinImportedSecretLength",
+    "DefaultNotificationLeadTime",
+    "DefaultAlertSource",
+    "InactivityWarningLeadTime",
+    "RetentionPeriod",
 ];
 const GROUP_KEYS: &[&str] = &["scopes", "create_keys", "manage_all_keys"];
 const USER_KEYS: &[&str] = &["email", "groups", "unix_user"];
@@ -393,8 +413,20 @@ impl Validator {
         self.check_keys(
             "",
             table,
-            &["server", "ApiKey", "groups", "users", "auth", "rate_limit"],
+            &[
+                "server",
+                "ApiKey",
+                "groups",
+                "users",
+                "auth",
+                "rate_limit",
+                "smtp",
+                "alert_sources",
+                "alerts",
+                "jobs",
+            ],
         );
+        self.alert_unknown_keys(table);
         if let Some(t) = table.get("auth").and_then(|v| v.as_table()) {
             self.check_keys("auth.", t, edge::AUTH_KEYS);
             if let Some(routes) = t.get("routes").and_then(|r| r.as_array()) {
@@ -613,6 +645,20 @@ impl Validator {
             );
         }
 
+        let alert_keys = alerts::RawAlertKeys {
+            default_lead_time: raw.api_key.DefaultNotificationLeadTime,
+            default_source: raw.api_key.DefaultAlertSource,
+            inactivity_warning_lead_time: raw.api_key.InactivityWarningLeadTime,
+            retention: raw.api_key.RetentionPeriod,
+        };
+        let alerts = self.validate_alerts(
+            alert_keys,
+            raw.smtp,
+            raw.alert_sources,
+            raw.alerts,
+            raw.jobs,
+        );
+
         Some(Config {
             source: self.file.clone(),
             server: ServerConfig {
@@ -627,6 +673,7 @@ impl Validator {
             directory,
             auth,
             rate_limit,
+            alerts,
         })
     }
 }
@@ -711,6 +758,13 @@ mod tests {
         assert!(c.directory.rights("admin").unwrap().manage_all_keys);
         assert!(!c.directory.rights("alice").unwrap().manage_all_keys);
         assert_eq!(c.directory.user_for_unix("root").unwrap().name, "admin");
+        let a = &c.alerts;
+        assert_eq!(a.default_lead_time.as_ref().unwrap().as_str(), "p14d");
+        assert_eq!(a.default_source.as_deref(), Some("owner-email"));
+        for s in ["owner-email", "operator", "security-team", "webhook"] {
+            assert!(a.source(s).is_some(), "{s}");
+        }
+        assert_eq!(a.jobs.purge, "0 17 3 * * *");
     }
 
     #[test]

@@ -8,7 +8,9 @@
 
 pub mod headers;
 pub mod ipfilter;
+mod maintenance;
 pub mod model;
+mod notify;
 pub mod secret;
 
 use std::collections::BTreeMap;
@@ -29,6 +31,8 @@ use crate::store::{Batch, Store, StoreError};
 use headers::HeaderTemplate;
 use model::{rfc3339, AuditEntry, Code, KeyKind, KeyRecord, KeyState, Limit, Status, UsageCounts};
 use secret::{KeyHash, KeyHasher, Secret, Shape};
+
+pub use notify::{NotifyRequest, Outcome};
 
 /// How long a last-used time may sit in memory before it is written (per key).
 pub const LAST_USED_PERSIST_INTERVAL: Duration = Duration::seconds(60);
@@ -278,6 +282,18 @@ pub struct CreateKey {
     /// For import: the user-defined secret. Never logged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret: Option<ImportedSecret>,
+    /// Notification time (RFC 3339).
+    #[serde(default)]
+    pub notify_at: Option<String>,
+    /// Notification this long before the expiry (ISO 8601 period).
+    #[serde(default)]
+    pub notify_before: Option<String>,
+    /// Alert source of the notification.
+    #[serde(default)]
+    pub alert_source: Option<String>,
+    /// No notification, not even the configured default.
+    #[serde(default)]
+    pub no_notification: bool,
 }
 
 /// A secret sent by `key import`, redacted in `Debug`.
@@ -355,10 +371,19 @@ pub struct KeyView {
     pub headers: Vec<HeaderTemplate>,
     /// When the previous secret stops working after a rotation.
     pub rotation_grace_until: Option<String>,
-    /// Alert notification (not configured in this version: always "none").
+    /// Alert notification: "TIME via SOURCE", or "none".
     pub notification: String,
     /// Verification counts (in memory, flushed with the last-used times).
     pub usage: UsageCounts,
+    /// Notification time.
+    #[serde(default)]
+    pub notify_at: Option<String>,
+    /// Alert source of the notification.
+    #[serde(default)]
+    pub alert_source: Option<String>,
+    /// The alert job the key tracks.
+    #[serde(default)]
+    pub alert_job: Option<Uuid>,
 }
 
 /// A key just issued: the secret, shown once, and the key.
@@ -379,6 +404,7 @@ pub struct Keys {
     settings: RwLock<Arc<Settings>>,
     index: RwLock<Index>,
     writer: tokio::sync::Mutex<()>,
+    alerts: notify::AlertState,
 }
 
 impl std::fmt::Debug for Keys {
@@ -407,6 +433,7 @@ impl Keys {
             settings: RwLock::new(Arc::new(settings)),
             index: RwLock::new(index),
             writer: tokio::sync::Mutex::new(()),
+            alerts: notify::AlertState::default(),
         })
     }
 
@@ -639,14 +666,8 @@ impl Keys {
         usage: Arc<Usage>,
         audit: AuditEntry,
     ) -> Result<Arc<Live>, KeyError> {
-        let live = Arc::new(Live::new(rec.clone(), usage)?);
-        self.commit(Batch {
-            put_keys: vec![rec],
-            audit: vec![audit],
-        })
-        .await?;
-        self.index.write().insert(live.clone());
-        Ok(live)
+        self.commit_and_publish_with(rec, usage, audit, Default::default())
+            .await
     }
 
     fn audit_entry(&self, actor: &Actor, action: &str, key: Uuid, detail: String) -> AuditEntry {
@@ -762,6 +783,7 @@ impl Keys {
             }
         };
         let expires_at = resolve_create_expiry(&settings.policy, &req, now)?;
+        let notification = self.plan_create_notification(&req, expires_at, now)?;
         let ip_filters = check_ips(&req.ip)?;
         let headers = check_headers(&req.headers)?;
         let hash = self.hasher.hash(secret.expose());
@@ -795,24 +817,28 @@ impl Keys {
             headers,
             removed_at: None,
             usage: UsageCounts::default(),
+            alerting: Default::default(),
         };
+        let (rec, jobs) = notify::attach_notification(rec, notification, now);
         let action = match kind {
             KeyKind::Generated => "create",
             KeyKind::Imported => "import",
         };
         let detail = format!(
-            "name={:?} owner={} scopes=[{}] expires={}",
+            "name={:?} owner={} scopes=[{}] expires={}{}",
             rec.name,
             rec.owner,
             rec.scopes.join(","),
-            rec.expires_at.map_or_else(|| "never".to_owned(), rfc3339)
+            rec.expires_at.map_or_else(|| "never".to_owned(), rfc3339),
+            notify::describe(&rec)
         );
         let audit = self.audit_entry(actor, action, rec.id, detail);
         let live = self
-            .commit_and_publish(
+            .commit_and_publish_with(
                 rec,
                 Arc::new(Usage::new(None, &UsageCounts::default())),
                 audit,
+                jobs,
             )
             .await?;
         tracing::info!(key_id = %live.rec.id, owner = %live.rec.owner, actor = %actor.name, action, "key issued");
@@ -861,7 +887,7 @@ impl Keys {
     /// Edit description, name, IP filters, headers, narrow scopes, shorten expiry.
     pub async fn edit(&self, actor: &Actor, id: &str, req: EditKey) -> Result<KeyView, KeyError> {
         let live = self
-            .modify(actor, id, "edit", |rec, index, settings, now| {
+            .modify_following_expiry(actor, id, "edit", |rec, index, settings, now| {
                 let mut changed = Vec::new();
                 if let Some(name) = &req.name {
                     let name = check_name(name, "")?;
@@ -943,15 +969,16 @@ impl Keys {
         Ok(self.view(&live))
     }
 
-    /// Remove a key: it stops working at once and is kept for the record.
+    /// Remove a key: it stops working at once and is kept for the record. Its
+    /// notification job, if not started, is cancelled in the same transaction.
     pub async fn remove(&self, actor: &Actor, id: &str) -> Result<KeyView, KeyError> {
         let live = self
-            .modify(actor, id, "remove", |rec, _, _, now| {
+            .modify_with_job(actor, id, "remove", |rec, job, now| {
                 rec.state = KeyState::Removed;
                 rec.removed_at = Some(now);
                 rec.previous_hash = None;
                 rec.previous_valid_until = None;
-                Ok(String::new())
+                Ok(notify::cancel_for_removal(rec, job, now))
             })
             .await?;
         Ok(self.view(&live))
@@ -1124,7 +1151,13 @@ pub fn view_of(policy: &Policy, live: &Live, now: DateTime<Utc>) -> KeyView {
         ip_filters: rec.ip_filters.iter().map(|n| n.to_string()).collect(),
         headers: rec.headers.clone(),
         rotation_grace_until: rec.previous_valid_until.filter(|t| *t > now).map(rfc3339),
-        notification: "none".to_owned(),
+        notification: rec.alerting.notification.as_ref().map_or_else(
+            || "none".to_owned(),
+            |n| format!("{} via {}", rfc3339(n.at), n.source),
+        ),
+        notify_at: rec.alerting.notification.as_ref().map(|n| rfc3339(n.at)),
+        alert_source: rec.alerting.notification.as_ref().map(|n| n.source.clone()),
+        alert_job: rec.alerting.notification.as_ref().map(|n| n.job_id),
         usage: live.usage.counts(),
     }
 }
@@ -1406,6 +1439,7 @@ pub fn seed(
                 headers: Vec::new(),
                 removed_at: None,
                 usage: UsageCounts::default(),
+                alerting: Default::default(),
             });
         }
         let audit = if done == 0 {

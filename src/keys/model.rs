@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::headers::HeaderTemplate;
+use crate::alerts::job::KeyAlerting;
 use crate::config::Policy;
 
 /// Stored state of a key. Holds only the keyed hash of the secret.
@@ -53,6 +54,9 @@ pub struct KeyRecord {
     /// When it was removed.
     #[serde(default)]
     pub removed_at: Option<DateTime<Utc>>,
+    /// Its notification and what the maintenance jobs recorded about it.
+    #[serde(default, skip_serializing_if = "KeyAlerting::is_empty")]
+    pub alerting: KeyAlerting,
     /// Verification counts, as last persisted.
     #[serde(default)]
     pub usage: UsageCounts,
@@ -301,6 +305,7 @@ mod tests {
             headers: vec![],
             removed_at: None,
             usage: UsageCounts::default(),
+            alerting: KeyAlerting::default(),
         }
     }
 

@@ -4,12 +4,15 @@
 //! Tables: `keys` (id → JSON record) and `audit` (sequence → JSON entry). Records are
 //! JSON so fields can be added without a migration.
 
+pub mod jobs;
+
 use std::path::Path;
 
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use uuid::Uuid;
 
 use crate::keys::model::{AuditEntry, KeyRecord};
+pub use jobs::{AlertBatch, JobFilter};
 
 const KEYS: TableDefinition<u128, &[u8]> = TableDefinition::new("keys");
 const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
@@ -73,6 +76,7 @@ impl Store {
         let txn = db.begin_write().map_err(db_err)?;
         txn.open_table(KEYS).map_err(db_err)?;
         txn.open_table(AUDIT).map_err(db_err)?;
+        jobs::create_tables(&txn)?;
         txn.commit().map_err(db_err)?;
         Ok(Self { db })
     }
@@ -91,7 +95,12 @@ impl Store {
     }
 
     /// Commit a batch atomically.
-    pub fn commit(&self, mut batch: Batch) -> Result<(), StoreError> {
+    pub fn commit(&self, batch: Batch) -> Result<(), StoreError> {
+        self.commit_with(batch, AlertBatch::default())
+    }
+
+    /// Commit key changes and job changes in one transaction.
+    pub fn commit_with(&self, mut batch: Batch, alerts: AlertBatch) -> Result<(), StoreError> {
         let txn = self.db.begin_write().map_err(db_err)?;
         {
             let mut keys = txn.open_table(KEYS).map_err(db_err)?;
@@ -111,6 +120,7 @@ impl Store {
                 audit.insert(entry.seq, bytes.as_slice()).map_err(db_err)?;
             }
         }
+        jobs::apply(&txn, alerts)?;
         txn.commit().map_err(db_err)
     }
 

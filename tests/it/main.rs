@@ -1,5 +1,6 @@
 //! The one integration test binary: the real `apikeyd` and `apikeyctl`.
 
+mod alerts;
 mod edge;
 mod lifecycle;
 mod nginx;

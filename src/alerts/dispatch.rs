@@ -1,0 +1,166 @@
+//! The dispatcher: claims due jobs (persisted Running first), delivers them through
+//! their channel with bounded concurrency, and records the outcome.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+use tracing::Instrument;
+
+use crate::alerts::job::{AlertJob, JobState};
+use crate::channels::{Alert, Channels};
+use crate::keys::model::KeyState;
+use crate::keys::{Keys, Outcome};
+
+/// Longest sleep between looks at the due index (guards against wall-clock jumps).
+pub const MAX_IDLE: Duration = Duration::from_secs(60);
+/// Most jobs claimed in one transaction.
+pub const CLAIM_BATCH: usize = 256;
+/// How long a stop waits for deliveries in flight (the rest are replaced at start).
+pub const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// Fires alert jobs.
+pub struct Dispatcher {
+    keys: Arc<Keys>,
+    channels: Arc<Channels>,
+}
+
+impl std::fmt::Debug for Dispatcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dispatcher").finish_non_exhaustive()
+    }
+}
+
+impl Dispatcher {
+    /// A dispatcher over `keys`' store delivering through `channels`.
+    pub fn new(keys: Arc<Keys>, channels: Arc<Channels>) -> Self {
+        Self { keys, channels }
+    }
+
+    /// Run until `stop` turns true.
+    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+        let concurrency = self.keys.alert_config().concurrency;
+        let permits = Arc::new(Semaphore::new(concurrency));
+        let wake = self.keys.jobs_changed();
+        let mut tasks = JoinSet::new();
+        let clock = self.keys.clock().clone();
+        loop {
+            if *stop.borrow() {
+                break;
+            }
+            while tasks.try_join_next().is_some() {}
+            if permits.available_permits() == 0 {
+                tokio::select! {
+                    p = permits.clone().acquire_owned() => drop(p),
+                    _ = stop.changed() => break,
+                }
+                continue;
+            }
+            let free = permits.available_permits().min(CLAIM_BATCH);
+            let now = clock.now();
+            let claimed = match self.keys.claim_due_jobs(now, free).await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot claim due alert jobs; retrying in 1s");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            let full = claimed.len() == free;
+            for job in claimed {
+                let Ok(permit) = permits.clone().try_acquire_owned() else {
+                    // Cannot happen: we claimed at most the free permits and only this
+                    // loop takes them. Should it, the job stays Running and is
+                    // replaced at the next start rather than lost.
+                    tracing::error!(job_id = %job.id, "no delivery slot for a claimed job");
+                    continue;
+                };
+                let keys = self.keys.clone();
+                let channels = self.channels.clone();
+                let span = tracing::info_span!("alert_job", job_id = %job.id, key_id = %job.key_id, attempt = job.attempts);
+                tasks.spawn(
+                    async move {
+                        deliver(&keys, &channels, job).await;
+                        drop(permit);
+                    }
+                    .instrument(span),
+                );
+            }
+            if full {
+                continue;
+            }
+            let store = self.keys.store().clone();
+            let next = tokio::task::spawn_blocking(move || store.next_due())
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .flatten();
+            let wait = match next {
+                Some(at) => (at - clock.now()).to_std().unwrap_or(Duration::ZERO),
+                None => MAX_IDLE,
+            }
+            .min(MAX_IDLE);
+            if wait.is_zero() {
+                continue;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = wake.notified() => {}
+                _ = stop.changed() => break,
+            }
+        }
+        // Let deliveries in flight record their outcome; any cut short stay Running
+        // and are replaced at the next start.
+        let _ = tokio::time::timeout(STOP_GRACE, async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+    }
+}
+
+/// One attempt of one job, and its outcome recorded.
+pub async fn deliver(keys: &Keys, channels: &Channels, job: AlertJob) {
+    let outcome = attempt(keys, channels, &job).await;
+    match keys.finish_job(job.id, outcome).await {
+        Ok(j) if j.state == JobState::Failed => {}
+        Ok(_) => {}
+        Err(e) => {
+            tracing::error!(job_id = %job.id, error = %e, "cannot record the outcome of an alert; it stays Running and is replaced at the next start")
+        }
+    }
+}
+
+async fn attempt(keys: &Keys, channels: &Channels, job: &AlertJob) -> Outcome {
+    let config = keys.alert_config();
+    let Some(source) = config.source(&job.source) else {
+        return Outcome::Failed {
+            error: format!(
+                "alert source {:?} is not configured any more (add [alert_sources.{}] back, or move the notification to another source)",
+                job.source, job.source
+            ),
+            permanent: true,
+        };
+    };
+    let Some(live) = keys.live(job.key_id) else {
+        return Outcome::Dropped("the key no longer exists".into());
+    };
+    if live.rec.state == KeyState::Removed {
+        return Outcome::Dropped("the key was removed".into());
+    }
+    let view = keys.view(&live);
+    let email = keys
+        .settings()
+        .directory
+        .users
+        .get(&view.owner)
+        .and_then(|u| u.email.clone());
+    let alert = Alert::new(job, &view, email);
+    match channels.deliver(source, &alert).await {
+        Ok(()) => Outcome::Delivered,
+        Err(e) => Outcome::Failed {
+            error: e.message,
+            permanent: e.permanent,
+        },
+    }
+}

@@ -1,0 +1,165 @@
+//! Cron-style maintenance jobs on tokio-cron-scheduler: the last-used flush, the
+//! expiry sweep, the purge and the inactivity warning. Their schedules come from
+//! `[jobs]` and were validated when the configuration loaded. The scheduler holds only
+//! these four jobs (never per-key alerts), with a channel size set explicitly.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use tokio_cron_scheduler::{Job, JobScheduler, JobSchedulerError};
+
+use crate::config::AlertConfig;
+use crate::keys::model::rfc3339;
+use crate::keys::Keys;
+
+/// Slots in the scheduler's internal channels: ample for four jobs.
+pub const CHANNEL_SIZE: usize = 64;
+
+/// What `apikeyctl job list --maintenance` shows for one job.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MaintenanceRun {
+    /// `last_used_flush`, `expiry_sweep`, `purge`, `inactivity_warning`.
+    pub name: String,
+    /// Cron schedule.
+    pub schedule: String,
+    /// Last run start.
+    pub last_run: Option<String>,
+    /// What it did, or its error.
+    pub last_result: Option<String>,
+    /// Next run.
+    pub next_run: Option<String>,
+}
+
+/// Which maintenance task.
+#[derive(Debug, Clone, Copy)]
+enum Task {
+    Flush,
+    Sweep,
+    Purge,
+    InactivityWarning,
+}
+
+impl Task {
+    fn name(self) -> &'static str {
+        match self {
+            Task::Flush => "last_used_flush",
+            Task::Sweep => "expiry_sweep",
+            Task::Purge => "purge",
+            Task::InactivityWarning => "inactivity_warning",
+        }
+    }
+
+    async fn run(self, keys: &Keys) -> Result<String, crate::keys::KeyError> {
+        Ok(match self {
+            Task::Flush => format!("{} key(s) written", keys.flush_last_used(false).await?),
+            Task::Sweep => format!("{} key(s) recorded as expired", keys.sweep_expired().await?),
+            Task::Purge => format!("{} key(s) purged", keys.purge().await?),
+            Task::InactivityWarning => format!(
+                "{} warning(s) scheduled",
+                keys.schedule_inactivity_warnings().await?
+            ),
+        })
+    }
+}
+
+/// Run one maintenance task now (tests, and the scheduler's callback).
+pub async fn run_task(keys: &Keys, name: &str) -> Option<Result<String, crate::keys::KeyError>> {
+    let task = [
+        Task::Flush,
+        Task::Sweep,
+        Task::Purge,
+        Task::InactivityWarning,
+    ]
+    .into_iter()
+    .find(|t| t.name() == name)?;
+    Some(task.run(keys).await)
+}
+
+/// The running maintenance scheduler.
+pub struct Maintenance {
+    scheduler: JobScheduler,
+}
+
+impl std::fmt::Debug for Maintenance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Maintenance").finish_non_exhaustive()
+    }
+}
+
+fn next_tick(schedule: &str) -> Option<String> {
+    let cron = croner_next(schedule)?;
+    Some(rfc3339(cron))
+}
+
+fn croner_next(schedule: &str) -> Option<DateTime<Utc>> {
+    let parsed = croner::parser::CronParser::builder()
+        .seconds(croner::parser::Seconds::Required)
+        .dom_and_dow(true)
+        .build()
+        .parse(schedule)
+        .ok()?;
+    parsed.find_next_occurrence(&Utc::now(), false).ok()
+}
+
+impl Maintenance {
+    /// Start the four jobs.
+    pub async fn start(keys: Arc<Keys>, config: &AlertConfig) -> Result<Self, JobSchedulerError> {
+        let scheduler = JobScheduler::new_with_channel_size(CHANNEL_SIZE).await?;
+        let s = &config.jobs;
+        let mut status = Vec::new();
+        for (task, schedule) in [
+            (Task::Flush, &s.last_used_flush),
+            (Task::Sweep, &s.expiry_sweep),
+            (Task::Purge, &s.purge),
+            (Task::InactivityWarning, &s.inactivity_warning),
+        ] {
+            status.push(MaintenanceRun {
+                name: task.name().to_owned(),
+                schedule: schedule.clone(),
+                last_run: None,
+                last_result: None,
+                next_run: next_tick(schedule),
+            });
+            let keys = keys.clone();
+            let sched = schedule.clone();
+            let job = Job::new_async(schedule.as_str(), move |_id, _lock| {
+                let keys = keys.clone();
+                let sched = sched.clone();
+                Box::pin(async move {
+                    let started = keys.clock().now();
+                    let span = tracing::info_span!("maintenance", job = task.name());
+                    let _enter = span.enter();
+                    let result = match task.run(&keys).await {
+                        Ok(r) => {
+                            tracing::debug!(result = %r, "maintenance job done");
+                            r
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "maintenance job failed; it runs again at its next time");
+                            format!("error: {e}")
+                        }
+                    };
+                    keys.record_maintenance_run(MaintenanceRun {
+                        name: task.name().to_owned(),
+                        schedule: sched.clone(),
+                        last_run: Some(rfc3339(started)),
+                        last_result: Some(result),
+                        next_run: next_tick(&sched),
+                    });
+                })
+            })?;
+            scheduler.add(job).await?;
+        }
+        keys.set_maintenance_status(status);
+        scheduler.start().await?;
+        Ok(Self { scheduler })
+    }
+
+    /// Stop the scheduler.
+    pub async fn shutdown(&mut self) {
+        if let Err(e) = self.scheduler.shutdown().await {
+            tracing::warn!(error = %e, "maintenance scheduler did not stop cleanly");
+        }
+    }
+}

@@ -1,0 +1,130 @@
+//! Admin API for notifications, alert jobs and operator messages. Thin: parse, call
+//! [`crate::keys::Keys`], render. Merged into the admin routes, so it sits behind the
+//! same identity checks (SO_PEERCRED on the socket, admin-scope key on TCP).
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, Query, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{parse_body, ApiResult, AppState};
+use crate::keys::{Actor, NotifyRequest};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JobsQuery {
+    #[serde(default)]
+    key: Option<String>,
+    #[serde(default)]
+    state: Option<String>,
+    #[serde(default)]
+    limit: Option<usize>,
+    #[serde(default)]
+    maintenance: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MessagesQuery {
+    #[serde(default)]
+    unacknowledged: Option<bool>,
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+async fn notify_key(
+    State(st): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    let req: NotifyRequest = parse_body(body)?;
+    Ok(Json(st.keys.notify(&actor, &id, req).await?).into_response())
+}
+
+async fn list_jobs(
+    State(st): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Query(q): Query<JobsQuery>,
+) -> ApiResult<Json<Value>> {
+    if q.maintenance.unwrap_or(false) {
+        return Ok(Json(json!({ "maintenance": st.keys.maintenance_status() })));
+    }
+    let jobs = st
+        .keys
+        .jobs(
+            &actor,
+            q.key.as_deref(),
+            q.state.as_deref(),
+            q.limit.unwrap_or(1000).min(100_000),
+        )
+        .await?;
+    Ok(Json(json!({ "jobs": jobs })))
+}
+
+async fn show_job(
+    State(st): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    Ok(Json(st.keys.job(&actor, &id).await?).into_response())
+}
+
+async fn cancel_job(
+    State(st): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    Ok(Json(st.keys.cancel_or_delete_job(&actor, &id, false).await?).into_response())
+}
+
+async fn delete_job(
+    State(st): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    Ok(Json(st.keys.cancel_or_delete_job(&actor, &id, true).await?).into_response())
+}
+
+async fn list_messages(
+    State(st): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Query(q): Query<MessagesQuery>,
+) -> ApiResult<Json<Value>> {
+    let messages = st
+        .keys
+        .messages(
+            &actor,
+            q.unacknowledged.unwrap_or(false),
+            q.limit.unwrap_or(1000).min(100_000),
+        )
+        .await?;
+    Ok(Json(json!({ "messages": messages })))
+}
+
+async fn ack_message(
+    State(st): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    Ok(Json(st.keys.ack_message(&actor, &id).await?).into_response())
+}
+
+/// The alert routes, added to the admin routes (and so to the route table the
+/// OpenAPI test compares with the document).
+pub(super) fn routes(r: super::Routes) -> super::Routes {
+    r.add("/v1/admin/keys/{id}/notify", &["POST"], post(notify_key))
+        .add("/v1/admin/jobs", &["GET"], get(list_jobs))
+        .add(
+            "/v1/admin/jobs/{id}",
+            &["GET", "DELETE"],
+            get(show_job).delete(delete_job),
+        )
+        .add("/v1/admin/jobs/{id}/cancel", &["POST"], post(cancel_job))
+        .add("/v1/admin/messages", &["GET"], get(list_messages))
+        .add("/v1/admin/messages/{id}/ack", &["POST"], post(ack_message))
+}

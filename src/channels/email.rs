@@ -1,0 +1,131 @@
+//! Email through lettre's pooled async SMTP transport. The password is read once at
+//! start, held in a type whose `Debug` redacts it, and never reaches a log or error.
+
+use std::path::{Path, PathBuf};
+
+use lettre::message::header::ContentType;
+use lettre::message::Mailbox;
+use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::PoolConfig;
+use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+
+use super::{ChannelError, DeliveryError};
+use crate::config::alerts::{SmtpConfig, SmtpTls};
+
+/// Name of the systemd credential holding the SMTP password.
+pub const PASSWORD_CREDENTIAL: &str = "smtp-password";
+
+/// The email channel.
+pub struct Email {
+    transport: AsyncSmtpTransport<Tokio1Executor>,
+    from: Mailbox,
+    server: String,
+}
+
+impl std::fmt::Debug for Email {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Email")
+            .field("server", &self.server)
+            .field("from", &self.from.to_string())
+            .finish_non_exhaustive()
+    }
+}
+
+fn read_password(path: &Path) -> Result<String, ChannelError> {
+    std::fs::read_to_string(path)
+        .map(|s| s.trim_end_matches(['\r', '\n']).to_owned())
+        .map_err(|source| ChannelError::Password {
+            path: path.display().to_string(),
+            source,
+        })
+}
+
+impl Email {
+    /// Build the (lazy: nothing connects yet) pooled transport.
+    pub fn new(smtp: &SmtpConfig, credentials_dir: Option<&Path>) -> Result<Self, ChannelError> {
+        let builder = match smtp.tls {
+            SmtpTls::None => AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&smtp.host),
+            SmtpTls::StartTls => AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&smtp.host)
+                .map_err(|e| ChannelError::Smtp(e.to_string()))?,
+            SmtpTls::Tls => AsyncSmtpTransport::<Tokio1Executor>::relay(&smtp.host)
+                .map_err(|e| ChannelError::Smtp(e.to_string()))?,
+        };
+        let mut builder = builder
+            .port(smtp.port)
+            .timeout(Some(smtp.timeout))
+            .pool_config(PoolConfig::new().max_size(smtp.pool_size));
+        if let Some(user) = &smtp.username {
+            let credential: Option<PathBuf> = credentials_dir
+                .map(|d| d.join(PASSWORD_CREDENTIAL))
+                .filter(|p| p.exists());
+            let password = match credential.as_deref().or(smtp.password_file.as_deref()) {
+                Some(p) => read_password(p)?,
+                None => String::new(),
+            };
+            builder = builder.credentials(Credentials::new(user.clone(), password));
+        }
+        let from: Mailbox = smtp
+            .from
+            .parse()
+            .map_err(|e| ChannelError::Smtp(format!("from address: {e}")))?;
+        Ok(Self {
+            transport: builder.build(),
+            from,
+            server: format!("{}:{}", smtp.host, smtp.port),
+        })
+    }
+
+    /// Send one plain-text message.
+    pub async fn send(
+        &self,
+        to: &[String],
+        cc: &[String],
+        subject: &str,
+        body: &str,
+        message_id: &str,
+    ) -> Result<(), DeliveryError> {
+        let mut builder = Message::builder()
+            .from(self.from.clone())
+            .subject(subject)
+            .message_id(Some(message_id.to_owned()))
+            .header(ContentType::TEXT_PLAIN);
+        for (list, is_cc) in [(to, false), (cc, true)] {
+            for addr in list {
+                let mbox: Mailbox = addr.parse().map_err(|e| {
+                    DeliveryError::permanent(format!("{addr:?} is not an email address: {e}"))
+                })?;
+                builder = if is_cc {
+                    builder.cc(mbox)
+                } else {
+                    builder.to(mbox)
+                };
+            }
+        }
+        if to.is_empty() {
+            return Err(DeliveryError::permanent("no recipient"));
+        }
+        let message = builder
+            .body(body.to_owned())
+            .map_err(|e| DeliveryError::permanent(format!("cannot build the email: {e}")))?;
+        match self.transport.send(message).await {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let advice = if e.is_permanent() {
+                    "the SMTP server refused the message"
+                } else if e.is_timeout() {
+                    "the SMTP server did not answer in time ([smtp] timeout)"
+                } else if e.is_tls() {
+                    "TLS failed (check [smtp] tls and the server certificate)"
+                } else {
+                    "cannot talk to the SMTP server (is it running? check [smtp] host, port and tls)"
+                };
+                let message = format!("SMTP {}: {advice}: {e}", self.server);
+                Err(if e.is_permanent() {
+                    DeliveryError::permanent(message)
+                } else {
+                    DeliveryError::transient(message)
+                })
+            }
+        }
+    }
+}

@@ -1,0 +1,277 @@
+//! Alert jobs and operator messages in redb.
+//!
+//! Tables: `alert_jobs` (job id → JSON job), `alert_due` ((run-at ms, job id) → ()),
+//! an index holding exactly the jobs in state Scheduled, so the dispatcher reads the
+//! next due job without holding any job in memory; `alert_running` (job id → ()), the
+//! jobs claimed for delivery, read at start to find deliveries cut short by a crash;
+//! `operator_messages` (sequence → JSON message).
+
+use chrono::{DateTime, Utc};
+use redb::{ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+use uuid::Uuid;
+
+use super::{db_err, decode, Store, StoreError};
+use crate::alerts::job::{AlertJob, JobState, OperatorMessage};
+
+const JOBS: TableDefinition<u128, &[u8]> = TableDefinition::new("alert_jobs");
+const DUE: TableDefinition<(i64, u128), ()> = TableDefinition::new("alert_due");
+const RUNNING: TableDefinition<u128, ()> = TableDefinition::new("alert_running");
+const MESSAGES: TableDefinition<u64, &[u8]> = TableDefinition::new("operator_messages");
+const KEYS: TableDefinition<u128, &[u8]> = TableDefinition::new("keys");
+
+/// Job and message changes committed with a key [`super::Batch`].
+#[derive(Debug, Default)]
+pub struct AlertBatch {
+    /// Jobs to insert or replace (the due and running indexes follow their state).
+    pub put_jobs: Vec<AlertJob>,
+    /// Jobs to delete.
+    pub delete_jobs: Vec<Uuid>,
+    /// Messages to append (their `id` is assigned here) or, with an id, replace.
+    pub messages: Vec<OperatorMessage>,
+    /// Key records to delete (purge).
+    pub purge_keys: Vec<Uuid>,
+}
+
+impl AlertBatch {
+    /// Nothing to do.
+    pub fn is_empty(&self) -> bool {
+        self.put_jobs.is_empty()
+            && self.delete_jobs.is_empty()
+            && self.messages.is_empty()
+            && self.purge_keys.is_empty()
+    }
+}
+
+/// Which jobs to list.
+#[derive(Debug, Clone, Default)]
+pub struct JobFilter {
+    /// Only this key's.
+    pub key: Option<Uuid>,
+    /// Only in this state.
+    pub state: Option<JobState>,
+    /// At most this many (newest first).
+    pub limit: usize,
+}
+
+fn ms(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+pub(super) fn create_tables(txn: &WriteTransaction) -> Result<(), StoreError> {
+    txn.open_table(JOBS).map_err(db_err)?;
+    txn.open_table(DUE).map_err(db_err)?;
+    txn.open_table(RUNNING).map_err(db_err)?;
+    txn.open_table(MESSAGES).map_err(db_err)?;
+    Ok(())
+}
+
+/// Apply `batch` inside an open write transaction.
+pub(super) fn apply(txn: &WriteTransaction, mut batch: AlertBatch) -> Result<(), StoreError> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    let mut jobs = txn.open_table(JOBS).map_err(db_err)?;
+    let mut due = txn.open_table(DUE).map_err(db_err)?;
+    let mut running = txn.open_table(RUNNING).map_err(db_err)?;
+    let mut unindex = |jobs: &redb::Table<u128, &[u8]>, id: u128| -> Result<(), StoreError> {
+        let old = jobs.get(id).map_err(db_err)?;
+        if let Some(old) = old {
+            let old: AlertJob = decode("alert_jobs", old.value())?;
+            due.remove((ms(old.run_at), id)).map_err(db_err)?;
+        }
+        running.remove(id).map_err(db_err)?;
+        Ok(())
+    };
+    for id in &batch.delete_jobs {
+        unindex(&jobs, id.as_u128())?;
+        jobs.remove(id.as_u128()).map_err(db_err)?;
+    }
+    let mut index = Vec::new();
+    for job in &batch.put_jobs {
+        let id = job.id.as_u128();
+        unindex(&jobs, id)?;
+        let bytes = serde_json::to_vec(job).map_err(db_err)?;
+        jobs.insert(id, bytes.as_slice()).map_err(db_err)?;
+        index.push((id, job.state, ms(job.run_at)));
+    }
+    for (id, state, run_at) in index {
+        match state {
+            JobState::Scheduled => {
+                due.insert((run_at, id), ()).map_err(db_err)?;
+            }
+            JobState::Running => {
+                running.insert(id, ()).map_err(db_err)?;
+            }
+            _ => {}
+        }
+    }
+    if !batch.messages.is_empty() {
+        let mut table = txn.open_table(MESSAGES).map_err(db_err)?;
+        let mut next = match table.last().map_err(db_err)? {
+            Some((k, _)) => k.value() + 1,
+            None => 1,
+        };
+        for m in &mut batch.messages {
+            if m.id == 0 {
+                m.id = next;
+                next += 1;
+            }
+            let bytes = serde_json::to_vec(m).map_err(db_err)?;
+            table.insert(m.id, bytes.as_slice()).map_err(db_err)?;
+        }
+    }
+    if !batch.purge_keys.is_empty() {
+        let mut keys = txn.open_table(KEYS).map_err(db_err)?;
+        for id in &batch.purge_keys {
+            keys.remove(id.as_u128()).map_err(db_err)?;
+        }
+    }
+    Ok(())
+}
+
+impl Store {
+    /// One job.
+    pub fn job(&self, id: Uuid) -> Result<Option<AlertJob>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let table = txn.open_table(JOBS).map_err(db_err)?;
+        let v = table.get(id.as_u128()).map_err(db_err)?;
+        v.map(|v| decode("alert_jobs", v.value())).transpose()
+    }
+
+    /// Jobs matching `filter`, newest first (ids are UUID v7, so id order is age).
+    pub fn jobs(&self, filter: &JobFilter) -> Result<Vec<AlertJob>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let table = txn.open_table(JOBS).map_err(db_err)?;
+        let mut out = Vec::new();
+        for row in table.iter().map_err(db_err)?.rev() {
+            let (_, v) = row.map_err(db_err)?;
+            let job: AlertJob = decode("alert_jobs", v.value())?;
+            if filter.key.is_some_and(|k| k != job.key_id)
+                || filter.state.is_some_and(|s| s != job.state)
+            {
+                continue;
+            }
+            out.push(job);
+            if out.len() >= filter.limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Number of jobs in each state would need a scan; this counts the indexes.
+    pub fn job_counts(&self) -> Result<(u64, u64), StoreError> {
+        use redb::ReadableTableMetadata;
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let due = txn.open_table(DUE).map_err(db_err)?.len().map_err(db_err)?;
+        let running = txn
+            .open_table(RUNNING)
+            .map_err(db_err)?
+            .len()
+            .map_err(db_err)?;
+        Ok((due, running))
+    }
+
+    /// When the earliest scheduled job should run.
+    pub fn next_due(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let table = txn.open_table(DUE).map_err(db_err)?;
+        let first = table.first().map_err(db_err)?;
+        Ok(first.and_then(|(k, _)| DateTime::from_timestamp_millis(k.value().0)))
+    }
+
+    /// Scheduled jobs whose run time is at or before `now`, earliest first.
+    pub fn due_jobs(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<AlertJob>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let due = txn.open_table(DUE).map_err(db_err)?;
+        let jobs = txn.open_table(JOBS).map_err(db_err)?;
+        let mut out = Vec::new();
+        for row in due.range(..=(ms(now), u128::MAX)).map_err(db_err)? {
+            let (k, _) = row.map_err(db_err)?;
+            if let Some(v) = jobs.get(k.value().1).map_err(db_err)? {
+                out.push(decode("alert_jobs", v.value())?);
+            }
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Jobs left Running (a delivery was under way when the daemon stopped).
+    pub fn running_jobs(&self) -> Result<Vec<AlertJob>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let running = txn.open_table(RUNNING).map_err(db_err)?;
+        let jobs = txn.open_table(JOBS).map_err(db_err)?;
+        let mut out = Vec::new();
+        for row in running.iter().map_err(db_err)? {
+            let (k, _) = row.map_err(db_err)?;
+            if let Some(v) = jobs.get(k.value()).map_err(db_err)? {
+                out.push(decode("alert_jobs", v.value())?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Operator messages, newest first.
+    pub fn messages(
+        &self,
+        unacknowledged_only: bool,
+        limit: usize,
+    ) -> Result<Vec<OperatorMessage>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let table = txn.open_table(MESSAGES).map_err(db_err)?;
+        let mut out = Vec::new();
+        for row in table.iter().map_err(db_err)?.rev() {
+            let (_, v) = row.map_err(db_err)?;
+            let m: OperatorMessage = decode("operator_messages", v.value())?;
+            if unacknowledged_only && m.acknowledged_at.is_some() {
+                continue;
+            }
+            out.push(m);
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// One operator message.
+    pub fn message(&self, id: u64) -> Result<Option<OperatorMessage>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let table = txn.open_table(MESSAGES).map_err(db_err)?;
+        let v = table.get(id).map_err(db_err)?;
+        v.map(|v| decode("operator_messages", v.value()))
+            .transpose()
+    }
+
+    /// Claim up to `limit` due jobs: each is marked Running (attempts + 1) in one
+    /// transaction before anything is delivered.
+    pub fn claim_due(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<AlertJob>, StoreError> {
+        let mut claimed = self.due_jobs(now, limit)?;
+        if claimed.is_empty() {
+            return Ok(claimed);
+        }
+        for job in &mut claimed {
+            job.state = JobState::Running;
+            job.attempts += 1;
+            job.updated_at = now;
+            job.started_at.get_or_insert(now);
+        }
+        let txn = self.db.begin_write().map_err(db_err)?;
+        apply(
+            &txn,
+            AlertBatch {
+                put_jobs: claimed.clone(),
+                ..AlertBatch::default()
+            },
+        )?;
+        txn.commit().map_err(db_err)?;
+        Ok(claimed)
+    }
+
+    /// Commit job and message changes alone.
+    pub fn commit_alerts(&self, batch: AlertBatch) -> Result<(), StoreError> {
+        self.commit_with(super::Batch::default(), batch)
+    }
+}

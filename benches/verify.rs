@@ -135,10 +135,11 @@ fn time_loop(calls: usize, mut f: impl FnMut(usize)) -> f64 {
     nanos(t.elapsed()) as f64 / calls as f64
 }
 
-/// CPU time (ns) consumed so far by this process's threads whose name starts with
-/// `prefix`, from `/proc/self/task/*/schedstat`. `None` if unavailable.
-fn thread_cpu_ns(prefix: &str) -> Option<u64> {
-    let mut total = 0u64;
+/// Scheduler times (ns) so far of this process's threads whose name starts with
+/// `prefix`, from `/proc/self/task/*/schedstat`: `[on CPU, runnable but waiting for
+/// a CPU]`. `None` if unavailable.
+fn thread_sched_ns(prefix: &str) -> Option<[u64; 2]> {
+    let mut total = [0u64; 2];
     let mut found = false;
     for entry in std::fs::read_dir("/proc/self/task").ok()? {
         let dir = entry.ok()?.path();
@@ -151,12 +152,10 @@ fn thread_cpu_ns(prefix: &str) -> Option<u64> {
         let Ok(stat) = std::fs::read_to_string(dir.join("schedstat")) else {
             continue;
         };
-        if let Some(ns) = stat
-            .split_whitespace()
-            .next()
-            .and_then(|s| s.parse::<u64>().ok())
-        {
-            total += ns;
+        let mut fields = stat.split_whitespace().map(|s| s.parse::<u64>().ok());
+        if let (Some(Some(run)), Some(Some(wait))) = (fields.next(), fields.next()) {
+            total[0] += run;
+            total[1] += wait;
             found = true;
         }
     }
@@ -181,6 +180,14 @@ fn machine_line() -> String {
         "{cpus} CPUs ({model}); taskset {}; threads not pinned",
         if taskset { "available" } else { "not found" }
     )
+}
+
+/// The 1-minute load average, to tell a quiet run from one that shared the CPUs.
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "n/a".to_owned())
 }
 
 /// A stored record for a generated, enabled key. Built from JSON once so that fields
@@ -578,8 +585,10 @@ struct Round {
     ok: u64,
     errors: u64,
     elapsed: Duration,
-    server_cpu: Option<f64>,
-    client_cpu: Option<f64>,
+    /// Server thread: % of the round on a CPU, % runnable but waiting for one.
+    server_cpu: Option<[f64; 2]>,
+    /// Load generator thread, likewise.
+    client_cpu: Option<[f64; 2]>,
 }
 
 impl Round {
@@ -610,8 +619,8 @@ async fn load_round(
         });
         senders.push(sender);
     }
-    let server_cpu0 = thread_cpu_ns(server_thread);
-    let client_cpu0 = thread_cpu_ns("loadgen");
+    let server_cpu0 = thread_sched_ns(server_thread);
+    let client_cpu0 = thread_sched_ns("loadgen");
     let start = Instant::now();
     let deadline = start + dur;
     let mut tasks = tokio::task::JoinSet::new();
@@ -666,16 +675,17 @@ async fn load_round(
         errors += e;
     }
     let elapsed = start.elapsed();
-    let pct = |a: Option<u64>, b: Option<u64>| match (a, b) {
-        (Some(a), Some(b)) => Some((b.saturating_sub(a)) as f64 / nanos(elapsed) as f64 * 100.0),
-        _ => None,
+    let pct = |a: Option<[u64; 2]>, b: Option<[u64; 2]>| {
+        let (a, b) = (a?, b?);
+        let p = |i: usize| b[i].saturating_sub(a[i]) as f64 / nanos(elapsed) as f64 * 100.0;
+        Some([p(0), p(1)])
     };
     Round {
         ok,
         errors,
         elapsed,
-        server_cpu: pct(server_cpu0, thread_cpu_ns(server_thread)),
-        client_cpu: pct(client_cpu0, thread_cpu_ns("loadgen")),
+        server_cpu: pct(server_cpu0, thread_sched_ns(server_thread)),
+        client_cpu: pct(client_cpu0, thread_sched_ns("loadgen")),
     }
 }
 
@@ -871,6 +881,7 @@ fn main() {
     let creates_big = env_usize("APIKEYD_BENCH_CREATES_BIG", 100);
 
     let total = Instant::now();
+    let load_start = loadavg();
     let machine = machine_line();
     eprintln!("[bench] {machine}");
     let dir = tempfile::tempdir().expect("tempdir");
@@ -959,14 +970,19 @@ fn main() {
         "[2] POST /v1/verify over loopback TCP: {} keep-alive HTTP/1.1 connections, {} s per round; server: 1 tokio worker; load generator: 1 current-thread runtime",
         http.conns, http.secs
     ));
-    let cpu = |c: Option<f64>| c.map_or_else(|| "n/a".to_owned(), |c| format!("{c:.0}%"));
+    let cpu = |c: Option<[f64; 2]>| {
+        c.map_or_else(
+            || "n/a".to_owned(),
+            |[run, wait]| format!("{run:.0}% on CPU, {wait:.0}% waiting"),
+        )
+    };
     let mut per: HashMap<&str, Vec<f64>> = HashMap::new();
     let mut errors = 0u64;
     for (i, (label, round)) in http.rounds.iter().enumerate() {
         errors += round.errors;
         per.entry(label).or_default().push(round.rps());
         out.push(format!(
-            "  round {} {:<8} {:>9.0} req/s  ({} ok, {} errors; CPU server thread {}, load generator {})",
+            "  round {} {:<8} {:>9.0} req/s  ({} ok, {} errors; server thread {}; load generator {})",
             i / 2 + 1,
             label,
             round.rps(),
@@ -1017,7 +1033,11 @@ fn main() {
         ));
     }
     out.push(String::new());
-    out.push(format!("total bench time: {:.0} s", secs(total.elapsed())));
+    out.push(format!(
+        "total bench time: {:.0} s; 1-min load average at start {load_start}, at end {}",
+        secs(total.elapsed()),
+        loadavg()
+    ));
     out.push("=".repeat(84));
     println!("{}", out.join("\n"));
 }

@@ -388,7 +388,18 @@ fn main() {
         .build()
         .unwrap();
 
-    let dir = tempfile::tempdir().unwrap();
+    // APIKEYD_BENCH_DIR keeps the database for a look afterwards (e.g. perf).
+    let tmp = tempfile::tempdir().unwrap();
+    let dir_path = std::env::var_os("APIKEYD_BENCH_DIR")
+        .map_or_else(|| tmp.path().to_path_buf(), PathBuf::from);
+    let _ = std::fs::remove_dir_all(dir_path.join("state"));
+    struct Dir(PathBuf);
+    impl Dir {
+        fn path(&self) -> &Path {
+            &self.0
+        }
+    }
+    let dir = Dir(dir_path);
     let (smtp_port, received) = start_smtp();
     let (ids, build_time) = build(&dir.path().join("state/apikeyd.redb"), n);
     let db_bytes = std::fs::metadata(dir.path().join("state/apikeyd.redb"))

@@ -18,7 +18,9 @@
 //! Environment (defaults): `APIKEYD_BENCH_KEYS` (1000000), `APIKEYD_BENCH_STARTS` (3),
 //! `APIKEYD_BENCH_IDLE_SECS` (60), `APIKEYD_BENCH_BURST` (10000),
 //! `APIKEYD_BENCH_WINDOW_SECS` (60), `APIKEYD_BENCH_EMAILS` (5000),
-//! `APIKEYD_BENCH_POOL` (8, `[smtp] pool_size`).
+//! `APIKEYD_BENCH_POOL` (8, `[smtp] pool_size`); `APIKEYD_BENCH_DIR` keeps the
+//! database and config in that directory (for a look afterwards, e.g. with perf);
+//! `APIKEYD_BENCH_LOG` sets the daemon's `RUST_LOG` (default `warn`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 

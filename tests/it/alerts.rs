@@ -1041,7 +1041,10 @@ body = "Key ${key.id} (${key.details}); effective expiry ${key.effective_expires
     wait_until(Duration::from_secs(10), || {
         d.log_text().contains("reload rejected")
     });
-    d.json(&["key", "notify", &id, "--at", &at(3600), "--source", "team"]);
+    let pending = d.json(&["key", "notify", &id, "--at", &at(4), "--source", "team"])["alert_job"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     std::fs::write(
         &d.config,
         text.replace("[alert_sources.team]", "[alert_sources.crew]"),
@@ -1052,5 +1055,18 @@ body = "Key ${key.id} (${key.details}); effective expiry ${key.effective_expires
         d.fails(&["key", "notify", &id, "--at", &at(3600), "--source", "team"])
             .contains("unknown alert source")
     });
+    // The job already scheduled through the removed source is not dropped silently:
+    // it fails at its time, and an operator message says why.
+    let j = wait_job(&d, &pending, "Failed", 15);
+    assert!(
+        j["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("not configured any more"),
+        "{j}"
+    );
+    assert!(messages(&d, true)
+        .iter()
+        .any(|m| m["job_id"] == pending.as_str()));
     d.json(&["key", "notify", &id, "--at", &at(3600), "--source", "crew"]);
 }

@@ -18,7 +18,9 @@
 //! Environment (defaults): `APIKEYD_BENCH_KEYS` (1000000), `APIKEYD_BENCH_STARTS` (3),
 //! `APIKEYD_BENCH_IDLE_SECS` (60), `APIKEYD_BENCH_BURST` (10000),
 //! `APIKEYD_BENCH_WINDOW_SECS` (60), `APIKEYD_BENCH_EMAILS` (5000),
-//! `APIKEYD_BENCH_POOL` (8, `[smtp] pool_size`).
+//! `APIKEYD_BENCH_POOL` (8, `[smtp] pool_size`); `APIKEYD_BENCH_DIR` keeps the
+//! database and config in that directory (for a look afterwards, e.g. with perf);
+//! `APIKEYD_BENCH_LOG` sets the daemon's `RUST_LOG` (default `warn`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -389,7 +391,18 @@ fn main() {
         .build()
         .unwrap();
 
-    let dir = tempfile::tempdir().unwrap();
+    // APIKEYD_BENCH_DIR keeps the database for a look afterwards (e.g. perf).
+    let tmp = tempfile::tempdir().unwrap();
+    let dir_path = std::env::var_os("APIKEYD_BENCH_DIR")
+        .map_or_else(|| tmp.path().to_path_buf(), PathBuf::from);
+    let _ = std::fs::remove_dir_all(dir_path.join("state"));
+    struct Dir(PathBuf);
+    impl Dir {
+        fn path(&self) -> &Path {
+            &self.0
+        }
+    }
+    let dir = Dir(dir_path);
     let (smtp_port, received) = start_smtp();
     let (ids, build_time) = build(&dir.path().join("state/apikeyd.redb"), n);
     let db_bytes = std::fs::metadata(dir.path().join("state/apikeyd.redb"))
@@ -400,18 +413,22 @@ fn main() {
 
     // 1. Cold starts.
     let mut start_times = Vec::new();
+    let mut start_cpu = Vec::new();
     let mut rss_start = Vec::new();
+    let ticks = clock_ticks();
     let mut daemon = None;
     for i in 0..starts {
         let (d, t) = spawn(&config, &socket, &rt);
         let rss = proc_status(d.child.id(), "VmRSS:").unwrap_or(0);
+        let cpu = cpu_ticks(d.child.id()) as f64 / ticks;
         eprintln!(
-            "[start {}] {:.2} s, VmRSS {} MB",
+            "[start {}] {:.2} s ({cpu:.2} s of CPU), VmRSS {} MB",
             i + 1,
             secs(t),
             rss / 1024
         );
         start_times.push(secs(t));
+        start_cpu.push(cpu);
         rss_start.push(rss as f64 / 1024.0);
         if i + 1 == starts {
             daemon = Some(d);
@@ -423,7 +440,6 @@ fn main() {
     let pid = d.child.id();
 
     // 2-3. Idle CPU and memory.
-    let ticks = clock_ticks();
     std::thread::sleep(Duration::from_secs(2));
     let c0 = cpu_ticks(pid);
     let t0 = Instant::now();
@@ -466,7 +482,9 @@ fn main() {
         Duration::from_secs(window as u64 + 120),
     );
     std::thread::sleep(Duration::from_millis(500));
-    let due_of: HashMap<String, DateTime<Utc>> = rt.block_on(async {
+    // One listing of the Completed jobs gives both the due times (by Message-ID, for
+    // the SMTP receipt times) and the claim lateness.
+    let completed: Vec<Value> = rt.block_on(async {
         let v = d
             .client
             .call(
@@ -476,37 +494,25 @@ fn main() {
             )
             .await
             .unwrap();
-        v["jobs"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|j| (j["origin"].as_str().unwrap().to_owned(), j.clone()))
-            .filter_map(|(o, j)| Some((format!("<alert-{o}@apikeyd>"), parse_time(&j["due_at"])?)))
-            .collect()
+        v["jobs"].as_array().unwrap().clone()
     });
-    let claim: Vec<f64> = rt.block_on(async {
-        let v = d
-            .client
-            .call(
-                Method::GET,
-                &format!("/v1/admin/jobs?state=Completed&limit={}", burst * 2),
-                None,
-            )
-            .await
-            .unwrap();
-        v["jobs"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter_map(|j| {
-                Some(
-                    (parse_time(&j["started_at"])? - parse_time(&j["due_at"])?)
-                        .num_microseconds()? as f64
-                        / 1e6,
-                )
-            })
-            .collect()
-    });
+    let due_of: HashMap<String, DateTime<Utc>> = completed
+        .iter()
+        .filter_map(|j| {
+            let origin = j["origin"].as_str()?;
+            Some((
+                format!("<alert-{origin}@apikeyd>"),
+                parse_time(&j["due_at"])?,
+            ))
+        })
+        .collect();
+    let claim: Vec<f64> = completed
+        .iter()
+        .filter_map(|j| {
+            let late = parse_time(&j["started_at"])? - parse_time(&j["due_at"])?;
+            Some(late.num_microseconds()? as f64 / 1e6)
+        })
+        .collect();
     let mut delivered: Vec<f64> = received.lock().unwrap()[before..]
         .iter()
         .filter_map(|(mid, at)| Some((*at - *due_of.get(mid)?).num_microseconds()? as f64 / 1e6))
@@ -565,6 +571,17 @@ fn main() {
             .map(|t| format!("{t:.2}"))
             .collect::<Vec<_>>()
             .join(", ")
+    );
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!(
+        "  CPU time to ready (independent of other load), median: {:.2} s; load average at the end: {}",
+        median(&start_cpu),
+        load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+    );
+    println!(
+        "  in-memory key record: {} bytes inline, of which the alert part (KeyAlerting) {} bytes",
+        std::mem::size_of::<KeyRecord>(),
+        std::mem::size_of::<KeyAlerting>()
     );
     println!(
         "  resident memory: {:.0} MB after start (median), {rss_idle:.0} MB after idle, {rss_end:.0} MB at the end, peak {rss_peak:.0} MB",

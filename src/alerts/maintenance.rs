@@ -128,10 +128,12 @@ impl Maintenance {
                 let sched = sched.clone();
                 Box::pin(async move {
                     let started = keys.clock().now();
+                    let timer = std::time::Instant::now();
                     let span = tracing::info_span!("maintenance", job = task.name());
                     let _enter = span.enter();
                     let result = match task.run(&keys).await {
                         Ok(r) => {
+                            let r = format!("{r} in {} ms", timer.elapsed().as_millis());
                             tracing::debug!(result = %r, "maintenance job done");
                             r
                         }

@@ -129,3 +129,47 @@ impl Email {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use std::time::Duration;
+
+    fn smtp(password_file: Option<PathBuf>) -> SmtpConfig {
+        SmtpConfig {
+            host: "127.0.0.1".into(),
+            port: 2525,
+            tls: SmtpTls::None,
+            username: Some("apikeyd".into()),
+            password_file,
+            from: "apikeyd@example.com".into(),
+            timeout: Duration::from_secs(5),
+            pool_size: 2,
+        }
+    }
+
+    // The pooled transport spawns its pool task: it needs a runtime.
+    #[tokio::test]
+    async fn the_password_is_read_from_the_credential_or_the_file_and_never_shown() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pw");
+        std::fs::write(&file, "from-the-file\n").unwrap();
+        let creds = dir.path().join("creds");
+        std::fs::create_dir(&creds).unwrap();
+        std::fs::write(creds.join(PASSWORD_CREDENTIAL), "from-the-credential\n").unwrap();
+        let e = Email::new(&smtp(Some(file.clone())), Some(&creds)).unwrap();
+        let shown = format!("{e:?}");
+        assert!(!shown.contains("from-the"), "{shown}");
+        assert!(shown.contains("127.0.0.1:2525"), "{shown}");
+        // Without the credential the file is read.
+        Email::new(&smtp(Some(file)), None).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_missing_password_file_is_a_start_error_naming_the_file() {
+        let err = Email::new(&smtp(Some("/nonexistent/smtp.pw".into())), None).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("/nonexistent/smtp.pw"), "{text}");
+    }
+}

@@ -625,7 +625,7 @@ impl Validator {
         };
         let jobs = MaintenanceSchedules {
             last_used_flush: cron("last_used_flush", jobs.last_used_flush, "*/10 * * * * *"),
-            expiry_sweep: cron("expiry_sweep", jobs.expiry_sweep, "0 * * * * *"),
+            expiry_sweep: cron("expiry_sweep", jobs.expiry_sweep, "0 */10 * * * *"),
             purge: cron("purge", jobs.purge, "0 17 3 * * *"),
             inactivity_warning: cron("inactivity_warning", jobs.inactivity_warning, "0 7 * * * *"),
         };

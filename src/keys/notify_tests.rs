@@ -95,6 +95,15 @@ async fn key_with(f: &F, notify_at: Option<&str>, expires_in: &str) -> (String, 
     (issued.view.id.to_string(), issued.view.alert_job.unwrap())
 }
 
+/// Claim what is due now; how many.
+async fn claim(f: &F) -> usize {
+    f.keys
+        .claim_due_jobs(f.clock.now(), 10)
+        .await
+        .unwrap()
+        .len()
+}
+
 fn failed() -> Outcome {
     Outcome::Failed {
         error: "SMTP down".into(),
@@ -151,14 +160,7 @@ async fn a_permanent_failure_fails_at_once() {
     let f = fixture();
     let (_, job) = key_with(&f, Some("2026-08-31T10:00:05Z"), "p30d").await;
     f.clock.advance(Duration::seconds(5));
-    assert_eq!(
-        f.keys
-            .claim_due_jobs(f.clock.now(), 10)
-            .await
-            .unwrap()
-            .len(),
-        1
-    );
+    assert_eq!(claim(&f).await, 1);
     let j = f
         .keys
         .finish_job(
@@ -235,14 +237,7 @@ async fn edit_while_running_makes_a_new_job_and_the_old_one_finishes() {
     let f = fixture();
     let (id, j1) = key_with(&f, Some("2026-08-31T10:00:10Z"), "p30d").await;
     f.clock.advance(Duration::seconds(10));
-    assert_eq!(
-        f.keys
-            .claim_due_jobs(f.clock.now(), 10)
-            .await
-            .unwrap()
-            .len(),
-        1
-    );
+    assert_eq!(claim(&f).await, 1);
     let v = f
         .keys
         .notify(
@@ -270,14 +265,7 @@ async fn a_job_left_running_is_replaced_at_start_and_the_key_tracks_the_new_one(
     let f = fixture();
     let (id, j1) = key_with(&f, Some("2026-08-31T10:00:10Z"), "p30d").await;
     f.clock.advance(Duration::seconds(30));
-    assert_eq!(
-        f.keys
-            .claim_due_jobs(f.clock.now(), 10)
-            .await
-            .unwrap()
-            .len(),
-        1
-    );
+    assert_eq!(claim(&f).await, 1);
     // The daemon dies here; a new one opens the same database.
     let F {
         _dir,

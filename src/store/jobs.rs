@@ -246,10 +246,40 @@ impl Store {
     }
 
     /// Claim up to `limit` due jobs: each is marked Running (attempts + 1) in one
-    /// transaction before anything is delivered.
+    /// transaction before anything is delivered. An index entry without its job
+    /// (which no commit leaves behind) is dropped rather than spun on.
     pub fn claim_due(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<AlertJob>, StoreError> {
-        let mut claimed = self.due_jobs(now, limit)?;
+        let txn = self.db.begin_write().map_err(db_err)?;
+        let mut claimed = Vec::new();
+        let dropped = {
+            let mut due = txn.open_table(DUE).map_err(db_err)?;
+            let jobs = txn.open_table(JOBS).map_err(db_err)?;
+            let mut orphans = Vec::new();
+            for row in due.range(..=(ms(now), u128::MAX)).map_err(db_err)? {
+                let (k, _) = row.map_err(db_err)?;
+                let key = k.value();
+                match jobs.get(key.1).map_err(db_err)? {
+                    Some(v) => claimed.push(decode::<AlertJob>("alert_jobs", v.value())?),
+                    None => orphans.push(key),
+                }
+                if claimed.len() >= limit {
+                    break;
+                }
+            }
+            let dropped = !orphans.is_empty();
+            for key in orphans {
+                tracing::error!(job_id = %Uuid::from_u128(key.1), "due index entry without its job; dropped");
+                due.remove(key).map_err(db_err)?;
+            }
+            dropped
+        };
         if claimed.is_empty() {
+            // Nothing due: no commit (and no fsync) unless an orphan was dropped.
+            if dropped {
+                txn.commit().map_err(db_err)?;
+            } else {
+                txn.abort().map_err(db_err)?;
+            }
             return Ok(claimed);
         }
         for job in &mut claimed {
@@ -258,7 +288,6 @@ impl Store {
             job.updated_at = now;
             job.started_at.get_or_insert(now);
         }
-        let txn = self.db.begin_write().map_err(db_err)?;
         apply(
             &txn,
             AlertBatch {

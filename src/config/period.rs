@@ -140,6 +140,12 @@ impl Period {
         )?)
     }
 
+    /// The shortest this period can be, in seconds (a month counted as 28 days).
+    pub fn min_seconds(&self) -> i64 {
+        let secs = u64::from(self.months) * 28 * 86_400 + self.days * 86_400 + self.millis / 1000;
+        i64::try_from(secs).unwrap_or(i64::MAX)
+    }
+
     /// The period as written (lower case).
     pub fn as_str(&self) -> &str {
         &self.text

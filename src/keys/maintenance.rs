@@ -158,11 +158,7 @@ impl Keys {
         self.blocking(move |s| s.commit_with(batch, alerts)).await?;
         let mut index = self.index.write();
         for l in &gone {
-            index.by_id.remove(&l.rec.id);
-            index.by_hash.remove(&l.hash);
-            if let Some((h, _)) = l.previous {
-                index.by_hash.remove(&h);
-            }
+            index.remove(l.rec.id);
         }
         tracing::info!(keys = ids.len(), "purged keys past RetentionPeriod");
         Ok(ids.len())

@@ -225,9 +225,9 @@ type HashIndex = HashMap<KeyHash, Arc<Live>, BuildHasherDefault<PrefixHasher>>;
 struct Index {
     by_hash: HashIndex,
     by_id: HashMap<Uuid, Arc<Live>>,
-    /// (owner, lower-case name) of every key not removed: the uniqueness check
-    /// without a scan of all keys.
-    names: HashMap<(String, String), Uuid>,
+    /// Hash of (owner, lower-case name) of every key not removed → its id: the
+    /// uniqueness check without a scan of all keys, at ~30 bytes per key.
+    names: HashMap<u64, Uuid>,
 }
 
 impl Index {
@@ -240,10 +240,8 @@ impl Index {
             if let Some((h, _)) = live.previous {
                 self.by_hash.insert(h, live.clone());
             }
-            self.names.insert(
-                (live.rec.owner.clone(), live.rec.name.to_lowercase()),
-                live.rec.id,
-            );
+            self.names
+                .insert(name_hash(&live.rec.owner, &live.rec.name), live.rec.id);
         }
     }
 
@@ -259,7 +257,7 @@ impl Index {
         if let Some((h, _)) = old.previous {
             self.by_hash.remove(&h);
         }
-        let name_key = (old.rec.owner.clone(), old.rec.name.to_lowercase());
+        let name_key = name_hash(&old.rec.owner, &old.rec.name);
         if self.names.get(&name_key) == Some(&old.rec.id) {
             self.names.remove(&name_key);
         }
@@ -1344,18 +1342,42 @@ fn check_headers(list: &[String]) -> Result<Vec<HeaderTemplate>, KeyError> {
     Ok(out)
 }
 
+fn name_hash(owner: &str, name: &str) -> u64 {
+    use std::hash::Hash;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    owner.hash(&mut h);
+    name.to_lowercase().hash(&mut h);
+    h.finish()
+}
+
 fn check_unique_name(
     index: &Index,
     owner: &str,
     name: &str,
     except: Option<Uuid>,
 ) -> Result<(), KeyError> {
-    match index.names.get(&(owner.to_owned(), name.to_lowercase())) {
-        Some(id) if Some(*id) != except => Err(KeyError::Conflict(format!(
+    let lower = name.to_lowercase();
+    let same = |l: &Live| {
+        l.rec.owner == owner
+            && l.rec.state != KeyState::Removed
+            && Some(l.rec.id) != except
+            && l.rec.name.to_lowercase() == lower
+    };
+    let clash = match index.names.get(&name_hash(owner, name)) {
+        None => false,
+        Some(id) => match index.by_id.get(id) {
+            Some(l) if same(l) => true,
+            // Our own key, or a different name with the same hash: make sure by
+            // looking at every key (a 64-bit collision is not expected in practice).
+            _ => Some(*id) != except && index.by_id.values().any(|l| same(l)),
+        },
+    };
+    if clash {
+        return Err(KeyError::Conflict(format!(
             "{owner} already has a key named {name:?} (names are unique per owner, ignoring case)"
-        ))),
-        _ => Ok(()),
+        )));
     }
+    Ok(())
 }
 
 fn parse_period(field: &'static str, s: &str) -> Result<Period, KeyError> {

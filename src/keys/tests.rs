@@ -633,3 +633,40 @@ async fn every_change_is_audited() {
     // Alice sees the trail of her own key.
     assert_eq!(f.keys.audit(&alice(), None, 10).await.unwrap().len(), 4);
 }
+
+#[tokio::test]
+async fn names_are_freed_by_rename_and_removal() {
+    let f = fixture();
+    let id = f
+        .keys
+        .create(&admin(), req("alice", "first"))
+        .await
+        .unwrap()
+        .view
+        .id
+        .to_string();
+    let rename = EditKey {
+        name: Some("FIRST".into()),
+        ..EditKey::default()
+    };
+    f.keys.edit(&alice(), &id, rename).await.unwrap();
+    let rename = EditKey {
+        name: Some("second".into()),
+        ..EditKey::default()
+    };
+    f.keys.edit(&alice(), &id, rename).await.unwrap();
+    // "first" is free again; "Second" is taken.
+    f.keys
+        .create(&admin(), req("alice", "First"))
+        .await
+        .unwrap();
+    assert!(matches!(
+        f.keys.create(&admin(), req("alice", "Second")).await,
+        Err(KeyError::Conflict(_))
+    ));
+    f.keys.remove(&alice(), &id).await.unwrap();
+    f.keys
+        .create(&admin(), req("alice", "second"))
+        .await
+        .unwrap();
+}

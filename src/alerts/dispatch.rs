@@ -9,6 +9,7 @@ use tokio::task::JoinSet;
 use tracing::Instrument;
 
 use crate::alerts::job::{AlertJob, JobState};
+use crate::alerts::stats::DELIVERIES;
 use crate::channels::{Alert, Channels};
 use crate::keys::model::KeyState;
 use crate::keys::{Keys, Outcome};
@@ -156,7 +157,9 @@ async fn attempt(keys: &Keys, channels: &Channels, job: &AlertJob) -> Outcome {
         .get(&view.owner)
         .and_then(|u| u.email.clone());
     let alert = Alert::new(job, &view, email);
-    match channels.deliver(source, &alert).await {
+    let result = channels.deliver(source, &alert).await;
+    DELIVERIES.record(&source.kind, result.is_ok());
+    match result {
         Ok(()) => Outcome::Delivered,
         Err(e) => Outcome::Failed {
             error: e.message,

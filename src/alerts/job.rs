@@ -21,6 +21,20 @@ pub enum JobState {
 }
 
 impl JobState {
+    /// Every state, in declaration order (the order of [`JobState::index`]).
+    pub const ALL: [JobState; 5] = [
+        JobState::Scheduled,
+        JobState::Running,
+        JobState::Completed,
+        JobState::Failed,
+        JobState::Canceled,
+    ];
+
+    /// Position in [`JobState::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     /// The name used on the wire and in the CLI.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -34,15 +48,9 @@ impl JobState {
 
     /// Parse a state name, ignoring case.
     pub fn parse(s: &str) -> Option<Self> {
-        [
-            JobState::Scheduled,
-            JobState::Running,
-            JobState::Completed,
-            JobState::Failed,
-            JobState::Canceled,
-        ]
-        .into_iter()
-        .find(|st| st.as_str().eq_ignore_ascii_case(s.trim()))
+        Self::ALL
+            .into_iter()
+            .find(|st| st.as_str().eq_ignore_ascii_case(s.trim()))
     }
 
     /// No further change will happen.

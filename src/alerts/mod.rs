@@ -9,5 +9,6 @@
 pub mod dispatch;
 pub mod job;
 pub mod maintenance;
+pub mod stats;
 
 pub use dispatch::Dispatcher;

@@ -5,6 +5,7 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::alerts::stats::DELIVERIES;
 use crate::keys::model::Code;
 use crate::keys::Keys;
 
@@ -149,6 +150,21 @@ impl Metrics {
         let _ = writeln!(out, "# HELP apikeyd_usage_flush_lag_seconds Age of the oldest last write among keys waiting to be flushed.");
         let _ = writeln!(out, "# TYPE apikeyd_usage_flush_lag_seconds gauge");
         let _ = writeln!(out, "apikeyd_usage_flush_lag_seconds {lag}");
+        let _ = writeln!(out, "# HELP apikeyd_alert_jobs Alert jobs by state.");
+        let _ = writeln!(out, "# TYPE apikeyd_alert_jobs gauge");
+        // Kept in memory by the store on every commit: no scan of the jobs here.
+        for (state, n) in keys.store().job_state_counts() {
+            let state = state.as_str().to_ascii_lowercase();
+            let _ = writeln!(out, "apikeyd_alert_jobs{{state=\"{state}\"}} {n}");
+        }
+        let _ = writeln!(out, "# HELP apikeyd_alert_deliveries_total Alert delivery attempts by channel kind and outcome.");
+        let _ = writeln!(out, "# TYPE apikeyd_alert_deliveries_total counter");
+        for (channel, outcome, n) in DELIVERIES.snapshot() {
+            let _ = writeln!(
+                out,
+                "apikeyd_alert_deliveries_total{{channel=\"{channel}\",outcome=\"{outcome}\"}} {n}"
+            );
+        }
         out
     }
 }

@@ -65,31 +65,49 @@ pub(super) fn create_tables(txn: &WriteTransaction) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Apply `batch` inside an open write transaction.
-pub(super) fn apply(txn: &WriteTransaction, mut batch: AlertBatch) -> Result<(), StoreError> {
+/// Change in the number of jobs per state ([`JobState::index`]) made by one
+/// [`apply`], added to the store's counts once the transaction commits.
+pub(super) type StateDelta = [i64; JobState::ALL.len()];
+
+/// Apply `batch` inside an open write transaction. Every job write goes through
+/// here, and each replaced or deleted job is read first anyway (to unindex it), so
+/// this also returns how the batch changes the number of jobs in each state.
+pub(super) fn apply(
+    txn: &WriteTransaction,
+    mut batch: AlertBatch,
+) -> Result<StateDelta, StoreError> {
+    let mut delta = StateDelta::default();
     if batch.is_empty() {
-        return Ok(());
+        return Ok(delta);
     }
     let mut jobs = txn.open_table(JOBS).map_err(db_err)?;
     let mut due = txn.open_table(DUE).map_err(db_err)?;
     let mut running = txn.open_table(RUNNING).map_err(db_err)?;
-    let mut unindex = |jobs: &redb::Table<u128, &[u8]>, id: u128| -> Result<(), StoreError> {
-        let old = jobs.get(id).map_err(db_err)?;
-        if let Some(old) = old {
-            let old: AlertJob = decode("alert_jobs", old.value())?;
-            due.remove((ms(old.run_at), id)).map_err(db_err)?;
-        }
-        running.remove(id).map_err(db_err)?;
-        Ok(())
-    };
+    let mut unindex =
+        |jobs: &redb::Table<u128, &[u8]>, id: u128| -> Result<Option<JobState>, StoreError> {
+            let old = jobs.get(id).map_err(db_err)?;
+            let mut state = None;
+            if let Some(old) = old {
+                let old: AlertJob = decode("alert_jobs", old.value())?;
+                due.remove((ms(old.run_at), id)).map_err(db_err)?;
+                state = Some(old.state);
+            }
+            running.remove(id).map_err(db_err)?;
+            Ok(state)
+        };
     for id in &batch.delete_jobs {
-        unindex(&jobs, id.as_u128())?;
+        if let Some(old) = unindex(&jobs, id.as_u128())? {
+            delta[old.index()] -= 1;
+        }
         jobs.remove(id.as_u128()).map_err(db_err)?;
     }
     let mut index = Vec::new();
     for job in &batch.put_jobs {
         let id = job.id.as_u128();
-        unindex(&jobs, id)?;
+        if let Some(old) = unindex(&jobs, id)? {
+            delta[old.index()] -= 1;
+        }
+        delta[job.state.index()] += 1;
         let bytes = serde_json::to_vec(job).map_err(db_err)?;
         jobs.insert(id, bytes.as_slice()).map_err(db_err)?;
         index.push((id, job.state, ms(job.run_at)));
@@ -126,7 +144,26 @@ pub(super) fn apply(txn: &WriteTransaction, mut batch: AlertBatch) -> Result<(),
             keys.remove(id.as_u128()).map_err(db_err)?;
         }
     }
-    Ok(())
+    Ok(delta)
+}
+
+/// Count the stored jobs by state: one scan, done once when the store is opened
+/// (before anything else can write); [`apply`]'s deltas keep the counts after that.
+pub(super) fn count_states(db: &redb::Database) -> Result<StateDelta, StoreError> {
+    /// Only the state is needed; serde skips the rest of the record.
+    #[derive(serde::Deserialize)]
+    struct StateOnly {
+        state: JobState,
+    }
+    let txn = db.begin_read().map_err(db_err)?;
+    let table = txn.open_table(JOBS).map_err(db_err)?;
+    let mut counts = StateDelta::default();
+    for row in table.iter().map_err(db_err)? {
+        let (_, v) = row.map_err(db_err)?;
+        let job: StateOnly = decode("alert_jobs", v.value())?;
+        counts[job.state.index()] += 1;
+    }
+    Ok(counts)
 }
 
 impl Store {
@@ -159,7 +196,24 @@ impl Store {
         Ok(out)
     }
 
-    /// Number of jobs in each state would need a scan; this counts the indexes.
+    /// Number of jobs in each state, kept in memory (see [`apply`]): no scan.
+    pub fn job_state_counts(&self) -> [(JobState, u64); JobState::ALL.len()] {
+        JobState::ALL.map(|s| {
+            let n = self.job_states[s.index()].load(std::sync::atomic::Ordering::Relaxed);
+            (s, u64::try_from(n).unwrap_or(0))
+        })
+    }
+
+    /// Add a committed [`apply`]'s changes to the counts.
+    pub(super) fn add_job_states(&self, delta: &StateDelta) {
+        for (count, d) in self.job_states.iter().zip(delta) {
+            if *d != 0 {
+                count.fetch_add(*d, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Scheduled and Running job counts, from the sizes of their indexes.
     pub fn job_counts(&self) -> Result<(u64, u64), StoreError> {
         use redb::ReadableTableMetadata;
         let txn = self.db.begin_read().map_err(db_err)?;
@@ -288,7 +342,7 @@ impl Store {
             job.updated_at = now;
             job.started_at.get_or_insert(now);
         }
-        apply(
+        let delta = apply(
             &txn,
             AlertBatch {
                 put_jobs: claimed.clone(),
@@ -296,11 +350,58 @@ impl Store {
             },
         )?;
         txn.commit().map_err(db_err)?;
+        self.add_job_states(&delta);
         Ok(claimed)
     }
 
     /// Commit job and message changes alone.
     pub fn commit_alerts(&self, batch: AlertBatch) -> Result<(), StoreError> {
         self.commit_with(super::Batch::default(), batch)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use crate::alerts::job::JobKind;
+
+    fn counts(store: &Store) -> [u64; 5] {
+        store.job_state_counts().map(|(_, n)| n)
+    }
+
+    #[test]
+    fn job_state_counts_follow_commits_and_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.redb");
+        let store = Store::open(&path).unwrap();
+        assert_eq!(counts(&store), [0; 5]);
+        let now = Utc::now();
+        let a = AlertJob::new(Uuid::now_v7(), JobKind::Notification, "s", now, now);
+        let b = AlertJob::new(Uuid::now_v7(), JobKind::Notification, "s", now, now);
+        store
+            .commit_alerts(AlertBatch {
+                put_jobs: vec![a.clone(), b.clone()],
+                ..AlertBatch::default()
+            })
+            .unwrap();
+        assert_eq!(counts(&store), [2, 0, 0, 0, 0]);
+        assert_eq!(store.claim_due(now, 1).unwrap().len(), 1);
+        assert_eq!(counts(&store), [1, 1, 0, 0, 0]);
+        let mut done = store.running_jobs().unwrap().remove(0);
+        done.state = JobState::Completed;
+        let other = if done.id == a.id { b.id } else { a.id };
+        store
+            .commit_alerts(AlertBatch {
+                put_jobs: vec![done],
+                // Deleting a job that does not exist changes nothing.
+                delete_jobs: vec![other, Uuid::now_v7()],
+                ..AlertBatch::default()
+            })
+            .unwrap();
+        assert_eq!(counts(&store), [0, 0, 1, 0, 0]);
+        drop(store);
+        let store = Store::open(&path).unwrap();
+        assert_eq!(counts(&store), [0, 0, 1, 0, 0]);
     }
 }

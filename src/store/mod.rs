@@ -7,10 +7,12 @@
 pub mod jobs;
 
 use std::path::Path;
+use std::sync::atomic::AtomicI64;
 
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use uuid::Uuid;
 
+use crate::alerts::job::JobState;
 use crate::keys::model::{AuditEntry, KeyRecord};
 pub use jobs::{AlertBatch, JobFilter};
 
@@ -64,6 +66,9 @@ pub struct Batch {
 #[derive(Debug)]
 pub struct Store {
     db: Database,
+    /// Alert jobs per state ([`JobState::index`]), counted at open and kept up to
+    /// date by every commit, so `/metrics` never scans the jobs.
+    job_states: [AtomicI64; JobState::ALL.len()],
 }
 
 impl Store {
@@ -87,7 +92,8 @@ impl Store {
         txn.open_table(AUDIT).map_err(db_err)?;
         jobs::create_tables(&txn)?;
         txn.commit().map_err(db_err)?;
-        Ok(Self { db })
+        let job_states = jobs::count_states(&db)?.map(AtomicI64::new);
+        Ok(Self { db, job_states })
     }
 
     /// Every key record. Decoding (JSON and timestamps) is most of a cold start, so
@@ -138,8 +144,10 @@ impl Store {
                 audit.insert(entry.seq, bytes.as_slice()).map_err(db_err)?;
             }
         }
-        jobs::apply(&txn, alerts)?;
-        txn.commit().map_err(db_err)
+        let delta = jobs::apply(&txn, alerts)?;
+        txn.commit().map_err(db_err)?;
+        self.add_job_states(&delta);
+        Ok(())
     }
 
     /// The newest `limit` audit entries, optionally for one key, newest first.

@@ -14,7 +14,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use mailin_embedded::{response, Handler, Response, Server};
 use serde_json::Value;
 
-use crate::util::{wait_until, TestDaemon, DEFAULT_POLICY};
+use crate::util::{request, wait_until, TestDaemon, DEFAULT_POLICY};
 
 // ---------------------------------------------------------------- SMTP server
 
@@ -265,6 +265,21 @@ fn email_notification_reaches_the_owner_on_time() {
     );
     // The key still tracks its (completed) job.
     assert_eq!(key(&d, &id)["alert_job"], job_id.as_str());
+
+    // /metrics counts the delivery and the job's final state.
+    let m = request(d.addr, "GET", "/metrics", &[]);
+    assert_eq!(m.status, 200);
+    for line in [
+        "# TYPE apikeyd_alert_deliveries_total counter",
+        "apikeyd_alert_deliveries_total{channel=\"email\",outcome=\"delivered\"} 1",
+        "apikeyd_alert_deliveries_total{channel=\"email\",outcome=\"failed\"} 0",
+        "apikeyd_alert_deliveries_total{channel=\"plugin\",outcome=\"failed\"} 0",
+        "# TYPE apikeyd_alert_jobs gauge",
+        "apikeyd_alert_jobs{state=\"completed\"} 1",
+        "apikeyd_alert_jobs{state=\"running\"} 0",
+    ] {
+        assert!(m.body.lines().any(|l| l == line), "{line}\n{}", m.body);
+    }
 }
 
 #[test]
@@ -1050,13 +1065,15 @@ body = "Key ${key.id} (${key.details}); effective expiry ${key.effective_expires
         text.replace("[alert_sources.team]", "[alert_sources.crew]"),
     )
     .unwrap();
+    // Wait for the reload itself (a read-only signal): trying `key notify --source
+    // team` before it lands would succeed and move the pending job an hour ahead.
+    let reloads = d.log_text().matches("configuration reloaded").count();
     d.signal("HUP");
-    // Poll without asserting: the reload may not have happened at the first try.
     wait_until(Duration::from_secs(10), || {
-        let out = d.ctl(&["key", "notify", &id, "--at", &at(3600), "--source", "team"]);
-        !out.status.success()
-            && String::from_utf8_lossy(&out.stderr).contains("unknown alert source")
+        d.log_text().matches("configuration reloaded").count() > reloads
     });
+    let err = d.fails(&["key", "notify", &id, "--at", &at(3600), "--source", "team"]);
+    assert!(err.contains("unknown alert source"), "{err}");
     // The job already scheduled through the removed source is not dropped silently:
     // it fails at its time, and an operator message says why.
     let j = wait_job(&d, &pending, "Failed", 15);

@@ -303,6 +303,7 @@ fn metrics_and_health() {
         "apikeyd_verification_duration_seconds_count 4",
         "apikeyd_keys{status=\"active\"} 2",
         "apikeyd_usage_unflushed_keys 1",
+        "apikeyd_alert_deliveries_total{channel=\"operator_message\",outcome=\"delivered\"} 0",
     ] {
         assert!(
             m.body.lines().any(|l| l == line),

@@ -43,20 +43,12 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
+mod common;
+use common::env_usize;
+
 const APIKEYD: &str = env!("CARGO_BIN_EXE_apikeyd");
 const BATCH: usize = 20_000;
 const USERS: usize = 100;
-
-fn env_usize(name: &str, default: usize) -> usize {
-    match std::env::var(name) {
-        Ok(v) => v
-            .trim()
-            .replace('_', "")
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={v:?} is not a number")),
-        Err(_) => default,
-    }
-}
 
 fn secs(d: Duration) -> f64 {
     d.as_secs_f64()

@@ -41,22 +41,14 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use uuid::Uuid;
 
+mod common;
+use common::env_usize;
+
 const BATCH: usize = 20_000;
 const SCOPE: &str = "catalog:read";
 const MAX_BODY: usize = 65_536;
 
 // ---------------------------------------------------------------- helpers
-
-fn env_usize(name: &str, default: usize) -> usize {
-    match std::env::var(name) {
-        Ok(v) => v
-            .trim()
-            .replace('_', "")
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={v:?} is not a number")),
-        Err(_) => default,
-    }
-}
 
 fn secs(d: Duration) -> f64 {
     d.as_secs_f64()

@@ -7,7 +7,6 @@ use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{mpsc, watch};
@@ -21,9 +20,6 @@ use crate::config::{self, Config, Environment};
 use crate::keys::secret::{load_or_create_server_secret, KeyHasher, SecretSource};
 use crate::keys::{Keys, Settings};
 use crate::store::Store;
-
-/// How often the last-used flush looks for keys to write.
-pub const FLUSH_TICK: Duration = Duration::from_secs(10);
 
 /// Start-up failures.
 #[derive(Debug, thiserror::Error)]

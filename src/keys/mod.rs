@@ -127,7 +127,14 @@ impl Usage {
         self.last_used.fetch_max(now.timestamp(), Ordering::Relaxed);
         self.valid.fetch_add(1, Ordering::Relaxed);
         if let Some(r) = route {
-            *self.routes.lock().entry(r.to_owned()).or_insert(0) += 1;
+            // Allocate the route's name only the first time this key is seen on it.
+            let mut routes = self.routes.lock();
+            match routes.get_mut(r) {
+                Some(n) => *n += 1,
+                None => {
+                    routes.insert(r.to_owned(), 1);
+                }
+            }
         }
         self.dirty.store(true, Ordering::Release);
     }
@@ -305,7 +312,7 @@ pub struct CreateKey {
     pub headers: Vec<String>,
     /// For import: the user-defined secret. Never logged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub secret: Option<ImportedSecret>,
+    pub secret: Option<Secret>,
     /// Notification time (RFC 3339).
     #[serde(default)]
     pub notify_at: Option<String>,
@@ -318,17 +325,6 @@ pub struct CreateKey {
     /// No notification, not even the configured default.
     #[serde(default)]
     pub no_notification: bool,
-}
-
-/// A secret sent by `key import`, redacted in `Debug`.
-#[derive(Clone, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct ImportedSecret(pub String);
-
-impl std::fmt::Debug for ImportedSecret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("<redacted>")
-    }
 }
 
 /// Request to edit a key. Absent fields are left alone.
@@ -546,15 +542,14 @@ impl Keys {
                 _ => return none(Code::NotFound),
             }
         }
-        // The same order as `KeyRecord::status`, reading only the record's leading
-        // fields unless the key is near its inactivity deadline.
         let rec = &live.rec;
-        let code = match rec.state {
-            KeyState::Removed => return none(Code::NotFound),
-            KeyState::Disabled => Code::Disabled,
-            KeyState::Enabled if rec.expires_at.is_some_and(|t| t <= now) => Code::Expired,
-            KeyState::Enabled if inactive(policy, &live, now) => Code::Inactive,
-            KeyState::Enabled => {
+        let last_used = || live.usage.last_used();
+        let code = match rec.status_with(policy, now, last_used) {
+            Status::Removed => return none(Code::NotFound),
+            Status::Disabled => Code::Disabled,
+            Status::Expired => Code::Expired,
+            Status::Inactive => Code::Inactive,
+            Status::Active => {
                 if !rec.ip_filters.is_empty()
                     && !ip.is_some_and(|ip| ipfilter::allows(&rec.ip_filters, ip))
                 {
@@ -722,10 +717,10 @@ impl Keys {
 
     /// Import a user-defined ("generic") token.
     pub async fn import(&self, actor: &Actor, mut req: CreateKey) -> Result<KeyView, KeyError> {
-        let Some(ImportedSecret(s)) = req.secret.take() else {
+        let Some(imported) = req.secret.take() else {
             return Err(invalid("secret", "a secret is required for import"));
         };
-        let s = s.trim_end_matches(['\n', '\r']).to_owned();
+        let s = imported.expose().trim_end_matches(['\n', '\r']).to_owned();
         let min = self.settings().policy.min_imported_secret_length;
         if s.starts_with(secret::PREFIX) {
             return Err(invalid(
@@ -1166,23 +1161,6 @@ impl Keys {
         }
         out
     }
-}
-
-/// Whether `live` has expired through inactivity at `now`. Without calendar
-/// arithmetic while the last activity is more recent than the period's shortest
-/// possible length (months counted as 28 days).
-fn inactive(policy: &Policy, live: &Live, now: DateTime<Utc>) -> bool {
-    let Some(period) = &policy.not_accessed_expiration else {
-        return false;
-    };
-    let rec = &live.rec;
-    let persisted = rec.last_activity(rec.last_used_at);
-    if (now - persisted).num_seconds() < period.min_seconds() {
-        return false;
-    }
-    let last_used = live.usage.last_used().max(rec.last_used_at);
-    rec.inactivity_deadline(policy, last_used)
-        .is_some_and(|t| t <= now)
 }
 
 /// Build the admin view of a key.

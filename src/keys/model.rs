@@ -224,6 +224,19 @@ impl KeyRecord {
         last_used: Option<DateTime<Utc>>,
         now: DateTime<Utc>,
     ) -> Status {
+        self.status_with(policy, now, || last_used)
+    }
+
+    /// Status at `now`, asking for the last-used time only when the key is near its
+    /// inactivity deadline: while the last activity on record is more recent than the
+    /// period's shortest possible length (months counted as 28 days), no calendar
+    /// arithmetic is needed and the caller's (possibly uncached) counter is not read.
+    pub fn status_with(
+        &self,
+        policy: &Policy,
+        now: DateTime<Utc>,
+        last_used: impl FnOnce() -> Option<DateTime<Utc>>,
+    ) -> Status {
         match self.state {
             KeyState::Removed => return Status::Removed,
             KeyState::Disabled => return Status::Disabled,
@@ -232,6 +245,14 @@ impl KeyRecord {
         if self.expires_at.is_some_and(|t| t <= now) {
             return Status::Expired;
         }
+        let Some(period) = &policy.not_accessed_expiration else {
+            return Status::Active;
+        };
+        let on_record = self.last_activity(self.last_used_at);
+        if (now - on_record).num_seconds() < period.min_seconds() {
+            return Status::Active;
+        }
+        let last_used = last_used().max(self.last_used_at);
         if self
             .inactivity_deadline(policy, last_used)
             .is_some_and(|t| t <= now)

@@ -577,25 +577,25 @@ async fn bad_input_changes_nothing() {
 async fn import_enforces_minimum_length_and_hashes() {
     let f = fixture();
     let mut r = req("alice", "legacy");
-    r.secret = Some(ImportedSecret("short-token".into()));
+    r.secret = Some(Secret::new("short-token".into()));
     assert!(is_invalid(
         &f.keys.import(&admin(), r).await.unwrap_err(),
         "secret"
     ));
     let mut r = req("alice", "legacy");
-    r.secret = Some(ImportedSecret(secret::generate().expose().to_owned()));
+    r.secret = Some(Secret::new(secret::generate().expose().to_owned()));
     assert!(is_invalid(
         &f.keys.import(&admin(), r).await.unwrap_err(),
         "secret"
     ));
     let token = "legacy-token-0123456789-abcdefghijkl";
     let mut r = req("alice", "legacy");
-    r.secret = Some(ImportedSecret(token.into()));
+    r.secret = Some(Secret::new(token.into()));
     let v = f.keys.import(&admin(), r).await.unwrap();
     assert_eq!(v.kind, "imported");
     assert_eq!(f.keys.verify(token, None, None).code, Code::Valid);
     let mut r = req("bob", "dup");
-    r.secret = Some(ImportedSecret(token.into()));
+    r.secret = Some(Secret::new(token.into()));
     assert!(matches!(
         f.keys.import(&admin(), r).await,
         Err(KeyError::Conflict(_))

@@ -7,7 +7,9 @@
 //! `operator_messages` (sequence → JSON message).
 
 use chrono::{DateTime, Utc};
-use redb::{ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+use redb::{
+    ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction,
+};
 use uuid::Uuid;
 
 use super::{db_err, decode, Store, StoreError};
@@ -17,6 +19,9 @@ const JOBS: TableDefinition<u128, &[u8]> = TableDefinition::new("alert_jobs");
 const DUE: TableDefinition<(i64, u128), ()> = TableDefinition::new("alert_due");
 const RUNNING: TableDefinition<u128, ()> = TableDefinition::new("alert_running");
 const MESSAGES: TableDefinition<u64, &[u8]> = TableDefinition::new("operator_messages");
+/// Number of jobs per state ([`JobState::index`]), kept by [`apply`] in the same
+/// transaction as the jobs, so opening the store reads five rows, not every job.
+const STATE_COUNTS: TableDefinition<u8, i64> = TableDefinition::new("alert_job_state_counts");
 const KEYS: TableDefinition<u128, &[u8]> = TableDefinition::new("keys");
 
 /// Job and message changes committed with a key [`super::Batch`].
@@ -62,6 +67,7 @@ pub(super) fn create_tables(txn: &WriteTransaction) -> Result<(), StoreError> {
     txn.open_table(DUE).map_err(db_err)?;
     txn.open_table(RUNNING).map_err(db_err)?;
     txn.open_table(MESSAGES).map_err(db_err)?;
+    txn.open_table(STATE_COUNTS).map_err(db_err)?;
     Ok(())
 }
 
@@ -144,25 +150,60 @@ pub(super) fn apply(
             keys.remove(id.as_u128()).map_err(db_err)?;
         }
     }
+    add_state_counts(txn, &delta)?;
     Ok(delta)
 }
 
-/// Count the stored jobs by state: one scan, done once when the store is opened
-/// (before anything else can write); [`apply`]'s deltas keep the counts after that.
-pub(super) fn count_states(db: &redb::Database) -> Result<StateDelta, StoreError> {
+fn add_state_counts(txn: &WriteTransaction, delta: &StateDelta) -> Result<(), StoreError> {
+    if delta.iter().all(|d| *d == 0) {
+        return Ok(());
+    }
+    let mut counts = txn.open_table(STATE_COUNTS).map_err(db_err)?;
+    for (i, d) in delta.iter().enumerate().filter(|(_, d)| **d != 0) {
+        let i = u8::try_from(i).map_err(db_err)?;
+        let old = counts.get(i).map_err(db_err)?.map_or(0, |v| v.value());
+        counts.insert(i, old + d).map_err(db_err)?;
+    }
+    Ok(())
+}
+
+/// The number of stored jobs per state, from the counts table. A database written
+/// before that table existed has no rows in it: its jobs are counted once here and
+/// the counts stored, after which [`apply`] keeps them.
+pub(super) fn load_state_counts(db: &redb::Database) -> Result<StateDelta, StoreError> {
+    let mut counts = StateDelta::default();
+    {
+        let txn = db.begin_read().map_err(db_err)?;
+        let stored = txn.open_table(STATE_COUNTS).map_err(db_err)?;
+        let mut any = false;
+        for row in stored.iter().map_err(db_err)? {
+            let (k, v) = row.map_err(db_err)?;
+            if let Some(c) = counts.get_mut(usize::from(k.value())) {
+                *c = v.value();
+            }
+            any = true;
+        }
+        let jobs = txn.open_table(JOBS).map_err(db_err)?;
+        if any || jobs.is_empty().map_err(db_err)? {
+            return Ok(counts);
+        }
+    }
     /// Only the state is needed; serde skips the rest of the record.
     #[derive(serde::Deserialize)]
     struct StateOnly {
         state: JobState,
     }
-    let txn = db.begin_read().map_err(db_err)?;
-    let table = txn.open_table(JOBS).map_err(db_err)?;
-    let mut counts = StateDelta::default();
-    for row in table.iter().map_err(db_err)? {
-        let (_, v) = row.map_err(db_err)?;
-        let job: StateOnly = decode("alert_jobs", v.value())?;
-        counts[job.state.index()] += 1;
+    let txn = db.begin_write().map_err(db_err)?;
+    {
+        let jobs = txn.open_table(JOBS).map_err(db_err)?;
+        for row in jobs.iter().map_err(db_err)? {
+            let (_, v) = row.map_err(db_err)?;
+            let job: StateOnly = decode("alert_jobs", v.value())?;
+            counts[job.state.index()] += 1;
+        }
     }
+    add_state_counts(&txn, &counts)?;
+    txn.commit().map_err(db_err)?;
     Ok(counts)
 }
 
@@ -215,7 +256,6 @@ impl Store {
 
     /// Scheduled and Running job counts, from the sizes of their indexes.
     pub fn job_counts(&self) -> Result<(u64, u64), StoreError> {
-        use redb::ReadableTableMetadata;
         let txn = self.db.begin_read().map_err(db_err)?;
         let due = txn.open_table(DUE).map_err(db_err)?.len().map_err(db_err)?;
         let running = txn

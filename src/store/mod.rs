@@ -92,7 +92,7 @@ impl Store {
         txn.open_table(AUDIT).map_err(db_err)?;
         jobs::create_tables(&txn)?;
         txn.commit().map_err(db_err)?;
-        let job_states = jobs::count_states(&db)?.map(AtomicI64::new);
+        let job_states = jobs::load_state_counts(&db)?.map(AtomicI64::new);
         Ok(Self { db, job_states })
     }
 

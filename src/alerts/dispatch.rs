@@ -146,10 +146,18 @@ async fn attempt(keys: &Keys, channels: &Channels, job: &AlertJob) -> Outcome {
     let Some(live) = keys.live(job.key_id) else {
         return Outcome::Dropped("the key no longer exists".into());
     };
-    if live.rec.state == KeyState::Removed {
+    if live.life.state == KeyState::Removed {
         return Outcome::Dropped("the key was removed".into());
     }
-    let view = keys.view(&live);
+    let view = match keys.view(&live) {
+        Ok(v) => v,
+        Err(e) => {
+            return Outcome::Failed {
+                error: format!("reading key {}: {e}", live.id),
+                permanent: false,
+            }
+        }
+    };
     let email = keys
         .settings()
         .directory

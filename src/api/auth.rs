@@ -218,30 +218,27 @@ fn check(
     let Some(live) = v.key.filter(|_| v.code == Code::Valid) else {
         return deny(status, v.code.as_str());
     };
-    let rec = &live.rec;
-    let id = rec.id.to_string();
-    let expires = rec.expires_at.map(rfc3339);
+    let id = live.id.to_string();
+    let expires = live.expires_at().map(rfc3339);
     let mut r = StatusCode::OK.into_response();
     let h = r.headers_mut();
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h.insert("x-api-key-id", header_value(&id));
-    h.insert("x-api-key-name", header_value(&rec.name));
-    h.insert("x-api-key-owner", header_value(&rec.owner));
-    h.insert("x-api-key-scopes", header_value(&rec.scopes.join(",")));
+    h.insert("x-api-key-name", header_value(&live.name));
+    h.insert("x-api-key-owner", header_value(&live.owner));
+    h.insert("x-api-key-scopes", header_value(&live.scopes.join(",")));
     let settings = st.keys.settings();
-    let policy = &settings.policy;
-    let last_used = live.usage.last_used().max(rec.last_used_at);
-    if let Some((at, _)) = rec.effective_expiry(policy, last_used) {
+    if let Some((at, _)) = live.effective_expiry(&settings.policy) {
         let secs = (at - st.keys.clock().now()).num_seconds().max(0);
         h.insert("x-api-key-expires-in", HeaderValue::from(secs));
     }
     let values = headers::Values {
         id: &id,
-        name: &rec.name,
-        owner: &rec.owner,
+        name: &live.name,
+        owner: &live.owner,
         expires_at: expires.as_deref().unwrap_or(""),
     };
-    for t in &rec.headers {
+    for t in live.headers() {
         if let Ok(name) = HeaderName::from_bytes(t.name.as_bytes()) {
             h.insert(name, header_value(&t.render(&values)));
         }

@@ -207,32 +207,27 @@ pub fn verify_response(
         headers: None,
     };
     if let Some(live) = v.key {
-        let rec = &live.rec;
         let settings = keys.settings();
         let policy = &settings.policy;
-        let last_used = live.usage.last_used().max(rec.last_used_at);
-        let id = rec.id.to_string();
-        let expires = rec.expires_at.map(rfc3339);
+        let id = live.id.to_string();
+        let expires = live.expires_at().map(rfc3339);
         let values = headers::Values {
             id: &id,
-            name: &rec.name,
-            owner: &rec.owner,
+            name: &live.name,
+            owner: &live.owner,
             expires_at: expires.as_deref().unwrap_or(""),
         };
         out.headers = Some(
-            rec.headers
+            live.headers()
                 .iter()
                 .map(|h| (h.name.clone(), Value::String(h.render(&values))))
                 .collect(),
         );
-        out.effective_expires_at = Some(
-            rec.effective_expiry(policy, last_used)
-                .map(|(t, _)| rfc3339(t)),
-        );
+        out.effective_expires_at = Some(live.effective_expiry(policy).map(|(t, _)| rfc3339(t)));
         out.id = Some(id);
-        out.name = Some(rec.name.clone());
-        out.owner = Some(rec.owner.clone());
-        out.scopes = Some(rec.scopes.clone());
+        out.name = Some(live.name.to_string());
+        out.owner = Some(live.owner.to_string());
+        out.scopes = Some(live.scopes.to_vec());
         out.expires_at = Some(expires);
     }
     out
@@ -595,10 +590,10 @@ async fn bearer_actor(
     let settings = st.keys.settings();
     let admin = settings
         .directory
-        .rights(&live.rec.owner)
+        .rights(&live.owner)
         .is_some_and(|r| r.manage_all_keys);
     req.extensions_mut().insert(Actor {
-        name: live.rec.owner.clone(),
+        name: live.owner.to_string(),
         admin,
     });
     next.run(req).await

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::model::{rfc3339, AuditEntry, KeyState, Status};
-use super::{KeyError, Keys, Live};
+use super::model::{rfc3339, AuditEntry, KeyRecord, KeyState, Status};
+use super::{merge_usage, KeyError, Keys, Live};
 use crate::alerts::job::{AlertJob, JobKind};
 use crate::alerts::maintenance::MaintenanceRun;
 use crate::store::{AlertBatch, Batch};
@@ -43,21 +43,40 @@ impl Keys {
         }
     }
 
+    /// Full records (with in-memory usage) of `picked` keys, each with its note.
+    async fn records_of<T: Send + 'static>(
+        &self,
+        picked: Vec<(Arc<Live>, T)>,
+    ) -> Result<Vec<(KeyRecord, T)>, KeyError> {
+        let ids: Vec<Uuid> = picked.iter().map(|(l, _)| l.id).collect();
+        let records = self.blocking(move |s| s.keys(&ids)).await?;
+        let mut by_id: std::collections::HashMap<Uuid, KeyRecord> =
+            records.into_iter().map(|r| (r.id, r)).collect();
+        Ok(picked
+            .into_iter()
+            .filter_map(|(l, note)| {
+                let mut rec = by_id.remove(&l.id)?;
+                merge_usage(&mut rec, &l);
+                Some((rec, note))
+            })
+            .collect())
+    }
+
     async fn publish_many(
         &self,
-        lives: Vec<Arc<Live>>,
+        records: Vec<KeyRecord>,
         audit: Vec<AuditEntry>,
         alerts: AlertBatch,
     ) -> Result<(), KeyError> {
         let wake = !alerts.put_jobs.is_empty();
         let batch = Batch {
-            put_keys: lives.iter().map(|l| l.rec.clone()).collect(),
+            put_keys: records.clone(),
             audit,
         };
         self.blocking(move |s| s.commit_with(batch, alerts)).await?;
         let mut index = self.index.write();
-        for l in lives {
-            index.insert(l);
+        for r in &records {
+            index.publish(r)?;
         }
         drop(index);
         if wake {
@@ -71,35 +90,37 @@ impl Keys {
         let _writer = self.writer.lock().await;
         let policy = self.settings().policy.clone();
         let now = self.clock.now();
-        let candidates: Vec<Arc<Live>> = self.index.read().by_id.values().cloned().collect();
-        let mut lives = Vec::new();
+        let picked: Vec<(Arc<Live>, &'static str)> = self
+            .index
+            .read()
+            .by_id
+            .values()
+            .filter(|l| !l.lapse_recorded)
+            .filter_map(|l| match l.status(&policy, now) {
+                Status::Expired => Some((l.clone(), "expired")),
+                Status::Inactive => Some((l.clone(), "inactive")),
+                _ => None,
+            })
+            .collect();
+        if picked.is_empty() {
+            return Ok(0);
+        }
+        let mut records = Vec::new();
         let mut audit = Vec::new();
-        for l in candidates {
-            if l.rec.alerting.lapse_recorded_at.is_some() {
-                continue;
-            }
-            let last_used = l.usage.last_used().max(l.rec.last_used_at);
-            let action = match l.rec.status(&policy, last_used, now) {
-                Status::Expired => "expired",
-                Status::Inactive => "inactive",
-                _ => continue,
-            };
-            let mut rec = l.snapshot();
+        for (mut rec, action) in self.records_of(picked).await? {
             rec.alerting.lapse_recorded_at = Some(now);
             audit.push(entry(
                 now,
                 action,
                 rec.id,
-                rec.details(&policy, last_used, now),
+                rec.details(&policy, rec.last_used_at, now),
             ));
-            lives.push(Arc::new(Live::new(rec, l.usage.clone())?));
+            records.push(rec);
         }
-        let n = lives.len();
-        if n > 0 {
-            self.publish_many(lives, audit, AlertBatch::default())
-                .await?;
-            tracing::info!(keys = n, "expiry sweep recorded expired keys");
-        }
+        let n = records.len();
+        self.publish_many(records, audit, AlertBatch::default())
+            .await?;
+        tracing::info!(keys = n, "expiry sweep recorded expired keys");
         Ok(n)
     }
 
@@ -113,12 +134,10 @@ impl Keys {
         let now = self.clock.now();
         let mut gone = Vec::new();
         for l in self.index.read().by_id.values() {
-            let last_used = l.usage.last_used().max(l.rec.last_used_at);
-            let ended = match l.rec.state {
-                KeyState::Removed => l.rec.removed_at,
+            let ended = match l.life.state {
+                KeyState::Removed => l.life.removed_at,
                 _ => l
-                    .rec
-                    .effective_expiry(&policy, last_used)
+                    .effective_expiry(&policy)
                     .map(|(t, _)| t)
                     .filter(|t| *t <= now),
             };
@@ -138,15 +157,15 @@ impl Keys {
                 entry(
                     now,
                     "purge",
-                    l.rec.id,
+                    l.id,
                     format!(
                         "name={:?} owner={} (RetentionPeriod {retention})",
-                        l.rec.name, l.rec.owner
+                        l.name, l.owner
                     ),
                 )
             })
             .collect();
-        let ids: Vec<Uuid> = gone.iter().map(|l| l.rec.id).collect();
+        let ids: Vec<Uuid> = gone.iter().map(|l| l.id).collect();
         let batch = Batch {
             put_keys: vec![],
             audit,
@@ -158,7 +177,7 @@ impl Keys {
         self.blocking(move |s| s.commit_with(batch, alerts)).await?;
         let mut index = self.index.write();
         for l in &gone {
-            index.remove(l.rec.id);
+            index.remove(l.id);
         }
         tracing::info!(keys = ids.len(), "purged keys past RetentionPeriod");
         Ok(ids.len())
@@ -177,33 +196,35 @@ impl Keys {
         let _writer = self.writer.lock().await;
         let policy = self.settings().policy.clone();
         let now = self.clock.now();
-        let candidates: Vec<Arc<Live>> = self.index.read().by_id.values().cloned().collect();
-        let mut lives = Vec::new();
-        let mut audit = Vec::new();
-        let mut alerts = AlertBatch::default();
-        for l in candidates {
-            if l.rec.state != KeyState::Enabled {
+        let mut picked = Vec::new();
+        for l in self.index.read().by_id.values() {
+            if l.life.state != KeyState::Enabled || l.status(&policy, now) != Status::Active {
                 continue;
             }
-            let last_used = l.usage.last_used().max(l.rec.last_used_at);
-            if l.rec.status(&policy, last_used, now) != Status::Active {
-                continue;
-            }
-            let Some(deadline) = l.rec.inactivity_deadline(&policy, last_used) else {
+            let last_used = l.last_used();
+            let Some(deadline) = l.life.inactivity_deadline(&policy, last_used) else {
                 continue;
             };
             // Only when inactivity comes first: a hard expiry has its own notification.
-            if l.rec.expires_at.is_some_and(|h| h <= deadline) {
+            if l.life.expires_at.is_some_and(|h| h <= deadline) {
                 continue;
             }
-            let stretch = l.rec.last_activity(last_used);
-            if l.rec.alerting.inactivity_warned_for == Some(stretch) {
+            let stretch = l.life.last_activity(last_used);
+            if l.warned_for == Some(stretch) {
                 continue;
             }
             if lead.subtract_from(deadline).is_none_or(|from| now < from) {
                 continue;
             }
-            let mut rec = l.snapshot();
+            picked.push((l.clone(), (stretch, deadline)));
+        }
+        if picked.is_empty() {
+            return Ok(0);
+        }
+        let mut records = Vec::new();
+        let mut audit = Vec::new();
+        let mut alerts = AlertBatch::default();
+        for (mut rec, (stretch, deadline)) in self.records_of(picked).await? {
             rec.alerting.inactivity_warned_for = Some(stretch);
             let job = AlertJob::new(rec.id, JobKind::InactivityWarning, &source, now, now);
             audit.push(entry(
@@ -217,13 +238,11 @@ impl Keys {
                 ),
             ));
             alerts.put_jobs.push(job);
-            lives.push(Arc::new(Live::new(rec, l.usage.clone())?));
+            records.push(rec);
         }
-        let n = lives.len();
-        if n > 0 {
-            self.publish_many(lives, audit, alerts).await?;
-            tracing::info!(keys = n, "inactivity warnings scheduled");
-        }
+        let n = records.len();
+        self.publish_many(records, audit, alerts).await?;
+        tracing::info!(keys = n, "inactivity warnings scheduled");
         Ok(n)
     }
 }

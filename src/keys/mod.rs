@@ -14,7 +14,7 @@ mod notify;
 pub mod secret;
 
 use std::collections::BTreeMap;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
@@ -27,9 +27,11 @@ use uuid::Uuid;
 
 use crate::clock::SharedClock;
 use crate::config::{valid_scope, Directory, Period, Policy};
-use crate::store::{Batch, Store, StoreError};
+use crate::store::{Batch, Store, StoreError, UsageUpdate};
 use headers::HeaderTemplate;
-use model::{rfc3339, AuditEntry, Code, KeyKind, KeyRecord, KeyState, Limit, Status, UsageCounts};
+use model::{
+    rfc3339, AuditEntry, Code, KeyKind, KeyRecord, KeyState, Lifetime, Limit, Status, UsageCounts,
+};
 use secret::{KeyHash, KeyHasher, Secret, Shape};
 
 pub use notify::{NotifyRequest, Outcome};
@@ -95,32 +97,53 @@ pub struct Settings {
     pub directory: Directory,
 }
 
-/// Per-key usage, shared across record versions.
+/// Per-key usage counters, kept in memory and written by the flush. A new version of
+/// a key's entry takes them over from the old one under the index's write lock, and a
+/// verification counts under the read lock, so no use is lost to a concurrent change.
 #[derive(Debug)]
 pub struct Usage {
     /// Last successful verification (unix seconds), `i64::MIN` if never.
     last_used: AtomicI64,
     /// When (unix seconds) usage was last written.
     persisted_at: AtomicI64,
-    /// Something changed since the last write.
-    dirty: AtomicBool,
     valid: AtomicU64,
     denied: AtomicU64,
-    routes: parking_lot::Mutex<BTreeMap<String, u64>>,
+    /// Something changed since the last write.
+    dirty: AtomicBool,
+    /// Successful verifications per route prefix; allocated on the first one. Boxed:
+    /// 8 bytes for the many keys never seen on a route instead of an empty map's 24.
+    #[allow(clippy::box_collection)]
+    routes: parking_lot::Mutex<Option<Box<BTreeMap<String, u64>>>>,
 }
 
 const NEVER: i64 = i64::MIN;
 
 impl Usage {
     fn new(last_used: Option<DateTime<Utc>>, counts: &UsageCounts) -> Self {
+        let routes = (!counts.routes.is_empty()).then(|| Box::new(counts.routes.clone()));
         Self {
             last_used: AtomicI64::new(last_used.map_or(NEVER, |t| t.timestamp())),
             persisted_at: AtomicI64::new(NEVER),
             dirty: AtomicBool::new(false),
             valid: AtomicU64::new(counts.verifications),
             denied: AtomicU64::new(counts.denied),
-            routes: parking_lot::Mutex::new(counts.routes.clone()),
+            routes: parking_lot::Mutex::new(routes),
         }
+    }
+
+    /// Take over the counters of the previous version of the same key.
+    fn absorb(&self, old: &Usage) {
+        self.last_used
+            .fetch_max(old.last_used.load(Ordering::Relaxed), Ordering::Relaxed);
+        self.persisted_at
+            .store(old.persisted_at.load(Ordering::Relaxed), Ordering::Relaxed);
+        self.valid
+            .store(old.valid.load(Ordering::Relaxed), Ordering::Relaxed);
+        self.denied
+            .store(old.denied.load(Ordering::Relaxed), Ordering::Relaxed);
+        *self.routes.lock() = old.routes.lock().take();
+        self.dirty
+            .store(old.dirty.load(Ordering::Acquire), Ordering::Release);
     }
 
     fn touch(&self, now: DateTime<Utc>, route: Option<&str>) {
@@ -129,6 +152,7 @@ impl Usage {
         if let Some(r) = route {
             // Allocate the route's name only the first time this key is seen on it.
             let mut routes = self.routes.lock();
+            let routes = routes.get_or_insert_with(Default::default);
             match routes.get_mut(r) {
                 Some(n) => *n += 1,
                 None => {
@@ -136,7 +160,9 @@ impl Usage {
                 }
             }
         }
-        self.dirty.store(true, Ordering::Release);
+        if !self.dirty.load(Ordering::Relaxed) {
+            self.dirty.store(true, Ordering::Release);
+        }
     }
 
     fn deny(&self) {
@@ -157,47 +183,83 @@ impl Usage {
         UsageCounts {
             verifications: self.valid.load(Ordering::Relaxed),
             denied: self.denied.load(Ordering::Relaxed),
-            routes: self.routes.lock().clone(),
+            routes: self.routes.lock().as_deref().cloned().unwrap_or_default(),
         }
     }
 }
 
-/// A key as the index holds it.
-#[derive(Debug)]
-// `repr(C)` keeps what verification reads first (hash, usage pointer, then the
-// record's leading fields) in adjacent cache lines: at 1M keys every verification
-// misses the cache on its key, so the number of lines touched is the cost.
-#[repr(C)]
-pub struct Live {
-    hash: KeyHash,
-    /// Usage counters.
-    pub usage: Arc<Usage>,
-    /// The record as last committed.
-    pub rec: KeyRecord,
+/// What verification needs beyond the common case, boxed so that keys without IP
+/// filters, headers or a rotation grace period do not pay for the empty fields.
+#[derive(Debug, Default)]
+struct Extra {
+    ip_filters: Vec<ipnet::IpNet>,
+    headers: Vec<HeaderTemplate>,
     previous: Option<(KeyHash, DateTime<Utc>)>,
 }
 
+/// A key as the in-memory index holds it: what verification, forward-auth and the
+/// maintenance sweeps read, about 200 bytes plus its name. The full record (description,
+/// audit times, notification, persisted counters) stays in redb and is read on demand
+/// by the admin paths ([`Keys::record`]).
+///
+/// `repr(C)` keeps what a verification reads (hash, lifetime, counters, scopes) in
+/// the first cache lines: at 1M keys each verification misses the cache on its entry.
+#[derive(Debug)]
+#[repr(C)]
+pub struct Live {
+    hash: KeyHash,
+    /// State and the times the expiry rules read.
+    pub life: Lifetime,
+    /// Usage counters.
+    pub usage: Usage,
+    /// Scopes, shared by every key with the same set.
+    pub scopes: Arc<[String]>,
+    /// Key id.
+    pub id: Uuid,
+    /// Owner's user name, shared by all their keys.
+    pub owner: Arc<str>,
+    /// Name.
+    pub name: Box<str>,
+    /// Stretch start of the last inactivity warning (maintenance).
+    warned_for: Option<DateTime<Utc>>,
+    /// The expiry sweep recorded the lapse (maintenance).
+    lapse_recorded: bool,
+    extra: Option<Box<Extra>>,
+}
+
 impl Live {
-    fn new(rec: KeyRecord, usage: Arc<Usage>) -> Result<Self, StoreError> {
-        let hash = decode_hash(&rec.hash)?;
-        let previous = match (&rec.previous_hash, rec.previous_valid_until) {
-            (Some(h), Some(until)) => Some((decode_hash(h)?, until)),
-            _ => None,
-        };
-        Ok(Self {
-            rec,
-            hash,
-            previous,
-            usage,
-        })
+    /// Allowed client networks; empty = any.
+    pub fn ip_filters(&self) -> &[ipnet::IpNet] {
+        self.extra.as_deref().map_or(&[], |e| &e.ip_filters)
     }
 
-    /// The record with the in-memory last-used time.
-    pub fn snapshot(&self) -> KeyRecord {
-        let mut r = self.rec.clone();
-        r.last_used_at = self.usage.last_used().max(r.last_used_at);
-        r.usage = self.usage.counts();
-        r
+    /// Response header templates.
+    pub fn headers(&self) -> &[HeaderTemplate] {
+        self.extra.as_deref().map_or(&[], |e| &e.headers)
+    }
+
+    fn previous(&self) -> Option<(KeyHash, DateTime<Utc>)> {
+        self.extra.as_deref().and_then(|e| e.previous)
+    }
+
+    /// Newest known last use.
+    pub fn last_used(&self) -> Option<DateTime<Utc>> {
+        self.usage.last_used()
+    }
+
+    /// Hard expiry.
+    pub fn expires_at(&self) -> Option<DateTime<Utc>> {
+        self.life.expires_at
+    }
+
+    /// The earlier of the hard expiry and the inactivity deadline.
+    pub fn effective_expiry(&self, policy: &Policy) -> Option<(DateTime<Utc>, Limit)> {
+        self.life.effective_expiry(policy, self.last_used())
+    }
+
+    /// Status at `now`.
+    pub fn status(&self, policy: &Policy, now: DateTime<Utc>) -> Status {
+        self.life.status(policy, self.last_used(), now)
     }
 }
 
@@ -235,20 +297,77 @@ struct Index {
     /// Hash of (owner, lower-case name) of every key not removed → its id: the
     /// uniqueness check without a scan of all keys, at ~30 bytes per key.
     names: HashMap<u64, Uuid>,
+    /// Interned owners and scope sets: a few distinct values shared by many keys.
+    owners: HashSet<Arc<str>>,
+    scope_sets: HashSet<Arc<[String]>>,
 }
 
 impl Index {
+    /// Build the entry for `rec`, taking over the usage counters of the key's current
+    /// entry if there is one, and put it in place of that entry.
+    fn publish(&mut self, rec: &KeyRecord) -> Result<Arc<Live>, StoreError> {
+        let live = Arc::new(self.entry(rec)?);
+        if let Some(old) = self.by_id.get(&rec.id) {
+            live.usage.absorb(&old.usage);
+        }
+        self.insert(live.clone());
+        Ok(live)
+    }
+
+    fn entry(&mut self, rec: &KeyRecord) -> Result<Live, StoreError> {
+        let hash = decode_hash(&rec.hash)?;
+        let previous = match (&rec.previous_hash, rec.previous_valid_until) {
+            (Some(h), Some(until)) => Some((decode_hash(h)?, until)),
+            _ => None,
+        };
+        let extra = (!rec.ip_filters.is_empty() || !rec.headers.is_empty() || previous.is_some())
+            .then(|| {
+                Box::new(Extra {
+                    ip_filters: rec.ip_filters.clone(),
+                    headers: rec.headers.clone(),
+                    previous,
+                })
+            });
+        let owner = match self.owners.get(rec.owner.as_str()) {
+            Some(o) => o.clone(),
+            None => {
+                let o: Arc<str> = Arc::from(rec.owner.as_str());
+                self.owners.insert(o.clone());
+                o
+            }
+        };
+        let scopes = match self.scope_sets.get(rec.scopes.as_slice()) {
+            Some(s) => s.clone(),
+            None => {
+                let s: Arc<[String]> = Arc::from(rec.scopes.as_slice());
+                self.scope_sets.insert(s.clone());
+                s
+            }
+        };
+        Ok(Live {
+            hash,
+            life: rec.lifetime(),
+            usage: Usage::new(rec.last_used_at, &rec.usage),
+            scopes,
+            id: rec.id,
+            owner,
+            name: rec.name.as_str().into(),
+            warned_for: rec.alerting.inactivity_warned_for,
+            lapse_recorded: rec.alerting.lapse_recorded_at.is_some(),
+            extra,
+        })
+    }
+
     fn insert(&mut self, live: Arc<Live>) {
-        if let Some(old) = self.by_id.insert(live.rec.id, live.clone()) {
+        if let Some(old) = self.by_id.insert(live.id, live.clone()) {
             self.forget(&old);
         }
-        if live.rec.state != KeyState::Removed {
+        if live.life.state != KeyState::Removed {
             self.by_hash.insert(live.hash, live.clone());
-            if let Some((h, _)) = live.previous {
+            if let Some((h, _)) = live.previous() {
                 self.by_hash.insert(h, live.clone());
             }
-            self.names
-                .insert(name_hash(&live.rec.owner, &live.rec.name), live.rec.id);
+            self.names.insert(name_hash(&live.owner, &live.name), live.id);
         }
     }
 
@@ -261,11 +380,11 @@ impl Index {
 
     fn forget(&mut self, old: &Live) {
         self.by_hash.remove(&old.hash);
-        if let Some((h, _)) = old.previous {
+        if let Some((h, _)) = old.previous() {
             self.by_hash.remove(&h);
         }
-        let name_key = name_hash(&old.rec.owner, &old.rec.name);
-        if self.names.get(&name_key) == Some(&old.rec.id) {
+        let name_key = name_hash(&old.owner, &old.name);
+        if self.names.get(&name_key) == Some(&old.id) {
             self.names.remove(&name_key);
         }
     }
@@ -445,10 +564,11 @@ impl Keys {
         settings: Settings,
     ) -> Result<Self, StoreError> {
         let mut index = Index::default();
-        for rec in store.load_keys()? {
-            let usage = Arc::new(Usage::new(rec.last_used_at, &rec.usage));
-            index.insert(Arc::new(Live::new(rec, usage)?));
-        }
+        store.load_keys(|rec| {
+            let live = Arc::new(index.entry(&rec)?);
+            index.insert(live);
+            Ok(())
+        })?;
         Ok(Self {
             clock,
             hasher,
@@ -532,41 +652,42 @@ impl Keys {
             return none(Code::Malformed);
         }
         let hash = self.hasher.hash(presented);
-        let Some(live) = self.index.read().by_hash.get(&hash).cloned() else {
+        // Counting happens under the read lock: a change to the key publishes its new
+        // entry under the write lock and takes the counters over from this one.
+        let index = self.index.read();
+        let Some(live) = index.by_hash.get(&hash) else {
             return none(Code::NotFound);
         };
         if live.hash != hash {
             // The previous secret of a rotated key: good only during the grace period.
-            match live.previous {
+            match live.previous() {
                 Some((h, until)) if h == hash && now < until => {}
                 _ => return none(Code::NotFound),
             }
         }
-        let rec = &live.rec;
-        let last_used = || live.usage.last_used();
-        let code = match rec.status_with(policy, now, last_used) {
+        let code = match live.status(policy, now) {
             Status::Removed => return none(Code::NotFound),
             Status::Disabled => Code::Disabled,
             Status::Expired => Code::Expired,
             Status::Inactive => Code::Inactive,
             Status::Active => {
-                if !rec.ip_filters.is_empty()
-                    && !ip.is_some_and(|ip| ipfilter::allows(&rec.ip_filters, ip))
-                {
+                let filters = live.ip_filters();
+                if !filters.is_empty() && !ip.is_some_and(|ip| ipfilter::allows(filters, ip)) {
                     Code::IpNotAllowed
-                } else if scopes.iter().any(|s| !rec.scopes.iter().any(|k| k == s)) {
+                } else if scopes.iter().any(|s| !live.scopes.iter().any(|k| k == s)) {
                     Code::InsufficientScope
                 } else {
                     live.usage.touch(now, route);
-                    self.note_touched();
                     Code::Valid
                 }
             }
         };
         if code != Code::Valid {
             live.usage.deny();
-            self.note_touched();
         }
+        let live = live.clone();
+        drop(index);
+        self.note_touched();
         Verification {
             code,
             key: Some(live),
@@ -576,9 +697,20 @@ impl Keys {
     // ---------------------------------------------------------------- views
 
     /// The admin view of a key at the current time.
-    pub fn view(&self, live: &Live) -> KeyView {
+    pub fn view(&self, live: &Live) -> Result<KeyView, KeyError> {
+        let rec = self.record(live)?;
         let settings = self.settings.read().clone();
-        view_of(&settings.policy, live, self.clock.now())
+        Ok(view_of(&settings.policy, &rec, self.clock.now()))
+    }
+
+    /// The key's full record from redb, with the usage known in memory.
+    pub fn record(&self, live: &Live) -> Result<KeyRecord, KeyError> {
+        let mut rec = self
+            .store
+            .key(live.id)?
+            .ok_or_else(|| KeyError::NotFound(live.id.to_string()))?;
+        merge_usage(&mut rec, live);
+        Ok(rec)
     }
 
     // ---------------------------------------------------------------- queries
@@ -593,7 +725,7 @@ impl Keys {
             .get(&uuid)
             .cloned()
             .ok_or_else(|| KeyError::NotFound(uuid.to_string()))?;
-        if !actor.admin && live.rec.owner != actor.name {
+        if !actor.admin && *live.owner != *actor.name {
             // Do not reveal that someone else's key exists.
             return Err(KeyError::NotFound(uuid.to_string()));
         }
@@ -603,7 +735,7 @@ impl Keys {
     /// One key.
     pub fn show(&self, actor: &Actor, id: &str) -> Result<KeyView, KeyError> {
         let live = self.visible(actor, id)?;
-        Ok(self.view(&live))
+        self.view(&live)
     }
 
     /// Keys visible to `actor`, optionally of one user, oldest first.
@@ -626,19 +758,28 @@ impl Keys {
         let wanted = user
             .map(str::to_owned)
             .or_else(|| (!actor.admin).then(|| actor.name.clone()));
-        let mut lives: Vec<Arc<Live>> = self
+        let mut picked: Vec<(DateTime<Utc>, Uuid)> = self
             .index
             .read()
             .by_id
             .values()
-            .filter(|l| wanted.as_deref().is_none_or(|w| l.rec.owner == w))
-            .filter(|l| include_removed || l.rec.state != KeyState::Removed)
-            .cloned()
+            .filter(|l| wanted.as_deref().is_none_or(|w| *l.owner == *w))
+            .filter(|l| include_removed || l.life.state != KeyState::Removed)
+            .map(|l| (l.life.created_at, l.id))
             .collect();
-        lives.sort_by_key(|l| (l.rec.created_at, l.rec.id));
-        Ok(lives
+        picked.sort_unstable();
+        let ids: Vec<Uuid> = picked.into_iter().map(|(_, id)| id).collect();
+        let mut records = self.store.keys(&ids)?;
+        let index = self.index.read();
+        for rec in &mut records {
+            if let Some(live) = index.by_id.get(&rec.id) {
+                merge_usage(rec, live);
+            }
+        }
+        drop(index);
+        Ok(records
             .iter()
-            .map(|l| view_of(&settings.policy, l, now))
+            .map(|r| view_of(&settings.policy, r, now))
             .collect())
     }
 
@@ -650,7 +791,7 @@ impl Keys {
         limit: usize,
     ) -> Result<Vec<AuditEntry>, KeyError> {
         let key_id = match key {
-            Some(k) => Some(self.visible(actor, k)?.rec.id),
+            Some(k) => Some(self.visible(actor, k)?.id),
             None => None,
         };
         let store = self.store.clone();
@@ -667,7 +808,7 @@ impl Keys {
             entries.retain(|e| {
                 e.key_id
                     .and_then(|id| index.by_id.get(&id))
-                    .is_some_and(|l| l.rec.owner == actor.name)
+                    .is_some_and(|l| *l.owner == *actor.name)
             });
             entries.truncate(limit);
         }
@@ -676,21 +817,12 @@ impl Keys {
 
     // ---------------------------------------------------------------- changes
 
-    async fn commit(&self, batch: Batch) -> Result<(), KeyError> {
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || store.commit(batch))
-            .await
-            .map_err(|e| KeyError::Internal(e.to_string()))??;
-        Ok(())
-    }
-
     async fn commit_and_publish(
         &self,
         rec: KeyRecord,
-        usage: Arc<Usage>,
         audit: AuditEntry,
     ) -> Result<Arc<Live>, KeyError> {
-        self.commit_and_publish_with(rec, usage, audit, Default::default())
+        self.commit_and_publish_with(rec, audit, Default::default())
             .await
     }
 
@@ -857,19 +989,10 @@ impl Keys {
             notify::describe(&rec)
         );
         let audit = self.audit_entry(actor, action, rec.id, detail);
-        let live = self
-            .commit_and_publish_with(
-                rec,
-                Arc::new(Usage::new(None, &UsageCounts::default())),
-                audit,
-                jobs,
-            )
-            .await?;
-        tracing::info!(key_id = %live.rec.id, owner = %live.rec.owner, actor = %actor.name, action, "key issued");
-        Ok(Issued {
-            key: secret,
-            view: view_of(&settings.policy, &live, now),
-        })
+        let view = view_of(&settings.policy, &rec, now);
+        self.commit_and_publish_with(rec, audit, jobs).await?;
+        tracing::info!(key_id = %view.id, owner = %view.owner, actor = %actor.name, action, "key issued");
+        Ok(Issued { key: secret, view })
     }
 
     /// Change a key in place through `change`, which validates and edits a copy of the
@@ -886,25 +1009,20 @@ impl Keys {
     {
         let _writer = self.writer.lock().await;
         let live = self.visible(actor, id)?;
-        if live.rec.state == KeyState::Removed {
-            return Err(KeyError::Conflict(format!(
-                "key {} was removed",
-                live.rec.id
-            )));
+        if live.life.state == KeyState::Removed {
+            return Err(KeyError::Conflict(format!("key {} was removed", live.id)));
         }
         let settings = self.settings();
         let now = self.clock.now();
-        let mut rec = live.snapshot();
+        let mut rec = self.record(&live)?;
         let detail = {
             let index = self.index.read();
             change(&mut rec, &index, &settings, now)?
         };
         rec.updated_at = now;
         let audit = self.audit_entry(actor, action, rec.id, detail);
-        let new = self
-            .commit_and_publish(rec, live.usage.clone(), audit)
-            .await?;
-        tracing::info!(key_id = %new.rec.id, actor = %actor.name, action, "key changed");
+        let new = self.commit_and_publish(rec, audit).await?;
+        tracing::info!(key_id = %new.id, actor = %actor.name, action, "key changed");
         Ok(new)
     }
 
@@ -969,7 +1087,7 @@ impl Keys {
                 Ok(changed.join(" "))
             })
             .await?;
-        Ok(self.view(&live))
+        self.view(&live)
     }
 
     /// Enable or disable a key.
@@ -990,7 +1108,7 @@ impl Keys {
                 Ok(String::new())
             })
             .await?;
-        Ok(self.view(&live))
+        self.view(&live)
     }
 
     /// Remove a key: it stops working at once and is kept for the record. Its
@@ -1005,7 +1123,7 @@ impl Keys {
                 Ok(notify::cancel_for_removal(rec, job, now))
             })
             .await?;
-        Ok(self.view(&live))
+        self.view(&live)
     }
 
     /// Give a key a new secret, keeping its settings. With a grace period the old
@@ -1056,7 +1174,7 @@ impl Keys {
             .await?;
         Ok(Issued {
             key: secret,
-            view: self.view(&live),
+            view: self.view(&live)?,
         })
     }
 
@@ -1100,11 +1218,20 @@ impl Keys {
         for l in &due {
             l.usage.dirty.store(false, Ordering::Release);
         }
-        let batch = Batch {
-            put_keys: due.iter().map(|l| l.snapshot()).collect(),
-            audit: Vec::new(),
-        };
-        if let Err(e) = self.commit(batch).await {
+        let updates: Vec<UsageUpdate> = due
+            .iter()
+            .map(|l| UsageUpdate {
+                id: l.id,
+                last_used_at: l.usage.last_used(),
+                counts: l.usage.counts(),
+            })
+            .collect();
+        let store = self.store.clone();
+        let written = tokio::task::spawn_blocking(move || store.write_usage(&updates))
+            .await
+            .map_err(|e| KeyError::Internal(e.to_string()))
+            .and_then(|r| r.map_err(KeyError::from));
+        if let Err(e) = written {
             for l in &due {
                 l.usage.dirty.store(true, Ordering::Release);
             }
@@ -1155,18 +1282,15 @@ impl Keys {
             out.insert(s, 0);
         }
         for l in self.index.read().by_id.values() {
-            let last = l.usage.last_used().max(l.rec.last_used_at);
-            *out.entry(l.rec.status(policy, last, now).as_str())
-                .or_insert(0) += 1;
+            *out.entry(l.status(policy, now).as_str()).or_insert(0) += 1;
         }
         out
     }
 }
 
 /// Build the admin view of a key.
-pub fn view_of(policy: &Policy, live: &Live, now: DateTime<Utc>) -> KeyView {
-    let rec = &live.rec;
-    let last_used = live.usage.last_used().max(rec.last_used_at);
+pub fn view_of(policy: &Policy, rec: &KeyRecord, now: DateTime<Utc>) -> KeyView {
+    let last_used = rec.last_used_at;
     let effective = rec.effective_expiry(policy, last_used);
     KeyView {
         id: rec.id,
@@ -1203,8 +1327,14 @@ pub fn view_of(policy: &Policy, live: &Live, now: DateTime<Utc>) -> KeyView {
         notify_at: rec.alerting.notification.as_ref().map(|n| rfc3339(n.at)),
         alert_source: rec.alerting.notification.as_ref().map(|n| n.source.clone()),
         alert_job: rec.alerting.notification.as_ref().map(|n| n.job_id),
-        usage: live.usage.counts(),
+        usage: rec.usage.clone(),
     }
+}
+
+/// Put the usage known in memory into a record read from redb.
+fn merge_usage(rec: &mut KeyRecord, live: &Live) {
+    rec.last_used_at = live.usage.last_used().max(rec.last_used_at);
+    rec.usage = live.usage.counts();
 }
 
 // ---------------------------------------------------------------- validation
@@ -1336,10 +1466,10 @@ fn check_unique_name(
 ) -> Result<(), KeyError> {
     let lower = name.to_lowercase();
     let same = |l: &Live| {
-        l.rec.owner == owner
-            && l.rec.state != KeyState::Removed
-            && Some(l.rec.id) != except
-            && l.rec.name.to_lowercase() == lower
+        *l.owner == *owner
+            && l.life.state != KeyState::Removed
+            && Some(l.id) != except
+            && l.name.to_lowercase() == lower
     };
     let clash = match index.names.get(&name_hash(owner, name)) {
         None => false,

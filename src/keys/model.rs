@@ -10,12 +10,9 @@ use super::headers::HeaderTemplate;
 use crate::alerts::job::KeyAlerting;
 use crate::config::Policy;
 
-/// Stored state of a key. Holds only the keyed hash of the secret.
-///
-/// `repr(C)` with the fields verification reads first, so they share cache lines
-/// with the index entry (see `keys::Live`); the stored JSON is unaffected.
+/// Stored state of a key. Holds only the keyed hash of the secret. Lives in redb;
+/// the in-memory index keeps a compact extract of it (`keys::Live`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[repr(C)]
 pub struct KeyRecord {
     /// Enabled, disabled or removed.
     pub state: KeyState,
@@ -185,7 +182,21 @@ pub enum Limit {
     Inactivity,
 }
 
-impl KeyRecord {
+/// What the expiry rules read of a key: small and `Copy`, so the in-memory index
+/// keeps it inline and the full record stays in redb.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lifetime {
+    /// Enabled, disabled or removed.
+    pub state: KeyState,
+    /// Hard expiry; `None` = never.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+    /// When it was removed.
+    pub removed_at: Option<DateTime<Utc>>,
+}
+
+impl Lifetime {
     /// Start of the current idle stretch: the last use, or creation if never used.
     pub fn last_activity(&self, last_used: Option<DateTime<Utc>>) -> DateTime<Utc> {
         last_used.unwrap_or(self.created_at).max(self.created_at)
@@ -217,25 +228,14 @@ impl KeyRecord {
         }
     }
 
-    /// Status at `now`.
+    /// Status at `now`. While the last activity is more recent than the period's
+    /// shortest possible length (months counted as 28 days) no calendar arithmetic
+    /// is needed.
     pub fn status(
         &self,
         policy: &Policy,
         last_used: Option<DateTime<Utc>>,
         now: DateTime<Utc>,
-    ) -> Status {
-        self.status_with(policy, now, || last_used)
-    }
-
-    /// Status at `now`, asking for the last-used time only when the key is near its
-    /// inactivity deadline: while the last activity on record is more recent than the
-    /// period's shortest possible length (months counted as 28 days), no calendar
-    /// arithmetic is needed and the caller's (possibly uncached) counter is not read.
-    pub fn status_with(
-        &self,
-        policy: &Policy,
-        now: DateTime<Utc>,
-        last_used: impl FnOnce() -> Option<DateTime<Utc>>,
     ) -> Status {
         match self.state {
             KeyState::Removed => return Status::Removed,
@@ -248,11 +248,9 @@ impl KeyRecord {
         let Some(period) = &policy.not_accessed_expiration else {
             return Status::Active;
         };
-        let on_record = self.last_activity(self.last_used_at);
-        if (now - on_record).num_seconds() < period.min_seconds() {
+        if (now - self.last_activity(last_used)).num_seconds() < period.min_seconds() {
             return Status::Active;
         }
-        let last_used = last_used().max(self.last_used_at);
         if self
             .inactivity_deadline(policy, last_used)
             .is_some_and(|t| t <= now)
@@ -296,6 +294,62 @@ impl KeyRecord {
             (None, None) => "never expires".to_owned(),
         };
         format!("{prefix}{body}")
+    }
+}
+
+impl KeyRecord {
+    /// The fields the expiry rules read.
+    pub fn lifetime(&self) -> Lifetime {
+        Lifetime {
+            state: self.state,
+            expires_at: self.expires_at,
+            created_at: self.created_at,
+            removed_at: self.removed_at,
+        }
+    }
+
+    /// Start of the current idle stretch: the last use, or creation if never used.
+    pub fn last_activity(&self, last_used: Option<DateTime<Utc>>) -> DateTime<Utc> {
+        self.lifetime().last_activity(last_used)
+    }
+
+    /// When inactivity expiry would hit, if inactivity expiry is on.
+    pub fn inactivity_deadline(
+        &self,
+        policy: &Policy,
+        last_used: Option<DateTime<Utc>>,
+    ) -> Option<DateTime<Utc>> {
+        self.lifetime().inactivity_deadline(policy, last_used)
+    }
+
+    /// The earlier of the hard expiry and the inactivity deadline, and which it is.
+    pub fn effective_expiry(
+        &self,
+        policy: &Policy,
+        last_used: Option<DateTime<Utc>>,
+    ) -> Option<(DateTime<Utc>, Limit)> {
+        self.lifetime().effective_expiry(policy, last_used)
+    }
+
+    /// Status at `now`; `last_used` is the caller's newest known last use.
+    pub fn status(
+        &self,
+        policy: &Policy,
+        last_used: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> Status {
+        self.lifetime()
+            .status(policy, last_used.max(self.last_used_at), now)
+    }
+
+    /// The human "details" line of the RunMyJobs extension.
+    pub fn details(
+        &self,
+        policy: &Policy,
+        last_used: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> String {
+        self.lifetime().details(policy, last_used, now)
     }
 }
 

@@ -13,7 +13,7 @@ use tokio::sync::Notify;
 use uuid::Uuid;
 
 use super::model::{rfc3339, AuditEntry, KeyRecord, KeyState, Status};
-use super::{invalid, parse_period, Actor, KeyError, Keys, Live, Usage};
+use super::{invalid, parse_period, Actor, KeyError, Keys, Live};
 use crate::alerts::job::{AlertJob, JobKind, JobState, NotificationRef, OperatorMessage, Severity};
 use crate::alerts::maintenance::MaintenanceRun;
 use crate::config::AlertConfig;
@@ -209,6 +209,20 @@ impl Keys {
         self.index.read().by_id.get(&id).cloned()
     }
 
+    /// The full record of key `key_id` if its notification is carried out by `job_id`.
+    fn tracking(&self, key_id: Uuid, job_id: Uuid) -> Result<Option<KeyRecord>, KeyError> {
+        let Some(live) = self.live(key_id) else {
+            return Ok(None);
+        };
+        let rec = self.record(&live)?;
+        Ok(rec
+            .alerting
+            .notification
+            .as_ref()
+            .is_some_and(|n| n.job_id == job_id)
+            .then_some(rec))
+    }
+
     pub(super) async fn blocking<T, F>(&self, f: F) -> Result<T, KeyError>
     where
         T: Send + 'static,
@@ -227,18 +241,16 @@ impl Keys {
     pub(super) async fn commit_and_publish_with(
         &self,
         rec: KeyRecord,
-        usage: Arc<Usage>,
         audit: AuditEntry,
         jobs: AlertBatch,
     ) -> Result<Arc<Live>, KeyError> {
-        let live = Arc::new(Live::new(rec.clone(), usage)?);
         let wake = !jobs.put_jobs.is_empty();
         let batch = Batch {
-            put_keys: vec![rec],
+            put_keys: vec![rec.clone()],
             audit: vec![audit],
         };
         self.blocking(move |s| s.commit_with(batch, jobs)).await?;
-        self.index.write().insert(live.clone());
+        let live = self.index.write().publish(&rec)?;
         if wake {
             self.alerts.wake.notify_one();
         }
@@ -263,13 +275,11 @@ impl Keys {
     {
         let _writer = self.writer.lock().await;
         let live = self.visible(actor, id)?;
-        if live.rec.state == KeyState::Removed {
-            return Err(KeyError::Conflict(format!(
-                "key {} was removed",
-                live.rec.id
-            )));
+        if live.life.state == KeyState::Removed {
+            return Err(KeyError::Conflict(format!("key {} was removed", live.id)));
         }
-        let job = match &live.rec.alerting.notification {
+        let mut rec = self.record(&live)?;
+        let job = match &rec.alerting.notification {
             Some(n) => {
                 let job_id = n.job_id;
                 self.blocking(move |s| s.job(job_id)).await?
@@ -277,14 +287,11 @@ impl Keys {
             None => None,
         };
         let now = self.clock.now();
-        let mut rec = live.snapshot();
         let (detail, jobs) = change(&mut rec, job, now)?;
         rec.updated_at = now;
         let audit = self.audit_entry(actor, action, rec.id, detail);
-        let new = self
-            .commit_and_publish_with(rec, live.usage.clone(), audit, jobs)
-            .await?;
-        tracing::info!(key_id = %new.rec.id, actor = %actor.name, action, "key changed");
+        let new = self.commit_and_publish_with(rec, audit, jobs).await?;
+        tracing::info!(key_id = %new.id, actor = %actor.name, action, "key changed");
         Ok(new)
     }
 
@@ -565,7 +572,7 @@ impl Keys {
                 Ok((detail, batch))
             })
             .await?;
-        Ok(self.view(&live))
+        self.view(&live)
     }
 
     // ------------------------------------------------------------ jobs for admins
@@ -574,7 +581,7 @@ impl Keys {
         actor.admin
             || self
                 .live(job.key_id)
-                .is_some_and(|l| l.rec.owner == actor.name)
+                .is_some_and(|l| *l.owner == *actor.name)
     }
 
     /// One job visible to `actor`.
@@ -597,7 +604,7 @@ impl Keys {
         limit: usize,
     ) -> Result<Vec<AlertJob>, KeyError> {
         let key = match key {
-            Some(k) => Some(self.visible(actor, k)?.rec.id),
+            Some(k) => Some(self.visible(actor, k)?.id),
             None => None,
         };
         let state = match state {
@@ -669,17 +676,10 @@ impl Keys {
             cancel(&mut job, format!("cancelled by {}", actor.name), now);
             batch.put_jobs.push(job.clone());
         }
-        let tracked = self.live(job.key_id).filter(|l| {
-            l.rec
-                .alerting
-                .notification
-                .as_ref()
-                .is_some_and(|n| n.job_id == job.id)
-        });
+        let tracked = self.tracking(job.key_id, job.id)?;
         let action = if delete { "job-delete" } else { "job-cancel" };
         match tracked {
-            Some(live) => {
-                let mut rec = live.snapshot();
+            Some(mut rec) => {
                 rec.alerting.notification = None;
                 rec.updated_at = now;
                 let audit = self.audit_entry(
@@ -688,8 +688,7 @@ impl Keys {
                     rec.id,
                     format!("job {} {verb}; notification cleared", job.id),
                 );
-                self.commit_and_publish_with(rec, live.usage.clone(), audit, batch)
-                    .await?;
+                self.commit_and_publish_with(rec, audit, batch).await?;
             }
             None => {
                 let mut audit =
@@ -735,19 +734,13 @@ impl Keys {
         let now = self.clock.now();
         job.updated_at = now;
         let mut batch = AlertBatch::default();
-        let live = self.live(job.key_id);
         let still_wanted = match job.kind {
-            JobKind::Notification => live.as_ref().is_some_and(|l| {
-                l.rec.state != KeyState::Removed
-                    && l.rec
-                        .alerting
-                        .notification
-                        .as_ref()
-                        .is_some_and(|n| n.job_id == job.id)
-            }),
-            JobKind::InactivityWarning => live
-                .as_ref()
-                .is_some_and(|l| l.rec.state != KeyState::Removed),
+            JobKind::Notification => self
+                .tracking(job.key_id, job.id)?
+                .is_some_and(|r| r.state != KeyState::Removed),
+            JobKind::InactivityWarning => self
+                .live(job.key_id)
+                .is_some_and(|l| l.life.state != KeyState::Removed),
         };
         match outcome {
             Outcome::Delivered => {
@@ -826,17 +819,10 @@ impl Keys {
             cancel(&mut old, why, now);
             old.replaced_by = Some(new.id);
             let mut batch = AlertBatch::default();
-            let tracked = self.live(old.key_id).filter(|l| {
-                l.rec
-                    .alerting
-                    .notification
-                    .as_ref()
-                    .is_some_and(|n| n.job_id == old.id)
-            });
+            let tracked = self.tracking(old.key_id, old.id)?;
             tracing::warn!(job_id = %old.id, new_job_id = %new.id, key_id = %old.key_id, "alert job was interrupted; replaced");
             match tracked {
-                Some(live) => {
-                    let mut rec = live.snapshot();
+                Some(mut rec) => {
                     if let Some(n) = rec.alerting.notification.as_mut() {
                         n.job_id = new.id;
                     }
@@ -850,8 +836,7 @@ impl Keys {
                         detail: format!("job {} interrupted; replaced by job {}", old.id, new.id),
                     };
                     batch.put_jobs = vec![old, new];
-                    self.commit_and_publish_with(rec, live.usage.clone(), audit, batch)
-                        .await?;
+                    self.commit_and_publish_with(rec, audit, batch).await?;
                 }
                 None => {
                     batch.put_jobs = vec![old, new];

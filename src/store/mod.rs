@@ -9,7 +9,7 @@ pub mod jobs;
 use std::path::Path;
 use std::sync::atomic::AtomicI64;
 
-use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use uuid::Uuid;
 
 use crate::alerts::job::JobState;
@@ -96,26 +96,85 @@ impl Store {
         Ok(Self { db, job_states })
     }
 
-    /// Every key record. Decoding (JSON and timestamps) is most of a cold start, so
-    /// rows are read in chunks and each chunk is decoded on every CPU.
-    pub fn load_keys(&self) -> Result<Vec<KeyRecord>, StoreError> {
+    /// Pass every key record to `each`, returning how many there were. Decoding (JSON
+    /// and timestamps) is most of a cold start, so rows are read in chunks and each
+    /// chunk is decoded on every CPU; only one chunk of full records is held at a time.
+    pub fn load_keys(
+        &self,
+        mut each: impl FnMut(KeyRecord) -> Result<(), StoreError>,
+    ) -> Result<usize, StoreError> {
         const CHUNK: usize = 65_536;
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
         let txn = self.db.begin_read().map_err(db_err)?;
         let table = txn.open_table(KEYS).map_err(db_err)?;
-        let mut out =
-            Vec::with_capacity(usize::try_from(table.len().map_err(db_err)?).unwrap_or(0));
+        let mut count = 0;
         let mut raw: Vec<Vec<u8>> = Vec::with_capacity(CHUNK);
+        let mut decoded = Vec::with_capacity(CHUNK);
         for row in table.iter().map_err(db_err)? {
             let (_, v) = row.map_err(db_err)?;
             raw.push(v.value().to_vec());
             if raw.len() == CHUNK {
-                decode_parallel(&raw, threads, &mut out)?;
+                decode_parallel(&raw, threads, &mut decoded)?;
                 raw.clear();
+                count += decoded.len();
+                decoded.drain(..).try_for_each(&mut each)?;
             }
         }
-        decode_parallel(&raw, threads, &mut out)?;
+        decode_parallel(&raw, threads, &mut decoded)?;
+        count += decoded.len();
+        decoded.into_iter().try_for_each(each)?;
+        Ok(count)
+    }
+
+    /// One key's full record.
+    pub fn key(&self, id: Uuid) -> Result<Option<KeyRecord>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let table = txn.open_table(KEYS).map_err(db_err)?;
+        match table.get(id.as_u128()).map_err(db_err)? {
+            Some(v) => Ok(Some(decode("keys", v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The full records of `ids` (in that order; missing ids are skipped).
+    pub fn keys(&self, ids: &[Uuid]) -> Result<Vec<KeyRecord>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let table = txn.open_table(KEYS).map_err(db_err)?;
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(v) = table.get(id.as_u128()).map_err(db_err)? {
+                out.push(decode("keys", v.value())?);
+            }
+        }
         Ok(out)
+    }
+
+    /// Write usage (last use and counters) into the stored records of keys, in one
+    /// transaction. Keys no longer stored (purged) are skipped. Returns keys written.
+    pub fn write_usage(&self, updates: &[UsageUpdate]) -> Result<usize, StoreError> {
+        let txn = self.db.begin_write().map_err(db_err)?;
+        let mut written = 0;
+        {
+            let mut keys = txn.open_table(KEYS).map_err(db_err)?;
+            for u in updates {
+                let Some(mut rec) = keys
+                    .get(u.id.as_u128())
+                    .map_err(db_err)?
+                    .map(|v| decode::<KeyRecord>("keys", v.value()))
+                    .transpose()?
+                else {
+                    continue;
+                };
+                rec.last_used_at = rec.last_used_at.max(u.last_used_at);
+                rec.usage = u.counts.clone();
+                let bytes = serde_json::to_vec(&rec).map_err(db_err)?;
+                keys.insert(rec.id.as_u128(), bytes.as_slice())
+                    .map_err(db_err)?;
+                written += 1;
+            }
+        }
+        txn.commit().map_err(db_err)?;
+        Ok(written)
     }
 
     /// Commit a batch atomically.
@@ -167,6 +226,17 @@ impl Store {
         }
         Ok(out)
     }
+}
+
+/// Usage of one key as the flush writes it.
+#[derive(Debug, Clone)]
+pub struct UsageUpdate {
+    /// The key.
+    pub id: Uuid,
+    /// Newest last use known in memory.
+    pub last_used_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Counters known in memory.
+    pub counts: crate::keys::model::UsageCounts,
 }
 
 fn decode_parallel(

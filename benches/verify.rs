@@ -926,7 +926,10 @@ fn main() {
     let built = build(dir.path(), n, sample_size, &hasher);
     let v = bench_verify(&built, calls);
     if std::env::var_os("APIKEYD_BENCH_VERIFY_ONLY").is_some() {
-        println!("timer overhead median {} ns (included in each figure)", v.timer.median);
+        println!(
+            "timer overhead median {} ns (included in each figure)",
+            v.timer.median
+        );
         for (label, st) in [
             ("VALID (key text hot)", &v.valid),
             ("VALID (key text cold)", &v.valid_cold),
@@ -983,7 +986,10 @@ fn main() {
         v.valid
             .row("VALID    verify(key, Some(\"catalog:read\"), None)"),
     );
-    out.push(v.valid_cold.row("VALID    key text read cold from the list"));
+    out.push(
+        v.valid_cold
+            .row("VALID    key text read cold from the list"),
+    );
     out.push(format!(
         "  {:<44} mean {:.1} ns/call (one clock around {calls} calls)",
         "VALID    untimed loop, key text cold", v.valid_loop_mean

@@ -215,7 +215,10 @@ fn check(
         Code::Expired | Code::Inactive => StatusCode::UNAUTHORIZED,
         Code::Disabled | Code::IpNotAllowed | Code::InsufficientScope => StatusCode::FORBIDDEN,
     };
-    let Some(live) = v.key.filter(|_| v.code == Code::Valid) else {
+    let Some(live) = (v.code == Code::Valid)
+        .then(|| st.keys.key_of(&v))
+        .flatten()
+    else {
         return deny(status, v.code.as_str());
     };
     let id = live.id.to_string();
@@ -228,7 +231,7 @@ fn check(
     h.insert("x-api-key-owner", header_value(&live.owner));
     h.insert("x-api-key-scopes", header_value(&live.scopes.join(",")));
     let settings = st.keys.settings();
-    if let Some((at, _)) = live.effective_expiry(&settings.policy) {
+    if let Some((at, _)) = live.life.effective_expiry(&settings.policy, v.last_used) {
         let secs = (at - st.keys.clock().now()).num_seconds().max(0);
         h.insert("x-api-key-expires-in", HeaderValue::from(secs));
     }

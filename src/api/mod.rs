@@ -206,7 +206,7 @@ pub fn verify_response(
         effective_expires_at: None,
         headers: None,
     };
-    if let Some(live) = v.key {
+    if let Some(live) = keys.key_of(&v) {
         let settings = keys.settings();
         let policy = &settings.policy;
         let id = live.id.to_string();
@@ -223,7 +223,11 @@ pub fn verify_response(
                 .map(|h| (h.name.clone(), Value::String(h.render(&values))))
                 .collect(),
         );
-        out.effective_expires_at = Some(live.effective_expiry(policy).map(|(t, _)| rfc3339(t)));
+        out.effective_expires_at = Some(
+            live.life
+                .effective_expiry(policy, v.last_used)
+                .map(|(t, _)| rfc3339(t)),
+        );
         out.id = Some(id);
         out.name = Some(live.name.to_string());
         out.owner = Some(live.owner.to_string());
@@ -575,7 +579,10 @@ async fn bearer_actor(
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip());
     let v = st.keys.verify(token, Some(ADMIN_SCOPE), client_ip);
-    let Some(live) = v.key.filter(|_| v.code == Code::Valid) else {
+    let Some(live) = (v.code == Code::Valid)
+        .then(|| st.keys.key_of(&v))
+        .flatten()
+    else {
         return ApiError {
             status: if v.code == Code::InsufficientScope {
                 StatusCode::FORBIDDEN

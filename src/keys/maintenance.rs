@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::model::{rfc3339, AuditEntry, KeyRecord, KeyState, Status};
-use super::{merge_usage, KeyError, Keys, Live};
+use super::{KeyError, Keys, Live};
 use crate::alerts::job::{AlertJob, JobKind};
 use crate::alerts::maintenance::MaintenanceRun;
 use crate::store::{AlertBatch, Batch};
@@ -52,11 +52,12 @@ impl Keys {
         let records = self.blocking(move |s| s.keys(&ids)).await?;
         let mut by_id: std::collections::HashMap<Uuid, KeyRecord> =
             records.into_iter().map(|r| (r.id, r)).collect();
+        let index = self.index.read();
         Ok(picked
             .into_iter()
             .filter_map(|(l, note)| {
                 let mut rec = by_id.remove(&l.id)?;
-                merge_usage(&mut rec, &l);
+                index.merge_usage(&mut rec, &l);
                 Some((rec, note))
             })
             .collect())
@@ -90,18 +91,18 @@ impl Keys {
         let _writer = self.writer.lock().await;
         let policy = self.settings().policy.clone();
         let now = self.clock.now();
-        let picked: Vec<(Arc<Live>, &'static str)> = self
-            .index
-            .read()
-            .by_id
-            .values()
-            .filter(|l| !l.lapse_recorded)
-            .filter_map(|l| match l.status(&policy, now) {
-                Status::Expired => Some((l.clone(), "expired")),
-                Status::Inactive => Some((l.clone(), "inactive")),
-                _ => None,
-            })
-            .collect();
+        let picked: Vec<(Arc<Live>, &'static str)> = {
+            let index = self.index.read();
+            index
+                .all()
+                .filter(|l| !l.lapse_recorded)
+                .filter_map(|l| match index.status(l, &policy, now) {
+                    Status::Expired => Some((l.clone(), "expired")),
+                    Status::Inactive => Some((l.clone(), "inactive")),
+                    _ => None,
+                })
+                .collect()
+        };
         if picked.is_empty() {
             return Ok(0);
         }
@@ -133,19 +134,23 @@ impl Keys {
         let policy = self.settings().policy.clone();
         let now = self.clock.now();
         let mut gone = Vec::new();
-        for l in self.index.read().by_id.values() {
-            let ended = match l.life.state {
-                KeyState::Removed => l.life.removed_at,
-                _ => l
-                    .effective_expiry(&policy)
-                    .map(|(t, _)| t)
-                    .filter(|t| *t <= now),
-            };
-            if ended
-                .and_then(|t| retention.add_to(t))
-                .is_some_and(|until| until <= now)
-            {
-                gone.push(l.clone());
+        {
+            let index = self.index.read();
+            for l in index.all() {
+                let ended = match l.life.state {
+                    KeyState::Removed => l.life.removed_at,
+                    _ => l
+                        .life
+                        .effective_expiry(&policy, index.last_used(l))
+                        .map(|(t, _)| t)
+                        .filter(|t| *t <= now),
+                };
+                if ended
+                    .and_then(|t| retention.add_to(t))
+                    .is_some_and(|until| until <= now)
+                {
+                    gone.push(l.clone());
+                }
             }
         }
         if gone.is_empty() {
@@ -197,26 +202,31 @@ impl Keys {
         let policy = self.settings().policy.clone();
         let now = self.clock.now();
         let mut picked = Vec::new();
-        for l in self.index.read().by_id.values() {
-            if l.life.state != KeyState::Enabled || l.status(&policy, now) != Status::Active {
-                continue;
+        {
+            let index = self.index.read();
+            for l in index.all() {
+                if l.life.state != KeyState::Enabled
+                    || index.status(l, &policy, now) != Status::Active
+                {
+                    continue;
+                }
+                let last_used = index.last_used(l);
+                let Some(deadline) = l.life.inactivity_deadline(&policy, last_used) else {
+                    continue;
+                };
+                // Only when inactivity comes first: a hard expiry has its own notification.
+                if l.life.expires_at.is_some_and(|h| h <= deadline) {
+                    continue;
+                }
+                let stretch = l.life.last_activity(last_used);
+                if l.warned_for == Some(stretch) {
+                    continue;
+                }
+                if lead.subtract_from(deadline).is_none_or(|from| now < from) {
+                    continue;
+                }
+                picked.push((l.clone(), (stretch, deadline)));
             }
-            let last_used = l.last_used();
-            let Some(deadline) = l.life.inactivity_deadline(&policy, last_used) else {
-                continue;
-            };
-            // Only when inactivity comes first: a hard expiry has its own notification.
-            if l.life.expires_at.is_some_and(|h| h <= deadline) {
-                continue;
-            }
-            let stretch = l.life.last_activity(last_used);
-            if l.warned_for == Some(stretch) {
-                continue;
-            }
-            if lead.subtract_from(deadline).is_none_or(|from| now < from) {
-                continue;
-            }
-            picked.push((l.clone(), (stretch, deadline)));
         }
         if picked.is_empty() {
             return Ok(0);

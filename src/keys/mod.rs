@@ -12,12 +12,13 @@ mod maintenance;
 pub mod model;
 mod notify;
 pub mod secret;
+mod table;
 
 use std::collections::BTreeMap;
 use std::collections::{HashMap, HashSet};
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::Hasher;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};
@@ -33,6 +34,7 @@ use model::{
     rfc3339, AuditEntry, Code, KeyKind, KeyRecord, KeyState, Lifetime, Limit, Status, UsageCounts,
 };
 use secret::{KeyHash, KeyHasher, Secret, Shape};
+use table::{Hit, Slot, SlotInit, Table, NEVER};
 
 pub use notify::{NotifyRequest, Outcome};
 
@@ -97,97 +99,6 @@ pub struct Settings {
     pub directory: Directory,
 }
 
-/// Per-key usage counters, kept in memory and written by the flush. A new version of
-/// a key's entry takes them over from the old one under the index's write lock, and a
-/// verification counts under the read lock, so no use is lost to a concurrent change.
-#[derive(Debug)]
-pub struct Usage {
-    /// Last successful verification (unix seconds), `i64::MIN` if never.
-    last_used: AtomicI64,
-    /// When (unix seconds) usage was last written.
-    persisted_at: AtomicI64,
-    valid: AtomicU64,
-    denied: AtomicU64,
-    /// Something changed since the last write.
-    dirty: AtomicBool,
-    /// Successful verifications per route prefix; allocated on the first one. Boxed:
-    /// 8 bytes for the many keys never seen on a route instead of an empty map's 24.
-    #[allow(clippy::box_collection)]
-    routes: parking_lot::Mutex<Option<Box<BTreeMap<String, u64>>>>,
-}
-
-const NEVER: i64 = i64::MIN;
-
-impl Usage {
-    fn new(last_used: Option<DateTime<Utc>>, counts: &UsageCounts) -> Self {
-        let routes = (!counts.routes.is_empty()).then(|| Box::new(counts.routes.clone()));
-        Self {
-            last_used: AtomicI64::new(last_used.map_or(NEVER, |t| t.timestamp())),
-            persisted_at: AtomicI64::new(NEVER),
-            dirty: AtomicBool::new(false),
-            valid: AtomicU64::new(counts.verifications),
-            denied: AtomicU64::new(counts.denied),
-            routes: parking_lot::Mutex::new(routes),
-        }
-    }
-
-    /// Take over the counters of the previous version of the same key.
-    fn absorb(&self, old: &Usage) {
-        self.last_used
-            .fetch_max(old.last_used.load(Ordering::Relaxed), Ordering::Relaxed);
-        self.persisted_at
-            .store(old.persisted_at.load(Ordering::Relaxed), Ordering::Relaxed);
-        self.valid
-            .store(old.valid.load(Ordering::Relaxed), Ordering::Relaxed);
-        self.denied
-            .store(old.denied.load(Ordering::Relaxed), Ordering::Relaxed);
-        *self.routes.lock() = old.routes.lock().take();
-        self.dirty
-            .store(old.dirty.load(Ordering::Acquire), Ordering::Release);
-    }
-
-    fn touch(&self, now: DateTime<Utc>, route: Option<&str>) {
-        self.last_used.fetch_max(now.timestamp(), Ordering::Relaxed);
-        self.valid.fetch_add(1, Ordering::Relaxed);
-        if let Some(r) = route {
-            // Allocate the route's name only the first time this key is seen on it.
-            let mut routes = self.routes.lock();
-            let routes = routes.get_or_insert_with(Default::default);
-            match routes.get_mut(r) {
-                Some(n) => *n += 1,
-                None => {
-                    routes.insert(r.to_owned(), 1);
-                }
-            }
-        }
-        if !self.dirty.load(Ordering::Relaxed) {
-            self.dirty.store(true, Ordering::Release);
-        }
-    }
-
-    fn deny(&self) {
-        self.denied.fetch_add(1, Ordering::Relaxed);
-        self.dirty.store(true, Ordering::Release);
-    }
-
-    /// The last-used time as known in memory.
-    pub fn last_used(&self) -> Option<DateTime<Utc>> {
-        match self.last_used.load(Ordering::Relaxed) {
-            NEVER => None,
-            s => DateTime::from_timestamp(s, 0),
-        }
-    }
-
-    /// Verification counts as known in memory.
-    pub fn counts(&self) -> UsageCounts {
-        UsageCounts {
-            verifications: self.valid.load(Ordering::Relaxed),
-            denied: self.denied.load(Ordering::Relaxed),
-            routes: self.routes.lock().as_deref().cloned().unwrap_or_default(),
-        }
-    }
-}
-
 /// What verification needs beyond the common case, boxed so that keys without IP
 /// filters, headers or a rotation grace period do not pay for the empty fields.
 #[derive(Debug, Default)]
@@ -197,21 +108,16 @@ struct Extra {
     previous: Option<(KeyHash, DateTime<Utc>)>,
 }
 
-/// A key as the in-memory index holds it: what verification, forward-auth and the
-/// maintenance sweeps read, about 200 bytes plus its name. The full record (description,
-/// audit times, notification, persisted counters) stays in redb and is read on demand
-/// by the admin paths ([`Keys::record`]).
-///
-/// `repr(C)` keeps what a verification reads (hash, lifetime, counters, scopes) in
-/// the first cache lines: at 1M keys each verification misses the cache on its entry.
+/// A key as the in-memory index holds it besides its verification slot
+/// ([`table::Slot`], which has the usage counters): what forward-auth answers with
+/// and what the maintenance sweeps read. The full record (description, audit times,
+/// notification, persisted counters) stays in redb and is read on demand by the admin
+/// paths ([`Keys::record`]).
 #[derive(Debug)]
-#[repr(C)]
 pub struct Live {
     hash: KeyHash,
     /// State and the times the expiry rules read.
     pub life: Lifetime,
-    /// Usage counters.
-    pub usage: Usage,
     /// Scopes, shared by every key with the same set.
     pub scopes: Arc<[String]>,
     /// Key id.
@@ -220,11 +126,21 @@ pub struct Live {
     pub owner: Arc<str>,
     /// Name.
     pub name: Box<str>,
+    /// Last use as stored (the slot has the newest; removed keys have no slot).
+    stored_last_used: Option<DateTime<Utc>>,
     /// Stretch start of the last inactivity warning (maintenance).
     warned_for: Option<DateTime<Utc>>,
+    /// When (unix seconds) usage was last written.
+    persisted_at: AtomicI64,
+    /// Successful verifications per route prefix; allocated on the first one. Boxed:
+    /// 8 bytes for the many keys never seen on a route instead of an empty map's 24.
+    #[allow(clippy::box_collection)]
+    routes: parking_lot::Mutex<Option<Box<BTreeMap<String, u64>>>>,
+    extra: Option<Box<Extra>>,
+    /// Position in the index's entry list.
+    entry: u32,
     /// The expiry sweep recorded the lapse (maintenance).
     lapse_recorded: bool,
-    extra: Option<Box<Extra>>,
 }
 
 impl Live {
@@ -242,24 +158,25 @@ impl Live {
         self.extra.as_deref().and_then(|e| e.previous)
     }
 
-    /// Newest known last use.
-    pub fn last_used(&self) -> Option<DateTime<Utc>> {
-        self.usage.last_used()
-    }
-
     /// Hard expiry.
     pub fn expires_at(&self) -> Option<DateTime<Utc>> {
         self.life.expires_at
     }
 
-    /// The earlier of the hard expiry and the inactivity deadline.
-    pub fn effective_expiry(&self, policy: &Policy) -> Option<(DateTime<Utc>, Limit)> {
-        self.life.effective_expiry(policy, self.last_used())
+    fn count_route(&self, route: &str) {
+        // Allocate the route's name only the first time this key is seen on it.
+        let mut routes = self.routes.lock();
+        let routes = routes.get_or_insert_with(Default::default);
+        match routes.get_mut(route) {
+            Some(n) => *n += 1,
+            None => {
+                routes.insert(route.to_owned(), 1);
+            }
+        }
     }
 
-    /// Status at `now`.
-    pub fn status(&self, policy: &Policy, now: DateTime<Utc>) -> Status {
-        self.life.status(policy, self.last_used(), now)
+    fn route_counts(&self) -> BTreeMap<String, u64> {
+        self.routes.lock().as_deref().cloned().unwrap_or_default()
     }
 }
 
@@ -288,33 +205,138 @@ impl Hasher for PrefixHasher {
     }
 }
 
-type HashIndex = HashMap<KeyHash, Arc<Live>, BuildHasherDefault<PrefixHasher>>;
-
 #[derive(Debug, Default)]
 struct Index {
-    by_hash: HashIndex,
-    by_id: HashMap<Uuid, Arc<Live>>,
+    /// Verification slots by keyed hash.
+    table: Table,
+    /// Every key (all states), by entry number; `None` = free.
+    entries: Vec<Option<Arc<Live>>>,
+    free: Vec<u32>,
+    by_id: HashMap<Uuid, u32>,
     /// Hash of (owner, lower-case name) of every key not removed → its id: the
     /// uniqueness check without a scan of all keys, at ~30 bytes per key.
     names: HashMap<u64, Uuid>,
     /// Interned owners and scope sets: a few distinct values shared by many keys.
     owners: HashSet<Arc<str>>,
-    scope_sets: HashSet<Arc<[String]>>,
+    scope_sets: Vec<Arc<[String]>>,
+    scope_numbers: HashMap<Arc<[String]>, u16>,
 }
 
+/// Usage of a key as the slot has it: (last used seconds, valid, denied, dirty).
+type SlotUsage = (i64, u64, u64, bool);
+
 impl Index {
-    /// Build the entry for `rec`, taking over the usage counters of the key's current
-    /// entry if there is one, and put it in place of that entry.
-    fn publish(&mut self, rec: &KeyRecord) -> Result<Arc<Live>, StoreError> {
-        let live = Arc::new(self.entry(rec)?);
-        if let Some(old) = self.by_id.get(&rec.id) {
-            live.usage.absorb(&old.usage);
+    fn with_capacity(n: usize) -> Self {
+        Self {
+            table: Table::with_capacity(n),
+            entries: Vec::with_capacity(n),
+            by_id: HashMap::with_capacity(n),
+            names: HashMap::with_capacity(n),
+            ..Self::default()
         }
-        self.insert(live.clone());
+    }
+
+    /// The entry of key `id`.
+    fn get(&self, id: &Uuid) -> Option<&Arc<Live>> {
+        let e = *self.by_id.get(id)?;
+        self.entries.get(e as usize)?.as_ref()
+    }
+
+    /// Every key.
+    fn all(&self) -> impl Iterator<Item = &Arc<Live>> {
+        self.entries.iter().flatten()
+    }
+
+    fn slot(&self, live: &Live) -> Option<&Slot> {
+        if live.life.state == KeyState::Removed {
+            return None;
+        }
+        self.table.current(&live.hash)
+    }
+
+    /// Newest known last use of a key.
+    fn last_used(&self, live: &Live) -> Option<DateTime<Utc>> {
+        match self.slot(live) {
+            Some(s) => s.last_used().max(live.stored_last_used),
+            None => live.stored_last_used,
+        }
+    }
+
+    fn status(&self, live: &Live, policy: &Policy, now: DateTime<Utc>) -> Status {
+        live.life.status(policy, self.last_used(live), now)
+    }
+
+    /// Put the usage known in memory into a record read from redb.
+    fn merge_usage(&self, rec: &mut KeyRecord, live: &Live) {
+        if let Some(slot) = self.slot(live) {
+            let (valid, denied) = slot.counts();
+            rec.last_used_at = slot.last_used().max(rec.last_used_at);
+            rec.usage = UsageCounts {
+                verifications: valid,
+                denied,
+                routes: live.route_counts(),
+            };
+        }
+    }
+
+    /// Build the entry for `rec` and put it in place of the key's current one, if
+    /// any, taking over that one's usage counters.
+    fn publish(&mut self, rec: &KeyRecord) -> Result<Arc<Live>, StoreError> {
+        let old = self.get(&rec.id).cloned();
+        let usage = old.as_ref().and_then(|o| {
+            let s = self.slot(o)?;
+            let (valid, denied) = s.counts();
+            Some((s.last_used_s(), valid, denied, s.is_dirty()))
+        });
+        if let Some(o) = &old {
+            self.forget(o);
+        }
+        let entry = match &old {
+            Some(o) => o.entry,
+            None => self.allocate(),
+        };
+        let live = Arc::new(self.entry(rec, entry)?);
+        if let Some(o) = &old {
+            live.persisted_at
+                .store(o.persisted_at.load(Ordering::Relaxed), Ordering::Relaxed);
+            *live.routes.lock() = o.routes.lock().take();
+        }
+        self.insert(live.clone(), usage.unwrap_or_else(|| stored_usage(rec)));
         Ok(live)
     }
 
-    fn entry(&mut self, rec: &KeyRecord) -> Result<Live, StoreError> {
+    /// Add a key read from the store (at start).
+    fn load(&mut self, rec: &KeyRecord) -> Result<(), StoreError> {
+        let entry = self.allocate();
+        let live = Arc::new(self.entry(rec, entry)?);
+        self.insert(live, stored_usage(rec));
+        Ok(())
+    }
+
+    fn allocate(&mut self) -> u32 {
+        match self.free.pop() {
+            Some(e) => e,
+            None => {
+                self.entries.push(None);
+                u32::try_from(self.entries.len() - 1).unwrap_or(u32::MAX)
+            }
+        }
+    }
+
+    fn scope_number(&mut self, scopes: &[String]) -> (Arc<[String]>, u16) {
+        if let Some((set, n)) = self.scope_numbers.get_key_value(scopes) {
+            return (set.clone(), *n);
+        }
+        let set: Arc<[String]> = Arc::from(scopes);
+        let n = u16::try_from(self.scope_sets.len()).unwrap_or(u16::MAX);
+        if n < u16::MAX {
+            self.scope_sets.push(set.clone());
+            self.scope_numbers.insert(set.clone(), n);
+        }
+        (set, n)
+    }
+
+    fn entry(&mut self, rec: &KeyRecord, entry: u32) -> Result<Live, StoreError> {
         let hash = decode_hash(&rec.hash)?;
         let previous = match (&rec.previous_hash, rec.previous_valid_until) {
             (Some(h), Some(until)) => Some((decode_hash(h)?, until)),
@@ -336,52 +358,70 @@ impl Index {
                 o
             }
         };
-        let scopes = match self.scope_sets.get(rec.scopes.as_slice()) {
-            Some(s) => s.clone(),
-            None => {
-                let s: Arc<[String]> = Arc::from(rec.scopes.as_slice());
-                self.scope_sets.insert(s.clone());
-                s
-            }
-        };
+        let (scopes, _) = self.scope_number(&rec.scopes);
+        let routes = (!rec.usage.routes.is_empty()).then(|| Box::new(rec.usage.routes.clone()));
         Ok(Live {
             hash,
             life: rec.lifetime(),
-            usage: Usage::new(rec.last_used_at, &rec.usage),
             scopes,
             id: rec.id,
             owner,
             name: rec.name.as_str().into(),
+            stored_last_used: rec.last_used_at,
             warned_for: rec.alerting.inactivity_warned_for,
-            lapse_recorded: rec.alerting.lapse_recorded_at.is_some(),
+            persisted_at: AtomicI64::new(NEVER),
+            routes: parking_lot::Mutex::new(routes),
             extra,
+            entry,
+            lapse_recorded: rec.alerting.lapse_recorded_at.is_some(),
         })
     }
 
-    fn insert(&mut self, live: Arc<Live>) {
-        if let Some(old) = self.by_id.insert(live.id, live.clone()) {
-            self.forget(&old);
-        }
+    fn insert(&mut self, live: Arc<Live>, usage: SlotUsage) {
+        let e = live.entry as usize;
         if live.life.state != KeyState::Removed {
-            self.by_hash.insert(live.hash, live.clone());
-            if let Some((h, _)) = live.previous() {
-                self.by_hash.insert(h, live.clone());
+            let (_, scope_set) = self.scope_number(&live.scopes);
+            self.table.put_current(&SlotInit {
+                hash: live.hash,
+                life: live.life,
+                entry: live.entry,
+                flags: if live.ip_filters().is_empty() {
+                    0
+                } else {
+                    table::HAS_IP_FILTERS
+                },
+                scope_set,
+                usage,
+            });
+            if let Some((h, until)) = live.previous() {
+                self.table.put_previous(&h, until, live.entry);
             }
-            self.names.insert(name_hash(&live.owner, &live.name), live.id);
+            self.names
+                .insert(name_hash(&live.owner, &live.name), live.id);
+        }
+        self.by_id.insert(live.id, live.entry);
+        if let Some(slot) = self.entries.get_mut(e) {
+            *slot = Some(live);
         }
     }
 
     /// Drop a key from the index entirely (purge).
     pub(crate) fn remove(&mut self, id: Uuid) {
-        if let Some(old) = self.by_id.remove(&id) {
+        if let Some(old) = self.get(&id).cloned() {
             self.forget(&old);
+            self.by_id.remove(&id);
+            if let Some(slot) = self.entries.get_mut(old.entry as usize) {
+                *slot = None;
+            }
+            self.free.push(old.entry);
         }
     }
 
+    /// Take a key's secrets and name out (its entry stays until replaced).
     fn forget(&mut self, old: &Live) {
-        self.by_hash.remove(&old.hash);
+        self.table.remove(&old.hash);
         if let Some((h, _)) = old.previous() {
-            self.by_hash.remove(&h);
+            self.table.remove(&h);
         }
         let name_key = name_hash(&old.owner, &old.name);
         if self.names.get(&name_key) == Some(&old.id) {
@@ -390,13 +430,25 @@ impl Index {
     }
 }
 
+fn stored_usage(rec: &KeyRecord) -> SlotUsage {
+    (
+        rec.last_used_at.map_or(NEVER, |t| t.timestamp()),
+        rec.usage.verifications,
+        rec.usage.denied,
+        false,
+    )
+}
+
 /// Outcome of a verification.
 #[derive(Debug, Clone)]
 pub struct Verification {
     /// The code.
     pub code: Code,
-    /// The key, when one was found (even if not valid).
-    pub key: Option<Arc<Live>>,
+    /// The key's last use after this verification (now, if valid).
+    pub last_used: Option<DateTime<Utc>>,
+    /// Where the key's entry is, when one was found (even if not valid).
+    entry: Option<u32>,
+    hash: KeyHash,
 }
 
 /// Request to create (or import) a key.
@@ -563,12 +615,8 @@ impl Keys {
         clock: SharedClock,
         settings: Settings,
     ) -> Result<Self, StoreError> {
-        let mut index = Index::default();
-        store.load_keys(|rec| {
-            let live = Arc::new(index.entry(&rec)?);
-            index.insert(live);
-            Ok(())
-        })?;
+        let mut index = Index::with_capacity(store.key_count()?);
+        store.load_keys(|rec| index.load(&rec))?;
         Ok(Self {
             clock,
             hasher,
@@ -645,53 +693,98 @@ impl Keys {
         route: Option<&str>,
         now: DateTime<Utc>,
     ) -> Verification {
-        let none = |code| Verification { code, key: None };
+        let none = |code| Verification {
+            code,
+            last_used: None,
+            entry: None,
+            hash: [0; 32],
+        };
         if presented.len() > secret::MAX_SECRET_LEN
             || secret::shape(presented, policy.min_imported_secret_length) == Shape::Malformed
         {
             return none(Code::Malformed);
         }
         let hash = self.hasher.hash(presented);
-        // Counting happens under the read lock: a change to the key publishes its new
-        // entry under the write lock and takes the counters over from this one.
+        // Counting happens under the read lock: a change to the key replaces its slot
+        // under the write lock and takes the counters over from the old one.
         let index = self.index.read();
-        let Some(live) = index.by_hash.get(&hash) else {
-            return none(Code::NotFound);
-        };
-        if live.hash != hash {
-            // The previous secret of a rotated key: good only during the grace period.
-            match live.previous() {
-                Some((h, until)) if h == hash && now < until => {}
-                _ => return none(Code::NotFound),
+        let slot = match index.table.get(&hash) {
+            None => return none(Code::NotFound),
+            Some(Hit::Current(slot)) => slot,
+            Some(Hit::Previous { until_ms, entry }) => {
+                // The previous secret of a rotated key: good only during the grace period.
+                let current = (now.timestamp_millis() < until_ms)
+                    .then(|| index.entries.get(entry as usize)?.as_ref())
+                    .flatten()
+                    .and_then(|live| index.table.current(&live.hash));
+                match current {
+                    Some(slot) => slot,
+                    None => return none(Code::NotFound),
+                }
             }
-        }
-        let code = match live.status(policy, now) {
+        };
+        let code = match slot.status(policy, now) {
             Status::Removed => return none(Code::NotFound),
             Status::Disabled => Code::Disabled,
             Status::Expired => Code::Expired,
             Status::Inactive => Code::Inactive,
             Status::Active => {
-                let filters = live.ip_filters();
-                if !filters.is_empty() && !ip.is_some_and(|ip| ipfilter::allows(filters, ip)) {
+                let filters_fail = slot.flags & table::HAS_IP_FILTERS != 0
+                    && index
+                        .entries
+                        .get(slot.entry as usize)
+                        .and_then(Option::as_ref)
+                        .is_none_or(|live| {
+                            !ip.is_some_and(|ip| ipfilter::allows(live.ip_filters(), ip))
+                        });
+                if filters_fail {
                     Code::IpNotAllowed
-                } else if scopes.iter().any(|s| !live.scopes.iter().any(|k| k == s)) {
+                } else if !scopes.is_empty()
+                    && index
+                        .scope_sets
+                        .get(usize::from(slot.scope_set))
+                        .or_else(|| {
+                            // More distinct scope sets than slot numbers: the entry's.
+                            Some(&index.entries.get(slot.entry as usize)?.as_ref()?.scopes)
+                        })
+                        .is_none_or(|held| scopes.iter().any(|s| !held.iter().any(|k| k == s)))
+                {
                     Code::InsufficientScope
                 } else {
-                    live.usage.touch(now, route);
+                    slot.touch(now.timestamp());
+                    if let Some(r) = route {
+                        if let Some(live) = index
+                            .entries
+                            .get(slot.entry as usize)
+                            .and_then(Option::as_ref)
+                        {
+                            live.count_route(r);
+                        }
+                    }
                     Code::Valid
                 }
             }
         };
         if code != Code::Valid {
-            live.usage.deny();
+            slot.deny();
         }
-        let live = live.clone();
+        let out = Verification {
+            code,
+            last_used: slot.last_used(),
+            entry: Some(slot.entry),
+            hash,
+        };
         drop(index);
         self.note_touched();
-        Verification {
-            code,
-            key: Some(live),
-        }
+        out
+    }
+
+    /// The key a verification found, if it still holds the presented secret.
+    pub fn key_of(&self, v: &Verification) -> Option<Arc<Live>> {
+        let index = self.index.read();
+        let live = index.entries.get(v.entry? as usize)?.as_ref()?;
+        (live.hash == v.hash || live.previous().is_some_and(|(h, _)| h == v.hash))
+            .then(|| live.clone())
     }
 
     // ---------------------------------------------------------------- views
@@ -709,7 +802,7 @@ impl Keys {
             .store
             .key(live.id)?
             .ok_or_else(|| KeyError::NotFound(live.id.to_string()))?;
-        merge_usage(&mut rec, live);
+        self.index.read().merge_usage(&mut rec, live);
         Ok(rec)
     }
 
@@ -721,7 +814,6 @@ impl Keys {
         let live = self
             .index
             .read()
-            .by_id
             .get(&uuid)
             .cloned()
             .ok_or_else(|| KeyError::NotFound(uuid.to_string()))?;
@@ -761,8 +853,7 @@ impl Keys {
         let mut picked: Vec<(DateTime<Utc>, Uuid)> = self
             .index
             .read()
-            .by_id
-            .values()
+            .all()
             .filter(|l| wanted.as_deref().is_none_or(|w| *l.owner == *w))
             .filter(|l| include_removed || l.life.state != KeyState::Removed)
             .map(|l| (l.life.created_at, l.id))
@@ -772,8 +863,8 @@ impl Keys {
         let mut records = self.store.keys(&ids)?;
         let index = self.index.read();
         for rec in &mut records {
-            if let Some(live) = index.by_id.get(&rec.id) {
-                merge_usage(rec, live);
+            if let Some(live) = index.get(&rec.id) {
+                index.merge_usage(rec, live);
             }
         }
         drop(index);
@@ -807,7 +898,7 @@ impl Keys {
             let index = self.index.read();
             entries.retain(|e| {
                 e.key_id
-                    .and_then(|id| index.by_id.get(&id))
+                    .and_then(|id| index.get(&id))
                     .is_some_and(|l| *l.owner == *actor.name)
             });
             entries.truncate(limit);
@@ -947,7 +1038,7 @@ impl Keys {
         let _writer = self.writer.lock().await;
         {
             let index = self.index.read();
-            if index.by_hash.contains_key(&hash) {
+            if index.table.contains(&hash) {
                 return Err(KeyError::Conflict(
                     "this secret is already in use by another key".into(),
                 ));
@@ -1190,22 +1281,48 @@ impl Keys {
         let now = self.clock.now().timestamp();
         let interval = LAST_USED_PERSIST_INTERVAL.num_seconds();
         let mut waiting = false;
-        let due: Vec<Arc<Live>> = self
-            .index
-            .read()
-            .by_id
-            .values()
-            .filter(|l| {
-                let at = l.usage.persisted_at.load(Ordering::Relaxed);
-                if !l.usage.dirty.load(Ordering::Acquire) {
-                    return false;
+        let (due, updates) = {
+            let index = self.index.read();
+            let mut due: Vec<Arc<Live>> = Vec::new();
+            for slot in index.table.iter().filter(|s| s.is_dirty()) {
+                let Some(l) = index
+                    .entries
+                    .get(slot.entry as usize)
+                    .and_then(Option::as_ref)
+                else {
+                    continue;
+                };
+                let at = l.persisted_at.load(Ordering::Relaxed);
+                if force || at == NEVER || now.saturating_sub(at) >= interval {
+                    // Cleared before the counters are read: a use racing with this
+                    // flush sets the flag again and is written next time.
+                    slot.set_dirty(false);
+                    due.push(l.clone());
+                } else {
+                    waiting = true;
                 }
-                let passed = force || at == NEVER || now.saturating_sub(at) >= interval;
-                waiting |= !passed;
-                passed
-            })
-            .cloned()
-            .collect();
+            }
+            let updates: Vec<UsageUpdate> = due
+                .iter()
+                .map(|l| {
+                    let mut rec_usage = UsageUpdate {
+                        id: l.id,
+                        last_used_at: index.last_used(l),
+                        counts: UsageCounts::default(),
+                    };
+                    if let Some(slot) = index.slot(l) {
+                        let (valid, denied) = slot.counts();
+                        rec_usage.counts = UsageCounts {
+                            verifications: valid,
+                            denied,
+                            routes: l.route_counts(),
+                        };
+                    }
+                    rec_usage
+                })
+                .collect();
+            (due, updates)
+        };
         if waiting {
             // Uses newer than the store but within the one-minute rule: next time.
             self.touched.store(true, Ordering::Relaxed);
@@ -1213,33 +1330,23 @@ impl Keys {
         if due.is_empty() {
             return Ok(0);
         }
-        // Clear the flags before taking the snapshots: a use racing with this flush
-        // sets its key dirty again and is written next time.
-        for l in &due {
-            l.usage.dirty.store(false, Ordering::Release);
-        }
-        let updates: Vec<UsageUpdate> = due
-            .iter()
-            .map(|l| UsageUpdate {
-                id: l.id,
-                last_used_at: l.usage.last_used(),
-                counts: l.usage.counts(),
-            })
-            .collect();
         let store = self.store.clone();
         let written = tokio::task::spawn_blocking(move || store.write_usage(&updates))
             .await
             .map_err(|e| KeyError::Internal(e.to_string()))
             .and_then(|r| r.map_err(KeyError::from));
         if let Err(e) = written {
+            let index = self.index.read();
             for l in &due {
-                l.usage.dirty.store(true, Ordering::Release);
+                if let Some(slot) = index.slot(l) {
+                    slot.set_dirty(true);
+                }
             }
             self.touched.store(true, Ordering::Relaxed);
             return Err(e);
         }
         for l in &due {
-            l.usage.persisted_at.store(now, Ordering::Relaxed);
+            l.persisted_at.store(now, Ordering::Relaxed);
         }
         tracing::debug!(keys = due.len(), "last-used times flushed");
         Ok(due.len())
@@ -1260,13 +1367,15 @@ impl Keys {
         let index = self.index.read();
         let mut count = 0;
         let mut lag = 0;
-        for l in index.by_id.values() {
-            if l.usage.dirty.load(Ordering::Relaxed) {
-                count += 1;
-                let at = l.usage.persisted_at.load(Ordering::Relaxed);
-                if at != NEVER {
-                    lag = lag.max(now.saturating_sub(at));
-                }
+        for slot in index.table.iter().filter(|s| s.is_dirty()) {
+            count += 1;
+            let at = index
+                .entries
+                .get(slot.entry as usize)
+                .and_then(Option::as_ref)
+                .map_or(NEVER, |l| l.persisted_at.load(Ordering::Relaxed));
+            if at != NEVER {
+                lag = lag.max(now.saturating_sub(at));
             }
         }
         (count, lag)
@@ -1281,9 +1390,13 @@ impl Keys {
         for s in ["active", "disabled", "expired", "inactive", "removed"] {
             out.insert(s, 0);
         }
-        for l in self.index.read().by_id.values() {
-            *out.entry(l.status(policy, now).as_str()).or_insert(0) += 1;
+        let index = self.index.read();
+        // Keys not removed have a slot with everything the status needs.
+        for slot in index.table.iter() {
+            *out.entry(slot.status(policy, now).as_str()).or_insert(0) += 1;
         }
+        let removed = index.by_id.len().saturating_sub(index.table.iter().count());
+        *out.entry("removed").or_insert(0) += removed;
         out
     }
 }
@@ -1329,12 +1442,6 @@ pub fn view_of(policy: &Policy, rec: &KeyRecord, now: DateTime<Utc>) -> KeyView 
         alert_job: rec.alerting.notification.as_ref().map(|n| n.job_id),
         usage: rec.usage.clone(),
     }
-}
-
-/// Put the usage known in memory into a record read from redb.
-fn merge_usage(rec: &mut KeyRecord, live: &Live) {
-    rec.last_used_at = live.usage.last_used().max(rec.last_used_at);
-    rec.usage = live.usage.counts();
 }
 
 // ---------------------------------------------------------------- validation
@@ -1473,11 +1580,11 @@ fn check_unique_name(
     };
     let clash = match index.names.get(&name_hash(owner, name)) {
         None => false,
-        Some(id) => match index.by_id.get(id) {
+        Some(id) => match index.get(id) {
             Some(l) if same(l) => true,
             // Our own key, or a different name with the same hash: make sure by
             // looking at every key (a 64-bit collision is not expected in practice).
-            _ => Some(*id) != except && index.by_id.values().any(|l| same(l)),
+            _ => Some(*id) != except && index.all().any(|l| same(l)),
         },
     };
     if clash {

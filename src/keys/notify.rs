@@ -206,7 +206,7 @@ impl Keys {
 
     /// A key by id, any state.
     pub fn live(&self, id: Uuid) -> Option<Arc<Live>> {
-        self.index.read().by_id.get(&id).cloned()
+        self.index.read().get(&id).cloned()
     }
 
     /// The full record of key `key_id` if its notification is carried out by `job_id`.

@@ -670,3 +670,90 @@ async fn names_are_freed_by_rename_and_removal() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn usage_survives_edits_disable_rotation_and_a_restart() {
+    let f = fixture();
+    let issued = f.keys.create(&admin(), req("alice", "k")).await.unwrap();
+    let id = issued.view.id.to_string();
+    let k = issued.key.expose().to_owned();
+    for _ in 0..3 {
+        assert_eq!(
+            f.keys.verify_route(&k, &[], None, Some("/catalog")).code,
+            Code::Valid
+        );
+    }
+    assert_eq!(
+        f.keys.verify(&k, Some("apikeyd:admin"), None).code,
+        Code::InsufficientScope
+    );
+    let used_at = f.clock.now();
+    f.clock.advance(Duration::seconds(10));
+    let edit = EditKey {
+        description: Some("d".into()),
+        ..EditKey::default()
+    };
+    f.keys.edit(&admin(), &id, edit).await.unwrap();
+    f.keys.set_enabled(&admin(), &id, false).await.unwrap();
+    assert_eq!(f.keys.verify(&k, None, None).code, Code::Disabled);
+    f.keys.set_enabled(&admin(), &id, true).await.unwrap();
+    let rotated = f.keys.rotate(&admin(), &id, Some("p1d")).await.unwrap();
+    // The old secret in its grace period counts against the same key.
+    assert_eq!(f.keys.verify(&k, None, None).code, Code::Valid);
+    assert_eq!(
+        f.keys.verify(rotated.key.expose(), None, None).code,
+        Code::Valid
+    );
+    let view = f.keys.show(&admin(), &id).unwrap();
+    assert_eq!(view.usage.verifications, 5, "{:?}", view.usage);
+    assert_eq!(view.usage.denied, 2, "scope refusal and the disabled key");
+    assert_eq!(view.usage.routes.get("/catalog"), Some(&3));
+    assert_eq!(
+        view.last_used_at.as_deref(),
+        Some(rfc3339(f.clock.now()).as_str())
+    );
+    assert!(f.clock.now() > used_at);
+    f.keys.flush_last_used(true).await.unwrap();
+    drop(f.keys);
+    let store = Arc::new(Store::open(&f.path).unwrap());
+    let reopened = Keys::open(store, hasher(), f.clock.clone(), settings(CONFIG)).unwrap();
+    let again = reopened.show(&admin(), &id).unwrap();
+    assert_eq!(again.usage, view.usage);
+    assert_eq!(again.last_used_at, view.last_used_at);
+    // Both secrets still work after the restart (the old one until its grace ends).
+    assert_eq!(reopened.verify(&k, None, None).code, Code::Valid);
+    assert_eq!(
+        reopened.verify(rotated.key.expose(), None, None).code,
+        Code::Valid
+    );
+    f.clock.advance(Duration::days(1));
+    assert_eq!(reopened.verify(&k, None, None).code, Code::NotFound);
+}
+
+#[tokio::test]
+async fn many_keys_grow_the_table_and_removals_leave_the_rest_intact() {
+    let f = fixture();
+    let mut secrets = Vec::new();
+    for i in 0..300 {
+        let c = f
+            .keys
+            .create(&admin(), req("alice", &format!("k{i}")))
+            .await
+            .unwrap();
+        secrets.push((c.view.id.to_string(), c.key.expose().to_owned()));
+    }
+    for (id, _) in secrets.iter().step_by(3) {
+        f.keys.remove(&admin(), id).await.unwrap();
+    }
+    for (i, (_, k)) in secrets.iter().enumerate() {
+        let want = if i % 3 == 0 {
+            Code::NotFound
+        } else {
+            Code::Valid
+        };
+        assert_eq!(f.keys.verify(k, None, None).code, want, "key {i}");
+    }
+    let counts = f.keys.status_counts();
+    assert_eq!(counts["active"], 200);
+    assert_eq!(counts["removed"], 100);
+}

@@ -9,7 +9,7 @@ pub mod jobs;
 use std::path::Path;
 use std::sync::atomic::AtomicI64;
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use uuid::Uuid;
 
 use crate::alerts::job::JobState;
@@ -124,6 +124,13 @@ impl Store {
         count += decoded.len();
         decoded.into_iter().try_for_each(each)?;
         Ok(count)
+    }
+
+    /// Number of stored keys (all states).
+    pub fn key_count(&self) -> Result<usize, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let table = txn.open_table(KEYS).map_err(db_err)?;
+        Ok(usize::try_from(table.len().map_err(db_err)?).unwrap_or(0))
     }
 
     /// One key's full record.

@@ -213,13 +213,15 @@ struct Index {
     entries: Vec<Option<Arc<Live>>>,
     free: Vec<u32>,
     by_id: HashMap<Uuid, u32>,
-    /// Hash of (owner, lower-case name) of every key not removed → its id: the
-    /// uniqueness check without a scan of all keys, at ~30 bytes per key.
-    names: HashMap<u64, Uuid>,
+    /// Hash of (owner, lower-case name) of every key not removed → its entry: the
+    /// uniqueness check without a scan of all keys, at ~13 bytes per key.
+    names: HashMap<u64, u32>,
     /// Interned owners and scope sets: a few distinct values shared by many keys.
     owners: HashSet<Arc<str>>,
     scope_sets: Vec<Arc<[String]>>,
     scope_numbers: HashMap<Arc<[String]>, u16>,
+    last_owner: Option<Arc<str>>,
+    last_scope_set: Option<(Arc<[String]>, u16)>,
 }
 
 /// Usage of a key as the slot has it: (last used seconds, valid, denied, dirty).
@@ -295,7 +297,7 @@ impl Index {
             Some(o) => o.entry,
             None => self.allocate(),
         };
-        let live = Arc::new(self.entry(rec, entry)?);
+        let live = Arc::new(self.entry(rec.clone(), entry)?);
         if let Some(o) = &old {
             live.persisted_at
                 .store(o.persisted_at.load(Ordering::Relaxed), Ordering::Relaxed);
@@ -306,10 +308,11 @@ impl Index {
     }
 
     /// Add a key read from the store (at start).
-    fn load(&mut self, rec: &KeyRecord) -> Result<(), StoreError> {
+    fn load(&mut self, rec: KeyRecord) -> Result<(), StoreError> {
         let entry = self.allocate();
+        let usage = stored_usage(&rec);
         let live = Arc::new(self.entry(rec, entry)?);
-        self.insert(live, stored_usage(rec));
+        self.insert(live, usage);
         Ok(())
     }
 
@@ -324,7 +327,14 @@ impl Index {
     }
 
     fn scope_number(&mut self, scopes: &[String]) -> (Arc<[String]>, u16) {
+        // Keys come in runs with the same scopes (loading, seeding): skip the hashing.
+        if let Some((set, n)) = &self.last_scope_set {
+            if **set == *scopes {
+                return (set.clone(), *n);
+            }
+        }
         if let Some((set, n)) = self.scope_numbers.get_key_value(scopes) {
+            self.last_scope_set = Some((set.clone(), *n));
             return (set.clone(), *n);
         }
         let set: Arc<[String]> = Arc::from(scopes);
@@ -336,37 +346,45 @@ impl Index {
         (set, n)
     }
 
-    fn entry(&mut self, rec: &KeyRecord, entry: u32) -> Result<Live, StoreError> {
+    fn entry(&mut self, rec: KeyRecord, entry: u32) -> Result<Live, StoreError> {
         let hash = decode_hash(&rec.hash)?;
         let previous = match (&rec.previous_hash, rec.previous_valid_until) {
             (Some(h), Some(until)) => Some((decode_hash(h)?, until)),
             _ => None,
         };
+        let life = rec.lifetime();
         let extra = (!rec.ip_filters.is_empty() || !rec.headers.is_empty() || previous.is_some())
             .then(|| {
                 Box::new(Extra {
-                    ip_filters: rec.ip_filters.clone(),
-                    headers: rec.headers.clone(),
+                    ip_filters: rec.ip_filters,
+                    headers: rec.headers,
                     previous,
                 })
             });
-        let owner = match self.owners.get(rec.owner.as_str()) {
-            Some(o) => o.clone(),
-            None => {
-                let o: Arc<str> = Arc::from(rec.owner.as_str());
-                self.owners.insert(o.clone());
+        let owner = match &self.last_owner {
+            Some(o) if **o == *rec.owner => o.clone(),
+            _ => {
+                let o = match self.owners.get(rec.owner.as_str()) {
+                    Some(o) => o.clone(),
+                    None => {
+                        let o: Arc<str> = Arc::from(rec.owner.as_str());
+                        self.owners.insert(o.clone());
+                        o
+                    }
+                };
+                self.last_owner = Some(o.clone());
                 o
             }
         };
         let (scopes, _) = self.scope_number(&rec.scopes);
-        let routes = (!rec.usage.routes.is_empty()).then(|| Box::new(rec.usage.routes.clone()));
+        let routes = (!rec.usage.routes.is_empty()).then(|| Box::new(rec.usage.routes));
         Ok(Live {
             hash,
-            life: rec.lifetime(),
+            life,
             scopes,
             id: rec.id,
             owner,
-            name: rec.name.as_str().into(),
+            name: rec.name.into_boxed_str(),
             stored_last_used: rec.last_used_at,
             warned_for: rec.alerting.inactivity_warned_for,
             persisted_at: AtomicI64::new(NEVER),
@@ -397,7 +415,7 @@ impl Index {
                 self.table.put_previous(&h, until, live.entry);
             }
             self.names
-                .insert(name_hash(&live.owner, &live.name), live.id);
+                .insert(name_hash(&live.owner, &live.name), live.entry);
         }
         self.by_id.insert(live.id, live.entry);
         if let Some(slot) = self.entries.get_mut(e) {
@@ -424,7 +442,7 @@ impl Index {
             self.table.remove(&h);
         }
         let name_key = name_hash(&old.owner, &old.name);
-        if self.names.get(&name_key) == Some(&old.id) {
+        if self.names.get(&name_key) == Some(&old.entry) {
             self.names.remove(&name_key);
         }
     }
@@ -616,7 +634,7 @@ impl Keys {
         settings: Settings,
     ) -> Result<Self, StoreError> {
         let mut index = Index::with_capacity(store.key_count()?);
-        store.load_keys(|rec| index.load(&rec))?;
+        store.load_keys(|rec| index.load(rec))?;
         Ok(Self {
             clock,
             hasher,
@@ -673,15 +691,11 @@ impl Keys {
         ip: Option<IpAddr>,
         route: Option<&str>,
     ) -> Verification {
-        let settings = self.settings.read().clone();
-        self.verify_with(
-            &settings.policy,
-            presented,
-            scopes,
-            ip,
-            route,
-            self.clock.now(),
-        )
+        // Expiry is judged to the millisecond against a clock good to a few: the
+        // coarse clock costs a fraction of a precise read.
+        let now = self.clock.now_coarse();
+        let settings = self.settings.read();
+        self.verify_with(&settings.policy, presented, scopes, ip, route, now)
     }
 
     fn verify_with(
@@ -1580,11 +1594,12 @@ fn check_unique_name(
     };
     let clash = match index.names.get(&name_hash(owner, name)) {
         None => false,
-        Some(id) => match index.get(id) {
+        Some(e) => match index.entries.get(*e as usize).and_then(Option::as_ref) {
             Some(l) if same(l) => true,
             // Our own key, or a different name with the same hash: make sure by
             // looking at every key (a 64-bit collision is not expected in practice).
-            _ => Some(*id) != except && index.all().any(|l| same(l)),
+            Some(l) if Some(l.id) == except => false,
+            _ => index.all().any(|l| same(l)),
         },
     };
     if clash {

@@ -228,12 +228,11 @@ pub enum Hit<'a> {
     },
 }
 
-/// Open-addressing table of slots (linear probing, power-of-two capacity, load at
-/// most 1/2 counting tombstones; grows by rebuilding).
+/// Open-addressing table of slots (linear probing; built for a load of 5/8, grown by
+/// rebuilding when it passes 7/10 counting tombstones).
 #[derive(Debug)]
 pub struct Table {
     slots: Vec<Slot>,
-    mask: usize,
     live: usize,
     tombstones: usize,
 }
@@ -244,11 +243,21 @@ impl Default for Table {
     }
 }
 
-fn home(tag: &[u8; 16]) -> usize {
-    // The tag is an HMAC output under a secret key: its bytes are uniform already.
+/// The first slot to probe for `tag` in a table of `cap` slots. The tag is an HMAC
+/// output under a secret key, so its bytes are uniform already; the multiply-shift
+/// maps them onto any capacity, not only powers of two.
+fn home(tag: &[u8; 16], cap: usize) -> usize {
     let mut b = [0u8; 8];
     b.copy_from_slice(&tag[..8]);
-    u64::from_le_bytes(b) as usize
+    ((u128::from(u64::from_le_bytes(b)) * cap as u128) >> 64) as usize
+}
+
+fn next(i: usize, cap: usize) -> usize {
+    if i + 1 == cap {
+        0
+    } else {
+        i + 1
+    }
 }
 
 fn tag_of(hash: &KeyHash) -> [u8; 16] {
@@ -260,12 +269,11 @@ fn tag_of(hash: &KeyHash) -> [u8; 16] {
 impl Table {
     /// Room for `n` keys without growing.
     pub fn with_capacity(n: usize) -> Self {
-        let cap = (n.max(8) * 2).next_power_of_two();
+        let cap = (n.max(10) * 8 / 5).max(16);
         let mut slots = Vec::with_capacity(cap);
         slots.resize_with(cap, Slot::empty);
         Self {
             slots,
-            mask: cap - 1,
             live: 0,
             tombstones: 0,
         }
@@ -283,7 +291,8 @@ impl Table {
     }
 
     fn find(&self, tag: &[u8; 16]) -> Option<usize> {
-        let mut i = home(tag) & self.mask;
+        let cap = self.slots.len();
+        let mut i = home(tag, cap);
         loop {
             let s = &self.slots[i];
             match s.kind {
@@ -291,7 +300,7 @@ impl Table {
                 CURRENT | PREVIOUS if s.tag == *tag => return Some(i),
                 _ => {}
             }
-            i = (i + 1) & self.mask;
+            i = next(i, cap);
         }
     }
 
@@ -323,9 +332,8 @@ impl Table {
     }
 
     fn grow_if_needed(&mut self) {
-        if (self.live + self.tombstones + 1) * 2 > self.slots.len() {
-            let want = (self.live + 1).max(self.slots.len() / 2);
-            let mut bigger = Table::with_capacity(want);
+        if (self.live + self.tombstones + 1) * 10 > self.slots.len() * 7 {
+            let mut bigger = Table::with_capacity(self.live + 1);
             for s in self.slots.drain(..) {
                 if s.kind == CURRENT || s.kind == PREVIOUS {
                     bigger.place(s);
@@ -336,7 +344,8 @@ impl Table {
     }
 
     fn place(&mut self, slot: Slot) {
-        let mut i = home(&slot.tag) & self.mask;
+        let cap = self.slots.len();
+        let mut i = home(&slot.tag, cap);
         loop {
             match self.slots[i].kind {
                 EMPTY => break,
@@ -344,7 +353,7 @@ impl Table {
                     self.tombstones -= 1;
                     break;
                 }
-                _ => i = (i + 1) & self.mask,
+                _ => i = next(i, cap),
             }
         }
         self.slots[i] = slot;
@@ -405,12 +414,13 @@ impl Table {
         self.live -= 1;
         self.tombstones += 1;
         // A run of tombstones before an empty slot ends no probe: clear it.
-        if self.slots[(i + 1) & self.mask].kind == EMPTY {
+        let cap = self.slots.len();
+        if self.slots[next(i, cap)].kind == EMPTY {
             let mut j = i;
             while self.slots[j].kind == TOMBSTONE {
                 self.slots[j].kind = EMPTY;
                 self.tombstones -= 1;
-                j = j.wrapping_sub(1) & self.mask;
+                j = if j == 0 { cap - 1 } else { j - 1 };
             }
         }
         Some(old)

@@ -96,34 +96,72 @@ impl Store {
         Ok(Self { db, job_states })
     }
 
-    /// Pass every key record to `each`, returning how many there were. Decoding (JSON
-    /// and timestamps) is most of a cold start, so rows are read in chunks and each
-    /// chunk is decoded on every CPU; only one chunk of full records is held at a time.
+    /// Pass every key record to `each` (on this thread), returning how many there
+    /// were. Decoding (JSON and timestamps) is most of a cold start, so one thread
+    /// reads rows in chunks, one per CPU decodes them, and `each` consumes decoded
+    /// chunks meanwhile; only a few chunks of full records exist at a time.
     pub fn load_keys(
         &self,
         mut each: impl FnMut(KeyRecord) -> Result<(), StoreError>,
     ) -> Result<usize, StoreError> {
-        const CHUNK: usize = 65_536;
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
-        let txn = self.db.begin_read().map_err(db_err)?;
-        let table = txn.open_table(KEYS).map_err(db_err)?;
-        let mut count = 0;
-        let mut raw: Vec<Vec<u8>> = Vec::with_capacity(CHUNK);
-        let mut decoded = Vec::with_capacity(CHUNK);
-        for row in table.iter().map_err(db_err)? {
-            let (_, v) = row.map_err(db_err)?;
-            raw.push(v.value().to_vec());
-            if raw.len() == CHUNK {
-                decode_parallel(&raw, threads, &mut decoded)?;
-                raw.clear();
-                count += decoded.len();
-                decoded.drain(..).try_for_each(&mut each)?;
+        const CHUNK: usize = 8_192;
+        let decoders = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
+        type Decoded = Result<Vec<KeyRecord>, StoreError>;
+        std::thread::scope(|s| {
+            // reader → decoders (round robin) → this thread, which builds the index
+            // while the next chunks are read and decoded.
+            let (done_tx, done_rx) = std::sync::mpsc::sync_channel::<Decoded>(decoders * 2);
+            let mut raw_txs = Vec::new();
+            for _ in 0..decoders {
+                let (raw_tx, raw_rx) = std::sync::mpsc::sync_channel::<Vec<Vec<u8>>>(2);
+                raw_txs.push(raw_tx);
+                let done_tx = done_tx.clone();
+                s.spawn(move || {
+                    for raw in raw_rx {
+                        let decoded: Decoded = raw.iter().map(|r| decode("keys", r)).collect();
+                        if done_tx.send(decoded).is_err() {
+                            return;
+                        }
+                    }
+                });
             }
-        }
-        decode_parallel(&raw, threads, &mut decoded)?;
-        count += decoded.len();
-        decoded.into_iter().try_for_each(each)?;
-        Ok(count)
+            let reader_done = done_tx;
+            s.spawn(move || {
+                let read = || -> Result<(), StoreError> {
+                    let txn = self.db.begin_read().map_err(db_err)?;
+                    let table = txn.open_table(KEYS).map_err(db_err)?;
+                    let mut raw: Vec<Vec<u8>> = Vec::with_capacity(CHUNK);
+                    let mut next = 0;
+                    for row in table.iter().map_err(db_err)? {
+                        let (_, v) = row.map_err(db_err)?;
+                        raw.push(v.value().to_vec());
+                        if raw.len() == CHUNK {
+                            let full = std::mem::replace(&mut raw, Vec::with_capacity(CHUNK));
+                            if raw_txs[next % raw_txs.len()].send(full).is_err() {
+                                return Ok(());
+                            }
+                            next += 1;
+                        }
+                    }
+                    if !raw.is_empty() {
+                        let _ = raw_txs[next % raw_txs.len()].send(raw);
+                    }
+                    Ok(())
+                };
+                if let Err(e) = read() {
+                    let _ = reader_done.send(Err(e));
+                }
+                // Dropping the senders ends the decoders, then the receiver below.
+            });
+            let mut count = 0;
+            for chunk in done_rx {
+                for rec in chunk? {
+                    each(rec)?;
+                    count += 1;
+                }
+            }
+            Ok(count)
+        })
     }
 
     /// Number of stored keys (all states).
@@ -244,37 +282,6 @@ pub struct UsageUpdate {
     pub last_used_at: Option<chrono::DateTime<chrono::Utc>>,
     /// Counters known in memory.
     pub counts: crate::keys::model::UsageCounts,
-}
-
-fn decode_parallel(
-    raw: &[Vec<u8>],
-    threads: usize,
-    out: &mut Vec<KeyRecord>,
-) -> Result<(), StoreError> {
-    if threads < 2 || raw.len() < 4096 {
-        for r in raw {
-            out.push(decode("keys", r)?);
-        }
-        return Ok(());
-    }
-    let per = raw.len().div_ceil(threads);
-    let parts: Vec<Result<Vec<KeyRecord>, StoreError>> = std::thread::scope(|s| {
-        let handles: Vec<_> = raw
-            .chunks(per)
-            .map(|c| s.spawn(move || c.iter().map(|r| decode("keys", r)).collect()))
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err(StoreError::Db("a decoder thread panicked".into())))
-            })
-            .collect()
-    });
-    for p in parts {
-        out.extend(p?);
-    }
-    Ok(())
 }
 
 fn decode<T: serde::de::DeserializeOwned>(

@@ -8,6 +8,7 @@
 
 pub mod headers;
 pub mod ipfilter;
+mod load;
 mod maintenance;
 pub mod model;
 mod notify;
@@ -30,6 +31,7 @@ use crate::clock::SharedClock;
 use crate::config::{valid_scope, Directory, Period, Policy};
 use crate::store::{Batch, Store, StoreError, UsageUpdate};
 use headers::HeaderTemplate;
+use load::Loaded;
 use model::{
     rfc3339, AuditEntry, Code, KeyKind, KeyRecord, KeyState, Lifetime, Limit, Status, UsageCounts,
 };
@@ -180,15 +182,6 @@ impl Live {
     }
 }
 
-fn decode_hash(h: &str) -> Result<KeyHash, StoreError> {
-    let mut out = [0u8; 32];
-    hex::decode_to_slice(h, &mut out).map_err(|e| StoreError::Corrupt {
-        table: "keys",
-        message: format!("bad hash: {e}"),
-    })?;
-    Ok(out)
-}
-
 /// The keyed hashes are HMAC outputs under a secret an attacker does not know, so
 /// their first 8 bytes are already a uniformly distributed hash: no need to SipHash.
 #[derive(Default)]
@@ -297,7 +290,7 @@ impl Index {
             Some(o) => o.entry,
             None => self.allocate(),
         };
-        let live = Arc::new(self.entry(rec.clone(), entry)?);
+        let live = Arc::new(self.entry(Loaded::from_record(rec.clone())?, entry));
         if let Some(o) = &old {
             live.persisted_at
                 .store(o.persisted_at.load(Ordering::Relaxed), Ordering::Relaxed);
@@ -308,10 +301,15 @@ impl Index {
     }
 
     /// Add a key read from the store (at start).
-    fn load(&mut self, rec: KeyRecord) -> Result<(), StoreError> {
+    fn load(&mut self, l: Loaded) -> Result<(), StoreError> {
         let entry = self.allocate();
-        let usage = stored_usage(&rec);
-        let live = Arc::new(self.entry(rec, entry)?);
+        let usage = (
+            l.last_used_at.map_or(NEVER, |t| t.timestamp()),
+            l.verifications,
+            l.denied,
+            false,
+        );
+        let live = Arc::new(self.entry(l, entry));
         self.insert(live, usage);
         Ok(())
     }
@@ -346,53 +344,46 @@ impl Index {
         (set, n)
     }
 
-    fn entry(&mut self, rec: KeyRecord, entry: u32) -> Result<Live, StoreError> {
-        let hash = decode_hash(&rec.hash)?;
-        let previous = match (&rec.previous_hash, rec.previous_valid_until) {
-            (Some(h), Some(until)) => Some((decode_hash(h)?, until)),
-            _ => None,
-        };
-        let life = rec.lifetime();
-        let extra = (!rec.ip_filters.is_empty() || !rec.headers.is_empty() || previous.is_some())
+    fn entry(&mut self, l: Loaded, entry: u32) -> Live {
+        let extra = (!l.ip_filters.is_empty() || !l.headers.is_empty() || l.previous.is_some())
             .then(|| {
                 Box::new(Extra {
-                    ip_filters: rec.ip_filters,
-                    headers: rec.headers,
-                    previous,
+                    ip_filters: l.ip_filters,
+                    headers: l.headers,
+                    previous: l.previous,
                 })
             });
         let owner = match &self.last_owner {
-            Some(o) if **o == *rec.owner => o.clone(),
+            Some(o) if Arc::ptr_eq(o, &l.owner) || **o == *l.owner => o.clone(),
             _ => {
-                let o = match self.owners.get(rec.owner.as_str()) {
+                let o = match self.owners.get(&*l.owner) {
                     Some(o) => o.clone(),
                     None => {
-                        let o: Arc<str> = Arc::from(rec.owner.as_str());
-                        self.owners.insert(o.clone());
-                        o
+                        self.owners.insert(l.owner.clone());
+                        l.owner
                     }
                 };
                 self.last_owner = Some(o.clone());
                 o
             }
         };
-        let (scopes, _) = self.scope_number(&rec.scopes);
-        let routes = (!rec.usage.routes.is_empty()).then(|| Box::new(rec.usage.routes));
-        Ok(Live {
-            hash,
-            life,
+        let (scopes, _) = self.scope_number(&l.scopes);
+        let routes = (!l.routes.is_empty()).then(|| Box::new(l.routes));
+        Live {
+            hash: l.hash,
+            life: l.life,
             scopes,
-            id: rec.id,
+            id: l.id,
             owner,
-            name: rec.name.into_boxed_str(),
-            stored_last_used: rec.last_used_at,
-            warned_for: rec.alerting.inactivity_warned_for,
+            name: l.name,
+            stored_last_used: l.last_used_at,
+            warned_for: l.warned_for,
             persisted_at: AtomicI64::new(NEVER),
             routes: parking_lot::Mutex::new(routes),
             extra,
             entry,
-            lapse_recorded: rec.alerting.lapse_recorded_at.is_some(),
-        })
+            lapse_recorded: l.lapse_recorded,
+        }
     }
 
     fn insert(&mut self, live: Arc<Live>, usage: SlotUsage) {
@@ -634,7 +625,7 @@ impl Keys {
         settings: Settings,
     ) -> Result<Self, StoreError> {
         let mut index = Index::with_capacity(store.key_count()?);
-        store.load_keys(|rec| index.load(rec))?;
+        store.load_keys(load::prepare, |l| index.load(l))?;
         Ok(Self {
             clock,
             hasher,

@@ -96,30 +96,51 @@ impl Store {
         Ok(Self { db, job_states })
     }
 
-    /// Pass every key record to `each` (on this thread), returning how many there
-    /// were. Decoding (JSON and timestamps) is most of a cold start, so one thread
-    /// reads rows in chunks, one per CPU decodes them, and `each` consumes decoded
-    /// chunks meanwhile; only a few chunks of full records exist at a time.
-    pub fn load_keys(
+    /// Pass every stored key, as `prepare` decodes its bytes (with a per-thread cache
+    /// `C`), to `each` on this thread; returns how many there were. Decoding is most of
+    /// a cold start, so one thread reads rows in chunks, one thread per CPU decodes
+    /// them, and `each` consumes decoded chunks meanwhile.
+    pub fn load_keys<T: Send, C: Default>(
         &self,
-        mut each: impl FnMut(KeyRecord) -> Result<(), StoreError>,
+        prepare: impl Fn(&mut C, &[u8]) -> Result<T, StoreError> + Sync,
+        mut each: impl FnMut(T) -> Result<(), StoreError>,
     ) -> Result<usize, StoreError> {
         const CHUNK: usize = 8_192;
         let decoders = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
-        type Decoded = Result<Vec<KeyRecord>, StoreError>;
+        /// A chunk of rows: their bytes back to back, and where each ends.
+        type Raw = (Vec<u8>, Vec<usize>);
+        let prepare = &prepare;
         std::thread::scope(|s| {
             // reader → decoders (round robin) → this thread, which builds the index
             // while the next chunks are read and decoded.
-            let (done_tx, done_rx) = std::sync::mpsc::sync_channel::<Decoded>(decoders * 2);
+            let (done_tx, done_rx) =
+                std::sync::mpsc::sync_channel::<Result<Vec<T>, StoreError>>(decoders * 2);
             let mut raw_txs = Vec::new();
             for _ in 0..decoders {
-                let (raw_tx, raw_rx) = std::sync::mpsc::sync_channel::<Vec<Vec<u8>>>(2);
+                let (raw_tx, raw_rx) = std::sync::mpsc::sync_channel::<Raw>(2);
                 raw_txs.push(raw_tx);
                 let done_tx = done_tx.clone();
                 s.spawn(move || {
-                    for raw in raw_rx {
-                        let decoded: Decoded = raw.iter().map(|r| decode("keys", r)).collect();
-                        if done_tx.send(decoded).is_err() {
+                    let mut cache = C::default();
+                    for (bytes, ends) in raw_rx {
+                        let mut start = 0;
+                        let mut out = Vec::with_capacity(ends.len());
+                        let mut failed = None;
+                        for end in ends {
+                            match prepare(&mut cache, &bytes[start..end]) {
+                                Ok(t) => out.push(t),
+                                Err(e) => {
+                                    failed = Some(e);
+                                    break;
+                                }
+                            }
+                            start = end;
+                        }
+                        let msg = match failed {
+                            Some(e) => Err(e),
+                            None => Ok(out),
+                        };
+                        if done_tx.send(msg).is_err() {
                             return;
                         }
                     }
@@ -130,21 +151,26 @@ impl Store {
                 let read = || -> Result<(), StoreError> {
                     let txn = self.db.begin_read().map_err(db_err)?;
                     let table = txn.open_table(KEYS).map_err(db_err)?;
-                    let mut raw: Vec<Vec<u8>> = Vec::with_capacity(CHUNK);
+                    let mut chunk: Raw = (Vec::new(), Vec::with_capacity(CHUNK));
                     let mut next = 0;
                     for row in table.iter().map_err(db_err)? {
                         let (_, v) = row.map_err(db_err)?;
-                        raw.push(v.value().to_vec());
-                        if raw.len() == CHUNK {
-                            let full = std::mem::replace(&mut raw, Vec::with_capacity(CHUNK));
+                        chunk.0.extend_from_slice(v.value());
+                        chunk.1.push(chunk.0.len());
+                        if chunk.1.len() == CHUNK {
+                            let cap = chunk.0.len();
+                            let full = std::mem::replace(
+                                &mut chunk,
+                                (Vec::with_capacity(cap), Vec::with_capacity(CHUNK)),
+                            );
                             if raw_txs[next % raw_txs.len()].send(full).is_err() {
                                 return Ok(());
                             }
                             next += 1;
                         }
                     }
-                    if !raw.is_empty() {
-                        let _ = raw_txs[next % raw_txs.len()].send(raw);
+                    if !chunk.1.is_empty() {
+                        let _ = raw_txs[next % raw_txs.len()].send(chunk);
                     }
                     Ok(())
                 };
@@ -155,8 +181,8 @@ impl Store {
             });
             let mut count = 0;
             for chunk in done_rx {
-                for rec in chunk? {
-                    each(rec)?;
+                for item in chunk? {
+                    each(item)?;
                     count += 1;
                 }
             }

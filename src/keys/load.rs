@@ -1,0 +1,310 @@
+//! Reading the stored keys at start: only what the in-memory index keeps.
+//!
+//! A cold start decodes every key record, so this is the start time. The decoder
+//! threads read each record's JSON into a borrowed view that skips the fields only
+//! the admin paths need (description, audit times, the notification), parse the
+//! timestamps we write with a fast path, and hand the index a [`Loaded`] with owner
+//! and scopes already shared with the previous record where they are equal.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use ipnet::IpNet;
+use serde::{Deserialize, Deserializer};
+use uuid::Uuid;
+
+use super::headers::HeaderTemplate;
+use super::model::{KeyRecord, KeyState, Lifetime};
+use super::secret::KeyHash;
+use crate::store::StoreError;
+
+/// What the index keeps of a stored key.
+#[derive(Debug)]
+pub struct Loaded {
+    pub hash: KeyHash,
+    pub previous: Option<(KeyHash, DateTime<Utc>)>,
+    pub life: Lifetime,
+    pub id: Uuid,
+    pub owner: Arc<str>,
+    pub name: Box<str>,
+    pub scopes: Arc<[String]>,
+    pub ip_filters: Vec<IpNet>,
+    pub headers: Vec<HeaderTemplate>,
+    pub last_used_at: Option<DateTime<Utc>>,
+    pub warned_for: Option<DateTime<Utc>>,
+    pub lapse_recorded: bool,
+    pub verifications: u64,
+    pub denied: u64,
+    pub routes: BTreeMap<String, u64>,
+}
+
+/// Per-decoder memory of the last owner and scope set, so that runs of keys with the
+/// same ones share a single allocation.
+#[derive(Debug, Default)]
+pub struct LoadCache {
+    owner: Option<Arc<str>>,
+    scopes: Option<Arc<[String]>>,
+}
+
+impl LoadCache {
+    fn owner(&mut self, s: &str) -> Arc<str> {
+        match &self.owner {
+            Some(o) if **o == *s => o.clone(),
+            _ => {
+                let o: Arc<str> = Arc::from(s);
+                self.owner = Some(o.clone());
+                o
+            }
+        }
+    }
+
+    fn scopes(&mut self, list: &[Cow<'_, str>]) -> Arc<[String]> {
+        if let Some(s) = &self.scopes {
+            if s.len() == list.len() && s.iter().zip(list).all(|(a, b)| a == b) {
+                return s.clone();
+            }
+        }
+        let s: Arc<[String]> = list.iter().map(|c| c.to_string()).collect();
+        self.scopes = Some(s.clone());
+        s
+    }
+}
+
+#[derive(Deserialize)]
+struct Stored<'a> {
+    state: KeyState,
+    #[serde(default, deserialize_with = "opt_time")]
+    expires_at: Option<DateTime<Utc>>,
+    #[serde(deserialize_with = "time")]
+    created_at: DateTime<Utc>,
+    #[serde(default, deserialize_with = "opt_time")]
+    last_used_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    ip_filters: Vec<IpNet>,
+    #[serde(borrow)]
+    scopes: Vec<Cow<'a, str>>,
+    id: Uuid,
+    #[serde(borrow)]
+    name: Cow<'a, str>,
+    #[serde(borrow)]
+    owner: Cow<'a, str>,
+    #[serde(borrow)]
+    hash: Cow<'a, str>,
+    #[serde(default, borrow)]
+    previous_hash: Option<Cow<'a, str>>,
+    #[serde(default, deserialize_with = "opt_time")]
+    previous_valid_until: Option<DateTime<Utc>>,
+    #[serde(default)]
+    headers: Vec<HeaderTemplate>,
+    #[serde(default, deserialize_with = "opt_time")]
+    removed_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    alerting: StoredAlerting,
+    #[serde(default)]
+    usage: StoredUsage,
+}
+
+#[derive(Deserialize, Default)]
+struct StoredAlerting {
+    #[serde(default)]
+    lapse_recorded_at: Option<serde::de::IgnoredAny>,
+    #[serde(default, deserialize_with = "opt_time")]
+    inactivity_warned_for: Option<DateTime<Utc>>,
+}
+
+#[derive(Deserialize, Default)]
+struct StoredUsage {
+    #[serde(default)]
+    verifications: u64,
+    #[serde(default)]
+    denied: u64,
+    #[serde(default)]
+    routes: BTreeMap<String, u64>,
+}
+
+fn corrupt(message: String) -> StoreError {
+    StoreError::Corrupt {
+        table: "keys",
+        message,
+    }
+}
+
+/// Decode the hex form of a keyed hash.
+pub fn decode_hash(h: &str) -> Result<KeyHash, StoreError> {
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(h, &mut out).map_err(|e| corrupt(format!("bad hash: {e}")))?;
+    Ok(out)
+}
+
+/// Decode one stored record (JSON) into what the index keeps.
+pub fn prepare(cache: &mut LoadCache, raw: &[u8]) -> Result<Loaded, StoreError> {
+    let s: Stored<'_> = serde_json::from_slice(raw).map_err(|e| corrupt(e.to_string()))?;
+    let previous = match (&s.previous_hash, s.previous_valid_until) {
+        (Some(h), Some(until)) => Some((decode_hash(h)?, until)),
+        _ => None,
+    };
+    Ok(Loaded {
+        hash: decode_hash(&s.hash)?,
+        previous,
+        life: Lifetime {
+            state: s.state,
+            expires_at: s.expires_at,
+            created_at: s.created_at,
+            removed_at: s.removed_at,
+        },
+        id: s.id,
+        owner: cache.owner(&s.owner),
+        name: s.name.into_owned().into_boxed_str(),
+        scopes: cache.scopes(&s.scopes),
+        ip_filters: s.ip_filters,
+        headers: s.headers,
+        last_used_at: s.last_used_at,
+        warned_for: s.alerting.inactivity_warned_for,
+        lapse_recorded: s.alerting.lapse_recorded_at.is_some(),
+        verifications: s.usage.verifications,
+        denied: s.usage.denied,
+        routes: s.usage.routes,
+    })
+}
+
+impl Loaded {
+    /// The same from a full record (a change published at run time).
+    pub fn from_record(rec: KeyRecord) -> Result<Self, StoreError> {
+        let previous = match (&rec.previous_hash, rec.previous_valid_until) {
+            (Some(h), Some(until)) => Some((decode_hash(h)?, until)),
+            _ => None,
+        };
+        Ok(Loaded {
+            hash: decode_hash(&rec.hash)?,
+            previous,
+            life: rec.lifetime(),
+            id: rec.id,
+            owner: Arc::from(rec.owner.as_str()),
+            name: rec.name.into_boxed_str(),
+            scopes: Arc::from(rec.scopes),
+            ip_filters: rec.ip_filters,
+            headers: rec.headers,
+            last_used_at: rec.last_used_at,
+            warned_for: rec.alerting.inactivity_warned_for,
+            lapse_recorded: rec.alerting.lapse_recorded_at.is_some(),
+            verifications: rec.usage.verifications,
+            denied: rec.usage.denied,
+            routes: rec.usage.routes,
+        })
+    }
+}
+
+fn digits(b: &[u8]) -> Option<u32> {
+    b.iter().try_fold(0u32, |n, &c| {
+        c.is_ascii_digit().then(|| n * 10 + u32::from(c - b'0'))
+    })
+}
+
+/// `YYYY-MM-DDTHH:MM:SS[.f{1,9}]Z`, the form chrono writes for UTC times; anything
+/// else goes through chrono's full RFC 3339 parser.
+fn parse_time(s: &str) -> Option<DateTime<Utc>> {
+    let b = s.as_bytes();
+    let fast = || -> Option<DateTime<Utc>> {
+        if b.len() < 20
+            || b[4] != b'-'
+            || b[7] != b'-'
+            || b[10] != b'T'
+            || b[13] != b':'
+            || b[16] != b':'
+            || b[b.len() - 1] != b'Z'
+        {
+            return None;
+        }
+        let nanos = match &b[19..b.len() - 1] {
+            [] => 0,
+            [b'.', frac @ ..] if (1..=9).contains(&frac.len()) => {
+                digits(frac)? * 10u32.pow(9 - u32::try_from(frac.len()).ok()?)
+            }
+            _ => return None,
+        };
+        let year = i32::try_from(digits(&b[0..4])?).ok()?;
+        NaiveDate::from_ymd_opt(year, digits(&b[5..7])?, digits(&b[8..10])?)?
+            .and_hms_nano_opt(
+                digits(&b[11..13])?,
+                digits(&b[14..16])?,
+                digits(&b[17..19])?,
+                nanos,
+            )
+            .map(|t| t.and_utc())
+    };
+    fast().or_else(|| {
+        DateTime::parse_from_rfc3339(s)
+            .ok()
+            .map(|t| t.with_timezone(&Utc))
+    })
+}
+
+fn time<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
+    let s = Cow::<str>::deserialize(d)?;
+    parse_time(&s).ok_or_else(|| serde::de::Error::custom(format!("bad time {s:?}")))
+}
+
+fn opt_time<'de, D: Deserializer<'de>>(d: D) -> Result<Option<DateTime<Utc>>, D::Error> {
+    match Option::<Cow<'_, str>>::deserialize(d)? {
+        None => Ok(None),
+        Some(s) => parse_time(&s)
+            .map(Some)
+            .ok_or_else(|| serde::de::Error::custom(format!("bad time {s:?}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// The fast path reads back every time chrono writes, to the nanosecond.
+        #[test]
+        fn times_round_trip(secs in -2_000_000_000i64..8_000_000_000, nanos in 0u32..1_000_000_000) {
+            let t = DateTime::from_timestamp(secs, nanos).unwrap();
+            let json = serde_json::to_string(&t).unwrap();
+            let text: String = serde_json::from_str(&json).unwrap();
+            prop_assert_eq!(parse_time(&text), Some(t));
+        }
+    }
+
+    #[test]
+    fn other_rfc3339_forms_and_garbage() {
+        let t = parse_time("2026-11-23T17:00:00+01:00").unwrap();
+        assert_eq!(t, parse_time("2026-11-23T16:00:00Z").unwrap());
+        assert!(parse_time("2026-02-30T00:00:00Z").is_none());
+        assert!(parse_time("yesterday").is_none());
+    }
+
+    #[test]
+    fn a_stored_record_loads_as_the_full_decoder_reads_it() {
+        let rec: KeyRecord = serde_json::from_value(serde_json::json!({
+            "id": Uuid::now_v7(),
+            "name": "caf\u{e9} \"sync\"",
+            "owner": "alice",
+            "scopes": ["a:b", "c\\d"],
+            "hash": hex::encode([7u8; 32]),
+            "previous_hash": hex::encode([8u8; 32]),
+            "previous_valid_until": "2026-12-01T00:00:00.5Z",
+            "kind": "generated",
+            "state": "disabled",
+            "created_at": "2026-11-01T10:00:00.123456789Z",
+            "updated_at": "2026-11-02T10:00:00Z",
+            "last_used_at": "2026-11-03T10:00:00Z",
+            "expires_at": null,
+            "ip_filters": ["10.0.0.0/8"],
+            "headers": [{"name": "X-T", "template": "${key.id}"}],
+            "alerting": {"lapse_recorded_at": "2026-11-04T00:00:00Z"},
+            "usage": {"verifications": 3, "denied": 1, "routes": {"/x": 3}}
+        }))
+        .unwrap();
+        let raw = serde_json::to_vec(&rec).unwrap();
+        let fast = prepare(&mut LoadCache::default(), &raw).unwrap();
+        let full = Loaded::from_record(rec).unwrap();
+        assert_eq!(format!("{fast:?}"), format!("{full:?}"));
+    }
+}

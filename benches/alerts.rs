@@ -571,9 +571,10 @@ fn main() {
         load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
     );
     println!(
-        "  in-memory key record: {} bytes inline, of which the alert part (KeyAlerting) {} bytes",
-        std::mem::size_of::<KeyRecord>(),
-        std::mem::size_of::<KeyAlerting>()
+        "  in-memory index per key: a {}-byte verification slot and a {}-byte entry (plus its name), not the {}-byte stored record",
+        apikeyd::keys::index_bytes_per_key().0,
+        apikeyd::keys::index_bytes_per_key().1,
+        std::mem::size_of::<KeyRecord>()
     );
     println!(
         "  resident memory: {:.0} MB after start (median), {rss_idle:.0} MB after idle, {rss_end:.0} MB at the end, peak {rss_peak:.0} MB",

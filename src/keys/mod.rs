@@ -101,6 +101,12 @@ pub struct Settings {
     pub directory: Directory,
 }
 
+/// Bytes the index holds per key, inline: its verification slot and its entry
+/// (without the entry's heap parts: its name, and IP filters or headers if any).
+pub fn index_bytes_per_key() -> (usize, usize) {
+    (std::mem::size_of::<Slot>(), std::mem::size_of::<Live>())
+}
+
 /// What verification needs beyond the common case, boxed so that keys without IP
 /// filters, headers or a rotation grace period do not pay for the empty fields.
 #[derive(Debug, Default)]

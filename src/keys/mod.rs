@@ -1572,7 +1572,14 @@ fn name_hash(owner: &str, name: &str) -> u64 {
     use std::hash::Hash;
     let mut h = std::collections::hash_map::DefaultHasher::new();
     owner.hash(&mut h);
-    name.to_lowercase().hash(&mut h);
+    // The bytes of `name.to_lowercase()`, without allocating for ASCII names.
+    if name.is_ascii() {
+        for b in name.bytes() {
+            h.write_u8(b.to_ascii_lowercase());
+        }
+    } else {
+        h.write(name.to_lowercase().as_bytes());
+    }
     h.finish()
 }
 

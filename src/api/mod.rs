@@ -44,7 +44,7 @@ impl AppState {
         Self {
             keys,
             edge: Arc::new(Edge {
-                auth: RwLock::new(Arc::new(auth)),
+                auth: RwLock::new(Arc::new(auth::AuthPlan::new(auth))),
                 limiter: limits::RateLimiter::new(rate_limit),
                 metrics: metrics::Metrics::default(),
             }),
@@ -55,7 +55,7 @@ impl AppState {
 /// What the verification endpoints share besides the keys.
 #[derive(Debug)]
 pub struct Edge {
-    auth: RwLock<Arc<AuthConfig>>,
+    auth: RwLock<Arc<auth::AuthPlan>>,
     /// Failed-verification limits.
     pub limiter: limits::RateLimiter,
     /// Counters for `/metrics`.
@@ -64,13 +64,13 @@ pub struct Edge {
 
 impl Edge {
     /// Current forward-auth settings.
-    pub fn auth(&self) -> Arc<AuthConfig> {
+    pub fn auth(&self) -> Arc<auth::AuthPlan> {
         self.auth.read().clone()
     }
 
     /// Replace settings on reload.
     pub fn reconfigure(&self, auth: AuthConfig, rate_limit: RateLimitConfig) {
-        *self.auth.write() = Arc::new(auth);
+        *self.auth.write() = Arc::new(auth::AuthPlan::new(auth));
         self.limiter.reconfigure(rate_limit);
     }
 }

@@ -8,6 +8,7 @@ pub mod auth;
 pub mod limits;
 pub mod metrics;
 pub mod peer;
+pub mod server;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;

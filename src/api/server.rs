@@ -1,0 +1,153 @@
+//! The TCP server: HTTP/1.1 connections served by hyper directly. `/v1/auth`, which a
+//! reverse proxy asks about every request it forwards, is answered straight from the
+//! connection (the same [`auth::check`] the router's route calls); every other
+//! request goes through the router with the peer address as [`ConnectInfo`], as
+//! `axum::serve` would do.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use axum::http::Request;
+use axum::response::Response;
+use axum::Router;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tower::ServiceExt;
+
+use super::{auth, AppState};
+
+/// The path answered without the router.
+const AUTH_PATH: &str = "/v1/auth";
+
+/// Serve `router` on `listener` until `stop` turns true, then stop accepting, let
+/// each connection finish the request in flight, and return once all have closed.
+pub async fn serve_tcp(
+    listener: TcpListener,
+    state: AppState,
+    router: Router,
+    mut stop: watch::Receiver<bool>,
+) {
+    // HTTP/1 only, keep-alive, no upgrades; the same defaults axum::serve uses.
+    let builder = hyper::server::conn::http1::Builder::new();
+    // Each connection task holds a receiver; `closed` resolves when all are gone.
+    let (close_tx, close_rx) = watch::channel(());
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    accept_error(e).await;
+                    continue;
+                }
+            },
+            () = stopped(&mut stop) => break,
+        };
+        // Answers are written in one piece; do not hold them back for more.
+        let _ = stream.set_nodelay(true);
+        let service = Connection {
+            state: state.clone(),
+            router: router.clone(),
+            peer,
+        };
+        let conn = builder.serve_connection(TokioIo::new(stream), service);
+        let mut stop = stop.clone();
+        let close_rx = close_rx.clone();
+        tokio::spawn(async move {
+            let mut conn = std::pin::pin!(conn);
+            tokio::select! {
+                biased;
+                r = conn.as_mut() => {
+                    if let Err(e) = r {
+                        tracing::trace!(error = %e, "connection ended with an error");
+                    }
+                }
+                () = stopped(&mut stop) => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+            drop(close_rx);
+        });
+    }
+    drop(close_rx);
+    drop(listener);
+    close_tx.closed().await;
+}
+
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// As `axum::serve`: errors of one connection are ignored, anything else (such as
+/// running out of file descriptors) is logged and retried after a second.
+async fn accept_error(e: std::io::Error) {
+    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
+    if matches!(
+        e.kind(),
+        ConnectionRefused | ConnectionAborted | ConnectionReset
+    ) {
+        return;
+    }
+    tracing::error!(error = %e, "accept error");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+}
+
+/// The service of one connection.
+#[derive(Clone)]
+struct Connection {
+    state: AppState,
+    router: Router,
+    peer: SocketAddr,
+}
+
+impl hyper::service::Service<Request<Incoming>> for Connection {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Answer;
+
+    fn call(&self, req: Request<Incoming>) -> Answer {
+        if req.uri().path() == AUTH_PATH {
+            let r = auth::check(
+                &self.state,
+                Some(self.peer.ip()),
+                req.uri(),
+                req.headers(),
+                None,
+            );
+            return Answer::Ready(Some(r));
+        }
+        let mut req = req.map(Body::new);
+        req.extensions_mut().insert(ConnectInfo(self.peer));
+        Answer::Routed(Box::pin(self.router.clone().oneshot(req)))
+    }
+}
+
+type Routed = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+/// A response ready at once, or one the router is working on.
+enum Answer {
+    Ready(Option<Response>),
+    Routed(Routed),
+}
+
+impl Future for Answer {
+    type Output = Result<Response, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.get_mut() {
+            Answer::Ready(r) => match r.take() {
+                Some(r) => Poll::Ready(Ok(r)),
+                None => Poll::Pending,
+            },
+            Answer::Routed(f) => f.as_mut().poll(cx),
+        }
+    }
+}

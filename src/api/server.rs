@@ -35,8 +35,11 @@ pub async fn serve_tcp(
     router: Router,
     mut stop: watch::Receiver<bool>,
 ) {
-    // HTTP/1 only, keep-alive, no upgrades; the same defaults axum::serve uses.
-    let builder = hyper::server::conn::http1::Builder::new();
+    // HTTP/1 only, keep-alive, no upgrades; otherwise the defaults axum::serve uses,
+    // but for writev: answers are small, and copying a body behind the head into one
+    // buffer costs less than queueing buffers for a vectored write.
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder.writev(false);
     // Each connection task holds a receiver; `closed` resolves when all are gone.
     let (close_tx, close_rx) = watch::channel(());
     loop {

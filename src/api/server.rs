@@ -4,11 +4,14 @@
 //! request goes through the router with the peer address as [`ConnectInfo`], as
 //! `axum::serve` would do.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -18,6 +21,7 @@ use axum::response::Response;
 use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use parking_lot::Mutex;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tower::ServiceExt;
@@ -42,6 +46,7 @@ pub async fn serve_tcp(
     builder.writev(false);
     // Each connection task holds a receiver; `closed` resolves when all are gone.
     let (close_tx, close_rx) = watch::channel(());
+    let shutdown = Arc::new(Shutdown::default());
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -61,7 +66,7 @@ pub async fn serve_tcp(
             peer,
         };
         let conn = builder.serve_connection(TokioIo::new(stream), service);
-        let mut stop = stop.clone();
+        let stopping = shutdown.wait();
         let close_rx = close_rx.clone();
         tokio::spawn(async move {
             let mut conn = std::pin::pin!(conn);
@@ -72,7 +77,7 @@ pub async fn serve_tcp(
                         tracing::trace!(error = %e, "connection ended with an error");
                     }
                 }
-                () = stopped(&mut stop) => {
+                () = stopping => {
                     conn.as_mut().graceful_shutdown();
                     let _ = conn.await;
                 }
@@ -80,6 +85,7 @@ pub async fn serve_tcp(
             drop(close_rx);
         });
     }
+    shutdown.trigger();
     drop(close_rx);
     drop(listener);
     close_tx.closed().await;
@@ -87,6 +93,75 @@ pub async fn serve_tcp(
 
 async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
+}
+
+/// Tells connections to finish: a flag, and the wakers of the connections waiting
+/// for it. A connection task is woken for every request; what it waits on besides
+/// the connection should cost next to nothing to poll again, which a watch or
+/// Notify future (a lock on every poll) does not.
+#[derive(Debug, Default)]
+struct Shutdown {
+    stopping: AtomicBool,
+    waiting: Mutex<HashMap<u64, Waker>>,
+    next_id: AtomicU64,
+}
+
+impl Shutdown {
+    fn trigger(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        let waiting = std::mem::take(&mut *self.waiting.lock());
+        for waker in waiting.into_values() {
+            waker.wake();
+        }
+    }
+
+    fn wait(self: &Arc<Self>) -> Stopping {
+        Stopping {
+            shutdown: self.clone(),
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            waker: None,
+        }
+    }
+}
+
+/// Resolves once [`Shutdown::trigger`] was called.
+#[derive(Debug)]
+struct Stopping {
+    shutdown: Arc<Shutdown>,
+    id: u64,
+    /// The waker registered last, if any.
+    waker: Option<Waker>,
+}
+
+impl Future for Stopping {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.shutdown.stopping.load(Ordering::SeqCst) {
+            return Poll::Ready(());
+        }
+        if self.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            return Poll::Pending;
+        }
+        let waker = cx.waker().clone();
+        self.shutdown.waiting.lock().insert(self.id, waker.clone());
+        self.waker = Some(waker);
+        // A trigger since the first check has either seen this waker or set the
+        // flag before taking the lock this registration took after it.
+        if self.shutdown.stopping.load(Ordering::SeqCst) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+}
+
+impl Drop for Stopping {
+    fn drop(&mut self) {
+        if self.waker.is_some() {
+            self.shutdown.waiting.lock().remove(&self.id);
+        }
+    }
 }
 
 /// As `axum::serve`: errors of one connection are ignored, anything else (such as
@@ -152,5 +227,40 @@ impl Future for Answer {
             },
             Answer::Routed(f) => f.as_mut().poll(cx),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[tokio::test]
+    async fn shutdown_wakes_waiting_connections_and_later_ones_stop_at_once() {
+        let shutdown = Arc::new(Shutdown::default());
+        let waiting: Vec<_> = (0..3).map(|_| tokio::spawn(shutdown.wait())).collect();
+        tokio::task::yield_now().await;
+        // A connection that ended before the shutdown leaves nothing behind.
+        assert_eq!(shutdown.waiting.lock().len(), 3);
+        let mut ended = Box::pin(shutdown.wait());
+        assert!(futures_poll(ended.as_mut()).await.is_pending());
+        assert_eq!(shutdown.waiting.lock().len(), 4);
+        drop(ended);
+        assert_eq!(shutdown.waiting.lock().len(), 3);
+        shutdown.trigger();
+        for w in waiting {
+            tokio::time::timeout(Duration::from_secs(5), w)
+                .await
+                .expect("woken")
+                .unwrap();
+        }
+        assert!(shutdown.waiting.lock().is_empty());
+        tokio::time::timeout(Duration::from_secs(5), shutdown.wait())
+            .await
+            .expect("resolves at once after the trigger");
+    }
+
+    async fn futures_poll<F: Future + Unpin>(mut f: F) -> Poll<F::Output> {
+        std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut f).poll(cx))).await
     }
 }

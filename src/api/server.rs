@@ -49,13 +49,7 @@ pub async fn serve_tcp(
     let shutdown = Arc::new(Shutdown::default());
     loop {
         let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    accept_error(e).await;
-                    continue;
-                }
-            },
+            accepted = accept(&listener) => accepted,
             () = stopped(&mut stop) => break,
         };
         // Answers are written in one piece; do not hold them back for more.
@@ -164,18 +158,25 @@ impl Drop for Stopping {
     }
 }
 
-/// As `axum::serve`: errors of one connection are ignored, anything else (such as
-/// running out of file descriptors) is logged and retried after a second.
-async fn accept_error(e: std::io::Error) {
+/// The next connection. As in `axum::serve`, errors of one connection are ignored
+/// and anything else (such as running out of file descriptors) is logged and retried
+/// after a second.
+async fn accept(listener: &TcpListener) -> (tokio::net::TcpStream, SocketAddr) {
     use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
-    if matches!(
-        e.kind(),
-        ConnectionRefused | ConnectionAborted | ConnectionReset
-    ) {
-        return;
+    loop {
+        match listener.accept().await {
+            Ok(a) => return a,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ConnectionRefused | ConnectionAborted | ConnectionReset
+                ) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "accept error");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
     }
-    tracing::error!(error = %e, "accept error");
-    tokio::time::sleep(Duration::from_secs(1)).await;
 }
 
 /// The service of one connection.

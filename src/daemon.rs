@@ -177,13 +177,13 @@ impl Daemon {
             let _ = rx.wait_for(|s| *s).await;
         };
 
-        let tcp_app = api::tcp_router(state.clone(), max_body)
-            .into_make_service_with_connect_info::<SocketAddr>();
-        let tcp_task = tokio::spawn(
-            axum::serve(self.tcp, tcp_app)
-                .with_graceful_shutdown(wait(stop_rx.clone()))
-                .into_future(),
-        );
+        let tcp_app = api::tcp_router(state.clone(), max_body);
+        let tcp_task = tokio::spawn(api::server::serve_tcp(
+            self.tcp,
+            state.clone(),
+            tcp_app,
+            stop_rx.clone(),
+        ));
         let unix_app =
             api::unix_router(state, max_body).into_make_service_with_connect_info::<UnixPeer>();
         let unix_task = tokio::spawn(

@@ -6,7 +6,8 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
-use axum::extract::{ConnectInfo, FromRequestParts, Path, State};
+use axum::body::Body;
+use axum::extract::{ConnectInfo, FromRequestParts, Path, Request, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
@@ -34,40 +35,89 @@ impl<S: Send + Sync> FromRequestParts<S> for PeerIp {
     }
 }
 
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+const X_API_KEY_ID: HeaderName = HeaderName::from_static("x-api-key-id");
+const X_API_KEY_NAME: HeaderName = HeaderName::from_static("x-api-key-name");
+const X_API_KEY_OWNER: HeaderName = HeaderName::from_static("x-api-key-owner");
+const X_API_KEY_SCOPES: HeaderName = HeaderName::from_static("x-api-key-scopes");
+const X_API_KEY_EXPIRES_IN: HeaderName = HeaderName::from_static("x-api-key-expires-in");
+const X_API_KEY_REASON: HeaderName = HeaderName::from_static("x-api-key-reason");
+#[allow(clippy::declare_interior_mutable_const)]
+const NO_STORE: HeaderValue = HeaderValue::from_static("no-store");
+#[allow(clippy::declare_interior_mutable_const)]
+const ZERO: HeaderValue = HeaderValue::from_static("0");
+
+/// [`AuthConfig`] with its header names parsed once, at start and on reload, rather
+/// than on every request.
+#[derive(Debug)]
+pub struct AuthPlan {
+    /// The settings.
+    pub config: AuthConfig,
+    /// `key_headers`, each with whether it is read as `Bearer KEY`.
+    key_headers: Vec<(HeaderName, bool)>,
+    uri_headers: Vec<HeaderName>,
+    scope_header: Option<HeaderName>,
+}
+
+impl AuthPlan {
+    /// Parse the header names of `config`. A name that is not a valid header name
+    /// (the configuration refuses those) can never be present in a request, so it is
+    /// left out.
+    pub fn new(config: AuthConfig) -> Self {
+        let parse = |n: &String| HeaderName::from_bytes(n.as_bytes()).ok();
+        Self {
+            key_headers: config
+                .key_headers
+                .iter()
+                .filter_map(|n| parse(n).map(|h| (h, n == "authorization")))
+                .collect(),
+            uri_headers: config.uri_headers.iter().filter_map(parse).collect(),
+            scope_header: parse(&config.scope_header),
+            config,
+        }
+    }
+}
+
 /// The client address: the peer, or what a trusted proxy says the client was.
 pub fn client_ip(cfg: &AuthConfig, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
     let trusted = |ip: &IpAddr| crate::keys::ipfilter::allows_any(&cfg.trusted_proxies, *ip);
     if !trusted(&peer) {
         return peer;
     }
-    // X-Forwarded-For: walk from the right (closest hop) past our own proxies.
-    let forwarded: Vec<IpAddr> = headers
-        .get_all("x-forwarded-for")
+    // X-Forwarded-For: walk from the right (closest hop) past our own proxies, i.e.
+    // take the last untrusted address; if every hop is trusted, the first one.
+    let mut first = None;
+    let mut last_untrusted = None;
+    for ip in headers
+        .get_all(X_FORWARDED_FOR)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|s| s.trim().parse::<IpAddr>().ok())
-        .collect();
-    if let Some(ip) = forwarded.iter().rev().find(|ip| !trusted(ip)) {
-        return *ip;
+    {
+        first.get_or_insert(ip);
+        if !trusted(&ip) {
+            last_untrusted = Some(ip);
+        }
     }
-    if let Some(first) = forwarded.first() {
-        return *first;
+    if let Some(ip) = last_untrusted.or(first) {
+        return ip;
     }
     headers
-        .get("x-real-ip")
+        .get(X_REAL_IP)
         .and_then(|v| v.to_str().ok())
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(peer)
 }
 
-fn presented_key<'a>(cfg: &AuthConfig, headers: &'a HeaderMap, uri: &'a Uri) -> Option<&'a str> {
-    for name in &cfg.key_headers {
-        let Some(v) = headers.get(name.as_str()).and_then(|v| v.to_str().ok()) else {
+fn presented_key<'a>(plan: &AuthPlan, headers: &'a HeaderMap, uri: &'a Uri) -> Option<&'a str> {
+    for (name, bearer) in &plan.key_headers {
+        let Some(v) = headers.get(name).and_then(|v| v.to_str().ok()) else {
             continue;
         };
         let v = v.trim();
-        if name == "authorization" {
+        if *bearer {
             if let Some((scheme, token)) = v.split_once(' ') {
                 if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() {
                     return Some(token.trim());
@@ -77,34 +127,54 @@ fn presented_key<'a>(cfg: &AuthConfig, headers: &'a HeaderMap, uri: &'a Uri) -> 
             return Some(v);
         }
     }
-    let param = cfg.query_param.as_deref()?;
+    let param = plan.config.query_param.as_deref()?;
     uri.query()?.split('&').find_map(|pair| {
         let (k, v) = pair.split_once('=')?;
         (k == param && !v.is_empty()).then_some(v)
     })
 }
 
+/// Whether a header value can carry `b` as is.
+fn plain(b: u8) -> bool {
+    (b == b' ' || b.is_ascii_graphic()) && b != b'%'
+}
+
 /// A header value from free text: visible ASCII is kept, anything else (and `%`)
 /// is percent-encoded as UTF-8 so names like "Große Liste" survive.
 pub fn header_value(s: &str) -> HeaderValue {
-    let mut out = String::with_capacity(s.len());
+    if s.bytes().all(plain) {
+        return HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static(""));
+    }
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let mut out = Vec::with_capacity(s.len() + 16);
     for b in s.bytes() {
-        if (b == b' ' || b.is_ascii_graphic()) && b != b'%' {
-            out.push(char::from(b));
+        if plain(b) {
+            out.push(b);
         } else {
-            out.push_str(&format!("%{b:02X}"));
+            out.extend_from_slice(&[b'%', HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]);
         }
     }
-    HeaderValue::from_str(&out).unwrap_or_else(|_| HeaderValue::from_static(""))
+    HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+/// A bodiless answer. `Content-Length: 0` is set here, as the router would, so that
+/// the answer is the same whether or not it went through the router.
+fn empty(status: StatusCode, headers: usize) -> Response {
+    let mut r = Response::new(Body::empty());
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    h.reserve(headers + 2);
+    h.insert(header::CONTENT_LENGTH, ZERO);
+    h.insert(header::CACHE_CONTROL, NO_STORE);
+    r
 }
 
 /// Answers carry no body: proxies read only status and headers, and nginx closes an
 /// upstream connection whose `auth_request` answer had a body it did not read.
 fn deny(status: StatusCode, reason: &'static str) -> Response {
-    let mut r = status.into_response();
+    let mut r = empty(status, 3);
     let h = r.headers_mut();
-    h.insert("x-api-key-reason", HeaderValue::from_static(reason));
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(X_API_KEY_REASON, HeaderValue::from_static(reason));
     if status == StatusCode::UNAUTHORIZED {
         h.insert(
             header::WWW_AUTHENTICATE,
@@ -114,36 +184,44 @@ fn deny(status: StatusCode, reason: &'static str) -> Response {
     r
 }
 
+fn peer_of(req: &Request) -> Option<IpAddr> {
+    req.extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip())
+}
+
 /// `/v1/auth` (any method).
-pub async fn auth(
-    State(st): State<AppState>,
-    PeerIp(peer): PeerIp,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Response {
-    check(&st, peer, &uri, &headers, None)
+pub async fn auth(State(st): State<AppState>, req: Request) -> Response {
+    check(&st, peer_of(&req), req.uri(), req.headers(), None)
 }
 
 /// `/v1/auth/{*path}`: Envoy's ext_authz appends the original path to the prefix.
 pub async fn auth_path(
     State(st): State<AppState>,
-    PeerIp(peer): PeerIp,
     Path(rest): Path<String>,
-    uri: Uri,
-    headers: HeaderMap,
+    req: Request,
 ) -> Response {
     let original = format!("/{rest}");
-    check(&st, peer, &uri, &headers, Some(&original))
+    check(
+        &st,
+        peer_of(&req),
+        req.uri(),
+        req.headers(),
+        Some(&original),
+    )
 }
 
-fn check(
+/// The forward-auth decision for one request: `peer` is the TCP peer (none on the
+/// Unix socket), `path` the original path when it came in the URL.
+pub fn check(
     st: &AppState,
     peer: Option<IpAddr>,
     uri: &Uri,
     headers: &HeaderMap,
     path: Option<&str>,
 ) -> Response {
-    let cfg = st.edge.auth();
+    let plan = st.edge.auth();
+    let cfg = &plan.config;
     let size: usize = headers
         .iter()
         .map(|(k, v)| k.as_str().len() + v.len() + 4)
@@ -159,11 +237,11 @@ fn check(
         )
         .into_response();
         r.headers_mut()
-            .insert("x-api-key-reason", HeaderValue::from_static("MALFORMED"));
+            .insert(X_API_KEY_REASON, HeaderValue::from_static("MALFORMED"));
         return r;
     }
     let peer = peer.unwrap_or(IpAddr::from([127, 0, 0, 1]));
-    let client = client_ip(&cfg, peer, headers);
+    let client = client_ip(cfg, peer, headers);
     let now = Instant::now();
     if let Err(retry) = st.edge.limiter.check(client, now) {
         st.edge.metrics.record_rate_limited();
@@ -172,20 +250,22 @@ fn check(
             .insert(header::RETRY_AFTER, HeaderValue::from(retry.as_secs()));
         return r;
     }
-    let Some(key) = presented_key(&cfg, headers, uri) else {
+    let Some(key) = presented_key(&plan, headers, uri) else {
         st.edge.metrics.record(Endpoint::Auth, None, now.elapsed());
         return deny(StatusCode::UNAUTHORIZED, "MISSING");
     };
-    let original_uri = cfg
+    let original_uri = plan
         .uri_headers
         .iter()
-        .find_map(|h| headers.get(h.as_str()).and_then(|v| v.to_str().ok()))
+        .find_map(|h| headers.get(h).and_then(|v| v.to_str().ok()))
         .or(path);
     let route = original_uri.and_then(|u| cfg.route_for(u));
     // A scope named by the proxy adds to the route's scope; it can never replace it,
     // so a client-supplied header cannot weaken what a route requires.
-    let header_scope = headers
-        .get(cfg.scope_header.as_str())
+    let header_scope = plan
+        .scope_header
+        .as_ref()
+        .and_then(|h| headers.get(h))
         .and_then(|v| v.to_str().ok())
         .map(str::trim)
         .filter(|s| !s.is_empty());
@@ -215,38 +295,50 @@ fn check(
         Code::Expired | Code::Inactive => StatusCode::UNAUTHORIZED,
         Code::Disabled | Code::IpNotAllowed | Code::InsufficientScope => StatusCode::FORBIDDEN,
     };
-    let Some(live) = (v.code == Code::Valid)
-        .then(|| st.keys.key_of(&v))
-        .flatten()
-    else {
+    if v.code != Code::Valid {
         return deny(status, v.code.as_str());
+    }
+    let Some(live) = st.keys.key_of(&v) else {
+        // Removed or rotated between the check and this answer: not found after all.
+        return deny(StatusCode::UNAUTHORIZED, Code::NotFound.as_str());
     };
-    let id = live.id.to_string();
-    let expires = live.expires_at().map(rfc3339);
-    let mut r = StatusCode::OK.into_response();
+    let mut r = empty(StatusCode::OK, 5 + live.headers().len());
     let h = r.headers_mut();
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    h.insert("x-api-key-id", header_value(&id));
-    h.insert("x-api-key-name", header_value(&live.name));
-    h.insert("x-api-key-owner", header_value(&live.owner));
-    h.insert("x-api-key-scopes", header_value(&live.scopes.join(",")));
+    let mut id_buf = uuid::Uuid::encode_buffer();
+    let id: &str = live.id.hyphenated().encode_lower(&mut id_buf);
+    h.insert(X_API_KEY_ID, header_value(id));
+    h.insert(X_API_KEY_NAME, header_value(&live.name));
+    h.insert(X_API_KEY_OWNER, header_value(&live.owner));
+    h.insert(X_API_KEY_SCOPES, scopes_value(&live.scopes));
     let settings = st.keys.settings();
     if let Some((at, _)) = live.life.effective_expiry(&settings.policy, v.last_used) {
         let secs = (at - st.keys.clock().now()).num_seconds().max(0);
-        h.insert("x-api-key-expires-in", HeaderValue::from(secs));
+        h.insert(X_API_KEY_EXPIRES_IN, HeaderValue::from(secs));
     }
-    let values = headers::Values {
-        id: &id,
-        name: &live.name,
-        owner: &live.owner,
-        expires_at: expires.as_deref().unwrap_or(""),
-    };
-    for t in live.headers() {
-        if let Ok(name) = HeaderName::from_bytes(t.name.as_bytes()) {
-            h.insert(name, header_value(&t.render(&values)));
+    if !live.headers().is_empty() {
+        let expires = live.expires_at().map(rfc3339);
+        let values = headers::Values {
+            id,
+            name: &live.name,
+            owner: &live.owner,
+            expires_at: expires.as_deref().unwrap_or(""),
+        };
+        for t in live.headers() {
+            if let Ok(name) = HeaderName::from_bytes(t.name.as_bytes()) {
+                h.insert(name, header_value(&t.render(&values)));
+            }
         }
     }
     r
+}
+
+/// `X-Api-Key-Scopes`: the scopes joined with commas, encoded as [`header_value`].
+fn scopes_value(scopes: &[String]) -> HeaderValue {
+    match scopes {
+        [] => HeaderValue::from_static(""),
+        [one] => header_value(one),
+        many => header_value(&many.join(",")),
+    }
 }
 
 #[cfg(test)]
@@ -295,7 +387,7 @@ mod tests {
 
     #[test]
     fn key_sources() {
-        let c = AuthConfig::default();
+        let c = AuthPlan::new(AuthConfig::default());
         let uri: Uri = "/x?api_key=q".parse().unwrap();
         assert_eq!(
             presented_key(&c, &hm(&[("authorization", "Bearer abc")]), &uri),
@@ -314,10 +406,10 @@ mod tests {
             None,
             "query not read by default"
         );
-        let c = AuthConfig {
+        let c = AuthPlan::new(AuthConfig {
             query_param: Some("api_key".into()),
             ..AuthConfig::default()
-        };
+        });
         assert_eq!(presented_key(&c, &HeaderMap::new(), &uri), Some("q"));
     }
 

@@ -62,7 +62,14 @@ impl RateLimiter {
             return Ok(());
         };
         Self::refill(b, &cfg, now);
-        if b.tokens >= 1.0 {
+        if cfg.burst >= 1 && b.tokens >= f64::from(cfg.burst) {
+            // Refilled: the same as a client that never failed, which the next
+            // failure starts afresh. Forgetting it keeps the check of a client that
+            // failed once, a while ago, off this lock and map.
+            buckets.remove(&ip);
+            self.tracked.store(buckets.len(), Ordering::Relaxed);
+            Ok(())
+        } else if b.tokens >= 1.0 {
             Ok(())
         } else {
             let rate = f64::from(cfg.failures_per_minute) / 60.0;
@@ -132,6 +139,27 @@ mod tests {
             l.check(ip, t0 + Duration::from_secs(1)).is_ok(),
             "one token per second at 60/min"
         );
+    }
+
+    #[test]
+    fn refilled_clients_are_forgotten() {
+        let l = RateLimiter::new(cfg(60, 3, 100));
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let t0 = Instant::now();
+        l.record_failure(ip, t0);
+        l.record_failure(ip, t0);
+        assert!(l.check(ip, t0 + Duration::from_secs(1)).is_ok());
+        assert_eq!(l.tracked.load(Ordering::Relaxed), 1, "not yet refilled");
+        assert!(l.check(ip, t0 + Duration::from_secs(2)).is_ok());
+        assert_eq!(l.tracked.load(Ordering::Relaxed), 0);
+        assert!(l.buckets.lock().is_empty());
+        // A later failure starts from a full bucket, as for a new client.
+        let t1 = t0 + Duration::from_secs(10);
+        for _ in 0..3 {
+            assert!(l.check(ip, t1).is_ok());
+            l.record_failure(ip, t1);
+        }
+        assert_eq!(l.check(ip, t1), Err(Duration::from_secs(1)));
     }
 
     #[test]

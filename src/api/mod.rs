@@ -8,6 +8,7 @@ pub mod auth;
 pub mod limits;
 pub mod metrics;
 pub mod peer;
+pub mod server;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -44,7 +45,7 @@ impl AppState {
         Self {
             keys,
             edge: Arc::new(Edge {
-                auth: RwLock::new(Arc::new(auth)),
+                auth: RwLock::new(Arc::new(auth::AuthPlan::new(auth))),
                 limiter: limits::RateLimiter::new(rate_limit),
                 metrics: metrics::Metrics::default(),
             }),
@@ -55,7 +56,7 @@ impl AppState {
 /// What the verification endpoints share besides the keys.
 #[derive(Debug)]
 pub struct Edge {
-    auth: RwLock<Arc<AuthConfig>>,
+    auth: RwLock<Arc<auth::AuthPlan>>,
     /// Failed-verification limits.
     pub limiter: limits::RateLimiter,
     /// Counters for `/metrics`.
@@ -64,13 +65,13 @@ pub struct Edge {
 
 impl Edge {
     /// Current forward-auth settings.
-    pub fn auth(&self) -> Arc<AuthConfig> {
+    pub fn auth(&self) -> Arc<auth::AuthPlan> {
         self.auth.read().clone()
     }
 
     /// Replace settings on reload.
     pub fn reconfigure(&self, auth: AuthConfig, rate_limit: RateLimitConfig) {
-        *self.auth.write() = Arc::new(auth);
+        *self.auth.write() = Arc::new(auth::AuthPlan::new(auth));
         self.limiter.reconfigure(rate_limit);
     }
 }
@@ -206,7 +207,13 @@ pub fn verify_response(
         effective_expires_at: None,
         headers: None,
     };
-    if let Some(live) = keys.key_of(&v) {
+    let found = keys.key_of(&v);
+    if found.is_none() && v.code == Code::Valid {
+        // Removed or rotated between the check and this answer: not found after all.
+        out.valid = false;
+        out.code = Code::NotFound;
+    }
+    if let Some(live) = found {
         let settings = keys.settings();
         let policy = &settings.policy;
         let id = live.id.to_string();

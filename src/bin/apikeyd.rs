@@ -164,10 +164,19 @@ fn run(path: &std::path::Path, env: Environment) -> anyhow::Result<()> {
         )
         .init();
     let config = config::load(path, &env).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let mut rt = tokio::runtime::Builder::new_multi_thread();
-    if config.server.worker_threads > 0 {
-        rt.worker_threads(config.server.worker_threads);
-    }
+    // One worker: a current-thread runtime serves everything on the thread that
+    // calls block_on, with no cross-thread wake-ups or work stealing. redb writes
+    // still go to the blocking pool (spawn_blocking).
+    let mut rt = match config.server.worker_threads {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        n => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            if n > 0 {
+                b.worker_threads(n);
+            }
+            b
+        }
+    };
     let rt = rt
         .enable_all()
         .build()

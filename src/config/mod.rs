@@ -162,7 +162,7 @@ pub struct ServerConfig {
     pub state_dir: PathBuf,
     /// File holding the HMAC server secret (created on first start).
     pub secret_file: PathBuf,
-    /// Tokio worker threads; 0 means one per CPU.
+    /// Tokio worker threads; 0 means one per CPU, 1 a single-threaded runtime.
     pub worker_threads: usize,
     /// Largest accepted request body.
     pub max_body_bytes: usize,

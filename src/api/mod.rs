@@ -349,7 +349,8 @@ async fn list_keys(
 ) -> ApiResult<Json<Value>> {
     let list = st
         .keys
-        .list(&actor, q.user.as_deref(), q.all.unwrap_or(false))?;
+        .list(&actor, q.user.as_deref(), q.all.unwrap_or(false))
+        .await?;
     Ok(Json(json!({ "keys": list })))
 }
 

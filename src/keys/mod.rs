@@ -842,7 +842,7 @@ impl Keys {
     }
 
     /// Keys visible to `actor`, optionally of one user, oldest first.
-    pub fn list(
+    pub async fn list(
         &self,
         actor: &Actor,
         user: Option<&str>,
@@ -871,14 +871,17 @@ impl Keys {
             .collect();
         picked.sort_unstable();
         let ids: Vec<Uuid> = picked.into_iter().map(|(_, id)| id).collect();
-        let mut records = self.store.keys(&ids)?;
-        let index = self.index.read();
-        for rec in &mut records {
-            if let Some(live) = index.get(&rec.id) {
-                index.merge_usage(rec, live);
+        // Reading and decoding every record can take seconds at 1M keys: not on a
+        // runtime worker, which may be the only one serving verifications.
+        let mut records = self.blocking(move |s| s.keys(&ids)).await?;
+        {
+            let index = self.index.read();
+            for rec in &mut records {
+                if let Some(live) = index.get(&rec.id) {
+                    index.merge_usage(rec, live);
+                }
             }
         }
-        drop(index);
         Ok(records
             .iter()
             .map(|r| view_of(&settings.policy, r, now))

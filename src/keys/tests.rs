@@ -298,7 +298,7 @@ async fn last_used_is_persisted_at_most_once_a_minute_per_key() {
     drop(f.keys);
     let store = Arc::new(Store::open(&f.path).unwrap());
     let reopened = Keys::open(store, hasher(), f.clock.clone(), settings(CONFIG)).unwrap();
-    let list = reopened.list(&admin(), None, false).unwrap();
+    let list = reopened.list(&admin(), None, false).await.unwrap();
     assert_eq!(
         list[0].last_used_at.as_deref(),
         Some(rfc3339(expected).as_str())
@@ -447,11 +447,11 @@ async fn permissions_follow_groups() {
         Err(KeyError::NotFound(_))
     ));
     assert!(matches!(
-        f.keys.list(&alice(), Some("bob"), false),
+        f.keys.list(&alice(), Some("bob"), false).await,
         Err(KeyError::Forbidden(_))
     ));
-    assert_eq!(f.keys.list(&alice(), None, false).unwrap().len(), 1);
-    assert_eq!(f.keys.list(&admin(), None, false).unwrap().len(), 2);
+    assert_eq!(f.keys.list(&alice(), None, false).await.unwrap().len(), 1);
+    assert_eq!(f.keys.list(&admin(), None, false).await.unwrap().len(), 2);
 }
 
 #[tokio::test]
@@ -566,7 +566,7 @@ async fn bad_input_changes_nothing() {
     r.ip = vec!["10.0.0.0/33".into()];
     assert!(f.keys.create(&admin(), r).await.is_err());
     assert_eq!(f.keys.show(&admin(), &id).unwrap(), before);
-    assert_eq!(f.keys.list(&admin(), None, true).unwrap().len(), 1);
+    assert_eq!(f.keys.list(&admin(), None, true).await.unwrap().len(), 1);
     assert_eq!(
         f.keys.audit(&admin(), None, 100).await.unwrap().len(),
         audit_before

@@ -757,3 +757,42 @@ async fn many_keys_grow_the_table_and_removals_leave_the_rest_intact() {
     assert_eq!(counts["active"], 200);
     assert_eq!(counts["removed"], 100);
 }
+
+#[tokio::test]
+async fn purged_entries_are_reused_without_mixing_up_keys() {
+    let text = CONFIG.replace(
+        "DefaultExpirationPeriod = \"p1y\"\n",
+        "DefaultExpirationPeriod = \"p1y\"\nRetentionPeriod = \"p1d\"\n",
+    );
+    let f = fixture_with(&text);
+    let c = config::parse(
+        std::path::Path::new("t.toml"),
+        &text,
+        &Environment::default(),
+    )
+    .unwrap();
+    f.keys.set_alert_config(c.alerts);
+    let old = f.keys.create(&admin(), req("alice", "old")).await.unwrap();
+    let old_key = old.key.expose().to_owned();
+    let stale = f.keys.verify(&old_key, None, None);
+    assert_eq!(stale.code, Code::Valid);
+    f.keys
+        .remove(&admin(), &old.view.id.to_string())
+        .await
+        .unwrap();
+    f.clock.advance(Duration::days(2));
+    assert_eq!(f.keys.purge().await.unwrap(), 1);
+    // The new key takes the purged key's entry number.
+    let new = f.keys.create(&admin(), req("alice", "new")).await.unwrap();
+    assert_eq!(f.keys.verify(&old_key, None, None).code, Code::NotFound);
+    assert_eq!(
+        f.keys.verify(new.key.expose(), None, None).code,
+        Code::Valid
+    );
+    // A verification of the old key taken before the purge does not resolve to the
+    // key now in its entry.
+    assert!(f.keys.key_of(&stale).is_none());
+    let fresh = f.keys.verify(new.key.expose(), None, None);
+    assert_eq!(f.keys.key_of(&fresh).unwrap().id, new.view.id);
+    assert_eq!(f.keys.len(), 1);
+}

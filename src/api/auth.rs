@@ -15,8 +15,7 @@ use axum::response::{IntoResponse, Response};
 use super::metrics::Endpoint;
 use super::AppState;
 use crate::config::AuthConfig;
-use crate::keys::headers;
-use crate::keys::model::{rfc3339, Code};
+use crate::keys::model::Code;
 
 /// The TCP peer's address, when there is one (not on the Unix socket).
 #[derive(Debug, Clone, Copy)]
@@ -277,12 +276,17 @@ pub fn check(
         n += 1;
     }
     let started = Instant::now();
-    let v = st.keys.verify_route(
+    let mut v = st.keys.verify_route(
         key,
         &scopes[..n],
         Some(client),
         route.map(|r| r.prefix.as_str()),
     );
+    let live = if v.code == Code::Valid {
+        st.keys.resolve(&mut v)
+    } else {
+        None
+    };
     st.edge
         .metrics
         .record(Endpoint::Auth, Some(v.code), started.elapsed());
@@ -295,12 +299,8 @@ pub fn check(
         Code::Expired | Code::Inactive => StatusCode::UNAUTHORIZED,
         Code::Disabled | Code::IpNotAllowed | Code::InsufficientScope => StatusCode::FORBIDDEN,
     };
-    if v.code != Code::Valid {
+    let Some(live) = live else {
         return deny(status, v.code.as_str());
-    }
-    let Some(live) = st.keys.key_of(&v) else {
-        // Removed or rotated between the check and this answer: not found after all.
-        return deny(StatusCode::UNAUTHORIZED, Code::NotFound.as_str());
     };
     let mut r = empty(StatusCode::OK, 5 + live.headers().len());
     let h = r.headers_mut();
@@ -315,18 +315,9 @@ pub fn check(
         let secs = (at - st.keys.clock().now()).num_seconds().max(0);
         h.insert(X_API_KEY_EXPIRES_IN, HeaderValue::from(secs));
     }
-    if !live.headers().is_empty() {
-        let expires = live.expires_at().map(rfc3339);
-        let values = headers::Values {
-            id,
-            name: &live.name,
-            owner: &live.owner,
-            expires_at: expires.as_deref().unwrap_or(""),
-        };
-        for t in live.headers() {
-            if let Ok(name) = HeaderName::from_bytes(t.name.as_bytes()) {
-                h.insert(name, header_value(&t.render(&values)));
-            }
+    for (t, value) in live.rendered_headers(id) {
+        if let Ok(name) = HeaderName::from_bytes(t.name.as_bytes()) {
+            h.insert(name, header_value(&value));
         }
     }
     r

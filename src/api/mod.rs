@@ -28,7 +28,7 @@ use serde_json::{json, Value};
 
 use crate::config::{AuthConfig, RateLimitConfig, ADMIN_SCOPE};
 use crate::keys::model::{rfc3339, Code};
-use crate::keys::{headers, Actor, CreateKey, EditKey, KeyError, Keys};
+use crate::keys::{Actor, CreateKey, EditKey, KeyError, Keys};
 
 /// Shared state of every router.
 #[derive(Debug, Clone)]
@@ -195,7 +195,8 @@ pub fn verify_response(
     scope: Option<&str>,
     ip: Option<IpAddr>,
 ) -> VerifyResponse {
-    let v = keys.verify(key, scope, ip);
+    let mut v = keys.verify(key, scope, ip);
+    let found = keys.resolve(&mut v);
     let mut out = VerifyResponse {
         valid: v.code == Code::Valid,
         code: v.code,
@@ -207,27 +208,14 @@ pub fn verify_response(
         effective_expires_at: None,
         headers: None,
     };
-    let found = keys.key_of(&v);
-    if found.is_none() && v.code == Code::Valid {
-        // Removed or rotated between the check and this answer: not found after all.
-        out.valid = false;
-        out.code = Code::NotFound;
-    }
     if let Some(live) = found {
         let settings = keys.settings();
         let policy = &settings.policy;
         let id = live.id.to_string();
-        let expires = live.expires_at().map(rfc3339);
-        let values = headers::Values {
-            id: &id,
-            name: &live.name,
-            owner: &live.owner,
-            expires_at: expires.as_deref().unwrap_or(""),
-        };
         out.headers = Some(
-            live.headers()
-                .iter()
-                .map(|h| (h.name.clone(), Value::String(h.render(&values))))
+            live.rendered_headers(&id)
+                .into_iter()
+                .map(|(t, value)| (t.name.clone(), Value::String(value)))
                 .collect(),
         );
         out.effective_expires_at = Some(
@@ -239,7 +227,7 @@ pub fn verify_response(
         out.name = Some(live.name.to_string());
         out.owner = Some(live.owner.to_string());
         out.scopes = Some(live.scopes.to_vec());
-        out.expires_at = Some(expires);
+        out.expires_at = Some(live.expires_at().map(rfc3339));
     }
     out
 }
@@ -586,11 +574,8 @@ async fn bearer_actor(
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip());
-    let v = st.keys.verify(token, Some(ADMIN_SCOPE), client_ip);
-    let Some(live) = (v.code == Code::Valid)
-        .then(|| st.keys.key_of(&v))
-        .flatten()
-    else {
+    let mut v = st.keys.verify(token, Some(ADMIN_SCOPE), client_ip);
+    let Some(live) = st.keys.resolve(&mut v).filter(|_| v.code == Code::Valid) else {
         return ApiError {
             status: if v.code == Code::InsufficientScope {
                 StatusCode::FORBIDDEN

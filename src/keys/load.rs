@@ -18,6 +18,7 @@ use uuid::Uuid;
 use super::headers::HeaderTemplate;
 use super::model::{KeyRecord, KeyState, Lifetime};
 use super::secret::KeyHash;
+use super::table::{SlotUsage, NEVER};
 use crate::store::StoreError;
 
 /// What the index keeps of a stored key.
@@ -131,6 +132,17 @@ fn corrupt(message: String) -> StoreError {
     }
 }
 
+/// The previous hash of a rotated key and the end of its grace period, if both are set.
+fn previous(
+    hash: Option<&str>,
+    until: Option<DateTime<Utc>>,
+) -> Result<Option<(KeyHash, DateTime<Utc>)>, StoreError> {
+    match (hash, until) {
+        (Some(h), Some(until)) => Ok(Some((decode_hash(h)?, until))),
+        _ => Ok(None),
+    }
+}
+
 /// Decode the hex form of a keyed hash.
 pub fn decode_hash(h: &str) -> Result<KeyHash, StoreError> {
     let mut out = [0u8; 32];
@@ -141,13 +153,9 @@ pub fn decode_hash(h: &str) -> Result<KeyHash, StoreError> {
 /// Decode one stored record (JSON) into what the index keeps.
 pub fn prepare(cache: &mut LoadCache, raw: &[u8]) -> Result<Loaded, StoreError> {
     let s: Stored<'_> = serde_json::from_slice(raw).map_err(|e| corrupt(e.to_string()))?;
-    let previous = match (&s.previous_hash, s.previous_valid_until) {
-        (Some(h), Some(until)) => Some((decode_hash(h)?, until)),
-        _ => None,
-    };
     Ok(Loaded {
         hash: decode_hash(&s.hash)?,
-        previous,
+        previous: previous(s.previous_hash.as_deref(), s.previous_valid_until)?,
         life: Lifetime {
             state: s.state,
             expires_at: s.expires_at,
@@ -171,28 +179,34 @@ pub fn prepare(cache: &mut LoadCache, raw: &[u8]) -> Result<Loaded, StoreError> 
 
 impl Loaded {
     /// The same from a full record (a change published at run time).
-    pub fn from_record(rec: KeyRecord) -> Result<Self, StoreError> {
-        let previous = match (&rec.previous_hash, rec.previous_valid_until) {
-            (Some(h), Some(until)) => Some((decode_hash(h)?, until)),
-            _ => None,
-        };
+    pub fn from_record(rec: &KeyRecord) -> Result<Self, StoreError> {
         Ok(Loaded {
             hash: decode_hash(&rec.hash)?,
-            previous,
+            previous: previous(rec.previous_hash.as_deref(), rec.previous_valid_until)?,
             life: rec.lifetime(),
             id: rec.id,
             owner: Arc::from(rec.owner.as_str()),
-            name: rec.name.into_boxed_str(),
-            scopes: Arc::from(rec.scopes),
-            ip_filters: rec.ip_filters,
-            headers: rec.headers,
+            name: rec.name.as_str().into(),
+            scopes: Arc::from(rec.scopes.as_slice()),
+            ip_filters: rec.ip_filters.clone(),
+            headers: rec.headers.clone(),
             last_used_at: rec.last_used_at,
             warned_for: rec.alerting.inactivity_warned_for,
             lapse_recorded: rec.alerting.lapse_recorded_at.is_some(),
             verifications: rec.usage.verifications,
             denied: rec.usage.denied,
-            routes: rec.usage.routes,
+            routes: rec.usage.routes.clone(),
         })
+    }
+
+    /// The stored usage, as a slot starts from it.
+    pub fn stored_usage(&self) -> SlotUsage {
+        (
+            self.last_used_at.map_or(NEVER, |t| t.timestamp()),
+            self.verifications,
+            self.denied,
+            false,
+        )
     }
 }
 
@@ -304,7 +318,7 @@ mod tests {
         .unwrap();
         let raw = serde_json::to_vec(&rec).unwrap();
         let fast = prepare(&mut LoadCache::default(), &raw).unwrap();
-        let full = Loaded::from_record(rec).unwrap();
+        let full = Loaded::from_record(&rec).unwrap();
         assert_eq!(format!("{fast:?}"), format!("{full:?}"));
     }
 }

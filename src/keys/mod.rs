@@ -36,7 +36,7 @@ use model::{
     rfc3339, AuditEntry, Code, KeyKind, KeyRecord, KeyState, Lifetime, Limit, Status, UsageCounts,
 };
 use secret::{KeyHash, KeyHasher, Secret, Shape};
-use table::{Hit, Slot, SlotInit, Table, NEVER};
+use table::{Hit, Slot, SlotInit, SlotUsage, Table, NEVER};
 
 pub use notify::{NotifyRequest, Outcome};
 
@@ -147,6 +147,8 @@ pub struct Live {
     extra: Option<Box<Extra>>,
     /// Position in the index's entry list.
     entry: u32,
+    /// Number of its scope set (what its slot holds).
+    scope_set: u16,
     /// The expiry sweep recorded the lapse (maintenance).
     lapse_recorded: bool,
 }
@@ -171,6 +173,23 @@ impl Live {
         self.life.expires_at
     }
 
+    /// The key's response headers with their templates filled; `id` is the key's id
+    /// as the caller has formatted it. Nothing is formatted for a key without any.
+    pub fn rendered_headers(&self, id: &str) -> Vec<(&HeaderTemplate, String)> {
+        let templates = self.headers();
+        if templates.is_empty() {
+            return Vec::new();
+        }
+        let expires = self.expires_at().map(rfc3339);
+        let values = headers::Values {
+            id,
+            name: &self.name,
+            owner: &self.owner,
+            expires_at: expires.as_deref().unwrap_or(""),
+        };
+        templates.iter().map(|t| (t, t.render(&values))).collect()
+    }
+
     fn count_route(&self, route: &str) {
         // Allocate the route's name only the first time this key is seen on it.
         let mut routes = self.routes.lock();
@@ -185,22 +204,6 @@ impl Live {
 
     fn route_counts(&self) -> BTreeMap<String, u64> {
         self.routes.lock().as_deref().cloned().unwrap_or_default()
-    }
-}
-
-/// The keyed hashes are HMAC outputs under a secret an attacker does not know, so
-/// their first 8 bytes are already a uniformly distributed hash: no need to SipHash.
-#[derive(Default)]
-pub struct PrefixHasher(u64);
-
-impl Hasher for PrefixHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for (i, b) in bytes.iter().take(8).enumerate() {
-            self.0 ^= u64::from(*b) << (8 * i);
-        }
     }
 }
 
@@ -223,9 +226,6 @@ struct Index {
     last_scope_set: Option<(Arc<[String]>, u16)>,
 }
 
-/// Usage of a key as the slot has it: (last used seconds, valid, denied, dirty).
-type SlotUsage = (i64, u64, u64, bool);
-
 impl Index {
     fn with_capacity(n: usize) -> Self {
         Self {
@@ -239,7 +239,11 @@ impl Index {
 
     /// The entry of key `id`.
     fn get(&self, id: &Uuid) -> Option<&Arc<Live>> {
-        let e = *self.by_id.get(id)?;
+        self.at(*self.by_id.get(id)?)
+    }
+
+    /// The entry with number `e`.
+    fn at(&self, e: u32) -> Option<&Arc<Live>> {
         self.entries.get(e as usize)?.as_ref()
     }
 
@@ -255,28 +259,49 @@ impl Index {
         self.table.current(&live.hash)
     }
 
-    /// Newest known last use of a key.
+    /// Newest known last use of a key: its slot's (which starts from the stored one),
+    /// or the stored one for a removed key.
     fn last_used(&self, live: &Live) -> Option<DateTime<Utc>> {
-        match self.slot(live) {
-            Some(s) => s.last_used().max(live.stored_last_used),
-            None => live.stored_last_used,
+        self.slot(live)
+            .map_or(live.stored_last_used, Slot::last_used)
+    }
+
+    /// Whether the key of `slot` accepts a client at `ip` (any, without IP filters).
+    fn admits(&self, slot: &Slot, ip: Option<IpAddr>) -> bool {
+        slot.flags & table::HAS_IP_FILTERS == 0
+            || self
+                .at(slot.entry)
+                .is_some_and(|live| ip.is_some_and(|ip| ipfilter::allows(live.ip_filters(), ip)))
+    }
+
+    /// Whether the key of `slot` holds every one of `scopes`.
+    fn holds(&self, slot: &Slot, scopes: &[&str]) -> bool {
+        if scopes.is_empty() {
+            return true;
         }
+        // Past u16::MAX distinct sets a slot's number is not in the list: the entry's.
+        let held = match self.scope_sets.get(usize::from(slot.scope_set)) {
+            Some(set) => Some(set),
+            None => self.at(slot.entry).map(|live| &live.scopes),
+        };
+        held.is_some_and(|held| scopes.iter().all(|s| held.iter().any(|k| k == s)))
     }
 
     fn status(&self, live: &Live, policy: &Policy, now: DateTime<Utc>) -> Status {
         live.life.status(policy, self.last_used(live), now)
     }
 
+    /// Last use and counters as known in memory, for a key that has a slot.
+    fn usage(&self, live: &Live) -> Option<(Option<DateTime<Utc>>, UsageCounts)> {
+        let slot = self.slot(live)?;
+        Some((slot.last_used(), usage_counts(slot, live)))
+    }
+
     /// Put the usage known in memory into a record read from redb.
     fn merge_usage(&self, rec: &mut KeyRecord, live: &Live) {
-        if let Some(slot) = self.slot(live) {
-            let (valid, denied) = slot.counts();
-            rec.last_used_at = slot.last_used().max(rec.last_used_at);
-            rec.usage = UsageCounts {
-                verifications: valid,
-                denied,
-                routes: live.route_counts(),
-            };
+        if let Some((last_used, counts)) = self.usage(live) {
+            rec.last_used_at = last_used.max(rec.last_used_at);
+            rec.usage = counts;
         }
     }
 
@@ -284,11 +309,7 @@ impl Index {
     /// any, taking over that one's usage counters.
     fn publish(&mut self, rec: &KeyRecord) -> Result<Arc<Live>, StoreError> {
         let old = self.get(&rec.id).cloned();
-        let usage = old.as_ref().and_then(|o| {
-            let s = self.slot(o)?;
-            let (valid, denied) = s.counts();
-            Some((s.last_used_s(), valid, denied, s.is_dirty()))
-        });
+        let usage = old.as_ref().and_then(|o| self.slot(o)).map(Slot::usage);
         if let Some(o) = &old {
             self.forget(o);
         }
@@ -296,25 +317,22 @@ impl Index {
             Some(o) => o.entry,
             None => self.allocate(),
         };
-        let live = Arc::new(self.entry(Loaded::from_record(rec.clone())?, entry));
+        let loaded = Loaded::from_record(rec)?;
+        let usage = usage.unwrap_or_else(|| loaded.stored_usage());
+        let live = Arc::new(self.entry(loaded, entry));
         if let Some(o) = &old {
             live.persisted_at
                 .store(o.persisted_at.load(Ordering::Relaxed), Ordering::Relaxed);
             *live.routes.lock() = o.routes.lock().take();
         }
-        self.insert(live.clone(), usage.unwrap_or_else(|| stored_usage(rec)));
+        self.insert(live.clone(), usage);
         Ok(live)
     }
 
     /// Add a key read from the store (at start).
     fn load(&mut self, l: Loaded) -> Result<(), StoreError> {
         let entry = self.allocate();
-        let usage = (
-            l.last_used_at.map_or(NEVER, |t| t.timestamp()),
-            l.verifications,
-            l.denied,
-            false,
-        );
+        let usage = l.stored_usage();
         let live = Arc::new(self.entry(l, entry));
         self.insert(live, usage);
         Ok(())
@@ -373,7 +391,7 @@ impl Index {
                 o
             }
         };
-        let (scopes, _) = self.scope_number(&l.scopes);
+        let (scopes, scope_set) = self.scope_number(&l.scopes);
         let routes = (!l.routes.is_empty()).then(|| Box::new(l.routes));
         Live {
             hash: l.hash,
@@ -388,6 +406,7 @@ impl Index {
             routes: parking_lot::Mutex::new(routes),
             extra,
             entry,
+            scope_set,
             lapse_recorded: l.lapse_recorded,
         }
     }
@@ -395,7 +414,6 @@ impl Index {
     fn insert(&mut self, live: Arc<Live>, usage: SlotUsage) {
         let e = live.entry as usize;
         if live.life.state != KeyState::Removed {
-            let (_, scope_set) = self.scope_number(&live.scopes);
             self.table.put_current(&SlotInit {
                 hash: live.hash,
                 life: live.life,
@@ -405,7 +423,7 @@ impl Index {
                 } else {
                     table::HAS_IP_FILTERS
                 },
-                scope_set,
+                scope_set: live.scope_set,
                 usage,
             });
             if let Some((h, until)) = live.previous() {
@@ -445,13 +463,14 @@ impl Index {
     }
 }
 
-fn stored_usage(rec: &KeyRecord) -> SlotUsage {
-    (
-        rec.last_used_at.map_or(NEVER, |t| t.timestamp()),
-        rec.usage.verifications,
-        rec.usage.denied,
-        false,
-    )
+/// The counters of a key: its slot's, and its entry's per route.
+fn usage_counts(slot: &Slot, live: &Live) -> UsageCounts {
+    let (verifications, denied) = slot.counts();
+    UsageCounts {
+        verifications,
+        denied,
+        routes: live.route_counts(),
+    }
 }
 
 /// Outcome of a verification.
@@ -725,7 +744,7 @@ impl Keys {
             Some(Hit::Previous { until_ms, entry }) => {
                 // The previous secret of a rotated key: good only during the grace period.
                 let current = (now.timestamp_millis() < until_ms)
-                    .then(|| index.entries.get(entry as usize)?.as_ref())
+                    .then(|| index.at(entry))
                     .flatten()
                     .and_then(|live| index.table.current(&live.hash));
                 match current {
@@ -739,41 +758,14 @@ impl Keys {
             Status::Disabled => Code::Disabled,
             Status::Expired => Code::Expired,
             Status::Inactive => Code::Inactive,
+            Status::Active if !index.admits(slot, ip) => Code::IpNotAllowed,
+            Status::Active if !index.holds(slot, scopes) => Code::InsufficientScope,
             Status::Active => {
-                let filters_fail = slot.flags & table::HAS_IP_FILTERS != 0
-                    && index
-                        .entries
-                        .get(slot.entry as usize)
-                        .and_then(Option::as_ref)
-                        .is_none_or(|live| {
-                            !ip.is_some_and(|ip| ipfilter::allows(live.ip_filters(), ip))
-                        });
-                if filters_fail {
-                    Code::IpNotAllowed
-                } else if !scopes.is_empty()
-                    && index
-                        .scope_sets
-                        .get(usize::from(slot.scope_set))
-                        .or_else(|| {
-                            // More distinct scope sets than slot numbers: the entry's.
-                            Some(&index.entries.get(slot.entry as usize)?.as_ref()?.scopes)
-                        })
-                        .is_none_or(|held| scopes.iter().any(|s| !held.iter().any(|k| k == s)))
-                {
-                    Code::InsufficientScope
-                } else {
-                    slot.touch(now.timestamp());
-                    if let Some(r) = route {
-                        if let Some(live) = index
-                            .entries
-                            .get(slot.entry as usize)
-                            .and_then(Option::as_ref)
-                        {
-                            live.count_route(r);
-                        }
-                    }
-                    Code::Valid
+                slot.touch(now.timestamp());
+                if let (Some(r), Some(live)) = (route, index.at(slot.entry)) {
+                    live.count_route(r);
                 }
+                Code::Valid
             }
         };
         if code != Code::Valid {
@@ -790,10 +782,21 @@ impl Keys {
         out
     }
 
-    /// The key a verification found, if it still holds the presented secret.
-    pub fn key_of(&self, v: &Verification) -> Option<Arc<Live>> {
+    /// The key a verification found, if it still holds the presented secret. The
+    /// in-process check does not touch the key's entry (a cache miss at 1M keys);
+    /// callers that answer with the key's identity fetch it here. A VALID
+    /// verification whose key was removed or rotated in between becomes NOT_FOUND.
+    pub fn resolve(&self, v: &mut Verification) -> Option<Arc<Live>> {
+        let live = self.key_of(v);
+        if live.is_none() && v.code == Code::Valid {
+            v.code = Code::NotFound;
+        }
+        live
+    }
+
+    fn key_of(&self, v: &Verification) -> Option<Arc<Live>> {
         let index = self.index.read();
-        let live = index.entries.get(v.entry? as usize)?.as_ref()?;
+        let live = index.at(v.entry?)?;
         (live.hash == v.hash || live.previous().is_some_and(|(h, _)| h == v.hash))
             .then(|| live.clone())
     }
@@ -1295,15 +1298,12 @@ impl Keys {
         let now = self.clock.now().timestamp();
         let interval = LAST_USED_PERSIST_INTERVAL.num_seconds();
         let mut waiting = false;
-        let (due, updates) = {
+        let mut due: Vec<Arc<Live>> = Vec::new();
+        let mut updates: Vec<UsageUpdate> = Vec::new();
+        {
             let index = self.index.read();
-            let mut due: Vec<Arc<Live>> = Vec::new();
             for slot in index.table.iter().filter(|s| s.is_dirty()) {
-                let Some(l) = index
-                    .entries
-                    .get(slot.entry as usize)
-                    .and_then(Option::as_ref)
-                else {
+                let Some(l) = index.at(slot.entry) else {
                     continue;
                 };
                 let at = l.persisted_at.load(Ordering::Relaxed);
@@ -1311,32 +1311,17 @@ impl Keys {
                     // Cleared before the counters are read: a use racing with this
                     // flush sets the flag again and is written next time.
                     slot.set_dirty(false);
+                    updates.push(UsageUpdate {
+                        id: l.id,
+                        last_used_at: slot.last_used(),
+                        counts: usage_counts(slot, l),
+                    });
                     due.push(l.clone());
                 } else {
                     waiting = true;
                 }
             }
-            let updates: Vec<UsageUpdate> = due
-                .iter()
-                .map(|l| {
-                    let mut rec_usage = UsageUpdate {
-                        id: l.id,
-                        last_used_at: index.last_used(l),
-                        counts: UsageCounts::default(),
-                    };
-                    if let Some(slot) = index.slot(l) {
-                        let (valid, denied) = slot.counts();
-                        rec_usage.counts = UsageCounts {
-                            verifications: valid,
-                            denied,
-                            routes: l.route_counts(),
-                        };
-                    }
-                    rec_usage
-                })
-                .collect();
-            (due, updates)
-        };
+        }
         if waiting {
             // Uses newer than the store but within the one-minute rule: next time.
             self.touched.store(true, Ordering::Relaxed);
@@ -1384,9 +1369,7 @@ impl Keys {
         for slot in index.table.iter().filter(|s| s.is_dirty()) {
             count += 1;
             let at = index
-                .entries
-                .get(slot.entry as usize)
-                .and_then(Option::as_ref)
+                .at(slot.entry)
                 .map_or(NEVER, |l| l.persisted_at.load(Ordering::Relaxed));
             if at != NEVER {
                 lag = lag.max(now.saturating_sub(at));
@@ -1601,7 +1584,7 @@ fn check_unique_name(
     };
     let clash = match index.names.get(&name_hash(owner, name)) {
         None => false,
-        Some(e) => match index.entries.get(*e as usize).and_then(Option::as_ref) {
+        Some(e) => match index.at(*e) {
             Some(l) if same(l) => true,
             // Our own key, or a different name with the same hash: make sure by
             // looking at every key (a 64-bit collision is not expected in practice).

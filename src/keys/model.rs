@@ -308,20 +308,6 @@ impl KeyRecord {
         }
     }
 
-    /// Start of the current idle stretch: the last use, or creation if never used.
-    pub fn last_activity(&self, last_used: Option<DateTime<Utc>>) -> DateTime<Utc> {
-        self.lifetime().last_activity(last_used)
-    }
-
-    /// When inactivity expiry would hit, if inactivity expiry is on.
-    pub fn inactivity_deadline(
-        &self,
-        policy: &Policy,
-        last_used: Option<DateTime<Utc>>,
-    ) -> Option<DateTime<Utc>> {
-        self.lifetime().inactivity_deadline(policy, last_used)
-    }
-
     /// The earlier of the hard expiry and the inactivity deadline, and which it is.
     pub fn effective_expiry(
         &self,

@@ -116,6 +116,12 @@ impl Slot {
         )
     }
 
+    /// The usage a replacement slot takes over.
+    pub fn usage(&self) -> SlotUsage {
+        let (valid, denied) = self.counts();
+        (self.last_used_s(), valid, denied, self.is_dirty())
+    }
+
     /// Usage changed since the last write.
     pub fn is_dirty(&self) -> bool {
         self.dirty.load(Ordering::Acquire)
@@ -188,6 +194,10 @@ impl Slot {
     }
 }
 
+/// Usage of a key as a slot holds it: (last used seconds or `NEVER`, valid, denied,
+/// dirty).
+pub type SlotUsage = (i64, u64, u64, bool);
+
 /// What to put in a key's slot.
 #[derive(Debug, Clone, Copy)]
 pub struct SlotInit {
@@ -201,8 +211,8 @@ pub struct SlotInit {
     pub flags: u8,
     /// Scope-set number.
     pub scope_set: u16,
-    /// Usage to start from: (last used seconds, valid, denied, dirty).
-    pub usage: (i64, u64, u64, bool),
+    /// Usage to start from.
+    pub usage: SlotUsage,
 }
 
 fn millis(t: DateTime<Utc>) -> i64 {

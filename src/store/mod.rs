@@ -199,12 +199,7 @@ impl Store {
 
     /// One key's full record.
     pub fn key(&self, id: Uuid) -> Result<Option<KeyRecord>, StoreError> {
-        let txn = self.db.begin_read().map_err(db_err)?;
-        let table = txn.open_table(KEYS).map_err(db_err)?;
-        match table.get(id.as_u128()).map_err(db_err)? {
-            Some(v) => Ok(Some(decode("keys", v.value())?)),
-            None => Ok(None),
-        }
+        Ok(self.keys(&[id])?.pop())
     }
 
     /// The full records of `ids` (in that order; missing ids are skipped).

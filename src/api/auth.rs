@@ -4,7 +4,8 @@
 //! `X-Api-Key-Reason`. Nothing is cached: a disabled key is refused on the next call.
 
 use std::net::{IpAddr, SocketAddr};
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, FromRequestParts, Path, Request, State};
@@ -16,6 +17,7 @@ use super::metrics::Endpoint;
 use super::AppState;
 use crate::config::AuthConfig;
 use crate::keys::model::Code;
+use crate::keys::Live;
 
 /// The TCP peer's address, when there is one (not on the Unix socket).
 #[derive(Debug, Clone, Copy)]
@@ -78,8 +80,39 @@ impl AuthPlan {
     }
 }
 
+/// Request headers as the forward-auth decision reads them: hyper's [`HeaderMap`] on
+/// the router's path, the parsed head itself on the connection's fast path
+/// ([`super::http1`]). A value that is not visible ASCII reads as absent, as
+/// [`HeaderValue::to_str`] has it.
+pub trait ReadHeaders {
+    /// Every value of `name`, in order, to `f`.
+    fn each<'a>(&'a self, name: &HeaderName, f: impl FnMut(&'a str));
+
+    /// The first value of `name`.
+    fn first(&self, name: &HeaderName) -> Option<&str> {
+        let mut found = None;
+        self.each(name, |v| {
+            found.get_or_insert(v);
+        });
+        found
+    }
+}
+
+impl ReadHeaders for HeaderMap {
+    fn each<'a>(&'a self, name: &HeaderName, f: impl FnMut(&'a str)) {
+        self.get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .for_each(f);
+    }
+
+    fn first(&self, name: &HeaderName) -> Option<&str> {
+        self.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
 /// The client address: the peer, or what a trusted proxy says the client was.
-pub fn client_ip(cfg: &AuthConfig, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+pub fn client_ip(cfg: &AuthConfig, peer: IpAddr, headers: &impl ReadHeaders) -> IpAddr {
     let trusted = |ip: &IpAddr| crate::keys::ipfilter::allows_any(&cfg.trusted_proxies, *ip);
     if !trusted(&peer) {
         return peer;
@@ -88,31 +121,30 @@ pub fn client_ip(cfg: &AuthConfig, peer: IpAddr, headers: &HeaderMap) -> IpAddr 
     // take the last untrusted address; if every hop is trusted, the first one.
     let mut first = None;
     let mut last_untrusted = None;
-    for ip in headers
-        .get_all(X_FORWARDED_FOR)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|s| s.trim().parse::<IpAddr>().ok())
-    {
-        first.get_or_insert(ip);
-        if !trusted(&ip) {
-            last_untrusted = Some(ip);
+    headers.each(&X_FORWARDED_FOR, |v| {
+        for ip in v.split(',').filter_map(|s| s.trim().parse::<IpAddr>().ok()) {
+            first.get_or_insert(ip);
+            if !trusted(&ip) {
+                last_untrusted = Some(ip);
+            }
         }
-    }
+    });
     if let Some(ip) = last_untrusted.or(first) {
         return ip;
     }
     headers
-        .get(X_REAL_IP)
-        .and_then(|v| v.to_str().ok())
+        .first(&X_REAL_IP)
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(peer)
 }
 
-fn presented_key<'a>(plan: &AuthPlan, headers: &'a HeaderMap, uri: &'a Uri) -> Option<&'a str> {
+fn presented_key<'a>(
+    plan: &AuthPlan,
+    headers: &'a impl ReadHeaders,
+    query: Option<&'a str>,
+) -> Option<&'a str> {
     for (name, bearer) in &plan.key_headers {
-        let Some(v) = headers.get(name).and_then(|v| v.to_str().ok()) else {
+        let Some(v) = headers.first(name) else {
             continue;
         };
         let v = v.trim();
@@ -127,7 +159,7 @@ fn presented_key<'a>(plan: &AuthPlan, headers: &'a HeaderMap, uri: &'a Uri) -> O
         }
     }
     let param = plan.config.query_param.as_deref()?;
-    uri.query()?.split('&').find_map(|pair| {
+    query?.split('&').find_map(|pair| {
         let (k, v) = pair.split_once('=')?;
         (k == param && !v.is_empty()).then_some(v)
     })
@@ -138,14 +170,15 @@ fn plain(b: u8) -> bool {
     (b == b' ' || b.is_ascii_graphic()) && b != b'%'
 }
 
-/// A header value from free text: visible ASCII is kept, anything else (and `%`)
-/// is percent-encoded as UTF-8 so names like "Große Liste" survive.
-pub fn header_value(s: &str) -> HeaderValue {
-    if s.bytes().all(plain) {
-        return HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static(""));
-    }
+/// Free text as a header value into `out`: visible ASCII is kept, anything else (and
+/// `%`) is percent-encoded as UTF-8 so names like "Große Liste" survive.
+pub fn encode_value(s: &str, out: &mut Vec<u8>) {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    let mut out = Vec::with_capacity(s.len() + 16);
+    if s.bytes().all(plain) {
+        out.extend_from_slice(s.as_bytes());
+        return;
+    }
+    out.reserve(s.len() + 16);
     for b in s.bytes() {
         if plain(b) {
             out.push(b);
@@ -153,34 +186,16 @@ pub fn header_value(s: &str) -> HeaderValue {
             out.extend_from_slice(&[b'%', HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]);
         }
     }
-    HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
-/// A bodiless answer. `Content-Length: 0` is set here, as the router would, so that
-/// the answer is the same whether or not it went through the router.
-fn empty(status: StatusCode, headers: usize) -> Response {
-    let mut r = Response::new(Body::empty());
-    *r.status_mut() = status;
-    let h = r.headers_mut();
-    h.reserve(headers + 2);
-    h.insert(header::CONTENT_LENGTH, ZERO);
-    h.insert(header::CACHE_CONTROL, NO_STORE);
-    r
-}
-
-/// Answers carry no body: proxies read only status and headers, and nginx closes an
-/// upstream connection whose `auth_request` answer had a body it did not read.
-fn deny(status: StatusCode, reason: &'static str) -> Response {
-    let mut r = empty(status, 3);
-    let h = r.headers_mut();
-    h.insert(X_API_KEY_REASON, HeaderValue::from_static(reason));
-    if status == StatusCode::UNAUTHORIZED {
-        h.insert(
-            header::WWW_AUTHENTICATE,
-            HeaderValue::from_static("Bearer realm=\"apikeyd\", error=\"invalid_token\""),
-        );
+/// [`encode_value`] as a [`HeaderValue`].
+pub fn header_value(s: &str) -> HeaderValue {
+    if s.bytes().all(plain) {
+        return HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static(""));
     }
-    r
+    let mut out = Vec::new();
+    encode_value(s, &mut out);
+    HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
 fn peer_of(req: &Request) -> Option<IpAddr> {
@@ -210,8 +225,15 @@ pub async fn auth_path(
     )
 }
 
-/// The forward-auth decision for one request: `peer` is the TCP peer (none on the
-/// Unix socket), `path` the original path when it came in the URL.
+/// The size of a request's headers as `auth.max_header_bytes` counts it: each name
+/// and value plus ": " and the line end.
+pub fn header_bytes(name: usize, value: usize) -> usize {
+    name + value + 4
+}
+
+/// [`decide`] and [`Outcome::response`], after refusing headers larger than
+/// `auth.max_header_bytes` with a JSON error: the forward-auth answer of the router
+/// and of connections the fast path hands to hyper.
 pub fn check(
     st: &AppState,
     peer: Option<IpAddr>,
@@ -220,18 +242,17 @@ pub fn check(
     path: Option<&str>,
 ) -> Response {
     let plan = st.edge.auth();
-    let cfg = &plan.config;
     let size: usize = headers
         .iter()
-        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .map(|(k, v)| header_bytes(k.as_str().len(), v.len()))
         .sum();
-    if size > cfg.max_header_bytes {
+    let limit = plan.config.max_header_bytes;
+    if size > limit {
         let mut r = super::ApiError::new(
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             "headers_too_large",
             format!(
-                "request headers total {size} bytes; the limit is {} (auth.max_header_bytes)",
-                cfg.max_header_bytes
+                "request headers total {size} bytes; the limit is {limit} (auth.max_header_bytes)"
             ),
         )
         .into_response();
@@ -239,24 +260,47 @@ pub fn check(
             .insert(X_API_KEY_REASON, HeaderValue::from_static("MALFORMED"));
         return r;
     }
+    decide(st, &plan, peer, uri.query(), headers, path).response()
+}
+
+/// The forward-auth decision for one request.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Too many failed verifications from this client: 429 with `Retry-After`.
+    Limited(Duration),
+    /// Refused with this status and `X-Api-Key-Reason`.
+    Denied(StatusCode, &'static str),
+    /// The key's identity, and the seconds to its effective expiry if it has one.
+    Allowed(Arc<Live>, Option<i64>),
+}
+
+/// Decide on one forward-auth request: `peer` is the TCP peer (none on the Unix
+/// socket), `query` the URL's query string, `path` the original path when it came in
+/// the URL.
+pub fn decide(
+    st: &AppState,
+    plan: &AuthPlan,
+    peer: Option<IpAddr>,
+    query: Option<&str>,
+    headers: &impl ReadHeaders,
+    path: Option<&str>,
+) -> Outcome {
+    let cfg = &plan.config;
     let peer = peer.unwrap_or(IpAddr::from([127, 0, 0, 1]));
     let client = client_ip(cfg, peer, headers);
     let now = Instant::now();
     if let Err(retry) = st.edge.limiter.check(client, now) {
         st.edge.metrics.record_rate_limited();
-        let mut r = deny(StatusCode::TOO_MANY_REQUESTS, "RATE_LIMITED");
-        r.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(retry.as_secs()));
-        return r;
+        return Outcome::Limited(retry);
     }
-    let Some(key) = presented_key(&plan, headers, uri) else {
+    let Some(key) = presented_key(plan, headers, query) else {
         st.edge.metrics.record(Endpoint::Auth, None, now.elapsed());
-        return deny(StatusCode::UNAUTHORIZED, "MISSING");
+        return Outcome::Denied(StatusCode::UNAUTHORIZED, "MISSING");
     };
     let original_uri = plan
         .uri_headers
         .iter()
-        .find_map(|h| headers.get(h).and_then(|v| v.to_str().ok()))
+        .find_map(|h| headers.first(h))
         .or(path);
     let route = original_uri.and_then(|u| cfg.route_for(u));
     // A scope named by the proxy adds to the route's scope; it can never replace it,
@@ -264,8 +308,7 @@ pub fn check(
     let header_scope = plan
         .scope_header
         .as_ref()
-        .and_then(|h| headers.get(h))
-        .and_then(|v| v.to_str().ok())
+        .and_then(|h| headers.first(h))
         .map(str::trim)
         .filter(|s| !s.is_empty());
     let route_scope = route.and_then(|r| r.scope.as_deref());
@@ -300,35 +343,82 @@ pub fn check(
         Code::Disabled | Code::IpNotAllowed | Code::InsufficientScope => StatusCode::FORBIDDEN,
     };
     let Some(live) = live else {
-        return deny(status, v.code.as_str());
+        return Outcome::Denied(status, v.code.as_str());
     };
-    let mut r = empty(StatusCode::OK, 5 + live.headers().len());
-    let h = r.headers_mut();
-    let mut id_buf = uuid::Uuid::encode_buffer();
-    let id: &str = live.id.hyphenated().encode_lower(&mut id_buf);
-    h.insert(X_API_KEY_ID, header_value(id));
-    h.insert(X_API_KEY_NAME, header_value(&live.name));
-    h.insert(X_API_KEY_OWNER, header_value(&live.owner));
-    h.insert(X_API_KEY_SCOPES, scopes_value(&live.scopes));
     let settings = st.keys.settings();
-    if let Some((at, _)) = live.life.effective_expiry(&settings.policy, v.last_used) {
-        let secs = (at - st.keys.clock().now()).num_seconds().max(0);
-        h.insert(X_API_KEY_EXPIRES_IN, HeaderValue::from(secs));
-    }
-    for (t, value) in live.rendered_headers(id) {
-        if let Ok(name) = HeaderName::from_bytes(t.name.as_bytes()) {
-            h.insert(name, header_value(&value));
-        }
-    }
-    r
+    let expires_in = live
+        .life
+        .effective_expiry(&settings.policy, v.last_used)
+        .map(|(at, _)| (at - st.keys.clock().now_coarse()).num_seconds().max(0));
+    Outcome::Allowed(live, expires_in)
 }
 
-/// `X-Api-Key-Scopes`: the scopes joined with commas, encoded as [`header_value`].
-fn scopes_value(scopes: &[String]) -> HeaderValue {
-    match scopes {
-        [] => HeaderValue::from_static(""),
-        [one] => header_value(one),
-        many => header_value(&many.join(",")),
+const UNAUTHORIZED_CHALLENGE: &str = "Bearer realm=\"apikeyd\", error=\"invalid_token\"";
+
+impl Outcome {
+    /// The status of the answer.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Outcome::Limited(_) => StatusCode::TOO_MANY_REQUESTS,
+            Outcome::Denied(status, _) => *status,
+            Outcome::Allowed(..) => StatusCode::OK,
+        }
+    }
+
+    /// The answer's headers besides `Content-Length: 0` and `Cache-Control:
+    /// no-store`, which every answer has, to `put` as name and unencoded value (pass
+    /// values through [`encode_value`]). Answers carry no body: proxies read only
+    /// status and headers, and nginx closes an upstream connection whose
+    /// `auth_request` answer had a body it did not read.
+    pub fn headers(&self, mut put: impl FnMut(&HeaderName, &str)) {
+        match self {
+            Outcome::Limited(retry) => {
+                put(&X_API_KEY_REASON, "RATE_LIMITED");
+                put(
+                    &header::RETRY_AFTER,
+                    itoa::Buffer::new().format(retry.as_secs()),
+                );
+            }
+            Outcome::Denied(status, reason) => {
+                put(&X_API_KEY_REASON, reason);
+                if *status == StatusCode::UNAUTHORIZED {
+                    put(&header::WWW_AUTHENTICATE, UNAUTHORIZED_CHALLENGE);
+                }
+            }
+            Outcome::Allowed(live, expires_in) => {
+                let mut id_buf = uuid::Uuid::encode_buffer();
+                let id: &str = live.id.hyphenated().encode_lower(&mut id_buf);
+                put(&X_API_KEY_ID, id);
+                put(&X_API_KEY_NAME, &live.name);
+                put(&X_API_KEY_OWNER, &live.owner);
+                match &live.scopes[..] {
+                    [] => put(&X_API_KEY_SCOPES, ""),
+                    [one] => put(&X_API_KEY_SCOPES, one),
+                    many => put(&X_API_KEY_SCOPES, &many.join(",")),
+                }
+                if let Some(secs) = expires_in {
+                    put(&X_API_KEY_EXPIRES_IN, itoa::Buffer::new().format(*secs));
+                }
+                for (t, value) in live.rendered_headers(id) {
+                    if let Ok(name) = HeaderName::from_bytes(t.name.as_bytes()) {
+                        put(&name, &value);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The answer as a response for hyper.
+    pub fn response(&self) -> Response {
+        let mut r = Response::new(Body::empty());
+        *r.status_mut() = self.status();
+        let h = r.headers_mut();
+        h.insert(header::CONTENT_LENGTH, ZERO);
+        h.insert(header::CACHE_CONTROL, NO_STORE);
+        self.headers(|name, value| {
+            h.insert(name.clone(), header_value(value));
+        });
+        r
     }
 }
 
@@ -381,19 +471,19 @@ mod tests {
         let c = AuthPlan::new(AuthConfig::default());
         let uri: Uri = "/x?api_key=q".parse().unwrap();
         assert_eq!(
-            presented_key(&c, &hm(&[("authorization", "Bearer abc")]), &uri),
+            presented_key(&c, &hm(&[("authorization", "Bearer abc")]), uri.query()),
             Some("abc")
         );
         assert_eq!(
-            presented_key(&c, &hm(&[("authorization", "Basic abc")]), &uri),
+            presented_key(&c, &hm(&[("authorization", "Basic abc")]), uri.query()),
             None
         );
         assert_eq!(
-            presented_key(&c, &hm(&[("x-api-key", "k")]), &uri),
+            presented_key(&c, &hm(&[("x-api-key", "k")]), uri.query()),
             Some("k")
         );
         assert_eq!(
-            presented_key(&c, &HeaderMap::new(), &uri),
+            presented_key(&c, &HeaderMap::new(), uri.query()),
             None,
             "query not read by default"
         );
@@ -401,7 +491,7 @@ mod tests {
             query_param: Some("api_key".into()),
             ..AuthConfig::default()
         });
-        assert_eq!(presented_key(&c, &HeaderMap::new(), &uri), Some("q"));
+        assert_eq!(presented_key(&c, &HeaderMap::new(), uri.query()), Some("q"));
     }
 
     #[test]

@@ -5,6 +5,7 @@
 
 mod alerts;
 pub mod auth;
+mod http1;
 pub mod limits;
 pub mod metrics;
 pub mod peer;

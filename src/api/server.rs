@@ -1,8 +1,9 @@
-//! The TCP server: HTTP/1.1 connections served by hyper directly. `/v1/auth`, which a
-//! reverse proxy asks about every request it forwards, is answered straight from the
-//! connection (the same [`auth::check`] the router's route calls); every other
-//! request goes through the router with the peer address as [`ConnectInfo`], as
-//! `axum::serve` would do.
+//! The TCP server. Each connection starts on [`http1::serve`], which answers
+//! `/v1/auth` — what a reverse proxy asks about every request it forwards — on the
+//! connection itself. The first request it does not answer hands the connection to
+//! hyper, where `/v1/auth` is still answered without the router (the same
+//! [`auth::check`] the router's route calls) and every other request goes through
+//! the router with the peer address as [`ConnectInfo`], as `axum::serve` would do.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -26,7 +27,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tower::ServiceExt;
 
-use super::{auth, AppState};
+use super::{auth, http1, AppState};
 
 /// The path answered without the router.
 const AUTH_PATH: &str = "/v1/auth";
@@ -59,21 +60,27 @@ pub async fn serve_tcp(
             router: router.clone(),
             peer,
         };
-        let conn = builder.serve_connection(TokioIo::new(stream), service);
-        let stopping = shutdown.wait();
+        let builder = builder.clone();
+        let mut stopping = shutdown.wait();
         let close_rx = close_rx.clone();
         tokio::spawn(async move {
-            let mut conn = std::pin::pin!(conn);
-            tokio::select! {
-                biased;
-                r = conn.as_mut() => {
-                    if let Err(e) = r {
-                        tracing::trace!(error = %e, "connection ended with an error");
+            let mut stream = stream;
+            let end = http1::serve(&mut stream, peer, &service.state, &mut stopping).await;
+            if let http1::End::Handoff(read) = end {
+                let io = TokioIo::new(http1::Rewind::new(stream, read));
+                let conn = builder.serve_connection(io, service);
+                let mut conn = std::pin::pin!(conn);
+                tokio::select! {
+                    biased;
+                    r = conn.as_mut() => {
+                        if let Err(e) = r {
+                            tracing::trace!(error = %e, "connection ended with an error");
+                        }
                     }
-                }
-                () = stopping => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
+                    () = &mut stopping => {
+                        conn.as_mut().graceful_shutdown();
+                        let _ = conn.await;
+                    }
                 }
             }
             drop(close_rx);

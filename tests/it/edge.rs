@@ -319,3 +319,142 @@ fn metrics_and_health() {
         (Some(true), Some(true))
     );
 }
+
+/// One answer read off a keep-alive connection: status, lower-case headers, body.
+fn read_answer(
+    r: &mut std::io::BufReader<std::net::TcpStream>,
+) -> (u16, Vec<(String, String)>, String) {
+    use std::io::{BufRead, Read};
+    let mut status_line = String::new();
+    r.read_line(&mut status_line).unwrap();
+    let status = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status line: {status_line:?}"));
+    let mut headers = Vec::new();
+    loop {
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        let (k, v) = line.split_once(':').unwrap();
+        headers.push((k.trim().to_ascii_lowercase(), v.trim().to_owned()));
+    }
+    let len: usize = headers
+        .iter()
+        .find(|(k, _)| k == "content-length")
+        .map_or(0, |(_, v)| v.parse().unwrap());
+    let mut body = vec![0; len];
+    r.read_exact(&mut body).unwrap();
+    (status, headers, String::from_utf8(body).unwrap())
+}
+
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+#[test]
+fn keep_alive_connections_answer_every_request_in_order() {
+    use std::io::{BufReader, Read, Write};
+    use std::net::TcpStream;
+    use std::time::Duration;
+
+    let d = TestDaemon::start();
+    let (id, key) = d.create("alice", "proxy-key", &[]);
+    let connect = || {
+        let s = TcpStream::connect(d.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        (s.try_clone().unwrap(), BufReader::new(s))
+    };
+    let auth = |method: &str, k: &str, extra: &str| {
+        format!("{method} /v1/auth HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {k}\r\n{extra}\r\n")
+    };
+    let unknown = key.replace(&key[4..10], "ZZZZZZ"); // fails its checksum
+
+    // Pipelined: both answers, in order, on one connection.
+    let (mut w, mut r) = connect();
+    w.write_all((auth("HEAD", &key, "") + &auth("GET", &unknown, "")).as_bytes())
+        .unwrap();
+    let (s, h, body) = read_answer(&mut r);
+    assert_eq!((s, header(&h, "x-api-key-id")), (200, Some(id.as_str())));
+    assert_eq!(body, "");
+    assert!(
+        header(&h, "date").is_some_and(|d| d.ends_with("GMT")),
+        "{h:?}"
+    );
+    let (s, h, _) = read_answer(&mut r);
+    assert_eq!(
+        (s, header(&h, "x-api-key-reason")),
+        (401, Some("MALFORMED"))
+    );
+    // A head that arrives in pieces.
+    let req = auth("GET", &key, "X-Forwarded-Uri: /a\r\n");
+    let (first, rest) = req.split_at(30);
+    w.write_all(first.as_bytes()).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    w.write_all(rest.as_bytes()).unwrap();
+    assert_eq!(read_answer(&mut r).0, 200);
+    // A request with a body, then another path, then /v1/auth again: all answered
+    // on the same connection, the first request's body read and not taken for a head.
+    let body = "{\"x\":\"GET /\"}";
+    let with_body = auth("POST", &key, &format!("Content-Length: {}\r\n", body.len())) + body;
+    w.write_all(with_body.as_bytes()).unwrap();
+    let (s, h, _) = read_answer(&mut r);
+    assert_eq!((s, header(&h, "x-api-key-name")), (200, Some("proxy-key")));
+    w.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    let (s, _, body) = read_answer(&mut r);
+    assert_eq!(s, 200, "{body}");
+    w.write_all(auth("GET", &key, "").as_bytes()).unwrap();
+    assert_eq!(read_answer(&mut r).0, 200);
+    // Disabled between two requests of one connection: refused on the next.
+    d.ok(&["key", "disable", &id]);
+    w.write_all(auth("GET", &key, "").as_bytes()).unwrap();
+    let (s, h, _) = read_answer(&mut r);
+    assert_eq!((s, header(&h, "x-api-key-reason")), (403, Some("DISABLED")));
+    d.ok(&["key", "enable", &id]);
+
+    // Connection: close is honoured: the answer, then the end of the stream.
+    let (mut w, mut r) = connect();
+    w.write_all(auth("GET", &key, "Connection: close\r\n").as_bytes())
+        .unwrap();
+    let (s, h, _) = read_answer(&mut r);
+    assert_eq!((s, header(&h, "connection")), (200, Some("close")));
+    let mut rest = Vec::new();
+    r.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty(), "{rest:?}");
+
+    // HTTP/1.0 and another path first: served (by hyper) all the same.
+    let (mut w, mut r) = connect();
+    w.write_all(format!("GET /v1/auth HTTP/1.0\r\nAuthorization: Bearer {key}\r\n\r\n").as_bytes())
+        .unwrap();
+    assert_eq!(read_answer(&mut r).0, 200);
+    let (mut w, mut r) = connect();
+    w.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    assert_eq!(read_answer(&mut r).0, 200);
+    w.write_all(auth("GET", &key, "").as_bytes()).unwrap();
+    assert_eq!(read_answer(&mut r).0, 200);
+
+    // Not HTTP: a clear 400, and the daemon carries on.
+    let (mut w, mut r) = connect();
+    w.write_all(b"HELLO THERE\r\n\r\n").unwrap();
+    assert_eq!(read_answer(&mut r).0, 400);
+    let a = request(
+        d.addr,
+        "GET",
+        "/v1/auth",
+        &[("Authorization", &bearer(&key))],
+    );
+    assert_eq!(a.status, 200);
+    let shown = d.json(&["key", "show", &id]);
+    // Every 200 above was counted, wherever it was answered; the refusal too.
+    assert_eq!(shown["usage"]["verifications"], 8, "{shown}");
+    assert_eq!(shown["usage"]["denied"], 1, "{shown}");
+}

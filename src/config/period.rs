@@ -146,6 +146,14 @@ impl Period {
         i64::try_from(secs).unwrap_or(i64::MAX)
     }
 
+    /// The longest this period can be, in seconds (a month counted as 31 days),
+    /// rounded up.
+    pub fn max_seconds(&self) -> i64 {
+        let secs =
+            u64::from(self.months) * 31 * 86_400 + self.days * 86_400 + self.millis.div_ceil(1000);
+        i64::try_from(secs).unwrap_or(i64::MAX)
+    }
+
     /// The period as written (lower case).
     pub fn as_str(&self) -> &str {
         &self.text
@@ -271,6 +279,25 @@ mod tests {
             // Adding a positive period always moves time forward.
             let base = at(2026, 8, 31);
             prop_assert!(upper.add_to(base).unwrap() > base);
+        }
+
+        #[test]
+        fn shortest_and_longest_bound_every_calendar_step(
+            m in 0u32..40, d in 0u32..400, secs in 0u64..200_000, day in 0i64..20_000,
+        ) {
+            prop_assume!(m + d > 0 || secs > 0);
+            let mut s = String::from("P");
+            if m > 0 { s += &format!("{m}M"); }
+            if d > 0 { s += &format!("{d}D"); }
+            if secs > 0 { s += &format!("T{secs}S"); }
+            let p = Period::parse(&s).unwrap();
+            // Any day from 1990 on, month ends and leap days included.
+            let base = at(1990, 1, 1) + chrono::Duration::days(day);
+            let forward = (p.add_to(base).unwrap() - base).num_seconds();
+            let back = (base - p.subtract_from(base).unwrap()).num_seconds();
+            for span in [forward, back] {
+                prop_assert!(p.min_seconds() <= span && span <= p.max_seconds(), "{s} from {base}: {span}");
+            }
         }
 
         #[test]

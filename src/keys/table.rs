@@ -160,16 +160,18 @@ impl Slot {
         let Some(period) = &policy.not_accessed_expiration else {
             return Status::Active;
         };
-        let last_s = self.last_used_s();
-        let activity_ms = if last_s == NEVER {
-            self.created_ms
-        } else {
-            last_s.saturating_mul(1000).max(self.created_ms)
-        };
-        if now_ms.saturating_sub(activity_ms) / 1000 < period.min_seconds() {
+        if now_ms.saturating_sub(self.activity_ms()) / 1000 < period.min_seconds() {
             return Status::Active;
         }
         self.lifetime().status(policy, self.last_used(), now)
+    }
+
+    /// The last activity (creation or last use), in milliseconds since the epoch.
+    pub fn activity_ms(&self) -> i64 {
+        match self.last_used_s() {
+            NEVER => self.created_ms,
+            last_s => last_s.saturating_mul(1000).max(self.created_ms),
+        }
     }
 
     /// Count a successful verification at `now_s`.

@@ -796,3 +796,50 @@ async fn purged_entries_are_reused_without_mixing_up_keys() {
     assert_eq!(f.keys.key_of(&fresh).unwrap().id, new.view.id);
     assert_eq!(f.keys.len(), 1);
 }
+
+#[tokio::test]
+async fn expiry_sweep_records_expired_and_inactive_keys_once() {
+    let f = fixture();
+    let create = |name: &'static str, expires: Option<&'static str>| {
+        let keys = &f.keys;
+        async move {
+            let mut r = req("alice", name);
+            r.expires_in = expires.map(Into::into);
+            let issued = keys.create(&admin(), r).await.unwrap();
+            (issued.view.id.to_string(), issued.key.expose().to_owned())
+        }
+    };
+    let (short, _) = create("short", Some("p10d")).await;
+    let (idle, _) = create("idle", None).await;
+    let (used, used_key) = create("used", None).await;
+    let (off, _) = create("off", Some("p10d")).await;
+    let (gone, _) = create("gone", Some("p10d")).await;
+    f.keys.set_enabled(&alice(), &off, false).await.unwrap();
+    f.keys.remove(&admin(), &gone).await.unwrap();
+    assert_eq!(
+        f.keys.sweep_expired().await.unwrap(),
+        0,
+        "nothing lapsed yet"
+    );
+    f.clock.advance(Duration::days(60));
+    assert_eq!(f.keys.verify(&used_key, None, None).code, Code::Valid);
+    f.clock.advance(Duration::days(31)); // p3m of inactivity have passed for "idle"
+    assert_eq!(f.keys.sweep_expired().await.unwrap(), 2);
+    let action_of = |id: String| {
+        let keys = &f.keys;
+        async move {
+            let entries = keys.audit(&admin(), Some(&id), 10).await.unwrap();
+            entries.first().map(|e| e.action.clone()).unwrap()
+        }
+    };
+    assert_eq!(action_of(short).await, "expired");
+    assert_eq!(action_of(idle).await, "inactive");
+    assert_eq!(action_of(used).await, "create", "used 31 days ago: active");
+    assert_eq!(
+        action_of(off).await,
+        "disable",
+        "disabled comes before expired"
+    );
+    assert_eq!(action_of(gone).await, "remove");
+    assert_eq!(f.keys.sweep_expired().await.unwrap(), 0, "recorded once");
+}

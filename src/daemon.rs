@@ -182,6 +182,7 @@ impl Daemon {
             self.tcp,
             state.clone(),
             tcp_app,
+            self.config.server.header_read_timeout,
             stop_rx.clone(),
         ));
         let unix_app =

@@ -13,10 +13,12 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use axum::http::HeaderName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 
 use super::auth::{self, Outcome, ReadHeaders};
 use super::AppState;
@@ -43,21 +45,37 @@ pub enum End {
 
 /// Answer `/v1/auth` requests on `stream` until the connection ends or carries
 /// something else. `stop` resolves when the server stops; a connection between
-/// requests then closes, as hyper's graceful shutdown closes idle ones.
+/// requests then closes, as hyper's graceful shutdown closes idle ones. The first
+/// request head must be complete within `head_timeout` of the connection's start,
+/// and every later one within `head_timeout` of its first byte, or the connection
+/// is closed (slow-loris clients). Between requests a connection may stay idle:
+/// proxies keep idle upstream connections open and close them themselves.
 pub async fn serve(
     stream: &mut TcpStream,
     peer: SocketAddr,
     st: &AppState,
+    head_timeout: Duration,
     mut stop: impl std::future::Future<Output = ()> + Unpin,
 ) -> End {
     let mut input: Vec<u8> = Vec::with_capacity(2 * READ_ROOM);
     let mut out: Vec<u8> = Vec::with_capacity(1024);
+    // When the head being read must be complete: the first one counts from now.
+    let mut head_deadline = Some(Instant::now() + head_timeout);
+    let mut answered = false;
     loop {
+        // A busy connection may never wait for the stop below: look at it here, and
+        // when stopping, answer one more request (with `Connection: close`), as
+        // hyper's graceful shutdown finishes the request in flight.
+        let stopping =
+            std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut stop).poll(cx).is_ready())).await;
+        if stopping && input.is_empty() {
+            return End::Closed;
+        }
         // Answer every complete request read so far, in order.
         let mut used = 0;
         let mut next = Next::Read;
         while used < input.len() {
-            match answer(st, peer, &input[used..], &mut out) {
+            match answer(st, peer, &input[used..], stopping, &mut out) {
                 Step::Answered { len, close } => {
                     used += len;
                     if close {
@@ -79,6 +97,13 @@ pub async fn serve(
             out.clear();
         }
         input.drain(..used);
+        // A burst of pipelined requests may have grown the buffers: give it back.
+        if input.is_empty() && input.capacity() > 4 * MAX_HEAD {
+            input = Vec::with_capacity(2 * READ_ROOM);
+        }
+        if out.capacity() > 4 * MAX_HEAD {
+            out = Vec::with_capacity(1024);
+        }
         match next {
             Next::Close => {
                 let _ = stream.shutdown().await;
@@ -91,6 +116,20 @@ pub async fn serve(
         if input.capacity() - input.len() < READ_ROOM / 2 {
             input.reserve(READ_ROOM);
         }
+        answered |= used > 0;
+        if input.is_empty() {
+            if answered {
+                head_deadline = None;
+            }
+        } else if head_deadline.is_none() || used > 0 {
+            head_deadline = Some(Instant::now() + head_timeout);
+        }
+        let too_slow = async {
+            match head_deadline {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             biased;
             r = stream.read_buf(&mut input) => match r {
@@ -98,6 +137,10 @@ pub async fn serve(
                 Ok(_) => {}
             },
             () = &mut stop => return End::Closed,
+            () = too_slow => {
+                tracing::debug!(%peer, "request head not finished in time; closing");
+                return End::Closed;
+            }
         }
     }
 }
@@ -120,8 +163,8 @@ enum Step {
 }
 
 /// Parse one request at the front of `input` and, if it is a plain `/v1/auth`
-/// request, write its answer to `out`.
-fn answer(st: &AppState, peer: SocketAddr, input: &[u8], out: &mut Vec<u8>) -> Step {
+/// request, write its answer to `out`, closing after it if `closing`.
+fn answer(st: &AppState, peer: SocketAddr, input: &[u8], closing: bool, out: &mut Vec<u8>) -> Step {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     let len = match req.parse(input) {
@@ -129,15 +172,23 @@ fn answer(st: &AppState, peer: SocketAddr, input: &[u8], out: &mut Vec<u8>) -> S
         Ok(httparse::Status::Partial) => return Step::Partial,
         Err(_) => return Step::Handoff,
     };
-    if req.version != Some(1) {
+    if req.version != Some(1) || !req.method.is_some_and(plain_method) {
         return Step::Handoff;
     }
     let Some(target) = req.path else {
         return Step::Handoff;
     };
-    let (path, query) = match target.split_once('?') {
-        Some((path, query)) => (path, Some(query)),
-        None => (target, None),
+    // The usual target is the bare path. One with a query or fragment is read as
+    // hyper reads it (which also refuses characters a URI may not have).
+    let parsed;
+    let (path, query) = if target == AUTH_PATH {
+        (target, None)
+    } else {
+        let Ok(pq) = axum::http::uri::PathAndQuery::try_from(target) else {
+            return Step::Handoff;
+        };
+        parsed = pq;
+        (parsed.path(), parsed.query())
     };
     if path != AUTH_PATH {
         return Step::Handoff;
@@ -145,6 +196,7 @@ fn answer(st: &AppState, peer: SocketAddr, input: &[u8], out: &mut Vec<u8>) -> S
     let Some(close) = plain_head(req.headers) else {
         return Step::Handoff;
     };
+    let close = close || closing;
     let plan = st.edge.auth();
     let size: usize = req
         .headers
@@ -157,6 +209,15 @@ fn answer(st: &AppState, peer: SocketAddr, input: &[u8], out: &mut Vec<u8>) -> S
     let outcome = auth::decide(st, &plan, Some(peer.ip()), query, &Head(req.headers), None);
     write_answer(out, &outcome, close);
     Step::Answered { len, close }
+}
+
+/// Methods answered here. CONNECT (whose 200 opens a tunnel) and anything unusual
+/// go to hyper.
+fn plain_method(method: &str) -> bool {
+    matches!(
+        method,
+        "GET" | "HEAD" | "POST" | "PUT" | "DELETE" | "PATCH" | "OPTIONS"
+    )
 }
 
 /// For a head without a body or protocol change: whether it asks to close the

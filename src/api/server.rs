@@ -38,13 +38,18 @@ pub async fn serve_tcp(
     listener: TcpListener,
     state: AppState,
     router: Router,
+    head_timeout: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
     // HTTP/1 only, keep-alive, no upgrades; otherwise the defaults axum::serve uses,
-    // but for writev: answers are small, and copying a body behind the head into one
-    // buffer costs less than queueing buffers for a vectored write.
+    // but for writev (answers are small, and copying a body behind the head into one
+    // buffer costs less than queueing buffers for a vectored write) and a limit on
+    // the time a request head may take, as on the fast path.
     let mut builder = hyper::server::conn::http1::Builder::new();
-    builder.writev(false);
+    builder
+        .writev(false)
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(head_timeout);
     // Each connection task holds a receiver; `closed` resolves when all are gone.
     let (close_tx, close_rx) = watch::channel(());
     let shutdown = Arc::new(Shutdown::default());
@@ -65,7 +70,8 @@ pub async fn serve_tcp(
         let close_rx = close_rx.clone();
         tokio::spawn(async move {
             let mut stream = stream;
-            let end = http1::serve(&mut stream, peer, &service.state, &mut stopping).await;
+            let state = &service.state;
+            let end = http1::serve(&mut stream, peer, state, head_timeout, &mut stopping).await;
             if let http1::End::Handoff(read) = end {
                 let io = TokioIo::new(http1::Rewind::new(stream, read));
                 let conn = builder.serve_connection(io, service);

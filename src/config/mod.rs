@@ -166,6 +166,8 @@ pub struct ServerConfig {
     pub worker_threads: usize,
     /// Largest accepted request body.
     pub max_body_bytes: usize,
+    /// How long a client may take to send a request head once it has started one.
+    pub header_read_timeout: std::time::Duration,
 }
 
 impl ServerConfig {
@@ -230,6 +232,7 @@ struct RawServer {
     secret_file: Option<String>,
     worker_threads: Option<i64>,
     max_body_bytes: Option<i64>,
+    header_read_timeout: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -273,6 +276,7 @@ const SERVER_KEYS: &[&str] = &[
     "secret_file",
     "worker_threads",
     "max_body_bytes",
+    "header_read_timeout",
 ];
 const API_KEY_KEYS: &[&str] = &[
     "MaxExpirationPeriod",
@@ -565,6 +569,24 @@ impl Validator {
             );
         }
 
+        let header_read_timeout =
+            match Period::parse(s.header_read_timeout.as_deref().unwrap_or("pt30s")) {
+                Ok(p) => match p.fixed().filter(|d| (1..=3600).contains(&d.as_secs())) {
+                    Some(d) => Some(d),
+                    None => {
+                        self.push(
+                            "server.header_read_timeout",
+                            format!("{p} is out of range (pt1s to pt1h)"),
+                        );
+                        None
+                    }
+                },
+                Err(e) => {
+                    self.push("server.header_read_timeout", e.to_string());
+                    None
+                }
+            };
+
         // ---- groups and users
         let mut directory = Directory::default();
         for (name, g) in raw.groups {
@@ -668,6 +690,7 @@ impl Validator {
                 secret_file,
                 worker_threads: usize::try_from(worker_threads).unwrap_or(0),
                 max_body_bytes: usize::try_from(max_body).unwrap_or(65_536),
+                header_read_timeout: header_read_timeout?,
             },
             policy,
             directory,
@@ -812,6 +835,26 @@ mod tests {
                 .unwrap_err();
         let keys: Vec<_> = err.problems.iter().map(|p| p.key.as_str()).collect();
         assert_eq!(keys, ["server.listen_addr", "ApiKey.MaxExpirationPeriode"]);
+    }
+
+    #[test]
+    fn header_read_timeout_is_a_short_fixed_period() {
+        let c = parse_str("").unwrap();
+        assert_eq!(
+            c.server.header_read_timeout,
+            std::time::Duration::from_secs(30)
+        );
+        let c = parse_str("[server]\nheader_read_timeout = \"pt2m30s\"\n").unwrap();
+        assert_eq!(
+            c.server.header_read_timeout,
+            std::time::Duration::from_secs(150)
+        );
+        for bad in ["p1m", "pt2h", "pt0.5s", "", "30"] {
+            let err =
+                parse_str(&format!("[server]\nheader_read_timeout = \"{bad}\"\n")).unwrap_err();
+            let keys: Vec<_> = err.problems.iter().map(|p| p.key.as_str()).collect();
+            assert_eq!(keys, ["server.header_read_timeout"], "{bad}: {err}");
+        }
     }
 
     #[test]

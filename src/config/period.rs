@@ -154,6 +154,15 @@ impl Period {
         i64::try_from(secs).unwrap_or(i64::MAX)
     }
 
+    /// The period as a fixed length, when it has no months (whose length depends on
+    /// the date they are counted from).
+    pub fn fixed(&self) -> Option<std::time::Duration> {
+        (self.months == 0).then(|| {
+            std::time::Duration::from_millis(self.millis)
+                + std::time::Duration::from_secs(self.days.saturating_mul(86_400))
+        })
+    }
+
     /// The period as written (lower case).
     pub fn as_str(&self) -> &str {
         &self.text

@@ -27,8 +27,13 @@ pub enum HeaderError {
         "{0:?} is not a valid HTTP header name (letters, digits and !#$%&'*+-.^_`|~, at most 64)"
     )]
     Name(String),
-    /// A name apikeyd sets itself.
-    #[error("header names starting with X-Api-Key- are reserved for apikeyd ({0:?})")]
+    /// A name apikeyd sets itself, or one that frames or routes the HTTP answer.
+    #[error(
+        "{0:?} is reserved: apikeyd sets X-Api-Key-* and the answer's own headers \
+         (Content-Length, Transfer-Encoding, Connection, Date, Cache-Control, \
+         Keep-Alive, TE, Trailer, Upgrade, Proxy-Connection, Retry-After, \
+         WWW-Authenticate)"
+    )]
     Reserved(String),
     /// Bad characters or too long.
     #[error("value of header {0:?} must be printable ASCII of at most 1024 characters")]
@@ -51,13 +56,38 @@ pub fn parse(input: &str) -> Result<HeaderTemplate, HeaderError> {
     validate(name.trim(), template)
 }
 
+/// Header names a key's templates may not set: apikeyd's own identity headers, and
+/// the headers that frame the answer or manage the connection, which a second copy
+/// would corrupt (a proxy reading `Transfer-Encoding: chunked` on a bodiless answer
+/// would wait for a body, or take the next answer on its connection for one).
+const RESERVED: &[&str] = &[
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+    "date",
+    "cache-control",
+    "retry-after",
+    "www-authenticate",
+];
+
+/// Whether a template may not set header `name`.
+pub fn reserved(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    lower.starts_with("x-api-key-") || RESERVED.contains(&lower.as_str())
+}
+
 /// Validate a name and template.
 pub fn validate(name: &str, template: &str) -> Result<HeaderTemplate, HeaderError> {
     let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
     if name.is_empty() || name.len() > 64 || !name.bytes().all(token) {
         return Err(HeaderError::Name(name.chars().take(80).collect()));
     }
-    if name.to_ascii_lowercase().starts_with("x-api-key-") {
+    if reserved(name) {
         return Err(HeaderError::Reserved(name.to_owned()));
     }
     if template.len() > MAX_VALUE || !template.bytes().all(|b| b == b' ' || b.is_ascii_graphic()) {
@@ -148,10 +178,18 @@ mod tests {
     fn rejects() {
         assert!(matches!(parse("novalue"), Err(HeaderError::Form(_))));
         assert!(matches!(parse("Bad Name=x"), Err(HeaderError::Name(_))));
-        assert!(matches!(
-            parse("X-Api-Key-Owner=x"),
-            Err(HeaderError::Reserved(_))
-        ));
+        for reserved in [
+            "X-Api-Key-Owner=x",
+            "Transfer-Encoding=chunked",
+            "content-length=40",
+            "Connection=close",
+            "Date=x",
+        ] {
+            assert!(
+                matches!(parse(reserved), Err(HeaderError::Reserved(_))),
+                "{reserved}"
+            );
+        }
         assert!(matches!(
             parse("X-A=${key.secret}"),
             Err(HeaderError::Variable { .. })

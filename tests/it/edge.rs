@@ -442,10 +442,39 @@ fn keep_alive_connections_answer_every_request_in_order() {
     w.write_all(auth("GET", &key, "").as_bytes()).unwrap();
     assert_eq!(read_answer(&mut r).0, 200);
 
-    // Not HTTP: a clear 400, and the daemon carries on.
+    // Not HTTP, or a target no URI may have: a clear 400, and the daemon carries on.
     let (mut w, mut r) = connect();
     w.write_all(b"HELLO THERE\r\n\r\n").unwrap();
     assert_eq!(read_answer(&mut r).0, 400);
+    let (mut w, mut r) = connect();
+    w.write_all(
+        auth("GET", &key, "")
+            .replace("/v1/auth", "/v1/auth?a=\"<>")
+            .as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(read_answer(&mut r).0, 400);
+    // A fragment is not part of the query (nor of the key, were the query read).
+    let (mut w, mut r) = connect();
+    w.write_all(
+        auth("GET", &key, "")
+            .replace("/v1/auth", "/v1/auth?x=1#frag")
+            .as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(read_answer(&mut r).0, 200);
+    // A key's own headers can never frame or steer the answer.
+    let refused = d.fails(&[
+        "key",
+        "create",
+        "--user",
+        "alice",
+        "--name",
+        "framing",
+        "--header",
+        "Transfer-Encoding=chunked",
+    ]);
+    assert!(refused.contains("reserved"), "{refused}");
     let a = request(
         d.addr,
         "GET",
@@ -455,6 +484,148 @@ fn keep_alive_connections_answer_every_request_in_order() {
     assert_eq!(a.status, 200);
     let shown = d.json(&["key", "show", &id]);
     // Every 200 above was counted, wherever it was answered; the refusal too.
-    assert_eq!(shown["usage"]["verifications"], 8, "{shown}");
+    assert_eq!(shown["usage"]["verifications"], 9, "{shown}");
     assert_eq!(shown["usage"]["denied"], 1, "{shown}");
+}
+
+#[test]
+fn slow_request_heads_are_cut_off_but_idle_keep_alive_is_not() {
+    use std::io::{BufReader, Read, Write};
+    use std::net::TcpStream;
+    use std::time::{Duration, Instant};
+
+    let mut d = TestDaemon::start();
+    let (_, key) = d.create("alice", "k", &[]);
+    d.stop();
+    let text = std::fs::read_to_string(&d.config).unwrap();
+    let text = text.replace(
+        "worker_threads = 2\n",
+        "worker_threads = 2\nheader_read_timeout = \"pt1s\"\n",
+    );
+    std::fs::write(&d.config, text).unwrap();
+    d.spawn(&[]);
+    let connect = || {
+        let s = TcpStream::connect(d.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        (s.try_clone().unwrap(), BufReader::new(s))
+    };
+    // Closed without an answer: read() sees the end of the stream, in time.
+    let closed_within = |r: &mut BufReader<TcpStream>, what: &str| {
+        let start = Instant::now();
+        let mut rest = Vec::new();
+        let _ = r.read_to_end(&mut rest);
+        let took = start.elapsed();
+        assert!(
+            rest.is_empty(),
+            "{what}: {}",
+            String::from_utf8_lossy(&rest)
+        );
+        assert!(
+            took >= Duration::from_millis(500) && took < Duration::from_secs(5),
+            "{what}: closed after {took:?}"
+        );
+    };
+    let auth = format!("GET /v1/auth HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {key}\r\n\r\n");
+
+    // Idle between requests is fine: proxies keep upstream connections open.
+    let (mut w, mut r) = connect();
+    w.write_all(auth.as_bytes()).unwrap();
+    assert_eq!(read_answer(&mut r).0, 200);
+    std::thread::sleep(Duration::from_millis(1600));
+    w.write_all(auth.as_bytes()).unwrap();
+    assert_eq!(
+        read_answer(&mut r).0,
+        200,
+        "idle keep-alive connection kept"
+    );
+    // A head that never finishes is cut off, however slowly it trickles in.
+    w.write_all(b"GET /v1/auth HTTP/1.1\r\n").unwrap();
+    std::thread::sleep(Duration::from_millis(400));
+    let _ = w.write_all(b"Host: t\r\n");
+    closed_within(&mut r, "a head started after an answer");
+    // A connection that never sends a whole first head is closed too.
+    let (_w, mut r) = connect();
+    closed_within(&mut r, "a connection that sends nothing");
+    // The same on a connection hyper serves (after another path).
+    let (mut w, mut r) = connect();
+    w.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    assert_eq!(read_answer(&mut r).0, 200);
+    w.write_all(b"POST /v1/verify HTTP/1.1\r\nHost: t\r\n")
+        .unwrap();
+    closed_within(&mut r, "a slow head on a hyper connection");
+    // The daemon carries on.
+    let a = request(
+        d.addr,
+        "GET",
+        "/v1/auth",
+        &[("Authorization", &bearer(&key))],
+    );
+    assert_eq!(a.status, 200);
+}
+
+#[test]
+fn a_busy_keep_alive_connection_does_not_hold_up_a_stop() {
+    use std::io::{BufReader, Write};
+    use std::net::TcpStream;
+    use std::time::{Duration, Instant};
+
+    let mut d = TestDaemon::start();
+    let (_, key) = d.create("alice", "k", &[]);
+    let s = TcpStream::connect(d.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut w = s.try_clone().unwrap();
+    let mut r = BufReader::new(s);
+    let batch = format!("GET /v1/auth HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {key}\r\n\r\n")
+        .repeat(20);
+    // A client that never pauses: it writes requests as fast as it can while it
+    // reads the answers, so the connection always has another request waiting. It
+    // ends after an answer with `Connection: close`, or (requests unread at the
+    // close make it a reset) when the stream ends or is reset between answers.
+    let writer = std::thread::spawn(move || while w.write_all(batch.as_bytes()).is_ok() {});
+    let client = std::thread::spawn(move || {
+        let mut answered = 0;
+        while let Some((status, closing)) = try_read_answer(&mut r) {
+            assert_eq!(status, 200);
+            answered += 1;
+            if closing {
+                break;
+            }
+        }
+        answered
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    d.stop();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    let answered = client.join().unwrap();
+    assert!(answered > 20, "{answered}");
+    writer.join().unwrap();
+}
+
+/// The status of the next answer and whether it closes the connection; None when
+/// the connection ended (or was reset) first.
+fn try_read_answer(r: &mut std::io::BufReader<std::net::TcpStream>) -> Option<(u16, bool)> {
+    use std::io::BufRead;
+    let mut status_line = String::new();
+    if r.read_line(&mut status_line).ok()? == 0 {
+        return None;
+    }
+    let status = status_line.split_whitespace().nth(1)?.parse().ok()?;
+    let mut closing = false;
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line).ok()? == 0 {
+            return None;
+        }
+        let line = line.trim_end().to_ascii_lowercase();
+        if line.is_empty() {
+            return Some((status, closing));
+        }
+        closing |= line == "connection: close";
+    }
 }

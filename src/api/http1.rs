@@ -23,8 +23,8 @@ use tokio::time::Instant;
 use super::auth::{self, Outcome, ReadHeaders};
 use super::AppState;
 
-/// The answered path.
-const AUTH_PATH: &str = "/v1/auth";
+/// The forward-auth path, answered here (and by hyper without the router).
+pub const AUTH_PATH: &str = "/v1/auth";
 /// Header lines one request may have here; one with more goes to hyper.
 const MAX_HEADERS: usize = 48;
 /// A head still incomplete at this size goes to hyper, which refuses what is too large.
@@ -193,16 +193,11 @@ fn answer(st: &AppState, peer: SocketAddr, input: &[u8], closing: bool, out: &mu
     if path != AUTH_PATH {
         return Step::Handoff;
     }
-    let Some(close) = plain_head(req.headers) else {
+    let Some((close, size)) = plain_head(req.headers) else {
         return Step::Handoff;
     };
     let close = close || closing;
     let plan = st.edge.auth();
-    let size: usize = req
-        .headers
-        .iter()
-        .map(|h| auth::header_bytes(h.name.len(), h.value.len()))
-        .sum();
     if size > plan.config.max_header_bytes {
         return Step::Handoff;
     }
@@ -221,11 +216,14 @@ fn plain_method(method: &str) -> bool {
 }
 
 /// For a head without a body or protocol change: whether it asks to close the
-/// connection after the answer. None for anything hyper should handle.
-fn plain_head(headers: &[httparse::Header<'_>]) -> Option<bool> {
+/// connection after the answer, and its size as `auth.max_header_bytes` counts it.
+/// None for anything hyper should handle.
+fn plain_head(headers: &[httparse::Header<'_>]) -> Option<(bool, usize)> {
     let mut close = false;
+    let mut size = 0;
     for h in headers {
         let name = h.name;
+        size += auth::header_bytes(name.len(), h.value.len());
         if name.eq_ignore_ascii_case("content-length") {
             if h.value.trim_ascii() != b"0" {
                 return None;
@@ -242,21 +240,26 @@ fn plain_head(headers: &[httparse::Header<'_>]) -> Option<bool> {
                 .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"));
         }
     }
-    Some(close)
+    Some((close, size))
 }
 
 /// A parsed head's headers, read as hyper's header map reads them.
 struct Head<'h, 'b>(&'h [httparse::Header<'b>]);
 
 impl ReadHeaders for Head<'_, '_> {
-    fn each<'a>(&'a self, name: &HeaderName, mut f: impl FnMut(&'a str)) {
-        for h in self.0 {
-            if h.name.eq_ignore_ascii_case(name.as_str()) {
-                if let Some(v) = text(h.value) {
-                    f(v);
-                }
-            }
-        }
+    fn each<'a>(&'a self, name: &HeaderName, f: impl FnMut(&'a str)) {
+        self.0
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case(name.as_str()))
+            .filter_map(|h| text(h.value))
+            .for_each(f);
+    }
+
+    fn first(&self, name: &HeaderName) -> Option<&str> {
+        self.0
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case(name.as_str()))
+            .find_map(|h| text(h.value))
     }
 }
 
@@ -403,7 +406,9 @@ mod tests {
     fn bodies_and_protocol_changes_go_to_hyper() {
         let plain = |raw: &str| {
             let mut r = None;
-            heads(raw.as_bytes(), |h| r = Some(plain_head(h)));
+            heads(raw.as_bytes(), |h| {
+                r = Some(plain_head(h).map(|(close, _)| close))
+            });
             r.unwrap()
         };
         assert_eq!(

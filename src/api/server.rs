@@ -29,9 +29,6 @@ use tower::ServiceExt;
 
 use super::{auth, http1, AppState};
 
-/// The path answered without the router.
-const AUTH_PATH: &str = "/v1/auth";
-
 /// Serve `router` on `listener` until `stop` turns true, then stop accepting, let
 /// each connection finish the request in flight, and return once all have closed.
 pub async fn serve_tcp(
@@ -206,7 +203,7 @@ impl hyper::service::Service<Request<Incoming>> for Connection {
     type Future = Answer;
 
     fn call(&self, req: Request<Incoming>) -> Answer {
-        if req.uri().path() == AUTH_PATH {
+        if req.uri().path() == http1::AUTH_PATH {
             let r = auth::check(
                 &self.state,
                 Some(self.peer.ip()),

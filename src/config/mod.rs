@@ -570,22 +570,15 @@ impl Validator {
         }
 
         let header_read_timeout =
-            match Period::parse(s.header_read_timeout.as_deref().unwrap_or("pt30s")) {
-                Ok(p) => match p.fixed().filter(|d| (1..=3600).contains(&d.as_secs())) {
-                    Some(d) => Some(d),
-                    None => {
-                        self.push(
-                            "server.header_read_timeout",
-                            format!("{p} is out of range (pt1s to pt1h)"),
-                        );
-                        None
-                    }
-                },
-                Err(e) => {
-                    self.push("server.header_read_timeout", e.to_string());
-                    None
-                }
-            };
+            Period::parse(s.header_read_timeout.as_deref().unwrap_or("pt30s"))
+                .map_err(|e| e.to_string())
+                .and_then(|p| {
+                    p.fixed()
+                        .filter(|d| (1..=3600).contains(&d.as_secs()))
+                        .ok_or_else(|| format!("{p} is out of range (pt1s to pt1h)"))
+                })
+                .map_err(|message| self.push("server.header_read_timeout", message))
+                .ok();
 
         // ---- groups and users
         let mut directory = Directory::default();

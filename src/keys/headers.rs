@@ -77,8 +77,9 @@ const RESERVED: &[&str] = &[
 
 /// Whether a template may not set header `name`.
 pub fn reserved(name: &str) -> bool {
-    let lower = name.to_ascii_lowercase();
-    lower.starts_with("x-api-key-") || RESERVED.contains(&lower.as_str())
+    name.get(..10)
+        .is_some_and(|p| p.eq_ignore_ascii_case("x-api-key-"))
+        || RESERVED.iter().any(|r| r.eq_ignore_ascii_case(name))
 }
 
 /// Validate a name and template.

@@ -225,13 +225,8 @@ impl Keys {
             let near = index.table.iter().filter(|slot| {
                 slot.activity_ms() <= latest_ms && slot.status(&policy, now) == Status::Active
             });
-            for l in near.filter_map(|slot| index.at(slot.entry)) {
-                if l.life.state != KeyState::Enabled
-                    || index.status(l, &policy, now) != Status::Active
-                {
-                    continue;
-                }
-                let last_used = index.last_used(l);
+            for (slot, l) in near.filter_map(|slot| Some((slot, index.at(slot.entry)?))) {
+                let last_used = slot.last_used();
                 let Some(deadline) = l.life.inactivity_deadline(&policy, last_used) else {
                     continue;
                 };

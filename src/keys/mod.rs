@@ -187,7 +187,13 @@ impl Live {
             owner: &self.owner,
             expires_at: expires.as_deref().unwrap_or(""),
         };
-        templates.iter().map(|t| (t, t.render(&values))).collect()
+        // Validation refuses reserved names; a key stored before a name was
+        // reserved must not get one into an answer either.
+        templates
+            .iter()
+            .filter(|t| !headers::reserved(&t.name))
+            .map(|t| (t, t.render(&values)))
+            .collect()
     }
 
     fn count_route(&self, route: &str) {
@@ -285,10 +291,6 @@ impl Index {
             None => self.at(slot.entry).map(|live| &live.scopes),
         };
         held.is_some_and(|held| scopes.iter().all(|s| held.iter().any(|k| k == s)))
-    }
-
-    fn status(&self, live: &Live, policy: &Policy, now: DateTime<Utc>) -> Status {
-        live.life.status(policy, self.last_used(live), now)
     }
 
     /// Last use and counters as known in memory, for a key that has a slot.

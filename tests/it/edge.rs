@@ -430,11 +430,16 @@ fn keep_alive_connections_answer_every_request_in_order() {
     r.read_to_end(&mut rest).unwrap();
     assert!(rest.is_empty(), "{rest:?}");
 
+    // The status of the one answer to `raw` on a new connection.
+    let status_of = |raw: &str| {
+        let (mut w, mut r) = connect();
+        w.write_all(raw.as_bytes()).unwrap();
+        read_answer(&mut r).0
+    };
+
     // HTTP/1.0 and another path first: served (by hyper) all the same.
-    let (mut w, mut r) = connect();
-    w.write_all(format!("GET /v1/auth HTTP/1.0\r\nAuthorization: Bearer {key}\r\n\r\n").as_bytes())
-        .unwrap();
-    assert_eq!(read_answer(&mut r).0, 200);
+    let http10 = format!("GET /v1/auth HTTP/1.0\r\nAuthorization: Bearer {key}\r\n\r\n");
+    assert_eq!(status_of(&http10), 200);
     let (mut w, mut r) = connect();
     w.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
         .unwrap();
@@ -443,26 +448,11 @@ fn keep_alive_connections_answer_every_request_in_order() {
     assert_eq!(read_answer(&mut r).0, 200);
 
     // Not HTTP, or a target no URI may have: a clear 400, and the daemon carries on.
-    let (mut w, mut r) = connect();
-    w.write_all(b"HELLO THERE\r\n\r\n").unwrap();
-    assert_eq!(read_answer(&mut r).0, 400);
-    let (mut w, mut r) = connect();
-    w.write_all(
-        auth("GET", &key, "")
-            .replace("/v1/auth", "/v1/auth?a=\"<>")
-            .as_bytes(),
-    )
-    .unwrap();
-    assert_eq!(read_answer(&mut r).0, 400);
+    assert_eq!(status_of("HELLO THERE\r\n\r\n"), 400);
+    let with_target = |target: &str| auth("GET", &key, "").replace("/v1/auth", target);
+    assert_eq!(status_of(&with_target("/v1/auth?a=\"<>")), 400);
     // A fragment is not part of the query (nor of the key, were the query read).
-    let (mut w, mut r) = connect();
-    w.write_all(
-        auth("GET", &key, "")
-            .replace("/v1/auth", "/v1/auth?x=1#frag")
-            .as_bytes(),
-    )
-    .unwrap();
-    assert_eq!(read_answer(&mut r).0, 200);
+    assert_eq!(status_of(&with_target("/v1/auth?x=1#frag")), 200);
     // A key's own headers can never frame or steer the answer.
     let refused = d.fails(&[
         "key",

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+use super::load::Loaded;
 use super::model::{rfc3339, AuditEntry, KeyRecord, KeyState, Status};
+use super::notify::Writer;
 use super::{KeyError, Keys, Live};
 use crate::alerts::job::{AlertJob, JobKind};
 use crate::alerts::maintenance::MaintenanceRun;
@@ -63,32 +65,34 @@ impl Keys {
             .collect())
     }
 
+    /// Commit and publish changed records together (see [`Keys::commit_then`]).
     async fn publish_many(
         &self,
+        writer: Writer,
         records: Vec<KeyRecord>,
         audit: Vec<AuditEntry>,
         alerts: AlertBatch,
     ) -> Result<(), KeyError> {
-        let wake = !alerts.put_jobs.is_empty();
+        let loaded = records
+            .iter()
+            .map(Loaded::from_record)
+            .collect::<Result<Vec<_>, _>>()?;
         let batch = Batch {
-            put_keys: records.clone(),
+            put_keys: records,
             audit,
         };
-        self.blocking(move |s| s.commit_with(batch, alerts)).await?;
-        let mut index = self.index.write();
-        for r in &records {
-            index.publish(r)?;
-        }
-        drop(index);
-        if wake {
-            self.wake_dispatcher();
-        }
+        self.commit_then(writer, batch, alerts, move |index| {
+            for l in loaded {
+                index.publish(l);
+            }
+        })
+        .await?;
         Ok(())
     }
 
     /// Record (once per key, with an audit entry) keys that expired or went inactive.
     pub async fn sweep_expired(&self) -> Result<usize, KeyError> {
-        let _writer = self.writer.lock().await;
+        let writer = self.lock_writer().await;
         let policy = self.settings().policy.clone();
         let now = self.clock.now();
         // The slots hold everything the status needs, one cache line per key in a row:
@@ -126,7 +130,7 @@ impl Keys {
             records.push(rec);
         }
         let n = records.len();
-        self.publish_many(records, audit, AlertBatch::default())
+        self.publish_many(writer, records, audit, AlertBatch::default())
             .await?;
         tracing::info!(keys = n, "expiry sweep recorded expired keys");
         Ok(n)
@@ -137,7 +141,7 @@ impl Keys {
         let Some(retention) = self.alert_config().retention.clone() else {
             return Ok(0);
         };
-        let _writer = self.writer.lock().await;
+        let writer = self.lock_writer().await;
         let policy = self.settings().policy.clone();
         let now = self.clock.now();
         let mut gone = Vec::new();
@@ -186,11 +190,13 @@ impl Keys {
             purge_keys: ids.clone(),
             ..AlertBatch::default()
         };
-        self.blocking(move |s| s.commit_with(batch, alerts)).await?;
-        let mut index = self.index.write();
-        for l in &gone {
-            index.remove(l.id);
-        }
+        let purged = ids.clone();
+        self.commit_then(writer, batch, alerts, move |index| {
+            for id in purged {
+                index.remove(id);
+            }
+        })
+        .await?;
         tracing::info!(keys = ids.len(), "purged keys past RetentionPeriod");
         Ok(ids.len())
     }
@@ -205,7 +211,7 @@ impl Keys {
         ) else {
             return Ok(0);
         };
-        let _writer = self.writer.lock().await;
+        let writer = self.lock_writer().await;
         let policy = self.settings().policy.clone();
         let now = self.clock.now();
         let mut picked = Vec::new();
@@ -267,7 +273,7 @@ impl Keys {
             records.push(rec);
         }
         let n = records.len();
-        self.publish_many(records, audit, alerts).await?;
+        self.publish_many(writer, records, audit, alerts).await?;
         tracing::info!(keys = n, "inactivity warnings scheduled");
         Ok(n)
     }

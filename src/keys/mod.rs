@@ -230,6 +230,8 @@ struct Index {
     scope_numbers: HashMap<Arc<[String]>, u16>,
     last_owner: Option<Arc<str>>,
     last_scope_set: Option<(Arc<[String]>, u16)>,
+    /// Keys not removed per owner: `[ApiKey] MaxKeysPerUser` without a scan.
+    owned: HashMap<Arc<str>, u32>,
 }
 
 impl Index {
@@ -307,10 +309,12 @@ impl Index {
         }
     }
 
-    /// Build the entry for `rec` and put it in place of the key's current one, if
-    /// any, taking over that one's usage counters.
-    fn publish(&mut self, rec: &KeyRecord) -> Result<Arc<Live>, StoreError> {
-        let old = self.get(&rec.id).cloned();
+    /// Build the entry for `loaded` (a record already read with
+    /// [`Loaded::from_record`], so that nothing can fail once it is committed) and put
+    /// it in place of the key's current one, if any, taking over that one's usage
+    /// counters.
+    fn publish(&mut self, loaded: Loaded) -> Arc<Live> {
+        let old = self.get(&loaded.id).cloned();
         let usage = old.as_ref().and_then(|o| self.slot(o)).map(Slot::usage);
         if let Some(o) = &old {
             self.forget(o);
@@ -319,7 +323,6 @@ impl Index {
             Some(o) => o.entry,
             None => self.allocate(),
         };
-        let loaded = Loaded::from_record(rec)?;
         let usage = usage.unwrap_or_else(|| loaded.stored_usage());
         let live = Arc::new(self.entry(loaded, entry));
         if let Some(o) = &old {
@@ -328,7 +331,7 @@ impl Index {
             *live.routes.lock() = o.routes.lock().take();
         }
         self.insert(live.clone(), usage);
-        Ok(live)
+        live
     }
 
     /// Add a key read from the store (at start).
@@ -433,6 +436,7 @@ impl Index {
             }
             self.names
                 .insert(name_hash(&live.owner, &live.name), live.entry);
+            self.count_owned(&live.owner, true);
         }
         self.by_id.insert(live.id, live.entry);
         if let Some(slot) = self.entries.get_mut(e) {
@@ -452,16 +456,50 @@ impl Index {
         }
     }
 
-    /// Take a key's secrets and name out (its entry stays until replaced).
+    /// Take a key's secrets and name out (its entry stays until replaced). Only what
+    /// is still this key's: a removed key gave up its secret, and the same imported
+    /// token may since belong to a new key whose slot must stay (issue 9, item 7).
     fn forget(&mut self, old: &Live) {
-        self.table.remove(&old.hash);
+        if old.life.state != KeyState::Removed {
+            self.remove_slot_of(&old.hash, old.entry);
+            self.count_owned(&old.owner, false);
+        }
         if let Some((h, _)) = old.previous() {
-            self.table.remove(&h);
+            self.remove_slot_of(&h, old.entry);
         }
         let name_key = name_hash(&old.owner, &old.name);
         if self.names.get(&name_key) == Some(&old.entry) {
             self.names.remove(&name_key);
         }
+    }
+
+    /// Take the slot of `hash` out if it is key `entry`'s (current or previous secret).
+    fn remove_slot_of(&mut self, hash: &KeyHash, entry: u32) {
+        let mine = match self.table.get(hash) {
+            Some(Hit::Current(slot)) => slot.entry == entry,
+            Some(Hit::Previous { entry: e, .. }) => e == entry,
+            None => false,
+        };
+        if mine {
+            self.table.remove(hash);
+        }
+    }
+
+    /// Keep the count of `owner`'s keys not removed (the key quota) up to date.
+    fn count_owned(&mut self, owner: &Arc<str>, added: bool) {
+        if added {
+            *self.owned.entry(owner.clone()).or_insert(0) += 1;
+        } else if let Some(n) = self.owned.get_mut(owner) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.owned.remove(owner);
+            }
+        }
+    }
+
+    /// Keys of `owner` that are not removed.
+    fn owned_by(&self, owner: &str) -> u32 {
+        self.owned.get(owner).copied().unwrap_or(0)
     }
 }
 
@@ -629,8 +667,11 @@ pub struct Keys {
     hasher: KeyHasher,
     store: Arc<Store>,
     settings: RwLock<Arc<Settings>>,
-    index: RwLock<Index>,
-    writer: tokio::sync::Mutex<()>,
+    /// Shared with the blocking task that commits a change and publishes it, so the
+    /// two happen together even when the caller is dropped in between.
+    index: Arc<RwLock<Index>>,
+    /// Serialises changes; owned guards travel into that task (see [`Writer`]).
+    writer: Arc<tokio::sync::Mutex<()>>,
     alerts: notify::AlertState,
     /// Some last-used time may be newer than the stored one: an idle daemon's flush
     /// then costs nothing instead of a scan of every key (41 ms at 1M keys).
@@ -658,8 +699,8 @@ impl Keys {
             hasher,
             store,
             settings: RwLock::new(Arc::new(settings)),
-            index: RwLock::new(index),
-            writer: tokio::sync::Mutex::new(()),
+            index: Arc::new(RwLock::new(index)),
+            writer: Arc::new(tokio::sync::Mutex::new(())),
             alerts: notify::AlertState::default(),
             touched: std::sync::atomic::AtomicBool::new(false),
         })
@@ -929,10 +970,11 @@ impl Keys {
 
     async fn commit_and_publish(
         &self,
+        writer: notify::Writer,
         rec: KeyRecord,
         audit: AuditEntry,
-    ) -> Result<Arc<Live>, KeyError> {
-        self.commit_and_publish_with(rec, audit, Default::default())
+    ) -> Result<(Arc<Live>, notify::Writer), KeyError> {
+        self.commit_and_publish_with(writer, rec, audit, Default::default())
             .await
     }
 
@@ -1054,7 +1096,7 @@ impl Keys {
         let headers = check_headers(&req.headers)?;
         let hash = self.hasher.hash(secret.expose());
 
-        let _writer = self.writer.lock().await;
+        let writer = self.lock_writer().await;
         {
             let index = self.index.read();
             if index.table.contains(&hash) {
@@ -1100,7 +1142,8 @@ impl Keys {
         );
         let audit = self.audit_entry(actor, action, rec.id, detail);
         let view = view_of(&settings.policy, &rec, now);
-        self.commit_and_publish_with(rec, audit, jobs).await?;
+        self.commit_and_publish_with(writer, rec, audit, jobs)
+            .await?;
         tracing::info!(key_id = %view.id, owner = %view.owner, actor = %actor.name, action, "key issued");
         Ok(Issued { key: secret, view })
     }
@@ -1117,7 +1160,7 @@ impl Keys {
     where
         F: FnOnce(&mut KeyRecord, &Index, &Settings, DateTime<Utc>) -> Result<String, KeyError>,
     {
-        let _writer = self.writer.lock().await;
+        let writer = self.lock_writer().await;
         let live = self.visible(actor, id)?;
         if live.life.state == KeyState::Removed {
             return Err(KeyError::Conflict(format!("key {} was removed", live.id)));
@@ -1131,7 +1174,7 @@ impl Keys {
         };
         rec.updated_at = now;
         let audit = self.audit_entry(actor, action, rec.id, detail);
-        let new = self.commit_and_publish(rec, audit).await?;
+        let (new, _writer) = self.commit_and_publish(writer, rec, audit).await?;
         tracing::info!(key_id = %new.id, actor = %actor.name, action, "key changed");
         Ok(new)
     }
@@ -1701,6 +1744,9 @@ fn resolve_create_expiry(
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod security_tests;
 
 /// Write `count` keys for `owner` straight into a store that no daemon holds open, in
 /// batched transactions (benchmarks and load tests). Returns one of the secrets.

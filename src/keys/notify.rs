@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 use uuid::Uuid;
 
+use super::load::Loaded;
 use super::model::{rfc3339, AuditEntry, KeyRecord, KeyState, Status};
 use super::{invalid, parse_period, Actor, KeyError, Keys, Live};
 use crate::alerts::job::{AlertJob, JobKind, JobState, NotificationRef, OperatorMessage, Severity};
@@ -21,6 +22,10 @@ use crate::store::{AlertBatch, Batch, JobFilter, Store, StoreError};
 
 /// Longest error text kept on a job.
 pub const MAX_ERROR_LEN: usize = 2000;
+
+/// The writer lock, owned: a change carries it into the task that commits and
+/// publishes, which holds it until the index shows the change.
+pub(super) type Writer = tokio::sync::OwnedMutexGuard<()>;
 
 /// Alert settings and the dispatcher's wake-up, held by [`Keys`].
 #[derive(Debug, Default)]
@@ -234,27 +239,60 @@ impl Keys {
             .map_err(internal)??)
     }
 
-    pub(super) fn wake_dispatcher(&self) {
-        self.alerts.wake.notify_one();
+    /// Take the writer lock, owned, so that a change can hand it to [`Self::commit_then`].
+    pub(super) async fn lock_writer(&self) -> Writer {
+        self.writer.clone().lock_owned().await
     }
 
+    /// Commit `batch` and `alerts`, then apply the change to the index with `apply`,
+    /// as one blocking task that runs to its end whatever happens to the caller: an
+    /// admin whose client hangs up mid-commit drops this future, and the store and
+    /// the index must still agree (issue 9, item 2). The task holds `writer` until
+    /// the index shows the change, and hands it back. If the commit fails, nothing
+    /// is applied; `apply` itself cannot fail (prepare what it needs first).
+    pub(super) async fn commit_then<T, F>(
+        &self,
+        writer: Writer,
+        batch: Batch,
+        alerts: AlertBatch,
+        apply: F,
+    ) -> Result<(T, Writer), KeyError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut super::Index) -> T + Send + 'static,
+    {
+        let store = self.store.clone();
+        let index = self.index.clone();
+        let wake = (!alerts.put_jobs.is_empty()).then(|| self.alerts.wake.clone());
+        tokio::task::spawn_blocking(move || {
+            store.commit_with(batch, alerts)?;
+            let out = apply(&mut index.write());
+            if let Some(wake) = wake {
+                wake.notify_one();
+            }
+            Ok((out, writer))
+        })
+        .await
+        .map_err(internal)?
+    }
+
+    /// Commit one key's new record with its audit entry and job changes, and publish
+    /// it (see [`Self::commit_then`]).
     pub(super) async fn commit_and_publish_with(
         &self,
+        writer: Writer,
         rec: KeyRecord,
         audit: AuditEntry,
         jobs: AlertBatch,
-    ) -> Result<Arc<Live>, KeyError> {
-        let wake = !jobs.put_jobs.is_empty();
+    ) -> Result<(Arc<Live>, Writer), KeyError> {
+        // Read before the commit: a record the index cannot hold is refused unsaved.
+        let loaded = Loaded::from_record(&rec)?;
         let batch = Batch {
-            put_keys: vec![rec.clone()],
+            put_keys: vec![rec],
             audit: vec![audit],
         };
-        self.blocking(move |s| s.commit_with(batch, jobs)).await?;
-        let live = self.index.write().publish(&rec)?;
-        if wake {
-            self.alerts.wake.notify_one();
-        }
-        Ok(live)
+        self.commit_then(writer, batch, jobs, move |index| index.publish(loaded))
+            .await
     }
 
     /// Like `modify`, with the key's current notification job at hand; `change`
@@ -273,7 +311,7 @@ impl Keys {
             DateTime<Utc>,
         ) -> Result<(String, AlertBatch), KeyError>,
     {
-        let _writer = self.writer.lock().await;
+        let writer = self.lock_writer().await;
         let live = self.visible(actor, id)?;
         if live.life.state == KeyState::Removed {
             return Err(KeyError::Conflict(format!("key {} was removed", live.id)));
@@ -290,7 +328,9 @@ impl Keys {
         let (detail, jobs) = change(&mut rec, job, now)?;
         rec.updated_at = now;
         let audit = self.audit_entry(actor, action, rec.id, detail);
-        let new = self.commit_and_publish_with(rec, audit, jobs).await?;
+        let (new, _writer) = self
+            .commit_and_publish_with(writer, rec, audit, jobs)
+            .await?;
         tracing::info!(key_id = %new.id, actor = %actor.name, action, "key changed");
         Ok(new)
     }
@@ -656,7 +696,7 @@ impl Keys {
                 job.state.as_str()
             )));
         }
-        let _writer = self.writer.lock().await;
+        let writer = self.lock_writer().await;
         // Re-read under the writer lock: the dispatcher may have claimed it since.
         let job_id = job.id;
         let Some(mut job) = self.blocking(move |s| s.job(job_id)).await? else {
@@ -688,22 +728,18 @@ impl Keys {
                     rec.id,
                     format!("job {} {verb}; notification cleared", job.id),
                 );
-                self.commit_and_publish_with(rec, audit, batch).await?;
+                self.commit_and_publish_with(writer, rec, audit, batch)
+                    .await?;
             }
             None => {
                 let mut audit =
                     self.audit_entry(actor, action, job.key_id, format!("job {} {verb}", job.id));
                 audit.seq = 0;
-                self.blocking(move |s| {
-                    s.commit_with(
-                        Batch {
-                            put_keys: vec![],
-                            audit: vec![audit],
-                        },
-                        batch,
-                    )
-                })
-                .await?;
+                let batch_keys = Batch {
+                    put_keys: vec![],
+                    audit: vec![audit],
+                };
+                self.commit_then(writer, batch_keys, batch, |_| ()).await?;
             }
         }
         tracing::info!(job_id = %job.id, key_id = %job.key_id, actor = %actor.name, action, "alert job changed");
@@ -803,7 +839,7 @@ impl Keys {
     /// At start: every job left Running (the daemon died during its delivery) is
     /// Canceled and replaced by a new job due now, which the key tracks.
     pub async fn recover_running_jobs(&self) -> Result<usize, KeyError> {
-        let _writer = self.writer.lock().await;
+        let mut writer = self.lock_writer().await;
         let running = self.blocking(|s| s.running_jobs()).await?;
         let now = self.clock.now();
         let n = running.len();
@@ -836,7 +872,9 @@ impl Keys {
                         detail: format!("job {} interrupted; replaced by job {}", old.id, new.id),
                     };
                     batch.put_jobs = vec![old, new];
-                    self.commit_and_publish_with(rec, audit, batch).await?;
+                    (_, writer) = self
+                        .commit_and_publish_with(writer, rec, audit, batch)
+                        .await?;
                 }
                 None => {
                     batch.put_jobs = vec![old, new];

@@ -412,6 +412,9 @@ async fn key_command(client: &Client, cmd: KeyCommand) -> anyhow::Result<ExitCod
                     s(&v, "owner")
                 );
                 println!("  {}", s(&v, "details"));
+                if let Some(n) = v["notice"].as_str() {
+                    println!("  note: {n}");
+                }
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -644,6 +647,9 @@ fn issued(v: &Value, out: Option<&Path>, json: bool, verb: &str) -> anyhow::Resu
         );
         println!("  expires: {}", or_never(s(v, "expires_at")));
         println!("  notify:  {}", s(v, "notification"));
+        if let Some(n) = v["notice"].as_str() {
+            println!("  note:    {n}");
+        }
         if let Some(g) = v["rotation_grace_until"].as_str() {
             println!("  the previous secret keeps working until {g}");
         }

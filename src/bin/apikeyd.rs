@@ -91,6 +91,9 @@ fn check_config(path: &std::path::Path, env: &Environment) -> ExitCode {
                 show(&p.not_accessed_expiration),
                 show(&p.default_expiration),
             );
+            for w in c.warnings() {
+                eprintln!("warning: {w}");
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {

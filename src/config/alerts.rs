@@ -120,6 +120,15 @@ pub struct AlertSource {
     pub kind: SourceKind,
 }
 
+impl AlertSource {
+    /// Whether this source reaches a key's owner only through their email address
+    /// (an email source without a fixed `to`): it cannot deliver for an owner who
+    /// has none.
+    pub fn needs_owner_address(&self) -> bool {
+        matches!(&self.kind, SourceKind::Email { to_owner: true, to, .. } if to.is_empty())
+    }
+}
+
 /// `[jobs]`: six-field cron schedules (seconds first) of the maintenance jobs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MaintenanceSchedules {

@@ -61,6 +61,9 @@ impl fmt::Display for ConfigError {
     }
 }
 
+/// `[ApiKey] MaxKeysPerUser` when the file names none.
+pub const DEFAULT_MAX_KEYS_PER_USER: u32 = 1000;
+
 /// Key lifecycle rules from the `[ApiKey]` table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Policy {
@@ -72,6 +75,8 @@ pub struct Policy {
     pub default_expiration: Option<Period>,
     /// Shortest user-defined ("generic") secret accepted by `key import`.
     pub min_imported_secret_length: usize,
+    /// Most keys one user may hold (removed keys do not count); `None` = no limit.
+    pub max_keys_per_user: Option<u32>,
 }
 
 impl Default for Policy {
@@ -82,6 +87,7 @@ impl Default for Policy {
             not_accessed_expiration: p("p3m"),
             default_expiration: p("p1y"),
             min_imported_secret_length: 32,
+            max_keys_per_user: Some(DEFAULT_MAX_KEYS_PER_USER),
         }
     }
 }
@@ -196,6 +202,56 @@ pub struct Config {
     pub alerts: AlertConfig,
 }
 
+impl Config {
+    /// What loads but will not work for everyone: warnings (`check-config` prints
+    /// them and still accepts the file).
+    pub fn warnings(&self) -> Vec<Problem> {
+        let mut out = Vec::new();
+        let Some(name) = self.alerts.default_source.as_deref() else {
+            return out;
+        };
+        if !self
+            .alerts
+            .source(name)
+            .is_some_and(alerts::AlertSource::needs_owner_address)
+        {
+            return out;
+        }
+        // Only users who may own keys get notifications.
+        let lacking: Vec<&str> = self
+            .directory
+            .users
+            .values()
+            .filter(|u| u.email.is_none())
+            .filter(|u| {
+                self.directory
+                    .rights(&u.name)
+                    .is_some_and(|r| r.create_keys)
+            })
+            .map(|u| u.name.as_str())
+            .collect();
+        if lacking.is_empty() {
+            return out;
+        }
+        let fallback = match self.alerts.source(alerts::OPERATOR) {
+            Some(s) if !s.needs_owner_address() => format!(
+                "their keys' default notifications and inactivity warnings go through {:?} instead",
+                alerts::OPERATOR
+            ),
+            _ => "their keys get no default notification or inactivity warning".to_owned(),
+        };
+        out.push(Problem {
+            file: self.source.clone(),
+            key: "ApiKey.DefaultAlertSource".into(),
+            message: format!(
+                "{name:?} writes to the key owner's email address, which user(s) {} lack (set users.NAME.email); {fallback}",
+                lacking.join(", ")
+            ),
+        });
+        out
+    }
+}
+
 // ---------- raw file types ----------
 
 #[derive(Debug, Deserialize, Default)]
@@ -247,6 +303,7 @@ struct RawApiKey {
     DefaultAlertSource: Option<String>,
     InactivityWarningLeadTime: Option<String>,
     RetentionPeriod: Option<String>,
+    MaxKeysPerUser: Option<i64>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -287,6 +344,7 @@ const API_KEY_KEYS: &[&str] = &[
     "DefaultAlertSource",
     "InactivityWarningLeadTime",
     "RetentionPeriod",
+    "MaxKeysPerUser",
 ];
 const GROUP_KEYS: &[&str] = &["scopes", "create_keys", "manage_all_keys"];
 const USER_KEYS: &[&str] = &["email", "groups", "unix_user"];
@@ -500,11 +558,21 @@ impl Validator {
                 format!("{min_import} is out of range (16 to 256 characters)"),
             );
         }
+        let max_keys = a
+            .MaxKeysPerUser
+            .unwrap_or(i64::from(DEFAULT_MAX_KEYS_PER_USER));
+        if !(0..=10_000_000).contains(&max_keys) {
+            self.push(
+                "ApiKey.MaxKeysPerUser",
+                format!("{max_keys} is out of range (0 = no limit, up to 10000000)"),
+            );
+        }
         let policy = Policy {
             max_expiration: max,
             not_accessed_expiration: not_accessed,
             default_expiration: default,
             min_imported_secret_length: usize::try_from(min_import).unwrap_or(32),
+            max_keys_per_user: u32::try_from(max_keys).ok().filter(|n| *n > 0),
         };
 
         // ---- [server]

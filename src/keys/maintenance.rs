@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use super::load::Loaded;
 use super::model::{rfc3339, AuditEntry, KeyRecord, KeyState, Status};
-use super::notify::Writer;
+use super::notify::{self, Writer};
 use super::{KeyError, Keys, Live};
 use crate::alerts::job::{AlertJob, JobKind};
 use crate::alerts::maintenance::MaintenanceRun;
@@ -256,20 +256,27 @@ impl Keys {
         let mut records = Vec::new();
         let mut audit = Vec::new();
         let mut alerts = AlertBatch::default();
+        let directory = self.settings().directory.clone();
         for (mut rec, (stretch, deadline)) in self.records_of(picked).await? {
             rec.alerting.inactivity_warned_for = Some(stretch);
-            let job = AlertJob::new(rec.id, JobKind::InactivityWarning, &source, now, now);
-            audit.push(entry(
-                now,
-                "inactivity-warning",
-                rec.id,
-                format!(
-                    "expires {} through inactivity; warning job {} via {source}",
-                    rfc3339(deadline),
-                    job.id
-                ),
-            ));
-            alerts.put_jobs.push(job);
+            let expires = format!("expires {} through inactivity", rfc3339(deadline));
+            // An owner without an address gets the warning through the operators.
+            let detail =
+                match notify::choose_source(&config, &directory, &rec.owner, source.clone(), false)
+                {
+                    Ok((source, note)) => {
+                        let job =
+                            AlertJob::new(rec.id, JobKind::InactivityWarning, &source, now, now);
+                        let detail = format!("{expires}; warning job {} via {source}", job.id);
+                        alerts.put_jobs.push(job);
+                        match note {
+                            Some(note) => format!("{detail}; {note}"),
+                            None => detail,
+                        }
+                    }
+                    Err(e) => format!("{expires}; no warning sent: {e}"),
+                };
+            audit.push(entry(now, "inactivity-warning", rec.id, detail));
             records.push(rec);
         }
         let n = records.len();

@@ -649,6 +649,11 @@ pub struct KeyView {
     /// The alert job the key tracks.
     #[serde(default)]
     pub alert_job: Option<Uuid>,
+    /// Something the caller should know about the change just made (such as an
+    /// alert source that could not reach the owner and was replaced); only in the
+    /// answer to that change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notice: Option<String>,
 }
 
 /// A key just issued: the secret, shown once, and the key.
@@ -1091,7 +1096,8 @@ impl Keys {
             }
         };
         let expires_at = resolve_create_expiry(&settings.policy, &req, now)?;
-        let notification = self.plan_create_notification(&req, expires_at, now)?;
+        let (notification, notice) =
+            self.plan_create_notification(&req, &owner, &settings.directory, expires_at, now)?;
         let ip_filters = check_ips(&req.ip)?;
         let headers = check_headers(&req.headers)?;
         let hash = self.hasher.hash(secret.expose());
@@ -1105,6 +1111,14 @@ impl Keys {
                 ));
             }
             check_unique_name(&index, &owner, &name, None)?;
+            // Counted under the writer lock, so concurrent creates cannot pass it.
+            if let Some(max) = settings.policy.max_keys_per_user {
+                if index.owned_by(&owner) >= max {
+                    return Err(KeyError::Conflict(format!(
+                        "user {owner:?} already has {max} keys, the most MaxKeysPerUser allows; remove one first (removed keys do not count)"
+                    )));
+                }
+            }
         }
         let rec = KeyRecord {
             id: Uuid::now_v7(),
@@ -1132,7 +1146,7 @@ impl Keys {
             KeyKind::Generated => "create",
             KeyKind::Imported => "import",
         };
-        let detail = format!(
+        let mut detail = format!(
             "name={:?} owner={} scopes=[{}] expires={}{}",
             rec.name,
             rec.owner,
@@ -1140,8 +1154,12 @@ impl Keys {
             rec.expires_at.map_or_else(|| "never".to_owned(), rfc3339),
             notify::describe(&rec)
         );
+        if let Some(n) = &notice {
+            detail = format!("{detail}; {n}");
+        }
         let audit = self.audit_entry(actor, action, rec.id, detail);
-        let view = view_of(&settings.policy, &rec, now);
+        let mut view = view_of(&settings.policy, &rec, now);
+        view.notice = notice;
         self.commit_and_publish_with(writer, rec, audit, jobs)
             .await?;
         tracing::info!(key_id = %view.id, owner = %view.owner, actor = %actor.name, action, "key issued");
@@ -1483,6 +1501,7 @@ pub fn view_of(policy: &Policy, rec: &KeyRecord, now: DateTime<Utc>) -> KeyView 
         alert_source: rec.alerting.notification.as_ref().map(|n| n.source.clone()),
         alert_job: rec.alerting.notification.as_ref().map(|n| n.job_id),
         usage: rec.usage.clone(),
+        notice: None,
     }
 }
 

@@ -424,6 +424,7 @@ mod tests {
             not_accessed_expiration: None,
             default_expiration: None,
             min_imported_secret_length: 32,
+            max_keys_per_user: None,
         };
         let r = rec(t(2026, 11, 1), None);
         assert_eq!(r.details(&policy, None, t(2090, 1, 1)), "never expires");

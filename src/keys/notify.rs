@@ -17,11 +17,15 @@ use super::model::{rfc3339, AuditEntry, KeyRecord, KeyState, Status};
 use super::{invalid, parse_period, Actor, KeyError, Keys, Live};
 use crate::alerts::job::{AlertJob, JobKind, JobState, NotificationRef, OperatorMessage, Severity};
 use crate::alerts::maintenance::MaintenanceRun;
-use crate::config::AlertConfig;
+use crate::config::alerts::OPERATOR;
+use crate::config::{AlertConfig, Directory};
 use crate::store::{AlertBatch, Batch, JobFilter, Store, StoreError};
 
 /// Longest error text kept on a job.
 pub const MAX_ERROR_LEN: usize = 2000;
+
+/// A planned notification: its time and source, if any.
+pub(super) type Plan = Option<(DateTime<Utc>, String)>;
 
 /// The writer lock, owned: a change carries it into the task that commits and
 /// publishes, which holds it until the index shows the change.
@@ -99,7 +103,7 @@ fn parse_at(s: &str) -> Result<DateTime<Utc>, KeyError> {
 /// Give a new key record its planned notification and the job for it.
 pub(super) fn attach_notification(
     mut rec: KeyRecord,
-    plan: Option<(DateTime<Utc>, String)>,
+    plan: Plan,
     now: DateTime<Utc>,
 ) -> (KeyRecord, AlertBatch) {
     let mut batch = AlertBatch::default();
@@ -177,6 +181,69 @@ pub(super) fn cancel_for_removal(
         batch.put_jobs.push(job);
     }
     (detail, batch)
+}
+
+/// Whether `source` can deliver to `owner`: a source that writes only to the owner's
+/// email address needs them to have one. (Unknown sources are refused elsewhere.)
+pub(super) fn reaches(
+    config: &AlertConfig,
+    directory: &Directory,
+    source: &str,
+    owner: &str,
+) -> bool {
+    config.source(source).is_none_or(|s| {
+        !s.needs_owner_address()
+            || directory
+                .users
+                .get(owner)
+                .is_some_and(|u| u.email.is_some())
+    })
+}
+
+/// The source a notification of `owner`'s key goes through. A source the caller
+/// `named` that cannot reach the owner is refused, naming the field, rather than
+/// failing when the notification falls due. One that was not named (the configured
+/// default, or the key's current one) falls back to the built-in operator source,
+/// with a note for the answer and the audit trail saying so.
+pub(super) fn choose_source(
+    config: &AlertConfig,
+    directory: &Directory,
+    owner: &str,
+    source: String,
+    named: bool,
+) -> Result<(String, Option<String>), KeyError> {
+    if reaches(config, directory, &source, owner) {
+        return Ok((source, None));
+    }
+    let why = format!(
+        "alert source {source:?} writes to the key owner's email address, and user {owner:?} has none (users.{owner}.email)"
+    );
+    if named {
+        return Err(invalid(
+            "alert_source",
+            format!("{why}; set the address or choose another source, such as {OPERATOR:?}"),
+        ));
+    }
+    match fallback_source(config, directory, owner) {
+        Some(fallback) => {
+            let note = format!("{why}: the notification goes through {fallback:?} instead");
+            Ok((fallback, Some(note)))
+        }
+        None => Err(invalid(
+            "alert_source",
+            format!("{why}, and no source that can reach them is configured; name one with --alert-source, or say --no-notify"),
+        )),
+    }
+}
+
+/// The built-in operator source, when it is configured as one that can reach `owner`.
+pub(super) fn fallback_source(
+    config: &AlertConfig,
+    directory: &Directory,
+    owner: &str,
+) -> Option<String> {
+    (config.source(OPERATOR).is_some() && reaches(config, directory, OPERATOR, owner))
+        .then(|| OPERATOR.to_owned())
 }
 
 fn cancel(job: &mut AlertJob, why: String, now: DateTime<Utc>) {
@@ -440,14 +507,37 @@ impl Keys {
         }
     }
 
-    /// The notification a new key gets: the one asked for, else the configured default.
+    /// The notification a new key of `owner` gets: the one asked for, else the
+    /// configured default; with a note when the source it would have had cannot reach
+    /// the owner and another one was chosen (see [`choose_source`]).
     pub(super) fn plan_create_notification(
         &self,
         req: &super::CreateKey,
+        owner: &str,
+        directory: &Directory,
         expires: Option<DateTime<Utc>>,
         now: DateTime<Utc>,
-    ) -> Result<Option<(DateTime<Utc>, String)>, KeyError> {
+    ) -> Result<(Plan, Option<String>), KeyError> {
         let config = self.alert_config();
+        let named = req
+            .alert_source
+            .as_deref()
+            .map(str::trim)
+            .is_some_and(|s| !s.is_empty());
+        let Some((at, source)) = self.plan_time_and_source(&config, req, expires, now)? else {
+            return Ok((None, None));
+        };
+        let (source, note) = choose_source(&config, directory, owner, source, named)?;
+        Ok((Some((at, source)), note))
+    }
+
+    fn plan_time_and_source(
+        &self,
+        config: &AlertConfig,
+        req: &super::CreateKey,
+        expires: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> Result<Plan, KeyError> {
         let asked = req.notify_at.is_some() || req.notify_before.is_some();
         if req.no_notification {
             if asked || req.alert_source.is_some() {
@@ -469,7 +559,7 @@ impl Keys {
                     "name an alert source (--alert-source): DefaultAlertSource is empty",
                 ));
             };
-            self.check_source(&config, &source)?;
+            self.check_source(config, &source)?;
             let at = Self::resolve_time(
                 req.notify_at.as_deref(),
                 req.notify_before.as_deref(),
@@ -482,7 +572,7 @@ impl Keys {
         if req.alert_source.is_some() {
             // A source alone uses the default lead time.
             if let Some(s) = &source {
-                self.check_source(&config, s)?;
+                self.check_source(config, s)?;
             }
         }
         // The configured default: only for keys that expire, and only when the
@@ -525,6 +615,8 @@ impl Keys {
             "notify"
         };
         let who = actor.name.clone();
+        let mut note = None;
+        let note_out = &mut note;
         let live = self
             .modify_with_job(actor, id, action, |rec, job, now| {
                 let last_used = rec.last_used_at;
@@ -568,8 +660,9 @@ impl Keys {
                         "give the notification time with --at RFC3339 or --before PERIOD",
                     ));
                 };
-                let source = match req.source.as_deref().map(str::trim) {
-                    Some(s) if !s.is_empty() => s.to_owned(),
+                let named = req.source.as_deref().map(str::trim).filter(|s| !s.is_empty());
+                let source = match named {
+                    Some(s) => s.to_owned(),
                     _ => match current.as_ref().map(|n| n.source.clone()).or(config.default_source.clone()) {
                         Some(s) => s,
                         None => {
@@ -581,6 +674,9 @@ impl Keys {
                     },
                 };
                 self.check_source(&config, &source)?;
+                let (source, fallback) =
+                    choose_source(&config, &settings.directory, &rec.owner, source, named.is_some())?;
+                *note_out = fallback;
                 Self::check_time(at, rec.expires_at, now)?;
                 let (job, how) = match job {
                     Some(mut job) if !job.started() && current.is_some() => {
@@ -607,12 +703,17 @@ impl Keys {
                     source: source.clone(),
                     job_id: job.id,
                 });
-                let detail = format!("at={} source={source} job={} ({how})", rfc3339(at), job.id);
+                let mut detail = format!("at={} source={source} job={} ({how})", rfc3339(at), job.id);
+                if let Some(n) = note_out.as_deref() {
+                    detail = format!("{detail}; {n}");
+                }
                 batch.put_jobs.push(job);
                 Ok((detail, batch))
             })
             .await?;
-        self.view(&live)
+        let mut view = self.view(&live)?;
+        view.notice = note;
+        Ok(view)
     }
 
     // ------------------------------------------------------------ jobs for admins

@@ -147,6 +147,9 @@ pub async fn notify(client: &Client, a: NotifyArgs) -> anyhow::Result<ExitCode> 
             s(&v, "notification"),
             s(&v, "alert_job")
         );
+        if let Some(n) = v["notice"].as_str() {
+            println!("  note: {n}");
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

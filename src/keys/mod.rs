@@ -558,13 +558,34 @@ impl Index {
     /// scopes and owner check follow them. One pass over all keys; only the keys that
     /// change get a new entry and slot.
     fn regrant(&mut self, directory: &Directory) -> Regranted {
-        self.grants = grants_of(directory);
-        self.effective_cache.clear();
+        let grants = grants_of(directory);
+        // Only the keys of users whose grant changed (or who came or went) can change;
+        // a reload that leaves every user's scopes alone walks nothing.
+        let changed: HashSet<String> = grants
+            .iter()
+            .filter(|(u, g)| self.grants.get(*u) != Some(*g))
+            .map(|(u, _)| u.clone())
+            .chain(
+                self.grants
+                    .keys()
+                    .filter(|u| !grants.contains_key(*u))
+                    .cloned(),
+            )
+            .collect();
+        self.grants = grants;
         let mut out = Regranted::default();
+        if changed.is_empty() {
+            return out;
+        }
+        self.effective_cache.clear();
         for e in 0..self.entries.len() {
-            let Some(old) = self.entries.get(e).cloned().flatten() else {
+            let Some(old) = self.entries.get(e).and_then(Option::as_ref) else {
                 continue;
             };
+            if !changed.contains(&*old.owner) {
+                continue;
+            }
+            let old = old.clone();
             let own = old.own_scopes().clone();
             let own_number = if Arc::ptr_eq(&own, &old.scopes) {
                 old.scope_set

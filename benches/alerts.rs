@@ -173,6 +173,7 @@ fn build(db: &Path, n: usize) -> (Vec<Uuid>, Duration) {
                     }),
                     ..KeyAlerting::default()
                 },
+                admin_restrictions: Default::default(),
             });
             jobs.push(job);
             ids.push(id);

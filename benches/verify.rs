@@ -266,10 +266,37 @@ fn record(template: &KeyRecord, i: usize, hash: &KeyHash) -> KeyRecord {
     r
 }
 
+/// Settings where the keys' owners (`user0` to `user999`) hold `SCOPE`: a key whose
+/// owner is not configured is refused.
 fn plain_settings() -> Settings {
+    let mut directory = Directory::default();
+    add_bench_users(&mut directory);
     Settings {
         policy: Policy::default(),
-        directory: Directory::default(),
+        directory,
+    }
+}
+
+fn add_bench_users(d: &mut Directory) {
+    d.groups.insert(
+        "bench".to_owned(),
+        Group {
+            scopes: BTreeSet::from([SCOPE.to_owned()]),
+            create_keys: true,
+            manage_all_keys: false,
+        },
+    );
+    for i in 0..1000 {
+        let name = format!("user{i}");
+        d.users.insert(
+            name.clone(),
+            User {
+                name,
+                email: None,
+                groups: vec!["bench".to_owned()],
+                unix_user: None,
+            },
+        );
     }
 }
 
@@ -298,13 +325,16 @@ fn alice_settings() -> Settings {
             unix_user: None,
         },
     );
+    let mut directory = Directory { users, groups };
+    // The big database's keys keep working after `reload` to these settings.
+    add_bench_users(&mut directory);
     Settings {
         // The create figures issue thousands of keys to alice.
         policy: Policy {
             max_keys_per_user: None,
             ..Policy::default()
         },
-        directory: Directory { users, groups },
+        directory,
     }
 }
 

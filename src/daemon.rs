@@ -274,11 +274,18 @@ fn reload_config(state: &AppState, path: &Path, env: &Environment, running: &Con
                 );
             }
             keys.set_alert_config(new.alerts.clone());
-            keys.reload(settings_of(&new));
+            let changed = keys.reload(settings_of(&new));
             state
                 .edge
                 .reconfigure(new.auth.clone(), new.rate_limit.clone());
-            tracing::info!(users, groups, "configuration reloaded");
+            tracing::info!(
+                users,
+                groups,
+                keys_lost_scopes = changed.lost_scopes,
+                keys_refused = changed.refused,
+                keys_restored = changed.restored,
+                "configuration reloaded"
+            );
         }
         Err(e) => {
             for p in &e.problems {

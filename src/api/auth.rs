@@ -334,7 +334,9 @@ pub fn decide(
             StatusCode::UNAUTHORIZED
         }
         Code::Expired | Code::Inactive => StatusCode::UNAUTHORIZED,
-        Code::Disabled | Code::IpNotAllowed | Code::InsufficientScope => StatusCode::FORBIDDEN,
+        Code::Disabled | Code::IpNotAllowed | Code::InsufficientScope | Code::OwnerUnknown => {
+            StatusCode::FORBIDDEN
+        }
     };
     let Some(live) = live else {
         return Outcome::Denied(status, v.code.as_str());

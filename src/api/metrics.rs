@@ -19,7 +19,8 @@ pub enum Endpoint {
 }
 
 /// Result labels: the verification codes plus `MISSING` (no key in the request).
-pub const CODES: [&str; 9] = [
+/// Codes added later go after `MISSING`, whose index [`code_index`] fixes at 8.
+pub const CODES: [&str; 10] = [
     "VALID",
     "MALFORMED",
     "NOT_FOUND",
@@ -29,6 +30,7 @@ pub const CODES: [&str; 9] = [
     "IP_NOT_ALLOWED",
     "INSUFFICIENT_SCOPE",
     "MISSING",
+    "OWNER_UNKNOWN",
 ];
 
 /// Index of a code in [`CODES`].
@@ -58,7 +60,7 @@ const BUCKETS: [f64; 12] = [
 /// Process-wide counters.
 #[derive(Debug, Default)]
 pub struct Metrics {
-    verifications: [[AtomicU64; 9]; 2],
+    verifications: [[AtomicU64; 10]; 2],
     rate_limited: AtomicU64,
     latency: [AtomicU64; BUCKETS.len()],
     latency_count: AtomicU64,

@@ -5,6 +5,12 @@ use serde::{Deserialize, Serialize};
 
 /// The variables a template may use.
 pub const VARIABLES: &[&str] = &["key.id", "key.name", "key.owner", "key.expires_at"];
+/// The whole values a key's owner may give a header without an admin: each one
+/// variable that apikeyd fills in and the owner cannot choose, so the upstream is
+/// told nothing the owner made up. `${key.name}` is not among them: the owner picks
+/// the name, so `X-Tenant=${key.name}` on a key named "admin" would forge a claim as
+/// well as literal text would.
+pub const OWNER_VALUES: &[&str] = &["${key.id}", "${key.owner}", "${key.expires_at}"];
 const MAX_VALUE: usize = 1024;
 
 /// One configured header.
@@ -132,6 +138,12 @@ pub struct Values<'a> {
 }
 
 impl HeaderTemplate {
+    /// Whether a key's owner may set this header without an admin: its value is
+    /// exactly one of [`OWNER_VALUES`].
+    pub fn owner_may_set(&self) -> bool {
+        OWNER_VALUES.contains(&self.template.as_str())
+    }
+
     /// The value with every variable filled. Characters a header value cannot carry
     /// (a key name is free text) are replaced by `?`.
     pub fn render(&self, v: &Values<'_>) -> String {
@@ -201,5 +213,22 @@ mod tests {
         ));
         assert!(matches!(parse("X-A=a\nb"), Err(HeaderError::Value(_))));
         assert!(parse(&format!("X-A={}", "a".repeat(1025))).is_err());
+    }
+
+    #[test]
+    fn owners_may_set_only_values_apikeyd_fills_in() {
+        for ok in ["X-K=${key.id}", "X-O=${key.owner}", "X-E=${key.expires_at}"] {
+            assert!(parse(ok).unwrap().owner_may_set(), "{ok}");
+        }
+        for forged in [
+            "X-Tenant=admin",
+            "X-Tenant=${key.name}",
+            "X-User=${key.owner}${key.owner}",
+            "X-User=admin ${key.owner}",
+            "X-User= ${key.owner}",
+            "X-User=",
+        ] {
+            assert!(!parse(forged).unwrap().owner_may_set(), "{forged}");
+        }
     }
 }

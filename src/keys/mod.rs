@@ -33,7 +33,8 @@ use crate::store::{Batch, Store, StoreError, UsageUpdate};
 use headers::HeaderTemplate;
 use load::Loaded;
 use model::{
-    rfc3339, AuditEntry, Code, KeyKind, KeyRecord, KeyState, Lifetime, Limit, Status, UsageCounts,
+    rfc3339, AdminRestrictions, AuditEntry, Code, KeyKind, KeyRecord, KeyState, Lifetime, Limit,
+    Status, UsageCounts,
 };
 use secret::{KeyHash, KeyHasher, Secret, Shape};
 use table::{Hit, Slot, SlotInit, SlotUsage, Table, NEVER};
@@ -47,6 +48,9 @@ const MAX_DESCRIPTION: usize = 1000;
 const MAX_SCOPES: usize = 64;
 const MAX_IP_FILTERS: usize = 64;
 const MAX_HEADERS: usize = 32;
+/// The shortest user-defined token any configuration accepts (MinImportedSecretLength
+/// may have been lower when a token was imported than it is now).
+const MIN_GENERIC_SECRET: usize = 16;
 
 /// Who is asking.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -109,11 +113,22 @@ pub fn index_bytes_per_key() -> (usize, usize) {
 
 /// What verification needs beyond the common case, boxed so that keys without IP
 /// filters, headers or a rotation grace period do not pay for the empty fields.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct Extra {
     ip_filters: Vec<ipnet::IpNet>,
     headers: Vec<HeaderTemplate>,
     previous: Option<(KeyHash, DateTime<Utc>)>,
+    /// The key's own scopes, when its owner's groups no longer grant all of them.
+    own_scopes: Option<Arc<[String]>>,
+}
+
+impl Extra {
+    fn is_empty(&self) -> bool {
+        self.ip_filters.is_empty()
+            && self.headers.is_empty()
+            && self.previous.is_none()
+            && self.own_scopes.is_none()
+    }
 }
 
 /// A key as the in-memory index holds it besides its verification slot
@@ -126,7 +141,8 @@ pub struct Live {
     hash: KeyHash,
     /// State and the times the expiry rules read.
     pub life: Lifetime,
-    /// Scopes, shared by every key with the same set.
+    /// Effective scopes: those of its own that its owner's groups grant now (none if
+    /// the owner is not configured). Shared by every key with the same set.
     pub scopes: Arc<[String]>,
     /// Key id.
     pub id: Uuid,
@@ -151,6 +167,8 @@ pub struct Live {
     scope_set: u16,
     /// The expiry sweep recorded the lapse (maintenance).
     lapse_recorded: bool,
+    /// The owner is not a configured user: verification refuses the key.
+    owner_unknown: bool,
 }
 
 impl Live {
@@ -166,6 +184,44 @@ impl Live {
 
     fn previous(&self) -> Option<(KeyHash, DateTime<Utc>)> {
         self.extra.as_deref().and_then(|e| e.previous)
+    }
+
+    /// The scopes the key was issued with (or narrowed to), whatever its owner holds.
+    pub fn own_scopes(&self) -> &Arc<[String]> {
+        self.extra
+            .as_deref()
+            .and_then(|e| e.own_scopes.as_ref())
+            .unwrap_or(&self.scopes)
+    }
+
+    /// Whether the key's owner is no longer configured (the key is refused).
+    pub fn owner_unknown(&self) -> bool {
+        self.owner_unknown
+    }
+
+    /// The same key with other effective scopes (a reload changed what its owner
+    /// holds). Called under the index's write lock, so no verification is counting
+    /// routes on the old entry while they move over.
+    fn regranted(&self, eff: &Effective, own: Arc<[String]>) -> Live {
+        let mut extra = self.extra.as_deref().cloned().unwrap_or_default();
+        extra.own_scopes = (!Arc::ptr_eq(&own, &eff.scopes)).then_some(own);
+        Live {
+            hash: self.hash,
+            life: self.life,
+            scopes: eff.scopes.clone(),
+            id: self.id,
+            owner: self.owner.clone(),
+            name: self.name.clone(),
+            stored_last_used: self.stored_last_used,
+            warned_for: self.warned_for,
+            persisted_at: AtomicI64::new(self.persisted_at.load(Ordering::Relaxed)),
+            routes: parking_lot::Mutex::new(self.routes.lock().take()),
+            extra: (!extra.is_empty()).then(|| Box::new(extra)),
+            entry: self.entry,
+            scope_set: eff.number,
+            lapse_recorded: self.lapse_recorded,
+            owner_unknown: eff.owner_unknown,
+        }
     }
 
     /// Hard expiry.
@@ -232,6 +288,43 @@ struct Index {
     last_scope_set: Option<(Arc<[String]>, u16)>,
     /// Keys not removed per owner: `[ApiKey] MaxKeysPerUser` without a scan.
     owned: HashMap<Arc<str>, u32>,
+    /// The scopes each configured user's groups grant now; an owner missing here is
+    /// not configured. Replaced on reload ([`Index::regrant`]).
+    grants: HashMap<String, std::collections::BTreeSet<String>>,
+    /// Effective scopes per (interned owner, interned own scope set), by address:
+    /// a few combinations shared by many keys. Holds both `Arc`s, so an address
+    /// cannot be reused while its entry is here. Cleared when the grants change.
+    effective_cache: HashMap<(usize, usize), Effective>,
+}
+
+/// A key's effective scopes and whether its owner is configured.
+#[derive(Debug, Clone)]
+struct Effective {
+    _owner: Arc<str>,
+    _own: Arc<[String]>,
+    scopes: Arc<[String]>,
+    number: u16,
+    owner_unknown: bool,
+}
+
+/// What a reload did to the keys (removed keys not counted).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Regranted {
+    /// Keys whose owner is still configured but no longer holds some of the scopes
+    /// the key had until now.
+    pub lost_scopes: usize,
+    /// Keys refused from now on: their owner is no longer configured.
+    pub refused: usize,
+    /// Keys that got scopes back, or whose owner is configured again.
+    pub restored: usize,
+}
+
+fn grants_of(directory: &Directory) -> HashMap<String, std::collections::BTreeSet<String>> {
+    directory
+        .users
+        .keys()
+        .filter_map(|u| Some((u.clone(), directory.rights(u)?.scopes)))
+        .collect()
 }
 
 impl Index {
@@ -374,12 +467,13 @@ impl Index {
     }
 
     fn entry(&mut self, l: Loaded, entry: u32) -> Live {
-        let extra = (!l.ip_filters.is_empty() || !l.headers.is_empty() || l.previous.is_some())
+        let mut extra = (!l.ip_filters.is_empty() || !l.headers.is_empty() || l.previous.is_some())
             .then(|| {
                 Box::new(Extra {
                     ip_filters: l.ip_filters,
                     headers: l.headers,
                     previous: l.previous,
+                    own_scopes: None,
                 })
             });
         let owner = match &self.last_owner {
@@ -396,12 +490,17 @@ impl Index {
                 o
             }
         };
-        let (scopes, scope_set) = self.scope_number(&l.scopes);
+        let (own, own_number) = self.scope_number(&l.scopes);
+        let eff = self.effective(&owner, &own, own_number);
+        if !Arc::ptr_eq(&own, &eff.scopes) {
+            let extra = extra.get_or_insert_with(Default::default);
+            extra.own_scopes = Some(own);
+        }
         let routes = (!l.routes.is_empty()).then(|| Box::new(l.routes));
         Live {
             hash: l.hash,
             life: l.life,
-            scopes,
+            scopes: eff.scopes,
             id: l.id,
             owner,
             name: l.name,
@@ -411,9 +510,126 @@ impl Index {
             routes: parking_lot::Mutex::new(routes),
             extra,
             entry,
-            scope_set,
+            scope_set: eff.number,
             lapse_recorded: l.lapse_recorded,
+            owner_unknown: eff.owner_unknown,
         }
+    }
+
+    /// The effective scopes of a key of `owner` with its own (interned) set `own`.
+    fn effective(&mut self, owner: &Arc<str>, own: &Arc<[String]>, own_number: u16) -> Effective {
+        let key = (
+            Arc::as_ptr(owner).cast::<u8>() as usize,
+            Arc::as_ptr(own).cast::<u8>() as usize,
+        );
+        if let Some(hit) = self.effective_cache.get(&key) {
+            return hit.clone();
+        }
+        let (scopes, number, owner_unknown) = match self.grants.get(&**owner) {
+            None => {
+                let (set, n) = self.scope_number(&[]);
+                (set, n, true)
+            }
+            Some(granted) if own.iter().all(|s| granted.contains(s)) => {
+                (own.clone(), own_number, false)
+            }
+            Some(granted) => {
+                let held: Vec<String> = own
+                    .iter()
+                    .filter(|s| granted.contains(*s))
+                    .cloned()
+                    .collect();
+                let (set, n) = self.scope_number(&held);
+                (set, n, false)
+            }
+        };
+        let eff = Effective {
+            _owner: owner.clone(),
+            _own: own.clone(),
+            scopes,
+            number,
+            owner_unknown,
+        };
+        // Past u16::MAX sets, numbers are shared: no cache (and no sharing) then.
+        if own_number < u16::MAX && number < u16::MAX {
+            self.effective_cache.insert(key, eff.clone());
+        }
+        eff
+    }
+
+    /// Take the users and groups of a (re)loaded configuration: every key's effective
+    /// scopes and owner check follow them. One pass over all keys; only the keys that
+    /// change get a new entry and slot.
+    fn regrant(&mut self, directory: &Directory) -> Regranted {
+        let grants = grants_of(directory);
+        // Only the keys of users whose grant changed (or who came or went) can change;
+        // a reload that leaves every user's scopes alone walks nothing.
+        let changed: HashSet<String> = grants
+            .iter()
+            .filter(|(u, g)| self.grants.get(*u) != Some(*g))
+            .map(|(u, _)| u.clone())
+            .chain(
+                self.grants
+                    .keys()
+                    .filter(|u| !grants.contains_key(*u))
+                    .cloned(),
+            )
+            .collect();
+        self.grants = grants;
+        let mut out = Regranted::default();
+        if changed.is_empty() {
+            return out;
+        }
+        self.effective_cache.clear();
+        for e in 0..self.entries.len() {
+            let Some(old) = self.entries.get(e).and_then(Option::as_ref) else {
+                continue;
+            };
+            if !changed.contains(&*old.owner) {
+                continue;
+            }
+            let old = old.clone();
+            let own = old.own_scopes().clone();
+            let own_number = if Arc::ptr_eq(&own, &old.scopes) {
+                old.scope_set
+            } else {
+                self.scope_number(&own).1
+            };
+            let eff = self.effective(&old.owner, &own, own_number);
+            let same_set = if eff.number < u16::MAX {
+                eff.number == old.scope_set
+            } else {
+                *eff.scopes == *old.scopes
+            };
+            if same_set && eff.owner_unknown == old.owner_unknown {
+                continue;
+            }
+            if old.life.state != KeyState::Removed {
+                if eff.owner_unknown {
+                    out.refused += 1;
+                } else if old.owner_unknown {
+                    out.restored += 1;
+                } else if old.scopes.iter().any(|s| !eff.scopes.contains(s)) {
+                    out.lost_scopes += 1;
+                } else {
+                    out.restored += 1;
+                }
+                self.table.regrant(
+                    &old.hash,
+                    eff.number,
+                    if eff.owner_unknown {
+                        table::OWNER_UNKNOWN
+                    } else {
+                        0
+                    },
+                );
+            }
+            let new = Arc::new(old.regranted(&eff, own));
+            if let Some(slot) = self.entries.get_mut(e) {
+                *slot = Some(new);
+            }
+        }
+        out
     }
 
     fn insert(&mut self, live: Arc<Live>, usage: SlotUsage) {
@@ -427,6 +643,10 @@ impl Index {
                     0
                 } else {
                     table::HAS_IP_FILTERS
+                } | if live.owner_unknown {
+                    table::OWNER_UNKNOWN
+                } else {
+                    0
                 },
                 scope_set: live.scope_set,
                 usage,
@@ -610,9 +830,13 @@ pub struct KeyView {
     pub description: String,
     /// Owner.
     pub owner: String,
-    /// Scopes.
+    /// Scopes the key was issued with (or narrowed to).
     pub scopes: Vec<String>,
-    /// `active`, `disabled`, `expired`, `inactive`, `removed`.
+    /// Those of `scopes` its owner's groups grant now: what verification allows.
+    #[serde(default)]
+    pub effective_scopes: Vec<String>,
+    /// `active`, `disabled`, `expired`, `inactive`, `removed`, or `owner_unknown`
+    /// (would be active, but its owner is no longer configured: refused).
     pub status: String,
     /// `generated` or `imported`.
     pub kind: String,
@@ -654,6 +878,9 @@ pub struct KeyView {
     /// answer to that change.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub notice: Option<String>,
+    /// What an admin imposed that only an admin may lift.
+    #[serde(default)]
+    pub admin_restrictions: AdminRestrictions,
 }
 
 /// A key just issued: the secret, shown once, and the key.
@@ -698,6 +925,7 @@ impl Keys {
         settings: Settings,
     ) -> Result<Self, StoreError> {
         let mut index = Index::with_capacity(store.key_count()?);
+        index.grants = grants_of(&settings.directory);
         store.load_keys(load::prepare, |l| index.load(l))?;
         Ok(Self {
             clock,
@@ -721,9 +949,15 @@ impl Keys {
         self.settings.read().clone()
     }
 
-    /// Replace policy, users and groups (SIGHUP).
-    pub fn reload(&self, settings: Settings) {
+    /// Replace policy, users and groups (SIGHUP). Every key's effective scopes follow
+    /// the new groups at once, and keys of owners no longer configured are refused;
+    /// returns how many keys that changed.
+    pub fn reload(&self, settings: Settings) -> Regranted {
+        // The index first: a verification holds the settings' read lock while it
+        // takes the index's, so the two write locks are never held together.
+        let counts = self.index.write().regrant(&settings.directory);
         *self.settings.write() = Arc::new(settings);
+        counts
     }
 
     /// Number of keys held (all states).
@@ -806,6 +1040,9 @@ impl Keys {
             Status::Disabled => Code::Disabled,
             Status::Expired => Code::Expired,
             Status::Inactive => Code::Inactive,
+            // Before the IP and scope checks: a key whose owner is gone answers the
+            // same wherever it is used from.
+            Status::Active if slot.flags & table::OWNER_UNKNOWN != 0 => Code::OwnerUnknown,
             Status::Active if !index.admits(slot, ip) => Code::IpNotAllowed,
             Status::Active if !index.holds(slot, scopes) => Code::InsufficientScope,
             Status::Active => {
@@ -855,7 +1092,7 @@ impl Keys {
     pub fn view(&self, live: &Live) -> Result<KeyView, KeyError> {
         let rec = self.record(live)?;
         let settings = self.settings.read().clone();
-        Ok(view_of(&settings.policy, &rec, self.clock.now()))
+        Ok(view_of(&settings, &rec, self.clock.now()))
     }
 
     /// The key's full record from redb, with the usage known in memory.
@@ -933,10 +1170,7 @@ impl Keys {
                 }
             }
         }
-        Ok(records
-            .iter()
-            .map(|r| view_of(&settings.policy, r, now))
-            .collect())
+        Ok(records.iter().map(|r| view_of(&settings, r, now)).collect())
     }
 
     /// Audit entries visible to `actor`, newest first.
@@ -1100,6 +1334,19 @@ impl Keys {
             self.plan_create_notification(&req, &owner, &settings.directory, expires_at, now)?;
         let ip_filters = check_ips(&req.ip)?;
         let headers = check_headers(&req.headers)?;
+        if !actor.admin {
+            check_owner_headers(&headers, &[])?;
+        }
+        // What an admin sets on someone else's key binds its owner.
+        let admin_restrictions = if actor.admin && owner != actor.name {
+            AdminRestrictions {
+                disabled_by: None,
+                ip_filters: ip_filters.clone(),
+                headers: admin_only_headers(&headers),
+            }
+        } else {
+            AdminRestrictions::default()
+        };
         let hash = self.hasher.hash(secret.expose());
 
         let writer = self.lock_writer().await;
@@ -1140,6 +1387,7 @@ impl Keys {
             removed_at: None,
             usage: UsageCounts::default(),
             alerting: Default::default(),
+            admin_restrictions,
         };
         let (rec, jobs) = notify::attach_notification(rec, notification, now);
         let action = match kind {
@@ -1158,7 +1406,7 @@ impl Keys {
             detail = format!("{detail}; {n}");
         }
         let audit = self.audit_entry(actor, action, rec.id, detail);
-        let mut view = view_of(&settings.policy, &rec, now);
+        let mut view = view_of(&settings, &rec, now);
         view.notice = notice;
         self.commit_and_publish_with(writer, rec, audit, jobs)
             .await?;
@@ -1198,18 +1446,24 @@ impl Keys {
     }
 
     /// Edit description, name, IP filters, headers, narrow scopes, shorten expiry.
+    /// An owner may only narrow the IP filters and headers an admin set; an admin's
+    /// change to someone else's key becomes the restriction its owner is held to.
     pub async fn edit(&self, actor: &Actor, id: &str, req: EditKey) -> Result<KeyView, KeyError> {
         let live = self
             .modify_following_expiry(actor, id, "edit", |rec, index, settings, now| {
                 let mut changed = Vec::new();
+                let binds_owner = actor.admin && actor.name != rec.owner;
                 if let Some(name) = &req.name {
                     let name = check_name(name, "")?;
+                    self.check_not_own_secret(rec, "name", &name)?;
                     check_unique_name(index, &rec.owner, &name, Some(rec.id))?;
                     changed.push(format!("name={name:?}"));
                     rec.name = name;
                 }
                 if let Some(d) = &req.description {
-                    rec.description = check_description(d, "")?;
+                    let d = check_description(d, "")?;
+                    self.check_not_own_secret(rec, "description", &d)?;
+                    rec.description = d;
                     changed.push("description".to_owned());
                 }
                 if let Some(list) = &req.scopes {
@@ -1224,11 +1478,28 @@ impl Keys {
                     rec.scopes = scopes;
                 }
                 if let Some(ips) = &req.ip {
-                    rec.ip_filters = check_ips(ips)?;
+                    let ips = check_ips(ips)?;
+                    if !actor.admin {
+                        check_owner_ips(&ips, &rec.admin_restrictions.ip_filters)?;
+                    } else if binds_owner {
+                        rec.admin_restrictions.ip_filters = ips.clone();
+                    } else {
+                        // An admin's own key: nothing anyone else imposed binds it.
+                        rec.admin_restrictions.ip_filters.clear();
+                    }
+                    rec.ip_filters = ips;
                     changed.push(format!("ip=[{}]", rec.ip_filters.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(",")));
                 }
                 if let Some(h) = &req.headers {
-                    rec.headers = check_headers(h)?;
+                    let headers = check_headers(h)?;
+                    if !actor.admin {
+                        check_owner_headers(&headers, &rec.admin_restrictions.headers)?;
+                    } else if binds_owner {
+                        rec.admin_restrictions.headers = admin_only_headers(&headers);
+                    } else {
+                        rec.admin_restrictions.headers.clear();
+                    }
+                    rec.headers = headers;
                     changed.push(format!("headers={}", rec.headers.len()));
                 }
                 let new_expiry = match (&req.expires_at, &req.expires_in) {
@@ -1261,7 +1532,47 @@ impl Keys {
         self.view(&live)
     }
 
-    /// Enable or disable a key.
+    /// Refuse a new name or description of `rec` that contains the key's own secret:
+    /// names and descriptions are shown in listings, the audit trail and
+    /// `X-Api-Key-Name`. Generated secrets are caught by their format
+    /// ([`secret::looks_like_key`]); a user-defined token has none, so every stretch
+    /// of the text a token could be (printable ASCII without spaces, of a length the
+    /// config could ever have allowed) is hashed and compared with the key's current
+    /// and previous hash. At most ~200k hashes for a 1000-character description.
+    fn check_not_own_secret(
+        &self,
+        rec: &KeyRecord,
+        field: &'static str,
+        text: &str,
+    ) -> Result<(), KeyError> {
+        let mut own = Vec::with_capacity(2);
+        if rec.kind == KeyKind::Imported {
+            own.push(load::decode_hash(&rec.hash)?);
+        }
+        if let Some(previous) = &rec.previous_hash {
+            own.push(load::decode_hash(previous)?);
+        }
+        if own.is_empty() {
+            return Ok(());
+        }
+        for run in text.split(|c: char| !c.is_ascii_graphic()) {
+            // ASCII only: every byte offset is a char boundary.
+            for start in 0..run.len() {
+                let longest = run.len().min(start + secret::MAX_SECRET_LEN);
+                for end in (start + MIN_GENERIC_SECRET)..=longest {
+                    if own.contains(&self.hasher.hash(&run[start..end])) {
+                        return Err(invalid(
+                            field,
+                            "must not contain this key's secret (a key's name and description are shown everywhere; the secret is not)",
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Enable or disable a key. A key an admin disabled stays disabled for its owner.
     pub async fn set_enabled(
         &self,
         actor: &Actor,
@@ -1271,11 +1582,22 @@ impl Keys {
         let action = if enabled { "enable" } else { "disable" };
         let live = self
             .modify(actor, id, action, |rec, _, _, _| {
-                rec.state = if enabled {
-                    KeyState::Enabled
-                } else {
-                    KeyState::Disabled
-                };
+                let restrictions = &mut rec.admin_restrictions;
+                if enabled {
+                    if let (false, Some(by)) = (actor.admin, &restrictions.disabled_by) {
+                        return Err(KeyError::Forbidden(format!(
+                            "key {} was disabled by admin {by:?}; only an admin can enable it again",
+                            rec.id
+                        )));
+                    }
+                    restrictions.disabled_by = None;
+                    rec.state = KeyState::Enabled;
+                    return Ok(String::new());
+                }
+                if actor.admin && actor.name != rec.owner {
+                    restrictions.disabled_by = Some(actor.name.clone());
+                }
+                rec.state = KeyState::Disabled;
                 Ok(String::new())
             })
             .await?;
@@ -1461,17 +1783,38 @@ impl Keys {
     }
 }
 
-/// Build the admin view of a key.
-pub fn view_of(policy: &Policy, rec: &KeyRecord, now: DateTime<Utc>) -> KeyView {
+/// Build the admin view of a key; its effective scopes and owner check follow the
+/// users and groups of `settings`.
+pub fn view_of(settings: &Settings, rec: &KeyRecord, now: DateTime<Utc>) -> KeyView {
+    let policy = &settings.policy;
     let last_used = rec.last_used_at;
     let effective = rec.effective_expiry(policy, last_used);
+    let granted = settings.directory.rights(&rec.owner).map(|r| r.scopes);
+    let status = match rec.status(policy, last_used, now) {
+        Status::Active if granted.is_none() => "owner_unknown",
+        s => s.as_str(),
+    };
+    let mut details = rec.details(policy, last_used, now);
+    if granted.is_none() && rec.state != KeyState::Removed {
+        details = format!(
+            "refused: owner {:?} is not a configured user; {details}",
+            rec.owner
+        );
+    }
     KeyView {
         id: rec.id,
         name: rec.name.clone(),
         description: rec.description.clone(),
         owner: rec.owner.clone(),
         scopes: rec.scopes.clone(),
-        status: rec.status(policy, last_used, now).as_str().to_owned(),
+        effective_scopes: granted.map_or_else(Vec::new, |g| {
+            rec.scopes
+                .iter()
+                .filter(|s| g.contains(*s))
+                .cloned()
+                .collect()
+        }),
+        status: status.to_owned(),
         kind: match rec.kind {
             KeyKind::Generated => "generated",
             KeyKind::Imported => "imported",
@@ -1489,7 +1832,7 @@ pub fn view_of(policy: &Policy, rec: &KeyRecord, now: DateTime<Utc>) -> KeyView 
             }
             .to_owned()
         }),
-        details: rec.details(policy, last_used, now),
+        details,
         ip_filters: rec.ip_filters.iter().map(|n| n.to_string()).collect(),
         headers: rec.headers.clone(),
         rotation_grace_until: rec.previous_valid_until.filter(|t| *t > now).map(rfc3339),
@@ -1502,6 +1845,7 @@ pub fn view_of(policy: &Policy, rec: &KeyRecord, now: DateTime<Utc>) -> KeyView 
         alert_job: rec.alerting.notification.as_ref().map(|n| n.job_id),
         usage: rec.usage.clone(),
         notice: None,
+        admin_restrictions: rec.admin_restrictions.clone(),
     }
 }
 
@@ -1616,6 +1960,66 @@ fn check_headers(list: &[String]) -> Result<Vec<HeaderTemplate>, KeyError> {
         out.push(h);
     }
     Ok(out)
+}
+
+/// An owner's IP filters must stay within the networks an admin limited the key to:
+/// every network inside one of the admin's, and at least one.
+fn check_owner_ips(list: &[ipnet::IpNet], admin: &[ipnet::IpNet]) -> Result<(), KeyError> {
+    if admin.is_empty() {
+        return Ok(());
+    }
+    let allowed = || {
+        admin
+            .iter()
+            .map(|n| n.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if list.is_empty() {
+        return Err(KeyError::Forbidden(format!(
+            "an admin limited this key to {}; only an admin can remove that limit (you may narrow it)",
+            allowed()
+        )));
+    }
+    if let Some(bad) = list.iter().find(|n| !admin.iter().any(|a| a.contains(*n))) {
+        return Err(KeyError::Forbidden(format!(
+            "{bad} is not inside the networks an admin limited this key to ({}); you may only narrow them",
+            allowed()
+        )));
+    }
+    Ok(())
+}
+
+/// The headers of `list` that only an admin may set: an owner must keep them.
+fn admin_only_headers(list: &[HeaderTemplate]) -> Vec<HeaderTemplate> {
+    list.iter()
+        .filter(|h| !h.owner_may_set())
+        .cloned()
+        .collect()
+}
+
+/// The headers an owner gives a key: every literal header an admin set, unchanged, and
+/// otherwise only values apikeyd fills in ([`headers::OWNER_VALUES`]), so that the
+/// upstream is told nothing the owner made up.
+fn check_owner_headers(list: &[HeaderTemplate], admin: &[HeaderTemplate]) -> Result<(), KeyError> {
+    if let Some(kept) = admin.iter().find(|a| !list.contains(a)) {
+        return Err(KeyError::Forbidden(format!(
+            "header {:?} was set by an admin; only an admin can change or remove it (give it unchanged)",
+            kept.name
+        )));
+    }
+    if let Some(bad) = list
+        .iter()
+        .find(|h| !h.owner_may_set() && !admin.contains(h))
+    {
+        return Err(KeyError::Forbidden(format!(
+            "header {:?}: only an admin may set literal text or ${{key.name}} in a header; \
+             a key's owner may use exactly one of {} as the value",
+            bad.name,
+            headers::OWNER_VALUES.join(", ")
+        )));
+    }
+    Ok(())
 }
 
 fn name_hash(owner: &str, name: &str) -> u64 {
@@ -1762,6 +2166,8 @@ fn resolve_create_expiry(
 }
 
 #[cfg(test)]
+mod authz_tests;
+#[cfg(test)]
 mod tests;
 
 #[cfg(test)]
@@ -1811,6 +2217,7 @@ pub fn seed(
                 removed_at: None,
                 usage: UsageCounts::default(),
                 alerting: Default::default(),
+                admin_restrictions: AdminRestrictions::default(),
             });
         }
         let audit = if done == 0 {

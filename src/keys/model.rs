@@ -61,6 +61,34 @@ pub struct KeyRecord {
     /// Verification counts, as last persisted.
     #[serde(default)]
     pub usage: UsageCounts,
+    /// What an admin imposed on someone else's key, which its owner cannot lift.
+    #[serde(default, skip_serializing_if = "AdminRestrictions::is_empty")]
+    pub admin_restrictions: AdminRestrictions,
+}
+
+/// Restrictions an admin put on a key owned by someone else. Only an admin may lift
+/// them; the owner may only narrow them. Empty for records written before they were
+/// recorded (and for keys no admin restricted), so those keep the old behaviour.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdminRestrictions {
+    /// The admin who disabled the key: its owner cannot enable it again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disabled_by: Option<String>,
+    /// The networks an admin limited the key to: the owner may replace its filters
+    /// only with networks inside these, never clear them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ip_filters: Vec<IpNet>,
+    /// Headers an admin set that an owner could not have set (literal text or
+    /// `${key.name}`): the owner's header changes must keep each unchanged.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<HeaderTemplate>,
+}
+
+impl AdminRestrictions {
+    /// Nothing restricted.
+    pub fn is_empty(&self) -> bool {
+        self.disabled_by.is_none() && self.ip_filters.is_empty() && self.headers.is_empty()
+    }
 }
 
 /// How often a key was verified: in total and per configured route prefix.
@@ -117,6 +145,8 @@ pub enum Code {
     IpNotAllowed,
     /// The key lacks the requested scope.
     InsufficientScope,
+    /// The key's owner is no longer a configured user.
+    OwnerUnknown,
 }
 
 impl Code {
@@ -131,6 +161,7 @@ impl Code {
             Code::Inactive => "INACTIVE",
             Code::IpNotAllowed => "IP_NOT_ALLOWED",
             Code::InsufficientScope => "INSUFFICIENT_SCOPE",
+            Code::OwnerUnknown => "OWNER_UNKNOWN",
         }
     }
 }
@@ -371,6 +402,7 @@ mod tests {
             removed_at: None,
             usage: UsageCounts::default(),
             alerting: KeyAlerting::default(),
+            admin_restrictions: AdminRestrictions::default(),
         }
     }
 

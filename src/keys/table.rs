@@ -34,6 +34,8 @@ const TOMBSTONE: u8 = 3;
 
 /// The key has IP filters (read from its entry).
 pub const HAS_IP_FILTERS: u8 = 1;
+/// The key's owner is not a configured user: the key is refused.
+pub const OWNER_UNKNOWN: u8 = 2;
 
 /// `last_used_s` of a key never used.
 pub const NEVER: i64 = i64::MIN;
@@ -58,11 +60,11 @@ pub struct Slot {
     pub entry: u32,
     kind: u8,
     state: u8,
-    /// `HAS_IP_FILTERS`.
+    /// `HAS_IP_FILTERS`, `OWNER_UNKNOWN`.
     pub flags: u8,
     /// Usage not yet written to the store.
     dirty: AtomicBool,
-    /// Number of the key's scope set.
+    /// Number of the key's effective scope set.
     pub scope_set: u16,
 }
 
@@ -396,6 +398,18 @@ impl Table {
             scope_set: init.scope_set,
         };
         self.put(slot);
+    }
+
+    /// Give the key of current secret `hash` another effective scope set and owner
+    /// flag (`OWNER_UNKNOWN` or 0), in place: its usage counters stay.
+    pub fn regrant(&mut self, hash: &KeyHash, scope_set: u16, owner_flag: u8) {
+        if let Some(i) = self.find(&tag_of(hash)) {
+            let s = &mut self.slots[i];
+            if s.kind == CURRENT {
+                s.scope_set = scope_set;
+                s.flags = (s.flags & !OWNER_UNKNOWN) | (owner_flag & OWNER_UNKNOWN);
+            }
+        }
     }
 
     /// Put the previous secret of a rotated key in, good until `until`.

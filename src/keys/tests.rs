@@ -514,7 +514,7 @@ async fn edit_narrows_scopes_and_only_shortens_expiry() {
         scopes: Some(vec!["catalog:read".into()]),
         description: Some("reads only".into()),
         ip: Some(vec!["192.168.1.0/24".into()]),
-        headers: Some(vec!["X-Key=${key.name}".into()]),
+        headers: Some(vec!["X-Key=${key.id}".into()]),
         ..EditKey::default()
     };
     let v = f.keys.edit(&alice(), &id, narrower).await.unwrap();

@@ -1,6 +1,7 @@
 //! The one integration test binary: the real `apikeyd` and `apikeyctl`.
 
 mod alerts;
+mod authz;
 mod edge;
 mod lifecycle;
 mod nginx;

@@ -1,0 +1,567 @@
+//! Who may change what, and what a key may do as users and groups change: admin
+//! restrictions an owner cannot lift, headers an owner cannot forge, privileges that
+//! follow a reload, names that must not carry the key's own secret.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+
+use chrono::{TimeZone, Utc};
+
+use super::*;
+use crate::clock::ManualClock;
+use crate::config::{self, Environment};
+use crate::keys::secret::ServerSecret;
+
+const CONFIG: &str = r#"
+[ApiKey]
+MaxExpirationPeriod = "p6m"
+NotAccessedExpirationPeriod = "p3m"
+DefaultExpirationPeriod = "p1y"
+[groups.Synchronizer]
+scopes = ["catalog:read", "catalog:sync"]
+create_keys = true
+[groups.User]
+scopes = ["catalog:read"]
+[groups.Admin]
+scopes = ["catalog:read", "apikeyd:admin"]
+create_keys = true
+manage_all_keys = true
+[users.admin]
+groups = ["Admin"]
+[users.alice]
+groups = ["Synchronizer"]
+[users.bob]
+groups = ["Synchronizer"]
+"#;
+
+fn settings(text: &str) -> Settings {
+    let c = config::parse(
+        std::path::Path::new("t.toml"),
+        text,
+        &Environment::default(),
+    )
+    .unwrap();
+    Settings {
+        policy: c.policy,
+        directory: c.directory,
+    }
+}
+
+/// CONFIG with alice's groups replaced, or alice left out (`None`).
+fn with_alice(groups: Option<&str>) -> Settings {
+    let text = match groups {
+        Some(g) => CONFIG.replace(
+            "[users.alice]\ngroups = [\"Synchronizer\"]",
+            &format!("[users.alice]\ngroups = [{g}]"),
+        ),
+        None => CONFIG.replace("[users.alice]\ngroups = [\"Synchronizer\"]\n", ""),
+    };
+    settings(&text)
+}
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    path: std::path::PathBuf,
+    clock: Arc<ManualClock>,
+    keys: Keys,
+}
+
+fn hasher() -> KeyHasher {
+    KeyHasher::new(&ServerSecret::from_bytes(vec![9; 32]).unwrap())
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db.redb");
+    let clock = ManualClock::new(Utc.with_ymd_and_hms(2026, 8, 31, 10, 0, 0).unwrap());
+    let store = Arc::new(Store::open(&path).unwrap());
+    let keys = Keys::open(store, hasher(), clock.clone(), settings(CONFIG)).unwrap();
+    Fixture {
+        _dir: dir,
+        path,
+        clock,
+        keys,
+    }
+}
+
+fn admin() -> Actor {
+    Actor {
+        name: "admin".into(),
+        admin: true,
+    }
+}
+
+fn alice() -> Actor {
+    Actor {
+        name: "alice".into(),
+        admin: false,
+    }
+}
+
+fn req(user: &str, name: &str) -> CreateKey {
+    CreateKey {
+        user: Some(user.into()),
+        name: name.into(),
+        ..CreateKey::default()
+    }
+}
+
+fn forbidden(e: KeyError) -> String {
+    match e {
+        KeyError::Forbidden(m) => m,
+        other => panic!("expected Forbidden, got {other:?}"),
+    }
+}
+
+async fn audit_len(f: &Fixture, id: &str) -> usize {
+    f.keys.audit(&admin(), Some(id), 100).await.unwrap().len()
+}
+
+// ------------------------------------------------------------ item 8: reloads
+
+/// Regression: a reload that moved alice from Synchronizer to User left her
+/// `catalog:sync` key verifying with that scope, and removing alice from the config
+/// left her keys working. Scopes were the key's own, fixed when it was issued.
+#[tokio::test]
+async fn privileges_follow_a_reload() {
+    let f = fixture();
+    let issued = f.keys.create(&alice(), req("alice", "sync")).await.unwrap();
+    let k = issued.key.expose().to_owned();
+    let id = issued.view.id.to_string();
+    let bob = f.keys.create(&admin(), req("bob", "b")).await.unwrap();
+    assert_eq!(
+        f.keys.verify(&k, Some("catalog:sync"), None).code,
+        Code::Valid
+    );
+
+    // Demoted: the scope her groups no longer grant is refused, the rest works.
+    let changed = f.keys.reload(with_alice(Some("\"User\"")));
+    assert_eq!(
+        changed,
+        Regranted {
+            lost_scopes: 1,
+            refused: 0,
+            restored: 0
+        }
+    );
+    assert_eq!(
+        f.keys.verify(&k, Some("catalog:sync"), None).code,
+        Code::InsufficientScope
+    );
+    let mut v = f.keys.verify(&k, Some("catalog:read"), None);
+    assert_eq!(v.code, Code::Valid);
+    // What the upstream is told (X-Api-Key-Scopes, /v1/verify) is the effective set.
+    let live = f.keys.resolve(&mut v).unwrap();
+    assert_eq!(&live.scopes[..], ["catalog:read"]);
+    assert_eq!(&live.own_scopes()[..], ["catalog:read", "catalog:sync"]);
+    let view = f.keys.show(&admin(), &id).unwrap();
+    assert_eq!(view.scopes, ["catalog:read", "catalog:sync"]);
+    assert_eq!(view.effective_scopes, ["catalog:read"]);
+    assert_eq!(view.status, "active");
+    // Bob's key did not change.
+    assert_eq!(
+        f.keys
+            .verify(bob.key.expose(), Some("catalog:sync"), None)
+            .code,
+        Code::Valid
+    );
+
+    // Removed from the config: refused with a code of its own, listed that way.
+    let changed = f.keys.reload(with_alice(None));
+    assert_eq!(changed.refused, 1);
+    assert_eq!(changed.lost_scopes, 0);
+    assert_eq!(f.keys.verify(&k, None, None).code, Code::OwnerUnknown);
+    assert_eq!(
+        f.keys.verify(&k, Some("catalog:read"), None).code,
+        Code::OwnerUnknown
+    );
+    let listed = f.keys.list(&admin(), None, false).await.unwrap();
+    let mine = listed.iter().find(|v| v.id.to_string() == id).unwrap();
+    assert_eq!(mine.status, "owner_unknown");
+    assert!(
+        mine.details.contains("not a configured user"),
+        "{}",
+        mine.details
+    );
+    assert!(mine.effective_scopes.is_empty());
+
+    // Back in Synchronizer: everything returns, with the usage counted meanwhile.
+    let changed = f.keys.reload(settings(CONFIG));
+    assert_eq!(changed.restored, 1);
+    let mut v = f.keys.verify(&k, Some("catalog:sync"), None);
+    assert_eq!(v.code, Code::Valid);
+    let live = f.keys.resolve(&mut v).unwrap();
+    assert_eq!(&live.scopes[..], ["catalog:read", "catalog:sync"]);
+    let view = f.keys.show(&admin(), &id).unwrap();
+    assert_eq!(view.usage.verifications, 3);
+    assert_eq!(view.usage.denied, 3);
+    assert_eq!(f.keys.reload(settings(CONFIG)), Regranted::default());
+}
+
+/// The same rules hold for keys loaded at start and for changes published after a
+/// reload (an edit must not bring back a scope the owner lost).
+#[tokio::test]
+async fn effective_scopes_at_start_and_after_an_edit() {
+    let f = fixture();
+    let issued = f.keys.create(&alice(), req("alice", "sync")).await.unwrap();
+    let k = issued.key.expose().to_owned();
+    let id = issued.view.id.to_string();
+    f.keys.reload(with_alice(Some("\"User\"")));
+    f.keys
+        .edit(
+            &admin(),
+            &id,
+            EditKey {
+                description: Some("edited".into()),
+                ..EditKey::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        f.keys.verify(&k, Some("catalog:sync"), None).code,
+        Code::InsufficientScope
+    );
+    drop(f.keys);
+    let store = Arc::new(Store::open(&f.path).unwrap());
+    let keys = Keys::open(store, hasher(), f.clock.clone(), with_alice(None)).unwrap();
+    assert_eq!(keys.verify(&k, None, None).code, Code::OwnerUnknown);
+    keys.reload(with_alice(Some("\"User\"")));
+    assert_eq!(
+        keys.verify(&k, Some("catalog:sync"), None).code,
+        Code::InsufficientScope
+    );
+    assert_eq!(
+        keys.verify(&k, Some("catalog:read"), None).code,
+        Code::Valid
+    );
+}
+
+/// The reload walks every key once; at 100k keys (10% of them losing a scope) that
+/// must stay well under a second, even in a debug build.
+#[test]
+fn a_reload_over_100k_keys_is_quick() {
+    let now = Utc.with_ymd_and_hms(2026, 8, 31, 10, 0, 0).unwrap();
+    let mut users = String::new();
+    for u in 0..100 {
+        users += &format!("[users.u{u}]\ngroups = [\"Synchronizer\"]\n");
+    }
+    let before = settings(&format!("{CONFIG}{users}"));
+    let mut index = Index::with_capacity(100_000);
+    index.grants = grants_of(&before.directory);
+    let template: KeyRecord = serde_json::from_value(serde_json::json!({
+        "id": Uuid::nil(),
+        "name": "k",
+        "owner": "u0",
+        "scopes": ["catalog:read", "catalog:sync"],
+        "hash": hex::encode([0u8; 32]),
+        "kind": "generated",
+        "state": "enabled",
+        "created_at": now,
+        "updated_at": now,
+    }))
+    .unwrap();
+    for i in 0..100_000u32 {
+        let mut hash = [0u8; 32];
+        hash[..4].copy_from_slice(&i.to_le_bytes());
+        hash[4..8].copy_from_slice(&i.wrapping_mul(2_654_435_761).to_le_bytes());
+        let mut rec = template.clone();
+        rec.id = Uuid::from_u128(u128::from(i) + 1);
+        rec.name = format!("k{i}");
+        rec.owner = format!("u{}", i % 100);
+        rec.hash = hex::encode(hash);
+        index.load(Loaded::from_record(&rec).unwrap()).unwrap();
+    }
+    assert_eq!(index.regrant(&before.directory), Regranted::default());
+    // u0..u9 become Users: their 10% of the keys lose catalog:sync.
+    let mut demoted = users.clone();
+    for u in 0..10 {
+        demoted = demoted.replace(
+            &format!("[users.u{u}]\ngroups = [\"Synchronizer\"]"),
+            &format!("[users.u{u}]\ngroups = [\"User\"]"),
+        );
+    }
+    let after = settings(&format!("{CONFIG}{demoted}"));
+    let started = std::time::Instant::now();
+    let changed = index.regrant(&after.directory);
+    let took = started.elapsed();
+    assert_eq!(changed.lost_scopes, 10_000);
+    eprintln!("reload over 100k keys, 10k changed: {took:?}");
+    assert!(
+        took < std::time::Duration::from_millis(500),
+        "reload over 100k keys took {took:?}"
+    );
+    let started = std::time::Instant::now();
+    assert_eq!(index.regrant(&after.directory), Regranted::default());
+    assert!(started.elapsed() < std::time::Duration::from_millis(500));
+}
+
+// ------------------------------------------------------------ item 4: restrictions
+
+/// Regression: alice (not an admin) could enable a key an admin had disabled.
+#[tokio::test]
+async fn an_owner_cannot_enable_a_key_an_admin_disabled() {
+    let f = fixture();
+    let issued = f.keys.create(&alice(), req("alice", "k")).await.unwrap();
+    let (k, id) = (issued.key.expose().to_owned(), issued.view.id.to_string());
+    f.keys.set_enabled(&admin(), &id, false).await.unwrap();
+    let audit = audit_len(&f, &id).await;
+    let msg = forbidden(f.keys.set_enabled(&alice(), &id, true).await.unwrap_err());
+    assert!(msg.contains("disabled by admin \"admin\""), "{msg}");
+    assert_eq!(f.keys.verify(&k, None, None).code, Code::Disabled);
+    assert_eq!(audit_len(&f, &id).await, audit, "nothing recorded");
+    let view = f.keys.show(&alice(), &id).unwrap();
+    assert_eq!(
+        view.admin_restrictions.disabled_by.as_deref(),
+        Some("admin")
+    );
+    // The admin lifts it; from then on the owner manages the key again.
+    f.keys.set_enabled(&admin(), &id, true).await.unwrap();
+    f.keys.set_enabled(&alice(), &id, false).await.unwrap();
+    f.keys.set_enabled(&alice(), &id, true).await.unwrap();
+    assert_eq!(f.keys.verify(&k, None, None).code, Code::Valid);
+}
+
+/// Regression: alice could clear (or widen) IP filters an admin had set on her key.
+#[tokio::test]
+async fn an_owner_may_only_narrow_the_ip_filters_an_admin_set() {
+    let f = fixture();
+    let issued = f.keys.create(&alice(), req("alice", "k")).await.unwrap();
+    let id = issued.view.id.to_string();
+    let edit_ip = |ips: &[&str]| EditKey {
+        ip: Some(ips.iter().map(|s| s.to_string()).collect()),
+        ..EditKey::default()
+    };
+    f.keys
+        .edit(&admin(), &id, edit_ip(&["10.1.0.0/16", "192.0.2.7"]))
+        .await
+        .unwrap();
+    let audit = audit_len(&f, &id).await;
+    for bad in [
+        &[][..],
+        &["0.0.0.0/0"][..],
+        &["10.0.0.0/8"][..],
+        &["10.1.2.0/24", "198.51.100.1"][..],
+    ] {
+        let e = f.keys.edit(&alice(), &id, edit_ip(bad)).await.unwrap_err();
+        forbidden(e);
+    }
+    assert_eq!(audit_len(&f, &id).await, audit, "nothing recorded");
+    let view = f.keys.show(&alice(), &id).unwrap();
+    assert_eq!(view.ip_filters, ["10.1.0.0/16", "192.0.2.7/32"]);
+    // Narrowing inside the admin's networks is fine, and can be widened back to them.
+    f.keys
+        .edit(&alice(), &id, edit_ip(&["10.1.2.0/24"]))
+        .await
+        .unwrap();
+    f.keys
+        .edit(&alice(), &id, edit_ip(&["10.1.0.0/16", "192.0.2.7"]))
+        .await
+        .unwrap();
+    // An admin clearing them lifts the restriction.
+    f.keys.edit(&admin(), &id, edit_ip(&[])).await.unwrap();
+    f.keys
+        .edit(&alice(), &id, edit_ip(&["203.0.113.0/24"]))
+        .await
+        .unwrap();
+    f.keys.edit(&alice(), &id, edit_ip(&[])).await.unwrap();
+    // What an admin sets when creating a key for someone binds the owner too.
+    let mut r = req("alice", "made-by-admin");
+    r.ip = vec!["10.9.0.0/16".into()];
+    let id2 = f
+        .keys
+        .create(&admin(), r)
+        .await
+        .unwrap()
+        .view
+        .id
+        .to_string();
+    forbidden(f.keys.edit(&alice(), &id2, edit_ip(&[])).await.unwrap_err());
+}
+
+/// Regression: alice could give her key a header with literal text
+/// (`X-Tenant=admin`), which the upstream then received as an identity claim from
+/// `/v1/auth`; `${key.name}` (she picks the name) forged the same way.
+#[tokio::test]
+async fn an_owner_cannot_forge_identity_headers() {
+    let f = fixture();
+    for forged in [
+        "X-Tenant=admin",
+        "X-Tenant=${key.name}",
+        "X-User=x${key.owner}",
+    ] {
+        let mut r = req("alice", "k");
+        r.headers = vec![forged.into()];
+        forbidden(f.keys.create(&alice(), r).await.unwrap_err());
+        let mut r = req("alice", "imp");
+        r.headers = vec![forged.into()];
+        r.secret = Some(Secret::new("legacy-token-0123456789-abcdefghijkl".into()));
+        forbidden(f.keys.import(&alice(), r).await.unwrap_err());
+    }
+    assert!(f.keys.list(&alice(), None, true).await.unwrap().is_empty());
+    let mut r = req("alice", "k");
+    r.headers = vec!["X-Key=${key.id}".into(), "X-User=${key.owner}".into()];
+    let id = f
+        .keys
+        .create(&alice(), r)
+        .await
+        .unwrap()
+        .view
+        .id
+        .to_string();
+    let edit_h = |hs: &[&str]| EditKey {
+        headers: Some(hs.iter().map(|s| s.to_string()).collect()),
+        ..EditKey::default()
+    };
+    let audit = audit_len(&f, &id).await;
+    forbidden(
+        f.keys
+            .edit(&alice(), &id, edit_h(&["X-Tenant=admin"]))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(audit_len(&f, &id).await, audit);
+    // An admin may set literal values; the owner must keep them as they are.
+    f.keys
+        .edit(&admin(), &id, edit_h(&["X-Tenant=acme", "X-Key=${key.id}"]))
+        .await
+        .unwrap();
+    forbidden(
+        f.keys
+            .edit(&alice(), &id, edit_h(&["X-Key=${key.id}"]))
+            .await
+            .unwrap_err(),
+    );
+    forbidden(
+        f.keys
+            .edit(&alice(), &id, edit_h(&["X-Tenant=other"]))
+            .await
+            .unwrap_err(),
+    );
+    f.keys
+        .edit(
+            &alice(),
+            &id,
+            edit_h(&["X-Tenant=acme", "X-Expires=${key.expires_at}"]),
+        )
+        .await
+        .unwrap();
+    let view = f.keys.show(&alice(), &id).unwrap();
+    assert_eq!(view.headers.len(), 2);
+    // An admin's own keys are not restricted (and admins set what they like).
+    let mut r = req("admin", "own");
+    r.headers = vec!["X-Tenant=ops".into()];
+    let own = f.keys.create(&admin(), r).await.unwrap().view;
+    assert!(own.admin_restrictions.is_empty());
+}
+
+/// Records written before restrictions were recorded load with none.
+#[test]
+fn old_records_load_without_restrictions() {
+    let rec: KeyRecord = serde_json::from_value(serde_json::json!({
+        "id": Uuid::now_v7(),
+        "name": "old",
+        "owner": "alice",
+        "scopes": ["catalog:read"],
+        "hash": hex::encode([1u8; 32]),
+        "kind": "generated",
+        "state": "disabled",
+        "created_at": "2026-01-01T00:00:00Z",
+        "updated_at": "2026-01-01T00:00:00Z",
+    }))
+    .unwrap();
+    assert!(rec.admin_restrictions.is_empty());
+    assert!(!serde_json::to_string(&rec)
+        .unwrap()
+        .contains("admin_restrictions"));
+}
+
+// ------------------------------------------------------------ item 9: own secret
+
+/// Regression: an imported token could be renamed (or re-described) to its own
+/// secret, which then showed in listings, the audit trail and `X-Api-Key-Name`:
+/// `edit` checked the new name against an empty secret.
+#[tokio::test]
+async fn a_token_cannot_be_renamed_to_its_own_secret() {
+    let f = fixture();
+    let token = "legacy-token-0123456789-abcdefghijkl";
+    let mut r = req("alice", "legacy");
+    r.secret = Some(Secret::new(token.into()));
+    let id = f.keys.import(&alice(), r).await.unwrap().id.to_string();
+    let audit = audit_len(&f, &id).await;
+    for text in [
+        token.to_owned(),
+        format!("old token {token} of the sync job"),
+        format!("token={token};"),
+        format!("é{token}é"),
+    ] {
+        let e = f
+            .keys
+            .edit(
+                &alice(),
+                &id,
+                EditKey {
+                    name: Some(text.clone()),
+                    ..EditKey::default()
+                },
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&e, KeyError::Invalid { field: "name", message } if !message.contains(token)),
+            "{e:?}"
+        );
+        let e = f
+            .keys
+            .edit(
+                &alice(),
+                &id,
+                EditKey {
+                    description: Some(text),
+                    ..EditKey::default()
+                },
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&e, KeyError::Invalid { field: "description", message } if !message.contains(token)),
+            "{e:?}"
+        );
+    }
+    assert_eq!(audit_len(&f, &id).await, audit, "nothing recorded");
+    let view = f.keys.show(&alice(), &id).unwrap();
+    assert_eq!(view.name, "legacy");
+    assert_eq!(view.description, "");
+    // Other text, and a token-shaped text that is not its secret, are fine.
+    f.keys
+        .edit(
+            &alice(),
+            &id,
+            EditKey {
+                name: Some("legacy-token-0123456789-abcdefghijkX".into()),
+                description: Some("the legacy sync token".into()),
+                ..EditKey::default()
+            },
+        )
+        .await
+        .unwrap();
+    // After a rotation with grace the old token is the previous secret: still refused.
+    f.keys.rotate(&alice(), &id, Some("p1d")).await.unwrap();
+    let e = f
+        .keys
+        .edit(
+            &alice(),
+            &id,
+            EditKey {
+                name: Some(token.into()),
+                ..EditKey::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, KeyError::Invalid { field: "name", .. }),
+        "{e:?}"
+    );
+    let _ = &f.clock;
+}

@@ -1,0 +1,331 @@
+//! Who may change what, and what a key may do as users and groups change, against
+//! the real daemon: a non-admin owner (unix account `nobody`, mapped to alice) runs
+//! the real `apikeyctl`; the configuration file is edited and the daemon reloaded
+//! with SIGHUP.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::util::{is_root, request, stdout, wait_until, TestDaemon, DEFAULT_POLICY};
+
+const NOBODY: u32 = 65534; // mapped to alice in the test config
+
+const AUTH: &str = r#"
+[auth]
+trusted_proxies = ["127.0.0.1/32"]
+
+[[auth.routes]]
+prefix = "/catalog"
+scope = "catalog:read"
+
+[[auth.routes]]
+prefix = "/catalog/sync"
+scope = "catalog:sync"
+"#;
+
+const ALICE: &str = "[users.alice]\nemail = \"alice@example.com\"\ngroups = [\"Synchronizer\"]\nunix_user = \"nobody\"\n";
+
+fn auth(d: &TestDaemon, key: &str, uri: &str) -> crate::util::Answer {
+    let bearer = format!("Bearer {key}");
+    request(
+        d.addr,
+        "GET",
+        "/v1/auth",
+        &[
+            ("Authorization", bearer.as_str()),
+            ("X-Forwarded-For", "10.1.2.3"),
+            ("X-Original-URI", uri),
+        ],
+    )
+}
+
+fn verify(d: &TestDaemon, key: &str, scope: Option<&str>) -> Value {
+    let body = match scope {
+        Some(s) => serde_json::json!({"key": key, "scope": s}),
+        None => serde_json::json!({"key": key}),
+    };
+    let (status, v) = d.post("/v1/verify", &body.to_string());
+    assert_eq!(status, 200, "{v}");
+    v
+}
+
+/// The log without its ANSI colour sequences (`ESC [ ... m`).
+fn strip_colours(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Not root: fail under CI (which runs as root), otherwise say so loudly.
+fn needs_root(test: &str) -> bool {
+    if is_root() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{test} needs root to run apikeyctl as another uid"
+    );
+    eprintln!("SKIPPED: {test} needs root to run apikeyctl as another uid");
+    false
+}
+
+/// Regression (issue 9, item 4): as the non-admin owner alice could re-enable a key
+/// an admin had disabled, clear IP filters an admin had set, and give her key a
+/// header with literal text (`X-Tenant=admin`) that the upstream received from
+/// `/v1/auth` as an identity claim.
+#[test]
+fn owners_cannot_lift_admin_restrictions_or_forge_identity_headers() {
+    if !needs_root("owners_cannot_lift_admin_restrictions_or_forge_identity_headers") {
+        return;
+    }
+    let d = TestDaemon::start_with(DEFAULT_POLICY, AUTH);
+    let run = |args: &[&str]| d.ctl_as(Some(NOBODY), args);
+    let must_fail = |args: &[&str], expected: &str| {
+        let out = run(args);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(
+            !out.status.success(),
+            "{args:?} should fail: {}",
+            stdout(&out)
+        );
+        assert!(
+            err.contains(expected),
+            "{args:?}: expected {expected:?} in {err:?}"
+        );
+    };
+    assert_eq!(stdout(&run(&["whoami"])).trim(), "alice");
+    let out = run(&["key", "create", "--name", "mine", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let created: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = created["id"].as_str().unwrap().to_owned();
+    let key = created["key"].as_str().unwrap().to_owned();
+
+    // Disabled by an admin: the owner cannot enable it again.
+    d.ok(&["key", "disable", &id]);
+    let audit = d.audit_len();
+    must_fail(&["key", "enable", &id], "disabled by admin");
+    assert_eq!(verify(&d, &key, None)["code"], "DISABLED");
+    assert_eq!(d.audit_len(), audit, "a refused change is not recorded");
+    d.ok(&["key", "enable", &id]);
+    assert_eq!(verify(&d, &key, None)["code"], "VALID");
+
+    // IP filters set by an admin: the owner may narrow them, not clear or widen them.
+    d.ok(&["key", "edit", &id, "--ip", "10.0.0.0/8"]);
+    let audit = d.audit_len();
+    must_fail(&["key", "edit", &id, "--clear-ips"], "only an admin");
+    must_fail(&["key", "edit", &id, "--ip", "0.0.0.0/0"], "not inside");
+    must_fail(
+        &[
+            "key",
+            "edit",
+            &id,
+            "--ip",
+            "10.1.0.0/16",
+            "--ip",
+            "192.0.2.1",
+        ],
+        "not inside",
+    );
+    assert_eq!(d.audit_len(), audit);
+    assert_eq!(
+        d.json(&["key", "show", &id])["ip_filters"],
+        serde_json::json!(["10.0.0.0/8"])
+    );
+    let out = run(&["key", "edit", &id, "--ip", "10.1.0.0/16"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Headers: only values apikeyd fills in, on create, import and edit.
+    for forged in ["X-Tenant=admin", "X-Tenant=${key.name}"] {
+        must_fail(
+            &["key", "create", "--name", "forged", "--header", forged],
+            "only an admin",
+        );
+        let token = d.path("token");
+        std::fs::write(&token, "legacy-token-0123456789-abcdefghijkl\n").unwrap();
+        std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+            .unwrap();
+        must_fail(
+            &[
+                "key",
+                "import",
+                "--name",
+                "forged",
+                "--header",
+                forged,
+                "--secret-file",
+                token.to_str().unwrap(),
+            ],
+            "only an admin",
+        );
+        must_fail(&["key", "edit", &id, "--header", forged], "only an admin");
+    }
+    assert_eq!(d.audit_len(), audit + 1, "only the narrowing was recorded");
+    let a = auth(&d, &key, "/catalog/list");
+    assert_eq!(a.status, 200, "{:?}", a.headers);
+    assert_eq!(a.header("x-tenant"), None);
+    let out = run(&["key", "edit", &id, "--header", "X-User=${key.owner}"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        auth(&d, &key, "/catalog/list").header("x-user"),
+        Some("alice")
+    );
+
+    // A literal header an admin set is served, and the owner must keep it.
+    d.ok(&["key", "edit", &id, "--header", "X-Tenant=acme"]);
+    must_fail(&["key", "edit", &id, "--clear-headers"], "set by an admin");
+    assert_eq!(
+        auth(&d, &key, "/catalog/list").header("x-tenant"),
+        Some("acme")
+    );
+}
+
+/// Regression (issue 9, item 8): after a SIGHUP reload that moved alice from
+/// Synchronizer to User her key still verified with `catalog:sync`, and after alice
+/// was removed from the configuration her keys still verified.
+#[test]
+fn privileges_follow_a_sighup_reload() {
+    let mut d = TestDaemon::start_with(DEFAULT_POLICY, AUTH);
+    let (id, key) = d.create("alice", "sync", &[]);
+    let (_, bobs) = d.create("bob", "b", &[]);
+    let a = auth(&d, &key, "/catalog/sync/run");
+    assert_eq!(a.status, 200);
+    assert_eq!(
+        a.header("x-api-key-scopes"),
+        Some("catalog:read,catalog:sync")
+    );
+    let base = std::fs::read_to_string(&d.config).unwrap();
+    assert!(base.contains(ALICE));
+    let reload = |d: &TestDaemon, text: &str| {
+        std::fs::write(&d.config, text).unwrap();
+        let before = d.log_text().matches("configuration reloaded").count();
+        d.signal("HUP");
+        wait_until(Duration::from_secs(10), || {
+            d.log_text().matches("configuration reloaded").count() > before
+        });
+        let log = strip_colours(&d.log_text());
+        log.lines()
+            .rfind(|l| l.contains("configuration reloaded"))
+            .unwrap()
+            .to_owned()
+    };
+
+    // Demoted to User: catalog:sync is refused, catalog:read still works.
+    let line = reload(
+        &d,
+        &base.replace(ALICE, &ALICE.replace("Synchronizer", "User")),
+    );
+    assert!(line.contains("keys_lost_scopes=1"), "{line}");
+    assert!(line.contains("keys_refused=0"), "{line}");
+    let a = auth(&d, &key, "/catalog/sync/run");
+    assert_eq!(
+        (a.status, a.header("x-api-key-reason")),
+        (403, Some("INSUFFICIENT_SCOPE"))
+    );
+    let a = auth(&d, &key, "/catalog/list");
+    assert_eq!(a.status, 200);
+    assert_eq!(a.header("x-api-key-scopes"), Some("catalog:read"));
+    let v = verify(&d, &key, None);
+    assert_eq!(v["code"], "VALID");
+    assert_eq!(v["scopes"], serde_json::json!(["catalog:read"]));
+    let shown = d.json(&["key", "show", &id]);
+    assert_eq!(
+        shown["scopes"],
+        serde_json::json!(["catalog:read", "catalog:sync"])
+    );
+    assert_eq!(
+        shown["effective_scopes"],
+        serde_json::json!(["catalog:read"])
+    );
+    assert_eq!(auth(&d, &bobs, "/catalog/sync/run").status, 200);
+
+    // Removed from the configuration: refused with a reason of its own.
+    let line = reload(&d, &base.replace(ALICE, ""));
+    assert!(line.contains("keys_refused=1"), "{line}");
+    let a = auth(&d, &key, "/catalog/list");
+    assert_eq!(
+        (a.status, a.header("x-api-key-reason")),
+        (403, Some("OWNER_UNKNOWN"))
+    );
+    assert_eq!(verify(&d, &key, None)["code"], "OWNER_UNKNOWN");
+    let listed = d.keys();
+    let mine = listed.iter().find(|k| k["id"] == id.as_str()).unwrap();
+    assert_eq!(mine["status"], "owner_unknown");
+    let table = d.ok(&["key", "list"]);
+    assert!(table.contains("owner_unknown"), "{table}");
+    // The same after a restart (keys loaded from the store).
+    d.restart();
+    assert_eq!(verify(&d, &key, None)["code"], "OWNER_UNKNOWN");
+
+    // Back in Synchronizer: the key works as before.
+    let line = reload(&d, &base);
+    assert!(line.contains("keys_restored=1"), "{line}");
+    assert_eq!(auth(&d, &key, "/catalog/sync/run").status, 200);
+}
+
+/// Regression (issue 9, item 9): a generic (imported) token could be renamed, or
+/// described, as its own secret, which then appeared in listings, the audit trail
+/// and `X-Api-Key-Name`: `edit` did not check new text against the key's secret.
+#[test]
+fn a_token_cannot_be_renamed_to_its_own_secret() {
+    let d = TestDaemon::start_with(DEFAULT_POLICY, AUTH);
+    let token = "legacy-token-0123456789-abcdefghijkl";
+    let file = d.path("legacy.token");
+    std::fs::write(&file, format!("{token}\n")).unwrap();
+    let v = d.json(&[
+        "key",
+        "import",
+        "--user",
+        "alice",
+        "--name",
+        "legacy",
+        "--secret-file",
+        file.to_str().unwrap(),
+    ]);
+    let id = v["id"].as_str().unwrap().to_owned();
+    let audit = d.audit_len();
+    let containing = format!("old sync token={token} (2025)");
+    for (flag, text) in [
+        ("--name", token),
+        ("--name", containing.as_str()),
+        ("--description", token),
+        ("--description", containing.as_str()),
+    ] {
+        let err = d.fails(&["key", "edit", &id, flag, text]);
+        assert!(err.contains("must not contain this key's secret"), "{err}");
+        assert!(!err.contains(token), "the error repeats the secret: {err}");
+    }
+    assert_eq!(d.audit_len(), audit, "nothing recorded");
+    let shown = d.json(&["key", "show", &id]);
+    assert_eq!(
+        (shown["name"].as_str(), shown["description"].as_str()),
+        (Some("legacy"), Some(""))
+    );
+    let a = auth(&d, token, "/catalog/list");
+    assert_eq!(a.header("x-api-key-name"), Some("legacy"));
+    assert!(!d.log_text().contains(token));
+}

@@ -12,6 +12,7 @@ mod load;
 mod maintenance;
 pub mod model;
 mod notify;
+pub mod page;
 pub mod secret;
 mod table;
 
@@ -29,6 +30,7 @@ use uuid::Uuid;
 
 use crate::clock::SharedClock;
 use crate::config::{valid_scope, Directory, Period, Policy};
+use crate::store::AuditFilter;
 use crate::store::{Batch, Store, StoreError, UsageUpdate};
 use headers::HeaderTemplate;
 use load::Loaded;
@@ -39,6 +41,7 @@ use secret::{KeyHash, KeyHasher, Secret, Shape};
 use table::{Hit, Slot, SlotInit, SlotUsage, Table, NEVER};
 
 pub use notify::{NotifyRequest, Outcome};
+pub use page::{Page, PageRequest};
 
 /// How long a last-used time may sit in memory before it is written (per key).
 pub const LAST_USED_PERSIST_INTERVAL: Duration = Duration::seconds(60);
@@ -846,13 +849,30 @@ impl Keys {
         self.view(&live)
     }
 
-    /// Keys visible to `actor`, optionally of one user, oldest first.
+    /// The first page of the keys visible to `actor` (see [`Keys::list_page`]).
     pub async fn list(
         &self,
         actor: &Actor,
         user: Option<&str>,
         include_removed: bool,
     ) -> Result<Vec<KeyView>, KeyError> {
+        let page = PageRequest::default();
+        Ok(self
+            .list_page(actor, user, include_removed, &page)
+            .await?
+            .items)
+    }
+
+    /// One page of the keys visible to `actor`, optionally of one user, oldest first.
+    /// The index is walked in memory, keeping only the page's keys, so only their
+    /// records are read from redb.
+    pub async fn list_page(
+        &self,
+        actor: &Actor,
+        user: Option<&str>,
+        include_removed: bool,
+        page: &PageRequest,
+    ) -> Result<Page<KeyView>, KeyError> {
         if let Some(u) = user {
             if !actor.admin && u != actor.name {
                 return Err(KeyError::Forbidden(format!(
@@ -861,23 +881,44 @@ impl Keys {
                 )));
             }
         }
+        let limit = page.limit(page::DEFAULT_KEYS)?;
+        let after = page.key_cursor()?;
         let settings = self.settings.read().clone();
         let now = self.clock.now();
         let wanted = user
             .map(str::to_owned)
             .or_else(|| (!actor.admin).then(|| actor.name.clone()));
-        let mut picked: Vec<(DateTime<Utc>, Uuid)> = self
-            .index
-            .read()
-            .all()
-            .filter(|l| wanted.as_deref().is_none_or(|w| *l.owner == *w))
-            .filter(|l| include_removed || l.life.state != KeyState::Removed)
-            .map(|l| (l.life.created_at, l.id))
-            .collect();
-        picked.sort_unstable();
+        // The `limit + 1` first keys after the cursor (one more tells whether a next
+        // page exists), in a heap whose top is the latest of them.
+        let mut first: std::collections::BinaryHeap<(DateTime<Utc>, Uuid)> =
+            std::collections::BinaryHeap::with_capacity(limit + 1);
+        for l in self.index.read().all() {
+            if wanted.as_deref().is_some_and(|w| *l.owner != *w)
+                || (!include_removed && l.life.state == KeyState::Removed)
+            {
+                continue;
+            }
+            let at = (l.life.created_at, l.id);
+            if after.is_some_and(|a| at <= a) {
+                continue;
+            }
+            if first.len() <= limit {
+                first.push(at);
+            } else if first.peek().is_some_and(|top| at < *top) {
+                first.pop();
+                first.push(at);
+            }
+        }
+        let mut picked = first.into_sorted_vec();
+        let next_cursor = if picked.len() > limit {
+            picked.truncate(limit);
+            picked.last().map(|(at, id)| page::key_cursor(*at, *id))
+        } else {
+            None
+        };
         let ids: Vec<Uuid> = picked.into_iter().map(|(_, id)| id).collect();
-        // Reading and decoding every record can take seconds at 1M keys: not on a
-        // runtime worker, which may be the only one serving verifications.
+        // Reading and decoding a page of records is blocking work: not on a runtime
+        // worker, which may be the only one serving verifications.
         let mut records = self.blocking(move |s| s.keys(&ids)).await?;
         {
             let index = self.index.read();
@@ -887,42 +928,55 @@ impl Keys {
                 }
             }
         }
-        Ok(records
-            .iter()
-            .map(|r| view_of(&settings.policy, r, now))
-            .collect())
+        Ok(Page {
+            items: records
+                .iter()
+                .map(|r| view_of(&settings.policy, r, now))
+                .collect(),
+            next_cursor,
+        })
     }
 
-    /// Audit entries visible to `actor`, newest first.
+    /// The newest `limit` audit entries visible to `actor` (see [`Keys::audit_page`]).
     pub async fn audit(
         &self,
         actor: &Actor,
         key: Option<&str>,
         limit: usize,
     ) -> Result<Vec<AuditEntry>, KeyError> {
+        let page = PageRequest {
+            cursor: None,
+            limit: Some(limit),
+        };
+        Ok(self.audit_page(actor, key, &page).await?.items)
+    }
+
+    /// One page of the audit entries visible to `actor`, newest first: an admin's
+    /// from the whole trail, anyone else's from the entries about their own keys,
+    /// which the store indexes by owner.
+    pub async fn audit_page(
+        &self,
+        actor: &Actor,
+        key: Option<&str>,
+        page: &PageRequest,
+    ) -> Result<Page<AuditEntry>, KeyError> {
+        let limit = page.limit(page::DEFAULT_AUDIT)?;
+        let before = page.audit_cursor()?;
         let key_id = match key {
             Some(k) => Some(self.visible(actor, k)?.id),
             None => None,
         };
-        let store = self.store.clone();
-        let fetch = if actor.admin || key_id.is_some() {
-            limit
-        } else {
-            usize::MAX
+        let filter = AuditFilter {
+            key: key_id,
+            owner: (!actor.admin && key_id.is_none()).then(|| actor.name.clone()),
         };
-        let mut entries = tokio::task::spawn_blocking(move || store.audit(key_id, fetch))
-            .await
-            .map_err(|e| KeyError::Internal(e.to_string()))??;
-        if !actor.admin && key_id.is_none() {
-            let index = self.index.read();
-            entries.retain(|e| {
-                e.key_id
-                    .and_then(|id| index.get(&id))
-                    .is_some_and(|l| *l.owner == *actor.name)
-            });
-            entries.truncate(limit);
-        }
-        Ok(entries)
+        let found = self
+            .blocking(move |s| s.audit_page(&filter, before, limit))
+            .await?;
+        Ok(Page {
+            items: found.items,
+            next_cursor: found.next.map(page::audit_cursor),
+        })
     }
 
     // ---------------------------------------------------------------- changes

@@ -587,3 +587,124 @@ mod tests {
         assert_eq!(counts(&store), [0, 0, 1, 0, 0]);
     }
 }
+
+#[cfg(test)]
+mod paging_tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use crate::alerts::job::JobKind;
+    use crate::store::tests::record;
+    use crate::store::{Batch, MAX_PAGE};
+
+    fn decodes() -> usize {
+        crate::store::DECODES.with(std::cell::Cell::get)
+    }
+
+    /// Walk every page of `filter`; returns the ids seen and the most records one
+    /// page decoded.
+    fn walk(store: &Store, filter: &JobFilter) -> (Vec<Uuid>, usize) {
+        let mut filter = filter.clone();
+        let mut seen = Vec::new();
+        let mut most = 0;
+        for _ in 0..10_000 {
+            let at = decodes();
+            let page = store.jobs(&filter).unwrap();
+            most = most.max(decodes() - at);
+            assert!(page.items.len() <= filter.limit);
+            seen.extend(page.items.iter().map(|j| j.id));
+            match page.next {
+                Some(n) => filter.before = Some(n),
+                None => return (seen, most),
+            }
+        }
+        panic!("the pages never end");
+    }
+
+    /// Non-admin `job list` read every job (`usize::MAX`) and filtered by owner
+    /// afterwards. The owner index gives exactly the owner's jobs, newest first,
+    /// page after page without gaps or repeats, each page decoding only its jobs;
+    /// a rare state ends a page after MAX_PAGE jobs examined, with a cursor.
+    #[test]
+    fn job_pages_of_one_owner_read_only_their_jobs() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db.redb")).unwrap();
+        let now = Utc::now();
+        let (alice, bob) = (record("alice", now), record("bob", now));
+        let (a, b) = (alice.id, bob.id);
+        store
+            .commit(Batch {
+                put_keys: vec![alice, bob],
+                audit: vec![],
+            })
+            .unwrap();
+        let mut all = Vec::new();
+        let mut alices = Vec::new();
+        let n = MAX_PAGE + 500;
+        for chunk in (0..n).collect::<Vec<_>>().chunks(2000) {
+            let mut put_jobs = Vec::new();
+            for i in chunk {
+                let key = if i % 400 == 0 { a } else { b };
+                let mut job = AlertJob::new(key, JobKind::Notification, "s", now, now);
+                if i % 4000 == 1 {
+                    job.state = JobState::Failed;
+                }
+                if key == a {
+                    alices.push(job.id);
+                }
+                all.push((job.id, job.state));
+                put_jobs.push(job);
+            }
+            store
+                .commit_alerts(AlertBatch {
+                    put_jobs,
+                    ..AlertBatch::default()
+                })
+                .unwrap();
+        }
+        alices.sort_unstable_by(|x, y| y.cmp(x));
+        assert_eq!(alices.len(), 27);
+        let owner = JobFilter {
+            owner: Some("alice".into()),
+            limit: 4,
+            ..JobFilter::default()
+        };
+        let (seen, most) = walk(&store, &owner);
+        assert_eq!(seen, alices);
+        assert!(most <= 4, "a page of 4 decoded {most}");
+        // One key's jobs (and the owner must match, if given).
+        let key = JobFilter {
+            key: Some(a),
+            limit: 10,
+            ..owner.clone()
+        };
+        assert_eq!(walk(&store, &key).0, alices);
+        let not_hers = JobFilter {
+            key: Some(b),
+            ..key.clone()
+        };
+        assert_eq!(walk(&store, &not_hers).0, Vec::<Uuid>::new());
+        // A rare state over the whole table: pages end after MAX_PAGE examined.
+        let mut failed: Vec<Uuid> = all
+            .iter()
+            .filter(|(_, s)| *s == JobState::Failed)
+            .map(|(id, _)| *id)
+            .collect();
+        failed.sort_unstable_by(|x, y| y.cmp(x));
+        let rare = JobFilter {
+            state: Some(JobState::Failed),
+            limit: 100,
+            ..JobFilter::default()
+        };
+        let (seen, most) = walk(&store, &rare);
+        assert_eq!(seen, failed);
+        assert!(most <= MAX_PAGE, "a page decoded {most}");
+        // Deleting a job takes it out of the owner's listing.
+        store
+            .commit_alerts(AlertBatch {
+                delete_jobs: vec![alices[0]],
+                ..AlertBatch::default()
+            })
+            .unwrap();
+        assert_eq!(walk(&store, &owner).0, alices[1..]);
+    }
+}

@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use std::collections::{HashMap, HashSet};
 use std::hash::Hasher;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU8, Ordering};
 use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};
@@ -233,6 +233,80 @@ struct Index {
     scope_numbers: HashMap<Arc<[String]>, u16>,
     last_owner: Option<Arc<str>>,
     last_scope_set: Option<(Arc<[String]>, u16)>,
+    /// Keys per status for `/metrics`, kept as keys change and as the expiry sweep
+    /// finds them expired or inactive, so a scrape reads five numbers (see
+    /// [`StatusCounts`]).
+    counts: StatusCounts,
+    /// By entry number, the time-driven status ([`Lapse`]) the last expiry sweep
+    /// saw: what an enabled key is counted under. Beside the entries, not in them,
+    /// so the sweep reads a byte per key instead of visiting every entry; a changed
+    /// key keeps its entry number, and so its lapse until the next sweep.
+    swept: Vec<AtomicU8>,
+}
+
+/// The time-driven statuses, as [`Live::swept`] holds them.
+struct Lapse;
+
+impl Lapse {
+    const NONE: u8 = 0;
+    const EXPIRED: u8 = 1;
+    const INACTIVE: u8 = 2;
+
+    fn of(status: Status) -> u8 {
+        match status {
+            Status::Expired => Lapse::EXPIRED,
+            Status::Inactive => Lapse::INACTIVE,
+            _ => Lapse::NONE,
+        }
+    }
+}
+
+/// Keys per status. A key's state (enabled, disabled, removed) moves it at once;
+/// whether an enabled key is expired or inactive is as of the last expiry sweep
+/// (or the start), which runs through every slot anyway. Atomics, because the sweep
+/// moves keys while holding the index only for reading.
+#[derive(Debug, Default)]
+struct StatusCounts([AtomicI64; 5]);
+
+impl StatusCounts {
+    const ORDER: [Status; 5] = [
+        Status::Active,
+        Status::Disabled,
+        Status::Expired,
+        Status::Inactive,
+        Status::Removed,
+    ];
+
+    fn add(&self, status: Status, n: i64) {
+        let i = Self::ORDER.iter().position(|s| *s == status).unwrap_or(0);
+        self.0[i].fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn snapshot(&self) -> BTreeMap<&'static str, usize> {
+        Self::ORDER
+            .iter()
+            .zip(&self.0)
+            .map(|(s, n)| {
+                (
+                    s.as_str(),
+                    usize::try_from(n.load(Ordering::Relaxed)).unwrap_or(0),
+                )
+            })
+            .collect()
+    }
+}
+
+/// The status a key in `state` whose last sweep saw `lapse` is counted under.
+fn counted_as(state: KeyState, lapse: u8) -> Status {
+    match state {
+        KeyState::Removed => Status::Removed,
+        KeyState::Disabled => Status::Disabled,
+        KeyState::Enabled => match lapse {
+            Lapse::EXPIRED => Status::Expired,
+            Lapse::INACTIVE => Status::Inactive,
+            _ => Status::Active,
+        },
+    }
 }
 
 impl Index {
@@ -240,6 +314,7 @@ impl Index {
         Self {
             table: Table::with_capacity(n),
             entries: Vec::with_capacity(n),
+            swept: Vec::with_capacity(n),
             by_id: HashMap::with_capacity(n),
             names: HashMap::with_capacity(n),
             ..Self::default()
@@ -317,6 +392,7 @@ impl Index {
         let usage = old.as_ref().and_then(|o| self.slot(o)).map(Slot::usage);
         if let Some(o) = &old {
             self.forget(o);
+            self.counts.add(self.counted(o), -1);
         }
         let entry = match &old {
             Some(o) => o.entry,
@@ -343,11 +419,26 @@ impl Index {
         Ok(())
     }
 
+    /// The status a key is counted under.
+    fn counted(&self, live: &Live) -> Status {
+        let lapse = self
+            .swept
+            .get(live.entry as usize)
+            .map_or(Lapse::NONE, |l| l.load(Ordering::Relaxed));
+        counted_as(live.life.state, lapse)
+    }
+
     fn allocate(&mut self) -> u32 {
         match self.free.pop() {
-            Some(e) => e,
+            Some(e) => {
+                if let Some(l) = self.swept.get(e as usize) {
+                    l.store(Lapse::NONE, Ordering::Relaxed);
+                }
+                e
+            }
             None => {
                 self.entries.push(None);
+                self.swept.push(AtomicU8::new(Lapse::NONE));
                 u32::try_from(self.entries.len() - 1).unwrap_or(u32::MAX)
             }
         }
@@ -418,6 +509,7 @@ impl Index {
 
     fn insert(&mut self, live: Arc<Live>, usage: SlotUsage) {
         let e = live.entry as usize;
+        self.counts.add(self.counted(&live), 1);
         if live.life.state != KeyState::Removed {
             self.table.put_current(&SlotInit {
                 hash: live.hash,
@@ -447,6 +539,7 @@ impl Index {
     pub(crate) fn remove(&mut self, id: Uuid) {
         if let Some(old) = self.get(&id).cloned() {
             self.forget(&old);
+            self.counts.add(self.counted(&old), -1);
             self.by_id.remove(&id);
             if let Some(slot) = self.entries.get_mut(old.entry as usize) {
                 *slot = None;
@@ -656,6 +749,9 @@ impl Keys {
     ) -> Result<Self, StoreError> {
         let mut index = Index::with_capacity(store.key_count()?);
         store.load_keys(load::prepare, |l| index.load(l))?;
+        // Expired and inactive keys are counted as such from the start, not from
+        // the first sweep.
+        index.sweep_statuses(&settings.policy, clock.now());
         Ok(Self {
             clock,
             hasher,
@@ -1434,23 +1530,10 @@ impl Keys {
         (count, lag)
     }
 
-    /// Number of keys per status at the current time.
+    /// Number of keys per status, from counters (no scan): disabled and removed
+    /// as of now, expired and inactive as of the last expiry sweep (or the start).
     pub fn status_counts(&self) -> BTreeMap<&'static str, usize> {
-        let settings = self.settings();
-        let policy = &settings.policy;
-        let now = self.clock.now();
-        let mut out = BTreeMap::new();
-        for s in ["active", "disabled", "expired", "inactive", "removed"] {
-            out.insert(s, 0);
-        }
-        let index = self.index.read();
-        // Keys not removed have a slot with everything the status needs.
-        for slot in index.table.iter() {
-            *out.entry(slot.status(policy, now).as_str()).or_insert(0) += 1;
-        }
-        let removed = index.by_id.len().saturating_sub(index.table.iter().count());
-        *out.entry("removed").or_insert(0) += removed;
-        out
+        self.index.read().counts.snapshot()
     }
 }
 

@@ -26,7 +26,7 @@ fn entry(now: DateTime<Utc>, action: &str, key: Uuid, detail: String) -> AuditEn
 }
 
 impl Index {
-    /// Note in every key's entry whether its slot is expired or inactive at `now`,
+    /// Note for every key whether its slot is expired or inactive at `now`,
     /// moving it between the status counts `/metrics` reads; returns those whose
     /// lapse is not yet recorded, with the audit action for each.
     pub(super) fn sweep_statuses(

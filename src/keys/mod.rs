@@ -244,7 +244,7 @@ struct Index {
     swept: Vec<AtomicU8>,
 }
 
-/// The time-driven statuses, as [`Live::swept`] holds them.
+/// The time-driven statuses, as [`Index::swept`] holds them.
 struct Lapse;
 
 impl Lapse {

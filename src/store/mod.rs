@@ -355,6 +355,13 @@ impl Store {
             };
             let mut by_key = txn.open_table(AUDIT_BY_KEY).map_err(db_err)?;
             let mut by_owner = txn.open_table(AUDIT_BY_OWNER).map_err(db_err)?;
+            // A sweep writes thousands of records with an entry each: look owners up
+            // by id, not by a search of the batch per entry.
+            let written: std::collections::HashMap<Uuid, &str> = batch
+                .put_keys
+                .iter()
+                .map(|r| (r.id, r.owner.as_str()))
+                .collect();
             for (seq, entry) in (first..).zip(&mut batch.audit) {
                 entry.seq = seq;
                 let bytes = serde_json::to_vec(entry).map_err(db_err)?;
@@ -363,8 +370,8 @@ impl Store {
                     continue;
                 };
                 by_key.insert((key.as_u128(), seq), ()).map_err(db_err)?;
-                let owner = match batch.put_keys.iter().find(|r| r.id == key) {
-                    Some(rec) => Some(rec.owner.clone()),
+                let owner = match written.get(&key) {
+                    Some(owner) => Some((*owner).to_owned()),
                     None => owner_of(&keys, key)?,
                 };
                 if let Some(owner) = owner {

@@ -626,7 +626,10 @@ impl Keys {
             before,
             limit,
         };
-        let found = self.blocking(move |s| s.jobs(&filter)).await?;
+        let mut found = self.blocking(move |s| s.jobs(&filter)).await?;
+        // Jobs of keys purged since stay filed under their owner; `job show` does not
+        // show them to the owner, so neither does the list. The cursor still moves on.
+        found.items.retain(|j| self.may_see_job(actor, j));
         Ok(super::Page {
             items: found.items,
             next_cursor: found.next.map(super::page::job_cursor),

@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{parse_body, ApiResult, AppState};
-use crate::keys::{Actor, NotifyRequest};
+use crate::keys::{Actor, NotifyRequest, PageRequest};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -21,6 +21,8 @@ struct JobsQuery {
     key: Option<String>,
     #[serde(default)]
     state: Option<String>,
+    #[serde(default)]
+    cursor: Option<String>,
     #[serde(default)]
     limit: Option<usize>,
     #[serde(default)]
@@ -54,16 +56,17 @@ async fn list_jobs(
     if q.maintenance.unwrap_or(false) {
         return Ok(Json(json!({ "maintenance": st.keys.maintenance_status() })));
     }
+    let page = PageRequest {
+        cursor: q.cursor,
+        limit: q.limit,
+    };
     let jobs = st
         .keys
-        .jobs(
-            &actor,
-            q.key.as_deref(),
-            q.state.as_deref(),
-            q.limit.unwrap_or(1000).min(100_000),
-        )
+        .jobs(&actor, q.key.as_deref(), q.state.as_deref(), &page)
         .await?;
-    Ok(Json(json!({ "jobs": jobs })))
+    Ok(Json(
+        json!({ "jobs": jobs.items, "next_cursor": jobs.next_cursor }),
+    ))
 }
 
 async fn show_job(

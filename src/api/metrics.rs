@@ -140,8 +140,12 @@ impl Metrics {
             "apikeyd_rate_limited_total {}",
             self.rate_limited.load(Ordering::Relaxed)
         );
-        let _ = writeln!(out, "# HELP apikeyd_keys Keys by status.");
+        let _ = writeln!(
+            out,
+            "# HELP apikeyd_keys Keys by status (expired and inactive as of the last expiry sweep)."
+        );
         let _ = writeln!(out, "# TYPE apikeyd_keys gauge");
+        // Counters kept as keys change and by the expiry sweep: no scan of the keys.
         for (status, n) in keys.status_counts() {
             let _ = writeln!(out, "apikeyd_keys{{status=\"{status}\"}} {n}");
         }

@@ -29,7 +29,7 @@ use serde_json::{json, Value};
 
 use crate::config::{AuthConfig, RateLimitConfig, ADMIN_SCOPE};
 use crate::keys::model::{rfc3339, Code};
-use crate::keys::{Actor, CreateKey, EditKey, KeyError, Keys};
+use crate::keys::{Actor, CreateKey, EditKey, KeyError, Keys, PageRequest};
 
 /// Shared state of every router.
 #[derive(Debug, Clone)]
@@ -309,6 +309,10 @@ struct ListQuery {
     user: Option<String>,
     #[serde(default)]
     all: Option<bool>,
+    #[serde(default)]
+    cursor: Option<String>,
+    #[serde(default)]
+    limit: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -316,6 +320,8 @@ struct ListQuery {
 struct AuditQuery {
     #[serde(default)]
     key: Option<String>,
+    #[serde(default)]
+    cursor: Option<String>,
     #[serde(default)]
     limit: Option<usize>,
 }
@@ -336,11 +342,17 @@ async fn list_keys(
     Extension(actor): Extension<Actor>,
     Query(q): Query<ListQuery>,
 ) -> ApiResult<Json<Value>> {
+    let page = PageRequest {
+        cursor: q.cursor,
+        limit: q.limit,
+    };
     let list = st
         .keys
-        .list(&actor, q.user.as_deref(), q.all.unwrap_or(false))
+        .list_page(&actor, q.user.as_deref(), q.all.unwrap_or(false), &page)
         .await?;
-    Ok(Json(json!({ "keys": list })))
+    Ok(Json(
+        json!({ "keys": list.items, "next_cursor": list.next_cursor }),
+    ))
 }
 
 async fn create_key(
@@ -425,11 +437,14 @@ async fn audit(
     Extension(actor): Extension<Actor>,
     Query(q): Query<AuditQuery>,
 ) -> ApiResult<Json<Value>> {
-    let entries = st
-        .keys
-        .audit(&actor, q.key.as_deref(), q.limit.unwrap_or(100).min(10_000))
-        .await?;
-    Ok(Json(json!({ "entries": entries })))
+    let page = PageRequest {
+        cursor: q.cursor,
+        limit: q.limit,
+    };
+    let entries = st.keys.audit_page(&actor, q.key.as_deref(), &page).await?;
+    Ok(Json(
+        json!({ "entries": entries.items, "next_cursor": entries.next_cursor }),
+    ))
 }
 
 /// Routes registered together with the methods they answer, so the route table

@@ -65,9 +65,12 @@ enum Command {
         /// Only entries for this key.
         #[arg(long)]
         key: Option<String>,
-        /// How many entries.
+        /// How many entries (one page; at most 10000).
         #[arg(long, default_value_t = 50)]
         limit: usize,
+        /// Continue after the previous page (its "more: --cursor C" or next_cursor).
+        #[arg(long)]
+        cursor: Option<String>,
         /// JSON output.
         #[arg(long)]
         json: bool,
@@ -150,6 +153,12 @@ enum KeyCommand {
         /// Include removed keys.
         #[arg(long)]
         all: bool,
+        /// How many keys (one page; default 1000, at most 10000).
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Continue after the previous page (its "more: --cursor C" or next_cursor).
+        #[arg(long)]
+        cursor: Option<String>,
         /// JSON output.
         #[arg(long)]
         json: bool,
@@ -326,11 +335,17 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }
-        Command::Audit { key, limit, json } => {
+        Command::Audit {
+            key,
+            limit,
+            cursor,
+            json,
+        } => {
             let mut path = format!("/v1/admin/audit?limit={limit}");
             if let Some(k) = key {
                 path += &format!("&key={}", urlencode(&k));
             }
+            path += &cursor_param(cursor.as_deref());
             let v = client.call(Method::GET, &path, None).await?;
             if json {
                 print_json(&v);
@@ -351,6 +366,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     })
                     .collect();
                 print_table(&["SEQ", "TIME", "ACTOR", "ACTION", "KEY", "DETAIL"], &rows);
+                print_more(&v);
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -418,11 +434,21 @@ async fn key_command(client: &Client, cmd: KeyCommand) -> anyhow::Result<ExitCod
             }
             Ok(ExitCode::SUCCESS)
         }
-        KeyCommand::List { user, all, json } => {
+        KeyCommand::List {
+            user,
+            all,
+            limit,
+            cursor,
+            json,
+        } => {
             let mut path = format!("/v1/admin/keys?all={all}");
             if let Some(u) = user {
                 path += &format!("&user={}", urlencode(&u));
             }
+            if let Some(n) = limit {
+                path += &format!("&limit={n}");
+            }
+            path += &cursor_param(cursor.as_deref());
             let v = client.call(Method::GET, &path, None).await?;
             if json {
                 print_json(&v);
@@ -463,6 +489,7 @@ async fn key_command(client: &Client, cmd: KeyCommand) -> anyhow::Result<ExitCod
                     ],
                     &rows,
                 );
+                print_more(&v);
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -770,6 +797,19 @@ fn print_table(headers: &[&str], rows: &[Vec<String>]) {
     line(headers.iter().map(|h| (*h).to_owned()).collect());
     for row in rows {
         line(row.clone());
+    }
+}
+
+/// `&cursor=C` for a listing's query, or nothing.
+fn cursor_param(cursor: Option<&str>) -> String {
+    cursor.map_or_else(String::new, |c| format!("&cursor={}", urlencode(c)))
+}
+
+/// In table mode, where the next page of a listing starts (on stderr, so that the
+/// table on stdout stays only rows).
+fn print_more(v: &Value) {
+    if let Some(c) = v["next_cursor"].as_str() {
+        eprintln!("more: --cursor {c}");
     }
 }
 

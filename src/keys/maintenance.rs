@@ -1,6 +1,7 @@
 //! The key side of the maintenance jobs: the expiry sweep, the purge and the
 //! inactivity warning. Each runs under the writer lock and commits one transaction.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -9,9 +10,10 @@ use uuid::Uuid;
 use super::load::Loaded;
 use super::model::{rfc3339, AuditEntry, KeyRecord, KeyState, Status};
 use super::notify::{self, Writer};
-use super::{KeyError, Keys, Live};
+use super::{counted_as, Index, KeyError, Keys, Lapse, Live};
 use crate::alerts::job::{AlertJob, JobKind};
 use crate::alerts::maintenance::MaintenanceRun;
+use crate::config::Policy;
 use crate::store::{AlertBatch, Batch};
 
 fn entry(now: DateTime<Utc>, action: &str, key: Uuid, detail: String) -> AuditEntry {
@@ -22,6 +24,42 @@ fn entry(now: DateTime<Utc>, action: &str, key: Uuid, detail: String) -> AuditEn
         action: action.into(),
         key_id: Some(key),
         detail,
+    }
+}
+
+impl Index {
+    /// Note for every key whether its slot is expired or inactive at `now`,
+    /// moving it between the status counts `/metrics` reads; returns those whose
+    /// lapse is not yet recorded, with the audit action for each.
+    pub(super) fn sweep_statuses(
+        &self,
+        policy: &Policy,
+        now: DateTime<Utc>,
+    ) -> Vec<(Arc<Live>, &'static str)> {
+        let mut lapsed = Vec::new();
+        for slot in self.table.iter() {
+            let status = slot.status(policy, now);
+            let lapse = Lapse::of(status);
+            let Some(seen) = self.swept.get(slot.entry as usize) else {
+                continue;
+            };
+            let before = seen.swap(lapse, Ordering::Relaxed);
+            if before != lapse && status != Status::Disabled {
+                // Disabled keys count as disabled whatever their lapse.
+                self.counts.add(counted_as(KeyState::Enabled, before), -1);
+                self.counts.add(counted_as(KeyState::Enabled, lapse), 1);
+            }
+            let action = match status {
+                Status::Expired => "expired",
+                Status::Inactive => "inactive",
+                _ => continue,
+            };
+            // Only lapsed keys' entries are visited.
+            if let Some(live) = self.at(slot.entry).filter(|l| !l.lapse_recorded) {
+                lapsed.push((live.clone(), action));
+            }
+        }
+        lapsed
     }
 }
 
@@ -99,21 +137,7 @@ impl Keys {
         // at 1M keys this scan takes milliseconds, where visiting every entry took
         // a quarter of a second on the only worker of a one-thread runtime. Removed
         // keys have no slot and are never expired or inactive.
-        let picked: Vec<(Arc<Live>, &'static str)> = {
-            let index = self.index.read();
-            index
-                .table
-                .iter()
-                .filter_map(|slot| match slot.status(&policy, now) {
-                    Status::Expired => Some((slot, "expired")),
-                    Status::Inactive => Some((slot, "inactive")),
-                    _ => None,
-                })
-                .filter_map(|(slot, action)| Some((index.at(slot.entry)?, action)))
-                .filter(|(l, _)| !l.lapse_recorded)
-                .map(|(l, action)| (l.clone(), action))
-                .collect()
-        };
+        let picked: Vec<(Arc<Live>, &'static str)> = self.index.read().sweep_statuses(&policy, now);
         if picked.is_empty() {
             return Ok(0);
         }

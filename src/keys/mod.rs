@@ -12,6 +12,7 @@ mod load;
 mod maintenance;
 pub mod model;
 mod notify;
+pub mod page;
 pub mod secret;
 mod table;
 
@@ -19,7 +20,7 @@ use std::collections::BTreeMap;
 use std::collections::{HashMap, HashSet};
 use std::hash::Hasher;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU8, Ordering};
 use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};
@@ -29,6 +30,7 @@ use uuid::Uuid;
 
 use crate::clock::SharedClock;
 use crate::config::{valid_scope, Directory, Period, Policy};
+use crate::store::AuditFilter;
 use crate::store::{Batch, Store, StoreError, UsageUpdate};
 use headers::HeaderTemplate;
 use load::Loaded;
@@ -40,6 +42,7 @@ use secret::{KeyHash, KeyHasher, Secret, Shape};
 use table::{Hit, Slot, SlotInit, SlotUsage, Table, NEVER};
 
 pub use notify::{NotifyRequest, Outcome};
+pub use page::{Page, PageRequest};
 
 /// How long a last-used time may sit in memory before it is written (per key).
 pub const LAST_USED_PERSIST_INTERVAL: Duration = Duration::seconds(60);
@@ -295,6 +298,15 @@ struct Index {
     /// a few combinations shared by many keys. Holds both `Arc`s, so an address
     /// cannot be reused while its entry is here. Cleared when the grants change.
     effective_cache: HashMap<(usize, usize), Effective>,
+    /// Keys per status for `/metrics`, kept as keys change and as the expiry sweep
+    /// finds them expired or inactive, so a scrape reads five numbers (see
+    /// [`StatusCounts`]).
+    counts: StatusCounts,
+    /// By entry number, the time-driven status ([`Lapse`]) the last expiry sweep
+    /// saw: what an enabled key is counted under. Beside the entries, not in them,
+    /// so the sweep reads a byte per key instead of visiting every entry; a changed
+    /// key keeps its entry number, and so its lapse until the next sweep.
+    swept: Vec<AtomicU8>,
 }
 
 /// A key's effective scopes and whether its owner is configured.
@@ -327,11 +339,77 @@ fn grants_of(directory: &Directory) -> HashMap<String, std::collections::BTreeSe
         .collect()
 }
 
+/// The time-driven statuses, as [`Index::swept`] holds them.
+struct Lapse;
+
+impl Lapse {
+    const NONE: u8 = 0;
+    const EXPIRED: u8 = 1;
+    const INACTIVE: u8 = 2;
+
+    fn of(status: Status) -> u8 {
+        match status {
+            Status::Expired => Lapse::EXPIRED,
+            Status::Inactive => Lapse::INACTIVE,
+            _ => Lapse::NONE,
+        }
+    }
+}
+
+/// Keys per status. A key's state (enabled, disabled, removed) moves it at once;
+/// whether an enabled key is expired or inactive is as of the last expiry sweep
+/// (or the start), which runs through every slot anyway. Atomics, because the sweep
+/// moves keys while holding the index only for reading.
+#[derive(Debug, Default)]
+struct StatusCounts([AtomicI64; 5]);
+
+impl StatusCounts {
+    const ORDER: [Status; 5] = [
+        Status::Active,
+        Status::Disabled,
+        Status::Expired,
+        Status::Inactive,
+        Status::Removed,
+    ];
+
+    fn add(&self, status: Status, n: i64) {
+        let i = Self::ORDER.iter().position(|s| *s == status).unwrap_or(0);
+        self.0[i].fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn snapshot(&self) -> BTreeMap<&'static str, usize> {
+        Self::ORDER
+            .iter()
+            .zip(&self.0)
+            .map(|(s, n)| {
+                (
+                    s.as_str(),
+                    usize::try_from(n.load(Ordering::Relaxed)).unwrap_or(0),
+                )
+            })
+            .collect()
+    }
+}
+
+/// The status a key in `state` whose last sweep saw `lapse` is counted under.
+fn counted_as(state: KeyState, lapse: u8) -> Status {
+    match state {
+        KeyState::Removed => Status::Removed,
+        KeyState::Disabled => Status::Disabled,
+        KeyState::Enabled => match lapse {
+            Lapse::EXPIRED => Status::Expired,
+            Lapse::INACTIVE => Status::Inactive,
+            _ => Status::Active,
+        },
+    }
+}
+
 impl Index {
     fn with_capacity(n: usize) -> Self {
         Self {
             table: Table::with_capacity(n),
             entries: Vec::with_capacity(n),
+            swept: Vec::with_capacity(n),
             by_id: HashMap::with_capacity(n),
             names: HashMap::with_capacity(n),
             ..Self::default()
@@ -411,6 +489,7 @@ impl Index {
         let usage = old.as_ref().and_then(|o| self.slot(o)).map(Slot::usage);
         if let Some(o) = &old {
             self.forget(o);
+            self.counts.add(self.counted(o), -1);
         }
         let entry = match &old {
             Some(o) => o.entry,
@@ -436,11 +515,26 @@ impl Index {
         Ok(())
     }
 
+    /// The status a key is counted under.
+    fn counted(&self, live: &Live) -> Status {
+        let lapse = self
+            .swept
+            .get(live.entry as usize)
+            .map_or(Lapse::NONE, |l| l.load(Ordering::Relaxed));
+        counted_as(live.life.state, lapse)
+    }
+
     fn allocate(&mut self) -> u32 {
         match self.free.pop() {
-            Some(e) => e,
+            Some(e) => {
+                if let Some(l) = self.swept.get(e as usize) {
+                    l.store(Lapse::NONE, Ordering::Relaxed);
+                }
+                e
+            }
             None => {
                 self.entries.push(None);
+                self.swept.push(AtomicU8::new(Lapse::NONE));
                 u32::try_from(self.entries.len() - 1).unwrap_or(u32::MAX)
             }
         }
@@ -634,6 +728,7 @@ impl Index {
 
     fn insert(&mut self, live: Arc<Live>, usage: SlotUsage) {
         let e = live.entry as usize;
+        self.counts.add(self.counted(&live), 1);
         if live.life.state != KeyState::Removed {
             self.table.put_current(&SlotInit {
                 hash: live.hash,
@@ -668,6 +763,7 @@ impl Index {
     pub(crate) fn remove(&mut self, id: Uuid) {
         if let Some(old) = self.get(&id).cloned() {
             self.forget(&old);
+            self.counts.add(self.counted(&old), -1);
             self.by_id.remove(&id);
             if let Some(slot) = self.entries.get_mut(old.entry as usize) {
                 *slot = None;
@@ -927,6 +1023,9 @@ impl Keys {
         let mut index = Index::with_capacity(store.key_count()?);
         index.grants = grants_of(&settings.directory);
         store.load_keys(load::prepare, |l| index.load(l))?;
+        // Expired and inactive keys are counted as such from the start, not from
+        // the first sweep.
+        index.sweep_statuses(&settings.policy, clock.now());
         Ok(Self {
             clock,
             hasher,
@@ -1129,13 +1228,30 @@ impl Keys {
         self.view(&live)
     }
 
-    /// Keys visible to `actor`, optionally of one user, oldest first.
+    /// The first page of the keys visible to `actor` (see [`Keys::list_page`]).
     pub async fn list(
         &self,
         actor: &Actor,
         user: Option<&str>,
         include_removed: bool,
     ) -> Result<Vec<KeyView>, KeyError> {
+        let page = PageRequest::default();
+        Ok(self
+            .list_page(actor, user, include_removed, &page)
+            .await?
+            .items)
+    }
+
+    /// One page of the keys visible to `actor`, optionally of one user, oldest first.
+    /// The index is walked in memory, keeping only the page's keys, so only their
+    /// records are read from redb.
+    pub async fn list_page(
+        &self,
+        actor: &Actor,
+        user: Option<&str>,
+        include_removed: bool,
+        page: &PageRequest,
+    ) -> Result<Page<KeyView>, KeyError> {
         if let Some(u) = user {
             if !actor.admin && u != actor.name {
                 return Err(KeyError::Forbidden(format!(
@@ -1144,23 +1260,44 @@ impl Keys {
                 )));
             }
         }
+        let limit = page.limit(page::DEFAULT_KEYS)?;
+        let after = page.key_cursor()?;
         let settings = self.settings.read().clone();
         let now = self.clock.now();
         let wanted = user
             .map(str::to_owned)
             .or_else(|| (!actor.admin).then(|| actor.name.clone()));
-        let mut picked: Vec<(DateTime<Utc>, Uuid)> = self
-            .index
-            .read()
-            .all()
-            .filter(|l| wanted.as_deref().is_none_or(|w| *l.owner == *w))
-            .filter(|l| include_removed || l.life.state != KeyState::Removed)
-            .map(|l| (l.life.created_at, l.id))
-            .collect();
-        picked.sort_unstable();
+        // The `limit + 1` first keys after the cursor (one more tells whether a next
+        // page exists), in a heap whose top is the latest of them.
+        let mut first: std::collections::BinaryHeap<(DateTime<Utc>, Uuid)> =
+            std::collections::BinaryHeap::with_capacity(limit + 1);
+        for l in self.index.read().all() {
+            if wanted.as_deref().is_some_and(|w| *l.owner != *w)
+                || (!include_removed && l.life.state == KeyState::Removed)
+            {
+                continue;
+            }
+            let at = (l.life.created_at, l.id);
+            if after.is_some_and(|a| at <= a) {
+                continue;
+            }
+            if first.len() <= limit {
+                first.push(at);
+            } else if first.peek().is_some_and(|top| at < *top) {
+                first.pop();
+                first.push(at);
+            }
+        }
+        let mut picked = first.into_sorted_vec();
+        let next_cursor = if picked.len() > limit {
+            picked.truncate(limit);
+            picked.last().map(|(at, id)| page::key_cursor(*at, *id))
+        } else {
+            None
+        };
         let ids: Vec<Uuid> = picked.into_iter().map(|(_, id)| id).collect();
-        // Reading and decoding every record can take seconds at 1M keys: not on a
-        // runtime worker, which may be the only one serving verifications.
+        // Reading and decoding a page of records is blocking work: not on a runtime
+        // worker, which may be the only one serving verifications.
         let mut records = self.blocking(move |s| s.keys(&ids)).await?;
         {
             let index = self.index.read();
@@ -1170,39 +1307,55 @@ impl Keys {
                 }
             }
         }
-        Ok(records.iter().map(|r| view_of(&settings, r, now)).collect())
+        Ok(Page {
+            items: records
+                .iter()
+                .map(|r| view_of(&settings, r, now))
+                .collect(),
+            next_cursor,
+        })
     }
 
-    /// Audit entries visible to `actor`, newest first.
+    /// The newest `limit` audit entries visible to `actor` (see [`Keys::audit_page`]).
     pub async fn audit(
         &self,
         actor: &Actor,
         key: Option<&str>,
         limit: usize,
     ) -> Result<Vec<AuditEntry>, KeyError> {
+        let page = PageRequest {
+            cursor: None,
+            limit: Some(limit),
+        };
+        Ok(self.audit_page(actor, key, &page).await?.items)
+    }
+
+    /// One page of the audit entries visible to `actor`, newest first: an admin's
+    /// from the whole trail, anyone else's from the entries about their own keys,
+    /// which the store indexes by owner.
+    pub async fn audit_page(
+        &self,
+        actor: &Actor,
+        key: Option<&str>,
+        page: &PageRequest,
+    ) -> Result<Page<AuditEntry>, KeyError> {
+        let limit = page.limit(page::DEFAULT_AUDIT)?;
+        let before = page.audit_cursor()?;
         let key_id = match key {
             Some(k) => Some(self.visible(actor, k)?.id),
             None => None,
         };
-        let store = self.store.clone();
-        let fetch = if actor.admin || key_id.is_some() {
-            limit
-        } else {
-            usize::MAX
+        let filter = AuditFilter {
+            key: key_id,
+            owner: (!actor.admin && key_id.is_none()).then(|| actor.name.clone()),
         };
-        let mut entries = tokio::task::spawn_blocking(move || store.audit(key_id, fetch))
-            .await
-            .map_err(|e| KeyError::Internal(e.to_string()))??;
-        if !actor.admin && key_id.is_none() {
-            let index = self.index.read();
-            entries.retain(|e| {
-                e.key_id
-                    .and_then(|id| index.get(&id))
-                    .is_some_and(|l| *l.owner == *actor.name)
-            });
-            entries.truncate(limit);
-        }
-        Ok(entries)
+        let found = self
+            .blocking(move |s| s.audit_page(&filter, before, limit))
+            .await?;
+        Ok(Page {
+            items: found.items,
+            next_cursor: found.next.map(page::audit_cursor),
+        })
     }
 
     // ---------------------------------------------------------------- changes
@@ -1763,23 +1916,10 @@ impl Keys {
         (count, lag)
     }
 
-    /// Number of keys per status at the current time.
+    /// Number of keys per status, from counters (no scan): disabled and removed
+    /// as of now, expired and inactive as of the last expiry sweep (or the start).
     pub fn status_counts(&self) -> BTreeMap<&'static str, usize> {
-        let settings = self.settings();
-        let policy = &settings.policy;
-        let now = self.clock.now();
-        let mut out = BTreeMap::new();
-        for s in ["active", "disabled", "expired", "inactive", "removed"] {
-            out.insert(s, 0);
-        }
-        let index = self.index.read();
-        // Keys not removed have a slot with everything the status needs.
-        for slot in index.table.iter() {
-            *out.entry(slot.status(policy, now).as_str()).or_insert(0) += 1;
-        }
-        let removed = index.by_id.len().saturating_sub(index.table.iter().count());
-        *out.entry("removed").or_insert(0) += removed;
-        out
+        self.index.read().counts.snapshot()
     }
 }
 

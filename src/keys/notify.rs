@@ -736,14 +736,17 @@ impl Keys {
         }
     }
 
-    /// Jobs visible to `actor`.
+    /// One page of the jobs visible to `actor`, newest first: anyone but an admin
+    /// reads only the jobs of their own keys, which the store indexes by owner.
     pub async fn jobs(
         &self,
         actor: &Actor,
         key: Option<&str>,
         state: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<AlertJob>, KeyError> {
+        page: &super::PageRequest,
+    ) -> Result<super::Page<AlertJob>, KeyError> {
+        let limit = page.limit(super::page::DEFAULT_JOBS)?;
+        let before = page.job_cursor()?;
         let key = match key {
             Some(k) => Some(self.visible(actor, k)?.id),
             None => None,
@@ -760,18 +763,18 @@ impl Keys {
         let filter = JobFilter {
             key,
             state,
-            limit: if actor.admin || key.is_some() {
-                limit
-            } else {
-                usize::MAX
-            },
+            owner: (!actor.admin).then(|| actor.name.clone()),
+            before,
+            limit,
         };
-        let mut jobs = self.blocking(move |s| s.jobs(&filter)).await?;
-        if !actor.admin {
-            jobs.retain(|j| self.may_see_job(actor, j));
-            jobs.truncate(limit);
-        }
-        Ok(jobs)
+        let mut found = self.blocking(move |s| s.jobs(&filter)).await?;
+        // Jobs of keys purged since stay filed under their owner; `job show` does not
+        // show them to the owner, so neither does the list. The cursor still moves on.
+        found.items.retain(|j| self.may_see_job(actor, j));
+        Ok(super::Page {
+            items: found.items,
+            next_cursor: found.next.map(super::page::job_cursor),
+        })
     }
 
     /// `job cancel` (or `job delete`): the job is Canceled (or deleted) and the key

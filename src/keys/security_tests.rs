@@ -608,9 +608,15 @@ async fn inactivity_warnings_of_an_owner_without_an_address_go_to_the_operators(
     f.clock.advance(Duration::days(85));
     keys.schedule_inactivity_warnings().await.unwrap();
     let jobs = keys
-        .jobs(&admin(), Some(&idle.to_string()), None, 10)
+        .jobs(
+            &admin(),
+            Some(&idle.to_string()),
+            None,
+            &crate::keys::page::PageRequest::default(),
+        )
         .await
-        .unwrap();
+        .unwrap()
+        .items;
     assert_eq!(jobs.len(), 1, "{jobs:?}");
     assert_eq!(jobs[0].source, "operator");
     let audit = keys

@@ -843,3 +843,220 @@ async fn expiry_sweep_records_expired_and_inactive_keys_once() {
     assert_eq!(action_of(gone).await, "remove");
     assert_eq!(f.keys.sweep_expired().await.unwrap(), 0, "recorded once");
 }
+
+/// Keys per status by visiting every key, as `/metrics` used to on every scrape.
+fn scanned(keys: &Keys) -> BTreeMap<&'static str, usize> {
+    let settings = keys.settings();
+    let now = keys.clock.now();
+    let index = keys.index.read();
+    let mut out: BTreeMap<&'static str, usize> =
+        ["active", "disabled", "expired", "inactive", "removed"]
+            .into_iter()
+            .map(|s| (s, 0))
+            .collect();
+    for slot in index.table.iter() {
+        *out.entry(slot.status(&settings.policy, now).as_str())
+            .or_default() += 1;
+    }
+    *out.entry("removed").or_default() += index.by_id.len() - index.table.iter().count();
+    out
+}
+
+fn counts(keys: &Keys) -> [usize; 5] {
+    let c = keys.status_counts();
+    ["active", "disabled", "expired", "inactive", "removed"].map(|s| c[s])
+}
+
+/// `/metrics` counted keys per status by visiting every key on every scrape. The
+/// counts now come from counters: state changes move a key at once, expiry and
+/// inactivity are as of the last expiry sweep (so a scrape after the clock moved,
+/// before a sweep, still shows the keys as the sweep left them), and a restart
+/// counts them as a sweep would.
+#[tokio::test]
+async fn key_status_counts_come_from_counters_not_a_scan_per_scrape() {
+    let text = CONFIG.replace(
+        "DefaultExpirationPeriod = \"p1y\"\n",
+        "DefaultExpirationPeriod = \"p1y\"\nRetentionPeriod = \"p1d\"\n",
+    );
+    let f = fixture_with(&text);
+    let c = config::parse(
+        std::path::Path::new("t.toml"),
+        &text,
+        &Environment::default(),
+    )
+    .unwrap();
+    f.keys.set_alert_config(c.alerts);
+    let mut ids = Vec::new();
+    let mut secrets = Vec::new();
+    for name in ["a", "b", "c", "d", "e"] {
+        let k = f.keys.create(&admin(), req("alice", name)).await.unwrap();
+        ids.push(k.view.id.to_string());
+        secrets.push(k.key.expose().to_owned());
+    }
+    let mut short = req("alice", "x");
+    short.expires_in = Some("pt10m".into());
+    let x = f
+        .keys
+        .create(&admin(), short)
+        .await
+        .unwrap()
+        .view
+        .id
+        .to_string();
+    assert_eq!(counts(&f.keys), [6, 0, 0, 0, 0]);
+    f.keys.set_enabled(&admin(), &ids[1], false).await.unwrap();
+    assert_eq!(counts(&f.keys), [5, 1, 0, 0, 0]);
+    f.keys.remove(&admin(), &ids[2]).await.unwrap();
+    assert_eq!(counts(&f.keys), [4, 1, 0, 0, 1]);
+    // x expires; the scrape shows it as the last sweep left it, until the next one.
+    f.clock.advance(Duration::minutes(20));
+    assert_eq!(counts(&f.keys), [4, 1, 0, 0, 1], "a scrape does not scan");
+    assert_eq!(f.keys.sweep_expired().await.unwrap(), 1);
+    assert_eq!(counts(&f.keys), [3, 1, 1, 0, 1]);
+    assert_eq!(f.keys.status_counts(), scanned(&f.keys));
+    // An edit of an expired key keeps it counted as expired.
+    let edit = EditKey {
+        description: Some("gone".into()),
+        ..EditKey::default()
+    };
+    f.keys.edit(&admin(), &x, edit).await.unwrap();
+    assert_eq!(counts(&f.keys), [3, 1, 1, 0, 1]);
+    f.clock.advance(Duration::days(60));
+    assert_eq!(f.keys.verify(&secrets[0], None, None).code, Code::Valid);
+    f.clock.advance(Duration::days(40));
+    // a was used 40 days ago; d and e never, 100 days after creation: inactive.
+    assert_eq!(counts(&f.keys), [3, 1, 1, 0, 1], "a scrape does not scan");
+    assert_eq!(f.keys.sweep_expired().await.unwrap(), 2);
+    assert_eq!(counts(&f.keys), [1, 1, 1, 2, 1]);
+    assert_eq!(f.keys.status_counts(), scanned(&f.keys));
+    // Re-enabling b (which went inactive while disabled) counts it as active until
+    // the sweep finds it inactive.
+    f.keys.set_enabled(&admin(), &ids[1], true).await.unwrap();
+    assert_eq!(counts(&f.keys), [2, 0, 1, 2, 1]);
+    f.keys.sweep_expired().await.unwrap();
+    assert_eq!(counts(&f.keys), [1, 0, 1, 3, 1]);
+    assert_eq!(f.keys.status_counts(), scanned(&f.keys));
+    // The purge takes the removed, expired and long inactive keys out of the counts.
+    let purged = f.keys.purge().await.unwrap();
+    assert_eq!(purged, 5);
+    assert_eq!(counts(&f.keys), [1, 0, 0, 0, 0]);
+    assert_eq!(f.keys.status_counts(), scanned(&f.keys));
+    // New keys reuse purged entries and start as active.
+    for name in ["f", "g"] {
+        f.keys.create(&admin(), req("alice", name)).await.unwrap();
+    }
+    assert_eq!(counts(&f.keys), [3, 0, 0, 0, 0]);
+    // A restart counts what lapsed meanwhile, as a sweep would.
+    f.clock.advance(Duration::days(100));
+    drop(f.keys);
+    let store = Arc::new(Store::open(&f.path).unwrap());
+    let reopened = Keys::open(store, hasher(), f.clock.clone(), settings(&text)).unwrap();
+    // a passed its hard expiry; f and g were never used.
+    assert_eq!(counts(&reopened), [0, 0, 1, 2, 0]);
+    assert_eq!(reopened.status_counts(), scanned(&reopened));
+}
+
+/// Walk every page of `list`, returning the ids in order.
+async fn walk_keys(f: &Fixture, actor: &Actor, all: bool, limit: usize) -> Vec<Uuid> {
+    let mut page = PageRequest {
+        cursor: None,
+        limit: Some(limit),
+    };
+    let mut seen = Vec::new();
+    loop {
+        let p = f.keys.list_page(actor, None, all, &page).await.unwrap();
+        assert!(p.items.len() <= limit);
+        seen.extend(p.items.iter().map(|k| k.id));
+        match p.next_cursor {
+            Some(c) => page.cursor = Some(c),
+            None => return seen,
+        }
+    }
+}
+
+/// `key list` and `audit` page with a cursor: every key (entry) visible to the
+/// caller comes exactly once, in order, and a non-admin sees only their own.
+#[tokio::test]
+async fn key_list_and_audit_pages_walk_every_visible_row_once() {
+    let f = fixture();
+    let mut alices = Vec::new();
+    for i in 0..5 {
+        let k = f
+            .keys
+            .create(&admin(), req("alice", &format!("a{i}")))
+            .await
+            .unwrap();
+        alices.push(k.view.id);
+        let b = f
+            .keys
+            .create(&admin(), req("bob", &format!("b{i}")))
+            .await
+            .unwrap();
+        f.keys
+            .set_enabled(&admin(), &b.view.id.to_string(), false)
+            .await
+            .unwrap();
+        f.clock.advance(Duration::seconds(1));
+    }
+    f.keys
+        .remove(&admin(), &alices[1].to_string())
+        .await
+        .unwrap();
+    let every: Vec<Uuid> = f
+        .keys
+        .list(&admin(), None, true)
+        .await
+        .unwrap()
+        .iter()
+        .map(|k| k.id)
+        .collect();
+    assert_eq!(every.len(), 10);
+    for limit in [1, 3, 10, 20] {
+        assert_eq!(walk_keys(&f, &admin(), true, limit).await, every);
+    }
+    let mut visible = alices.clone();
+    visible.remove(1);
+    assert_eq!(walk_keys(&f, &alice(), false, 2).await, visible);
+    assert_eq!(walk_keys(&f, &alice(), true, 2).await, alices);
+
+    let trail = f.keys.audit(&admin(), None, 1000).await.unwrap();
+    assert_eq!(trail.len(), 16);
+    let hers: Vec<u64> = trail
+        .iter()
+        .filter(|e| e.key_id.is_some_and(|k| alices.contains(&k)))
+        .map(|e| e.seq)
+        .collect();
+    assert_eq!(hers.len(), 6);
+    let mut page = PageRequest {
+        cursor: None,
+        limit: Some(4),
+    };
+    let mut seen = Vec::new();
+    loop {
+        let p = f.keys.audit_page(&alice(), None, &page).await.unwrap();
+        seen.extend(p.items.iter().map(|e| e.seq));
+        match p.next_cursor {
+            Some(c) => page.cursor = Some(c),
+            None => break,
+        }
+    }
+    assert_eq!(seen, hers);
+
+    // A cursor of another listing, or a page of nothing, is refused.
+    let wrong = PageRequest {
+        cursor: Some(page::audit_cursor(3)),
+        limit: None,
+    };
+    let e = f
+        .keys
+        .list_page(&admin(), None, true, &wrong)
+        .await
+        .unwrap_err();
+    assert!(is_invalid(&e, "cursor"), "{e}");
+    let zero = PageRequest {
+        cursor: None,
+        limit: Some(0),
+    };
+    let e = f.keys.audit_page(&admin(), None, &zero).await.unwrap_err();
+    assert!(is_invalid(&e, "limit"), "{e}");
+}

@@ -4,11 +4,15 @@
 //! an index holding exactly the jobs in state Scheduled, so the dispatcher reads the
 //! next due job without holding any job in memory; `alert_running` (job id → ()), the
 //! jobs claimed for delivery, read at start to find deliveries cut short by a crash;
-//! `operator_messages` (sequence → JSON message).
+//! `operator_messages` (sequence → JSON message); `alert_jobs_by_key` ((key, job id) →
+//! owner) and `alert_jobs_by_owner` ((owner, job id) → ()), written with the job, so
+//! listing one key's or one owner's jobs reads only theirs (built once at open for a
+//! database written before they existed).
 
 use chrono::{DateTime, Utc};
 use redb::{
-    ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction,
+    ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition, TableHandle,
+    WriteTransaction,
 };
 use uuid::Uuid;
 
@@ -23,6 +27,10 @@ const MESSAGES: TableDefinition<u64, &[u8]> = TableDefinition::new("operator_mes
 /// transaction as the jobs, so opening the store reads five rows, not every job.
 const STATE_COUNTS: TableDefinition<u8, i64> = TableDefinition::new("alert_job_state_counts");
 const KEYS: TableDefinition<u128, &[u8]> = TableDefinition::new("keys");
+/// The owner is the value so that a deleted job's owner entry can be found even
+/// when its key was purged before it.
+const BY_KEY: TableDefinition<(u128, u128), &str> = TableDefinition::new("alert_jobs_by_key");
+const BY_OWNER: TableDefinition<(&str, u128), ()> = TableDefinition::new("alert_jobs_by_owner");
 
 /// Job and message changes committed with a key [`super::Batch`].
 #[derive(Debug, Default)]
@@ -54,7 +62,11 @@ pub struct JobFilter {
     pub key: Option<Uuid>,
     /// Only in this state.
     pub state: Option<JobState>,
-    /// At most this many (newest first).
+    /// Only jobs about keys of this owner.
+    pub owner: Option<String>,
+    /// Only jobs older than this one (a [`super::Page::next`]).
+    pub before: Option<u128>,
+    /// At most this many (newest first; at most [`super::MAX_PAGE`]).
     pub limit: usize,
 }
 
@@ -68,6 +80,81 @@ pub(super) fn create_tables(txn: &WriteTransaction) -> Result<(), StoreError> {
     txn.open_table(RUNNING).map_err(db_err)?;
     txn.open_table(MESSAGES).map_err(db_err)?;
     txn.open_table(STATE_COUNTS).map_err(db_err)?;
+    txn.open_table(BY_KEY).map_err(db_err)?;
+    txn.open_table(BY_OWNER).map_err(db_err)?;
+    Ok(())
+}
+
+/// Whether the job indexes must be built (`missing` tells whether a table exists).
+pub(super) fn index_missing(missing: &impl Fn(&str) -> bool) -> bool {
+    missing(BY_OWNER.name())
+}
+
+/// Build the key and owner indexes of the jobs of a database written before they
+/// existed: one pass over the jobs, at open.
+pub(super) fn index_jobs(txn: &WriteTransaction) -> Result<(), StoreError> {
+    /// serde skips the rest of the job.
+    #[derive(serde::Deserialize)]
+    struct KeyOnly {
+        key_id: Uuid,
+    }
+    let jobs = txn.open_table(JOBS).map_err(db_err)?;
+    let mut wanted = Vec::new();
+    for row in jobs.iter().map_err(db_err)? {
+        let (id, v) = row.map_err(db_err)?;
+        wanted.push((
+            decode::<KeyOnly>("alert_jobs", v.value())?.key_id,
+            id.value(),
+        ));
+    }
+    add_to_indexes(txn, &wanted)?;
+    if !wanted.is_empty() {
+        tracing::info!(jobs = wanted.len(), "alert jobs indexed by key and owner");
+    }
+    Ok(())
+}
+
+/// File jobs (key, job id) not yet indexed under their key and their key's owner.
+fn add_to_indexes(txn: &WriteTransaction, wanted: &[(Uuid, u128)]) -> Result<(), StoreError> {
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    let keys = txn.open_table(KEYS).map_err(db_err)?;
+    let mut by_key = txn.open_table(BY_KEY).map_err(db_err)?;
+    let mut by_owner = txn.open_table(BY_OWNER).map_err(db_err)?;
+    for (key, id) in wanted {
+        let k = (key.as_u128(), *id);
+        if by_key.get(k).map_err(db_err)?.is_some() {
+            continue;
+        }
+        // A job whose key is gone has no owner to be listed under.
+        let owner = super::owner_of(&keys, *key)?;
+        by_key
+            .insert(k, owner.as_deref().unwrap_or(""))
+            .map_err(db_err)?;
+        if let Some(owner) = owner {
+            by_owner.insert((owner.as_str(), *id), ()).map_err(db_err)?;
+        }
+    }
+    Ok(())
+}
+
+/// Take jobs (key, job id) out of the key and owner indexes.
+fn drop_from_indexes(txn: &WriteTransaction, gone: &[(u128, u128)]) -> Result<(), StoreError> {
+    if gone.is_empty() {
+        return Ok(());
+    }
+    let mut by_key = txn.open_table(BY_KEY).map_err(db_err)?;
+    let mut by_owner = txn.open_table(BY_OWNER).map_err(db_err)?;
+    for (key, id) in gone {
+        let owner = by_key
+            .remove((*key, *id))
+            .map_err(db_err)?
+            .map(|o| o.value().to_owned());
+        if let Some(owner) = owner.filter(|o| !o.is_empty()) {
+            by_owner.remove((owner.as_str(), *id)).map_err(db_err)?;
+        }
+    }
     Ok(())
 }
 
@@ -89,29 +176,36 @@ pub(super) fn apply(
     let mut jobs = txn.open_table(JOBS).map_err(db_err)?;
     let mut due = txn.open_table(DUE).map_err(db_err)?;
     let mut running = txn.open_table(RUNNING).map_err(db_err)?;
-    let mut unindex =
-        |jobs: &redb::Table<u128, &[u8]>, id: u128| -> Result<Option<JobState>, StoreError> {
-            let old = jobs.get(id).map_err(db_err)?;
-            let mut state = None;
-            if let Some(old) = old {
-                let old: AlertJob = decode("alert_jobs", old.value())?;
-                due.remove((ms(old.run_at), id)).map_err(db_err)?;
-                state = Some(old.state);
-            }
-            running.remove(id).map_err(db_err)?;
-            Ok(state)
-        };
+    // Jobs leaving the key and owner indexes: (key, job id).
+    let mut gone = Vec::new();
+    let mut unindex = |jobs: &redb::Table<u128, &[u8]>,
+                       id: u128|
+     -> Result<Option<(JobState, Uuid)>, StoreError> {
+        let old = jobs.get(id).map_err(db_err)?;
+        let mut state = None;
+        if let Some(old) = old {
+            let old: AlertJob = decode("alert_jobs", old.value())?;
+            due.remove((ms(old.run_at), id)).map_err(db_err)?;
+            state = Some((old.state, old.key_id));
+        }
+        running.remove(id).map_err(db_err)?;
+        Ok(state)
+    };
     for id in &batch.delete_jobs {
-        if let Some(old) = unindex(&jobs, id.as_u128())? {
+        if let Some((old, key)) = unindex(&jobs, id.as_u128())? {
             delta[old.index()] -= 1;
+            gone.push((key.as_u128(), id.as_u128()));
         }
         jobs.remove(id.as_u128()).map_err(db_err)?;
     }
     let mut index = Vec::new();
     for job in &batch.put_jobs {
         let id = job.id.as_u128();
-        if let Some(old) = unindex(&jobs, id)? {
+        if let Some((old, key)) = unindex(&jobs, id)? {
             delta[old.index()] -= 1;
+            if key != job.key_id {
+                gone.push((key.as_u128(), id));
+            }
         }
         delta[job.state.index()] += 1;
         let bytes = serde_json::to_vec(job).map_err(db_err)?;
@@ -129,6 +223,13 @@ pub(super) fn apply(
             _ => {}
         }
     }
+    drop_from_indexes(txn, &gone)?;
+    let filed: Vec<(Uuid, u128)> = batch
+        .put_jobs
+        .iter()
+        .map(|j| (j.key_id, j.id.as_u128()))
+        .collect();
+    add_to_indexes(txn, &filed)?;
     if !batch.messages.is_empty() {
         let mut table = txn.open_table(MESSAGES).map_err(db_err)?;
         let mut next = match table.last().map_err(db_err)? {
@@ -216,25 +317,66 @@ impl Store {
         v.map(|v| decode("alert_jobs", v.value())).transpose()
     }
 
-    /// Jobs matching `filter`, newest first (ids are UUID v7, so id order is age).
-    pub fn jobs(&self, filter: &JobFilter) -> Result<Vec<AlertJob>, StoreError> {
+    /// Jobs matching `filter`, newest first (ids are UUID v7, so id order is age). A
+    /// key or owner filter reads that index; a state filter is checked on each job
+    /// read, so a page ends after [`super::MAX_PAGE`] jobs examined even if it holds
+    /// fewer matches, with a cursor to go on from there.
+    pub fn jobs(&self, filter: &JobFilter) -> Result<super::Page<AlertJob, u128>, StoreError> {
         let txn = self.db.begin_read().map_err(db_err)?;
         let table = txn.open_table(JOBS).map_err(db_err)?;
-        let mut out = Vec::new();
-        for row in table.iter().map_err(db_err)?.rev() {
-            let (_, v) = row.map_err(db_err)?;
-            let job: AlertJob = decode("alert_jobs", v.value())?;
-            if filter.key.is_some_and(|k| k != job.key_id)
-                || filter.state.is_some_and(|s| s != job.state)
-            {
-                continue;
+        let mut page = super::Pager::new(filter.limit);
+        // Jobs before the cursor: all of them without one.
+        let Some(hi) = filter.before.map_or(Some(u128::MAX), |b| b.checked_sub(1)) else {
+            return Ok(page.done());
+        };
+        let visit =
+            |page: &mut super::Pager<AlertJob, u128>, bytes: &[u8]| -> Result<(), StoreError> {
+                let job: AlertJob = decode("alert_jobs", bytes)?;
+                if filter.key.is_none_or(|k| k == job.key_id)
+                    && filter.state.is_none_or(|s| s == job.state)
+                {
+                    page.items.push(job);
+                }
+                Ok(())
+            };
+        if let Some(key) = filter.key {
+            let index = txn.open_table(BY_KEY).map_err(db_err)?;
+            let k = key.as_u128();
+            for row in index.range((k, 0)..=(k, hi)).map_err(db_err)?.rev() {
+                let (at, owner) = row.map_err(db_err)?;
+                let id = at.value().1;
+                if !page.admit(id) {
+                    break;
+                }
+                if filter.owner.as_deref().is_some_and(|o| o != owner.value()) {
+                    continue;
+                }
+                if let Some(v) = table.get(id).map_err(db_err)? {
+                    visit(&mut page, v.value())?;
+                }
             }
-            out.push(job);
-            if out.len() >= filter.limit {
-                break;
+        } else if let Some(owner) = &filter.owner {
+            let index = txn.open_table(BY_OWNER).map_err(db_err)?;
+            let o = owner.as_str();
+            for row in index.range((o, 0)..=(o, hi)).map_err(db_err)?.rev() {
+                let id = row.map_err(db_err)?.0.value().1;
+                if !page.admit(id) {
+                    break;
+                }
+                if let Some(v) = table.get(id).map_err(db_err)? {
+                    visit(&mut page, v.value())?;
+                }
+            }
+        } else {
+            for row in table.range(..=hi).map_err(db_err)?.rev() {
+                let (id, v) = row.map_err(db_err)?;
+                if !page.admit(id.value()) {
+                    break;
+                }
+                visit(&mut page, v.value())?;
             }
         }
-        Ok(out)
+        Ok(page.done())
     }
 
     /// Number of jobs in each state, kept in memory (see [`apply`]): no scan.
@@ -443,5 +585,126 @@ mod tests {
         drop(store);
         let store = Store::open(&path).unwrap();
         assert_eq!(counts(&store), [0, 0, 1, 0, 0]);
+    }
+}
+
+#[cfg(test)]
+mod paging_tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use crate::alerts::job::JobKind;
+    use crate::store::tests::record;
+    use crate::store::{Batch, MAX_PAGE};
+
+    fn decodes() -> usize {
+        crate::store::DECODES.with(std::cell::Cell::get)
+    }
+
+    /// Walk every page of `filter`; returns the ids seen and the most records one
+    /// page decoded.
+    fn walk(store: &Store, filter: &JobFilter) -> (Vec<Uuid>, usize) {
+        let mut filter = filter.clone();
+        let mut seen = Vec::new();
+        let mut most = 0;
+        for _ in 0..10_000 {
+            let at = decodes();
+            let page = store.jobs(&filter).unwrap();
+            most = most.max(decodes() - at);
+            assert!(page.items.len() <= filter.limit);
+            seen.extend(page.items.iter().map(|j| j.id));
+            match page.next {
+                Some(n) => filter.before = Some(n),
+                None => return (seen, most),
+            }
+        }
+        panic!("the pages never end");
+    }
+
+    /// Non-admin `job list` read every job (`usize::MAX`) and filtered by owner
+    /// afterwards. The owner index gives exactly the owner's jobs, newest first,
+    /// page after page without gaps or repeats, each page decoding only its jobs;
+    /// a rare state ends a page after MAX_PAGE jobs examined, with a cursor.
+    #[test]
+    fn job_pages_of_one_owner_read_only_their_jobs() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db.redb")).unwrap();
+        let now = Utc::now();
+        let (alice, bob) = (record("alice", now), record("bob", now));
+        let (a, b) = (alice.id, bob.id);
+        store
+            .commit(Batch {
+                put_keys: vec![alice, bob],
+                audit: vec![],
+            })
+            .unwrap();
+        let mut all = Vec::new();
+        let mut alices = Vec::new();
+        let n = MAX_PAGE + 500;
+        for chunk in (0..n).collect::<Vec<_>>().chunks(2000) {
+            let mut put_jobs = Vec::new();
+            for i in chunk {
+                let key = if i % 400 == 0 { a } else { b };
+                let mut job = AlertJob::new(key, JobKind::Notification, "s", now, now);
+                if i % 4000 == 1 {
+                    job.state = JobState::Failed;
+                }
+                if key == a {
+                    alices.push(job.id);
+                }
+                all.push((job.id, job.state));
+                put_jobs.push(job);
+            }
+            store
+                .commit_alerts(AlertBatch {
+                    put_jobs,
+                    ..AlertBatch::default()
+                })
+                .unwrap();
+        }
+        alices.sort_unstable_by(|x, y| y.cmp(x));
+        assert_eq!(alices.len(), 27);
+        let owner = JobFilter {
+            owner: Some("alice".into()),
+            limit: 4,
+            ..JobFilter::default()
+        };
+        let (seen, most) = walk(&store, &owner);
+        assert_eq!(seen, alices);
+        assert!(most <= 4, "a page of 4 decoded {most}");
+        // One key's jobs (and the owner must match, if given).
+        let key = JobFilter {
+            key: Some(a),
+            limit: 10,
+            ..owner.clone()
+        };
+        assert_eq!(walk(&store, &key).0, alices);
+        let not_hers = JobFilter {
+            key: Some(b),
+            ..key.clone()
+        };
+        assert_eq!(walk(&store, &not_hers).0, Vec::<Uuid>::new());
+        // A rare state over the whole table: pages end after MAX_PAGE examined.
+        let mut failed: Vec<Uuid> = all
+            .iter()
+            .filter(|(_, s)| *s == JobState::Failed)
+            .map(|(id, _)| *id)
+            .collect();
+        failed.sort_unstable_by(|x, y| y.cmp(x));
+        let rare = JobFilter {
+            state: Some(JobState::Failed),
+            limit: 100,
+            ..JobFilter::default()
+        };
+        let (seen, most) = walk(&store, &rare);
+        assert_eq!(seen, failed);
+        assert!(most <= MAX_PAGE, "a page decoded {most}");
+        // Deleting a job takes it out of the owner's listing.
+        store
+            .commit_alerts(AlertBatch {
+                delete_jobs: vec![alices[0]],
+                ..AlertBatch::default()
+            })
+            .unwrap();
+        assert_eq!(walk(&store, &owner).0, alices[1..]);
     }
 }

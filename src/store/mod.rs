@@ -2,14 +2,20 @@
 //! callers run it in `spawn_blocking` and never hold a transaction across an `.await`.
 //!
 //! Tables: `keys` (id → JSON record) and `audit` (sequence → JSON entry). Records are
-//! JSON so fields can be added without a migration.
+//! JSON so fields can be added without a migration. `audit_by_key` ((key, seq) → ())
+//! and `audit_by_owner` ((owner, seq) → ()) index the audit trail, written in the
+//! transaction that appends the entry, so a listing for one key or one owner reads
+//! only their entries; a database written before they existed gets them built once,
+//! when it is opened ([`Store::open`]).
 
 pub mod jobs;
 
 use std::path::Path;
 use std::sync::atomic::AtomicI64;
 
-use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{
+    Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition, TableHandle,
+};
 use uuid::Uuid;
 
 use crate::alerts::job::JobState;
@@ -18,6 +24,74 @@ pub use jobs::{AlertBatch, JobFilter};
 
 const KEYS: TableDefinition<u128, &[u8]> = TableDefinition::new("keys");
 const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
+const AUDIT_BY_KEY: TableDefinition<(u128, u64), ()> = TableDefinition::new("audit_by_key");
+const AUDIT_BY_OWNER: TableDefinition<(&str, u64), ()> = TableDefinition::new("audit_by_owner");
+
+/// The most rows one page of a listing returns, and the most rows it examines: a
+/// page filtered on something no index covers (a job state) stops there and hands
+/// back a cursor, so no single request decodes a whole table.
+pub const MAX_PAGE: usize = 10_000;
+
+/// One page of a listing: its rows and, when there may be more, where the next page
+/// starts (the position of the last row examined).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page<T, P> {
+    /// The rows, in the listing's order.
+    pub items: Vec<T>,
+    /// Pass back to continue after the rows returned; `None` at the end.
+    pub next: Option<P>,
+}
+
+/// Collects one page: stops after `limit` rows, or after [`MAX_PAGE`] rows
+/// examined, remembering where it stopped.
+struct Pager<T, P> {
+    limit: usize,
+    examined: usize,
+    last: Option<P>,
+    items: Vec<T>,
+    next: Option<P>,
+}
+
+impl<T, P: Copy> Pager<T, P> {
+    fn new(limit: usize) -> Self {
+        let limit = limit.clamp(1, MAX_PAGE);
+        Self {
+            limit,
+            examined: 0,
+            last: None,
+            items: Vec::with_capacity(limit.min(1024)),
+            next: None,
+        }
+    }
+
+    /// Whether to examine the row at `pos`; on `false` the page is done, and since a
+    /// row remains, it continues after the last row examined.
+    fn admit(&mut self, pos: P) -> bool {
+        if self.items.len() >= self.limit || self.examined >= MAX_PAGE {
+            self.next = self.last;
+            return false;
+        }
+        self.examined += 1;
+        self.last = Some(pos);
+        true
+    }
+
+    fn done(self) -> Page<T, P> {
+        Page {
+            items: self.items,
+            next: self.next,
+        }
+    }
+}
+
+/// Which audit entries to list.
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    /// Only this key's.
+    pub key: Option<Uuid>,
+    /// Only entries about keys of this owner.
+    pub owner: Option<String>,
+}
 
 /// redb's page cache. Its default (1 GiB) filled up while loading the keys at start and
 /// stayed resident; every read path that matters (verification, listing keys) runs from
@@ -88,9 +162,25 @@ impl Store {
                 message: e.to_string(),
             })?;
         let txn = db.begin_write().map_err(db_err)?;
+        let existing: Vec<String> = txn
+            .list_tables()
+            .map_err(db_err)?
+            .map(|t| t.name().to_owned())
+            .collect();
+        let missing = |name: &str| !existing.iter().any(|t| t == name);
+        let build_audit_index = missing(AUDIT_BY_OWNER.name());
+        let build_job_index = jobs::index_missing(&missing);
         txn.open_table(KEYS).map_err(db_err)?;
         txn.open_table(AUDIT).map_err(db_err)?;
+        txn.open_table(AUDIT_BY_KEY).map_err(db_err)?;
+        txn.open_table(AUDIT_BY_OWNER).map_err(db_err)?;
         jobs::create_tables(&txn)?;
+        if build_audit_index {
+            index_audit(&txn)?;
+        }
+        if build_job_index {
+            jobs::index_jobs(&txn)?;
+        }
         txn.commit().map_err(db_err)?;
         let job_states = jobs::load_state_counts(&db)?.map(AtomicI64::new);
         Ok(Self { db, job_states })
@@ -263,10 +353,30 @@ impl Store {
                 Some((k, _)) => k.value() + 1,
                 None => 1,
             };
+            let mut by_key = txn.open_table(AUDIT_BY_KEY).map_err(db_err)?;
+            let mut by_owner = txn.open_table(AUDIT_BY_OWNER).map_err(db_err)?;
+            // A sweep writes thousands of records with an entry each: look owners up
+            // by id, not by a search of the batch per entry.
+            let written: std::collections::HashMap<Uuid, &str> = batch
+                .put_keys
+                .iter()
+                .map(|r| (r.id, r.owner.as_str()))
+                .collect();
             for (seq, entry) in (first..).zip(&mut batch.audit) {
                 entry.seq = seq;
                 let bytes = serde_json::to_vec(entry).map_err(db_err)?;
                 audit.insert(entry.seq, bytes.as_slice()).map_err(db_err)?;
+                let Some(key) = entry.key_id else {
+                    continue;
+                };
+                by_key.insert((key.as_u128(), seq), ()).map_err(db_err)?;
+                let owner = match written.get(&key) {
+                    Some(owner) => Some((*owner).to_owned()),
+                    None => owner_of(&keys, key)?,
+                };
+                if let Some(owner) = owner {
+                    by_owner.insert((owner.as_str(), seq), ()).map_err(db_err)?;
+                }
             }
         }
         let delta = jobs::apply(&txn, alerts)?;
@@ -275,23 +385,117 @@ impl Store {
         Ok(())
     }
 
-    /// The newest `limit` audit entries, optionally for one key, newest first.
-    pub fn audit(&self, key: Option<Uuid>, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
+    /// Audit entries matching `filter`, newest first, older than `before` (a `seq`
+    /// from [`Page::next`]), at most `limit`. A key or owner filter reads that
+    /// index, so the page decodes only the entries it returns.
+    pub fn audit_page(
+        &self,
+        filter: &AuditFilter,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Page<AuditEntry, u64>, StoreError> {
         let txn = self.db.begin_read().map_err(db_err)?;
         let table = txn.open_table(AUDIT).map_err(db_err)?;
-        let mut out = Vec::new();
-        for row in table.iter().map_err(db_err)?.rev() {
-            let (_, v) = row.map_err(db_err)?;
-            let entry: AuditEntry = decode("audit", v.value())?;
-            if key.is_none() || entry.key_id == key {
-                out.push(entry);
-                if out.len() >= limit {
+        let mut page = Pager::new(limit);
+        // Rows before the cursor: all of them without one.
+        let Some(hi) = before.map_or(Some(u64::MAX), |b| b.checked_sub(1)) else {
+            return Ok(page.done());
+        };
+        let fetch = |page: &mut Pager<AuditEntry, u64>, seq: u64| -> Result<(), StoreError> {
+            if let Some(v) = table.get(seq).map_err(db_err)? {
+                page.items.push(decode("audit", v.value())?);
+            }
+            Ok(())
+        };
+        if let Some(key) = filter.key {
+            let index = txn.open_table(AUDIT_BY_KEY).map_err(db_err)?;
+            let k = key.as_u128();
+            for row in index.range((k, 0)..=(k, hi)).map_err(db_err)?.rev() {
+                let seq = row.map_err(db_err)?.0.value().1;
+                if !page.admit(seq) {
                     break;
                 }
+                fetch(&mut page, seq)?;
+            }
+        } else if let Some(owner) = &filter.owner {
+            let index = txn.open_table(AUDIT_BY_OWNER).map_err(db_err)?;
+            let o = owner.as_str();
+            for row in index.range((o, 0)..=(o, hi)).map_err(db_err)?.rev() {
+                let seq = row.map_err(db_err)?.0.value().1;
+                if !page.admit(seq) {
+                    break;
+                }
+                fetch(&mut page, seq)?;
+            }
+        } else {
+            for row in table.range(..=hi).map_err(db_err)?.rev() {
+                let (k, v) = row.map_err(db_err)?;
+                if !page.admit(k.value()) {
+                    break;
+                }
+                page.items.push(decode("audit", v.value())?);
             }
         }
-        Ok(out)
+        Ok(page.done())
     }
+}
+
+/// The owner of key `id` as stored, if it is; only the owner is decoded.
+fn owner_of(
+    keys: &impl ReadableTable<u128, &'static [u8]>,
+    id: Uuid,
+) -> Result<Option<String>, StoreError> {
+    /// serde skips the rest of the record.
+    #[derive(serde::Deserialize)]
+    struct OwnerOnly {
+        owner: String,
+    }
+    keys.get(id.as_u128())
+        .map_err(db_err)?
+        .map(|v| decode::<OwnerOnly>("keys", v.value()).map(|r| r.owner))
+        .transpose()
+}
+
+/// Build the audit indexes of a database written before they existed: one pass
+/// over the trail, at open. Entries of keys already purged have no owner to file
+/// them under and stay out of the owner index (no owner listing showed them before).
+fn index_audit(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
+    /// serde skips the rest of the entry.
+    #[derive(serde::Deserialize)]
+    struct KeyOnly {
+        #[serde(default)]
+        key_id: Option<Uuid>,
+    }
+    let audit = txn.open_table(AUDIT).map_err(db_err)?;
+    let keys = txn.open_table(KEYS).map_err(db_err)?;
+    let mut by_key = txn.open_table(AUDIT_BY_KEY).map_err(db_err)?;
+    let mut by_owner = txn.open_table(AUDIT_BY_OWNER).map_err(db_err)?;
+    let mut owners: std::collections::HashMap<Uuid, Option<String>> = Default::default();
+    let mut n = 0usize;
+    for row in audit.iter().map_err(db_err)? {
+        let (seq, v) = row.map_err(db_err)?;
+        let seq = seq.value();
+        let Some(key) = decode::<KeyOnly>("audit", v.value())?.key_id else {
+            continue;
+        };
+        by_key.insert((key.as_u128(), seq), ()).map_err(db_err)?;
+        let owner = match owners.get(&key) {
+            Some(o) => o.clone(),
+            None => {
+                let o = owner_of(&keys, key)?;
+                owners.insert(key, o.clone());
+                o
+            }
+        };
+        if let Some(owner) = owner {
+            by_owner.insert((owner.as_str(), seq), ()).map_err(db_err)?;
+        }
+        n += 1;
+    }
+    if n > 0 {
+        tracing::info!(entries = n, "audit trail indexed by key and owner");
+    }
+    Ok(())
 }
 
 /// Usage of one key as the flush writes it.
@@ -305,12 +509,261 @@ pub struct UsageUpdate {
     pub counts: crate::keys::model::UsageCounts,
 }
 
+#[cfg(test)]
+thread_local! {
+    /// Records decoded by this thread: what the paging tests count.
+    pub(crate) static DECODES: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
 fn decode<T: serde::de::DeserializeOwned>(
     table: &'static str,
     bytes: &[u8],
 ) -> Result<T, StoreError> {
+    #[cfg(test)]
+    DECODES.with(|d| d.set(d.get() + 1));
     serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
         table,
         message: e.to_string(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use chrono::{DateTime, Utc};
+
+    use super::*;
+    use crate::alerts::job::{AlertJob, JobKind};
+    use crate::keys::model::{KeyKind, KeyState, UsageCounts};
+
+    pub(crate) fn record(owner: &str, now: DateTime<Utc>) -> KeyRecord {
+        KeyRecord {
+            id: Uuid::now_v7(),
+            name: format!("k-{}", Uuid::now_v7()),
+            description: String::new(),
+            owner: owner.into(),
+            scopes: vec![],
+            hash: String::new(),
+            previous_hash: None,
+            previous_valid_until: None,
+            kind: KeyKind::Generated,
+            state: KeyState::Enabled,
+            created_at: now,
+            updated_at: now,
+            last_used_at: None,
+            expires_at: None,
+            ip_filters: vec![],
+            headers: vec![],
+            removed_at: None,
+            usage: UsageCounts::default(),
+            alerting: Default::default(),
+            admin_restrictions: Default::default(),
+        }
+    }
+
+    fn entry(key: Uuid, action: &str) -> AuditEntry {
+        AuditEntry {
+            seq: 0,
+            at: Utc::now(),
+            actor: "admin".into(),
+            action: action.into(),
+            key_id: Some(key),
+            detail: String::new(),
+        }
+    }
+
+    fn decodes() -> usize {
+        DECODES.with(std::cell::Cell::get)
+    }
+
+    /// A store with keys of alice (2), bob (1) and carol (1); every `every`-th audit
+    /// entry of `n` is about one of alice's keys, the others about bob's, carol has
+    /// one. Returns alice's entries' seqs and those of her first key, newest first.
+    fn trail(store: &Store, n: usize, every: usize) -> (Vec<u64>, (Uuid, Vec<u64>)) {
+        let now = Utc::now();
+        let (a1, a2, b, c) = (
+            record("alice", now),
+            record("alice", now),
+            record("bob", now),
+            record("carol", now),
+        );
+        let ids = [a1.id, a2.id];
+        let bob = b.id;
+        let carol = c.id;
+        store
+            .commit(Batch {
+                put_keys: vec![a1, a2, b, c],
+                audit: vec![entry(carol, "create")],
+            })
+            .unwrap();
+        // Entries written in several commits, and entries of keys committed in the
+        // same batch as their record (below), both get their owner.
+        let mut alice = Vec::new();
+        let mut first = Vec::new();
+        let mut seq = 1;
+        for chunk in (0..n).collect::<Vec<_>>().chunks(97) {
+            let mut audit = Vec::new();
+            for i in chunk {
+                seq += 1;
+                if i % every == 0 {
+                    let k = (i / every) % 2;
+                    audit.push(entry(ids[k], "edit"));
+                    alice.push(seq);
+                    if k == 0 {
+                        first.push(seq);
+                    }
+                } else {
+                    audit.push(entry(bob, "edit"));
+                }
+            }
+            store
+                .commit(Batch {
+                    put_keys: vec![],
+                    audit,
+                })
+                .unwrap();
+        }
+        let late = record("alice", now);
+        let late_id = late.id;
+        store
+            .commit(Batch {
+                put_keys: vec![late],
+                audit: vec![entry(late_id, "create")],
+            })
+            .unwrap();
+        alice.push(seq + 1);
+        alice.reverse();
+        first.reverse();
+        (alice, (ids[0], first))
+    }
+
+    /// Walk every page of an owner's (or a key's) audit entries.
+    fn walk(store: &Store, filter: &AuditFilter, limit: usize) -> (Vec<u64>, usize, usize) {
+        let mut seen = Vec::new();
+        let mut before = None;
+        let mut pages = 0;
+        let mut most_decoded = 0;
+        loop {
+            let at = decodes();
+            let page = store.audit_page(filter, before, limit).unwrap();
+            most_decoded = most_decoded.max(decodes() - at);
+            pages += 1;
+            assert!(page.items.len() <= limit);
+            seen.extend(page.items.iter().map(|e| e.seq));
+            match page.next {
+                Some(n) => before = Some(n),
+                None => break,
+            }
+            assert!(pages < 10_000, "the pages never end");
+        }
+        (seen, pages, most_decoded)
+    }
+
+    /// Non-admin `audit` read the whole trail (`usize::MAX` entries) and filtered it
+    /// by owner afterwards: a user with few entries made the daemon decode all of
+    /// them. The owner index gives exactly the owner's entries, page after page,
+    /// in order, without gaps or repeats, each page decoding only its own entries.
+    #[test]
+    fn audit_pages_of_one_owner_read_only_their_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db.redb")).unwrap();
+        let (alice, (k1, first)) = trail(&store, 3000, 50);
+        assert_eq!(alice.len(), 61);
+        let owner = AuditFilter {
+            key: None,
+            owner: Some("alice".into()),
+        };
+        for limit in [1, 7, 61, 100] {
+            let (seen, pages, most_decoded) = walk(&store, &owner, limit);
+            assert_eq!(seen, alice, "limit {limit}");
+            assert_eq!(pages, alice.len().div_ceil(limit).max(1), "limit {limit}");
+            assert!(
+                most_decoded <= limit,
+                "a page of {limit} decoded {most_decoded}"
+            );
+        }
+        // One key's entries through the key index.
+        let key = AuditFilter {
+            key: Some(k1),
+            owner: None,
+        };
+        let (seen, _, most_decoded) = walk(&store, &key, 5);
+        assert_eq!(seen.len(), 30);
+        assert_eq!(seen, first);
+        assert!(most_decoded <= 5);
+        // No filter: the whole trail, newest first, across pages.
+        let (all, _, _) = walk(&store, &AuditFilter::default(), 1000);
+        assert_eq!(all, (1..=3002).rev().collect::<Vec<u64>>());
+        // Someone without entries: one empty page.
+        let nobody = AuditFilter {
+            key: None,
+            owner: Some("dave".into()),
+        };
+        assert_eq!(walk(&store, &nobody, 10), (vec![], 1, 0));
+        // A cursor at the very start: nothing before it.
+        assert!(store
+            .audit_page(&owner, Some(0), 10)
+            .unwrap()
+            .items
+            .is_empty());
+    }
+
+    /// A database written before the indexes existed gets them built when opened,
+    /// and they give the same pages as indexes written with the entries.
+    #[test]
+    fn audit_and_job_indexes_are_built_for_an_older_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.redb");
+        let store = Store::open(&path).unwrap();
+        let (alice, _) = trail(&store, 300, 10);
+        let key = record("alice", Utc::now());
+        let key_id = key.id;
+        store
+            .commit(Batch {
+                put_keys: vec![key],
+                audit: vec![],
+            })
+            .unwrap();
+        let now = Utc::now();
+        let job = AlertJob::new(key_id, JobKind::Notification, "s", now, now);
+        store
+            .commit_alerts(AlertBatch {
+                put_jobs: vec![job.clone()],
+                ..AlertBatch::default()
+            })
+            .unwrap();
+        drop(store);
+        {
+            let db = Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            for t in [
+                "audit_by_key",
+                "audit_by_owner",
+                "alert_jobs_by_key",
+                "alert_jobs_by_owner",
+            ] {
+                assert!(txn
+                    .delete_table(redb::TableDefinition::<u8, ()>::new(t))
+                    .unwrap());
+            }
+            txn.commit().unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        let owner = AuditFilter {
+            key: None,
+            owner: Some("alice".into()),
+        };
+        assert_eq!(walk(&store, &owner, 8).0, alice);
+        let jobs = store
+            .jobs(&JobFilter {
+                owner: Some("alice".into()),
+                limit: 10,
+                ..JobFilter::default()
+            })
+            .unwrap();
+        assert_eq!(
+            jobs.items.iter().map(|j| j.id).collect::<Vec<_>>(),
+            [job.id]
+        );
+    }
 }

@@ -6,6 +6,7 @@ mod edge;
 mod lifecycle;
 mod nginx;
 mod openapi;
+mod paging;
 mod security_keys;
 mod service;
 mod systemd;

@@ -7,7 +7,7 @@ use clap::{Args, Subcommand};
 use hyper::Method;
 use serde_json::{json, Value};
 
-use super::{or_dash, print_json, print_table, s, urlencode};
+use super::{cursor_param, or_dash, print_json, print_more, print_table, s, urlencode};
 
 /// Notification flags of `key create` / `key import`.
 #[derive(Debug, Args)]
@@ -69,9 +69,12 @@ pub enum JobCommand {
         /// Only jobs in this state (Scheduled, Running, Completed, Failed, Canceled).
         #[arg(long)]
         state: Option<String>,
-        /// At most this many.
-        #[arg(long, default_value_t = 1000)]
+        /// At most this many (one page; at most 10000).
+        #[arg(long, default_value_t = 100)]
         limit: usize,
+        /// Continue after the previous page (its "more: --cursor C" or next_cursor).
+        #[arg(long, conflicts_with = "maintenance")]
+        cursor: Option<String>,
         /// Show the cron maintenance jobs with their last and next runs.
         #[arg(long, conflicts_with_all = ["key", "state"])]
         maintenance: bool,
@@ -189,10 +192,12 @@ pub async fn job_command(client: &Client, cmd: JobCommand) -> anyhow::Result<Exi
             key,
             state,
             limit,
+            cursor,
             maintenance,
             json,
         } => {
             let mut path = format!("/v1/admin/jobs?limit={limit}");
+            path += &cursor_param(cursor.as_deref());
             if maintenance {
                 path += "&maintenance=true";
             }
@@ -232,6 +237,7 @@ pub async fn job_command(client: &Client, cmd: JobCommand) -> anyhow::Result<Exi
                     .map(job_row)
                     .collect();
                 print_table(&JOB_HEADERS, &rows);
+                print_more(&v);
             }
         }
         JobCommand::Show { id, json } => {

@@ -44,17 +44,22 @@ pub async fn serve_tcp(
     server: ServerConfig,
     mut stop: watch::Receiver<bool>,
 ) {
-    let head_timeout = server.header_read_timeout;
-    let idle_timeout = server.idle_timeout;
     // HTTP/1 only, keep-alive, no upgrades; otherwise the defaults axum::serve uses,
     // but for writev (answers are small, and copying a body behind the head into one
-    // buffer costs less than queueing buffers for a vectored write) and a limit on
-    // the time a request head may take, as on the fast path.
+    // buffer costs less than queueing buffers for a vectored write). hyper's own
+    // header_read_timeout is off: it runs from the end of the previous answer, so it
+    // would close idle connections after the head timeout. [`Activity`] times heads
+    // from their first byte and idle connections by `idle_timeout`, as the fast
+    // path does.
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .writev(false)
         .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(head_timeout);
+        .header_read_timeout(None);
+    let timeouts = http1::Timeouts {
+        head: server.header_read_timeout,
+        idle: server.idle_timeout,
+    };
     // Each connection task holds a receiver; `closed` resolves when all are gone.
     let (close_tx, close_rx) = watch::channel(());
     let shutdown = Arc::new(Shutdown::default());
@@ -82,17 +87,7 @@ pub async fn serve_tcp(
             // the runtime dropping it included).
             let _slot = slot;
             let mut stream = stream;
-            let end = http1::serve(
-                &mut stream,
-                peer,
-                &state,
-                http1::Timeouts {
-                    head: head_timeout,
-                    idle: idle_timeout,
-                },
-                &mut stopping,
-            )
-            .await;
+            let end = http1::serve(&mut stream, peer, &state, timeouts, &mut stopping).await;
             if let http1::End::Handoff(read) = end {
                 let activity = Arc::new(Activity::new());
                 let io = TokioIo::new(Watched {
@@ -118,9 +113,10 @@ pub async fn serve_tcp(
                         conn.as_mut().graceful_shutdown();
                         let _ = conn.await;
                     }
-                    () = activity.idle(idle_timeout) => {
-                        tracing::debug!(%peer, "keep-alive connection idle for server.idle_timeout; closing");
-                    }
+                    why = activity.expired(timeouts) => match why {
+                        Expired::Idle => tracing::debug!(%peer, "keep-alive connection idle for server.idle_timeout; closing"),
+                        Expired::Head => tracing::debug!(%peer, "request head not finished in time; closing"),
+                    },
                 }
             }
             drop(close_rx);
@@ -223,14 +219,27 @@ impl Drop for Slot {
     }
 }
 
-/// When a connection hyper serves last moved bytes, and how many of its requests
-/// are being answered: what [`Activity::idle`] closes an idle connection on.
+/// What a connection hyper serves is doing, for its time limits: when it last moved
+/// bytes, whether a request head is being read and since when, and how many
+/// requests are being answered.
 #[derive(Debug)]
 struct Activity {
     start: Instant,
     /// Nanoseconds from `start` to the last read, write or answer.
     last: AtomicU64,
+    /// Nanoseconds from `start` to the first byte of the head being read, plus one;
+    /// 0 when none is.
+    head_since: AtomicU64,
     busy: AtomicUsize,
+}
+
+/// Why [`Activity::expired`] ended a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expired {
+    /// No request for `idle_timeout` since the last answer.
+    Idle,
+    /// A head begun `header_read_timeout` ago is not complete.
+    Head,
 }
 
 impl Activity {
@@ -238,33 +247,75 @@ impl Activity {
         Self {
             start: Instant::now(),
             last: AtomicU64::new(0),
+            head_since: AtomicU64::new(0),
             busy: AtomicUsize::new(0),
         }
     }
 
-    fn touch(&self) {
-        let nanos = u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        self.last.store(nanos, Ordering::Relaxed);
+    fn nanos(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX - 1)
     }
 
-    fn last(&self) -> Instant {
-        self.start + Duration::from_nanos(self.last.load(Ordering::Relaxed))
+    fn at(&self, nanos: u64) -> Instant {
+        self.start + Duration::from_nanos(nanos)
     }
 
-    /// Resolves once the connection has answered everything it was asked and
-    /// moved no bytes for `timeout`. Sleeps once per `timeout`, not per request.
-    async fn idle(&self, timeout: Duration) {
-        loop {
-            let at = if self.busy.load(Ordering::Relaxed) > 0 {
-                Instant::now() + timeout
-            } else {
-                self.last() + timeout
-            };
-            tokio::time::sleep_until(at).await;
-            if self.busy.load(Ordering::Relaxed) == 0 && self.last() + timeout <= Instant::now() {
-                return;
-            }
+    /// Bytes were read: with no request being answered they begin a head (or go on
+    /// with one). Bytes read while one is (a body, a pipelined head) do not.
+    fn read(&self) {
+        let now = self.nanos();
+        self.last.store(now, Ordering::Relaxed);
+        if self.busy.load(Ordering::Relaxed) == 0 && self.head_since.load(Ordering::Relaxed) == 0 {
+            self.head_since.store(now + 1, Ordering::Relaxed);
         }
+    }
+
+    fn wrote(&self) {
+        self.last.store(self.nanos(), Ordering::Relaxed);
+    }
+
+    /// When the connection is to be closed, as things stand, and why; None while a
+    /// request is being answered.
+    fn deadline(&self, t: http1::Timeouts) -> Option<(Instant, Expired)> {
+        if self.busy.load(Ordering::Relaxed) > 0 {
+            return None;
+        }
+        match self.head_since.load(Ordering::Relaxed) {
+            0 => Some((
+                self.at(self.last.load(Ordering::Relaxed)) + t.idle,
+                Expired::Idle,
+            )),
+            since => Some((self.at(since - 1) + t.head, Expired::Head)),
+        }
+    }
+
+    /// Resolves when the connection has been idle for `t.idle` or a head has taken
+    /// longer than `t.head`. Polled with the connection, after it, so it sees what
+    /// that poll did; its one timer is moved only when a deadline comes earlier
+    /// (a head begins) and otherwise set again when it fires, not per request.
+    async fn expired(&self, t: http1::Timeouts) -> Expired {
+        let mut timer_at = Instant::now() + t.head.min(t.idle);
+        let timer = tokio::time::sleep_until(timer_at);
+        tokio::pin!(timer);
+        std::future::poll_fn(|cx| loop {
+            let deadline = self.deadline(t);
+            if let Some((at, _)) = deadline.filter(|(at, _)| *at < timer_at) {
+                timer.as_mut().reset(at);
+                timer_at = at;
+            }
+            if timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            let now = Instant::now();
+            match deadline {
+                Some((at, why)) if at <= now => return Poll::Ready(why),
+                Some((at, _)) => timer_at = at,
+                // Busy: look again after a while.
+                None => timer_at = now + t.idle,
+            }
+            timer.as_mut().reset(timer_at);
+        })
+        .await
     }
 }
 
@@ -273,15 +324,17 @@ impl Activity {
 struct Busy(Arc<Activity>);
 
 impl Busy {
+    /// A request whose head is complete.
     fn new(activity: &Arc<Activity>) -> Self {
         activity.busy.fetch_add(1, Ordering::Relaxed);
+        activity.head_since.store(0, Ordering::Relaxed);
         Self(activity.clone())
     }
 }
 
 impl Drop for Busy {
     fn drop(&mut self) {
-        self.0.touch();
+        self.0.wrote();
         self.0.busy.fetch_sub(1, Ordering::Relaxed);
     }
 }
@@ -304,7 +357,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
         let before = buf.filled().len();
         let r = Pin::new(&mut this.io).poll_read(cx, buf);
         if buf.filled().len() > before {
-            this.activity.touch();
+            this.activity.read();
         }
         r
     }
@@ -319,7 +372,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
         let this = self.get_mut();
         let r = Pin::new(&mut this.io).poll_write(cx, buf);
         if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            this.activity.touch();
+            this.activity.wrote();
         }
         r
     }
@@ -332,7 +385,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
         let this = self.get_mut();
         let r = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
         if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            this.activity.touch();
+            this.activity.wrote();
         }
         r
     }

@@ -936,3 +936,51 @@ fn connections_over_the_limits_are_refused_and_open_ones_keep_working() {
         still_works(c);
     }
 }
+
+/// Regression (issue 9, item 6): hyper's own head timeout ran from the end of the
+/// previous answer, so a connection hyper served was closed after
+/// `header_read_timeout` of idleness (30 s by default, before nginx's 60 s
+/// upstream keep-alive ends), whatever the idle timeout. On both paths a head is
+/// now timed from its first byte, and idleness by `idle_timeout` alone.
+#[test]
+fn idle_timeout_outlasts_the_head_timeout_on_both_paths() {
+    use std::io::{BufReader, Read, Write};
+    use std::net::TcpStream;
+    use std::time::{Duration, Instant};
+
+    let mut d = TestDaemon::start();
+    let (_, key) = d.create("alice", "k", &[]);
+    restart_with_server_settings(
+        &mut d,
+        "header_read_timeout = \"pt1s\"\nidle_timeout = \"pt3s\"\n",
+    );
+    let auth = format!("GET /v1/auth HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {key}\r\n\r\n");
+    let healthz = "GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n";
+    for (path, req) in [("fast path", auth.as_str()), ("hyper", healthz)] {
+        let s = TcpStream::connect(d.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(8))).unwrap();
+        let mut w = s.try_clone().unwrap();
+        let mut r = BufReader::new(s);
+        w.write_all(req.as_bytes()).unwrap();
+        assert_eq!(read_answer(&mut r).0, 200, "{path}");
+        // Idle for longer than the head timeout: still open.
+        std::thread::sleep(Duration::from_millis(1800));
+        w.write_all(req.as_bytes()).unwrap();
+        assert_eq!(
+            read_answer(&mut r).0,
+            200,
+            "{path}: kept past the head timeout"
+        );
+        // A head begun after that is still held to the head timeout.
+        w.write_all(b"GET /healthz HTTP/1.1\r\n").unwrap();
+        let since = Instant::now();
+        let mut rest = Vec::new();
+        let end = r.read_to_end(&mut rest);
+        let took = since.elapsed();
+        assert!(end.is_ok() && rest.is_empty(), "{path}: {end:?} {rest:?}");
+        assert!(
+            took >= Duration::from_millis(900) && took < Duration::from_millis(2500),
+            "{path}: slow head closed after {took:?}"
+        );
+    }
+}

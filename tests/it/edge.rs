@@ -984,3 +984,47 @@ fn idle_timeout_outlasts_the_head_timeout_on_both_paths() {
         );
     }
 }
+
+/// Regression (issue 9, item 3), on the admin socket: there is no TCP peer, so the
+/// `ip` a local caller named was charged, and a local account could lock that
+/// client out of `/v1/auth` and `/v1/verify` or fail without limit by naming a new
+/// address each time. The socket's caller is now its local account (uid).
+#[test]
+fn failures_on_the_admin_socket_are_charged_to_the_local_account() {
+    let d = TestDaemon::start_with(
+        DEFAULT_POLICY,
+        "[auth]\ntrusted_proxies = [\"127.0.0.1/32\"]\n[rate_limit]\nfailures_per_minute = 1\nburst = 3\n",
+    );
+    let (_, key) = d.create("alice", "victim", &[]);
+    let victim = "203.0.113.7";
+    for _ in 0..3 {
+        let out = d.ctl(&["verify", "akd_x", "--ip", victim]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(text.contains("MALFORMED"), "{text}");
+    }
+    for i in 0..3 {
+        let ip = format!("198.51.100.{i}");
+        let err = d.fails(&["verify", "akd_x", "--ip", &ip]);
+        assert!(
+            err.contains("local uid"),
+            "a new ip does not dodge the limit: {err}"
+        );
+    }
+    // The address named is neither charged nor limited.
+    let (s, body) = d.post(
+        "/v1/verify",
+        &format!(r#"{{"key":"{key}","ip":"{victim}"}}"#),
+    );
+    assert_eq!((s, body["code"].as_str()), (200, Some("VALID")), "{body}");
+    let a = request(
+        d.addr,
+        "GET",
+        "/v1/auth",
+        &[
+            ("Authorization", &bearer(&key)),
+            ("X-Forwarded-For", victim),
+        ],
+    );
+    assert_eq!(a.status, 200);
+}

@@ -4,6 +4,11 @@
 //! hyper, where `/v1/auth` is still answered without the router (the same
 //! [`auth::check`] the router's route calls) and every other request goes through
 //! the router with the peer address as [`ConnectInfo`], as `axum::serve` would do.
+//!
+//! Both paths close a connection idle for `server.idle_timeout` and one whose
+//! request head takes longer than `server.header_read_timeout` from its first byte.
+//! Connections over `server.max_connections`, or over
+//! `server.max_connections_per_client` from one client, are closed when accepted.
 
 use std::collections::HashMap;
 use std::convert::Infallible;

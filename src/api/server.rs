@@ -598,6 +598,50 @@ mod tests {
             .expect("resolves at once after the trigger");
     }
 
+    #[tokio::test]
+    async fn hyper_connections_time_heads_from_their_first_byte_and_idleness_apart() {
+        let t = http1::Timeouts {
+            head: Duration::from_millis(200),
+            idle: Duration::from_millis(400),
+        };
+        let activity = Arc::new(Activity::new());
+        let start = activity.start;
+        // Idle from the start (the handoff) until a byte arrives.
+        assert_eq!(activity.deadline(t), Some((start + t.idle, Expired::Idle)));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let before = Instant::now();
+        activity.read();
+        let (at, why) = activity.deadline(t).unwrap();
+        assert_eq!(why, Expired::Head);
+        assert!(at >= before + t.head && at <= Instant::now() + t.head);
+        // More of the same head does not move its deadline.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        activity.read();
+        assert_eq!(activity.deadline(t), Some((at, Expired::Head)));
+        // Complete: busy until answered, whatever the time.
+        let busy = Busy::new(&activity);
+        assert_eq!(activity.deadline(t), None);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        activity.read(); // a body: not a head
+        assert_eq!(activity.deadline(t), None);
+        let expired = activity.expired(t);
+        tokio::pin!(expired);
+        assert!(futures_poll(expired.as_mut()).await.is_pending());
+        let answered = Instant::now();
+        drop(busy);
+        let (at, why) = activity.deadline(t).unwrap();
+        assert_eq!(why, Expired::Idle);
+        assert!(at >= answered + t.idle && at <= Instant::now() + t.idle);
+        // The watcher resolves once idle for t.idle, not before.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(futures_poll(expired.as_mut()).await.is_pending());
+        let why = tokio::time::timeout(Duration::from_secs(5), expired)
+            .await
+            .expect("expires");
+        assert_eq!(why, Expired::Idle);
+        assert!(answered.elapsed() >= t.idle);
+    }
+
     async fn futures_poll<F: Future + Unpin>(mut f: F) -> Poll<F::Output> {
         std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut f).poll(cx))).await
     }

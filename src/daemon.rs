@@ -182,7 +182,7 @@ impl Daemon {
             self.tcp,
             state.clone(),
             tcp_app,
-            self.config.server.header_read_timeout,
+            self.config.server.clone(),
             stop_rx.clone(),
         ));
         let unix_app =

@@ -43,25 +43,45 @@ pub enum End {
     Handoff(Vec<u8>),
 }
 
+/// How long a connection on [`serve`] may take.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// For a request head: the first from the connection's start, every later one
+    /// from its first byte (`server.header_read_timeout`).
+    pub head: Duration,
+    /// Idle between requests, from the last answer (`server.idle_timeout`).
+    pub idle: Duration,
+}
+
 /// Answer `/v1/auth` requests on `stream` until the connection ends or carries
 /// something else. `stop` resolves when the server stops; a connection between
 /// requests then closes, as hyper's graceful shutdown closes idle ones. The first
-/// request head must be complete within `head_timeout` of the connection's start,
-/// and every later one within `head_timeout` of its first byte, or the connection
-/// is closed (slow-loris clients). Between requests a connection may stay idle:
-/// proxies keep idle upstream connections open and close them themselves.
+/// request head must be complete within `timeouts.head` of the connection's start,
+/// and every later one within `timeouts.head` of its first byte, or the connection
+/// is closed (slow-loris clients). Between requests a connection may stay idle for
+/// `timeouts.idle`, longer than proxies keep idle upstream connections, so that the
+/// proxy, not this end, is the one to close them.
 pub async fn serve(
     stream: &mut TcpStream,
     peer: SocketAddr,
     st: &AppState,
-    head_timeout: Duration,
+    timeouts: Timeouts,
     mut stop: impl std::future::Future<Output = ()> + Unpin,
 ) -> End {
     let mut input: Vec<u8> = Vec::with_capacity(2 * READ_ROOM);
     let mut out: Vec<u8> = Vec::with_capacity(1024);
+    let start = Instant::now();
     // When the head being read must be complete: the first one counts from now.
-    let mut head_deadline = Some(Instant::now() + head_timeout);
-    let mut answered = false;
+    let mut head_deadline = Some(start + timeouts.head);
+    // When the last answer was written, once there was one.
+    let mut last_answer: Option<Instant> = None;
+    // One timer for the connection's life. It is moved earlier when a deadline
+    // comes before it, and otherwise left to fire and be set again then: answers
+    // move the idle deadline later all the time, and resetting a timer on every
+    // request would cost the runtime's timer lock each time.
+    let timer = tokio::time::sleep_until(start + timeouts.head);
+    tokio::pin!(timer);
+    let mut timer_at = start + timeouts.head;
     loop {
         // A busy connection may never wait for the stop below: look at it here, and
         // when stopping, answer one more request (with `Connection: close`), as
@@ -116,20 +136,27 @@ pub async fn serve(
         if input.capacity() - input.len() < READ_ROOM / 2 {
             input.reserve(READ_ROOM);
         }
-        answered |= used > 0;
-        if input.is_empty() {
-            if answered {
-                head_deadline = None;
-            }
-        } else if head_deadline.is_none() || used > 0 {
-            head_deadline = Some(Instant::now() + head_timeout);
+        let now = (used > 0).then(Instant::now);
+        if now.is_some() {
+            last_answer = now;
         }
-        let too_slow = async {
-            match head_deadline {
-                Some(at) => tokio::time::sleep_until(at).await,
-                None => std::future::pending().await,
+        // Idle after an answer, or reading a head (the first, or one begun since).
+        let (deadline, idle) = match (input.is_empty(), last_answer) {
+            (true, Some(at)) => {
+                head_deadline = None;
+                (at + timeouts.idle, true)
+            }
+            _ => {
+                if head_deadline.is_none() || used > 0 {
+                    head_deadline = Some(now.unwrap_or_else(Instant::now) + timeouts.head);
+                }
+                (head_deadline.unwrap_or(start + timeouts.head), false)
             }
         };
+        if deadline < timer_at {
+            timer.as_mut().reset(deadline);
+            timer_at = deadline;
+        }
         tokio::select! {
             biased;
             r = stream.read_buf(&mut input) => match r {
@@ -137,9 +164,18 @@ pub async fn serve(
                 Ok(_) => {}
             },
             () = &mut stop => return End::Closed,
-            () = too_slow => {
-                tracing::debug!(%peer, "request head not finished in time; closing");
-                return End::Closed;
+            () = &mut timer => {
+                if Instant::now() >= deadline {
+                    if idle {
+                        tracing::debug!(%peer, "keep-alive connection idle for server.idle_timeout; closing");
+                    } else {
+                        tracing::debug!(%peer, "request head not finished in time; closing");
+                    }
+                    return End::Closed;
+                }
+                // Fired for an earlier deadline since moved: wait for the current one.
+                timer.as_mut().reset(deadline);
+                timer_at = deadline;
             }
         }
     }

@@ -65,6 +65,27 @@ pub struct Metrics {
     latency: [AtomicU64; BUCKETS.len()],
     latency_count: AtomicU64,
     latency_sum_ns: AtomicU64,
+    connections_open: AtomicU64,
+    connections_refused: [AtomicU64; 2],
+}
+
+/// Why a TCP connection was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// `server.max_connections` connections were open.
+    Total,
+    /// Its client had `server.max_connections_per_client` open.
+    PerClient,
+}
+
+impl Refused {
+    /// The `reason` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refused::Total => "max_connections",
+            Refused::PerClient => "max_connections_per_client",
+        }
+    }
 }
 
 impl Metrics {
@@ -85,6 +106,20 @@ impl Metrics {
     /// Count one request refused with 429.
     pub fn record_rate_limited(&self) {
         self.rate_limited.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A TCP connection was accepted (`true`) or has closed (`false`).
+    pub fn connection(&self, opened: bool) {
+        if opened {
+            self.connections_open.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.connections_open.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Count one TCP connection refused at accept.
+    pub fn connection_refused(&self, why: Refused) {
+        self.connections_refused[why as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Count of verifications with a code at an endpoint.
@@ -169,6 +204,26 @@ impl Metrics {
             let _ = writeln!(
                 out,
                 "apikeyd_alert_deliveries_total{{channel=\"{channel}\",outcome=\"{outcome}\"}} {n}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP apikeyd_connections_open TCP connections open on the verification listener."
+        );
+        let _ = writeln!(out, "# TYPE apikeyd_connections_open gauge");
+        let _ = writeln!(
+            out,
+            "apikeyd_connections_open {}",
+            self.connections_open.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(out, "# HELP apikeyd_connections_refused_total TCP connections closed at accept because a connection limit was reached.");
+        let _ = writeln!(out, "# TYPE apikeyd_connections_refused_total counter");
+        for why in [Refused::Total, Refused::PerClient] {
+            let _ = writeln!(
+                out,
+                "apikeyd_connections_refused_total{{reason=\"{}\"}} {}",
+                why.as_str(),
+                self.connections_refused[why as usize].load(Ordering::Relaxed)
             );
         }
         out

@@ -233,9 +233,62 @@ pub fn verify_response(
     out
 }
 
+/// Who is calling, as the rate limiter of `/v1/verify` sees it: the TCP peer, or on
+/// the admin socket the local account.
+#[derive(Debug, Clone, Copy)]
+enum Caller {
+    Tcp(IpAddr),
+    Local(Option<u32>),
+}
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Caller {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        let ext = &parts.extensions;
+        Ok(match ext.get::<ConnectInfo<SocketAddr>>() {
+            Some(c) => Caller::Tcp(c.0.ip()),
+            // Without a TCP peer this is the admin socket; a peer whose uid the
+            // kernel did not give shares one bucket with every other such peer.
+            None => Caller::Local(
+                ext.get::<ConnectInfo<peer::UnixPeer>>()
+                    .and_then(|c| c.0.uid),
+            ),
+        })
+    }
+}
+
+/// The client a `/v1/verify` failure is charged to. A body `ip` names the end client
+/// for the key's IP filter whoever sends it, but for the rate limit only a trusted
+/// proxy is believed (as for `X-Forwarded-For`): anyone else naming an address
+/// could lock that client out, or dodge its own limit with a new address per call.
+fn verify_client(
+    st: &AppState,
+    caller: Caller,
+    named: Option<IpAddr>,
+    headers: &HeaderMap,
+) -> limits::Client {
+    match caller {
+        Caller::Tcp(peer) => {
+            let plan = st.edge.auth();
+            let trusted = crate::keys::ipfilter::allows_any(&plan.config.trusted_proxies, peer);
+            let ip = match named {
+                Some(ip) if trusted => ip,
+                _ => auth::client_ip(&plan.config, peer, headers),
+            };
+            st.edge.limiter.client_of(ip)
+        }
+        Caller::Local(uid) => limits::Client::Local(uid),
+    }
+}
+
 async fn verify(
     State(st): State<AppState>,
-    auth::PeerIp(peer): auth::PeerIp,
+    caller: Caller,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let req: VerifyRequest = parse_body(body)?;
@@ -246,27 +299,24 @@ async fn verify(
         ),
         None => None,
     };
-    // Failures are counted against the end client when the caller names one.
-    let client = ip.or(peer);
+    let client = verify_client(&st, caller, ip, &headers);
     let now = std::time::Instant::now();
-    if let Some(c) = client {
-        if let Err(retry) = st.edge.limiter.check(c, now) {
-            st.edge.metrics.record_rate_limited();
-            let mut r = ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate_limited",
-                format!(
-                    "too many failed verifications from {c}; retry in {} s",
-                    retry.as_secs()
-                ),
-            )
-            .into_response();
-            r.headers_mut().insert(
-                header::RETRY_AFTER,
-                header::HeaderValue::from(retry.as_secs()),
-            );
-            return Ok(r);
-        }
+    if let Err(retry) = st.edge.limiter.check(client, now) {
+        st.edge.metrics.record_rate_limited();
+        let mut r = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!(
+                "too many failed verifications from {client}; retry in {} s",
+                retry.as_secs()
+            ),
+        )
+        .into_response();
+        r.headers_mut().insert(
+            header::RETRY_AFTER,
+            header::HeaderValue::from(retry.as_secs()),
+        );
+        return Ok(r);
     }
     let started = std::time::Instant::now();
     let answer = verify_response(&st.keys, req.key.expose(), req.scope.as_deref(), ip);
@@ -276,9 +326,7 @@ async fn verify(
         started.elapsed(),
     );
     if matches!(answer.code, Code::Malformed | Code::NotFound) {
-        if let Some(c) = client {
-            st.edge.limiter.record_failure(c, now);
-        }
+        st.edge.limiter.record_failure(client, now);
     }
     Ok(Json(answer).into_response())
 }

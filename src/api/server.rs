@@ -4,13 +4,18 @@
 //! hyper, where `/v1/auth` is still answered without the router (the same
 //! [`auth::check`] the router's route calls) and every other request goes through
 //! the router with the peer address as [`ConnectInfo`], as `axum::serve` would do.
+//!
+//! Both paths close a connection idle for `server.idle_timeout` and one whose
+//! request head takes longer than `server.header_read_timeout` from its first byte.
+//! Connections over `server.max_connections`, or over
+//! `server.max_connections_per_client` from one client, are closed when accepted.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -23,54 +28,83 @@ use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use parking_lot::Mutex;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio::time::Instant;
 use tower::ServiceExt;
 
+use super::limits::{once_a_minute, Client};
+use super::metrics::Refused;
 use super::{auth, http1, AppState};
+use crate::config::ServerConfig;
 
 /// Serve `router` on `listener` until `stop` turns true, then stop accepting, let
 /// each connection finish the request in flight, and return once all have closed.
+/// `server` gives the time limits of a connection and how many may be open.
 pub async fn serve_tcp(
     listener: TcpListener,
     state: AppState,
     router: Router,
-    head_timeout: Duration,
+    server: ServerConfig,
     mut stop: watch::Receiver<bool>,
 ) {
     // HTTP/1 only, keep-alive, no upgrades; otherwise the defaults axum::serve uses,
     // but for writev (answers are small, and copying a body behind the head into one
-    // buffer costs less than queueing buffers for a vectored write) and a limit on
-    // the time a request head may take, as on the fast path.
+    // buffer costs less than queueing buffers for a vectored write). hyper's own
+    // header_read_timeout is off: it runs from the end of the previous answer, so it
+    // would close idle connections after the head timeout. [`Activity`] times heads
+    // from their first byte and idle connections by `idle_timeout`, as the fast
+    // path does.
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .writev(false)
         .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(head_timeout);
+        .header_read_timeout(None);
+    let timeouts = http1::Timeouts {
+        head: server.header_read_timeout,
+        idle: server.idle_timeout,
+    };
     // Each connection task holds a receiver; `closed` resolves when all are gone.
     let (close_tx, close_rx) = watch::channel(());
     let shutdown = Arc::new(Shutdown::default());
+    let slots = Arc::new(Slots::new(&server, state.clone()));
     loop {
         let (stream, peer) = tokio::select! {
             accepted = accept(&listener) => accepted,
             () = stopped(&mut stop) => break,
         };
+        // Over a limit the connection is closed at once, before anything is read:
+        // the cheapest refusal, and the accept loop never waits for a client.
+        let Some(slot) = slots.take(peer) else {
+            drop(stream);
+            continue;
+        };
         // Answers are written in one piece; do not hold them back for more.
         let _ = stream.set_nodelay(true);
-        let service = Connection {
-            state: state.clone(),
-            router: router.clone(),
-            peer,
-        };
+        let state = state.clone();
+        let router = router.clone();
         let builder = builder.clone();
         let mut stopping = shutdown.wait();
         let close_rx = close_rx.clone();
         tokio::spawn(async move {
+            // Held for the life of the task, released however it ends (a panic or
+            // the runtime dropping it included).
+            let _slot = slot;
             let mut stream = stream;
-            let state = &service.state;
-            let end = http1::serve(&mut stream, peer, state, head_timeout, &mut stopping).await;
+            let end = http1::serve(&mut stream, peer, &state, timeouts, &mut stopping).await;
             if let http1::End::Handoff(read) = end {
-                let io = TokioIo::new(http1::Rewind::new(stream, read));
+                let activity = Arc::new(Activity::new());
+                let io = TokioIo::new(Watched {
+                    io: http1::Rewind::new(stream, read),
+                    activity: activity.clone(),
+                });
+                let service = Connection {
+                    state,
+                    router,
+                    peer,
+                    activity: activity.clone(),
+                };
                 let conn = builder.serve_connection(io, service);
                 let mut conn = std::pin::pin!(conn);
                 tokio::select! {
@@ -84,6 +118,10 @@ pub async fn serve_tcp(
                         conn.as_mut().graceful_shutdown();
                         let _ = conn.await;
                     }
+                    why = activity.expired(timeouts) => match why {
+                        Expired::Idle => tracing::debug!(%peer, "keep-alive connection idle for server.idle_timeout; closing"),
+                        Expired::Head => tracing::debug!(%peer, "request head not finished in time; closing"),
+                    },
                 }
             }
             drop(close_rx);
@@ -93,6 +131,281 @@ pub async fn serve_tcp(
     drop(close_rx);
     drop(listener);
     close_tx.closed().await;
+}
+
+/// Connection counts against `server.max_connections` and
+/// `server.max_connections_per_client`.
+#[derive(Debug)]
+struct Slots {
+    max_total: usize,
+    max_per_client: usize,
+    open: AtomicUsize,
+    /// Open connections per client; clients with none are not listed. SipHash: the
+    /// keys are the clients' addresses.
+    per_client: Mutex<HashMap<Client, usize>>,
+    state: AppState,
+    /// The minute of the last warning about refused connections.
+    warned: AtomicU64,
+}
+
+/// One open connection's place in [`Slots`], given back on drop.
+#[derive(Debug)]
+struct Slot {
+    slots: Arc<Slots>,
+    client: Client,
+}
+
+impl Slots {
+    fn new(server: &ServerConfig, state: AppState) -> Self {
+        Self {
+            max_total: server.max_connections,
+            max_per_client: server.max_connections_per_client,
+            open: AtomicUsize::new(0),
+            per_client: Mutex::new(HashMap::new()),
+            state,
+            warned: AtomicU64::new(0),
+        }
+    }
+
+    /// A slot for a connection from `peer`, or None (counted and logged) when a
+    /// limit is reached.
+    fn take(self: &Arc<Self>, peer: SocketAddr) -> Option<Slot> {
+        // IPv6 peers grouped as the rate limiter groups them: one subscriber's /64
+        // is one client here too.
+        let client = self.state.edge.limiter.client_of(peer.ip());
+        let refused = if self.open.fetch_add(1, Ordering::Relaxed) >= self.max_total {
+            Some(Refused::Total)
+        } else {
+            let mut per_client = self.per_client.lock();
+            let n = per_client.entry(client).or_insert(0);
+            if *n >= self.max_per_client {
+                Some(Refused::PerClient)
+            } else {
+                *n += 1;
+                None
+            }
+        };
+        let metrics = &self.state.edge.metrics;
+        if let Some(why) = refused {
+            self.open.fetch_sub(1, Ordering::Relaxed);
+            metrics.connection_refused(why);
+            if once_a_minute(&self.warned).is_some() {
+                tracing::warn!(
+                    %client,
+                    limit = why.as_str(),
+                    "connection refused: limit reached (said once a minute; \
+                     apikeyd_connections_refused_total counts them all)"
+                );
+            }
+            return None;
+        }
+        metrics.connection(true);
+        Some(Slot {
+            slots: self.clone(),
+            client,
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let slots = &self.slots;
+        {
+            let mut per_client = slots.per_client.lock();
+            if let Some(n) = per_client.get_mut(&self.client) {
+                *n -= 1;
+                if *n == 0 {
+                    per_client.remove(&self.client);
+                }
+            }
+        }
+        slots.open.fetch_sub(1, Ordering::Relaxed);
+        slots.state.edge.metrics.connection(false);
+    }
+}
+
+/// What a connection hyper serves is doing, for its time limits: when it last moved
+/// bytes, whether a request head is being read and since when, and how many
+/// requests are being answered.
+#[derive(Debug)]
+struct Activity {
+    start: Instant,
+    /// Nanoseconds from `start` to the last read, write or answer.
+    last: AtomicU64,
+    /// Nanoseconds from `start` to the first byte of the head being read, plus one;
+    /// 0 when none is.
+    head_since: AtomicU64,
+    busy: AtomicUsize,
+}
+
+/// Why [`Activity::expired`] ended a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expired {
+    /// No request for `idle_timeout` since the last answer.
+    Idle,
+    /// A head begun `header_read_timeout` ago is not complete.
+    Head,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            start: Instant::now(),
+            last: AtomicU64::new(0),
+            head_since: AtomicU64::new(0),
+            busy: AtomicUsize::new(0),
+        }
+    }
+
+    fn nanos(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX - 1)
+    }
+
+    fn at(&self, nanos: u64) -> Instant {
+        self.start + Duration::from_nanos(nanos)
+    }
+
+    /// Bytes were read: with no request being answered they begin a head (or go on
+    /// with one). Bytes read while one is (a body, a pipelined head) do not.
+    fn read(&self) {
+        let now = self.nanos();
+        self.last.store(now, Ordering::Relaxed);
+        if self.busy.load(Ordering::Relaxed) == 0 && self.head_since.load(Ordering::Relaxed) == 0 {
+            self.head_since.store(now + 1, Ordering::Relaxed);
+        }
+    }
+
+    fn wrote(&self) {
+        self.last.store(self.nanos(), Ordering::Relaxed);
+    }
+
+    /// When the connection is to be closed, as things stand, and why; None while a
+    /// request is being answered.
+    fn deadline(&self, t: http1::Timeouts) -> Option<(Instant, Expired)> {
+        if self.busy.load(Ordering::Relaxed) > 0 {
+            return None;
+        }
+        match self.head_since.load(Ordering::Relaxed) {
+            0 => Some((
+                self.at(self.last.load(Ordering::Relaxed)) + t.idle,
+                Expired::Idle,
+            )),
+            since => Some((self.at(since - 1) + t.head, Expired::Head)),
+        }
+    }
+
+    /// Resolves when the connection has been idle for `t.idle` or a head has taken
+    /// longer than `t.head`. Polled with the connection, after it, so it sees what
+    /// that poll did; its one timer is moved only when a deadline comes earlier
+    /// (a head begins) and otherwise set again when it fires, not per request.
+    async fn expired(&self, t: http1::Timeouts) -> Expired {
+        let mut timer_at = Instant::now() + t.head.min(t.idle);
+        let timer = tokio::time::sleep_until(timer_at);
+        tokio::pin!(timer);
+        std::future::poll_fn(|cx| loop {
+            let deadline = self.deadline(t);
+            if let Some((at, _)) = deadline.filter(|(at, _)| *at < timer_at) {
+                timer.as_mut().reset(at);
+                timer_at = at;
+            }
+            if timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            let now = Instant::now();
+            match deadline {
+                Some((at, why)) if at <= now => return Poll::Ready(why),
+                Some((at, _)) => timer_at = at,
+                // Busy: look again after a while.
+                None => timer_at = now + t.idle,
+            }
+            timer.as_mut().reset(timer_at);
+        })
+        .await
+    }
+}
+
+/// A request being answered; the connection counts as idle again once it is done.
+#[derive(Debug)]
+struct Busy(Arc<Activity>);
+
+impl Busy {
+    /// A request whose head is complete.
+    fn new(activity: &Arc<Activity>) -> Self {
+        activity.busy.fetch_add(1, Ordering::Relaxed);
+        activity.head_since.store(0, Ordering::Relaxed);
+        Self(activity.clone())
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.wrote();
+        self.0.busy.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The connection's stream, noting each read and write that moved bytes (a slow
+/// request body or a slowly read answer is not idle).
+#[derive(Debug)]
+struct Watched<T> {
+    io: T,
+    activity: Arc<Activity>,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let r = Pin::new(&mut this.io).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            this.activity.read();
+        }
+        r
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.io).poll_write(cx, buf);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            this.activity.wrote();
+        }
+        r
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            this.activity.wrote();
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
 }
 
 async fn stopped(stop: &mut watch::Receiver<bool>) {
@@ -195,6 +508,7 @@ struct Connection {
     state: AppState,
     router: Router,
     peer: SocketAddr,
+    activity: Arc<Activity>,
 }
 
 impl hyper::service::Service<Request<Incoming>> for Connection {
@@ -203,6 +517,7 @@ impl hyper::service::Service<Request<Incoming>> for Connection {
     type Future = Answer;
 
     fn call(&self, req: Request<Incoming>) -> Answer {
+        let busy = Busy::new(&self.activity);
         if req.uri().path() == http1::AUTH_PATH {
             let r = auth::check(
                 &self.state,
@@ -211,18 +526,30 @@ impl hyper::service::Service<Request<Incoming>> for Connection {
                 req.headers(),
                 None,
             );
-            return Answer::Ready(Some(r));
+            return Answer {
+                kind: AnswerKind::Ready(Some(r)),
+                _busy: busy,
+            };
         }
         let mut req = req.map(Body::new);
         req.extensions_mut().insert(ConnectInfo(self.peer));
-        Answer::Routed(Box::pin(self.router.clone().oneshot(req)))
+        Answer {
+            kind: AnswerKind::Routed(Box::pin(self.router.clone().oneshot(req))),
+            _busy: busy,
+        }
     }
 }
 
 type Routed = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
 
+/// The answer to one request; the connection is busy until it is dropped.
+struct Answer {
+    kind: AnswerKind,
+    _busy: Busy,
+}
+
 /// A response ready at once, or one the router is working on.
-enum Answer {
+enum AnswerKind {
     Ready(Option<Response>),
     Routed(Routed),
 }
@@ -231,12 +558,12 @@ impl Future for Answer {
     type Output = Result<Response, Infallible>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.get_mut() {
-            Answer::Ready(r) => match r.take() {
+        match &mut self.get_mut().kind {
+            AnswerKind::Ready(r) => match r.take() {
                 Some(r) => Poll::Ready(Ok(r)),
                 None => Poll::Pending,
             },
-            Answer::Routed(f) => f.as_mut().poll(cx),
+            AnswerKind::Routed(f) => f.as_mut().poll(cx),
         }
     }
 }
@@ -269,6 +596,50 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(5), shutdown.wait())
             .await
             .expect("resolves at once after the trigger");
+    }
+
+    #[tokio::test]
+    async fn hyper_connections_time_heads_from_their_first_byte_and_idleness_apart() {
+        let t = http1::Timeouts {
+            head: Duration::from_millis(200),
+            idle: Duration::from_millis(400),
+        };
+        let activity = Arc::new(Activity::new());
+        let start = activity.start;
+        // Idle from the start (the handoff) until a byte arrives.
+        assert_eq!(activity.deadline(t), Some((start + t.idle, Expired::Idle)));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let before = Instant::now();
+        activity.read();
+        let (at, why) = activity.deadline(t).unwrap();
+        assert_eq!(why, Expired::Head);
+        assert!(at >= before + t.head && at <= Instant::now() + t.head);
+        // More of the same head does not move its deadline.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        activity.read();
+        assert_eq!(activity.deadline(t), Some((at, Expired::Head)));
+        // Complete: busy until answered, whatever the time.
+        let busy = Busy::new(&activity);
+        assert_eq!(activity.deadline(t), None);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        activity.read(); // a body: not a head
+        assert_eq!(activity.deadline(t), None);
+        let expired = activity.expired(t);
+        tokio::pin!(expired);
+        assert!(futures_poll(expired.as_mut()).await.is_pending());
+        let answered = Instant::now();
+        drop(busy);
+        let (at, why) = activity.deadline(t).unwrap();
+        assert_eq!(why, Expired::Idle);
+        assert!(at >= answered + t.idle && at <= Instant::now() + t.idle);
+        // The watcher resolves once idle for t.idle, not before.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(futures_poll(expired.as_mut()).await.is_pending());
+        let why = tokio::time::timeout(Duration::from_secs(5), expired)
+            .await
+            .expect("expires");
+        assert_eq!(why, Expired::Idle);
+        assert!(answered.elapsed() >= t.idle);
     }
 
     async fn futures_poll<F: Future + Unpin>(mut f: F) -> Poll<F::Output> {

@@ -79,8 +79,12 @@ pub struct RateLimitConfig {
     pub failures_per_minute: u32,
     /// Bucket size: failures allowed in a burst.
     pub burst: u32,
-    /// Most client addresses tracked at once (memory bound).
+    /// Most clients tracked at once (memory bound); past it the client touched
+    /// longest ago is forgotten.
     pub max_tracked_clients: usize,
+    /// IPv6 clients are grouped by this many leading bits (one subscriber usually
+    /// holds a /64); also groups connections for `server.max_connections_per_client`.
+    pub ipv6_prefix: u8,
 }
 
 impl Default for RateLimitConfig {
@@ -89,6 +93,7 @@ impl Default for RateLimitConfig {
             failures_per_minute: 60,
             burst: 30,
             max_tracked_clients: 100_000,
+            ipv6_prefix: 64,
         }
     }
 }
@@ -119,6 +124,7 @@ pub(super) struct RawRateLimit {
     failures_per_minute: Option<i64>,
     burst: Option<i64>,
     max_tracked_clients: Option<i64>,
+    ipv6_prefix: Option<i64>,
 }
 
 pub(super) const AUTH_KEYS: &[&str] = &[
@@ -131,8 +137,12 @@ pub(super) const AUTH_KEYS: &[&str] = &[
     "max_header_bytes",
 ];
 pub(super) const ROUTE_KEYS: &[&str] = &["prefix", "scope"];
-pub(super) const RATE_LIMIT_KEYS: &[&str] =
-    &["failures_per_minute", "burst", "max_tracked_clients"];
+pub(super) const RATE_LIMIT_KEYS: &[&str] = &[
+    "failures_per_minute",
+    "burst",
+    "max_tracked_clients",
+    "ipv6_prefix",
+];
 
 fn header_name(v: &mut Validator, key: &str, name: &str) -> String {
     let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
@@ -278,10 +288,13 @@ pub(super) fn validate_rate_limit(v: &mut Validator, raw: RawRateLimit) -> RateL
         100_000,
         100..=10_000_000,
     );
+    // Shorter than /32 would put whole providers in one bucket.
+    let ipv6_prefix = int("rate_limit.ipv6_prefix", raw.ipv6_prefix, 64, 32..=128);
     RateLimitConfig {
         failures_per_minute: u32::try_from(per_minute).unwrap_or(d.failures_per_minute),
         burst: u32::try_from(burst).unwrap_or(d.burst),
         max_tracked_clients: usize::try_from(max).unwrap_or(d.max_tracked_clients),
+        ipv6_prefix: u8::try_from(ipv6_prefix).unwrap_or(d.ipv6_prefix),
     }
 }
 

@@ -174,6 +174,13 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// How long a client may take to send a request head once it has started one.
     pub header_read_timeout: std::time::Duration,
+    /// How long a keep-alive connection may stay idle between requests.
+    pub idle_timeout: std::time::Duration,
+    /// Most TCP connections open at once.
+    pub max_connections: usize,
+    /// Most TCP connections open at once from one client address (IPv6: one network
+    /// of `rate_limit.ipv6_prefix` bits).
+    pub max_connections_per_client: usize,
 }
 
 impl ServerConfig {
@@ -289,6 +296,9 @@ struct RawServer {
     worker_threads: Option<i64>,
     max_body_bytes: Option<i64>,
     header_read_timeout: Option<String>,
+    idle_timeout: Option<String>,
+    max_connections: Option<i64>,
+    max_connections_per_client: Option<i64>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -334,6 +344,9 @@ const SERVER_KEYS: &[&str] = &[
     "worker_threads",
     "max_body_bytes",
     "header_read_timeout",
+    "idle_timeout",
+    "max_connections",
+    "max_connections_per_client",
 ];
 const API_KEY_KEYS: &[&str] = &[
     "MaxExpirationPeriod",
@@ -647,6 +660,34 @@ impl Validator {
                 })
                 .map_err(|message| self.push("server.header_read_timeout", message))
                 .ok();
+        let idle_timeout = Period::parse(s.idle_timeout.as_deref().unwrap_or("pt5m"))
+            .map_err(|e| e.to_string())
+            .and_then(|p| {
+                p.fixed()
+                    .filter(|d| (1..=86_400).contains(&d.as_secs()))
+                    .ok_or_else(|| format!("{p} is out of range (pt1s to p1d)"))
+            })
+            .map_err(|message| self.push("server.idle_timeout", message))
+            .ok();
+        let max_connections = s.max_connections.unwrap_or(10_000);
+        if !(1..=1_000_000).contains(&max_connections) {
+            self.push(
+                "server.max_connections",
+                format!("{max_connections} is out of range (1 to 1000000)"),
+            );
+        }
+        let per_client = s.max_connections_per_client.unwrap_or(1_000);
+        if !(1..=1_000_000).contains(&per_client) {
+            self.push(
+                "server.max_connections_per_client",
+                format!("{per_client} is out of range (1 to 1000000)"),
+            );
+        } else if per_client > max_connections && s.max_connections_per_client.is_some() {
+            self.push(
+                "server.max_connections_per_client",
+                format!("{per_client} is more than server.max_connections ({max_connections})"),
+            );
+        }
 
         // ---- groups and users
         let mut directory = Directory::default();
@@ -752,6 +793,11 @@ impl Validator {
                 worker_threads: usize::try_from(worker_threads).unwrap_or(0),
                 max_body_bytes: usize::try_from(max_body).unwrap_or(65_536),
                 header_read_timeout: header_read_timeout?,
+                idle_timeout: idle_timeout?,
+                max_connections: usize::try_from(max_connections).unwrap_or(10_000),
+                // Only the default may exceed a small total: it follows the total.
+                max_connections_per_client: usize::try_from(per_client.min(max_connections))
+                    .unwrap_or(1_000),
             },
             policy,
             directory,
@@ -915,6 +961,55 @@ mod tests {
                 parse_str(&format!("[server]\nheader_read_timeout = \"{bad}\"\n")).unwrap_err();
             let keys: Vec<_> = err.problems.iter().map(|p| p.key.as_str()).collect();
             assert_eq!(keys, ["server.header_read_timeout"], "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn connection_limits_and_idle_timeout_are_checked() {
+        let c = parse_str("").unwrap();
+        assert_eq!(c.server.idle_timeout, std::time::Duration::from_secs(300));
+        assert_eq!(
+            (
+                c.server.max_connections,
+                c.server.max_connections_per_client
+            ),
+            (10_000, 1_000)
+        );
+        assert_eq!(c.rate_limit.ipv6_prefix, 64);
+        let c = parse_str(
+            "[server]\nidle_timeout = \"pt1s\"\nmax_connections = 10\n\
+             [rate_limit]\nipv6_prefix = 128\n",
+        )
+        .unwrap();
+        assert_eq!(c.server.idle_timeout, std::time::Duration::from_secs(1));
+        // The default per-client limit follows a smaller total.
+        assert_eq!(
+            (
+                c.server.max_connections,
+                c.server.max_connections_per_client
+            ),
+            (10, 10)
+        );
+        assert_eq!(c.rate_limit.ipv6_prefix, 128);
+        for (bad, key) in [
+            ("[server]\nidle_timeout = \"p1m\"", "server.idle_timeout"),
+            ("[server]\nidle_timeout = \"p2d\"", "server.idle_timeout"),
+            ("[server]\nidle_timeout = \"pt0s\"", "server.idle_timeout"),
+            ("[server]\nmax_connections = 0", "server.max_connections"),
+            (
+                "[server]\nmax_connections_per_client = 0",
+                "server.max_connections_per_client",
+            ),
+            (
+                "[server]\nmax_connections = 10\nmax_connections_per_client = 11",
+                "server.max_connections_per_client",
+            ),
+            ("[rate_limit]\nipv6_prefix = 16", "rate_limit.ipv6_prefix"),
+            ("[rate_limit]\nipv6_prefix = 129", "rate_limit.ipv6_prefix"),
+        ] {
+            let err = parse_str(bad).unwrap_err();
+            let keys: Vec<_> = err.problems.iter().map(|p| p.key.as_str()).collect();
+            assert_eq!(keys, [key], "{bad}: {err}");
         }
     }
 

@@ -619,3 +619,412 @@ fn try_read_answer(r: &mut std::io::BufReader<std::net::TcpStream>) -> Option<(u
         closing |= line == "connection: close";
     }
 }
+
+/// A connection to the daemon from `source` (any 127.0.0.0/8 address is this host):
+/// how the tests play clients other than 127.0.0.1.
+fn connect_from(source: &str, addr: std::net::SocketAddr) -> std::net::TcpStream {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let stream = rt.block_on(async {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
+        socket.connect(addr).await.unwrap()
+    });
+    let stream = stream.into_std().unwrap();
+    stream.set_nonblocking(false).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    stream
+}
+
+/// One request on a new connection from `source` (with `Connection: close`): the
+/// status and the body.
+fn request_from(source: &str, d: &TestDaemon, head: &str, body: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = connect_from(source, d.addr);
+    let req = format!(
+        "{head}\r\nHost: t\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    let mut resp = String::new();
+    let _ = s.read_to_string(&mut resp);
+    let status = resp
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_owned();
+    (status, body)
+}
+
+/// Regression (issue 9, item 3): `/v1/verify` charged failures to the `ip` named in
+/// its body, in the bucket `/v1/auth` shares, whoever sent it. Three failed calls
+/// naming 203.0.113.7 made `/v1/auth` answer 429 to that client's valid key, and
+/// naming a new address each time let the caller fail without limit. Failures are
+/// now charged to the caller: the TCP peer, or the client a trusted proxy names.
+#[test]
+fn failures_naming_a_victim_are_charged_to_the_caller_not_the_victim() {
+    // 127.0.0.2 is the trusted proxy in front of the victim; the flooder at
+    // 127.0.0.1 is a plain client.
+    let d = TestDaemon::start_with(
+        DEFAULT_POLICY,
+        "[auth]\ntrusted_proxies = [\"127.0.0.2/32\"]\n[rate_limit]\nfailures_per_minute = 1\nburst = 3\n",
+    );
+    let (_, key) = d.create("alice", "victim", &[]);
+    let (_, flooder_key) = d.create("bob", "flooder", &[]);
+    let victim = "203.0.113.7";
+    let verify_body = |k: &str, ip: &str| format!(r#"{{"key":"{k}","ip":"{ip}"}}"#);
+    let via_proxy_auth = || {
+        let (status, _) = request_from(
+            "127.0.0.2",
+            &d,
+            &format!(
+                "GET /v1/auth HTTP/1.1\r\nAuthorization: Bearer {key}\r\nX-Forwarded-For: {victim}"
+            ),
+            "",
+        );
+        status
+    };
+    let via_proxy_verify = || {
+        request_from(
+            "127.0.0.2",
+            &d,
+            "POST /v1/verify HTTP/1.1\r\nContent-Type: application/json",
+            &verify_body(&key, victim),
+        )
+    };
+
+    // The flood: failures that name the victim, then a new address each time.
+    for i in 0..3 {
+        let (s, body) = d.post("/v1/verify", &verify_body("akd_x", victim));
+        assert_eq!(s, 200, "failure {i} answered: {body}");
+    }
+    for i in 0..5 {
+        let (s, body) = d.post(
+            "/v1/verify",
+            &verify_body("akd_x", &format!("198.51.100.{i}")),
+        );
+        assert_eq!(
+            s, 429,
+            "rotating the body ip does not dodge the limit: {body}"
+        );
+        assert!(
+            body.to_string().contains("127.0.0.1"),
+            "the flooder is named: {body}"
+        );
+    }
+    // The flooder is limited everywhere, whatever key it shows next.
+    let a = request(
+        d.addr,
+        "GET",
+        "/v1/auth",
+        &[("Authorization", &bearer(&flooder_key))],
+    );
+    assert_eq!(a.status, 429, "the flooder itself is limited");
+
+    // The victim keeps passing, on both endpoints.
+    assert_eq!(
+        via_proxy_auth(),
+        200,
+        "the victim is not locked out of /v1/auth"
+    );
+    let (s, body) = via_proxy_verify();
+    assert_eq!(s, 200, "{body}");
+    assert!(body.contains("\"code\":\"VALID\""), "{body}");
+
+    // A trusted proxy's body ip is believed: its failures are charged to the client
+    // it names, and that client's neighbours are not affected.
+    let proxy_verify = |k: &str, ip: &str| {
+        request_from(
+            "127.0.0.2",
+            &d,
+            "POST /v1/verify HTTP/1.1\r\nContent-Type: application/json",
+            &verify_body(k, ip),
+        )
+        .0
+    };
+    for _ in 0..3 {
+        assert_eq!(proxy_verify("akd_x", "192.0.2.50"), 200);
+    }
+    assert_eq!(proxy_verify(&key, "192.0.2.50"), 429);
+    assert_eq!(proxy_verify(&key, "192.0.2.51"), 200);
+    assert_eq!(via_proxy_auth(), 200, "the victim still passes");
+}
+
+/// Restart `d` with these lines added to its `[server]` table.
+fn restart_with_server_settings(d: &mut TestDaemon, lines: &str) {
+    d.stop();
+    let text = std::fs::read_to_string(&d.config).unwrap();
+    let text = text.replace(
+        "worker_threads = 2\n",
+        &format!("worker_threads = 2\n{lines}"),
+    );
+    std::fs::write(&d.config, text).unwrap();
+    d.spawn(&[]);
+}
+
+/// Regression (issue 9, item 6): after its first `/v1/auth` answer a connection was
+/// kept open for as long as the client liked (5 000 idle connections held about
+/// 36 MB), and one hyper served was closed only by hyper's head timeout. Both now
+/// close after `server.idle_timeout` without a request, and only then.
+#[test]
+fn idle_keep_alive_connections_are_closed_after_the_idle_timeout() {
+    use std::io::{BufReader, Read, Write};
+    use std::net::TcpStream;
+    use std::time::{Duration, Instant};
+
+    let mut d = TestDaemon::start();
+    let (_, key) = d.create("alice", "k", &[]);
+    restart_with_server_settings(&mut d, "idle_timeout = \"pt1s\"\n");
+    let connect = || {
+        let s = TcpStream::connect(d.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(8))).unwrap();
+        (s.try_clone().unwrap(), BufReader::new(s))
+    };
+    // Closed by the server, without an answer, about a second after the last one.
+    let closed_after_idle = |r: &mut BufReader<TcpStream>, since: Instant, what: &str| {
+        let mut rest = Vec::new();
+        let end = r.read_to_end(&mut rest);
+        let took = since.elapsed();
+        assert!(end.is_ok(), "{what}: not closed ({end:?}) after {took:?}");
+        assert!(
+            rest.is_empty(),
+            "{what}: {}",
+            String::from_utf8_lossy(&rest)
+        );
+        assert!(
+            took >= Duration::from_millis(900) && took < Duration::from_secs(4),
+            "{what}: closed after {took:?}"
+        );
+    };
+    let auth = format!("GET /v1/auth HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {key}\r\n\r\n");
+    let healthz = "GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n";
+
+    for (path, req) in [("fast path", auth.as_str()), ("hyper", healthz)] {
+        // A connection in use is not cut: a request every 400 ms for 2.4 s.
+        let (mut w, mut r) = connect();
+        for i in 0..6 {
+            w.write_all(req.as_bytes()).unwrap();
+            assert_eq!(read_answer(&mut r).0, 200, "{path}: request {i}");
+            std::thread::sleep(Duration::from_millis(400));
+        }
+        w.write_all(req.as_bytes()).unwrap();
+        assert_eq!(read_answer(&mut r).0, 200, "{path}: last request");
+        // Then idle: closed after the timeout.
+        closed_after_idle(&mut r, Instant::now(), path);
+    }
+
+    // A request whose body trickles in for longer than the idle timeout is in use,
+    // not idle.
+    let (mut w, mut r) = connect();
+    w.write_all(healthz.as_bytes()).unwrap();
+    assert_eq!(read_answer(&mut r).0, 200);
+    let body = format!(r#"{{"key":"{key}"}}"#);
+    w.write_all(
+        format!(
+            "POST /v1/verify HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    for chunk in body.as_bytes().chunks(body.len().div_ceil(5)) {
+        std::thread::sleep(Duration::from_millis(500));
+        w.write_all(chunk).unwrap();
+    }
+    let (s, _, answer) = read_answer(&mut r);
+    assert_eq!(s, 200, "{answer}");
+    assert!(answer.contains("\"VALID\""), "{answer}");
+    closed_after_idle(&mut r, Instant::now(), "after a slow body");
+}
+
+/// Whether the server closed `s` without answering `req` (at once: the read
+/// times out after 5 s otherwise).
+fn refused(mut s: std::net::TcpStream, req: &str) -> bool {
+    use std::io::{Read, Write};
+    let _ = s.write_all(req.as_bytes());
+    let mut buf = [0u8; 64];
+    match s.read(&mut buf) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+    }
+}
+
+/// Regression (issue 9, item 6): there was no limit on connections, so one client
+/// could hold every file descriptor. Connections over `server.max_connections` or
+/// over `server.max_connections_per_client` from one client are closed at accept,
+/// while those already open keep working, and a closed one frees its slot.
+#[test]
+fn connections_over_the_limits_are_refused_and_open_ones_keep_working() {
+    use std::io::{BufReader, Write};
+    use std::time::Duration;
+
+    let mut d = TestDaemon::start();
+    let (_, key) = d.create("alice", "k", &[]);
+    restart_with_server_settings(
+        &mut d,
+        "max_connections = 6\nmax_connections_per_client = 3\n",
+    );
+    let auth = format!("GET /v1/auth HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {key}\r\n\r\n");
+    // A kept-alive connection from `source` that has been answered once.
+    let open = |source: &str| {
+        let s = connect_from(source, d.addr);
+        let mut w = s.try_clone().unwrap();
+        let mut r = BufReader::new(s);
+        w.write_all(auth.as_bytes()).unwrap();
+        assert_eq!(read_answer(&mut r).0, 200, "a connection from {source}");
+        (w, r)
+    };
+    let still_works = |(w, r): &mut (std::net::TcpStream, BufReader<std::net::TcpStream>)| {
+        w.write_all(auth.as_bytes()).unwrap();
+        assert_eq!(read_answer(r).0, 200);
+    };
+
+    let mut first: Vec<_> = (0..3).map(|_| open("127.0.0.1")).collect();
+    assert!(
+        refused(connect_from("127.0.0.1", d.addr), &auth),
+        "a fourth connection from one client is refused"
+    );
+    for c in &mut first {
+        still_works(c);
+    }
+    let mut second: Vec<_> = (0..3).map(|_| open("127.0.0.2")).collect();
+    assert!(
+        refused(connect_from("127.0.0.3", d.addr), &auth),
+        "a seventh connection is refused, whoever opens it"
+    );
+    for c in first.iter_mut().chain(second.iter_mut()) {
+        still_works(c);
+    }
+
+    // Closing a connection frees its slot (once the server has seen the close).
+    drop(second.pop());
+    let mut metrics = String::new();
+    crate::util::wait_until(Duration::from_secs(5), || {
+        let (status, body) = request_from("127.0.0.3", &d, "GET /metrics HTTP/1.1", "");
+        metrics = body;
+        status == 200
+    });
+    let value = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing:\n{metrics}"))
+    };
+    // Five kept open and the one asking.
+    assert_eq!(value("apikeyd_connections_open"), 6);
+    assert_eq!(
+        value("apikeyd_connections_refused_total{reason=\"max_connections_per_client\"}"),
+        1
+    );
+    // The seventh, and any try above made before the server saw the close.
+    assert!(value("apikeyd_connections_refused_total{reason=\"max_connections\"}") >= 1);
+    drop(first);
+    crate::util::wait_until(Duration::from_secs(5), || {
+        let (status, _) = request_from("127.0.0.1", &d, "GET /healthz HTTP/1.1", "");
+        status == 200
+    });
+    for c in &mut second {
+        still_works(c);
+    }
+}
+
+/// Regression (issue 9, item 6): hyper's own head timeout ran from the end of the
+/// previous answer, so a connection hyper served was closed after
+/// `header_read_timeout` of idleness (30 s by default, before nginx's 60 s
+/// upstream keep-alive ends), whatever the idle timeout. On both paths a head is
+/// now timed from its first byte, and idleness by `idle_timeout` alone.
+#[test]
+fn idle_timeout_outlasts_the_head_timeout_on_both_paths() {
+    use std::io::{BufReader, Read, Write};
+    use std::net::TcpStream;
+    use std::time::{Duration, Instant};
+
+    let mut d = TestDaemon::start();
+    let (_, key) = d.create("alice", "k", &[]);
+    restart_with_server_settings(
+        &mut d,
+        "header_read_timeout = \"pt1s\"\nidle_timeout = \"pt3s\"\n",
+    );
+    let auth = format!("GET /v1/auth HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {key}\r\n\r\n");
+    let healthz = "GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n";
+    for (path, req) in [("fast path", auth.as_str()), ("hyper", healthz)] {
+        let s = TcpStream::connect(d.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(8))).unwrap();
+        let mut w = s.try_clone().unwrap();
+        let mut r = BufReader::new(s);
+        w.write_all(req.as_bytes()).unwrap();
+        assert_eq!(read_answer(&mut r).0, 200, "{path}");
+        // Idle for longer than the head timeout: still open.
+        std::thread::sleep(Duration::from_millis(1800));
+        w.write_all(req.as_bytes()).unwrap();
+        assert_eq!(
+            read_answer(&mut r).0,
+            200,
+            "{path}: kept past the head timeout"
+        );
+        // A head begun after that is still held to the head timeout.
+        w.write_all(b"GET /healthz HTTP/1.1\r\n").unwrap();
+        let since = Instant::now();
+        let mut rest = Vec::new();
+        let end = r.read_to_end(&mut rest);
+        let took = since.elapsed();
+        assert!(end.is_ok() && rest.is_empty(), "{path}: {end:?} {rest:?}");
+        assert!(
+            took >= Duration::from_millis(900) && took < Duration::from_millis(2500),
+            "{path}: slow head closed after {took:?}"
+        );
+    }
+}
+
+/// Regression (issue 9, item 3), on the admin socket: there is no TCP peer, so the
+/// `ip` a local caller named was charged, and a local account could lock that
+/// client out of `/v1/auth` and `/v1/verify` or fail without limit by naming a new
+/// address each time. The socket's caller is now its local account (uid).
+#[test]
+fn failures_on_the_admin_socket_are_charged_to_the_local_account() {
+    let d = TestDaemon::start_with(
+        DEFAULT_POLICY,
+        "[auth]\ntrusted_proxies = [\"127.0.0.1/32\"]\n[rate_limit]\nfailures_per_minute = 1\nburst = 3\n",
+    );
+    let (_, key) = d.create("alice", "victim", &[]);
+    let victim = "203.0.113.7";
+    for _ in 0..3 {
+        let out = d.ctl(&["verify", "akd_x", "--ip", victim]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(text.contains("MALFORMED"), "{text}");
+    }
+    for i in 0..3 {
+        let ip = format!("198.51.100.{i}");
+        let err = d.fails(&["verify", "akd_x", "--ip", &ip]);
+        assert!(
+            err.contains("local uid"),
+            "a new ip does not dodge the limit: {err}"
+        );
+    }
+    // The address named is neither charged nor limited.
+    let (s, body) = d.post(
+        "/v1/verify",
+        &format!(r#"{{"key":"{key}","ip":"{victim}"}}"#),
+    );
+    assert_eq!((s, body["code"].as_str()), (200, Some("VALID")), "{body}");
+    let a = request(
+        d.addr,
+        "GET",
+        "/v1/auth",
+        &[
+            ("Authorization", &bearer(&key)),
+            ("X-Forwarded-For", victim),
+        ],
+    );
+    assert_eq!(a.status, 200);
+}

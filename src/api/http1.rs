@@ -247,19 +247,20 @@ fn plain_head(headers: &[httparse::Header<'_>]) -> Option<(bool, usize)> {
 struct Head<'h, 'b>(&'h [httparse::Header<'b>]);
 
 impl ReadHeaders for Head<'_, '_> {
-    fn each<'a>(&'a self, name: &HeaderName, f: impl FnMut(&'a str)) {
+    fn each_value<'a>(&'a self, name: &HeaderName, mut f: impl FnMut(Option<&'a str>)) {
         self.0
             .iter()
             .filter(|h| h.name.eq_ignore_ascii_case(name.as_str()))
-            .filter_map(|h| text(h.value))
-            .for_each(f);
+            .for_each(|h| f(text(h.value)));
     }
 
     fn first(&self, name: &HeaderName) -> Option<&str> {
+        // The first header of that name, as `HeaderMap::get`: a later one must not
+        // stand in for a first value that is not text.
         self.0
             .iter()
-            .filter(|h| h.name.eq_ignore_ascii_case(name.as_str()))
-            .find_map(|h| text(h.value))
+            .find(|h| h.name.eq_ignore_ascii_case(name.as_str()))
+            .and_then(|h| text(h.value))
     }
 }
 

@@ -9,6 +9,8 @@ use serde::Deserialize;
 use super::{valid_scope, Validator};
 use crate::keys::ipfilter;
 
+pub mod route_path;
+
 /// A route prefix and the scope it requires.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
@@ -19,15 +21,18 @@ pub struct Route {
 }
 
 impl Route {
-    /// Whether `path` is under this prefix (segment-aware: `/a` matches `/a/b`, not `/ab`).
+    /// Whether the normalised `path` ([`route_path::normalise`]) is under this
+    /// prefix: whole segments (`/a` matches `/a/b`, not `/ab`), ASCII letter case
+    /// ignored, because common applications (Express, ASP.NET, IIS) route
+    /// `/CATALOG/sync` to `/catalog/sync`; on one that does not, the other
+    /// spelling is a different path and needing the route's scope there is harmless.
     pub fn matches(&self, path: &str) -> bool {
-        let Some(rest) = path.strip_prefix(&self.prefix) else {
+        let (prefix, path) = (self.prefix.as_bytes(), path.as_bytes());
+        let Some((head, rest)) = path.split_at_checked(prefix.len()) else {
             return false;
         };
-        self.prefix.ends_with('/')
-            || rest.is_empty()
-            || rest.starts_with('/')
-            || rest.starts_with('?')
+        head.eq_ignore_ascii_case(prefix)
+            && (prefix.ends_with(b"/") || rest.is_empty() || rest.starts_with(b"/"))
     }
 }
 
@@ -66,7 +71,8 @@ impl Default for AuthConfig {
 }
 
 impl AuthConfig {
-    /// The longest configured route matching `path`.
+    /// The longest configured route matching `path`, a path normalised by
+    /// [`route_path::normalise`].
     pub fn route_for(&self, path: &str) -> Option<&Route> {
         self.routes.iter().find(|r| r.matches(path))
     }
@@ -194,17 +200,31 @@ pub(super) fn validate_auth(v: &mut Validator, raw: RawAuth) -> AuthConfig {
     let mut routes = Vec::new();
     for (i, r) in raw.routes.into_iter().enumerate() {
         let key = format!("auth.routes[{i}]");
-        if !r.prefix.starts_with('/')
-            || r.prefix.len() > 512
-            || r.prefix
-                .chars()
-                .any(|c| c.is_whitespace() || c.is_control())
-        {
+        // A prefix is compared with normalised request paths, so one that is not
+        // normal itself could never match: say so rather than protect nothing.
+        let normal = route_path::normalise(&r.prefix);
+        if !r.prefix.starts_with('/') || r.prefix.len() > 512 || normal.is_err() {
             v.push(
                 &format!("{key}.prefix"),
-                format!("{:?} must be a path starting with '/'", r.prefix),
+                format!(
+                    "{:?} must be a path starting with '/' (visible ASCII, no query)",
+                    r.prefix
+                ),
             );
             continue;
+        }
+        if let Ok(n) = normal.as_deref() {
+            if n != r.prefix {
+                v.push(
+                    &format!("{key}.prefix"),
+                    format!(
+                        "{:?} is not a normalised path (requests are matched as {n:?}); \
+                         write it without escapes, ';', '.' or '..' segments and repeated '/'",
+                        r.prefix
+                    ),
+                );
+                continue;
+            }
         }
         if let Some(s) = &r.scope {
             if !valid_scope(s) {
@@ -214,10 +234,11 @@ pub(super) fn validate_auth(v: &mut Validator, raw: RawAuth) -> AuthConfig {
                 );
             }
         }
-        if seen.insert(r.prefix.clone(), i).is_some() {
+        // Matching ignores letter case, so "/A" and "/a" are the same route.
+        if seen.insert(r.prefix.to_ascii_lowercase(), i).is_some() {
             v.push(
                 &format!("{key}.prefix"),
-                format!("prefix {:?} is listed twice", r.prefix),
+                format!("prefix {:?} is listed twice (letter case is ignored)", r.prefix),
             );
         }
         routes.push(Route {
@@ -298,8 +319,80 @@ mod tests {
         };
         assert!(r.matches("/catalog"));
         assert!(r.matches("/catalog/items"));
-        assert!(r.matches("/catalog?x=1"));
+        assert!(r.matches("/catalog/"));
         assert!(!r.matches("/catalogue"));
         assert!(!r.matches("/other"));
+        assert!(!r.matches("/"));
+        let dir = Route {
+            prefix: "/catalog/".into(),
+            scope: None,
+        };
+        assert!(dir.matches("/catalog/x"));
+        assert!(!dir.matches("/catalog"));
+    }
+
+    /// Regression (issue 9, item 1): an application that ignores letter case
+    /// (Express, ASP.NET) serves `/CATALOG/Sync/run` as `/catalog/sync/run`, which
+    /// the `/catalog/sync` route did not cover.
+    #[test]
+    fn routes_ignore_letter_case() {
+        let r = Route {
+            prefix: "/catalog/sync".into(),
+            scope: None,
+        };
+        assert!(r.matches("/CATALOG/Sync/run"));
+        assert!(r.matches("/catalog/SYNC"));
+        assert!(!r.matches("/catalog/synced"));
+    }
+
+    fn routes(prefixes: &[&str]) -> Result<AuthConfig, Vec<String>> {
+        let raw = RawAuth {
+            routes: prefixes
+                .iter()
+                .map(|p| RawRoute {
+                    prefix: (*p).to_owned(),
+                    scope: Some("catalog:sync".into()),
+                })
+                .collect(),
+            ..RawAuth::default()
+        };
+        let mut v = Validator {
+            file: "t.toml".into(),
+            problems: Vec::new(),
+        };
+        let c = validate_auth(&mut v, raw);
+        if v.problems.is_empty() {
+            Ok(c)
+        } else {
+            Err(v.problems.iter().map(|p| p.to_string()).collect())
+        }
+    }
+
+    /// Prefixes are compared with normalised paths, so a prefix that is not one
+    /// could never match: it is refused at load instead of protecting nothing.
+    #[test]
+    fn route_prefixes_must_be_normal_paths() {
+        for bad in [
+            "catalog",
+            "/catalog//sync",
+            "/catalog/./sync",
+            "/catalog/x/../sync",
+            "/catalog;p",
+            "/catalog/%73ync",
+            "/catalog?x",
+            "/caf\u{e9}",
+            "/catalog sync",
+            "/catalog\\sync",
+            "/catalog./sync",
+        ] {
+            let problems = routes(&[bad]).expect_err(bad);
+            assert!(
+                problems[0].contains("auth.routes[0].prefix"),
+                "{bad}: {problems:?}"
+            );
+        }
+        assert!(routes(&["/Catalog", "/catalog"]).unwrap_err()[0].contains("listed twice"));
+        let ok = routes(&["/catalog/sync/", "/catalog"]).unwrap();
+        assert_eq!(ok.routes[0].prefix, "/catalog/sync/");
     }
 }

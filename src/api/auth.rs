@@ -104,9 +104,7 @@ pub trait ReadHeaders {
 
 impl ReadHeaders for HeaderMap {
     fn each_value<'a>(&'a self, name: &HeaderName, mut f: impl FnMut(Option<&'a str>)) {
-        self.get_all(name)
-            .iter()
-            .for_each(|v| f(v.to_str().ok()));
+        self.get_all(name).iter().for_each(|v| f(v.to_str().ok()));
     }
 
     fn first(&self, name: &HeaderName) -> Option<&str> {
@@ -572,16 +570,16 @@ mod tests {
             ..AuthConfig::default()
         });
         let key = |h: &HeaderMap, q: Option<&str>| presented_key(&c, h, q).map(Cow::into_owned);
-        let fwd = hm(&[("x-forwarded-uri", "/catalog/items?page=2&api_key=akd_a%2Bb%3D#f")]);
+        let fwd = hm(&[(
+            "x-forwarded-uri",
+            "/catalog/items?page=2&api_key=akd_a%2Bb%3D#f",
+        )]);
         assert_eq!(key(&fwd, None), Some("akd_a+b=".into()));
         let orig = hm(&[("x-original-uri", "/x?api_key=k2")]);
         assert_eq!(key(&orig, None), Some("k2".into()));
         // /v1/auth's own query first, key headers before any query.
         assert_eq!(key(&fwd, Some("api_key=own")), Some("own".into()));
-        let both = hm(&[
-            ("x-api-key", "hdr"),
-            ("x-forwarded-uri", "/x?api_key=q"),
-        ]);
+        let both = hm(&[("x-api-key", "hdr"), ("x-forwarded-uri", "/x?api_key=q")]);
         assert_eq!(key(&both, None), Some("hdr".into()));
         // Empty, absent or undecodable values present no key.
         for uri in ["/x?api_key=", "/x?other=1", "/x", "/x?api_key=%FF"] {

@@ -238,7 +238,10 @@ pub(super) fn validate_auth(v: &mut Validator, raw: RawAuth) -> AuthConfig {
         if seen.insert(r.prefix.to_ascii_lowercase(), i).is_some() {
             v.push(
                 &format!("{key}.prefix"),
-                format!("prefix {:?} is listed twice (letter case is ignored)", r.prefix),
+                format!(
+                    "prefix {:?} is listed twice (letter case is ignored)",
+                    r.prefix
+                ),
             );
         }
         routes.push(Route {

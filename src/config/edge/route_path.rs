@@ -176,7 +176,13 @@ mod tests {
 
     #[test]
     fn normal_paths_are_borrowed() {
-        for p in ["/", "/catalog", "/catalog/sync/run", "/catalog/", "/a/b.c/d"] {
+        for p in [
+            "/",
+            "/catalog",
+            "/catalog/sync/run",
+            "/catalog/",
+            "/a/b.c/d",
+        ] {
             assert!(
                 matches!(normalise(p), Ok(Cow::Borrowed(b)) if b == p),
                 "{p}"

@@ -313,6 +313,7 @@ pub(super) fn validate_rate_limit(v: &mut Validator, raw: RawRateLimit) -> RateL
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
+    use proptest::prelude::*;
 
     #[test]
     fn routes_match_whole_segments() {
@@ -368,6 +369,85 @@ mod tests {
             Ok(c)
         } else {
             Err(v.problems.iter().map(|p| p.to_string()).collect())
+        }
+    }
+
+    /// Any spelling of `segments`: escapes of unreserved characters (either hex
+    /// case), `;parameters`, letter case, and `//`, `/./`, `/x/../`, `/%2e/` between
+    /// segments, an absolute-form start and a query.
+    fn spellings(segments: &'static [&'static str]) -> impl Strategy<Value = String> {
+        let n = segments.len();
+        (
+            prop::collection::vec(
+                (
+                    prop::collection::vec(0u8..4, 16),
+                    prop::option::of("[a-z=0-9]{0,3}"),
+                    prop::sample::select(vec!["/", "//", "/./", "/x/../", "/%2e/", "/x/%2E%2e/"]),
+                ),
+                n,
+            ),
+            any::<bool>(),
+            prop::option::of("[a-z=&/.%]{0,6}"),
+        )
+            .prop_map(move |(parts, absolute, query)| {
+                let mut s = if absolute { "http://h".to_owned() } else { String::new() };
+                for (seg, (how, param, sep)) in segments.iter().zip(parts) {
+                    s.push_str(sep);
+                    for (c, h) in seg.chars().zip(how) {
+                        match h {
+                            0 => s.push(c),
+                            1 => s.push(c.to_ascii_uppercase()),
+                            2 => s.push_str(&format!("%{:02x}", u32::from(c))),
+                            _ => s.push_str(&format!("%{:02X}", u32::from(c))),
+                        }
+                    }
+                    if let Some(p) = param {
+                        s.push(';');
+                        s.push_str(&p);
+                    }
+                }
+                if let Some(q) = query {
+                    s.push('?');
+                    s.push_str(&q);
+                }
+                s
+            })
+    }
+
+    fn catalog_routes() -> AuthConfig {
+        routes(&["/catalog", "/catalog/sync", "/admin"]).unwrap()
+    }
+
+    proptest! {
+        /// Regression (issue 9, item 1): every spelling of a path under
+        /// `/catalog/sync` that the application reads as that path is either
+        /// refused or matched to that route, never to `/catalog` or none.
+        #[test]
+        fn spellings_of_a_protected_path_keep_its_route(
+            s in spellings(&["catalog", "sync", "run"]),
+        ) {
+            let c = catalog_routes();
+            if let Ok(p) = route_path::normalise(&s) {
+                let route = c.route_for(&p).map(|r| r.prefix.as_str());
+                prop_assert_eq!(route, Some("/catalog/sync"), "{} -> {}", s, p);
+            }
+        }
+
+        #[test]
+        fn spellings_of_other_paths_keep_theirs(s in spellings(&["catalog", "items"])) {
+            let c = catalog_routes();
+            if let Ok(p) = route_path::normalise(&s) {
+                let route = c.route_for(&p).map(|r| r.prefix.as_str());
+                prop_assert_eq!(route, Some("/catalog"), "{} -> {}", s, p);
+            }
+        }
+
+        /// Most spellings are not refused: the property above is not met by
+        /// refusing everything.
+        #[test]
+        fn plain_spellings_are_read(s in spellings(&["admin", "x"])) {
+            let p = route_path::normalise(&s);
+            prop_assert!(p.is_ok(), "{} -> {:?}", s, p);
         }
     }
 

@@ -390,7 +390,11 @@ mod tests {
             prop::option::of("[a-z=&/.%]{0,6}"),
         )
             .prop_map(move |(parts, absolute, query)| {
-                let mut s = if absolute { "http://h".to_owned() } else { String::new() };
+                let mut s = if absolute {
+                    "http://h".to_owned()
+                } else {
+                    String::new()
+                };
                 for (seg, (how, param, sep)) in segments.iter().zip(parts) {
                     s.push_str(sep);
                     for (c, h) in seg.chars().zip(how) {

@@ -1,6 +1,7 @@
 //! The one integration test binary: the real `apikeyd` and `apikeyctl`.
 
 mod alerts;
+mod caddy;
 mod edge;
 mod lifecycle;
 mod nginx;

@@ -189,17 +189,17 @@ fn query_value<'a>(query: &'a str, param: &str) -> Option<Cow<'a, str>> {
     })
 }
 
-/// The path `[[auth.routes]]` are matched against: the value of the URI headers
-/// (`appended`: the path Envoy appends to `/v1/auth/`), normalised. `Ok(None)`
-/// when the request names no URI. A URI header that is present but unreadable, or
-/// values that disagree (a client's own `X-Original-URI` beside the proxy's
-/// `X-Forwarded-Uri`), refuse the request: reading another value instead would let
-/// the client choose the path that is checked.
-fn route_path<'a>(
+/// The original URI `[[auth.routes]]` are matched against: the value of the URI
+/// headers (`appended`: the path Envoy appends to `/v1/auth/`). `Ok(None)` when the
+/// request names none. A URI header that is present but unreadable, or values that
+/// disagree (a client's own `X-Original-URI` beside the proxy's `X-Forwarded-Uri`),
+/// refuse the request: reading another value instead would let the client choose
+/// the path that is checked.
+fn original_uri<'a>(
     plan: &AuthPlan,
     headers: &'a impl ReadHeaders,
     appended: Option<&'a str>,
-) -> Result<Option<Cow<'a, str>>, BadPath> {
+) -> Result<Option<&'a str>, BadPath> {
     let mut uri = appended;
     let mut bad = None;
     for name in &plan.uri_headers {
@@ -212,10 +212,10 @@ fn route_path<'a>(
             _ => {}
         });
     }
-    if let Some(bad) = bad {
-        return Err(bad);
+    match bad {
+        Some(bad) => Err(bad),
+        None => Ok(uri),
     }
-    uri.map(route_path::normalise).transpose()
 }
 
 /// Whether a header value can carry `b` as is.
@@ -350,8 +350,10 @@ pub fn decide(
     let route = if cfg.routes.is_empty() {
         None
     } else {
-        match route_path(plan, headers, path) {
-            Ok(p) => p.and_then(|p| cfg.route_for(&p)),
+        let route = original_uri(plan, headers, path)
+            .and_then(|uri| uri.map_or(Ok(None), |uri| cfg.route_of(uri)));
+        match route {
+            Ok(route) => route,
             Err(why) => {
                 tracing::debug!(%client, reason = %why, "forward-auth: original URI refused");
                 return Outcome::BadPath(why);

@@ -22,17 +22,21 @@ pub struct Route {
 
 impl Route {
     /// Whether the normalised `path` ([`route_path::normalise`]) is under this
-    /// prefix: whole segments (`/a` matches `/a/b`, not `/ab`), ASCII letter case
-    /// ignored, because common applications (Express, ASP.NET, IIS) route
-    /// `/CATALOG/sync` to `/catalog/sync`; on one that does not, the other
-    /// spelling is a different path and needing the route's scope there is harmless.
+    /// prefix, in whole segments: `/a` matches `/a/b`, not `/ab`.
     pub fn matches(&self, path: &str) -> bool {
+        self.matches_with(path, false)
+    }
+
+    fn matches_with(&self, path: &str, ignore_case: bool) -> bool {
         let (prefix, path) = (self.prefix.as_bytes(), path.as_bytes());
         let Some((head, rest)) = path.split_at_checked(prefix.len()) else {
             return false;
         };
-        head.eq_ignore_ascii_case(prefix)
-            && (prefix.ends_with(b"/") || rest.is_empty() || rest.starts_with(b"/"))
+        (if ignore_case {
+            head.eq_ignore_ascii_case(prefix)
+        } else {
+            head == prefix
+        }) && (prefix.ends_with(b"/") || rest.is_empty() || rest.starts_with(b"/"))
     }
 }
 
@@ -75,6 +79,42 @@ impl AuthConfig {
     /// [`route_path::normalise`].
     pub fn route_for(&self, path: &str) -> Option<&Route> {
         self.routes.iter().find(|r| r.matches(path))
+    }
+
+    /// The route of the original URI `uri` ([`route_path`] says how it is read),
+    /// or why there is none for sure. Applications disagree on letter case
+    /// (Express, ASP.NET and IIS route `/CATALOG/sync` to `/catalog/sync`, most
+    /// others do not) and on `;parameters` (servlet containers drop them before
+    /// routing, so `/catalog;p/sync` and `/catalog/x/..;/sync` reach `/catalog/sync`;
+    /// elsewhere they are part of the segment). Scopes are not nested, so no one
+    /// reading is the safe one: the path is matched under each combination, and
+    /// refused unless all give the same route. An already-normal path without `;`
+    /// costs two scans of the routes and no allocation.
+    pub fn route_of(&self, uri: &str) -> Result<Option<&Route>, route_path::BadPath> {
+        use route_path::{normalise_with, BadPath, Params};
+        let dropped = normalise_with(uri, Params::Drop)?;
+        let kept = if uri.contains(';') {
+            Some(normalise_with(uri, Params::Keep)?)
+        } else {
+            None
+        };
+        let first = self.routes.iter().find(|r| r.matches(&dropped));
+        let same = |path: &str, ignore_case: bool| {
+            let r = self
+                .routes
+                .iter()
+                .find(|r| r.matches_with(path, ignore_case));
+            r.map(|r| &r.prefix) == first.map(|r| &r.prefix)
+        };
+        let agree = same(&dropped, true)
+            && kept
+                .as_deref()
+                .is_none_or(|kept| same(kept, false) && same(kept, true));
+        if agree {
+            Ok(first)
+        } else {
+            Err(BadPath::Ambiguous)
+        }
     }
 }
 
@@ -234,12 +274,13 @@ pub(super) fn validate_auth(v: &mut Validator, raw: RawAuth) -> AuthConfig {
                 );
             }
         }
-        // Matching ignores letter case, so "/A" and "/a" are the same route.
+        // "/A" and "/a" are one path to applications that ignore letter case, so
+        // which of their routes applies could never be decided for sure.
         if seen.insert(r.prefix.to_ascii_lowercase(), i).is_some() {
             v.push(
                 &format!("{key}.prefix"),
                 format!(
-                    "prefix {:?} is listed twice (letter case is ignored)",
+                    "prefix {:?} is listed twice (letter case does not count)",
                     r.prefix
                 ),
             );
@@ -336,17 +377,38 @@ mod tests {
     }
 
     /// Regression (issue 9, item 1): an application that ignores letter case
-    /// (Express, ASP.NET) serves `/CATALOG/Sync/run` as `/catalog/sync/run`, which
-    /// the `/catalog/sync` route did not cover.
+    /// (Express, ASP.NET) serves `/CATALOG/Sync/run` as `/catalog/sync/run`, and a
+    /// servlet container serves `/catalog;p/sync/run` and `/catalog/x/..;/sync/run`
+    /// there too; none of them was under the `/catalog/sync` route. Where the
+    /// readings give different routes the path is refused; where they agree it is
+    /// matched.
     #[test]
-    fn routes_ignore_letter_case() {
-        let r = Route {
-            prefix: "/catalog/sync".into(),
-            scope: None,
-        };
-        assert!(r.matches("/CATALOG/Sync/run"));
-        assert!(r.matches("/catalog/SYNC"));
-        assert!(!r.matches("/catalog/synced"));
+    fn case_and_parameters_that_change_the_route_are_refused() {
+        let c = catalog_routes();
+        let route = |uri: &str| c.route_of(uri).map(|r| r.map(|r| r.prefix.clone()));
+        for uri in [
+            "/CATALOG/Sync/run",
+            "/catalog/SYNC",
+            "/Catalog/items",
+            "/catalog;p/sync/run",
+            "/catalog/x/..;/sync/run",
+            "/catalog/sync/..;/items",
+            "/catalog/sync;x/run",
+            "/ADMIN",
+        ] {
+            assert_eq!(route(uri), Err(route_path::BadPath::Ambiguous), "{uri}");
+        }
+        for (uri, want) in [
+            ("/catalog/sync/run", Some("/catalog/sync")),
+            ("/catalog/sync/RUN;jsessionid=1", Some("/catalog/sync")),
+            ("/catalog/items;v=2", Some("/catalog")),
+            ("/catalog/Items", Some("/catalog")),
+            ("/catalog/synced", Some("/catalog")),
+            ("/PUBLIC;x/y", None),
+            ("/x/..;/y", None),
+        ] {
+            assert_eq!(route(uri), Ok(want.map(str::to_owned)), "{uri}");
+        }
     }
 
     fn routes(prefixes: &[&str]) -> Result<AuthConfig, Vec<String>> {
@@ -375,13 +437,21 @@ mod tests {
     /// Any spelling of `segments`: escapes of unreserved characters (either hex
     /// case), `;parameters`, letter case, and `//`, `/./`, `/x/../`, `/%2e/` between
     /// segments, an absolute-form start and a query.
-    fn spellings(segments: &'static [&'static str]) -> impl Strategy<Value = String> {
+    fn spellings(
+        segments: &'static [&'static str],
+        case_and_params: bool,
+    ) -> impl Strategy<Value = String> {
         let n = segments.len();
+        let (how, param) = if case_and_params {
+            (0u8..4, prop::option::of("[a-z=0-9]{0,3}").boxed())
+        } else {
+            (0u8..1, Just(None).boxed())
+        };
         (
             prop::collection::vec(
                 (
-                    prop::collection::vec(0u8..4, 16),
-                    prop::option::of("[a-z=0-9]{0,3}"),
+                    prop::collection::vec(prop_oneof![how, 2u8..4], 16),
+                    param,
                     prop::sample::select(vec!["/", "//", "/./", "/x/../", "/%2e/", "/x/%2E%2e/"]),
                 ),
                 n,
@@ -424,34 +494,35 @@ mod tests {
 
     proptest! {
         /// Regression (issue 9, item 1): every spelling of a path under
-        /// `/catalog/sync` that the application reads as that path is either
+        /// `/catalog/sync` that an application may read as that path is either
         /// refused or matched to that route, never to `/catalog` or none.
         #[test]
         fn spellings_of_a_protected_path_keep_its_route(
-            s in spellings(&["catalog", "sync", "run"]),
+            s in spellings(&["catalog", "sync", "run"], true),
         ) {
             let c = catalog_routes();
-            if let Ok(p) = route_path::normalise(&s) {
-                let route = c.route_for(&p).map(|r| r.prefix.as_str());
-                prop_assert_eq!(route, Some("/catalog/sync"), "{} -> {}", s, p);
+            if let Ok(route) = c.route_of(&s) {
+                prop_assert_eq!(route.map(|r| r.prefix.as_str()), Some("/catalog/sync"), "{}", s);
             }
         }
 
         #[test]
-        fn spellings_of_other_paths_keep_theirs(s in spellings(&["catalog", "items"])) {
+        fn spellings_of_other_paths_keep_theirs(
+            s in spellings(&["catalog", "items"], true),
+        ) {
             let c = catalog_routes();
-            if let Ok(p) = route_path::normalise(&s) {
-                let route = c.route_for(&p).map(|r| r.prefix.as_str());
-                prop_assert_eq!(route, Some("/catalog"), "{} -> {}", s, p);
+            if let Ok(route) = c.route_of(&s) {
+                prop_assert_eq!(route.map(|r| r.prefix.as_str()), Some("/catalog"), "{}", s);
             }
         }
 
-        /// Most spellings are not refused: the property above is not met by
-        /// refusing everything.
+        /// Spellings without case changes or parameters are not refused: the
+        /// properties above are not met by refusing everything.
         #[test]
-        fn plain_spellings_are_read(s in spellings(&["admin", "x"])) {
-            let p = route_path::normalise(&s);
-            prop_assert!(p.is_ok(), "{} -> {:?}", s, p);
+        fn plain_spellings_are_read(s in spellings(&["catalog", "sync", "x"], false)) {
+            let c = catalog_routes();
+            let route = c.route_of(&s).map(|r| r.map(|r| r.prefix.as_str()));
+            prop_assert_eq!(route, Ok(Some("/catalog/sync")), "{}", s);
         }
     }
 

@@ -38,6 +38,21 @@ pub enum BadPath {
     /// A `..` that would climb above the root.
     #[error("'..' above the root")]
     AboveRoot,
+    /// The route would depend on letter case or on `;parameters`, which
+    /// applications read differently ([`super::AuthConfig::route_of`]).
+    #[error("the route depends on letter case or on ';parameters'")]
+    Ambiguous,
+}
+
+/// What becomes of `;parameters` in a segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Params {
+    /// Dropped, as servlet containers and Spring read them: `/a;x/b` is `/a/b`.
+    Drop,
+    /// Kept as part of the segment, as most other applications read them. The
+    /// segment keeps only a `;` after its name, which no route prefix has, so it
+    /// matches no prefix segment, and it is never a dot segment (`..;` is not `..`).
+    Keep,
 }
 
 /// `uri` (`/path?query`, or `http(s)://host/path?query`) reduced to its path, with
@@ -46,6 +61,11 @@ pub enum BadPath {
 /// that form is returned borrowed: the usual case costs one pass and no allocation.
 /// Letter case is kept; [`super::Route::matches`] ignores it.
 pub fn normalise(uri: &str) -> Result<Cow<'_, str>, BadPath> {
+    normalise_with(uri, Params::Drop)
+}
+
+/// [`normalise`], with `;parameters` read as `params` says.
+pub fn normalise_with(uri: &str, params: Params) -> Result<Cow<'_, str>, BadPath> {
     if !uri.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(BadPath::Unreadable);
     }
@@ -63,7 +83,7 @@ pub fn normalise(uri: &str) -> Result<Cow<'_, str>, BadPath> {
     if is_normal(path) {
         return Ok(Cow::Borrowed(path));
     }
-    resolve(path).map(Cow::Owned)
+    resolve(path, params).map(Cow::Owned)
 }
 
 /// The part of `uri` from its path on: origin-form as it is; absolute-form
@@ -113,7 +133,7 @@ fn is_normal(path: &str) -> bool {
 }
 
 /// The slow path of [`normalise`], segment by segment.
-fn resolve(path: &str) -> Result<String, BadPath> {
+fn resolve(path: &str, params: Params) -> Result<String, BadPath> {
     let mut out = String::with_capacity(path.len());
     // Whether the result ends in a directory: a trailing `/`, `/.` or `/..`.
     let mut dir = false;
@@ -124,7 +144,10 @@ fn resolve(path: &str) -> Result<String, BadPath> {
         }
         // `;parameters` end at the next `/` (RFC 3986 3.3; servlet containers and
         // Spring drop them before routing, so `/a;x/b` reaches `/a/b`).
-        let raw = raw.split(';').next().unwrap_or("");
+        let (raw, has_params) = match raw.split_once(';') {
+            Some((name, _)) => (name, true),
+            None => (raw, false),
+        };
         let decoded: Cow<'_, [u8]> = percent_decode_str(raw).into();
         for &b in decoded.iter() {
             if !(b' '..=b'~').contains(&b) {
@@ -137,6 +160,13 @@ fn resolve(path: &str) -> Result<String, BadPath> {
             }
         }
         dir = true;
+        if has_params && params == Params::Keep {
+            out.push('/');
+            out.extend(decoded.iter().map(|&b| char::from(b)));
+            out.push(';');
+            dir = false;
+            continue;
+        }
         match &decoded[..] {
             b"" | b"." => {}
             b".." => match out.rfind('/') {

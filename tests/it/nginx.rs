@@ -304,6 +304,9 @@ fn bearer(key: &str) -> String {
     format!("Bearer {key}")
 }
 
+/// Sends a GET with these headers through a proxy.
+pub(crate) type Get<'a> = dyn Fn(&str, &[(&str, &str)]) -> Answer + 'a;
+
 /// Spellings of `/catalog/sync/run` (route `/catalog/sync`, scope `catalog:sync`)
 /// that an application may read as that path, and URIs that cannot be read for
 /// sure. Each must be refused for a key holding only `catalog:read`.
@@ -339,7 +342,7 @@ pub(crate) const BYPASS_SPELLINGS: &[&str] = &[
 /// legitimate `/catalog/items` passes and arrives as sent.
 pub(crate) fn route_spellings_are_refused(
     proxy: &str,
-    get: &dyn Fn(&str, &[(&str, &str)]) -> Answer,
+    get: &Get,
     echo: &Echo,
     reader: &str,
     log: &dyn Fn() -> String,
@@ -394,12 +397,7 @@ pub(crate) fn route_spellings_are_refused(
 
 /// Issue 9, item 9, through a real proxy: with `query_param` set, a key in the
 /// client's query string is found in the URI the proxy forwards.
-pub(crate) fn query_key_is_read(
-    proxy: &str,
-    get: &dyn Fn(&str, &[(&str, &str)]) -> Answer,
-    echo: &Echo,
-    key: &str,
-) {
+pub(crate) fn query_key_is_read(proxy: &str, get: &Get, echo: &Echo, key: &str) {
     let before = echo.count();
     let a = get(&format!("/catalog/items?page=1&api_key={key}"), &[]);
     assert_eq!(a.status, 200, "{proxy}: {} {:?}", a.body, a.headers);

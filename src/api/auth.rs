@@ -3,18 +3,20 @@
 //! 200 with the key's identity in `X-Api-Key-*` headers, or 401/403 with
 //! `X-Api-Key-Reason`. Nothing is cached: a disabled key is refused on the next call.
 
+use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, FromRequestParts, Path, Request, State};
+use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 
 use super::metrics::Endpoint;
 use super::AppState;
+use crate::config::edge::route_path::{self, BadPath};
 use crate::config::AuthConfig;
 use crate::keys::model::Code;
 use crate::keys::Live;
@@ -82,22 +84,27 @@ impl AuthPlan {
 
 /// Request headers as the forward-auth decision reads them: hyper's [`HeaderMap`] on
 /// the router's path, the parsed head itself on the connection's fast path
-/// ([`super::http1`]). A value that is not visible ASCII reads as absent, as
-/// [`HeaderValue::to_str`] has it.
+/// ([`super::http1`]). Both must read a head the same way, or the two paths could
+/// decide differently on the same request. A value is text when it is visible ASCII,
+/// spaces and tabs, as [`HeaderValue::to_str`] has it.
 pub trait ReadHeaders {
-    /// Every value of `name`, in order, to `f`.
-    fn each<'a>(&'a self, name: &HeaderName, f: impl FnMut(&'a str));
+    /// Every value of `name`, in order, to `f`: `Some(text)`, or `None` for a
+    /// value that is not text.
+    fn each_value<'a>(&'a self, name: &HeaderName, f: impl FnMut(Option<&'a str>));
 
-    /// The first value of `name`.
+    /// The first value of `name`, if it is text (a first value that is not text
+    /// reads as absent; the next one is not taken instead).
     fn first(&self, name: &HeaderName) -> Option<&str>;
+
+    /// Every value of `name` that is text, in order, to `f`.
+    fn each<'a>(&'a self, name: &HeaderName, mut f: impl FnMut(&'a str)) {
+        self.each_value(name, |v| v.into_iter().for_each(&mut f));
+    }
 }
 
 impl ReadHeaders for HeaderMap {
-    fn each<'a>(&'a self, name: &HeaderName, f: impl FnMut(&'a str)) {
-        self.get_all(name)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .for_each(f);
+    fn each_value<'a>(&'a self, name: &HeaderName, mut f: impl FnMut(Option<&'a str>)) {
+        self.get_all(name).iter().for_each(|v| f(v.to_str().ok()));
     }
 
     fn first(&self, name: &HeaderName) -> Option<&str> {
@@ -132,11 +139,14 @@ pub fn client_ip(cfg: &AuthConfig, peer: IpAddr, headers: &impl ReadHeaders) -> 
         .unwrap_or(peer)
 }
 
+/// The key a request presents: from the key headers, else (with `query_param` set)
+/// from the query of `/v1/auth`'s own URL, else from the query of the original URI
+/// a proxy forwards (`uri_headers`), percent-decoded.
 fn presented_key<'a>(
     plan: &AuthPlan,
     headers: &'a impl ReadHeaders,
     query: Option<&'a str>,
-) -> Option<&'a str> {
+) -> Option<Cow<'a, str>> {
     for (name, bearer) in &plan.key_headers {
         let Some(v) = headers.first(name) else {
             continue;
@@ -145,18 +155,67 @@ fn presented_key<'a>(
         if *bearer {
             if let Some((scheme, token)) = v.split_once(' ') {
                 if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() {
-                    return Some(token.trim());
+                    return Some(Cow::Borrowed(token.trim()));
                 }
             }
         } else if !v.is_empty() {
-            return Some(v);
+            return Some(Cow::Borrowed(v));
         }
     }
     let param = plan.config.query_param.as_deref()?;
-    query?.split('&').find_map(|pair| {
+    // nginx auth_request and Caddy call /v1/auth without the client's query; the
+    // original one travels in the URI headers.
+    let forwarded = plan
+        .uri_headers
+        .iter()
+        .find_map(|h| headers.first(h))
+        .and_then(route_path::query);
+    [query, forwarded]
+        .into_iter()
+        .flatten()
+        .find_map(|q| query_value(q, param))
+}
+
+/// The percent-decoded value of `param` in `query`, if it is there and not empty.
+fn query_value<'a>(query: &'a str, param: &str) -> Option<Cow<'a, str>> {
+    query.split('&').find_map(|pair| {
         let (k, v) = pair.split_once('=')?;
-        (k == param && !v.is_empty()).then_some(v)
+        if k != param {
+            return None;
+        }
+        // Not valid UTF-8 once decoded: no key, which the verifier would refuse.
+        let v = percent_encoding::percent_decode_str(v).decode_utf8().ok()?;
+        (!v.is_empty()).then_some(v)
     })
+}
+
+/// The original URI `[[auth.routes]]` are matched against: the value of the URI
+/// headers (`appended`: the path Envoy appends to `/v1/auth/`). `Ok(None)` when the
+/// request names none. A URI header that is present but unreadable, or values that
+/// disagree (a client's own `X-Original-URI` beside the proxy's `X-Forwarded-Uri`),
+/// refuse the request: reading another value instead would let the client choose
+/// the path that is checked.
+fn original_uri<'a>(
+    plan: &AuthPlan,
+    headers: &'a impl ReadHeaders,
+    appended: Option<&'a str>,
+) -> Result<Option<&'a str>, BadPath> {
+    let mut uri = appended;
+    let mut bad = None;
+    for name in &plan.uri_headers {
+        headers.each_value(name, |v| match (v, uri) {
+            (None, _) => bad = Some(BadPath::Unreadable),
+            (Some(v), None) => uri = Some(v),
+            (Some(v), Some(u)) if v != u => {
+                bad.get_or_insert(BadPath::Conflicting);
+            }
+            _ => {}
+        });
+    }
+    match bad {
+        Some(bad) => Err(bad),
+        None => Ok(uri),
+    }
 }
 
 /// Whether a header value can carry `b` as is.
@@ -204,19 +263,12 @@ pub async fn auth(State(st): State<AppState>, req: Request) -> Response {
 }
 
 /// `/v1/auth/{*path}`: Envoy's ext_authz appends the original path to the prefix.
-pub async fn auth_path(
-    State(st): State<AppState>,
-    Path(rest): Path<String>,
-    req: Request,
-) -> Response {
-    let original = format!("/{rest}");
-    check(
-        &st,
-        peer_of(&req),
-        req.uri(),
-        req.headers(),
-        Some(&original),
-    )
+/// The path is taken from the URL as it came, not decoded: decoding it here would
+/// turn `%2F` into a separator before the route check could refuse it.
+pub async fn auth_path(State(st): State<AppState>, req: Request) -> Response {
+    let full = req.uri().path_and_query().map_or("", |pq| pq.as_str());
+    let original = full.strip_prefix(super::http1::AUTH_PATH);
+    check(&st, peer_of(&req), req.uri(), req.headers(), original)
 }
 
 /// The size of a request's headers as `auth.max_header_bytes` counts it: each name
@@ -264,6 +316,9 @@ pub enum Outcome {
     Limited(Duration),
     /// Refused with this status and `X-Api-Key-Reason`.
     Denied(StatusCode, &'static str),
+    /// The original URI cannot be matched against `[[auth.routes]]` for sure:
+    /// 400 `BAD_PATH`.
+    BadPath(BadPath),
     /// The key's identity, and the seconds to its effective expiry if it has one.
     Allowed(Arc<Live>, Option<i64>),
 }
@@ -291,12 +346,20 @@ pub fn decide(
         st.edge.metrics.record(Endpoint::Auth, None, now.elapsed());
         return Outcome::Denied(StatusCode::UNAUTHORIZED, "MISSING");
     };
-    let original_uri = plan
-        .uri_headers
-        .iter()
-        .find_map(|h| headers.first(h))
-        .or(path);
-    let route = original_uri.and_then(|u| cfg.route_for(u));
+    // Only deployments with routes look at the URI at all.
+    let route = if cfg.routes.is_empty() {
+        None
+    } else {
+        let route = original_uri(plan, headers, path)
+            .and_then(|uri| uri.map_or(Ok(None), |uri| cfg.route_of(uri)));
+        match route {
+            Ok(route) => route,
+            Err(why) => {
+                tracing::debug!(%client, reason = %why, "forward-auth: original URI refused");
+                return Outcome::BadPath(why);
+            }
+        }
+    };
     // A scope named by the proxy adds to the route's scope; it can never replace it,
     // so a client-supplied header cannot weaken what a route requires.
     let header_scope = plan
@@ -314,7 +377,7 @@ pub fn decide(
     }
     let started = Instant::now();
     let mut v = st.keys.verify_route(
-        key,
+        &key,
         &scopes[..n],
         Some(client),
         route.map(|r| r.prefix.as_str()),
@@ -357,6 +420,7 @@ impl Outcome {
         match self {
             Outcome::Limited(_) => StatusCode::TOO_MANY_REQUESTS,
             Outcome::Denied(status, _) => *status,
+            Outcome::BadPath(_) => StatusCode::BAD_REQUEST,
             Outcome::Allowed(..) => StatusCode::OK,
         }
     }
@@ -381,6 +445,7 @@ impl Outcome {
                     put(&header::WWW_AUTHENTICATE, UNAUTHORIZED_CHALLENGE);
                 }
             }
+            Outcome::BadPath(_) => put(&X_API_KEY_REASON, "BAD_PATH"),
             Outcome::Allowed(live, expires_in) => {
                 let mut id_buf = uuid::Uuid::encode_buffer();
                 let id: &str = live.id.hyphenated().encode_lower(&mut id_buf);
@@ -466,20 +531,28 @@ mod tests {
     fn key_sources() {
         let c = AuthPlan::new(AuthConfig::default());
         let uri: Uri = "/x?api_key=q".parse().unwrap();
+        let key = |c: &AuthPlan, h: &HeaderMap, q: Option<&str>| {
+            presented_key(c, h, q).map(Cow::into_owned)
+        };
         assert_eq!(
-            presented_key(&c, &hm(&[("authorization", "Bearer abc")]), uri.query()),
-            Some("abc")
+            key(&c, &hm(&[("authorization", "Bearer abc")]), uri.query()),
+            Some("abc".into())
         );
         assert_eq!(
-            presented_key(&c, &hm(&[("authorization", "Basic abc")]), uri.query()),
+            key(&c, &hm(&[("authorization", "Basic abc")]), uri.query()),
             None
         );
         assert_eq!(
-            presented_key(&c, &hm(&[("x-api-key", "k")]), uri.query()),
-            Some("k")
+            key(&c, &hm(&[("x-api-key", "k")]), uri.query()),
+            Some("k".into())
         );
         assert_eq!(
-            presented_key(&c, &HeaderMap::new(), uri.query()),
+            key(&c, &HeaderMap::new(), uri.query()),
+            None,
+            "query not read by default"
+        );
+        assert_eq!(
+            key(&c, &hm(&[("x-forwarded-uri", "/a?api_key=q")]), None),
             None,
             "query not read by default"
         );
@@ -487,7 +560,35 @@ mod tests {
             query_param: Some("api_key".into()),
             ..AuthConfig::default()
         });
-        assert_eq!(presented_key(&c, &HeaderMap::new(), uri.query()), Some("q"));
+        assert_eq!(key(&c, &HeaderMap::new(), uri.query()), Some("q".into()));
+    }
+
+    /// Regression (issue 9, item 9): with `query_param` set, a key in the query of
+    /// the client's URL was not found behind nginx or Caddy, which call /v1/auth
+    /// with the original URI in X-Forwarded-Uri / X-Original-URI and no query of
+    /// their own. The value is percent-decoded.
+    #[test]
+    fn query_key_is_read_from_the_forwarded_uri() {
+        let c = AuthPlan::new(AuthConfig {
+            query_param: Some("api_key".into()),
+            ..AuthConfig::default()
+        });
+        let key = |h: &HeaderMap, q: Option<&str>| presented_key(&c, h, q).map(Cow::into_owned);
+        let fwd = hm(&[(
+            "x-forwarded-uri",
+            "/catalog/items?page=2&api_key=akd_a%2Bb%3D#f",
+        )]);
+        assert_eq!(key(&fwd, None), Some("akd_a+b=".into()));
+        let orig = hm(&[("x-original-uri", "/x?api_key=k2")]);
+        assert_eq!(key(&orig, None), Some("k2".into()));
+        // /v1/auth's own query first, key headers before any query.
+        assert_eq!(key(&fwd, Some("api_key=own")), Some("own".into()));
+        let both = hm(&[("x-api-key", "hdr"), ("x-forwarded-uri", "/x?api_key=q")]);
+        assert_eq!(key(&both, None), Some("hdr".into()));
+        // Empty, absent or undecodable values present no key.
+        for uri in ["/x?api_key=", "/x?other=1", "/x", "/x?api_key=%FF"] {
+            assert_eq!(key(&hm(&[("x-forwarded-uri", uri)]), None), None, "{uri}");
+        }
     }
 
     #[test]

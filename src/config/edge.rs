@@ -9,6 +9,8 @@ use serde::Deserialize;
 use super::{valid_scope, Validator};
 use crate::keys::ipfilter;
 
+pub mod route_path;
+
 /// A route prefix and the scope it requires.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
@@ -19,15 +21,22 @@ pub struct Route {
 }
 
 impl Route {
-    /// Whether `path` is under this prefix (segment-aware: `/a` matches `/a/b`, not `/ab`).
+    /// Whether the normalised `path` ([`route_path::normalise`]) is under this
+    /// prefix, in whole segments: `/a` matches `/a/b`, not `/ab`.
     pub fn matches(&self, path: &str) -> bool {
-        let Some(rest) = path.strip_prefix(&self.prefix) else {
+        self.matches_with(path, false)
+    }
+
+    fn matches_with(&self, path: &str, ignore_case: bool) -> bool {
+        let (prefix, path) = (self.prefix.as_bytes(), path.as_bytes());
+        let Some((head, rest)) = path.split_at_checked(prefix.len()) else {
             return false;
         };
-        self.prefix.ends_with('/')
-            || rest.is_empty()
-            || rest.starts_with('/')
-            || rest.starts_with('?')
+        (if ignore_case {
+            head.eq_ignore_ascii_case(prefix)
+        } else {
+            head == prefix
+        }) && (prefix.ends_with(b"/") || rest.is_empty() || rest.starts_with(b"/"))
     }
 }
 
@@ -66,9 +75,46 @@ impl Default for AuthConfig {
 }
 
 impl AuthConfig {
-    /// The longest configured route matching `path`.
+    /// The longest configured route matching `path`, a path normalised by
+    /// [`route_path::normalise`].
     pub fn route_for(&self, path: &str) -> Option<&Route> {
         self.routes.iter().find(|r| r.matches(path))
+    }
+
+    /// The route of the original URI `uri` ([`route_path`] says how it is read),
+    /// or why there is none for sure. Applications disagree on letter case
+    /// (Express, ASP.NET and IIS route `/CATALOG/sync` to `/catalog/sync`, most
+    /// others do not) and on `;parameters` (servlet containers drop them before
+    /// routing, so `/catalog;p/sync` and `/catalog/x/..;/sync` reach `/catalog/sync`;
+    /// elsewhere they are part of the segment). Scopes are not nested, so no one
+    /// reading is the safe one: the path is matched under each combination, and
+    /// refused unless all give the same route. An already-normal path without `;`
+    /// costs two scans of the routes and no allocation.
+    pub fn route_of(&self, uri: &str) -> Result<Option<&Route>, route_path::BadPath> {
+        use route_path::{normalise_with, BadPath, Params};
+        let dropped = normalise_with(uri, Params::Drop)?;
+        let kept = if uri.contains(';') {
+            Some(normalise_with(uri, Params::Keep)?)
+        } else {
+            None
+        };
+        let first = self.routes.iter().find(|r| r.matches(&dropped));
+        let same = |path: &str, ignore_case: bool| {
+            let r = self
+                .routes
+                .iter()
+                .find(|r| r.matches_with(path, ignore_case));
+            r.map(|r| &r.prefix) == first.map(|r| &r.prefix)
+        };
+        let agree = same(&dropped, true)
+            && kept
+                .as_deref()
+                .is_none_or(|kept| same(kept, false) && same(kept, true));
+        if agree {
+            Ok(first)
+        } else {
+            Err(BadPath::Ambiguous)
+        }
     }
 }
 
@@ -204,17 +250,31 @@ pub(super) fn validate_auth(v: &mut Validator, raw: RawAuth) -> AuthConfig {
     let mut routes = Vec::new();
     for (i, r) in raw.routes.into_iter().enumerate() {
         let key = format!("auth.routes[{i}]");
-        if !r.prefix.starts_with('/')
-            || r.prefix.len() > 512
-            || r.prefix
-                .chars()
-                .any(|c| c.is_whitespace() || c.is_control())
-        {
+        // A prefix is compared with normalised request paths, so one that is not
+        // normal itself could never match: say so rather than protect nothing.
+        let normal = route_path::normalise(&r.prefix);
+        if !r.prefix.starts_with('/') || r.prefix.len() > 512 || normal.is_err() {
             v.push(
                 &format!("{key}.prefix"),
-                format!("{:?} must be a path starting with '/'", r.prefix),
+                format!(
+                    "{:?} must be a path starting with '/' (visible ASCII, no query)",
+                    r.prefix
+                ),
             );
             continue;
+        }
+        if let Ok(n) = normal.as_deref() {
+            if n != r.prefix {
+                v.push(
+                    &format!("{key}.prefix"),
+                    format!(
+                        "{:?} is not a normalised path (requests are matched as {n:?}); \
+                         write it without escapes, ';', '.' or '..' segments and repeated '/'",
+                        r.prefix
+                    ),
+                );
+                continue;
+            }
         }
         if let Some(s) = &r.scope {
             if !valid_scope(s) {
@@ -224,10 +284,15 @@ pub(super) fn validate_auth(v: &mut Validator, raw: RawAuth) -> AuthConfig {
                 );
             }
         }
-        if seen.insert(r.prefix.clone(), i).is_some() {
+        // "/A" and "/a" are one path to applications that ignore letter case, so
+        // which of their routes applies could never be decided for sure.
+        if seen.insert(r.prefix.to_ascii_lowercase(), i).is_some() {
             v.push(
                 &format!("{key}.prefix"),
-                format!("prefix {:?} is listed twice", r.prefix),
+                format!(
+                    "prefix {:?} is listed twice (letter case does not count)",
+                    r.prefix
+                ),
             );
         }
         routes.push(Route {
@@ -302,6 +367,7 @@ pub(super) fn validate_rate_limit(v: &mut Validator, raw: RawRateLimit) -> RateL
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
+    use proptest::prelude::*;
 
     #[test]
     fn routes_match_whole_segments() {
@@ -311,8 +377,193 @@ mod tests {
         };
         assert!(r.matches("/catalog"));
         assert!(r.matches("/catalog/items"));
-        assert!(r.matches("/catalog?x=1"));
+        assert!(r.matches("/catalog/"));
         assert!(!r.matches("/catalogue"));
         assert!(!r.matches("/other"));
+        assert!(!r.matches("/"));
+        let dir = Route {
+            prefix: "/catalog/".into(),
+            scope: None,
+        };
+        assert!(dir.matches("/catalog/x"));
+        assert!(!dir.matches("/catalog"));
+    }
+
+    /// Regression (issue 9, item 1): an application that ignores letter case
+    /// (Express, ASP.NET) serves `/CATALOG/Sync/run` as `/catalog/sync/run`, and a
+    /// servlet container serves `/catalog;p/sync/run` and `/catalog/x/..;/sync/run`
+    /// there too; none of them was under the `/catalog/sync` route. Where the
+    /// readings give different routes the path is refused; where they agree it is
+    /// matched.
+    #[test]
+    fn case_and_parameters_that_change_the_route_are_refused() {
+        let c = catalog_routes();
+        let route = |uri: &str| c.route_of(uri).map(|r| r.map(|r| r.prefix.clone()));
+        for uri in [
+            "/CATALOG/Sync/run",
+            "/catalog/SYNC",
+            "/Catalog/items",
+            "/catalog;p/sync/run",
+            "/catalog/x/..;/sync/run",
+            "/catalog/sync/..;/items",
+            "/catalog/sync;x/run",
+            "/ADMIN",
+        ] {
+            assert_eq!(route(uri), Err(route_path::BadPath::Ambiguous), "{uri}");
+        }
+        for (uri, want) in [
+            ("/catalog/sync/run", Some("/catalog/sync")),
+            ("/catalog/sync/RUN;jsessionid=1", Some("/catalog/sync")),
+            ("/catalog/items;v=2", Some("/catalog")),
+            ("/catalog/Items", Some("/catalog")),
+            ("/catalog/synced", Some("/catalog")),
+            ("/PUBLIC;x/y", None),
+            ("/x/..;/y", None),
+        ] {
+            assert_eq!(route(uri), Ok(want.map(str::to_owned)), "{uri}");
+        }
+    }
+
+    fn routes(prefixes: &[&str]) -> Result<AuthConfig, Vec<String>> {
+        let raw = RawAuth {
+            routes: prefixes
+                .iter()
+                .map(|p| RawRoute {
+                    prefix: (*p).to_owned(),
+                    scope: Some("catalog:sync".into()),
+                })
+                .collect(),
+            ..RawAuth::default()
+        };
+        let mut v = Validator {
+            file: "t.toml".into(),
+            problems: Vec::new(),
+        };
+        let c = validate_auth(&mut v, raw);
+        if v.problems.is_empty() {
+            Ok(c)
+        } else {
+            Err(v.problems.iter().map(|p| p.to_string()).collect())
+        }
+    }
+
+    /// Any spelling of `segments`: escapes of unreserved characters (either hex
+    /// case), `;parameters`, letter case, and `//`, `/./`, `/x/../`, `/%2e/` between
+    /// segments, an absolute-form start and a query.
+    fn spellings(
+        segments: &'static [&'static str],
+        case_and_params: bool,
+    ) -> impl Strategy<Value = String> {
+        let n = segments.len();
+        let (how, param) = if case_and_params {
+            (0u8..4, prop::option::of("[a-z=0-9]{0,3}").boxed())
+        } else {
+            (0u8..1, Just(None).boxed())
+        };
+        (
+            prop::collection::vec(
+                (
+                    prop::collection::vec(prop_oneof![how, 2u8..4], 16),
+                    param,
+                    prop::sample::select(vec!["/", "//", "/./", "/x/../", "/%2e/", "/x/%2E%2e/"]),
+                ),
+                n,
+            ),
+            any::<bool>(),
+            prop::option::of("[a-z=&/.%]{0,6}"),
+        )
+            .prop_map(move |(parts, absolute, query)| {
+                let mut s = if absolute {
+                    "http://h".to_owned()
+                } else {
+                    String::new()
+                };
+                for (seg, (how, param, sep)) in segments.iter().zip(parts) {
+                    s.push_str(sep);
+                    for (c, h) in seg.chars().zip(how) {
+                        match h {
+                            0 => s.push(c),
+                            1 => s.push(c.to_ascii_uppercase()),
+                            2 => s.push_str(&format!("%{:02x}", u32::from(c))),
+                            _ => s.push_str(&format!("%{:02X}", u32::from(c))),
+                        }
+                    }
+                    if let Some(p) = param {
+                        s.push(';');
+                        s.push_str(&p);
+                    }
+                }
+                if let Some(q) = query {
+                    s.push('?');
+                    s.push_str(&q);
+                }
+                s
+            })
+    }
+
+    fn catalog_routes() -> AuthConfig {
+        routes(&["/catalog", "/catalog/sync", "/admin"]).unwrap()
+    }
+
+    proptest! {
+        /// Regression (issue 9, item 1): every spelling of a path under
+        /// `/catalog/sync` that an application may read as that path is either
+        /// refused or matched to that route, never to `/catalog` or none.
+        #[test]
+        fn spellings_of_a_protected_path_keep_its_route(
+            s in spellings(&["catalog", "sync", "run"], true),
+        ) {
+            let c = catalog_routes();
+            if let Ok(route) = c.route_of(&s) {
+                prop_assert_eq!(route.map(|r| r.prefix.as_str()), Some("/catalog/sync"), "{}", s);
+            }
+        }
+
+        #[test]
+        fn spellings_of_other_paths_keep_theirs(
+            s in spellings(&["catalog", "items"], true),
+        ) {
+            let c = catalog_routes();
+            if let Ok(route) = c.route_of(&s) {
+                prop_assert_eq!(route.map(|r| r.prefix.as_str()), Some("/catalog"), "{}", s);
+            }
+        }
+
+        /// Spellings without case changes or parameters are not refused: the
+        /// properties above are not met by refusing everything.
+        #[test]
+        fn plain_spellings_are_read(s in spellings(&["catalog", "sync", "x"], false)) {
+            let c = catalog_routes();
+            let route = c.route_of(&s).map(|r| r.map(|r| r.prefix.as_str()));
+            prop_assert_eq!(route, Ok(Some("/catalog/sync")), "{}", s);
+        }
+    }
+
+    /// Prefixes are compared with normalised paths, so a prefix that is not one
+    /// could never match: it is refused at load instead of protecting nothing.
+    #[test]
+    fn route_prefixes_must_be_normal_paths() {
+        for bad in [
+            "catalog",
+            "/catalog//sync",
+            "/catalog/./sync",
+            "/catalog/x/../sync",
+            "/catalog;p",
+            "/catalog/%73ync",
+            "/catalog?x",
+            "/caf\u{e9}",
+            "/catalog sync",
+            "/catalog\\sync",
+            "/catalog./sync",
+        ] {
+            let problems = routes(&[bad]).expect_err(bad);
+            assert!(
+                problems[0].contains("auth.routes[0].prefix"),
+                "{bad}: {problems:?}"
+            );
+        }
+        assert!(routes(&["/Catalog", "/catalog"]).unwrap_err()[0].contains("listed twice"));
+        let ok = routes(&["/catalog/sync/", "/catalog"]).unwrap();
+        assert_eq!(ok.routes[0].prefix, "/catalog/sync/");
     }
 }

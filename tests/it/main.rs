@@ -2,6 +2,7 @@
 
 mod alerts;
 mod authz;
+mod caddy;
 mod edge;
 mod lifecycle;
 mod nginx;

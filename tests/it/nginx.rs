@@ -20,9 +20,19 @@ const EDGE: &str = r#"
 [auth]
 trusted_proxies = ["127.0.0.1/32"]
 
+query_param = "api_key"
+
 [[auth.routes]]
 prefix = "/admin"
 scope = "catalog:write"
+
+[[auth.routes]]
+prefix = "/catalog"
+scope = "catalog:read"
+
+[[auth.routes]]
+prefix = "/catalog/sync"
+scope = "catalog:sync"
 
 [rate_limit]
 failures_per_minute = 1
@@ -38,14 +48,14 @@ fn find_nginx() -> Option<PathBuf> {
 }
 
 /// An upstream answering every request with 200 and the request head as the body.
-struct Echo {
+pub(crate) struct Echo {
     addr: SocketAddr,
     seen: Arc<Mutex<Vec<String>>>,
     stop: Arc<AtomicBool>,
 }
 
 impl Echo {
-    fn start() -> Self {
+    pub(crate) fn start() -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
@@ -94,8 +104,21 @@ impl Echo {
         let _ = (&conn).write_all(resp.as_bytes());
     }
 
-    fn count(&self) -> usize {
+    pub(crate) fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub(crate) fn count(&self) -> usize {
         self.seen.lock().unwrap().len()
+    }
+
+    /// The request line of the last request received.
+    pub(crate) fn last_request_line(&self) -> String {
+        let seen = self.seen.lock().unwrap();
+        seen.last()
+            .and_then(|h| h.lines().next())
+            .unwrap_or_default()
+            .to_owned()
     }
 }
 
@@ -281,6 +304,109 @@ fn bearer(key: &str) -> String {
     format!("Bearer {key}")
 }
 
+/// Sends a GET with these headers through a proxy.
+pub(crate) type Get<'a> = dyn Fn(&str, &[(&str, &str)]) -> Answer + 'a;
+
+/// Spellings of `/catalog/sync/run` (route `/catalog/sync`, scope `catalog:sync`)
+/// that an application may read as that path, and URIs that cannot be read for
+/// sure. Each must be refused for a key holding only `catalog:read`.
+pub(crate) const BYPASS_SPELLINGS: &[&str] = &[
+    "/catalog/sync/run",
+    "//catalog/sync/run",
+    "/catalog//sync/run",
+    "/catalog/./sync/run",
+    "/catalog/x/../sync/run",
+    "/catalog/x/%2e%2e/sync/run",
+    "/catalog/%73ync/run",
+    "/catalog/%73%79%6E%63/run",
+    "/catalog;p/sync/run",
+    "/catalog/sync;jsessionid=1/run",
+    "/catalog/x/..;/sync/run",
+    "/CATALOG/Sync/run",
+    "/catalog/sync%2frun",
+    "/catalog%2Fsync/run",
+    "/catalog/sync%5crun",
+    "/catalog\\sync/run",
+    "/catalog/%zz/../sync/run",
+    "/catalog/sync%00/run",
+    "/catalog/sync/r\u{fc}n",
+    "/catalog/syn%C3%A7/run",
+    "/catalog./sync/run",
+    "/catalog/../../catalog/sync/run",
+    "http://localhost/catalog/sync/run",
+];
+
+/// Issue 9, item 1, through a real proxy (`get` sends a request to it): with a
+/// `catalog:read` key every spelling in [`BYPASS_SPELLINGS`] is refused and never
+/// reaches the upstream, a URI header sent by the client changes nothing, and the
+/// legitimate `/catalog/items` passes and arrives as sent.
+pub(crate) fn route_spellings_are_refused(
+    proxy: &str,
+    get: &Get,
+    echo: &Echo,
+    reader: &str,
+    log: &dyn Fn() -> String,
+) {
+    let auth = bearer(reader);
+    let a = get("/catalog/items?page=1", &[("Authorization", auth.as_str())]);
+    assert_eq!(a.status, 200, "{proxy}: {}\n{}", a.body, log());
+    assert!(
+        echo.last_request_line()
+            .starts_with("GET /catalog/items?page=1 "),
+        "{proxy}: {}",
+        echo.last_request_line()
+    );
+    let before = echo.count();
+    let mut seen = Vec::new();
+    for path in BYPASS_SPELLINGS {
+        let a = get(path, &[("Authorization", auth.as_str())]);
+        seen.push(format!(
+            "{path} -> {} {}",
+            a.status,
+            a.header("x-api-key-reason").unwrap_or("-")
+        ));
+        assert!(
+            matches!(a.status, 400 | 403),
+            "{proxy}: {path} with a catalog:read key got {} (reason {:?}); the upstream saw {:?}\n{}",
+            a.status,
+            a.header("x-api-key-reason"),
+            echo.last_request_line(),
+            log()
+        );
+        assert_eq!(echo.count(), before, "{proxy}: {path} reached the upstream");
+    }
+    // The client cannot name the URI that is checked.
+    for name in ["X-Original-URI", "X-Forwarded-Uri"] {
+        let a = get(
+            "/catalog/sync/run",
+            &[("Authorization", auth.as_str()), (name, "/catalog/items")],
+        );
+        assert!(
+            matches!(a.status, 400 | 403),
+            "{proxy}: {name}: {}",
+            a.status
+        );
+    }
+    assert_eq!(echo.count(), before);
+    let _ = writeln!(std::io::stderr(), "{proxy}: {}", seen.join("; "));
+    // Legitimate spellings still pass.
+    let a = get("/catalog/items", &[("Authorization", auth.as_str())]);
+    assert_eq!(a.status, 200, "{proxy}: {}", a.body);
+    assert_eq!(echo.count(), before + 1);
+}
+
+/// Issue 9, item 9, through a real proxy: with `query_param` set, a key in the
+/// client's query string is found in the URI the proxy forwards.
+pub(crate) fn query_key_is_read(proxy: &str, get: &Get, echo: &Echo, key: &str) {
+    let before = echo.count();
+    let a = get(&format!("/catalog/items?page=1&api_key={key}"), &[]);
+    assert_eq!(a.status, 200, "{proxy}: {} {:?}", a.body, a.headers);
+    assert_eq!(echo.count(), before + 1);
+    let a = get("/catalog/items?api_key=akd_wrong", &[]);
+    assert_eq!(a.status, 401, "{proxy}");
+    assert_eq!(echo.count(), before + 1);
+}
+
 #[test]
 fn nginx_auth_request_with_shipped_snippet() {
     let Some(bin) = find_nginx() else {
@@ -373,6 +499,14 @@ fn nginx_auth_request_with_shipped_snippet() {
     assert_eq!(reason(&a).as_deref(), Some("INSUFFICIENT_SCOPE"));
     assert_eq!(echo.count(), 3);
 
+    // Route scopes hold for every spelling of a protected path (issue 9, item 1).
+    let (_, reader) = d.create("alice", "reader", &["--scopes", "catalog:read"]);
+    let get = |p: &str, h: &[(&str, &str)]| nginx.get(p, h);
+    let log = || nginx.log();
+    route_spellings_are_refused("nginx", &get, &echo, &reader, &log);
+    query_key_is_read("nginx", &get, &echo, &reader);
+    let base = echo.count();
+
     // A missing or invalid key gets 401 from nginx and never reaches the upstream.
     let a = nginx.get("/x", &[]);
     assert_eq!(a.status, 401, "{}", a.body);
@@ -386,19 +520,19 @@ fn nginx_auth_request_with_shipped_snippet() {
         a.headers
     );
     assert_eq!(reason(&a).as_deref(), Some("MALFORMED"));
-    assert_eq!(echo.count(), 3);
+    assert_eq!(echo.count(), base);
 
     // A key disabled between two requests: 200, then 403.
     let (id2, key2) = d.create("alice", "to be disabled", &[]);
     let auth2 = bearer(&key2);
     let a = nginx.get("/x", &[("Authorization", auth2.as_str())]);
     assert_eq!(a.status, 200, "{}", a.body);
-    assert_eq!(echo.count(), 4);
+    assert_eq!(echo.count(), base + 1);
     d.ok(&["key", "disable", &id2]);
     let a = nginx.get("/x", &[("Authorization", auth2.as_str())]);
     assert_eq!(a.status, 403, "{}", a.body);
     assert_eq!(reason(&a).as_deref(), Some("DISABLED"));
-    assert_eq!(echo.count(), 4);
+    assert_eq!(echo.count(), base + 1);
 
     // The checks reuse kept-alive connections to apikeyd (nginx closes a connection
     // whose response body it did not read: the snippet asks with HEAD).
@@ -434,5 +568,5 @@ fn nginx_auth_request_with_shipped_snippet() {
         nginx.get("/x", &[("Authorization", auth.as_str())]).status,
         429
     );
-    assert_eq!(echo.count(), 24);
+    assert_eq!(echo.count(), base + 21);
 }

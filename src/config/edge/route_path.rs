@@ -1,0 +1,325 @@
+//! The path `[[auth.routes]]` are matched against: the original URI a proxy forwards,
+//! read as the application behind it will read it. A path that different
+//! applications could read differently is refused rather than guessed at, so no
+//! spelling of a protected path can be matched to a weaker route.
+
+use std::borrow::Cow;
+
+use percent_encoding::percent_decode_str;
+
+/// Why a forwarded URI cannot be matched against routes. Each is answered
+/// `400 BAD_PATH` while routes are configured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum BadPath {
+    /// A URI header is present but its value is not visible ASCII.
+    #[error("the URI header is not visible ASCII text")]
+    Unreadable,
+    /// The URI headers (or the path appended to `/v1/auth/`) disagree.
+    #[error("the URI headers carry different values")]
+    Conflicting,
+    /// Not `/path` or `http(s)://authority/path`, or a raw `#` in the path.
+    #[error("not an origin-form path or an http(s) URL")]
+    NotAPath,
+    /// A backslash, which some servers read as a slash.
+    #[error("a backslash in the path")]
+    Backslash,
+    /// An invalid escape (`%zz`, `%4`) or the escape of a character that
+    /// separates or ends paths (`%2F`, `%5C`, `%3B`, `%3F`, `%23`, `%25`).
+    #[error("an invalid percent-escape or an escaped '/', '\\', ';', '?', '#' or '%'")]
+    Escape,
+    /// An escaped control or non-ASCII byte (`%00`, `%C3%A9`): decoders and
+    /// Unicode normalisation differ between applications.
+    #[error("an escaped control or non-ASCII byte")]
+    Byte,
+    /// A segment ending in `.` or a space besides `.` and `..`, which Windows
+    /// servers drop.
+    #[error("a path segment ending in '.' or ' '")]
+    TrailingDot,
+    /// A `..` that would climb above the root.
+    #[error("'..' above the root")]
+    AboveRoot,
+    /// The route would depend on letter case or on `;parameters`, which
+    /// applications read differently ([`super::AuthConfig::route_of`]).
+    #[error("the route depends on letter case or on ';parameters'")]
+    Ambiguous,
+}
+
+/// What becomes of `;parameters` in a segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Params {
+    /// Dropped, as servlet containers and Spring read them: `/a;x/b` is `/a/b`.
+    Drop,
+    /// Kept as part of the segment, as most other applications read them. The
+    /// segment keeps only a `;` after its name, which no route prefix has, so it
+    /// matches no prefix segment, and it is never a dot segment (`..;` is not `..`).
+    Keep,
+}
+
+/// `uri` (`/path?query`, or `http(s)://host/path?query`) reduced to its path, with
+/// escapes of plain characters decoded, `;parameters` dropped from each segment,
+/// `.` and `..` resolved and repeated slashes collapsed. A path that is already in
+/// that form is returned borrowed: the usual case costs one pass and no allocation.
+/// Letter case is kept; [`super::Route::matches`] ignores it.
+pub fn normalise(uri: &str) -> Result<Cow<'_, str>, BadPath> {
+    normalise_with(uri, Params::Drop)
+}
+
+/// [`normalise`], with `;parameters` read as `params` says.
+pub fn normalise_with(uri: &str, params: Params) -> Result<Cow<'_, str>, BadPath> {
+    if !uri.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(BadPath::Unreadable);
+    }
+    let path = strip_authority(uri)?;
+    let end = path.find(['?', '#']).unwrap_or(path.len());
+    if path.as_bytes().get(end) == Some(&b'#') {
+        // Clients never send a fragment; an application that takes `#` as part of
+        // the path would resolve `/public#/../private` differently.
+        return Err(BadPath::NotAPath);
+    }
+    let path = &path[..end];
+    if path.is_empty() {
+        return Ok(Cow::Borrowed("/"));
+    }
+    if is_normal(path) {
+        return Ok(Cow::Borrowed(path));
+    }
+    resolve(path, params).map(Cow::Owned)
+}
+
+/// The part of `uri` from its path on: origin-form as it is; absolute-form
+/// (`http://host/path`, which HTTP/1.1 servers must accept and proxies pass on as
+/// the request URI) without scheme and authority, an empty path being `/`.
+fn strip_authority(uri: &str) -> Result<&str, BadPath> {
+    if uri.starts_with('/') {
+        return Ok(uri);
+    }
+    let rest = ["http://", "https://"]
+        .iter()
+        .find_map(|scheme| {
+            uri.get(..scheme.len())
+                .filter(|s| s.eq_ignore_ascii_case(scheme))
+                .map(|_| &uri[scheme.len()..])
+        })
+        .ok_or(BadPath::NotAPath)?;
+    let at = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    if at == 0 || rest[..at].contains('\\') {
+        return Err(BadPath::NotAPath);
+    }
+    let path = &rest[at..];
+    if path.starts_with('/') {
+        Ok(path)
+    } else if path.starts_with('#') {
+        Err(BadPath::NotAPath)
+    } else {
+        Ok("")
+    }
+}
+
+/// Whether `path` (no query, visible ASCII, starting with `/`) needs no work: no
+/// escapes, parameters or backslashes, and no segment that is empty (but the last)
+/// or ends in `.` (dot segments and Windows' trailing dots).
+fn is_normal(path: &str) -> bool {
+    let mut segments = path[1..].split('/').peekable();
+    while let Some(s) = segments.next() {
+        let last = segments.peek().is_none();
+        if (s.is_empty() && !last)
+            || s.ends_with('.')
+            || s.bytes().any(|b| matches!(b, b'%' | b';' | b'\\'))
+        {
+            return false;
+        }
+    }
+    path.starts_with('/')
+}
+
+/// The slow path of [`normalise`], segment by segment.
+fn resolve(path: &str, params: Params) -> Result<String, BadPath> {
+    let mut out = String::with_capacity(path.len());
+    // Whether the result ends in a directory: a trailing `/`, `/.` or `/..`.
+    let mut dir = false;
+    let raw_segments = path.strip_prefix('/').ok_or(BadPath::NotAPath)?;
+    for raw in raw_segments.split('/') {
+        if raw.contains('\\') {
+            return Err(BadPath::Backslash);
+        }
+        // `;parameters` end at the next `/` (RFC 3986 3.3; servlet containers and
+        // Spring drop them before routing, so `/a;x/b` reaches `/a/b`).
+        let (raw, has_params) = match raw.split_once(';') {
+            Some((name, _)) => (name, true),
+            None => (raw, false),
+        };
+        let decoded: Cow<'_, [u8]> = percent_decode_str(raw).into();
+        for &b in decoded.iter() {
+            if !(b' '..=b'~').contains(&b) {
+                return Err(BadPath::Byte);
+            }
+            // A `%` left over is an invalid escape (the decoder keeps those as
+            // they are) or a decoded `%25`, which a second decoding would change.
+            if matches!(b, b'/' | b'\\' | b';' | b'?' | b'#' | b'%') {
+                return Err(BadPath::Escape);
+            }
+        }
+        dir = true;
+        if has_params && params == Params::Keep {
+            out.push('/');
+            out.extend(decoded.iter().map(|&b| char::from(b)));
+            out.push(';');
+            dir = false;
+            continue;
+        }
+        match &decoded[..] {
+            b"" | b"." => {}
+            b".." => match out.rfind('/') {
+                Some(at) => out.truncate(at),
+                None => return Err(BadPath::AboveRoot),
+            },
+            s if s.ends_with(b".") || s.ends_with(b" ") => return Err(BadPath::TrailingDot),
+            s => {
+                out.push('/');
+                // Checked above: printable ASCII.
+                out.extend(s.iter().map(|&b| char::from(b)));
+                dir = false;
+            }
+        }
+    }
+    if dir || out.is_empty() {
+        out.push('/');
+    }
+    Ok(out)
+}
+
+/// The query of `uri` (after `?`, up to a `#`), if it has one.
+pub fn query(uri: &str) -> Option<&str> {
+    let (_, rest) = uri.split_once('?')?;
+    Some(rest.split('#').next().unwrap_or(rest))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use proptest::prelude::*;
+
+    fn norm(s: &str) -> Result<String, BadPath> {
+        normalise(s).map(Cow::into_owned)
+    }
+
+    #[test]
+    fn normal_paths_are_borrowed() {
+        for p in [
+            "/",
+            "/catalog",
+            "/catalog/sync/run",
+            "/catalog/",
+            "/a/b.c/d",
+        ] {
+            assert!(
+                matches!(normalise(p), Ok(Cow::Borrowed(b)) if b == p),
+                "{p}"
+            );
+        }
+        assert!(matches!(normalise("/a/b?x=%zz"), Ok(Cow::Borrowed("/a/b"))));
+    }
+
+    /// Regression (issue 9, item 1): route prefixes were compared with the raw
+    /// forwarded URI, so `//catalog/sync/run` and other spellings the application
+    /// reads as `/catalog/sync/run` escaped the `/catalog/sync` route.
+    #[test]
+    fn spellings_of_one_path_normalise_to_it() {
+        for s in [
+            "/catalog/sync/run",
+            "//catalog/sync/run",
+            "/catalog//sync///run",
+            "/catalog/./sync/run",
+            "/catalog/x/../sync/run",
+            "/catalog/sync/x/y/../../run",
+            "/catalog/%73ync/run",
+            "/catalog/%2e/sync/run",
+            "/catalog/x/%2E%2e/sync/run",
+            "/catalog/x/.%2e/sync/run",
+            "/catalog;p/sync/run",
+            "/catalog/sync;jsessionid=1/run",
+            "/catalog/x/..;p/sync/run",
+            "/;x/catalog/sync/run",
+            "/catalog/sync/run?x=/../admin",
+            "http://example.com/catalog/sync/run",
+            "HTTPS://example.com:443//catalog/sync/run?q",
+            "/catalog/%7E/../sync/run",
+        ] {
+            assert_eq!(norm(s).as_deref(), Ok("/catalog/sync/run"), "{s}");
+        }
+        assert_eq!(norm("/catalog/sync/"), Ok("/catalog/sync/".into()));
+        assert_eq!(norm("/catalog/sync/."), Ok("/catalog/sync/".into()));
+        assert_eq!(norm("/catalog/sync/run/.."), Ok("/catalog/sync/".into()));
+        assert_eq!(norm("/catalog/.."), Ok("/".into()));
+        assert_eq!(norm("//"), Ok("/".into()));
+        assert_eq!(norm("http://h"), Ok("/".into()));
+        assert_eq!(norm("http://h?x"), Ok("/".into()));
+        assert_eq!(norm("/a%20b/c"), Ok("/a b/c".into()));
+        assert_eq!(norm("/a%40b"), Ok("/a@b".into()));
+    }
+
+    #[test]
+    fn ambiguous_paths_are_refused() {
+        use BadPath::*;
+        for (s, why) in [
+            ("/catalog/sync%2frun", Escape),
+            ("/catalog/sync%2Frun", Escape),
+            ("/catalog%5csync/run", Escape),
+            ("/catalog\\sync/run", Backslash),
+            ("/catalog/sync%3brun", Escape),
+            ("/catalog/sync%3F/run", Escape),
+            ("/catalog/sync%23/run", Escape),
+            ("/catalog/%2573ync/run", Escape),
+            ("/catalog/%zzsync", Escape),
+            ("/catalog/sync%4", Escape),
+            ("/catalog/sync%", Escape),
+            ("/catalog/%u0073ync", Escape),
+            ("/catalog/sync%00/run", Byte),
+            ("/catalog/sync%0a/run", Byte),
+            ("/catalog/sync%7f/run", Byte),
+            ("/catalog/caf%C3%A9", Byte),
+            ("/catalog/%c0%af/sync", Byte),
+            ("/catalog/syn\u{e7}", Unreadable),
+            ("/catalog/sync run", Unreadable),
+            ("/catalog/sync\trun", Unreadable),
+            ("/catalog/sync\0", Unreadable),
+            ("", NotAPath),
+            ("*", NotAPath),
+            ("catalog/sync", NotAPath),
+            ("ftp://h/catalog", NotAPath),
+            ("http:///catalog", NotAPath),
+            ("/public#/../catalog/sync/run", NotAPath),
+            ("/..", AboveRoot),
+            ("/catalog/../../catalog/sync", AboveRoot),
+            ("/%2e%2e/catalog", AboveRoot),
+            ("/catalog./sync/run", TrailingDot),
+            ("/catalog/sync%20/run", TrailingDot),
+            ("/catalog/sync.../run", TrailingDot),
+        ] {
+            assert_eq!(norm(s), Err(why), "{s:?}");
+        }
+        // In the query nothing matters but that it is text.
+        assert_eq!(norm("/a?%zz\\#x"), Ok("/a".into()));
+    }
+
+    #[test]
+    fn queries() {
+        assert_eq!(query("/a?k=v#f"), Some("k=v"));
+        assert_eq!(query("/a?"), Some(""));
+        assert_eq!(query("/a"), None);
+    }
+
+    proptest! {
+        /// Whatever normalise returns is a fixed point and already normal, so it
+        /// takes the borrowed path when seen again.
+        #[test]
+        fn normal_form_is_stable(s in "[/a-zA-Z.;%2eEfF3B~-]{0,24}") {
+            if let Ok(n) = normalise(&s) {
+                prop_assert!(n.starts_with('/'));
+                prop_assert!(is_normal(&n), "{:?} -> {:?}", s, n);
+                prop_assert!(matches!(normalise(&n), Ok(Cow::Borrowed(_))));
+            }
+        }
+    }
+}

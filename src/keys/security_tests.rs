@@ -119,6 +119,8 @@ async fn settle(keys: &Keys) {
 /// secret in `secrets` verifies the way the stored record says it should.
 fn assert_consistent(keys: &Keys, secrets: &[String], context: &str) {
     let mut fresh = Index::default();
+    // Scopes in the index are the effective ones: what the owner's groups grant now.
+    fresh.grants = super::grants_of(&keys.settings().directory);
     keys.store
         .load_keys(load::prepare, |l| fresh.load(l))
         .unwrap();

@@ -111,7 +111,7 @@ async fn cut_off<T>(fut: impl Future<Output = T>, polls: usize, pause: std::time
 /// dropped caller left on the blocking pool has landed.
 async fn settle(keys: &Keys) {
     drop(keys.lock_writer().await);
-    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     drop(keys.lock_writer().await);
 }
 
@@ -199,7 +199,7 @@ async fn a_change_cut_off_by_its_caller_is_applied_to_store_and_index_or_not_at_
             let at = format!("{polls} poll(s) {pause_us}µs apart");
             // Each change on a key of its own, made in full first.
             let mut ids = Vec::new();
-            for op in 0..8 {
+            for op in 0..9 {
                 n += 1;
                 let s = token(n);
                 let view = keys
@@ -258,6 +258,35 @@ async fn a_change_cut_off_by_its_caller_is_applied_to_store_and_index_or_not_at_
             cut_off(keys.set_enabled(&a, &ids[6], true), polls, pause).await;
             settle(keys).await;
             assert_consistent(keys, &secrets, &format!("enable, {at}"));
+            // The alerts side: a key's job and its notification change together.
+            for (id, delete) in [(&ids[7], false), (&ids[8], true)] {
+                let job = keys.show(&a, id).unwrap().alert_job.unwrap();
+                cut_off(
+                    keys.cancel_or_delete_job(&a, &job.to_string(), delete),
+                    polls,
+                    pause,
+                )
+                .await;
+                settle(keys).await;
+                let what = if delete { "job delete" } else { "job cancel" };
+                assert_consistent(keys, &secrets, &format!("{what}, {at}"));
+                let rec = keys
+                    .store
+                    .key(Uuid::parse_str(id).unwrap())
+                    .unwrap()
+                    .unwrap();
+                let stored = keys.store.job(job).unwrap();
+                let done = if delete {
+                    stored.is_none()
+                } else {
+                    stored.unwrap().state == crate::alerts::job::JobState::Canceled
+                };
+                assert_eq!(
+                    rec.alerting.notification.is_none(),
+                    done,
+                    "{what}, {at}: the key's notification and its job"
+                );
+            }
         }
     }
 }

@@ -107,7 +107,7 @@ fn admin_changes_cut_off_by_their_clients_are_seen_by_verification_too() {
                 &d,
                 "PATCH",
                 &format!("/v1/admin/keys/{id}"),
-                r#"{"name":"edited","ip":["10.9.9.9/32"]}"#,
+                &json!({ "name": format!("edited {id}"), "ip": ["10.9.9.9/32"] }).to_string(),
                 delay,
             ),
             _ => cut_off(

@@ -726,6 +726,8 @@ fn show(v: &Value, json: bool) {
         ("status", s(v, "status")),
         ("kind", s(v, "kind")),
         ("scopes", list("scopes")),
+        // What verification allows: the scopes the owner's groups still grant.
+        ("in force", list("effective_scopes")),
         ("created", s(v, "created_at")),
         ("changed", s(v, "updated_at")),
         ("last used", or_dash(s(v, "last_used_at"))),

@@ -297,7 +297,7 @@ struct Index {
     /// Effective scopes per (interned owner, interned own scope set), by address:
     /// a few combinations shared by many keys. Holds both `Arc`s, so an address
     /// cannot be reused while its entry is here. Cleared when the grants change.
-    effective_cache: HashMap<(usize, usize), Effective>,
+    effective_cache: HashMap<(usize, usize), Pinned>,
     /// Keys per status for `/metrics`, kept as keys change and as the expiry sweep
     /// finds them expired or inactive, so a scrape reads five numbers (see
     /// [`StatusCounts`]).
@@ -309,11 +309,12 @@ struct Index {
     swept: Vec<AtomicU8>,
 }
 
+/// A cached [`Effective`] with the owner and own-set `Arc`s whose addresses key it.
+type Pinned = (Arc<str>, Arc<[String]>, Effective);
+
 /// A key's effective scopes and whether its owner is configured.
 #[derive(Debug, Clone)]
 struct Effective {
-    _owner: Arc<str>,
-    _own: Arc<[String]>,
     scopes: Arc<[String]>,
     number: u16,
     owner_unknown: bool,
@@ -616,7 +617,7 @@ impl Index {
             Arc::as_ptr(owner).cast::<u8>() as usize,
             Arc::as_ptr(own).cast::<u8>() as usize,
         );
-        if let Some(hit) = self.effective_cache.get(&key) {
+        if let Some((_, _, hit)) = self.effective_cache.get(&key) {
             return hit.clone();
         }
         let (scopes, number, owner_unknown) = match self.grants.get(&**owner) {
@@ -638,15 +639,14 @@ impl Index {
             }
         };
         let eff = Effective {
-            _owner: owner.clone(),
-            _own: own.clone(),
             scopes,
             number,
             owner_unknown,
         };
         // Past u16::MAX sets, numbers are shared: no cache (and no sharing) then.
         if own_number < u16::MAX && number < u16::MAX {
-            self.effective_cache.insert(key, eff.clone());
+            self.effective_cache
+                .insert(key, (owner.clone(), own.clone(), eff.clone()));
         }
         eff
     }

@@ -261,6 +261,15 @@ fn privileges_follow_a_sighup_reload() {
         shown["effective_scopes"],
         serde_json::json!(["catalog:read"])
     );
+    let text = d.ok(&["key", "show", &id]);
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("scopes") && l.ends_with("catalog:read, catalog:sync"))
+            && text
+                .lines()
+                .any(|l| l.starts_with("in force") && l.ends_with(" catalog:read")),
+        "{text}"
+    );
     assert_eq!(auth(&d, &bobs, "/catalog/sync/run").status, 200);
 
     // Removed from the configuration: refused with a reason of its own.

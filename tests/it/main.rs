@@ -6,6 +6,7 @@ mod edge;
 mod lifecycle;
 mod nginx;
 mod openapi;
+mod routes;
 mod service;
 mod systemd;
 mod util;

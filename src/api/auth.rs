@@ -1,7 +1,9 @@
 //! Forward-auth for reverse proxies: nginx `auth_request`, Traefik ForwardAuth and
 //! Envoy `ext_authz` (HTTP mode) ask `/v1/auth` about every request. The answer is
-//! 200 with the key's identity in `X-Api-Key-*` headers, or 401/403 with
-//! `X-Api-Key-Reason`. Nothing is cached: a disabled key is refused on the next call.
+//! 200 with the key's identity in `X-Api-Key-*` headers, or 401/403 (and 400
+//! `BAD_PATH` for an original URI `[[auth.routes]]` cannot be matched against for
+//! sure) with `X-Api-Key-Reason`. Nothing is cached: a disabled key is refused on
+//! the next call.
 
 use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};

@@ -9,6 +9,7 @@ mod nginx;
 mod openapi;
 mod paging;
 mod security_keys;
+mod routes;
 mod service;
 mod systemd;
 mod util;

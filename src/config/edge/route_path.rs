@@ -59,7 +59,8 @@ pub enum Params {
 /// escapes of plain characters decoded, `;parameters` dropped from each segment,
 /// `.` and `..` resolved and repeated slashes collapsed. A path that is already in
 /// that form is returned borrowed: the usual case costs one pass and no allocation.
-/// Letter case is kept; [`super::Route::matches`] ignores it.
+/// Letter case is kept ([`super::AuthConfig::route_of`] reads it both ways), and
+/// `%20` comes out as a space, so the result is for matching, not for sending on.
 pub fn normalise(uri: &str) -> Result<Cow<'_, str>, BadPath> {
     normalise_with(uri, Params::Drop)
 }

@@ -5,6 +5,7 @@ mod edge;
 mod lifecycle;
 mod nginx;
 mod openapi;
+mod ops;
 mod service;
 mod systemd;
 mod util;

@@ -141,7 +141,9 @@ impl Daemon {
             })?;
         let socket_path = config.server.admin_socket.clone();
         if socket_path.starts_with(&config.server.state_dir) {
-            tracing::warn!(
+            // Fine for one account running everything (the shipped config outside
+            // systemd); worth knowing when other local users need the socket.
+            tracing::info!(
                 socket = %socket_path.display(),
                 "the admin socket is inside the private state directory: only its owner and root can reach it; set [server] admin_socket elsewhere for other local users"
             );

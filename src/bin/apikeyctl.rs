@@ -67,7 +67,8 @@ enum Command {
     Key(KeyCommand),
     /// Check a key as a service would (exit 0 only for VALID). Use "-" to read it from stdin.
     Verify {
-        /// The key, or "-" for stdin.
+        /// "-" to read the key from stdin (preferred: an argument is visible to every
+        /// local user, e.g. in `ps`), or the key itself.
         key: String,
         /// Client address to check against the key's IP filters.
         #[arg(long)]

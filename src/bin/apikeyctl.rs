@@ -645,7 +645,16 @@ impl KeyFile {
                     path.display()
                 )
             })?;
-        let meta = file.metadata()?;
+        let meta = match file.metadata() {
+            Ok(m) => m,
+            Err(e) => {
+                let _ = std::fs::remove_file(&path);
+                bail!(
+                    "cannot create {}: {e}; the key was not {not_done}",
+                    path.display()
+                );
+            }
+        };
         Ok(Self {
             path,
             file,

@@ -77,11 +77,14 @@ command -v wrk >/dev/null 2>&1 || die "wrk not found after installing it"
 if [ -n "${APIKEYD_BIN:-}" ]; then
   APIKEYD=$APIKEYD_BIN
 else
-  say "building apikeyd (release)"
-  cargo build --release --quiet --bin apikeyd
+  # test-hooks: `apikeyd seed-keys`, which shipped builds lack. The feature adds
+  # nothing to the request path, so the figures are those of a release build.
+  say "building apikeyd (release, with the test-hooks feature for seed-keys)"
+  cargo build --release --quiet --bin apikeyd --features test-hooks
   APIKEYD=$TARGET_DIR/release/apikeyd
 fi
-"$APIKEYD" seed-keys --help >/dev/null 2>&1 || die "$APIKEYD has no seed-keys subcommand"
+"$APIKEYD" seed-keys --help >/dev/null 2>&1 ||
+  die "$APIKEYD has no seed-keys subcommand (build it with --features test-hooks)"
 
 # --- temp dir and cleanup ------------------------------------------------------------
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/apikeyd-bench.XXXXXX")

@@ -73,12 +73,15 @@ impl Clock for ManualClock {
 
 /// The system clock shifted by a fixed offset. Used by the daemon when
 /// `APIKEYD_CLOCK_OFFSET_SECS` is set, so integration tests can run the real
-/// binary "in the future" without waiting.
+/// binary "in the future" without waiting. Only in builds with the `test-hooks`
+/// feature: a shipped daemon must not let its environment move its clock.
+#[cfg(feature = "test-hooks")]
 #[derive(Debug)]
 pub struct OffsetClock {
     offset: Duration,
 }
 
+#[cfg(feature = "test-hooks")]
 impl OffsetClock {
     /// A clock `offset` ahead of the system clock.
     pub fn new(offset: Duration) -> Self {
@@ -86,6 +89,7 @@ impl OffsetClock {
     }
 }
 
+#[cfg(feature = "test-hooks")]
 impl Clock for OffsetClock {
     fn now(&self) -> DateTime<Utc> {
         Utc::now() + self.offset

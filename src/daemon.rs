@@ -36,6 +36,14 @@ pub enum StartError {
     /// Jobs left Running by a crash could not be replaced.
     #[error("cannot recover alert jobs: {0}")]
     Jobs(#[from] crate::keys::KeyError),
+    /// The state directory could not be created or is not a directory.
+    #[error("state directory {path}: {source}")]
+    StateDir {
+        /// The directory.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
     /// A listener could not be bound.
     #[error("cannot listen on {what}: {source}")]
     Bind {
@@ -78,6 +86,7 @@ impl Daemon {
         env: &Environment,
         clock: SharedClock,
     ) -> Result<Self, StartError> {
+        prepare_state_dir(&config.server.state_dir, env.state_directory.is_some())?;
         let (secret, source) = load_or_create_server_secret(
             &config.server.secret_file,
             env.credentials_directory.as_deref(),
@@ -131,6 +140,14 @@ impl Daemon {
                 source,
             })?;
         let socket_path = config.server.admin_socket.clone();
+        if socket_path.starts_with(&config.server.state_dir) {
+            // Fine for one account running everything (the shipped config outside
+            // systemd); worth knowing when other local users need the socket.
+            tracing::info!(
+                socket = %socket_path.display(),
+                "the admin socket is inside the private state directory: only its owner and root can reach it; set [server] admin_socket elsewhere for other local users"
+            );
+        }
         let unix = bind_unix(&socket_path).await?;
         Ok(Self {
             config,
@@ -229,6 +246,49 @@ impl Daemon {
         tracing::info!(last_used_written = written, "stopped");
         Ok(())
     }
+}
+
+/// The state directory holds the database and the server secret. Create it 0700
+/// whatever the umask; warn when an existing one lets group or others in. Under systemd
+/// (`managed`: `$STATE_DIRECTORY` is set) the unit's StateDirectoryMode= decides.
+pub fn prepare_state_dir(dir: &Path, managed: bool) -> Result<(), StartError> {
+    use std::os::unix::fs::DirBuilderExt;
+    let err = |source| StartError::StateDir {
+        path: dir.display().to_string(),
+        source,
+    };
+    match std::fs::metadata(dir) {
+        Ok(meta) if !meta.is_dir() => Err(err(std::io::Error::new(
+            std::io::ErrorKind::AlreadyExists,
+            "exists and is not a directory",
+        ))),
+        Ok(meta) => {
+            let mode = meta.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 && !managed {
+                tracing::warn!(
+                    path = %dir.display(),
+                    mode = format!("{mode:o}"),
+                    "the state directory (database, server secret) is open to group or others; chmod 700 it"
+                );
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(err),
+        Err(e) => Err(err(e)),
+    }
+}
+
+/// Keep the daemon's memory (the server secret, keys being issued) out of core dumps
+/// and out of reach of other processes running as the same user (ptrace,
+/// /proc/PID/mem): prctl(PR_SET_DUMPABLE, 0). The unit's LimitCORE=0 covers core
+/// dumps under systemd only; this holds wherever the daemon runs.
+pub fn forbid_core_dumps() -> std::io::Result<()> {
+    rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)?;
+    Ok(())
 }
 
 async fn bind_unix(path: &Path) -> Result<UnixListener, StartError> {

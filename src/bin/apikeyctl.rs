@@ -1,11 +1,30 @@
 //! `apikeyctl`: the admin CLI. Parses arguments, calls the daemon's admin API over
 //! the Unix socket (or TCP with an admin key), prints tables or JSON.
 
+// Every line of output goes through `out_line`/`err_line`. std's println! panics when
+// stdout is a closed pipe (`apikeyctl audit | head -1`); these stop quietly instead.
+// Defined before `mod alerts` so that module's output takes the same way.
+macro_rules! println {
+    () => {
+        $crate::out_line(format_args!(""))
+    };
+    ($($arg:tt)*) => {
+        $crate::out_line(format_args!($($arg)*))
+    };
+}
+
+macro_rules! eprintln {
+    ($($arg:tt)*) => {
+        $crate::err_line(format_args!($($arg)*))
+    };
+}
+
 #[path = "apikeyctl/alerts.rs"]
 mod alerts;
 
+use std::fmt::Write as _;
 use std::io::{Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -48,7 +67,8 @@ enum Command {
     Key(KeyCommand),
     /// Check a key as a service would (exit 0 only for VALID). Use "-" to read it from stdin.
     Verify {
-        /// The key, or "-" for stdin.
+        /// "-" to read the key from stdin (preferred: an argument is visible to every
+        /// local user, e.g. in `ps`), or the key itself.
         key: String,
         /// Client address to check against the key's IP filters.
         #[arg(long)]
@@ -403,12 +423,13 @@ fn new_key_body(new: &NewKeyArgs) -> Value {
 async fn key_command(client: &Client, cmd: KeyCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         KeyCommand::Create { new, out } => {
-            // Refuse a bad --out before the key exists, so no secret is lost.
-            let out = out.map(|p| apikey_path(&p)).transpose()?;
+            // The key file exists before the key does: a bad --out changes nothing, and
+            // a failed call leaves no file behind (KeyFile's drop removes it).
+            let out = out.map(|p| KeyFile::create(&p, "created")).transpose()?;
             let v = client
                 .call(Method::POST, "/v1/admin/keys", Some(&new_key_body(&new)))
                 .await?;
-            issued(&v, out.as_deref(), new.json, "Created")
+            Ok(issued(&v, out, new.json, "Created"))
         }
         KeyCommand::Import { new, secret_file } => {
             let secret = std::fs::read_to_string(&secret_file)
@@ -581,7 +602,7 @@ async fn key_command(client: &Client, cmd: KeyCommand) -> anyhow::Result<ExitCod
             out,
             json,
         } => {
-            let out = out.map(|p| apikey_path(&p)).transpose()?;
+            let out = out.map(|p| KeyFile::create(&p, "rotated")).transpose()?;
             let v = client
                 .call(
                     Method::POST,
@@ -589,7 +610,7 @@ async fn key_command(client: &Client, cmd: KeyCommand) -> anyhow::Result<ExitCod
                     Some(&json!({ "grace": grace })),
                 )
                 .await?;
-            issued(&v, out.as_deref(), json, "Rotated")
+            Ok(issued(&v, out, json, "Rotated"))
         }
         KeyCommand::Notify(args) => alerts::notify(client, args).await,
     }
@@ -611,87 +632,176 @@ async fn simple(
     Ok(ExitCode::SUCCESS)
 }
 
-/// `--out` must name a `*.APIKEY` file that does not exist yet.
-fn apikey_path(p: &Path) -> anyhow::Result<PathBuf> {
-    let path = if p.extension().is_some_and(|e| e == "APIKEY") {
-        p.to_path_buf()
-    } else {
-        let mut s = p.as_os_str().to_owned();
-        s.push(".APIKEY");
-        PathBuf::from(s)
-    };
-    if path.exists() {
-        bail!(
-            "{} already exists; refusing to overwrite a key file",
-            path.display()
-        );
-    }
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        if !dir.is_dir() {
-            bail!("directory {} does not exist", dir.display());
-        }
-    }
-    Ok(path)
+/// The `--out` file of `key create` and `key rotate`: `FILE.APIKEY` (the suffix is
+/// added unless present), created before the API call, so a name that cannot be used
+/// (it exists, is a symlink, sits in a directory that is missing or not writable)
+/// is refused while nothing has changed yet. Removed on drop unless the secret was
+/// written to it, so a failed call leaves nothing behind.
+struct KeyFile {
+    path: PathBuf,
+    file: std::fs::File,
+    /// The file's identity, so drop removes only the file it created.
+    dev_ino: (u64, u64),
+    written: bool,
 }
 
-fn issued(v: &Value, out: Option<&Path>, json: bool, verb: &str) -> anyhow::Result<ExitCode> {
-    let secret = s(v, "key");
-    if let Some(path) = out {
-        let mut f = std::fs::OpenOptions::new()
+impl KeyFile {
+    /// `not_done` says what did not happen when the file is refused ("created", "rotated").
+    fn create(p: &Path, not_done: &str) -> anyhow::Result<Self> {
+        let path = if p.extension().is_some_and(|e| e == "APIKEY") {
+            p.to_path_buf()
+        } else {
+            let mut s = p.as_os_str().to_owned();
+            s.push(".APIKEY");
+            PathBuf::from(s)
+        };
+        // O_EXCL (create_new) refuses any existing name, a dangling symlink included;
+        // O_NOFOLLOW says the same of a symlink should create_new ever be dropped.
+        let file = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o600)
-            .open(path)
-            .with_context(|| format!("creating {}", path.display()))?;
-        writeln!(f, "{secret}")?;
-        f.sync_all()?;
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)
+            .map_err(|e| {
+                let why = if e.kind() == std::io::ErrorKind::AlreadyExists {
+                    "it already exists (a file or a symlink); refusing to overwrite a key file"
+                        .to_owned()
+                } else {
+                    e.to_string()
+                };
+                anyhow::anyhow!(
+                    "cannot create {}: {why}; the key was not {not_done}",
+                    path.display()
+                )
+            })?;
+        let meta = match file.metadata() {
+            Ok(m) => m,
+            Err(e) => {
+                let _ = std::fs::remove_file(&path);
+                bail!(
+                    "cannot create {}: {e}; the key was not {not_done}",
+                    path.display()
+                );
+            }
+        };
+        Ok(Self {
+            path,
+            file,
+            dev_ino: (meta.dev(), meta.ino()),
+            written: false,
+        })
     }
+
+    /// Write the secret and sync it to disk.
+    fn write_secret(&mut self, secret: &str) -> std::io::Result<()> {
+        self.file.write_all(secret.as_bytes())?;
+        self.file.write_all(b"\n")?;
+        self.file.sync_all()?;
+        self.written = true;
+        Ok(())
+    }
+}
+
+impl Drop for KeyFile {
+    fn drop(&mut self) {
+        if self.written {
+            return;
+        }
+        let ours =
+            std::fs::symlink_metadata(&self.path).is_ok_and(|m| (m.dev(), m.ino()) == self.dev_ino);
+        if ours {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Print a freshly issued key. With `--out` the secret goes to the file; should writing
+/// it fail (disk full, ...), the key exists all the same, so the secret is printed on
+/// stdout instead, with a warning on stderr, and the exit status is non-zero.
+fn issued(v: &Value, out: Option<KeyFile>, json: bool, verb: &str) -> ExitCode {
+    let secret = s(v, "key");
+    let (saved, failed) = match out {
+        None => (None, None),
+        Some(mut f) => match f.write_secret(&secret) {
+            Ok(()) => (Some(f.path.clone()), None),
+            // Dropping `f` removes the partial file: it holds no usable key.
+            Err(e) => (None, Some((f.path.clone(), e))),
+        },
+    };
+    let text = issued_text(v, saved.as_deref(), json, verb);
+    match failed {
+        None => {
+            out_text(&text);
+            ExitCode::SUCCESS
+        }
+        Some((path, e)) => {
+            eprintln!(
+                "apikeyctl: warning: cannot write the key to {}: {e}. The key was {} all the \
+                 same; its secret is printed on stdout instead (shown once; store it now).",
+                path.display(),
+                verb.to_lowercase()
+            );
+            rescue_secret(&text);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// What `issued` prints: the secret itself unless it was `saved` to a file.
+fn issued_text(v: &Value, saved: Option<&Path>, json: bool, verb: &str) -> String {
     if json {
         let mut v = v.clone();
-        if let Some(path) = out {
+        if let Some(path) = saved {
             // The secret went to the file; do not also print it.
             v.as_object_mut().map(|o| o.remove("key"));
             v["key_file"] = json!(path.display().to_string());
         }
-        print_json(&v);
-    } else {
-        println!(
-            "{verb} key {} \"{}\" for {}",
-            s(v, "id"),
-            s(v, "name"),
-            s(v, "owner")
-        );
-        println!(
-            "  scopes:  {}",
-            v["scopes"]
-                .as_array()
-                .map(|a| a
-                    .iter()
-                    .filter_map(Value::as_str)
-                    .collect::<Vec<_>>()
-                    .join(", "))
-                .unwrap_or_default()
-        );
-        println!("  expires: {}", or_never(s(v, "expires_at")));
-        println!("  notify:  {}", s(v, "notification"));
-        if let Some(n) = v["notice"].as_str() {
-            println!("  note:    {n}");
-        }
-        if let Some(g) = v["rotation_grace_until"].as_str() {
-            println!("  the previous secret keeps working until {g}");
-        }
-        match out {
-            Some(path) => println!(
+        return serde_json::to_string_pretty(&v).unwrap_or_default() + "\n";
+    }
+    let mut t = String::new();
+    // Writing to a String cannot fail.
+    let _ = writeln!(
+        t,
+        "{verb} key {} \"{}\" for {}",
+        s(v, "id"),
+        s(v, "name"),
+        s(v, "owner")
+    );
+    let _ = writeln!(
+        t,
+        "  scopes:  {}",
+        v["scopes"]
+            .as_array()
+            .map(|a| a
+                .iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join(", "))
+            .unwrap_or_default()
+    );
+    let _ = writeln!(t, "  expires: {}", or_never(s(v, "expires_at")));
+    let _ = writeln!(t, "  notify:  {}", s(v, "notification"));
+    if let Some(n) = v["notice"].as_str() {
+        let _ = writeln!(t, "  note:    {n}");
+    }
+    if let Some(g) = v["rotation_grace_until"].as_str() {
+        let _ = writeln!(t, "  the previous secret keeps working until {g}");
+    }
+    match saved {
+        Some(path) => {
+            let _ = writeln!(
+                t,
                 "The key was written to {} (mode 0600). It is not shown again.",
                 path.display()
-            ),
-            None => {
-                println!("The key (shown once; store it now):");
-                println!("{secret}");
-            }
+            );
+        }
+        None => {
+            let _ = writeln!(t, "The key (shown once; store it now):");
+            let _ = writeln!(t, "{}", s(v, "key"));
         }
     }
-    Ok(ExitCode::SUCCESS)
+    t
 }
 
 fn show(v: &Value, json: bool) {
@@ -771,6 +881,56 @@ fn or_never(s: String) -> String {
         "never".into()
     } else {
         s
+    }
+}
+
+/// Exit status when stdout is a closed pipe: what a shell reports for a process that
+/// SIGPIPE ended (128 + 13), as `cat big | head -1` gives.
+const EXIT_CLOSED_PIPE: u8 = 141;
+
+/// One line on stdout (the crate's println!).
+fn out_line(args: std::fmt::Arguments<'_>) {
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_fmt(args).and_then(|()| out.write_all(b"\n")) {
+        output_failed(&e);
+    }
+}
+
+/// Text on stdout as it is.
+fn out_text(text: &str) {
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        output_failed(&e);
+    }
+}
+
+/// Stop at once when stdout cannot take more: quietly if its reader went away (the
+/// reader chose to stop reading), else with the reason.
+fn output_failed(e: &std::io::Error) -> ! {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(i32::from(EXIT_CLOSED_PIPE));
+    }
+    eprintln!("apikeyctl: cannot write to stdout: {e}");
+    std::process::exit(1);
+}
+
+/// One line on stderr (the crate's eprintln!); if stderr is gone there is nobody left
+/// to tell.
+fn err_line(args: std::fmt::Arguments<'_>) {
+    let mut err = std::io::stderr().lock();
+    let _ = err.write_fmt(args).and_then(|()| err.write_all(b"\n"));
+}
+
+/// The output of a key whose file could not be written: on stdout, or on stderr if
+/// stdout is gone too, so the secret is not lost.
+fn rescue_secret(text: &str) {
+    let mut out = std::io::stdout().lock();
+    if out
+        .write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .is_err()
+    {
+        let _ = std::io::stderr().lock().write_all(text.as_bytes());
     }
 }
 

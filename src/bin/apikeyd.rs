@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
-use apikeyd::clock::{OffsetClock, SharedClock, SystemClock};
+use apikeyd::clock::SharedClock;
 use apikeyd::config::{self, Environment};
 use apikeyd::daemon::Daemon;
 use clap::{Parser, Subcommand};
@@ -33,7 +33,10 @@ enum Command {
     /// Run in the foreground (the default).
     Run,
     /// Write COUNT keys for USER straight into the database (daemon stopped) and
-    /// print one of their secrets. For benchmarks and load tests.
+    /// print one of their secrets. For benchmarks and load tests only: the records
+    /// bypass the key rules, so the subcommand exists only in builds with the
+    /// `test-hooks` feature, never in a release build.
+    #[cfg(feature = "test-hooks")]
     #[command(hide = true)]
     SeedKeys {
         /// How many keys.
@@ -53,6 +56,7 @@ fn main() -> ExitCode {
     let env = Environment::from_process();
     match args.command {
         Some(Command::CheckConfig) => check_config(&args.config, &env),
+        #[cfg(feature = "test-hooks")]
         Some(Command::SeedKeys {
             count,
             user,
@@ -110,6 +114,7 @@ fn check_config(path: &std::path::Path, env: &Environment) -> ExitCode {
     }
 }
 
+#[cfg(feature = "test-hooks")]
 fn seed(
     path: &std::path::Path,
     env: &Environment,
@@ -166,6 +171,9 @@ fn run(path: &std::path::Path, env: Environment) -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
+    if let Err(e) = apikeyd::daemon::forbid_core_dumps() {
+        tracing::warn!(error = %e, "cannot mark the process non-dumpable; its memory may end up in core dumps");
+    }
     let config = config::load(path, &env).map_err(|e| anyhow::anyhow!("{e}"))?;
     // One worker: a current-thread runtime serves everything on the thread that
     // calls block_on, with no cross-thread wake-ups or work stealing. redb writes
@@ -185,17 +193,7 @@ fn run(path: &std::path::Path, env: Environment) -> anyhow::Result<()> {
         .build()
         .context("starting the tokio runtime")?;
     rt.block_on(async move {
-        // Testing hook: run the real binary "in the future" to observe expiry.
-        let clock: SharedClock = match std::env::var("APIKEYD_CLOCK_OFFSET_SECS") {
-            Ok(s) => {
-                let secs: i64 = s
-                    .parse()
-                    .context("APIKEYD_CLOCK_OFFSET_SECS must be an integer")?;
-                tracing::warn!(secs, "clock offset in effect (testing only)");
-                Arc::new(OffsetClock::new(chrono::Duration::seconds(secs)))
-            }
-            Err(_) => Arc::new(SystemClock),
-        };
+        let clock = clock()?;
         let daemon = Daemon::start(config, &env, clock).await?;
         let addr = daemon.tcp_addr()?;
         tracing::info!(tcp = %addr, socket = %daemon.socket_path().display(), "listening");
@@ -221,5 +219,29 @@ fn run(path: &std::path::Path, env: Environment) -> anyhow::Result<()> {
         };
         daemon.run(shutdown, reload_rx, env).await?;
         Ok(())
+    })
+}
+
+/// The daemon's clock: the system clock. Builds with the `test-hooks` feature (tests
+/// and benchmarks only) honour `APIKEYD_CLOCK_OFFSET_SECS`, which runs the real binary
+/// "in the future"; a shipped binary must not, since a negative offset would make
+/// expired keys valid again.
+#[cfg(not(feature = "test-hooks"))]
+fn clock() -> anyhow::Result<SharedClock> {
+    Ok(Arc::new(apikeyd::clock::SystemClock))
+}
+
+#[cfg(feature = "test-hooks")]
+fn clock() -> anyhow::Result<SharedClock> {
+    use apikeyd::clock::{OffsetClock, SystemClock};
+    Ok(match std::env::var("APIKEYD_CLOCK_OFFSET_SECS") {
+        Ok(s) => {
+            let secs: i64 = s
+                .parse()
+                .context("APIKEYD_CLOCK_OFFSET_SECS must be an integer")?;
+            tracing::warn!(secs, "clock offset in effect (testing only)");
+            Arc::new(OffsetClock::new(chrono::Duration::seconds(secs)))
+        }
+        Err(_) => Arc::new(SystemClock),
     })
 }

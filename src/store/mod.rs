@@ -145,22 +145,48 @@ pub struct Store {
     job_states: [AtomicI64; JobState::ALL.len()],
 }
 
+/// Open (or create) the database file readable by its owner only, whatever the umask:
+/// it holds every key's hash and owner. An existing file that others may read is
+/// tightened to 0600, with a warning.
+fn open_private(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    // What redb's own `create` does, plus the mode.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)?;
+    let mode = file.metadata()?.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        tracing::warn!(path = %path.display(), mode = format!("{mode:o}"), "database was readable by group or others; its mode is now 0600");
+    }
+    Ok(file)
+}
+
 impl Store {
     /// Open (or create) the database file and its tables.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let open_err = |e: &dyn std::fmt::Display| StoreError::Open {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        };
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).map_err(|e| StoreError::Open {
-                path: path.display().to_string(),
-                message: e.to_string(),
-            })?;
+            // A missing state directory is made private, as the daemon makes it.
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(parent)
+                .map_err(|e| open_err(&e))?;
         }
+        let file = open_private(path).map_err(|e| open_err(&e))?;
         let db = Database::builder()
             .set_cache_size(CACHE_BYTES)
-            .create(path)
-            .map_err(|e| StoreError::Open {
-                path: path.display().to_string(),
-                message: e.to_string(),
-            })?;
+            .create_with_backend(redb::backends::FileBackend::new(file).map_err(|e| open_err(&e))?)
+            .map_err(|e| open_err(&e))?;
         let txn = db.begin_write().map_err(db_err)?;
         let existing: Vec<String> = txn
             .list_tables()

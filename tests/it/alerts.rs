@@ -356,7 +356,7 @@ fn smtp_down_for_good_fails_after_max_attempts_with_an_operator_message() {
         .fails(&["message", "ack", &mid])
         .contains("already acknowledged"));
     // Operator messages are for administrators.
-    if crate::util::is_root() {
+    if crate::util::require_root("to run apikeyctl as nobody") {
         let out = d.ctl_as(Some(65534), &["message", "list"]);
         assert!(!out.status.success());
     }
@@ -631,8 +631,7 @@ fn empty_default_lead_time_turns_the_default_off() {
 
 #[test]
 fn users_see_only_jobs_of_their_own_keys() {
-    if !crate::util::is_root() {
-        eprintln!("skipping: needs root to run apikeyctl as nobody");
+    if !crate::util::require_root("to run apikeyctl as nobody") {
         return;
     }
     let d = start(free_port(), "", "");

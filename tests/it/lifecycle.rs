@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::util::{http, is_root, stdout, wait_until, TestDaemon, APIKEYD, DEFAULT_POLICY};
+use crate::util::{http, require_root, stdout, wait_until, TestDaemon, APIKEYD, DEFAULT_POLICY};
 
 fn verify_code(d: &TestDaemon, key: &str, extra: &[&str]) -> (bool, String) {
     let mut args = vec!["verify", key];
@@ -499,10 +499,7 @@ fn bad_input_gets_a_clear_error_and_changes_nothing() {
 
 #[test]
 fn users_act_only_on_their_own_keys_and_unknown_peers_are_refused() {
-    if !is_root() {
-        eprintln!(
-            "SKIPPED: users_act_only_on_their_own_keys needs root to run apikeyctl as another uid"
-        );
+    if !require_root("to run apikeyctl as another uid") {
         return;
     }
     let d = TestDaemon::start();

@@ -3,7 +3,8 @@
 //! sysusers.d and tmpfiles.d files must agree with each other and with what the daemon
 //! expects (sd_notify, SIGHUP reload, the directories it reads from the environment).
 //!
-//! The `systemd-analyze` checks skip, loudly, where the tool is not installed.
+//! The `systemd-analyze` checks need the tool (`.ci/run` installs systemd); without it
+//! they fail, see `util::require`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -96,8 +97,9 @@ fn unit_with_built_binary(dir: &Path) -> PathBuf {
     path
 }
 
-/// Run `systemd-analyze ARGS`, or `None` (after saying so) when it is not installed.
-fn systemd_analyze(test: &str, args: &[&std::ffi::OsStr]) -> Option<Output> {
+/// Run `systemd-analyze ARGS`, or `None` when it is not installed and skipping was
+/// asked for (`util::require`; otherwise the test fails).
+fn systemd_analyze(args: &[&std::ffi::OsStr]) -> Option<Output> {
     match Command::new("systemd-analyze")
         .args(args)
         .env("SYSTEMD_COLORS", "0")
@@ -106,9 +108,7 @@ fn systemd_analyze(test: &str, args: &[&std::ffi::OsStr]) -> Option<Output> {
     {
         Ok(out) => Some(out),
         Err(e) if e.kind() == ErrorKind::NotFound => {
-            eprintln!(
-                "SKIPPED: {test}: systemd-analyze is not on PATH (install systemd to run it)"
-            );
+            crate::util::require("systemd-analyze on PATH (install systemd)", false);
             None
         }
         Err(e) => panic!("running systemd-analyze: {e}"),
@@ -137,10 +137,7 @@ fn describe(out: &Output) -> String {
 fn unit_passes_systemd_analyze_verify() {
     let dir = tempfile::tempdir().unwrap();
     let unit = unit_with_built_binary(dir.path());
-    let Some(out) = systemd_analyze(
-        "unit_passes_systemd_analyze_verify",
-        &["verify".as_ref(), unit.as_os_str()],
-    ) else {
+    let Some(out) = systemd_analyze(&["verify".as_ref(), unit.as_os_str()]) else {
         return;
     };
     assert!(
@@ -162,26 +159,25 @@ fn unit_passes_systemd_analyze_verify() {
 
 #[test]
 fn unit_exposure_is_at_most_two() {
-    let test = "unit_exposure_is_at_most_two";
     let dir = tempfile::tempdir().unwrap();
     let unit = unit_with_built_binary(dir.path());
-    let Some(version) = systemd_analyze(test, &["--version".as_ref()]) else {
+    let Some(version) = systemd_analyze(&["--version".as_ref()]) else {
         return;
     };
     // `--offline` came in systemd 250; without it the command needs a running manager.
-    if let Some(v) = systemd_version(&version).filter(|v| *v < 250) {
-        eprintln!("SKIPPED: {test}: systemd {v} has no `security --offline` (needs 250+)");
+    let v = systemd_version(&version);
+    if !crate::util::require(
+        &format!("systemd 250+ for `security --offline` (this is {v:?})"),
+        v.is_none_or(|v| v >= 250),
+    ) {
         return;
     }
-    let Some(out) = systemd_analyze(
-        test,
-        &[
-            "security".as_ref(),
-            "--offline=true".as_ref(),
-            "--no-pager".as_ref(),
-            unit.as_os_str(),
-        ],
-    ) else {
+    let Some(out) = systemd_analyze(&[
+        "security".as_ref(),
+        "--offline=true".as_ref(),
+        "--no-pager".as_ref(),
+        unit.as_os_str(),
+    ]) else {
         return;
     };
     assert!(
@@ -226,6 +222,10 @@ fn unit_matches_what_the_daemon_does() {
         exec_start.contains("--config"),
         "ExecStart= should pass --config, got {exec_start:?}"
     );
+
+    // Core dumps would write the server secret and fresh keys to disk; the daemon also
+    // marks itself non-dumpable, which covers runs outside systemd.
+    assert_eq!(single(&s, "LimitCORE"), "0", "core dumps must be off");
 
     // The daemon finds its database, socket and config through these.
     assert_eq!(single(&s, "StateDirectory"), "apikeyd");

@@ -80,12 +80,19 @@ impl TestDaemon {
     }
 
     pub fn start_with(api_key_table: &str, extra_users: &str) -> Self {
+        let mut d = Self::configured(api_key_table, extra_users);
+        d.spawn(&[]);
+        d
+    }
+
+    /// A temp dir with a config, the daemon not started yet (`spawn`, `spawn_as`).
+    pub fn configured(api_key_table: &str, extra_users: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         // Let a non-root apikeyctl (uid nobody) reach the socket inside.
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let config = dir.path().join("apikeyd.toml");
         std::fs::write(&config, test_config(dir.path(), api_key_table, extra_users)).unwrap();
-        let mut d = Self {
+        Self {
             socket: dir.path().join("apikeyd.sock"),
             log: dir.path().join("daemon.log"),
             config,
@@ -93,9 +100,7 @@ impl TestDaemon {
             addr: "127.0.0.1:1".parse().unwrap(),
             child: None,
             runs: 0,
-        };
-        d.spawn(&[]);
-        d
+        }
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -108,13 +113,33 @@ impl TestDaemon {
 
     /// Start the binary and wait for its "listening" line.
     pub fn spawn(&mut self, env: &[(&str, &str)]) {
+        self.spawn_as(env, None, None);
+    }
+
+    /// `spawn`, optionally as another uid (and the same gid; tests run as root) and
+    /// under a given umask (through `sh -c 'umask ..; exec apikeyd ..'`, so the pid is
+    /// still the daemon's).
+    pub fn spawn_as(&mut self, env: &[(&str, &str)], uid: Option<u32>, umask: Option<u32>) {
+        use std::os::unix::process::CommandExt;
         self.runs += 1;
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&self.log)
             .unwrap();
-        let mut cmd = Command::new(APIKEYD);
+        let mut cmd = match umask {
+            None => Command::new(APIKEYD),
+            Some(mask) => {
+                let mut c = Command::new("sh");
+                c.arg("-c")
+                    .arg(format!("umask {mask:03o} && exec \"$0\" \"$@\""))
+                    .arg(APIKEYD);
+                c
+            }
+        };
+        if let Some(uid) = uid {
+            cmd.uid(uid).gid(uid);
+        }
         cmd.arg("--config")
             .arg(&self.config)
             .env("RUST_LOG", "debug")
@@ -339,6 +364,44 @@ pub fn is_root() -> bool {
         .unwrap_or_default()
         .lines()
         .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+}
+
+/// Whether this run is CI's (`.ci/run` runs with `CI=true`).
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false")
+}
+
+/// A test that cannot run here (not root, a tool missing) must never pass as if it had
+/// run. `require(what, met)` returns true when `met`. Otherwise the test fails, naming
+/// `what` it needs, unless the developer asked to skip such tests with
+/// `APIKEYD_ALLOW_SKIP=1` outside CI: then it prints SKIPPED on stderr (past the test
+/// harness's capture) and returns false, and the test returns at once.
+pub fn require(what: &str, met: bool) -> bool {
+    if met {
+        return true;
+    }
+    let thread = std::thread::current();
+    let test = thread.name().unwrap_or("this test");
+    let allowed = std::env::var("APIKEYD_ALLOW_SKIP").is_ok_and(|v| v == "1");
+    if in_ci() {
+        panic!("{test} needs {what}; CI must run it (CI is set, so skipping is not allowed)");
+    }
+    if !allowed {
+        panic!(
+            "{test} needs {what}; run it where that holds, or set APIKEYD_ALLOW_SKIP=1 to \
+             skip such tests explicitly (never under CI)"
+        );
+    }
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED: {test}: needs {what} (APIKEYD_ALLOW_SKIP=1)"
+    );
+    false
+}
+
+/// `require` root, for tests that run apikeyctl or apikeyd as another uid.
+pub fn require_root(why: &str) -> bool {
+    require(&format!("root ({why})"), is_root())
 }
 
 pub fn stdout(o: &Output) -> String {

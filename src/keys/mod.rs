@@ -1308,10 +1308,7 @@ impl Keys {
             }
         }
         Ok(Page {
-            items: records
-                .iter()
-                .map(|r| view_of(&settings, r, now))
-                .collect(),
+            items: records.iter().map(|r| view_of(&settings, r, now)).collect(),
             next_cursor,
         })
     }

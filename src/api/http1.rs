@@ -53,6 +53,49 @@ pub struct Timeouts {
     pub idle: Duration,
 }
 
+/// A connection's clock for its time limits: `Instant`s read from the coarse
+/// monotonic clock, which costs about 13 ns here where `Instant::now()` costs about
+/// 75 ns (both measured on the 2-core test machine). It runs a tick (a few ms)
+/// behind, nothing next to timeouts of seconds.
+#[derive(Debug, Clone, Copy)]
+pub struct Coarse {
+    start: Instant,
+    coarse_start: Duration,
+}
+
+impl Coarse {
+    /// A clock that starts now.
+    pub fn start() -> Self {
+        Self {
+            start: Instant::now(),
+            coarse_start: Self::read(),
+        }
+    }
+
+    fn read() -> Duration {
+        let ts = rustix::time::clock_gettime(rustix::time::ClockId::MonotonicCoarse);
+        Duration::new(
+            u64::try_from(ts.tv_sec).unwrap_or(0),
+            u32::try_from(ts.tv_nsec).unwrap_or(0),
+        )
+    }
+
+    /// When the clock started.
+    pub fn started(&self) -> Instant {
+        self.start
+    }
+
+    /// Time since the start.
+    pub fn elapsed(&self) -> Duration {
+        Self::read().saturating_sub(self.coarse_start)
+    }
+
+    /// Now, to a tick.
+    pub fn now(&self) -> Instant {
+        self.start + self.elapsed()
+    }
+}
+
 /// Answer `/v1/auth` requests on `stream` until the connection ends or carries
 /// something else. `stop` resolves when the server stops; a connection between
 /// requests then closes, as hyper's graceful shutdown closes idle ones. The first
@@ -70,7 +113,8 @@ pub async fn serve(
 ) -> End {
     let mut input: Vec<u8> = Vec::with_capacity(2 * READ_ROOM);
     let mut out: Vec<u8> = Vec::with_capacity(1024);
-    let start = Instant::now();
+    let clock = Coarse::start();
+    let start = clock.started();
     // When the head being read must be complete: the first one counts from now.
     let mut head_deadline = Some(start + timeouts.head);
     // When the last answer was written, once there was one.
@@ -136,7 +180,7 @@ pub async fn serve(
         if input.capacity() - input.len() < READ_ROOM / 2 {
             input.reserve(READ_ROOM);
         }
-        let now = (used > 0).then(Instant::now);
+        let now = (used > 0).then(|| clock.now());
         if now.is_some() {
             last_answer = now;
         }
@@ -148,7 +192,7 @@ pub async fn serve(
             }
             _ => {
                 if head_deadline.is_none() || used > 0 {
-                    head_deadline = Some(now.unwrap_or_else(Instant::now) + timeouts.head);
+                    head_deadline = Some(now.unwrap_or_else(|| clock.now()) + timeouts.head);
                 }
                 (head_deadline.unwrap_or(start + timeouts.head), false)
             }

@@ -118,9 +118,11 @@ async fn settle(keys: &Keys) {
 /// The index holds exactly what a restart would build from the store, and every
 /// secret in `secrets` verifies the way the stored record says it should.
 fn assert_consistent(keys: &Keys, secrets: &[String], context: &str) {
-    let mut fresh = Index::default();
     // Scopes in the index are the effective ones: what the owner's groups grant now.
-    fresh.grants = super::grants_of(&keys.settings().directory);
+    let mut fresh = Index {
+        grants: super::grants_of(&keys.settings().directory),
+        ..Index::default()
+    };
     keys.store
         .load_keys(load::prepare, |l| fresh.load(l))
         .unwrap();

@@ -565,3 +565,137 @@ async fn a_token_cannot_be_renamed_to_its_own_secret() {
     );
     let _ = &f.clock;
 }
+
+// ------------------------------------------------------------ review of issue 9
+
+fn bob() -> Actor {
+    Actor {
+        name: "bob".into(),
+        admin: false,
+    }
+}
+
+fn import_req(user: &str, name: &str, token: &str) -> CreateKey {
+    let mut r = req(user, name);
+    r.secret = Some(Secret::new(token.into()));
+    r
+}
+
+fn retired_conflict(e: KeyError) -> String {
+    match e {
+        KeyError::Conflict(m) if m.contains("removed or rotated") => m,
+        other => panic!("expected the retired-secret conflict, got {other:?}"),
+    }
+}
+
+/// Regression (review F1): alice's imported token T was disabled and IP-restricted
+/// by an admin; alice removed the key and imported T again as a new key, which
+/// verified VALID from anywhere. Removal and rotation released the secret's hash and
+/// import only checked the keys that held one now, so anyone could also import
+/// another user's removed or rotated-away token.
+#[tokio::test]
+async fn a_retired_imported_secret_cannot_be_brought_back_by_its_owner_or_others() {
+    let f = fixture();
+    let t = "legacy-token-0123456789-restricted";
+    let id = f
+        .keys
+        .import(&alice(), import_req("alice", "imp", t))
+        .await
+        .unwrap()
+        .id
+        .to_string();
+    f.keys.set_enabled(&admin(), &id, false).await.unwrap();
+    f.keys
+        .edit(
+            &admin(),
+            &id,
+            EditKey {
+                ip: Some(vec!["10.9.9.9/32".into()]),
+                ..EditKey::default()
+            },
+        )
+        .await
+        .unwrap();
+    f.keys.remove(&alice(), &id).await.unwrap();
+    let m = retired_conflict(
+        f.keys
+            .import(&alice(), import_req("alice", "imp2", t))
+            .await
+            .unwrap_err(),
+    );
+    assert!(m.contains("ask an admin") && !m.contains("alice"), "{m}");
+    assert_eq!(f.keys.verify(t, None, None).code, Code::NotFound);
+    // An admin decides: the token may come back (issue 9, item 7's scenario).
+    f.keys
+        .import(&admin(), import_req("alice", "imp3", t))
+        .await
+        .unwrap();
+    assert_eq!(f.keys.verify(t, None, None).code, Code::Valid);
+
+    // An unrestricted token of alice's: she may bring it back, bob may not.
+    let mine = "legacy-token-0123456789-alices-own";
+    let id = f
+        .keys
+        .import(&alice(), import_req("alice", "own", mine))
+        .await
+        .unwrap()
+        .id
+        .to_string();
+    f.keys.remove(&alice(), &id).await.unwrap();
+    retired_conflict(
+        f.keys
+            .import(&bob(), import_req("bob", "stolen", mine))
+            .await
+            .unwrap_err(),
+    );
+    let id = f
+        .keys
+        .import(&alice(), import_req("alice", "own-again", mine))
+        .await
+        .unwrap()
+        .id
+        .to_string();
+    // Rotated away (no grace): the same rules.
+    f.keys.rotate(&alice(), &id, None).await.unwrap();
+    retired_conflict(
+        f.keys
+            .import(&bob(), import_req("bob", "stolen", mine))
+            .await
+            .unwrap_err(),
+    );
+    assert!(f.keys.list(&bob(), None, true).await.unwrap().is_empty());
+    f.keys
+        .import(&alice(), import_req("alice", "own-third", mine))
+        .await
+        .unwrap();
+}
+
+/// Regression (review F1): alice could rotate a key an admin had disabled (and so
+/// free its imported token for a re-import); only an admin may now.
+#[tokio::test]
+async fn an_owner_cannot_rotate_a_key_an_admin_disabled() {
+    let f = fixture();
+    let t = "legacy-token-0123456789-disabled0";
+    let id = f
+        .keys
+        .import(&alice(), import_req("alice", "imp", t))
+        .await
+        .unwrap()
+        .id
+        .to_string();
+    f.keys.set_enabled(&admin(), &id, false).await.unwrap();
+    let audit = audit_len(&f, &id).await;
+    let m = forbidden(f.keys.rotate(&alice(), &id, None).await.unwrap_err());
+    assert!(m.contains("only an admin can rotate"), "{m}");
+    assert_eq!(audit_len(&f, &id).await, audit);
+    assert_eq!(f.keys.verify(t, None, None).code, Code::Disabled);
+    // Disabled by herself, she may.
+    f.keys.set_enabled(&admin(), &id, true).await.unwrap();
+    f.keys.set_enabled(&alice(), &id, false).await.unwrap();
+    f.keys.rotate(&alice(), &id, None).await.unwrap();
+    // Nothing an admin imposed was left on the key: its token is hers to import.
+    f.keys
+        .import(&alice(), import_req("alice", "again", t))
+        .await
+        .unwrap();
+}

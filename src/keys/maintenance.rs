@@ -118,6 +118,7 @@ impl Keys {
         let batch = Batch {
             put_keys: records,
             audit,
+            retire: vec![],
         };
         self.commit_then(writer, batch, alerts, move |index| {
             for l in loaded {
@@ -206,9 +207,26 @@ impl Keys {
             })
             .collect();
         let ids: Vec<Uuid> = gone.iter().map(|l| l.id).collect();
+        // An expired key still holds its secret until now: retire it with the purge,
+        // so that purging does not free an imported token for anyone to import.
+        let holding: Vec<Uuid> = gone
+            .iter()
+            .filter(|l| l.life.state != KeyState::Removed)
+            .map(|l| l.id)
+            .collect();
+        let retire = if holding.is_empty() {
+            Vec::new()
+        } else {
+            self.blocking(move |s| s.keys(&holding))
+                .await?
+                .iter()
+                .flat_map(|rec| super::retirements(rec, None, now))
+                .collect()
+        };
         let batch = Batch {
             put_keys: vec![],
             audit,
+            retire,
         };
         let alerts = AlertBatch {
             purge_keys: ids.clone(),

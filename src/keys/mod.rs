@@ -31,12 +31,12 @@ use uuid::Uuid;
 use crate::clock::SharedClock;
 use crate::config::{valid_scope, Directory, Period, Policy};
 use crate::store::AuditFilter;
-use crate::store::{Batch, Store, StoreError, UsageUpdate};
+use crate::store::{Batch, Retire, Store, StoreError, UsageUpdate};
 use headers::HeaderTemplate;
 use load::Loaded;
 use model::{
     rfc3339, AdminRestrictions, AuditEntry, Code, KeyKind, KeyRecord, KeyState, Lifetime, Limit,
-    Status, UsageCounts,
+    RetiredSecret, Status, UsageCounts,
 };
 use secret::{KeyHash, KeyHasher, Secret, Shape};
 use table::{Hit, Slot, SlotInit, SlotUsage, Table, NEVER};
@@ -1362,8 +1362,9 @@ impl Keys {
         writer: notify::Writer,
         rec: KeyRecord,
         audit: AuditEntry,
+        retire: Vec<Retire>,
     ) -> Result<(Arc<Live>, notify::Writer), KeyError> {
-        self.commit_and_publish_with(writer, rec, audit, Default::default())
+        self.commit_and_publish_with(writer, rec, audit, Default::default(), retire)
             .await
     }
 
@@ -1517,6 +1518,19 @@ impl Keys {
                 }
             }
         }
+        if kind == KeyKind::Imported && !actor.admin {
+            // Under the writer lock: a removal or rotation that retires the secret
+            // cannot slip in between this check and the commit.
+            let retired = self.blocking(move |s| s.retired(&hash)).await?;
+            if retired.is_some_and(|r| r.owner != owner || r.restricted) {
+                // Whose it was stays unsaid: the answer must not tell who held a token.
+                return Err(KeyError::Conflict(
+                    "this secret was used by a key that was removed or rotated and cannot be \
+                     imported again; ask an admin"
+                        .into(),
+                ));
+            }
+        }
         let rec = KeyRecord {
             id: Uuid::now_v7(),
             name,
@@ -1558,7 +1572,7 @@ impl Keys {
         let audit = self.audit_entry(actor, action, rec.id, detail);
         let mut view = view_of(&settings, &rec, now);
         view.notice = notice;
-        self.commit_and_publish_with(writer, rec, audit, jobs)
+        self.commit_and_publish_with(writer, rec, audit, jobs, vec![])
             .await?;
         tracing::info!(key_id = %view.id, owner = %view.owner, actor = %actor.name, action, "key issued");
         Ok(Issued { key: secret, view })
@@ -1584,13 +1598,15 @@ impl Keys {
         let settings = self.settings();
         let now = self.clock.now();
         let mut rec = self.record(&live)?;
+        let before = rec.clone();
         let detail = {
             let index = self.index.read();
             change(&mut rec, &index, &settings, now)?
         };
         rec.updated_at = now;
         let audit = self.audit_entry(actor, action, rec.id, detail);
-        let (new, _writer) = self.commit_and_publish(writer, rec, audit).await?;
+        let retire = retirements(&before, Some(&rec), now);
+        let (new, _writer) = self.commit_and_publish(writer, rec, audit, retire).await?;
         tracing::info!(key_id = %new.id, actor = %actor.name, action, "key changed");
         Ok(new)
     }
@@ -1785,6 +1801,14 @@ impl Keys {
         let new_hash = self.hasher.hash(secret.expose());
         let live = self
             .modify(actor, id, "rotate", |rec, _, settings, now| {
+                // A new secret on a key an admin disabled is the owner's way around
+                // the disable once the key is enabled, and frees the old secret.
+                if let (false, Some(by)) = (actor.admin, &rec.admin_restrictions.disabled_by) {
+                    return Err(KeyError::Forbidden(format!(
+                        "key {} was disabled by admin {by:?}; only an admin can rotate it",
+                        rec.id
+                    )));
+                }
                 match rec.status(&settings.policy, rec.last_used_at, now) {
                     Status::Expired | Status::Inactive => {
                         return Err(KeyError::Conflict(format!(
@@ -2159,6 +2183,37 @@ fn check_owner_headers(list: &[HeaderTemplate], admin: &[HeaderTemplate]) -> Res
     Ok(())
 }
 
+/// The secrets that leave key `before` when it becomes `after` (`None`: purged):
+/// its imported current secret, and its previous secret (refreshed only: it was
+/// retired when rotated away, if it was imported). Generated secrets are never
+/// recorded: the `akd_` format cannot be imported.
+fn retirements(before: &KeyRecord, after: Option<&KeyRecord>, now: DateTime<Utc>) -> Vec<Retire> {
+    if before.state == KeyState::Removed {
+        // Removing it retired what it held.
+        return Vec::new();
+    }
+    let live = after.filter(|a| a.state != KeyState::Removed);
+    let mut out = Vec::new();
+    let mut retire = |hex: &str, refresh_only: bool| {
+        if let Ok(hash) = load::decode_hash(hex) {
+            out.push(Retire {
+                hash,
+                entry: RetiredSecret::of(before, now),
+                refresh_only,
+            });
+        }
+    };
+    if before.kind == KeyKind::Imported && live.is_none_or(|a| a.hash != before.hash) {
+        retire(&before.hash, false);
+    }
+    if let Some(previous) = &before.previous_hash {
+        if live.is_none_or(|a| a.previous_hash.as_ref() != Some(previous)) {
+            retire(previous, true);
+        }
+    }
+    out
+}
+
 fn name_hash(owner: &str, name: &str) -> u64 {
     use std::hash::Hash;
     let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -2369,7 +2424,11 @@ pub fn seed(
         } else {
             Vec::new()
         };
-        store.commit(Batch { put_keys, audit })?;
+        store.commit(Batch {
+            put_keys,
+            audit,
+            retire: vec![],
+        })?;
         done += n;
     }
     sample.ok_or_else(|| StoreError::Db("nothing to seed (count is 0)".into()))

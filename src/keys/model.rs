@@ -91,6 +91,34 @@ impl AdminRestrictions {
     }
 }
 
+/// An imported secret that left its key (the key was removed, rotated or purged):
+/// who held it, so that nobody else, and not its owner either when an admin had
+/// restricted the key, can bring it back by importing it again (issue 9, F1). Kept
+/// for good: ~100 bytes per removed or rotated imported token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetiredSecret {
+    /// The key that last held it.
+    pub key_id: Uuid,
+    /// That key's owner.
+    pub owner: String,
+    /// The key carried restrictions an admin set (disabled, IP filters, headers).
+    pub restricted: bool,
+    /// When it was retired.
+    pub at: DateTime<Utc>,
+}
+
+impl RetiredSecret {
+    /// The entry for a secret that leaves `rec` at `at`.
+    pub fn of(rec: &KeyRecord, at: DateTime<Utc>) -> Self {
+        Self {
+            key_id: rec.id,
+            owner: rec.owner.clone(),
+            restricted: !rec.admin_restrictions.is_empty(),
+            at,
+        }
+    }
+}
+
 /// How often a key was verified: in total and per configured route prefix.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UsageCounts {

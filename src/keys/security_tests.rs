@@ -339,7 +339,7 @@ async fn a_record_the_index_cannot_hold_is_refused_before_it_is_saved() {
     let writer = keys.lock_writer().await;
     let audit = keys.audit_entry(&admin(), "disable", rec.id, String::new());
     assert!(keys
-        .commit_and_publish_with(writer, rec, audit, Default::default())
+        .commit_and_publish_with(writer, rec, audit, Default::default(), vec![])
         .await
         .is_err());
     assert_eq!(

@@ -699,3 +699,111 @@ async fn an_owner_cannot_rotate_a_key_an_admin_disabled() {
         .await
         .unwrap();
 }
+
+/// Regression (review F2): with an admin's `X-Tenant=acme` on her key, alice could
+/// add `X_Tenant=${key.owner}` (accepted: names were compared as given), which nginx
+/// reads as `x-tenant` and takes first, so the upstream saw tenant=alice. A stored
+/// name with `_` is no longer sent, and an admin's headers come first.
+#[tokio::test]
+async fn an_owner_cannot_shadow_an_admin_header_with_underscores() {
+    let f = fixture();
+    let issued = f.keys.create(&alice(), req("alice", "k")).await.unwrap();
+    let id = issued.view.id.to_string();
+    let edit_h = |hs: &[&str]| EditKey {
+        headers: Some(hs.iter().map(|s| s.to_string()).collect()),
+        ..EditKey::default()
+    };
+    f.keys
+        .edit(&admin(), &id, edit_h(&["X-Tenant=acme"]))
+        .await
+        .unwrap();
+    let audit = audit_len(&f, &id).await;
+    for attempt in [
+        &["X_Tenant=${key.owner}", "X-Tenant=acme"][..],
+        &["X-Tenant=acme", "X_Tenant=${key.owner}"],
+        &["X-Tenant=acme", "X_Api_Key_Owner=${key.owner}"],
+    ] {
+        let e = f.keys.edit(&alice(), &id, edit_h(attempt)).await.unwrap_err();
+        assert!(
+            matches!(&e, KeyError::Invalid { field: "headers", .. }),
+            "{attempt:?}: {e:?}"
+        );
+    }
+    assert_eq!(audit_len(&f, &id).await, audit);
+    // The owner's own header goes after the admin's, whatever order she gives.
+    f.keys
+        .edit(&alice(), &id, edit_h(&["X-User=${key.owner}", "x-tenant=acme"]))
+        .await
+        .unwrap();
+    let mut v = f.keys.verify(issued.key.expose(), None, None);
+    let live = f.keys.resolve(&mut v).unwrap();
+    let sent: Vec<_> = live
+        .rendered_headers(&id)
+        .into_iter()
+        .map(|(t, v)| format!("{}={v}", t.name))
+        .collect();
+    assert_eq!(sent, ["x-tenant=acme", "X-User=alice"]);
+
+    // A record stored before `_` was refused: its `_` header is not sent.
+    let mut rec = f.keys.record(&live).unwrap();
+    rec.headers = vec![
+        headers::HeaderTemplate {
+            name: "X_Tenant".into(),
+            template: "${key.owner}".into(),
+        },
+        headers::HeaderTemplate {
+            name: "X-Tenant".into(),
+            template: "acme".into(),
+        },
+    ];
+    let writer = f.keys.lock_writer().await;
+    let audit = f.keys.audit_entry(&admin(), "edit", rec.id, String::new());
+    f.keys
+        .commit_and_publish_with(writer, rec, audit, Default::default(), vec![])
+        .await
+        .unwrap();
+    let mut v = f.keys.verify(issued.key.expose(), None, None);
+    let live = f.keys.resolve(&mut v).unwrap();
+    let sent: Vec<_> = live
+        .rendered_headers(&id)
+        .into_iter()
+        .map(|(t, v)| format!("{}={v}", t.name))
+        .collect();
+    assert_eq!(sent, ["X-Tenant=acme"]);
+}
+
+/// Regression (review F3): an admin gave alice's key `sync` the header
+/// `X-Tenant=${key.name}`; alice renamed the key `admin` and `/v1/auth` told the
+/// upstream `x-tenant: admin`. The owner may no longer rename such a key.
+#[tokio::test]
+async fn an_owner_cannot_rename_a_key_whose_admin_header_uses_its_name() {
+    let f = fixture();
+    let mut r = req("alice", "sync");
+    r.headers = vec!["X-Tenant=${key.name}".into()];
+    let issued = f.keys.create(&admin(), r).await.unwrap();
+    let id = issued.view.id.to_string();
+    let rename = |n: &str| EditKey {
+        name: Some(n.into()),
+        ..EditKey::default()
+    };
+    let audit = audit_len(&f, &id).await;
+    let m = forbidden(f.keys.edit(&alice(), &id, rename("admin")).await.unwrap_err());
+    assert!(m.contains("only an admin can rename"), "{m}");
+    assert_eq!(audit_len(&f, &id).await, audit);
+    let mut v = f.keys.verify(issued.key.expose(), None, None);
+    let live = f.keys.resolve(&mut v).unwrap();
+    assert_eq!(live.rendered_headers(&id)[0].1, "sync");
+    // Other edits, and an admin's rename, are fine.
+    f.keys
+        .edit(
+            &alice(),
+            &id,
+            EditKey {
+                description: Some("nightly sync".into()),
+                ..EditKey::default()
+            },
+        )
+        .await
+        .unwrap();
+    f.keys.edit(&admin(), &id, rename("sync2")).await.unwrap();
+}

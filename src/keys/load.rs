@@ -15,7 +15,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Deserializer};
 use uuid::Uuid;
 
-use super::headers::HeaderTemplate;
+use super::headers::{self, HeaderTemplate};
 use super::model::{KeyRecord, KeyState, Lifetime};
 use super::secret::KeyHash;
 use super::table::{SlotUsage, NEVER};
@@ -99,12 +99,21 @@ struct Stored<'a> {
     previous_valid_until: Option<DateTime<Utc>>,
     #[serde(default)]
     headers: Vec<HeaderTemplate>,
+    #[serde(default)]
+    admin_restrictions: StoredRestrictions,
     #[serde(default, deserialize_with = "opt_time")]
     removed_at: Option<DateTime<Utc>>,
     #[serde(default)]
     alerting: StoredAlerting,
     #[serde(default)]
     usage: StoredUsage,
+}
+
+/// What loading needs of [`super::model::AdminRestrictions`]: the order of headers.
+#[derive(Deserialize, Default)]
+struct StoredRestrictions {
+    #[serde(default)]
+    headers: Vec<HeaderTemplate>,
 }
 
 #[derive(Deserialize, Default)]
@@ -167,7 +176,7 @@ pub fn prepare(cache: &mut LoadCache, raw: &[u8]) -> Result<Loaded, StoreError> 
         name: s.name.into_owned().into_boxed_str(),
         scopes: cache.scopes(&s.scopes),
         ip_filters: s.ip_filters,
-        headers: s.headers,
+        headers: headers::admin_first(s.headers, &s.admin_restrictions.headers),
         last_used_at: s.last_used_at,
         warned_for: s.alerting.inactivity_warned_for,
         lapse_recorded: s.alerting.lapse_recorded_at.is_some(),
@@ -189,7 +198,10 @@ impl Loaded {
             name: rec.name.as_str().into(),
             scopes: Arc::from(rec.scopes.as_slice()),
             ip_filters: rec.ip_filters.clone(),
-            headers: rec.headers.clone(),
+            headers: headers::admin_first(
+                rec.headers.clone(),
+                &rec.admin_restrictions.headers,
+            ),
             last_used_at: rec.last_used_at,
             warned_for: rec.alerting.inactivity_warned_for,
             lapse_recorded: rec.alerting.lapse_recorded_at.is_some(),

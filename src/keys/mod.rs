@@ -246,11 +246,11 @@ impl Live {
             owner: &self.owner,
             expires_at: expires.as_deref().unwrap_or(""),
         };
-        // Validation refuses reserved names; a key stored before a name was
-        // reserved must not get one into an answer either.
+        // Validation refuses reserved names and `_`; a key stored before either was
+        // refused must not get one into an answer.
         templates
             .iter()
-            .filter(|t| !headers::reserved(&t.name))
+            .filter(|t| headers::sendable(&t.name))
             .map(|t| (t, t.render(&values)))
             .collect()
     }
@@ -1621,6 +1621,18 @@ impl Keys {
                 let binds_owner = actor.admin && actor.name != rec.owner;
                 if let Some(name) = &req.name {
                     let name = check_name(name, "")?;
+                    // A header with `${key.name}` is one only an admin may set: the
+                    // owner renaming the key would choose what it tells the upstream.
+                    if !actor.admin
+                        && name != rec.name
+                        && rec.headers.iter().any(|h| h.template.contains("${key.name}"))
+                    {
+                        return Err(KeyError::Forbidden(format!(
+                            "key {} has a header an admin set from its name (${{key.name}}); \
+                             only an admin can rename it",
+                            rec.id
+                        )));
+                    }
                     self.check_not_own_secret(rec, "name", &name)?;
                     check_unique_name(index, &rec.owner, &name, Some(rec.id))?;
                     changed.push(format!("name={name:?}"));
@@ -2112,7 +2124,7 @@ fn check_headers(list: &[String]) -> Result<Vec<HeaderTemplate>, KeyError> {
     let mut out: Vec<HeaderTemplate> = Vec::new();
     for s in list {
         let h = headers::parse(s).map_err(|e| invalid("headers", e.to_string()))?;
-        if out.iter().any(|o| o.name.eq_ignore_ascii_case(&h.name)) {
+        if out.iter().any(|o| headers::same_name(&o.name, &h.name)) {
             return Err(invalid(
                 "headers",
                 format!("header {:?} is given twice", h.name),
@@ -2163,7 +2175,7 @@ fn admin_only_headers(list: &[HeaderTemplate]) -> Vec<HeaderTemplate> {
 /// otherwise only values apikeyd fills in ([`headers::OWNER_VALUES`]), so that the
 /// upstream is told nothing the owner made up.
 fn check_owner_headers(list: &[HeaderTemplate], admin: &[HeaderTemplate]) -> Result<(), KeyError> {
-    if let Some(kept) = admin.iter().find(|a| !list.contains(a)) {
+    if let Some(kept) = admin.iter().find(|a| !list.iter().any(|h| h.same(a))) {
         return Err(KeyError::Forbidden(format!(
             "header {:?} was set by an admin; only an admin can change or remove it (give it unchanged)",
             kept.name
@@ -2171,7 +2183,7 @@ fn check_owner_headers(list: &[HeaderTemplate], admin: &[HeaderTemplate]) -> Res
     }
     if let Some(bad) = list
         .iter()
-        .find(|h| !h.owner_may_set() && !admin.contains(h))
+        .find(|h| !h.owner_may_set() && !admin.iter().any(|a| a.same(h)))
     {
         return Err(KeyError::Forbidden(format!(
             "header {:?}: only an admin may set literal text or ${{key.name}} in a header; \

@@ -723,16 +723,30 @@ async fn an_owner_cannot_shadow_an_admin_header_with_underscores() {
         &["X-Tenant=acme", "X_Tenant=${key.owner}"],
         &["X-Tenant=acme", "X_Api_Key_Owner=${key.owner}"],
     ] {
-        let e = f.keys.edit(&alice(), &id, edit_h(attempt)).await.unwrap_err();
+        let e = f
+            .keys
+            .edit(&alice(), &id, edit_h(attempt))
+            .await
+            .unwrap_err();
         assert!(
-            matches!(&e, KeyError::Invalid { field: "headers", .. }),
+            matches!(
+                &e,
+                KeyError::Invalid {
+                    field: "headers",
+                    ..
+                }
+            ),
             "{attempt:?}: {e:?}"
         );
     }
     assert_eq!(audit_len(&f, &id).await, audit);
     // The owner's own header goes after the admin's, whatever order she gives.
     f.keys
-        .edit(&alice(), &id, edit_h(&["X-User=${key.owner}", "x-tenant=acme"]))
+        .edit(
+            &alice(),
+            &id,
+            edit_h(&["X-User=${key.owner}", "x-tenant=acme"]),
+        )
         .await
         .unwrap();
     let mut v = f.keys.verify(issued.key.expose(), None, None);
@@ -787,7 +801,12 @@ async fn an_owner_cannot_rename_a_key_whose_admin_header_uses_its_name() {
         ..EditKey::default()
     };
     let audit = audit_len(&f, &id).await;
-    let m = forbidden(f.keys.edit(&alice(), &id, rename("admin")).await.unwrap_err());
+    let m = forbidden(
+        f.keys
+            .edit(&alice(), &id, rename("admin"))
+            .await
+            .unwrap_err(),
+    );
     assert!(m.contains("only an admin can rename"), "{m}");
     assert_eq!(audit_len(&f, &id).await, audit);
     let mut v = f.keys.verify(issued.key.expose(), None, None);
@@ -806,4 +825,70 @@ async fn an_owner_cannot_rename_a_key_whose_admin_header_uses_its_name() {
         .await
         .unwrap();
     f.keys.edit(&admin(), &id, rename("sync2")).await.unwrap();
+}
+
+/// Regression (review F4): alice moved to a group with `scopes = []` kept a key
+/// (and its rotation-grace secret) that verified VALID with no route or scope
+/// asked, listed as active; and `/metrics` counted keys of unconfigured owners as
+/// active.
+#[tokio::test]
+async fn a_key_whose_owner_holds_none_of_its_scopes_is_refused_and_counted_so() {
+    let f = fixture();
+    let issued = f.keys.create(&alice(), req("alice", "sync")).await.unwrap();
+    let id = issued.view.id.to_string();
+    let old = issued.key.expose().to_owned();
+    let new = f.keys.rotate(&alice(), &id, Some("p1d")).await.unwrap();
+    let new = new.key.expose().to_owned();
+    let bob = f.keys.create(&admin(), req("bob", "b")).await.unwrap();
+    let counts = |f: &Fixture| f.keys.status_counts();
+    assert_eq!(counts(&f)["active"], 2);
+
+    let nothing = CONFIG.replace(
+        "[users.alice]\ngroups = [\"Synchronizer\"]",
+        "[groups.Nothing]\nscopes = []\n[users.alice]\ngroups = [\"Nothing\"]",
+    );
+    f.keys.reload(settings(&nothing));
+    for k in [&old, &new] {
+        assert_eq!(f.keys.verify(k, None, None).code, Code::InsufficientScope);
+        assert_eq!(
+            f.keys.verify(k, Some("catalog:read"), None).code,
+            Code::InsufficientScope
+        );
+    }
+    let view = f.keys.show(&alice(), &id).unwrap();
+    assert_eq!(view.status, "no_scopes");
+    assert!(
+        view.details.contains("grant none of its scopes"),
+        "{}",
+        view.details
+    );
+    assert!(view.effective_scopes.is_empty());
+    let c = counts(&f);
+    assert_eq!((c["active"], c["no_scopes"]), (1, 1), "{c:?}");
+    assert_eq!(
+        f.keys.verify(bob.key.expose(), None, None).code,
+        Code::Valid
+    );
+
+    // Unconfigured: counted as owner_unknown, not active.
+    f.keys.reload(with_alice(None));
+    let c = counts(&f);
+    assert_eq!(
+        (c["active"], c["no_scopes"], c["owner_unknown"]),
+        (1, 0, 1),
+        "{c:?}"
+    );
+    assert_eq!(f.keys.verify(&new, None, None).code, Code::OwnerUnknown);
+
+    // Back: valid again, counted active.
+    f.keys.reload(settings(CONFIG));
+    assert_eq!(f.keys.verify(&new, None, None).code, Code::Valid);
+    let c = counts(&f);
+    assert_eq!((c["active"], c["owner_unknown"]), (2, 0), "{c:?}");
+    // Loaded at start, the refusal holds too.
+    drop(f.keys);
+    let store = Arc::new(Store::open(&f.path).unwrap());
+    let keys = Keys::open(store, hasher(), f.clock.clone(), settings(&nothing)).unwrap();
+    assert_eq!(keys.verify(&new, None, None).code, Code::InsufficientScope);
+    assert_eq!(keys.status_counts()["no_scopes"], 1);
 }

@@ -251,7 +251,10 @@ mod tests {
             Err(HeaderError::Variable { .. })
         ));
         assert!(matches!(parse("X-A=a\nb"), Err(HeaderError::Value(_))));
-        assert!(matches!(parse("X_Tenant=x"), Err(HeaderError::Underscore(_))));
+        assert!(matches!(
+            parse("X_Tenant=x"),
+            Err(HeaderError::Underscore(_))
+        ));
         assert!(parse(&format!("X-A={}", "a".repeat(1025))).is_err());
     }
 
@@ -283,7 +286,11 @@ mod review_tests {
     /// nginx reads `_` as `-`, so the owner's value could stand for either.
     #[test]
     fn names_with_underscores_are_refused_and_compared_as_proxies_do() {
-        for bad in ["X_Api_Key_Owner=x", "X_Api_Key_Reason=x", "X_Tenant=${key.owner}"] {
+        for bad in [
+            "X_Api_Key_Owner=x",
+            "X_Api_Key_Reason=x",
+            "X_Tenant=${key.owner}",
+        ] {
             assert!(parse(bad).is_err(), "{bad}");
         }
         assert!(reserved("X_Api_Key_Owner"));
@@ -301,7 +308,10 @@ mod review_tests {
     fn admin_headers_come_first() {
         let owner = parse("X-User=${key.owner}").unwrap();
         let admin = parse("X-Tenant=acme").unwrap();
-        let list = admin_first(vec![owner.clone(), admin.clone()], std::slice::from_ref(&admin));
+        let list = admin_first(
+            vec![owner.clone(), admin.clone()],
+            std::slice::from_ref(&admin),
+        );
         assert_eq!(list, [admin, owner]);
     }
 }

@@ -198,10 +198,7 @@ impl Loaded {
             name: rec.name.as_str().into(),
             scopes: Arc::from(rec.scopes.as_slice()),
             ip_filters: rec.ip_filters.clone(),
-            headers: headers::admin_first(
-                rec.headers.clone(),
-                &rec.admin_restrictions.headers,
-            ),
+            headers: headers::admin_first(rec.headers.clone(), &rec.admin_restrictions.headers),
             last_used_at: rec.last_used_at,
             warned_for: rec.alerting.inactivity_warned_for,
             lapse_recorded: rec.alerting.lapse_recorded_at.is_some(),

@@ -10,7 +10,7 @@ use uuid::Uuid;
 use super::load::Loaded;
 use super::model::{rfc3339, AuditEntry, KeyRecord, KeyState, Status};
 use super::notify::{self, Writer};
-use super::{counted_as, Index, KeyError, Keys, Lapse, Live};
+use super::{counted_as, table, Index, KeyError, Keys, Lapse, Live};
 use crate::alerts::job::{AlertJob, JobKind};
 use crate::alerts::maintenance::MaintenanceRun;
 use crate::config::Policy;
@@ -46,8 +46,11 @@ impl Index {
             let before = seen.swap(lapse, Ordering::Relaxed);
             if before != lapse && status != Status::Disabled {
                 // Disabled keys count as disabled whatever their lapse.
-                self.counts.add(counted_as(KeyState::Enabled, before), -1);
-                self.counts.add(counted_as(KeyState::Enabled, lapse), 1);
+                let refused = slot.flags & table::REFUSED;
+                self.counts
+                    .add(counted_as(KeyState::Enabled, before, refused), -1);
+                self.counts
+                    .add(counted_as(KeyState::Enabled, lapse, refused), 1);
             }
             let action = match status {
                 Status::Expired => "expired",

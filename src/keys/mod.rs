@@ -202,6 +202,13 @@ impl Live {
         self.owner_unknown
     }
 
+    /// Why verification refuses the key whatever is asked of it: its owner is not
+    /// configured ([`table::OWNER_UNKNOWN`]), or the owner's groups grant none of
+    /// the scopes it was issued with ([`table::NO_SCOPES`]); 0 if neither.
+    fn refusal(&self) -> u8 {
+        refusal(self.owner_unknown, &self.scopes, self.own_scopes())
+    }
+
     /// The same key with other effective scopes (a reload changed what its owner
     /// holds). Called under the index's write lock, so no verification is counting
     /// routes on the old entry while they move over.
@@ -357,23 +364,41 @@ impl Lapse {
     }
 }
 
+/// The refusal flags ([`table::REFUSED`]) of a key with effective scopes `scopes`
+/// and its own set `own`: a key that held scopes and now holds none is refused, or
+/// every route-less check would admit a user whose groups allow no API keys.
+fn refusal(owner_unknown: bool, scopes: &[String], own: &[String]) -> u8 {
+    if owner_unknown {
+        table::OWNER_UNKNOWN
+    } else if scopes.is_empty() && !own.is_empty() {
+        table::NO_SCOPES
+    } else {
+        0
+    }
+}
+
 /// Keys per status. A key's state (enabled, disabled, removed) moves it at once;
 /// whether an enabled key is expired or inactive is as of the last expiry sweep
-/// (or the start), which runs through every slot anyway. Atomics, because the sweep
-/// moves keys while holding the index only for reading.
+/// (or the start), which runs through every slot anyway; whether one in good
+/// standing is refused (owner unknown, no scopes) moves with a reload. Atomics,
+/// because the sweep moves keys while holding the index only for reading.
 #[derive(Debug, Default)]
-struct StatusCounts([AtomicI64; 5]);
+struct StatusCounts([AtomicI64; 7]);
 
 impl StatusCounts {
-    const ORDER: [Status; 5] = [
-        Status::Active,
-        Status::Disabled,
-        Status::Expired,
-        Status::Inactive,
-        Status::Removed,
+    /// The `status` labels of `/metrics`: [`Status`]'s, and the statuses a key
+    /// list shows for a key that would be active but is refused.
+    const ORDER: [&'static str; 7] = [
+        "active",
+        "disabled",
+        "expired",
+        "inactive",
+        "removed",
+        OWNER_UNKNOWN_STATUS,
+        NO_SCOPES_STATUS,
     ];
 
-    fn add(&self, status: Status, n: i64) {
+    fn add(&self, status: &str, n: i64) {
         let i = Self::ORDER.iter().position(|s| *s == status).unwrap_or(0);
         self.0[i].fetch_add(n, Ordering::Relaxed);
     }
@@ -382,19 +407,21 @@ impl StatusCounts {
         Self::ORDER
             .iter()
             .zip(&self.0)
-            .map(|(s, n)| {
-                (
-                    s.as_str(),
-                    usize::try_from(n.load(Ordering::Relaxed)).unwrap_or(0),
-                )
-            })
+            .map(|(s, n)| (*s, usize::try_from(n.load(Ordering::Relaxed)).unwrap_or(0)))
             .collect()
     }
 }
 
-/// The status a key in `state` whose last sweep saw `lapse` is counted under.
-fn counted_as(state: KeyState, lapse: u8) -> Status {
-    match state {
+/// Status of a key that would be active but whose owner is not configured.
+const OWNER_UNKNOWN_STATUS: &str = "owner_unknown";
+/// Status of a key that would be active but whose owner's groups grant none of its
+/// scopes.
+const NO_SCOPES_STATUS: &str = "no_scopes";
+
+/// The status label a key in `state` whose last sweep saw `lapse`, refused for
+/// `refused` ([`table::REFUSED`] flags), is counted under.
+fn counted_as(state: KeyState, lapse: u8, refused: u8) -> &'static str {
+    let status = match state {
         KeyState::Removed => Status::Removed,
         KeyState::Disabled => Status::Disabled,
         KeyState::Enabled => match lapse {
@@ -402,6 +429,11 @@ fn counted_as(state: KeyState, lapse: u8) -> Status {
             Lapse::INACTIVE => Status::Inactive,
             _ => Status::Active,
         },
+    };
+    match status {
+        Status::Active if refused & table::OWNER_UNKNOWN != 0 => OWNER_UNKNOWN_STATUS,
+        Status::Active if refused & table::NO_SCOPES != 0 => NO_SCOPES_STATUS,
+        s => s.as_str(),
     }
 }
 
@@ -517,12 +549,12 @@ impl Index {
     }
 
     /// The status a key is counted under.
-    fn counted(&self, live: &Live) -> Status {
+    fn counted(&self, live: &Live) -> &'static str {
         let lapse = self
             .swept
             .get(live.entry as usize)
             .map_or(Lapse::NONE, |l| l.load(Ordering::Relaxed));
-        counted_as(live.life.state, lapse)
+        counted_as(live.life.state, lapse, live.refusal())
     }
 
     fn allocate(&mut self) -> u32 {
@@ -698,6 +730,7 @@ impl Index {
             if same_set && eff.owner_unknown == old.owner_unknown {
                 continue;
             }
+            let refused = refusal(eff.owner_unknown, &eff.scopes, &own);
             if old.life.state != KeyState::Removed {
                 if eff.owner_unknown {
                     out.refused += 1;
@@ -708,17 +741,12 @@ impl Index {
                 } else {
                     out.restored += 1;
                 }
-                self.table.regrant(
-                    &old.hash,
-                    eff.number,
-                    if eff.owner_unknown {
-                        table::OWNER_UNKNOWN
-                    } else {
-                        0
-                    },
-                );
+                self.table.regrant(&old.hash, eff.number, refused);
             }
             let new = Arc::new(old.regranted(&eff, own));
+            // The status counts follow (an owner gone, or left without scopes).
+            self.counts.add(self.counted(&old), -1);
+            self.counts.add(self.counted(&new), 1);
             if let Some(slot) = self.entries.get_mut(e) {
                 *slot = Some(new);
             }
@@ -738,11 +766,7 @@ impl Index {
                     0
                 } else {
                     table::HAS_IP_FILTERS
-                } | if live.owner_unknown {
-                    table::OWNER_UNKNOWN
-                } else {
-                    0
-                },
+                } | live.refusal(),
                 scope_set: live.scope_set,
                 usage,
             });
@@ -931,8 +955,10 @@ pub struct KeyView {
     /// Those of `scopes` its owner's groups grant now: what verification allows.
     #[serde(default)]
     pub effective_scopes: Vec<String>,
-    /// `active`, `disabled`, `expired`, `inactive`, `removed`, or `owner_unknown`
-    /// (would be active, but its owner is no longer configured: refused).
+    /// `active`, `disabled`, `expired`, `inactive`, `removed`, `owner_unknown`
+    /// (would be active, but its owner is no longer configured: refused) or
+    /// `no_scopes` (would be active, but its owner's groups grant none of its
+    /// scopes now: refused).
     pub status: String,
     /// `generated` or `imported`.
     pub kind: String,
@@ -1141,7 +1167,14 @@ impl Keys {
             Status::Inactive => Code::Inactive,
             // Before the IP and scope checks: a key whose owner is gone answers the
             // same wherever it is used from.
-            Status::Active if slot.flags & table::OWNER_UNKNOWN != 0 => Code::OwnerUnknown,
+            Status::Active if slot.flags & table::REFUSED != 0 => {
+                if slot.flags & table::OWNER_UNKNOWN != 0 {
+                    Code::OwnerUnknown
+                } else {
+                    // Holds none of its scopes now: refused whatever is asked.
+                    Code::InsufficientScope
+                }
+            }
             Status::Active if !index.admits(slot, ip) => Code::IpNotAllowed,
             Status::Active if !index.holds(slot, scopes) => Code::InsufficientScope,
             Status::Active => {
@@ -1963,16 +1996,32 @@ pub fn view_of(settings: &Settings, rec: &KeyRecord, now: DateTime<Utc>) -> KeyV
     let last_used = rec.last_used_at;
     let effective = rec.effective_expiry(policy, last_used);
     let granted = settings.directory.rights(&rec.owner).map(|r| r.scopes);
+    let effective_scopes: Vec<String> = granted.as_ref().map_or_else(Vec::new, |g| {
+        rec.scopes
+            .iter()
+            .filter(|s| g.contains(*s))
+            .cloned()
+            .collect()
+    });
+    let refused = refusal(granted.is_none(), &effective_scopes, &rec.scopes);
     let status = match rec.status(policy, last_used, now) {
-        Status::Active if granted.is_none() => "owner_unknown",
+        Status::Active => counted_as(KeyState::Enabled, Lapse::NONE, refused),
         s => s.as_str(),
     };
     let mut details = rec.details(policy, last_used, now);
-    if granted.is_none() && rec.state != KeyState::Removed {
-        details = format!(
-            "refused: owner {:?} is not a configured user; {details}",
-            rec.owner
-        );
+    if rec.state != KeyState::Removed {
+        if refused & table::OWNER_UNKNOWN != 0 {
+            details = format!(
+                "refused: owner {:?} is not a configured user; {details}",
+                rec.owner
+            );
+        } else if refused & table::NO_SCOPES != 0 {
+            details = format!(
+                "refused: the groups of {:?} grant none of its scopes ({}) now; {details}",
+                rec.owner,
+                rec.scopes.join(", ")
+            );
+        }
     }
     KeyView {
         id: rec.id,
@@ -1980,13 +2029,7 @@ pub fn view_of(settings: &Settings, rec: &KeyRecord, now: DateTime<Utc>) -> KeyV
         description: rec.description.clone(),
         owner: rec.owner.clone(),
         scopes: rec.scopes.clone(),
-        effective_scopes: granted.map_or_else(Vec::new, |g| {
-            rec.scopes
-                .iter()
-                .filter(|s| g.contains(*s))
-                .cloned()
-                .collect()
-        }),
+        effective_scopes,
         status: status.to_owned(),
         kind: match rec.kind {
             KeyKind::Generated => "generated",

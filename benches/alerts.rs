@@ -174,6 +174,7 @@ fn build(db: &Path, n: usize) -> (Vec<Uuid>, Duration) {
                     ..KeyAlerting::default()
                 },
                 admin_restrictions: Default::default(),
+                user_secret: Default::default(),
             });
             jobs.push(job);
             ids.push(id);

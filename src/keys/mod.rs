@@ -36,7 +36,7 @@ use headers::HeaderTemplate;
 use load::Loaded;
 use model::{
     rfc3339, AdminRestrictions, AuditEntry, Code, KeyKind, KeyRecord, KeyState, Lifetime, Limit,
-    RetiredSecret, Status, UsageCounts,
+    RetiredSecret, Status, UsageCounts, UserSecret,
 };
 use secret::{KeyHash, KeyHasher, Secret, Shape};
 use table::{Hit, Slot, SlotInit, SlotUsage, Table, NEVER};
@@ -1585,6 +1585,10 @@ impl Keys {
             usage: UsageCounts::default(),
             alerting: Default::default(),
             admin_restrictions,
+            user_secret: match kind {
+                KeyKind::Imported => UserSecret::Length(secret.expose().len()),
+                KeyKind::Generated => UserSecret::None,
+            },
         };
         let (rec, jobs) = notify::attach_notification(rec, notification, now);
         let action = match kind {
@@ -1648,10 +1652,17 @@ impl Keys {
     /// An owner may only narrow the IP filters and headers an admin set; an admin's
     /// change to someone else's key becomes the restriction its owner is held to.
     pub async fn edit(&self, actor: &Actor, id: &str, req: EditKey) -> Result<KeyView, KeyError> {
+        let checked = self.check_not_own_secret(actor, id, &req).await?;
         let live = self
             .modify_following_expiry(actor, id, "edit", |rec, index, settings, now| {
                 let mut changed = Vec::new();
                 let binds_owner = actor.admin && actor.name != rec.owner;
+                if checked.as_ref().is_some_and(|c| OwnSecrets::of(rec).ok().as_ref() != Some(c)) {
+                    return Err(KeyError::Conflict(format!(
+                        "the secret of key {} changed while this edit was checked; try again",
+                        rec.id
+                    )));
+                }
                 if let Some(name) = &req.name {
                     let name = check_name(name, "")?;
                     // A header with `${key.name}` is one only an admin may set: the
@@ -1666,14 +1677,12 @@ impl Keys {
                             rec.id
                         )));
                     }
-                    self.check_not_own_secret(rec, "name", &name)?;
                     check_unique_name(index, &rec.owner, &name, Some(rec.id))?;
                     changed.push(format!("name={name:?}"));
                     rec.name = name;
                 }
                 if let Some(d) = &req.description {
                     let d = check_description(d, "")?;
-                    self.check_not_own_secret(rec, "description", &d)?;
                     rec.description = d;
                     changed.push("description".to_owned());
                 }
@@ -1743,44 +1752,51 @@ impl Keys {
         self.view(&live)
     }
 
-    /// Refuse a new name or description of `rec` that contains the key's own secret:
-    /// names and descriptions are shown in listings, the audit trail and
+    /// Refuse a new name or description that contains the key's own secret: names
+    /// and descriptions are shown in listings, the audit trail and
     /// `X-Api-Key-Name`. Generated secrets are caught by their format
-    /// ([`secret::looks_like_key`]); a user-defined token has none, so every stretch
-    /// of the text a token could be (printable ASCII without spaces, of a length the
-    /// config could ever have allowed) is hashed and compared with the key's current
-    /// and previous hash. At most ~200k hashes for a 1000-character description.
-    fn check_not_own_secret(
+    /// ([`secret::looks_like_key`]); a user-defined token has none, so the stretches
+    /// of the text it could be are hashed and compared with the key's imported
+    /// secret ([`OwnSecrets`]). That is up to ~1000 hashes (~200k for a record
+    /// stored before its secret's length was kept), so it runs before the change,
+    /// on a blocking thread, holding neither the writer nor the index; the change
+    /// then makes sure the secret it was checked against is still the key's.
+    /// Returns what was checked against, if anything was.
+    async fn check_not_own_secret(
         &self,
-        rec: &KeyRecord,
-        field: &'static str,
-        text: &str,
-    ) -> Result<(), KeyError> {
-        let mut own = Vec::with_capacity(2);
-        if rec.kind == KeyKind::Imported {
-            own.push(load::decode_hash(&rec.hash)?);
+        actor: &Actor,
+        id: &str,
+        req: &EditKey,
+    ) -> Result<Option<OwnSecrets>, KeyError> {
+        let mut texts = Vec::new();
+        if let Some(name) = &req.name {
+            texts.push(("name", check_name(name, "")?));
         }
-        if let Some(previous) = &rec.previous_hash {
-            own.push(load::decode_hash(previous)?);
+        if let Some(d) = &req.description {
+            texts.push(("description", check_description(d, "")?));
         }
-        if own.is_empty() {
-            return Ok(());
+        if texts.is_empty() {
+            return Ok(None);
         }
-        for run in text.split(|c: char| !c.is_ascii_graphic()) {
-            // ASCII only: every byte offset is a char boundary.
-            for start in 0..run.len() {
-                let longest = run.len().min(start + secret::MAX_SECRET_LEN);
-                for end in (start + MIN_GENERIC_SECRET)..=longest {
-                    if own.contains(&self.hasher.hash(&run[start..end])) {
-                        return Err(invalid(
-                            field,
-                            "must not contain this key's secret (a key's name and description are shown everywhere; the secret is not)",
-                        ));
-                    }
+        let live = self.visible(actor, id)?;
+        let own = OwnSecrets::of(&self.record(&live)?)?;
+        if own.hashes.is_empty() {
+            return Ok(Some(own));
+        }
+        let hasher = self.hasher.clone();
+        tokio::task::spawn_blocking(move || {
+            for (field, text) in &texts {
+                if own.found_in(&hasher, text) {
+                    return Err(invalid(
+                        field,
+                        "must not contain this key's secret (a key's name and description are shown everywhere; the secret is not)",
+                    ));
                 }
             }
-        }
-        Ok(())
+            Ok(Some(own))
+        })
+        .await
+        .map_err(|e| KeyError::Internal(e.to_string()))?
     }
 
     /// Enable or disable a key. A key an admin disabled stays disabled for its owner.
@@ -1865,6 +1881,11 @@ impl Keys {
                 }
                 let old = rec.hash.clone();
                 rec.hash = hex::encode(new_hash);
+                if rec.kind == KeyKind::Generated || grace.is_none() {
+                    // No imported secret is left on the key (the previous secret,
+                    // if any, is a generated one).
+                    rec.user_secret = UserSecret::None;
+                }
                 rec.kind = KeyKind::Generated;
                 match &grace {
                     Some(p) => {
@@ -2066,6 +2087,61 @@ pub fn view_of(settings: &Settings, rec: &KeyRecord, now: DateTime<Utc>) -> KeyV
 }
 
 // ---------------------------------------------------------------- validation
+
+/// The user-defined secrets of a key that its name and description must not
+/// contain: its imported current secret, and its previous one after a rotation
+/// (imported, or of a record too old to tell), with their length when known.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct OwnSecrets {
+    hashes: Vec<KeyHash>,
+    len: Option<usize>,
+}
+
+impl OwnSecrets {
+    fn of(rec: &KeyRecord) -> Result<Self, KeyError> {
+        let mut hashes = Vec::with_capacity(2);
+        if rec.kind == KeyKind::Imported {
+            hashes.push(load::decode_hash(&rec.hash)?);
+        }
+        if let Some(previous) = &rec.previous_hash {
+            // A previous secret known to be generated gives itself away by its format.
+            if rec.user_secret != UserSecret::None {
+                hashes.push(load::decode_hash(previous)?);
+            }
+        }
+        Ok(Self {
+            hashes,
+            len: match rec.user_secret {
+                UserSecret::Length(n) => Some(n),
+                UserSecret::Unknown | UserSecret::None => None,
+            },
+        })
+    }
+
+    /// Whether `text` contains one of the secrets.
+    fn found_in(&self, hasher: &KeyHasher, text: &str) -> bool {
+        !self.hashes.is_empty()
+            && windows(text, self.len).any(|w| self.hashes.contains(&hasher.hash(w)))
+    }
+}
+
+/// The stretches of `text` a user-defined secret of length `len` could be
+/// (printable ASCII without spaces); of any length a configuration could ever have
+/// allowed when `len` is not known.
+fn windows(text: &str, len: Option<usize>) -> impl Iterator<Item = &str> {
+    let (shortest, longest) = match len {
+        Some(n) => (n, n),
+        None => (MIN_GENERIC_SECRET, secret::MAX_SECRET_LEN),
+    };
+    text.split(|c: char| !c.is_ascii_graphic())
+        .flat_map(move |run| {
+            // ASCII only: every byte offset is a char boundary.
+            (0..run.len()).flat_map(move |start| {
+                let last = run.len().min(start + longest);
+                (start + shortest.max(1)..=last).map(move |end| &run[start..end])
+            })
+        })
+}
 
 fn check_text(
     field: &'static str,
@@ -2465,6 +2541,7 @@ pub fn seed(
                 usage: UsageCounts::default(),
                 alerting: Default::default(),
                 admin_restrictions: AdminRestrictions::default(),
+                user_secret: UserSecret::None,
             });
         }
         let audit = if done == 0 {

@@ -625,6 +625,7 @@ mod tests {
             usage: UsageCounts::default(),
             alerting: Default::default(),
             admin_restrictions: Default::default(),
+            user_secret: Default::default(),
         }
     }
 

@@ -960,3 +960,48 @@ async fn the_own_secret_check_hashes_only_stretches_of_the_tokens_length() {
         .unwrap()
         .found_in(&f.keys.hasher, &format!("old {token} token")));
 }
+
+/// Regression (review, "root"): an unmapped uid 0 acts as admin "root". With a
+/// configured non-admin user also named "root", what the admin set on that user's
+/// keys looked like the admin's own key and was not recorded as a restriction, so
+/// the user could enable a key the admin disabled and clear its IP filters.
+#[tokio::test]
+async fn a_configured_user_named_root_is_bound_by_what_the_unmapped_root_sets() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(Utc.with_ymd_and_hms(2026, 8, 31, 10, 0, 0).unwrap());
+    let store = Arc::new(Store::open(&dir.path().join("db.redb")).unwrap());
+    let text = format!("{CONFIG}[users.root]\ngroups = [\"Synchronizer\"]\n");
+    let keys = Keys::open(store, hasher(), clock, settings(&text)).unwrap();
+    let unmapped_root = Actor {
+        name: "root".into(),
+        admin: true,
+    };
+    let user_root = Actor {
+        name: "root".into(),
+        admin: false,
+    };
+    let mut r = req("root", "k");
+    r.ip = vec!["10.9.9.9/32".into()];
+    let view = keys.create(&unmapped_root, r).await.unwrap().view;
+    assert_eq!(view.admin_restrictions.ip_filters.len(), 1);
+    let id = view.id.to_string();
+    keys.set_enabled(&unmapped_root, &id, false).await.unwrap();
+    forbidden(keys.set_enabled(&user_root, &id, true).await.unwrap_err());
+    forbidden(
+        keys.edit(
+            &user_root,
+            &id,
+            EditKey {
+                ip: Some(vec![]),
+                ..EditKey::default()
+            },
+        )
+        .await
+        .unwrap_err(),
+    );
+    // A configured admin's own key stays unrestricted.
+    let mut r = req("admin", "own");
+    r.ip = vec!["10.9.9.9/32".into()];
+    let own = keys.create(&admin(), r).await.unwrap().view;
+    assert!(own.admin_restrictions.is_empty());
+}

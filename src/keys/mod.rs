@@ -1522,7 +1522,7 @@ impl Keys {
             check_owner_headers(&headers, &[])?;
         }
         // What an admin sets on someone else's key binds its owner.
-        let admin_restrictions = if actor.admin && owner != actor.name {
+        let admin_restrictions = if binds_owner(actor, &owner, &settings.directory) {
             AdminRestrictions {
                 disabled_by: None,
                 ip_filters: ip_filters.clone(),
@@ -1656,7 +1656,7 @@ impl Keys {
         let live = self
             .modify_following_expiry(actor, id, "edit", |rec, index, settings, now| {
                 let mut changed = Vec::new();
-                let binds_owner = actor.admin && actor.name != rec.owner;
+                let binds_owner = binds_owner(actor, &rec.owner, &settings.directory);
                 if checked.as_ref().is_some_and(|c| OwnSecrets::of(rec).ok().as_ref() != Some(c)) {
                     return Err(KeyError::Conflict(format!(
                         "the secret of key {} changed while this edit was checked; try again",
@@ -1808,7 +1808,8 @@ impl Keys {
     ) -> Result<KeyView, KeyError> {
         let action = if enabled { "enable" } else { "disable" };
         let live = self
-            .modify(actor, id, action, |rec, _, _, _| {
+            .modify(actor, id, action, |rec, _, settings, _| {
+                let binds = binds_owner(actor, &rec.owner, &settings.directory);
                 let restrictions = &mut rec.admin_restrictions;
                 if enabled {
                     if let (false, Some(by)) = (actor.admin, &restrictions.disabled_by) {
@@ -1821,7 +1822,7 @@ impl Keys {
                     rec.state = KeyState::Enabled;
                     return Ok(String::new());
                 }
-                if actor.admin && actor.name != rec.owner {
+                if binds {
                     restrictions.disabled_by = Some(actor.name.clone());
                 }
                 rec.state = KeyState::Disabled;
@@ -2252,6 +2253,16 @@ fn check_headers(list: &[String]) -> Result<Vec<HeaderTemplate>, KeyError> {
         out.push(h);
     }
     Ok(out)
+}
+
+/// Whether what `actor` sets on a key of `owner` binds the owner (only an admin may
+/// lift it): an admin acting on someone else's key. The same name is not enough to
+/// be the owner: an unmapped root acts as admin "root", and a configured non-admin
+/// user may be named "root" too; an admin's own key is one whose owner is a
+/// configured admin.
+fn binds_owner(actor: &Actor, owner: &str, directory: &Directory) -> bool {
+    actor.admin
+        && (actor.name != owner || !directory.rights(owner).is_some_and(|r| r.manage_all_keys))
 }
 
 /// An owner's IP filters must stay within the networks an admin limited the key to:

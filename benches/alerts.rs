@@ -184,6 +184,7 @@ fn build(db: &Path, n: usize) -> (Vec<Uuid>, Duration) {
                 Batch {
                     put_keys: keys,
                     audit: Vec::new(),
+                    retire: Vec::new(),
                 },
                 AlertBatch {
                     put_jobs: jobs,

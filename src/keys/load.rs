@@ -320,7 +320,14 @@ mod tests {
             "last_used_at": "2026-11-03T10:00:00Z",
             "expires_at": null,
             "ip_filters": ["10.0.0.0/8"],
-            "headers": [{"name": "X-T", "template": "${key.id}"}],
+            "headers": [
+                {"name": "X-T", "template": "${key.id}"},
+                {"name": "X-Tenant", "template": "acme"}
+            ],
+            "admin_restrictions": {
+                "disabled_by": "admin",
+                "headers": [{"name": "X-Tenant", "template": "acme"}]
+            },
             "alerting": {"lapse_recorded_at": "2026-11-04T00:00:00Z"},
             "usage": {"verifications": 3, "denied": 1, "routes": {"/x": 3}}
         }))
@@ -329,5 +336,8 @@ mod tests {
         let fast = prepare(&mut LoadCache::default(), &raw).unwrap();
         let full = Loaded::from_record(&rec).unwrap();
         assert_eq!(format!("{fast:?}"), format!("{full:?}"));
+        // An admin's headers come first, however they were stored (review F2).
+        let names: Vec<_> = fast.headers.iter().map(|h| h.name.as_str()).collect();
+        assert_eq!(names, ["X-Tenant", "X-T"]);
     }
 }

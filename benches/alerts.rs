@@ -174,6 +174,7 @@ fn build(db: &Path, n: usize) -> (Vec<Uuid>, Duration) {
                     ..KeyAlerting::default()
                 },
                 admin_restrictions: Default::default(),
+                user_secret: Default::default(),
             });
             jobs.push(job);
             ids.push(id);
@@ -183,6 +184,7 @@ fn build(db: &Path, n: usize) -> (Vec<Uuid>, Duration) {
                 Batch {
                     put_keys: keys,
                     audit: Vec::new(),
+                    retire: Vec::new(),
                 },
                 AlertBatch {
                     put_jobs: jobs,

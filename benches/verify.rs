@@ -423,6 +423,7 @@ fn build(dir: &Path, n: usize, sample_size: usize, hasher: &KeyHasher) -> Built 
                 .commit(Batch {
                     put_keys: g.recs,
                     audit: Vec::new(),
+                    retire: Vec::new(),
                 })
                 .expect("commit batch");
             commit_time += t.elapsed();

@@ -177,7 +177,7 @@ impl Metrics {
         );
         let _ = writeln!(
             out,
-            "# HELP apikeyd_keys Keys by status (expired and inactive as of the last expiry sweep)."
+            "# HELP apikeyd_keys Keys by status (expired and inactive as of the last expiry sweep; owner_unknown and no_scopes: refused keys that would be active)."
         );
         let _ = writeln!(out, "# TYPE apikeyd_keys gauge");
         // Counters kept as keys change and by the expiry sweep: no scan of the keys.

@@ -565,3 +565,443 @@ async fn a_token_cannot_be_renamed_to_its_own_secret() {
     );
     let _ = &f.clock;
 }
+
+// ------------------------------------------------------------ review of issue 9
+
+fn bob() -> Actor {
+    Actor {
+        name: "bob".into(),
+        admin: false,
+    }
+}
+
+fn import_req(user: &str, name: &str, token: &str) -> CreateKey {
+    let mut r = req(user, name);
+    r.secret = Some(Secret::new(token.into()));
+    r
+}
+
+fn retired_conflict(e: KeyError) -> String {
+    match e {
+        KeyError::Conflict(m) if m.contains("removed or rotated") => m,
+        other => panic!("expected the retired-secret conflict, got {other:?}"),
+    }
+}
+
+/// Regression (review F1): alice's imported token T was disabled and IP-restricted
+/// by an admin; alice removed the key and imported T again as a new key, which
+/// verified VALID from anywhere. Removal and rotation released the secret's hash and
+/// import only checked the keys that held one now, so anyone could also import
+/// another user's removed or rotated-away token.
+#[tokio::test]
+async fn a_retired_imported_secret_cannot_be_brought_back_by_its_owner_or_others() {
+    let f = fixture();
+    let t = "legacy-token-0123456789-restricted";
+    let id = f
+        .keys
+        .import(&alice(), import_req("alice", "imp", t))
+        .await
+        .unwrap()
+        .id
+        .to_string();
+    f.keys.set_enabled(&admin(), &id, false).await.unwrap();
+    f.keys
+        .edit(
+            &admin(),
+            &id,
+            EditKey {
+                ip: Some(vec!["10.9.9.9/32".into()]),
+                ..EditKey::default()
+            },
+        )
+        .await
+        .unwrap();
+    f.keys.remove(&alice(), &id).await.unwrap();
+    let m = retired_conflict(
+        f.keys
+            .import(&alice(), import_req("alice", "imp2", t))
+            .await
+            .unwrap_err(),
+    );
+    assert!(m.contains("ask an admin") && !m.contains("alice"), "{m}");
+    assert_eq!(f.keys.verify(t, None, None).code, Code::NotFound);
+    // An admin decides: the token may come back (issue 9, item 7's scenario).
+    f.keys
+        .import(&admin(), import_req("alice", "imp3", t))
+        .await
+        .unwrap();
+    assert_eq!(f.keys.verify(t, None, None).code, Code::Valid);
+
+    // An unrestricted token of alice's: she may bring it back, bob may not.
+    let mine = "legacy-token-0123456789-alices-own";
+    let id = f
+        .keys
+        .import(&alice(), import_req("alice", "own", mine))
+        .await
+        .unwrap()
+        .id
+        .to_string();
+    f.keys.remove(&alice(), &id).await.unwrap();
+    retired_conflict(
+        f.keys
+            .import(&bob(), import_req("bob", "stolen", mine))
+            .await
+            .unwrap_err(),
+    );
+    let id = f
+        .keys
+        .import(&alice(), import_req("alice", "own-again", mine))
+        .await
+        .unwrap()
+        .id
+        .to_string();
+    // Rotated away (no grace): the same rules.
+    f.keys.rotate(&alice(), &id, None).await.unwrap();
+    retired_conflict(
+        f.keys
+            .import(&bob(), import_req("bob", "stolen", mine))
+            .await
+            .unwrap_err(),
+    );
+    assert!(f.keys.list(&bob(), None, true).await.unwrap().is_empty());
+    f.keys
+        .import(&alice(), import_req("alice", "own-third", mine))
+        .await
+        .unwrap();
+}
+
+/// Regression (review F1): alice could rotate a key an admin had disabled (and so
+/// free its imported token for a re-import); only an admin may now.
+#[tokio::test]
+async fn an_owner_cannot_rotate_a_key_an_admin_disabled() {
+    let f = fixture();
+    let t = "legacy-token-0123456789-disabled0";
+    let id = f
+        .keys
+        .import(&alice(), import_req("alice", "imp", t))
+        .await
+        .unwrap()
+        .id
+        .to_string();
+    f.keys.set_enabled(&admin(), &id, false).await.unwrap();
+    let audit = audit_len(&f, &id).await;
+    let m = forbidden(f.keys.rotate(&alice(), &id, None).await.unwrap_err());
+    assert!(m.contains("only an admin can rotate"), "{m}");
+    assert_eq!(audit_len(&f, &id).await, audit);
+    assert_eq!(f.keys.verify(t, None, None).code, Code::Disabled);
+    // Disabled by herself, she may.
+    f.keys.set_enabled(&admin(), &id, true).await.unwrap();
+    f.keys.set_enabled(&alice(), &id, false).await.unwrap();
+    f.keys.rotate(&alice(), &id, None).await.unwrap();
+    // Nothing an admin imposed was left on the key: its token is hers to import.
+    f.keys
+        .import(&alice(), import_req("alice", "again", t))
+        .await
+        .unwrap();
+}
+
+/// Regression (review F2): with an admin's `X-Tenant=acme` on her key, alice could
+/// add `X_Tenant=${key.owner}` (accepted: names were compared as given), which nginx
+/// reads as `x-tenant` and takes first, so the upstream saw tenant=alice. A stored
+/// name with `_` is no longer sent, and an admin's headers come first.
+#[tokio::test]
+async fn an_owner_cannot_shadow_an_admin_header_with_underscores() {
+    let f = fixture();
+    let issued = f.keys.create(&alice(), req("alice", "k")).await.unwrap();
+    let id = issued.view.id.to_string();
+    let edit_h = |hs: &[&str]| EditKey {
+        headers: Some(hs.iter().map(|s| s.to_string()).collect()),
+        ..EditKey::default()
+    };
+    f.keys
+        .edit(&admin(), &id, edit_h(&["X-Tenant=acme"]))
+        .await
+        .unwrap();
+    let audit = audit_len(&f, &id).await;
+    for attempt in [
+        &["X_Tenant=${key.owner}", "X-Tenant=acme"][..],
+        &["X-Tenant=acme", "X_Tenant=${key.owner}"],
+        &["X-Tenant=acme", "X_Api_Key_Owner=${key.owner}"],
+    ] {
+        let e = f
+            .keys
+            .edit(&alice(), &id, edit_h(attempt))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                &e,
+                KeyError::Invalid {
+                    field: "headers",
+                    ..
+                }
+            ),
+            "{attempt:?}: {e:?}"
+        );
+    }
+    assert_eq!(audit_len(&f, &id).await, audit);
+    // The owner's own header goes after the admin's, whatever order she gives.
+    f.keys
+        .edit(
+            &alice(),
+            &id,
+            edit_h(&["X-User=${key.owner}", "x-tenant=acme"]),
+        )
+        .await
+        .unwrap();
+    let mut v = f.keys.verify(issued.key.expose(), None, None);
+    let live = f.keys.resolve(&mut v).unwrap();
+    let sent: Vec<_> = live
+        .rendered_headers(&id)
+        .into_iter()
+        .map(|(t, v)| format!("{}={v}", t.name))
+        .collect();
+    assert_eq!(sent, ["x-tenant=acme", "X-User=alice"]);
+
+    // A record stored before `_` was refused: its `_` header is not sent.
+    let mut rec = f.keys.record(&live).unwrap();
+    rec.headers = vec![
+        headers::HeaderTemplate {
+            name: "X_Tenant".into(),
+            template: "${key.owner}".into(),
+        },
+        headers::HeaderTemplate {
+            name: "X-Tenant".into(),
+            template: "acme".into(),
+        },
+    ];
+    let writer = f.keys.lock_writer().await;
+    let audit = f.keys.audit_entry(&admin(), "edit", rec.id, String::new());
+    f.keys
+        .commit_and_publish_with(writer, rec, audit, Default::default(), vec![])
+        .await
+        .unwrap();
+    let mut v = f.keys.verify(issued.key.expose(), None, None);
+    let live = f.keys.resolve(&mut v).unwrap();
+    let sent: Vec<_> = live
+        .rendered_headers(&id)
+        .into_iter()
+        .map(|(t, v)| format!("{}={v}", t.name))
+        .collect();
+    assert_eq!(sent, ["X-Tenant=acme"]);
+}
+
+/// Regression (review F3): an admin gave alice's key `sync` the header
+/// `X-Tenant=${key.name}`; alice renamed the key `admin` and `/v1/auth` told the
+/// upstream `x-tenant: admin`. The owner may no longer rename such a key.
+#[tokio::test]
+async fn an_owner_cannot_rename_a_key_whose_admin_header_uses_its_name() {
+    let f = fixture();
+    let mut r = req("alice", "sync");
+    r.headers = vec!["X-Tenant=${key.name}".into()];
+    let issued = f.keys.create(&admin(), r).await.unwrap();
+    let id = issued.view.id.to_string();
+    let rename = |n: &str| EditKey {
+        name: Some(n.into()),
+        ..EditKey::default()
+    };
+    let audit = audit_len(&f, &id).await;
+    let m = forbidden(
+        f.keys
+            .edit(&alice(), &id, rename("admin"))
+            .await
+            .unwrap_err(),
+    );
+    assert!(m.contains("only an admin can rename"), "{m}");
+    assert_eq!(audit_len(&f, &id).await, audit);
+    let mut v = f.keys.verify(issued.key.expose(), None, None);
+    let live = f.keys.resolve(&mut v).unwrap();
+    assert_eq!(live.rendered_headers(&id)[0].1, "sync");
+    // Other edits, and an admin's rename, are fine.
+    f.keys
+        .edit(
+            &alice(),
+            &id,
+            EditKey {
+                description: Some("nightly sync".into()),
+                ..EditKey::default()
+            },
+        )
+        .await
+        .unwrap();
+    f.keys.edit(&admin(), &id, rename("sync2")).await.unwrap();
+}
+
+/// Regression (review F4): alice moved to a group with `scopes = []` kept a key
+/// (and its rotation-grace secret) that verified VALID with no route or scope
+/// asked, listed as active; and `/metrics` counted keys of unconfigured owners as
+/// active.
+#[tokio::test]
+async fn a_key_whose_owner_holds_none_of_its_scopes_is_refused_and_counted_so() {
+    let f = fixture();
+    let issued = f.keys.create(&alice(), req("alice", "sync")).await.unwrap();
+    let id = issued.view.id.to_string();
+    let old = issued.key.expose().to_owned();
+    let new = f.keys.rotate(&alice(), &id, Some("p1d")).await.unwrap();
+    let new = new.key.expose().to_owned();
+    let bob = f.keys.create(&admin(), req("bob", "b")).await.unwrap();
+    let counts = |f: &Fixture| f.keys.status_counts();
+    assert_eq!(counts(&f)["active"], 2);
+
+    let nothing = CONFIG.replace(
+        "[users.alice]\ngroups = [\"Synchronizer\"]",
+        "[groups.Nothing]\nscopes = []\n[users.alice]\ngroups = [\"Nothing\"]",
+    );
+    f.keys.reload(settings(&nothing));
+    for k in [&old, &new] {
+        assert_eq!(f.keys.verify(k, None, None).code, Code::InsufficientScope);
+        assert_eq!(
+            f.keys.verify(k, Some("catalog:read"), None).code,
+            Code::InsufficientScope
+        );
+    }
+    let view = f.keys.show(&alice(), &id).unwrap();
+    assert_eq!(view.status, "no_scopes");
+    assert!(
+        view.details.contains("grant none of its scopes"),
+        "{}",
+        view.details
+    );
+    assert!(view.effective_scopes.is_empty());
+    let c = counts(&f);
+    assert_eq!((c["active"], c["no_scopes"]), (1, 1), "{c:?}");
+    assert_eq!(
+        f.keys.verify(bob.key.expose(), None, None).code,
+        Code::Valid
+    );
+
+    // Unconfigured: counted as owner_unknown, not active.
+    f.keys.reload(with_alice(None));
+    let c = counts(&f);
+    assert_eq!(
+        (c["active"], c["no_scopes"], c["owner_unknown"]),
+        (1, 0, 1),
+        "{c:?}"
+    );
+    assert_eq!(f.keys.verify(&new, None, None).code, Code::OwnerUnknown);
+
+    // Back: valid again, counted active.
+    f.keys.reload(settings(CONFIG));
+    assert_eq!(f.keys.verify(&new, None, None).code, Code::Valid);
+    let c = counts(&f);
+    assert_eq!((c["active"], c["owner_unknown"]), (2, 0), "{c:?}");
+    // Loaded at start, the refusal holds too.
+    drop(f.keys);
+    let store = Arc::new(Store::open(&f.path).unwrap());
+    let keys = Keys::open(store, hasher(), f.clock.clone(), settings(&nothing)).unwrap();
+    assert_eq!(keys.verify(&new, None, None).code, Code::InsufficientScope);
+    assert_eq!(keys.status_counts()["no_scopes"], 1);
+}
+
+/// Regression (review F5): the check that an edited description does not contain
+/// the key's imported token hashed every stretch of 16 to 1024 characters, ~240k
+/// HMACs for a 1000-character description, inside the change while holding the
+/// index's read lock (57 ms per edit in release; /v1/auth p99 went from 0.6 to 28
+/// ms while edits looped). The token's length is now kept, so only stretches of
+/// that length are hashed, before the change, off the index lock.
+#[tokio::test]
+async fn the_own_secret_check_hashes_only_stretches_of_the_tokens_length() {
+    let f = fixture();
+    let token = "legacy-token-0123456789-abcdefghijkl";
+    let id = f
+        .keys
+        .import(&alice(), import_req("alice", "legacy", token))
+        .await
+        .unwrap()
+        .id
+        .to_string();
+    let description = "x".repeat(1000);
+    let count = f.keys.hasher.count.clone();
+    let before = count.load(Ordering::Relaxed);
+    f.keys
+        .edit(
+            &alice(),
+            &id,
+            EditKey {
+                description: Some(description.clone()),
+                ..EditKey::default()
+            },
+        )
+        .await
+        .unwrap();
+    let hashed = count.load(Ordering::Relaxed) - before;
+    assert!(hashed <= 1000, "{hashed} hashes for one edit");
+    // Still refused, wherever the token sits.
+    let e = f
+        .keys
+        .edit(
+            &alice(),
+            &id,
+            EditKey {
+                description: Some(format!("{}{token}", "y".repeat(900))),
+                ..EditKey::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            KeyError::Invalid {
+                field: "description",
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    // A record stored before the length was kept: every length is still tried.
+    assert_eq!(windows("ab", None).count(), 0);
+    assert_eq!(windows(&description, Some(36)).count(), 965);
+    let live = f.keys.live(Uuid::parse_str(&id).unwrap()).unwrap();
+    let mut rec = f.keys.record(&live).unwrap();
+    rec.user_secret = UserSecret::Unknown;
+    assert_eq!(OwnSecrets::of(&rec).unwrap().len, None);
+    assert!(OwnSecrets::of(&rec)
+        .unwrap()
+        .found_in(&f.keys.hasher, &format!("old {token} token")));
+}
+
+/// Regression (review, "root"): an unmapped uid 0 acts as admin "root". With a
+/// configured non-admin user also named "root", what the admin set on that user's
+/// keys looked like the admin's own key and was not recorded as a restriction, so
+/// the user could enable a key the admin disabled and clear its IP filters.
+#[tokio::test]
+async fn a_configured_user_named_root_is_bound_by_what_the_unmapped_root_sets() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(Utc.with_ymd_and_hms(2026, 8, 31, 10, 0, 0).unwrap());
+    let store = Arc::new(Store::open(&dir.path().join("db.redb")).unwrap());
+    let text = format!("{CONFIG}[users.root]\ngroups = [\"Synchronizer\"]\n");
+    let keys = Keys::open(store, hasher(), clock, settings(&text)).unwrap();
+    let unmapped_root = Actor {
+        name: "root".into(),
+        admin: true,
+    };
+    let user_root = Actor {
+        name: "root".into(),
+        admin: false,
+    };
+    let mut r = req("root", "k");
+    r.ip = vec!["10.9.9.9/32".into()];
+    let view = keys.create(&unmapped_root, r).await.unwrap().view;
+    assert_eq!(view.admin_restrictions.ip_filters.len(), 1);
+    let id = view.id.to_string();
+    keys.set_enabled(&unmapped_root, &id, false).await.unwrap();
+    forbidden(keys.set_enabled(&user_root, &id, true).await.unwrap_err());
+    forbidden(
+        keys.edit(
+            &user_root,
+            &id,
+            EditKey {
+                ip: Some(vec![]),
+                ..EditKey::default()
+            },
+        )
+        .await
+        .unwrap_err(),
+    );
+    // A configured admin's own key stays unrestricted.
+    let mut r = req("admin", "own");
+    r.ip = vec!["10.9.9.9/32".into()];
+    let own = keys.create(&admin(), r).await.unwrap().view;
+    assert!(own.admin_restrictions.is_empty());
+}

@@ -30,9 +30,15 @@ pub enum HeaderError {
     Form(String),
     /// Bad header name.
     #[error(
-        "{0:?} is not a valid HTTP header name (letters, digits and !#$%&'*+-.^_`|~, at most 64)"
+        "{0:?} is not a valid HTTP header name (letters, digits and !#$%&'*+-.^`|~, at most 64)"
     )]
     Name(String),
+    /// A name with `_`, which proxies may read as another header's name.
+    #[error(
+        "header name {0:?} contains '_': proxies such as nginx read '_' as '-', so it \
+         would stand for another header; write it with '-'"
+    )]
+    Underscore(String),
     /// A name apikeyd sets itself, or one that frames or routes the HTTP answer.
     #[error(
         "{0:?} is reserved: apikeyd sets X-Api-Key-* and the answer's own headers \
@@ -81,11 +87,36 @@ const RESERVED: &[&str] = &[
     "www-authenticate",
 ];
 
-/// Whether a template may not set header `name`.
+/// Whether two header names are the same header to a proxy: ASCII case is ignored,
+/// and `_` is `-` (nginx's `$http_x_tenant` and `$upstream_http_x_tenant` match
+/// `X-Tenant` and `X_Tenant` alike).
+pub fn same_name(a: &str, b: &str) -> bool {
+    let fold = |c: u8| match c {
+        b'_' => b'-',
+        c => c.to_ascii_lowercase(),
+    };
+    a.len() == b.len() && a.bytes().zip(b.bytes()).all(|(x, y)| fold(x) == fold(y))
+}
+
+/// Whether a template may not set header `name` (compared as [`same_name`] does).
 pub fn reserved(name: &str) -> bool {
-    name.get(..10)
-        .is_some_and(|p| p.eq_ignore_ascii_case("x-api-key-"))
-        || RESERVED.iter().any(|r| r.eq_ignore_ascii_case(name))
+    name.get(..10).is_some_and(|p| same_name(p, "x-api-key-"))
+        || RESERVED.iter().any(|r| same_name(r, name))
+}
+
+/// Whether a stored header may still be sent: validation may have been laxer when it
+/// was stored (names with `_`, names reserved since).
+pub fn sendable(name: &str) -> bool {
+    !name.contains('_') && !reserved(name)
+}
+
+/// `list` with the headers an admin set (`admin`) first: a proxy that takes the
+/// first of two same-named headers takes the admin's.
+pub fn admin_first(mut list: Vec<HeaderTemplate>, admin: &[HeaderTemplate]) -> Vec<HeaderTemplate> {
+    if !admin.is_empty() {
+        list.sort_by_key(|h| !admin.iter().any(|a| a.same(h)));
+    }
+    list
 }
 
 /// Validate a name and template.
@@ -93,6 +124,9 @@ pub fn validate(name: &str, template: &str) -> Result<HeaderTemplate, HeaderErro
     let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
     if name.is_empty() || name.len() > 64 || !name.bytes().all(token) {
         return Err(HeaderError::Name(name.chars().take(80).collect()));
+    }
+    if name.contains('_') {
+        return Err(HeaderError::Underscore(name.to_owned()));
     }
     if reserved(name) {
         return Err(HeaderError::Reserved(name.to_owned()));
@@ -138,6 +172,11 @@ pub struct Values<'a> {
 }
 
 impl HeaderTemplate {
+    /// The same header and value, the name compared as [`same_name`] does.
+    pub fn same(&self, other: &HeaderTemplate) -> bool {
+        same_name(&self.name, &other.name) && self.template == other.template
+    }
+
     /// Whether a key's owner may set this header without an admin: its value is
     /// exactly one of [`OWNER_VALUES`].
     pub fn owner_may_set(&self) -> bool {
@@ -212,6 +251,10 @@ mod tests {
             Err(HeaderError::Variable { .. })
         ));
         assert!(matches!(parse("X-A=a\nb"), Err(HeaderError::Value(_))));
+        assert!(matches!(
+            parse("X_Tenant=x"),
+            Err(HeaderError::Underscore(_))
+        ));
         assert!(parse(&format!("X-A={}", "a".repeat(1025))).is_err());
     }
 
@@ -230,5 +273,45 @@ mod tests {
         ] {
             assert!(!parse(forged).unwrap().owner_may_set(), "{forged}");
         }
+    }
+}
+
+#[cfg(test)]
+mod review_tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    /// Regression (review F2): `X_Api_Key_Owner` and `X_Api_Key_Reason` passed the
+    /// reserved check, and `X_Tenant` was accepted beside an admin's `X-Tenant`;
+    /// nginx reads `_` as `-`, so the owner's value could stand for either.
+    #[test]
+    fn names_with_underscores_are_refused_and_compared_as_proxies_do() {
+        for bad in [
+            "X_Api_Key_Owner=x",
+            "X_Api_Key_Reason=x",
+            "X_Tenant=${key.owner}",
+        ] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
+        assert!(reserved("X_Api_Key_Owner"));
+        assert!(reserved("Content_Length"));
+        assert!(reserved("x-API-key-reason"));
+        assert!(!reserved("X-Tenant"));
+        assert!(same_name("X_Tenant", "x-tenant"));
+        assert!(!same_name("X-Tenant", "X-Tenants"));
+        assert!(!sendable("X_Tenant"));
+        assert!(!sendable("X_Api_Key_Owner"));
+        assert!(sendable("X-Tenant"));
+    }
+
+    #[test]
+    fn admin_headers_come_first() {
+        let owner = parse("X-User=${key.owner}").unwrap();
+        let admin = parse("X-Tenant=acme").unwrap();
+        let list = admin_first(
+            vec![owner.clone(), admin.clone()],
+            std::slice::from_ref(&admin),
+        );
+        assert_eq!(list, [admin, owner]);
     }
 }

@@ -15,7 +15,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Deserializer};
 use uuid::Uuid;
 
-use super::headers::HeaderTemplate;
+use super::headers::{self, HeaderTemplate};
 use super::model::{KeyRecord, KeyState, Lifetime};
 use super::secret::KeyHash;
 use super::table::{SlotUsage, NEVER};
@@ -99,12 +99,21 @@ struct Stored<'a> {
     previous_valid_until: Option<DateTime<Utc>>,
     #[serde(default)]
     headers: Vec<HeaderTemplate>,
+    #[serde(default)]
+    admin_restrictions: StoredRestrictions,
     #[serde(default, deserialize_with = "opt_time")]
     removed_at: Option<DateTime<Utc>>,
     #[serde(default)]
     alerting: StoredAlerting,
     #[serde(default)]
     usage: StoredUsage,
+}
+
+/// What loading needs of [`super::model::AdminRestrictions`]: the order of headers.
+#[derive(Deserialize, Default)]
+struct StoredRestrictions {
+    #[serde(default)]
+    headers: Vec<HeaderTemplate>,
 }
 
 #[derive(Deserialize, Default)]
@@ -167,7 +176,7 @@ pub fn prepare(cache: &mut LoadCache, raw: &[u8]) -> Result<Loaded, StoreError> 
         name: s.name.into_owned().into_boxed_str(),
         scopes: cache.scopes(&s.scopes),
         ip_filters: s.ip_filters,
-        headers: s.headers,
+        headers: headers::admin_first(s.headers, &s.admin_restrictions.headers),
         last_used_at: s.last_used_at,
         warned_for: s.alerting.inactivity_warned_for,
         lapse_recorded: s.alerting.lapse_recorded_at.is_some(),
@@ -189,7 +198,7 @@ impl Loaded {
             name: rec.name.as_str().into(),
             scopes: Arc::from(rec.scopes.as_slice()),
             ip_filters: rec.ip_filters.clone(),
-            headers: rec.headers.clone(),
+            headers: headers::admin_first(rec.headers.clone(), &rec.admin_restrictions.headers),
             last_used_at: rec.last_used_at,
             warned_for: rec.alerting.inactivity_warned_for,
             lapse_recorded: rec.alerting.lapse_recorded_at.is_some(),
@@ -311,7 +320,14 @@ mod tests {
             "last_used_at": "2026-11-03T10:00:00Z",
             "expires_at": null,
             "ip_filters": ["10.0.0.0/8"],
-            "headers": [{"name": "X-T", "template": "${key.id}"}],
+            "headers": [
+                {"name": "X-T", "template": "${key.id}"},
+                {"name": "X-Tenant", "template": "acme"}
+            ],
+            "admin_restrictions": {
+                "disabled_by": "admin",
+                "headers": [{"name": "X-Tenant", "template": "acme"}]
+            },
             "alerting": {"lapse_recorded_at": "2026-11-04T00:00:00Z"},
             "usage": {"verifications": 3, "denied": 1, "routes": {"/x": 3}}
         }))
@@ -320,5 +336,8 @@ mod tests {
         let fast = prepare(&mut LoadCache::default(), &raw).unwrap();
         let full = Loaded::from_record(&rec).unwrap();
         assert_eq!(format!("{fast:?}"), format!("{full:?}"));
+        // An admin's headers come first, however they were stored (review F2).
+        let names: Vec<_> = fast.headers.iter().map(|h| h.name.as_str()).collect();
+        assert_eq!(names, ["X-Tenant", "X-T"]);
     }
 }

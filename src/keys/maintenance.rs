@@ -10,7 +10,7 @@ use uuid::Uuid;
 use super::load::Loaded;
 use super::model::{rfc3339, AuditEntry, KeyRecord, KeyState, Status};
 use super::notify::{self, Writer};
-use super::{counted_as, Index, KeyError, Keys, Lapse, Live};
+use super::{counted_as, table, Index, KeyError, Keys, Lapse, Live};
 use crate::alerts::job::{AlertJob, JobKind};
 use crate::alerts::maintenance::MaintenanceRun;
 use crate::config::Policy;
@@ -46,8 +46,11 @@ impl Index {
             let before = seen.swap(lapse, Ordering::Relaxed);
             if before != lapse && status != Status::Disabled {
                 // Disabled keys count as disabled whatever their lapse.
-                self.counts.add(counted_as(KeyState::Enabled, before), -1);
-                self.counts.add(counted_as(KeyState::Enabled, lapse), 1);
+                let refused = slot.flags & table::REFUSED;
+                self.counts
+                    .add(counted_as(KeyState::Enabled, before, refused), -1);
+                self.counts
+                    .add(counted_as(KeyState::Enabled, lapse, refused), 1);
             }
             let action = match status {
                 Status::Expired => "expired",
@@ -118,6 +121,7 @@ impl Keys {
         let batch = Batch {
             put_keys: records,
             audit,
+            retire: vec![],
         };
         self.commit_then(writer, batch, alerts, move |index| {
             for l in loaded {
@@ -206,9 +210,26 @@ impl Keys {
             })
             .collect();
         let ids: Vec<Uuid> = gone.iter().map(|l| l.id).collect();
+        // An expired key still holds its secret until now: retire it with the purge,
+        // so that purging does not free an imported token for anyone to import.
+        let holding: Vec<Uuid> = gone
+            .iter()
+            .filter(|l| l.life.state != KeyState::Removed)
+            .map(|l| l.id)
+            .collect();
+        let retire = if holding.is_empty() {
+            Vec::new()
+        } else {
+            self.blocking(move |s| s.keys(&holding))
+                .await?
+                .iter()
+                .flat_map(|rec| super::retirements(rec, None, now))
+                .collect()
+        };
         let batch = Batch {
             put_keys: vec![],
             audit,
+            retire,
         };
         let alerts = AlertBatch {
             purge_keys: ids.clone(),

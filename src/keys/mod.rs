@@ -31,12 +31,12 @@ use uuid::Uuid;
 use crate::clock::SharedClock;
 use crate::config::{valid_scope, Directory, Period, Policy};
 use crate::store::AuditFilter;
-use crate::store::{Batch, Store, StoreError, UsageUpdate};
+use crate::store::{Batch, Retire, Store, StoreError, UsageUpdate};
 use headers::HeaderTemplate;
 use load::Loaded;
 use model::{
     rfc3339, AdminRestrictions, AuditEntry, Code, KeyKind, KeyRecord, KeyState, Lifetime, Limit,
-    Status, UsageCounts,
+    RetiredSecret, Status, UsageCounts, UserSecret,
 };
 use secret::{KeyHash, KeyHasher, Secret, Shape};
 use table::{Hit, Slot, SlotInit, SlotUsage, Table, NEVER};
@@ -202,6 +202,13 @@ impl Live {
         self.owner_unknown
     }
 
+    /// Why verification refuses the key whatever is asked of it: its owner is not
+    /// configured ([`table::OWNER_UNKNOWN`]), or the owner's groups grant none of
+    /// the scopes it was issued with ([`table::NO_SCOPES`]); 0 if neither.
+    fn refusal(&self) -> u8 {
+        refusal(self.owner_unknown, &self.scopes, self.own_scopes())
+    }
+
     /// The same key with other effective scopes (a reload changed what its owner
     /// holds). Called under the index's write lock, so no verification is counting
     /// routes on the old entry while they move over.
@@ -246,11 +253,11 @@ impl Live {
             owner: &self.owner,
             expires_at: expires.as_deref().unwrap_or(""),
         };
-        // Validation refuses reserved names; a key stored before a name was
-        // reserved must not get one into an answer either.
+        // Validation refuses reserved names and `_`; a key stored before either was
+        // refused must not get one into an answer.
         templates
             .iter()
-            .filter(|t| !headers::reserved(&t.name))
+            .filter(|t| headers::sendable(&t.name))
             .map(|t| (t, t.render(&values)))
             .collect()
     }
@@ -357,23 +364,41 @@ impl Lapse {
     }
 }
 
+/// The refusal flags ([`table::REFUSED`]) of a key with effective scopes `scopes`
+/// and its own set `own`: a key that held scopes and now holds none is refused, or
+/// every route-less check would admit a user whose groups allow no API keys.
+fn refusal(owner_unknown: bool, scopes: &[String], own: &[String]) -> u8 {
+    if owner_unknown {
+        table::OWNER_UNKNOWN
+    } else if scopes.is_empty() && !own.is_empty() {
+        table::NO_SCOPES
+    } else {
+        0
+    }
+}
+
 /// Keys per status. A key's state (enabled, disabled, removed) moves it at once;
 /// whether an enabled key is expired or inactive is as of the last expiry sweep
-/// (or the start), which runs through every slot anyway. Atomics, because the sweep
-/// moves keys while holding the index only for reading.
+/// (or the start), which runs through every slot anyway; whether one in good
+/// standing is refused (owner unknown, no scopes) moves with a reload. Atomics,
+/// because the sweep moves keys while holding the index only for reading.
 #[derive(Debug, Default)]
-struct StatusCounts([AtomicI64; 5]);
+struct StatusCounts([AtomicI64; 7]);
 
 impl StatusCounts {
-    const ORDER: [Status; 5] = [
-        Status::Active,
-        Status::Disabled,
-        Status::Expired,
-        Status::Inactive,
-        Status::Removed,
+    /// The `status` labels of `/metrics`: [`Status`]'s, and the statuses a key
+    /// list shows for a key that would be active but is refused.
+    const ORDER: [&'static str; 7] = [
+        "active",
+        "disabled",
+        "expired",
+        "inactive",
+        "removed",
+        OWNER_UNKNOWN_STATUS,
+        NO_SCOPES_STATUS,
     ];
 
-    fn add(&self, status: Status, n: i64) {
+    fn add(&self, status: &str, n: i64) {
         let i = Self::ORDER.iter().position(|s| *s == status).unwrap_or(0);
         self.0[i].fetch_add(n, Ordering::Relaxed);
     }
@@ -382,19 +407,21 @@ impl StatusCounts {
         Self::ORDER
             .iter()
             .zip(&self.0)
-            .map(|(s, n)| {
-                (
-                    s.as_str(),
-                    usize::try_from(n.load(Ordering::Relaxed)).unwrap_or(0),
-                )
-            })
+            .map(|(s, n)| (*s, usize::try_from(n.load(Ordering::Relaxed)).unwrap_or(0)))
             .collect()
     }
 }
 
-/// The status a key in `state` whose last sweep saw `lapse` is counted under.
-fn counted_as(state: KeyState, lapse: u8) -> Status {
-    match state {
+/// Status of a key that would be active but whose owner is not configured.
+const OWNER_UNKNOWN_STATUS: &str = "owner_unknown";
+/// Status of a key that would be active but whose owner's groups grant none of its
+/// scopes.
+const NO_SCOPES_STATUS: &str = "no_scopes";
+
+/// The status label a key in `state` whose last sweep saw `lapse`, refused for
+/// `refused` ([`table::REFUSED`] flags), is counted under.
+fn counted_as(state: KeyState, lapse: u8, refused: u8) -> &'static str {
+    let status = match state {
         KeyState::Removed => Status::Removed,
         KeyState::Disabled => Status::Disabled,
         KeyState::Enabled => match lapse {
@@ -402,6 +429,11 @@ fn counted_as(state: KeyState, lapse: u8) -> Status {
             Lapse::INACTIVE => Status::Inactive,
             _ => Status::Active,
         },
+    };
+    match status {
+        Status::Active if refused & table::OWNER_UNKNOWN != 0 => OWNER_UNKNOWN_STATUS,
+        Status::Active if refused & table::NO_SCOPES != 0 => NO_SCOPES_STATUS,
+        s => s.as_str(),
     }
 }
 
@@ -517,12 +549,12 @@ impl Index {
     }
 
     /// The status a key is counted under.
-    fn counted(&self, live: &Live) -> Status {
+    fn counted(&self, live: &Live) -> &'static str {
         let lapse = self
             .swept
             .get(live.entry as usize)
             .map_or(Lapse::NONE, |l| l.load(Ordering::Relaxed));
-        counted_as(live.life.state, lapse)
+        counted_as(live.life.state, lapse, live.refusal())
     }
 
     fn allocate(&mut self) -> u32 {
@@ -698,6 +730,7 @@ impl Index {
             if same_set && eff.owner_unknown == old.owner_unknown {
                 continue;
             }
+            let refused = refusal(eff.owner_unknown, &eff.scopes, &own);
             if old.life.state != KeyState::Removed {
                 if eff.owner_unknown {
                     out.refused += 1;
@@ -708,17 +741,12 @@ impl Index {
                 } else {
                     out.restored += 1;
                 }
-                self.table.regrant(
-                    &old.hash,
-                    eff.number,
-                    if eff.owner_unknown {
-                        table::OWNER_UNKNOWN
-                    } else {
-                        0
-                    },
-                );
+                self.table.regrant(&old.hash, eff.number, refused);
             }
             let new = Arc::new(old.regranted(&eff, own));
+            // The status counts follow (an owner gone, or left without scopes).
+            self.counts.add(self.counted(&old), -1);
+            self.counts.add(self.counted(&new), 1);
             if let Some(slot) = self.entries.get_mut(e) {
                 *slot = Some(new);
             }
@@ -738,11 +766,7 @@ impl Index {
                     0
                 } else {
                     table::HAS_IP_FILTERS
-                } | if live.owner_unknown {
-                    table::OWNER_UNKNOWN
-                } else {
-                    0
-                },
+                } | live.refusal(),
                 scope_set: live.scope_set,
                 usage,
             });
@@ -931,8 +955,10 @@ pub struct KeyView {
     /// Those of `scopes` its owner's groups grant now: what verification allows.
     #[serde(default)]
     pub effective_scopes: Vec<String>,
-    /// `active`, `disabled`, `expired`, `inactive`, `removed`, or `owner_unknown`
-    /// (would be active, but its owner is no longer configured: refused).
+    /// `active`, `disabled`, `expired`, `inactive`, `removed`, `owner_unknown`
+    /// (would be active, but its owner is no longer configured: refused) or
+    /// `no_scopes` (would be active, but its owner's groups grant none of its
+    /// scopes now: refused).
     pub status: String,
     /// `generated` or `imported`.
     pub kind: String,
@@ -1141,7 +1167,14 @@ impl Keys {
             Status::Inactive => Code::Inactive,
             // Before the IP and scope checks: a key whose owner is gone answers the
             // same wherever it is used from.
-            Status::Active if slot.flags & table::OWNER_UNKNOWN != 0 => Code::OwnerUnknown,
+            Status::Active if slot.flags & table::REFUSED != 0 => {
+                if slot.flags & table::OWNER_UNKNOWN != 0 {
+                    Code::OwnerUnknown
+                } else {
+                    // Holds none of its scopes now: refused whatever is asked.
+                    Code::InsufficientScope
+                }
+            }
             Status::Active if !index.admits(slot, ip) => Code::IpNotAllowed,
             Status::Active if !index.holds(slot, scopes) => Code::InsufficientScope,
             Status::Active => {
@@ -1362,8 +1395,9 @@ impl Keys {
         writer: notify::Writer,
         rec: KeyRecord,
         audit: AuditEntry,
+        retire: Vec<Retire>,
     ) -> Result<(Arc<Live>, notify::Writer), KeyError> {
-        self.commit_and_publish_with(writer, rec, audit, Default::default())
+        self.commit_and_publish_with(writer, rec, audit, Default::default(), retire)
             .await
     }
 
@@ -1488,7 +1522,7 @@ impl Keys {
             check_owner_headers(&headers, &[])?;
         }
         // What an admin sets on someone else's key binds its owner.
-        let admin_restrictions = if actor.admin && owner != actor.name {
+        let admin_restrictions = if binds_owner(actor, &owner, &settings.directory) {
             AdminRestrictions {
                 disabled_by: None,
                 ip_filters: ip_filters.clone(),
@@ -1517,6 +1551,19 @@ impl Keys {
                 }
             }
         }
+        if kind == KeyKind::Imported && !actor.admin {
+            // Under the writer lock: a removal or rotation that retires the secret
+            // cannot slip in between this check and the commit.
+            let retired = self.blocking(move |s| s.retired(&hash)).await?;
+            if retired.is_some_and(|r| r.owner != owner || r.restricted) {
+                // Whose it was stays unsaid: the answer must not tell who held a token.
+                return Err(KeyError::Conflict(
+                    "this secret was used by a key that was removed or rotated and cannot be \
+                     imported again; ask an admin"
+                        .into(),
+                ));
+            }
+        }
         let rec = KeyRecord {
             id: Uuid::now_v7(),
             name,
@@ -1538,6 +1585,10 @@ impl Keys {
             usage: UsageCounts::default(),
             alerting: Default::default(),
             admin_restrictions,
+            user_secret: match kind {
+                KeyKind::Imported => UserSecret::Length(secret.expose().len()),
+                KeyKind::Generated => UserSecret::None,
+            },
         };
         let (rec, jobs) = notify::attach_notification(rec, notification, now);
         let action = match kind {
@@ -1558,7 +1609,7 @@ impl Keys {
         let audit = self.audit_entry(actor, action, rec.id, detail);
         let mut view = view_of(&settings, &rec, now);
         view.notice = notice;
-        self.commit_and_publish_with(writer, rec, audit, jobs)
+        self.commit_and_publish_with(writer, rec, audit, jobs, vec![])
             .await?;
         tracing::info!(key_id = %view.id, owner = %view.owner, actor = %actor.name, action, "key issued");
         Ok(Issued { key: secret, view })
@@ -1584,13 +1635,15 @@ impl Keys {
         let settings = self.settings();
         let now = self.clock.now();
         let mut rec = self.record(&live)?;
+        let before = rec.clone();
         let detail = {
             let index = self.index.read();
             change(&mut rec, &index, &settings, now)?
         };
         rec.updated_at = now;
         let audit = self.audit_entry(actor, action, rec.id, detail);
-        let (new, _writer) = self.commit_and_publish(writer, rec, audit).await?;
+        let retire = retirements(&before, Some(&rec), now);
+        let (new, _writer) = self.commit_and_publish(writer, rec, audit, retire).await?;
         tracing::info!(key_id = %new.id, actor = %actor.name, action, "key changed");
         Ok(new)
     }
@@ -1599,20 +1652,37 @@ impl Keys {
     /// An owner may only narrow the IP filters and headers an admin set; an admin's
     /// change to someone else's key becomes the restriction its owner is held to.
     pub async fn edit(&self, actor: &Actor, id: &str, req: EditKey) -> Result<KeyView, KeyError> {
+        let checked = self.check_not_own_secret(actor, id, &req).await?;
         let live = self
             .modify_following_expiry(actor, id, "edit", |rec, index, settings, now| {
                 let mut changed = Vec::new();
-                let binds_owner = actor.admin && actor.name != rec.owner;
+                let binds_owner = binds_owner(actor, &rec.owner, &settings.directory);
+                if checked.as_ref().is_some_and(|c| OwnSecrets::of(rec).ok().as_ref() != Some(c)) {
+                    return Err(KeyError::Conflict(format!(
+                        "the secret of key {} changed while this edit was checked; try again",
+                        rec.id
+                    )));
+                }
                 if let Some(name) = &req.name {
                     let name = check_name(name, "")?;
-                    self.check_not_own_secret(rec, "name", &name)?;
+                    // A header with `${key.name}` is one only an admin may set: the
+                    // owner renaming the key would choose what it tells the upstream.
+                    if !actor.admin
+                        && name != rec.name
+                        && rec.headers.iter().any(|h| h.template.contains("${key.name}"))
+                    {
+                        return Err(KeyError::Forbidden(format!(
+                            "key {} has a header an admin set from its name (${{key.name}}); \
+                             only an admin can rename it",
+                            rec.id
+                        )));
+                    }
                     check_unique_name(index, &rec.owner, &name, Some(rec.id))?;
                     changed.push(format!("name={name:?}"));
                     rec.name = name;
                 }
                 if let Some(d) = &req.description {
                     let d = check_description(d, "")?;
-                    self.check_not_own_secret(rec, "description", &d)?;
                     rec.description = d;
                     changed.push("description".to_owned());
                 }
@@ -1682,44 +1752,51 @@ impl Keys {
         self.view(&live)
     }
 
-    /// Refuse a new name or description of `rec` that contains the key's own secret:
-    /// names and descriptions are shown in listings, the audit trail and
+    /// Refuse a new name or description that contains the key's own secret: names
+    /// and descriptions are shown in listings, the audit trail and
     /// `X-Api-Key-Name`. Generated secrets are caught by their format
-    /// ([`secret::looks_like_key`]); a user-defined token has none, so every stretch
-    /// of the text a token could be (printable ASCII without spaces, of a length the
-    /// config could ever have allowed) is hashed and compared with the key's current
-    /// and previous hash. At most ~200k hashes for a 1000-character description.
-    fn check_not_own_secret(
+    /// ([`secret::looks_like_key`]); a user-defined token has none, so the stretches
+    /// of the text it could be are hashed and compared with the key's imported
+    /// secret ([`OwnSecrets`]). That is up to ~1000 hashes (~200k for a record
+    /// stored before its secret's length was kept), so it runs before the change,
+    /// on a blocking thread, holding neither the writer nor the index; the change
+    /// then makes sure the secret it was checked against is still the key's.
+    /// Returns what was checked against, if anything was.
+    async fn check_not_own_secret(
         &self,
-        rec: &KeyRecord,
-        field: &'static str,
-        text: &str,
-    ) -> Result<(), KeyError> {
-        let mut own = Vec::with_capacity(2);
-        if rec.kind == KeyKind::Imported {
-            own.push(load::decode_hash(&rec.hash)?);
+        actor: &Actor,
+        id: &str,
+        req: &EditKey,
+    ) -> Result<Option<OwnSecrets>, KeyError> {
+        let mut texts = Vec::new();
+        if let Some(name) = &req.name {
+            texts.push(("name", check_name(name, "")?));
         }
-        if let Some(previous) = &rec.previous_hash {
-            own.push(load::decode_hash(previous)?);
+        if let Some(d) = &req.description {
+            texts.push(("description", check_description(d, "")?));
         }
-        if own.is_empty() {
-            return Ok(());
+        if texts.is_empty() {
+            return Ok(None);
         }
-        for run in text.split(|c: char| !c.is_ascii_graphic()) {
-            // ASCII only: every byte offset is a char boundary.
-            for start in 0..run.len() {
-                let longest = run.len().min(start + secret::MAX_SECRET_LEN);
-                for end in (start + MIN_GENERIC_SECRET)..=longest {
-                    if own.contains(&self.hasher.hash(&run[start..end])) {
-                        return Err(invalid(
-                            field,
-                            "must not contain this key's secret (a key's name and description are shown everywhere; the secret is not)",
-                        ));
-                    }
+        let live = self.visible(actor, id)?;
+        let own = OwnSecrets::of(&self.record(&live)?)?;
+        if own.hashes.is_empty() {
+            return Ok(Some(own));
+        }
+        let hasher = self.hasher.clone();
+        tokio::task::spawn_blocking(move || {
+            for (field, text) in &texts {
+                if own.found_in(&hasher, text) {
+                    return Err(invalid(
+                        field,
+                        "must not contain this key's secret (a key's name and description are shown everywhere; the secret is not)",
+                    ));
                 }
             }
-        }
-        Ok(())
+            Ok(Some(own))
+        })
+        .await
+        .map_err(|e| KeyError::Internal(e.to_string()))?
     }
 
     /// Enable or disable a key. A key an admin disabled stays disabled for its owner.
@@ -1731,7 +1808,8 @@ impl Keys {
     ) -> Result<KeyView, KeyError> {
         let action = if enabled { "enable" } else { "disable" };
         let live = self
-            .modify(actor, id, action, |rec, _, _, _| {
+            .modify(actor, id, action, |rec, _, settings, _| {
+                let binds = binds_owner(actor, &rec.owner, &settings.directory);
                 let restrictions = &mut rec.admin_restrictions;
                 if enabled {
                     if let (false, Some(by)) = (actor.admin, &restrictions.disabled_by) {
@@ -1744,7 +1822,7 @@ impl Keys {
                     rec.state = KeyState::Enabled;
                     return Ok(String::new());
                 }
-                if actor.admin && actor.name != rec.owner {
+                if binds {
                     restrictions.disabled_by = Some(actor.name.clone());
                 }
                 rec.state = KeyState::Disabled;
@@ -1785,6 +1863,14 @@ impl Keys {
         let new_hash = self.hasher.hash(secret.expose());
         let live = self
             .modify(actor, id, "rotate", |rec, _, settings, now| {
+                // A new secret on a key an admin disabled is the owner's way around
+                // the disable once the key is enabled, and frees the old secret.
+                if let (false, Some(by)) = (actor.admin, &rec.admin_restrictions.disabled_by) {
+                    return Err(KeyError::Forbidden(format!(
+                        "key {} was disabled by admin {by:?}; only an admin can rotate it",
+                        rec.id
+                    )));
+                }
                 match rec.status(&settings.policy, rec.last_used_at, now) {
                     Status::Expired | Status::Inactive => {
                         return Err(KeyError::Conflict(format!(
@@ -1796,6 +1882,11 @@ impl Keys {
                 }
                 let old = rec.hash.clone();
                 rec.hash = hex::encode(new_hash);
+                if rec.kind == KeyKind::Generated || grace.is_none() {
+                    // No imported secret is left on the key (the previous secret,
+                    // if any, is a generated one).
+                    rec.user_secret = UserSecret::None;
+                }
                 rec.kind = KeyKind::Generated;
                 match &grace {
                     Some(p) => {
@@ -1927,16 +2018,32 @@ pub fn view_of(settings: &Settings, rec: &KeyRecord, now: DateTime<Utc>) -> KeyV
     let last_used = rec.last_used_at;
     let effective = rec.effective_expiry(policy, last_used);
     let granted = settings.directory.rights(&rec.owner).map(|r| r.scopes);
+    let effective_scopes: Vec<String> = granted.as_ref().map_or_else(Vec::new, |g| {
+        rec.scopes
+            .iter()
+            .filter(|s| g.contains(*s))
+            .cloned()
+            .collect()
+    });
+    let refused = refusal(granted.is_none(), &effective_scopes, &rec.scopes);
     let status = match rec.status(policy, last_used, now) {
-        Status::Active if granted.is_none() => "owner_unknown",
+        Status::Active => counted_as(KeyState::Enabled, Lapse::NONE, refused),
         s => s.as_str(),
     };
     let mut details = rec.details(policy, last_used, now);
-    if granted.is_none() && rec.state != KeyState::Removed {
-        details = format!(
-            "refused: owner {:?} is not a configured user; {details}",
-            rec.owner
-        );
+    if rec.state != KeyState::Removed {
+        if refused & table::OWNER_UNKNOWN != 0 {
+            details = format!(
+                "refused: owner {:?} is not a configured user; {details}",
+                rec.owner
+            );
+        } else if refused & table::NO_SCOPES != 0 {
+            details = format!(
+                "refused: the groups of {:?} grant none of its scopes ({}) now; {details}",
+                rec.owner,
+                rec.scopes.join(", ")
+            );
+        }
     }
     KeyView {
         id: rec.id,
@@ -1944,13 +2051,7 @@ pub fn view_of(settings: &Settings, rec: &KeyRecord, now: DateTime<Utc>) -> KeyV
         description: rec.description.clone(),
         owner: rec.owner.clone(),
         scopes: rec.scopes.clone(),
-        effective_scopes: granted.map_or_else(Vec::new, |g| {
-            rec.scopes
-                .iter()
-                .filter(|s| g.contains(*s))
-                .cloned()
-                .collect()
-        }),
+        effective_scopes,
         status: status.to_owned(),
         kind: match rec.kind {
             KeyKind::Generated => "generated",
@@ -1987,6 +2088,61 @@ pub fn view_of(settings: &Settings, rec: &KeyRecord, now: DateTime<Utc>) -> KeyV
 }
 
 // ---------------------------------------------------------------- validation
+
+/// The user-defined secrets of a key that its name and description must not
+/// contain: its imported current secret, and its previous one after a rotation
+/// (imported, or of a record too old to tell), with their length when known.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct OwnSecrets {
+    hashes: Vec<KeyHash>,
+    len: Option<usize>,
+}
+
+impl OwnSecrets {
+    fn of(rec: &KeyRecord) -> Result<Self, KeyError> {
+        let mut hashes = Vec::with_capacity(2);
+        if rec.kind == KeyKind::Imported {
+            hashes.push(load::decode_hash(&rec.hash)?);
+        }
+        if let Some(previous) = &rec.previous_hash {
+            // A previous secret known to be generated gives itself away by its format.
+            if rec.user_secret != UserSecret::None {
+                hashes.push(load::decode_hash(previous)?);
+            }
+        }
+        Ok(Self {
+            hashes,
+            len: match rec.user_secret {
+                UserSecret::Length(n) => Some(n),
+                UserSecret::Unknown | UserSecret::None => None,
+            },
+        })
+    }
+
+    /// Whether `text` contains one of the secrets.
+    fn found_in(&self, hasher: &KeyHasher, text: &str) -> bool {
+        !self.hashes.is_empty()
+            && windows(text, self.len).any(|w| self.hashes.contains(&hasher.hash(w)))
+    }
+}
+
+/// The stretches of `text` a user-defined secret of length `len` could be
+/// (printable ASCII without spaces); of any length a configuration could ever have
+/// allowed when `len` is not known.
+fn windows(text: &str, len: Option<usize>) -> impl Iterator<Item = &str> {
+    let (shortest, longest) = match len {
+        Some(n) => (n, n),
+        None => (MIN_GENERIC_SECRET, secret::MAX_SECRET_LEN),
+    };
+    text.split(|c: char| !c.is_ascii_graphic())
+        .flat_map(move |run| {
+            // ASCII only: every byte offset is a char boundary.
+            (0..run.len()).flat_map(move |start| {
+                let last = run.len().min(start + longest);
+                (start + shortest.max(1)..=last).map(move |end| &run[start..end])
+            })
+        })
+}
 
 fn check_text(
     field: &'static str,
@@ -2088,7 +2244,7 @@ fn check_headers(list: &[String]) -> Result<Vec<HeaderTemplate>, KeyError> {
     let mut out: Vec<HeaderTemplate> = Vec::new();
     for s in list {
         let h = headers::parse(s).map_err(|e| invalid("headers", e.to_string()))?;
-        if out.iter().any(|o| o.name.eq_ignore_ascii_case(&h.name)) {
+        if out.iter().any(|o| headers::same_name(&o.name, &h.name)) {
             return Err(invalid(
                 "headers",
                 format!("header {:?} is given twice", h.name),
@@ -2097,6 +2253,16 @@ fn check_headers(list: &[String]) -> Result<Vec<HeaderTemplate>, KeyError> {
         out.push(h);
     }
     Ok(out)
+}
+
+/// Whether what `actor` sets on a key of `owner` binds the owner (only an admin may
+/// lift it): an admin acting on someone else's key. The same name is not enough to
+/// be the owner: an unmapped root acts as admin "root", and a configured non-admin
+/// user may be named "root" too; an admin's own key is one whose owner is a
+/// configured admin.
+fn binds_owner(actor: &Actor, owner: &str, directory: &Directory) -> bool {
+    actor.admin
+        && (actor.name != owner || !directory.rights(owner).is_some_and(|r| r.manage_all_keys))
 }
 
 /// An owner's IP filters must stay within the networks an admin limited the key to:
@@ -2139,7 +2305,7 @@ fn admin_only_headers(list: &[HeaderTemplate]) -> Vec<HeaderTemplate> {
 /// otherwise only values apikeyd fills in ([`headers::OWNER_VALUES`]), so that the
 /// upstream is told nothing the owner made up.
 fn check_owner_headers(list: &[HeaderTemplate], admin: &[HeaderTemplate]) -> Result<(), KeyError> {
-    if let Some(kept) = admin.iter().find(|a| !list.contains(a)) {
+    if let Some(kept) = admin.iter().find(|a| !list.iter().any(|h| h.same(a))) {
         return Err(KeyError::Forbidden(format!(
             "header {:?} was set by an admin; only an admin can change or remove it (give it unchanged)",
             kept.name
@@ -2147,7 +2313,7 @@ fn check_owner_headers(list: &[HeaderTemplate], admin: &[HeaderTemplate]) -> Res
     }
     if let Some(bad) = list
         .iter()
-        .find(|h| !h.owner_may_set() && !admin.contains(h))
+        .find(|h| !h.owner_may_set() && !admin.iter().any(|a| a.same(h)))
     {
         return Err(KeyError::Forbidden(format!(
             "header {:?}: only an admin may set literal text or ${{key.name}} in a header; \
@@ -2157,6 +2323,37 @@ fn check_owner_headers(list: &[HeaderTemplate], admin: &[HeaderTemplate]) -> Res
         )));
     }
     Ok(())
+}
+
+/// The secrets that leave key `before` when it becomes `after` (`None`: purged):
+/// its imported current secret, and its previous secret (refreshed only: it was
+/// retired when rotated away, if it was imported). Generated secrets are never
+/// recorded: the `akd_` format cannot be imported.
+fn retirements(before: &KeyRecord, after: Option<&KeyRecord>, now: DateTime<Utc>) -> Vec<Retire> {
+    if before.state == KeyState::Removed {
+        // Removing it retired what it held.
+        return Vec::new();
+    }
+    let live = after.filter(|a| a.state != KeyState::Removed);
+    let mut out = Vec::new();
+    let mut retire = |hex: &str, refresh_only: bool| {
+        if let Ok(hash) = load::decode_hash(hex) {
+            out.push(Retire {
+                hash,
+                entry: RetiredSecret::of(before, now),
+                refresh_only,
+            });
+        }
+    };
+    if before.kind == KeyKind::Imported && live.is_none_or(|a| a.hash != before.hash) {
+        retire(&before.hash, false);
+    }
+    if let Some(previous) = &before.previous_hash {
+        if live.is_none_or(|a| a.previous_hash.as_ref() != Some(previous)) {
+            retire(previous, true);
+        }
+    }
+    out
 }
 
 fn name_hash(owner: &str, name: &str) -> u64 {
@@ -2355,6 +2552,7 @@ pub fn seed(
                 usage: UsageCounts::default(),
                 alerting: Default::default(),
                 admin_restrictions: AdminRestrictions::default(),
+                user_secret: UserSecret::None,
             });
         }
         let audit = if done == 0 {
@@ -2369,7 +2567,11 @@ pub fn seed(
         } else {
             Vec::new()
         };
-        store.commit(Batch { put_keys, audit })?;
+        store.commit(Batch {
+            put_keys,
+            audit,
+            retire: vec![],
+        })?;
         done += n;
     }
     sample.ok_or_else(|| StoreError::Db("nothing to seed (count is 0)".into()))

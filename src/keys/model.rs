@@ -64,6 +64,31 @@ pub struct KeyRecord {
     /// What an admin imposed on someone else's key, which its owner cannot lift.
     #[serde(default, skip_serializing_if = "AdminRestrictions::is_empty")]
     pub admin_restrictions: AdminRestrictions,
+    /// The key's user-defined (imported) secret, current or previous after a
+    /// rotation with grace: its length, so that the check that a name or
+    /// description does not contain it hashes only stretches of that length.
+    #[serde(default, skip_serializing_if = "UserSecret::is_unknown")]
+    pub user_secret: UserSecret,
+}
+
+/// Whether a key holds a user-defined secret, and its length.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UserSecret {
+    /// A record written before this was kept: its previous secret may be one.
+    #[default]
+    Unknown,
+    /// Neither its current nor its previous secret is user-defined.
+    None,
+    /// A user-defined secret of this many characters.
+    Length(usize),
+}
+
+impl UserSecret {
+    /// Not known (an older record).
+    pub fn is_unknown(&self) -> bool {
+        *self == UserSecret::Unknown
+    }
 }
 
 /// Restrictions an admin put on a key owned by someone else. Only an admin may lift
@@ -88,6 +113,34 @@ impl AdminRestrictions {
     /// Nothing restricted.
     pub fn is_empty(&self) -> bool {
         self.disabled_by.is_none() && self.ip_filters.is_empty() && self.headers.is_empty()
+    }
+}
+
+/// An imported secret that left its key (the key was removed, rotated or purged):
+/// who held it, so that nobody else, and not its owner either when an admin had
+/// restricted the key, can bring it back by importing it again (issue 9, F1). Kept
+/// for good: ~100 bytes per removed or rotated imported token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetiredSecret {
+    /// The key that last held it.
+    pub key_id: Uuid,
+    /// That key's owner.
+    pub owner: String,
+    /// The key carried restrictions an admin set (disabled, IP filters, headers).
+    pub restricted: bool,
+    /// When it was retired.
+    pub at: DateTime<Utc>,
+}
+
+impl RetiredSecret {
+    /// The entry for a secret that leaves `rec` at `at`.
+    pub fn of(rec: &KeyRecord, at: DateTime<Utc>) -> Self {
+        Self {
+            key_id: rec.id,
+            owner: rec.owner.clone(),
+            restricted: !rec.admin_restrictions.is_empty(),
+            at,
+        }
     }
 }
 
@@ -403,6 +456,7 @@ mod tests {
             usage: UsageCounts::default(),
             alerting: KeyAlerting::default(),
             admin_restrictions: AdminRestrictions::default(),
+            user_secret: UserSecret::None,
         }
     }
 

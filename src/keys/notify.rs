@@ -19,7 +19,7 @@ use crate::alerts::job::{AlertJob, JobKind, JobState, NotificationRef, OperatorM
 use crate::alerts::maintenance::MaintenanceRun;
 use crate::config::alerts::OPERATOR;
 use crate::config::{AlertConfig, Directory};
-use crate::store::{AlertBatch, Batch, JobFilter, Store, StoreError};
+use crate::store::{AlertBatch, Batch, JobFilter, Retire, Store, StoreError};
 
 /// Longest error text kept on a job.
 pub const MAX_ERROR_LEN: usize = 2000;
@@ -351,12 +351,14 @@ impl Keys {
         rec: KeyRecord,
         audit: AuditEntry,
         jobs: AlertBatch,
+        retire: Vec<Retire>,
     ) -> Result<(Arc<Live>, Writer), KeyError> {
         // Read before the commit: a record the index cannot hold is refused unsaved.
         let loaded = Loaded::from_record(&rec)?;
         let batch = Batch {
             put_keys: vec![rec],
             audit: vec![audit],
+            retire,
         };
         self.commit_then(writer, batch, jobs, move |index| index.publish(loaded))
             .await
@@ -384,6 +386,7 @@ impl Keys {
             return Err(KeyError::Conflict(format!("key {} was removed", live.id)));
         }
         let mut rec = self.record(&live)?;
+        let before = rec.clone();
         let job = match &rec.alerting.notification {
             Some(n) => {
                 let job_id = n.job_id;
@@ -395,8 +398,9 @@ impl Keys {
         let (detail, jobs) = change(&mut rec, job, now)?;
         rec.updated_at = now;
         let audit = self.audit_entry(actor, action, rec.id, detail);
+        let retire = super::retirements(&before, Some(&rec), now);
         let (new, _writer) = self
-            .commit_and_publish_with(writer, rec, audit, jobs)
+            .commit_and_publish_with(writer, rec, audit, jobs, retire)
             .await?;
         tracing::info!(key_id = %new.id, actor = %actor.name, action, "key changed");
         Ok(new)
@@ -832,7 +836,7 @@ impl Keys {
                     rec.id,
                     format!("job {} {verb}; notification cleared", job.id),
                 );
-                self.commit_and_publish_with(writer, rec, audit, batch)
+                self.commit_and_publish_with(writer, rec, audit, batch, vec![])
                     .await?;
             }
             None => {
@@ -842,6 +846,7 @@ impl Keys {
                 let batch_keys = Batch {
                     put_keys: vec![],
                     audit: vec![audit],
+                    retire: vec![],
                 };
                 self.commit_then(writer, batch_keys, batch, |_| ()).await?;
             }
@@ -977,7 +982,7 @@ impl Keys {
                     };
                     batch.put_jobs = vec![old, new];
                     (_, writer) = self
-                        .commit_and_publish_with(writer, rec, audit, batch)
+                        .commit_and_publish_with(writer, rec, audit, batch, vec![])
                         .await?;
                 }
                 None => {

@@ -261,6 +261,10 @@ fn trim(mut bytes: Vec<u8>) -> Vec<u8> {
 #[derive(Clone)]
 pub struct KeyHasher {
     keyed: Hmac<Sha256>,
+    /// Hashes computed by this hasher and its clones: what tests of the cost of
+    /// a check count.
+    #[cfg(test)]
+    pub(crate) count: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl fmt::Debug for KeyHasher {
@@ -280,12 +284,19 @@ impl KeyHasher {
             Ok(m) => m,
             Err(_) => unreachable_hmac(),
         };
-        Self { keyed }
+        Self {
+            keyed,
+            #[cfg(test)]
+            count: Default::default(),
+        }
     }
 
     /// HMAC-SHA256 of `presented`. Cloning the keyed state skips re-deriving the
     /// inner and outer pads on every verification.
     pub fn hash(&self, presented: &str) -> KeyHash {
+        #[cfg(test)]
+        self.count
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut mac = self.keyed.clone();
         mac.update(presented.as_bytes());
         mac.finalize().into_bytes().into()

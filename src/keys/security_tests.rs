@@ -339,7 +339,7 @@ async fn a_record_the_index_cannot_hold_is_refused_before_it_is_saved() {
     let writer = keys.lock_writer().await;
     let audit = keys.audit_entry(&admin(), "disable", rec.id, String::new());
     assert!(keys
-        .commit_and_publish_with(writer, rec, audit, Default::default())
+        .commit_and_publish_with(writer, rec, audit, Default::default(), vec![])
         .await
         .is_err());
     assert_eq!(
@@ -679,4 +679,44 @@ fn check_config_warns_of_users_the_default_source_cannot_reach() {
     );
     assert!(parse(&operator).warnings().is_empty());
     assert!(parse(CONFIG).warnings().is_empty());
+}
+
+/// Regression (review F1, at purge): an expired key still holds its imported token
+/// until it is purged; the purge then freed the token, so an owner could import it
+/// again without the IP filters an admin had put on the key. The purge retires it.
+#[tokio::test]
+async fn a_purge_retires_the_token_an_expired_key_still_held() {
+    let f = fixture();
+    let keys = &f.keys;
+    let alice = Actor {
+        name: "alice".into(),
+        admin: false,
+    };
+    let (restricted, own) = (token(11), token(12));
+    for (name, s) in [("restricted", &restricted), ("own", &own)] {
+        let mut r = import_req(name, s);
+        r.expires_in = Some("pt10m".into());
+        let v = keys.import(&alice, r).await.unwrap();
+        if name == "restricted" {
+            let ip = EditKey {
+                ip: Some(vec!["10.9.9.9/32".into()]),
+                ..EditKey::default()
+            };
+            keys.edit(&admin(), &v.id.to_string(), ip).await.unwrap();
+        }
+    }
+    f.clock.advance(Duration::days(2));
+    assert_eq!(keys.purge().await.unwrap(), 2);
+    let e = keys
+        .import(&alice, import_req("again", &restricted))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, KeyError::Conflict(m) if m.contains("removed or rotated")),
+        "{e:?}"
+    );
+    assert_eq!(keys.verify(&restricted, None, None).code, Code::NotFound);
+    keys.import(&alice, import_req("own-again", &own))
+        .await
+        .unwrap();
 }

@@ -36,6 +36,10 @@ const TOMBSTONE: u8 = 3;
 pub const HAS_IP_FILTERS: u8 = 1;
 /// The key's owner is not a configured user: the key is refused.
 pub const OWNER_UNKNOWN: u8 = 2;
+/// The owner's groups grant none of the key's scopes any more: the key is refused.
+pub const NO_SCOPES: u8 = 4;
+/// Either reason a key in good standing is refused.
+pub const REFUSED: u8 = OWNER_UNKNOWN | NO_SCOPES;
 
 /// `last_used_s` of a key never used.
 pub const NEVER: i64 = i64::MIN;
@@ -60,7 +64,7 @@ pub struct Slot {
     pub entry: u32,
     kind: u8,
     state: u8,
-    /// `HAS_IP_FILTERS`, `OWNER_UNKNOWN`.
+    /// `HAS_IP_FILTERS`, `OWNER_UNKNOWN`, `NO_SCOPES`.
     pub flags: u8,
     /// Usage not yet written to the store.
     dirty: AtomicBool,
@@ -400,14 +404,14 @@ impl Table {
         self.put(slot);
     }
 
-    /// Give the key of current secret `hash` another effective scope set and owner
-    /// flag (`OWNER_UNKNOWN` or 0), in place: its usage counters stay.
-    pub fn regrant(&mut self, hash: &KeyHash, scope_set: u16, owner_flag: u8) {
+    /// Give the key of current secret `hash` another effective scope set and refusal
+    /// flags (`OWNER_UNKNOWN`, `NO_SCOPES` or 0), in place: its usage counters stay.
+    pub fn regrant(&mut self, hash: &KeyHash, scope_set: u16, refused: u8) {
         if let Some(i) = self.find(&tag_of(hash)) {
             let s = &mut self.slots[i];
             if s.kind == CURRENT {
                 s.scope_set = scope_set;
-                s.flags = (s.flags & !OWNER_UNKNOWN) | (owner_flag & OWNER_UNKNOWN);
+                s.flags = (s.flags & !REFUSED) | (refused & REFUSED);
             }
         }
     }

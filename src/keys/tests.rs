@@ -850,13 +850,15 @@ fn scanned(keys: &Keys) -> BTreeMap<&'static str, usize> {
     let now = keys.clock.now();
     let index = keys.index.read();
     let mut out: BTreeMap<&'static str, usize> =
-        ["active", "disabled", "expired", "inactive", "removed"]
-            .into_iter()
-            .map(|s| (s, 0))
-            .collect();
+        StatusCounts::ORDER.into_iter().map(|s| (s, 0)).collect();
     for slot in index.table.iter() {
-        *out.entry(slot.status(&settings.policy, now).as_str())
-            .or_default() += 1;
+        let label = match slot.status(&settings.policy, now) {
+            Status::Active => {
+                counted_as(KeyState::Enabled, Lapse::NONE, slot.flags & table::REFUSED)
+            }
+            s => s.as_str(),
+        };
+        *out.entry(label).or_default() += 1;
     }
     *out.entry("removed").or_default() += index.by_id.len() - index.table.iter().count();
     out

@@ -634,7 +634,7 @@ mod paging_tests {
         store
             .commit(Batch {
                 put_keys: vec![alice, bob],
-                audit: vec![],
+                ..Batch::default()
             })
             .unwrap();
         let mut all = Vec::new();

@@ -6,7 +6,9 @@
 //! and `audit_by_owner` ((owner, seq) → ()) index the audit trail, written in the
 //! transaction that appends the entry, so a listing for one key or one owner reads
 //! only their entries; a database written before they existed gets them built once,
-//! when it is opened ([`Store::open`]).
+//! when it is opened ([`Store::open`]). `retired_secrets` (keyed hash → JSON
+//! [`RetiredSecret`]) remembers imported secrets that left their key, written in the
+//! transaction that removes, rotates or purges it.
 
 pub mod jobs;
 
@@ -19,13 +21,14 @@ use redb::{
 use uuid::Uuid;
 
 use crate::alerts::job::JobState;
-use crate::keys::model::{AuditEntry, KeyRecord};
+use crate::keys::model::{AuditEntry, KeyRecord, RetiredSecret};
 pub use jobs::{AlertBatch, JobFilter};
 
 const KEYS: TableDefinition<u128, &[u8]> = TableDefinition::new("keys");
 const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
 const AUDIT_BY_KEY: TableDefinition<(u128, u64), ()> = TableDefinition::new("audit_by_key");
 const AUDIT_BY_OWNER: TableDefinition<(&str, u64), ()> = TableDefinition::new("audit_by_owner");
+const RETIRED: TableDefinition<&[u8], &[u8]> = TableDefinition::new("retired_secrets");
 
 /// The most rows one page of a listing returns, and the most rows it examines: a
 /// page filtered on something no index covers (a job state) stops there and hands
@@ -134,6 +137,20 @@ pub struct Batch {
     pub put_keys: Vec<KeyRecord>,
     /// Audit entries to append (their `seq` is assigned here).
     pub audit: Vec<AuditEntry>,
+    /// Secrets that leave their key in this change.
+    pub retire: Vec<Retire>,
+}
+
+/// A secret to remember as retired ([`Store::retired`]).
+#[derive(Debug, Clone)]
+pub struct Retire {
+    /// The secret's keyed hash.
+    pub hash: [u8; 32],
+    /// Who held it.
+    pub entry: RetiredSecret,
+    /// Only replace an entry already there: a rotated key's previous secret is
+    /// retired when it is rotated away if it was imported, and only then matters.
+    pub refresh_only: bool,
 }
 
 /// The open database.
@@ -200,6 +217,7 @@ impl Store {
         txn.open_table(AUDIT).map_err(db_err)?;
         txn.open_table(AUDIT_BY_KEY).map_err(db_err)?;
         txn.open_table(AUDIT_BY_OWNER).map_err(db_err)?;
+        txn.open_table(RETIRED).map_err(db_err)?;
         jobs::create_tables(&txn)?;
         if build_audit_index {
             index_audit(&txn)?;
@@ -405,10 +423,33 @@ impl Store {
                 }
             }
         }
+        if !batch.retire.is_empty() {
+            let mut retired = txn.open_table(RETIRED).map_err(db_err)?;
+            for r in &batch.retire {
+                if r.refresh_only && retired.get(r.hash.as_slice()).map_err(db_err)?.is_none() {
+                    continue;
+                }
+                let bytes = serde_json::to_vec(&r.entry).map_err(db_err)?;
+                retired
+                    .insert(r.hash.as_slice(), bytes.as_slice())
+                    .map_err(db_err)?;
+            }
+        }
         let delta = jobs::apply(&txn, alerts)?;
         txn.commit().map_err(db_err)?;
         self.add_job_states(&delta);
         Ok(())
+    }
+
+    /// Who last held the secret with keyed hash `hash`, if it was retired.
+    pub fn retired(&self, hash: &[u8; 32]) -> Result<Option<RetiredSecret>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let table = txn.open_table(RETIRED).map_err(db_err)?;
+        table
+            .get(hash.as_slice())
+            .map_err(db_err)?
+            .map(|v| decode("retired_secrets", v.value()))
+            .transpose()
     }
 
     /// Audit entries matching `filter`, newest first, older than `before` (a `seq`
@@ -584,6 +625,7 @@ mod tests {
             usage: UsageCounts::default(),
             alerting: Default::default(),
             admin_restrictions: Default::default(),
+            user_secret: Default::default(),
         }
     }
 
@@ -620,6 +662,7 @@ mod tests {
             .commit(Batch {
                 put_keys: vec![a1, a2, b, c],
                 audit: vec![entry(carol, "create")],
+                retire: vec![],
             })
             .unwrap();
         // Entries written in several commits, and entries of keys committed in the
@@ -646,6 +689,7 @@ mod tests {
                 .commit(Batch {
                     put_keys: vec![],
                     audit,
+                    retire: vec![],
                 })
                 .unwrap();
         }
@@ -655,6 +699,7 @@ mod tests {
             .commit(Batch {
                 put_keys: vec![late],
                 audit: vec![entry(late_id, "create")],
+                retire: vec![],
             })
             .unwrap();
         alice.push(seq + 1);
@@ -748,6 +793,7 @@ mod tests {
             .commit(Batch {
                 put_keys: vec![key],
                 audit: vec![],
+                retire: vec![],
             })
             .unwrap();
         let now = Utc::now();

@@ -330,3 +330,193 @@ fn a_token_cannot_be_renamed_to_its_own_secret() {
     assert_eq!(a.header("x-api-key-name"), Some("legacy"));
     assert!(!d.log_text().contains(token));
 }
+
+/// Regressions from the review of issue 9, as alice (non-admin) meets them through
+/// the real daemon and CLI:
+/// - F1: alice removed her imported key that an admin had disabled and limited to
+///   10.9.9.9/32, imported the same token again, and it verified VALID anywhere;
+/// - F2: beside an admin's `X-Tenant=acme` she set `X_Tenant=${key.owner}`, which
+///   nginx reads as `x-tenant` (and takes first): the upstream saw tenant=alice;
+/// - F3: an admin's `X-Tenant=${key.name}` followed her renaming the key `admin`.
+#[test]
+fn owners_cannot_bring_back_retired_tokens_or_shadow_admin_headers() {
+    if !needs_root("owners_cannot_bring_back_retired_tokens_or_shadow_admin_headers") {
+        return;
+    }
+    let d = TestDaemon::start_with(DEFAULT_POLICY, AUTH);
+    let run = |args: &[&str]| d.ctl_as(Some(NOBODY), args);
+    let must_fail = |args: &[&str], expected: &str| {
+        let out = run(args);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(
+            !out.status.success(),
+            "{args:?} should fail: {}",
+            stdout(&out)
+        );
+        assert!(
+            err.contains(expected),
+            "{args:?}: expected {expected:?} in {err:?}"
+        );
+    };
+    let must_pass = |args: &[&str]| -> Value {
+        let out = run(args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+    };
+
+    // F1.
+    let token = "legacy-token-0123456789-restricted";
+    let file = d.path("tok");
+    std::fs::write(&file, format!("{token}\n")).unwrap();
+    std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let file = file.to_str().unwrap();
+    let imp = must_pass(&[
+        "key",
+        "import",
+        "--name",
+        "imp",
+        "--secret-file",
+        file,
+        "--json",
+    ]);
+    let id = imp["id"].as_str().unwrap().to_owned();
+    d.ok(&["key", "disable", &id]);
+    d.ok(&["key", "edit", &id, "--ip", "10.9.9.9/32"]);
+    must_fail(&["key", "rotate", &id], "only an admin can rotate");
+    must_pass(&["key", "remove", &id]);
+    let audit = d.audit_len();
+    must_fail(
+        &["key", "import", "--name", "imp2", "--secret-file", file],
+        "removed or rotated and cannot be imported again; ask an admin",
+    );
+    assert_eq!(d.audit_len(), audit);
+    assert_eq!(verify(&d, token, None)["code"], "NOT_FOUND");
+
+    // F2.
+    let created = must_pass(&["key", "create", "--name", "mine", "--json"]);
+    let (id, key) = (
+        created["id"].as_str().unwrap().to_owned(),
+        created["key"].as_str().unwrap().to_owned(),
+    );
+    d.ok(&["key", "edit", &id, "--header", "X-Tenant=acme"]);
+    must_fail(
+        &[
+            "key",
+            "edit",
+            &id,
+            "--header",
+            "X_Tenant=${key.owner}",
+            "--header",
+            "X-Tenant=acme",
+        ],
+        "contains '_'",
+    );
+    must_fail(
+        &[
+            "key",
+            "edit",
+            &id,
+            "--header",
+            "X-Tenant=acme",
+            "--header",
+            "X_Api_Key_Owner=${key.owner}",
+        ],
+        "contains '_'",
+    );
+    must_pass(&[
+        "key",
+        "edit",
+        &id,
+        "--header",
+        "X-User=${key.owner}",
+        "--header",
+        "X-Tenant=acme",
+    ]);
+    let a = auth(&d, &key, "/catalog/list");
+    assert_eq!(a.status, 200, "{:?}", a.headers);
+    let custom: Vec<_> = a
+        .headers
+        .iter()
+        .filter(|(k, _)| k == "x-tenant" || k == "x-user")
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    assert_eq!(
+        custom,
+        ["x-tenant=acme", "x-user=alice"],
+        "the admin's header first"
+    );
+
+    // F3.
+    let (id, key) = d.create("alice", "sync", &["--header", "X-Tenant=${key.name}"]);
+    must_fail(
+        &["key", "edit", &id, "--name", "admin"],
+        "only an admin can rename",
+    );
+    assert_eq!(
+        auth(&d, &key, "/catalog/list").header("x-tenant"),
+        Some("sync")
+    );
+}
+
+/// Regression (review F4): alice moved to a group with `scopes = []` kept a key
+/// that `/v1/auth` admitted on any route without a scope and `/v1/verify` called
+/// VALID; `key list` showed it active and `/metrics` counted it so, as it did keys
+/// of unconfigured owners.
+#[test]
+fn a_user_left_without_scopes_is_refused_and_counted_apart() {
+    let d = TestDaemon::start_with(DEFAULT_POLICY, AUTH);
+    let (id, key) = d.create("alice", "sync", &[]);
+    let base = std::fs::read_to_string(&d.config).unwrap();
+    assert!(base.contains(ALICE));
+    let reload = |text: &str| {
+        std::fs::write(&d.config, text).unwrap();
+        let before = d.log_text().matches("configuration reloaded").count();
+        d.signal("HUP");
+        wait_until(Duration::from_secs(10), || {
+            d.log_text().matches("configuration reloaded").count() > before
+        });
+    };
+    let metric = |status: &str| {
+        let body = request(d.addr, "GET", "/metrics", &[]).body;
+        let line = format!("apikeyd_keys{{status=\"{status}\"}} ");
+        body.lines()
+            .find_map(|l| l.strip_prefix(line.as_str()))
+            .map(|n| n.trim().to_owned())
+    };
+    assert_eq!(metric("active").as_deref(), Some("1"));
+    reload(&format!(
+        "{}\n[groups.Nothing]\nscopes = []\n",
+        base.replace(ALICE, &ALICE.replace("Synchronizer", "Nothing"))
+    ));
+    // A path no route covers asks no scope.
+    let a = auth(&d, &key, "/elsewhere");
+    assert_eq!(
+        (a.status, a.header("x-api-key-reason")),
+        (403, Some("INSUFFICIENT_SCOPE"))
+    );
+    assert_eq!(verify(&d, &key, None)["code"], "INSUFFICIENT_SCOPE");
+    let shown = d.json(&["key", "show", &id]);
+    assert_eq!(shown["status"], "no_scopes");
+    assert!(
+        shown["details"]
+            .as_str()
+            .unwrap()
+            .contains("grant none of its scopes"),
+        "{shown}"
+    );
+    assert_eq!(metric("no_scopes").as_deref(), Some("1"));
+    assert_eq!(metric("active").as_deref(), Some("0"));
+
+    reload(&base.replace(ALICE, ""));
+    assert_eq!(metric("owner_unknown").as_deref(), Some("1"));
+    assert_eq!(metric("no_scopes").as_deref(), Some("0"));
+    assert_eq!(metric("active").as_deref(), Some("0"));
+
+    reload(&base);
+    assert_eq!(verify(&d, &key, None)["code"], "VALID");
+    assert_eq!(metric("active").as_deref(), Some("1"));
+}

@@ -353,7 +353,7 @@ pub fn decide(
         None
     } else {
         let route = original_uri(plan, headers, path)
-            .and_then(|uri| uri.map_or(Ok(None), |uri| cfg.route_of(uri)));
+            .and_then(|uri| cfg.route_of(uri.ok_or(BadPath::NoUri)?));
         match route {
             Ok(route) => route,
             Err(why) => {

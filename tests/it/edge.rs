@@ -72,7 +72,10 @@ fn forward_auth_passes_identity_and_refuses_with_reasons() {
     deny(d.addr, &[("X-Original-URI", "/catalog")], 401, "MISSING");
     deny(
         d.addr,
-        &[("Authorization", "Bearer akd_typo")],
+        &[
+            ("Authorization", "Bearer akd_typo"),
+            ("X-Original-URI", "/catalog"),
+        ],
         401,
         "MALFORMED",
     );
@@ -81,9 +84,21 @@ fn forward_auth_passes_identity_and_refuses_with_reasons() {
         &[
             ("Authorization", auth.as_str()),
             ("X-Forwarded-For", "198.51.100.1"),
+            ("X-Original-URI", "/catalog"),
         ],
         403,
         "IP_NOT_ALLOWED",
+    );
+    // Issue 9 review, F8: with routes configured, a request that names no
+    // original URI is refused rather than matched to no route.
+    deny(
+        d.addr,
+        &[
+            ("Authorization", auth.as_str()),
+            ("X-Forwarded-For", "203.0.113.5"),
+        ],
+        400,
+        "BAD_PATH",
     );
     // The forwarded address is believed only from a trusted proxy: here the peer is.
     let rb = bearer(&reader);
@@ -183,6 +198,7 @@ fn forward_auth_passes_identity_and_refuses_with_reasons() {
         &[
             ("Authorization", new_auth.as_str()),
             ("X-Real-IP", "203.0.113.9"),
+            ("X-Original-URI", "/catalog/items"),
         ],
     );
     assert_eq!(a.status, 200);
@@ -192,6 +208,7 @@ fn forward_auth_passes_identity_and_refuses_with_reasons() {
         &[
             ("Authorization", new_auth.as_str()),
             ("X-Real-IP", "203.0.113.9"),
+            ("X-Original-URI", "/catalog/items"),
         ],
         401,
         "NOT_FOUND",

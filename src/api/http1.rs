@@ -281,7 +281,7 @@ fn answer(st: &AppState, peer: SocketAddr, input: &[u8], closing: bool, out: &mu
     if size > plan.config.max_header_bytes {
         return Step::Handoff;
     }
-    let outcome = auth::decide(st, &plan, Some(peer.ip()), query, &Head(req.headers), None);
+    let outcome = auth::decide(st, &plan, peer.ip(), query, &Head(req.headers), None);
     write_answer(out, &outcome, close);
     Step::Answered { len, close }
 }

@@ -519,13 +519,7 @@ impl hyper::service::Service<Request<Incoming>> for Connection {
     fn call(&self, req: Request<Incoming>) -> Answer {
         let busy = Busy::new(&self.activity);
         if req.uri().path() == http1::AUTH_PATH {
-            let r = auth::check(
-                &self.state,
-                Some(self.peer.ip()),
-                req.uri(),
-                req.headers(),
-                None,
-            );
+            let r = auth::check(&self.state, self.peer.ip(), req.uri(), req.headers(), None);
             return Answer {
                 kind: AnswerKind::Ready(Some(r)),
                 _busy: busy,

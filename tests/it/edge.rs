@@ -1045,3 +1045,91 @@ fn failures_on_the_admin_socket_are_charged_to_the_local_account() {
     );
     assert_eq!(a.status, 200);
 }
+
+/// A raw request over the admin socket (`Connection: close` added); status and body.
+fn unix_raw(socket: &std::path::Path, head: &str, body: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(socket).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let req = format!(
+        "{head}Host: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_owned();
+    (status, body)
+}
+
+/// Regression (issue 9 review, F4): `/v1/auth` was served on the 0666 admin
+/// socket, where the missing TCP peer was taken for 127.0.0.1, a trusted proxy:
+/// any local account (even an unmapped one) could charge failures to any address
+/// it named in X-Forwarded-For, which then got 429 through the real proxy, and
+/// probe keys' IP filters. Forward-auth is TCP only now, and failures over the
+/// socket are charged to the local account whatever address they name.
+#[test]
+fn local_accounts_cannot_charge_failures_to_a_tcp_client() {
+    if !crate::util::require_root("runs apikeyctl as nobody") {
+        return;
+    }
+    let d = TestDaemon::start_with(
+        DEFAULT_POLICY,
+        "[auth]\ntrusted_proxies = [\"127.0.0.1/32\"]\n[rate_limit]\nfailures_per_minute = 1\nburst = 3\n",
+    );
+    let (_, key) = d.create("alice", "victim", &[]);
+    let victim = "203.0.113.7";
+    for path in ["/v1/auth", "/v1/auth/catalog/items"] {
+        for _ in 0..5 {
+            let (status, body) = unix_raw(
+                &d.socket,
+                &format!(
+                    "GET {path} HTTP/1.1\r\nX-Forwarded-For: {victim}\r\nX-Api-Key: akd_bogus\r\n"
+                ),
+                "",
+            );
+            assert_eq!(status, 404, "{path} on the socket: {body}");
+        }
+    }
+    // /v1/verify over the socket, from an unmapped account, naming the victim in
+    // the body and in X-Forwarded-For.
+    for _ in 0..5 {
+        let out = d.ctl_as(Some(65534), &["verify", "akd_x", "--ip", victim]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(
+            text.contains("MALFORMED") || text.contains("local uid"),
+            "{text}"
+        );
+        let (status, body) = unix_raw(
+            &d.socket,
+            &format!("POST /v1/verify HTTP/1.1\r\nX-Forwarded-For: {victim}\r\nContent-Type: application/json\r\n"),
+            &format!(r#"{{"key":"akd_x","ip":"{victim}"}}"#),
+        );
+        assert!(matches!(status, 200 | 429), "{status} {body}");
+    }
+    let a = request(
+        d.addr,
+        "GET",
+        "/v1/auth",
+        &[
+            ("Authorization", &bearer(&key)),
+            ("X-Forwarded-For", victim),
+        ],
+    );
+    assert_eq!(
+        (a.status, a.header("x-api-key-reason")),
+        (200, None),
+        "the victim is not limited"
+    );
+}

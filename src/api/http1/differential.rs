@@ -172,7 +172,7 @@ pub(super) fn hyper(f: &Fixture, raw: &[u8]) -> Seen {
         let service =
             hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                 let r = if req.uri().path() == AUTH_PATH {
-                    auth::check(&st, Some(PEER.ip()), req.uri(), req.headers(), None)
+                    auth::check(&st, PEER.ip(), req.uri(), req.headers(), None)
                 } else {
                     axum::http::StatusCode::NOT_FOUND.into_response()
                 };

@@ -7,7 +7,7 @@
 //!
 //! Both paths close a connection idle for `server.idle_timeout` and one whose
 //! request head takes longer than `server.header_read_timeout` from its first byte.
-//! Connections over `server.max_connections`, or over
+//! Connections over `server.max_connections` (trusted proxies excepted), or over
 //! `server.max_connections_per_client` from one client, are closed when accepted.
 
 use std::collections::HashMap;
@@ -168,12 +168,19 @@ impl Slots {
     }
 
     /// A slot for a connection from `peer`, or None (counted and logged) when a
-    /// limit is reached.
+    /// limit is reached. Peers in `auth.trusted_proxies` are held to their
+    /// per-client limit only: otherwise a few clients filling `max_connections`
+    /// would lock out the proxy, and with it every client behind it.
     fn take(self: &Arc<Self>, peer: SocketAddr) -> Option<Slot> {
         // IPv6 peers grouped as the rate limiter groups them: one subscriber's /64
         // is one client here too.
         let client = self.state.edge.limiter.client_of(peer.ip());
-        let refused = if self.open.fetch_add(1, Ordering::Relaxed) >= self.max_total {
+        let over_total = self.open.fetch_add(1, Ordering::Relaxed) >= self.max_total
+            && !crate::keys::ipfilter::allows_any(
+                &self.state.edge.auth().config.trusted_proxies,
+                peer.ip(),
+            );
+        let refused = if over_total {
             Some(Refused::Total)
         } else {
             let mut per_client = self.per_client.lock();

@@ -1133,3 +1133,45 @@ fn local_accounts_cannot_charge_failures_to_a_tcp_client() {
         "the victim is not limited"
     );
 }
+
+/// Regression (issue 9 review, F6): 50 connections from 127.0.0.2..6 (10 each,
+/// within the per-client limit) filled `max_connections = 50`, and nginx on
+/// 127.0.0.1 then got its connections closed at accept (502, answered 500 to
+/// every client). Peers in `auth.trusted_proxies` are exempt from the total
+/// limit; they keep their per-client limit.
+#[test]
+fn clients_filling_max_connections_do_not_lock_out_a_trusted_proxy() {
+    use std::io::{BufReader, Write};
+
+    let mut d = TestDaemon::start_with(
+        DEFAULT_POLICY,
+        "[auth]\ntrusted_proxies = [\"127.0.0.1/32\"]\n",
+    );
+    let (_, key) = d.create("alice", "k", &[]);
+    restart_with_server_settings(
+        &mut d,
+        "max_connections = 6\nmax_connections_per_client = 3\n",
+    );
+    let auth = format!("GET /v1/auth HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {key}\r\n\r\n");
+    let open = |source: &str| {
+        let s = connect_from(source, d.addr);
+        let mut w = s.try_clone().unwrap();
+        let mut r = BufReader::new(s);
+        w.write_all(auth.as_bytes()).unwrap();
+        assert_eq!(read_answer(&mut r).0, 200, "a connection from {source}");
+        (w, r)
+    };
+    let _clients: Vec<_> = ["127.0.0.2", "127.0.0.3"]
+        .iter()
+        .flat_map(|ip| (0..3).map(|_| open(ip)))
+        .collect();
+    assert!(
+        refused(connect_from("127.0.0.4", d.addr), &auth),
+        "max_connections holds for other clients"
+    );
+    let _proxy: Vec<_> = (0..3).map(|_| open("127.0.0.1")).collect();
+    assert!(
+        refused(connect_from("127.0.0.1", d.addr), &auth),
+        "the proxy keeps its per-client limit"
+    );
+}

@@ -1175,3 +1175,76 @@ fn clients_filling_max_connections_do_not_lock_out_a_trusted_proxy() {
         "the proxy keeps its per-client limit"
     );
 }
+
+/// A connection with a small receive buffer that pipelines `/v1/auth` requests
+/// until the daemon stops taking them (its answers are never read), then holds.
+fn pipeline_without_reading(d: &TestDaemon) -> std::net::TcpStream {
+    use std::io::Write;
+    use std::time::{Duration, Instant};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let s = rt.block_on(async {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        socket.connect(d.addr).await.unwrap()
+    });
+    let mut s = s.into_std().unwrap();
+    s.set_nonblocking(true).unwrap();
+    let batch = "GET /v1/auth HTTP/1.1\r\nHost: t\r\n\r\n".repeat(100);
+    let started = Instant::now();
+    let mut blocked_since = None;
+    while started.elapsed() < Duration::from_secs(10) {
+        match s.write(batch.as_bytes()) {
+            Ok(_) => blocked_since = None,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                let since = *blocked_since.get_or_insert_with(Instant::now);
+                if since.elapsed() > Duration::from_millis(500) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(blocked_since.is_some(), "the daemon kept reading");
+    s
+}
+
+/// `apikeyd_connections_open` as another client sees it (counting itself).
+fn connections_open(d: &TestDaemon) -> u64 {
+    let m = request(d.addr, "GET", "/metrics", &[]).body;
+    m.lines()
+        .find_map(|l| l.strip_prefix("apikeyd_connections_open ")?.parse().ok())
+        .unwrap()
+}
+
+/// Regression (issue 9 review, F2): the fast path wrote its answers outside the
+/// select! on the idle timer and the stop, so a client that pipelined requests
+/// and never read the answers held the connection (4 MB of Send-Q) past
+/// `idle_timeout`, and a SIGTERM waited until the client went away.
+#[test]
+fn a_client_that_never_reads_does_not_hold_its_connection_or_a_stop() {
+    use std::time::{Duration, Instant};
+
+    let mut d = TestDaemon::start();
+    restart_with_server_settings(&mut d, "idle_timeout = \"pt2s\"\n");
+    let held = pipeline_without_reading(&d);
+    assert_eq!(connections_open(&d), 2);
+    let started = Instant::now();
+    crate::util::wait_until(Duration::from_secs(10), || connections_open(&d) == 1);
+    assert!(started.elapsed() >= Duration::from_secs(1));
+    drop(held);
+
+    // With the default idle_timeout (5 min) only the stop can end it.
+    let mut d = TestDaemon::start();
+    let _held = pipeline_without_reading(&d);
+    let started = Instant::now();
+    d.stop();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the stop took {:?}",
+        started.elapsed()
+    );
+}

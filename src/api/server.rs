@@ -39,8 +39,13 @@ use super::metrics::Refused;
 use super::{auth, http1, AppState};
 use crate::config::ServerConfig;
 
+/// How long a connection may take to finish the request in flight once the server
+/// stops; then it is closed.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
 /// Serve `router` on `listener` until `stop` turns true, then stop accepting, let
-/// each connection finish the request in flight, and return once all have closed.
+/// each connection finish the request in flight (for up to [`SHUTDOWN_GRACE`]), and
+/// return once all have closed.
 /// `server` gives the time limits of a connection and how many may be open.
 pub async fn serve_tcp(
     listener: TcpListener,
@@ -116,11 +121,21 @@ pub async fn serve_tcp(
                     }
                     () = &mut stopping => {
                         conn.as_mut().graceful_shutdown();
-                        let _ = conn.await;
+                        // The request in flight gets a while to finish, not for
+                        // ever: a client that sends no more of its body (or reads
+                        // no more of the answer) must not hold up the stop.
+                        tokio::select! {
+                            _ = conn.as_mut() => {}
+                            _ = activity.expired(timeouts) => {}
+                            () = tokio::time::sleep(SHUTDOWN_GRACE) => {
+                                tracing::debug!(%peer, "request still in flight at shutdown; closing");
+                            }
+                        }
                     }
                     why = activity.expired(timeouts) => match why {
                         Expired::Idle => tracing::debug!(%peer, "keep-alive connection idle for server.idle_timeout; closing"),
                         Expired::Head => tracing::debug!(%peer, "request head not finished in time; closing"),
+                        Expired::Stalled => tracing::debug!(%peer, "request in flight moved no bytes for server.idle_timeout; closing"),
                     },
                 }
             }
@@ -252,6 +267,9 @@ enum Expired {
     Idle,
     /// A head begun `header_read_timeout` ago is not complete.
     Head,
+    /// A request is being answered, but no bytes moved for `idle_timeout`: a
+    /// request body that does not arrive, or an answer the client does not read.
+    Stalled,
 }
 
 impl Activity {
@@ -286,45 +304,42 @@ impl Activity {
         self.last.store(self.nanos(), Ordering::Relaxed);
     }
 
-    /// When the connection is to be closed, as things stand, and why; None while a
-    /// request is being answered.
-    fn deadline(&self, t: http1::Timeouts) -> Option<(Instant, Expired)> {
+    /// When the connection is to be closed, as things stand, and why.
+    fn deadline(&self, t: http1::Timeouts) -> (Instant, Expired) {
+        let last = self.at(self.last.load(Ordering::Relaxed));
         if self.busy.load(Ordering::Relaxed) > 0 {
-            return None;
+            // Handlers answer in far less than idle_timeout; a request that moves
+            // no bytes that long waits for its client.
+            return (last + t.idle, Expired::Stalled);
         }
         match self.head_since.load(Ordering::Relaxed) {
-            0 => Some((
-                self.at(self.last.load(Ordering::Relaxed)) + t.idle,
-                Expired::Idle,
-            )),
-            since => Some((self.at(since - 1) + t.head, Expired::Head)),
+            0 => (last + t.idle, Expired::Idle),
+            since => (self.at(since - 1) + t.head, Expired::Head),
         }
     }
 
-    /// Resolves when the connection has been idle for `t.idle` or a head has taken
-    /// longer than `t.head`. Polled with the connection, after it, so it sees what
-    /// that poll did; its one timer is moved only when a deadline comes earlier
-    /// (a head begins) and otherwise set again when it fires, not per request.
+    /// Resolves when the connection has been idle for `t.idle`, a head has taken
+    /// longer than `t.head`, or a request in flight has moved no bytes for
+    /// `t.idle`. Polled with the connection, after it, so it sees what that poll
+    /// did; its one timer is moved only when a deadline comes earlier (a head
+    /// begins) and otherwise set again when it fires, not per request.
     async fn expired(&self, t: http1::Timeouts) -> Expired {
         let mut timer_at = Instant::now() + t.head.min(t.idle);
         let timer = tokio::time::sleep_until(timer_at);
         tokio::pin!(timer);
         std::future::poll_fn(|cx| loop {
-            let deadline = self.deadline(t);
-            if let Some((at, _)) = deadline.filter(|(at, _)| *at < timer_at) {
+            let (at, why) = self.deadline(t);
+            if at < timer_at {
                 timer.as_mut().reset(at);
                 timer_at = at;
             }
             if timer.as_mut().poll(cx).is_pending() {
                 return Poll::Pending;
             }
-            let now = Instant::now();
-            match deadline {
-                Some((at, why)) if at <= now => return Poll::Ready(why),
-                Some((at, _)) => timer_at = at,
-                // Busy: look again after a while.
-                None => timer_at = now + t.idle,
+            if at <= Instant::now() {
+                return Poll::Ready(why);
             }
+            timer_at = at;
             timer.as_mut().reset(timer_at);
         })
         .await

@@ -1248,3 +1248,45 @@ fn a_client_that_never_reads_does_not_hold_its_connection_or_a_stop() {
         started.elapsed()
     );
 }
+
+/// Regression (issue 9 review, F3): on hyper's path a request whose body never
+/// came (`Content-Length: 60000`, no bytes) kept its connection open for good
+/// (no deadline while a request was in flight), and a SIGTERM waited for the
+/// client. A request that moves no bytes for `idle_timeout` is closed now, and
+/// a stop gives the request in flight a few seconds.
+#[test]
+fn a_request_body_that_never_arrives_does_not_hold_the_connection_or_a_stop() {
+    use std::io::{Read, Write};
+    use std::time::{Duration, Instant};
+
+    let head = "POST /v1/verify HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: 60000\r\n\r\n{\"key\":";
+    let mut d = TestDaemon::start();
+    restart_with_server_settings(
+        &mut d,
+        "idle_timeout = \"pt2s\"\nheader_read_timeout = \"pt1s\"\n",
+    );
+    let mut s = std::net::TcpStream::connect(d.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    s.write_all(head.as_bytes()).unwrap();
+    let started = Instant::now();
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    let took = started.elapsed();
+    assert!(
+        (Duration::from_millis(1500)..Duration::from_secs(8)).contains(&took),
+        "closed after {took:?}"
+    );
+
+    // With the default idle_timeout (5 min) only the stop can end it.
+    let mut d = TestDaemon::start();
+    let mut s = std::net::TcpStream::connect(d.addr).unwrap();
+    s.write_all(head.as_bytes()).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    d.stop();
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the stop took {:?}",
+        started.elapsed()
+    );
+}

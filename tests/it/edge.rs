@@ -1290,3 +1290,110 @@ fn a_request_body_that_never_arrives_does_not_hold_the_connection_or_a_stop() {
         started.elapsed()
     );
 }
+
+/// A python3 that any account may run (not a shim under /root).
+fn system_python() -> Option<&'static str> {
+    ["/usr/bin/python3", "/usr/local/bin/python3"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+}
+
+/// Regression (issue 9 review, F5): the admin socket was served by plain
+/// axum::serve, with no head or idle timeout and no connection limit, so any
+/// local account (the socket is 0666) could open connections that never finish
+/// a head until the daemon ran out of file descriptors, and TCP /v1/auth then
+/// timed out ("accept error: Too many open files"). The socket is now served
+/// within `header_read_timeout` and `idle_timeout`, with a local account as one
+/// client under `max_connections_per_client`, and in the shared
+/// `max_connections`, from which root is exempt.
+#[test]
+fn the_admin_socket_has_connection_limits_and_timeouts() {
+    use std::process::Command;
+    use std::time::Duration;
+
+    let python = system_python();
+    if !crate::util::require_root("connects to the socket as nobody")
+        || !crate::util::require("python3 in /usr/bin or /usr/local/bin", python.is_some())
+    {
+        return;
+    }
+    let mut d = TestDaemon::start();
+    let (_, key) = d.create("alice", "k", &[]);
+    restart_with_server_settings(
+        &mut d,
+        "header_read_timeout = \"pt3s\"\nmax_connections = 8\nmax_connections_per_client = 3\n",
+    );
+    // As nobody: five connections that send half a head and wait; the seconds
+    // after which the daemon closed each (refused ones at once, the others at
+    // the head timeout), or -1 if it did not within 8 s.
+    let script = r#"
+import socket, sys, time, json
+conns = []
+for _ in range(5):
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(sys.argv[1])
+    try: s.sendall(b"GET /healthz HTTP/1.1\r\n")
+    except OSError: pass
+    s.setblocking(False)
+    conns.append(s)
+t0 = time.time()
+closed = [-1.0] * 5
+said = False
+while time.time() - t0 < 8 and -1.0 in closed:
+    for i, s in enumerate(conns):
+        if closed[i] >= 0: continue
+        try: d = s.recv(100)
+        except BlockingIOError: continue
+        except OSError: d = b""
+        if d == b"": closed[i] = round(time.time() - t0, 2)
+    if not said and time.time() - t0 > 0.2:
+        print("HOLDING %d" % len([c for c in closed if c >= 0]), flush=True)
+        said = True
+    time.sleep(0.02)
+print(json.dumps(sorted(closed)), flush=True)
+"#;
+    let mut child = {
+        use std::os::unix::process::CommandExt;
+        Command::new(python.unwrap())
+            .args(["-c", script])
+            .arg(&d.socket)
+            .uid(65534)
+            .gid(65534)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    assert_eq!(line.trim(), "HOLDING 2", "two of five refused at once");
+    // While nobody holds its three: root and TCP clients get in.
+    assert!(!d.ok(&["key", "list"]).is_empty());
+    let a = request(
+        d.addr,
+        "GET",
+        "/v1/auth",
+        &[("Authorization", &bearer(&key))],
+    );
+    assert_eq!(a.status, 200);
+    // Fill max_connections with TCP clients: root on the socket is exempt.
+    let open: Vec<_> = ["127.0.0.2", "127.0.0.3"]
+        .iter()
+        .flat_map(|ip| (0..3).map(|_| connect_from(ip, d.addr)))
+        .collect();
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(!d.ok(&["key", "list"]).is_empty());
+    drop(open);
+    line.clear();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    child.wait().unwrap();
+    let closed: Vec<f64> = serde_json::from_str(line.trim()).unwrap();
+    assert!(
+        closed[..2].iter().all(|t| (0.0..0.3).contains(t)),
+        "refused at once: {closed:?}"
+    );
+    assert!(
+        closed[2..].iter().all(|t| (2.0..7.0).contains(t)),
+        "closed at the head timeout: {closed:?}"
+    );
+}

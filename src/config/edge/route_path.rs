@@ -96,7 +96,7 @@ pub fn normalise_with(uri: &str, params: Params) -> Result<Cow<'_, str>, BadPath
     if is_normal(path) {
         return Ok(Cow::Borrowed(path));
     }
-    resolve(path, params).map(Cow::Owned)
+    decode_segments(path, params).map(Cow::Owned)
 }
 
 /// The part of `uri` from its path on: origin-form as it is; absolute-form
@@ -146,7 +146,7 @@ fn is_normal(path: &str) -> bool {
 }
 
 /// The slow path of [`normalise`], segment by segment.
-fn resolve(path: &str, params: Params) -> Result<String, BadPath> {
+fn decode_segments(path: &str, params: Params) -> Result<String, BadPath> {
     let mut out = String::with_capacity(path.len());
     let raw_segments = path.strip_prefix('/').ok_or(BadPath::NotAPath)?;
     let mut segments = raw_segments.split('/').peekable();

@@ -2,7 +2,7 @@
 //! run the background last-used flush, and stop or reload on signals. `run` takes its
 //! shutdown and reload triggers as parameters so tests can drive it.
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::alerts::maintenance::Maintenance;
 use crate::alerts::Dispatcher;
-use crate::api::{self, peer::UnixPeer, AppState};
+use crate::api::{self, AppState};
 use crate::channels::{ChannelError, Channels};
 use crate::clock::SharedClock;
 use crate::config::{self, Config, Environment};
@@ -190,25 +190,25 @@ impl Daemon {
         let state_for_reload = state.clone();
         let max_body = self.config.server.max_body_bytes;
         let (stop_tx, stop_rx) = watch::channel(false);
-        let wait = |mut rx: watch::Receiver<bool>| async move {
-            let _ = rx.wait_for(|s| *s).await;
-        };
 
         let tcp_app = api::tcp_router(state.clone(), max_body);
+        // One budget of connections (file descriptors) for both listeners.
+        let limits = api::server::ConnectionLimits::new(&self.config.server, state.clone());
         let tcp_task = tokio::spawn(api::server::serve_tcp(
             self.tcp,
             state.clone(),
             tcp_app,
             self.config.server.clone(),
+            limits.clone(),
             stop_rx.clone(),
         ));
-        let unix_app =
-            api::unix_router(state, max_body).into_make_service_with_connect_info::<UnixPeer>();
-        let unix_task = tokio::spawn(
-            axum::serve(self.unix, unix_app)
-                .with_graceful_shutdown(wait(stop_rx.clone()))
-                .into_future(),
-        );
+        let unix_task = tokio::spawn(api::server::serve_unix(
+            self.unix,
+            api::unix_router(state, max_body),
+            self.config.server.clone(),
+            limits,
+            stop_rx.clone(),
+        ));
 
         let keys = self.keys.clone();
         let dispatcher =

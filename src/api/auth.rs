@@ -259,9 +259,24 @@ fn peer_of(req: &Request) -> Option<IpAddr> {
         .map(|c| c.0.ip())
 }
 
+/// Forward-auth is for proxies on TCP; without a TCP peer there is no client
+/// address to charge failures to or to check IP filters against, and borrowing
+/// one (127.0.0.1, a trusted proxy) would let any local account speak for it.
+fn no_peer() -> Response {
+    super::ApiError::new(
+        StatusCode::NOT_FOUND,
+        "no_route",
+        "forward-auth is served on the TCP listener only".into(),
+    )
+    .into_response()
+}
+
 /// `/v1/auth` (any method).
 pub async fn auth(State(st): State<AppState>, req: Request) -> Response {
-    check(&st, peer_of(&req), req.uri(), req.headers(), None)
+    match peer_of(&req) {
+        Some(peer) => check(&st, peer, req.uri(), req.headers(), None),
+        None => no_peer(),
+    }
 }
 
 /// `/v1/auth/{*path}`: Envoy's ext_authz appends the original path to the prefix.
@@ -270,7 +285,10 @@ pub async fn auth(State(st): State<AppState>, req: Request) -> Response {
 pub async fn auth_path(State(st): State<AppState>, req: Request) -> Response {
     let full = req.uri().path_and_query().map_or("", |pq| pq.as_str());
     let original = full.strip_prefix(super::http1::AUTH_PATH);
-    check(&st, peer_of(&req), req.uri(), req.headers(), original)
+    match peer_of(&req) {
+        Some(peer) => check(&st, peer, req.uri(), req.headers(), original),
+        None => no_peer(),
+    }
 }
 
 /// The size of a request's headers as `auth.max_header_bytes` counts it: each name
@@ -284,7 +302,7 @@ pub fn header_bytes(name: usize, value: usize) -> usize {
 /// and of connections the fast path hands to hyper.
 pub fn check(
     st: &AppState,
-    peer: Option<IpAddr>,
+    peer: IpAddr,
     uri: &Uri,
     headers: &HeaderMap,
     path: Option<&str>,
@@ -325,19 +343,17 @@ pub enum Outcome {
     Allowed(Arc<Live>, Option<i64>),
 }
 
-/// Decide on one forward-auth request: `peer` is the TCP peer (none on the Unix
-/// socket), `query` the URL's query string, `path` the original path when it came in
-/// the URL.
+/// Decide on one forward-auth request: `peer` is the TCP peer, `query` the URL's
+/// query string, `path` the original path when it came in the URL.
 pub fn decide(
     st: &AppState,
     plan: &AuthPlan,
-    peer: Option<IpAddr>,
+    peer: IpAddr,
     query: Option<&str>,
     headers: &impl ReadHeaders,
     path: Option<&str>,
 ) -> Outcome {
     let cfg = &plan.config;
-    let peer = peer.unwrap_or(IpAddr::from([127, 0, 0, 1]));
     let client = client_ip(cfg, peer, headers);
     let now = Instant::now();
     if let Err(retry) = st.edge.limiter.check(client, now) {
@@ -353,7 +369,7 @@ pub fn decide(
         None
     } else {
         let route = original_uri(plan, headers, path)
-            .and_then(|uri| uri.map_or(Ok(None), |uri| cfg.route_of(uri)));
+            .and_then(|uri| cfg.route_of(uri.ok_or(BadPath::NoUri)?));
         match route {
             Ok(route) => route,
             Err(why) => {

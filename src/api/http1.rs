@@ -154,8 +154,9 @@ pub async fn serve(
                 }
             }
         }
+        // Nothing more is read, so no more is answered, until this is written.
         if !out.is_empty() {
-            if stream.write_all(&out).await.is_err() {
+            if !write_out(stream, &out, &mut stop, timeouts.idle).await {
                 return End::Closed;
             }
             out.clear();
@@ -225,6 +226,46 @@ pub async fn serve(
     }
 }
 
+/// Write `out` to `stream`; false when the connection is to be closed instead: on
+/// an error, when the server stops, or when the client has taken none of it for
+/// `patience` (`server.idle_timeout`: a client that never reads its answers must
+/// not hold the connection, or a stop, for ever). An answer that fits the socket
+/// buffer, as nearly all do, is written at once without a timer.
+async fn write_out(
+    stream: &TcpStream,
+    out: &[u8],
+    stop: &mut (impl std::future::Future<Output = ()> + Unpin),
+    patience: Duration,
+) -> bool {
+    let mut written = 0;
+    let mut timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
+    loop {
+        match stream.try_write(&out[written..]) {
+            Ok(0) => return false,
+            Ok(n) => {
+                written += n;
+                if written == out.len() {
+                    return true;
+                }
+                if let Some(t) = timer.as_mut() {
+                    t.as_mut().reset(Instant::now() + patience);
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(_) => return false,
+        }
+        let timer = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(patience)));
+        tokio::select! {
+            biased;
+            r = stream.writable() => if r.is_err() {
+                return false;
+            },
+            () = &mut *stop => return false,
+            () = timer.as_mut() => return false,
+        }
+    }
+}
+
 enum Next {
     Read,
     Close,
@@ -281,7 +322,7 @@ fn answer(st: &AppState, peer: SocketAddr, input: &[u8], closing: bool, out: &mu
     if size > plan.config.max_header_bytes {
         return Step::Handoff;
     }
-    let outcome = auth::decide(st, &plan, Some(peer.ip()), query, &Head(req.headers), None);
+    let outcome = auth::decide(st, &plan, peer.ip(), query, &Head(req.headers), None);
     write_answer(out, &outcome, close);
     Step::Answered { len, close }
 }

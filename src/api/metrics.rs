@@ -208,7 +208,7 @@ impl Metrics {
         }
         let _ = writeln!(
             out,
-            "# HELP apikeyd_connections_open TCP connections open on the verification listener."
+            "# HELP apikeyd_connections_open Connections open on the TCP listener and the admin socket."
         );
         let _ = writeln!(out, "# TYPE apikeyd_connections_open gauge");
         let _ = writeln!(

@@ -552,18 +552,28 @@ fn admin_routes() -> Routes {
 fn public_routes() -> Routes {
     Routes::new()
         .add("/v1/verify", &["POST"], post(verify))
-        .add("/v1/auth", ANY, any(auth::auth))
-        .add("/v1/auth/{*path}", ANY, any(auth::auth_path))
         .add("/healthz", &["GET"], get(healthz))
         .add("/metrics", &["GET"], get(metrics_text))
         .add("/openapi.json", &["GET"], get(openapi))
 }
 
-/// Every served path (OpenAPI syntax: `{*path}` becomes `{path}`) with its methods.
+/// Forward-auth, served on TCP only: it judges the client by the TCP peer (and
+/// the addresses a trusted proxy names), which a socket caller does not have.
+fn forward_auth_routes() -> Routes {
+    Routes::new().add("/v1/auth", ANY, any(auth::auth)).add(
+        "/v1/auth/{*path}",
+        ANY,
+        any(auth::auth_path),
+    )
+}
+
+/// Every path served on TCP (OpenAPI syntax: `{*path}` becomes `{path}`) with its
+/// methods; the socket serves the same less forward-auth.
 pub fn route_table() -> Vec<(String, Vec<&'static str>)> {
     public_routes()
         .table
         .into_iter()
+        .chain(forward_auth_routes().table)
         .chain(admin_routes().table)
         .map(|(p, m)| (p.replace("{*", "{"), m.to_vec()))
         .collect()
@@ -585,6 +595,7 @@ pub fn tcp_router(state: AppState, max_body: usize) -> Router {
         .route_layer(middleware::from_fn_with_state(state.clone(), bearer_actor));
     public_routes()
         .router
+        .merge(forward_auth_routes().router)
         .merge(admin)
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body))

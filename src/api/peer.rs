@@ -1,9 +1,6 @@
 //! Who is on the other end of the admin socket: SO_PEERCRED gives the uid, the
 //! account database gives its name, and the configuration maps it to a user.
 
-use axum::serve::IncomingStream;
-use tokio::net::UnixListener;
-
 use crate::config::Directory;
 use crate::keys::Actor;
 
@@ -12,14 +9,6 @@ use crate::keys::Actor;
 pub struct UnixPeer {
     /// The peer's uid, if the kernel told us.
     pub uid: Option<u32>,
-}
-
-impl axum::extract::connect_info::Connected<IncomingStream<'_, UnixListener>> for UnixPeer {
-    fn connect_info(stream: IncomingStream<'_, UnixListener>) -> Self {
-        Self {
-            uid: stream.io().peer_cred().ok().map(|c| c.uid()),
-        }
-    }
 }
 
 /// The account name of `uid` from `/etc/passwd`.

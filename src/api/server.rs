@@ -7,8 +7,10 @@
 //!
 //! Both paths close a connection idle for `server.idle_timeout` and one whose
 //! request head takes longer than `server.header_read_timeout` from its first byte.
-//! Connections over `server.max_connections`, or over
+//! Connections over `server.max_connections` (trusted proxies excepted), or over
 //! `server.max_connections_per_client` from one client, are closed when accepted.
+//! The admin socket is served by hyper the same way (no fast path), within the
+//! same limits, a local account being one client.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -29,46 +31,75 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tower::ServiceExt;
 
 use super::limits::{once_a_minute, Client};
 use super::metrics::Refused;
+use super::peer::UnixPeer;
 use super::{auth, http1, AppState};
 use crate::config::ServerConfig;
 
-/// Serve `router` on `listener` until `stop` turns true, then stop accepting, let
-/// each connection finish the request in flight, and return once all have closed.
-/// `server` gives the time limits of a connection and how many may be open.
-pub async fn serve_tcp(
-    listener: TcpListener,
-    state: AppState,
-    router: Router,
-    server: ServerConfig,
-    mut stop: watch::Receiver<bool>,
-) {
-    // HTTP/1 only, keep-alive, no upgrades; otherwise the defaults axum::serve uses,
-    // but for writev (answers are small, and copying a body behind the head into one
-    // buffer costs less than queueing buffers for a vectored write). hyper's own
-    // header_read_timeout is off: it runs from the end of the previous answer, so it
-    // would close idle connections after the head timeout. [`Activity`] times heads
-    // from their first byte and idle connections by `idle_timeout`, as the fast
-    // path does.
+/// How long a connection may take to finish the request in flight once the server
+/// stops; then it is closed.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// The connection limits (`server.max_connections`, `max_connections_per_client`)
+/// that the TCP listener and the admin socket share: one budget of file
+/// descriptors.
+#[derive(Debug, Clone)]
+pub struct ConnectionLimits(Arc<Slots>);
+
+impl ConnectionLimits {
+    /// The limits of `server`, counting into `state`'s metrics.
+    pub fn new(server: &ServerConfig, state: AppState) -> Self {
+        Self(Arc::new(Slots::new(server, state)))
+    }
+}
+
+/// hyper's HTTP/1 settings for both listeners: HTTP/1 only, keep-alive, no
+/// upgrades; otherwise the defaults axum::serve uses, but for writev (answers are
+/// small, and copying a body behind the head into one buffer costs less than
+/// queueing buffers for a vectored write). hyper's own header_read_timeout is off:
+/// it runs from the end of the previous answer, so it would close idle connections
+/// after the head timeout. [`Activity`] times heads from their first byte and idle
+/// connections by `idle_timeout`, as the fast path does.
+fn http1_builder() -> hyper::server::conn::http1::Builder {
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .writev(false)
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(None);
-    let timeouts = http1::Timeouts {
+    builder
+}
+
+fn timeouts_of(server: &ServerConfig) -> http1::Timeouts {
+    http1::Timeouts {
         head: server.header_read_timeout,
         idle: server.idle_timeout,
-    };
+    }
+}
+
+/// Serve `router` on `listener` until `stop` turns true, then stop accepting, let
+/// each connection finish the request in flight (for up to [`SHUTDOWN_GRACE`]), and
+/// return once all have closed. `server` gives the time limits of a connection;
+/// `limits` how many may be open.
+pub async fn serve_tcp(
+    listener: TcpListener,
+    state: AppState,
+    router: Router,
+    server: ServerConfig,
+    limits: ConnectionLimits,
+    mut stop: watch::Receiver<bool>,
+) {
+    let builder = http1_builder();
+    let timeouts = timeouts_of(&server);
     // Each connection task holds a receiver; `closed` resolves when all are gone.
     let (close_tx, close_rx) = watch::channel(());
     let shutdown = Arc::new(Shutdown::default());
-    let slots = Arc::new(Slots::new(&server, state.clone()));
+    let slots = limits.0;
     loop {
         let (stream, peer) = tokio::select! {
             accepted = accept(&listener) => accepted,
@@ -76,7 +107,14 @@ pub async fn serve_tcp(
         };
         // Over a limit the connection is closed at once, before anything is read:
         // the cheapest refusal, and the accept loop never waits for a client.
-        let Some(slot) = slots.take(peer) else {
+        // IPv6 peers grouped as the rate limiter groups them: one subscriber's /64
+        // is one client here too. Trusted proxies are held to their per-client
+        // limit only: otherwise a few clients filling `max_connections` would lock
+        // out the proxy, and with it every client behind it.
+        let client = state.edge.limiter.client_of(peer.ip());
+        let Some(slot) = slots.take(client, || {
+            crate::keys::ipfilter::allows_any(&state.edge.auth().config.trusted_proxies, peer.ip())
+        }) else {
             drop(stream);
             continue;
         };
@@ -94,35 +132,9 @@ pub async fn serve_tcp(
             let mut stream = stream;
             let end = http1::serve(&mut stream, peer, &state, timeouts, &mut stopping).await;
             if let http1::End::Handoff(read) = end {
-                let activity = Arc::new(Activity::new());
-                let io = TokioIo::new(Watched {
-                    io: http1::Rewind::new(stream, read),
-                    activity: activity.clone(),
-                });
-                let service = Connection {
-                    state,
-                    router,
-                    peer,
-                    activity: activity.clone(),
-                };
-                let conn = builder.serve_connection(io, service);
-                let mut conn = std::pin::pin!(conn);
-                tokio::select! {
-                    biased;
-                    r = conn.as_mut() => {
-                        if let Err(e) = r {
-                            tracing::trace!(error = %e, "connection ended with an error");
-                        }
-                    }
-                    () = &mut stopping => {
-                        conn.as_mut().graceful_shutdown();
-                        let _ = conn.await;
-                    }
-                    why = activity.expired(timeouts) => match why {
-                        Expired::Idle => tracing::debug!(%peer, "keep-alive connection idle for server.idle_timeout; closing"),
-                        Expired::Head => tracing::debug!(%peer, "request head not finished in time; closing"),
-                    },
-                }
+                let io = http1::Rewind::new(stream, read);
+                let peer = Peer::Tcp(peer);
+                serve_hyper(io, peer, state, router, &builder, timeouts, stopping).await;
             }
             drop(close_rx);
         });
@@ -131,6 +143,121 @@ pub async fn serve_tcp(
     drop(close_rx);
     drop(listener);
     close_tx.closed().await;
+}
+
+/// Serve `router` on the admin socket as [`serve_tcp`] serves TCP: the same head
+/// and idle timeouts and bounded stop, and the same connection limits, a local
+/// account (uid) being one client. Root is exempt from `max_connections`, so an
+/// administrator can always get in.
+pub async fn serve_unix(
+    listener: UnixListener,
+    router: Router,
+    server: ServerConfig,
+    limits: ConnectionLimits,
+    mut stop: watch::Receiver<bool>,
+) {
+    let builder = http1_builder();
+    let timeouts = timeouts_of(&server);
+    let (close_tx, close_rx) = watch::channel(());
+    let shutdown = Arc::new(Shutdown::default());
+    let slots = limits.0;
+    loop {
+        let stream = tokio::select! {
+            accepted = accept_unix(&listener) => accepted,
+            () = stopped(&mut stop) => break,
+        };
+        let uid = stream.peer_cred().ok().map(|c| c.uid());
+        let Some(slot) = slots.take(Client::Local(uid), || uid == Some(0)) else {
+            drop(stream);
+            continue;
+        };
+        let state = slots.state.clone();
+        let router = router.clone();
+        let builder = builder.clone();
+        let stopping = shutdown.wait();
+        let close_rx = close_rx.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let peer = Peer::Unix(UnixPeer { uid });
+            serve_hyper(stream, peer, state, router, &builder, timeouts, stopping).await;
+            drop(close_rx);
+        });
+    }
+    shutdown.trigger();
+    drop(close_rx);
+    drop(listener);
+    close_tx.closed().await;
+}
+
+/// Serve one connection with hyper until it ends, expires ([`Activity`]) or the
+/// server stops.
+async fn serve_hyper<I>(
+    io: I,
+    peer: Peer,
+    state: AppState,
+    router: Router,
+    builder: &hyper::server::conn::http1::Builder,
+    timeouts: http1::Timeouts,
+    mut stopping: Stopping,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let activity = Arc::new(Activity::new());
+    let io = TokioIo::new(Watched {
+        io,
+        activity: activity.clone(),
+    });
+    let service = Connection {
+        state,
+        router,
+        peer: peer.clone(),
+        activity: activity.clone(),
+    };
+    let conn = builder.serve_connection(io, service);
+    let mut conn = std::pin::pin!(conn);
+    tokio::select! {
+        biased;
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::trace!(error = %e, "connection ended with an error");
+            }
+        }
+        () = &mut stopping => {
+            conn.as_mut().graceful_shutdown();
+            // The request in flight gets a while to finish, not for ever: a
+            // client that sends no more of its body (or reads no more of the
+            // answer) must not hold up the stop.
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = activity.expired(timeouts) => {}
+                () = tokio::time::sleep(SHUTDOWN_GRACE) => {
+                    tracing::debug!(%peer, "request still in flight at shutdown; closing");
+                }
+            }
+        }
+        why = activity.expired(timeouts) => match why {
+            Expired::Idle => tracing::debug!(%peer, "keep-alive connection idle for server.idle_timeout; closing"),
+            Expired::Head => tracing::debug!(%peer, "request head not finished in time; closing"),
+            Expired::Stalled => tracing::debug!(%peer, "request in flight moved no bytes for server.idle_timeout; closing"),
+        },
+    }
+}
+
+/// Who is on the other end of a connection hyper serves.
+#[derive(Debug, Clone)]
+enum Peer {
+    Tcp(SocketAddr),
+    Unix(UnixPeer),
+}
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Peer::Tcp(addr) => write!(f, "{addr}"),
+            Peer::Unix(UnixPeer { uid: Some(uid) }) => write!(f, "local uid {uid}"),
+            Peer::Unix(UnixPeer { uid: None }) => write!(f, "a local caller"),
+        }
+    }
 }
 
 /// Connection counts against `server.max_connections` and
@@ -167,13 +294,13 @@ impl Slots {
         }
     }
 
-    /// A slot for a connection from `peer`, or None (counted and logged) when a
-    /// limit is reached.
-    fn take(self: &Arc<Self>, peer: SocketAddr) -> Option<Slot> {
-        // IPv6 peers grouped as the rate limiter groups them: one subscriber's /64
-        // is one client here too.
-        let client = self.state.edge.limiter.client_of(peer.ip());
-        let refused = if self.open.fetch_add(1, Ordering::Relaxed) >= self.max_total {
+    /// A slot for a connection from `client`, or None (counted and logged) when a
+    /// limit is reached. `exempt` says whether the client is exempt from
+    /// `max_connections` (keeping its per-client limit); it is asked only when
+    /// that limit is reached.
+    fn take(self: &Arc<Self>, client: Client, exempt: impl FnOnce() -> bool) -> Option<Slot> {
+        let over_total = self.open.fetch_add(1, Ordering::Relaxed) >= self.max_total && !exempt();
+        let refused = if over_total {
             Some(Refused::Total)
         } else {
             let mut per_client = self.per_client.lock();
@@ -245,6 +372,9 @@ enum Expired {
     Idle,
     /// A head begun `header_read_timeout` ago is not complete.
     Head,
+    /// A request is being answered, but no bytes moved for `idle_timeout`: a
+    /// request body that does not arrive, or an answer the client does not read.
+    Stalled,
 }
 
 impl Activity {
@@ -279,45 +409,42 @@ impl Activity {
         self.last.store(self.nanos(), Ordering::Relaxed);
     }
 
-    /// When the connection is to be closed, as things stand, and why; None while a
-    /// request is being answered.
-    fn deadline(&self, t: http1::Timeouts) -> Option<(Instant, Expired)> {
+    /// When the connection is to be closed, as things stand, and why.
+    fn deadline(&self, t: http1::Timeouts) -> (Instant, Expired) {
+        let last = self.at(self.last.load(Ordering::Relaxed));
         if self.busy.load(Ordering::Relaxed) > 0 {
-            return None;
+            // Handlers answer in far less than idle_timeout; a request that moves
+            // no bytes that long waits for its client.
+            return (last + t.idle, Expired::Stalled);
         }
         match self.head_since.load(Ordering::Relaxed) {
-            0 => Some((
-                self.at(self.last.load(Ordering::Relaxed)) + t.idle,
-                Expired::Idle,
-            )),
-            since => Some((self.at(since - 1) + t.head, Expired::Head)),
+            0 => (last + t.idle, Expired::Idle),
+            since => (self.at(since - 1) + t.head, Expired::Head),
         }
     }
 
-    /// Resolves when the connection has been idle for `t.idle` or a head has taken
-    /// longer than `t.head`. Polled with the connection, after it, so it sees what
-    /// that poll did; its one timer is moved only when a deadline comes earlier
-    /// (a head begins) and otherwise set again when it fires, not per request.
+    /// Resolves when the connection has been idle for `t.idle`, a head has taken
+    /// longer than `t.head`, or a request in flight has moved no bytes for
+    /// `t.idle`. Polled with the connection, after it, so it sees what that poll
+    /// did; its one timer is moved only when a deadline comes earlier (a head
+    /// begins) and otherwise set again when it fires, not per request.
     async fn expired(&self, t: http1::Timeouts) -> Expired {
         let mut timer_at = Instant::now() + t.head.min(t.idle);
         let timer = tokio::time::sleep_until(timer_at);
         tokio::pin!(timer);
         std::future::poll_fn(|cx| loop {
-            let deadline = self.deadline(t);
-            if let Some((at, _)) = deadline.filter(|(at, _)| *at < timer_at) {
+            let (at, why) = self.deadline(t);
+            if at < timer_at {
                 timer.as_mut().reset(at);
                 timer_at = at;
             }
             if timer.as_mut().poll(cx).is_pending() {
                 return Poll::Pending;
             }
-            let now = Instant::now();
-            match deadline {
-                Some((at, why)) if at <= now => return Poll::Ready(why),
-                Some((at, _)) => timer_at = at,
-                // Busy: look again after a while.
-                None => timer_at = now + t.idle,
+            if at <= Instant::now() {
+                return Poll::Ready(why);
             }
+            timer_at = at;
             timer.as_mut().reset(timer_at);
         })
         .await
@@ -502,12 +629,26 @@ async fn accept(listener: &TcpListener) -> (tokio::net::TcpStream, SocketAddr) {
     }
 }
 
+/// The next connection on the admin socket, as [`accept`] does for TCP.
+async fn accept_unix(listener: &UnixListener) -> tokio::net::UnixStream {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => return stream,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionAborted => {}
+            Err(e) => {
+                tracing::error!(error = %e, "accept error on the admin socket");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
 /// The service of one connection.
 #[derive(Clone)]
 struct Connection {
     state: AppState,
     router: Router,
-    peer: SocketAddr,
+    peer: Peer,
     activity: Arc<Activity>,
 }
 
@@ -518,21 +659,22 @@ impl hyper::service::Service<Request<Incoming>> for Connection {
 
     fn call(&self, req: Request<Incoming>) -> Answer {
         let busy = Busy::new(&self.activity);
-        if req.uri().path() == http1::AUTH_PATH {
-            let r = auth::check(
-                &self.state,
-                Some(self.peer.ip()),
-                req.uri(),
-                req.headers(),
-                None,
-            );
-            return Answer {
-                kind: AnswerKind::Ready(Some(r)),
-                _busy: busy,
-            };
-        }
         let mut req = req.map(Body::new);
-        req.extensions_mut().insert(ConnectInfo(self.peer));
+        match &self.peer {
+            Peer::Tcp(peer) if req.uri().path() == http1::AUTH_PATH => {
+                let r = auth::check(&self.state, peer.ip(), req.uri(), req.headers(), None);
+                return Answer {
+                    kind: AnswerKind::Ready(Some(r)),
+                    _busy: busy,
+                };
+            }
+            Peer::Tcp(peer) => {
+                req.extensions_mut().insert(ConnectInfo(*peer));
+            }
+            Peer::Unix(peer) => {
+                req.extensions_mut().insert(ConnectInfo(peer.clone()));
+            }
+        }
         Answer {
             kind: AnswerKind::Routed(Box::pin(self.router.clone().oneshot(req))),
             _busy: busy,
@@ -607,11 +749,11 @@ mod tests {
         let activity = Arc::new(Activity::new());
         let start = activity.clock.started();
         // Idle from the start (the handoff) until a byte arrives.
-        assert_eq!(activity.deadline(t), Some((start + t.idle, Expired::Idle)));
+        assert_eq!(activity.deadline(t), (start + t.idle, Expired::Idle));
         tokio::time::sleep(Duration::from_millis(50)).await;
         let before = Instant::now();
         activity.read();
-        let (at, why) = activity.deadline(t).unwrap();
+        let (at, why) = activity.deadline(t);
         assert_eq!(why, Expired::Head);
         // The connection's clock is the coarse one: right to a tick (a few ms).
         let slack = Duration::from_millis(20);
@@ -619,19 +761,24 @@ mod tests {
         // More of the same head does not move its deadline.
         tokio::time::sleep(Duration::from_millis(20)).await;
         activity.read();
-        assert_eq!(activity.deadline(t), Some((at, Expired::Head)));
-        // Complete: busy until answered, whatever the time.
+        assert_eq!(activity.deadline(t), (at, Expired::Head));
+        // Complete: busy until answered, held to t.idle without bytes moving
+        // (regression, issue 9 review, F3: there was no deadline while busy).
         let busy = Busy::new(&activity);
-        assert_eq!(activity.deadline(t), None);
+        let (_, why) = activity.deadline(t);
+        assert_eq!(why, Expired::Stalled);
         tokio::time::sleep(Duration::from_millis(300)).await;
-        activity.read(); // a body: not a head
-        assert_eq!(activity.deadline(t), None);
+        let body_at = Instant::now();
+        activity.read(); // a body: not a head, but it moves the deadline
+        let (at, why) = activity.deadline(t);
+        assert_eq!(why, Expired::Stalled);
+        assert!(at + slack >= body_at + t.idle && at <= Instant::now() + t.idle + slack);
         let expired = activity.expired(t);
         tokio::pin!(expired);
         assert!(futures_poll(expired.as_mut()).await.is_pending());
         let answered = Instant::now();
         drop(busy);
-        let (at, why) = activity.deadline(t).unwrap();
+        let (at, why) = activity.deadline(t);
         assert_eq!(why, Expired::Idle);
         assert!(at + slack >= answered + t.idle && at <= Instant::now() + t.idle + slack);
         // The watcher resolves once idle for t.idle, not before.
@@ -642,6 +789,15 @@ mod tests {
             .expect("expires");
         assert_eq!(why, Expired::Idle);
         assert!(answered.elapsed() + slack >= t.idle);
+        // A request in flight that moves no bytes for t.idle expires.
+        let _busy = Busy::new(&activity);
+        let started = Instant::now();
+        activity.read();
+        let why = tokio::time::timeout(Duration::from_secs(5), activity.expired(t))
+            .await
+            .expect("expires");
+        assert_eq!(why, Expired::Stalled);
+        assert!(started.elapsed() + slack >= t.idle);
     }
 
     async fn futures_poll<F: Future + Unpin>(mut f: F) -> Poll<F::Output> {

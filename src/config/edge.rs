@@ -38,7 +38,7 @@ impl Route {
             head.eq_ignore_ascii_case(prefix)
         } else {
             head == prefix
-        }) && (prefix.ends_with(b"/") || rest.is_empty() || rest.starts_with(b"/"))
+        }) && (prefix == b"/" || rest.is_empty() || rest.starts_with(b"/"))
     }
 }
 
@@ -87,35 +87,33 @@ impl AuthConfig {
     /// or why there is none for sure. Applications disagree on letter case
     /// (Express, ASP.NET and IIS route `/CATALOG/sync` to `/catalog/sync`, most
     /// others do not) and on `;parameters` (servlet containers drop them before
-    /// routing, so `/catalog;p/sync` and `/catalog/x/..;/sync` reach `/catalog/sync`;
-    /// elsewhere they are part of the segment). Scopes are not nested, so no one
-    /// reading is the safe one: the path is matched under each combination, and
-    /// refused unless all give the same route. An already-normal path without `;`
-    /// costs two scans of the routes and no allocation.
+    /// routing, so `/catalog;p/sync` reaches `/catalog/sync`; elsewhere they are
+    /// part of the segment). Scopes are not nested, so no one reading is the safe
+    /// one: the path is matched under each combination, and refused unless all
+    /// give the same route. A normal path without `;` costs one scan of the
+    /// routes and no allocation.
     pub fn route_of(&self, uri: &str) -> Result<Option<&Route>, route_path::BadPath> {
         use route_path::{normalise_with, BadPath, Params};
         let dropped = normalise_with(uri, Params::Drop)?;
-        let kept = if uri.contains(';') {
-            Some(normalise_with(uri, Params::Keep)?)
-        } else {
-            None
-        };
-        let first = self.routes.iter().find(|r| r.matches(&dropped));
-        let same = |path: &str, ignore_case: bool| {
-            let r = self
-                .routes
-                .iter()
-                .find(|r| r.matches_with(path, ignore_case));
-            r.map(|r| &r.prefix) == first.map(|r| &r.prefix)
-        };
-        let agree = same(&dropped, true)
-            && kept
-                .as_deref()
-                .is_none_or(|kept| same(kept, false) && same(kept, true));
-        if agree {
-            Ok(first)
-        } else {
-            Err(BadPath::Ambiguous)
+        let route = self.route_either_case(&dropped).ok_or(BadPath::Ambiguous)?;
+        if uri.contains(';') {
+            let kept = normalise_with(uri, Params::Keep)?;
+            let other = self.route_either_case(&kept).ok_or(BadPath::Ambiguous)?;
+            if other.map(|r| &r.prefix) != route.map(|r| &r.prefix) {
+                return Err(BadPath::Ambiguous);
+            }
+        }
+        Ok(route)
+    }
+
+    /// The route of `path` if letter case does not change it, in one scan: the
+    /// first route matching with case ignored is the route under that reading;
+    /// the case-sensitive reading agrees exactly when that route matches with
+    /// case kept too, for any route before it would have matched ignoring case.
+    fn route_either_case(&self, path: &str) -> Option<Option<&Route>> {
+        match self.routes.iter().find(|r| r.matches_with(path, true)) {
+            Some(r) if !r.matches(path) => None,
+            first => Some(first),
         }
     }
 }
@@ -278,6 +276,22 @@ pub(super) fn validate_auth(v: &mut Validator, raw: RawAuth) -> AuthConfig {
                 continue;
             }
         }
+        // A handler for `/catalog/sync/` also serves `/catalog/sync` in most
+        // frameworks (Express, Flask's redirect, ...), which such a prefix would
+        // not cover.
+        if r.prefix.len() > 1 && r.prefix.ends_with('/') {
+            v.push(
+                &format!("{key}.prefix"),
+                format!(
+                    "{:?} ends in '/', so it would not cover {:?}, which applications \
+                     serve alike; write {:?} (it covers everything below it too)",
+                    r.prefix,
+                    r.prefix.trim_end_matches('/'),
+                    r.prefix.trim_end_matches('/'),
+                ),
+            );
+            continue;
+        }
         if let Some(s) = &r.scope {
             if !valid_scope(s) {
                 v.push(
@@ -382,11 +396,11 @@ mod tests {
         assert!(!r.matches("/catalogue"));
         assert!(!r.matches("/other"));
         assert!(!r.matches("/"));
-        let dir = Route {
-            prefix: "/catalog/".into(),
+        let root = Route {
+            prefix: "/".into(),
             scope: None,
         };
-        assert!(dir.matches("/catalog/x"));
-        assert!(!dir.matches("/catalog"));
+        assert!(root.matches("/"));
+        assert!(root.matches("/catalog"));
     }
 }

@@ -72,7 +72,10 @@ fn forward_auth_passes_identity_and_refuses_with_reasons() {
     deny(d.addr, &[("X-Original-URI", "/catalog")], 401, "MISSING");
     deny(
         d.addr,
-        &[("Authorization", "Bearer akd_typo")],
+        &[
+            ("Authorization", "Bearer akd_typo"),
+            ("X-Original-URI", "/catalog"),
+        ],
         401,
         "MALFORMED",
     );
@@ -81,9 +84,21 @@ fn forward_auth_passes_identity_and_refuses_with_reasons() {
         &[
             ("Authorization", auth.as_str()),
             ("X-Forwarded-For", "198.51.100.1"),
+            ("X-Original-URI", "/catalog"),
         ],
         403,
         "IP_NOT_ALLOWED",
+    );
+    // Issue 9 review, F8: with routes configured, a request that names no
+    // original URI is refused rather than matched to no route.
+    deny(
+        d.addr,
+        &[
+            ("Authorization", auth.as_str()),
+            ("X-Forwarded-For", "203.0.113.5"),
+        ],
+        400,
+        "BAD_PATH",
     );
     // The forwarded address is believed only from a trusted proxy: here the peer is.
     let rb = bearer(&reader);
@@ -183,6 +198,7 @@ fn forward_auth_passes_identity_and_refuses_with_reasons() {
         &[
             ("Authorization", new_auth.as_str()),
             ("X-Real-IP", "203.0.113.9"),
+            ("X-Original-URI", "/catalog/items"),
         ],
     );
     assert_eq!(a.status, 200);
@@ -192,6 +208,7 @@ fn forward_auth_passes_identity_and_refuses_with_reasons() {
         &[
             ("Authorization", new_auth.as_str()),
             ("X-Real-IP", "203.0.113.9"),
+            ("X-Original-URI", "/catalog/items"),
         ],
         401,
         "NOT_FOUND",
@@ -1027,4 +1044,356 @@ fn failures_on_the_admin_socket_are_charged_to_the_local_account() {
         ],
     );
     assert_eq!(a.status, 200);
+}
+
+/// A raw request over the admin socket (`Connection: close` added); status and body.
+fn unix_raw(socket: &std::path::Path, head: &str, body: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(socket).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let req = format!(
+        "{head}Host: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_owned();
+    (status, body)
+}
+
+/// Regression (issue 9 review, F4): `/v1/auth` was served on the 0666 admin
+/// socket, where the missing TCP peer was taken for 127.0.0.1, a trusted proxy:
+/// any local account (even an unmapped one) could charge failures to any address
+/// it named in X-Forwarded-For, which then got 429 through the real proxy, and
+/// probe keys' IP filters. Forward-auth is TCP only now, and failures over the
+/// socket are charged to the local account whatever address they name.
+#[test]
+fn local_accounts_cannot_charge_failures_to_a_tcp_client() {
+    if !crate::util::require_root("runs apikeyctl as nobody") {
+        return;
+    }
+    let d = TestDaemon::start_with(
+        DEFAULT_POLICY,
+        "[auth]\ntrusted_proxies = [\"127.0.0.1/32\"]\n[rate_limit]\nfailures_per_minute = 1\nburst = 3\n",
+    );
+    let (_, key) = d.create("alice", "victim", &[]);
+    let victim = "203.0.113.7";
+    for path in ["/v1/auth", "/v1/auth/catalog/items"] {
+        for _ in 0..5 {
+            let (status, body) = unix_raw(
+                &d.socket,
+                &format!(
+                    "GET {path} HTTP/1.1\r\nX-Forwarded-For: {victim}\r\nX-Api-Key: akd_bogus\r\n"
+                ),
+                "",
+            );
+            assert_eq!(status, 404, "{path} on the socket: {body}");
+        }
+    }
+    // /v1/verify over the socket, from an unmapped account, naming the victim in
+    // the body and in X-Forwarded-For.
+    for _ in 0..5 {
+        let out = d.ctl_as(Some(65534), &["verify", "akd_x", "--ip", victim]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(
+            text.contains("MALFORMED") || text.contains("local uid"),
+            "{text}"
+        );
+        let (status, body) = unix_raw(
+            &d.socket,
+            &format!("POST /v1/verify HTTP/1.1\r\nX-Forwarded-For: {victim}\r\nContent-Type: application/json\r\n"),
+            &format!(r#"{{"key":"akd_x","ip":"{victim}"}}"#),
+        );
+        assert!(matches!(status, 200 | 429), "{status} {body}");
+    }
+    let a = request(
+        d.addr,
+        "GET",
+        "/v1/auth",
+        &[
+            ("Authorization", &bearer(&key)),
+            ("X-Forwarded-For", victim),
+        ],
+    );
+    assert_eq!(
+        (a.status, a.header("x-api-key-reason")),
+        (200, None),
+        "the victim is not limited"
+    );
+}
+
+/// Regression (issue 9 review, F6): 50 connections from 127.0.0.2..6 (10 each,
+/// within the per-client limit) filled `max_connections = 50`, and nginx on
+/// 127.0.0.1 then got its connections closed at accept (502, answered 500 to
+/// every client). Peers in `auth.trusted_proxies` are exempt from the total
+/// limit; they keep their per-client limit.
+#[test]
+fn clients_filling_max_connections_do_not_lock_out_a_trusted_proxy() {
+    use std::io::{BufReader, Write};
+
+    let mut d = TestDaemon::start_with(
+        DEFAULT_POLICY,
+        "[auth]\ntrusted_proxies = [\"127.0.0.1/32\"]\n",
+    );
+    let (_, key) = d.create("alice", "k", &[]);
+    restart_with_server_settings(
+        &mut d,
+        "max_connections = 6\nmax_connections_per_client = 3\n",
+    );
+    let auth = format!("GET /v1/auth HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {key}\r\n\r\n");
+    let open = |source: &str| {
+        let s = connect_from(source, d.addr);
+        let mut w = s.try_clone().unwrap();
+        let mut r = BufReader::new(s);
+        w.write_all(auth.as_bytes()).unwrap();
+        assert_eq!(read_answer(&mut r).0, 200, "a connection from {source}");
+        (w, r)
+    };
+    let _clients: Vec<_> = ["127.0.0.2", "127.0.0.3"]
+        .iter()
+        .flat_map(|ip| (0..3).map(|_| open(ip)))
+        .collect();
+    assert!(
+        refused(connect_from("127.0.0.4", d.addr), &auth),
+        "max_connections holds for other clients"
+    );
+    let _proxy: Vec<_> = (0..3).map(|_| open("127.0.0.1")).collect();
+    assert!(
+        refused(connect_from("127.0.0.1", d.addr), &auth),
+        "the proxy keeps its per-client limit"
+    );
+}
+
+/// A connection with a small receive buffer that pipelines `/v1/auth` requests
+/// until the daemon stops taking them (its answers are never read), then holds.
+fn pipeline_without_reading(d: &TestDaemon) -> std::net::TcpStream {
+    use std::io::Write;
+    use std::time::{Duration, Instant};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let s = rt.block_on(async {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        socket.connect(d.addr).await.unwrap()
+    });
+    let mut s = s.into_std().unwrap();
+    s.set_nonblocking(true).unwrap();
+    let batch = "GET /v1/auth HTTP/1.1\r\nHost: t\r\n\r\n".repeat(100);
+    let started = Instant::now();
+    let mut blocked_since = None;
+    while started.elapsed() < Duration::from_secs(10) {
+        match s.write(batch.as_bytes()) {
+            Ok(_) => blocked_since = None,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                let since = *blocked_since.get_or_insert_with(Instant::now);
+                if since.elapsed() > Duration::from_millis(500) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(blocked_since.is_some(), "the daemon kept reading");
+    s
+}
+
+/// `apikeyd_connections_open` as another client sees it (counting itself).
+fn connections_open(d: &TestDaemon) -> u64 {
+    let m = request(d.addr, "GET", "/metrics", &[]).body;
+    m.lines()
+        .find_map(|l| l.strip_prefix("apikeyd_connections_open ")?.parse().ok())
+        .unwrap()
+}
+
+/// Regression (issue 9 review, F2): the fast path wrote its answers outside the
+/// select! on the idle timer and the stop, so a client that pipelined requests
+/// and never read the answers held the connection (4 MB of Send-Q) past
+/// `idle_timeout`, and a SIGTERM waited until the client went away.
+#[test]
+fn a_client_that_never_reads_does_not_hold_its_connection_or_a_stop() {
+    use std::time::{Duration, Instant};
+
+    let mut d = TestDaemon::start();
+    restart_with_server_settings(&mut d, "idle_timeout = \"pt2s\"\n");
+    let held = pipeline_without_reading(&d);
+    assert_eq!(connections_open(&d), 2);
+    let started = Instant::now();
+    crate::util::wait_until(Duration::from_secs(10), || connections_open(&d) == 1);
+    assert!(started.elapsed() >= Duration::from_secs(1));
+    drop(held);
+
+    // With the default idle_timeout (5 min) only the stop can end it.
+    let mut d = TestDaemon::start();
+    let _held = pipeline_without_reading(&d);
+    let started = Instant::now();
+    d.stop();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the stop took {:?}",
+        started.elapsed()
+    );
+}
+
+/// Regression (issue 9 review, F3): on hyper's path a request whose body never
+/// came (`Content-Length: 60000`, no bytes) kept its connection open for good
+/// (no deadline while a request was in flight), and a SIGTERM waited for the
+/// client. A request that moves no bytes for `idle_timeout` is closed now, and
+/// a stop gives the request in flight a few seconds.
+#[test]
+fn a_request_body_that_never_arrives_does_not_hold_the_connection_or_a_stop() {
+    use std::io::{Read, Write};
+    use std::time::{Duration, Instant};
+
+    let head = "POST /v1/verify HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: 60000\r\n\r\n{\"key\":";
+    let mut d = TestDaemon::start();
+    restart_with_server_settings(
+        &mut d,
+        "idle_timeout = \"pt2s\"\nheader_read_timeout = \"pt1s\"\n",
+    );
+    let mut s = std::net::TcpStream::connect(d.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    s.write_all(head.as_bytes()).unwrap();
+    let started = Instant::now();
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    let took = started.elapsed();
+    assert!(
+        (Duration::from_millis(1500)..Duration::from_secs(8)).contains(&took),
+        "closed after {took:?}"
+    );
+
+    // With the default idle_timeout (5 min) only the stop can end it.
+    let mut d = TestDaemon::start();
+    let mut s = std::net::TcpStream::connect(d.addr).unwrap();
+    s.write_all(head.as_bytes()).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    d.stop();
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the stop took {:?}",
+        started.elapsed()
+    );
+}
+
+/// A python3 that any account may run (not a shim under /root).
+fn system_python() -> Option<&'static str> {
+    ["/usr/bin/python3", "/usr/local/bin/python3"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+}
+
+/// Regression (issue 9 review, F5): the admin socket was served by plain
+/// axum::serve, with no head or idle timeout and no connection limit, so any
+/// local account (the socket is 0666) could open connections that never finish
+/// a head until the daemon ran out of file descriptors, and TCP /v1/auth then
+/// timed out ("accept error: Too many open files"). The socket is now served
+/// within `header_read_timeout` and `idle_timeout`, with a local account as one
+/// client under `max_connections_per_client`, and in the shared
+/// `max_connections`, from which root is exempt.
+#[test]
+fn the_admin_socket_has_connection_limits_and_timeouts() {
+    use std::process::Command;
+    use std::time::Duration;
+
+    let python = system_python();
+    if !crate::util::require_root("connects to the socket as nobody")
+        || !crate::util::require("python3 in /usr/bin or /usr/local/bin", python.is_some())
+    {
+        return;
+    }
+    let mut d = TestDaemon::start();
+    let (_, key) = d.create("alice", "k", &[]);
+    restart_with_server_settings(
+        &mut d,
+        "header_read_timeout = \"pt3s\"\nmax_connections = 8\nmax_connections_per_client = 3\n",
+    );
+    // As nobody: five connections that send half a head and wait; the seconds
+    // after which the daemon closed each (refused ones at once, the others at
+    // the head timeout), or -1 if it did not within 8 s.
+    let script = r#"
+import socket, sys, time, json
+conns = []
+for _ in range(5):
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(sys.argv[1])
+    try: s.sendall(b"GET /healthz HTTP/1.1\r\n")
+    except OSError: pass
+    s.setblocking(False)
+    conns.append(s)
+t0 = time.time()
+closed = [-1.0] * 5
+said = False
+while time.time() - t0 < 8 and -1.0 in closed:
+    for i, s in enumerate(conns):
+        if closed[i] >= 0: continue
+        try: d = s.recv(100)
+        except BlockingIOError: continue
+        except OSError: d = b""
+        if d == b"": closed[i] = round(time.time() - t0, 2)
+    if not said and time.time() - t0 > 0.2:
+        print("HOLDING %d" % len([c for c in closed if c >= 0]), flush=True)
+        said = True
+    time.sleep(0.02)
+print(json.dumps(sorted(closed)), flush=True)
+"#;
+    let mut child = {
+        use std::os::unix::process::CommandExt;
+        Command::new(python.unwrap())
+            .args(["-c", script])
+            .arg(&d.socket)
+            .uid(65534)
+            .gid(65534)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    assert_eq!(line.trim(), "HOLDING 2", "two of five refused at once");
+    // While nobody holds its three: root and TCP clients get in.
+    assert!(!d.ok(&["key", "list"]).is_empty());
+    let a = request(
+        d.addr,
+        "GET",
+        "/v1/auth",
+        &[("Authorization", &bearer(&key))],
+    );
+    assert_eq!(a.status, 200);
+    // Fill max_connections with TCP clients: root on the socket is exempt.
+    let open: Vec<_> = ["127.0.0.2", "127.0.0.3"]
+        .iter()
+        .flat_map(|ip| (0..3).map(|_| connect_from(ip, d.addr)))
+        .collect();
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(!d.ok(&["key", "list"]).is_empty());
+    drop(open);
+    line.clear();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    child.wait().unwrap();
+    let closed: Vec<f64> = serde_json::from_str(line.trim()).unwrap();
+    assert!(
+        closed[..2].iter().all(|t| (0.0..0.3).contains(t)),
+        "refused at once: {closed:?}"
+    );
+    assert!(
+        closed[2..].iter().all(|t| (2.0..7.0).contains(t)),
+        "closed at the head timeout: {closed:?}"
+    );
 }

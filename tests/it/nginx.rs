@@ -334,6 +334,13 @@ pub(crate) const BYPASS_SPELLINGS: &[&str] = &[
     "/catalog./sync/run",
     "/catalog/../../catalog/sync/run",
     "http://localhost/catalog/sync/run",
+    // Issue 9 review, F1: dot segments after the protected prefix were resolved
+    // to `/catalog/`, while most applications route them under `/catalog/sync`.
+    "/catalog/sync/..",
+    "/catalog/sync/%2e%2e",
+    "/catalog/sync/%2E%2E/",
+    "/catalog/sync//..",
+    "/catalog/sync/..;",
 ];
 
 /// Issue 9, item 1, through a real proxy (`get` sends a request to it): with a

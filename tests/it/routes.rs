@@ -64,10 +64,22 @@ fn route_scopes_hold_for_every_spelling_on_every_path() {
             let head = format!("GET /v1/auth {version}\r\nHost: t\r\n{key}{uri_headers}");
             raw(d.addr, head.as_bytes())
         };
-        assert_eq!(
-            ask("X-Forwarded-Uri: //catalog/sync/run\r\n"),
-            (403, refused.clone())
-        );
+        // Issue 9 review, F1: dot segments and `//` were resolved (to
+        // `/catalog/` here, which passed); they are refused now.
+        for uri in [
+            "/catalog/sync/..",
+            "/catalog/sync/%2e%2e",
+            "/catalog/sync/%2E%2E/",
+            "/catalog/sync//..",
+            "/catalog/sync/..;",
+            "//catalog/sync/run",
+        ] {
+            assert_eq!(
+                ask(&format!("X-Forwarded-Uri: {uri}\r\n")),
+                (400, bad.clone()),
+                "{version}: {uri}"
+            );
+        }
         assert_eq!(
             ask("X-Original-URI: /catalog/%73ync/run\r\n"),
             (403, refused.clone())
@@ -101,8 +113,16 @@ fn route_scopes_hold_for_every_spelling_on_every_path() {
         );
         (a.status, a.header("x-api-key-reason").map(str::to_owned))
     };
-    assert_eq!(envoy("//catalog/sync/run"), (403, refused.clone()));
-    assert_eq!(envoy("/catalog/./sync/run"), (403, refused.clone()));
+    assert_eq!(envoy("/catalog/%73ync/run"), (403, refused.clone()));
+    for path in [
+        "/catalog/sync/..",
+        "/catalog/sync/%2e%2e",
+        "/catalog/sync//..",
+        "//catalog/sync/run",
+        "/catalog/./sync/run",
+    ] {
+        assert_eq!(envoy(path), (400, bad.clone()), "{path}");
+    }
     assert_eq!(envoy("/catalog/sync%2frun"), (400, bad.clone()));
     assert_eq!(envoy("/catalog/items?page=2"), (200, None));
 }

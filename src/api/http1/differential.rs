@@ -172,7 +172,7 @@ pub(super) fn hyper(f: &Fixture, raw: &[u8]) -> Seen {
         let service =
             hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                 let r = if req.uri().path() == AUTH_PATH {
-                    auth::check(&st, Some(PEER.ip()), req.uri(), req.headers(), None)
+                    auth::check(&st, PEER.ip(), req.uri(), req.headers(), None)
                 } else {
                     axum::http::StatusCode::NOT_FOUND.into_response()
                 };
@@ -349,9 +349,6 @@ mod route_checks {
         let ask = |uri_headers: &str| both(&head(&format!("X-Api-Key: {reader}\r\n{uri_headers}")));
         for p in [
             "/catalog/sync/run",
-            "//catalog/sync/run",
-            "/catalog/./sync/run",
-            "/catalog/x/../sync/run",
             "/catalog/%73ync/run",
             "/catalog/sync/run;jsessionid=1",
             "http://h/catalog/sync/run",
@@ -363,6 +360,16 @@ mod route_checks {
             );
         }
         for p in [
+            // Dot segments and `//` (issue 9 review, F1): most applications
+            // route `/catalog/sync/..` under `/catalog/sync`.
+            "/catalog/sync/..",
+            "/catalog/sync/%2e%2e",
+            "/catalog/sync/%2E%2E/",
+            "/catalog/sync//..",
+            "/catalog/sync/..;",
+            "//catalog/sync/run",
+            "/catalog/./sync/run",
+            "/catalog/x/../sync/run",
             "/catalog/sync%2frun",
             "/catalog%2Fsync/run",
             "/catalog\\sync/run",
@@ -405,10 +412,21 @@ mod route_checks {
             "X-Forwarded-Uri: /catalog/sync%20list\r\n",
             "X-Forwarded-Uri: /catalog/items;v=2\r\n",
             "X-Forwarded-Uri: /catalog/Items\r\n",
-            "",
         ] {
             assert_eq!(ask(h).0, 200, "{h}");
         }
+    }
+
+    /// Regression (issue 9 review, F8): with routes configured, a request naming
+    /// no original URI matched no route and passed with any valid key, so a
+    /// proxy configured without the URI header failed open.
+    #[test]
+    fn no_original_uri_is_refused_on_both_paths() {
+        let reader = &fixture().keys[1];
+        assert_eq!(
+            both(&head(&format!("X-Api-Key: {reader}\r\n"))),
+            (400, Some("BAD_PATH".into()))
+        );
     }
 
     /// Regression (issue 9, item 1): for a repeated header whose first value was

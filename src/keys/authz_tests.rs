@@ -1005,3 +1005,140 @@ async fn a_configured_user_named_root_is_bound_by_what_the_unmapped_root_sets() 
     let own = keys.create(&admin(), r).await.unwrap().view;
     assert!(own.admin_restrictions.is_empty());
 }
+
+// ------------------------------------------------ FC F1: an admin's retirements
+
+/// Regression (second review, FC F1): alice imported token T; an admin removed the
+/// key, or rotated it without grace, or narrowed its scopes and expiry (then alice
+/// removed it); alice imported T again and it verified VALID, with her full scopes
+/// and the default expiry. A retired secret was restricted only if the key carried
+/// `admin_restrictions`, which an admin's remove, rotate or narrowing never set.
+#[tokio::test]
+async fn an_owner_cannot_bring_back_a_token_an_admin_retired_or_narrowed() {
+    let f = fixture();
+    let alice = alice();
+    let import = |name: &str, token: &str| f.keys.import(&alice, import_req("alice", name, token));
+
+    // Removed by an admin.
+    let removed = "legacy-token-0123456789-admin-removed";
+    let id = import("removed", removed).await.unwrap().id.to_string();
+    f.keys.remove(&admin(), &id).await.unwrap();
+    retired_conflict(import("removed-again", removed).await.unwrap_err());
+    assert_eq!(f.keys.verify(removed, None, None).code, Code::NotFound);
+
+    // Rotated by an admin, no grace.
+    let rotated = "legacy-token-0123456789-admin-rotated";
+    let id = import("rotated", rotated).await.unwrap().id.to_string();
+    f.keys.rotate(&admin(), &id, None).await.unwrap();
+    retired_conflict(import("rotated-again", rotated).await.unwrap_err());
+    assert_eq!(f.keys.verify(rotated, None, None).code, Code::NotFound);
+
+    // Narrowed by an admin (scopes and expiry), then removed by alice herself.
+    let narrowed = "legacy-token-0123456789-admin-narrowed";
+    let id = import("narrowed", narrowed).await.unwrap().id.to_string();
+    let view = f
+        .keys
+        .edit(
+            &admin(),
+            &id,
+            EditKey {
+                scopes: Some(vec!["catalog:read".into()]),
+                expires_in: Some("p1d".into()),
+                ..EditKey::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        view.admin_restrictions.restricted_by.as_deref(),
+        Some("admin")
+    );
+    f.keys.remove(&alice, &id).await.unwrap();
+    retired_conflict(import("narrowed-again", narrowed).await.unwrap_err());
+    assert_eq!(
+        f.keys.verify(narrowed, Some("catalog:sync"), None).code,
+        Code::NotFound
+    );
+
+    // Either narrowing alone is enough.
+    for (n, edit) in [
+        (
+            "scopes",
+            EditKey {
+                scopes: Some(vec!["catalog:read".into()]),
+                ..EditKey::default()
+            },
+        ),
+        (
+            "expiry",
+            EditKey {
+                expires_in: Some("p1d".into()),
+                ..EditKey::default()
+            },
+        ),
+    ] {
+        let token = format!("legacy-token-0123456789-narrowed-{n}");
+        let id = import(n, &token).await.unwrap().id.to_string();
+        f.keys.edit(&admin(), &id, edit).await.unwrap();
+        f.keys.remove(&alice, &id).await.unwrap();
+        retired_conflict(import(&format!("{n}-again"), &token).await.unwrap_err());
+    }
+
+    // An admin may still bring one back, and alice's own removals stay hers.
+    f.keys
+        .import(&admin(), import_req("alice", "restored", removed))
+        .await
+        .unwrap();
+    assert_eq!(f.keys.verify(removed, None, None).code, Code::Valid);
+    let mine = "legacy-token-0123456789-alices-again";
+    let id = import("mine", mine).await.unwrap().id.to_string();
+    f.keys.remove(&alice, &id).await.unwrap();
+    import("mine-again", mine).await.unwrap();
+}
+
+/// Regression (second review, FC F1): an admin's rotation with a grace period
+/// retired the old token unrestricted, and alice's removal of the key afterwards
+/// refreshed that entry, still unrestricted: she could import it again.
+#[tokio::test]
+async fn an_admin_rotation_with_grace_keeps_the_old_token_retired_for_the_owner() {
+    let f = fixture();
+    let t = "legacy-token-0123456789-admin-grace";
+    let id = f
+        .keys
+        .import(&alice(), import_req("alice", "g", t))
+        .await
+        .unwrap()
+        .id
+        .to_string();
+    f.keys.rotate(&admin(), &id, Some("p1d")).await.unwrap();
+    f.keys.remove(&alice(), &id).await.unwrap();
+    retired_conflict(
+        f.keys
+            .import(&alice(), import_req("alice", "g2", t))
+            .await
+            .unwrap_err(),
+    );
+}
+
+/// Regression (second review, FC F1): an admin issuing alice a key with fewer
+/// scopes than her groups grant left nothing on record, so alice could remove it
+/// and import its token again with all of them.
+#[tokio::test]
+async fn an_owner_cannot_widen_an_admin_issued_token_by_importing_it_again() {
+    let f = fixture();
+    let t = "legacy-token-0123456789-admin-issued";
+    let mut r = import_req("alice", "issued", t);
+    r.scopes = Some(vec!["catalog:read".into()]);
+    let view = f.keys.import(&admin(), r).await.unwrap();
+    assert_eq!(
+        view.admin_restrictions.restricted_by.as_deref(),
+        Some("admin")
+    );
+    f.keys.remove(&alice(), &view.id.to_string()).await.unwrap();
+    retired_conflict(
+        f.keys
+            .import(&alice(), import_req("alice", "issued2", t))
+            .await
+            .unwrap_err(),
+    );
+}

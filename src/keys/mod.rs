@@ -1521,12 +1521,18 @@ impl Keys {
         if !actor.admin {
             check_owner_headers(&headers, &[])?;
         }
-        // What an admin sets on someone else's key binds its owner.
+        // What an admin sets on someone else's key binds its owner. Scopes fewer
+        // than the owner's rights, or an expiry the admin chose, the owner cannot
+        // widen on this key, nor (once its secret is retired) by importing it again.
         let admin_restrictions = if binds_owner(actor, &owner, &settings.directory) {
+            let narrowed = rights.scopes.iter().any(|s| !scopes.contains(s))
+                || req.expires_at.is_some()
+                || req.expires_in.is_some();
             AdminRestrictions {
                 disabled_by: None,
                 ip_filters: ip_filters.clone(),
                 headers: admin_only_headers(&headers),
+                restricted_by: narrowed.then(|| actor.name.clone()),
             }
         } else {
             AdminRestrictions::default()
@@ -1695,6 +1701,9 @@ impl Keys {
                         ));
                     }
                     changed.push(format!("scopes=[{}]", scopes.join(",")));
+                    if binds_owner && rec.scopes.iter().any(|s| !scopes.contains(s)) {
+                        rec.admin_restrictions.restricted_by = Some(actor.name.clone());
+                    }
                     rec.scopes = scopes;
                 }
                 if let Some(ips) = &req.ip {
@@ -1740,6 +1749,9 @@ impl Keys {
                         ));
                     }
                     check_expiry_range(&settings.policy, at, now)?;
+                    if binds_owner && rec.expires_at != Some(at) {
+                        rec.admin_restrictions.restricted_by = Some(actor.name.clone());
+                    }
                     rec.expires_at = Some(at);
                     changed.push(format!("expires={}", rfc3339(at)));
                 }
@@ -1835,8 +1847,13 @@ impl Keys {
     /// Remove a key: it stops working at once and is kept for the record. Its
     /// notification job, if not started, is cancelled in the same transaction.
     pub async fn remove(&self, actor: &Actor, id: &str) -> Result<KeyView, KeyError> {
+        let settings = self.settings();
         let live = self
             .modify_with_job(actor, id, "remove", |rec, job, now| {
+                // An admin's removal retires the key's secret for its owner too.
+                if binds_owner(actor, &rec.owner, &settings.directory) {
+                    rec.admin_restrictions.restricted_by = Some(actor.name.clone());
+                }
                 rec.state = KeyState::Removed;
                 rec.removed_at = Some(now);
                 rec.previous_hash = None;
@@ -1879,6 +1896,10 @@ impl Keys {
                         )))
                     }
                     _ => {}
+                }
+                // An admin's rotation retires the old secret for its owner too.
+                if binds_owner(actor, &rec.owner, &settings.directory) {
+                    rec.admin_restrictions.restricted_by = Some(actor.name.clone());
                 }
                 let old = rec.hash.clone();
                 rec.hash = hex::encode(new_hash);
@@ -2340,7 +2361,7 @@ fn retirements(before: &KeyRecord, after: Option<&KeyRecord>, now: DateTime<Utc>
         if let Ok(hash) = load::decode_hash(hex) {
             out.push(Retire {
                 hash,
-                entry: RetiredSecret::of(before, now),
+                entry: RetiredSecret::of(before, after, now),
                 refresh_only,
             });
         }

@@ -107,12 +107,21 @@ pub struct AdminRestrictions {
     /// `${key.name}`): the owner's header changes must keep each unchanged.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub headers: Vec<HeaderTemplate>,
+    /// The admin who last narrowed the key's scopes, chose or shortened its expiry,
+    /// rotated or removed it. Nothing to keep narrow while it lives (owners cannot
+    /// widen either), but once its imported secret leaves it, re-importing that
+    /// secret would give the owner a key without the admin's limits (issue 9, FC F1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restricted_by: Option<String>,
 }
 
 impl AdminRestrictions {
     /// Nothing restricted.
     pub fn is_empty(&self) -> bool {
-        self.disabled_by.is_none() && self.ip_filters.is_empty() && self.headers.is_empty()
+        self.disabled_by.is_none()
+            && self.ip_filters.is_empty()
+            && self.headers.is_empty()
+            && self.restricted_by.is_none()
     }
 }
 
@@ -126,19 +135,24 @@ pub struct RetiredSecret {
     pub key_id: Uuid,
     /// That key's owner.
     pub owner: String,
-    /// The key carried restrictions an admin set (disabled, IP filters, headers).
+    /// The key carried restrictions an admin set (disabled, IP filters, headers,
+    /// narrowed scopes or expiry), or an admin retired the secret (remove, rotate).
     pub restricted: bool,
     /// When it was retired.
     pub at: DateTime<Utc>,
 }
 
 impl RetiredSecret {
-    /// The entry for a secret that leaves `rec` at `at`.
-    pub fn of(rec: &KeyRecord, at: DateTime<Utc>) -> Self {
+    /// The entry for a secret that leaves `before` at `at` as it becomes `after`
+    /// (`None`: purged). Restricted if either carries an admin's restriction: the
+    /// change that retires it may be an admin's (remove, rotate), which marks
+    /// `after`.
+    pub fn of(before: &KeyRecord, after: Option<&KeyRecord>, at: DateTime<Utc>) -> Self {
         Self {
-            key_id: rec.id,
-            owner: rec.owner.clone(),
-            restricted: !rec.admin_restrictions.is_empty(),
+            key_id: before.id,
+            owner: before.owner.clone(),
+            restricted: !before.admin_restrictions.is_empty()
+                || after.is_some_and(|a| !a.admin_restrictions.is_empty()),
             at,
         }
     }

@@ -1142,3 +1142,66 @@ async fn an_owner_cannot_widen_an_admin_issued_token_by_importing_it_again() {
             .unwrap_err(),
     );
 }
+
+// ------------------------------------------- FC F2: headers proxies forward or trust
+
+/// Regression (second review, FC F2): alice could give her key the header
+/// `Authorization=${key.id}` (or `X-Api-Key`, `X-Forwarded-For`, ...), which a proxy
+/// copying auth-answer headers by pattern sends upstream over the request's own. A
+/// record stored before these names were reserved does not send them either.
+#[tokio::test]
+async fn an_owner_cannot_set_headers_proxies_forward_or_trust() {
+    let f = fixture();
+    let issued = f.keys.create(&alice(), req("alice", "k")).await.unwrap();
+    let id = issued.view.id.to_string();
+    for h in [
+        "Authorization=${key.id}",
+        "X-Api-Key=${key.id}",
+        "X-Forwarded-User=${key.owner}",
+        "Cookie=${key.id}",
+    ] {
+        for actor in [alice(), admin()] {
+            let e = f
+                .keys
+                .edit(
+                    &actor,
+                    &id,
+                    EditKey {
+                        headers: Some(vec![h.into()]),
+                        ..EditKey::default()
+                    },
+                )
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(&e, KeyError::Invalid { field: "headers", message } if message.contains("reserved")),
+                "{h}: {e:?}"
+            );
+        }
+    }
+
+    let mut v = f.keys.verify(issued.key.expose(), None, None);
+    let live = f.keys.resolve(&mut v).unwrap();
+    let mut rec = f.keys.record(&live).unwrap();
+    rec.headers = ["Authorization", "X-Forwarded-User", "X-Tenant"]
+        .iter()
+        .map(|n| headers::HeaderTemplate {
+            name: (*n).into(),
+            template: "${key.owner}".into(),
+        })
+        .collect();
+    let writer = f.keys.lock_writer().await;
+    let audit = f.keys.audit_entry(&admin(), "edit", rec.id, String::new());
+    f.keys
+        .commit_and_publish_with(writer, rec, audit, Default::default(), vec![])
+        .await
+        .unwrap();
+    let mut v = f.keys.verify(issued.key.expose(), None, None);
+    let live = f.keys.resolve(&mut v).unwrap();
+    let sent: Vec<_> = live
+        .rendered_headers(&id)
+        .into_iter()
+        .map(|(t, v)| format!("{}={v}", t.name))
+        .collect();
+    assert_eq!(sent, ["X-Tenant=alice"]);
+}

@@ -44,7 +44,11 @@ pub enum HeaderError {
         "{0:?} is reserved: apikeyd sets X-Api-Key-* and the answer's own headers \
          (Content-Length, Transfer-Encoding, Connection, Date, Cache-Control, \
          Keep-Alive, TE, Trailer, Upgrade, Proxy-Connection, Retry-After, \
-         WWW-Authenticate)"
+         WWW-Authenticate), and proxies may copy a key's headers over the request's \
+         credentials, cookies, host and client address (Authorization, \
+         Proxy-Authorization, X-Api-Key, Cookie, Set-Cookie, Host, Forwarded, \
+         X-Forwarded-*, X-Real-IP, X-Original-URI, X-Original-URL, \
+         X-Original-Method, X-Required-Scope)"
     )]
     Reserved(String),
     /// Bad characters or too long.
@@ -72,7 +76,24 @@ pub fn parse(input: &str) -> Result<HeaderTemplate, HeaderError> {
 /// the headers that frame the answer or manage the connection, which a second copy
 /// would corrupt (a proxy reading `Transfer-Encoding: chunked` on a bodiless answer
 /// would wait for a body, or take the next answer on its connection for one).
+/// Also the request's credentials, cookies, host and client-address headers, and
+/// the ones apikeyd's forward-auth reads: a proxy that copies auth-answer headers
+/// by pattern (Traefik `authResponseHeadersRegex`, Envoy `allowed_upstream_headers`)
+/// would put a key's value in place of the upstream's own (`X-Api-Key` is the
+/// default `[auth] key_headers`; configured ones are not known here, see README).
 const RESERVED: &[&str] = &[
+    "authorization",
+    "proxy-authorization",
+    "x-api-key",
+    "cookie",
+    "set-cookie",
+    "host",
+    "forwarded",
+    "x-real-ip",
+    "x-original-uri",
+    "x-original-url",
+    "x-original-method",
+    "x-required-scope",
     "content-length",
     "transfer-encoding",
     "connection",
@@ -87,6 +108,10 @@ const RESERVED: &[&str] = &[
     "www-authenticate",
 ];
 
+/// Prefixes of reserved names: apikeyd's `X-Api-Key-*` answer headers, and the
+/// `X-Forwarded-*` family proxies use for the client's address, host and URI.
+const RESERVED_PREFIXES: &[&str] = &["x-api-key-", "x-forwarded-"];
+
 /// Whether two header names are the same header to a proxy: ASCII case is ignored,
 /// and `_` is `-` (nginx's `$http_x_tenant` and `$upstream_http_x_tenant` match
 /// `X-Tenant` and `X_Tenant` alike).
@@ -100,7 +125,9 @@ pub fn same_name(a: &str, b: &str) -> bool {
 
 /// Whether a template may not set header `name` (compared as [`same_name`] does).
 pub fn reserved(name: &str) -> bool {
-    name.get(..10).is_some_and(|p| same_name(p, "x-api-key-"))
+    RESERVED_PREFIXES
+        .iter()
+        .any(|pre| name.get(..pre.len()).is_some_and(|p| same_name(p, pre)))
         || RESERVED.iter().any(|r| same_name(r, name))
 }
 
@@ -302,6 +329,55 @@ mod review_tests {
         assert!(!sendable("X_Tenant"));
         assert!(!sendable("X_Api_Key_Owner"));
         assert!(sendable("X-Tenant"));
+    }
+
+    /// Regression (second review, FC F2): an owner could set `Authorization` or
+    /// `X-Api-Key` (to `${key.id}`), and `Cookie`, `Host`, `X-Forwarded-For`, ...;
+    /// a proxy that copies auth-answer headers by pattern would send the key's value
+    /// to the upstream in place of the request's credentials or client address.
+    #[test]
+    fn names_proxies_forward_or_trust_are_reserved() {
+        for name in [
+            "Authorization",
+            "Proxy-Authorization",
+            "X-Api-Key",
+            "x-api-key",
+            "Cookie",
+            "Set-Cookie",
+            "Host",
+            "Forwarded",
+            "X-Forwarded-For",
+            "x-forwarded-uri",
+            "X-Forwarded-Host",
+            "X-Forwarded-Proto",
+            "X-Real-IP",
+            "X-Original-URI",
+            "X-Original-URL",
+            "X-Original-Method",
+            "X-Required-Scope",
+        ] {
+            assert!(reserved(name), "{name}");
+            assert!(!sendable(name), "{name}");
+            assert!(
+                matches!(
+                    parse(&format!("{name}=${{key.id}}")),
+                    Err(HeaderError::Reserved(_))
+                ),
+                "{name}"
+            );
+        }
+        // Compared as proxies do.
+        assert!(reserved("proxy_authorization") && reserved("X_FORWARDED_FOR"));
+        for free in [
+            "X-Tenant",
+            "X-Api-Keys",
+            "X-Forwarded",
+            "Authorizations",
+            "Hostname",
+            "X-Original",
+        ] {
+            assert!(!reserved(free), "{free}");
+        }
     }
 
     #[test]

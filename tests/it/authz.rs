@@ -462,6 +462,110 @@ fn owners_cannot_bring_back_retired_tokens_or_shadow_admin_headers() {
     );
 }
 
+/// Regression (second review, FC F1): alice imported token T; root removed the key
+/// (or rotated it without grace, or narrowed it to `catalog:read` expiring in a day,
+/// after which alice removed it), and alice imported T again: VALID, with
+/// `catalog:sync` and a fresh expiry. An admin's remove, rotate and narrowing left
+/// the retired token unrestricted. FC F2: alice could also give a key the header
+/// `Authorization=${key.id}`, which a proxy copying auth-answer headers by pattern
+/// sends upstream over the request's own.
+#[test]
+fn owners_cannot_reimport_tokens_an_admin_retired_or_narrowed() {
+    if !needs_root("owners_cannot_reimport_tokens_an_admin_retired_or_narrowed") {
+        return;
+    }
+    let d = TestDaemon::start_with(DEFAULT_POLICY, AUTH);
+    let run = |args: &[&str]| d.ctl_as(Some(NOBODY), args);
+    let import = |name: &str, token: &str| {
+        let file = d.path(name);
+        std::fs::write(&file, format!("{token}\n")).unwrap();
+        std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+            .unwrap();
+        run(&[
+            "key",
+            "import",
+            "--name",
+            name,
+            "--secret-file",
+            file.to_str().unwrap(),
+            "--json",
+        ])
+    };
+    let imported = |name: &str, token: &str| -> String {
+        let out = import(name, token);
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["id"].as_str().unwrap().to_owned()
+    };
+    let refused = |name: &str, token: &str| {
+        let audit = d.audit_len();
+        let out = import(name, token);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(
+            !out.status.success(),
+            "{name} should fail: {}",
+            stdout(&out)
+        );
+        assert!(
+            err.contains("removed or rotated and cannot be imported again; ask an admin"),
+            "{name}: {err}"
+        );
+        assert_eq!(d.audit_len(), audit);
+        assert_eq!(verify(&d, token, None)["code"], "NOT_FOUND");
+    };
+
+    let removed = "legacy-token-0123456789-root-removed";
+    let id = imported("t1", removed);
+    d.ok(&["key", "remove", &id]);
+    refused("t1again", removed);
+
+    let rotated = "legacy-token-0123456789-root-rotated";
+    let id = imported("t2", rotated);
+    d.ok(&["key", "rotate", &id]);
+    refused("t2again", rotated);
+
+    let narrowed = "legacy-token-0123456789-root-narrowed";
+    let id = imported("t3", narrowed);
+    d.ok(&[
+        "key",
+        "edit",
+        &id,
+        "--scopes",
+        "catalog:read",
+        "--expires-in",
+        "p1d",
+    ]);
+    let out = run(&["key", "remove", &id]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    refused("t3again", narrowed);
+
+    // Her own removal of a key no admin touched still lets her bring it back.
+    let mine = "legacy-token-0123456789-alices-own";
+    let id = imported("t4", mine);
+    let out = run(&["key", "remove", &id]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = imported("t4again", mine);
+    assert_eq!(verify(&d, mine, Some("catalog:sync"))["code"], "VALID");
+
+    // F2.
+    let out = run(&["key", "edit", &id, "--header", "Authorization=${key.id}"]);
+    assert!(!out.status.success(), "{}", stdout(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("\"Authorization\" is reserved"), "{err}");
+}
+
 /// Regression (review F4): alice moved to a group with `scopes = []` kept a key
 /// that `/v1/auth` admitted on any route without a scope and `/v1/verify` called
 /// VALID; `key list` showed it active and `/metrics` counted it so, as it did keys

@@ -92,7 +92,50 @@ impl AuthConfig {
     /// one: the path is matched under each combination, and refused unless all
     /// give the same route. A normal path without `;` costs one scan of the
     /// routes and no allocation.
+    ///
+    /// A refused path that no reading can bring under any route (its first
+    /// segment is plain and no route's, and it has no dot segment in any
+    /// spelling) is not refused: it has no route, as it would if it were normal.
+    /// So `/api//v2` or `/files/caf%C3%A9` still reach an application beside the
+    /// protected ones; the check runs only for paths that would be refused.
     pub fn route_of(&self, uri: &str) -> Result<Option<&Route>, route_path::BadPath> {
+        match self.route_of_every_reading(uri) {
+            Err(_) if self.outside_every_route(uri) => Ok(None),
+            route => route,
+        }
+    }
+
+    /// Whether no reading of the origin-form `uri` can reach a route: its first
+    /// segment is plain ASCII (letters, digits, `-`, `_`, `.` inside) that is no
+    /// route's first segment, ignoring case, and nothing after it can climb back
+    /// (no `.` or escaped `.` right after a `/`, `\` or escaped separator). An
+    /// absolute URL or a path starting with `//` could name any path: never.
+    fn outside_every_route(&self, uri: &str) -> bool {
+        let Some(rest) = uri.strip_prefix('/') else {
+            return false;
+        };
+        let first = rest.split('/').next().unwrap_or("");
+        let plain = |b: u8| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.';
+        if first.is_empty()
+            || !first.bytes().all(plain)
+            || first.starts_with('.')
+            || first.ends_with('.')
+        {
+            return false;
+        }
+        let lower = rest.to_ascii_lowercase();
+        let climbs = ["/", "\\", "%2f", "%5c"]
+            .iter()
+            .any(|sep| lower.contains(&format!("{sep}.")) || lower.contains(&format!("{sep}%2e")));
+        !climbs
+            && self.routes.iter().all(|r| {
+                let route_first = r.prefix.trim_start_matches('/').split('/').next();
+                route_first.is_some_and(|f| !f.is_empty() && !f.eq_ignore_ascii_case(first))
+            })
+    }
+
+    /// [`AuthConfig::route_of`] before the look at paths outside every route.
+    fn route_of_every_reading(&self, uri: &str) -> Result<Option<&Route>, route_path::BadPath> {
         use route_path::{normalise_with, BadPath, Params};
         let dropped = normalise_with(uri, Params::Drop)?;
         let route = self.route_either_case(&dropped).ok_or(BadPath::Ambiguous)?;

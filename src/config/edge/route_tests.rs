@@ -238,3 +238,47 @@ fn prefixes_ending_in_a_slash_are_refused() {
         "{problems:?}"
     );
 }
+
+/// Review of issue 9 (second round, F6): once any route existed, a path that
+/// could not be normalised was refused site-wide, also where no reading could
+/// reach a route (`/api//v2/items`, `/files/caf%C3%A9`). Those have no route now;
+/// anything that could climb or be read into a route's first segment is still
+/// refused.
+#[test]
+fn refused_paths_outside_every_route_have_no_route() {
+    let c = catalog_routes();
+    for uri in [
+        "/api//v2/items",
+        "/wiki/Washington,_D.C.",
+        "/other/caf%C3%A9",
+        "/files/a%2Fb",
+        "/search/foo%20",
+        "/other/a%25b?x=1",
+        "/other/a\\b",
+    ] {
+        assert_eq!(c.route_of(uri), Ok(None), "{uri}");
+    }
+    for uri in [
+        "//catalog/sync/run",
+        "/x/../catalog/sync",
+        "/x/%2e%2e/catalog/sync",
+        "/x/%2E./catalog/sync",
+        "/x\\..\\catalog/sync",
+        "/x%2f..%2fcatalog/sync",
+        "/x%5c%2e%2e%5ccatalog/sync",
+        "/x/..;/catalog/sync",
+        "/CATALOG//sync",
+        "/cat%61log//sync",
+        "/catalog.//sync",
+        "/catalog;p//sync",
+        "/.catalog//sync",
+        "http://h/x//y",
+        "/catalog/sync//x",
+        "/admin/a%2Fb",
+    ] {
+        assert!(c.route_of(uri).is_err(), "{uri}: {:?}", c.route_of(uri));
+    }
+    // A route at the root covers every first segment.
+    let root = routes(&["/", "/catalog/sync"]).unwrap();
+    assert!(root.route_of("/api//v2").is_err());
+}

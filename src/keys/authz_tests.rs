@@ -7,45 +7,9 @@ use std::sync::Arc;
 
 use chrono::{TimeZone, Utc};
 
+use super::test_support::*;
 use super::*;
 use crate::clock::ManualClock;
-use crate::config::{self, Environment};
-use crate::keys::secret::ServerSecret;
-
-const CONFIG: &str = r#"
-[ApiKey]
-MaxExpirationPeriod = "p6m"
-NotAccessedExpirationPeriod = "p3m"
-DefaultExpirationPeriod = "p1y"
-[groups.Synchronizer]
-scopes = ["catalog:read", "catalog:sync"]
-create_keys = true
-[groups.User]
-scopes = ["catalog:read"]
-[groups.Admin]
-scopes = ["catalog:read", "apikeyd:admin"]
-create_keys = true
-manage_all_keys = true
-[users.admin]
-groups = ["Admin"]
-[users.alice]
-groups = ["Synchronizer"]
-[users.bob]
-groups = ["Synchronizer"]
-"#;
-
-fn settings(text: &str) -> Settings {
-    let c = config::parse(
-        std::path::Path::new("t.toml"),
-        text,
-        &Environment::default(),
-    )
-    .unwrap();
-    Settings {
-        policy: c.policy,
-        directory: c.directory,
-    }
-}
 
 /// CONFIG with alice's groups replaced, or alice left out (`None`).
 fn with_alice(groups: Option<&str>) -> Settings {
@@ -57,53 +21,6 @@ fn with_alice(groups: Option<&str>) -> Settings {
         None => CONFIG.replace("[users.alice]\ngroups = [\"Synchronizer\"]\n", ""),
     };
     settings(&text)
-}
-
-struct Fixture {
-    _dir: tempfile::TempDir,
-    path: std::path::PathBuf,
-    clock: Arc<ManualClock>,
-    keys: Keys,
-}
-
-fn hasher() -> KeyHasher {
-    KeyHasher::new(&ServerSecret::from_bytes(vec![9; 32]).unwrap())
-}
-
-fn fixture() -> Fixture {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("db.redb");
-    let clock = ManualClock::new(Utc.with_ymd_and_hms(2026, 8, 31, 10, 0, 0).unwrap());
-    let store = Arc::new(Store::open(&path).unwrap());
-    let keys = Keys::open(store, hasher(), clock.clone(), settings(CONFIG)).unwrap();
-    Fixture {
-        _dir: dir,
-        path,
-        clock,
-        keys,
-    }
-}
-
-fn admin() -> Actor {
-    Actor {
-        name: "admin".into(),
-        admin: true,
-    }
-}
-
-fn alice() -> Actor {
-    Actor {
-        name: "alice".into(),
-        admin: false,
-    }
-}
-
-fn req(user: &str, name: &str) -> CreateKey {
-    CreateKey {
-        user: Some(user.into()),
-        name: name.into(),
-        ..CreateKey::default()
-    }
 }
 
 fn forbidden(e: KeyError) -> String {

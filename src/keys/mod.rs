@@ -2523,6 +2523,8 @@ fn resolve_create_expiry(
 #[cfg(test)]
 mod authz_tests;
 #[cfg(test)]
+mod test_support;
+#[cfg(test)]
 mod tests;
 
 #[cfg(test)]

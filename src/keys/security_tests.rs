@@ -4,15 +4,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::future::Future;
-use std::sync::Arc;
 use std::task::Context;
 
-use chrono::{TimeZone, Utc};
-
+use super::test_support::{admin, fixture_with_alerts, Fixture};
 use super::*;
-use crate::clock::ManualClock;
 use crate::config::{self, Environment};
-use crate::keys::secret::ServerSecret;
 
 const CONFIG: &str = r#"
 [ApiKey]
@@ -35,50 +31,12 @@ groups = ["Synchronizer"]
 email = "alice@example.org"
 "#;
 
-struct F {
-    _dir: tempfile::TempDir,
-    clock: Arc<ManualClock>,
-    keys: Keys,
+fn fixture_with(text: &str) -> Fixture {
+    fixture_with_alerts(text)
 }
 
-fn fixture_with(text: &str) -> F {
-    let dir = tempfile::tempdir().unwrap();
-    let c = config::parse(
-        std::path::Path::new("t.toml"),
-        text,
-        &Environment::default(),
-    )
-    .unwrap();
-    let clock = ManualClock::new(Utc.with_ymd_and_hms(2026, 8, 31, 10, 0, 0).unwrap());
-    let store = Arc::new(Store::open(&dir.path().join("db.redb")).unwrap());
-    let hasher = KeyHasher::new(&ServerSecret::from_bytes(vec![5; 32]).unwrap());
-    let keys = Keys::open(
-        store,
-        hasher,
-        clock.clone(),
-        Settings {
-            policy: c.policy,
-            directory: c.directory,
-        },
-    )
-    .unwrap();
-    keys.set_alert_config(c.alerts);
-    F {
-        _dir: dir,
-        clock,
-        keys,
-    }
-}
-
-fn fixture() -> F {
-    fixture_with(CONFIG)
-}
-
-fn admin() -> Actor {
-    Actor {
-        name: "admin".into(),
-        admin: true,
-    }
+fn fixture() -> Fixture {
+    fixture_with_alerts(CONFIG)
 }
 
 fn token(n: usize) -> String {

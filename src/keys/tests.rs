@@ -6,98 +6,10 @@ use std::sync::Arc;
 
 use chrono::{Duration, TimeZone, Utc};
 
+use super::test_support::*;
 use super::*;
-use crate::clock::{Clock, ManualClock};
+use crate::clock::Clock;
 use crate::config::{self, Environment};
-use crate::keys::secret::ServerSecret;
-
-struct Fixture {
-    _dir: tempfile::TempDir,
-    path: std::path::PathBuf,
-    clock: Arc<ManualClock>,
-    keys: Keys,
-}
-
-const CONFIG: &str = r#"
-[ApiKey]
-MaxExpirationPeriod = "p6m"
-NotAccessedExpirationPeriod = "p3m"
-DefaultExpirationPeriod = "p1y"
-[groups.Synchronizer]
-scopes = ["catalog:read", "catalog:sync"]
-create_keys = true
-[groups.User]
-scopes = ["catalog:read"]
-[groups.Admin]
-scopes = ["catalog:read", "apikeyd:admin"]
-create_keys = true
-manage_all_keys = true
-[users.admin]
-groups = ["Admin"]
-[users.alice]
-groups = ["Synchronizer"]
-[users.bob]
-groups = ["Synchronizer"]
-[users.carol]
-groups = ["User"]
-"#;
-
-fn settings(text: &str) -> Settings {
-    let c = config::parse(
-        std::path::Path::new("t.toml"),
-        text,
-        &Environment::default(),
-    )
-    .unwrap();
-    Settings {
-        policy: c.policy,
-        directory: c.directory,
-    }
-}
-
-fn hasher() -> KeyHasher {
-    KeyHasher::new(&ServerSecret::from_bytes(vec![9; 32]).unwrap())
-}
-
-fn fixture_with(text: &str) -> Fixture {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("db.redb");
-    let clock = ManualClock::new(Utc.with_ymd_and_hms(2026, 8, 31, 10, 0, 0).unwrap());
-    let store = Arc::new(Store::open(&path).unwrap());
-    let keys = Keys::open(store, hasher(), clock.clone(), settings(text)).unwrap();
-    Fixture {
-        _dir: dir,
-        path,
-        clock,
-        keys,
-    }
-}
-
-fn fixture() -> Fixture {
-    fixture_with(CONFIG)
-}
-
-fn admin() -> Actor {
-    Actor {
-        name: "admin".into(),
-        admin: true,
-    }
-}
-
-fn alice() -> Actor {
-    Actor {
-        name: "alice".into(),
-        admin: false,
-    }
-}
-
-fn req(user: &str, name: &str) -> CreateKey {
-    CreateKey {
-        user: Some(user.into()),
-        name: name.into(),
-        ..CreateKey::default()
-    }
-}
 
 fn is_invalid(e: &KeyError, field: &str) -> bool {
     matches!(e, KeyError::Invalid { field: f, .. } if *f == field)

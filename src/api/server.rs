@@ -661,8 +661,15 @@ impl hyper::service::Service<Request<Incoming>> for Connection {
         let busy = Busy::new(&self.activity);
         let mut req = req.map(Body::new);
         match &self.peer {
-            Peer::Tcp(peer) if req.uri().path() == http1::AUTH_PATH => {
-                let r = auth::check(&self.state, peer.ip(), req.uri(), req.headers(), None);
+            Peer::Tcp(peer) if auth::forward_auth_kind(req.uri().path()).is_some() => {
+                let uri = req.uri();
+                let r = auth::check(
+                    &self.state,
+                    peer.ip(),
+                    uri,
+                    req.headers(),
+                    auth::appended(uri),
+                );
                 return Answer {
                     kind: AnswerKind::Ready(Some(r)),
                     _busy: busy,

@@ -112,7 +112,7 @@ pub async fn serve_tcp(
         // limit only: otherwise a few clients filling `max_connections` would lock
         // out the proxy, and with it every client behind it.
         let client = state.edge.limiter.client_of(peer.ip());
-        let Some(slot) = slots.take(client, || {
+        let Ok(slot) = slots.take(client, || {
             crate::keys::ipfilter::allows_any(&state.edge.auth().config.trusted_proxies, peer.ip())
         }) else {
             drop(stream);
@@ -145,10 +145,19 @@ pub async fn serve_tcp(
     close_tx.closed().await;
 }
 
+/// How long a refused socket connection is given to send its request before the
+/// 503 answer is written: hyper's client (apikeyctl) fails on an answer that comes
+/// before its request is written, instead of printing it.
+const REFUSAL_WAIT: Duration = Duration::from_millis(250);
+/// Refused socket connections answered at once; more are closed without answer.
+const MAX_REFUSALS: usize = 32;
+
 /// Serve `router` on the admin socket as [`serve_tcp`] serves TCP: the same head
 /// and idle timeouts and bounded stop, and the same connection limits, a local
-/// account (uid) being one client. Root is exempt from `max_connections`, so an
-/// administrator can always get in.
+/// account (uid) being one client. Administrators (root, and accounts mapped to a
+/// user who manages all keys) are exempt from `max_connections`, so an
+/// administrator can always get in. A refused connection is answered 503 with the
+/// limit it hit, so apikeyctl can say why.
 pub async fn serve_unix(
     listener: UnixListener,
     router: Router,
@@ -161,15 +170,35 @@ pub async fn serve_unix(
     let (close_tx, close_rx) = watch::channel(());
     let shutdown = Arc::new(Shutdown::default());
     let slots = limits.0;
+    let refusing = Arc::new(AtomicUsize::new(0));
     loop {
         let stream = tokio::select! {
             accepted = accept_unix(&listener) => accepted,
             () = stopped(&mut stop) => break,
         };
         let uid = stream.peer_cred().ok().map(|c| c.uid());
-        let Some(slot) = slots.take(Client::Local(uid), || uid == Some(0)) else {
-            drop(stream);
-            continue;
+        // Asked only when `max_connections` is reached: the account database and
+        // the directory are read then, not on every connection.
+        let exempt = || {
+            uid.is_some_and(|uid| {
+                super::peer::is_admin(uid, &slots.state.keys.settings().directory)
+            })
+        };
+        let slot = match slots.take(Client::Local(uid), exempt) {
+            Ok(slot) => slot,
+            Err(why) => {
+                if refusing.fetch_add(1, Ordering::Relaxed) < MAX_REFUSALS {
+                    let refusing = refusing.clone();
+                    let answer = refusal(why, &slots);
+                    tokio::spawn(async move {
+                        refuse(stream, &answer).await;
+                        refusing.fetch_sub(1, Ordering::Relaxed);
+                    });
+                } else {
+                    refusing.fetch_sub(1, Ordering::Relaxed);
+                }
+                continue;
+            }
         };
         let state = slots.state.clone();
         let router = router.clone();
@@ -187,6 +216,56 @@ pub async fn serve_unix(
     drop(close_rx);
     drop(listener);
     close_tx.closed().await;
+}
+
+/// The 503 answer to a connection refused over `why`, naming the limit.
+fn refusal(why: Refused, slots: &Slots) -> Vec<u8> {
+    let message = match why {
+        Refused::Total => format!(
+            "too many connections to apikeyd: server.max_connections ({}) reached; try again later",
+            slots.max_total
+        ),
+        Refused::PerClient => format!(
+            "too many connections from this account: server.max_connections_per_client ({}) reached; close some and try again",
+            slots.max_per_client
+        ),
+    };
+    let body = serde_json::json!({"error": {"code": why.as_str(), "message": message}}).to_string();
+    format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// Answer a refused socket connection with `answer` once its request head is in
+/// (or after [`REFUSAL_WAIT`]), then close it.
+async fn refuse(mut stream: tokio::net::UnixStream, answer: &[u8]) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let deadline = tokio::time::sleep(REFUSAL_WAIT);
+    tokio::pin!(deadline);
+    let mut head: Vec<u8> = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        tokio::select! {
+            read = stream.read(&mut buf) => match read {
+                // Gone: nobody to answer.
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    head.extend_from_slice(&buf[..n]);
+                    if head.len() > 16 * 1024 || head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        break;
+                    }
+                }
+            },
+            () = &mut deadline => break,
+        }
+    }
+    let _ = tokio::time::timeout(REFUSAL_WAIT, async {
+        let _ = stream.write_all(answer).await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
 }
 
 /// Serve one connection with hyper until it ends, expires ([`Activity`]) or the
@@ -294,11 +373,15 @@ impl Slots {
         }
     }
 
-    /// A slot for a connection from `client`, or None (counted and logged) when a
-    /// limit is reached. `exempt` says whether the client is exempt from
+    /// A slot for a connection from `client`, or the limit reached (counted and
+    /// logged). `exempt` says whether the client is exempt from
     /// `max_connections` (keeping its per-client limit); it is asked only when
     /// that limit is reached.
-    fn take(self: &Arc<Self>, client: Client, exempt: impl FnOnce() -> bool) -> Option<Slot> {
+    fn take(
+        self: &Arc<Self>,
+        client: Client,
+        exempt: impl FnOnce() -> bool,
+    ) -> Result<Slot, Refused> {
         let over_total = self.open.fetch_add(1, Ordering::Relaxed) >= self.max_total && !exempt();
         let refused = if over_total {
             Some(Refused::Total)
@@ -324,10 +407,10 @@ impl Slots {
                      apikeyd_connections_refused_total counts them all)"
                 );
             }
-            return None;
+            return Err(why);
         }
         metrics.connection(true);
-        Some(Slot {
+        Ok(Slot {
             slots: self.clone(),
             client,
         })

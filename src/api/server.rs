@@ -8,7 +8,8 @@
 //! Both paths close a connection idle for `server.idle_timeout` and one whose
 //! request head takes longer than `server.header_read_timeout` from its first byte.
 //! Connections over `server.max_connections` (trusted proxies excepted), or over
-//! `server.max_connections_per_client` from one client, are closed when accepted.
+//! `server.max_connections_per_client` from one client, are answered 503 naming
+//! the limit (when the socket takes it at once) and closed when accepted.
 //! The admin socket is served by hyper the same way (no fast path), within the
 //! same limits, a local account being one client.
 
@@ -112,11 +113,16 @@ pub async fn serve_tcp(
         // limit only: otherwise a few clients filling `max_connections` would lock
         // out the proxy, and with it every client behind it.
         let client = state.edge.limiter.client_of(peer.ip());
-        let Ok(slot) = slots.take(client, || {
+        let slot = match slots.take(client, || {
             crate::keys::ipfilter::allows_any(&state.edge.auth().config.trusted_proxies, peer.ip())
-        }) else {
-            drop(stream);
-            continue;
+        }) {
+            Ok(slot) => slot,
+            Err(why) => {
+                // Say why if the socket takes it now; never wait for the client.
+                let _ = stream.try_write(slots.refusal(why));
+                drop(stream);
+                continue;
+            }
         };
         // Answers are written in one piece; do not hold them back for more.
         let _ = stream.set_nodelay(true);
@@ -189,9 +195,9 @@ pub async fn serve_unix(
             Err(why) => {
                 if refusing.fetch_add(1, Ordering::Relaxed) < MAX_REFUSALS {
                     let refusing = refusing.clone();
-                    let answer = refusal(why, &slots);
+                    let slots = slots.clone();
                     tokio::spawn(async move {
-                        refuse(stream, &answer).await;
+                        refuse(stream, slots.refusal(why)).await;
                         refusing.fetch_sub(1, Ordering::Relaxed);
                     });
                 } else {
@@ -219,15 +225,15 @@ pub async fn serve_unix(
 }
 
 /// The 503 answer to a connection refused over `why`, naming the limit.
-fn refusal(why: Refused, slots: &Slots) -> Vec<u8> {
+fn refusal(why: Refused, server: &ServerConfig) -> Vec<u8> {
     let message = match why {
         Refused::Total => format!(
             "too many connections to apikeyd: server.max_connections ({}) reached; try again later",
-            slots.max_total
+            server.max_connections
         ),
         Refused::PerClient => format!(
-            "too many connections from this account: server.max_connections_per_client ({}) reached; close some and try again",
-            slots.max_per_client
+            "too many connections from this client: server.max_connections_per_client ({}) reached; close some and try again",
+            server.max_connections_per_client
         ),
     };
     let body = serde_json::json!({"error": {"code": why.as_str(), "message": message}}).to_string();
@@ -352,6 +358,9 @@ struct Slots {
     state: AppState,
     /// The minute of the last warning about refused connections.
     warned: AtomicU64,
+    /// The 503 answers to refused connections: over `max_connections`, over
+    /// `max_connections_per_client`.
+    refusals: [Vec<u8>; 2],
 }
 
 /// One open connection's place in [`Slots`], given back on drop.
@@ -370,6 +379,18 @@ impl Slots {
             per_client: Mutex::new(HashMap::new()),
             state,
             warned: AtomicU64::new(0),
+            refusals: [
+                refusal(Refused::Total, server),
+                refusal(Refused::PerClient, server),
+            ],
+        }
+    }
+
+    /// The 503 answer to a connection refused over `why`.
+    fn refusal(&self, why: Refused) -> &[u8] {
+        match why {
+            Refused::Total => &self.refusals[0],
+            Refused::PerClient => &self.refusals[1],
         }
     }
 

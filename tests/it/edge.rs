@@ -862,17 +862,26 @@ fn idle_keep_alive_connections_are_closed_after_the_idle_timeout() {
     closed_after_idle(&mut r, Instant::now(), "after a slow body");
 }
 
-/// Whether the server closed `s` without answering `req` (at once: the read
-/// times out after 5 s otherwise).
+/// Whether the server closed `s` at once, without answering `req` but with its
+/// 503 refusal (the read times out after 5 s otherwise).
 fn refused(mut s: std::net::TcpStream, req: &str) -> bool {
     use std::io::{Read, Write};
     let _ = s.write_all(req.as_bytes());
     let mut buf = [0u8; 64];
     match s.read(&mut buf) {
         Ok(0) => true,
-        Ok(_) => false,
+        Ok(n) => buf[..n].starts_with(b"HTTP/1.1 503"),
         Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
     }
+}
+
+/// The refusal a connection from `source` reads without sending anything.
+fn refusal_from(source: &str, addr: std::net::SocketAddr) -> String {
+    use std::io::Read;
+    let mut s = connect_from(source, addr);
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    text
 }
 
 /// Regression (issue 9, item 6): there was no limit on connections, so one client
@@ -913,11 +922,20 @@ fn connections_over_the_limits_are_refused_and_open_ones_keep_working() {
     for c in &mut first {
         still_works(c);
     }
+    // Issue 9 review, F4: a refused client is told which limit it hit.
+    let text = refusal_from("127.0.0.1", d.addr);
+    assert!(text.starts_with("HTTP/1.1 503"), "{text}");
+    assert!(
+        text.contains("server.max_connections_per_client (3)"),
+        "{text}"
+    );
     let mut second: Vec<_> = (0..3).map(|_| open("127.0.0.2")).collect();
     assert!(
         refused(connect_from("127.0.0.3", d.addr), &auth),
         "a seventh connection is refused, whoever opens it"
     );
+    let text = refusal_from("127.0.0.3", d.addr);
+    assert!(text.contains("server.max_connections (6)"), "{text}");
     for c in first.iter_mut().chain(second.iter_mut()) {
         still_works(c);
     }
@@ -940,7 +958,7 @@ fn connections_over_the_limits_are_refused_and_open_ones_keep_working() {
     assert_eq!(value("apikeyd_connections_open"), 6);
     assert_eq!(
         value("apikeyd_connections_refused_total{reason=\"max_connections_per_client\"}"),
-        1
+        2
     );
     // The seventh, and any try above made before the server saw the close.
     assert!(value("apikeyd_connections_refused_total{reason=\"max_connections\"}") >= 1);

@@ -1,8 +1,9 @@
-//! `/v1/auth` answered on the connection. A reverse proxy asks about every request it
-//! forwards, over a few keep-alive connections that carry nothing else, so the
-//! connection reads request heads itself (httparse, as hyper does) and writes each
-//! answer as bytes: no request or response header maps, no body machinery. Answers
-//! to requests that arrived together go out in one write.
+//! `/v1/auth` (and Envoy's `/v1/auth/{path}`) answered on the connection. A reverse
+//! proxy asks about every request it forwards, over a few keep-alive connections
+//! that carry nothing else, so the connection reads request heads itself
+//! (httparse, as hyper does) and writes each answer as bytes: no request or
+//! response header maps, no body machinery. Answers to requests that arrived
+//! together go out in one write.
 //!
 //! Anything else — another path, HTTP/1.0, a request body, `Expect`, `Upgrade`,
 //! headers over `auth.max_header_bytes` (which hyper's path refuses with a JSON

@@ -1,6 +1,6 @@
 //! `[[auth.routes]]` against the real daemon, without a proxy: the original URI in
 //! the URI headers and in the path Envoy appends to `/v1/auth/`, on the fast path
-//! (HTTP/1.1) and on hyper's (HTTP/1.0, and `/v1/auth/{path}` through the router).
+//! (HTTP/1.1) and on hyper's (HTTP/1.0, and after a request the fast path hands over).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{Read, Write};

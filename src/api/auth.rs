@@ -279,16 +279,35 @@ pub async fn auth(State(st): State<AppState>, req: Request) -> Response {
     }
 }
 
-/// `/v1/auth/{*path}`: Envoy's ext_authz appends the original path to the prefix.
-/// The path is taken from the URL as it came, not decoded: decoding it here would
-/// turn `%2F` into a separator before the route check could refuse it.
+/// `/v1/auth/{*path}` and `/v1/auth/`: Envoy's ext_authz appends the original path
+/// to the prefix, so a request for the site root arrives as `/v1/auth/`.
 pub async fn auth_path(State(st): State<AppState>, req: Request) -> Response {
-    let full = req.uri().path_and_query().map_or("", |pq| pq.as_str());
-    let original = full.strip_prefix(super::http1::AUTH_PATH);
     match peer_of(&req) {
-        Some(peer) => check(&st, peer, req.uri(), req.headers(), original),
+        Some(peer) => check(&st, peer, req.uri(), req.headers(), appended(req.uri())),
         None => no_peer(),
     }
+}
+
+/// Which forward-auth request `path` (a URL's path) is: `Some(false)` for
+/// `/v1/auth`, `Some(true)` for `/v1/auth/...`, the original path appended by
+/// Envoy (`/v1/auth/` included: the site root), None for any other path.
+pub fn forward_auth_kind(path: &str) -> Option<bool> {
+    let rest = path.strip_prefix(super::http1::AUTH_PATH)?;
+    if rest.is_empty() {
+        Some(false)
+    } else {
+        rest.starts_with('/').then_some(true)
+    }
+}
+
+/// The original URI Envoy appended to `/v1/auth` in `uri` (`/` for `/v1/auth/`),
+/// with `uri`'s query. It is taken from the URL as it came, not decoded: decoding it
+/// here would turn `%2F` into a separator before the route check could refuse it.
+pub fn appended(uri: &Uri) -> Option<&str> {
+    uri.path_and_query()?
+        .as_str()
+        .strip_prefix(super::http1::AUTH_PATH)
+        .filter(|rest| rest.starts_with('/'))
 }
 
 /// The size of a request's headers as `auth.max_header_bytes` counts it: each name

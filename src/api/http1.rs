@@ -1,8 +1,9 @@
-//! `/v1/auth` answered on the connection. A reverse proxy asks about every request it
-//! forwards, over a few keep-alive connections that carry nothing else, so the
-//! connection reads request heads itself (httparse, as hyper does) and writes each
-//! answer as bytes: no request or response header maps, no body machinery. Answers
-//! to requests that arrived together go out in one write.
+//! `/v1/auth` (and Envoy's `/v1/auth/{path}`) answered on the connection. A reverse
+//! proxy asks about every request it forwards, over a few keep-alive connections
+//! that carry nothing else, so the connection reads request heads itself
+//! (httparse, as hyper does) and writes each answer as bytes: no request or
+//! response header maps, no body machinery. Answers to requests that arrived
+//! together go out in one write.
 //!
 //! Anything else — another path, HTTP/1.0, a request body, `Expect`, `Upgrade`,
 //! headers over `auth.max_header_bytes` (which hyper's path refuses with a JSON
@@ -299,21 +300,24 @@ fn answer(st: &AppState, peer: SocketAddr, input: &[u8], closing: bool, out: &mu
     let Some(target) = req.path else {
         return Step::Handoff;
     };
-    // The usual target is the bare path. One with a query or fragment is read as
-    // hyper reads it (which also refuses characters a URI may not have).
+    // The usual target is the bare path. Any other is read as hyper reads it
+    // (which also refuses characters a URI may not have): one with a query, or
+    // Envoy's `/v1/auth/ORIGINAL` (`/v1/auth/` for the site root).
     let parsed;
-    let (path, query) = if target == AUTH_PATH {
-        (target, None)
+    let (query, appended) = if target == AUTH_PATH {
+        (None, None)
     } else {
         let Ok(pq) = axum::http::uri::PathAndQuery::try_from(target) else {
             return Step::Handoff;
         };
         parsed = pq;
-        (parsed.path(), parsed.query())
+        match auth::forward_auth_kind(parsed.path()) {
+            Some(false) => (parsed.query(), None),
+            // Not decoded, as hyper's path takes it (auth::appended).
+            Some(true) => (parsed.query(), parsed.as_str().strip_prefix(AUTH_PATH)),
+            None => return Step::Handoff,
+        }
     };
-    if path != AUTH_PATH {
-        return Step::Handoff;
-    }
     let Some((close, size)) = plain_head(req.headers) else {
         return Step::Handoff;
     };
@@ -322,7 +326,7 @@ fn answer(st: &AppState, peer: SocketAddr, input: &[u8], closing: bool, out: &mu
     if size > plan.config.max_header_bytes {
         return Step::Handoff;
     }
-    let outcome = auth::decide(st, &plan, peer.ip(), query, &Head(req.headers), None);
+    let outcome = auth::decide(st, &plan, peer.ip(), query, &Head(req.headers), appended);
     write_answer(out, &outcome, close);
     Step::Answered { len, close }
 }

@@ -560,11 +560,12 @@ fn public_routes() -> Routes {
 /// Forward-auth, served on TCP only: it judges the client by the TCP peer (and
 /// the addresses a trusted proxy names), which a socket caller does not have.
 fn forward_auth_routes() -> Routes {
-    Routes::new().add("/v1/auth", ANY, any(auth::auth)).add(
-        "/v1/auth/{*path}",
-        ANY,
-        any(auth::auth_path),
-    )
+    // axum's `{*path}` does not match an empty tail: `/v1/auth/` (Envoy's request
+    // for the site root) needs its own route.
+    Routes::new()
+        .add("/v1/auth", ANY, any(auth::auth))
+        .add("/v1/auth/", ANY, any(auth::auth_path))
+        .add("/v1/auth/{*path}", ANY, any(auth::auth_path))
 }
 
 /// Every path served on TCP (OpenAPI syntax: `{*path}` becomes `{path}`) with its

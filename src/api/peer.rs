@@ -55,6 +55,12 @@ pub fn actor_for(peer: &UnixPeer, directory: &Directory) -> Result<Actor, String
     }
 }
 
+/// Whether `uid` is an administrator on the admin socket: root, or an account
+/// mapped to a user who manages all keys.
+pub fn is_admin(uid: u32, directory: &Directory) -> bool {
+    actor_for(&UnixPeer { uid: Some(uid) }, directory).is_ok_and(|a| a.admin)
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]

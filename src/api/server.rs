@@ -8,7 +8,8 @@
 //! Both paths close a connection idle for `server.idle_timeout` and one whose
 //! request head takes longer than `server.header_read_timeout` from its first byte.
 //! Connections over `server.max_connections` (trusted proxies excepted), or over
-//! `server.max_connections_per_client` from one client, are closed when accepted.
+//! `server.max_connections_per_client` from one client, are answered 503 naming
+//! the limit (when the socket takes it at once) and closed when accepted.
 //! The admin socket is served by hyper the same way (no fast path), within the
 //! same limits, a local account being one client.
 
@@ -112,11 +113,16 @@ pub async fn serve_tcp(
         // limit only: otherwise a few clients filling `max_connections` would lock
         // out the proxy, and with it every client behind it.
         let client = state.edge.limiter.client_of(peer.ip());
-        let Some(slot) = slots.take(client, || {
+        let slot = match slots.take(client, || {
             crate::keys::ipfilter::allows_any(&state.edge.auth().config.trusted_proxies, peer.ip())
-        }) else {
-            drop(stream);
-            continue;
+        }) {
+            Ok(slot) => slot,
+            Err(why) => {
+                // Say why if the socket takes it now; never wait for the client.
+                let _ = stream.try_write(slots.refusal(why));
+                drop(stream);
+                continue;
+            }
         };
         // Answers are written in one piece; do not hold them back for more.
         let _ = stream.set_nodelay(true);
@@ -145,10 +151,19 @@ pub async fn serve_tcp(
     close_tx.closed().await;
 }
 
+/// How long a refused socket connection is given to send its request before the
+/// 503 answer is written: hyper's client (apikeyctl) fails on an answer that comes
+/// before its request is written, instead of printing it.
+const REFUSAL_WAIT: Duration = Duration::from_millis(250);
+/// Refused socket connections answered at once; more are closed without answer.
+const MAX_REFUSALS: usize = 32;
+
 /// Serve `router` on the admin socket as [`serve_tcp`] serves TCP: the same head
 /// and idle timeouts and bounded stop, and the same connection limits, a local
-/// account (uid) being one client. Root is exempt from `max_connections`, so an
-/// administrator can always get in.
+/// account (uid) being one client. Administrators (root, and accounts mapped to a
+/// user who manages all keys) are exempt from `max_connections`, so an
+/// administrator can always get in. A refused connection is answered 503 with the
+/// limit it hit, so apikeyctl can say why.
 pub async fn serve_unix(
     listener: UnixListener,
     router: Router,
@@ -161,15 +176,35 @@ pub async fn serve_unix(
     let (close_tx, close_rx) = watch::channel(());
     let shutdown = Arc::new(Shutdown::default());
     let slots = limits.0;
+    let refusing = Arc::new(AtomicUsize::new(0));
     loop {
         let stream = tokio::select! {
             accepted = accept_unix(&listener) => accepted,
             () = stopped(&mut stop) => break,
         };
         let uid = stream.peer_cred().ok().map(|c| c.uid());
-        let Some(slot) = slots.take(Client::Local(uid), || uid == Some(0)) else {
-            drop(stream);
-            continue;
+        // Asked only when `max_connections` is reached: the account database and
+        // the directory are read then, not on every connection.
+        let exempt = || {
+            uid.is_some_and(|uid| {
+                super::peer::is_admin(uid, &slots.state.keys.settings().directory)
+            })
+        };
+        let slot = match slots.take(Client::Local(uid), exempt) {
+            Ok(slot) => slot,
+            Err(why) => {
+                if refusing.fetch_add(1, Ordering::Relaxed) < MAX_REFUSALS {
+                    let refusing = refusing.clone();
+                    let slots = slots.clone();
+                    tokio::spawn(async move {
+                        refuse(stream, slots.refusal(why)).await;
+                        refusing.fetch_sub(1, Ordering::Relaxed);
+                    });
+                } else {
+                    refusing.fetch_sub(1, Ordering::Relaxed);
+                }
+                continue;
+            }
         };
         let state = slots.state.clone();
         let router = router.clone();
@@ -187,6 +222,56 @@ pub async fn serve_unix(
     drop(close_rx);
     drop(listener);
     close_tx.closed().await;
+}
+
+/// The 503 answer to a connection refused over `why`, naming the limit.
+fn refusal(why: Refused, server: &ServerConfig) -> Vec<u8> {
+    let message = match why {
+        Refused::Total => format!(
+            "too many connections to apikeyd: server.max_connections ({}) reached; try again later",
+            server.max_connections
+        ),
+        Refused::PerClient => format!(
+            "too many connections from this client: server.max_connections_per_client ({}) reached; close some and try again",
+            server.max_connections_per_client
+        ),
+    };
+    let body = serde_json::json!({"error": {"code": why.as_str(), "message": message}}).to_string();
+    format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// Answer a refused socket connection with `answer` once its request head is in
+/// (or after [`REFUSAL_WAIT`]), then close it.
+async fn refuse(mut stream: tokio::net::UnixStream, answer: &[u8]) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let deadline = tokio::time::sleep(REFUSAL_WAIT);
+    tokio::pin!(deadline);
+    let mut head: Vec<u8> = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        tokio::select! {
+            read = stream.read(&mut buf) => match read {
+                // Gone: nobody to answer.
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    head.extend_from_slice(&buf[..n]);
+                    if head.len() > 16 * 1024 || head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        break;
+                    }
+                }
+            },
+            () = &mut deadline => break,
+        }
+    }
+    let _ = tokio::time::timeout(REFUSAL_WAIT, async {
+        let _ = stream.write_all(answer).await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
 }
 
 /// Serve one connection with hyper until it ends, expires ([`Activity`]) or the
@@ -273,6 +358,9 @@ struct Slots {
     state: AppState,
     /// The minute of the last warning about refused connections.
     warned: AtomicU64,
+    /// The 503 answers to refused connections: over `max_connections`, over
+    /// `max_connections_per_client`.
+    refusals: [Vec<u8>; 2],
 }
 
 /// One open connection's place in [`Slots`], given back on drop.
@@ -291,14 +379,30 @@ impl Slots {
             per_client: Mutex::new(HashMap::new()),
             state,
             warned: AtomicU64::new(0),
+            refusals: [
+                refusal(Refused::Total, server),
+                refusal(Refused::PerClient, server),
+            ],
         }
     }
 
-    /// A slot for a connection from `client`, or None (counted and logged) when a
-    /// limit is reached. `exempt` says whether the client is exempt from
+    /// The 503 answer to a connection refused over `why`.
+    fn refusal(&self, why: Refused) -> &[u8] {
+        match why {
+            Refused::Total => &self.refusals[0],
+            Refused::PerClient => &self.refusals[1],
+        }
+    }
+
+    /// A slot for a connection from `client`, or the limit reached (counted and
+    /// logged). `exempt` says whether the client is exempt from
     /// `max_connections` (keeping its per-client limit); it is asked only when
     /// that limit is reached.
-    fn take(self: &Arc<Self>, client: Client, exempt: impl FnOnce() -> bool) -> Option<Slot> {
+    fn take(
+        self: &Arc<Self>,
+        client: Client,
+        exempt: impl FnOnce() -> bool,
+    ) -> Result<Slot, Refused> {
         let over_total = self.open.fetch_add(1, Ordering::Relaxed) >= self.max_total && !exempt();
         let refused = if over_total {
             Some(Refused::Total)
@@ -324,10 +428,10 @@ impl Slots {
                      apikeyd_connections_refused_total counts them all)"
                 );
             }
-            return None;
+            return Err(why);
         }
         metrics.connection(true);
-        Some(Slot {
+        Ok(Slot {
             slots: self.clone(),
             client,
         })
@@ -661,8 +765,15 @@ impl hyper::service::Service<Request<Incoming>> for Connection {
         let busy = Busy::new(&self.activity);
         let mut req = req.map(Body::new);
         match &self.peer {
-            Peer::Tcp(peer) if req.uri().path() == http1::AUTH_PATH => {
-                let r = auth::check(&self.state, peer.ip(), req.uri(), req.headers(), None);
+            Peer::Tcp(peer) if auth::forward_auth_kind(req.uri().path()).is_some() => {
+                let uri = req.uri();
+                let r = auth::check(
+                    &self.state,
+                    peer.ip(),
+                    uri,
+                    req.headers(),
+                    auth::appended(uri),
+                );
                 return Answer {
                     kind: AnswerKind::Ready(Some(r)),
                     _busy: busy,

@@ -1,6 +1,6 @@
 //! `[[auth.routes]]` against the real daemon, without a proxy: the original URI in
 //! the URI headers and in the path Envoy appends to `/v1/auth/`, on the fast path
-//! (HTTP/1.1) and on hyper's (HTTP/1.0, and `/v1/auth/{path}` through the router).
+//! (HTTP/1.1) and on hyper's (HTTP/1.0, and after a request the fast path hands over).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{Read, Write};
@@ -125,4 +125,54 @@ fn route_scopes_hold_for_every_spelling_on_every_path() {
     }
     assert_eq!(envoy("/catalog/sync%2frun"), (400, bad.clone()));
     assert_eq!(envoy("/catalog/items?page=2"), (200, None));
+}
+
+/// Regression (issue 9 review, F3): Envoy's ext_authz appends the original path to
+/// its `path_prefix` `/v1/auth`, so a request for the site root arrives as
+/// `/v1/auth/` (or `/v1/auth/?q=1`). Both of the daemon's paths answered 404 (the
+/// fast path handed it to hyper, and axum's `/v1/auth/{*path}` does not match an
+/// empty tail), so Envoy refused every request for `/`. It is forward-auth for the
+/// original URI `/` with the URL's query.
+#[test]
+fn envoy_request_for_the_site_root_is_forward_auth() {
+    // A route for the whole site: `/` must be matched as the original path.
+    let edge = "[auth]\ntrusted_proxies = [\"127.0.0.1/32\"]\nquery_param = \"api_key\"\n\
+                [[auth.routes]]\nprefix = \"/\"\nscope = \"catalog:read\"\n";
+    let d = TestDaemon::start_with(DEFAULT_POLICY, edge);
+    let (_, reader) = d.create("alice", "reader", &["--scopes", "catalog:read"]);
+    let (_, other) = d.create("alice", "sync", &["--scopes", "catalog:sync"]);
+    let missing = Some("MISSING".to_owned());
+    let refused = Some("INSUFFICIENT_SCOPE".to_owned());
+    // HTTP/1.1 is answered on the fast path, HTTP/1.0 by hyper.
+    for version in ["HTTP/1.1", "HTTP/1.0"] {
+        for target in ["/v1/auth/", "/v1/auth/?q=1"] {
+            let ask = |key: &str| {
+                let head = format!("GET {target} {version}\r\nHost: t\r\nX-Api-Key: {key}\r\n");
+                raw(d.addr, head.as_bytes())
+            };
+            assert_eq!(ask(&reader), (200, None), "{version} {target}");
+            assert_eq!(ask(&other), (403, refused.clone()), "{version} {target}");
+            let head = format!("GET {target} {version}\r\nHost: t\r\n");
+            assert_eq!(raw(d.addr, head.as_bytes()), (401, missing.clone()));
+        }
+        // The query is the original's: the key may come in it.
+        let head = format!("GET /v1/auth/?api_key={reader} {version}\r\nHost: t\r\n");
+        assert_eq!(raw(d.addr, head.as_bytes()), (200, None), "{version}");
+    }
+    // On hyper after the fast path handed the connection over (keep-alive).
+    let head = format!(
+        "GET /healthz HTTP/1.1\r\nHost: t\r\n\r\nGET /v1/auth/ HTTP/1.1\r\nHost: t\r\nX-Api-Key: {reader}\r\n"
+    );
+    let mut s = std::net::TcpStream::connect(d.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(b"Connection: close\r\n\r\n").unwrap();
+    let mut resp = Vec::new();
+    let _ = s.read_to_end(&mut resp);
+    let text = String::from_utf8_lossy(&resp);
+    let statuses: Vec<&str> = text
+        .match_indices("HTTP/1.1 ")
+        .map(|(i, _)| &text[i + 9..i + 12])
+        .collect();
+    assert_eq!(statuses, ["200", "200"], "{text}");
 }

@@ -171,8 +171,10 @@ pub(super) fn hyper(f: &Fixture, raw: &[u8]) -> Seen {
         let (client, server) = tokio::io::duplex(64 * 1024);
         let service =
             hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                let r = if req.uri().path() == AUTH_PATH {
-                    auth::check(&st, PEER.ip(), req.uri(), req.headers(), None)
+                // As the server's connection service answers forward-auth.
+                let uri = req.uri();
+                let r = if auth::forward_auth_kind(uri.path()).is_some() {
+                    auth::check(&st, PEER.ip(), uri, req.headers(), auth::appended(uri))
                 } else {
                     axum::http::StatusCode::NOT_FOUND.into_response()
                 };
@@ -281,6 +283,13 @@ fn heads(keys: &'static [String]) -> impl Strategy<Value = Vec<u8>> {
         prop_oneof![
             Just("/v1/auth".to_owned()),
             Just("/v1/auth?x=1".to_owned()),
+            // Envoy's ext_authz: the original path appended, the site root too.
+            Just("/v1/auth/".to_owned()),
+            Just("/v1/auth/?x=1".to_owned()),
+            Just("/v1/auth/catalog/sync/run".to_owned()),
+            Just("/v1/auth//catalog/sync".to_owned()),
+            Just("/v1/auth/catalog/%2e%2e/sync?y".to_owned()),
+            paths().prop_map(|p| format!("/v1/auth{}", String::from_utf8_lossy(&p))),
             key.prop_map(|k| format!("/v1/auth?api_key={k}")),
         ],
         prop::sample::select(vec!["HTTP/1.1", "HTTP/1.0"]),
@@ -438,6 +447,43 @@ mod route_checks {
         let at = raw.windows(2).position(|w| w == b"x\r").unwrap();
         raw[at] = 0xff;
         assert_eq!(both(&raw), (401, Some("MISSING".into())));
+    }
+
+    /// Regression (issue 9 review, F3): Envoy asks about the site root as
+    /// `/v1/auth/`, which the fast path handed to hyper and the router did not
+    /// serve (404). It is forward-auth for the original path `/`, its query kept,
+    /// answered alike on both paths.
+    #[test]
+    fn envoy_site_root_is_forward_auth_on_both_paths() {
+        let [good, reader, ..] = &fixture().keys[..] else {
+            unreachable!("the fixture has five keys")
+        };
+        let envoy = |target: &str, extra: &str| {
+            both(format!("GET {target} HTTP/1.1\r\nHost: a\r\n{extra}\r\n").as_bytes())
+        };
+        for target in ["/v1/auth/", "/v1/auth/?x=1"] {
+            assert_eq!(
+                envoy(target, &format!("X-Api-Key: {good}\r\n")),
+                (200, None)
+            );
+            assert_eq!(envoy(target, ""), (401, Some("MISSING".into())));
+        }
+        assert_eq!(envoy(&format!("/v1/auth/?api_key={good}"), "").0, 200);
+        // The appended path is the original URI the routes are matched against.
+        assert_eq!(
+            envoy(
+                "/v1/auth/catalog/sync/run",
+                &format!("X-Api-Key: {reader}\r\n")
+            ),
+            (403, Some("INSUFFICIENT_SCOPE".into()))
+        );
+        assert_eq!(
+            envoy(
+                "/v1/auth//catalog/sync/run",
+                &format!("X-Api-Key: {reader}\r\n")
+            ),
+            (400, Some("BAD_PATH".into()))
+        );
     }
 
     /// Regression (issue 9, item 9): with `query_param`, a key in the forwarded

@@ -355,16 +355,33 @@ async fn an_owner_cannot_forge_identity_headers() {
             .await
             .unwrap_err(),
     );
+    // Regression (second review of issue 9): a header the admin set whose value the
+    // owner could have set herself (`X-Key=${key.id}`) could be dropped by her, and
+    // the upstream may rely on it being there. It binds her like a literal one.
+    forbidden(
+        f.keys
+            .edit(
+                &alice(),
+                &id,
+                edit_h(&["X-Tenant=acme", "X-Expires=${key.expires_at}"]),
+            )
+            .await
+            .unwrap_err(),
+    );
     f.keys
         .edit(
             &alice(),
             &id,
-            edit_h(&["X-Tenant=acme", "X-Expires=${key.expires_at}"]),
+            edit_h(&[
+                "X-Tenant=acme",
+                "X-Key=${key.id}",
+                "X-Expires=${key.expires_at}",
+            ]),
         )
         .await
         .unwrap();
     let view = f.keys.show(&alice(), &id).unwrap();
-    assert_eq!(view.headers.len(), 2);
+    assert_eq!(view.headers.len(), 3);
     // An admin's own keys are not restricted (and admins set what they like).
     let mut r = req("admin", "own");
     r.headers = vec!["X-Tenant=ops".into()];

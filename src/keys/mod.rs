@@ -2314,15 +2314,14 @@ fn check_owner_ips(list: &[ipnet::IpNet], admin: &[ipnet::IpNet]) -> Result<(), 
     Ok(())
 }
 
-/// The headers of `list` that only an admin may set: an owner must keep them.
+/// The headers an admin set on someone else's key: the owner must keep every one of
+/// them, also those whose value the owner could have set (`X-Tenant=${key.owner}`):
+/// the upstream may rely on the header being there.
 fn admin_only_headers(list: &[HeaderTemplate]) -> Vec<HeaderTemplate> {
-    list.iter()
-        .filter(|h| !h.owner_may_set())
-        .cloned()
-        .collect()
+    list.to_vec()
 }
 
-/// The headers an owner gives a key: every literal header an admin set, unchanged, and
+/// The headers an owner gives a key: every header an admin set, unchanged, and
 /// otherwise only values apikeyd fills in ([`headers::OWNER_VALUES`]), so that the
 /// upstream is told nothing the owner made up.
 fn check_owner_headers(list: &[HeaderTemplate], admin: &[HeaderTemplate]) -> Result<(), KeyError> {

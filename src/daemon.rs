@@ -196,7 +196,6 @@ impl Daemon {
         let limits = api::server::ConnectionLimits::new(&self.config.server, state.clone());
         let tcp_task = tokio::spawn(api::server::serve_tcp(
             self.tcp,
-            state.clone(),
             tcp_app,
             self.config.server.clone(),
             limits.clone(),

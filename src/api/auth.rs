@@ -11,8 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
-use axum::http::request::Parts;
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 
@@ -22,23 +21,6 @@ use crate::config::edge::route_path::{self, BadPath};
 use crate::config::AuthConfig;
 use crate::keys::model::Code;
 use crate::keys::Live;
-
-/// The TCP peer's address, when there is one (not on the Unix socket).
-#[derive(Debug, Clone, Copy)]
-pub struct PeerIp(pub Option<IpAddr>);
-
-impl<S: Send + Sync> FromRequestParts<S> for PeerIp {
-    type Rejection = std::convert::Infallible;
-
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        Ok(PeerIp(
-            parts
-                .extensions
-                .get::<ConnectInfo<SocketAddr>>()
-                .map(|c| c.0.ip()),
-        ))
-    }
-}
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
@@ -283,7 +265,13 @@ pub async fn auth(State(st): State<AppState>, req: Request) -> Response {
 /// to the prefix, so a request for the site root arrives as `/v1/auth/`.
 pub async fn auth_path(State(st): State<AppState>, req: Request) -> Response {
     match peer_of(&req) {
-        Some(peer) => check(&st, peer, req.uri(), req.headers(), appended(req.uri())),
+        Some(peer) => check(
+            &st,
+            peer,
+            req.uri(),
+            req.headers(),
+            req.uri().path_and_query().and_then(appended),
+        ),
         None => no_peer(),
     }
 }
@@ -300,11 +288,11 @@ pub fn forward_auth_kind(path: &str) -> Option<bool> {
     }
 }
 
-/// The original URI Envoy appended to `/v1/auth` in `uri` (`/` for `/v1/auth/`),
-/// with `uri`'s query. It is taken from the URL as it came, not decoded: decoding it
+/// The original URI Envoy appended to `/v1/auth` in a request target (`/` for
+/// `/v1/auth/`), with the target's query. It is taken from the URL as it came, not decoded: decoding it
 /// here would turn `%2F` into a separator before the route check could refuse it.
-pub fn appended(uri: &Uri) -> Option<&str> {
-    uri.path_and_query()?
+pub fn appended(target: &axum::http::uri::PathAndQuery) -> Option<&str> {
+    target
         .as_str()
         .strip_prefix(super::http1::AUTH_PATH)
         .filter(|rest| rest.starts_with('/'))
@@ -363,7 +351,8 @@ pub enum Outcome {
 }
 
 /// Decide on one forward-auth request: `peer` is the TCP peer, `query` the URL's
-/// query string, `path` the original path when it came in the URL.
+/// query string, `path` the original URI (path and query) when it came in the URL
+/// (Envoy appends it to `/v1/auth/`).
 pub fn decide(
     st: &AppState,
     plan: &AuthPlan,

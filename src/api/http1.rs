@@ -313,8 +313,7 @@ fn answer(st: &AppState, peer: SocketAddr, input: &[u8], closing: bool, out: &mu
         parsed = pq;
         match auth::forward_auth_kind(parsed.path()) {
             Some(false) => (parsed.query(), None),
-            // Not decoded, as hyper's path takes it (auth::appended).
-            Some(true) => (parsed.query(), parsed.as_str().strip_prefix(AUTH_PATH)),
+            Some(true) => (parsed.query(), auth::appended(&parsed)),
             None => return Step::Handoff,
         }
     };

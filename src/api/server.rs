@@ -83,13 +83,12 @@ fn timeouts_of(server: &ServerConfig) -> http1::Timeouts {
     }
 }
 
-/// Serve `router` on `listener` until `stop` turns true, then stop accepting, let
+/// Serve `router` on `listener` (with the state `limits` counts into) until `stop` turns true, then stop accepting, let
 /// each connection finish the request in flight (for up to [`SHUTDOWN_GRACE`]), and
 /// return once all have closed. `server` gives the time limits of a connection;
 /// `limits` how many may be open.
 pub async fn serve_tcp(
     listener: TcpListener,
-    state: AppState,
     router: Router,
     server: ServerConfig,
     limits: ConnectionLimits,
@@ -101,6 +100,7 @@ pub async fn serve_tcp(
     let (close_tx, close_rx) = watch::channel(());
     let shutdown = Arc::new(Shutdown::default());
     let slots = limits.0;
+    let state = slots.state.clone();
     loop {
         let (stream, peer) = tokio::select! {
             accepted = accept(&listener) => accepted,
@@ -772,7 +772,7 @@ impl hyper::service::Service<Request<Incoming>> for Connection {
                     peer.ip(),
                     uri,
                     req.headers(),
-                    auth::appended(uri),
+                    uri.path_and_query().and_then(auth::appended),
                 );
                 return Answer {
                     kind: AnswerKind::Ready(Some(r)),

@@ -77,12 +77,6 @@ impl Default for AuthConfig {
 }
 
 impl AuthConfig {
-    /// The longest configured route matching `path`, a path normalised by
-    /// [`route_path::normalise`].
-    pub fn route_for(&self, path: &str) -> Option<&Route> {
-        self.routes.iter().find(|r| r.matches(path))
-    }
-
     /// The route of the original URI `uri` ([`route_path`] says how it is read),
     /// or why there is none for sure. Applications disagree on letter case
     /// (Express, ASP.NET and IIS route `/CATALOG/sync` to `/catalog/sync`, most

@@ -176,10 +176,11 @@ pub struct ServerConfig {
     pub header_read_timeout: std::time::Duration,
     /// How long a keep-alive connection may stay idle between requests.
     pub idle_timeout: std::time::Duration,
-    /// Most TCP connections open at once.
+    /// Most connections open at once, TCP and admin socket together (one budget of
+    /// file descriptors).
     pub max_connections: usize,
-    /// Most TCP connections open at once from one client address (IPv6: one network
-    /// of `rate_limit.ipv6_prefix` bits).
+    /// Most connections open at once from one client: an address on TCP (IPv6: one
+    /// network of `rate_limit.ipv6_prefix` bits), a local account on the socket.
     pub max_connections_per_client: usize,
 }
 
@@ -544,6 +545,26 @@ impl Validator {
         }
     }
 
+    /// A period of fixed length (no months or years) from 1 s to `max_secs`, as a
+    /// duration; `range` names the bounds in the message.
+    fn fixed_period(
+        &mut self,
+        key: &str,
+        value: &str,
+        max_secs: u64,
+        range: &str,
+    ) -> Option<std::time::Duration> {
+        Period::parse(value)
+            .map_err(|e| e.to_string())
+            .and_then(|p| {
+                p.fixed()
+                    .filter(|d| (1..=max_secs).contains(&d.as_secs()))
+                    .ok_or_else(|| format!("{p} is out of range ({range})"))
+            })
+            .map_err(|message| self.push(key, message))
+            .ok()
+    }
+
     fn validate(&mut self, raw: RawFile, env: &Environment) -> Option<Config> {
         let auth = edge::validate_auth(self, raw.auth);
         let rate_limit = edge::validate_rate_limit(self, raw.rate_limit);
@@ -650,25 +671,18 @@ impl Validator {
             );
         }
 
-        let header_read_timeout =
-            Period::parse(s.header_read_timeout.as_deref().unwrap_or("pt30s"))
-                .map_err(|e| e.to_string())
-                .and_then(|p| {
-                    p.fixed()
-                        .filter(|d| (1..=3600).contains(&d.as_secs()))
-                        .ok_or_else(|| format!("{p} is out of range (pt1s to pt1h)"))
-                })
-                .map_err(|message| self.push("server.header_read_timeout", message))
-                .ok();
-        let idle_timeout = Period::parse(s.idle_timeout.as_deref().unwrap_or("pt5m"))
-            .map_err(|e| e.to_string())
-            .and_then(|p| {
-                p.fixed()
-                    .filter(|d| (1..=86_400).contains(&d.as_secs()))
-                    .ok_or_else(|| format!("{p} is out of range (pt1s to p1d)"))
-            })
-            .map_err(|message| self.push("server.idle_timeout", message))
-            .ok();
+        let header_read_timeout = self.fixed_period(
+            "server.header_read_timeout",
+            s.header_read_timeout.as_deref().unwrap_or("pt30s"),
+            3600,
+            "pt1s to pt1h",
+        );
+        let idle_timeout = self.fixed_period(
+            "server.idle_timeout",
+            s.idle_timeout.as_deref().unwrap_or("pt5m"),
+            86_400,
+            "pt1s to p1d",
+        );
         let max_connections = s.max_connections.unwrap_or(10_000);
         if !(1..=1_000_000).contains(&max_connections) {
             self.push(

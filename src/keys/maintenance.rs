@@ -29,14 +29,14 @@ fn entry(now: DateTime<Utc>, action: &str, key: Uuid, detail: String) -> AuditEn
 
 impl Index {
     /// Note for every key whether its slot is expired or inactive at `now`,
-    /// moving it between the status counts `/metrics` reads; returns those whose
-    /// lapse is not yet recorded, with the audit action for each.
-    pub(super) fn sweep_statuses(
+    /// moving it between the status counts `/metrics` reads, and hand each lapsed
+    /// slot to `lapsed` with the audit action for it.
+    pub(super) fn note_lapses(
         &self,
         policy: &Policy,
         now: DateTime<Utc>,
-    ) -> Vec<(Arc<Live>, &'static str)> {
-        let mut lapsed = Vec::new();
+        mut lapsed: impl FnMut(&table::Slot, &'static str),
+    ) {
         for slot in self.table.iter() {
             let status = slot.status(policy, now);
             let lapse = Lapse::of(status);
@@ -52,16 +52,28 @@ impl Index {
                 self.counts
                     .add(counted_as(KeyState::Enabled, lapse, refused), 1);
             }
-            let action = match status {
-                Status::Expired => "expired",
-                Status::Inactive => "inactive",
-                _ => continue,
-            };
+            match status {
+                Status::Expired => lapsed(slot, "expired"),
+                Status::Inactive => lapsed(slot, "inactive"),
+                _ => {}
+            }
+        }
+    }
+
+    /// [`Index::note_lapses`], returning the lapsed keys whose lapse is not yet
+    /// recorded, with the audit action for each.
+    pub(super) fn sweep_statuses(
+        &self,
+        policy: &Policy,
+        now: DateTime<Utc>,
+    ) -> Vec<(Arc<Live>, &'static str)> {
+        let mut lapsed = Vec::new();
+        self.note_lapses(policy, now, |slot, action| {
             // Only lapsed keys' entries are visited.
             if let Some(live) = self.at(slot.entry).filter(|l| !l.lapse_recorded) {
                 lapsed.push((live.clone(), action));
             }
-        }
+        });
         lapsed
     }
 }

@@ -115,7 +115,8 @@ pub fn index_bytes_per_key() -> (usize, usize) {
 }
 
 /// What verification needs beyond the common case, boxed so that keys without IP
-/// filters, headers or a rotation grace period do not pay for the empty fields.
+/// filters, headers, a rotation grace period or narrowed effective scopes do not pay
+/// for the empty fields.
 #[derive(Debug, Default, Clone)]
 struct Extra {
     ip_filters: Vec<ipnet::IpNet>,
@@ -594,15 +595,6 @@ impl Index {
     }
 
     fn entry(&mut self, l: Loaded, entry: u32) -> Live {
-        let mut extra = (!l.ip_filters.is_empty() || !l.headers.is_empty() || l.previous.is_some())
-            .then(|| {
-                Box::new(Extra {
-                    ip_filters: l.ip_filters,
-                    headers: l.headers,
-                    previous: l.previous,
-                    own_scopes: None,
-                })
-            });
         let owner = match &self.last_owner {
             Some(o) if Arc::ptr_eq(o, &l.owner) || **o == *l.owner => o.clone(),
             _ => {
@@ -619,10 +611,12 @@ impl Index {
         };
         let (own, own_number) = self.scope_number(&l.scopes);
         let eff = self.effective(&owner, &own, own_number);
-        if !Arc::ptr_eq(&own, &eff.scopes) {
-            let extra = extra.get_or_insert_with(Default::default);
-            extra.own_scopes = Some(own);
-        }
+        let extra = Extra {
+            ip_filters: l.ip_filters,
+            headers: l.headers,
+            previous: l.previous,
+            own_scopes: (!Arc::ptr_eq(&own, &eff.scopes)).then_some(own),
+        };
         let routes = (!l.routes.is_empty()).then(|| Box::new(l.routes));
         Live {
             hash: l.hash,
@@ -635,7 +629,7 @@ impl Index {
             warned_for: l.warned_for,
             persisted_at: AtomicI64::new(NEVER),
             routes: parking_lot::Mutex::new(routes),
-            extra,
+            extra: (!extra.is_empty()).then(|| Box::new(extra)),
             entry,
             scope_set: eff.number,
             lapse_recorded: l.lapse_recorded,
@@ -684,8 +678,9 @@ impl Index {
     }
 
     /// Take the users and groups of a (re)loaded configuration: every key's effective
-    /// scopes and owner check follow them. One pass over all keys; only the keys that
-    /// change get a new entry and slot.
+    /// scopes and owner check follow them. Walks only the keys of users whose grant
+    /// changed (none if none did); those that change get a new entry, and their slot
+    /// is updated in place.
     fn regrant(&mut self, directory: &Directory) -> Regranted {
         let grants = grants_of(directory);
         // Only the keys of users whose grant changed (or who came or went) can change;
@@ -1051,7 +1046,7 @@ impl Keys {
         store.load_keys(load::prepare, |l| index.load(l))?;
         // Expired and inactive keys are counted as such from the start, not from
         // the first sweep.
-        index.sweep_statuses(&settings.policy, clock.now());
+        index.note_lapses(&settings.policy, clock.now(), |_, _| {});
         Ok(Self {
             clock,
             hasher,
@@ -1531,7 +1526,7 @@ impl Keys {
             AdminRestrictions {
                 disabled_by: None,
                 ip_filters: ip_filters.clone(),
-                headers: admin_only_headers(&headers),
+                headers: headers.clone(),
                 restricted_by: narrowed.then(|| actor.name.clone()),
             }
         } else {
@@ -1688,8 +1683,7 @@ impl Keys {
                     rec.name = name;
                 }
                 if let Some(d) = &req.description {
-                    let d = check_description(d, "")?;
-                    rec.description = d;
+                    rec.description = check_description(d, "")?;
                     changed.push("description".to_owned());
                 }
                 if let Some(list) = &req.scopes {
@@ -1724,7 +1718,7 @@ impl Keys {
                     if !actor.admin {
                         check_owner_headers(&headers, &rec.admin_restrictions.headers)?;
                     } else if binds_owner {
-                        rec.admin_restrictions.headers = admin_only_headers(&headers);
+                        rec.admin_restrictions.headers = headers.clone();
                     } else {
                         rec.admin_restrictions.headers.clear();
                     }
@@ -2312,13 +2306,6 @@ fn check_owner_ips(list: &[ipnet::IpNet], admin: &[ipnet::IpNet]) -> Result<(), 
         )));
     }
     Ok(())
-}
-
-/// The headers an admin set on someone else's key: the owner must keep every one of
-/// them, also those whose value the owner could have set (`X-Tenant=${key.owner}`):
-/// the upstream may rely on the header being there.
-fn admin_only_headers(list: &[HeaderTemplate]) -> Vec<HeaderTemplate> {
-    list.to_vec()
 }
 
 /// The headers an owner gives a key: every header an admin set, unchanged, and

@@ -114,3 +114,23 @@ pub(super) fn req(user: &str, name: &str) -> CreateKey {
         ..CreateKey::default()
     }
 }
+
+/// Write `rec` as it is, past the rules (as a record stored by an older version
+/// would be), and publish it.
+pub(super) async fn store_as_is(keys: &Keys, rec: super::model::KeyRecord) {
+    let writer = keys.lock_writer().await;
+    let audit = keys.audit_entry(&admin(), "edit", rec.id, String::new());
+    keys.commit_and_publish_with(writer, rec, audit, Default::default(), vec![])
+        .await
+        .unwrap();
+}
+
+/// The headers forward-auth sends for `secret` (key `id`), as `NAME=VALUE`.
+pub(super) fn sent_headers(keys: &Keys, secret: &str, id: &str) -> Vec<String> {
+    let mut v = keys.verify(secret, None, None);
+    let live = keys.resolve(&mut v).unwrap();
+    live.rendered_headers(id)
+        .into_iter()
+        .map(|(t, v)| format!("{}={v}", t.name))
+        .collect()
+}

@@ -8,22 +8,11 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::util::{request, stdout, wait_until, TestDaemon, DEFAULT_POLICY};
+use crate::util::{request, require_root, stdout, wait_until, TestDaemon, DEFAULT_POLICY};
 
 const NOBODY: u32 = 65534; // mapped to alice in the test config
 
-const AUTH: &str = r#"
-[auth]
-trusted_proxies = ["127.0.0.1/32"]
-
-[[auth.routes]]
-prefix = "/catalog"
-scope = "catalog:read"
-
-[[auth.routes]]
-prefix = "/catalog/sync"
-scope = "catalog:sync"
-"#;
+const AUTH: &str = crate::util::CATALOG_ROUTES;
 
 const ALICE: &str = "[users.alice]\nemail = \"alice@example.com\"\ngroups = [\"Synchronizer\"]\nunix_user = \"nobody\"\n";
 
@@ -69,18 +58,13 @@ fn strip_colours(s: &str) -> String {
     out
 }
 
-/// Root is needed to run apikeyctl as another uid (see [`crate::util::require`]).
-fn needs_root(_test: &str) -> bool {
-    crate::util::require_root("to run apikeyctl as another uid")
-}
-
 /// Regression (issue 9, item 4): as the non-admin owner alice could re-enable a key
 /// an admin had disabled, clear IP filters an admin had set, and give her key a
 /// header with literal text (`X-Tenant=admin`) that the upstream received from
 /// `/v1/auth` as an identity claim.
 #[test]
 fn owners_cannot_lift_admin_restrictions_or_forge_identity_headers() {
-    if !needs_root("owners_cannot_lift_admin_restrictions_or_forge_identity_headers") {
+    if !require_root("to run apikeyctl as another uid") {
         return;
     }
     let d = TestDaemon::start_with(DEFAULT_POLICY, AUTH);
@@ -340,7 +324,7 @@ fn a_token_cannot_be_renamed_to_its_own_secret() {
 /// - F3: an admin's `X-Tenant=${key.name}` followed her renaming the key `admin`.
 #[test]
 fn owners_cannot_bring_back_retired_tokens_or_shadow_admin_headers() {
-    if !needs_root("owners_cannot_bring_back_retired_tokens_or_shadow_admin_headers") {
+    if !require_root("to run apikeyctl as another uid") {
         return;
     }
     let d = TestDaemon::start_with(DEFAULT_POLICY, AUTH);
@@ -471,7 +455,7 @@ fn owners_cannot_bring_back_retired_tokens_or_shadow_admin_headers() {
 /// sends upstream over the request's own.
 #[test]
 fn owners_cannot_reimport_tokens_an_admin_retired_or_narrowed() {
-    if !needs_root("owners_cannot_reimport_tokens_an_admin_retired_or_narrowed") {
+    if !require_root("to run apikeyctl as another uid") {
         return;
     }
     let d = TestDaemon::start_with(DEFAULT_POLICY, AUTH);

@@ -15,19 +15,7 @@ use crate::util::{request, Answer, TestDaemon, DEFAULT_POLICY};
 /// The file users install, compiled in so the test always runs the shipped one.
 const CADDYFILE: &str = include_str!("../../config/proxies/Caddyfile");
 
-const EDGE: &str = r#"
-[auth]
-trusted_proxies = ["127.0.0.1/32"]
-query_param = "api_key"
-
-[[auth.routes]]
-prefix = "/catalog"
-scope = "catalog:read"
-
-[[auth.routes]]
-prefix = "/catalog/sync"
-scope = "catalog:sync"
-"#;
+const EDGE: &str = crate::util::CATALOG_ROUTES_QUERY_KEY;
 
 fn find_caddy() -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();

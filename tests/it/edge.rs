@@ -5,18 +5,7 @@ use serde_json::Value;
 
 use crate::util::{request, TestDaemon, DEFAULT_POLICY};
 
-const EDGE: &str = r#"
-[auth]
-trusted_proxies = ["127.0.0.1/32"]
-
-[[auth.routes]]
-prefix = "/catalog"
-scope = "catalog:read"
-
-[[auth.routes]]
-prefix = "/catalog/sync"
-scope = "catalog:sync"
-"#;
+const EDGE: &str = crate::util::CATALOG_ROUTES;
 
 fn bearer(key: &str) -> String {
     format!("Bearer {key}")

@@ -9,19 +9,7 @@ use std::time::Duration;
 
 use crate::util::{request, TestDaemon, DEFAULT_POLICY};
 
-const EDGE: &str = r#"
-[auth]
-trusted_proxies = ["127.0.0.1/32"]
-query_param = "api_key"
-
-[[auth.routes]]
-prefix = "/catalog"
-scope = "catalog:read"
-
-[[auth.routes]]
-prefix = "/catalog/sync"
-scope = "catalog:sync"
-"#;
+const EDGE: &str = crate::util::CATALOG_ROUTES_QUERY_KEY;
 
 /// Status and `X-Api-Key-Reason` of a raw request (`head` without the blank line).
 fn raw(addr: SocketAddr, head: &[u8]) -> (u16, Option<String>) {

@@ -60,6 +60,36 @@ groups = ["Synchronizer"]
     )
 }
 
+/// `[auth]` for forward-auth tests: the local proxy trusted, `/catalog` needs
+/// `catalog:read` and `/catalog/sync` needs `catalog:sync`.
+pub const CATALOG_ROUTES: &str = r#"
+[auth]
+trusted_proxies = ["127.0.0.1/32"]
+
+[[auth.routes]]
+prefix = "/catalog"
+scope = "catalog:read"
+
+[[auth.routes]]
+prefix = "/catalog/sync"
+scope = "catalog:sync"
+"#;
+
+/// [`CATALOG_ROUTES`], with keys also read from the `api_key` query parameter.
+pub const CATALOG_ROUTES_QUERY_KEY: &str = r#"
+[auth]
+trusted_proxies = ["127.0.0.1/32"]
+query_param = "api_key"
+
+[[auth.routes]]
+prefix = "/catalog"
+scope = "catalog:read"
+
+[[auth.routes]]
+prefix = "/catalog/sync"
+scope = "catalog:sync"
+"#;
+
 pub const DEFAULT_POLICY: &str = r#"MaxExpirationPeriod = "p6m"
 NotAccessedExpirationPeriod = "p3m"
 DefaultExpirationPeriod = "p1y""#;

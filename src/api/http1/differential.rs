@@ -174,7 +174,13 @@ pub(super) fn hyper(f: &Fixture, raw: &[u8]) -> Seen {
                 // As the server's connection service answers forward-auth.
                 let uri = req.uri();
                 let r = if auth::forward_auth_kind(uri.path()).is_some() {
-                    auth::check(&st, PEER.ip(), uri, req.headers(), auth::appended(uri))
+                    auth::check(
+                        &st,
+                        PEER.ip(),
+                        uri,
+                        req.headers(),
+                        uri.path_and_query().and_then(auth::appended),
+                    )
                 } else {
                     axum::http::StatusCode::NOT_FOUND.into_response()
                 };

@@ -11,15 +11,15 @@ use std::sync::Arc;
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{mpsc, watch};
 
-use crate::alerts::maintenance::Maintenance;
-use crate::alerts::Dispatcher;
+use crate::alerts::maintenance::{Maintenance, MaintenanceStatus};
+use crate::alerts::{AlertError, Alerts, Dispatcher};
 use crate::api::{self, AppState};
 use crate::channels::{ChannelError, Channels};
 use crate::clock::SharedClock;
 use crate::config::{self, Config, Environment};
 use crate::keys::secret::{load_or_create_server_secret, KeyHasher, SecretSource};
 use crate::keys::{Keys, Settings};
-use crate::store::Store;
+use crate::store::{RedbStore, Storage};
 
 /// Start-up failures.
 #[derive(Debug, thiserror::Error)]
@@ -33,9 +33,12 @@ pub enum StartError {
     /// A delivery channel could not be set up.
     #[error(transparent)]
     Channels(#[from] ChannelError),
+    /// A start-up task died.
+    #[error("start-up task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
     /// Jobs left Running by a crash could not be replaced.
     #[error("cannot recover alert jobs: {0}")]
-    Jobs(#[from] crate::keys::KeyError),
+    Jobs(#[from] AlertError),
     /// The state directory could not be created or is not a directory.
     #[error("state directory {path}: {source}")]
     StateDir {
@@ -58,6 +61,7 @@ pub enum StartError {
 pub struct Daemon {
     config: Config,
     keys: Arc<Keys>,
+    alerts: Arc<Alerts>,
     channels: Arc<Channels>,
     tcp: TcpListener,
     unix: UnixListener,
@@ -69,13 +73,6 @@ impl std::fmt::Debug for Daemon {
         f.debug_struct("Daemon")
             .field("socket", &self.socket_path)
             .finish_non_exhaustive()
-    }
-}
-
-fn settings_of(config: &Config) -> Settings {
-    Settings {
-        policy: config.policy.clone(),
-        directory: config.directory.clone(),
     }
 }
 
@@ -103,29 +100,27 @@ impl Daemon {
         let db_path = config.server.database_path();
         let store = {
             let p = db_path.clone();
-            tokio::task::spawn_blocking(move || Store::open(&p))
-                .await
-                .map_err(|e| crate::store::StoreError::Db(e.to_string()))??
+            tokio::task::spawn_blocking(move || RedbStore::open(&p)).await??
         };
-        let store = Arc::new(store);
+        let store: Arc<dyn Storage> = Arc::new(store);
         let keys = {
             let store = store.clone();
-            let settings = settings_of(&config);
+            let settings = Settings::from(&config);
             let hasher = KeyHasher::new(&secret);
             let clock = clock.clone();
             tokio::task::spawn_blocking(move || Keys::open(store, hasher, clock, settings))
-                .await
-                .map_err(|e| crate::store::StoreError::Db(e.to_string()))??
+                .await??
         };
         tracing::info!(db = %db_path.display(), keys = keys.len(), "database opened");
-        keys.set_alert_config(config.alerts.clone());
+        keys.alerting().set_config(config.alerts.clone());
+        let keys = Arc::new(keys);
+        let alerts = Arc::new(Alerts::new(keys.clone(), store));
         let channels = Channels::new(
             &config.alerts,
-            store.clone(),
-            clock,
+            alerts.clone(),
             env.credentials_directory.as_deref(),
         )?;
-        let replaced = keys.recover_running_jobs().await?;
+        let replaced = alerts.recover_running_jobs().await?;
         if replaced > 0 {
             tracing::warn!(
                 jobs = replaced,
@@ -151,7 +146,8 @@ impl Daemon {
         let unix = bind_unix(&socket_path).await?;
         Ok(Self {
             config,
-            keys: Arc::new(keys),
+            keys,
+            alerts,
             channels: Arc::new(channels),
             tcp,
             unix,
@@ -182,11 +178,13 @@ impl Daemon {
         mut reload: mpsc::Receiver<()>,
         env: Environment,
     ) -> Result<(), crate::keys::KeyError> {
-        let state = AppState::new(
-            self.keys.clone(),
+        let maintenance_status = MaintenanceStatus::default();
+        let mut state = AppState::new(
+            self.alerts.clone(),
             self.config.auth.clone(),
             self.config.rate_limit.clone(),
         );
+        state.maintenance = maintenance_status.clone();
         let state_for_reload = state.clone();
         let max_body = self.config.server.max_body_bytes;
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -210,10 +208,17 @@ impl Daemon {
         ));
 
         let keys = self.keys.clone();
-        let dispatcher =
-            tokio::spawn(Dispatcher::new(keys.clone(), self.channels.clone()).run(stop_rx.clone()));
+        let dispatcher = tokio::spawn(
+            Dispatcher::new(self.alerts.clone(), self.channels.clone()).run(stop_rx.clone()),
+        );
         // The last-used flush, expiry sweep, purge and inactivity warning.
-        let mut maintenance = match Maintenance::start(keys.clone(), &self.config.alerts).await {
+        let mut maintenance = match Maintenance::start(
+            keys.clone(),
+            &self.config.alerts,
+            maintenance_status,
+        )
+        .await
+        {
             Ok(m) => Some(m),
             Err(e) => {
                 tracing::error!(error = %e, "maintenance jobs could not start; last-used times are flushed at stop only");
@@ -332,8 +337,8 @@ fn reload_config(state: &AppState, path: &Path, env: &Environment, running: &Con
                     "[smtp], [jobs] and plugins_dir changes take effect after a restart"
                 );
             }
-            keys.set_alert_config(new.alerts.clone());
-            let changed = keys.reload(settings_of(&new));
+            keys.alerting().set_config(new.alerts.clone());
+            let changed = keys.reload(Settings::from(&new));
             state
                 .edge
                 .reconfigure(new.auth.clone(), new.rate_limit.clone());

@@ -8,11 +8,10 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
-use crate::alerts::job::{AlertJob, JobState};
-use crate::alerts::stats::DELIVERIES;
-use crate::channels::{Alert, Channels};
-use crate::keys::model::KeyState;
-use crate::keys::{Keys, Outcome};
+use super::alert::{Alert, Deliver};
+use super::service::{Alerts, Outcome};
+use super::stats::DELIVERIES;
+use crate::model::{AlertJob, JobState, KeyState};
 
 /// Longest sleep between looks at the due index (guards against wall-clock jumps).
 pub const MAX_IDLE: Duration = Duration::from_secs(60);
@@ -21,31 +20,32 @@ pub const CLAIM_BATCH: usize = 256;
 /// How long a stop waits for deliveries in flight (the rest are replaced at start).
 pub const STOP_GRACE: Duration = Duration::from_secs(10);
 
-/// Fires alert jobs.
-pub struct Dispatcher {
-    keys: Arc<Keys>,
-    channels: Arc<Channels>,
+/// Fires alert jobs, delivering them through `D` (the channels).
+pub struct Dispatcher<D> {
+    alerts: Arc<Alerts>,
+    channels: Arc<D>,
 }
 
-impl std::fmt::Debug for Dispatcher {
+impl<D> std::fmt::Debug for Dispatcher<D> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Dispatcher").finish_non_exhaustive()
     }
 }
 
-impl Dispatcher {
-    /// A dispatcher over `keys`' store delivering through `channels`.
-    pub fn new(keys: Arc<Keys>, channels: Arc<Channels>) -> Self {
-        Self { keys, channels }
+impl<D: Deliver> Dispatcher<D> {
+    /// A dispatcher over `alerts` delivering through `channels`.
+    pub fn new(alerts: Arc<Alerts>, channels: Arc<D>) -> Self {
+        Self { alerts, channels }
     }
 
     /// Run until `stop` turns true.
     pub async fn run(self, mut stop: watch::Receiver<bool>) {
-        let concurrency = self.keys.alert_config().concurrency;
+        let keys = self.alerts.keys().clone();
+        let concurrency = keys.alerting().config().concurrency;
         let permits = Arc::new(Semaphore::new(concurrency));
-        let wake = self.keys.jobs_changed();
+        let wake = keys.alerting().wake();
         let mut tasks = JoinSet::new();
-        let clock = self.keys.clock().clone();
+        let clock = keys.clock().clone();
         loop {
             if *stop.borrow() {
                 break;
@@ -60,7 +60,7 @@ impl Dispatcher {
             }
             let free = permits.available_permits().min(CLAIM_BATCH);
             let now = clock.now();
-            let claimed = match self.keys.claim_due_jobs(now, free).await {
+            let claimed = match self.alerts.claim_due(now, free).await {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::error!(error = %e, "cannot claim due alert jobs; retrying in 1s");
@@ -77,12 +77,12 @@ impl Dispatcher {
                     tracing::error!(job_id = %job.id, "no delivery slot for a claimed job");
                     continue;
                 };
-                let keys = self.keys.clone();
+                let alerts = self.alerts.clone();
                 let channels = self.channels.clone();
                 let span = tracing::info_span!("alert_job", job_id = %job.id, key_id = %job.key_id, attempt = job.attempts);
                 tasks.spawn(
                     async move {
-                        deliver(&keys, &channels, job).await;
+                        deliver(&alerts, &*channels, job).await;
                         drop(permit);
                     }
                     .instrument(span),
@@ -91,12 +91,7 @@ impl Dispatcher {
             if full {
                 continue;
             }
-            let store = self.keys.store().clone();
-            let next = tokio::task::spawn_blocking(move || store.next_due())
-                .await
-                .ok()
-                .and_then(Result::ok)
-                .flatten();
+            let next = self.alerts.next_due().await.ok().flatten();
             let wait = match next {
                 Some(at) => (at - clock.now()).to_std().unwrap_or(Duration::ZERO),
                 None => MAX_IDLE,
@@ -121,9 +116,9 @@ impl Dispatcher {
 }
 
 /// One attempt of one job, and its outcome recorded.
-pub async fn deliver(keys: &Keys, channels: &Channels, job: AlertJob) {
-    let outcome = attempt(keys, channels, &job).await;
-    match keys.finish_job(job.id, outcome).await {
+pub async fn deliver(alerts: &Alerts, channels: &impl Deliver, job: AlertJob) {
+    let outcome = attempt(alerts, channels, &job).await;
+    match alerts.finish_job(job.id, outcome).await {
         Ok(j) if j.state == JobState::Failed => {}
         Ok(_) => {}
         Err(e) => {
@@ -132,8 +127,9 @@ pub async fn deliver(keys: &Keys, channels: &Channels, job: AlertJob) {
     }
 }
 
-async fn attempt(keys: &Keys, channels: &Channels, job: &AlertJob) -> Outcome {
-    let config = keys.alert_config();
+async fn attempt(alerts: &Alerts, channels: &impl Deliver, job: &AlertJob) -> Outcome {
+    let keys = alerts.keys();
+    let config = keys.alerting().config();
     let Some(source) = config.source(&job.source) else {
         return Outcome::Failed {
             error: format!(

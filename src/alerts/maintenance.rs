@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 use tokio_cron_scheduler::{Job, JobScheduler, JobSchedulerError};
 
 use crate::config::AlertConfig;
-use crate::keys::model::rfc3339;
 use crate::keys::Keys;
+use crate::model::key::rfc3339;
 
 /// Slots in the scheduler's internal channels: ample for four jobs.
 pub const CHANNEL_SIZE: usize = 64;
@@ -29,6 +29,30 @@ pub struct MaintenanceRun {
     pub last_result: Option<String>,
     /// Next run.
     pub next_run: Option<String>,
+}
+
+/// What the maintenance jobs last did, shared by the scheduler (which records each
+/// run) and the admin API (`apikeyctl job list --maintenance`).
+#[derive(Debug, Clone, Default)]
+pub struct MaintenanceStatus(Arc<parking_lot::Mutex<Vec<MaintenanceRun>>>);
+
+impl MaintenanceStatus {
+    /// The jobs as last seen.
+    pub fn runs(&self) -> Vec<MaintenanceRun> {
+        self.0.lock().clone()
+    }
+
+    fn set(&self, runs: Vec<MaintenanceRun>) {
+        *self.0.lock() = runs;
+    }
+
+    fn record(&self, run: MaintenanceRun) {
+        let mut list = self.0.lock();
+        match list.iter_mut().find(|r| r.name == run.name) {
+            Some(r) => *r = run,
+            None => list.push(run),
+        }
+    }
 }
 
 /// Which maintenance task.
@@ -63,19 +87,6 @@ impl Task {
     }
 }
 
-/// Run one maintenance task now (tests, and the scheduler's callback).
-pub async fn run_task(keys: &Keys, name: &str) -> Option<Result<String, crate::keys::KeyError>> {
-    let task = [
-        Task::Flush,
-        Task::Sweep,
-        Task::Purge,
-        Task::InactivityWarning,
-    ]
-    .into_iter()
-    .find(|t| t.name() == name)?;
-    Some(task.run(keys).await)
-}
-
 /// The running maintenance scheduler.
 pub struct Maintenance {
     scheduler: JobScheduler,
@@ -103,18 +114,22 @@ fn croner_next(schedule: &str) -> Option<DateTime<Utc>> {
 }
 
 impl Maintenance {
-    /// Start the four jobs.
-    pub async fn start(keys: Arc<Keys>, config: &AlertConfig) -> Result<Self, JobSchedulerError> {
+    /// Start the four jobs, recording what they do in `status`.
+    pub async fn start(
+        keys: Arc<Keys>,
+        config: &AlertConfig,
+        status: MaintenanceStatus,
+    ) -> Result<Self, JobSchedulerError> {
         let scheduler = JobScheduler::new_with_channel_size(CHANNEL_SIZE).await?;
         let s = &config.jobs;
-        let mut status = Vec::new();
+        let mut runs = Vec::new();
         for (task, schedule) in [
             (Task::Flush, &s.last_used_flush),
             (Task::Sweep, &s.expiry_sweep),
             (Task::Purge, &s.purge),
             (Task::InactivityWarning, &s.inactivity_warning),
         ] {
-            status.push(MaintenanceRun {
+            runs.push(MaintenanceRun {
                 name: task.name().to_owned(),
                 schedule: schedule.clone(),
                 last_run: None,
@@ -122,9 +137,11 @@ impl Maintenance {
                 next_run: next_tick(schedule),
             });
             let keys = keys.clone();
+            let status = status.clone();
             let sched = schedule.clone();
             let job = Job::new_async(schedule.as_str(), move |_id, _lock| {
                 let keys = keys.clone();
+                let status = status.clone();
                 let sched = sched.clone();
                 Box::pin(async move {
                     let started = keys.clock().now();
@@ -142,7 +159,7 @@ impl Maintenance {
                             format!("error: {e}")
                         }
                     };
-                    keys.record_maintenance_run(MaintenanceRun {
+                    status.record(MaintenanceRun {
                         name: task.name().to_owned(),
                         schedule: sched.clone(),
                         last_run: Some(rfc3339(started)),
@@ -153,7 +170,7 @@ impl Maintenance {
             })?;
             scheduler.add(job).await?;
         }
-        keys.set_maintenance_status(status);
+        status.set(runs);
         scheduler.start().await?;
         Ok(Self { scheduler })
     }

@@ -1,5 +1,6 @@
 //! Admin API for notifications, alert jobs and operator messages. Thin: parse, call
-//! [`crate::keys::Keys`], render. Merged into the admin routes, so it sits behind the
+//! [`crate::keys::Keys`] (a key's notification) or [`crate::alerts::Alerts`] (jobs
+//! and messages), render. Merged into the admin routes, so it sits behind the
 //! same identity checks (SO_PEERCRED on the socket, admin-scope key on TCP).
 
 use axum::body::Bytes;
@@ -54,14 +55,14 @@ async fn list_jobs(
     Query(q): Query<JobsQuery>,
 ) -> ApiResult<Json<Value>> {
     if q.maintenance.unwrap_or(false) {
-        return Ok(Json(json!({ "maintenance": st.keys.maintenance_status() })));
+        return Ok(Json(json!({ "maintenance": st.maintenance.runs() })));
     }
     let page = PageRequest {
         cursor: q.cursor,
         limit: q.limit,
     };
     let jobs = st
-        .keys
+        .alerts
         .jobs(&actor, q.key.as_deref(), q.state.as_deref(), &page)
         .await?;
     Ok(Json(
@@ -74,7 +75,7 @@ async fn show_job(
     Extension(actor): Extension<Actor>,
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
-    Ok(Json(st.keys.job(&actor, &id).await?).into_response())
+    Ok(Json(st.alerts.job(&actor, &id).await?).into_response())
 }
 
 async fn cancel_job(
@@ -82,7 +83,7 @@ async fn cancel_job(
     Extension(actor): Extension<Actor>,
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
-    Ok(Json(st.keys.cancel_or_delete_job(&actor, &id, false).await?).into_response())
+    Ok(Json(st.alerts.cancel_or_delete_job(&actor, &id, false).await?).into_response())
 }
 
 async fn delete_job(
@@ -90,7 +91,7 @@ async fn delete_job(
     Extension(actor): Extension<Actor>,
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
-    Ok(Json(st.keys.cancel_or_delete_job(&actor, &id, true).await?).into_response())
+    Ok(Json(st.alerts.cancel_or_delete_job(&actor, &id, true).await?).into_response())
 }
 
 async fn list_messages(
@@ -99,7 +100,7 @@ async fn list_messages(
     Query(q): Query<MessagesQuery>,
 ) -> ApiResult<Json<Value>> {
     let messages = st
-        .keys
+        .alerts
         .messages(
             &actor,
             q.unacknowledged.unwrap_or(false),
@@ -114,7 +115,7 @@ async fn ack_message(
     Extension(actor): Extension<Actor>,
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
-    Ok(Json(st.keys.ack_message(&actor, &id).await?).into_response())
+    Ok(Json(st.alerts.ack_message(&actor, &id).await?).into_response())
 }
 
 /// The alert routes, added to the admin routes (and so to the route table the

@@ -19,8 +19,8 @@ use super::metrics::Endpoint;
 use super::AppState;
 use crate::config::edge::route_path::{self, BadPath};
 use crate::config::AuthConfig;
-use crate::keys::model::Code;
 use crate::keys::Live;
+use crate::model::key::Code;
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");

@@ -6,8 +6,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::alerts::stats::DELIVERIES;
-use crate::keys::model::Code;
+use crate::alerts::Alerts;
 use crate::keys::Keys;
+use crate::model::key::Code;
 
 /// Where a verification came from.
 #[derive(Debug, Clone, Copy)]
@@ -128,7 +129,7 @@ impl Metrics {
     }
 
     /// Render everything in the Prometheus text format.
-    pub fn render(&self, keys: &Keys) -> String {
+    pub fn render(&self, keys: &Keys, alerts: &Alerts) -> String {
         let mut out = String::with_capacity(4096);
         let _ = writeln!(
             out,
@@ -194,7 +195,7 @@ impl Metrics {
         let _ = writeln!(out, "# HELP apikeyd_alert_jobs Alert jobs by state.");
         let _ = writeln!(out, "# TYPE apikeyd_alert_jobs gauge");
         // Kept in memory by the store on every commit: no scan of the jobs here.
-        for (state, n) in keys.store().job_state_counts() {
+        for (state, n) in alerts.job_state_counts() {
             let state = state.as_str().to_ascii_lowercase();
             let _ = writeln!(out, "apikeyd_alert_jobs{{state=\"{state}\"}} {n}");
         }

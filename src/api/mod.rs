@@ -27,24 +27,32 @@ use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use crate::alerts::maintenance::MaintenanceStatus;
+use crate::alerts::{AlertError, Alerts};
 use crate::config::{AuthConfig, RateLimitConfig, ADMIN_SCOPE};
-use crate::keys::model::{rfc3339, Code};
 use crate::keys::{Actor, CreateKey, EditKey, KeyError, Keys, PageRequest};
+use crate::model::key::{rfc3339, Code};
 
 /// Shared state of every router.
 #[derive(Debug, Clone)]
 pub struct AppState {
     /// The key service.
     pub keys: Arc<Keys>,
+    /// Alert jobs and operator messages.
+    pub alerts: Arc<Alerts>,
+    /// What the maintenance jobs last did (empty until the scheduler starts).
+    pub maintenance: MaintenanceStatus,
     /// Forward-auth settings, the rate limiter and the metrics.
     pub edge: Arc<Edge>,
 }
 
 impl AppState {
-    /// State for `keys` with these edge settings.
-    pub fn new(keys: Arc<Keys>, auth: AuthConfig, rate_limit: RateLimitConfig) -> Self {
+    /// State for `alerts` (and their keys) with these edge settings.
+    pub fn new(alerts: Arc<Alerts>, auth: AuthConfig, rate_limit: RateLimitConfig) -> Self {
         Self {
-            keys,
+            keys: alerts.keys().clone(),
+            alerts,
+            maintenance: MaintenanceStatus::default(),
             edge: Arc::new(Edge {
                 auth: RwLock::new(Arc::new(auth::AuthPlan::new(auth))),
                 limiter: limits::RateLimiter::new(rate_limit),
@@ -116,6 +124,28 @@ impl From<KeyError> for ApiError {
                 tracing::error!(error = %e, "request failed");
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal")
             }
+        };
+        Self {
+            status,
+            code,
+            message: e.to_string(),
+        }
+    }
+}
+
+impl From<AlertError> for ApiError {
+    fn from(e: AlertError) -> Self {
+        let (status, code) = match &e {
+            AlertError::Key(_) => {
+                if let AlertError::Key(k) = e {
+                    return k.into();
+                }
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal")
+            }
+            AlertError::Invalid { .. } => (StatusCode::BAD_REQUEST, "invalid"),
+            AlertError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            AlertError::NotFound { .. } => (StatusCode::NOT_FOUND, "not_found"),
+            AlertError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
         };
         Self {
             status,
@@ -337,7 +367,7 @@ async fn healthz(State(st): State<AppState>) -> Json<Value> {
 }
 
 async fn metrics_text(State(st): State<AppState>) -> Response {
-    let body = st.edge.metrics.render(&st.keys);
+    let body = st.edge.metrics.render(&st.keys, &st.alerts);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 

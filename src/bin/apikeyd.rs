@@ -135,7 +135,7 @@ fn seed(
         &config.server.secret_file,
         env.credentials_directory.as_deref(),
     )?;
-    let store = apikeyd::store::Store::open(&config.server.database_path())?;
+    let store = apikeyd::store::RedbStore::open(&config.server.database_path())?;
     let now = chrono::Utc::now();
     let expires = config
         .policy
@@ -157,7 +157,7 @@ fn seed(
         "seeded {count} keys for {user} in {:.1} s",
         started.elapsed().as_secs_f64()
     );
-    if print_key {
+    if let (true, Some(sample)) = (print_key, sample) {
         println!("{}", sample.expose());
     }
     Ok(())

@@ -9,7 +9,7 @@ use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::PoolConfig;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 
-use super::{ChannelError, DeliveryError};
+use crate::alerts::DeliveryError;
 use crate::config::alerts::{SmtpConfig, SmtpTls};
 
 /// Name of the systemd credential holding the SMTP password.
@@ -128,6 +128,22 @@ impl Email {
             }
         }
     }
+}
+
+/// Channel set-up failures (at daemon start).
+#[derive(Debug, thiserror::Error)]
+pub enum ChannelError {
+    /// The SMTP password could not be read.
+    #[error("cannot read the SMTP password from {path}: {source}")]
+    Password {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The SMTP transport could not be built.
+    #[error("SMTP settings rejected: {0}")]
+    Smtp(String),
 }
 
 #[cfg(test)]

@@ -1,17 +1,14 @@
-//! The operator-message channel: the alert becomes a message stored in redb (listed
-//! with `apikeyctl message list`) and a warn-level log line.
+//! The operator-message channel: the alert becomes an operator message, kept by
+//! [`Alerts`] (listed with `apikeyctl message list`) and logged at warn level.
 
 use std::sync::Arc;
 
-use super::{Alert, DeliveryError};
-use crate::alerts::job::{OperatorMessage, Severity};
-use crate::clock::SharedClock;
-use crate::store::{AlertBatch, Store};
+use crate::alerts::{Alert, Alerts, DeliveryError};
+use crate::model::{OperatorMessage, Severity};
 
-/// Stores operator messages.
+/// Posts alerts as operator messages.
 pub struct Operator {
-    store: Arc<Store>,
-    clock: SharedClock,
+    alerts: Arc<Alerts>,
 }
 
 impl std::fmt::Debug for Operator {
@@ -21,16 +18,16 @@ impl std::fmt::Debug for Operator {
 }
 
 impl Operator {
-    /// A channel writing to `store`.
-    pub fn new(store: Arc<Store>, clock: SharedClock) -> Self {
-        Self { store, clock }
+    /// A channel posting through `alerts`.
+    pub fn new(alerts: Arc<Alerts>) -> Self {
+        Self { alerts }
     }
 
-    /// Store the alert as a warning message.
+    /// Post the alert as a warning message.
     pub async fn post(&self, alert: &Alert) -> Result<(), DeliveryError> {
         let message = OperatorMessage {
             id: 0,
-            at: self.clock.now(),
+            at: self.alerts.keys().clock().now(),
             severity: Severity::Warning,
             title: format!(
                 "API key \"{}\" of {} {}",
@@ -50,16 +47,8 @@ impl Operator {
             acknowledged_by: None,
             acknowledged_at: None,
         };
-        tracing::warn!(key_id = %alert.key.id, job_id = %alert.job_id, title = %message.title, "operator message");
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || {
-            store.commit_alerts(AlertBatch {
-                messages: vec![message],
-                ..AlertBatch::default()
-            })
+        self.alerts.post_message(message).await.map_err(|e| {
+            DeliveryError::transient(format!("cannot store the operator message: {e}"))
         })
-        .await
-        .map_err(|e| DeliveryError::transient(e.to_string()))?
-        .map_err(|e| DeliveryError::transient(format!("cannot store the operator message: {e}")))
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::{Alert, DeliveryError};
+use crate::alerts::{Alert, DeliveryError};
 
 /// How much of a plugin's stderr is kept.
 pub const MAX_STDERR: usize = 1000;

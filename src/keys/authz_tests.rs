@@ -3,13 +3,15 @@
 //! follow a reload, names that must not carry the key's own secret.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::sync::Arc;
-
 use chrono::{TimeZone, Utc};
 
-use super::test_support::*;
+use super::index::Index;
+use super::rules::{windows, OwnSecrets};
+use super::secret::Secret;
 use super::*;
-use crate::clock::ManualClock;
+use crate::model::*;
+use crate::test_support::*;
+use std::sync::atomic::Ordering;
 
 /// CONFIG with alice's groups replaced, or alice left out (`None`).
 fn with_alice(groups: Option<&str>) -> Settings {
@@ -31,7 +33,7 @@ fn forbidden(e: KeyError) -> String {
 }
 
 async fn audit_len(f: &Fixture, id: &str) -> usize {
-    f.keys.audit(&admin(), Some(id), 100).await.unwrap().len()
+    audit(&f.keys, &admin(), Some(id), 100).await.unwrap().len()
 }
 
 // ------------------------------------------------------------ item 8: reloads
@@ -92,7 +94,7 @@ async fn privileges_follow_a_reload() {
         f.keys.verify(&k, Some("catalog:read"), None).code,
         Code::OwnerUnknown
     );
-    let listed = f.keys.list(&admin(), None, false).await.unwrap();
+    let listed = list(&f.keys, &admin(), None, false).await.unwrap();
     let mine = listed.iter().find(|v| v.id.to_string() == id).unwrap();
     assert_eq!(mine.status, "owner_unknown");
     assert!(
@@ -139,9 +141,7 @@ async fn effective_scopes_at_start_and_after_an_edit() {
         f.keys.verify(&k, Some("catalog:sync"), None).code,
         Code::InsufficientScope
     );
-    drop(f.keys);
-    let store = Arc::new(Store::open(&f.path).unwrap());
-    let keys = Keys::open(store, hasher(), f.clock.clone(), with_alice(None)).unwrap();
+    let keys = f.reopen(with_alice(None));
     assert_eq!(keys.verify(&k, None, None).code, Code::OwnerUnknown);
     keys.reload(with_alice(Some("\"User\"")));
     assert_eq!(
@@ -187,7 +187,7 @@ fn a_reload_over_100k_keys_is_quick() {
         rec.name = format!("k{i}");
         rec.owner = format!("u{}", i % 100);
         rec.hash = hex::encode(hash);
-        index.load(Loaded::from_record(&rec).unwrap()).unwrap();
+        index.load(KeyRow::from_record(&rec).unwrap());
     }
     assert_eq!(index.regrant(&before.directory), Regranted::default());
     // u0..u9 become Users: their 10% of the keys lose catalog:sync.
@@ -315,7 +315,10 @@ async fn an_owner_cannot_forge_identity_headers() {
         r.secret = Some(Secret::new("legacy-token-0123456789-abcdefghijkl".into()));
         forbidden(f.keys.import(&alice(), r).await.unwrap_err());
     }
-    assert!(f.keys.list(&alice(), None, true).await.unwrap().is_empty());
+    assert!(list(&f.keys, &alice(), None, true)
+        .await
+        .unwrap()
+        .is_empty());
     let mut r = req("alice", "k");
     r.headers = vec!["X-Key=${key.id}".into(), "X-User=${key.owner}".into()];
     let id = f
@@ -597,7 +600,7 @@ async fn a_retired_imported_secret_cannot_be_brought_back_by_its_owner_or_others
             .await
             .unwrap_err(),
     );
-    assert!(f.keys.list(&bob(), None, true).await.unwrap().is_empty());
+    assert!(list(&f.keys, &bob(), None, true).await.unwrap().is_empty());
     f.keys
         .import(&alice(), import_req("alice", "own-third", mine))
         .await
@@ -804,9 +807,7 @@ async fn a_key_whose_owner_holds_none_of_its_scopes_is_refused_and_counted_so() 
     let c = counts(&f);
     assert_eq!((c["active"], c["owner_unknown"]), (2, 0), "{c:?}");
     // Loaded at start, the refusal holds too.
-    drop(f.keys);
-    let store = Arc::new(Store::open(&f.path).unwrap());
-    let keys = Keys::open(store, hasher(), f.clock.clone(), settings(&nothing)).unwrap();
+    let keys = f.reopen(settings(&nothing));
     assert_eq!(keys.verify(&new, None, None).code, Code::InsufficientScope);
     assert_eq!(keys.status_counts()["no_scopes"], 1);
 }
@@ -885,11 +886,8 @@ async fn the_own_secret_check_hashes_only_stretches_of_the_tokens_length() {
 /// the user could enable a key the admin disabled and clear its IP filters.
 #[tokio::test]
 async fn a_configured_user_named_root_is_bound_by_what_the_unmapped_root_sets() {
-    let dir = tempfile::tempdir().unwrap();
-    let clock = ManualClock::new(Utc.with_ymd_and_hms(2026, 8, 31, 10, 0, 0).unwrap());
-    let store = Arc::new(Store::open(&dir.path().join("db.redb")).unwrap());
     let text = format!("{CONFIG}[users.root]\ngroups = [\"Synchronizer\"]\n");
-    let keys = Keys::open(store, hasher(), clock, settings(&text)).unwrap();
+    let keys = fixture_with(&text).keys;
     let unmapped_root = Actor {
         name: "root".into(),
         admin: true,

@@ -1,149 +1,25 @@
 //! The key side of the maintenance jobs: the expiry sweep, the purge and the
 //! inactivity warning. Each runs under the writer lock and commits one transaction.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::load::Loaded;
-use super::model::{rfc3339, AuditEntry, KeyRecord, KeyState, Status};
-use super::notify::{self, Writer};
-use super::{counted_as, table, Index, KeyError, Keys, Lapse, Live};
-use crate::alerts::job::{AlertJob, JobKind};
-use crate::alerts::maintenance::MaintenanceRun;
-use crate::config::Policy;
-use crate::store::{AlertBatch, Batch};
+use super::error::KeyError;
+use super::live::Live;
+use super::notification;
+use super::rules::retirements;
+use super::Keys;
+use crate::model::{rfc3339, AlertJob, AuditEntry, JobKind, KeyRecord, KeyState, Status};
+use crate::store::Change;
 
+/// An audit entry the daemon itself writes about key `key`.
 fn entry(now: DateTime<Utc>, action: &str, key: Uuid, detail: String) -> AuditEntry {
-    AuditEntry {
-        seq: 0,
-        at: now,
-        actor: "apikeyd".into(),
-        action: action.into(),
-        key_id: Some(key),
-        detail,
-    }
-}
-
-impl Index {
-    /// Note for every key whether its slot is expired or inactive at `now`,
-    /// moving it between the status counts `/metrics` reads, and hand each lapsed
-    /// slot to `lapsed` with the audit action for it.
-    pub(super) fn note_lapses(
-        &self,
-        policy: &Policy,
-        now: DateTime<Utc>,
-        mut lapsed: impl FnMut(&table::Slot, &'static str),
-    ) {
-        for slot in self.table.iter() {
-            let status = slot.status(policy, now);
-            let lapse = Lapse::of(status);
-            let Some(seen) = self.swept.get(slot.entry as usize) else {
-                continue;
-            };
-            let before = seen.swap(lapse, Ordering::Relaxed);
-            if before != lapse && status != Status::Disabled {
-                // Disabled keys count as disabled whatever their lapse.
-                let refused = slot.flags & table::REFUSED;
-                self.counts
-                    .add(counted_as(KeyState::Enabled, before, refused), -1);
-                self.counts
-                    .add(counted_as(KeyState::Enabled, lapse, refused), 1);
-            }
-            match status {
-                Status::Expired => lapsed(slot, "expired"),
-                Status::Inactive => lapsed(slot, "inactive"),
-                _ => {}
-            }
-        }
-    }
-
-    /// [`Index::note_lapses`], returning the lapsed keys whose lapse is not yet
-    /// recorded, with the audit action for each.
-    pub(super) fn sweep_statuses(
-        &self,
-        policy: &Policy,
-        now: DateTime<Utc>,
-    ) -> Vec<(Arc<Live>, &'static str)> {
-        let mut lapsed = Vec::new();
-        self.note_lapses(policy, now, |slot, action| {
-            // Only lapsed keys' entries are visited.
-            if let Some(live) = self.at(slot.entry).filter(|l| !l.lapse_recorded) {
-                lapsed.push((live.clone(), action));
-            }
-        });
-        lapsed
-    }
+    AuditEntry::new(now, "apikeyd", action, Some(key), detail)
 }
 
 impl Keys {
-    /// The maintenance jobs as last seen.
-    pub fn maintenance_status(&self) -> Vec<MaintenanceRun> {
-        self.alerts.maintenance.lock().clone()
-    }
-
-    /// Set the list (at start).
-    pub fn set_maintenance_status(&self, runs: Vec<MaintenanceRun>) {
-        *self.alerts.maintenance.lock() = runs;
-    }
-
-    /// Record one run.
-    pub fn record_maintenance_run(&self, run: MaintenanceRun) {
-        let mut list = self.alerts.maintenance.lock();
-        match list.iter_mut().find(|r| r.name == run.name) {
-            Some(r) => *r = run,
-            None => list.push(run),
-        }
-    }
-
-    /// Full records (with in-memory usage) of `picked` keys, each with its note.
-    async fn records_of<T: Send + 'static>(
-        &self,
-        picked: Vec<(Arc<Live>, T)>,
-    ) -> Result<Vec<(KeyRecord, T)>, KeyError> {
-        let ids: Vec<Uuid> = picked.iter().map(|(l, _)| l.id).collect();
-        let records = self.blocking(move |s| s.keys(&ids)).await?;
-        let mut by_id: std::collections::HashMap<Uuid, KeyRecord> =
-            records.into_iter().map(|r| (r.id, r)).collect();
-        let index = self.index.read();
-        Ok(picked
-            .into_iter()
-            .filter_map(|(l, note)| {
-                let mut rec = by_id.remove(&l.id)?;
-                index.merge_usage(&mut rec, &l);
-                Some((rec, note))
-            })
-            .collect())
-    }
-
-    /// Commit and publish changed records together (see [`Keys::commit_then`]).
-    async fn publish_many(
-        &self,
-        writer: Writer,
-        records: Vec<KeyRecord>,
-        audit: Vec<AuditEntry>,
-        alerts: AlertBatch,
-    ) -> Result<(), KeyError> {
-        let loaded = records
-            .iter()
-            .map(Loaded::from_record)
-            .collect::<Result<Vec<_>, _>>()?;
-        let batch = Batch {
-            put_keys: records,
-            audit,
-            retire: vec![],
-        };
-        self.commit_then(writer, batch, alerts, move |index| {
-            for l in loaded {
-                index.publish(l);
-            }
-        })
-        .await?;
-        Ok(())
-    }
-
     /// Record (once per key, with an audit entry) keys that expired or went inactive.
     pub async fn sweep_expired(&self) -> Result<usize, KeyError> {
         let writer = self.lock_writer().await;
@@ -159,7 +35,7 @@ impl Keys {
         }
         let mut records = Vec::new();
         let mut audit = Vec::new();
-        for (mut rec, action) in self.records_of(picked).await? {
+        for (mut rec, action) in records_of(self, picked).await? {
             rec.alerting.lapse_recorded_at = Some(now);
             audit.push(entry(
                 now,
@@ -170,15 +46,19 @@ impl Keys {
             records.push(rec);
         }
         let n = records.len();
-        self.publish_many(writer, records, audit, AlertBatch::default())
-            .await?;
+        let change = Change {
+            put_keys: records,
+            audit,
+            ..Change::default()
+        };
+        self.commit(writer, change).await?;
         tracing::info!(keys = n, "expiry sweep recorded expired keys");
         Ok(n)
     }
 
     /// Delete keys removed, or expired, longer than RetentionPeriod ago.
     pub async fn purge(&self) -> Result<usize, KeyError> {
-        let Some(retention) = self.alert_config().retention.clone() else {
+        let Some(retention) = self.alerting.config().retention.clone() else {
             return Ok(0);
         };
         let writer = self.lock_writer().await;
@@ -235,25 +115,16 @@ impl Keys {
             self.blocking(move |s| s.keys(&holding))
                 .await?
                 .iter()
-                .flat_map(|rec| super::retirements(rec, None, now))
+                .flat_map(|rec| retirements(rec, None, now))
                 .collect()
         };
-        let batch = Batch {
-            put_keys: vec![],
+        let change = Change {
+            purge_keys: ids.clone(),
             audit,
             retire,
+            ..Change::default()
         };
-        let alerts = AlertBatch {
-            purge_keys: ids.clone(),
-            ..AlertBatch::default()
-        };
-        let purged = ids.clone();
-        self.commit_then(writer, batch, alerts, move |index| {
-            for id in purged {
-                index.remove(id);
-            }
-        })
-        .await?;
+        self.commit(writer, change).await?;
         tracing::info!(keys = ids.len(), "purged keys past RetentionPeriod");
         Ok(ids.len())
     }
@@ -261,7 +132,7 @@ impl Keys {
     /// Keys that will expire through inactivity within InactivityWarningLeadTime get
     /// one warning per idle stretch, through the default alert source, as a job.
     pub async fn schedule_inactivity_warnings(&self) -> Result<usize, KeyError> {
-        let config = self.alert_config();
+        let config = self.alerting.config();
         let (Some(lead), Some(source)) = (
             config.inactivity_warning_lead_time.clone(),
             config.default_source.clone(),
@@ -312,33 +183,61 @@ impl Keys {
         }
         let mut records = Vec::new();
         let mut audit = Vec::new();
-        let mut alerts = AlertBatch::default();
+        let mut alerts = Change::default();
         let directory = self.settings().directory.clone();
-        for (mut rec, (stretch, deadline)) in self.records_of(picked).await? {
+        for (mut rec, (stretch, deadline)) in records_of(self, picked).await? {
             rec.alerting.inactivity_warned_for = Some(stretch);
             let expires = format!("expires {} through inactivity", rfc3339(deadline));
             // An owner without an address gets the warning through the operators.
-            let detail =
-                match notify::choose_source(&config, &directory, &rec.owner, source.clone(), false)
-                {
-                    Ok((source, note)) => {
-                        let job =
-                            AlertJob::new(rec.id, JobKind::InactivityWarning, &source, now, now);
-                        let detail = format!("{expires}; warning job {} via {source}", job.id);
-                        alerts.put_jobs.push(job);
-                        match note {
-                            Some(note) => format!("{detail}; {note}"),
-                            None => detail,
-                        }
+            let detail = match notification::choose_source(
+                &config,
+                &directory,
+                &rec.owner,
+                source.clone(),
+                false,
+            ) {
+                Ok((source, note)) => {
+                    let job = AlertJob::new(rec.id, JobKind::InactivityWarning, &source, now, now);
+                    let detail = format!("{expires}; warning job {} via {source}", job.id);
+                    alerts.put_jobs.push(job);
+                    match note {
+                        Some(note) => format!("{detail}; {note}"),
+                        None => detail,
                     }
-                    Err(e) => format!("{expires}; no warning sent: {e}"),
-                };
+                }
+                Err(e) => format!("{expires}; no warning sent: {e}"),
+            };
             audit.push(entry(now, "inactivity-warning", rec.id, detail));
             records.push(rec);
         }
         let n = records.len();
-        self.publish_many(writer, records, audit, alerts).await?;
+        let change = Change {
+            put_keys: records,
+            audit,
+            ..alerts
+        };
+        self.commit(writer, change).await?;
         tracing::info!(keys = n, "inactivity warnings scheduled");
         Ok(n)
     }
+}
+
+/// Full records (with in-memory usage) of `picked` keys, each with its note.
+async fn records_of<T: Send + 'static>(
+    keys: &Keys,
+    picked: Vec<(Arc<Live>, T)>,
+) -> Result<Vec<(KeyRecord, T)>, KeyError> {
+    let ids: Vec<Uuid> = picked.iter().map(|(l, _)| l.id).collect();
+    let records = keys.blocking(move |s| s.keys(&ids)).await?;
+    let mut by_id: std::collections::HashMap<Uuid, KeyRecord> =
+        records.into_iter().map(|r| (r.id, r)).collect();
+    let index = keys.index.read();
+    Ok(picked
+        .into_iter()
+        .filter_map(|(l, note)| {
+            let mut rec = by_id.remove(&l.id)?;
+            index.merge_usage(&mut rec, &l);
+            Some((rec, note))
+        })
+        .collect())
 }

@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use uuid::Uuid;
 
-use super::{invalid, KeyError};
+use super::error::{invalid, KeyError};
 pub use crate::store::MAX_PAGE;
 
 /// Keys per page of `key list` unless asked otherwise.

@@ -273,8 +273,7 @@ impl fmt::Debug for KeyHasher {
     }
 }
 
-/// The keyed hash of a secret.
-pub type KeyHash = [u8; 32];
+pub use crate::model::row::KeyHash;
 
 impl KeyHasher {
     /// A hasher keyed with the server secret.

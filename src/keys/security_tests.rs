@@ -6,9 +6,14 @@
 use std::future::Future;
 use std::task::Context;
 
-use super::test_support::{admin, fixture_with_alerts, Fixture};
+use super::index::Index;
+use super::secret::Secret;
+use super::table::Hit;
 use super::*;
 use crate::config::{self, Environment};
+use crate::model::*;
+use crate::test_support::{admin, audit, fixture_with_alerts, Fixture};
+use chrono::Duration;
 
 const CONFIG: &str = r#"
 [ApiKey]
@@ -81,9 +86,7 @@ fn assert_consistent(keys: &Keys, secrets: &[String], context: &str) {
         grants: super::grants_of(&keys.settings().directory),
         ..Index::default()
     };
-    keys.store
-        .load_keys(load::prepare, |l| fresh.load(l))
-        .unwrap();
+    keys.store.load_keys(&mut |row| fresh.load(row)).unwrap();
     let index = keys.index.read();
     let mut ids: Vec<Uuid> = index.by_id.keys().copied().collect();
     let mut stored: Vec<Uuid> = fresh.by_id.keys().copied().collect();
@@ -222,7 +225,7 @@ async fn a_change_cut_off_by_its_caller_is_applied_to_store_and_index_or_not_at_
             for (id, delete) in [(&ids[7], false), (&ids[8], true)] {
                 let job = keys.show(&a, id).unwrap().alert_job.unwrap();
                 cut_off(
-                    keys.cancel_or_delete_job(&a, &job.to_string(), delete),
+                    f.alerts.cancel_or_delete_job(&a, &job.to_string(), delete),
                     polls,
                     pause,
                 )
@@ -239,7 +242,7 @@ async fn a_change_cut_off_by_its_caller_is_applied_to_store_and_index_or_not_at_
                 let done = if delete {
                     stored.is_none()
                 } else {
-                    stored.unwrap().state == crate::alerts::job::JobState::Canceled
+                    stored.unwrap().state == crate::model::job::JobState::Canceled
                 };
                 assert_eq!(
                     rec.alerting.notification.is_none(),
@@ -295,11 +298,19 @@ async fn a_record_the_index_cannot_hold_is_refused_before_it_is_saved() {
     rec.state = KeyState::Disabled;
     rec.hash = "not hex".into();
     let writer = keys.lock_writer().await;
-    let audit = keys.audit_entry(&admin(), "disable", rec.id, String::new());
-    assert!(keys
-        .commit_and_publish_with(writer, rec, audit, Default::default(), vec![])
-        .await
-        .is_err());
+    let audit = AuditEntry::new(
+        keys.clock().now(),
+        "admin",
+        "disable",
+        Some(rec.id),
+        String::new(),
+    );
+    let change = crate::store::Change {
+        put_keys: vec![rec],
+        audit: vec![audit],
+        ..Default::default()
+    };
+    assert!(keys.commit(writer, change).await.is_err());
     assert_eq!(
         keys.store.key(view.id).unwrap().unwrap().state,
         KeyState::Enabled
@@ -358,7 +369,7 @@ async fn forgetting_a_key_only_takes_out_its_own_slots() {
     let rec = keys.store.key(old.id).unwrap().unwrap();
     keys.index
         .write()
-        .publish(load::Loaded::from_record(&rec).unwrap());
+        .publish(KeyRow::from_record(&rec).unwrap());
     assert_eq!(keys.verify(&a, None, None).code, Code::Valid);
     assert!(matches!(
         keys.edit(
@@ -554,8 +565,7 @@ async fn the_default_notification_of_an_owner_without_an_address_goes_to_the_ope
         notice.contains("owner-email") && notice.contains("\"operator\""),
         "{notice}"
     );
-    let audit = keys
-        .audit(&admin(), Some(&issued.view.id.to_string()), 10)
+    let audit = audit(keys, &admin(), Some(&issued.view.id.to_string()), 10)
         .await
         .unwrap();
     assert!(audit[0].detail.contains("instead"), "{:?}", audit[0]);
@@ -598,7 +608,8 @@ async fn inactivity_warnings_of_an_owner_without_an_address_go_to_the_operators(
     let idle = keys.create(&admin(), r).await.unwrap().view.id;
     f.clock.advance(Duration::days(85));
     keys.schedule_inactivity_warnings().await.unwrap();
-    let jobs = keys
+    let jobs = f
+        .alerts
         .jobs(
             &admin(),
             Some(&idle.to_string()),
@@ -610,8 +621,7 @@ async fn inactivity_warnings_of_an_owner_without_an_address_go_to_the_operators(
         .items;
     assert_eq!(jobs.len(), 1, "{jobs:?}");
     assert_eq!(jobs[0].source, "operator");
-    let audit = keys
-        .audit(&admin(), Some(&idle.to_string()), 10)
+    let audit = audit(keys, &admin(), Some(&idle.to_string()), 10)
         .await
         .unwrap();
     assert!(audit[0].detail.contains("instead"), "{:?}", audit[0]);

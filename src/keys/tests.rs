@@ -2,14 +2,16 @@
 //! rule, rotation grace, permissions, and "bad input changes nothing".
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::sync::Arc;
-
 use chrono::{Duration, TimeZone, Utc};
 
-use super::test_support::*;
+use super::secret::Secret;
+use super::status::{counted_as, Lapse, StatusCounts};
 use super::*;
 use crate::clock::Clock;
 use crate::config::{self, Environment};
+use crate::model::*;
+use crate::test_support::*;
+use std::collections::BTreeMap;
 
 fn is_invalid(e: &KeyError, field: &str) -> bool {
     matches!(e, KeyError::Invalid { field: f, .. } if *f == field)
@@ -207,10 +209,8 @@ async fn last_used_is_persisted_at_most_once_a_minute_per_key() {
     );
     // What was written is what a reopened store sees.
     let expected = f.clock.now();
-    drop(f.keys);
-    let store = Arc::new(Store::open(&f.path).unwrap());
-    let reopened = Keys::open(store, hasher(), f.clock.clone(), settings(CONFIG)).unwrap();
-    let list = reopened.list(&admin(), None, false).await.unwrap();
+    let reopened = f.reopen(settings(CONFIG));
+    let list = list(&reopened, &admin(), None, false).await.unwrap();
     assert_eq!(
         list[0].last_used_at.as_deref(),
         Some(rfc3339(expected).as_str())
@@ -359,11 +359,11 @@ async fn permissions_follow_groups() {
         Err(KeyError::NotFound(_))
     ));
     assert!(matches!(
-        f.keys.list(&alice(), Some("bob"), false).await,
+        list(&f.keys, &alice(), Some("bob"), false).await,
         Err(KeyError::Forbidden(_))
     ));
-    assert_eq!(f.keys.list(&alice(), None, false).await.unwrap().len(), 1);
-    assert_eq!(f.keys.list(&admin(), None, false).await.unwrap().len(), 2);
+    assert_eq!(list(&f.keys, &alice(), None, false).await.unwrap().len(), 1);
+    assert_eq!(list(&f.keys, &admin(), None, false).await.unwrap().len(), 2);
 }
 
 #[tokio::test]
@@ -447,7 +447,7 @@ async fn bad_input_changes_nothing() {
         .id
         .to_string();
     let before = f.keys.show(&admin(), &id).unwrap();
-    let audit_before = f.keys.audit(&admin(), None, 100).await.unwrap().len();
+    let audit_before = audit(&f.keys, &admin(), None, 100).await.unwrap().len();
     let bad_edits = [
         EditKey {
             ip: Some(vec!["10.0.0.1".into(), "192.168.01.1".into()]),
@@ -478,9 +478,9 @@ async fn bad_input_changes_nothing() {
     r.ip = vec!["10.0.0.0/33".into()];
     assert!(f.keys.create(&admin(), r).await.is_err());
     assert_eq!(f.keys.show(&admin(), &id).unwrap(), before);
-    assert_eq!(f.keys.list(&admin(), None, true).await.unwrap().len(), 1);
+    assert_eq!(list(&f.keys, &admin(), None, true).await.unwrap().len(), 1);
     assert_eq!(
-        f.keys.audit(&admin(), None, 100).await.unwrap().len(),
+        audit(&f.keys, &admin(), None, 100).await.unwrap().len(),
         audit_before
     );
 }
@@ -528,7 +528,7 @@ async fn every_change_is_audited() {
     f.keys.set_enabled(&alice(), &id, false).await.unwrap();
     f.keys.rotate(&alice(), &id, None).await.unwrap();
     f.keys.remove(&admin(), &id).await.unwrap();
-    let entries = f.keys.audit(&admin(), Some(&id), 10).await.unwrap();
+    let entries = audit(&f.keys, &admin(), Some(&id), 10).await.unwrap();
     let actions: Vec<_> = entries
         .iter()
         .map(|e| (e.actor.as_str(), e.action.as_str()))
@@ -543,7 +543,7 @@ async fn every_change_is_audited() {
         ]
     );
     // Alice sees the trail of her own key.
-    assert_eq!(f.keys.audit(&alice(), None, 10).await.unwrap().len(), 4);
+    assert_eq!(audit(&f.keys, &alice(), None, 10).await.unwrap().len(), 4);
 }
 
 #[tokio::test]
@@ -626,9 +626,7 @@ async fn usage_survives_edits_disable_rotation_and_a_restart() {
     );
     assert!(f.clock.now() > used_at);
     f.keys.flush_last_used(true).await.unwrap();
-    drop(f.keys);
-    let store = Arc::new(Store::open(&f.path).unwrap());
-    let reopened = Keys::open(store, hasher(), f.clock.clone(), settings(CONFIG)).unwrap();
+    let reopened = f.reopen(settings(CONFIG));
     let again = reopened.show(&admin(), &id).unwrap();
     assert_eq!(again.usage, view.usage);
     assert_eq!(again.last_used_at, view.last_used_at);
@@ -683,7 +681,7 @@ async fn purged_entries_are_reused_without_mixing_up_keys() {
         &Environment::default(),
     )
     .unwrap();
-    f.keys.set_alert_config(c.alerts);
+    f.keys.alerting().set_config(c.alerts);
     let old = f.keys.create(&admin(), req("alice", "old")).await.unwrap();
     let old_key = old.key.expose().to_owned();
     let stale = f.keys.verify(&old_key, None, None);
@@ -703,9 +701,9 @@ async fn purged_entries_are_reused_without_mixing_up_keys() {
     );
     // A verification of the old key taken before the purge does not resolve to the
     // key now in its entry.
-    assert!(f.keys.key_of(&stale).is_none());
+    assert!(f.keys.resolve(&mut stale.clone()).is_none());
     let fresh = f.keys.verify(new.key.expose(), None, None);
-    assert_eq!(f.keys.key_of(&fresh).unwrap().id, new.view.id);
+    assert_eq!(f.keys.resolve(&mut fresh.clone()).unwrap().id, new.view.id);
     assert_eq!(f.keys.len(), 1);
 }
 
@@ -740,7 +738,7 @@ async fn expiry_sweep_records_expired_and_inactive_keys_once() {
     let action_of = |id: String| {
         let keys = &f.keys;
         async move {
-            let entries = keys.audit(&admin(), Some(&id), 10).await.unwrap();
+            let entries = audit(&keys, &admin(), Some(&id), 10).await.unwrap();
             entries.first().map(|e| e.action.clone()).unwrap()
         }
     };
@@ -799,7 +797,7 @@ async fn key_status_counts_come_from_counters_not_a_scan_per_scrape() {
         &Environment::default(),
     )
     .unwrap();
-    f.keys.set_alert_config(c.alerts);
+    f.keys.alerting().set_config(c.alerts);
     let mut ids = Vec::new();
     let mut secrets = Vec::new();
     for name in ["a", "b", "c", "d", "e"] {
@@ -862,9 +860,7 @@ async fn key_status_counts_come_from_counters_not_a_scan_per_scrape() {
     assert_eq!(counts(&f.keys), [3, 0, 0, 0, 0]);
     // A restart counts what lapsed meanwhile, as a sweep would.
     f.clock.advance(Duration::days(100));
-    drop(f.keys);
-    let store = Arc::new(Store::open(&f.path).unwrap());
-    let reopened = Keys::open(store, hasher(), f.clock.clone(), settings(&text)).unwrap();
+    let reopened = f.reopen(settings(&text));
     // a passed its hard expiry; f and g were never used.
     assert_eq!(counts(&reopened), [0, 0, 1, 2, 0]);
     assert_eq!(reopened.status_counts(), scanned(&reopened));
@@ -916,9 +912,7 @@ async fn key_list_and_audit_pages_walk_every_visible_row_once() {
         .remove(&admin(), &alices[1].to_string())
         .await
         .unwrap();
-    let every: Vec<Uuid> = f
-        .keys
-        .list(&admin(), None, true)
+    let every: Vec<Uuid> = list(&f.keys, &admin(), None, true)
         .await
         .unwrap()
         .iter()
@@ -933,7 +927,7 @@ async fn key_list_and_audit_pages_walk_every_visible_row_once() {
     assert_eq!(walk_keys(&f, &alice(), false, 2).await, visible);
     assert_eq!(walk_keys(&f, &alice(), true, 2).await, alices);
 
-    let trail = f.keys.audit(&admin(), None, 1000).await.unwrap();
+    let trail = audit(&f.keys, &admin(), None, 1000).await.unwrap();
     assert_eq!(trail.len(), 16);
     let hers: Vec<u64> = trail
         .iter()

@@ -1,568 +1,146 @@
-//! The redb database: the only module that knows redb. Every function here blocks;
-//! callers run it in `spawn_blocking` and never hold a transaction across an `.await`.
+//! Storage: everything the domain persists, behind one trait, [`Storage`].
 //!
-//! Tables: `keys` (id → JSON record) and `audit` (sequence → JSON entry). Records are
-//! JSON so fields can be added without a migration. `audit_by_key` ((key, seq) → ())
-//! and `audit_by_owner` ((owner, seq) → ()) index the audit trail, written in the
-//! transaction that appends the entry, so a listing for one key or one owner reads
-//! only their entries; a database written before they existed gets them built once,
-//! when it is opened ([`Store::open`]). `retired_secrets` (keyed hash → JSON
-//! [`RetiredSecret`]) remembers imported secrets that left their key, written in the
-//! transaction that removes, rotates or purges it.
+//! [`RedbStore`] (the embedded redb database, the default) implements it, and only
+//! `src/store/redb` knows redb; [`MemoryStore`] implements it in memory for unit
+//! tests. The services above ([`crate::keys::Keys`], [`crate::alerts::Alerts`]) hold
+//! an `Arc<dyn Storage>` and never see a table, a transaction or a byte of JSON.
+//!
+//! # What a backend promises
+//! - Every method may block: callers run them on blocking threads
+//!   (`spawn_blocking`) and never on a runtime worker that serves verifications.
+//! - [`Storage::commit`] applies a whole [`Change`] (key records, audit entries,
+//!   retired secrets, job and message changes) atomically and durably, or nothing
+//!   of it: a key and its alert job never disagree on disk.
+//! - Loading at start ([`Storage::load_keys`]) yields typed rows ([`KeyRow`]); any
+//!   decoding of the backend's format stays inside the backend.
+//! - Listings (audit, jobs) are filtered and paged in the store ([`Page`]).
+//!
+//! # The single-writer assumption
+//! One process owns the store, and within it the keys service serialises every
+//! change through one writer lock: a change reads the current record, validates,
+//! commits, then publishes to the in-memory index, and nothing else can commit in
+//! between. So no method here reports a conflict, and nothing changes under the
+//! index's feet. A backend shared by several nodes (PostgreSQL) differs in two
+//! places: a commit may find that another node changed the same record first (a
+//! conflict, to be reported as an error and retried by re-reading), and changes
+//! made by other nodes must reach this node's index (a change feed the node
+//! follows). Both would be added to this trait; nothing in the domain reads the
+//! store in a way that assumes more than this list.
 
-pub mod jobs;
+pub mod memory;
+mod page;
+mod redb;
 
-use std::path::Path;
-use std::sync::atomic::AtomicI64;
-
-use redb::{
-    Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition, TableHandle,
-};
+use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use crate::alerts::job::JobState;
-use crate::keys::model::{AuditEntry, KeyRecord, RetiredSecret};
-pub use jobs::{AlertBatch, JobFilter};
+use crate::model::{
+    AlertJob, AuditEntry, JobState, KeyHash, KeyRecord, KeyRow, OperatorMessage, RetiredSecret,
+    UsageCounts,
+};
+pub use memory::MemoryStore;
+pub(crate) use page::Pager;
+pub use page::{Page, MAX_PAGE};
+pub use redb::{RedbStore, CACHE_BYTES};
 
-const KEYS: TableDefinition<u128, &[u8]> = TableDefinition::new("keys");
-const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
-const AUDIT_BY_KEY: TableDefinition<(u128, u64), ()> = TableDefinition::new("audit_by_key");
-const AUDIT_BY_OWNER: TableDefinition<(&str, u64), ()> = TableDefinition::new("audit_by_owner");
-const RETIRED: TableDefinition<&[u8], &[u8]> = TableDefinition::new("retired_secrets");
+/// A boxed error from a backend, kept as the cause of a [`StoreError`].
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
-/// The most rows one page of a listing returns, and the most rows it examines: a
-/// page filtered on something no index covers (a job state) stops there and hands
-/// back a cursor, so no single request decodes a whole table.
-pub const MAX_PAGE: usize = 10_000;
-
-/// One page of a listing: its rows and, when there may be more, where the next page
-/// starts (the position of the last row examined).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Page<T, P> {
-    /// The rows, in the listing's order.
-    pub items: Vec<T>,
-    /// Pass back to continue after the rows returned; `None` at the end.
-    pub next: Option<P>,
-}
-
-/// Collects one page: stops after `limit` rows, or after [`MAX_PAGE`] rows
-/// examined, remembering where it stopped.
-struct Pager<T, P> {
-    limit: usize,
-    examined: usize,
-    last: Option<P>,
-    items: Vec<T>,
-    next: Option<P>,
-}
-
-impl<T, P: Copy> Pager<T, P> {
-    fn new(limit: usize) -> Self {
-        let limit = limit.clamp(1, MAX_PAGE);
-        Self {
-            limit,
-            examined: 0,
-            last: None,
-            items: Vec::with_capacity(limit.min(1024)),
-            next: None,
-        }
-    }
-
-    /// Whether to examine the row at `pos`; on `false` the page is done, and since a
-    /// row remains, it continues after the last row examined.
-    fn admit(&mut self, pos: P) -> bool {
-        if self.items.len() >= self.limit || self.examined >= MAX_PAGE {
-            self.next = self.last;
-            return false;
-        }
-        self.examined += 1;
-        self.last = Some(pos);
-        true
-    }
-
-    fn done(self) -> Page<T, P> {
-        Page {
-            items: self.items,
-            next: self.next,
-        }
-    }
-}
-
-/// Which audit entries to list.
-#[derive(Debug, Clone, Default)]
-pub struct AuditFilter {
-    /// Only this key's.
-    pub key: Option<Uuid>,
-    /// Only entries about keys of this owner.
-    pub owner: Option<String>,
-}
-
-/// redb's page cache. Its default (1 GiB) filled up while loading the keys at start and
-/// stayed resident; every read path that matters (verification, listing keys) runs from
-/// memory, and the alert dispatcher reads only the head of the due index, so a small
-/// cache costs nothing measurable and keeps a 1M-key daemon well under 600 MB.
-pub const CACHE_BYTES: usize = 32 * 1024 * 1024;
-
-/// Storage failures.
+/// Storage failures, by the operation that failed; each keeps its cause.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The database could not be opened (held by another process, unreadable, ...).
-    #[error("cannot open database {path}: {message} (is another apikeyd running on it?)")]
+    #[error("cannot open database {path}: {source} (is another apikeyd running on it?)")]
     Open {
-        /// Database file.
+        /// Database file (or address).
         path: String,
-        /// redb's message.
-        message: String,
+        /// Why.
+        #[source]
+        source: BoxError,
     },
-    /// A read or write failed.
-    #[error("database error: {0}")]
-    Db(String),
+    /// A transaction could not be started.
+    #[error("cannot start a database transaction: {0}")]
+    Transaction(#[source] BoxError),
+    /// A table could not be opened.
+    #[error("cannot open a database table: {0}")]
+    Table(#[source] BoxError),
+    /// A read or a write inside a transaction failed.
+    #[error("database read or write failed: {0}")]
+    Storage(#[source] BoxError),
+    /// The transaction could not be committed; none of it was written.
+    #[error("cannot commit to the database (nothing was written): {0}")]
+    Commit(#[source] BoxError),
     /// A stored record could not be decoded.
-    #[error("corrupt record in table {table}: {message}")]
+    #[error("corrupt record in table {table}: {source}")]
     Corrupt {
         /// Table name.
         table: &'static str,
-        /// Decoder message.
-        message: String,
+        /// The decoder's error.
+        #[source]
+        source: BoxError,
+    },
+    /// A record could not be encoded for storage.
+    #[error("cannot encode a record for table {table}: {source}")]
+    Encode {
+        /// Table name.
+        table: &'static str,
+        /// The encoder's error.
+        #[source]
+        source: serde_json::Error,
     },
 }
 
-fn db_err(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Db(e.to_string())
+impl From<crate::model::row::BadHash> for StoreError {
+    fn from(e: crate::model::row::BadHash) -> Self {
+        StoreError::Corrupt {
+            table: "keys",
+            source: Box::new(e),
+        }
+    }
 }
 
-/// A set of changes committed in one transaction.
+/// Everything one change writes, committed atomically by [`Storage::commit`].
 #[derive(Debug, Default)]
-pub struct Batch {
-    /// Records to insert or replace.
+pub struct Change {
+    /// Key records to insert or replace.
     pub put_keys: Vec<KeyRecord>,
-    /// Audit entries to append (their `seq` is assigned here).
+    /// Key records to delete (purge).
+    pub purge_keys: Vec<Uuid>,
+    /// Audit entries to append (their `seq` is assigned by the store).
     pub audit: Vec<AuditEntry>,
     /// Secrets that leave their key in this change.
     pub retire: Vec<Retire>,
+    /// Alert jobs to insert or replace.
+    pub put_jobs: Vec<AlertJob>,
+    /// Alert jobs to delete.
+    pub delete_jobs: Vec<Uuid>,
+    /// Operator messages to append (id 0: assigned by the store) or replace.
+    pub messages: Vec<OperatorMessage>,
 }
 
-/// A secret to remember as retired ([`Store::retired`]).
+impl Change {
+    /// Nothing to write.
+    pub fn is_empty(&self) -> bool {
+        self.put_keys.is_empty()
+            && self.purge_keys.is_empty()
+            && self.audit.is_empty()
+            && self.retire.is_empty()
+            && self.put_jobs.is_empty()
+            && self.delete_jobs.is_empty()
+            && self.messages.is_empty()
+    }
+}
+
+/// A secret to remember as retired ([`Storage::retired`]).
 #[derive(Debug, Clone)]
 pub struct Retire {
     /// The secret's keyed hash.
-    pub hash: [u8; 32],
+    pub hash: KeyHash,
     /// Who held it.
     pub entry: RetiredSecret,
     /// Only replace an entry already there: a rotated key's previous secret is
     /// retired when it is rotated away if it was imported, and only then matters.
     pub refresh_only: bool,
-}
-
-/// The open database.
-#[derive(Debug)]
-pub struct Store {
-    db: Database,
-    /// Alert jobs per state ([`JobState::index`]), counted at open and kept up to
-    /// date by every commit, so `/metrics` never scans the jobs.
-    job_states: [AtomicI64; JobState::ALL.len()],
-}
-
-/// Open (or create) the database file readable by its owner only, whatever the umask:
-/// it holds every key's hash and owner. An existing file that others may read is
-/// tightened to 0600, with a warning.
-fn open_private(path: &Path) -> std::io::Result<std::fs::File> {
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    // What redb's own `create` does, plus the mode.
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(path)?;
-    let mode = file.metadata()?.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
-        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-        tracing::warn!(path = %path.display(), mode = format!("{mode:o}"), "database was readable by group or others; its mode is now 0600");
-    }
-    Ok(file)
-}
-
-impl Store {
-    /// Open (or create) the database file and its tables.
-    pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let open_err = |e: &dyn std::fmt::Display| StoreError::Open {
-            path: path.display().to_string(),
-            message: e.to_string(),
-        };
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            // A missing state directory is made private, as the daemon makes it.
-            use std::os::unix::fs::DirBuilderExt;
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(parent)
-                .map_err(|e| open_err(&e))?;
-        }
-        let file = open_private(path).map_err(|e| open_err(&e))?;
-        let db = Database::builder()
-            .set_cache_size(CACHE_BYTES)
-            .create_with_backend(redb::backends::FileBackend::new(file).map_err(|e| open_err(&e))?)
-            .map_err(|e| open_err(&e))?;
-        let txn = db.begin_write().map_err(db_err)?;
-        let existing: Vec<String> = txn
-            .list_tables()
-            .map_err(db_err)?
-            .map(|t| t.name().to_owned())
-            .collect();
-        let missing = |name: &str| !existing.iter().any(|t| t == name);
-        let build_audit_index = missing(AUDIT_BY_OWNER.name());
-        let build_job_index = jobs::index_missing(&missing);
-        txn.open_table(KEYS).map_err(db_err)?;
-        txn.open_table(AUDIT).map_err(db_err)?;
-        txn.open_table(AUDIT_BY_KEY).map_err(db_err)?;
-        txn.open_table(AUDIT_BY_OWNER).map_err(db_err)?;
-        txn.open_table(RETIRED).map_err(db_err)?;
-        jobs::create_tables(&txn)?;
-        if build_audit_index {
-            index_audit(&txn)?;
-        }
-        if build_job_index {
-            jobs::index_jobs(&txn)?;
-        }
-        txn.commit().map_err(db_err)?;
-        let job_states = jobs::load_state_counts(&db)?.map(AtomicI64::new);
-        Ok(Self { db, job_states })
-    }
-
-    /// Pass every stored key, as `prepare` decodes its bytes (with a per-thread cache
-    /// `C`), to `each` on this thread; returns how many there were. Decoding is most of
-    /// a cold start, so one thread reads rows in chunks, one thread per CPU decodes
-    /// them, and `each` consumes decoded chunks meanwhile.
-    pub fn load_keys<T: Send, C: Default>(
-        &self,
-        prepare: impl Fn(&mut C, &[u8]) -> Result<T, StoreError> + Sync,
-        mut each: impl FnMut(T) -> Result<(), StoreError>,
-    ) -> Result<usize, StoreError> {
-        const CHUNK: usize = 8_192;
-        let decoders = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
-        /// A chunk of rows: their bytes back to back, and where each ends.
-        type Raw = (Vec<u8>, Vec<usize>);
-        let prepare = &prepare;
-        std::thread::scope(|s| {
-            // reader → decoders (round robin) → this thread, which builds the index
-            // while the next chunks are read and decoded.
-            let (done_tx, done_rx) =
-                std::sync::mpsc::sync_channel::<Result<Vec<T>, StoreError>>(decoders * 2);
-            let mut raw_txs = Vec::new();
-            for _ in 0..decoders {
-                let (raw_tx, raw_rx) = std::sync::mpsc::sync_channel::<Raw>(2);
-                raw_txs.push(raw_tx);
-                let done_tx = done_tx.clone();
-                s.spawn(move || {
-                    let mut cache = C::default();
-                    for (bytes, ends) in raw_rx {
-                        let mut start = 0;
-                        let mut out = Vec::with_capacity(ends.len());
-                        let mut failed = None;
-                        for end in ends {
-                            match prepare(&mut cache, &bytes[start..end]) {
-                                Ok(t) => out.push(t),
-                                Err(e) => {
-                                    failed = Some(e);
-                                    break;
-                                }
-                            }
-                            start = end;
-                        }
-                        let msg = match failed {
-                            Some(e) => Err(e),
-                            None => Ok(out),
-                        };
-                        if done_tx.send(msg).is_err() {
-                            return;
-                        }
-                    }
-                });
-            }
-            let reader_done = done_tx;
-            s.spawn(move || {
-                let read = || -> Result<(), StoreError> {
-                    let txn = self.db.begin_read().map_err(db_err)?;
-                    let table = txn.open_table(KEYS).map_err(db_err)?;
-                    let mut chunk: Raw = (Vec::new(), Vec::with_capacity(CHUNK));
-                    let mut next = 0;
-                    for row in table.iter().map_err(db_err)? {
-                        let (_, v) = row.map_err(db_err)?;
-                        chunk.0.extend_from_slice(v.value());
-                        chunk.1.push(chunk.0.len());
-                        if chunk.1.len() == CHUNK {
-                            let cap = chunk.0.len();
-                            let full = std::mem::replace(
-                                &mut chunk,
-                                (Vec::with_capacity(cap), Vec::with_capacity(CHUNK)),
-                            );
-                            if raw_txs[next % raw_txs.len()].send(full).is_err() {
-                                return Ok(());
-                            }
-                            next += 1;
-                        }
-                    }
-                    if !chunk.1.is_empty() {
-                        let _ = raw_txs[next % raw_txs.len()].send(chunk);
-                    }
-                    Ok(())
-                };
-                if let Err(e) = read() {
-                    let _ = reader_done.send(Err(e));
-                }
-                // Dropping the senders ends the decoders, then the receiver below.
-            });
-            let mut count = 0;
-            for chunk in done_rx {
-                for item in chunk? {
-                    each(item)?;
-                    count += 1;
-                }
-            }
-            Ok(count)
-        })
-    }
-
-    /// Number of stored keys (all states).
-    pub fn key_count(&self) -> Result<usize, StoreError> {
-        let txn = self.db.begin_read().map_err(db_err)?;
-        let table = txn.open_table(KEYS).map_err(db_err)?;
-        Ok(usize::try_from(table.len().map_err(db_err)?).unwrap_or(0))
-    }
-
-    /// One key's full record.
-    pub fn key(&self, id: Uuid) -> Result<Option<KeyRecord>, StoreError> {
-        Ok(self.keys(&[id])?.pop())
-    }
-
-    /// The full records of `ids` (in that order; missing ids are skipped).
-    pub fn keys(&self, ids: &[Uuid]) -> Result<Vec<KeyRecord>, StoreError> {
-        let txn = self.db.begin_read().map_err(db_err)?;
-        let table = txn.open_table(KEYS).map_err(db_err)?;
-        let mut out = Vec::with_capacity(ids.len());
-        for id in ids {
-            if let Some(v) = table.get(id.as_u128()).map_err(db_err)? {
-                out.push(decode("keys", v.value())?);
-            }
-        }
-        Ok(out)
-    }
-
-    /// Write usage (last use and counters) into the stored records of keys, in one
-    /// transaction. Keys no longer stored (purged) are skipped. Returns keys written.
-    pub fn write_usage(&self, updates: &[UsageUpdate]) -> Result<usize, StoreError> {
-        let txn = self.db.begin_write().map_err(db_err)?;
-        let mut written = 0;
-        {
-            let mut keys = txn.open_table(KEYS).map_err(db_err)?;
-            for u in updates {
-                let Some(mut rec) = keys
-                    .get(u.id.as_u128())
-                    .map_err(db_err)?
-                    .map(|v| decode::<KeyRecord>("keys", v.value()))
-                    .transpose()?
-                else {
-                    continue;
-                };
-                rec.last_used_at = rec.last_used_at.max(u.last_used_at);
-                rec.usage = u.counts.clone();
-                let bytes = serde_json::to_vec(&rec).map_err(db_err)?;
-                keys.insert(rec.id.as_u128(), bytes.as_slice())
-                    .map_err(db_err)?;
-                written += 1;
-            }
-        }
-        txn.commit().map_err(db_err)?;
-        Ok(written)
-    }
-
-    /// Commit a batch atomically.
-    pub fn commit(&self, batch: Batch) -> Result<(), StoreError> {
-        self.commit_with(batch, AlertBatch::default())
-    }
-
-    /// Commit key changes and job changes in one transaction.
-    pub fn commit_with(&self, mut batch: Batch, alerts: AlertBatch) -> Result<(), StoreError> {
-        let txn = self.db.begin_write().map_err(db_err)?;
-        {
-            let mut keys = txn.open_table(KEYS).map_err(db_err)?;
-            for rec in &batch.put_keys {
-                let bytes = serde_json::to_vec(rec).map_err(db_err)?;
-                keys.insert(rec.id.as_u128(), bytes.as_slice())
-                    .map_err(db_err)?;
-            }
-            let mut audit = txn.open_table(AUDIT).map_err(db_err)?;
-            let first = match audit.last().map_err(db_err)? {
-                Some((k, _)) => k.value() + 1,
-                None => 1,
-            };
-            let mut by_key = txn.open_table(AUDIT_BY_KEY).map_err(db_err)?;
-            let mut by_owner = txn.open_table(AUDIT_BY_OWNER).map_err(db_err)?;
-            // A sweep writes thousands of records with an entry each: look owners up
-            // by id, not by a search of the batch per entry.
-            let written: std::collections::HashMap<Uuid, &str> = batch
-                .put_keys
-                .iter()
-                .map(|r| (r.id, r.owner.as_str()))
-                .collect();
-            for (seq, entry) in (first..).zip(&mut batch.audit) {
-                entry.seq = seq;
-                let bytes = serde_json::to_vec(entry).map_err(db_err)?;
-                audit.insert(entry.seq, bytes.as_slice()).map_err(db_err)?;
-                let Some(key) = entry.key_id else {
-                    continue;
-                };
-                by_key.insert((key.as_u128(), seq), ()).map_err(db_err)?;
-                let owner = match written.get(&key) {
-                    Some(owner) => Some((*owner).to_owned()),
-                    None => owner_of(&keys, key)?,
-                };
-                if let Some(owner) = owner {
-                    by_owner.insert((owner.as_str(), seq), ()).map_err(db_err)?;
-                }
-            }
-        }
-        if !batch.retire.is_empty() {
-            let mut retired = txn.open_table(RETIRED).map_err(db_err)?;
-            for r in &batch.retire {
-                if r.refresh_only && retired.get(r.hash.as_slice()).map_err(db_err)?.is_none() {
-                    continue;
-                }
-                let bytes = serde_json::to_vec(&r.entry).map_err(db_err)?;
-                retired
-                    .insert(r.hash.as_slice(), bytes.as_slice())
-                    .map_err(db_err)?;
-            }
-        }
-        let delta = jobs::apply(&txn, alerts)?;
-        txn.commit().map_err(db_err)?;
-        self.add_job_states(&delta);
-        Ok(())
-    }
-
-    /// Who last held the secret with keyed hash `hash`, if it was retired.
-    pub fn retired(&self, hash: &[u8; 32]) -> Result<Option<RetiredSecret>, StoreError> {
-        let txn = self.db.begin_read().map_err(db_err)?;
-        let table = txn.open_table(RETIRED).map_err(db_err)?;
-        table
-            .get(hash.as_slice())
-            .map_err(db_err)?
-            .map(|v| decode("retired_secrets", v.value()))
-            .transpose()
-    }
-
-    /// Audit entries matching `filter`, newest first, older than `before` (a `seq`
-    /// from [`Page::next`]), at most `limit`. A key or owner filter reads that
-    /// index, so the page decodes only the entries it returns.
-    pub fn audit_page(
-        &self,
-        filter: &AuditFilter,
-        before: Option<u64>,
-        limit: usize,
-    ) -> Result<Page<AuditEntry, u64>, StoreError> {
-        let txn = self.db.begin_read().map_err(db_err)?;
-        let table = txn.open_table(AUDIT).map_err(db_err)?;
-        let mut page = Pager::new(limit);
-        // Rows before the cursor: all of them without one.
-        let Some(hi) = before.map_or(Some(u64::MAX), |b| b.checked_sub(1)) else {
-            return Ok(page.done());
-        };
-        let fetch = |page: &mut Pager<AuditEntry, u64>, seq: u64| -> Result<(), StoreError> {
-            if let Some(v) = table.get(seq).map_err(db_err)? {
-                page.items.push(decode("audit", v.value())?);
-            }
-            Ok(())
-        };
-        if let Some(key) = filter.key {
-            let index = txn.open_table(AUDIT_BY_KEY).map_err(db_err)?;
-            let k = key.as_u128();
-            for row in index.range((k, 0)..=(k, hi)).map_err(db_err)?.rev() {
-                let seq = row.map_err(db_err)?.0.value().1;
-                if !page.admit(seq) {
-                    break;
-                }
-                fetch(&mut page, seq)?;
-            }
-        } else if let Some(owner) = &filter.owner {
-            let index = txn.open_table(AUDIT_BY_OWNER).map_err(db_err)?;
-            let o = owner.as_str();
-            for row in index.range((o, 0)..=(o, hi)).map_err(db_err)?.rev() {
-                let seq = row.map_err(db_err)?.0.value().1;
-                if !page.admit(seq) {
-                    break;
-                }
-                fetch(&mut page, seq)?;
-            }
-        } else {
-            for row in table.range(..=hi).map_err(db_err)?.rev() {
-                let (k, v) = row.map_err(db_err)?;
-                if !page.admit(k.value()) {
-                    break;
-                }
-                page.items.push(decode("audit", v.value())?);
-            }
-        }
-        Ok(page.done())
-    }
-}
-
-/// The owner of key `id` as stored, if it is; only the owner is decoded.
-fn owner_of(
-    keys: &impl ReadableTable<u128, &'static [u8]>,
-    id: Uuid,
-) -> Result<Option<String>, StoreError> {
-    /// serde skips the rest of the record.
-    #[derive(serde::Deserialize)]
-    struct OwnerOnly {
-        owner: String,
-    }
-    keys.get(id.as_u128())
-        .map_err(db_err)?
-        .map(|v| decode::<OwnerOnly>("keys", v.value()).map(|r| r.owner))
-        .transpose()
-}
-
-/// Build the audit indexes of a database written before they existed: one pass
-/// over the trail, at open. Entries of keys already purged have no owner to file
-/// them under and stay out of the owner index (no owner listing showed them before).
-fn index_audit(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
-    /// serde skips the rest of the entry.
-    #[derive(serde::Deserialize)]
-    struct KeyOnly {
-        #[serde(default)]
-        key_id: Option<Uuid>,
-    }
-    let audit = txn.open_table(AUDIT).map_err(db_err)?;
-    let keys = txn.open_table(KEYS).map_err(db_err)?;
-    let mut by_key = txn.open_table(AUDIT_BY_KEY).map_err(db_err)?;
-    let mut by_owner = txn.open_table(AUDIT_BY_OWNER).map_err(db_err)?;
-    let mut owners: std::collections::HashMap<Uuid, Option<String>> = Default::default();
-    let mut n = 0usize;
-    for row in audit.iter().map_err(db_err)? {
-        let (seq, v) = row.map_err(db_err)?;
-        let seq = seq.value();
-        let Some(key) = decode::<KeyOnly>("audit", v.value())?.key_id else {
-            continue;
-        };
-        by_key.insert((key.as_u128(), seq), ()).map_err(db_err)?;
-        let owner = match owners.get(&key) {
-            Some(o) => o.clone(),
-            None => {
-                let o = owner_of(&keys, key)?;
-                owners.insert(key, o.clone());
-                o
-            }
-        };
-        if let Some(owner) = owner {
-            by_owner.insert((owner.as_str(), seq), ()).map_err(db_err)?;
-        }
-        n += 1;
-    }
-    if n > 0 {
-        tracing::info!(entries = n, "audit trail indexed by key and owner");
-    }
-    Ok(())
 }
 
 /// Usage of one key as the flush writes it.
@@ -571,271 +149,113 @@ pub struct UsageUpdate {
     /// The key.
     pub id: Uuid,
     /// Newest last use known in memory.
-    pub last_used_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub last_used_at: Option<DateTime<Utc>>,
     /// Counters known in memory.
-    pub counts: crate::keys::model::UsageCounts,
+    pub counts: UsageCounts,
+}
+
+/// Which audit entries to list.
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    /// Only this key's.
+    pub key: Option<Uuid>,
+    /// Only entries about keys of this owner (as the key's owner was when the
+    /// entry was written).
+    pub owner: Option<String>,
+}
+
+/// Which jobs to list.
+#[derive(Debug, Clone, Default)]
+pub struct JobFilter {
+    /// Only this key's.
+    pub key: Option<Uuid>,
+    /// Only in this state.
+    pub state: Option<JobState>,
+    /// Only jobs about keys of this owner.
+    pub owner: Option<String>,
+    /// Only jobs older than this one (a [`Page::next`]).
+    pub before: Option<u128>,
+    /// At most this many (newest first; at most [`MAX_PAGE`]).
+    pub limit: usize,
+}
+
+/// Everything the domain persists. See the module documentation for what every
+/// backend promises.
+pub trait Storage: Send + Sync + std::fmt::Debug {
+    // ------------------------------------------------------------ keys
+
+    /// Number of stored keys (all states): sizes the index before loading.
+    fn key_count(&self) -> Result<usize, StoreError>;
+
+    /// Hand every stored key, as a row, to `each` on this thread; returns how many.
+    fn load_keys(&self, each: &mut dyn FnMut(KeyRow)) -> Result<usize, StoreError>;
+
+    /// The full records of `ids`, in that order; missing ids are skipped.
+    fn keys(&self, ids: &[Uuid]) -> Result<Vec<KeyRecord>, StoreError>;
+
+    /// One key's full record.
+    fn key(&self, id: Uuid) -> Result<Option<KeyRecord>, StoreError> {
+        Ok(self.keys(&[id])?.pop())
+    }
+
+    /// Who last held the secret with keyed hash `hash`, if it was retired.
+    fn retired(&self, hash: &KeyHash) -> Result<Option<RetiredSecret>, StoreError>;
+
+    /// Write usage (last use, never moved backwards, and counters) into the stored
+    /// records, in one transaction. Keys no longer stored are skipped. Returns keys
+    /// written.
+    fn write_usage(&self, updates: &[UsageUpdate]) -> Result<usize, StoreError>;
+
+    // ------------------------------------------------------------ changes
+
+    /// Commit `change` atomically: all of it, or nothing.
+    fn commit(&self, change: Change) -> Result<(), StoreError>;
+
+    /// Audit entries matching `filter`, newest first, older than `before` (a `seq`
+    /// from [`Page::next`]), at most `limit`.
+    fn audit_page(
+        &self,
+        filter: &AuditFilter,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Page<AuditEntry, u64>, StoreError>;
+
+    // ------------------------------------------------------------ alert jobs
+
+    /// One job.
+    fn job(&self, id: Uuid) -> Result<Option<AlertJob>, StoreError>;
+
+    /// Jobs matching `filter`, newest first (ids are UUID v7, so id order is age). A
+    /// page ends after [`MAX_PAGE`] jobs examined even if it holds fewer matches,
+    /// with a cursor to go on from there.
+    fn jobs(&self, filter: &JobFilter) -> Result<Page<AlertJob, u128>, StoreError>;
+
+    /// Claim up to `limit` Scheduled jobs due at `now`, earliest first: each is
+    /// marked Running (attempts + 1) in one transaction before anything is
+    /// delivered.
+    fn claim_due(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<AlertJob>, StoreError>;
+
+    /// Jobs left Running (a delivery was under way when the daemon stopped).
+    fn running_jobs(&self) -> Result<Vec<AlertJob>, StoreError>;
+
+    /// When the earliest Scheduled job should run (millisecond precision).
+    fn next_due(&self) -> Result<Option<DateTime<Utc>>, StoreError>;
+
+    /// Number of jobs in each state, without a scan.
+    fn job_state_counts(&self) -> [(JobState, u64); JobState::ALL.len()];
+
+    // ------------------------------------------------------------ operator messages
+
+    /// Operator messages, newest first.
+    fn messages(
+        &self,
+        unacknowledged_only: bool,
+        limit: usize,
+    ) -> Result<Vec<OperatorMessage>, StoreError>;
+
+    /// One operator message.
+    fn message(&self, id: u64) -> Result<Option<OperatorMessage>, StoreError>;
 }
 
 #[cfg(test)]
-thread_local! {
-    /// Records decoded by this thread: what the paging tests count.
-    pub(crate) static DECODES: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
-}
-
-fn decode<T: serde::de::DeserializeOwned>(
-    table: &'static str,
-    bytes: &[u8],
-) -> Result<T, StoreError> {
-    #[cfg(test)]
-    DECODES.with(|d| d.set(d.get() + 1));
-    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
-        table,
-        message: e.to_string(),
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
-    use chrono::{DateTime, Utc};
-
-    use super::*;
-    use crate::alerts::job::{AlertJob, JobKind};
-    use crate::keys::model::{KeyKind, KeyState, UsageCounts};
-
-    pub(crate) fn record(owner: &str, now: DateTime<Utc>) -> KeyRecord {
-        KeyRecord {
-            id: Uuid::now_v7(),
-            name: format!("k-{}", Uuid::now_v7()),
-            description: String::new(),
-            owner: owner.into(),
-            scopes: vec![],
-            hash: String::new(),
-            previous_hash: None,
-            previous_valid_until: None,
-            kind: KeyKind::Generated,
-            state: KeyState::Enabled,
-            created_at: now,
-            updated_at: now,
-            last_used_at: None,
-            expires_at: None,
-            ip_filters: vec![],
-            headers: vec![],
-            removed_at: None,
-            usage: UsageCounts::default(),
-            alerting: Default::default(),
-            admin_restrictions: Default::default(),
-            user_secret: Default::default(),
-        }
-    }
-
-    fn entry(key: Uuid, action: &str) -> AuditEntry {
-        AuditEntry {
-            seq: 0,
-            at: Utc::now(),
-            actor: "admin".into(),
-            action: action.into(),
-            key_id: Some(key),
-            detail: String::new(),
-        }
-    }
-
-    fn decodes() -> usize {
-        DECODES.with(std::cell::Cell::get)
-    }
-
-    /// A store with keys of alice (2), bob (1) and carol (1); every `every`-th audit
-    /// entry of `n` is about one of alice's keys, the others about bob's, carol has
-    /// one. Returns alice's entries' seqs and those of her first key, newest first.
-    fn trail(store: &Store, n: usize, every: usize) -> (Vec<u64>, (Uuid, Vec<u64>)) {
-        let now = Utc::now();
-        let (a1, a2, b, c) = (
-            record("alice", now),
-            record("alice", now),
-            record("bob", now),
-            record("carol", now),
-        );
-        let ids = [a1.id, a2.id];
-        let bob = b.id;
-        let carol = c.id;
-        store
-            .commit(Batch {
-                put_keys: vec![a1, a2, b, c],
-                audit: vec![entry(carol, "create")],
-                retire: vec![],
-            })
-            .unwrap();
-        // Entries written in several commits, and entries of keys committed in the
-        // same batch as their record (below), both get their owner.
-        let mut alice = Vec::new();
-        let mut first = Vec::new();
-        let mut seq = 1;
-        for chunk in (0..n).collect::<Vec<_>>().chunks(97) {
-            let mut audit = Vec::new();
-            for i in chunk {
-                seq += 1;
-                if i % every == 0 {
-                    let k = (i / every) % 2;
-                    audit.push(entry(ids[k], "edit"));
-                    alice.push(seq);
-                    if k == 0 {
-                        first.push(seq);
-                    }
-                } else {
-                    audit.push(entry(bob, "edit"));
-                }
-            }
-            store
-                .commit(Batch {
-                    put_keys: vec![],
-                    audit,
-                    retire: vec![],
-                })
-                .unwrap();
-        }
-        let late = record("alice", now);
-        let late_id = late.id;
-        store
-            .commit(Batch {
-                put_keys: vec![late],
-                audit: vec![entry(late_id, "create")],
-                retire: vec![],
-            })
-            .unwrap();
-        alice.push(seq + 1);
-        alice.reverse();
-        first.reverse();
-        (alice, (ids[0], first))
-    }
-
-    /// Walk every page of an owner's (or a key's) audit entries.
-    fn walk(store: &Store, filter: &AuditFilter, limit: usize) -> (Vec<u64>, usize, usize) {
-        let mut seen = Vec::new();
-        let mut before = None;
-        let mut pages = 0;
-        let mut most_decoded = 0;
-        loop {
-            let at = decodes();
-            let page = store.audit_page(filter, before, limit).unwrap();
-            most_decoded = most_decoded.max(decodes() - at);
-            pages += 1;
-            assert!(page.items.len() <= limit);
-            seen.extend(page.items.iter().map(|e| e.seq));
-            match page.next {
-                Some(n) => before = Some(n),
-                None => break,
-            }
-            assert!(pages < 10_000, "the pages never end");
-        }
-        (seen, pages, most_decoded)
-    }
-
-    /// Non-admin `audit` read the whole trail (`usize::MAX` entries) and filtered it
-    /// by owner afterwards: a user with few entries made the daemon decode all of
-    /// them. The owner index gives exactly the owner's entries, page after page,
-    /// in order, without gaps or repeats, each page decoding only its own entries.
-    #[test]
-    fn audit_pages_of_one_owner_read_only_their_entries() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("db.redb")).unwrap();
-        let (alice, (k1, first)) = trail(&store, 3000, 50);
-        assert_eq!(alice.len(), 61);
-        let owner = AuditFilter {
-            key: None,
-            owner: Some("alice".into()),
-        };
-        for limit in [1, 7, 61, 100] {
-            let (seen, pages, most_decoded) = walk(&store, &owner, limit);
-            assert_eq!(seen, alice, "limit {limit}");
-            assert_eq!(pages, alice.len().div_ceil(limit).max(1), "limit {limit}");
-            assert!(
-                most_decoded <= limit,
-                "a page of {limit} decoded {most_decoded}"
-            );
-        }
-        // One key's entries through the key index.
-        let key = AuditFilter {
-            key: Some(k1),
-            owner: None,
-        };
-        let (seen, _, most_decoded) = walk(&store, &key, 5);
-        assert_eq!(seen.len(), 30);
-        assert_eq!(seen, first);
-        assert!(most_decoded <= 5);
-        // No filter: the whole trail, newest first, across pages.
-        let (all, _, _) = walk(&store, &AuditFilter::default(), 1000);
-        assert_eq!(all, (1..=3002).rev().collect::<Vec<u64>>());
-        // Someone without entries: one empty page.
-        let nobody = AuditFilter {
-            key: None,
-            owner: Some("dave".into()),
-        };
-        assert_eq!(walk(&store, &nobody, 10), (vec![], 1, 0));
-        // A cursor at the very start: nothing before it.
-        assert!(store
-            .audit_page(&owner, Some(0), 10)
-            .unwrap()
-            .items
-            .is_empty());
-    }
-
-    /// A database written before the indexes existed gets them built when opened,
-    /// and they give the same pages as indexes written with the entries.
-    #[test]
-    fn audit_and_job_indexes_are_built_for_an_older_database() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("db.redb");
-        let store = Store::open(&path).unwrap();
-        let (alice, _) = trail(&store, 300, 10);
-        let key = record("alice", Utc::now());
-        let key_id = key.id;
-        store
-            .commit(Batch {
-                put_keys: vec![key],
-                audit: vec![],
-                retire: vec![],
-            })
-            .unwrap();
-        let now = Utc::now();
-        let job = AlertJob::new(key_id, JobKind::Notification, "s", now, now);
-        store
-            .commit_alerts(AlertBatch {
-                put_jobs: vec![job.clone()],
-                ..AlertBatch::default()
-            })
-            .unwrap();
-        drop(store);
-        {
-            let db = Database::create(&path).unwrap();
-            let txn = db.begin_write().unwrap();
-            for t in [
-                "audit_by_key",
-                "audit_by_owner",
-                "alert_jobs_by_key",
-                "alert_jobs_by_owner",
-            ] {
-                assert!(txn
-                    .delete_table(redb::TableDefinition::<u8, ()>::new(t))
-                    .unwrap());
-            }
-            txn.commit().unwrap();
-        }
-        let store = Store::open(&path).unwrap();
-        let owner = AuditFilter {
-            key: None,
-            owner: Some("alice".into()),
-        };
-        assert_eq!(walk(&store, &owner, 8).0, alice);
-        let jobs = store
-            .jobs(&JobFilter {
-                owner: Some("alice".into()),
-                limit: 10,
-                ..JobFilter::default()
-            })
-            .unwrap();
-        assert_eq!(
-            jobs.items.iter().map(|j| j.id).collect::<Vec<_>>(),
-            [job.id]
-        );
-    }
-}
+mod conformance_tests;

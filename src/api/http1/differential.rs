@@ -49,7 +49,6 @@ failures_per_minute = 0
 "#;
 
 pub(super) struct Fixture {
-    _dir: tempfile::TempDir,
     pub rt: tokio::runtime::Runtime,
     pub st: AppState,
     /// alice's keys: read and sync; read only; from 203.0.113.0/24 only; with
@@ -64,23 +63,19 @@ pub(super) fn fixture() -> &'static Fixture {
             .enable_all()
             .build()
             .unwrap();
-        let dir = tempfile::tempdir().unwrap();
         let c = crate::config::parse(
             std::path::Path::new("t.toml"),
             CONFIG,
             &crate::config::Environment::default(),
         )
         .unwrap();
-        let store = Arc::new(crate::store::Store::open(&dir.path().join("db.redb")).unwrap());
+        let store = Arc::new(crate::store::MemoryStore::new());
         let hasher = crate::keys::secret::KeyHasher::new(
             &crate::keys::secret::ServerSecret::from_bytes(vec![7; 32]).unwrap(),
         );
-        let settings = crate::keys::Settings {
-            policy: c.policy,
-            directory: c.directory,
-        };
+        let settings = crate::keys::Settings::from(&c);
         let clock: crate::clock::SharedClock = Arc::new(crate::clock::SystemClock);
-        let keys = Arc::new(Keys::open(store, hasher, clock, settings).unwrap());
+        let keys = Arc::new(Keys::open(store.clone(), hasher, clock, settings).unwrap());
         let admin = Actor {
             name: "admin".into(),
             admin: true,
@@ -113,9 +108,9 @@ pub(super) fn fixture() -> &'static Fixture {
                 secrets.push(issued.key.expose().to_owned());
             }
         });
-        let st = AppState::new(keys, c.auth, c.rate_limit);
+        let alerts = Arc::new(crate::alerts::Alerts::new(keys, store));
+        let st = AppState::new(alerts, c.auth, c.rate_limit);
         Fixture {
-            _dir: dir,
             rt,
             st,
             keys: secrets,

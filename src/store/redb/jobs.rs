@@ -16,8 +16,9 @@ use redb::{
 };
 use uuid::Uuid;
 
-use super::{db_err, decode, Store, StoreError};
-use crate::alerts::job::{AlertJob, JobState, OperatorMessage};
+use super::{decode, encode, RedbStore, KEYS};
+use crate::model::{AlertJob, JobState, OperatorMessage};
+use crate::store::{Change, JobFilter, Page, Pager, StoreError};
 
 const JOBS: TableDefinition<u128, &[u8]> = TableDefinition::new("alert_jobs");
 const DUE: TableDefinition<(i64, u128), ()> = TableDefinition::new("alert_due");
@@ -26,62 +27,23 @@ const MESSAGES: TableDefinition<u64, &[u8]> = TableDefinition::new("operator_mes
 /// Number of jobs per state ([`JobState::index`]), kept by [`apply`] in the same
 /// transaction as the jobs, so opening the store reads five rows, not every job.
 const STATE_COUNTS: TableDefinition<u8, i64> = TableDefinition::new("alert_job_state_counts");
-const KEYS: TableDefinition<u128, &[u8]> = TableDefinition::new("keys");
 /// The owner is the value so that a deleted job's owner entry can be found even
 /// when its key was purged before it.
 const BY_KEY: TableDefinition<(u128, u128), &str> = TableDefinition::new("alert_jobs_by_key");
 const BY_OWNER: TableDefinition<(&str, u128), ()> = TableDefinition::new("alert_jobs_by_owner");
-
-/// Job and message changes committed with a key [`super::Batch`].
-#[derive(Debug, Default)]
-pub struct AlertBatch {
-    /// Jobs to insert or replace (the due and running indexes follow their state).
-    pub put_jobs: Vec<AlertJob>,
-    /// Jobs to delete.
-    pub delete_jobs: Vec<Uuid>,
-    /// Messages to append (their `id` is assigned here) or, with an id, replace.
-    pub messages: Vec<OperatorMessage>,
-    /// Key records to delete (purge).
-    pub purge_keys: Vec<Uuid>,
-}
-
-impl AlertBatch {
-    /// Nothing to do.
-    pub fn is_empty(&self) -> bool {
-        self.put_jobs.is_empty()
-            && self.delete_jobs.is_empty()
-            && self.messages.is_empty()
-            && self.purge_keys.is_empty()
-    }
-}
-
-/// Which jobs to list.
-#[derive(Debug, Clone, Default)]
-pub struct JobFilter {
-    /// Only this key's.
-    pub key: Option<Uuid>,
-    /// Only in this state.
-    pub state: Option<JobState>,
-    /// Only jobs about keys of this owner.
-    pub owner: Option<String>,
-    /// Only jobs older than this one (a [`super::Page::next`]).
-    pub before: Option<u128>,
-    /// At most this many (newest first; at most [`super::MAX_PAGE`]).
-    pub limit: usize,
-}
 
 fn ms(t: DateTime<Utc>) -> i64 {
     t.timestamp_millis()
 }
 
 pub(super) fn create_tables(txn: &WriteTransaction) -> Result<(), StoreError> {
-    txn.open_table(JOBS).map_err(db_err)?;
-    txn.open_table(DUE).map_err(db_err)?;
-    txn.open_table(RUNNING).map_err(db_err)?;
-    txn.open_table(MESSAGES).map_err(db_err)?;
-    txn.open_table(STATE_COUNTS).map_err(db_err)?;
-    txn.open_table(BY_KEY).map_err(db_err)?;
-    txn.open_table(BY_OWNER).map_err(db_err)?;
+    txn.open_table(JOBS)?;
+    txn.open_table(DUE)?;
+    txn.open_table(RUNNING)?;
+    txn.open_table(MESSAGES)?;
+    txn.open_table(STATE_COUNTS)?;
+    txn.open_table(BY_KEY)?;
+    txn.open_table(BY_OWNER)?;
     Ok(())
 }
 
@@ -98,10 +60,10 @@ pub(super) fn index_jobs(txn: &WriteTransaction) -> Result<(), StoreError> {
     struct KeyOnly {
         key_id: Uuid,
     }
-    let jobs = txn.open_table(JOBS).map_err(db_err)?;
+    let jobs = txn.open_table(JOBS)?;
     let mut wanted = Vec::new();
-    for row in jobs.iter().map_err(db_err)? {
-        let (id, v) = row.map_err(db_err)?;
+    for row in jobs.iter()? {
+        let (id, v) = row?;
         wanted.push((
             decode::<KeyOnly>("alert_jobs", v.value())?.key_id,
             id.value(),
@@ -119,21 +81,19 @@ fn add_to_indexes(txn: &WriteTransaction, wanted: &[(Uuid, u128)]) -> Result<(),
     if wanted.is_empty() {
         return Ok(());
     }
-    let keys = txn.open_table(KEYS).map_err(db_err)?;
-    let mut by_key = txn.open_table(BY_KEY).map_err(db_err)?;
-    let mut by_owner = txn.open_table(BY_OWNER).map_err(db_err)?;
+    let keys = txn.open_table(KEYS)?;
+    let mut by_key = txn.open_table(BY_KEY)?;
+    let mut by_owner = txn.open_table(BY_OWNER)?;
     for (key, id) in wanted {
         let k = (key.as_u128(), *id);
-        if by_key.get(k).map_err(db_err)?.is_some() {
+        if by_key.get(k)?.is_some() {
             continue;
         }
         // A job whose key is gone has no owner to be listed under.
         let owner = super::owner_of(&keys, *key)?;
-        by_key
-            .insert(k, owner.as_deref().unwrap_or(""))
-            .map_err(db_err)?;
+        by_key.insert(k, owner.as_deref().unwrap_or(""))?;
         if let Some(owner) = owner {
-            by_owner.insert((owner.as_str(), *id), ()).map_err(db_err)?;
+            by_owner.insert((owner.as_str(), *id), ())?;
         }
     }
     Ok(())
@@ -144,15 +104,12 @@ fn drop_from_indexes(txn: &WriteTransaction, gone: &[(u128, u128)]) -> Result<()
     if gone.is_empty() {
         return Ok(());
     }
-    let mut by_key = txn.open_table(BY_KEY).map_err(db_err)?;
-    let mut by_owner = txn.open_table(BY_OWNER).map_err(db_err)?;
+    let mut by_key = txn.open_table(BY_KEY)?;
+    let mut by_owner = txn.open_table(BY_OWNER)?;
     for (key, id) in gone {
-        let owner = by_key
-            .remove((*key, *id))
-            .map_err(db_err)?
-            .map(|o| o.value().to_owned());
+        let owner = by_key.remove((*key, *id))?.map(|o| o.value().to_owned());
         if let Some(owner) = owner.filter(|o| !o.is_empty()) {
-            by_owner.remove((owner.as_str(), *id)).map_err(db_err)?;
+            by_owner.remove((owner.as_str(), *id))?;
         }
     }
     Ok(())
@@ -165,30 +122,27 @@ pub(super) type StateDelta = [i64; JobState::ALL.len()];
 /// Apply `batch` inside an open write transaction. Every job write goes through
 /// here, and each replaced or deleted job is read first anyway (to unindex it), so
 /// this also returns how the batch changes the number of jobs in each state.
-pub(super) fn apply(
-    txn: &WriteTransaction,
-    mut batch: AlertBatch,
-) -> Result<StateDelta, StoreError> {
+pub(super) fn apply(txn: &WriteTransaction, batch: &mut Change) -> Result<StateDelta, StoreError> {
     let mut delta = StateDelta::default();
-    if batch.is_empty() {
+    if batch.put_jobs.is_empty() && batch.delete_jobs.is_empty() && batch.messages.is_empty() {
         return Ok(delta);
     }
-    let mut jobs = txn.open_table(JOBS).map_err(db_err)?;
-    let mut due = txn.open_table(DUE).map_err(db_err)?;
-    let mut running = txn.open_table(RUNNING).map_err(db_err)?;
+    let mut jobs = txn.open_table(JOBS)?;
+    let mut due = txn.open_table(DUE)?;
+    let mut running = txn.open_table(RUNNING)?;
     // Jobs leaving the key and owner indexes: (key, job id).
     let mut gone = Vec::new();
     let mut unindex = |jobs: &redb::Table<u128, &[u8]>,
                        id: u128|
      -> Result<Option<(JobState, Uuid)>, StoreError> {
-        let old = jobs.get(id).map_err(db_err)?;
+        let old = jobs.get(id)?;
         let mut state = None;
         if let Some(old) = old {
             let old: AlertJob = decode("alert_jobs", old.value())?;
-            due.remove((ms(old.run_at), id)).map_err(db_err)?;
+            due.remove((ms(old.run_at), id))?;
             state = Some((old.state, old.key_id));
         }
-        running.remove(id).map_err(db_err)?;
+        running.remove(id)?;
         Ok(state)
     };
     for id in &batch.delete_jobs {
@@ -196,7 +150,7 @@ pub(super) fn apply(
             delta[old.index()] -= 1;
             gone.push((key.as_u128(), id.as_u128()));
         }
-        jobs.remove(id.as_u128()).map_err(db_err)?;
+        jobs.remove(id.as_u128())?;
     }
     let mut index = Vec::new();
     for job in &batch.put_jobs {
@@ -208,17 +162,17 @@ pub(super) fn apply(
             }
         }
         delta[job.state.index()] += 1;
-        let bytes = serde_json::to_vec(job).map_err(db_err)?;
-        jobs.insert(id, bytes.as_slice()).map_err(db_err)?;
+        let bytes = encode("alert_jobs", job)?;
+        jobs.insert(id, bytes.as_slice())?;
         index.push((id, job.state, ms(job.run_at)));
     }
     for (id, state, run_at) in index {
         match state {
             JobState::Scheduled => {
-                due.insert((run_at, id), ()).map_err(db_err)?;
+                due.insert((run_at, id), ())?;
             }
             JobState::Running => {
-                running.insert(id, ()).map_err(db_err)?;
+                running.insert(id, ())?;
             }
             _ => {}
         }
@@ -231,8 +185,8 @@ pub(super) fn apply(
         .collect();
     add_to_indexes(txn, &filed)?;
     if !batch.messages.is_empty() {
-        let mut table = txn.open_table(MESSAGES).map_err(db_err)?;
-        let mut next = match table.last().map_err(db_err)? {
+        let mut table = txn.open_table(MESSAGES)?;
+        let mut next = match table.last()? {
             Some((k, _)) => k.value() + 1,
             None => 1,
         };
@@ -241,14 +195,8 @@ pub(super) fn apply(
                 m.id = next;
                 next += 1;
             }
-            let bytes = serde_json::to_vec(m).map_err(db_err)?;
-            table.insert(m.id, bytes.as_slice()).map_err(db_err)?;
-        }
-    }
-    if !batch.purge_keys.is_empty() {
-        let mut keys = txn.open_table(KEYS).map_err(db_err)?;
-        for id in &batch.purge_keys {
-            keys.remove(id.as_u128()).map_err(db_err)?;
+            let bytes = encode("operator_messages", m)?;
+            table.insert(m.id, bytes.as_slice())?;
         }
     }
     add_state_counts(txn, &delta)?;
@@ -259,11 +207,11 @@ fn add_state_counts(txn: &WriteTransaction, delta: &StateDelta) -> Result<(), St
     if delta.iter().all(|d| *d == 0) {
         return Ok(());
     }
-    let mut counts = txn.open_table(STATE_COUNTS).map_err(db_err)?;
+    let mut counts = txn.open_table(STATE_COUNTS)?;
     for (i, d) in delta.iter().enumerate().filter(|(_, d)| **d != 0) {
-        let i = u8::try_from(i).map_err(db_err)?;
-        let old = counts.get(i).map_err(db_err)?.map_or(0, |v| v.value());
-        counts.insert(i, old + d).map_err(db_err)?;
+        let i = u8::try_from(i).unwrap_or(u8::MAX);
+        let old = counts.get(i)?.map_or(0, |v| v.value());
+        counts.insert(i, old + d)?;
     }
     Ok(())
 }
@@ -274,18 +222,18 @@ fn add_state_counts(txn: &WriteTransaction, delta: &StateDelta) -> Result<(), St
 pub(super) fn load_state_counts(db: &redb::Database) -> Result<StateDelta, StoreError> {
     let mut counts = StateDelta::default();
     {
-        let txn = db.begin_read().map_err(db_err)?;
-        let stored = txn.open_table(STATE_COUNTS).map_err(db_err)?;
+        let txn = db.begin_read()?;
+        let stored = txn.open_table(STATE_COUNTS)?;
         let mut any = false;
-        for row in stored.iter().map_err(db_err)? {
-            let (k, v) = row.map_err(db_err)?;
+        for row in stored.iter()? {
+            let (k, v) = row?;
             if let Some(c) = counts.get_mut(usize::from(k.value())) {
                 *c = v.value();
             }
             any = true;
         }
-        let jobs = txn.open_table(JOBS).map_err(db_err)?;
-        if any || jobs.is_empty().map_err(db_err)? {
+        let jobs = txn.open_table(JOBS)?;
+        if any || jobs.is_empty()? {
             return Ok(counts);
         }
     }
@@ -294,56 +242,52 @@ pub(super) fn load_state_counts(db: &redb::Database) -> Result<StateDelta, Store
     struct StateOnly {
         state: JobState,
     }
-    let txn = db.begin_write().map_err(db_err)?;
+    let txn = db.begin_write()?;
     {
-        let jobs = txn.open_table(JOBS).map_err(db_err)?;
-        for row in jobs.iter().map_err(db_err)? {
-            let (_, v) = row.map_err(db_err)?;
+        let jobs = txn.open_table(JOBS)?;
+        for row in jobs.iter()? {
+            let (_, v) = row?;
             let job: StateOnly = decode("alert_jobs", v.value())?;
             counts[job.state.index()] += 1;
         }
     }
     add_state_counts(&txn, &counts)?;
-    txn.commit().map_err(db_err)?;
+    txn.commit()?;
     Ok(counts)
 }
 
-impl Store {
-    /// One job.
-    pub fn job(&self, id: Uuid) -> Result<Option<AlertJob>, StoreError> {
-        let txn = self.db.begin_read().map_err(db_err)?;
-        let table = txn.open_table(JOBS).map_err(db_err)?;
-        let v = table.get(id.as_u128()).map_err(db_err)?;
+impl RedbStore {
+    pub(super) fn read_job(&self, id: Uuid) -> Result<Option<AlertJob>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(JOBS)?;
+        let v = table.get(id.as_u128())?;
         v.map(|v| decode("alert_jobs", v.value())).transpose()
     }
 
-    /// Jobs matching `filter`, newest first (ids are UUID v7, so id order is age). A
-    /// key or owner filter reads that index; a state filter is checked on each job
-    /// read, so a page ends after [`super::MAX_PAGE`] jobs examined even if it holds
-    /// fewer matches, with a cursor to go on from there.
-    pub fn jobs(&self, filter: &JobFilter) -> Result<super::Page<AlertJob, u128>, StoreError> {
-        let txn = self.db.begin_read().map_err(db_err)?;
-        let table = txn.open_table(JOBS).map_err(db_err)?;
-        let mut page = super::Pager::new(filter.limit);
+    /// A key or owner filter reads that index; a state filter is checked on each job
+    /// read.
+    pub(super) fn list_jobs(&self, filter: &JobFilter) -> Result<Page<AlertJob, u128>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(JOBS)?;
+        let mut page = Pager::new(filter.limit);
         // Jobs before the cursor: all of them without one.
         let Some(hi) = filter.before.map_or(Some(u128::MAX), |b| b.checked_sub(1)) else {
             return Ok(page.done());
         };
-        let visit =
-            |page: &mut super::Pager<AlertJob, u128>, bytes: &[u8]| -> Result<(), StoreError> {
-                let job: AlertJob = decode("alert_jobs", bytes)?;
-                if filter.key.is_none_or(|k| k == job.key_id)
-                    && filter.state.is_none_or(|s| s == job.state)
-                {
-                    page.items.push(job);
-                }
-                Ok(())
-            };
+        let visit = |page: &mut Pager<AlertJob, u128>, bytes: &[u8]| -> Result<(), StoreError> {
+            let job: AlertJob = decode("alert_jobs", bytes)?;
+            if filter.key.is_none_or(|k| k == job.key_id)
+                && filter.state.is_none_or(|s| s == job.state)
+            {
+                page.items.push(job);
+            }
+            Ok(())
+        };
         if let Some(key) = filter.key {
-            let index = txn.open_table(BY_KEY).map_err(db_err)?;
+            let index = txn.open_table(BY_KEY)?;
             let k = key.as_u128();
-            for row in index.range((k, 0)..=(k, hi)).map_err(db_err)?.rev() {
-                let (at, owner) = row.map_err(db_err)?;
+            for row in index.range((k, 0)..=(k, hi))?.rev() {
+                let (at, owner) = row?;
                 let id = at.value().1;
                 if !page.admit(id) {
                     break;
@@ -351,25 +295,25 @@ impl Store {
                 if filter.owner.as_deref().is_some_and(|o| o != owner.value()) {
                     continue;
                 }
-                if let Some(v) = table.get(id).map_err(db_err)? {
+                if let Some(v) = table.get(id)? {
                     visit(&mut page, v.value())?;
                 }
             }
         } else if let Some(owner) = &filter.owner {
-            let index = txn.open_table(BY_OWNER).map_err(db_err)?;
+            let index = txn.open_table(BY_OWNER)?;
             let o = owner.as_str();
-            for row in index.range((o, 0)..=(o, hi)).map_err(db_err)?.rev() {
-                let id = row.map_err(db_err)?.0.value().1;
+            for row in index.range((o, 0)..=(o, hi))?.rev() {
+                let id = row?.0.value().1;
                 if !page.admit(id) {
                     break;
                 }
-                if let Some(v) = table.get(id).map_err(db_err)? {
+                if let Some(v) = table.get(id)? {
                     visit(&mut page, v.value())?;
                 }
             }
         } else {
-            for row in table.range(..=hi).map_err(db_err)?.rev() {
-                let (id, v) = row.map_err(db_err)?;
+            for row in table.range(..=hi)?.rev() {
+                let (id, v) = row?;
                 if !page.admit(id.value()) {
                     break;
                 }
@@ -380,7 +324,7 @@ impl Store {
     }
 
     /// Number of jobs in each state, kept in memory (see [`apply`]): no scan.
-    pub fn job_state_counts(&self) -> [(JobState, u64); JobState::ALL.len()] {
+    pub(super) fn state_counts(&self) -> [(JobState, u64); JobState::ALL.len()] {
         JobState::ALL.map(|s| {
             let n = self.job_states[s.index()].load(std::sync::atomic::Ordering::Relaxed);
             (s, u64::try_from(n).unwrap_or(0))
@@ -396,70 +340,37 @@ impl Store {
         }
     }
 
-    /// Scheduled and Running job counts, from the sizes of their indexes.
-    pub fn job_counts(&self) -> Result<(u64, u64), StoreError> {
-        let txn = self.db.begin_read().map_err(db_err)?;
-        let due = txn.open_table(DUE).map_err(db_err)?.len().map_err(db_err)?;
-        let running = txn
-            .open_table(RUNNING)
-            .map_err(db_err)?
-            .len()
-            .map_err(db_err)?;
-        Ok((due, running))
-    }
-
-    /// When the earliest scheduled job should run.
-    pub fn next_due(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
-        let txn = self.db.begin_read().map_err(db_err)?;
-        let table = txn.open_table(DUE).map_err(db_err)?;
-        let first = table.first().map_err(db_err)?;
+    pub(super) fn first_due(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(DUE)?;
+        let first = table.first()?;
         Ok(first.and_then(|(k, _)| DateTime::from_timestamp_millis(k.value().0)))
     }
 
-    /// Scheduled jobs whose run time is at or before `now`, earliest first.
-    pub fn due_jobs(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<AlertJob>, StoreError> {
-        let txn = self.db.begin_read().map_err(db_err)?;
-        let due = txn.open_table(DUE).map_err(db_err)?;
-        let jobs = txn.open_table(JOBS).map_err(db_err)?;
+    pub(super) fn running(&self) -> Result<Vec<AlertJob>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let running = txn.open_table(RUNNING)?;
+        let jobs = txn.open_table(JOBS)?;
         let mut out = Vec::new();
-        for row in due.range(..=(ms(now), u128::MAX)).map_err(db_err)? {
-            let (k, _) = row.map_err(db_err)?;
-            if let Some(v) = jobs.get(k.value().1).map_err(db_err)? {
-                out.push(decode("alert_jobs", v.value())?);
-            }
-            if out.len() >= limit {
-                break;
-            }
-        }
-        Ok(out)
-    }
-
-    /// Jobs left Running (a delivery was under way when the daemon stopped).
-    pub fn running_jobs(&self) -> Result<Vec<AlertJob>, StoreError> {
-        let txn = self.db.begin_read().map_err(db_err)?;
-        let running = txn.open_table(RUNNING).map_err(db_err)?;
-        let jobs = txn.open_table(JOBS).map_err(db_err)?;
-        let mut out = Vec::new();
-        for row in running.iter().map_err(db_err)? {
-            let (k, _) = row.map_err(db_err)?;
-            if let Some(v) = jobs.get(k.value()).map_err(db_err)? {
+        for row in running.iter()? {
+            let (k, _) = row?;
+            if let Some(v) = jobs.get(k.value())? {
                 out.push(decode("alert_jobs", v.value())?);
             }
         }
         Ok(out)
     }
 
-    /// Operator messages, newest first.
-    pub fn messages(
+    pub(super) fn list_messages(
         &self,
         unacknowledged_only: bool,
         limit: usize,
     ) -> Result<Vec<OperatorMessage>, StoreError> {
-        let txn = self.db.begin_read().map_err(db_err)?;
-        let table = txn.open_table(MESSAGES).map_err(db_err)?;
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(MESSAGES)?;
         let mut out = Vec::new();
-        for row in table.iter().map_err(db_err)?.rev() {
-            let (_, v) = row.map_err(db_err)?;
+        for row in table.iter()?.rev() {
+            let (_, v) = row?;
             let m: OperatorMessage = decode("operator_messages", v.value())?;
             if unacknowledged_only && m.acknowledged_at.is_some() {
                 continue;
@@ -472,29 +383,31 @@ impl Store {
         Ok(out)
     }
 
-    /// One operator message.
-    pub fn message(&self, id: u64) -> Result<Option<OperatorMessage>, StoreError> {
-        let txn = self.db.begin_read().map_err(db_err)?;
-        let table = txn.open_table(MESSAGES).map_err(db_err)?;
-        let v = table.get(id).map_err(db_err)?;
+    pub(super) fn read_message(&self, id: u64) -> Result<Option<OperatorMessage>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(MESSAGES)?;
+        let v = table.get(id)?;
         v.map(|v| decode("operator_messages", v.value()))
             .transpose()
     }
 
-    /// Claim up to `limit` due jobs: each is marked Running (attempts + 1) in one
-    /// transaction before anything is delivered. An index entry without its job
-    /// (which no commit leaves behind) is dropped rather than spun on.
-    pub fn claim_due(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<AlertJob>, StoreError> {
-        let txn = self.db.begin_write().map_err(db_err)?;
+    /// An index entry without its job (which no commit leaves behind) is dropped
+    /// rather than spun on.
+    pub(super) fn claim(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<AlertJob>, StoreError> {
+        let txn = self.db.begin_write()?;
         let mut claimed = Vec::new();
         let dropped = {
-            let mut due = txn.open_table(DUE).map_err(db_err)?;
-            let jobs = txn.open_table(JOBS).map_err(db_err)?;
+            let mut due = txn.open_table(DUE)?;
+            let jobs = txn.open_table(JOBS)?;
             let mut orphans = Vec::new();
-            for row in due.range(..=(ms(now), u128::MAX)).map_err(db_err)? {
-                let (k, _) = row.map_err(db_err)?;
+            for row in due.range(..=(ms(now), u128::MAX))? {
+                let (k, _) = row?;
                 let key = k.value();
-                match jobs.get(key.1).map_err(db_err)? {
+                match jobs.get(key.1)? {
                     Some(v) => claimed.push(decode::<AlertJob>("alert_jobs", v.value())?),
                     None => orphans.push(key),
                 }
@@ -505,16 +418,16 @@ impl Store {
             let dropped = !orphans.is_empty();
             for key in orphans {
                 tracing::error!(job_id = %Uuid::from_u128(key.1), "due index entry without its job; dropped");
-                due.remove(key).map_err(db_err)?;
+                due.remove(key)?;
             }
             dropped
         };
         if claimed.is_empty() {
             // Nothing due: no commit (and no fsync) unless an orphan was dropped.
             if dropped {
-                txn.commit().map_err(db_err)?;
+                txn.commit()?;
             } else {
-                txn.abort().map_err(db_err)?;
+                txn.abort()?;
             }
             return Ok(claimed);
         }
@@ -526,19 +439,14 @@ impl Store {
         }
         let delta = apply(
             &txn,
-            AlertBatch {
+            &mut Change {
                 put_jobs: claimed.clone(),
-                ..AlertBatch::default()
+                ..Change::default()
             },
         )?;
-        txn.commit().map_err(db_err)?;
+        txn.commit()?;
         self.add_job_states(&delta);
         Ok(claimed)
-    }
-
-    /// Commit job and message changes alone.
-    pub fn commit_alerts(&self, batch: AlertBatch) -> Result<(), StoreError> {
-        self.commit_with(super::Batch::default(), batch)
     }
 }
 
@@ -546,9 +454,10 @@ impl Store {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
-    use crate::alerts::job::JobKind;
+    use crate::model::job::JobKind;
+    use crate::store::Storage;
 
-    fn counts(store: &Store) -> [u64; 5] {
+    fn counts(store: &RedbStore) -> [u64; 5] {
         store.job_state_counts().map(|(_, n)| n)
     }
 
@@ -556,15 +465,15 @@ mod tests {
     fn job_state_counts_follow_commits_and_survive_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db.redb");
-        let store = Store::open(&path).unwrap();
+        let store = RedbStore::open(&path).unwrap();
         assert_eq!(counts(&store), [0; 5]);
         let now = Utc::now();
         let a = AlertJob::new(Uuid::now_v7(), JobKind::Notification, "s", now, now);
         let b = AlertJob::new(Uuid::now_v7(), JobKind::Notification, "s", now, now);
         store
-            .commit_alerts(AlertBatch {
+            .commit(Change {
                 put_jobs: vec![a.clone(), b.clone()],
-                ..AlertBatch::default()
+                ..Change::default()
             })
             .unwrap();
         assert_eq!(counts(&store), [2, 0, 0, 0, 0]);
@@ -574,16 +483,16 @@ mod tests {
         done.state = JobState::Completed;
         let other = if done.id == a.id { b.id } else { a.id };
         store
-            .commit_alerts(AlertBatch {
+            .commit(Change {
                 put_jobs: vec![done],
                 // Deleting a job that does not exist changes nothing.
                 delete_jobs: vec![other, Uuid::now_v7()],
-                ..AlertBatch::default()
+                ..Change::default()
             })
             .unwrap();
         assert_eq!(counts(&store), [0, 0, 1, 0, 0]);
         drop(store);
-        let store = Store::open(&path).unwrap();
+        let store = RedbStore::open(&path).unwrap();
         assert_eq!(counts(&store), [0, 0, 1, 0, 0]);
     }
 }
@@ -591,18 +500,19 @@ mod tests {
 #[cfg(test)]
 mod paging_tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::super::tests::record;
     use super::*;
-    use crate::alerts::job::JobKind;
-    use crate::store::tests::record;
-    use crate::store::{Batch, MAX_PAGE};
+    use crate::model::job::JobKind;
+    use crate::store::Storage;
+    use crate::store::MAX_PAGE;
 
     fn decodes() -> usize {
-        crate::store::DECODES.with(std::cell::Cell::get)
+        super::super::DECODES.with(std::cell::Cell::get)
     }
 
     /// Walk every page of `filter`; returns the ids seen and the most records one
     /// page decoded.
-    fn walk(store: &Store, filter: &JobFilter) -> (Vec<Uuid>, usize) {
+    fn walk(store: &RedbStore, filter: &JobFilter) -> (Vec<Uuid>, usize) {
         let mut filter = filter.clone();
         let mut seen = Vec::new();
         let mut most = 0;
@@ -627,14 +537,14 @@ mod paging_tests {
     #[test]
     fn job_pages_of_one_owner_read_only_their_jobs() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("db.redb")).unwrap();
+        let store = RedbStore::open(&dir.path().join("db.redb")).unwrap();
         let now = Utc::now();
         let (alice, bob) = (record("alice", now), record("bob", now));
         let (a, b) = (alice.id, bob.id);
         store
-            .commit(Batch {
+            .commit(Change {
                 put_keys: vec![alice, bob],
-                ..Batch::default()
+                ..Change::default()
             })
             .unwrap();
         let mut all = Vec::new();
@@ -655,9 +565,9 @@ mod paging_tests {
                 put_jobs.push(job);
             }
             store
-                .commit_alerts(AlertBatch {
+                .commit(Change {
                     put_jobs,
-                    ..AlertBatch::default()
+                    ..Change::default()
                 })
                 .unwrap();
         }
@@ -700,9 +610,9 @@ mod paging_tests {
         assert!(most <= MAX_PAGE, "a page decoded {most}");
         // Deleting a job takes it out of the owner's listing.
         store
-            .commit_alerts(AlertBatch {
+            .commit(Change {
                 delete_jobs: vec![alices[0]],
-                ..AlertBatch::default()
+                ..Change::default()
             })
             .unwrap();
         assert_eq!(walk(&store, &owner).0, alices[1..]);

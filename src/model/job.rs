@@ -145,6 +145,15 @@ impl AlertJob {
         }
     }
 
+    /// End the job without delivering it, saying why (cancelled, superseded,
+    /// replaced, or its key removed).
+    pub fn cancel(&mut self, why: String, now: DateTime<Utc>) {
+        self.state = JobState::Canceled;
+        self.last_error = Some(why);
+        self.updated_at = now;
+        self.finished_at = Some(now);
+    }
+
     /// Whether delivery has begun (a first attempt was claimed).
     pub fn started(&self) -> bool {
         self.attempts > 0 || self.state != JobState::Scheduled

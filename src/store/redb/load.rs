@@ -3,7 +3,7 @@
 //! A cold start decodes every key record, so this is the start time. The decoder
 //! threads read each record's JSON into a borrowed view that skips the fields only
 //! the admin paths need (description, audit times, the notification), parse the
-//! timestamps we write with a fast path, and hand the index a [`Loaded`] with owner
+//! timestamps we write with a fast path, and hand the index a [`KeyRow`] with owner
 //! and scopes already shared with the previous record where they are equal.
 
 use std::borrow::Cow;
@@ -15,31 +15,10 @@ use ipnet::IpNet;
 use serde::{Deserialize, Deserializer};
 use uuid::Uuid;
 
-use super::headers::{self, HeaderTemplate};
-use super::model::{KeyRecord, KeyState, Lifetime};
-use super::secret::KeyHash;
-use super::table::{SlotUsage, NEVER};
+use crate::model::headers::{self, HeaderTemplate};
+use crate::model::key::{KeyState, Lifetime};
+use crate::model::row::{decode_hash, previous, KeyRow};
 use crate::store::StoreError;
-
-/// What the index keeps of a stored key.
-#[derive(Debug)]
-pub struct Loaded {
-    pub hash: KeyHash,
-    pub previous: Option<(KeyHash, DateTime<Utc>)>,
-    pub life: Lifetime,
-    pub id: Uuid,
-    pub owner: Arc<str>,
-    pub name: Box<str>,
-    pub scopes: Arc<[String]>,
-    pub ip_filters: Vec<IpNet>,
-    pub headers: Vec<HeaderTemplate>,
-    pub last_used_at: Option<DateTime<Utc>>,
-    pub warned_for: Option<DateTime<Utc>>,
-    pub lapse_recorded: bool,
-    pub verifications: u64,
-    pub denied: u64,
-    pub routes: BTreeMap<String, u64>,
-}
 
 /// Per-decoder memory of the last owner and scope set, so that runs of keys with the
 /// same ones share a single allocation.
@@ -109,7 +88,7 @@ struct Stored<'a> {
     usage: StoredUsage,
 }
 
-/// What loading needs of [`super::model::AdminRestrictions`]: the order of headers.
+/// What loading needs of [`crate::model::AdminRestrictions`]: the order of headers.
 #[derive(Deserialize, Default)]
 struct StoredRestrictions {
     #[serde(default)]
@@ -134,37 +113,19 @@ struct StoredUsage {
     routes: BTreeMap<String, u64>,
 }
 
-fn corrupt(message: String) -> StoreError {
+fn corrupt(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
     StoreError::Corrupt {
         table: "keys",
-        message,
+        source: Box::new(e),
     }
-}
-
-/// The previous hash of a rotated key and the end of its grace period, if both are set.
-fn previous(
-    hash: Option<&str>,
-    until: Option<DateTime<Utc>>,
-) -> Result<Option<(KeyHash, DateTime<Utc>)>, StoreError> {
-    match (hash, until) {
-        (Some(h), Some(until)) => Ok(Some((decode_hash(h)?, until))),
-        _ => Ok(None),
-    }
-}
-
-/// Decode the hex form of a keyed hash.
-pub fn decode_hash(h: &str) -> Result<KeyHash, StoreError> {
-    let mut out = [0u8; 32];
-    hex::decode_to_slice(h, &mut out).map_err(|e| corrupt(format!("bad hash: {e}")))?;
-    Ok(out)
 }
 
 /// Decode one stored record (JSON) into what the index keeps.
-pub fn prepare(cache: &mut LoadCache, raw: &[u8]) -> Result<Loaded, StoreError> {
-    let s: Stored<'_> = serde_json::from_slice(raw).map_err(|e| corrupt(e.to_string()))?;
-    Ok(Loaded {
-        hash: decode_hash(&s.hash)?,
-        previous: previous(s.previous_hash.as_deref(), s.previous_valid_until)?,
+pub fn prepare(cache: &mut LoadCache, raw: &[u8]) -> Result<KeyRow, StoreError> {
+    let s: Stored<'_> = serde_json::from_slice(raw).map_err(corrupt)?;
+    Ok(KeyRow {
+        hash: decode_hash(&s.hash).map_err(corrupt)?,
+        previous: previous(s.previous_hash.as_deref(), s.previous_valid_until).map_err(corrupt)?,
         life: Lifetime {
             state: s.state,
             expires_at: s.expires_at,
@@ -184,39 +145,6 @@ pub fn prepare(cache: &mut LoadCache, raw: &[u8]) -> Result<Loaded, StoreError> 
         denied: s.usage.denied,
         routes: s.usage.routes,
     })
-}
-
-impl Loaded {
-    /// The same from a full record (a change published at run time).
-    pub fn from_record(rec: &KeyRecord) -> Result<Self, StoreError> {
-        Ok(Loaded {
-            hash: decode_hash(&rec.hash)?,
-            previous: previous(rec.previous_hash.as_deref(), rec.previous_valid_until)?,
-            life: rec.lifetime(),
-            id: rec.id,
-            owner: Arc::from(rec.owner.as_str()),
-            name: rec.name.as_str().into(),
-            scopes: Arc::from(rec.scopes.as_slice()),
-            ip_filters: rec.ip_filters.clone(),
-            headers: headers::admin_first(rec.headers.clone(), &rec.admin_restrictions.headers),
-            last_used_at: rec.last_used_at,
-            warned_for: rec.alerting.inactivity_warned_for,
-            lapse_recorded: rec.alerting.lapse_recorded_at.is_some(),
-            verifications: rec.usage.verifications,
-            denied: rec.usage.denied,
-            routes: rec.usage.routes.clone(),
-        })
-    }
-
-    /// The stored usage, as a slot starts from it.
-    pub fn stored_usage(&self) -> SlotUsage {
-        (
-            self.last_used_at.map_or(NEVER, |t| t.timestamp()),
-            self.verifications,
-            self.denied,
-            false,
-        )
-    }
 }
 
 fn digits(b: &[u8]) -> Option<u32> {
@@ -305,7 +233,7 @@ mod tests {
 
     #[test]
     fn a_stored_record_loads_as_the_full_decoder_reads_it() {
-        let rec: KeyRecord = serde_json::from_value(serde_json::json!({
+        let rec: crate::model::KeyRecord = serde_json::from_value(serde_json::json!({
             "id": Uuid::now_v7(),
             "name": "caf\u{e9} \"sync\"",
             "owner": "alice",
@@ -334,7 +262,7 @@ mod tests {
         .unwrap();
         let raw = serde_json::to_vec(&rec).unwrap();
         let fast = prepare(&mut LoadCache::default(), &raw).unwrap();
-        let full = Loaded::from_record(&rec).unwrap();
+        let full = KeyRow::from_record(&rec).unwrap();
         assert_eq!(format!("{fast:?}"), format!("{full:?}"));
         // An admin's headers come first, however they were stored (review F2).
         let names: Vec<_> = fast.headers.iter().map(|h| h.name.as_str()).collect();

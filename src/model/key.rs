@@ -7,7 +7,8 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::headers::HeaderTemplate;
-use crate::alerts::job::KeyAlerting;
+use super::job::KeyAlerting;
+use super::row::KeyHash;
 use crate::config::Policy;
 
 /// Stored state of a key. Holds only the keyed hash of the secret. Lives in redb;
@@ -69,6 +70,37 @@ pub struct KeyRecord {
     /// description does not contain it hashes only stretches of that length.
     #[serde(default, skip_serializing_if = "UserSecret::is_unknown")]
     pub user_secret: UserSecret,
+}
+
+impl KeyRecord {
+    /// A new enabled key of `owner` named `name`, created `now` with the secret whose
+    /// keyed hash is `hash`: no expiry, scopes, filters, headers, notification or
+    /// usage yet (the caller sets what it has).
+    pub fn new(owner: &str, name: &str, hash: &KeyHash, kind: KeyKind, now: DateTime<Utc>) -> Self {
+        Self {
+            id: Uuid::now_v7(),
+            name: name.to_owned(),
+            description: String::new(),
+            owner: owner.to_owned(),
+            scopes: Vec::new(),
+            hash: hex::encode(hash),
+            previous_hash: None,
+            previous_valid_until: None,
+            kind,
+            state: KeyState::Enabled,
+            created_at: now,
+            updated_at: now,
+            last_used_at: None,
+            expires_at: None,
+            ip_filters: Vec::new(),
+            headers: Vec::new(),
+            removed_at: None,
+            usage: UsageCounts::default(),
+            alerting: KeyAlerting::default(),
+            admin_restrictions: AdminRestrictions::default(),
+            user_secret: UserSecret::None,
+        }
+    }
 }
 
 /// Whether a key holds a user-defined secret, and its length.
@@ -574,4 +606,24 @@ pub struct AuditEntry {
     pub key_id: Option<Uuid>,
     /// Human detail; never contains a secret.
     pub detail: String,
+}
+
+impl AuditEntry {
+    /// An entry to append (the store assigns its `seq`).
+    pub fn new(
+        at: DateTime<Utc>,
+        actor: &str,
+        action: &str,
+        key_id: Option<Uuid>,
+        detail: String,
+    ) -> Self {
+        Self {
+            seq: 0,
+            at,
+            actor: actor.to_owned(),
+            action: action.to_owned(),
+            key_id,
+            detail,
+        }
+    }
 }

@@ -1,0 +1,383 @@
+//! Changing a key: edit, enable and disable, remove, rotate. Each goes through
+//! [`Keys::modify`]: under the writer, validate and edit a copy of the record, then
+//! commit it with its audit entry, any job changes and retired secrets.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+
+use super::error::{internal, invalid, KeyError};
+use super::index::{check_unique_name, Index};
+use super::live::Live;
+use super::notification;
+use super::rules::{
+    add_period, binds_owner, check_description, check_expiry_range, check_headers, check_ips,
+    check_name, check_owner_headers, check_owner_ips, check_scopes, parse_period, parse_time,
+    retirements, OwnSecrets,
+};
+use super::secret;
+use super::types::{Actor, EditKey, Issued, KeyView, Settings};
+use super::Keys;
+use crate::model::{
+    rfc3339, AlertJob, AuditEntry, KeyKind, KeyRecord, KeyState, Status, UserSecret,
+};
+use crate::store::Change;
+
+/// What a change sees besides the record it edits.
+pub(super) struct Ctx<'a> {
+    /// The index, read-locked for the change (names, quotas).
+    pub(super) index: &'a Index,
+    /// The rules in force.
+    pub(super) settings: &'a Settings,
+    /// The job of the key's notification, if it has one.
+    pub(super) job: Option<AlertJob>,
+    /// The time of the change.
+    pub(super) now: DateTime<Utc>,
+    /// Job changes to commit with the key.
+    pub(super) jobs: Change,
+}
+
+impl Keys {
+    /// Change key `id` in place through `change`, which validates and edits a copy of
+    /// its record and returns the audit detail (and, in [`Ctx::jobs`], job changes).
+    /// Nothing is written if it fails.
+    pub(super) async fn modify<F>(
+        &self,
+        actor: &Actor,
+        id: &str,
+        action: &str,
+        change: F,
+    ) -> Result<Arc<Live>, KeyError>
+    where
+        F: FnOnce(&mut KeyRecord, &mut Ctx<'_>) -> Result<String, KeyError>,
+    {
+        let writer = self.lock_writer().await;
+        let live = self.visible(actor, id)?;
+        if live.life.state == KeyState::Removed {
+            return Err(KeyError::Conflict(format!("key {} was removed", live.id)));
+        }
+        let settings = self.settings();
+        let mut rec = self.record(&live)?;
+        let before = rec.clone();
+        let job = match rec.alerting.notification.as_ref().map(|n| n.job_id) {
+            Some(job_id) => self.blocking(move |s| s.job(job_id)).await?,
+            None => None,
+        };
+        let now = self.clock.now();
+        let (detail, mut commit) = {
+            let index = self.index.read();
+            let mut ctx = Ctx {
+                index: &index,
+                settings: &settings,
+                job,
+                now,
+                jobs: Change::default(),
+            };
+            let detail = change(&mut rec, &mut ctx)?;
+            (detail, ctx.jobs)
+        };
+        rec.updated_at = now;
+        commit.retire = retirements(&before, Some(&rec), now);
+        commit.audit.push(AuditEntry::new(
+            now,
+            &actor.name,
+            action,
+            Some(rec.id),
+            detail,
+        ));
+        commit.put_keys.push(rec);
+        let (mut published, _writer) = self.commit(writer, commit).await?;
+        let new = published
+            .pop()
+            .ok_or_else(|| internal("a committed change published no key"))?;
+        tracing::info!(key_id = %new.id, actor = %actor.name, action, "key changed");
+        Ok(new)
+    }
+
+    /// Edit description, name, IP filters, headers, narrow scopes, shorten expiry.
+    /// An owner may only narrow the IP filters and headers an admin set; an admin's
+    /// change to someone else's key becomes the restriction its owner is held to.
+    pub async fn edit(&self, actor: &Actor, id: &str, req: EditKey) -> Result<KeyView, KeyError> {
+        let checked = check_not_own_secret(self, actor, id, &req).await?;
+        let live = self
+            .modify(actor, id, "edit", |rec, ctx| {
+                let (index, settings, now) = (ctx.index, ctx.settings, ctx.now);
+                let old_expiry = rec.expires_at;
+                let mut changed = Vec::new();
+                let binds_owner = binds_owner(actor, &rec.owner, &settings.directory);
+                if checked.as_ref().is_some_and(|c| OwnSecrets::of(rec).ok().as_ref() != Some(c)) {
+                    return Err(KeyError::Conflict(format!(
+                        "the secret of key {} changed while this edit was checked; try again",
+                        rec.id
+                    )));
+                }
+                if let Some(name) = &req.name {
+                    let name = check_name(name, "")?;
+                    // A header with `${key.name}` is one only an admin may set: the
+                    // owner renaming the key would choose what it tells the upstream.
+                    if !actor.admin
+                        && name != rec.name
+                        && rec.headers.iter().any(|h| h.template.contains("${key.name}"))
+                    {
+                        return Err(KeyError::Forbidden(format!(
+                            "key {} has a header an admin set from its name (${{key.name}}); \
+                             only an admin can rename it",
+                            rec.id
+                        )));
+                    }
+                    check_unique_name(index, &rec.owner, &name, Some(rec.id))?;
+                    changed.push(format!("name={name:?}"));
+                    rec.name = name;
+                }
+                if let Some(d) = &req.description {
+                    rec.description = check_description(d, "")?;
+                    changed.push("description".to_owned());
+                }
+                if let Some(list) = &req.scopes {
+                    let scopes = check_scopes(list)?;
+                    if let Some(bad) = scopes.iter().find(|s| !rec.scopes.contains(s)) {
+                        return Err(invalid(
+                            "scopes",
+                            format!("scopes can only be narrowed; the key does not hold {bad:?} (it holds: {})", rec.scopes.join(", ")),
+                        ));
+                    }
+                    changed.push(format!("scopes=[{}]", scopes.join(",")));
+                    if binds_owner && rec.scopes.iter().any(|s| !scopes.contains(s)) {
+                        rec.admin_restrictions.restricted_by = Some(actor.name.clone());
+                    }
+                    rec.scopes = scopes;
+                }
+                if let Some(ips) = &req.ip {
+                    let ips = check_ips(ips)?;
+                    if !actor.admin {
+                        check_owner_ips(&ips, &rec.admin_restrictions.ip_filters)?;
+                    } else if binds_owner {
+                        rec.admin_restrictions.ip_filters = ips.clone();
+                    } else {
+                        // An admin's own key: nothing anyone else imposed binds it.
+                        rec.admin_restrictions.ip_filters.clear();
+                    }
+                    rec.ip_filters = ips;
+                    changed.push(format!("ip=[{}]", rec.ip_filters.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(",")));
+                }
+                if let Some(h) = &req.headers {
+                    let headers = check_headers(h)?;
+                    if !actor.admin {
+                        check_owner_headers(&headers, &rec.admin_restrictions.headers)?;
+                    } else if binds_owner {
+                        rec.admin_restrictions.headers = headers.clone();
+                    } else {
+                        rec.admin_restrictions.headers.clear();
+                    }
+                    rec.headers = headers;
+                    changed.push(format!("headers={}", rec.headers.len()));
+                }
+                let new_expiry = match (&req.expires_at, &req.expires_in) {
+                    (Some(_), Some(_)) => return Err(invalid("expires_at", "give either --expires-at or --expires-in, not both")),
+                    (Some(at), None) => Some(parse_time("expires_at", at)?),
+                    (None, Some(p)) => Some(add_period(&parse_period("expires_in", p)?, now)?),
+                    (None, None) => None,
+                };
+                if let Some(at) = new_expiry {
+                    if rec.expires_at.is_some_and(|cur| at > cur) {
+                        return Err(invalid(
+                            "expires_at",
+                            format!(
+                                "the expiry of a key can only be moved earlier (currently {}, asked {})",
+                                rec.expires_at.map(rfc3339).unwrap_or_default(),
+                                rfc3339(at)
+                            ),
+                        ));
+                    }
+                    check_expiry_range(&settings.policy, at, now)?;
+                    if binds_owner && rec.expires_at != Some(at) {
+                        rec.admin_restrictions.restricted_by = Some(actor.name.clone());
+                    }
+                    rec.expires_at = Some(at);
+                    changed.push(format!("expires={}", rfc3339(at)));
+                }
+                if changed.is_empty() {
+                    return Err(invalid("edit", "nothing to change: give at least one field"));
+                }
+                // A notification later than the new expiry moves with it.
+                let (more, jobs) = notification::follow_expiry(rec, old_expiry, ctx.job.take(), now);
+                ctx.jobs = jobs;
+                Ok(changed.join(" ") + &more)
+            })
+            .await?;
+        self.view(&live)
+    }
+
+    /// Enable or disable a key. A key an admin disabled stays disabled for its owner.
+    pub async fn set_enabled(
+        &self,
+        actor: &Actor,
+        id: &str,
+        enabled: bool,
+    ) -> Result<KeyView, KeyError> {
+        let action = if enabled { "enable" } else { "disable" };
+        let live = self
+            .modify(actor, id, action, |rec, ctx| {
+                let settings = ctx.settings;
+                let binds = binds_owner(actor, &rec.owner, &settings.directory);
+                let restrictions = &mut rec.admin_restrictions;
+                if enabled {
+                    if let (false, Some(by)) = (actor.admin, &restrictions.disabled_by) {
+                        return Err(KeyError::Forbidden(format!(
+                            "key {} was disabled by admin {by:?}; only an admin can enable it again",
+                            rec.id
+                        )));
+                    }
+                    restrictions.disabled_by = None;
+                    rec.state = KeyState::Enabled;
+                    return Ok(String::new());
+                }
+                if binds {
+                    restrictions.disabled_by = Some(actor.name.clone());
+                }
+                rec.state = KeyState::Disabled;
+                Ok(String::new())
+            })
+            .await?;
+        self.view(&live)
+    }
+
+    /// Remove a key: it stops working at once and is kept for the record. Its
+    /// notification job, if not started, is cancelled in the same transaction.
+    pub async fn remove(&self, actor: &Actor, id: &str) -> Result<KeyView, KeyError> {
+        let live = self
+            .modify(actor, id, "remove", |rec, ctx| {
+                let now = ctx.now;
+                // An admin's removal retires the key's secret for its owner too.
+                if binds_owner(actor, &rec.owner, &ctx.settings.directory) {
+                    rec.admin_restrictions.restricted_by = Some(actor.name.clone());
+                }
+                rec.state = KeyState::Removed;
+                rec.removed_at = Some(now);
+                rec.previous_hash = None;
+                rec.previous_valid_until = None;
+                let (detail, jobs) = notification::cancel_for_removal(rec, ctx.job.take(), now);
+                ctx.jobs = jobs;
+                Ok(detail)
+            })
+            .await?;
+        self.view(&live)
+    }
+
+    /// Give a key a new secret, keeping its settings. With a grace period the old
+    /// secret keeps working until it ends (never past the key's expiry).
+    pub async fn rotate(
+        &self,
+        actor: &Actor,
+        id: &str,
+        grace: Option<&str>,
+    ) -> Result<Issued, KeyError> {
+        let grace = match grace.map(str::trim).filter(|g| !g.is_empty()) {
+            Some(g) => Some(parse_period("grace", g)?),
+            None => None,
+        };
+        let secret = secret::generate();
+        let new_hash = self.hasher.hash(secret.expose());
+        let live = self
+            .modify(actor, id, "rotate", |rec, ctx| {
+                let (settings, now) = (ctx.settings, ctx.now);
+                // A new secret on a key an admin disabled is the owner's way around
+                // the disable once the key is enabled, and frees the old secret.
+                if let (false, Some(by)) = (actor.admin, &rec.admin_restrictions.disabled_by) {
+                    return Err(KeyError::Forbidden(format!(
+                        "key {} was disabled by admin {by:?}; only an admin can rotate it",
+                        rec.id
+                    )));
+                }
+                match rec.status(&settings.policy, rec.last_used_at, now) {
+                    Status::Expired | Status::Inactive => {
+                        return Err(KeyError::Conflict(format!(
+                            "key {} has expired; create a new key instead of rotating it",
+                            rec.id
+                        )))
+                    }
+                    _ => {}
+                }
+                // An admin's rotation retires the old secret for its owner too.
+                if binds_owner(actor, &rec.owner, &settings.directory) {
+                    rec.admin_restrictions.restricted_by = Some(actor.name.clone());
+                }
+                let old = rec.hash.clone();
+                rec.hash = hex::encode(new_hash);
+                if rec.kind == KeyKind::Generated || grace.is_none() {
+                    // No imported secret is left on the key (the previous secret,
+                    // if any, is a generated one).
+                    rec.user_secret = UserSecret::None;
+                }
+                rec.kind = KeyKind::Generated;
+                match &grace {
+                    Some(p) => {
+                        let mut until = add_period(p, now)?;
+                        if let Some(exp) = rec.expires_at {
+                            until = until.min(exp);
+                        }
+                        rec.previous_hash = Some(old);
+                        rec.previous_valid_until = Some(until);
+                        Ok(format!("grace until {}", rfc3339(until)))
+                    }
+                    None => {
+                        rec.previous_hash = None;
+                        rec.previous_valid_until = None;
+                        Ok("no grace".to_owned())
+                    }
+                }
+            })
+            .await?;
+        Ok(Issued {
+            key: secret,
+            view: self.view(&live)?,
+        })
+    }
+}
+
+/// Refuse a new name or description that contains the key's own secret: names
+/// and descriptions are shown in listings, the audit trail and
+/// `X-Api-Key-Name`. Generated secrets are caught by their format
+/// ([`secret::looks_like_key`]); a user-defined token has none, so the stretches
+/// of the text it could be are hashed and compared with the key's imported
+/// secret ([`OwnSecrets`]). That is up to ~1000 hashes (~200k for a record
+/// stored before its secret's length was kept), so it runs before the change,
+/// on a blocking thread, holding neither the writer nor the index; the change
+/// then makes sure the secret it was checked against is still the key's.
+/// Returns what was checked against, if anything was.
+async fn check_not_own_secret(
+    keys: &Keys,
+    actor: &Actor,
+    id: &str,
+    req: &EditKey,
+) -> Result<Option<OwnSecrets>, KeyError> {
+    let mut texts = Vec::new();
+    if let Some(name) = &req.name {
+        texts.push(("name", check_name(name, "")?));
+    }
+    if let Some(d) = &req.description {
+        texts.push(("description", check_description(d, "")?));
+    }
+    if texts.is_empty() {
+        return Ok(None);
+    }
+    let live = keys.visible(actor, id)?;
+    let own = OwnSecrets::of(&keys.record(&live)?)?;
+    if own.hashes.is_empty() {
+        return Ok(Some(own));
+    }
+    let hasher = keys.hasher.clone();
+    tokio::task::spawn_blocking(move || {
+        for (field, text) in &texts {
+            if own.found_in(&hasher, text) {
+                return Err(invalid(
+                    field,
+                    "must not contain this key's secret (a key's name and description are shown everywhere; the secret is not)",
+                ));
+            }
+        }
+        Ok(Some(own))
+    })
+    .await
+    .map_err(|e| KeyError::Internal(e.to_string()))?
+}

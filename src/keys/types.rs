@@ -1,0 +1,301 @@
+//! What the key service takes and gives: who asks ([`Actor`]), the rules in force
+//! ([`Settings`]), requests ([`CreateKey`], [`EditKey`], [`NotifyRequest`]) and
+//! answers ([`Verification`], [`KeyView`], [`Issued`]). `apikeyctl` speaks these too.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::live::refusal;
+use super::secret::Secret;
+use super::status::{counted_as, Lapse};
+use super::table;
+use crate::config::{Config, Directory, Policy};
+use crate::model::headers::HeaderTemplate;
+use crate::model::{
+    rfc3339, AdminRestrictions, Code, KeyHash, KeyKind, KeyRecord, KeyState, Limit, Status,
+    UsageCounts,
+};
+
+/// Who is asking.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Actor {
+    /// Configured user name, or `root` for an unmapped root.
+    pub name: String,
+    /// Manages everyone's keys.
+    pub admin: bool,
+}
+
+/// Reloadable rules: policy plus users and groups.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `[ApiKey]`.
+    pub policy: Policy,
+    /// Users and groups.
+    pub directory: Directory,
+}
+
+impl From<&Config> for Settings {
+    fn from(config: &Config) -> Self {
+        Self {
+            policy: config.policy.clone(),
+            directory: config.directory.clone(),
+        }
+    }
+}
+
+/// Outcome of a verification.
+#[derive(Debug, Clone)]
+pub struct Verification {
+    /// The code.
+    pub code: Code,
+    /// The key's last use after this verification (now, if valid).
+    pub last_used: Option<DateTime<Utc>>,
+    /// Where the key's entry is, when one was found (even if not valid).
+    pub(super) entry: Option<u32>,
+    pub(super) hash: KeyHash,
+}
+
+/// Request to create (or import) a key.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateKey {
+    /// Owner; defaults to the actor.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Name, unique per owner.
+    pub name: String,
+    /// Optional description.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Scopes; default all the owner's groups grant.
+    #[serde(default)]
+    pub scopes: Option<Vec<String>>,
+    /// RFC 3339 expiry.
+    #[serde(default)]
+    pub expires_at: Option<String>,
+    /// ISO 8601 period from now.
+    #[serde(default)]
+    pub expires_in: Option<String>,
+    /// No expiry (only when MaxExpirationPeriod is empty).
+    #[serde(default)]
+    pub never_expires: bool,
+    /// IP filters.
+    #[serde(default)]
+    pub ip: Vec<String>,
+    /// `NAME=TEMPLATE` headers.
+    #[serde(default)]
+    pub headers: Vec<String>,
+    /// For import: the user-defined secret. Never logged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<Secret>,
+    /// Notification time (RFC 3339).
+    #[serde(default)]
+    pub notify_at: Option<String>,
+    /// Notification this long before the expiry (ISO 8601 period).
+    #[serde(default)]
+    pub notify_before: Option<String>,
+    /// Alert source of the notification.
+    #[serde(default)]
+    pub alert_source: Option<String>,
+    /// No notification, not even the configured default.
+    #[serde(default)]
+    pub no_notification: bool,
+}
+
+/// Request to edit a key. Absent fields are left alone.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EditKey {
+    /// New name.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// New description.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// New scopes: must be a subset of the current ones.
+    #[serde(default)]
+    pub scopes: Option<Vec<String>>,
+    /// Replace the IP filters (empty list clears them).
+    #[serde(default)]
+    pub ip: Option<Vec<String>>,
+    /// Replace the headers (empty list clears them).
+    #[serde(default)]
+    pub headers: Option<Vec<String>>,
+    /// Earlier expiry (RFC 3339).
+    #[serde(default)]
+    pub expires_at: Option<String>,
+    /// Earlier expiry as a period from now.
+    #[serde(default)]
+    pub expires_in: Option<String>,
+}
+
+/// A key as shown to administrators.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct KeyView {
+    /// Id.
+    pub id: Uuid,
+    /// Name.
+    pub name: String,
+    /// Description.
+    pub description: String,
+    /// Owner.
+    pub owner: String,
+    /// Scopes the key was issued with (or narrowed to).
+    pub scopes: Vec<String>,
+    /// Those of `scopes` its owner's groups grant now: what verification allows.
+    #[serde(default)]
+    pub effective_scopes: Vec<String>,
+    /// `active`, `disabled`, `expired`, `inactive`, `removed`, `owner_unknown`
+    /// (would be active, but its owner is no longer configured: refused) or
+    /// `no_scopes` (would be active, but its owner's groups grant none of its
+    /// scopes now: refused).
+    pub status: String,
+    /// `generated` or `imported`.
+    pub kind: String,
+    /// Created.
+    pub created_at: String,
+    /// Last record change.
+    pub updated_at: String,
+    /// Last successful verification.
+    pub last_used_at: Option<String>,
+    /// Hard expiry.
+    pub expires_at: Option<String>,
+    /// Earlier of the hard expiry and the inactivity deadline.
+    pub effective_expires_at: Option<String>,
+    /// `hard` or `inactivity`.
+    pub effective_limit: Option<String>,
+    /// Human details line.
+    pub details: String,
+    /// IP filters.
+    pub ip_filters: Vec<String>,
+    /// Response headers.
+    pub headers: Vec<HeaderTemplate>,
+    /// When the previous secret stops working after a rotation.
+    pub rotation_grace_until: Option<String>,
+    /// Alert notification: "TIME via SOURCE", or "none".
+    pub notification: String,
+    /// Verification counts (in memory, flushed with the last-used times).
+    pub usage: UsageCounts,
+    /// Notification time.
+    #[serde(default)]
+    pub notify_at: Option<String>,
+    /// Alert source of the notification.
+    #[serde(default)]
+    pub alert_source: Option<String>,
+    /// The alert job the key tracks.
+    #[serde(default)]
+    pub alert_job: Option<Uuid>,
+    /// Something the caller should know about the change just made (such as an
+    /// alert source that could not reach the owner and was replaced); only in the
+    /// answer to that change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notice: Option<String>,
+    /// What an admin imposed that only an admin may lift.
+    #[serde(default)]
+    pub admin_restrictions: AdminRestrictions,
+}
+
+/// A key just issued: the secret, shown once, and the key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Issued {
+    /// The secret. Shown once; never stored; redacted in `Debug`.
+    pub key: Secret,
+    /// The key.
+    #[serde(flatten)]
+    pub view: KeyView,
+}
+
+/// Request to set, change or cancel a key's notification.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotifyRequest {
+    /// Notification time (RFC 3339).
+    #[serde(default)]
+    pub at: Option<String>,
+    /// This long before the key's expiry (ISO 8601 period).
+    #[serde(default)]
+    pub before: Option<String>,
+    /// Alert source.
+    #[serde(default)]
+    pub source: Option<String>,
+    /// Remove the notification.
+    #[serde(default)]
+    pub cancel: bool,
+}
+
+/// Build the admin view of a key; its effective scopes and owner check follow the
+/// users and groups of `settings`.
+pub fn view_of(settings: &Settings, rec: &KeyRecord, now: DateTime<Utc>) -> KeyView {
+    let policy = &settings.policy;
+    let last_used = rec.last_used_at;
+    let effective = rec.effective_expiry(policy, last_used);
+    let granted = settings.directory.rights(&rec.owner).map(|r| r.scopes);
+    let effective_scopes: Vec<String> = granted.as_ref().map_or_else(Vec::new, |g| {
+        rec.scopes
+            .iter()
+            .filter(|s| g.contains(*s))
+            .cloned()
+            .collect()
+    });
+    let refused = refusal(granted.is_none(), &effective_scopes, &rec.scopes);
+    let status = match rec.status(policy, last_used, now) {
+        Status::Active => counted_as(KeyState::Enabled, Lapse::NONE, refused),
+        s => s.as_str(),
+    };
+    let mut details = rec.details(policy, last_used, now);
+    if rec.state != KeyState::Removed {
+        if refused & table::OWNER_UNKNOWN != 0 {
+            details = format!(
+                "refused: owner {:?} is not a configured user; {details}",
+                rec.owner
+            );
+        } else if refused & table::NO_SCOPES != 0 {
+            details = format!(
+                "refused: the groups of {:?} grant none of its scopes ({}) now; {details}",
+                rec.owner,
+                rec.scopes.join(", ")
+            );
+        }
+    }
+    KeyView {
+        id: rec.id,
+        name: rec.name.clone(),
+        description: rec.description.clone(),
+        owner: rec.owner.clone(),
+        scopes: rec.scopes.clone(),
+        effective_scopes,
+        status: status.to_owned(),
+        kind: match rec.kind {
+            KeyKind::Generated => "generated",
+            KeyKind::Imported => "imported",
+        }
+        .to_owned(),
+        created_at: rfc3339(rec.created_at),
+        updated_at: rfc3339(rec.updated_at),
+        last_used_at: last_used.map(rfc3339),
+        expires_at: rec.expires_at.map(rfc3339),
+        effective_expires_at: effective.map(|(t, _)| rfc3339(t)),
+        effective_limit: effective.map(|(_, l)| {
+            match l {
+                Limit::Hard => "hard",
+                Limit::Inactivity => "inactivity",
+            }
+            .to_owned()
+        }),
+        details,
+        ip_filters: rec.ip_filters.iter().map(|n| n.to_string()).collect(),
+        headers: rec.headers.clone(),
+        rotation_grace_until: rec.previous_valid_until.filter(|t| *t > now).map(rfc3339),
+        notification: rec.alerting.notification.as_ref().map_or_else(
+            || "none".to_owned(),
+            |n| format!("{} via {}", rfc3339(n.at), n.source),
+        ),
+        notify_at: rec.alerting.notification.as_ref().map(|n| rfc3339(n.at)),
+        alert_source: rec.alerting.notification.as_ref().map(|n| n.source.clone()),
+        alert_job: rec.alerting.notification.as_ref().map(|n| n.job_id),
+        usage: rec.usage.clone(),
+        notice: None,
+        admin_restrictions: rec.admin_restrictions.clone(),
+    }
+}

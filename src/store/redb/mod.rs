@@ -1,0 +1,769 @@
+//! The redb database, [`RedbStore`]: the only module that knows redb. Every function
+//! here blocks; callers run it in `spawn_blocking` and never hold a transaction
+//! across an `.await`.
+//!
+//! Tables: `keys` (id → JSON record) and `audit` (sequence → JSON entry). Records are
+//! JSON so fields can be added without a migration. `audit_by_key` ((key, seq) → ())
+//! and `audit_by_owner` ((owner, seq) → ()) index the audit trail, written in the
+//! transaction that appends the entry, so a listing for one key or one owner reads
+//! only their entries; a database written before they existed gets them built once,
+//! when it is opened ([`RedbStore::open`]). `retired_secrets` (keyed hash → JSON
+//! [`RetiredSecret`]) remembers imported secrets that left their key, written in the
+//! transaction that removes, rotates or purges it.
+
+mod jobs;
+mod load;
+
+use std::path::Path;
+use std::sync::atomic::AtomicI64;
+
+use chrono::{DateTime, Utc};
+use redb::{
+    Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition, TableHandle,
+};
+use uuid::Uuid;
+
+use super::{AuditFilter, Change, JobFilter, Page, Pager, Storage, StoreError, UsageUpdate};
+use crate::model::{
+    AlertJob, AuditEntry, JobState, KeyHash, KeyRecord, KeyRow, OperatorMessage, RetiredSecret,
+};
+
+const KEYS: TableDefinition<u128, &[u8]> = TableDefinition::new("keys");
+const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
+const AUDIT_BY_KEY: TableDefinition<(u128, u64), ()> = TableDefinition::new("audit_by_key");
+const AUDIT_BY_OWNER: TableDefinition<(&str, u64), ()> = TableDefinition::new("audit_by_owner");
+const RETIRED: TableDefinition<&[u8], &[u8]> = TableDefinition::new("retired_secrets");
+
+/// redb's page cache. Its default (1 GiB) filled up while loading the keys at start and
+/// stayed resident; every read path that matters (verification, listing keys) runs from
+/// memory, and the alert dispatcher reads only the head of the due index, so a small
+/// cache costs nothing measurable and keeps a 1M-key daemon well under 600 MB.
+pub const CACHE_BYTES: usize = 32 * 1024 * 1024;
+
+/// The open database.
+#[derive(Debug)]
+pub struct RedbStore {
+    db: Database,
+    /// Alert jobs per state ([`JobState::index`]), counted at open and kept up to
+    /// date by every commit, so `/metrics` never scans the jobs.
+    job_states: [AtomicI64; JobState::ALL.len()],
+}
+
+/// Open (or create) the database file readable by its owner only, whatever the umask:
+/// it holds every key's hash and owner. An existing file that others may read is
+/// tightened to 0600, with a warning.
+fn open_private(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    // What redb's own `create` does, plus the mode.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)?;
+    let mode = file.metadata()?.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        tracing::warn!(path = %path.display(), mode = format!("{mode:o}"), "database was readable by group or others; its mode is now 0600");
+    }
+    Ok(file)
+}
+
+impl From<redb::TransactionError> for StoreError {
+    fn from(e: redb::TransactionError) -> Self {
+        StoreError::Transaction(Box::new(e))
+    }
+}
+
+impl From<redb::TableError> for StoreError {
+    fn from(e: redb::TableError) -> Self {
+        StoreError::Table(Box::new(e))
+    }
+}
+
+impl From<redb::StorageError> for StoreError {
+    fn from(e: redb::StorageError) -> Self {
+        StoreError::Storage(Box::new(e))
+    }
+}
+
+impl From<redb::CommitError> for StoreError {
+    fn from(e: redb::CommitError) -> Self {
+        StoreError::Commit(Box::new(e))
+    }
+}
+
+/// A record as stored: JSON, so fields can be added without a migration.
+fn encode<T: serde::Serialize>(table: &'static str, value: &T) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(value).map_err(|source| StoreError::Encode { table, source })
+}
+
+impl RedbStore {
+    /// Open (or create) the database file and its tables.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let open_err = |e: Box<dyn std::error::Error + Send + Sync>| StoreError::Open {
+            path: path.display().to_string(),
+            source: e,
+        };
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            // A missing state directory is made private, as the daemon makes it.
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(parent)
+                .map_err(|e| open_err(e.into()))?;
+        }
+        let file = open_private(path).map_err(|e| open_err(e.into()))?;
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create_with_backend(
+                redb::backends::FileBackend::new(file).map_err(|e| open_err(e.into()))?,
+            )
+            .map_err(|e| open_err(e.into()))?;
+        let txn = db.begin_write()?;
+        let existing: Vec<String> = txn.list_tables()?.map(|t| t.name().to_owned()).collect();
+        let missing = |name: &str| !existing.iter().any(|t| t == name);
+        let build_audit_index = missing(AUDIT_BY_OWNER.name());
+        let build_job_index = jobs::index_missing(&missing);
+        txn.open_table(KEYS)?;
+        txn.open_table(AUDIT)?;
+        txn.open_table(AUDIT_BY_KEY)?;
+        txn.open_table(AUDIT_BY_OWNER)?;
+        txn.open_table(RETIRED)?;
+        jobs::create_tables(&txn)?;
+        if build_audit_index {
+            index_audit(&txn)?;
+        }
+        if build_job_index {
+            jobs::index_jobs(&txn)?;
+        }
+        txn.commit()?;
+        let job_states = jobs::load_state_counts(&db)?.map(AtomicI64::new);
+        Ok(Self { db, job_states })
+    }
+
+    /// Pass every stored key, as `prepare` decodes its bytes (with a per-thread cache
+    /// `C`), to `each` on this thread; returns how many there were. Decoding is most of
+    /// a cold start, so one thread reads rows in chunks, one thread per CPU decodes
+    /// them, and `each` consumes decoded chunks meanwhile.
+    fn read_keys<T: Send, C: Default>(
+        &self,
+        prepare: impl Fn(&mut C, &[u8]) -> Result<T, StoreError> + Sync,
+        each: &mut dyn FnMut(T),
+    ) -> Result<usize, StoreError> {
+        const CHUNK: usize = 8_192;
+        let decoders = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
+        /// A chunk of rows: their bytes back to back, and where each ends.
+        type Raw = (Vec<u8>, Vec<usize>);
+        let prepare = &prepare;
+        std::thread::scope(|s| {
+            // reader → decoders (round robin) → this thread, which builds the index
+            // while the next chunks are read and decoded.
+            let (done_tx, done_rx) =
+                std::sync::mpsc::sync_channel::<Result<Vec<T>, StoreError>>(decoders * 2);
+            let mut raw_txs = Vec::new();
+            for _ in 0..decoders {
+                let (raw_tx, raw_rx) = std::sync::mpsc::sync_channel::<Raw>(2);
+                raw_txs.push(raw_tx);
+                let done_tx = done_tx.clone();
+                s.spawn(move || {
+                    let mut cache = C::default();
+                    for (bytes, ends) in raw_rx {
+                        let mut start = 0;
+                        let mut out = Vec::with_capacity(ends.len());
+                        let mut failed = None;
+                        for end in ends {
+                            match prepare(&mut cache, &bytes[start..end]) {
+                                Ok(t) => out.push(t),
+                                Err(e) => {
+                                    failed = Some(e);
+                                    break;
+                                }
+                            }
+                            start = end;
+                        }
+                        let msg = match failed {
+                            Some(e) => Err(e),
+                            None => Ok(out),
+                        };
+                        if done_tx.send(msg).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+            let reader_done = done_tx;
+            s.spawn(move || {
+                let read = || -> Result<(), StoreError> {
+                    let txn = self.db.begin_read()?;
+                    let table = txn.open_table(KEYS)?;
+                    let mut chunk: Raw = (Vec::new(), Vec::with_capacity(CHUNK));
+                    let mut next = 0;
+                    for row in table.iter()? {
+                        let (_, v) = row?;
+                        chunk.0.extend_from_slice(v.value());
+                        chunk.1.push(chunk.0.len());
+                        if chunk.1.len() == CHUNK {
+                            let cap = chunk.0.len();
+                            let full = std::mem::replace(
+                                &mut chunk,
+                                (Vec::with_capacity(cap), Vec::with_capacity(CHUNK)),
+                            );
+                            if raw_txs[next % raw_txs.len()].send(full).is_err() {
+                                return Ok(());
+                            }
+                            next += 1;
+                        }
+                    }
+                    if !chunk.1.is_empty() {
+                        let _ = raw_txs[next % raw_txs.len()].send(chunk);
+                    }
+                    Ok(())
+                };
+                if let Err(e) = read() {
+                    let _ = reader_done.send(Err(e));
+                }
+                // Dropping the senders ends the decoders, then the receiver below.
+            });
+            let mut count = 0;
+            for chunk in done_rx {
+                for item in chunk? {
+                    each(item);
+                    count += 1;
+                }
+            }
+            Ok(count)
+        })
+    }
+}
+
+impl Storage for RedbStore {
+    fn key_count(&self) -> Result<usize, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(KEYS)?;
+        Ok(usize::try_from(table.len()?).unwrap_or(0))
+    }
+
+    fn load_keys(&self, each: &mut dyn FnMut(KeyRow)) -> Result<usize, StoreError> {
+        self.read_keys(load::prepare, each)
+    }
+
+    fn keys(&self, ids: &[Uuid]) -> Result<Vec<KeyRecord>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(KEYS)?;
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(v) = table.get(id.as_u128())? {
+                out.push(decode("keys", v.value())?);
+            }
+        }
+        Ok(out)
+    }
+
+    fn write_usage(&self, updates: &[UsageUpdate]) -> Result<usize, StoreError> {
+        let txn = self.db.begin_write()?;
+        let mut written = 0;
+        {
+            let mut keys = txn.open_table(KEYS)?;
+            for u in updates {
+                let Some(mut rec) = keys
+                    .get(u.id.as_u128())?
+                    .map(|v| decode::<KeyRecord>("keys", v.value()))
+                    .transpose()?
+                else {
+                    continue;
+                };
+                rec.last_used_at = rec.last_used_at.max(u.last_used_at);
+                rec.usage = u.counts.clone();
+                let bytes = encode("keys", &rec)?;
+                keys.insert(rec.id.as_u128(), bytes.as_slice())?;
+                written += 1;
+            }
+        }
+        txn.commit()?;
+        Ok(written)
+    }
+
+    fn commit(&self, mut batch: Change) -> Result<(), StoreError> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut keys = txn.open_table(KEYS)?;
+            for rec in &batch.put_keys {
+                let bytes = encode("keys", rec)?;
+                keys.insert(rec.id.as_u128(), bytes.as_slice())?;
+            }
+            let mut audit = txn.open_table(AUDIT)?;
+            let first = match audit.last()? {
+                Some((k, _)) => k.value() + 1,
+                None => 1,
+            };
+            let mut by_key = txn.open_table(AUDIT_BY_KEY)?;
+            let mut by_owner = txn.open_table(AUDIT_BY_OWNER)?;
+            // A sweep writes thousands of records with an entry each: look owners up
+            // by id, not by a search of the batch per entry.
+            let written: std::collections::HashMap<Uuid, &str> = batch
+                .put_keys
+                .iter()
+                .map(|r| (r.id, r.owner.as_str()))
+                .collect();
+            for (seq, entry) in (first..).zip(&mut batch.audit) {
+                entry.seq = seq;
+                let bytes = encode("audit", entry)?;
+                audit.insert(entry.seq, bytes.as_slice())?;
+                let Some(key) = entry.key_id else {
+                    continue;
+                };
+                by_key.insert((key.as_u128(), seq), ())?;
+                let owner = match written.get(&key) {
+                    Some(owner) => Some((*owner).to_owned()),
+                    None => owner_of(&keys, key)?,
+                };
+                if let Some(owner) = owner {
+                    by_owner.insert((owner.as_str(), seq), ())?;
+                }
+            }
+        }
+        if !batch.retire.is_empty() {
+            let mut retired = txn.open_table(RETIRED)?;
+            for r in &batch.retire {
+                if r.refresh_only && retired.get(r.hash.as_slice())?.is_none() {
+                    continue;
+                }
+                let bytes = encode("retired_secrets", &r.entry)?;
+                retired.insert(r.hash.as_slice(), bytes.as_slice())?;
+            }
+        }
+        if !batch.purge_keys.is_empty() {
+            // After the audit entries, which file a purged key under its owner.
+            let mut keys = txn.open_table(KEYS)?;
+            for id in &batch.purge_keys {
+                keys.remove(id.as_u128())?;
+            }
+        }
+        let delta = jobs::apply(&txn, &mut batch)?;
+        txn.commit()?;
+        self.add_job_states(&delta);
+        Ok(())
+    }
+
+    fn retired(&self, hash: &KeyHash) -> Result<Option<RetiredSecret>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(RETIRED)?;
+        table
+            .get(hash.as_slice())?
+            .map(|v| decode("retired_secrets", v.value()))
+            .transpose()
+    }
+
+    /// A key or owner filter reads that index, so the page decodes only the
+    /// entries it returns.
+    fn audit_page(
+        &self,
+        filter: &AuditFilter,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Page<AuditEntry, u64>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(AUDIT)?;
+        let mut page = Pager::new(limit);
+        // Rows before the cursor: all of them without one.
+        let Some(hi) = before.map_or(Some(u64::MAX), |b| b.checked_sub(1)) else {
+            return Ok(page.done());
+        };
+        let fetch = |page: &mut Pager<AuditEntry, u64>, seq: u64| -> Result<(), StoreError> {
+            if let Some(v) = table.get(seq)? {
+                page.items.push(decode("audit", v.value())?);
+            }
+            Ok(())
+        };
+        if let Some(key) = filter.key {
+            let index = txn.open_table(AUDIT_BY_KEY)?;
+            let k = key.as_u128();
+            for row in index.range((k, 0)..=(k, hi))?.rev() {
+                let seq = row?.0.value().1;
+                if !page.admit(seq) {
+                    break;
+                }
+                fetch(&mut page, seq)?;
+            }
+        } else if let Some(owner) = &filter.owner {
+            let index = txn.open_table(AUDIT_BY_OWNER)?;
+            let o = owner.as_str();
+            for row in index.range((o, 0)..=(o, hi))?.rev() {
+                let seq = row?.0.value().1;
+                if !page.admit(seq) {
+                    break;
+                }
+                fetch(&mut page, seq)?;
+            }
+        } else {
+            for row in table.range(..=hi)?.rev() {
+                let (k, v) = row?;
+                if !page.admit(k.value()) {
+                    break;
+                }
+                page.items.push(decode("audit", v.value())?);
+            }
+        }
+        Ok(page.done())
+    }
+
+    fn job(&self, id: Uuid) -> Result<Option<AlertJob>, StoreError> {
+        self.read_job(id)
+    }
+
+    fn jobs(&self, filter: &JobFilter) -> Result<Page<AlertJob, u128>, StoreError> {
+        self.list_jobs(filter)
+    }
+
+    fn claim_due(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<AlertJob>, StoreError> {
+        self.claim(now, limit)
+    }
+
+    fn running_jobs(&self) -> Result<Vec<AlertJob>, StoreError> {
+        self.running()
+    }
+
+    fn next_due(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
+        self.first_due()
+    }
+
+    fn job_state_counts(&self) -> [(JobState, u64); JobState::ALL.len()] {
+        self.state_counts()
+    }
+
+    fn messages(
+        &self,
+        unacknowledged_only: bool,
+        limit: usize,
+    ) -> Result<Vec<OperatorMessage>, StoreError> {
+        self.list_messages(unacknowledged_only, limit)
+    }
+
+    fn message(&self, id: u64) -> Result<Option<OperatorMessage>, StoreError> {
+        self.read_message(id)
+    }
+}
+
+/// The owner of key `id` as stored, if it is; only the owner is decoded.
+fn owner_of(
+    keys: &impl ReadableTable<u128, &'static [u8]>,
+    id: Uuid,
+) -> Result<Option<String>, StoreError> {
+    /// serde skips the rest of the record.
+    #[derive(serde::Deserialize)]
+    struct OwnerOnly {
+        owner: String,
+    }
+    keys.get(id.as_u128())?
+        .map(|v| decode::<OwnerOnly>("keys", v.value()).map(|r| r.owner))
+        .transpose()
+}
+
+/// Build the audit indexes of a database written before they existed: one pass
+/// over the trail, at open. Entries of keys already purged have no owner to file
+/// them under and stay out of the owner index (no owner listing showed them before).
+fn index_audit(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
+    /// serde skips the rest of the entry.
+    #[derive(serde::Deserialize)]
+    struct KeyOnly {
+        #[serde(default)]
+        key_id: Option<Uuid>,
+    }
+    let audit = txn.open_table(AUDIT)?;
+    let keys = txn.open_table(KEYS)?;
+    let mut by_key = txn.open_table(AUDIT_BY_KEY)?;
+    let mut by_owner = txn.open_table(AUDIT_BY_OWNER)?;
+    let mut owners: std::collections::HashMap<Uuid, Option<String>> = Default::default();
+    let mut n = 0usize;
+    for row in audit.iter()? {
+        let (seq, v) = row?;
+        let seq = seq.value();
+        let Some(key) = decode::<KeyOnly>("audit", v.value())?.key_id else {
+            continue;
+        };
+        by_key.insert((key.as_u128(), seq), ())?;
+        let owner = match owners.get(&key) {
+            Some(o) => o.clone(),
+            None => {
+                let o = owner_of(&keys, key)?;
+                owners.insert(key, o.clone());
+                o
+            }
+        };
+        if let Some(owner) = owner {
+            by_owner.insert((owner.as_str(), seq), ())?;
+        }
+        n += 1;
+    }
+    if n > 0 {
+        tracing::info!(entries = n, "audit trail indexed by key and owner");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Records decoded by this thread: what the paging tests count.
+    pub(crate) static DECODES: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+fn decode<T: serde::de::DeserializeOwned>(
+    table: &'static str,
+    bytes: &[u8],
+) -> Result<T, StoreError> {
+    #[cfg(test)]
+    DECODES.with(|d| d.set(d.get() + 1));
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+        table,
+        source: Box::new(e),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use chrono::{DateTime, Utc};
+
+    use super::*;
+    use crate::model::job::{AlertJob, JobKind};
+    use crate::model::key::{KeyKind, KeyState, UsageCounts};
+
+    pub(crate) fn record(owner: &str, now: DateTime<Utc>) -> KeyRecord {
+        KeyRecord {
+            id: Uuid::now_v7(),
+            name: format!("k-{}", Uuid::now_v7()),
+            description: String::new(),
+            owner: owner.into(),
+            scopes: vec![],
+            hash: String::new(),
+            previous_hash: None,
+            previous_valid_until: None,
+            kind: KeyKind::Generated,
+            state: KeyState::Enabled,
+            created_at: now,
+            updated_at: now,
+            last_used_at: None,
+            expires_at: None,
+            ip_filters: vec![],
+            headers: vec![],
+            removed_at: None,
+            usage: UsageCounts::default(),
+            alerting: Default::default(),
+            admin_restrictions: Default::default(),
+            user_secret: Default::default(),
+        }
+    }
+
+    fn entry(key: Uuid, action: &str) -> AuditEntry {
+        AuditEntry {
+            seq: 0,
+            at: Utc::now(),
+            actor: "admin".into(),
+            action: action.into(),
+            key_id: Some(key),
+            detail: String::new(),
+        }
+    }
+
+    fn decodes() -> usize {
+        DECODES.with(std::cell::Cell::get)
+    }
+
+    /// A store with keys of alice (2), bob (1) and carol (1); every `every`-th audit
+    /// entry of `n` is about one of alice's keys, the others about bob's, carol has
+    /// one. Returns alice's entries' seqs and those of her first key, newest first.
+    fn trail(store: &RedbStore, n: usize, every: usize) -> (Vec<u64>, (Uuid, Vec<u64>)) {
+        let now = Utc::now();
+        let (a1, a2, b, c) = (
+            record("alice", now),
+            record("alice", now),
+            record("bob", now),
+            record("carol", now),
+        );
+        let ids = [a1.id, a2.id];
+        let bob = b.id;
+        let carol = c.id;
+        store
+            .commit(Change {
+                put_keys: vec![a1, a2, b, c],
+                audit: vec![entry(carol, "create")],
+                ..Change::default()
+            })
+            .unwrap();
+        // Entries written in several commits, and entries of keys committed in the
+        // same batch as their record (below), both get their owner.
+        let mut alice = Vec::new();
+        let mut first = Vec::new();
+        let mut seq = 1;
+        for chunk in (0..n).collect::<Vec<_>>().chunks(97) {
+            let mut audit = Vec::new();
+            for i in chunk {
+                seq += 1;
+                if i % every == 0 {
+                    let k = (i / every) % 2;
+                    audit.push(entry(ids[k], "edit"));
+                    alice.push(seq);
+                    if k == 0 {
+                        first.push(seq);
+                    }
+                } else {
+                    audit.push(entry(bob, "edit"));
+                }
+            }
+            store
+                .commit(Change {
+                    put_keys: vec![],
+                    audit,
+                    ..Change::default()
+                })
+                .unwrap();
+        }
+        let late = record("alice", now);
+        let late_id = late.id;
+        store
+            .commit(Change {
+                put_keys: vec![late],
+                audit: vec![entry(late_id, "create")],
+                ..Change::default()
+            })
+            .unwrap();
+        alice.push(seq + 1);
+        alice.reverse();
+        first.reverse();
+        (alice, (ids[0], first))
+    }
+
+    /// Walk every page of an owner's (or a key's) audit entries.
+    fn walk(store: &RedbStore, filter: &AuditFilter, limit: usize) -> (Vec<u64>, usize, usize) {
+        let mut seen = Vec::new();
+        let mut before = None;
+        let mut pages = 0;
+        let mut most_decoded = 0;
+        loop {
+            let at = decodes();
+            let page = store.audit_page(filter, before, limit).unwrap();
+            most_decoded = most_decoded.max(decodes() - at);
+            pages += 1;
+            assert!(page.items.len() <= limit);
+            seen.extend(page.items.iter().map(|e| e.seq));
+            match page.next {
+                Some(n) => before = Some(n),
+                None => break,
+            }
+            assert!(pages < 10_000, "the pages never end");
+        }
+        (seen, pages, most_decoded)
+    }
+
+    /// Non-admin `audit` read the whole trail (`usize::MAX` entries) and filtered it
+    /// by owner afterwards: a user with few entries made the daemon decode all of
+    /// them. The owner index gives exactly the owner's entries, page after page,
+    /// in order, without gaps or repeats, each page decoding only its own entries.
+    #[test]
+    fn audit_pages_of_one_owner_read_only_their_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(&dir.path().join("db.redb")).unwrap();
+        let (alice, (k1, first)) = trail(&store, 3000, 50);
+        assert_eq!(alice.len(), 61);
+        let owner = AuditFilter {
+            key: None,
+            owner: Some("alice".into()),
+        };
+        for limit in [1, 7, 61, 100] {
+            let (seen, pages, most_decoded) = walk(&store, &owner, limit);
+            assert_eq!(seen, alice, "limit {limit}");
+            assert_eq!(pages, alice.len().div_ceil(limit).max(1), "limit {limit}");
+            assert!(
+                most_decoded <= limit,
+                "a page of {limit} decoded {most_decoded}"
+            );
+        }
+        // One key's entries through the key index.
+        let key = AuditFilter {
+            key: Some(k1),
+            owner: None,
+        };
+        let (seen, _, most_decoded) = walk(&store, &key, 5);
+        assert_eq!(seen.len(), 30);
+        assert_eq!(seen, first);
+        assert!(most_decoded <= 5);
+        // No filter: the whole trail, newest first, across pages.
+        let (all, _, _) = walk(&store, &AuditFilter::default(), 1000);
+        assert_eq!(all, (1..=3002).rev().collect::<Vec<u64>>());
+        // Someone without entries: one empty page.
+        let nobody = AuditFilter {
+            key: None,
+            owner: Some("dave".into()),
+        };
+        assert_eq!(walk(&store, &nobody, 10), (vec![], 1, 0));
+        // A cursor at the very start: nothing before it.
+        assert!(store
+            .audit_page(&owner, Some(0), 10)
+            .unwrap()
+            .items
+            .is_empty());
+    }
+
+    /// A database written before the indexes existed gets them built when opened,
+    /// and they give the same pages as indexes written with the entries.
+    #[test]
+    fn audit_and_job_indexes_are_built_for_an_older_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.redb");
+        let store = RedbStore::open(&path).unwrap();
+        let (alice, _) = trail(&store, 300, 10);
+        let key = record("alice", Utc::now());
+        let key_id = key.id;
+        store
+            .commit(Change {
+                put_keys: vec![key],
+                audit: vec![],
+                ..Change::default()
+            })
+            .unwrap();
+        let now = Utc::now();
+        let job = AlertJob::new(key_id, JobKind::Notification, "s", now, now);
+        store
+            .commit(Change {
+                put_jobs: vec![job.clone()],
+                ..Change::default()
+            })
+            .unwrap();
+        drop(store);
+        {
+            let db = Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            for t in [
+                "audit_by_key",
+                "audit_by_owner",
+                "alert_jobs_by_key",
+                "alert_jobs_by_owner",
+            ] {
+                assert!(txn
+                    .delete_table(redb::TableDefinition::<u8, ()>::new(t))
+                    .unwrap());
+            }
+            txn.commit().unwrap();
+        }
+        let store = RedbStore::open(&path).unwrap();
+        let owner = AuditFilter {
+            key: None,
+            owner: Some("alice".into()),
+        };
+        assert_eq!(walk(&store, &owner, 8).0, alice);
+        let jobs = store
+            .jobs(&JobFilter {
+                owner: Some("alice".into()),
+                limit: 10,
+                ..JobFilter::default()
+            })
+            .unwrap();
+        assert_eq!(
+            jobs.items.iter().map(|j| j.id).collect::<Vec<_>>(),
+            [job.id]
+        );
+    }
+}

@@ -57,7 +57,7 @@ mod tests {
     use crate::config::from_text;
 
     /// Bare addresses lettre refuses. The old check (text, an `@`, a dotted domain,
-    /// no white space) let the first four through.
+    /// no white space) let the first four and the domain literal through.
     const REFUSED: &[&str] = &[
         "a@b@c.example",
         "\"x\"<a@b.example>",
@@ -104,6 +104,8 @@ mod tests {
         );
         assert!(too_long.len() > MAX_BARE_LEN);
         assert!(!is_address(&too_long, AddressForm::Bare));
+        let long_local = format!("{}@example.com", "a".repeat(65));
+        assert!(!is_address(&long_local, AddressForm::Bare));
     }
 
     #[test]

@@ -122,6 +122,15 @@ mod tests {
         }
     }
 
+    /// A file giving `address` as a user's email and a source's `to` and `cc`.
+    fn with_bare_address(address: &str) -> String {
+        let quoted = toml::Value::String(address.to_owned()).to_string();
+        format!(
+            "[users.alice]\ngroups = [\"g\"]\nemail = {quoted}\n[groups.g]\n\
+             [alert_sources.team]\nkind = \"email\"\nto = [{quoted}]\ncc = [{quoted}]\n"
+        )
+    }
+
     fn problems(text: &str) -> Vec<(String, String)> {
         from_text(text)
             .unwrap_err()
@@ -136,11 +145,7 @@ mod tests {
     #[test]
     fn every_address_setting_is_refused_at_load_naming_its_field() {
         for bad in REFUSED {
-            let quoted = toml::Value::String((*bad).to_owned()).to_string();
-            let text = format!(
-                "[users.alice]\ngroups = [\"g\"]\nemail = {quoted}\n[groups.g]\n\
-                 [alert_sources.team]\nkind = \"email\"\nto = [{quoted}]\ncc = [{quoted}]\n"
-            );
+            let text = with_bare_address(bad);
             let want = format!("{bad:?} is not an email address");
             assert_eq!(
                 problems(&text),
@@ -165,12 +170,8 @@ mod tests {
     #[test]
     fn addresses_lettre_accepts_load() {
         for ok in ACCEPTED {
-            let quoted = toml::Value::String((*ok).to_owned()).to_string();
-            let text = format!(
-                "[users.alice]\ngroups = [\"g\"]\nemail = {quoted}\n[groups.g]\n\
-                 [alert_sources.team]\nkind = \"email\"\nto = [{quoted}]\ncc = [{quoted}]\n\
-                 [smtp]\nfrom = {quoted}\n"
-            );
+            let from = toml::Value::String((*ok).to_owned());
+            let text = format!("{}[smtp]\nfrom = {from}\n", with_bare_address(ok));
             let c = from_text(&text).unwrap_or_else(|e| panic!("{ok:?}: {e}"));
             assert_eq!(c.directory.users["alice"].email.as_deref(), Some(*ok));
         }

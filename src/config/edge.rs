@@ -242,13 +242,50 @@ pub(super) fn validate_auth(v: &mut Validator, raw: RawAuth) -> AuthConfig {
             v.push("auth.key_headers", "needs at least one header name".into());
             d.key_headers
         }
-        Some(list) => list
-            .iter()
-            .map(|h| header_name(v, "auth.key_headers", h))
-            .collect(),
+        Some(list) => header_names(v, "auth.key_headers", &list),
         None => d.key_headers,
     };
-    let query_param = match raw.query_param.as_deref().map(str::trim) {
+    let query_param = query_param(v, raw.query_param.as_deref().map(str::trim));
+    let mut trusted_proxies = Vec::new();
+    for p in raw.trusted_proxies.unwrap_or_default() {
+        match ipfilter::parse(&p) {
+            Ok(net) => trusted_proxies.push(net),
+            Err(e) => v.push("auth.trusted_proxies", e.to_string()),
+        }
+    }
+    let scope_header = match raw.scope_header {
+        Some(h) => header_name(v, "auth.scope_header", &h),
+        None => d.scope_header,
+    };
+    let uri_headers = match raw.uri_headers {
+        Some(list) => header_names(v, "auth.uri_headers", &list),
+        None => d.uri_headers,
+    };
+    let routes = routes(v, raw.routes);
+    let max_header_bytes = v.int(
+        "auth.max_header_bytes",
+        raw.max_header_bytes,
+        16 * 1024,
+        1024..=1024 * 1024,
+        None,
+    );
+    AuthConfig {
+        key_headers,
+        query_param,
+        trusted_proxies,
+        scope_header,
+        uri_headers,
+        routes,
+        max_header_bytes: usize::try_from(max_header_bytes).unwrap_or(16 * 1024),
+    }
+}
+
+fn header_names(v: &mut Validator, key: &str, names: &[String]) -> Vec<String> {
+    names.iter().map(|h| header_name(v, key, h)).collect()
+}
+
+fn query_param(v: &mut Validator, name: Option<&str>) -> Option<String> {
+    match name {
         None | Some("") => None,
         Some(p)
             if p.bytes()
@@ -264,69 +301,17 @@ pub(super) fn validate_auth(v: &mut Validator, raw: RawAuth) -> AuthConfig {
             );
             None
         }
-    };
-    let mut trusted_proxies = Vec::new();
-    for p in raw.trusted_proxies.unwrap_or_default() {
-        match ipfilter::parse(&p) {
-            Ok(net) => trusted_proxies.push(net),
-            Err(e) => v.push("auth.trusted_proxies", e.to_string()),
-        }
     }
-    let scope_header = match raw.scope_header {
-        Some(h) => header_name(v, "auth.scope_header", &h),
-        None => d.scope_header,
-    };
-    let uri_headers = match raw.uri_headers {
-        Some(list) => list
-            .iter()
-            .map(|h| header_name(v, "auth.uri_headers", h))
-            .collect(),
-        None => d.uri_headers,
-    };
+}
+
+/// The routes, longest prefix first so that the most specific one wins.
+fn routes(v: &mut Validator, raw: Vec<RawRoute>) -> Vec<Route> {
     let mut seen = BTreeMap::new();
     let mut routes = Vec::new();
-    for (i, r) in raw.routes.into_iter().enumerate() {
+    for (i, r) in raw.into_iter().enumerate() {
         let key = format!("auth.routes[{i}]");
-        // A prefix is compared with normalised request paths, so one that is not
-        // normal itself could never match: say so rather than protect nothing.
-        let normal = route_path::normalise(&r.prefix);
-        if !r.prefix.starts_with('/') || r.prefix.len() > 512 || normal.is_err() {
-            v.push(
-                &format!("{key}.prefix"),
-                format!(
-                    "{:?} must be a path starting with '/' (visible ASCII, no query)",
-                    r.prefix
-                ),
-            );
-            continue;
-        }
-        if let Ok(n) = normal.as_deref() {
-            if n != r.prefix {
-                v.push(
-                    &format!("{key}.prefix"),
-                    format!(
-                        "{:?} is not a normalised path (requests are matched as {n:?}); \
-                         write it without escapes, ';', '.' or '..' segments and repeated '/'",
-                        r.prefix
-                    ),
-                );
-                continue;
-            }
-        }
-        // A handler for `/catalog/sync/` also serves `/catalog/sync` in most
-        // frameworks (Express, Flask's redirect, ...), which such a prefix would
-        // not cover.
-        if r.prefix.len() > 1 && r.prefix.ends_with('/') {
-            v.push(
-                &format!("{key}.prefix"),
-                format!(
-                    "{:?} ends in '/', so it would not cover {:?}, which applications \
-                     serve alike; write {:?} (it covers everything below it too)",
-                    r.prefix,
-                    r.prefix.trim_end_matches('/'),
-                    r.prefix.trim_end_matches('/'),
-                ),
-            );
+        if let Some(message) = prefix_problem(&r.prefix) {
+            v.push(&format!("{key}.prefix"), message);
             continue;
         }
         if let Some(s) = &r.scope {
@@ -353,61 +338,70 @@ pub(super) fn validate_auth(v: &mut Validator, raw: RawAuth) -> AuthConfig {
             scope: r.scope.filter(|s| !s.is_empty()),
         });
     }
-    // Longest prefix first, so the most specific route wins.
     routes.sort_by(|a, b| {
         b.prefix
             .len()
             .cmp(&a.prefix.len())
             .then(a.prefix.cmp(&b.prefix))
     });
-    let max_header_bytes = raw.max_header_bytes.unwrap_or(16 * 1024);
-    if !(1024..=1024 * 1024).contains(&max_header_bytes) {
-        v.push(
-            "auth.max_header_bytes",
-            format!("{max_header_bytes} is out of range (1024 to 1048576)"),
-        );
+    routes
+}
+
+/// Why route prefix `prefix` could never match a request, if it could not.
+fn prefix_problem(prefix: &str) -> Option<String> {
+    // A prefix is compared with normalised request paths, so one that is not
+    // normal itself could never match: say so rather than protect nothing.
+    let normal = match route_path::normalise(prefix) {
+        Ok(n) if prefix.starts_with('/') && prefix.len() <= 512 => n,
+        _ => {
+            return Some(format!(
+                "{prefix:?} must be a path starting with '/' (visible ASCII, no query)"
+            ))
+        }
+    };
+    if normal != prefix {
+        return Some(format!(
+            "{prefix:?} is not a normalised path (requests are matched as {normal:?}); \
+             write it without escapes, ';', '.' or '..' segments and repeated '/'"
+        ));
     }
-    AuthConfig {
-        key_headers,
-        query_param,
-        trusted_proxies,
-        scope_header,
-        uri_headers,
-        routes,
-        max_header_bytes: usize::try_from(max_header_bytes).unwrap_or(16 * 1024),
-    }
+    // A handler for `/catalog/sync/` also serves `/catalog/sync` in most
+    // frameworks (Express, Flask's redirect, ...), which such a prefix would
+    // not cover.
+    (prefix.len() > 1 && prefix.ends_with('/')).then(|| {
+        let bare = prefix.trim_end_matches('/');
+        format!(
+            "{prefix:?} ends in '/', so it would not cover {bare:?}, which applications \
+             serve alike; write {bare:?} (it covers everything below it too)"
+        )
+    })
 }
 
 pub(super) fn validate_rate_limit(v: &mut Validator, raw: RawRateLimit) -> RateLimitConfig {
     let d = RateLimitConfig::default();
-    let mut int =
-        |key: &str, value: Option<i64>, default: i64, range: std::ops::RangeInclusive<i64>| {
-            let x = value.unwrap_or(default);
-            if !range.contains(&x) {
-                v.push(
-                    key,
-                    format!("{x} is out of range ({} to {})", range.start(), range.end()),
-                );
-                default
-            } else {
-                x
-            }
-        };
-    let per_minute = int(
+    let per_minute = v.int(
         "rate_limit.failures_per_minute",
         raw.failures_per_minute,
         60,
         0..=1_000_000,
+        None,
     );
-    let burst = int("rate_limit.burst", raw.burst, 30, 1..=1_000_000);
-    let max = int(
+    let burst = v.int("rate_limit.burst", raw.burst, 30, 1..=1_000_000, None);
+    let max = v.int(
         "rate_limit.max_tracked_clients",
         raw.max_tracked_clients,
         100_000,
         100..=10_000_000,
+        None,
     );
     // Shorter than /32 would put whole providers in one bucket.
-    let ipv6_prefix = int("rate_limit.ipv6_prefix", raw.ipv6_prefix, 64, 32..=128);
+    let ipv6_prefix = v.int(
+        "rate_limit.ipv6_prefix",
+        raw.ipv6_prefix,
+        64,
+        32..=128,
+        None,
+    );
     RateLimitConfig {
         failures_per_minute: u32::try_from(per_minute).unwrap_or(d.failures_per_minute),
         burst: u32::try_from(burst).unwrap_or(d.burst),

@@ -49,10 +49,7 @@ fn routes(prefixes: &[&str]) -> Result<AuthConfig, Vec<String>> {
             .collect(),
         ..RawAuth::default()
     };
-    let mut v = Validator {
-        file: "t.toml".into(),
-        problems: Vec::new(),
-    };
+    let mut v = Validator::new(std::path::Path::new("t.toml"));
     let c = validate_auth(&mut v, raw);
     if v.problems.is_empty() {
         Ok(c)

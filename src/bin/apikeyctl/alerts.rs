@@ -11,7 +11,8 @@ use hyper::Method;
 use serde::{Deserialize, Serialize};
 
 use crate::keys::key_path;
-use crate::output::{or_dash, or_empty, print_json, print_more, print_table, time, wire_name};
+use crate::listing::{list, Listing};
+use crate::output::{or_dash, or_empty, print_json, time, wire_name};
 use crate::{cursor_param, urlencode};
 
 /// Notification flags of `key create` / `key import`.
@@ -170,20 +171,27 @@ pub async fn notify(client: &Client, a: NotifyArgs) -> anyhow::Result<ExitCode> 
 /// `job ...`.
 pub async fn job_command(client: &Client, cmd: JobCommand) -> anyhow::Result<ExitCode> {
     match cmd {
-        JobCommand::List(a) if a.maintenance => list_maintenance(client, a).await?,
-        JobCommand::List(a) => list_jobs(client, a).await?,
-        JobCommand::Show { id, json } => show_job(client, &id, json).await?,
-        JobCommand::Cancel { id } => {
-            let j: AlertJob = client
-                .fetch(Method::POST, &job_path(&id, "/cancel"))
-                .await?;
-            println!("Job {} of key {} is {}", j.id, j.key_id, j.state.as_str());
+        JobCommand::List(a) if a.maintenance => {
+            list::<MaintenanceList>(client, &jobs_query(&a), a.json).await
         }
-        JobCommand::Delete { id } => {
-            let j: AlertJob = client.fetch(Method::DELETE, &job_path(&id, "")).await?;
-            println!("Deleted job {} of key {}", j.id, j.key_id);
-        }
+        JobCommand::List(a) => list::<JobList>(client, &jobs_query(&a), a.json).await,
+        JobCommand::Show { id, json } => show_job(client, &id, json).await,
+        JobCommand::Cancel { id } => cancel_job(client, &id).await,
+        JobCommand::Delete { id } => delete_job(client, &id).await,
     }
+}
+
+/// `job cancel`.
+async fn cancel_job(client: &Client, id: &str) -> anyhow::Result<ExitCode> {
+    let j: AlertJob = client.fetch(Method::POST, &job_path(id, "/cancel")).await?;
+    println!("Job {} of key {} is {}", j.id, j.key_id, j.state.as_str());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `job delete`.
+async fn delete_job(client: &Client, id: &str) -> anyhow::Result<ExitCode> {
+    let j: AlertJob = client.fetch(Method::DELETE, &job_path(id, "")).await?;
+    println!("Deleted job {} of key {}", j.id, j.key_id);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -221,6 +229,38 @@ struct MaintenanceList {
     maintenance: Vec<MaintenanceRun>,
 }
 
+impl Listing for JobList {
+    const HEADERS: &'static [&'static str] = &JOB_HEADERS;
+
+    fn rows(&self) -> Vec<Vec<String>> {
+        self.jobs.iter().map(job_row).collect()
+    }
+
+    fn next_cursor(&self) -> Option<&str> {
+        self.next_cursor.as_deref()
+    }
+}
+
+impl Listing for MaintenanceList {
+    const HEADERS: &'static [&'static str] =
+        &["JOB", "SCHEDULE", "LAST RUN", "NEXT RUN", "LAST RESULT"];
+
+    fn rows(&self) -> Vec<Vec<String>> {
+        self.maintenance
+            .iter()
+            .map(|m| {
+                vec![
+                    m.name.clone(),
+                    m.schedule.clone(),
+                    or_dash(m.last_run.as_deref()),
+                    or_dash(m.next_run.as_deref()),
+                    or_dash(m.last_result.as_deref()),
+                ]
+            })
+            .collect()
+    }
+}
+
 const JOB_HEADERS: [&str; 10] = [
     "ID",
     "KEY",
@@ -249,52 +289,12 @@ fn job_row(j: &AlertJob) -> Vec<String> {
     ]
 }
 
-/// `job list`.
-async fn list_jobs(client: &Client, a: JobListArgs) -> anyhow::Result<()> {
-    let page: JobList = client.fetch(Method::GET, &jobs_query(&a)).await?;
-    if a.json {
-        print_json(&page);
-    } else {
-        let rows: Vec<Vec<String>> = page.jobs.iter().map(job_row).collect();
-        print_table(&JOB_HEADERS, &rows);
-        print_more(page.next_cursor.as_deref());
-    }
-    Ok(())
-}
-
-/// `job list --maintenance`.
-async fn list_maintenance(client: &Client, a: JobListArgs) -> anyhow::Result<()> {
-    let list: MaintenanceList = client.fetch(Method::GET, &jobs_query(&a)).await?;
-    if a.json {
-        print_json(&list);
-        return Ok(());
-    }
-    let rows: Vec<Vec<String>> = list
-        .maintenance
-        .iter()
-        .map(|m| {
-            vec![
-                m.name.clone(),
-                m.schedule.clone(),
-                or_dash(m.last_run.as_deref()),
-                or_dash(m.next_run.as_deref()),
-                or_dash(m.last_result.as_deref()),
-            ]
-        })
-        .collect();
-    print_table(
-        &["JOB", "SCHEDULE", "LAST RUN", "NEXT RUN", "LAST RESULT"],
-        &rows,
-    );
-    Ok(())
-}
-
 /// `job show`.
-async fn show_job(client: &Client, id: &str, json: bool) -> anyhow::Result<()> {
+async fn show_job(client: &Client, id: &str, json: bool) -> anyhow::Result<ExitCode> {
     let j: AlertJob = client.fetch(Method::GET, &job_path(id, "")).await?;
     if json {
         print_json(&j);
-        return Ok(());
+        return Ok(ExitCode::SUCCESS);
     }
     let more = [
         ("STARTED", or_dash(j.started_at.as_ref().map(time))),
@@ -306,13 +306,22 @@ async fn show_job(client: &Client, id: &str, json: bool) -> anyhow::Result<()> {
     for (label, value) in JOB_HEADERS.into_iter().zip(job_row(&j)).chain(more) {
         println!("{:<13}{value}", label.to_lowercase());
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `message list` as it travels.
 #[derive(Debug, Serialize, Deserialize)]
 struct MessageList {
     messages: Vec<OperatorMessage>,
+}
+
+impl Listing for MessageList {
+    const HEADERS: &'static [&'static str] =
+        &["ID", "TIME", "SEVERITY", "KEY", "JOB", "ACKED BY", "TITLE"];
+
+    fn rows(&self) -> Vec<Vec<String>> {
+        self.messages.iter().map(message_row).collect()
+    }
 }
 
 fn message_row(m: &OperatorMessage) -> Vec<String> {
@@ -335,22 +344,13 @@ pub async fn message_command(client: &Client, cmd: MessageCommand) -> anyhow::Re
                 "/v1/admin/messages?unacknowledged={}&limit={}",
                 a.unacknowledged, a.limit
             );
-            let list: MessageList = client.fetch(Method::GET, &path).await?;
-            if a.json {
-                print_json(&list);
-            } else {
-                let rows: Vec<Vec<String>> = list.messages.iter().map(message_row).collect();
-                print_table(
-                    &["ID", "TIME", "SEVERITY", "KEY", "JOB", "ACKED BY", "TITLE"],
-                    &rows,
-                );
-            }
+            list::<MessageList>(client, &path, a.json).await
         }
         MessageCommand::Ack { id } => {
             let path = format!("/v1/admin/messages/{}/ack", urlencode(&id));
             let m: OperatorMessage = client.fetch(Method::POST, &path).await?;
             println!("Acknowledged message {}: {}", m.id, m.title);
+            Ok(ExitCode::SUCCESS)
         }
     }
-    Ok(ExitCode::SUCCESS)
 }

@@ -5,10 +5,10 @@ use std::process::ExitCode;
 use apikeyd::client::Client;
 use apikeyd::keys::model::AuditEntry;
 use clap::Args;
-use hyper::Method;
 use serde::{Deserialize, Serialize};
 
-use crate::output::{or_empty, print_json, print_more, print_table, time};
+use crate::listing::{list, Listing};
+use crate::output::{or_empty, time};
 use crate::{cursor_param, urlencode};
 
 // No doc comment: clap would take it for the subcommand's description.
@@ -35,6 +35,18 @@ struct AuditList {
     next_cursor: Option<String>,
 }
 
+impl Listing for AuditList {
+    const HEADERS: &'static [&'static str] = &["SEQ", "TIME", "ACTOR", "ACTION", "KEY", "DETAIL"];
+
+    fn rows(&self) -> Vec<Vec<String>> {
+        self.entries.iter().map(audit_row).collect()
+    }
+
+    fn next_cursor(&self) -> Option<&str> {
+        self.next_cursor.as_deref()
+    }
+}
+
 fn audit_row(e: &AuditEntry) -> Vec<String> {
     vec![
         e.seq.to_string(),
@@ -53,13 +65,5 @@ pub async fn audit(client: &Client, a: AuditArgs) -> anyhow::Result<ExitCode> {
         path += &format!("&key={}", urlencode(&k));
     }
     path += &cursor_param(a.cursor.as_deref());
-    let page: AuditList = client.fetch(Method::GET, &path).await?;
-    if a.json {
-        print_json(&page);
-    } else {
-        let rows: Vec<Vec<String>> = page.entries.iter().map(audit_row).collect();
-        print_table(&["SEQ", "TIME", "ACTOR", "ACTION", "KEY", "DETAIL"], &rows);
-        print_more(page.next_cursor.as_deref());
-    }
-    Ok(ExitCode::SUCCESS)
+    list::<AuditList>(client, &path, a.json).await
 }

@@ -14,7 +14,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::alerts;
 use crate::issued::{issued, KeyFile};
-use crate::output::{or_dash, or_never, print_json, print_more, print_table};
+use crate::listing::{list, Listing};
+use crate::output::{or_dash, or_never, print_json};
 use crate::{cursor_param, urlencode};
 
 #[derive(Debug, Args)]
@@ -193,7 +194,7 @@ pub async fn key_command(client: &Client, cmd: KeyCommand) -> anyhow::Result<Exi
     match cmd {
         KeyCommand::Create(a) => create(client, a).await,
         KeyCommand::Import(a) => import(client, a).await,
-        KeyCommand::List(a) => list(client, a).await,
+        KeyCommand::List(a) => list_keys(client, a).await,
         KeyCommand::Show(a) => show(client, a).await,
         KeyCommand::Edit(a) => edit(client, a).await,
         KeyCommand::Disable { id } => {
@@ -275,19 +276,29 @@ struct KeyList {
     next_cursor: Option<String>,
 }
 
-const KEY_HEADERS: [&str; 11] = [
-    "ID",
-    "NAME",
-    "OWNER",
-    "STATUS",
-    "CREATED",
-    "CHANGED",
-    "LAST USED",
-    "EXPIRES",
-    "DETAILS",
-    "NOTIFICATION",
-    "DESCRIPTION",
-];
+impl Listing for KeyList {
+    const HEADERS: &'static [&'static str] = &[
+        "ID",
+        "NAME",
+        "OWNER",
+        "STATUS",
+        "CREATED",
+        "CHANGED",
+        "LAST USED",
+        "EXPIRES",
+        "DETAILS",
+        "NOTIFICATION",
+        "DESCRIPTION",
+    ];
+
+    fn rows(&self) -> Vec<Vec<String>> {
+        self.keys.iter().map(key_row).collect()
+    }
+
+    fn next_cursor(&self) -> Option<&str> {
+        self.next_cursor.as_deref()
+    }
+}
 
 fn key_row(k: &KeyView) -> Vec<String> {
     vec![
@@ -306,7 +317,7 @@ fn key_row(k: &KeyView) -> Vec<String> {
 }
 
 /// `key list`.
-async fn list(client: &Client, a: ListArgs) -> anyhow::Result<ExitCode> {
+async fn list_keys(client: &Client, a: ListArgs) -> anyhow::Result<ExitCode> {
     let mut path = format!("/v1/admin/keys?all={}", a.all);
     if let Some(u) = a.user {
         path += &format!("&user={}", urlencode(&u));
@@ -315,15 +326,7 @@ async fn list(client: &Client, a: ListArgs) -> anyhow::Result<ExitCode> {
         path += &format!("&limit={n}");
     }
     path += &cursor_param(a.cursor.as_deref());
-    let page: KeyList = client.fetch(Method::GET, &path).await?;
-    if a.json {
-        print_json(&page);
-    } else {
-        let rows: Vec<Vec<String>> = page.keys.iter().map(key_row).collect();
-        print_table(&KEY_HEADERS, &rows);
-        print_more(page.next_cursor.as_deref());
-    }
-    Ok(ExitCode::SUCCESS)
+    list::<KeyList>(client, &path, a.json).await
 }
 
 /// `key show`.

@@ -25,6 +25,7 @@ mod alerts;
 mod audit;
 mod issued;
 mod keys;
+mod listing;
 mod output;
 mod verify;
 

@@ -134,3 +134,39 @@ fn or_else(value: Option<impl ToString>, absent: &str) -> String {
         _ => absent.to_owned(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// Table cells show times and enum names exactly as `--json` and the daemon's
+    /// JSON write them.
+    #[test]
+    fn cells_read_as_the_json_does() {
+        let base = DateTime::parse_from_rfc3339("2026-11-27T12:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        for nanos in [0, 120_000_000, 123_456_000, 123_456_789] {
+            let t = base + chrono::Duration::nanoseconds(nanos);
+            assert_eq!(
+                serde_json::json!(time(&t)),
+                serde_json::to_value(t).unwrap()
+            );
+        }
+        #[derive(Serialize)]
+        #[serde(rename_all = "snake_case")]
+        enum Kind {
+            InactivityWarning,
+        }
+        assert_eq!(wire_name(&Kind::InactivityWarning), "inactivity_warning");
+    }
+
+    #[test]
+    fn absent_and_empty_read_alike() {
+        assert_eq!(or_dash(None::<&str>), "-");
+        assert_eq!(or_dash(Some("")), "-");
+        assert_eq!(or_never(Some("2026-01-01")), "2026-01-01");
+        assert_eq!(or_empty(None::<u64>), "");
+    }
+}

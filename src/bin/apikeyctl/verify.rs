@@ -55,7 +55,8 @@ pub async fn verify(client: &Client, a: VerifyArgs) -> anyhow::Result<ExitCode> 
     // Kept as it came for --json: the typed answer cannot tell an expiry of null
     // (never) from an absent one, and would drop the former.
     let raw: Value = client.send(Method::POST, "/v1/verify", &req).await?;
-    let answer = VerifyResponse::deserialize(&raw).context("unexpected answer from apikeyd")?;
+    let answer = VerifyResponse::deserialize(&raw)
+        .context("unexpected answer from apikeyd to /v1/verify")?;
     if a.json {
         print_json(&raw);
     } else if answer.valid {

@@ -7,6 +7,8 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 use serde_json::Value;
 
 /// Where the daemon is.
@@ -54,6 +56,15 @@ pub enum ClientError {
         /// The daemon's message.
         message: String,
     },
+    /// A 2xx answer that is not what this client expects (for instance a daemon of
+    /// another version).
+    #[error("unexpected answer from apikeyd to {path}")]
+    Decode {
+        /// The request's path.
+        path: String,
+        /// What did not fit.
+        source: serde_json::Error,
+    },
 }
 
 /// Admin API client.
@@ -76,19 +87,28 @@ impl Client {
         body: Option<&Value>,
     ) -> Result<Value, ClientError> {
         let (status, value) = self.raw(method, path, body).await?;
-        if status.is_success() {
-            Ok(value)
-        } else {
-            let message = value
-                .pointer("/error/message")
-                .and_then(Value::as_str)
-                .map(str::to_owned)
-                .unwrap_or_else(|| format!("HTTP {status}: {value}"));
-            Err(ClientError::Api {
-                status: status.as_u16(),
-                message,
-            })
-        }
+        success(status, value)
+    }
+
+    /// A request without a body whose 2xx answer is decoded as `T`.
+    pub async fn fetch<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+    ) -> Result<T, ClientError> {
+        let (status, value) = self.exchange(method, path, Bytes::new()).await?;
+        decode(path, success(status, value)?)
+    }
+
+    /// A request with `body` (one of the library's request types) whose 2xx answer
+    /// is decoded as `T`.
+    pub async fn send<B, T>(&self, method: Method, path: &str, body: &B) -> Result<T, ClientError>
+    where
+        B: Serialize + ?Sized,
+        T: DeserializeOwned,
+    {
+        let (status, value) = self.exchange(method, path, payload(body)?).await?;
+        decode(path, success(status, value)?)
     }
 
     /// Send a request and return status and JSON body, whatever the status.
@@ -98,11 +118,20 @@ impl Client {
         path: &str,
         body: Option<&Value>,
     ) -> Result<(StatusCode, Value), ClientError> {
-        let http = |e: &dyn std::fmt::Display| ClientError::Http(e.to_string());
         let payload = match body {
-            Some(v) => Bytes::from(serde_json::to_vec(v).map_err(|e| http(&e))?),
+            Some(v) => payload(v)?,
             None => Bytes::new(),
         };
+        self.exchange(method, path, payload).await
+    }
+
+    async fn exchange(
+        &self,
+        method: Method,
+        path: &str,
+        payload: Bytes,
+    ) -> Result<(StatusCode, Value), ClientError> {
+        let http = |e: &dyn std::fmt::Display| ClientError::Http(e.to_string());
         let mut builder = Request::builder()
             .method(method)
             .uri(path)
@@ -147,6 +176,35 @@ impl Client {
         };
         Ok((status, value))
     }
+}
+
+fn payload<B: Serialize + ?Sized>(body: &B) -> Result<Bytes, ClientError> {
+    serde_json::to_vec(body)
+        .map(Bytes::from)
+        .map_err(|e| ClientError::Http(e.to_string()))
+}
+
+/// The body of a 2xx answer, or the daemon's error message.
+fn success(status: StatusCode, value: Value) -> Result<Value, ClientError> {
+    if status.is_success() {
+        return Ok(value);
+    }
+    let message = value
+        .pointer("/error/message")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .unwrap_or_else(|| format!("HTTP {status}: {value}"));
+    Err(ClientError::Api {
+        status: status.as_u16(),
+        message,
+    })
+}
+
+fn decode<T: DeserializeOwned>(path: &str, value: Value) -> Result<T, ClientError> {
+    T::deserialize(value).map_err(|source| ClientError::Decode {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 async fn send<S>(

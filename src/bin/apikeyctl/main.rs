@@ -1,0 +1,184 @@
+//! `apikeyctl`: the admin CLI. Parses arguments, calls the daemon's admin API over
+//! the Unix socket (or TCP with an admin key), prints tables or JSON. Each
+//! subcommand is one function in the module of its domain; requests and answers are
+//! the library's own types.
+
+// Every line of output goes through `out_line`/`err_line`. std's println! panics when
+// stdout is a closed pipe (`apikeyctl audit | head -1`); these stop quietly instead.
+// Defined before the modules so that their output takes the same way.
+macro_rules! println {
+    () => {
+        $crate::output::out_line(format_args!(""))
+    };
+    ($($arg:tt)*) => {
+        $crate::output::out_line(format_args!($($arg)*))
+    };
+}
+
+macro_rules! eprintln {
+    ($($arg:tt)*) => {
+        $crate::output::err_line(format_args!($($arg)*))
+    };
+}
+
+mod alerts;
+mod audit;
+mod issued;
+mod keys;
+mod listing;
+mod output;
+mod verify;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use apikeyd::client::{Client, Endpoint};
+use apikeyd::config::{self, Environment};
+use clap::{Parser, Subcommand};
+use hyper::Method;
+use serde::Deserialize;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "apikeyctl",
+    version,
+    about = "Administer apikeyd: issue, list, change and verify API keys"
+)]
+struct Cli {
+    /// Admin socket of the daemon [default: from the config file, else /run/apikeyd/apikeyd.sock].
+    #[arg(long, global = true, env = "APIKEYD_SOCKET")]
+    socket: Option<PathBuf>,
+    /// Configuration file to read the socket path from.
+    #[arg(long, global = true, env = "APIKEYD_CONFIG")]
+    config: Option<PathBuf>,
+    /// Use the admin API over TCP (host:port) instead of the socket; needs --token-file.
+    #[arg(long, global = true, env = "APIKEYD_ADDR")]
+    addr: Option<String>,
+    /// File holding a key with the apikeyd:admin scope (for --addr).
+    #[arg(long, global = true, env = "APIKEYD_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+// Parsed once per run: the size of the biggest variant does not matter.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Manage keys.
+    #[command(subcommand)]
+    Key(keys::KeyCommand),
+    /// Check a key as a service would (exit 0 only for VALID). Use "-" to read it from stdin.
+    Verify(verify::VerifyArgs),
+    /// Show the audit trail, newest first.
+    Audit(audit::AuditArgs),
+    /// Show who the daemon thinks you are.
+    Whoami,
+    /// Alert jobs (notifications) and the maintenance jobs.
+    #[command(subcommand)]
+    Job(alerts::JobCommand),
+    /// Operator messages.
+    #[command(subcommand)]
+    Message(alerts::MessageCommand),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("apikeyctl: cannot start: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("apikeyctl: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn endpoint(cli: &Cli) -> anyhow::Result<Endpoint> {
+    if let Some(addr) = &cli.addr {
+        let Some(file) = &cli.token_file else {
+            bail!("--addr needs --token-file with a key holding the apikeyd:admin scope");
+        };
+        let token =
+            std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+        return Ok(Endpoint::Tcp {
+            addr: addr.clone(),
+            token: token.trim().to_owned(),
+        });
+    }
+    if let Some(s) = &cli.socket {
+        return Ok(Endpoint::Unix(s.clone()));
+    }
+    let config_path = cli.config.clone().or_else(|| {
+        ["/etc/apikeyd/apikeyd.toml", "config/apikeyd.toml"]
+            .into_iter()
+            .map(PathBuf::from)
+            .find(|p| p.exists())
+    });
+    if let Some(path) = config_path {
+        let env = if path.starts_with("/etc/apikeyd") {
+            Environment {
+                runtime_directory: Some("/run/apikeyd".into()),
+                ..Environment::default()
+            }
+        } else {
+            Environment::default()
+        };
+        if let Ok(c) = config::load(&path, &env) {
+            return Ok(Endpoint::Unix(c.server.admin_socket));
+        }
+    }
+    Ok(Endpoint::Unix("/run/apikeyd/apikeyd.sock".into()))
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let client = Client::new(endpoint(&cli)?);
+    match cli.command {
+        Command::Key(cmd) => keys::key_command(&client, cmd).await,
+        Command::Verify(a) => verify::verify(&client, a).await,
+        Command::Audit(a) => audit::audit(&client, a).await,
+        Command::Job(cmd) => alerts::job_command(&client, cmd).await,
+        Command::Message(cmd) => alerts::message_command(&client, cmd).await,
+        Command::Whoami => whoami(&client).await,
+    }
+}
+
+/// The answer of `/v1/admin/whoami`.
+#[derive(Debug, Deserialize)]
+struct Whoami {
+    user: String,
+    admin: bool,
+}
+
+/// `whoami`.
+async fn whoami(client: &Client) -> anyhow::Result<ExitCode> {
+    let me: Whoami = client.fetch(Method::GET, "/v1/admin/whoami").await?;
+    println!("{}{}", me.user, if me.admin { " (admin)" } else { "" });
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `&cursor=C` for a listing's query, or nothing.
+fn cursor_param(cursor: Option<&str>) -> String {
+    cursor.map_or_else(String::new, |c| format!("&cursor={}", urlencode(c)))
+}
+
+fn urlencode(s: &str) -> String {
+    // Everything but RFC 3986's unreserved characters is escaped, so an id, user
+    // name or cursor is one path segment or query value whatever it holds.
+    const KEEP: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'_')
+        .remove(b'.')
+        .remove(b'~');
+    percent_encoding::utf8_percent_encode(s, KEEP).to_string()
+}

@@ -23,4 +23,6 @@ pub mod keys;
 pub mod model;
 pub mod store;
 #[cfg(test)]
+mod layering_tests;
+#[cfg(test)]
 pub(crate) mod test_support;

@@ -9,7 +9,7 @@ use chrono::{TimeZone, Utc};
 
 use crate::alerts::Alerts;
 use crate::clock::ManualClock;
-use crate::config::{self, Config, Environment};
+use crate::config::Config;
 use crate::keys::secret::{KeyHasher, ServerSecret};
 use crate::keys::{Actor, CreateKey, KeyError, KeyView, Keys, PageRequest, Settings};
 use crate::model::{AuditEntry, KeyRecord};
@@ -69,11 +69,7 @@ impl Fixture {
 }
 
 pub(crate) fn parse(text: &str) -> Config {
-    config::parse(
-        std::path::Path::new("t.toml"),
-        text,
-        &Environment::default(),
-    )
+    crate::config::from_text(text)
     .unwrap()
 }
 

@@ -10,7 +10,6 @@ use super::index::Index;
 use super::secret::Secret;
 use super::table::Hit;
 use super::*;
-use crate::config::{self, Environment};
 use crate::model::*;
 use crate::test_support::{admin, audit, fixture_with_alerts, Fixture};
 use chrono::Duration;
@@ -477,7 +476,7 @@ async fn concurrent_creates_cannot_pass_the_key_quota() {
 
 #[test]
 fn max_keys_per_user_defaults_to_1000_and_0_lifts_it() {
-    let parse = |t: &str| config::parse(std::path::Path::new("t.toml"), t, &Environment::default());
+    let parse = |t: &str| crate::config::from_text(t);
     assert_eq!(parse(CONFIG).unwrap().policy.max_keys_per_user, Some(1000));
     assert_eq!(
         parse(&with_quota(0)).unwrap().policy.max_keys_per_user,
@@ -630,7 +629,7 @@ async fn inactivity_warnings_of_an_owner_without_an_address_go_to_the_operators(
 #[test]
 fn check_config_warns_of_users_the_default_source_cannot_reach() {
     let parse = |t: &str| {
-        config::parse(std::path::Path::new("t.toml"), t, &Environment::default()).unwrap()
+        crate::config::from_text(t).unwrap()
     };
     let w = parse(&no_address_config()).warnings();
     assert_eq!(w.len(), 1, "{w:?}");

@@ -557,18 +557,13 @@ mod tests {
 mod status_tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
-    use crate::config::{self, Environment};
     use proptest::prelude::*;
 
     fn policy(inactivity: &str) -> Policy {
         let text = format!(
             "[ApiKey]\nMaxExpirationPeriod = \"\"\nNotAccessedExpirationPeriod = \"{inactivity}\"\n"
         );
-        config::parse(
-            std::path::Path::new("t.toml"),
-            &text,
-            &Environment::default(),
-        )
+        crate::config::from_text(&text)
         .unwrap()
         .policy
     }

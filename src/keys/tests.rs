@@ -8,7 +8,6 @@ use super::secret::Secret;
 use super::status::{counted_as, Lapse, StatusCounts};
 use super::*;
 use crate::clock::Clock;
-use crate::config::{self, Environment};
 use crate::model::*;
 use crate::test_support::*;
 use std::collections::BTreeMap;
@@ -675,11 +674,7 @@ async fn purged_entries_are_reused_without_mixing_up_keys() {
         "DefaultExpirationPeriod = \"p1y\"\nRetentionPeriod = \"p1d\"\n",
     );
     let f = fixture_with(&text);
-    let c = config::parse(
-        std::path::Path::new("t.toml"),
-        &text,
-        &Environment::default(),
-    )
+    let c = crate::config::from_text(&text)
     .unwrap();
     f.keys.alerting().set_config(c.alerts);
     let old = f.keys.create(&admin(), req("alice", "old")).await.unwrap();
@@ -791,11 +786,7 @@ async fn key_status_counts_come_from_counters_not_a_scan_per_scrape() {
         "DefaultExpirationPeriod = \"p1y\"\nRetentionPeriod = \"p1d\"\n",
     );
     let f = fixture_with(&text);
-    let c = config::parse(
-        std::path::Path::new("t.toml"),
-        &text,
-        &Environment::default(),
-    )
+    let c = crate::config::from_text(&text)
     .unwrap();
     f.keys.alerting().set_config(c.alerts);
     let mut ids = Vec::new();

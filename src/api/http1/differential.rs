@@ -63,11 +63,7 @@ pub(super) fn fixture() -> &'static Fixture {
             .enable_all()
             .build()
             .unwrap();
-        let c = crate::config::parse(
-            std::path::Path::new("t.toml"),
-            CONFIG,
-            &crate::config::Environment::default(),
-        )
+        let c = crate::config::from_text(CONFIG)
         .unwrap();
         let store = Arc::new(crate::store::MemoryStore::new());
         let hasher = crate::keys::secret::KeyHasher::new(

@@ -4,7 +4,7 @@
 //! skipped, saying so on stderr, otherwise.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -87,11 +87,7 @@ impl Caddy {
         // A free port is found by binding port 0 and letting it go; someone else may
         // take it in between, so try a few times.
         for _attempt in 0..5 {
-            let port = TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
+            let port = crate::util::free_port();
             let home = dir.path().join("home");
             let env = [
                 ("HOME", home.clone()),

@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use crate::util::{request, TestDaemon, DEFAULT_POLICY};
+use crate::util::{connect, exchange, request, split, Answer, TestDaemon, DEFAULT_POLICY};
 
 const EDGE: &str = crate::util::CATALOG_ROUTES;
 
@@ -367,24 +367,19 @@ fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
 
 #[test]
 fn keep_alive_connections_answer_every_request_in_order() {
-    use std::io::{BufReader, Read, Write};
-    use std::net::TcpStream;
+    use std::io::{Read, Write};
     use std::time::Duration;
 
     let d = TestDaemon::start();
     let (id, key) = d.create("alice", "proxy-key", &[]);
-    let connect = || {
-        let s = TcpStream::connect(d.addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        (s.try_clone().unwrap(), BufReader::new(s))
-    };
+    let new_conn = || split(connect(d.addr, Duration::from_secs(10)));
     let auth = |method: &str, k: &str, extra: &str| {
         format!("{method} /v1/auth HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {k}\r\n{extra}\r\n")
     };
     let unknown = key.replace(&key[4..10], "ZZZZZZ"); // fails its checksum
 
     // Pipelined: both answers, in order, on one connection.
-    let (mut w, mut r) = connect();
+    let (mut w, mut r) = new_conn();
     w.write_all((auth("HEAD", &key, "") + &auth("GET", &unknown, "")).as_bytes())
         .unwrap();
     let (s, h, body) = read_answer(&mut r);
@@ -427,7 +422,7 @@ fn keep_alive_connections_answer_every_request_in_order() {
     d.ok(&["key", "enable", &id]);
 
     // Connection: close is honoured: the answer, then the end of the stream.
-    let (mut w, mut r) = connect();
+    let (mut w, mut r) = new_conn();
     w.write_all(auth("GET", &key, "Connection: close\r\n").as_bytes())
         .unwrap();
     let (s, h, _) = read_answer(&mut r);
@@ -438,7 +433,7 @@ fn keep_alive_connections_answer_every_request_in_order() {
 
     // The status of the one answer to `raw` on a new connection.
     let status_of = |raw: &str| {
-        let (mut w, mut r) = connect();
+        let (mut w, mut r) = new_conn();
         w.write_all(raw.as_bytes()).unwrap();
         read_answer(&mut r).0
     };
@@ -446,7 +441,7 @@ fn keep_alive_connections_answer_every_request_in_order() {
     // HTTP/1.0 and another path first: served (by hyper) all the same.
     let http10 = format!("GET /v1/auth HTTP/1.0\r\nAuthorization: Bearer {key}\r\n\r\n");
     assert_eq!(status_of(&http10), 200);
-    let (mut w, mut r) = connect();
+    let (mut w, mut r) = new_conn();
     w.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
         .unwrap();
     assert_eq!(read_answer(&mut r).0, 200);
@@ -500,11 +495,7 @@ fn slow_request_heads_are_cut_off_but_idle_keep_alive_is_not() {
     );
     std::fs::write(&d.config, text).unwrap();
     d.spawn(&[]);
-    let connect = || {
-        let s = TcpStream::connect(d.addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        (s.try_clone().unwrap(), BufReader::new(s))
-    };
+    let new_conn = || split(connect(d.addr, Duration::from_secs(10)));
     // Closed without an answer: read() sees the end of the stream, in time.
     let closed_within = |r: &mut BufReader<TcpStream>, what: &str| {
         let start = Instant::now();
@@ -524,7 +515,7 @@ fn slow_request_heads_are_cut_off_but_idle_keep_alive_is_not() {
     let auth = format!("GET /v1/auth HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {key}\r\n\r\n");
 
     // Idle between requests is fine: proxies keep upstream connections open.
-    let (mut w, mut r) = connect();
+    let (mut w, mut r) = new_conn();
     w.write_all(auth.as_bytes()).unwrap();
     assert_eq!(read_answer(&mut r).0, 200);
     std::thread::sleep(Duration::from_millis(1600));
@@ -540,10 +531,10 @@ fn slow_request_heads_are_cut_off_but_idle_keep_alive_is_not() {
     let _ = w.write_all(b"Host: t\r\n");
     closed_within(&mut r, "a head started after an answer");
     // A connection that never sends a whole first head is closed too.
-    let (_w, mut r) = connect();
+    let (_w, mut r) = new_conn();
     closed_within(&mut r, "a connection that sends nothing");
     // The same on a connection hyper serves (after another path).
-    let (mut w, mut r) = connect();
+    let (mut w, mut r) = new_conn();
     w.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
         .unwrap();
     assert_eq!(read_answer(&mut r).0, 200);
@@ -562,16 +553,12 @@ fn slow_request_heads_are_cut_off_but_idle_keep_alive_is_not() {
 
 #[test]
 fn a_busy_keep_alive_connection_does_not_hold_up_a_stop() {
-    use std::io::{BufReader, Write};
-    use std::net::TcpStream;
+    use std::io::Write;
     use std::time::{Duration, Instant};
 
     let mut d = TestDaemon::start();
     let (_, key) = d.create("alice", "k", &[]);
-    let s = TcpStream::connect(d.addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut w = s.try_clone().unwrap();
-    let mut r = BufReader::new(s);
+    let (mut w, mut r) = split(connect(d.addr, Duration::from_secs(10)));
     let batch = format!("GET /v1/auth HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {key}\r\n\r\n")
         .repeat(20);
     // A client that never pauses: it writes requests as fast as it can while it
@@ -649,25 +636,12 @@ fn connect_from(source: &str, addr: std::net::SocketAddr) -> std::net::TcpStream
 /// One request on a new connection from `source` (with `Connection: close`): the
 /// status and the body.
 fn request_from(source: &str, d: &TestDaemon, head: &str, body: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut s = connect_from(source, d.addr);
     let req = format!(
         "{head}\r\nHost: t\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
-    s.write_all(req.as_bytes()).unwrap();
-    let mut resp = String::new();
-    let _ = s.read_to_string(&mut resp);
-    let status = resp
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = resp
-        .split_once("\r\n\r\n")
-        .map_or("", |(_, b)| b)
-        .to_owned();
-    (status, body)
+    let a = Answer::parse(&exchange(connect_from(source, d.addr), req.as_bytes()));
+    (a.status, a.body)
 }
 
 /// Regression (issue 9, item 3): `/v1/verify` charged failures to the `ip` named in
@@ -789,11 +763,7 @@ fn idle_keep_alive_connections_are_closed_after_the_idle_timeout() {
     let mut d = TestDaemon::start();
     let (_, key) = d.create("alice", "k", &[]);
     restart_with_server_settings(&mut d, "idle_timeout = \"pt1s\"\n");
-    let connect = || {
-        let s = TcpStream::connect(d.addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(8))).unwrap();
-        (s.try_clone().unwrap(), BufReader::new(s))
-    };
+    let new_conn = || split(connect(d.addr, Duration::from_secs(8)));
     // Closed by the server, without an answer, about a second after the last one.
     let closed_after_idle = |r: &mut BufReader<TcpStream>, since: Instant, what: &str| {
         let mut rest = Vec::new();
@@ -815,7 +785,7 @@ fn idle_keep_alive_connections_are_closed_after_the_idle_timeout() {
 
     for (path, req) in [("fast path", auth.as_str()), ("hyper", healthz)] {
         // A connection in use is not cut: a request every 400 ms for 2.4 s.
-        let (mut w, mut r) = connect();
+        let (mut w, mut r) = new_conn();
         for i in 0..6 {
             w.write_all(req.as_bytes()).unwrap();
             assert_eq!(read_answer(&mut r).0, 200, "{path}: request {i}");
@@ -829,7 +799,7 @@ fn idle_keep_alive_connections_are_closed_after_the_idle_timeout() {
 
     // A request whose body trickles in for longer than the idle timeout is in use,
     // not idle.
-    let (mut w, mut r) = connect();
+    let (mut w, mut r) = new_conn();
     w.write_all(healthz.as_bytes()).unwrap();
     assert_eq!(read_answer(&mut r).0, 200);
     let body = format!(r#"{{"key":"{key}"}}"#);
@@ -866,11 +836,7 @@ fn refused(mut s: std::net::TcpStream, req: &str) -> bool {
 
 /// The refusal a connection from `source` reads without sending anything.
 fn refusal_from(source: &str, addr: std::net::SocketAddr) -> String {
-    use std::io::Read;
-    let mut s = connect_from(source, addr);
-    let mut text = String::new();
-    let _ = s.read_to_string(&mut text);
-    text
+    exchange(connect_from(source, addr), b"")
 }
 
 /// Regression (issue 9, item 6): there was no limit on connections, so one client
@@ -891,9 +857,7 @@ fn connections_over_the_limits_are_refused_and_open_ones_keep_working() {
     let auth = format!("GET /v1/auth HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {key}\r\n\r\n");
     // A kept-alive connection from `source` that has been answered once.
     let open = |source: &str| {
-        let s = connect_from(source, d.addr);
-        let mut w = s.try_clone().unwrap();
-        let mut r = BufReader::new(s);
+        let (mut w, mut r) = split(connect_from(source, d.addr));
         w.write_all(auth.as_bytes()).unwrap();
         assert_eq!(read_answer(&mut r).0, 200, "a connection from {source}");
         (w, r)
@@ -968,8 +932,7 @@ fn connections_over_the_limits_are_refused_and_open_ones_keep_working() {
 /// now timed from its first byte, and idleness by `idle_timeout` alone.
 #[test]
 fn idle_timeout_outlasts_the_head_timeout_on_both_paths() {
-    use std::io::{BufReader, Read, Write};
-    use std::net::TcpStream;
+    use std::io::{Read, Write};
     use std::time::{Duration, Instant};
 
     let mut d = TestDaemon::start();
@@ -981,10 +944,7 @@ fn idle_timeout_outlasts_the_head_timeout_on_both_paths() {
     let auth = format!("GET /v1/auth HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {key}\r\n\r\n");
     let healthz = "GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n";
     for (path, req) in [("fast path", auth.as_str()), ("hyper", healthz)] {
-        let s = TcpStream::connect(d.addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(8))).unwrap();
-        let mut w = s.try_clone().unwrap();
-        let mut r = BufReader::new(s);
+        let (mut w, mut r) = split(connect(d.addr, Duration::from_secs(8)));
         w.write_all(req.as_bytes()).unwrap();
         assert_eq!(read_answer(&mut r).0, 200, "{path}");
         // Idle for longer than the head timeout: still open.
@@ -1055,28 +1015,15 @@ fn failures_on_the_admin_socket_are_charged_to_the_local_account() {
 
 /// A raw request over the admin socket (`Connection: close` added); status and body.
 fn unix_raw(socket: &std::path::Path, head: &str, body: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut s = std::os::unix::net::UnixStream::connect(socket).unwrap();
+    let s = std::os::unix::net::UnixStream::connect(socket).unwrap();
     s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
         .unwrap();
     let req = format!(
         "{head}Host: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
-    s.write_all(req.as_bytes()).unwrap();
-    let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out);
-    let text = String::from_utf8_lossy(&out).into_owned();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map_or("", |(_, b)| b)
-        .to_owned();
-    (status, body)
+    let a = Answer::parse(&exchange(s, req.as_bytes()));
+    (a.status, a.body)
 }
 
 /// Regression (issue 9 review, F4): `/v1/auth` was served on the 0666 admin
@@ -1148,7 +1095,7 @@ fn local_accounts_cannot_charge_failures_to_a_tcp_client() {
 /// limit; they keep their per-client limit.
 #[test]
 fn clients_filling_max_connections_do_not_lock_out_a_trusted_proxy() {
-    use std::io::{BufReader, Write};
+    use std::io::Write;
 
     let mut d = TestDaemon::start_with(
         DEFAULT_POLICY,
@@ -1161,9 +1108,7 @@ fn clients_filling_max_connections_do_not_lock_out_a_trusted_proxy() {
     );
     let auth = format!("GET /v1/auth HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {key}\r\n\r\n");
     let open = |source: &str| {
-        let s = connect_from(source, d.addr);
-        let mut w = s.try_clone().unwrap();
-        let mut r = BufReader::new(s);
+        let (mut w, mut r) = split(connect_from(source, d.addr));
         w.write_all(auth.as_bytes()).unwrap();
         assert_eq!(read_answer(&mut r).0, 200, "a connection from {source}");
         (w, r)
@@ -1272,8 +1217,7 @@ fn a_request_body_that_never_arrives_does_not_hold_the_connection_or_a_stop() {
         &mut d,
         "idle_timeout = \"pt2s\"\nheader_read_timeout = \"pt1s\"\n",
     );
-    let mut s = std::net::TcpStream::connect(d.addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    let mut s = connect(d.addr, Duration::from_secs(15));
     s.write_all(head.as_bytes()).unwrap();
     let started = Instant::now();
     let mut buf = Vec::new();
@@ -1286,7 +1230,7 @@ fn a_request_body_that_never_arrives_does_not_hold_the_connection_or_a_stop() {
 
     // With the default idle_timeout (5 min) only the stop can end it.
     let mut d = TestDaemon::start();
-    let mut s = std::net::TcpStream::connect(d.addr).unwrap();
+    let mut s = connect(d.addr, Duration::from_secs(15));
     s.write_all(head.as_bytes()).unwrap();
     std::thread::sleep(Duration::from_millis(300));
     let started = Instant::now();

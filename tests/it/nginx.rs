@@ -188,11 +188,7 @@ http {{
         // A free port is found by binding port 0 and letting it go; someone else may
         // take it in between, so try a few times.
         for _attempt in 0..5 {
-            let port = TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
+            let port = crate::util::free_port();
             std::fs::write(
                 dir.path().join("apikeyd.conf"),
                 Self::snippet(apikeyd, app, port),

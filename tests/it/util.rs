@@ -356,7 +356,8 @@ pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) {
     }
 }
 
-/// A minimal HTTP/1.1 client (Connection: close) for raw requests.
+/// A JSON request to the daemon's TCP listener (`Connection: close`): the status and
+/// the body as JSON (a JSON string when it is not JSON).
 pub fn http(
     addr: SocketAddr,
     method: &str,
@@ -364,8 +365,6 @@ pub fn http(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> (u16, Value) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut req = format!(
         "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
         body.len()
@@ -374,19 +373,28 @@ pub fn http(
         req += &format!("{k}: {v}\r\n");
     }
     req += "\r\n";
-    s.write_all(req.as_bytes()).unwrap();
-    let _ = s.write_all(body);
-    let mut resp = Vec::new();
-    let _ = s.read_to_end(&mut resp);
-    let text = String::from_utf8_lossy(&resp).into_owned();
-    let status: u16 = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-    let value = serde_json::from_str(body).unwrap_or(Value::String(body.to_owned()));
-    (status, value)
+    let a = send(addr, &[req.as_bytes(), body].concat());
+    let value = serde_json::from_str(&a.body).unwrap_or(Value::String(a.body));
+    (a.status, value)
+}
+
+/// `apikeyd check-config --config <config>`.
+pub fn check_config(config: &Path) -> Output {
+    Command::new(APIKEYD)
+        .args(["check-config", "--config"])
+        .arg(config)
+        .output()
+        .unwrap()
+}
+
+/// A port nothing listens on (yet): bound to port 0 and let go, so someone else may
+/// take it in between.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 pub fn is_root() -> bool {
@@ -443,10 +451,32 @@ pub struct Answer {
     pub status: u16,
     /// Header names in lower case.
     pub headers: Vec<(String, String)>,
+    /// Everything after the head (on a pipelined connection, the later answers too).
     pub body: String,
 }
 
 impl Answer {
+    /// The first answer in `text`, the bytes a server sent (0 for a status that is
+    /// not there).
+    pub fn parse(text: &str) -> Self {
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((text, ""));
+        let mut lines = head.lines();
+        let status = lines
+            .next()
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let headers = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+            .collect();
+        Answer {
+            status,
+            headers,
+            body: body.to_owned(),
+        }
+    }
+
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
@@ -455,33 +485,44 @@ impl Answer {
     }
 }
 
+/// A new connection to `addr` whose reads give up after `timeout`.
+pub fn connect(addr: SocketAddr, timeout: Duration) -> TcpStream {
+    let s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(timeout)).unwrap();
+    s
+}
+
+/// A connection as a writer and a reader of its answers one by one (keep-alive).
+pub fn split(s: TcpStream) -> (TcpStream, BufReader<TcpStream>) {
+    (s.try_clone().unwrap(), BufReader::new(s))
+}
+
+/// `bytes` written to `stream` exactly as given, then everything the server sends
+/// until it closes (or the stream's read timeout passes), as text. A server may
+/// answer and close before it has read all (413 to an oversized body), so a failed
+/// write counts only when nothing came back.
+pub fn exchange(mut stream: impl Read + Write, bytes: &[u8]) -> String {
+    let written = stream.write_all(bytes);
+    let mut resp = Vec::new();
+    let _ = stream.read_to_end(&mut resp);
+    if resp.is_empty() {
+        written.unwrap();
+    }
+    String::from_utf8_lossy(&resp).into_owned()
+}
+
+/// `bytes` (a whole request, or several) sent as given on a new connection to
+/// `addr`; the first answer.
+pub fn send(addr: SocketAddr, bytes: &[u8]) -> Answer {
+    Answer::parse(&exchange(connect(addr, Duration::from_secs(10)), bytes))
+}
+
 /// Any request to the daemon's TCP listener, with the response headers.
 pub fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)]) -> Answer {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n");
     for (k, v) in headers {
         req += &format!("{k}: {v}\r\n");
     }
     req += "\r\n";
-    s.write_all(req.as_bytes()).unwrap();
-    let mut resp = Vec::new();
-    let _ = s.read_to_end(&mut resp);
-    let text = String::from_utf8_lossy(&resp).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    Answer {
-        status,
-        headers,
-        body: body.to_owned(),
-    }
+    send(addr, req.as_bytes())
 }

@@ -4,7 +4,6 @@
 //! the maintenance jobs.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -13,7 +12,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::Value;
 
 use crate::smtp::Smtp;
-use crate::util::{free_port, request, wait_until, TestDaemon, DEFAULT_POLICY};
+use crate::util::{free_port, request, wait_until, Echo, TestDaemon, DEFAULT_POLICY};
 
 // ---------------------------------------------------------------- helpers
 
@@ -691,44 +690,15 @@ fn a_burst_of_simultaneous_alerts_loses_nothing() {
 
 // ---------------------------------------------------------------- plugins
 
-fn http_listener() -> (u16, std::sync::mpsc::Receiver<(String, String)>) {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for s in l.incoming() {
-            let Ok(mut s) = s else { continue };
-            let mut r = BufReader::new(s.try_clone().unwrap());
-            let mut head = String::new();
-            let mut len = 0;
-            loop {
-                let mut line = String::new();
-                if r.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                    break;
-                }
-                if let Some(v) = line.to_lowercase().strip_prefix("content-length:") {
-                    len = v.trim().parse().unwrap_or(0);
-                }
-                head += &line;
-            }
-            let mut body = vec![0; len];
-            let _ = r.read_exact(&mut body);
-            let _ =
-                s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
-            let _ = tx.send((head, String::from_utf8_lossy(&body).into_owned()));
-        }
-    });
-    (port, rx)
-}
-
 #[test]
 fn webhook_plugin_posts_the_alert_json() {
-    let (port, rx) = http_listener();
+    let hook = Echo::start();
     let d = start(
         free_port(),
         "",
         &format!(
-            "[alert_sources.webhook]\nkind = \"plugin\"\nplugin = \"webhook\"\nargs = [\"http://127.0.0.1:{port}/hook\"]\ntimeout = \"pt20s\"\n"
+            "[alert_sources.webhook]\nkind = \"plugin\"\nplugin = \"webhook\"\nargs = [\"http://{}/hook\"]\ntimeout = \"pt20s\"\n",
+            hook.addr()
         ),
     );
     let (id, _) = d.create(
@@ -737,7 +707,8 @@ fn webhook_plugin_posts_the_alert_json() {
         &["--notify-at", &at(2), "--alert-source", "webhook"],
     );
     let job_id = key(&d, &id)["alert_job"].as_str().unwrap().to_owned();
-    let (head, body) = rx.recv_timeout(Duration::from_secs(20)).unwrap();
+    wait_until(Duration::from_secs(20), || hook.count() > 0);
+    let (head, body) = hook.requests().remove(0);
     assert!(head.starts_with("POST /hook"), "{head}");
     assert!(
         head.to_lowercase()

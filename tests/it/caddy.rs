@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::nginx::{query_key_is_read, route_spellings_are_refused, Echo};
-use crate::util::{request, Answer, TestDaemon, DEFAULT_POLICY};
+use crate::nginx::{query_key_is_read, route_spellings_are_refused};
+use crate::util::{request, Answer, Echo, TestDaemon, DEFAULT_POLICY};
 
 /// The file users install, compiled in so the test always runs the shipped one.
 const CADDYFILE: &str = include_str!("../../config/proxies/Caddyfile");

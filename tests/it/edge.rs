@@ -821,6 +821,19 @@ fn idle_keep_alive_connections_are_closed_after_the_idle_timeout() {
     closed_after_idle(&mut r, Instant::now(), "after a slow body");
 }
 
+/// A kept-alive connection from `source` on which `req` has been answered 200 once.
+fn answered_once(
+    source: &str,
+    d: &TestDaemon,
+    req: &str,
+) -> (std::net::TcpStream, std::io::BufReader<std::net::TcpStream>) {
+    use std::io::Write;
+    let (mut w, mut r) = split(connect_from(source, d.addr));
+    w.write_all(req.as_bytes()).unwrap();
+    assert_eq!(read_answer(&mut r).0, 200, "a connection from {source}");
+    (w, r)
+}
+
 /// Whether the server closed `s` at once, without answering `req` but with its
 /// 503 refusal (the read times out after 5 s otherwise).
 fn refused(mut s: std::net::TcpStream, req: &str) -> bool {
@@ -855,13 +868,7 @@ fn connections_over_the_limits_are_refused_and_open_ones_keep_working() {
         "max_connections = 6\nmax_connections_per_client = 3\n",
     );
     let auth = format!("GET /v1/auth HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {key}\r\n\r\n");
-    // A kept-alive connection from `source` that has been answered once.
-    let open = |source: &str| {
-        let (mut w, mut r) = split(connect_from(source, d.addr));
-        w.write_all(auth.as_bytes()).unwrap();
-        assert_eq!(read_answer(&mut r).0, 200, "a connection from {source}");
-        (w, r)
-    };
+    let open = |source: &str| answered_once(source, &d, &auth);
     let still_works = |(w, r): &mut (std::net::TcpStream, BufReader<std::net::TcpStream>)| {
         w.write_all(auth.as_bytes()).unwrap();
         assert_eq!(read_answer(r).0, 200);
@@ -1095,8 +1102,6 @@ fn local_accounts_cannot_charge_failures_to_a_tcp_client() {
 /// limit; they keep their per-client limit.
 #[test]
 fn clients_filling_max_connections_do_not_lock_out_a_trusted_proxy() {
-    use std::io::Write;
-
     let mut d = TestDaemon::start_with(
         DEFAULT_POLICY,
         "[auth]\ntrusted_proxies = [\"127.0.0.1/32\"]\n",
@@ -1107,12 +1112,7 @@ fn clients_filling_max_connections_do_not_lock_out_a_trusted_proxy() {
         "max_connections = 6\nmax_connections_per_client = 3\n",
     );
     let auth = format!("GET /v1/auth HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {key}\r\n\r\n");
-    let open = |source: &str| {
-        let (mut w, mut r) = split(connect_from(source, d.addr));
-        w.write_all(auth.as_bytes()).unwrap();
-        assert_eq!(read_answer(&mut r).0, 200, "a connection from {source}");
-        (w, r)
-    };
+    let open = |source: &str| answered_once(source, &d, &auth);
     let _clients: Vec<_> = ["127.0.0.2", "127.0.0.3"]
         .iter()
         .flat_map(|ip| (0..3).map(|_| open(ip)))

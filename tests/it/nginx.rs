@@ -5,11 +5,11 @@
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::util::{is_root, request, Answer, Echo, TestDaemon, DEFAULT_POLICY};
+use crate::util::{find_program, is_root, request, Answer, Echo, TestDaemon, DEFAULT_POLICY};
 
 /// The snippet users install, compiled in so the test always runs the shipped file.
 const SNIPPET: &str = include_str!("../../config/proxies/nginx.conf");
@@ -36,14 +36,6 @@ scope = "catalog:sync"
 failures_per_minute = 1
 burst = 5
 "#;
-
-fn find_nginx() -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/usr/local/sbin", "/usr/local/nginx/sbin"].map(PathBuf::from))
-        .map(|d| d.join("nginx"))
-        .find(|p| p.is_file())
-}
 
 /// A running nginx (master and worker in their own process group); stopped on drop.
 struct Nginx {
@@ -328,7 +320,10 @@ pub(crate) fn query_key_is_read(proxy: &str, get: &Get, echo: &Echo, key: &str) 
 
 #[test]
 fn nginx_auth_request_with_shipped_snippet() {
-    let bin = find_nginx();
+    let bin = find_program(
+        "nginx",
+        &["/usr/sbin", "/usr/local/sbin", "/usr/local/nginx/sbin"],
+    );
     if !crate::util::require(
         "nginx on PATH or in /usr/sbin (apt-get install nginx; .ci/run installs it)",
         bin.is_some(),

@@ -62,12 +62,14 @@ groups = ["Synchronizer"]
     )
 }
 
-/// `[auth]` for forward-auth tests: the local proxy trusted, `/catalog` needs
-/// `catalog:read` and `/catalog/sync` needs `catalog:sync`.
-pub const CATALOG_ROUTES: &str = r#"
-[auth]
-trusted_proxies = ["127.0.0.1/32"]
-
+/// `[auth]` for forward-auth tests, with `$auth` added to the table: the local proxy
+/// trusted, `/catalog` needs `catalog:read` and `/catalog/sync` needs `catalog:sync`.
+macro_rules! catalog_routes {
+    ($auth:literal) => {
+        concat!(
+            "\n[auth]\ntrusted_proxies = [\"127.0.0.1/32\"]\n",
+            $auth,
+            r#"
 [[auth.routes]]
 prefix = "/catalog"
 scope = "catalog:read"
@@ -75,22 +77,16 @@ scope = "catalog:read"
 [[auth.routes]]
 prefix = "/catalog/sync"
 scope = "catalog:sync"
-"#;
+"#
+        )
+    };
+}
 
-/// [`CATALOG_ROUTES`], with keys also read from the `api_key` query parameter.
-pub const CATALOG_ROUTES_QUERY_KEY: &str = r#"
-[auth]
-trusted_proxies = ["127.0.0.1/32"]
-query_param = "api_key"
+/// The catalog routes, keys in headers.
+pub const CATALOG_ROUTES: &str = catalog_routes!("");
 
-[[auth.routes]]
-prefix = "/catalog"
-scope = "catalog:read"
-
-[[auth.routes]]
-prefix = "/catalog/sync"
-scope = "catalog:sync"
-"#;
+/// The catalog routes, with keys also read from the `api_key` query parameter.
+pub const CATALOG_ROUTES_QUERY_KEY: &str = catalog_routes!("query_param = \"api_key\"\n");
 
 pub const DEFAULT_POLICY: &str = r#"MaxExpirationPeriod = "p6m"
 NotAccessedExpirationPeriod = "p3m"
@@ -260,14 +256,20 @@ impl TestDaemon {
         self.ctl_as(None, args)
     }
 
-    /// Run apikeyctl, optionally as another uid (tests run as root).
-    pub fn ctl_as(&self, uid: Option<u32>, args: &[&str]) -> Output {
-        use std::os::unix::process::CommandExt;
+    /// apikeyctl on this daemon's socket, not run yet.
+    pub fn ctl_command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(APIKEYCTL);
         cmd.arg("--socket")
             .arg(&self.socket)
             .args(args)
             .env_remove("APIKEYD_SOCKET");
+        cmd
+    }
+
+    /// Run apikeyctl, optionally as another uid (tests run as root).
+    pub fn ctl_as(&self, uid: Option<u32>, args: &[&str]) -> Output {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = self.ctl_command(args);
         if let Some(uid) = uid {
             cmd.uid(uid).gid(uid);
         }
@@ -397,6 +399,15 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// The program `name` on PATH or, failing that, in one of `dirs`.
+pub fn find_program(name: &str, dirs: &[&str]) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(dirs.iter().map(PathBuf::from))
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
 }
 
 pub fn is_root() -> bool {

@@ -3,7 +3,9 @@
 
 use serde_json::Value;
 
-use crate::util::{connect, exchange, request, split, Answer, TestDaemon, DEFAULT_POLICY};
+use crate::util::{
+    connect, exchange, read_answer, request, split, Answer, TestDaemon, DEFAULT_POLICY,
+};
 
 const EDGE: &str = crate::util::CATALOG_ROUTES;
 
@@ -326,45 +328,6 @@ fn metrics_and_health() {
     );
 }
 
-/// One answer read off a keep-alive connection: status, lower-case headers, body.
-fn read_answer(
-    r: &mut std::io::BufReader<std::net::TcpStream>,
-) -> (u16, Vec<(String, String)>, String) {
-    use std::io::{BufRead, Read};
-    let mut status_line = String::new();
-    r.read_line(&mut status_line).unwrap();
-    let status = status_line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("no status line: {status_line:?}"));
-    let mut headers = Vec::new();
-    loop {
-        let mut line = String::new();
-        r.read_line(&mut line).unwrap();
-        let line = line.trim_end();
-        if line.is_empty() {
-            break;
-        }
-        let (k, v) = line.split_once(':').unwrap();
-        headers.push((k.trim().to_ascii_lowercase(), v.trim().to_owned()));
-    }
-    let len: usize = headers
-        .iter()
-        .find(|(k, _)| k == "content-length")
-        .map_or(0, |(_, v)| v.parse().unwrap());
-    let mut body = vec![0; len];
-    r.read_exact(&mut body).unwrap();
-    (status, headers, String::from_utf8(body).unwrap())
-}
-
-fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    headers
-        .iter()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.as_str())
-}
-
 #[test]
 fn keep_alive_connections_answer_every_request_in_order() {
     use std::io::{Read, Write};
@@ -382,16 +345,20 @@ fn keep_alive_connections_answer_every_request_in_order() {
     let (mut w, mut r) = new_conn();
     w.write_all((auth("HEAD", &key, "") + &auth("GET", &unknown, "")).as_bytes())
         .unwrap();
-    let (s, h, body) = read_answer(&mut r);
-    assert_eq!((s, header(&h, "x-api-key-id")), (200, Some(id.as_str())));
-    assert_eq!(body, "");
-    assert!(
-        header(&h, "date").is_some_and(|d| d.ends_with("GMT")),
-        "{h:?}"
-    );
-    let (s, h, _) = read_answer(&mut r);
+    let a = read_answer(&mut r);
     assert_eq!(
-        (s, header(&h, "x-api-key-reason")),
+        (a.status, a.header("x-api-key-id")),
+        (200, Some(id.as_str()))
+    );
+    assert_eq!(a.body, "");
+    assert!(
+        a.header("date").is_some_and(|d| d.ends_with("GMT")),
+        "{:?}",
+        a.headers
+    );
+    let a = read_answer(&mut r);
+    assert_eq!(
+        (a.status, a.header("x-api-key-reason")),
         (401, Some("MALFORMED"))
     );
     // A head that arrives in pieces.
@@ -400,33 +367,39 @@ fn keep_alive_connections_answer_every_request_in_order() {
     w.write_all(first.as_bytes()).unwrap();
     std::thread::sleep(Duration::from_millis(50));
     w.write_all(rest.as_bytes()).unwrap();
-    assert_eq!(read_answer(&mut r).0, 200);
+    assert_eq!(read_answer(&mut r).status, 200);
     // A request with a body, then another path, then /v1/auth again: all answered
     // on the same connection, the first request's body read and not taken for a head.
     let body = "{\"x\":\"GET /\"}";
     let with_body = auth("POST", &key, &format!("Content-Length: {}\r\n", body.len())) + body;
     w.write_all(with_body.as_bytes()).unwrap();
-    let (s, h, _) = read_answer(&mut r);
-    assert_eq!((s, header(&h, "x-api-key-name")), (200, Some("proxy-key")));
+    let a = read_answer(&mut r);
+    assert_eq!(
+        (a.status, a.header("x-api-key-name")),
+        (200, Some("proxy-key"))
+    );
     w.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
         .unwrap();
-    let (s, _, body) = read_answer(&mut r);
-    assert_eq!(s, 200, "{body}");
+    let a = read_answer(&mut r);
+    assert_eq!(a.status, 200, "{}", a.body);
     w.write_all(auth("GET", &key, "").as_bytes()).unwrap();
-    assert_eq!(read_answer(&mut r).0, 200);
+    assert_eq!(read_answer(&mut r).status, 200);
     // Disabled between two requests of one connection: refused on the next.
     d.ok(&["key", "disable", &id]);
     w.write_all(auth("GET", &key, "").as_bytes()).unwrap();
-    let (s, h, _) = read_answer(&mut r);
-    assert_eq!((s, header(&h, "x-api-key-reason")), (403, Some("DISABLED")));
+    let a = read_answer(&mut r);
+    assert_eq!(
+        (a.status, a.header("x-api-key-reason")),
+        (403, Some("DISABLED"))
+    );
     d.ok(&["key", "enable", &id]);
 
     // Connection: close is honoured: the answer, then the end of the stream.
     let (mut w, mut r) = new_conn();
     w.write_all(auth("GET", &key, "Connection: close\r\n").as_bytes())
         .unwrap();
-    let (s, h, _) = read_answer(&mut r);
-    assert_eq!((s, header(&h, "connection")), (200, Some("close")));
+    let a = read_answer(&mut r);
+    assert_eq!((a.status, a.header("connection")), (200, Some("close")));
     let mut rest = Vec::new();
     r.read_to_end(&mut rest).unwrap();
     assert!(rest.is_empty(), "{rest:?}");
@@ -435,7 +408,7 @@ fn keep_alive_connections_answer_every_request_in_order() {
     let status_of = |raw: &str| {
         let (mut w, mut r) = new_conn();
         w.write_all(raw.as_bytes()).unwrap();
-        read_answer(&mut r).0
+        read_answer(&mut r).status
     };
 
     // HTTP/1.0 and another path first: served (by hyper) all the same.
@@ -444,9 +417,9 @@ fn keep_alive_connections_answer_every_request_in_order() {
     let (mut w, mut r) = new_conn();
     w.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
         .unwrap();
-    assert_eq!(read_answer(&mut r).0, 200);
+    assert_eq!(read_answer(&mut r).status, 200);
     w.write_all(auth("GET", &key, "").as_bytes()).unwrap();
-    assert_eq!(read_answer(&mut r).0, 200);
+    assert_eq!(read_answer(&mut r).status, 200);
 
     // Not HTTP, or a target no URI may have: a clear 400, and the daemon carries on.
     assert_eq!(status_of("HELLO THERE\r\n\r\n"), 400);
@@ -517,11 +490,11 @@ fn slow_request_heads_are_cut_off_but_idle_keep_alive_is_not() {
     // Idle between requests is fine: proxies keep upstream connections open.
     let (mut w, mut r) = new_conn();
     w.write_all(auth.as_bytes()).unwrap();
-    assert_eq!(read_answer(&mut r).0, 200);
+    assert_eq!(read_answer(&mut r).status, 200);
     std::thread::sleep(Duration::from_millis(1600));
     w.write_all(auth.as_bytes()).unwrap();
     assert_eq!(
-        read_answer(&mut r).0,
+        read_answer(&mut r).status,
         200,
         "idle keep-alive connection kept"
     );
@@ -537,7 +510,7 @@ fn slow_request_heads_are_cut_off_but_idle_keep_alive_is_not() {
     let (mut w, mut r) = new_conn();
     w.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
         .unwrap();
-    assert_eq!(read_answer(&mut r).0, 200);
+    assert_eq!(read_answer(&mut r).status, 200);
     w.write_all(b"POST /v1/verify HTTP/1.1\r\nHost: t\r\n")
         .unwrap();
     closed_within(&mut r, "a slow head on a hyper connection");
@@ -788,11 +761,11 @@ fn idle_keep_alive_connections_are_closed_after_the_idle_timeout() {
         let (mut w, mut r) = new_conn();
         for i in 0..6 {
             w.write_all(req.as_bytes()).unwrap();
-            assert_eq!(read_answer(&mut r).0, 200, "{path}: request {i}");
+            assert_eq!(read_answer(&mut r).status, 200, "{path}: request {i}");
             std::thread::sleep(Duration::from_millis(400));
         }
         w.write_all(req.as_bytes()).unwrap();
-        assert_eq!(read_answer(&mut r).0, 200, "{path}: last request");
+        assert_eq!(read_answer(&mut r).status, 200, "{path}: last request");
         // Then idle: closed after the timeout.
         closed_after_idle(&mut r, Instant::now(), path);
     }
@@ -801,7 +774,7 @@ fn idle_keep_alive_connections_are_closed_after_the_idle_timeout() {
     // not idle.
     let (mut w, mut r) = new_conn();
     w.write_all(healthz.as_bytes()).unwrap();
-    assert_eq!(read_answer(&mut r).0, 200);
+    assert_eq!(read_answer(&mut r).status, 200);
     let body = format!(r#"{{"key":"{key}"}}"#);
     w.write_all(
         format!(
@@ -815,9 +788,9 @@ fn idle_keep_alive_connections_are_closed_after_the_idle_timeout() {
         std::thread::sleep(Duration::from_millis(500));
         w.write_all(chunk).unwrap();
     }
-    let (s, _, answer) = read_answer(&mut r);
-    assert_eq!(s, 200, "{answer}");
-    assert!(answer.contains("\"VALID\""), "{answer}");
+    let a = read_answer(&mut r);
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert!(a.body.contains("\"VALID\""), "{}", a.body);
     closed_after_idle(&mut r, Instant::now(), "after a slow body");
 }
 
@@ -830,7 +803,11 @@ fn answered_once(
     use std::io::Write;
     let (mut w, mut r) = split(connect_from(source, d.addr));
     w.write_all(req.as_bytes()).unwrap();
-    assert_eq!(read_answer(&mut r).0, 200, "a connection from {source}");
+    assert_eq!(
+        read_answer(&mut r).status,
+        200,
+        "a connection from {source}"
+    );
     (w, r)
 }
 
@@ -871,7 +848,7 @@ fn connections_over_the_limits_are_refused_and_open_ones_keep_working() {
     let open = |source: &str| answered_once(source, &d, &auth);
     let still_works = |(w, r): &mut (std::net::TcpStream, BufReader<std::net::TcpStream>)| {
         w.write_all(auth.as_bytes()).unwrap();
-        assert_eq!(read_answer(r).0, 200);
+        assert_eq!(read_answer(r).status, 200);
     };
 
     let mut first: Vec<_> = (0..3).map(|_| open("127.0.0.1")).collect();
@@ -953,12 +930,12 @@ fn idle_timeout_outlasts_the_head_timeout_on_both_paths() {
     for (path, req) in [("fast path", auth.as_str()), ("hyper", healthz)] {
         let (mut w, mut r) = split(connect(d.addr, Duration::from_secs(8)));
         w.write_all(req.as_bytes()).unwrap();
-        assert_eq!(read_answer(&mut r).0, 200, "{path}");
+        assert_eq!(read_answer(&mut r).status, 200, "{path}");
         // Idle for longer than the head timeout: still open.
         std::thread::sleep(Duration::from_millis(1800));
         w.write_all(req.as_bytes()).unwrap();
         assert_eq!(
-            read_answer(&mut r).0,
+            read_answer(&mut r).status,
             200,
             "{path}: kept past the head timeout"
         );

@@ -510,6 +510,39 @@ pub fn split(s: TcpStream) -> (TcpStream, BufReader<TcpStream>) {
     (s.try_clone().unwrap(), BufReader::new(s))
 }
 
+/// One answer read off a keep-alive connection (its body by Content-Length).
+pub fn read_answer(r: &mut BufReader<TcpStream>) -> Answer {
+    let mut status_line = String::new();
+    r.read_line(&mut status_line).unwrap();
+    let status = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status line: {status_line:?}"));
+    let mut headers = Vec::new();
+    loop {
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        let (k, v) = line.split_once(':').unwrap();
+        headers.push((k.trim().to_ascii_lowercase(), v.trim().to_owned()));
+    }
+    let len: usize = headers
+        .iter()
+        .find(|(k, _)| k == "content-length")
+        .map_or(0, |(_, v)| v.parse().unwrap());
+    let mut body = vec![0; len];
+    r.read_exact(&mut body).unwrap();
+    Answer {
+        status,
+        headers,
+        body: String::from_utf8(body).unwrap(),
+    }
+}
+
 /// `bytes` written to `stream` exactly as given, then everything the server sends
 /// until it closes (or the stream's read timeout passes), as text. A server may
 /// answer and close before it has read all (413 to an oversized body), so a failed

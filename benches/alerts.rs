@@ -41,9 +41,11 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 mod common;
-use common::env_usize;
+// The mail sink the alert tests use too.
 #[path = "../tests/it/smtp.rs"]
 mod smtp;
+
+use common::env_usize;
 use smtp::Smtp;
 
 const APIKEYD: &str = env!("CARGO_BIN_EXE_apikeyd");

@@ -1,5 +1,7 @@
 //! The `TestDaemon` fixture: the real `apikeyd` binary on a temp dir and port 0,
-//! driven with the real `apikeyctl`. Stopped (SIGKILL) on drop.
+//! driven with the real `apikeyctl`. Stopped (SIGKILL) on drop. Beside it, what the
+//! tests share: a raw HTTP client that sends the bytes it is given unchanged, and an
+//! echo upstream for the proxies and the webhook plugin.
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
 
 use std::io::{BufRead, BufReader, Read, Write};

@@ -26,10 +26,8 @@
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use apikeyd::alerts::job::{AlertJob, JobKind, KeyAlerting, NotificationRef};
@@ -38,13 +36,17 @@ use apikeyd::keys::model::{KeyKind, KeyRecord, KeyState};
 use apikeyd::store::{AlertBatch, Batch, Store};
 use chrono::{DateTime, SecondsFormat, Utc};
 use hyper::Method;
-use mailin_embedded::{response, Handler, Response, Server};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 mod common;
+// The mail sink the alert tests use too.
+#[path = "../tests/it/smtp.rs"]
+mod smtp;
+
 use common::env_usize;
+use smtp::Smtp;
 
 const APIKEYD: &str = env!("CARGO_BIN_EXE_apikeyd");
 const BATCH: usize = 20_000;
@@ -70,61 +72,6 @@ fn median(v: &[f64]) -> f64 {
 
 fn rfc3339_ms(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Millis, true)
-}
-
-// ---------------------------------------------------------------- SMTP sink
-
-/// Receipt times by Message-ID.
-type Received = Arc<Mutex<Vec<(String, DateTime<Utc>)>>>;
-
-#[derive(Clone)]
-struct Sink {
-    received: Received,
-    data: Vec<u8>,
-}
-
-impl Handler for Sink {
-    fn data_start(&mut self, _: &str, _: &str, _: bool, _: &[String]) -> Response {
-        self.data.clear();
-        response::OK
-    }
-    fn data(&mut self, buf: &[u8]) -> std::io::Result<()> {
-        self.data.extend_from_slice(buf);
-        Ok(())
-    }
-    fn data_end(&mut self) -> Response {
-        let now = Utc::now();
-        let text = String::from_utf8_lossy(&self.data);
-        let id = text
-            .lines()
-            .take_while(|l| !l.trim().is_empty())
-            .find_map(|l| {
-                l.strip_prefix("Message-ID:")
-                    .or_else(|| l.strip_prefix("Message-Id:"))
-            })
-            .map(|s| s.trim().to_owned())
-            .unwrap_or_default();
-        self.received.lock().unwrap().push((id, now));
-        response::OK
-    }
-}
-
-fn start_smtp() -> (u16, Received) {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
-    let received: Received = Arc::new(Mutex::new(Vec::new()));
-    let mut server = Server::new(Sink {
-        received: received.clone(),
-        data: Vec::new(),
-    });
-    server
-        .with_name("bench.smtp")
-        .with_num_threads(32)
-        .with_tcp_listener(l);
-    std::thread::spawn(move || {
-        let _ = server.serve();
-    });
-    (port, received)
 }
 
 // ---------------------------------------------------------------- database
@@ -352,13 +299,13 @@ fn reschedule(
     t.elapsed()
 }
 
-fn wait_received(received: &Received, count: usize, timeout: Duration) {
+fn wait_received(smtp: &Smtp, count: usize, timeout: Duration) {
     let deadline = Instant::now() + timeout;
-    while received.lock().unwrap().len() < count {
+    while smtp.count() < count {
         assert!(
             Instant::now() < deadline,
             "only {} of {count} emails arrived",
-            received.lock().unwrap().len()
+            smtp.count()
         );
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -398,12 +345,12 @@ fn main() {
         }
     }
     let dir = Dir(dir_path);
-    let (smtp_port, received) = start_smtp();
+    let smtp = Smtp::with_threads(32);
     let (ids, build_time) = build(&dir.path().join("state/apikeyd.redb"), n);
     let db_bytes = std::fs::metadata(dir.path().join("state/apikeyd.redb"))
         .map(|m| m.len())
         .unwrap_or(0);
-    let config = write_config(dir.path(), smtp_port, pool);
+    let config = write_config(dir.path(), smtp.port, pool);
     let socket = dir.path().join("apikeyd.sock");
 
     // 1. Cold starts.
@@ -470,9 +417,9 @@ fn main() {
         Utc::now() < first_due,
         "rescheduling took longer than the lead time"
     );
-    let before = received.lock().unwrap().len();
+    let before = smtp.count();
     wait_received(
-        &received,
+        &smtp,
         before + burst,
         Duration::from_secs(window as u64 + 120),
     );
@@ -508,9 +455,13 @@ fn main() {
             Some(late.num_microseconds()? as f64 / 1e6)
         })
         .collect();
-    let mut delivered: Vec<f64> = received.lock().unwrap()[before..]
+    let mut delivered: Vec<f64> = smtp
+        .mails_since(before)
         .iter()
-        .filter_map(|(mid, at)| Some((*at - *due_of.get(mid)?).num_microseconds()? as f64 / 1e6))
+        .filter_map(|m| {
+            let due = due_of.get(&m.header("Message-ID").unwrap_or_default())?;
+            Some((m.received_at - *due).num_microseconds()? as f64 / 1e6)
+        })
         .collect();
     delivered.sort_by(f64::total_cmp);
     let mut claim = claim;
@@ -538,11 +489,12 @@ fn main() {
         Utc::now() < due,
         "rescheduling took longer than the lead time"
     );
-    let before = received.lock().unwrap().len();
-    wait_received(&received, before + emails, Duration::from_secs(600));
-    let last = received.lock().unwrap()[before..]
+    let before = smtp.count();
+    wait_received(&smtp, before + emails, Duration::from_secs(600));
+    let last = smtp
+        .mails_since(before)
         .iter()
-        .map(|(_, t)| *t)
+        .map(|m| m.received_at)
         .max()
         .unwrap();
     let span = (last - due).num_microseconds().unwrap() as f64 / 1e6;

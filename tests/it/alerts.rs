@@ -4,111 +4,15 @@
 //! the maintenance jobs.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use mailin_embedded::{response, Handler, Response, Server};
 use serde_json::Value;
 
-use crate::util::{request, wait_until, TestDaemon, DEFAULT_POLICY};
-
-// ---------------------------------------------------------------- SMTP server
-
-#[derive(Debug, Clone)]
-pub struct Mail {
-    pub to: Vec<String>,
-    pub data: String,
-}
-
-impl Mail {
-    pub fn header(&self, name: &str) -> Option<String> {
-        let prefix = format!("{}:", name.to_lowercase());
-        self.data
-            .lines()
-            .take_while(|l| !l.is_empty())
-            .find(|l| l.to_lowercase().starts_with(&prefix))
-            .map(|l| l[prefix.len()..].trim().to_owned())
-    }
-}
-
-#[derive(Clone)]
-struct Sink {
-    mails: Arc<Mutex<Vec<Mail>>>,
-    to: Vec<String>,
-    data: Vec<u8>,
-    delay: Duration,
-}
-
-impl Handler for Sink {
-    fn data_start(&mut self, _domain: &str, _from: &str, _is8bit: bool, to: &[String]) -> Response {
-        self.to = to.to_vec();
-        self.data.clear();
-        response::OK
-    }
-
-    fn data(&mut self, buf: &[u8]) -> std::io::Result<()> {
-        self.data.extend_from_slice(buf);
-        Ok(())
-    }
-
-    fn data_end(&mut self) -> Response {
-        std::thread::sleep(self.delay);
-        self.mails.lock().unwrap().push(Mail {
-            to: std::mem::take(&mut self.to),
-            data: String::from_utf8_lossy(&std::mem::take(&mut self.data)).replace("\r\n", "\n"),
-        });
-        response::OK
-    }
-}
-
-/// A real SMTP server on 127.0.0.1 (its thread lives until the test binary exits).
-pub struct Smtp {
-    pub port: u16,
-    mails: Arc<Mutex<Vec<Mail>>>,
-}
-
-impl Smtp {
-    pub fn start() -> Self {
-        Self::on(TcpListener::bind("127.0.0.1:0").unwrap(), Duration::ZERO)
-    }
-
-    pub fn on(listener: TcpListener, delay: Duration) -> Self {
-        let port = listener.local_addr().unwrap().port();
-        let mails = Arc::new(Mutex::new(Vec::new()));
-        let sink = Sink {
-            mails: mails.clone(),
-            to: Vec::new(),
-            data: Vec::new(),
-            delay,
-        };
-        let mut server = Server::new(sink);
-        server
-            .with_name("smtp.test")
-            .with_num_threads(8)
-            .with_tcp_listener(listener);
-        std::thread::spawn(move || {
-            let _ = server.serve();
-        });
-        Self { port, mails }
-    }
-
-    pub fn mails(&self) -> Vec<Mail> {
-        self.mails.lock().unwrap().clone()
-    }
-}
-
-/// A port nothing listens on (yet).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use crate::smtp::Smtp;
+use crate::util::{free_port, request, wait_until, Echo, TestDaemon, DEFAULT_POLICY};
 
 // ---------------------------------------------------------------- helpers
 
@@ -786,44 +690,15 @@ fn a_burst_of_simultaneous_alerts_loses_nothing() {
 
 // ---------------------------------------------------------------- plugins
 
-fn http_listener() -> (u16, std::sync::mpsc::Receiver<(String, String)>) {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for s in l.incoming() {
-            let Ok(mut s) = s else { continue };
-            let mut r = BufReader::new(s.try_clone().unwrap());
-            let mut head = String::new();
-            let mut len = 0;
-            loop {
-                let mut line = String::new();
-                if r.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                    break;
-                }
-                if let Some(v) = line.to_lowercase().strip_prefix("content-length:") {
-                    len = v.trim().parse().unwrap_or(0);
-                }
-                head += &line;
-            }
-            let mut body = vec![0; len];
-            let _ = r.read_exact(&mut body);
-            let _ =
-                s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
-            let _ = tx.send((head, String::from_utf8_lossy(&body).into_owned()));
-        }
-    });
-    (port, rx)
-}
-
 #[test]
 fn webhook_plugin_posts_the_alert_json() {
-    let (port, rx) = http_listener();
+    let hook = Echo::start();
     let d = start(
         free_port(),
         "",
         &format!(
-            "[alert_sources.webhook]\nkind = \"plugin\"\nplugin = \"webhook\"\nargs = [\"http://127.0.0.1:{port}/hook\"]\ntimeout = \"pt20s\"\n"
+            "[alert_sources.webhook]\nkind = \"plugin\"\nplugin = \"webhook\"\nargs = [\"http://{}/hook\"]\ntimeout = \"pt20s\"\n",
+            hook.addr()
         ),
     );
     let (id, _) = d.create(
@@ -832,7 +707,8 @@ fn webhook_plugin_posts_the_alert_json() {
         &["--notify-at", &at(2), "--alert-source", "webhook"],
     );
     let job_id = key(&d, &id)["alert_job"].as_str().unwrap().to_owned();
-    let (head, body) = rx.recv_timeout(Duration::from_secs(20)).unwrap();
+    wait_until(Duration::from_secs(20), || hook.count() > 0);
+    let (head, body) = hook.requests().remove(0);
     assert!(head.starts_with("POST /hook"), "{head}");
     assert!(
         head.to_lowercase()
@@ -982,11 +858,7 @@ fn bad_cron_strings_and_alert_settings_are_config_errors() {
         "[jobs]\npurge = \"every night\"\nexpiry_sweep = \"0 61 * * * *\"\n[alert_sources.x]\nkind = \"plugin\"\nplugin = \"../../bin/sh\"\n[ApiKey]\nDefaultAlertSource = \"nope\"\n",
     )
     .unwrap();
-    let out = std::process::Command::new(crate::util::APIKEYD)
-        .args(["check-config", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
+    let out = crate::util::check_config(&cfg);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     for k in [

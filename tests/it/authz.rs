@@ -4,6 +4,7 @@
 //! with SIGHUP.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::process::Output;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -40,6 +41,25 @@ fn verify(d: &TestDaemon, key: &str, scope: Option<&str>) -> Value {
     v
 }
 
+/// apikeyctl as alice (uid nobody), which must fail with `expected` on stderr.
+fn fails_as_alice(d: &TestDaemon, args: &[&str], expected: &str) {
+    failed_with(
+        &d.ctl_as(Some(NOBODY), args),
+        &format!("{args:?}"),
+        expected,
+    );
+}
+
+/// `out` (of the call `what`) failed, with `expected` on stderr.
+fn failed_with(out: &Output, what: &str, expected: &str) {
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "{what} should fail: {}", stdout(out));
+    assert!(
+        err.contains(expected),
+        "{what}: expected {expected:?} in {err:?}"
+    );
+}
+
 /// The log without its ANSI colour sequences (`ESC [ ... m`).
 fn strip_colours(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -69,19 +89,7 @@ fn owners_cannot_lift_admin_restrictions_or_forge_identity_headers() {
     }
     let d = TestDaemon::start_with(DEFAULT_POLICY, AUTH);
     let run = |args: &[&str]| d.ctl_as(Some(NOBODY), args);
-    let must_fail = |args: &[&str], expected: &str| {
-        let out = run(args);
-        let err = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert!(
-            !out.status.success(),
-            "{args:?} should fail: {}",
-            stdout(&out)
-        );
-        assert!(
-            err.contains(expected),
-            "{args:?}: expected {expected:?} in {err:?}"
-        );
-    };
+    let must_fail = |args: &[&str], expected: &str| fails_as_alice(&d, args, expected);
     assert_eq!(stdout(&run(&["whoami"])).trim(), "alice");
     let out = run(&["key", "create", "--name", "mine", "--json"]);
     assert!(
@@ -329,19 +337,7 @@ fn owners_cannot_bring_back_retired_tokens_or_shadow_admin_headers() {
     }
     let d = TestDaemon::start_with(DEFAULT_POLICY, AUTH);
     let run = |args: &[&str]| d.ctl_as(Some(NOBODY), args);
-    let must_fail = |args: &[&str], expected: &str| {
-        let out = run(args);
-        let err = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert!(
-            !out.status.success(),
-            "{args:?} should fail: {}",
-            stdout(&out)
-        );
-        assert!(
-            err.contains(expected),
-            "{args:?}: expected {expected:?} in {err:?}"
-        );
-    };
+    let must_fail = |args: &[&str], expected: &str| fails_as_alice(&d, args, expected);
     let must_pass = |args: &[&str]| -> Value {
         let out = run(args);
         assert!(
@@ -487,16 +483,10 @@ fn owners_cannot_reimport_tokens_an_admin_retired_or_narrowed() {
     };
     let refused = |name: &str, token: &str| {
         let audit = d.audit_len();
-        let out = import(name, token);
-        let err = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert!(
-            !out.status.success(),
-            "{name} should fail: {}",
-            stdout(&out)
-        );
-        assert!(
-            err.contains("removed or rotated and cannot be imported again; ask an admin"),
-            "{name}: {err}"
+        failed_with(
+            &import(name, token),
+            name,
+            "removed or rotated and cannot be imported again; ask an admin",
         );
         assert_eq!(d.audit_len(), audit);
         assert_eq!(verify(&d, token, None)["code"], "NOT_FOUND");

@@ -4,26 +4,18 @@
 //! skipped, saying so on stderr, otherwise.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::nginx::{query_key_is_read, route_spellings_are_refused, Echo};
-use crate::util::{request, Answer, TestDaemon, DEFAULT_POLICY};
+use crate::nginx::{query_key_is_read, route_spellings_are_refused};
+use crate::util::{find_program, request, Answer, Echo, TestDaemon, DEFAULT_POLICY};
 
 /// The file users install, compiled in so the test always runs the shipped one.
 const CADDYFILE: &str = include_str!("../../config/proxies/Caddyfile");
 
 const EDGE: &str = crate::util::CATALOG_ROUTES_QUERY_KEY;
-
-fn find_caddy() -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/bin", "/usr/local/bin"].map(PathBuf::from))
-        .map(|d| d.join("caddy"))
-        .find(|p| p.is_file())
-}
 
 /// A running caddy; stopped on drop.
 struct Caddy {
@@ -87,11 +79,7 @@ impl Caddy {
         // A free port is found by binding port 0 and letting it go; someone else may
         // take it in between, so try a few times.
         for _attempt in 0..5 {
-            let port = TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
+            let port = crate::util::free_port();
             let home = dir.path().join("home");
             let env = [
                 ("HOME", home.clone()),
@@ -179,7 +167,7 @@ impl Drop for Caddy {
 
 #[test]
 fn caddy_forward_auth_with_shipped_caddyfile() {
-    let found = find_caddy();
+    let found = find_program("caddy", &["/usr/bin", "/usr/local/bin"]);
     if !crate::util::require(
         "caddy on PATH or in /usr/bin (apt-get install caddy; .ci/run installs it)",
         found.is_some(),

@@ -3,7 +3,9 @@
 
 use serde_json::Value;
 
-use crate::util::{request, TestDaemon, DEFAULT_POLICY};
+use crate::util::{
+    connect, exchange, read_answer, request, split, Answer, TestDaemon, DEFAULT_POLICY,
+};
 
 const EDGE: &str = crate::util::CATALOG_ROUTES;
 
@@ -326,77 +328,37 @@ fn metrics_and_health() {
     );
 }
 
-/// One answer read off a keep-alive connection: status, lower-case headers, body.
-fn read_answer(
-    r: &mut std::io::BufReader<std::net::TcpStream>,
-) -> (u16, Vec<(String, String)>, String) {
-    use std::io::{BufRead, Read};
-    let mut status_line = String::new();
-    r.read_line(&mut status_line).unwrap();
-    let status = status_line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("no status line: {status_line:?}"));
-    let mut headers = Vec::new();
-    loop {
-        let mut line = String::new();
-        r.read_line(&mut line).unwrap();
-        let line = line.trim_end();
-        if line.is_empty() {
-            break;
-        }
-        let (k, v) = line.split_once(':').unwrap();
-        headers.push((k.trim().to_ascii_lowercase(), v.trim().to_owned()));
-    }
-    let len: usize = headers
-        .iter()
-        .find(|(k, _)| k == "content-length")
-        .map_or(0, |(_, v)| v.parse().unwrap());
-    let mut body = vec![0; len];
-    r.read_exact(&mut body).unwrap();
-    (status, headers, String::from_utf8(body).unwrap())
-}
-
-fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    headers
-        .iter()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.as_str())
-}
-
 #[test]
 fn keep_alive_connections_answer_every_request_in_order() {
-    use std::io::{BufReader, Read, Write};
-    use std::net::TcpStream;
+    use std::io::{Read, Write};
     use std::time::Duration;
 
     let d = TestDaemon::start();
     let (id, key) = d.create("alice", "proxy-key", &[]);
-    let connect = || {
-        let s = TcpStream::connect(d.addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        (s.try_clone().unwrap(), BufReader::new(s))
-    };
+    let new_conn = || split(connect(d.addr, Duration::from_secs(10)));
     let auth = |method: &str, k: &str, extra: &str| {
         format!("{method} /v1/auth HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {k}\r\n{extra}\r\n")
     };
     let unknown = key.replace(&key[4..10], "ZZZZZZ"); // fails its checksum
 
     // Pipelined: both answers, in order, on one connection.
-    let (mut w, mut r) = connect();
+    let (mut w, mut r) = new_conn();
     w.write_all((auth("HEAD", &key, "") + &auth("GET", &unknown, "")).as_bytes())
         .unwrap();
-    let (s, h, body) = read_answer(&mut r);
-    assert_eq!((s, header(&h, "x-api-key-id")), (200, Some(id.as_str())));
-    assert_eq!(body, "");
-    assert!(
-        header(&h, "date").is_some_and(|d| d.ends_with("GMT")),
-        "{h:?}"
-    );
-    let (s, h, _) = read_answer(&mut r);
+    let a = read_answer(&mut r);
     assert_eq!(
-        (s, header(&h, "x-api-key-reason")),
+        (a.status, a.header("x-api-key-id")),
+        (200, Some(id.as_str()))
+    );
+    assert_eq!(a.body, "");
+    assert!(
+        a.header("date").is_some_and(|d| d.ends_with("GMT")),
+        "{:?}",
+        a.headers
+    );
+    let a = read_answer(&mut r);
+    assert_eq!(
+        (a.status, a.header("x-api-key-reason")),
         (401, Some("MALFORMED"))
     );
     // A head that arrives in pieces.
@@ -405,53 +367,59 @@ fn keep_alive_connections_answer_every_request_in_order() {
     w.write_all(first.as_bytes()).unwrap();
     std::thread::sleep(Duration::from_millis(50));
     w.write_all(rest.as_bytes()).unwrap();
-    assert_eq!(read_answer(&mut r).0, 200);
+    assert_eq!(read_answer(&mut r).status, 200);
     // A request with a body, then another path, then /v1/auth again: all answered
     // on the same connection, the first request's body read and not taken for a head.
     let body = "{\"x\":\"GET /\"}";
     let with_body = auth("POST", &key, &format!("Content-Length: {}\r\n", body.len())) + body;
     w.write_all(with_body.as_bytes()).unwrap();
-    let (s, h, _) = read_answer(&mut r);
-    assert_eq!((s, header(&h, "x-api-key-name")), (200, Some("proxy-key")));
+    let a = read_answer(&mut r);
+    assert_eq!(
+        (a.status, a.header("x-api-key-name")),
+        (200, Some("proxy-key"))
+    );
     w.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
         .unwrap();
-    let (s, _, body) = read_answer(&mut r);
-    assert_eq!(s, 200, "{body}");
+    let a = read_answer(&mut r);
+    assert_eq!(a.status, 200, "{}", a.body);
     w.write_all(auth("GET", &key, "").as_bytes()).unwrap();
-    assert_eq!(read_answer(&mut r).0, 200);
+    assert_eq!(read_answer(&mut r).status, 200);
     // Disabled between two requests of one connection: refused on the next.
     d.ok(&["key", "disable", &id]);
     w.write_all(auth("GET", &key, "").as_bytes()).unwrap();
-    let (s, h, _) = read_answer(&mut r);
-    assert_eq!((s, header(&h, "x-api-key-reason")), (403, Some("DISABLED")));
+    let a = read_answer(&mut r);
+    assert_eq!(
+        (a.status, a.header("x-api-key-reason")),
+        (403, Some("DISABLED"))
+    );
     d.ok(&["key", "enable", &id]);
 
     // Connection: close is honoured: the answer, then the end of the stream.
-    let (mut w, mut r) = connect();
+    let (mut w, mut r) = new_conn();
     w.write_all(auth("GET", &key, "Connection: close\r\n").as_bytes())
         .unwrap();
-    let (s, h, _) = read_answer(&mut r);
-    assert_eq!((s, header(&h, "connection")), (200, Some("close")));
+    let a = read_answer(&mut r);
+    assert_eq!((a.status, a.header("connection")), (200, Some("close")));
     let mut rest = Vec::new();
     r.read_to_end(&mut rest).unwrap();
     assert!(rest.is_empty(), "{rest:?}");
 
     // The status of the one answer to `raw` on a new connection.
     let status_of = |raw: &str| {
-        let (mut w, mut r) = connect();
+        let (mut w, mut r) = new_conn();
         w.write_all(raw.as_bytes()).unwrap();
-        read_answer(&mut r).0
+        read_answer(&mut r).status
     };
 
     // HTTP/1.0 and another path first: served (by hyper) all the same.
     let http10 = format!("GET /v1/auth HTTP/1.0\r\nAuthorization: Bearer {key}\r\n\r\n");
     assert_eq!(status_of(&http10), 200);
-    let (mut w, mut r) = connect();
+    let (mut w, mut r) = new_conn();
     w.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
         .unwrap();
-    assert_eq!(read_answer(&mut r).0, 200);
+    assert_eq!(read_answer(&mut r).status, 200);
     w.write_all(auth("GET", &key, "").as_bytes()).unwrap();
-    assert_eq!(read_answer(&mut r).0, 200);
+    assert_eq!(read_answer(&mut r).status, 200);
 
     // Not HTTP, or a target no URI may have: a clear 400, and the daemon carries on.
     assert_eq!(status_of("HELLO THERE\r\n\r\n"), 400);
@@ -500,11 +468,7 @@ fn slow_request_heads_are_cut_off_but_idle_keep_alive_is_not() {
     );
     std::fs::write(&d.config, text).unwrap();
     d.spawn(&[]);
-    let connect = || {
-        let s = TcpStream::connect(d.addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        (s.try_clone().unwrap(), BufReader::new(s))
-    };
+    let new_conn = || split(connect(d.addr, Duration::from_secs(10)));
     // Closed without an answer: read() sees the end of the stream, in time.
     let closed_within = |r: &mut BufReader<TcpStream>, what: &str| {
         let start = Instant::now();
@@ -524,13 +488,13 @@ fn slow_request_heads_are_cut_off_but_idle_keep_alive_is_not() {
     let auth = format!("GET /v1/auth HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {key}\r\n\r\n");
 
     // Idle between requests is fine: proxies keep upstream connections open.
-    let (mut w, mut r) = connect();
+    let (mut w, mut r) = new_conn();
     w.write_all(auth.as_bytes()).unwrap();
-    assert_eq!(read_answer(&mut r).0, 200);
+    assert_eq!(read_answer(&mut r).status, 200);
     std::thread::sleep(Duration::from_millis(1600));
     w.write_all(auth.as_bytes()).unwrap();
     assert_eq!(
-        read_answer(&mut r).0,
+        read_answer(&mut r).status,
         200,
         "idle keep-alive connection kept"
     );
@@ -540,13 +504,13 @@ fn slow_request_heads_are_cut_off_but_idle_keep_alive_is_not() {
     let _ = w.write_all(b"Host: t\r\n");
     closed_within(&mut r, "a head started after an answer");
     // A connection that never sends a whole first head is closed too.
-    let (_w, mut r) = connect();
+    let (_w, mut r) = new_conn();
     closed_within(&mut r, "a connection that sends nothing");
     // The same on a connection hyper serves (after another path).
-    let (mut w, mut r) = connect();
+    let (mut w, mut r) = new_conn();
     w.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
         .unwrap();
-    assert_eq!(read_answer(&mut r).0, 200);
+    assert_eq!(read_answer(&mut r).status, 200);
     w.write_all(b"POST /v1/verify HTTP/1.1\r\nHost: t\r\n")
         .unwrap();
     closed_within(&mut r, "a slow head on a hyper connection");
@@ -562,16 +526,12 @@ fn slow_request_heads_are_cut_off_but_idle_keep_alive_is_not() {
 
 #[test]
 fn a_busy_keep_alive_connection_does_not_hold_up_a_stop() {
-    use std::io::{BufReader, Write};
-    use std::net::TcpStream;
+    use std::io::Write;
     use std::time::{Duration, Instant};
 
     let mut d = TestDaemon::start();
     let (_, key) = d.create("alice", "k", &[]);
-    let s = TcpStream::connect(d.addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut w = s.try_clone().unwrap();
-    let mut r = BufReader::new(s);
+    let (mut w, mut r) = split(connect(d.addr, Duration::from_secs(10)));
     let batch = format!("GET /v1/auth HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {key}\r\n\r\n")
         .repeat(20);
     // A client that never pauses: it writes requests as fast as it can while it
@@ -649,25 +609,12 @@ fn connect_from(source: &str, addr: std::net::SocketAddr) -> std::net::TcpStream
 /// One request on a new connection from `source` (with `Connection: close`): the
 /// status and the body.
 fn request_from(source: &str, d: &TestDaemon, head: &str, body: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut s = connect_from(source, d.addr);
     let req = format!(
         "{head}\r\nHost: t\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
-    s.write_all(req.as_bytes()).unwrap();
-    let mut resp = String::new();
-    let _ = s.read_to_string(&mut resp);
-    let status = resp
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = resp
-        .split_once("\r\n\r\n")
-        .map_or("", |(_, b)| b)
-        .to_owned();
-    (status, body)
+    let a = Answer::parse(&exchange(connect_from(source, d.addr), req.as_bytes()));
+    (a.status, a.body)
 }
 
 /// Regression (issue 9, item 3): `/v1/verify` charged failures to the `ip` named in
@@ -789,11 +736,7 @@ fn idle_keep_alive_connections_are_closed_after_the_idle_timeout() {
     let mut d = TestDaemon::start();
     let (_, key) = d.create("alice", "k", &[]);
     restart_with_server_settings(&mut d, "idle_timeout = \"pt1s\"\n");
-    let connect = || {
-        let s = TcpStream::connect(d.addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(8))).unwrap();
-        (s.try_clone().unwrap(), BufReader::new(s))
-    };
+    let new_conn = || split(connect(d.addr, Duration::from_secs(8)));
     // Closed by the server, without an answer, about a second after the last one.
     let closed_after_idle = |r: &mut BufReader<TcpStream>, since: Instant, what: &str| {
         let mut rest = Vec::new();
@@ -815,23 +758,23 @@ fn idle_keep_alive_connections_are_closed_after_the_idle_timeout() {
 
     for (path, req) in [("fast path", auth.as_str()), ("hyper", healthz)] {
         // A connection in use is not cut: a request every 400 ms for 2.4 s.
-        let (mut w, mut r) = connect();
+        let (mut w, mut r) = new_conn();
         for i in 0..6 {
             w.write_all(req.as_bytes()).unwrap();
-            assert_eq!(read_answer(&mut r).0, 200, "{path}: request {i}");
+            assert_eq!(read_answer(&mut r).status, 200, "{path}: request {i}");
             std::thread::sleep(Duration::from_millis(400));
         }
         w.write_all(req.as_bytes()).unwrap();
-        assert_eq!(read_answer(&mut r).0, 200, "{path}: last request");
+        assert_eq!(read_answer(&mut r).status, 200, "{path}: last request");
         // Then idle: closed after the timeout.
         closed_after_idle(&mut r, Instant::now(), path);
     }
 
     // A request whose body trickles in for longer than the idle timeout is in use,
     // not idle.
-    let (mut w, mut r) = connect();
+    let (mut w, mut r) = new_conn();
     w.write_all(healthz.as_bytes()).unwrap();
-    assert_eq!(read_answer(&mut r).0, 200);
+    assert_eq!(read_answer(&mut r).status, 200);
     let body = format!(r#"{{"key":"{key}"}}"#);
     w.write_all(
         format!(
@@ -845,10 +788,27 @@ fn idle_keep_alive_connections_are_closed_after_the_idle_timeout() {
         std::thread::sleep(Duration::from_millis(500));
         w.write_all(chunk).unwrap();
     }
-    let (s, _, answer) = read_answer(&mut r);
-    assert_eq!(s, 200, "{answer}");
-    assert!(answer.contains("\"VALID\""), "{answer}");
+    let a = read_answer(&mut r);
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert!(a.body.contains("\"VALID\""), "{}", a.body);
     closed_after_idle(&mut r, Instant::now(), "after a slow body");
+}
+
+/// A kept-alive connection from `source` on which `req` has been answered 200 once.
+fn answered_once(
+    source: &str,
+    d: &TestDaemon,
+    req: &str,
+) -> (std::net::TcpStream, std::io::BufReader<std::net::TcpStream>) {
+    use std::io::Write;
+    let (mut w, mut r) = split(connect_from(source, d.addr));
+    w.write_all(req.as_bytes()).unwrap();
+    assert_eq!(
+        read_answer(&mut r).status,
+        200,
+        "a connection from {source}"
+    );
+    (w, r)
 }
 
 /// Whether the server closed `s` at once, without answering `req` but with its
@@ -866,11 +826,7 @@ fn refused(mut s: std::net::TcpStream, req: &str) -> bool {
 
 /// The refusal a connection from `source` reads without sending anything.
 fn refusal_from(source: &str, addr: std::net::SocketAddr) -> String {
-    use std::io::Read;
-    let mut s = connect_from(source, addr);
-    let mut text = String::new();
-    let _ = s.read_to_string(&mut text);
-    text
+    exchange(connect_from(source, addr), b"")
 }
 
 /// Regression (issue 9, item 6): there was no limit on connections, so one client
@@ -889,18 +845,10 @@ fn connections_over_the_limits_are_refused_and_open_ones_keep_working() {
         "max_connections = 6\nmax_connections_per_client = 3\n",
     );
     let auth = format!("GET /v1/auth HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {key}\r\n\r\n");
-    // A kept-alive connection from `source` that has been answered once.
-    let open = |source: &str| {
-        let s = connect_from(source, d.addr);
-        let mut w = s.try_clone().unwrap();
-        let mut r = BufReader::new(s);
-        w.write_all(auth.as_bytes()).unwrap();
-        assert_eq!(read_answer(&mut r).0, 200, "a connection from {source}");
-        (w, r)
-    };
+    let open = |source: &str| answered_once(source, &d, &auth);
     let still_works = |(w, r): &mut (std::net::TcpStream, BufReader<std::net::TcpStream>)| {
         w.write_all(auth.as_bytes()).unwrap();
-        assert_eq!(read_answer(r).0, 200);
+        assert_eq!(read_answer(r).status, 200);
     };
 
     let mut first: Vec<_> = (0..3).map(|_| open("127.0.0.1")).collect();
@@ -968,8 +916,7 @@ fn connections_over_the_limits_are_refused_and_open_ones_keep_working() {
 /// now timed from its first byte, and idleness by `idle_timeout` alone.
 #[test]
 fn idle_timeout_outlasts_the_head_timeout_on_both_paths() {
-    use std::io::{BufReader, Read, Write};
-    use std::net::TcpStream;
+    use std::io::{Read, Write};
     use std::time::{Duration, Instant};
 
     let mut d = TestDaemon::start();
@@ -981,17 +928,14 @@ fn idle_timeout_outlasts_the_head_timeout_on_both_paths() {
     let auth = format!("GET /v1/auth HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {key}\r\n\r\n");
     let healthz = "GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n";
     for (path, req) in [("fast path", auth.as_str()), ("hyper", healthz)] {
-        let s = TcpStream::connect(d.addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(8))).unwrap();
-        let mut w = s.try_clone().unwrap();
-        let mut r = BufReader::new(s);
+        let (mut w, mut r) = split(connect(d.addr, Duration::from_secs(8)));
         w.write_all(req.as_bytes()).unwrap();
-        assert_eq!(read_answer(&mut r).0, 200, "{path}");
+        assert_eq!(read_answer(&mut r).status, 200, "{path}");
         // Idle for longer than the head timeout: still open.
         std::thread::sleep(Duration::from_millis(1800));
         w.write_all(req.as_bytes()).unwrap();
         assert_eq!(
-            read_answer(&mut r).0,
+            read_answer(&mut r).status,
             200,
             "{path}: kept past the head timeout"
         );
@@ -1055,28 +999,15 @@ fn failures_on_the_admin_socket_are_charged_to_the_local_account() {
 
 /// A raw request over the admin socket (`Connection: close` added); status and body.
 fn unix_raw(socket: &std::path::Path, head: &str, body: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut s = std::os::unix::net::UnixStream::connect(socket).unwrap();
+    let s = std::os::unix::net::UnixStream::connect(socket).unwrap();
     s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
         .unwrap();
     let req = format!(
         "{head}Host: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
-    s.write_all(req.as_bytes()).unwrap();
-    let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out);
-    let text = String::from_utf8_lossy(&out).into_owned();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map_or("", |(_, b)| b)
-        .to_owned();
-    (status, body)
+    let a = Answer::parse(&exchange(s, req.as_bytes()));
+    (a.status, a.body)
 }
 
 /// Regression (issue 9 review, F4): `/v1/auth` was served on the 0666 admin
@@ -1148,8 +1079,6 @@ fn local_accounts_cannot_charge_failures_to_a_tcp_client() {
 /// limit; they keep their per-client limit.
 #[test]
 fn clients_filling_max_connections_do_not_lock_out_a_trusted_proxy() {
-    use std::io::{BufReader, Write};
-
     let mut d = TestDaemon::start_with(
         DEFAULT_POLICY,
         "[auth]\ntrusted_proxies = [\"127.0.0.1/32\"]\n",
@@ -1160,14 +1089,7 @@ fn clients_filling_max_connections_do_not_lock_out_a_trusted_proxy() {
         "max_connections = 6\nmax_connections_per_client = 3\n",
     );
     let auth = format!("GET /v1/auth HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {key}\r\n\r\n");
-    let open = |source: &str| {
-        let s = connect_from(source, d.addr);
-        let mut w = s.try_clone().unwrap();
-        let mut r = BufReader::new(s);
-        w.write_all(auth.as_bytes()).unwrap();
-        assert_eq!(read_answer(&mut r).0, 200, "a connection from {source}");
-        (w, r)
-    };
+    let open = |source: &str| answered_once(source, &d, &auth);
     let _clients: Vec<_> = ["127.0.0.2", "127.0.0.3"]
         .iter()
         .flat_map(|ip| (0..3).map(|_| open(ip)))
@@ -1272,8 +1194,7 @@ fn a_request_body_that_never_arrives_does_not_hold_the_connection_or_a_stop() {
         &mut d,
         "idle_timeout = \"pt2s\"\nheader_read_timeout = \"pt1s\"\n",
     );
-    let mut s = std::net::TcpStream::connect(d.addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    let mut s = connect(d.addr, Duration::from_secs(15));
     s.write_all(head.as_bytes()).unwrap();
     let started = Instant::now();
     let mut buf = Vec::new();
@@ -1286,7 +1207,7 @@ fn a_request_body_that_never_arrives_does_not_hold_the_connection_or_a_stop() {
 
     // With the default idle_timeout (5 min) only the stop can end it.
     let mut d = TestDaemon::start();
-    let mut s = std::net::TcpStream::connect(d.addr).unwrap();
+    let mut s = connect(d.addr, Duration::from_secs(15));
     s.write_all(head.as_bytes()).unwrap();
     std::thread::sleep(Duration::from_millis(300));
     let started = Instant::now();

@@ -3,11 +3,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::util::{http, require_root, stdout, wait_until, TestDaemon, APIKEYD, DEFAULT_POLICY};
+use crate::util::{
+    check_config, http, require_root, stdout, wait_until, TestDaemon, APIKEYD, DEFAULT_POLICY,
+};
 
 fn verify_code(d: &TestDaemon, key: &str, extra: &[&str]) -> (bool, String) {
     let mut args = vec!["verify", key];
@@ -623,11 +626,10 @@ fn inactivity_and_expiry_seen_by_the_real_daemon_with_a_shifted_clock() {
 
 #[test]
 fn check_config_reports_every_problem() {
-    let ok = std::process::Command::new(APIKEYD)
-        .args(["check-config", "--config"])
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/config/apikeyd.toml"))
-        .output()
-        .unwrap();
+    let ok = check_config(Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/apikeyd.toml"
+    )));
     assert!(
         ok.status.success(),
         "{}",
@@ -644,11 +646,7 @@ fn check_config_reports_every_problem() {
         "[ApiKey]\nMaxExpirationPeriod = \"p6mjunk\"\nNotAccessedExpirationPeriod = \"6m\"\n[server]\nlisten = \"nowhere\"\n[users.x]\ngroups = [\"Ghost\"]\n",
     )
     .unwrap();
-    let out = std::process::Command::new(APIKEYD)
-        .args(["check-config", "--config"])
-        .arg(&bad)
-        .output()
-        .unwrap();
+    let out = check_config(&bad);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     for expected in [
@@ -660,11 +658,7 @@ fn check_config_reports_every_problem() {
         assert!(err.contains(expected), "{expected:?} missing from:\n{err}");
     }
     std::fs::write(&bad, "[ApiKey]\nMaxExpirationPeriode = \"p6m\"\n").unwrap();
-    let out = std::process::Command::new(APIKEYD)
-        .args(["check-config", "--config"])
-        .arg(&bad)
-        .output()
-        .unwrap();
+    let out = check_config(&bad);
     assert!(!out.status.success());
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("ApiKey.MaxExpirationPeriode: unknown key")

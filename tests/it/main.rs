@@ -12,5 +12,6 @@ mod paging;
 mod routes;
 mod security_keys;
 mod service;
+mod smtp;
 mod systemd;
 mod util;

@@ -3,15 +3,13 @@
 //! Needs nginx (`.ci/run` installs it); without it the test fails, see `util::require`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::io::Write;
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::util::{is_root, request, Answer, TestDaemon, DEFAULT_POLICY};
+use crate::util::{find_program, is_root, request, Answer, Echo, TestDaemon, DEFAULT_POLICY};
 
 /// The snippet users install, compiled in so the test always runs the shipped file.
 const SNIPPET: &str = include_str!("../../config/proxies/nginx.conf");
@@ -38,96 +36,6 @@ scope = "catalog:sync"
 failures_per_minute = 1
 burst = 5
 "#;
-
-fn find_nginx() -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/usr/local/sbin", "/usr/local/nginx/sbin"].map(PathBuf::from))
-        .map(|d| d.join("nginx"))
-        .find(|p| p.is_file())
-}
-
-/// An upstream answering every request with 200 and the request head as the body.
-pub(crate) struct Echo {
-    addr: SocketAddr,
-    seen: Arc<Mutex<Vec<String>>>,
-    stop: Arc<AtomicBool>,
-}
-
-impl Echo {
-    pub(crate) fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (seen2, stop2) = (seen.clone(), stop.clone());
-        std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                if stop2.load(Ordering::SeqCst) {
-                    break;
-                }
-                let Ok(conn) = conn else { continue };
-                let seen = seen2.clone();
-                std::thread::spawn(move || Self::serve(conn, &seen));
-            }
-        });
-        Self { addr, seen, stop }
-    }
-
-    fn serve(conn: TcpStream, seen: &Mutex<Vec<String>>) {
-        let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
-        let mut reader = BufReader::new(&conn);
-        let mut head = String::new();
-        loop {
-            let mut line = String::new();
-            match reader.read_line(&mut line) {
-                Ok(0) | Err(_) => return,
-                Ok(_) if line.trim_end().is_empty() => break,
-                Ok(_) => head.push_str(&line),
-            }
-        }
-        let len = head
-            .lines()
-            .filter_map(|l| l.split_once(':'))
-            .find(|(k, _)| k.trim().eq_ignore_ascii_case("content-length"))
-            .and_then(|(_, v)| v.trim().parse::<usize>().ok())
-            .unwrap_or(0);
-        let mut body = vec![0; len];
-        if reader.read_exact(&mut body).is_err() {
-            return;
-        }
-        seen.lock().unwrap().push(head.clone());
-        let resp = format!(
-            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{head}",
-            head.len()
-        );
-        let _ = (&conn).write_all(resp.as_bytes());
-    }
-
-    pub(crate) fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
-    pub(crate) fn count(&self) -> usize {
-        self.seen.lock().unwrap().len()
-    }
-
-    /// The request line of the last request received.
-    pub(crate) fn last_request_line(&self) -> String {
-        let seen = self.seen.lock().unwrap();
-        seen.last()
-            .and_then(|h| h.lines().next())
-            .unwrap_or_default()
-            .to_owned()
-    }
-}
-
-impl Drop for Echo {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
-    }
-}
 
 /// A running nginx (master and worker in their own process group); stopped on drop.
 struct Nginx {
@@ -188,11 +96,7 @@ http {{
         // A free port is found by binding port 0 and letting it go; someone else may
         // take it in between, so try a few times.
         for _attempt in 0..5 {
-            let port = TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
+            let port = crate::util::free_port();
             std::fs::write(
                 dir.path().join("apikeyd.conf"),
                 Self::snippet(apikeyd, app, port),
@@ -416,7 +320,10 @@ pub(crate) fn query_key_is_read(proxy: &str, get: &Get, echo: &Echo, key: &str) 
 
 #[test]
 fn nginx_auth_request_with_shipped_snippet() {
-    let bin = find_nginx();
+    let bin = find_program(
+        "nginx",
+        &["/usr/sbin", "/usr/local/sbin", "/usr/local/nginx/sbin"],
+    );
     if !crate::util::require(
         "nginx on PATH or in /usr/sbin (apt-get install nginx; .ci/run installs it)",
         bin.is_some(),
@@ -426,7 +333,7 @@ fn nginx_auth_request_with_shipped_snippet() {
     let bin = bin.unwrap();
     let d = TestDaemon::start_with(DEFAULT_POLICY, EDGE);
     let echo = Echo::start();
-    let nginx = Nginx::start(&bin, d.addr, echo.addr);
+    let nginx = Nginx::start(&bin, d.addr, echo.addr());
     let reason = |a: &Answer| a.header("x-api-key-reason").map(str::to_owned);
 
     // A valid key reaches the upstream, which sees the identity and not the secret;

@@ -235,11 +235,7 @@ fn ctl_into_closed_pipe(d: &TestDaemon, args: &[&str]) -> Output {
     // CLOEXEC: no child that another test spawns meanwhile may keep the reader open.
     let (reader, writer) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).unwrap();
     drop(reader);
-    Command::new(APIKEYCTL)
-        .arg("--socket")
-        .arg(&d.socket)
-        .args(args)
-        .env_remove("APIKEYD_SOCKET")
+    d.ctl_command(args)
         .stdout(Stdio::from(writer))
         .stderr(Stdio::piped())
         .output()

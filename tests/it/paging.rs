@@ -3,11 +3,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeSet;
-use std::net::TcpListener;
 
 use serde_json::Value;
 
-use crate::util::{is_root, TestDaemon, DEFAULT_POLICY};
+use crate::util::{free_port, is_root, TestDaemon, DEFAULT_POLICY};
 
 /// uid of `nobody`, which the test config maps to alice.
 const NOBODY: u32 = 65534;
@@ -15,11 +14,7 @@ const NOBODY: u32 = 65534;
 /// Alert settings whose SMTP server is never reached: the notifications made here
 /// fall due long after the test.
 fn alert_config() -> String {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     format!(
         r#"
 [smtp]

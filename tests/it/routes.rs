@@ -3,37 +3,19 @@
 //! (HTTP/1.1) and on hyper's (HTTP/1.0, and after a request the fast path hands over).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::util::{request, TestDaemon, DEFAULT_POLICY};
+use crate::util::{exchange, request, send, TestDaemon, DEFAULT_POLICY};
 
 const EDGE: &str = crate::util::CATALOG_ROUTES_QUERY_KEY;
 
-/// Status and `X-Api-Key-Reason` of a raw request (`head` without the blank line).
+/// Status and `X-Api-Key-Reason` (in upper case) of a raw request (`head` without
+/// the blank line).
 fn raw(addr: SocketAddr, head: &[u8]) -> (u16, Option<String>) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(head).unwrap();
-    s.write_all(b"Connection: close\r\n\r\n").unwrap();
-    let mut resp = Vec::new();
-    let _ = s.read_to_end(&mut resp);
-    let text = String::from_utf8_lossy(&resp);
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let reason = text
-        .lines()
-        .find_map(|l| {
-            l.to_ascii_lowercase()
-                .strip_prefix("x-api-key-reason:")
-                .map(|v| v.trim().to_owned())
-        })
-        .map(|v| v.to_ascii_uppercase());
-    (status, reason)
+    let a = send(addr, &[head, b"Connection: close\r\n\r\n"].concat());
+    let reason = a.header("x-api-key-reason").map(str::to_ascii_uppercase);
+    (a.status, reason)
 }
 
 /// Regression (issue 9, item 1): `//catalog/sync/run` and other spellings passed
@@ -151,13 +133,10 @@ fn envoy_request_for_the_site_root_is_forward_auth() {
     let head = format!(
         "GET /healthz HTTP/1.1\r\nHost: t\r\n\r\nGET /v1/auth/ HTTP/1.1\r\nHost: t\r\nX-Api-Key: {reader}\r\n"
     );
-    let mut s = std::net::TcpStream::connect(d.addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(head.as_bytes()).unwrap();
-    s.write_all(b"Connection: close\r\n\r\n").unwrap();
-    let mut resp = Vec::new();
-    let _ = s.read_to_end(&mut resp);
-    let text = String::from_utf8_lossy(&resp);
+    let text = exchange(
+        crate::util::connect(d.addr, Duration::from_secs(10)),
+        format!("{head}Connection: close\r\n\r\n").as_bytes(),
+    );
     let statuses: Vec<&str> = text
         .match_indices("HTTP/1.1 ")
         .map(|(i, _)| &text[i + 9..i + 12])

@@ -300,11 +300,7 @@ fn owners_without_an_address_get_a_source_that_can_reach_them() {
     let shown = d.json(&["key", "show", v["id"].as_str().unwrap()]);
     assert_eq!(shown["alert_source"], "operator");
 
-    let check = std::process::Command::new(crate::util::APIKEYD)
-        .args(["check-config", "--config"])
-        .arg(&d.config)
-        .output()
-        .unwrap();
+    let check = crate::util::check_config(&d.config);
     assert!(check.status.success(), "a warning is not an error");
     let err = String::from_utf8_lossy(&check.stderr);
     assert!(

@@ -1,12 +1,16 @@
 //! The `TestDaemon` fixture: the real `apikeyd` binary on a temp dir and port 0,
-//! driven with the real `apikeyctl`. Stopped (SIGKILL) on drop.
+//! driven with the real `apikeyctl`. Stopped (SIGKILL) on drop. Beside it, what the
+//! tests share: a raw HTTP client that sends the bytes it is given unchanged, and an
+//! echo upstream for the proxies and the webhook plugin.
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -60,12 +64,14 @@ groups = ["Synchronizer"]
     )
 }
 
-/// `[auth]` for forward-auth tests: the local proxy trusted, `/catalog` needs
-/// `catalog:read` and `/catalog/sync` needs `catalog:sync`.
-pub const CATALOG_ROUTES: &str = r#"
-[auth]
-trusted_proxies = ["127.0.0.1/32"]
-
+/// `[auth]` for forward-auth tests, with `$auth` added to the table: the local proxy
+/// trusted, `/catalog` needs `catalog:read` and `/catalog/sync` needs `catalog:sync`.
+macro_rules! catalog_routes {
+    ($auth:literal) => {
+        concat!(
+            "\n[auth]\ntrusted_proxies = [\"127.0.0.1/32\"]\n",
+            $auth,
+            r#"
 [[auth.routes]]
 prefix = "/catalog"
 scope = "catalog:read"
@@ -73,22 +79,16 @@ scope = "catalog:read"
 [[auth.routes]]
 prefix = "/catalog/sync"
 scope = "catalog:sync"
-"#;
+"#
+        )
+    };
+}
 
-/// [`CATALOG_ROUTES`], with keys also read from the `api_key` query parameter.
-pub const CATALOG_ROUTES_QUERY_KEY: &str = r#"
-[auth]
-trusted_proxies = ["127.0.0.1/32"]
-query_param = "api_key"
+/// The catalog routes, keys in headers.
+pub const CATALOG_ROUTES: &str = catalog_routes!("");
 
-[[auth.routes]]
-prefix = "/catalog"
-scope = "catalog:read"
-
-[[auth.routes]]
-prefix = "/catalog/sync"
-scope = "catalog:sync"
-"#;
+/// The catalog routes, with keys also read from the `api_key` query parameter.
+pub const CATALOG_ROUTES_QUERY_KEY: &str = catalog_routes!("query_param = \"api_key\"\n");
 
 pub const DEFAULT_POLICY: &str = r#"MaxExpirationPeriod = "p6m"
 NotAccessedExpirationPeriod = "p3m"
@@ -258,14 +258,20 @@ impl TestDaemon {
         self.ctl_as(None, args)
     }
 
-    /// Run apikeyctl, optionally as another uid (tests run as root).
-    pub fn ctl_as(&self, uid: Option<u32>, args: &[&str]) -> Output {
-        use std::os::unix::process::CommandExt;
+    /// apikeyctl on this daemon's socket, not run yet.
+    pub fn ctl_command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(APIKEYCTL);
         cmd.arg("--socket")
             .arg(&self.socket)
             .args(args)
             .env_remove("APIKEYD_SOCKET");
+        cmd
+    }
+
+    /// Run apikeyctl, optionally as another uid (tests run as root).
+    pub fn ctl_as(&self, uid: Option<u32>, args: &[&str]) -> Output {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = self.ctl_command(args);
         if let Some(uid) = uid {
             cmd.uid(uid).gid(uid);
         }
@@ -356,7 +362,8 @@ pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) {
     }
 }
 
-/// A minimal HTTP/1.1 client (Connection: close) for raw requests.
+/// A JSON request to the daemon's TCP listener (`Connection: close`): the status and
+/// the body as JSON (a JSON string when it is not JSON).
 pub fn http(
     addr: SocketAddr,
     method: &str,
@@ -364,8 +371,6 @@ pub fn http(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> (u16, Value) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut req = format!(
         "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
         body.len()
@@ -374,19 +379,37 @@ pub fn http(
         req += &format!("{k}: {v}\r\n");
     }
     req += "\r\n";
-    s.write_all(req.as_bytes()).unwrap();
-    let _ = s.write_all(body);
-    let mut resp = Vec::new();
-    let _ = s.read_to_end(&mut resp);
-    let text = String::from_utf8_lossy(&resp).into_owned();
-    let status: u16 = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-    let value = serde_json::from_str(body).unwrap_or(Value::String(body.to_owned()));
-    (status, value)
+    let a = send(addr, &[req.as_bytes(), body].concat());
+    let value = serde_json::from_str(&a.body).unwrap_or(Value::String(a.body));
+    (a.status, value)
+}
+
+/// `apikeyd check-config --config <config>`.
+pub fn check_config(config: &Path) -> Output {
+    Command::new(APIKEYD)
+        .args(["check-config", "--config"])
+        .arg(config)
+        .output()
+        .unwrap()
+}
+
+/// A port nothing listens on (yet): bound to port 0 and let go, so someone else may
+/// take it in between.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The program `name` on PATH or, failing that, in one of `dirs`.
+pub fn find_program(name: &str, dirs: &[&str]) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(dirs.iter().map(PathBuf::from))
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
 }
 
 pub fn is_root() -> bool {
@@ -443,10 +466,32 @@ pub struct Answer {
     pub status: u16,
     /// Header names in lower case.
     pub headers: Vec<(String, String)>,
+    /// Everything after the head (on a pipelined connection, the later answers too).
     pub body: String,
 }
 
 impl Answer {
+    /// The first answer in `text`, the bytes a server sent (0 for a status that is
+    /// not there).
+    pub fn parse(text: &str) -> Self {
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((text, ""));
+        let mut lines = head.lines();
+        let status = lines
+            .next()
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let headers = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+            .collect();
+        Answer {
+            status,
+            headers,
+            body: body.to_owned(),
+        }
+    }
+
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
@@ -455,33 +500,166 @@ impl Answer {
     }
 }
 
+/// A new connection to `addr` whose reads give up after `timeout`.
+pub fn connect(addr: SocketAddr, timeout: Duration) -> TcpStream {
+    let s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(timeout)).unwrap();
+    s
+}
+
+/// A connection as a writer and a reader of its answers one by one (keep-alive).
+pub fn split(s: TcpStream) -> (TcpStream, BufReader<TcpStream>) {
+    (s.try_clone().unwrap(), BufReader::new(s))
+}
+
+/// One answer read off a keep-alive connection (its body by Content-Length).
+pub fn read_answer(r: &mut BufReader<TcpStream>) -> Answer {
+    let mut status_line = String::new();
+    r.read_line(&mut status_line).unwrap();
+    let status = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status line: {status_line:?}"));
+    let mut headers = Vec::new();
+    loop {
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        let (k, v) = line.split_once(':').unwrap();
+        headers.push((k.trim().to_ascii_lowercase(), v.trim().to_owned()));
+    }
+    let len: usize = headers
+        .iter()
+        .find(|(k, _)| k == "content-length")
+        .map_or(0, |(_, v)| v.parse().unwrap());
+    let mut body = vec![0; len];
+    r.read_exact(&mut body).unwrap();
+    Answer {
+        status,
+        headers,
+        body: String::from_utf8(body).unwrap(),
+    }
+}
+
+/// `bytes` written to `stream` exactly as given, then everything the server sends
+/// until it closes (or the stream's read timeout passes), as text. A server may
+/// answer and close before it has read all (413 to an oversized body), so a failed
+/// write counts only when nothing came back.
+pub fn exchange(mut stream: impl Read + Write, bytes: &[u8]) -> String {
+    let written = stream.write_all(bytes);
+    let mut resp = Vec::new();
+    let _ = stream.read_to_end(&mut resp);
+    if resp.is_empty() {
+        written.unwrap();
+    }
+    String::from_utf8_lossy(&resp).into_owned()
+}
+
+/// `bytes` (a whole request, or several) sent as given on a new connection to
+/// `addr`; the first answer.
+pub fn send(addr: SocketAddr, bytes: &[u8]) -> Answer {
+    Answer::parse(&exchange(connect(addr, Duration::from_secs(10)), bytes))
+}
+
 /// Any request to the daemon's TCP listener, with the response headers.
 pub fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)]) -> Answer {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n");
     for (k, v) in headers {
         req += &format!("{k}: {v}\r\n");
     }
     req += "\r\n";
-    s.write_all(req.as_bytes()).unwrap();
-    let mut resp = Vec::new();
-    let _ = s.read_to_end(&mut resp);
-    let text = String::from_utf8_lossy(&resp).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    Answer {
-        status,
-        headers,
-        body: body.to_owned(),
+    send(addr, req.as_bytes())
+}
+
+/// An upstream answering every request with 200 and the request head as the body,
+/// keeping each request's head and body.
+pub struct Echo {
+    addr: SocketAddr,
+    seen: Arc<Mutex<Vec<(String, String)>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Echo {
+    pub fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (seen2, stop2) = (seen.clone(), stop.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if stop2.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(conn) = conn else { continue };
+                let seen = seen2.clone();
+                std::thread::spawn(move || Self::serve(conn, &seen));
+            }
+        });
+        Self { addr, seen, stop }
+    }
+
+    fn serve(conn: TcpStream, seen: &Mutex<Vec<(String, String)>>) {
+        let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
+        let mut reader = BufReader::new(&conn);
+        let mut head = String::new();
+        loop {
+            let mut line = String::new();
+            match reader.read_line(&mut line) {
+                Ok(0) | Err(_) => return,
+                Ok(_) if line.trim_end().is_empty() => break,
+                Ok(_) => head.push_str(&line),
+            }
+        }
+        let len = head
+            .lines()
+            .filter_map(|l| l.split_once(':'))
+            .find(|(k, _)| k.trim().eq_ignore_ascii_case("content-length"))
+            .and_then(|(_, v)| v.trim().parse::<usize>().ok())
+            .unwrap_or(0);
+        let mut body = vec![0; len];
+        if reader.read_exact(&mut body).is_err() {
+            return;
+        }
+        let body = String::from_utf8_lossy(&body).into_owned();
+        seen.lock().unwrap().push((head.clone(), body));
+        let resp = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{head}",
+            head.len()
+        );
+        let _ = (&conn).write_all(resp.as_bytes());
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn count(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+
+    /// Head and body of each request received, in order.
+    pub fn requests(&self) -> Vec<(String, String)> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// The request line of the last request received.
+    pub fn last_request_line(&self) -> String {
+        let seen = self.seen.lock().unwrap();
+        seen.last()
+            .and_then(|(h, _)| h.lines().next())
+            .unwrap_or_default()
+            .to_owned()
+    }
+}
+
+impl Drop for Echo {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
     }
 }

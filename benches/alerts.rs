@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use apikeyd::alerts::job::{AlertJob, JobKind, KeyAlerting, NotificationRef};
 use apikeyd::client::{Client, Endpoint};
 use apikeyd::keys::model::{KeyKind, KeyRecord, KeyState};
-use apikeyd::store::{AlertBatch, Batch, Store};
+use apikeyd::store::{Change, RedbStore, Storage};
 use chrono::{DateTime, SecondsFormat, Utc};
 use hyper::Method;
 use serde_json::{json, Value};
@@ -78,7 +78,7 @@ fn rfc3339_ms(t: DateTime<Utc>) -> String {
 
 fn build(db: &Path, n: usize) -> (Vec<Uuid>, Duration) {
     let t = Instant::now();
-    let store = Store::open(db).unwrap();
+    let store = RedbStore::open(db).unwrap();
     let now = Utc::now();
     let mut ids = Vec::with_capacity(n);
     let mut i = 0;
@@ -127,17 +127,11 @@ fn build(db: &Path, n: usize) -> (Vec<Uuid>, Duration) {
             ids.push(id);
         }
         store
-            .commit_with(
-                Batch {
-                    put_keys: keys,
-                    audit: Vec::new(),
-                    retire: Vec::new(),
-                },
-                AlertBatch {
-                    put_jobs: jobs,
-                    ..AlertBatch::default()
-                },
-            )
+            .commit(Change {
+                put_keys: keys,
+                put_jobs: jobs,
+                ..Change::default()
+            })
             .unwrap();
         i = end;
         if i % 200_000 == 0 || i == n {

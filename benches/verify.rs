@@ -23,13 +23,14 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use apikeyd::alerts::Alerts;
 use apikeyd::api::{tcp_router, AppState};
 use apikeyd::clock::{SharedClock, SystemClock};
 use apikeyd::config::{AuthConfig, Directory, Group, Period, Policy, RateLimitConfig, User};
 use apikeyd::keys::model::{Code, KeyKind, KeyRecord, KeyState};
 use apikeyd::keys::secret::{self, KeyHash, KeyHasher, ServerSecret};
 use apikeyd::keys::{Actor, CreateKey, Keys, Settings};
-use apikeyd::store::{Batch, Store};
+use apikeyd::store::{Change, RedbStore, Storage};
 use axum::body::Bytes;
 use axum::http::{header, Request, StatusCode};
 use axum::routing::post;
@@ -343,6 +344,7 @@ fn alice_settings() -> Settings {
 struct Built {
     n: usize,
     keys: Arc<Keys>,
+    store: Arc<dyn Storage>,
     hasher: KeyHasher,
     /// Clear secrets of a spread-out, shuffled sample of the stored keys.
     sample: Vec<String>,
@@ -362,7 +364,8 @@ struct GenBatch {
 }
 
 fn build(dir: &Path, n: usize, sample_size: usize, hasher: &KeyHasher) -> Built {
-    let store = Arc::new(Store::open(&dir.join("keys.redb")).expect("open store"));
+    let store: Arc<dyn Storage> =
+        Arc::new(RedbStore::open(&dir.join("keys.redb")).expect("open store"));
     let now = Utc::now();
     let expires = Period::parse("p6m")
         .expect("period")
@@ -420,10 +423,9 @@ fn build(dir: &Path, n: usize, sample_size: usize, hasher: &KeyHasher) -> Built 
             let rows = g.recs.len();
             let t = Instant::now();
             store
-                .commit(Batch {
+                .commit(Change {
                     put_keys: g.recs,
-                    audit: Vec::new(),
-                    retire: Vec::new(),
+                    ..Change::default()
                 })
                 .expect("commit batch");
             commit_time += t.elapsed();
@@ -444,7 +446,7 @@ fn build(dir: &Path, n: usize, sample_size: usize, hasher: &KeyHasher) -> Built 
     eprintln!("[load] Keys::open over {n} keys ...");
     let t = Instant::now();
     let keys = Keys::open(
-        store,
+        store.clone(),
         hasher.clone(),
         Arc::new(SystemClock) as SharedClock,
         plain_settings(),
@@ -457,6 +459,7 @@ fn build(dir: &Path, n: usize, sample_size: usize, hasher: &KeyHasher) -> Built 
     Built {
         n,
         keys: Arc::new(keys),
+        store,
         hasher: hasher.clone(),
         sample,
         hashes,
@@ -787,7 +790,7 @@ fn bench_http(b: &Built, conns: usize, dur: Duration, rounds: usize) -> HttpFigu
         "srv-apikeyd",
         tcp_router(
             AppState::new(
-                b.keys.clone(),
+                Arc::new(Alerts::new(b.keys.clone(), b.store.clone())),
                 AuthConfig::default(),
                 RateLimitConfig::default(),
             ),
@@ -898,7 +901,8 @@ fn bench_create(
         .enable_all()
         .build()
         .expect("create runtime");
-    let store = Arc::new(Store::open(&dir.join("create.redb")).expect("open create store"));
+    let store: Arc<dyn Storage> =
+        Arc::new(RedbStore::open(&dir.join("create.redb")).expect("open create store"));
     let keys = Arc::new(
         Keys::open(
             store,
@@ -1021,7 +1025,7 @@ fn main() {
         rate(n, built.build_wall)
     ));
     out.push(format!(
-        "  redb batched insert (Store::commit, {BATCH} rows/txn, JSON encode included): {:.0} rows/s ({:.1} s in commit)",
+        "  redb batched insert (Storage::commit, {BATCH} rows/txn, JSON encode included): {:.0} rows/s ({:.1} s in commit)",
         rate(n, built.commit_time),
         secs(built.commit_time)
     ));

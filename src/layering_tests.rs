@@ -306,5 +306,9 @@ fn modules_import_only_from_the_layers_below() {
             }
         }
     }
-    assert!(wrong.is_empty(), "imports from a higher layer:\n{}", wrong.join("\n"));
+    assert!(
+        wrong.is_empty(),
+        "imports from a higher layer:\n{}",
+        wrong.join("\n")
+    );
 }

@@ -20,9 +20,9 @@ pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod keys;
-pub mod model;
-pub mod store;
 #[cfg(test)]
 mod layering_tests;
+pub mod model;
+pub mod store;
 #[cfg(test)]
 pub(crate) mod test_support;

@@ -69,8 +69,7 @@ impl Fixture {
 }
 
 pub(crate) fn parse(text: &str) -> Config {
-    crate::config::from_text(text)
-    .unwrap()
+    crate::config::from_text(text).unwrap()
 }
 
 pub(crate) fn settings(text: &str) -> Settings {

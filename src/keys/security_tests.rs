@@ -628,9 +628,7 @@ async fn inactivity_warnings_of_an_owner_without_an_address_go_to_the_operators(
 
 #[test]
 fn check_config_warns_of_users_the_default_source_cannot_reach() {
-    let parse = |t: &str| {
-        crate::config::from_text(t).unwrap()
-    };
+    let parse = |t: &str| crate::config::from_text(t).unwrap();
     let w = parse(&no_address_config()).warnings();
     assert_eq!(w.len(), 1, "{w:?}");
     assert_eq!(w[0].key, "ApiKey.DefaultAlertSource");

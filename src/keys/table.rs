@@ -563,9 +563,7 @@ mod status_tests {
         let text = format!(
             "[ApiKey]\nMaxExpirationPeriod = \"\"\nNotAccessedExpirationPeriod = \"{inactivity}\"\n"
         );
-        crate::config::from_text(&text)
-        .unwrap()
-        .policy
+        crate::config::from_text(&text).unwrap().policy
     }
 
     proptest! {

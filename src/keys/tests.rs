@@ -674,8 +674,7 @@ async fn purged_entries_are_reused_without_mixing_up_keys() {
         "DefaultExpirationPeriod = \"p1y\"\nRetentionPeriod = \"p1d\"\n",
     );
     let f = fixture_with(&text);
-    let c = crate::config::from_text(&text)
-    .unwrap();
+    let c = crate::config::from_text(&text).unwrap();
     f.keys.alerting().set_config(c.alerts);
     let old = f.keys.create(&admin(), req("alice", "old")).await.unwrap();
     let old_key = old.key.expose().to_owned();
@@ -786,8 +785,7 @@ async fn key_status_counts_come_from_counters_not_a_scan_per_scrape() {
         "DefaultExpirationPeriod = \"p1y\"\nRetentionPeriod = \"p1d\"\n",
     );
     let f = fixture_with(&text);
-    let c = crate::config::from_text(&text)
-    .unwrap();
+    let c = crate::config::from_text(&text).unwrap();
     f.keys.alerting().set_config(c.alerts);
     let mut ids = Vec::new();
     let mut secrets = Vec::new();

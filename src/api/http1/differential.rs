@@ -63,8 +63,7 @@ pub(super) fn fixture() -> &'static Fixture {
             .enable_all()
             .build()
             .unwrap();
-        let c = crate::config::from_text(CONFIG)
-        .unwrap();
+        let c = crate::config::from_text(CONFIG).unwrap();
         let store = Arc::new(crate::store::MemoryStore::new());
         let hasher = crate::keys::secret::KeyHasher::new(
             &crate::keys::secret::ServerSecret::from_bytes(vec![7; 32]).unwrap(),

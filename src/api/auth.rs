@@ -98,7 +98,7 @@ impl ReadHeaders for HeaderMap {
 
 /// The client address: the peer, or what a trusted proxy says the client was.
 pub fn client_ip(cfg: &AuthConfig, peer: IpAddr, headers: &impl ReadHeaders) -> IpAddr {
-    let trusted = |ip: &IpAddr| crate::keys::ipfilter::allows_any(&cfg.trusted_proxies, *ip);
+    let trusted = |ip: &IpAddr| crate::config::ipfilter::allows_any(&cfg.trusted_proxies, *ip);
     if !trusted(&peer) {
         return peer;
     }
@@ -518,7 +518,7 @@ mod tests {
         AuthConfig {
             trusted_proxies: trusted
                 .iter()
-                .map(|t| crate::keys::ipfilter::parse(t).unwrap())
+                .map(|t| crate::config::ipfilter::parse(t).unwrap())
                 .collect(),
             ..AuthConfig::default()
         }

@@ -304,7 +304,7 @@ fn verify_client(
     match caller {
         Caller::Tcp(peer) => {
             let plan = st.edge.auth();
-            let trusted = crate::keys::ipfilter::allows_any(&plan.config.trusted_proxies, peer);
+            let trusted = crate::config::ipfilter::allows_any(&plan.config.trusted_proxies, peer);
             let ip = match named {
                 Some(ip) if trusted => ip,
                 _ => auth::client_ip(&plan.config, peer, headers),

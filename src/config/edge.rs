@@ -7,7 +7,7 @@ use ipnet::IpNet;
 use serde::Deserialize;
 
 use super::{valid_scope, Validator};
-use crate::keys::ipfilter;
+use super::ipfilter;
 
 pub mod route_path;
 #[cfg(test)]

@@ -9,6 +9,7 @@ pub mod address;
 pub mod alerts;
 pub mod directory;
 pub mod edge;
+pub mod ipfilter;
 pub mod period;
 pub mod server;
 

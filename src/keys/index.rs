@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::error::KeyError;
-use super::ipfilter;
+use crate::config::ipfilter;
 use super::live::{refusal, Effective, Extra, Live};
 use super::status::{counted_as, Lapse, StatusCounts};
 use super::table::{self, Hit, Slot, SlotInit, SlotUsage, Table, NEVER};

@@ -13,14 +13,12 @@
 //! - `verify`: verification; `queries`: views, listings, the audit trail;
 //! - `create`, `change`: admin changes; `notification`: a key's alert job rules;
 //! - `usage`: the last-used flush; [`maintenance`]: the sweep, purge and warnings;
-//! - [`secret`], [`ipfilter`], [`page`], [`seed`]: secrets, IP filters, paging,
-//!   bulk seeding.
+//! - [`secret`], [`page`], [`seed`]: secrets, paging, bulk seeding.
 
 mod change;
 mod create;
 pub mod error;
 mod index;
-pub mod ipfilter;
 mod live;
 pub mod maintenance;
 mod notification;
@@ -52,6 +50,7 @@ use index::{grants_of, Index};
 use secret::KeyHasher;
 use table::Slot;
 
+pub use crate::config::ipfilter;
 pub use crate::model::headers;
 pub use crate::model::key as model;
 pub use error::KeyError;

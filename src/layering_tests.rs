@@ -60,7 +60,8 @@ struct Edges<'a> {
     files: &'a Files,
     /// The file's module, then any inline modules the visitor is inside.
     here: Vec<String>,
-    found: BTreeSet<Vec<String>>,
+    /// Each module reached, with the first path that reached it.
+    found: BTreeMap<Vec<String>, String>,
 }
 
 impl Edges<'_> {
@@ -105,7 +106,7 @@ impl Edges<'_> {
         while !self.files.contains_key(&at) && !at.is_empty() {
             at.pop();
         }
-        self.found.insert(at);
+        self.found.entry(at).or_insert_with(|| segments.join("::"));
     }
 
     fn use_tree(&mut self, prefix: &mut Vec<String>, tree: &syn::UseTree) {
@@ -141,10 +142,17 @@ impl<'ast> Visit<'ast> for Edges<'_> {
     }
 
     fn visit_path(&mut self, p: &'ast syn::Path) {
-        let segments: Vec<String> = p.segments.iter().map(|s| s.ident.to_string()).collect();
-        self.resolve(&segments);
+        // A single segment is a local name (a variable, an imported item), not a
+        // module: `change.is_empty()` beside `mod change;`.
+        if p.segments.len() > 1 {
+            let segments: Vec<String> = p.segments.iter().map(|s| s.ident.to_string()).collect();
+            self.resolve(&segments);
+        }
         syn::visit::visit_path(self, p);
     }
+
+    /// `pub(super)` names who may see an item, not something the file uses.
+    fn visit_visibility(&mut self, _: &'ast syn::Visibility) {}
 
     fn visit_item_mod(&mut self, m: &'ast syn::ItemMod) {
         if m.content.is_some() {
@@ -155,8 +163,10 @@ impl<'ast> Visit<'ast> for Edges<'_> {
     }
 }
 
-/// File → the files it imports from.
-fn graph() -> BTreeMap<PathBuf, BTreeSet<PathBuf>> {
+/// File → the files it imports from, each with a path that does.
+type Graph = BTreeMap<PathBuf, BTreeMap<PathBuf, String>>;
+
+fn graph() -> Graph {
     let files = module_files();
     let mut out = BTreeMap::new();
     for (module, file) in &files {
@@ -165,15 +175,14 @@ fn graph() -> BTreeMap<PathBuf, BTreeSet<PathBuf>> {
         let mut edges = Edges {
             files: &files,
             here: module.clone(),
-            found: BTreeSet::new(),
+            found: BTreeMap::new(),
         };
         edges.visit_file(&ast);
         let targets = edges
             .found
-            .iter()
-            .filter_map(|m| files.get(m))
-            .filter(|f| *f != file)
-            .cloned()
+            .into_iter()
+            .filter_map(|(m, path)| Some((files.get(&m)?.clone(), path)))
+            .filter(|(f, _)| f != file)
             .collect();
         out.insert(file.clone(), targets);
     }
@@ -181,9 +190,9 @@ fn graph() -> BTreeMap<PathBuf, BTreeSet<PathBuf>> {
 }
 
 /// The strongly connected components with more than one file (Tarjan).
-fn cycles(g: &BTreeMap<PathBuf, BTreeSet<PathBuf>>) -> Vec<Vec<PathBuf>> {
+fn cycles(g: &Graph) -> Vec<Vec<PathBuf>> {
     struct State<'a> {
-        g: &'a BTreeMap<PathBuf, BTreeSet<PathBuf>>,
+        g: &'a Graph,
         index: BTreeMap<&'a PathBuf, usize>,
         low: BTreeMap<&'a PathBuf, usize>,
         stack: Vec<&'a PathBuf>,
@@ -196,7 +205,7 @@ fn cycles(g: &BTreeMap<PathBuf, BTreeSet<PathBuf>>) -> Vec<Vec<PathBuf>> {
         s.low.insert(v, n);
         s.stack.push(v);
         s.on_stack.insert(v);
-        for w in s.g.get(v).into_iter().flatten() {
+        for w in s.g.get(v).into_iter().flat_map(|t| t.keys()) {
             if !s.index.contains_key(w) {
                 visit(s, w);
                 let lw = s.low[w];
@@ -252,14 +261,16 @@ fn no_file_imports_another_in_a_circle() {
                 .iter()
                 .flat_map(|f| {
                     g[f].iter()
-                        .filter(|t| files.contains(t))
-                        .map(move |t| format!("{} → {}", f.display(), t.display()))
+                        .filter(|(t, _)| files.contains(t))
+                        .map(move |(t, path)| {
+                            format!("  {} → {} ({path})", f.display(), t.display())
+                        })
                 })
                 .collect();
-            edges.join(", ")
+            edges.join("\n")
         })
         .collect();
-    assert!(found.is_empty(), "import cycles:\n{}", shown.join("\n"));
+    assert!(found.is_empty(), "import cycles:\n{}", shown.join("\n\n"));
 }
 
 /// The layer of a top-level module: a file may import only from its own layer or
@@ -300,9 +311,9 @@ fn modules_import_only_from_the_layers_below() {
         let Some(own) = layer(&top(from)) else {
             continue;
         };
-        for to in targets {
+        for (to, path) in targets {
             if layer(&top(to)).is_some_and(|l| l > own) {
-                wrong.push(format!("{} → {}", from.display(), to.display()));
+                wrong.push(format!("{} → {} ({path})", from.display(), to.display()));
             }
         }
     }

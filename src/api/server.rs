@@ -114,7 +114,10 @@ pub async fn serve_tcp(
         // out the proxy, and with it every client behind it.
         let client = state.edge.limiter.client_of(peer.ip());
         let slot = match slots.take(client, || {
-            crate::config::ipfilter::allows_any(&state.edge.auth().config.trusted_proxies, peer.ip())
+            crate::config::ipfilter::allows_any(
+                &state.edge.auth().config.trusted_proxies,
+                peer.ip(),
+            )
         }) {
             Ok(slot) => slot,
             Err(why) => {

@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use ipnet::IpNet;
 use serde::Deserialize;
 
-use super::{valid_scope, Validator};
 use super::ipfilter;
+use super::{valid_scope, Validator};
 
 pub mod route_path;
 #[cfg(test)]

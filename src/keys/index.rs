@@ -13,10 +13,10 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::error::KeyError;
-use crate::config::ipfilter;
 use super::live::{refusal, Effective, Extra, Live};
 use super::status::{counted_as, Lapse, StatusCounts};
 use super::table::{self, Hit, Slot, SlotInit, SlotUsage, Table, NEVER};
+use crate::config::ipfilter;
 use crate::config::{Directory, Policy};
 use crate::model::{KeyHash, KeyRecord, KeyRow, KeyState, Status, UsageCounts};
 

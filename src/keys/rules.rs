@@ -6,9 +6,9 @@
 use chrono::{DateTime, Duration, Utc};
 
 use super::error::{invalid, KeyError};
-use super::ipfilter;
 use super::secret::{self, KeyHasher};
 use super::types::{Actor, CreateKey};
+use crate::config::ipfilter;
 use crate::config::{valid_scope, Directory, Period, Policy};
 use crate::model::headers::{self, HeaderTemplate};
 use crate::model::row::decode_hash;

@@ -19,9 +19,9 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
 
 use chrono::{DateTime, Utc};
 
-use super::model::{KeyState, Lifetime, Status};
 use super::secret::KeyHash;
 use crate::config::Policy;
+use crate::model::{KeyState, Lifetime, Status};
 
 /// Empty slot: ends a probe.
 const EMPTY: u8 = 0;

@@ -8,7 +8,6 @@ use uuid::Uuid;
 
 use super::headers::HeaderTemplate;
 use super::job::KeyAlerting;
-use super::row::KeyHash;
 use crate::config::Policy;
 
 /// Stored state of a key. Holds only the keyed hash of the secret. Lives in redb;
@@ -76,7 +75,13 @@ impl KeyRecord {
     /// A new enabled key of `owner` named `name`, created `now` with the secret whose
     /// keyed hash is `hash`: no expiry, scopes, filters, headers, notification or
     /// usage yet (the caller sets what it has).
-    pub fn new(owner: &str, name: &str, hash: &KeyHash, kind: KeyKind, now: DateTime<Utc>) -> Self {
+    pub fn new(
+        owner: &str,
+        name: &str,
+        hash: &[u8; 32],
+        kind: KeyKind,
+        now: DateTime<Utc>,
+    ) -> Self {
         Self {
             id: Uuid::now_v7(),
             name: name.to_owned(),

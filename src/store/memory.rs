@@ -9,7 +9,9 @@ use chrono::{DateTime, Utc};
 use parking_lot::Mutex;
 use uuid::Uuid;
 
-use super::{AuditFilter, Change, JobFilter, Page, Pager, Storage, StoreError, UsageUpdate};
+use super::error::StoreError;
+use super::page::{Page, Pager};
+use super::storage::{AuditFilter, Change, JobFilter, Storage, UsageUpdate};
 use crate::model::{
     AlertJob, AuditEntry, JobState, KeyHash, KeyRecord, KeyRow, OperatorMessage, RetiredSecret,
 };

@@ -11,14 +11,16 @@
 
 use chrono::{DateTime, Utc};
 use redb::{
-    ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition, TableHandle,
+    Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition, TableHandle,
     WriteTransaction,
 };
 use uuid::Uuid;
 
-use super::{decode, encode, RedbStore, KEYS};
+use super::tables::{decode, encode, owner_of, KEYS};
 use crate::model::{AlertJob, JobState, OperatorMessage};
-use crate::store::{Change, JobFilter, Page, Pager, StoreError};
+use crate::store::error::StoreError;
+use crate::store::page::{Page, Pager};
+use crate::store::storage::{Change, JobFilter};
 
 const JOBS: TableDefinition<u128, &[u8]> = TableDefinition::new("alert_jobs");
 const DUE: TableDefinition<(i64, u128), ()> = TableDefinition::new("alert_due");
@@ -90,7 +92,7 @@ fn add_to_indexes(txn: &WriteTransaction, wanted: &[(Uuid, u128)]) -> Result<(),
             continue;
         }
         // A job whose key is gone has no owner to be listed under.
-        let owner = super::owner_of(&keys, *key)?;
+        let owner = owner_of(&keys, *key)?;
         by_key.insert(k, owner.as_deref().unwrap_or(""))?;
         if let Some(owner) = owner {
             by_owner.insert((owner.as_str(), *id), ())?;
@@ -219,7 +221,7 @@ fn add_state_counts(txn: &WriteTransaction, delta: &StateDelta) -> Result<(), St
 /// The number of stored jobs per state, from the counts table. A database written
 /// before that table existed has no rows in it: its jobs are counted once here and
 /// the counts stored, after which [`apply`] keeps them.
-pub(super) fn load_state_counts(db: &redb::Database) -> Result<StateDelta, StoreError> {
+pub(super) fn load_state_counts(db: &Database) -> Result<StateDelta, StoreError> {
     let mut counts = StateDelta::default();
     {
         let txn = db.begin_read()?;
@@ -256,365 +258,178 @@ pub(super) fn load_state_counts(db: &redb::Database) -> Result<StateDelta, Store
     Ok(counts)
 }
 
-impl RedbStore {
-    pub(super) fn read_job(&self, id: Uuid) -> Result<Option<AlertJob>, StoreError> {
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(JOBS)?;
-        let v = table.get(id.as_u128())?;
-        v.map(|v| decode("alert_jobs", v.value())).transpose()
-    }
+pub(super) fn read_job(db: &Database, id: Uuid) -> Result<Option<AlertJob>, StoreError> {
+    let txn = db.begin_read()?;
+    let table = txn.open_table(JOBS)?;
+    let v = table.get(id.as_u128())?;
+    v.map(|v| decode("alert_jobs", v.value())).transpose()
+}
 
-    /// A key or owner filter reads that index; a state filter is checked on each job
-    /// read.
-    pub(super) fn list_jobs(&self, filter: &JobFilter) -> Result<Page<AlertJob, u128>, StoreError> {
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(JOBS)?;
-        let mut page = Pager::new(filter.limit);
-        // Jobs before the cursor: all of them without one.
-        let Some(hi) = filter.before.map_or(Some(u128::MAX), |b| b.checked_sub(1)) else {
-            return Ok(page.done());
-        };
-        let visit = |page: &mut Pager<AlertJob, u128>, bytes: &[u8]| -> Result<(), StoreError> {
-            let job: AlertJob = decode("alert_jobs", bytes)?;
-            if filter.key.is_none_or(|k| k == job.key_id)
-                && filter.state.is_none_or(|s| s == job.state)
-            {
-                page.items.push(job);
+/// A key or owner filter reads that index; a state filter is checked on each job
+/// read.
+pub(super) fn list_jobs(
+    db: &Database,
+    filter: &JobFilter,
+) -> Result<Page<AlertJob, u128>, StoreError> {
+    let txn = db.begin_read()?;
+    let table = txn.open_table(JOBS)?;
+    let mut page = Pager::new(filter.limit);
+    // Jobs before the cursor: all of them without one.
+    let Some(hi) = filter.before.map_or(Some(u128::MAX), |b| b.checked_sub(1)) else {
+        return Ok(page.done());
+    };
+    let visit = |page: &mut Pager<AlertJob, u128>, bytes: &[u8]| -> Result<(), StoreError> {
+        let job: AlertJob = decode("alert_jobs", bytes)?;
+        if filter.key.is_none_or(|k| k == job.key_id) && filter.state.is_none_or(|s| s == job.state)
+        {
+            page.items.push(job);
+        }
+        Ok(())
+    };
+    if let Some(key) = filter.key {
+        let index = txn.open_table(BY_KEY)?;
+        let k = key.as_u128();
+        for row in index.range((k, 0)..=(k, hi))?.rev() {
+            let (at, owner) = row?;
+            let id = at.value().1;
+            if !page.admit(id) {
+                break;
             }
-            Ok(())
-        };
-        if let Some(key) = filter.key {
-            let index = txn.open_table(BY_KEY)?;
-            let k = key.as_u128();
-            for row in index.range((k, 0)..=(k, hi))?.rev() {
-                let (at, owner) = row?;
-                let id = at.value().1;
-                if !page.admit(id) {
-                    break;
-                }
-                if filter.owner.as_deref().is_some_and(|o| o != owner.value()) {
-                    continue;
-                }
-                if let Some(v) = table.get(id)? {
-                    visit(&mut page, v.value())?;
-                }
+            if filter.owner.as_deref().is_some_and(|o| o != owner.value()) {
+                continue;
             }
-        } else if let Some(owner) = &filter.owner {
-            let index = txn.open_table(BY_OWNER)?;
-            let o = owner.as_str();
-            for row in index.range((o, 0)..=(o, hi))?.rev() {
-                let id = row?.0.value().1;
-                if !page.admit(id) {
-                    break;
-                }
-                if let Some(v) = table.get(id)? {
-                    visit(&mut page, v.value())?;
-                }
-            }
-        } else {
-            for row in table.range(..=hi)?.rev() {
-                let (id, v) = row?;
-                if !page.admit(id.value()) {
-                    break;
-                }
+            if let Some(v) = table.get(id)? {
                 visit(&mut page, v.value())?;
             }
         }
-        Ok(page.done())
-    }
-
-    /// Number of jobs in each state, kept in memory (see [`apply`]): no scan.
-    pub(super) fn state_counts(&self) -> [(JobState, u64); JobState::ALL.len()] {
-        JobState::ALL.map(|s| {
-            let n = self.job_states[s.index()].load(std::sync::atomic::Ordering::Relaxed);
-            (s, u64::try_from(n).unwrap_or(0))
-        })
-    }
-
-    /// Add a committed [`apply`]'s changes to the counts.
-    pub(super) fn add_job_states(&self, delta: &StateDelta) {
-        for (count, d) in self.job_states.iter().zip(delta) {
-            if *d != 0 {
-                count.fetch_add(*d, std::sync::atomic::Ordering::Relaxed);
+    } else if let Some(owner) = &filter.owner {
+        let index = txn.open_table(BY_OWNER)?;
+        let o = owner.as_str();
+        for row in index.range((o, 0)..=(o, hi))?.rev() {
+            let id = row?.0.value().1;
+            if !page.admit(id) {
+                break;
+            }
+            if let Some(v) = table.get(id)? {
+                visit(&mut page, v.value())?;
             }
         }
+    } else {
+        for row in table.range(..=hi)?.rev() {
+            let (id, v) = row?;
+            if !page.admit(id.value()) {
+                break;
+            }
+            visit(&mut page, v.value())?;
+        }
     }
+    Ok(page.done())
+}
 
-    pub(super) fn first_due(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(DUE)?;
-        let first = table.first()?;
-        Ok(first.and_then(|(k, _)| DateTime::from_timestamp_millis(k.value().0)))
+pub(super) fn first_due(db: &Database) -> Result<Option<DateTime<Utc>>, StoreError> {
+    let txn = db.begin_read()?;
+    let table = txn.open_table(DUE)?;
+    let first = table.first()?;
+    Ok(first.and_then(|(k, _)| DateTime::from_timestamp_millis(k.value().0)))
+}
+
+pub(super) fn running(db: &Database) -> Result<Vec<AlertJob>, StoreError> {
+    let txn = db.begin_read()?;
+    let running = txn.open_table(RUNNING)?;
+    let jobs = txn.open_table(JOBS)?;
+    let mut out = Vec::new();
+    for row in running.iter()? {
+        let (k, _) = row?;
+        if let Some(v) = jobs.get(k.value())? {
+            out.push(decode("alert_jobs", v.value())?);
+        }
     }
+    Ok(out)
+}
 
-    pub(super) fn running(&self) -> Result<Vec<AlertJob>, StoreError> {
-        let txn = self.db.begin_read()?;
-        let running = txn.open_table(RUNNING)?;
+pub(super) fn list_messages(
+    db: &Database,
+    unacknowledged_only: bool,
+    limit: usize,
+) -> Result<Vec<OperatorMessage>, StoreError> {
+    let txn = db.begin_read()?;
+    let table = txn.open_table(MESSAGES)?;
+    let mut out = Vec::new();
+    for row in table.iter()?.rev() {
+        let (_, v) = row?;
+        let m: OperatorMessage = decode("operator_messages", v.value())?;
+        if unacknowledged_only && m.acknowledged_at.is_some() {
+            continue;
+        }
+        out.push(m);
+        if out.len() >= limit {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+pub(super) fn read_message(db: &Database, id: u64) -> Result<Option<OperatorMessage>, StoreError> {
+    let txn = db.begin_read()?;
+    let table = txn.open_table(MESSAGES)?;
+    let v = table.get(id)?;
+    v.map(|v| decode("operator_messages", v.value()))
+        .transpose()
+}
+
+/// An index entry without its job (which no commit leaves behind) is dropped
+/// rather than spun on.
+pub(super) fn claim(
+    db: &Database,
+    now: DateTime<Utc>,
+    limit: usize,
+) -> Result<(Vec<AlertJob>, StateDelta), StoreError> {
+    let txn = db.begin_write()?;
+    let mut claimed = Vec::new();
+    let dropped = {
+        let mut due = txn.open_table(DUE)?;
         let jobs = txn.open_table(JOBS)?;
-        let mut out = Vec::new();
-        for row in running.iter()? {
+        let mut orphans = Vec::new();
+        for row in due.range(..=(ms(now), u128::MAX))? {
             let (k, _) = row?;
-            if let Some(v) = jobs.get(k.value())? {
-                out.push(decode("alert_jobs", v.value())?);
+            let key = k.value();
+            match jobs.get(key.1)? {
+                Some(v) => claimed.push(decode::<AlertJob>("alert_jobs", v.value())?),
+                None => orphans.push(key),
             }
-        }
-        Ok(out)
-    }
-
-    pub(super) fn list_messages(
-        &self,
-        unacknowledged_only: bool,
-        limit: usize,
-    ) -> Result<Vec<OperatorMessage>, StoreError> {
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(MESSAGES)?;
-        let mut out = Vec::new();
-        for row in table.iter()?.rev() {
-            let (_, v) = row?;
-            let m: OperatorMessage = decode("operator_messages", v.value())?;
-            if unacknowledged_only && m.acknowledged_at.is_some() {
-                continue;
-            }
-            out.push(m);
-            if out.len() >= limit {
+            if claimed.len() >= limit {
                 break;
             }
         }
-        Ok(out)
-    }
-
-    pub(super) fn read_message(&self, id: u64) -> Result<Option<OperatorMessage>, StoreError> {
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(MESSAGES)?;
-        let v = table.get(id)?;
-        v.map(|v| decode("operator_messages", v.value()))
-            .transpose()
-    }
-
-    /// An index entry without its job (which no commit leaves behind) is dropped
-    /// rather than spun on.
-    pub(super) fn claim(
-        &self,
-        now: DateTime<Utc>,
-        limit: usize,
-    ) -> Result<Vec<AlertJob>, StoreError> {
-        let txn = self.db.begin_write()?;
-        let mut claimed = Vec::new();
-        let dropped = {
-            let mut due = txn.open_table(DUE)?;
-            let jobs = txn.open_table(JOBS)?;
-            let mut orphans = Vec::new();
-            for row in due.range(..=(ms(now), u128::MAX))? {
-                let (k, _) = row?;
-                let key = k.value();
-                match jobs.get(key.1)? {
-                    Some(v) => claimed.push(decode::<AlertJob>("alert_jobs", v.value())?),
-                    None => orphans.push(key),
-                }
-                if claimed.len() >= limit {
-                    break;
-                }
-            }
-            let dropped = !orphans.is_empty();
-            for key in orphans {
-                tracing::error!(job_id = %Uuid::from_u128(key.1), "due index entry without its job; dropped");
-                due.remove(key)?;
-            }
-            dropped
-        };
-        if claimed.is_empty() {
-            // Nothing due: no commit (and no fsync) unless an orphan was dropped.
-            if dropped {
-                txn.commit()?;
-            } else {
-                txn.abort()?;
-            }
-            return Ok(claimed);
+        let dropped = !orphans.is_empty();
+        for key in orphans {
+            tracing::error!(job_id = %Uuid::from_u128(key.1), "due index entry without its job; dropped");
+            due.remove(key)?;
         }
-        for job in &mut claimed {
-            job.state = JobState::Running;
-            job.attempts += 1;
-            job.updated_at = now;
-            job.started_at.get_or_insert(now);
+        dropped
+    };
+    if claimed.is_empty() {
+        // Nothing due: no commit (and no fsync) unless an orphan was dropped.
+        if dropped {
+            txn.commit()?;
+        } else {
+            txn.abort()?;
         }
-        let delta = apply(
-            &txn,
-            &mut Change {
-                put_jobs: claimed.clone(),
-                ..Change::default()
-            },
-        )?;
-        txn.commit()?;
-        self.add_job_states(&delta);
-        Ok(claimed)
+        return Ok((claimed, StateDelta::default()));
     }
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
-    use super::*;
-    use crate::model::job::JobKind;
-    use crate::store::Storage;
-
-    fn counts(store: &RedbStore) -> [u64; 5] {
-        store.job_state_counts().map(|(_, n)| n)
+    for job in &mut claimed {
+        job.state = JobState::Running;
+        job.attempts += 1;
+        job.updated_at = now;
+        job.started_at.get_or_insert(now);
     }
-
-    #[test]
-    fn job_state_counts_follow_commits_and_survive_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("db.redb");
-        let store = RedbStore::open(&path).unwrap();
-        assert_eq!(counts(&store), [0; 5]);
-        let now = Utc::now();
-        let a = AlertJob::new(Uuid::now_v7(), JobKind::Notification, "s", now, now);
-        let b = AlertJob::new(Uuid::now_v7(), JobKind::Notification, "s", now, now);
-        store
-            .commit(Change {
-                put_jobs: vec![a.clone(), b.clone()],
-                ..Change::default()
-            })
-            .unwrap();
-        assert_eq!(counts(&store), [2, 0, 0, 0, 0]);
-        assert_eq!(store.claim_due(now, 1).unwrap().len(), 1);
-        assert_eq!(counts(&store), [1, 1, 0, 0, 0]);
-        let mut done = store.running_jobs().unwrap().remove(0);
-        done.state = JobState::Completed;
-        let other = if done.id == a.id { b.id } else { a.id };
-        store
-            .commit(Change {
-                put_jobs: vec![done],
-                // Deleting a job that does not exist changes nothing.
-                delete_jobs: vec![other, Uuid::now_v7()],
-                ..Change::default()
-            })
-            .unwrap();
-        assert_eq!(counts(&store), [0, 0, 1, 0, 0]);
-        drop(store);
-        let store = RedbStore::open(&path).unwrap();
-        assert_eq!(counts(&store), [0, 0, 1, 0, 0]);
-    }
-}
-
-#[cfg(test)]
-mod paging_tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
-    use super::super::tests::record;
-    use super::*;
-    use crate::model::job::JobKind;
-    use crate::store::Storage;
-    use crate::store::MAX_PAGE;
-
-    fn decodes() -> usize {
-        super::super::DECODES.with(std::cell::Cell::get)
-    }
-
-    /// Walk every page of `filter`; returns the ids seen and the most records one
-    /// page decoded.
-    fn walk(store: &RedbStore, filter: &JobFilter) -> (Vec<Uuid>, usize) {
-        let mut filter = filter.clone();
-        let mut seen = Vec::new();
-        let mut most = 0;
-        for _ in 0..10_000 {
-            let at = decodes();
-            let page = store.jobs(&filter).unwrap();
-            most = most.max(decodes() - at);
-            assert!(page.items.len() <= filter.limit);
-            seen.extend(page.items.iter().map(|j| j.id));
-            match page.next {
-                Some(n) => filter.before = Some(n),
-                None => return (seen, most),
-            }
-        }
-        panic!("the pages never end");
-    }
-
-    /// Non-admin `job list` read every job (`usize::MAX`) and filtered by owner
-    /// afterwards. The owner index gives exactly the owner's jobs, newest first,
-    /// page after page without gaps or repeats, each page decoding only its jobs;
-    /// a rare state ends a page after MAX_PAGE jobs examined, with a cursor.
-    #[test]
-    fn job_pages_of_one_owner_read_only_their_jobs() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = RedbStore::open(&dir.path().join("db.redb")).unwrap();
-        let now = Utc::now();
-        let (alice, bob) = (record("alice", now), record("bob", now));
-        let (a, b) = (alice.id, bob.id);
-        store
-            .commit(Change {
-                put_keys: vec![alice, bob],
-                ..Change::default()
-            })
-            .unwrap();
-        let mut all = Vec::new();
-        let mut alices = Vec::new();
-        let n = MAX_PAGE + 500;
-        for chunk in (0..n).collect::<Vec<_>>().chunks(2000) {
-            let mut put_jobs = Vec::new();
-            for i in chunk {
-                let key = if i % 400 == 0 { a } else { b };
-                let mut job = AlertJob::new(key, JobKind::Notification, "s", now, now);
-                if i % 4000 == 1 {
-                    job.state = JobState::Failed;
-                }
-                if key == a {
-                    alices.push(job.id);
-                }
-                all.push((job.id, job.state));
-                put_jobs.push(job);
-            }
-            store
-                .commit(Change {
-                    put_jobs,
-                    ..Change::default()
-                })
-                .unwrap();
-        }
-        alices.sort_unstable_by(|x, y| y.cmp(x));
-        assert_eq!(alices.len(), 27);
-        let owner = JobFilter {
-            owner: Some("alice".into()),
-            limit: 4,
-            ..JobFilter::default()
-        };
-        let (seen, most) = walk(&store, &owner);
-        assert_eq!(seen, alices);
-        assert!(most <= 4, "a page of 4 decoded {most}");
-        // One key's jobs (and the owner must match, if given).
-        let key = JobFilter {
-            key: Some(a),
-            limit: 10,
-            ..owner.clone()
-        };
-        assert_eq!(walk(&store, &key).0, alices);
-        let not_hers = JobFilter {
-            key: Some(b),
-            ..key.clone()
-        };
-        assert_eq!(walk(&store, &not_hers).0, Vec::<Uuid>::new());
-        // A rare state over the whole table: pages end after MAX_PAGE examined.
-        let mut failed: Vec<Uuid> = all
-            .iter()
-            .filter(|(_, s)| *s == JobState::Failed)
-            .map(|(id, _)| *id)
-            .collect();
-        failed.sort_unstable_by(|x, y| y.cmp(x));
-        let rare = JobFilter {
-            state: Some(JobState::Failed),
-            limit: 100,
-            ..JobFilter::default()
-        };
-        let (seen, most) = walk(&store, &rare);
-        assert_eq!(seen, failed);
-        assert!(most <= MAX_PAGE, "a page decoded {most}");
-        // Deleting a job takes it out of the owner's listing.
-        store
-            .commit(Change {
-                delete_jobs: vec![alices[0]],
-                ..Change::default()
-            })
-            .unwrap();
-        assert_eq!(walk(&store, &owner).0, alices[1..]);
-    }
+    let delta = apply(
+        &txn,
+        &mut Change {
+            put_jobs: claimed.clone(),
+            ..Change::default()
+        },
+    )?;
+    txn.commit()?;
+    Ok((claimed, delta))
 }

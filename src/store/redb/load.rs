@@ -18,7 +18,7 @@ use uuid::Uuid;
 use crate::model::headers::{self, HeaderTemplate};
 use crate::model::key::{KeyState, Lifetime};
 use crate::model::row::{decode_hash, previous, KeyRow};
-use crate::store::StoreError;
+use crate::store::error::StoreError;
 
 /// Per-decoder memory of the last owner and scope set, so that runs of keys with the
 /// same ones share a single allocation.

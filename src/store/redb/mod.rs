@@ -11,8 +11,11 @@
 //! [`RetiredSecret`]) remembers imported secrets that left their key, written in the
 //! transaction that removes, rotates or purges it.
 
+#[cfg(test)]
+mod job_tests;
 mod jobs;
 mod load;
+mod tables;
 
 use std::path::Path;
 use std::sync::atomic::AtomicI64;
@@ -23,12 +26,14 @@ use redb::{
 };
 use uuid::Uuid;
 
-use super::{AuditFilter, Change, JobFilter, Page, Pager, Storage, StoreError, UsageUpdate};
 use crate::model::{
     AlertJob, AuditEntry, JobState, KeyHash, KeyRecord, KeyRow, OperatorMessage, RetiredSecret,
 };
+use crate::store::error::StoreError;
+use crate::store::page::{Page, Pager};
+use crate::store::storage::{AuditFilter, Change, JobFilter, Storage, UsageUpdate};
+use tables::{decode, encode, owner_of, KEYS};
 
-const KEYS: TableDefinition<u128, &[u8]> = TableDefinition::new("keys");
 const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
 const AUDIT_BY_KEY: TableDefinition<(u128, u64), ()> = TableDefinition::new("audit_by_key");
 const AUDIT_BY_OWNER: TableDefinition<(&str, u64), ()> = TableDefinition::new("audit_by_owner");
@@ -68,35 +73,6 @@ fn open_private(path: &Path) -> std::io::Result<std::fs::File> {
         tracing::warn!(path = %path.display(), mode = format!("{mode:o}"), "database was readable by group or others; its mode is now 0600");
     }
     Ok(file)
-}
-
-impl From<redb::TransactionError> for StoreError {
-    fn from(e: redb::TransactionError) -> Self {
-        StoreError::Transaction(Box::new(e))
-    }
-}
-
-impl From<redb::TableError> for StoreError {
-    fn from(e: redb::TableError) -> Self {
-        StoreError::Table(Box::new(e))
-    }
-}
-
-impl From<redb::StorageError> for StoreError {
-    fn from(e: redb::StorageError) -> Self {
-        StoreError::Storage(Box::new(e))
-    }
-}
-
-impl From<redb::CommitError> for StoreError {
-    fn from(e: redb::CommitError) -> Self {
-        StoreError::Commit(Box::new(e))
-    }
-}
-
-/// A record as stored: JSON, so fields can be added without a migration.
-fn encode<T: serde::Serialize>(table: &'static str, value: &T) -> Result<Vec<u8>, StoreError> {
-    serde_json::to_vec(value).map_err(|source| StoreError::Encode { table, source })
 }
 
 impl RedbStore {
@@ -142,6 +118,15 @@ impl RedbStore {
         txn.commit()?;
         let job_states = jobs::load_state_counts(&db)?.map(AtomicI64::new);
         Ok(Self { db, job_states })
+    }
+
+    /// Add a committed [`jobs::apply`]'s changes to the counts.
+    fn add_job_states(&self, delta: &jobs::StateDelta) {
+        for (count, d) in self.job_states.iter().zip(delta) {
+            if *d != 0 {
+                count.fetch_add(*d, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
     }
 
     /// Pass every stored key, as `prepare` decodes its bytes (with a per-thread cache
@@ -411,27 +396,33 @@ impl Storage for RedbStore {
     }
 
     fn job(&self, id: Uuid) -> Result<Option<AlertJob>, StoreError> {
-        self.read_job(id)
+        jobs::read_job(&self.db, id)
     }
 
     fn jobs(&self, filter: &JobFilter) -> Result<Page<AlertJob, u128>, StoreError> {
-        self.list_jobs(filter)
+        jobs::list_jobs(&self.db, filter)
     }
 
     fn claim_due(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<AlertJob>, StoreError> {
-        self.claim(now, limit)
+        let (claimed, delta) = jobs::claim(&self.db, now, limit)?;
+        self.add_job_states(&delta);
+        Ok(claimed)
     }
 
     fn running_jobs(&self) -> Result<Vec<AlertJob>, StoreError> {
-        self.running()
+        jobs::running(&self.db)
     }
 
     fn next_due(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
-        self.first_due()
+        jobs::first_due(&self.db)
     }
 
+    /// Kept in memory (see [`jobs::apply`]): no scan.
     fn job_state_counts(&self) -> [(JobState, u64); JobState::ALL.len()] {
-        self.state_counts()
+        JobState::ALL.map(|s| {
+            let n = self.job_states[s.index()].load(std::sync::atomic::Ordering::Relaxed);
+            (s, u64::try_from(n).unwrap_or(0))
+        })
     }
 
     fn messages(
@@ -439,27 +430,12 @@ impl Storage for RedbStore {
         unacknowledged_only: bool,
         limit: usize,
     ) -> Result<Vec<OperatorMessage>, StoreError> {
-        self.list_messages(unacknowledged_only, limit)
+        jobs::list_messages(&self.db, unacknowledged_only, limit)
     }
 
     fn message(&self, id: u64) -> Result<Option<OperatorMessage>, StoreError> {
-        self.read_message(id)
+        jobs::read_message(&self.db, id)
     }
-}
-
-/// The owner of key `id` as stored, if it is; only the owner is decoded.
-fn owner_of(
-    keys: &impl ReadableTable<u128, &'static [u8]>,
-    id: Uuid,
-) -> Result<Option<String>, StoreError> {
-    /// serde skips the rest of the record.
-    #[derive(serde::Deserialize)]
-    struct OwnerOnly {
-        owner: String,
-    }
-    keys.get(id.as_u128())?
-        .map(|v| decode::<OwnerOnly>("keys", v.value()).map(|r| r.owner))
-        .transpose()
 }
 
 /// Build the audit indexes of a database written before they existed: one pass
@@ -502,24 +478,6 @@ fn index_audit(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
         tracing::info!(entries = n, "audit trail indexed by key and owner");
     }
     Ok(())
-}
-
-#[cfg(test)]
-thread_local! {
-    /// Records decoded by this thread: what the paging tests count.
-    pub(crate) static DECODES: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
-}
-
-fn decode<T: serde::de::DeserializeOwned>(
-    table: &'static str,
-    bytes: &[u8],
-) -> Result<T, StoreError> {
-    #[cfg(test)]
-    DECODES.with(|d| d.set(d.get() + 1));
-    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
-        table,
-        source: Box::new(e),
-    })
 }
 
 #[cfg(test)]
@@ -569,7 +527,7 @@ mod tests {
     }
 
     fn decodes() -> usize {
-        DECODES.with(std::cell::Cell::get)
+        tables::DECODES.with(std::cell::Cell::get)
     }
 
     /// A store with keys of alice (2), bob (1) and carol (1); every `every`-th audit

@@ -1,0 +1,57 @@
+//! Storage failures, by the operation that failed.
+
+/// A boxed error from a backend, kept as the cause of a [`StoreError`].
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Storage failures, by the operation that failed; each keeps its cause.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database could not be opened (held by another process, unreadable, ...).
+    #[error("cannot open database {path}: {source} (is another apikeyd running on it?)")]
+    Open {
+        /// Database file (or address).
+        path: String,
+        /// Why.
+        #[source]
+        source: BoxError,
+    },
+    /// A transaction could not be started.
+    #[error("cannot start a database transaction: {0}")]
+    Transaction(#[source] BoxError),
+    /// A table could not be opened.
+    #[error("cannot open a database table: {0}")]
+    Table(#[source] BoxError),
+    /// A read or a write inside a transaction failed.
+    #[error("database read or write failed: {0}")]
+    Storage(#[source] BoxError),
+    /// The transaction could not be committed; none of it was written.
+    #[error("cannot commit to the database (nothing was written): {0}")]
+    Commit(#[source] BoxError),
+    /// A stored record could not be decoded.
+    #[error("corrupt record in table {table}: {source}")]
+    Corrupt {
+        /// Table name.
+        table: &'static str,
+        /// The decoder's error.
+        #[source]
+        source: BoxError,
+    },
+    /// A record could not be encoded for storage.
+    #[error("cannot encode a record for table {table}: {source}")]
+    Encode {
+        /// Table name.
+        table: &'static str,
+        /// The encoder's error.
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+impl From<crate::model::row::BadHash> for StoreError {
+    fn from(e: crate::model::row::BadHash) -> Self {
+        StoreError::Corrupt {
+            table: "keys",
+            source: Box::new(e),
+        }
+    }
+}

@@ -1,0 +1,177 @@
+//! The redb job tables: state counts that survive a reopen, and paging.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod state_counts {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::super::RedbStore;
+    use crate::model::job::JobKind;
+    use crate::model::{AlertJob, JobState};
+    use crate::store::storage::Change;
+    use crate::store::Storage;
+    use chrono::Utc;
+    use uuid::Uuid;
+
+    fn counts(store: &RedbStore) -> [u64; 5] {
+        store.job_state_counts().map(|(_, n)| n)
+    }
+
+    #[test]
+    fn job_state_counts_follow_commits_and_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.redb");
+        let store = RedbStore::open(&path).unwrap();
+        assert_eq!(counts(&store), [0; 5]);
+        let now = Utc::now();
+        let a = AlertJob::new(Uuid::now_v7(), JobKind::Notification, "s", now, now);
+        let b = AlertJob::new(Uuid::now_v7(), JobKind::Notification, "s", now, now);
+        store
+            .commit(Change {
+                put_jobs: vec![a.clone(), b.clone()],
+                ..Change::default()
+            })
+            .unwrap();
+        assert_eq!(counts(&store), [2, 0, 0, 0, 0]);
+        assert_eq!(store.claim_due(now, 1).unwrap().len(), 1);
+        assert_eq!(counts(&store), [1, 1, 0, 0, 0]);
+        let mut done = store.running_jobs().unwrap().remove(0);
+        done.state = JobState::Completed;
+        let other = if done.id == a.id { b.id } else { a.id };
+        store
+            .commit(Change {
+                put_jobs: vec![done],
+                // Deleting a job that does not exist changes nothing.
+                delete_jobs: vec![other, Uuid::now_v7()],
+                ..Change::default()
+            })
+            .unwrap();
+        assert_eq!(counts(&store), [0, 0, 1, 0, 0]);
+        drop(store);
+        let store = RedbStore::open(&path).unwrap();
+        assert_eq!(counts(&store), [0, 0, 1, 0, 0]);
+    }
+}
+
+mod paging {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::super::tests::record;
+    use super::super::RedbStore;
+    use crate::model::job::JobKind;
+    use crate::model::{AlertJob, JobState};
+    use crate::store::storage::{Change, JobFilter};
+    use crate::store::Storage;
+    use crate::store::MAX_PAGE;
+    use chrono::Utc;
+    use uuid::Uuid;
+
+    fn decodes() -> usize {
+        super::super::tables::DECODES.with(std::cell::Cell::get)
+    }
+
+    /// Walk every page of `filter`; returns the ids seen and the most records one
+    /// page decoded.
+    fn walk(store: &RedbStore, filter: &JobFilter) -> (Vec<Uuid>, usize) {
+        let mut filter = filter.clone();
+        let mut seen = Vec::new();
+        let mut most = 0;
+        for _ in 0..10_000 {
+            let at = decodes();
+            let page = store.jobs(&filter).unwrap();
+            most = most.max(decodes() - at);
+            assert!(page.items.len() <= filter.limit);
+            seen.extend(page.items.iter().map(|j| j.id));
+            match page.next {
+                Some(n) => filter.before = Some(n),
+                None => return (seen, most),
+            }
+        }
+        panic!("the pages never end");
+    }
+
+    /// Non-admin `job list` read every job (`usize::MAX`) and filtered by owner
+    /// afterwards. The owner index gives exactly the owner's jobs, newest first,
+    /// page after page without gaps or repeats, each page decoding only its jobs;
+    /// a rare state ends a page after MAX_PAGE jobs examined, with a cursor.
+    #[test]
+    fn job_pages_of_one_owner_read_only_their_jobs() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(&dir.path().join("db.redb")).unwrap();
+        let now = Utc::now();
+        let (alice, bob) = (record("alice", now), record("bob", now));
+        let (a, b) = (alice.id, bob.id);
+        store
+            .commit(Change {
+                put_keys: vec![alice, bob],
+                ..Change::default()
+            })
+            .unwrap();
+        let mut all = Vec::new();
+        let mut alices = Vec::new();
+        let n = MAX_PAGE + 500;
+        for chunk in (0..n).collect::<Vec<_>>().chunks(2000) {
+            let mut put_jobs = Vec::new();
+            for i in chunk {
+                let key = if i % 400 == 0 { a } else { b };
+                let mut job = AlertJob::new(key, JobKind::Notification, "s", now, now);
+                if i % 4000 == 1 {
+                    job.state = JobState::Failed;
+                }
+                if key == a {
+                    alices.push(job.id);
+                }
+                all.push((job.id, job.state));
+                put_jobs.push(job);
+            }
+            store
+                .commit(Change {
+                    put_jobs,
+                    ..Change::default()
+                })
+                .unwrap();
+        }
+        alices.sort_unstable_by(|x, y| y.cmp(x));
+        assert_eq!(alices.len(), 27);
+        let owner = JobFilter {
+            owner: Some("alice".into()),
+            limit: 4,
+            ..JobFilter::default()
+        };
+        let (seen, most) = walk(&store, &owner);
+        assert_eq!(seen, alices);
+        assert!(most <= 4, "a page of 4 decoded {most}");
+        // One key's jobs (and the owner must match, if given).
+        let key = JobFilter {
+            key: Some(a),
+            limit: 10,
+            ..owner.clone()
+        };
+        assert_eq!(walk(&store, &key).0, alices);
+        let not_hers = JobFilter {
+            key: Some(b),
+            ..key.clone()
+        };
+        assert_eq!(walk(&store, &not_hers).0, Vec::<Uuid>::new());
+        // A rare state over the whole table: pages end after MAX_PAGE examined.
+        let mut failed: Vec<Uuid> = all
+            .iter()
+            .filter(|(_, s)| *s == JobState::Failed)
+            .map(|(id, _)| *id)
+            .collect();
+        failed.sort_unstable_by(|x, y| y.cmp(x));
+        let rare = JobFilter {
+            state: Some(JobState::Failed),
+            limit: 100,
+            ..JobFilter::default()
+        };
+        let (seen, most) = walk(&store, &rare);
+        assert_eq!(seen, failed);
+        assert!(most <= MAX_PAGE, "a page decoded {most}");
+        // Deleting a job takes it out of the owner's listing.
+        store
+            .commit(Change {
+                delete_jobs: vec![alices[0]],
+                ..Change::default()
+            })
+            .unwrap();
+        assert_eq!(walk(&store, &owner).0, alices[1..]);
+    }
+}

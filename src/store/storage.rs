@@ -1,0 +1,170 @@
+//! The [`Storage`] trait and what it takes and gives (see the module documentation
+//! of [`crate::store`] for what every backend promises).
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use super::error::StoreError;
+use super::page::Page;
+use crate::model::{
+    AlertJob, AuditEntry, JobState, KeyHash, KeyRecord, KeyRow, OperatorMessage, RetiredSecret,
+    UsageCounts,
+};
+
+/// Everything one change writes, committed atomically by [`Storage::commit`].
+#[derive(Debug, Default)]
+pub struct Change {
+    /// Key records to insert or replace.
+    pub put_keys: Vec<KeyRecord>,
+    /// Key records to delete (purge).
+    pub purge_keys: Vec<Uuid>,
+    /// Audit entries to append (their `seq` is assigned by the store).
+    pub audit: Vec<AuditEntry>,
+    /// Secrets that leave their key in this change.
+    pub retire: Vec<Retire>,
+    /// Alert jobs to insert or replace.
+    pub put_jobs: Vec<AlertJob>,
+    /// Alert jobs to delete.
+    pub delete_jobs: Vec<Uuid>,
+    /// Operator messages to append (id 0: assigned by the store) or replace.
+    pub messages: Vec<OperatorMessage>,
+}
+
+impl Change {
+    /// Nothing to write.
+    pub fn is_empty(&self) -> bool {
+        self.put_keys.is_empty()
+            && self.purge_keys.is_empty()
+            && self.audit.is_empty()
+            && self.retire.is_empty()
+            && self.put_jobs.is_empty()
+            && self.delete_jobs.is_empty()
+            && self.messages.is_empty()
+    }
+}
+
+/// A secret to remember as retired ([`Storage::retired`]).
+#[derive(Debug, Clone)]
+pub struct Retire {
+    /// The secret's keyed hash.
+    pub hash: KeyHash,
+    /// Who held it.
+    pub entry: RetiredSecret,
+    /// Only replace an entry already there: a rotated key's previous secret is
+    /// retired when it is rotated away if it was imported, and only then matters.
+    pub refresh_only: bool,
+}
+
+/// Usage of one key as the flush writes it.
+#[derive(Debug, Clone)]
+pub struct UsageUpdate {
+    /// The key.
+    pub id: Uuid,
+    /// Newest last use known in memory.
+    pub last_used_at: Option<DateTime<Utc>>,
+    /// Counters known in memory.
+    pub counts: UsageCounts,
+}
+
+/// Which audit entries to list.
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    /// Only this key's.
+    pub key: Option<Uuid>,
+    /// Only entries about keys of this owner (as the key's owner was when the
+    /// entry was written).
+    pub owner: Option<String>,
+}
+
+/// Which jobs to list.
+#[derive(Debug, Clone, Default)]
+pub struct JobFilter {
+    /// Only this key's.
+    pub key: Option<Uuid>,
+    /// Only in this state.
+    pub state: Option<JobState>,
+    /// Only jobs about keys of this owner.
+    pub owner: Option<String>,
+    /// Only jobs older than this one (a [`Page::next`]).
+    pub before: Option<u128>,
+    /// At most this many (newest first; at most [`crate::store::MAX_PAGE`]).
+    pub limit: usize,
+}
+
+/// Everything the domain persists. See the module documentation for what every
+/// backend promises.
+pub trait Storage: Send + Sync + std::fmt::Debug {
+    // ------------------------------------------------------------ keys
+
+    /// Number of stored keys (all states): sizes the index before loading.
+    fn key_count(&self) -> Result<usize, StoreError>;
+
+    /// Hand every stored key, as a row, to `each` on this thread; returns how many.
+    fn load_keys(&self, each: &mut dyn FnMut(KeyRow)) -> Result<usize, StoreError>;
+
+    /// The full records of `ids`, in that order; missing ids are skipped.
+    fn keys(&self, ids: &[Uuid]) -> Result<Vec<KeyRecord>, StoreError>;
+
+    /// One key's full record.
+    fn key(&self, id: Uuid) -> Result<Option<KeyRecord>, StoreError> {
+        Ok(self.keys(&[id])?.pop())
+    }
+
+    /// Who last held the secret with keyed hash `hash`, if it was retired.
+    fn retired(&self, hash: &KeyHash) -> Result<Option<RetiredSecret>, StoreError>;
+
+    /// Write usage (last use, never moved backwards, and counters) into the stored
+    /// records, in one transaction. Keys no longer stored are skipped. Returns keys
+    /// written.
+    fn write_usage(&self, updates: &[UsageUpdate]) -> Result<usize, StoreError>;
+
+    // ------------------------------------------------------------ changes
+
+    /// Commit `change` atomically: all of it, or nothing.
+    fn commit(&self, change: Change) -> Result<(), StoreError>;
+
+    /// Audit entries matching `filter`, newest first, older than `before` (a `seq`
+    /// from [`Page::next`]), at most `limit`.
+    fn audit_page(
+        &self,
+        filter: &AuditFilter,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Page<AuditEntry, u64>, StoreError>;
+
+    // ------------------------------------------------------------ alert jobs
+
+    /// One job.
+    fn job(&self, id: Uuid) -> Result<Option<AlertJob>, StoreError>;
+
+    /// Jobs matching `filter`, newest first (ids are UUID v7, so id order is age). A
+    /// page ends after [`crate::store::MAX_PAGE`] jobs examined even if it holds fewer matches,
+    /// with a cursor to go on from there.
+    fn jobs(&self, filter: &JobFilter) -> Result<Page<AlertJob, u128>, StoreError>;
+
+    /// Claim up to `limit` Scheduled jobs due at `now`, earliest first: each is
+    /// marked Running (attempts + 1) in one transaction before anything is
+    /// delivered.
+    fn claim_due(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<AlertJob>, StoreError>;
+
+    /// Jobs left Running (a delivery was under way when the daemon stopped).
+    fn running_jobs(&self) -> Result<Vec<AlertJob>, StoreError>;
+
+    /// When the earliest Scheduled job should run (millisecond precision).
+    fn next_due(&self) -> Result<Option<DateTime<Utc>>, StoreError>;
+
+    /// Number of jobs in each state, without a scan.
+    fn job_state_counts(&self) -> [(JobState, u64); JobState::ALL.len()];
+
+    // ------------------------------------------------------------ operator messages
+
+    /// Operator messages, newest first.
+    fn messages(
+        &self,
+        unacknowledged_only: bool,
+        limit: usize,
+    ) -> Result<Vec<OperatorMessage>, StoreError>;
+
+    /// One operator message.
+    fn message(&self, id: u64) -> Result<Option<OperatorMessage>, StoreError>;
+}

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use tokio_cron_scheduler::{Job, JobScheduler, JobSchedulerError};
 
 use crate::config::AlertConfig;
-use crate::keys::Keys;
+use crate::keys::{maintenance, Keys};
 use crate::model::key::rfc3339;
 
 /// Slots in the scheduler's internal channels: ample for four jobs.
@@ -77,11 +77,14 @@ impl Task {
     async fn run(self, keys: &Keys) -> Result<String, crate::keys::KeyError> {
         Ok(match self {
             Task::Flush => format!("{} key(s) written", keys.flush_last_used(false).await?),
-            Task::Sweep => format!("{} key(s) recorded as expired", keys.sweep_expired().await?),
-            Task::Purge => format!("{} key(s) purged", keys.purge().await?),
+            Task::Sweep => format!(
+                "{} key(s) recorded as expired",
+                maintenance::sweep_expired(keys).await?
+            ),
+            Task::Purge => format!("{} key(s) purged", maintenance::purge(keys).await?),
             Task::InactivityWarning => format!(
                 "{} warning(s) scheduled",
-                keys.schedule_inactivity_warnings().await?
+                maintenance::schedule_inactivity_warnings(keys).await?
             ),
         })
     }

@@ -267,10 +267,9 @@ impl Alerts {
         now: DateTime<Utc>,
         limit: usize,
     ) -> Result<Vec<AlertJob>, AlertError> {
-        Ok(self
-            .keys
-            .with_writer(move |s| s.claim_due(now, limit))
-            .await?)
+        // Under the keys writer: a change of a notification reschedules its job.
+        let _writer = self.keys.lock_writer().await;
+        self.blocking(move |s| s.claim_due(now, limit)).await
     }
 
     /// When the earliest scheduled job should run.

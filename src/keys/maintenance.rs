@@ -1,5 +1,7 @@
 //! The key side of the maintenance jobs: the expiry sweep, the purge and the
-//! inactivity warning. Each runs under the writer lock and commits one transaction.
+//! inactivity warning, which `crate::alerts::maintenance` runs on its schedule. Each
+//! runs under the keys writer and commits one transaction. A new time-driven rule
+//! for keys plugs in here, as one more function over [`Keys`].
 
 use std::sync::Arc;
 
@@ -19,207 +21,205 @@ fn entry(now: DateTime<Utc>, action: &str, key: Uuid, detail: String) -> AuditEn
     AuditEntry::new(now, "apikeyd", action, Some(key), detail)
 }
 
-impl Keys {
-    /// Record (once per key, with an audit entry) keys that expired or went inactive.
-    pub async fn sweep_expired(&self) -> Result<usize, KeyError> {
-        let writer = self.lock_writer().await;
-        let policy = self.settings().policy.clone();
-        let now = self.clock.now();
-        // The slots hold everything the status needs, one cache line per key in a row:
-        // at 1M keys this scan takes milliseconds, where visiting every entry took
-        // a quarter of a second on the only worker of a one-thread runtime. Removed
-        // keys have no slot and are never expired or inactive.
-        let picked: Vec<(Arc<Live>, &'static str)> = self.index.read().sweep_statuses(&policy, now);
-        if picked.is_empty() {
-            return Ok(0);
+/// Record (once per key, with an audit entry) keys that expired or went inactive.
+pub async fn sweep_expired(keys: &Keys) -> Result<usize, KeyError> {
+    let writer = keys.lock_writer().await;
+    let policy = keys.settings().policy.clone();
+    let now = keys.clock.now();
+    // The slots hold everything the status needs, one cache line per key in a row:
+    // at 1M keys this scan takes milliseconds, where visiting every entry took
+    // a quarter of a second on the only worker of a one-thread runtime. Removed
+    // keys have no slot and are never expired or inactive.
+    let picked: Vec<(Arc<Live>, &'static str)> = keys.index.read().sweep_statuses(&policy, now);
+    if picked.is_empty() {
+        return Ok(0);
+    }
+    let mut records = Vec::new();
+    let mut audit = Vec::new();
+    for (mut rec, action) in records_of(keys, picked).await? {
+        rec.alerting.lapse_recorded_at = Some(now);
+        audit.push(entry(
+            now,
+            action,
+            rec.id,
+            rec.details(&policy, rec.last_used_at, now),
+        ));
+        records.push(rec);
+    }
+    let n = records.len();
+    let change = Change {
+        put_keys: records,
+        audit,
+        ..Change::default()
+    };
+    keys.commit(writer, change).await?;
+    tracing::info!(keys = n, "expiry sweep recorded expired keys");
+    Ok(n)
+}
+
+/// Delete keys removed, or expired, longer than RetentionPeriod ago.
+pub async fn purge(keys: &Keys) -> Result<usize, KeyError> {
+    let Some(retention) = keys.alerting.config().retention.clone() else {
+        return Ok(0);
+    };
+    let writer = keys.lock_writer().await;
+    let policy = keys.settings().policy.clone();
+    let now = keys.clock.now();
+    let mut gone = Vec::new();
+    {
+        let index = keys.index.read();
+        for l in index.all() {
+            let ended = match l.life.state {
+                KeyState::Removed => l.life.removed_at,
+                _ => l
+                    .life
+                    .effective_expiry(&policy, index.last_used(l))
+                    .map(|(t, _)| t)
+                    .filter(|t| *t <= now),
+            };
+            if ended
+                .and_then(|t| retention.add_to(t))
+                .is_some_and(|until| until <= now)
+            {
+                gone.push(l.clone());
+            }
         }
-        let mut records = Vec::new();
-        let mut audit = Vec::new();
-        for (mut rec, action) in records_of(self, picked).await? {
-            rec.alerting.lapse_recorded_at = Some(now);
-            audit.push(entry(
+    }
+    if gone.is_empty() {
+        return Ok(0);
+    }
+    let audit: Vec<AuditEntry> = gone
+        .iter()
+        .map(|l| {
+            entry(
                 now,
-                action,
-                rec.id,
-                rec.details(&policy, rec.last_used_at, now),
-            ));
-            records.push(rec);
-        }
-        let n = records.len();
-        let change = Change {
-            put_keys: records,
-            audit,
-            ..Change::default()
-        };
-        self.commit(writer, change).await?;
-        tracing::info!(keys = n, "expiry sweep recorded expired keys");
-        Ok(n)
-    }
+                "purge",
+                l.id,
+                format!(
+                    "name={:?} owner={} (RetentionPeriod {retention})",
+                    l.name, l.owner
+                ),
+            )
+        })
+        .collect();
+    let ids: Vec<Uuid> = gone.iter().map(|l| l.id).collect();
+    // An expired key still holds its secret until now: retire it with the purge,
+    // so that purging does not free an imported token for anyone to import.
+    let holding: Vec<Uuid> = gone
+        .iter()
+        .filter(|l| l.life.state != KeyState::Removed)
+        .map(|l| l.id)
+        .collect();
+    let retire = if holding.is_empty() {
+        Vec::new()
+    } else {
+        keys.blocking(move |s| s.keys(&holding))
+            .await?
+            .iter()
+            .flat_map(|rec| retirements(rec, None, now))
+            .collect()
+    };
+    let change = Change {
+        purge_keys: ids.clone(),
+        audit,
+        retire,
+        ..Change::default()
+    };
+    keys.commit(writer, change).await?;
+    tracing::info!(keys = ids.len(), "purged keys past RetentionPeriod");
+    Ok(ids.len())
+}
 
-    /// Delete keys removed, or expired, longer than RetentionPeriod ago.
-    pub async fn purge(&self) -> Result<usize, KeyError> {
-        let Some(retention) = self.alerting.config().retention.clone() else {
+/// Keys that will expire through inactivity within InactivityWarningLeadTime get
+/// one warning per idle stretch, through the default alert source, as a job.
+pub async fn schedule_inactivity_warnings(keys: &Keys) -> Result<usize, KeyError> {
+    let config = keys.alerting.config();
+    let (Some(lead), Some(source)) = (
+        config.inactivity_warning_lead_time.clone(),
+        config.default_source.clone(),
+    ) else {
+        return Ok(0);
+    };
+    let writer = keys.lock_writer().await;
+    let policy = keys.settings().policy.clone();
+    let now = keys.clock.now();
+    let mut picked = Vec::new();
+    {
+        let index = keys.index.read();
+        // Slots first (see sweep_expired), and no calendar arithmetic for keys
+        // plainly clear of the warning: a key is warned once now is within the
+        // lead time of (last activity + inactivity period), so its last activity
+        // lies at most (longest lead - shortest period) before now. The rest are
+        // looked at by the entry's rules, as before.
+        let Some(period) = &policy.not_accessed_expiration else {
             return Ok(0);
         };
-        let writer = self.lock_writer().await;
-        let policy = self.settings().policy.clone();
-        let now = self.clock.now();
-        let mut gone = Vec::new();
-        {
-            let index = self.index.read();
-            for l in index.all() {
-                let ended = match l.life.state {
-                    KeyState::Removed => l.life.removed_at,
-                    _ => l
-                        .life
-                        .effective_expiry(&policy, index.last_used(l))
-                        .map(|(t, _)| t)
-                        .filter(|t| *t <= now),
-                };
-                if ended
-                    .and_then(|t| retention.add_to(t))
-                    .is_some_and(|until| until <= now)
-                {
-                    gone.push(l.clone());
+        let latest_ms = now
+            .timestamp_millis()
+            .saturating_add((lead.max_seconds() - period.min_seconds() + 1).saturating_mul(1000));
+        let near = index.table.iter().filter(|slot| {
+            slot.activity_ms() <= latest_ms && slot.status(&policy, now) == Status::Active
+        });
+        for (slot, l) in near.filter_map(|slot| Some((slot, index.at(slot.entry)?))) {
+            let last_used = slot.last_used();
+            let Some(deadline) = l.life.inactivity_deadline(&policy, last_used) else {
+                continue;
+            };
+            // Only when inactivity comes first: a hard expiry has its own notification.
+            if l.life.expires_at.is_some_and(|h| h <= deadline) {
+                continue;
+            }
+            let stretch = l.life.last_activity(last_used);
+            if l.warned_for == Some(stretch) {
+                continue;
+            }
+            if lead.subtract_from(deadline).is_none_or(|from| now < from) {
+                continue;
+            }
+            picked.push((l.clone(), (stretch, deadline)));
+        }
+    }
+    if picked.is_empty() {
+        return Ok(0);
+    }
+    let mut records = Vec::new();
+    let mut audit = Vec::new();
+    let mut alerts = Change::default();
+    let directory = keys.settings().directory.clone();
+    for (mut rec, (stretch, deadline)) in records_of(keys, picked).await? {
+        rec.alerting.inactivity_warned_for = Some(stretch);
+        let expires = format!("expires {} through inactivity", rfc3339(deadline));
+        // An owner without an address gets the warning through the operators.
+        let detail = match notification::choose_source(
+            &config,
+            &directory,
+            &rec.owner,
+            source.clone(),
+            false,
+        ) {
+            Ok((source, note)) => {
+                let job = AlertJob::new(rec.id, JobKind::InactivityWarning, &source, now, now);
+                let detail = format!("{expires}; warning job {} via {source}", job.id);
+                alerts.put_jobs.push(job);
+                match note {
+                    Some(note) => format!("{detail}; {note}"),
+                    None => detail,
                 }
             }
-        }
-        if gone.is_empty() {
-            return Ok(0);
-        }
-        let audit: Vec<AuditEntry> = gone
-            .iter()
-            .map(|l| {
-                entry(
-                    now,
-                    "purge",
-                    l.id,
-                    format!(
-                        "name={:?} owner={} (RetentionPeriod {retention})",
-                        l.name, l.owner
-                    ),
-                )
-            })
-            .collect();
-        let ids: Vec<Uuid> = gone.iter().map(|l| l.id).collect();
-        // An expired key still holds its secret until now: retire it with the purge,
-        // so that purging does not free an imported token for anyone to import.
-        let holding: Vec<Uuid> = gone
-            .iter()
-            .filter(|l| l.life.state != KeyState::Removed)
-            .map(|l| l.id)
-            .collect();
-        let retire = if holding.is_empty() {
-            Vec::new()
-        } else {
-            self.blocking(move |s| s.keys(&holding))
-                .await?
-                .iter()
-                .flat_map(|rec| retirements(rec, None, now))
-                .collect()
+            Err(e) => format!("{expires}; no warning sent: {e}"),
         };
-        let change = Change {
-            purge_keys: ids.clone(),
-            audit,
-            retire,
-            ..Change::default()
-        };
-        self.commit(writer, change).await?;
-        tracing::info!(keys = ids.len(), "purged keys past RetentionPeriod");
-        Ok(ids.len())
+        audit.push(entry(now, "inactivity-warning", rec.id, detail));
+        records.push(rec);
     }
-
-    /// Keys that will expire through inactivity within InactivityWarningLeadTime get
-    /// one warning per idle stretch, through the default alert source, as a job.
-    pub async fn schedule_inactivity_warnings(&self) -> Result<usize, KeyError> {
-        let config = self.alerting.config();
-        let (Some(lead), Some(source)) = (
-            config.inactivity_warning_lead_time.clone(),
-            config.default_source.clone(),
-        ) else {
-            return Ok(0);
-        };
-        let writer = self.lock_writer().await;
-        let policy = self.settings().policy.clone();
-        let now = self.clock.now();
-        let mut picked = Vec::new();
-        {
-            let index = self.index.read();
-            // Slots first (see sweep_expired), and no calendar arithmetic for keys
-            // plainly clear of the warning: a key is warned once now is within the
-            // lead time of (last activity + inactivity period), so its last activity
-            // lies at most (longest lead - shortest period) before now. The rest are
-            // looked at by the entry's rules, as before.
-            let Some(period) = &policy.not_accessed_expiration else {
-                return Ok(0);
-            };
-            let latest_ms = now.timestamp_millis().saturating_add(
-                (lead.max_seconds() - period.min_seconds() + 1).saturating_mul(1000),
-            );
-            let near = index.table.iter().filter(|slot| {
-                slot.activity_ms() <= latest_ms && slot.status(&policy, now) == Status::Active
-            });
-            for (slot, l) in near.filter_map(|slot| Some((slot, index.at(slot.entry)?))) {
-                let last_used = slot.last_used();
-                let Some(deadline) = l.life.inactivity_deadline(&policy, last_used) else {
-                    continue;
-                };
-                // Only when inactivity comes first: a hard expiry has its own notification.
-                if l.life.expires_at.is_some_and(|h| h <= deadline) {
-                    continue;
-                }
-                let stretch = l.life.last_activity(last_used);
-                if l.warned_for == Some(stretch) {
-                    continue;
-                }
-                if lead.subtract_from(deadline).is_none_or(|from| now < from) {
-                    continue;
-                }
-                picked.push((l.clone(), (stretch, deadline)));
-            }
-        }
-        if picked.is_empty() {
-            return Ok(0);
-        }
-        let mut records = Vec::new();
-        let mut audit = Vec::new();
-        let mut alerts = Change::default();
-        let directory = self.settings().directory.clone();
-        for (mut rec, (stretch, deadline)) in records_of(self, picked).await? {
-            rec.alerting.inactivity_warned_for = Some(stretch);
-            let expires = format!("expires {} through inactivity", rfc3339(deadline));
-            // An owner without an address gets the warning through the operators.
-            let detail = match notification::choose_source(
-                &config,
-                &directory,
-                &rec.owner,
-                source.clone(),
-                false,
-            ) {
-                Ok((source, note)) => {
-                    let job = AlertJob::new(rec.id, JobKind::InactivityWarning, &source, now, now);
-                    let detail = format!("{expires}; warning job {} via {source}", job.id);
-                    alerts.put_jobs.push(job);
-                    match note {
-                        Some(note) => format!("{detail}; {note}"),
-                        None => detail,
-                    }
-                }
-                Err(e) => format!("{expires}; no warning sent: {e}"),
-            };
-            audit.push(entry(now, "inactivity-warning", rec.id, detail));
-            records.push(rec);
-        }
-        let n = records.len();
-        let change = Change {
-            put_keys: records,
-            audit,
-            ..alerts
-        };
-        self.commit(writer, change).await?;
-        tracing::info!(keys = n, "inactivity warnings scheduled");
-        Ok(n)
-    }
+    let n = records.len();
+    let change = Change {
+        put_keys: records,
+        audit,
+        ..alerts
+    };
+    keys.commit(writer, change).await?;
+    tracing::info!(keys = n, "inactivity warnings scheduled");
+    Ok(n)
 }
 
 /// Full records (with in-memory usage) of `picked` keys, each with its note.

@@ -222,17 +222,6 @@ impl Keys {
         self.writer.clone().lock_owned().await
     }
 
-    /// [`Self::blocking`] under the writer lock: what must not interleave with a key
-    /// change (claiming due jobs, which a change of a notification reschedules).
-    pub(crate) async fn with_writer<T, F>(&self, f: F) -> Result<T, KeyError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&dyn Storage) -> Result<T, StoreError> + Send + 'static,
-    {
-        let _writer = self.writer.lock().await;
-        self.blocking(f).await
-    }
-
     /// Commit `change` and show it in the index, as one blocking task that runs to
     /// its end whatever happens to the caller: an admin whose client hangs up
     /// mid-commit drops this future, and the store and the index must still agree

@@ -685,7 +685,7 @@ async fn purged_entries_are_reused_without_mixing_up_keys() {
         .await
         .unwrap();
     f.clock.advance(Duration::days(2));
-    assert_eq!(f.keys.purge().await.unwrap(), 1);
+    assert_eq!(maintenance::purge(&f.keys).await.unwrap(), 1);
     // The new key takes the purged key's entry number.
     let new = f.keys.create(&admin(), req("alice", "new")).await.unwrap();
     assert_eq!(f.keys.verify(&old_key, None, None).code, Code::NotFound);
@@ -721,14 +721,14 @@ async fn expiry_sweep_records_expired_and_inactive_keys_once() {
     f.keys.set_enabled(&alice(), &off, false).await.unwrap();
     f.keys.remove(&admin(), &gone).await.unwrap();
     assert_eq!(
-        f.keys.sweep_expired().await.unwrap(),
+        maintenance::sweep_expired(&f.keys).await.unwrap(),
         0,
         "nothing lapsed yet"
     );
     f.clock.advance(Duration::days(60));
     assert_eq!(f.keys.verify(&used_key, None, None).code, Code::Valid);
     f.clock.advance(Duration::days(31)); // p3m of inactivity have passed for "idle"
-    assert_eq!(f.keys.sweep_expired().await.unwrap(), 2);
+    assert_eq!(maintenance::sweep_expired(&f.keys).await.unwrap(), 2);
     let action_of = |id: String| {
         let keys = &f.keys;
         async move {
@@ -745,7 +745,11 @@ async fn expiry_sweep_records_expired_and_inactive_keys_once() {
         "disabled comes before expired"
     );
     assert_eq!(action_of(gone).await, "remove");
-    assert_eq!(f.keys.sweep_expired().await.unwrap(), 0, "recorded once");
+    assert_eq!(
+        maintenance::sweep_expired(&f.keys).await.unwrap(),
+        0,
+        "recorded once"
+    );
 }
 
 /// Keys per status by visiting every key, as `/metrics` used to on every scrape.
@@ -812,7 +816,7 @@ async fn key_status_counts_come_from_counters_not_a_scan_per_scrape() {
     // x expires; the scrape shows it as the last sweep left it, until the next one.
     f.clock.advance(Duration::minutes(20));
     assert_eq!(counts(&f.keys), [4, 1, 0, 0, 1], "a scrape does not scan");
-    assert_eq!(f.keys.sweep_expired().await.unwrap(), 1);
+    assert_eq!(maintenance::sweep_expired(&f.keys).await.unwrap(), 1);
     assert_eq!(counts(&f.keys), [3, 1, 1, 0, 1]);
     assert_eq!(f.keys.status_counts(), scanned(&f.keys));
     // An edit of an expired key keeps it counted as expired.
@@ -827,18 +831,18 @@ async fn key_status_counts_come_from_counters_not_a_scan_per_scrape() {
     f.clock.advance(Duration::days(40));
     // a was used 40 days ago; d and e never, 100 days after creation: inactive.
     assert_eq!(counts(&f.keys), [3, 1, 1, 0, 1], "a scrape does not scan");
-    assert_eq!(f.keys.sweep_expired().await.unwrap(), 2);
+    assert_eq!(maintenance::sweep_expired(&f.keys).await.unwrap(), 2);
     assert_eq!(counts(&f.keys), [1, 1, 1, 2, 1]);
     assert_eq!(f.keys.status_counts(), scanned(&f.keys));
     // Re-enabling b (which went inactive while disabled) counts it as active until
     // the sweep finds it inactive.
     f.keys.set_enabled(&admin(), &ids[1], true).await.unwrap();
     assert_eq!(counts(&f.keys), [2, 0, 1, 2, 1]);
-    f.keys.sweep_expired().await.unwrap();
+    maintenance::sweep_expired(&f.keys).await.unwrap();
     assert_eq!(counts(&f.keys), [1, 0, 1, 3, 1]);
     assert_eq!(f.keys.status_counts(), scanned(&f.keys));
     // The purge takes the removed, expired and long inactive keys out of the counts.
-    let purged = f.keys.purge().await.unwrap();
+    let purged = maintenance::purge(&f.keys).await.unwrap();
     assert_eq!(purged, 5);
     assert_eq!(counts(&f.keys), [1, 0, 0, 0, 0]);
     assert_eq!(f.keys.status_counts(), scanned(&f.keys));

@@ -36,88 +36,7 @@ impl Keys {
         // coarse clock costs a fraction of a precise read.
         let now = self.clock.now_coarse();
         let settings = self.settings.read();
-        self.verify_with(&settings.policy, presented, scopes, ip, route, now)
-    }
-
-    fn verify_with(
-        &self,
-        policy: &Policy,
-        presented: &str,
-        scopes: &[&str],
-        ip: Option<IpAddr>,
-        route: Option<&str>,
-        now: DateTime<Utc>,
-    ) -> Verification {
-        let none = |code| Verification {
-            code,
-            last_used: None,
-            entry: None,
-            hash: [0; 32],
-        };
-        if presented.len() > secret::MAX_SECRET_LEN
-            || secret::shape(presented, policy.min_imported_secret_length) == Shape::Malformed
-        {
-            return none(Code::Malformed);
-        }
-        let hash = self.hasher.hash(presented);
-        // Counting happens under the read lock: a change to the key replaces its slot
-        // under the write lock and takes the counters over from the old one.
-        let index = self.index.read();
-        let slot = match index.table.get(&hash) {
-            None => return none(Code::NotFound),
-            Some(Hit::Current(slot)) => slot,
-            Some(Hit::Previous { until_ms, entry }) => {
-                // The previous secret of a rotated key: good only during the grace period.
-                let current = (now.timestamp_millis() < until_ms)
-                    .then(|| index.at(entry))
-                    .flatten()
-                    .and_then(|live| index.table.current(&live.hash));
-                match current {
-                    Some(slot) => slot,
-                    None => return none(Code::NotFound),
-                }
-            }
-        };
-        let code = match slot.status(policy, now) {
-            Status::Removed => return none(Code::NotFound),
-            Status::Disabled => Code::Disabled,
-            Status::Expired => Code::Expired,
-            Status::Inactive => Code::Inactive,
-            // Before the IP and scope checks: a key whose owner is gone answers the
-            // same wherever it is used from.
-            Status::Active if slot.flags & table::REFUSED != 0 => {
-                if slot.flags & table::OWNER_UNKNOWN != 0 {
-                    Code::OwnerUnknown
-                } else {
-                    // Holds none of its scopes now: refused whatever is asked.
-                    Code::InsufficientScope
-                }
-            }
-            Status::Active if !index.admits(slot, ip) => Code::IpNotAllowed,
-            Status::Active if !index.holds(slot, scopes) => Code::InsufficientScope,
-            Status::Active => {
-                slot.touch(now.timestamp());
-                if let (Some(r), Some(live)) = (route, index.at(slot.entry)) {
-                    live.count_route(r);
-                }
-                Code::Valid
-            }
-        };
-        if code != Code::Valid {
-            slot.deny();
-        }
-        let out = Verification {
-            code,
-            last_used: slot.last_used(),
-            entry: Some(slot.entry),
-            hash,
-        };
-        drop(index);
-        // Only the first use after a flush writes the shared flag.
-        if !self.touched.load(Ordering::Relaxed) {
-            self.touched.store(true, Ordering::Relaxed);
-        }
-        out
+        verify_with(self, &settings.policy, presented, scopes, ip, route, now)
     }
 
     /// The key a verification found, if it still holds the presented secret. The
@@ -136,4 +55,86 @@ impl Keys {
         }
         live
     }
+}
+
+/// Verify `presented` against the index under `policy` at `now`.
+fn verify_with(
+    keys: &Keys,
+    policy: &Policy,
+    presented: &str,
+    scopes: &[&str],
+    ip: Option<IpAddr>,
+    route: Option<&str>,
+    now: DateTime<Utc>,
+) -> Verification {
+    let none = |code| Verification {
+        code,
+        last_used: None,
+        entry: None,
+        hash: [0; 32],
+    };
+    if presented.len() > secret::MAX_SECRET_LEN
+        || secret::shape(presented, policy.min_imported_secret_length) == Shape::Malformed
+    {
+        return none(Code::Malformed);
+    }
+    let hash = keys.hasher.hash(presented);
+    // Counting happens under the read lock: a change to the key replaces its slot
+    // under the write lock and takes the counters over from the old one.
+    let index = keys.index.read();
+    let slot = match index.table.get(&hash) {
+        None => return none(Code::NotFound),
+        Some(Hit::Current(slot)) => slot,
+        Some(Hit::Previous { until_ms, entry }) => {
+            // The previous secret of a rotated key: good only during the grace period.
+            let current = (now.timestamp_millis() < until_ms)
+                .then(|| index.at(entry))
+                .flatten()
+                .and_then(|live| index.table.current(&live.hash));
+            match current {
+                Some(slot) => slot,
+                None => return none(Code::NotFound),
+            }
+        }
+    };
+    let code = match slot.status(policy, now) {
+        Status::Removed => return none(Code::NotFound),
+        Status::Disabled => Code::Disabled,
+        Status::Expired => Code::Expired,
+        Status::Inactive => Code::Inactive,
+        // Before the IP and scope checks: a key whose owner is gone answers the
+        // same wherever it is used from.
+        Status::Active if slot.flags & table::REFUSED != 0 => {
+            if slot.flags & table::OWNER_UNKNOWN != 0 {
+                Code::OwnerUnknown
+            } else {
+                // Holds none of its scopes now: refused whatever is asked.
+                Code::InsufficientScope
+            }
+        }
+        Status::Active if !index.admits(slot, ip) => Code::IpNotAllowed,
+        Status::Active if !index.holds(slot, scopes) => Code::InsufficientScope,
+        Status::Active => {
+            slot.touch(now.timestamp());
+            if let (Some(r), Some(live)) = (route, index.at(slot.entry)) {
+                live.count_route(r);
+            }
+            Code::Valid
+        }
+    };
+    if code != Code::Valid {
+        slot.deny();
+    }
+    let out = Verification {
+        code,
+        last_used: slot.last_used(),
+        entry: Some(slot.entry),
+        hash,
+    };
+    drop(index);
+    // Only the first use after a flush writes the shared flag.
+    if !keys.touched.load(Ordering::Relaxed) {
+        keys.touched.store(true, Ordering::Relaxed);
+    }
+    out
 }

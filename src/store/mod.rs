@@ -35,7 +35,6 @@ mod storage;
 
 pub use error::{BoxError, StoreError};
 pub use memory::MemoryStore;
-pub(crate) use page::Pager;
 pub use page::{Page, MAX_PAGE};
 pub use redb::{RedbStore, CACHE_BYTES};
 pub use storage::{AuditFilter, Change, JobFilter, Retire, Storage, UsageUpdate};

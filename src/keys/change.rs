@@ -101,106 +101,26 @@ impl Keys {
         let checked = check_not_own_secret(self, actor, id, &req).await?;
         let live = self
             .modify(actor, id, "edit", |rec, ctx| {
-                let (index, settings, now) = (ctx.index, ctx.settings, ctx.now);
-                let old_expiry = rec.expires_at;
-                let mut changed = Vec::new();
-                let binds_owner = binds_owner(actor, &rec.owner, &settings.directory);
-                if checked.as_ref().is_some_and(|c| OwnSecrets::of(rec).ok().as_ref() != Some(c)) {
+                if checked
+                    .as_ref()
+                    .is_some_and(|c| OwnSecrets::of(rec).ok().as_ref() != Some(c))
+                {
                     return Err(KeyError::Conflict(format!(
                         "the secret of key {} changed while this edit was checked; try again",
                         rec.id
                     )));
                 }
-                if let Some(name) = &req.name {
-                    let name = check_name(name, "")?;
-                    // A header with `${key.name}` is one only an admin may set: the
-                    // owner renaming the key would choose what it tells the upstream.
-                    if !actor.admin
-                        && name != rec.name
-                        && rec.headers.iter().any(|h| h.template.contains("${key.name}"))
-                    {
-                        return Err(KeyError::Forbidden(format!(
-                            "key {} has a header an admin set from its name (${{key.name}}); \
-                             only an admin can rename it",
-                            rec.id
-                        )));
-                    }
-                    check_unique_name(index, &rec.owner, &name, Some(rec.id))?;
-                    changed.push(format!("name={name:?}"));
-                    rec.name = name;
-                }
-                if let Some(d) = &req.description {
-                    rec.description = check_description(d, "")?;
-                    changed.push("description".to_owned());
-                }
-                if let Some(list) = &req.scopes {
-                    let scopes = check_scopes(list)?;
-                    if let Some(bad) = scopes.iter().find(|s| !rec.scopes.contains(s)) {
-                        return Err(invalid(
-                            "scopes",
-                            format!("scopes can only be narrowed; the key does not hold {bad:?} (it holds: {})", rec.scopes.join(", ")),
-                        ));
-                    }
-                    changed.push(format!("scopes=[{}]", scopes.join(",")));
-                    if binds_owner && rec.scopes.iter().any(|s| !scopes.contains(s)) {
-                        rec.admin_restrictions.restricted_by = Some(actor.name.clone());
-                    }
-                    rec.scopes = scopes;
-                }
-                if let Some(ips) = &req.ip {
-                    let ips = check_ips(ips)?;
-                    if !actor.admin {
-                        check_owner_ips(&ips, &rec.admin_restrictions.ip_filters)?;
-                    } else if binds_owner {
-                        rec.admin_restrictions.ip_filters = ips.clone();
-                    } else {
-                        // An admin's own key: nothing anyone else imposed binds it.
-                        rec.admin_restrictions.ip_filters.clear();
-                    }
-                    rec.ip_filters = ips;
-                    changed.push(format!("ip=[{}]", rec.ip_filters.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(",")));
-                }
-                if let Some(h) = &req.headers {
-                    let headers = check_headers(h)?;
-                    if !actor.admin {
-                        check_owner_headers(&headers, &rec.admin_restrictions.headers)?;
-                    } else if binds_owner {
-                        rec.admin_restrictions.headers = headers.clone();
-                    } else {
-                        rec.admin_restrictions.headers.clear();
-                    }
-                    rec.headers = headers;
-                    changed.push(format!("headers={}", rec.headers.len()));
-                }
-                let new_expiry = match (&req.expires_at, &req.expires_in) {
-                    (Some(_), Some(_)) => return Err(invalid("expires_at", "give either --expires-at or --expires-in, not both")),
-                    (Some(at), None) => Some(parse_time("expires_at", at)?),
-                    (None, Some(p)) => Some(add_period(&parse_period("expires_in", p)?, now)?),
-                    (None, None) => None,
-                };
-                if let Some(at) = new_expiry {
-                    if rec.expires_at.is_some_and(|cur| at > cur) {
-                        return Err(invalid(
-                            "expires_at",
-                            format!(
-                                "the expiry of a key can only be moved earlier (currently {}, asked {})",
-                                rec.expires_at.map(rfc3339).unwrap_or_default(),
-                                rfc3339(at)
-                            ),
-                        ));
-                    }
-                    check_expiry_range(&settings.policy, at, now)?;
-                    if binds_owner && rec.expires_at != Some(at) {
-                        rec.admin_restrictions.restricted_by = Some(actor.name.clone());
-                    }
-                    rec.expires_at = Some(at);
-                    changed.push(format!("expires={}", rfc3339(at)));
-                }
+                let old_expiry = rec.expires_at;
+                let changed = apply_edit(rec, &req, actor, ctx)?;
                 if changed.is_empty() {
-                    return Err(invalid("edit", "nothing to change: give at least one field"));
+                    return Err(invalid(
+                        "edit",
+                        "nothing to change: give at least one field",
+                    ));
                 }
                 // A notification later than the new expiry moves with it.
-                let (more, jobs) = notification::follow_expiry(rec, old_expiry, ctx.job.take(), now);
+                let (more, jobs) =
+                    notification::follow_expiry(rec, old_expiry, ctx.job.take(), ctx.now);
                 ctx.jobs = jobs;
                 Ok(changed.join(" ") + &more)
             })
@@ -380,4 +300,138 @@ async fn check_not_own_secret(
     })
     .await
     .map_err(|e| KeyError::Internal(e.to_string()))?
+}
+
+/// Apply the fields of an edit to `rec`; returns what changed, for the audit trail.
+fn apply_edit(
+    rec: &mut KeyRecord,
+    req: &EditKey,
+    actor: &Actor,
+    ctx: &Ctx<'_>,
+) -> Result<Vec<String>, KeyError> {
+    let binds = binds_owner(actor, &rec.owner, &ctx.settings.directory);
+    let mut changed = Vec::new();
+    if let Some(name) = &req.name {
+        rename(rec, name, actor, ctx.index)?;
+        changed.push(format!("name={:?}", rec.name));
+    }
+    if let Some(d) = &req.description {
+        rec.description = check_description(d, "")?;
+        changed.push("description".to_owned());
+    }
+    if let Some(list) = &req.scopes {
+        narrow_scopes(rec, list, actor, binds)?;
+        changed.push(format!("scopes=[{}]", rec.scopes.join(",")));
+    }
+    if let Some(ips) = &req.ip {
+        let ips = check_ips(ips)?;
+        if !actor.admin {
+            check_owner_ips(&ips, &rec.admin_restrictions.ip_filters)?;
+        } else if binds {
+            rec.admin_restrictions.ip_filters = ips.clone();
+        } else {
+            // An admin's own key: nothing anyone else imposed binds it.
+            rec.admin_restrictions.ip_filters.clear();
+        }
+        rec.ip_filters = ips;
+        let shown: Vec<String> = rec.ip_filters.iter().map(|n| n.to_string()).collect();
+        changed.push(format!("ip=[{}]", shown.join(",")));
+    }
+    if let Some(h) = &req.headers {
+        let headers = check_headers(h)?;
+        if !actor.admin {
+            check_owner_headers(&headers, &rec.admin_restrictions.headers)?;
+        } else if binds {
+            rec.admin_restrictions.headers = headers.clone();
+        } else {
+            rec.admin_restrictions.headers.clear();
+        }
+        rec.headers = headers;
+        changed.push(format!("headers={}", rec.headers.len()));
+    }
+    if let Some(at) = earlier_expiry(rec, req, ctx)? {
+        if binds && rec.expires_at != Some(at) {
+            rec.admin_restrictions.restricted_by = Some(actor.name.clone());
+        }
+        rec.expires_at = Some(at);
+        changed.push(format!("expires={}", rfc3339(at)));
+    }
+    Ok(changed)
+}
+
+/// A new name, unique for the owner. A header with `${key.name}` is one only an
+/// admin may set: the owner renaming the key would choose what it tells the upstream.
+fn rename(rec: &mut KeyRecord, name: &str, actor: &Actor, index: &Index) -> Result<(), KeyError> {
+    let name = check_name(name, "")?;
+    if !actor.admin
+        && name != rec.name
+        && rec
+            .headers
+            .iter()
+            .any(|h| h.template.contains("${key.name}"))
+    {
+        return Err(KeyError::Forbidden(format!(
+            "key {} has a header an admin set from its name (${{key.name}}); \
+             only an admin can rename it",
+            rec.id
+        )));
+    }
+    check_unique_name(index, &rec.owner, &name, Some(rec.id))?;
+    rec.name = name;
+    Ok(())
+}
+
+/// Scopes can only be narrowed; an admin narrowing someone else's key binds them.
+fn narrow_scopes(
+    rec: &mut KeyRecord,
+    list: &[String],
+    actor: &Actor,
+    binds: bool,
+) -> Result<(), KeyError> {
+    let scopes = check_scopes(list)?;
+    if let Some(bad) = scopes.iter().find(|s| !rec.scopes.contains(s)) {
+        return Err(invalid(
+            "scopes",
+            format!(
+                "scopes can only be narrowed; the key does not hold {bad:?} (it holds: {})",
+                rec.scopes.join(", ")
+            ),
+        ));
+    }
+    if binds && rec.scopes.iter().any(|s| !scopes.contains(s)) {
+        rec.admin_restrictions.restricted_by = Some(actor.name.clone());
+    }
+    rec.scopes = scopes;
+    Ok(())
+}
+
+/// The new expiry an edit asks for, if any: only ever earlier, and within the policy.
+fn earlier_expiry(
+    rec: &KeyRecord,
+    req: &EditKey,
+    ctx: &Ctx<'_>,
+) -> Result<Option<DateTime<Utc>>, KeyError> {
+    let at = match (&req.expires_at, &req.expires_in) {
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                "expires_at",
+                "give either --expires-at or --expires-in, not both",
+            ))
+        }
+        (Some(at), None) => parse_time("expires_at", at)?,
+        (None, Some(p)) => add_period(&parse_period("expires_in", p)?, ctx.now)?,
+        (None, None) => return Ok(None),
+    };
+    if rec.expires_at.is_some_and(|cur| at > cur) {
+        return Err(invalid(
+            "expires_at",
+            format!(
+                "the expiry of a key can only be moved earlier (currently {}, asked {})",
+                rec.expires_at.map(rfc3339).unwrap_or_default(),
+                rfc3339(at)
+            ),
+        ));
+    }
+    check_expiry_range(&ctx.settings.policy, at, ctx.now)?;
+    Ok(Some(at))
 }

@@ -322,21 +322,18 @@ impl Keys {
         req: NotifyRequest,
     ) -> Result<KeyView, KeyError> {
         let config = self.alerting.config();
-        let settings = self.settings();
         let action = if req.cancel {
             "notify-cancel"
         } else {
             "notify"
         };
-        let who = actor.name.clone();
         let mut note = None;
         let note_out = &mut note;
         let live = self
             .modify(actor, id, action, |rec, ctx| {
                 let (job, now) = (ctx.job.take(), ctx.now);
-                let last_used = rec.last_used_at;
                 if matches!(
-                    rec.status(&settings.policy, last_used, now),
+                    rec.status(&ctx.settings.policy, rec.last_used_at, now),
                     Status::Expired | Status::Inactive
                 ) {
                     return Err(KeyError::Conflict(format!(
@@ -344,87 +341,20 @@ impl Keys {
                         rec.id
                     )));
                 }
-                let mut batch = Change::default();
                 if req.cancel {
-                    if req.at.is_some() || req.before.is_some() || req.source.is_some() {
-                        return Err(invalid(
-                            "cancel",
-                            "--cancel takes no time or source",
-                        ));
-                    }
-                    let Some(n) = rec.alerting.notification.take() else {
-                        return Err(KeyError::Conflict(format!(
-                            "key {} has no notification to cancel",
-                            rec.id
-                        )));
-                    };
-                    let mut detail = format!("job {}", n.job_id);
-                    if let Some(mut job) = job.filter(|j| j.state == JobState::Scheduled) {
-                        job.cancel(format!("notification cancelled by {who}"), now);
-                        detail += " canceled";
-                        batch.put_jobs.push(job);
-                    }
-                    ctx.jobs = batch;
+                    let (detail, jobs) = cancel_notification(rec, &req, job, &actor.name, now)?;
+                    ctx.jobs = jobs;
                     return Ok(detail);
                 }
-                let current = rec.alerting.notification.clone();
-                let at = resolve_time(req.at.as_deref(), req.before.as_deref(), rec.expires_at)?
-                    .or(current.as_ref().map(|n| n.at));
-                let Some(at) = at else {
-                    return Err(invalid(
-                        "notify_at",
-                        "give the notification time with --at RFC3339 or --before PERIOD",
-                    ));
+                let (at, source, fallback) =
+                    notification_asked(rec, &req, &config, &ctx.settings.directory, now)?;
+                let (detail, jobs) = schedule(rec, job, at, &source, now);
+                ctx.jobs = jobs;
+                let detail = match &fallback {
+                    Some(n) => format!("{detail}; {n}"),
+                    None => detail,
                 };
-                let named = req.source.as_deref().map(str::trim).filter(|s| !s.is_empty());
-                let source = match named {
-                    Some(s) => s.to_owned(),
-                    _ => match current.as_ref().map(|n| n.source.clone()).or(config.default_source.clone()) {
-                        Some(s) => s,
-                        None => {
-                            return Err(invalid(
-                                "alert_source",
-                                "name an alert source (--source): DefaultAlertSource is empty",
-                            ))
-                        }
-                    },
-                };
-                check_source(&config, &source)?;
-                let (source, fallback) =
-                    choose_source(&config, &settings.directory, &rec.owner, source, named.is_some())?;
                 *note_out = fallback;
-                check_time(at, rec.expires_at, now)?;
-                let (job, how) = match job {
-                    Some(mut job) if !job.started() && current.is_some() => {
-                        // Not started: the same job, rescheduled.
-                        job.due_at = at;
-                        job.run_at = at;
-                        job.source = source.clone();
-                        job.updated_at = now;
-                        (job, "rescheduled")
-                    }
-                    old => {
-                        let new = AlertJob::new(rec.id, JobKind::Notification, &source, at, now);
-                        if let Some(mut old) = old.filter(|o| o.state == JobState::Scheduled) {
-                            // Waiting for a retry: superseded by the new job.
-                            old.cancel(format!("superseded by job {}", new.id), now);
-                            old.replaced_by = Some(new.id);
-                            batch.put_jobs.push(old);
-                        }
-                        (new, "new job")
-                    }
-                };
-                rec.alerting.notification = Some(NotificationRef {
-                    at,
-                    source: source.clone(),
-                    job_id: job.id,
-                });
-                let mut detail = format!("at={} source={source} job={} ({how})", rfc3339(at), job.id);
-                if let Some(n) = note_out.as_deref() {
-                    detail = format!("{detail}; {n}");
-                }
-                batch.put_jobs.push(job);
-                ctx.jobs = batch;
                 Ok(detail)
             })
             .await?;
@@ -432,4 +362,116 @@ impl Keys {
         view.notice = note;
         Ok(view)
     }
+}
+
+/// `notify --cancel`: the key loses its notification, and its job, if waiting, is
+/// Canceled.
+fn cancel_notification(
+    rec: &mut KeyRecord,
+    req: &NotifyRequest,
+    job: Option<AlertJob>,
+    who: &str,
+    now: DateTime<Utc>,
+) -> Result<(String, Change), KeyError> {
+    if req.at.is_some() || req.before.is_some() || req.source.is_some() {
+        return Err(invalid("cancel", "--cancel takes no time or source"));
+    }
+    let Some(n) = rec.alerting.notification.take() else {
+        return Err(KeyError::Conflict(format!(
+            "key {} has no notification to cancel",
+            rec.id
+        )));
+    };
+    let mut detail = format!("job {}", n.job_id);
+    let mut jobs = Change::default();
+    if let Some(mut job) = job.filter(|j| j.state == JobState::Scheduled) {
+        job.cancel(format!("notification cancelled by {who}"), now);
+        detail += " canceled";
+        jobs.put_jobs.push(job);
+    }
+    Ok((detail, jobs))
+}
+
+/// The time and source a `notify` request asks for, what it leaves out taken from
+/// the key's current notification or the configured default; with a note when the
+/// source that would have been used cannot reach the owner ([`choose_source`]).
+fn notification_asked(
+    rec: &KeyRecord,
+    req: &NotifyRequest,
+    config: &AlertConfig,
+    directory: &Directory,
+    now: DateTime<Utc>,
+) -> Result<(DateTime<Utc>, String, Option<String>), KeyError> {
+    let current = rec.alerting.notification.as_ref();
+    let at = resolve_time(req.at.as_deref(), req.before.as_deref(), rec.expires_at)?
+        .or(current.map(|n| n.at));
+    let Some(at) = at else {
+        return Err(invalid(
+            "notify_at",
+            "give the notification time with --at RFC3339 or --before PERIOD",
+        ));
+    };
+    let named = req
+        .source
+        .as_deref()
+        .map(str::trim)
+        .filter(|s| !s.is_empty());
+    let source = match named {
+        Some(s) => s.to_owned(),
+        None => match current
+            .map(|n| n.source.clone())
+            .or(config.default_source.clone())
+        {
+            Some(s) => s,
+            None => {
+                return Err(invalid(
+                    "alert_source",
+                    "name an alert source (--source): DefaultAlertSource is empty",
+                ))
+            }
+        },
+    };
+    check_source(config, &source)?;
+    let (source, fallback) = choose_source(config, directory, &rec.owner, source, named.is_some())?;
+    check_time(at, rec.expires_at, now)?;
+    Ok((at, source, fallback))
+}
+
+/// Point the key's notification at `at` through `source`: its job rescheduled in
+/// place if it has not started, else a new job (superseding one waiting for a
+/// retry). Returns the audit detail and the job changes.
+fn schedule(
+    rec: &mut KeyRecord,
+    job: Option<AlertJob>,
+    at: DateTime<Utc>,
+    source: &str,
+    now: DateTime<Utc>,
+) -> (String, Change) {
+    let mut jobs = Change::default();
+    let (job, how) = match job {
+        Some(mut job) if !job.started() && rec.alerting.notification.is_some() => {
+            job.due_at = at;
+            job.run_at = at;
+            job.source = source.to_owned();
+            job.updated_at = now;
+            (job, "rescheduled")
+        }
+        old => {
+            let new = AlertJob::new(rec.id, JobKind::Notification, source, at, now);
+            if let Some(mut old) = old.filter(|o| o.state == JobState::Scheduled) {
+                old.cancel(format!("superseded by job {}", new.id), now);
+                old.replaced_by = Some(new.id);
+                jobs.put_jobs.push(old);
+            }
+            (new, "new job")
+        }
+    };
+    rec.alerting.notification = Some(NotificationRef {
+        at,
+        source: source.to_owned(),
+        job_id: job.id,
+    });
+    let detail = format!("at={} source={source} job={} ({how})", rfc3339(at), job.id);
+    jobs.put_jobs.push(job);
+    (detail, jobs)
 }

@@ -10,15 +10,18 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::address::AddressForm;
-use super::{Period, Validator};
+use super::period::Period;
+use super::validator::Validator;
 
 pub mod sources;
+
+pub use super::period::fixed_duration;
 
 pub use sources::{
     check_template, AlertSource, SourceKind, DEFAULT_BODY, DEFAULT_SUBJECT, OPERATOR, OWNER_EMAIL,
     TEMPLATE_FIELDS,
 };
-pub(super) use sources::{RawAlertSource, SOURCE_KEYS};
+pub(crate) use sources::{RawAlertSource, SOURCE_KEYS};
 
 /// How the SMTP connection is secured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,7 +130,7 @@ impl AlertConfig {
 
 /// The alert keys of `[ApiKey]`.
 #[derive(Debug, Default)]
-pub(super) struct RawAlertKeys {
+pub(crate) struct RawAlertKeys {
     pub default_lead_time: Option<String>,
     pub default_source: Option<String>,
     pub inactivity_warning_lead_time: Option<String>,
@@ -136,7 +139,7 @@ pub(super) struct RawAlertKeys {
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-pub(super) struct RawSmtp {
+pub(crate) struct RawSmtp {
     host: Option<String>,
     port: Option<i64>,
     tls: Option<String>,
@@ -149,7 +152,7 @@ pub(super) struct RawSmtp {
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-pub(super) struct RawAlerts {
+pub(crate) struct RawAlerts {
     max_attempts: Option<i64>,
     retry_initial: Option<String>,
     retry_max: Option<String>,
@@ -159,14 +162,14 @@ pub(super) struct RawAlerts {
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-pub(super) struct RawJobs {
+pub(crate) struct RawJobs {
     last_used_flush: Option<String>,
     expiry_sweep: Option<String>,
     purge: Option<String>,
     inactivity_warning: Option<String>,
 }
 
-pub(super) const SMTP_KEYS: &[&str] = &[
+pub(crate) const SMTP_KEYS: &[&str] = &[
     "host",
     "port",
     "tls",
@@ -176,28 +179,19 @@ pub(super) const SMTP_KEYS: &[&str] = &[
     "timeout",
     "pool_size",
 ];
-pub(super) const ALERTS_KEYS: &[&str] = &[
+pub(crate) const ALERTS_KEYS: &[&str] = &[
     "max_attempts",
     "retry_initial",
     "retry_max",
     "concurrency",
     "plugins_dir",
 ];
-pub(super) const JOBS_KEYS: &[&str] = &[
+pub(crate) const JOBS_KEYS: &[&str] = &[
     "last_used_flush",
     "expiry_sweep",
     "purge",
     "inactivity_warning",
 ];
-
-/// A period of fixed length (no months or years would be exact, so they are measured
-/// from a fixed instant) as a std `Duration`.
-pub fn fixed_duration(p: &Period) -> Option<Duration> {
-    let base = chrono::DateTime::UNIX_EPOCH;
-    p.add_to(base)
-        .and_then(|t| (t - base).to_std().ok())
-        .filter(|d| !d.is_zero())
-}
 
 /// Check a cron schedule with the parser tokio-cron-scheduler itself uses.
 pub fn check_cron(schedule: &str) -> Result<(), String> {
@@ -213,30 +207,9 @@ pub fn check_cron(schedule: &str) -> Result<(), String> {
 }
 
 impl Validator {
-    fn duration(&mut self, key: &str, value: Option<&str>, default: &str) -> Duration {
-        let text = value.unwrap_or(default);
-        let fallback = Period::parse(default)
-            .ok()
-            .and_then(|p| fixed_duration(&p))
-            .unwrap_or(Duration::from_secs(30));
-        match Period::parse(text) {
-            Ok(p) => match fixed_duration(&p) {
-                Some(d) => d,
-                None => {
-                    self.push(key, format!("{text:?} must be longer than zero"));
-                    fallback
-                }
-            },
-            Err(e) => {
-                self.push(key, e.to_string());
-                fallback
-            }
-        }
-    }
-
     /// The alert keys of `[ApiKey]`, `[smtp]`, `[alert_sources.*]`, `[alerts]` and
     /// `[jobs]`.
-    pub(super) fn validate_alerts(
+    pub(crate) fn validate_alerts(
         &mut self,
         keys: RawAlertKeys,
         smtp: RawSmtp,
@@ -379,92 +352,4 @@ impl Validator {
 }
 
 #[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
-    use super::*;
-    use crate::config::from_text;
-
-    #[test]
-    fn defaults_have_owner_email_and_operator() {
-        let c = from_text("").unwrap();
-        let a = &c.alerts;
-        assert_eq!(a.default_lead_time.as_ref().unwrap().as_str(), "p14d");
-        assert_eq!(a.default_source.as_deref(), Some(OWNER_EMAIL));
-        assert!(a.source(OWNER_EMAIL).is_some());
-        assert!(a.source(OPERATOR).is_some());
-        assert_eq!(a.max_attempts, 5);
-        assert_eq!(a.smtp.port, 25);
-        assert_eq!(a.retry_initial, Duration::from_secs(60));
-    }
-
-    #[test]
-    fn bad_cron_and_sources_are_config_errors() {
-        let err = from_text(
-            r#"
-            [ApiKey]
-            DefaultAlertSource = "nope"
-            DefaultNotificationLeadTime = "14d"
-            [jobs]
-            purge = "every tuesday-ish"
-            expiry_sweep = "61 * * * * *"
-            [smtp]
-            tls = "ssl"
-            from = "not an address"
-            [alert_sources.web]
-            kind = "plugin"
-            plugin = "../bin/sh"
-            [alert_sources.mail]
-            kind = "email"
-            subject = "key ${key.secret}"
-            to = ["x"]
-            [alert_sources.odd]
-            kind = "pager"
-            "#,
-        )
-        .unwrap_err();
-        let keys: Vec<_> = err.problems.iter().map(|p| p.key.as_str()).collect();
-        for k in [
-            "ApiKey.DefaultAlertSource",
-            "ApiKey.DefaultNotificationLeadTime",
-            "jobs.purge",
-            "jobs.expiry_sweep",
-            "smtp.tls",
-            "smtp.from",
-            "alert_sources.web.plugin",
-            "alert_sources.mail.subject",
-            "alert_sources.mail.to",
-            "alert_sources.odd.kind",
-        ] {
-            assert!(keys.contains(&k), "{k} missing from {keys:?}");
-        }
-        assert!(err.to_string().contains("key.secret"), "{err}");
-    }
-
-    #[test]
-    fn unknown_keys_in_alert_sections() {
-        let err = from_text(
-            "[smtp]\npassword = \"x\"\n[alert_sources.a]\nkind = \"email\"\nsubj = \"\"\n",
-        )
-        .unwrap_err();
-        let keys: Vec<_> = err.problems.iter().map(|p| p.key.as_str()).collect();
-        assert!(keys.contains(&"smtp.password"), "{keys:?}");
-        assert!(keys.contains(&"alert_sources.a.subj"), "{keys:?}");
-    }
-
-    #[test]
-    fn empty_default_turns_default_notification_off() {
-        let c =
-            from_text("[ApiKey]\nDefaultNotificationLeadTime = \"\"\nDefaultAlertSource = \"\"\n")
-                .unwrap();
-        assert!(c.alerts.default_lead_time.is_none());
-        assert!(c.alerts.default_source.is_none());
-    }
-
-    #[test]
-    fn good_cron_accepted() {
-        check_cron("*/10 * * * * *").unwrap();
-        check_cron("0 17 3 * * *").unwrap();
-        assert!(check_cron("* * * * *").is_err());
-        assert!(check_cron("0 0 25 * * *").is_err());
-    }
-}
+mod tests;

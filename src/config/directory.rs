@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::Deserialize;
 
 use super::address::AddressForm;
-use super::Validator;
+use super::validator::Validator;
 
 /// A group of users and what it grants.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -75,7 +75,7 @@ impl Directory {
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-pub(super) struct RawGroup {
+pub(crate) struct RawGroup {
     #[serde(default)]
     scopes: Vec<String>,
     #[serde(default)]
@@ -86,15 +86,15 @@ pub(super) struct RawGroup {
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-pub(super) struct RawUser {
+pub(crate) struct RawUser {
     email: Option<String>,
     #[serde(default)]
     groups: Vec<String>,
     unix_user: Option<String>,
 }
 
-pub(super) const GROUP_KEYS: &[&str] = &["scopes", "create_keys", "manage_all_keys"];
-pub(super) const USER_KEYS: &[&str] = &["email", "groups", "unix_user"];
+pub(crate) const GROUP_KEYS: &[&str] = &["scopes", "create_keys", "manage_all_keys"];
+pub(crate) const USER_KEYS: &[&str] = &["email", "groups", "unix_user"];
 
 /// Names of users and groups.
 pub fn valid_name(s: &str) -> bool {
@@ -115,7 +115,7 @@ pub fn valid_scope(s: &str) -> bool {
 impl Validator {
     /// Reports `name`, the table key at `key`, unless it is a [`valid_name`]; `what`
     /// says what it names ("user", "group", "source").
-    pub(super) fn name(&mut self, key: &str, name: &str, what: &str) {
+    pub(crate) fn name(&mut self, key: &str, name: &str, what: &str) {
         if !valid_name(name) {
             self.push(
                 key,
@@ -125,7 +125,7 @@ impl Validator {
     }
 
     /// Groups first: users name them.
-    pub(super) fn directory(
+    pub(crate) fn directory(
         &mut self,
         groups: BTreeMap<String, RawGroup>,
         users: BTreeMap<String, RawUser>,

@@ -6,8 +6,9 @@ use std::collections::BTreeMap;
 use ipnet::IpNet;
 use serde::Deserialize;
 
+use super::directory::valid_scope;
 use super::ipfilter;
-use super::{valid_scope, Validator};
+use super::validator::Validator;
 
 pub mod route_path;
 #[cfg(test)]
@@ -183,7 +184,7 @@ impl Default for RateLimitConfig {
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-pub(super) struct RawAuth {
+pub(crate) struct RawAuth {
     key_headers: Option<Vec<String>>,
     query_param: Option<String>,
     trusted_proxies: Option<Vec<String>>,
@@ -196,21 +197,21 @@ pub(super) struct RawAuth {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct RawRoute {
+pub(crate) struct RawRoute {
     prefix: String,
     scope: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-pub(super) struct RawRateLimit {
+pub(crate) struct RawRateLimit {
     failures_per_minute: Option<i64>,
     burst: Option<i64>,
     max_tracked_clients: Option<i64>,
     ipv6_prefix: Option<i64>,
 }
 
-pub(super) const AUTH_KEYS: &[&str] = &[
+pub(crate) const AUTH_KEYS: &[&str] = &[
     "key_headers",
     "query_param",
     "trusted_proxies",
@@ -219,8 +220,8 @@ pub(super) const AUTH_KEYS: &[&str] = &[
     "routes",
     "max_header_bytes",
 ];
-pub(super) const ROUTE_KEYS: &[&str] = &["prefix", "scope"];
-pub(super) const RATE_LIMIT_KEYS: &[&str] = &[
+pub(crate) const ROUTE_KEYS: &[&str] = &["prefix", "scope"];
+pub(crate) const RATE_LIMIT_KEYS: &[&str] = &[
     "failures_per_minute",
     "burst",
     "max_tracked_clients",
@@ -235,7 +236,7 @@ fn header_name(v: &mut Validator, key: &str, name: &str) -> String {
     name.to_ascii_lowercase()
 }
 
-pub(super) fn validate_auth(v: &mut Validator, raw: RawAuth) -> AuthConfig {
+pub(crate) fn validate_auth(v: &mut Validator, raw: RawAuth) -> AuthConfig {
     let d = AuthConfig::default();
     let key_headers = match raw.key_headers {
         Some(list) if list.is_empty() => {
@@ -377,7 +378,7 @@ fn prefix_problem(prefix: &str) -> Option<String> {
     })
 }
 
-pub(super) fn validate_rate_limit(v: &mut Validator, raw: RawRateLimit) -> RateLimitConfig {
+pub(crate) fn validate_rate_limit(v: &mut Validator, raw: RawRateLimit) -> RateLimitConfig {
     let d = RateLimitConfig::default();
     let per_minute = v.int(
         "rate_limit.failures_per_minute",

@@ -4,18 +4,24 @@
 //! Loading is two steps: the file is parsed and every unknown key reported, then one
 //! validation pass turns the raw values into a [`Config`], collecting every problem
 //! with its file and key (like `nginx -t`) instead of stopping at the first.
+//!
+//! Each section of the file has its own module; what they share (the `Validator`,
+//! the errors, periods) lives in leaf modules beside them. None of them imports
+//! this one, which only puts the sections together into a file. (What a section
+//! hands up to it is `pub(crate)`: `pub(super)` would name this module too.)
 
 pub mod address;
 pub mod alerts;
 pub mod directory;
 pub mod edge;
+mod error;
 pub mod ipfilter;
 pub mod period;
+mod policy;
 pub mod server;
+mod validator;
 
 use std::collections::BTreeMap;
-use std::fmt;
-use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -23,80 +29,15 @@ use serde::Deserialize;
 pub use alerts::AlertConfig;
 pub use directory::{valid_name, valid_scope, Directory, Group, Rights, User};
 pub use edge::{AuthConfig, RateLimitConfig, Route};
+pub use error::{ConfigError, Problem};
 pub use period::{Period, PeriodError};
-pub use server::ServerConfig;
+pub use policy::{Policy, DEFAULT_MAX_KEYS_PER_USER};
+pub use server::{Environment, ServerConfig};
+use validator::Validator;
 
 /// The scope that lets a key use the admin API over TCP.
 pub const ADMIN_SCOPE: &str = "apikeyd:admin";
 
-/// One thing wrong with a configuration file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problem {
-    /// The file it is in.
-    pub file: PathBuf,
-    /// Dotted key path, e.g. `ApiKey.MaxExpirationPeriod`; empty for file-level problems.
-    pub key: String,
-    /// What is wrong.
-    pub message: String,
-}
-
-impl fmt::Display for Problem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.key.is_empty() {
-            write!(f, "{}: {}", self.file.display(), self.message)
-        } else {
-            write!(f, "{}: {}: {}", self.file.display(), self.key, self.message)
-        }
-    }
-}
-
-/// A configuration that could not be loaded, with every problem found.
-#[derive(Debug, Clone, thiserror::Error)]
-pub struct ConfigError {
-    /// Every problem, in file order where possible.
-    pub problems: Vec<Problem>,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "{} configuration problem(s):", self.problems.len())?;
-        for p in &self.problems {
-            writeln!(f, "  {p}")?;
-        }
-        Ok(())
-    }
-}
-
-/// `[ApiKey] MaxKeysPerUser` when the file names none.
-pub const DEFAULT_MAX_KEYS_PER_USER: u32 = 1000;
-
-/// Key lifecycle rules from the `[ApiKey]` table.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Policy {
-    /// Longest lifetime a key may have; `None` allows keys that never expire.
-    pub max_expiration: Option<Period>,
-    /// A key not used for this long stops working; `None` turns inactivity expiry off.
-    pub not_accessed_expiration: Option<Period>,
-    /// Lifetime given when a create names none (clamped to the maximum).
-    pub default_expiration: Option<Period>,
-    /// Shortest user-defined ("generic") secret accepted by `key import`.
-    pub min_imported_secret_length: usize,
-    /// Most keys one user may hold (removed keys do not count); `None` = no limit.
-    pub max_keys_per_user: Option<u32>,
-}
-
-impl Default for Policy {
-    fn default() -> Self {
-        let p = |s: &str| Period::parse(s).ok();
-        Self {
-            max_expiration: p("p6m"),
-            not_accessed_expiration: p("p3m"),
-            default_expiration: p("p1y"),
-            min_imported_secret_length: 32,
-            max_keys_per_user: Some(DEFAULT_MAX_KEYS_PER_USER),
-        }
-    }
-}
 /// A validated configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
@@ -174,7 +115,7 @@ struct RawFile {
     #[serde(default)]
     server: server::RawServer,
     #[serde(default, rename = "ApiKey")]
-    api_key: RawApiKey,
+    api_key: policy::RawApiKey,
     #[serde(default)]
     groups: BTreeMap<String, directory::RawGroup>,
     #[serde(default)]
@@ -193,21 +134,6 @@ struct RawFile {
     jobs: alerts::RawJobs,
 }
 
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-#[allow(non_snake_case)]
-struct RawApiKey {
-    MaxExpirationPeriod: Option<String>,
-    NotAccessedExpirationPeriod: Option<String>,
-    DefaultExpirationPeriod: Option<String>,
-    MinImportedSecretLength: Option<i64>,
-    DefaultNotificationLeadTime: Option<String>,
-    DefaultAlertSource: Option<String>,
-    InactivityWarningLeadTime: Option<String>,
-    RetentionPeriod: Option<String>,
-    MaxKeysPerUser: Option<i64>,
-}
-
 /// The tables a file may hold, in the order the message naming them lists them.
 const FILE_KEYS: &[&str] = &[
     "server",
@@ -221,18 +147,6 @@ const FILE_KEYS: &[&str] = &[
     "alerts",
     "jobs",
 ];
-const API_KEY_KEYS: &[&str] = &[
-    "MaxExpirationPeriod",
-    "NotAccessedExpirationPeriod",
-    "DefaultExpirationPeriod",
-    "MinImportedSecretLength",
-    "DefaultNotificationLeadTime",
-    "DefaultAlertSource",
-    "InactivityWarningLeadTime",
-    "RetentionPeriod",
-    "MaxKeysPerUser",
-];
-
 /// The keys a table may hold.
 enum Keys {
     /// A table of settings: `[server]`.
@@ -263,42 +177,10 @@ const TABLE_KEYS: &[(&str, Keys)] = &[
     ),
     ("rate_limit", Keys::Table(edge::RATE_LIMIT_KEYS)),
     ("server", Keys::Table(server::SERVER_KEYS)),
-    ("ApiKey", Keys::Table(API_KEY_KEYS)),
+    ("ApiKey", Keys::Table(policy::API_KEY_KEYS)),
     ("groups", Keys::Named(directory::GROUP_KEYS)),
     ("users", Keys::Named(directory::USER_KEYS)),
 ];
-
-/// Environment that changes where relative paths land (systemd sets these).
-#[derive(Debug, Clone, Default)]
-pub struct Environment {
-    /// `$STATE_DIRECTORY`: replaces a relative `state_dir`.
-    pub state_directory: Option<PathBuf>,
-    /// `$RUNTIME_DIRECTORY`: holds a relative `admin_socket`.
-    pub runtime_directory: Option<PathBuf>,
-    /// `$CREDENTIALS_DIRECTORY`: a `server-secret` credential there is used as the secret.
-    pub credentials_directory: Option<PathBuf>,
-}
-
-impl Environment {
-    /// Read from the process environment.
-    pub fn from_process() -> Self {
-        let dir = |name: &str| {
-            std::env::var_os(name)
-                .map(PathBuf::from)
-                .map(|p| {
-                    // systemd may list several directories separated by ':'; use the first.
-                    let s = p.to_string_lossy().into_owned();
-                    PathBuf::from(s.split(':').next().unwrap_or_default())
-                })
-                .filter(|p| !p.as_os_str().is_empty())
-        };
-        Self {
-            state_directory: dir("STATE_DIRECTORY"),
-            runtime_directory: dir("RUNTIME_DIRECTORY"),
-            credentials_directory: dir("CREDENTIALS_DIRECTORY"),
-        }
-    }
-}
 
 /// Load and validate a configuration file.
 pub fn load(path: &Path, env: &Environment) -> Result<Config, ConfigError> {
@@ -328,7 +210,7 @@ pub fn parse(path: &Path, text: &str, env: &Environment) -> Result<Config, Confi
         }
     };
     v.unknown_keys(&table);
-    if !v.problems.is_empty() {
+    if v.has_problems() {
         return Err(v.finish_err());
     }
     let raw: RawFile = match RawFile::deserialize(toml::Value::Table(table)) {
@@ -340,7 +222,7 @@ pub fn parse(path: &Path, text: &str, env: &Environment) -> Result<Config, Confi
     };
     let config = v.validate(raw, env);
     match config {
-        Some(c) if v.problems.is_empty() => Ok(c),
+        Some(c) if !v.has_problems() => Ok(c),
         _ => Err(v.finish_err()),
     }
 }
@@ -363,46 +245,7 @@ fn location(text: &str, span: Option<std::ops::Range<usize>>) -> String {
     }
 }
 
-/// Collects every problem of one file. Each section of the file has its own
-/// `impl Validator` beside its types, in the module for that section.
-pub(crate) struct Validator {
-    file: PathBuf,
-    problems: Vec<Problem>,
-}
-
 impl Validator {
-    fn new(file: &Path) -> Self {
-        Self {
-            file: file.to_path_buf(),
-            problems: Vec::new(),
-        }
-    }
-
-    pub(crate) fn push(&mut self, key: &str, message: String) {
-        self.problems.push(Problem {
-            file: self.file.clone(),
-            key: key.to_owned(),
-            message,
-        });
-    }
-
-    fn finish_err(&mut self) -> ConfigError {
-        ConfigError {
-            problems: std::mem::take(&mut self.problems),
-        }
-    }
-
-    fn check_keys(&mut self, prefix: &str, table: &toml::Table, allowed: &[&str]) {
-        for k in table.keys() {
-            if !allowed.contains(&k.as_str()) {
-                self.push(
-                    &format!("{prefix}{k}"),
-                    format!("unknown key (known keys here: {})", allowed.join(", ")),
-                );
-            }
-        }
-    }
-
     fn unknown_keys(&mut self, file: &toml::Table) {
         self.check_keys("", file, FILE_KEYS);
         for (name, keys) in TABLE_KEYS {
@@ -435,58 +278,6 @@ impl Validator {
         }
     }
 
-    fn period(&mut self, key: &str, value: Option<&str>, default: &str) -> Option<Period> {
-        let value = value.unwrap_or(default);
-        match Period::parse_optional(value) {
-            Ok(p) => p,
-            Err(e) => {
-                self.push(key, e.to_string());
-                None
-            }
-        }
-    }
-
-    /// A period of fixed length (no months or years) from 1 s to `max_secs`, as a
-    /// duration; `range` names the bounds in the message.
-    fn fixed_period(
-        &mut self,
-        key: &str,
-        value: &str,
-        max_secs: u64,
-        range: &str,
-    ) -> Option<std::time::Duration> {
-        Period::parse(value)
-            .map_err(|e| e.to_string())
-            .and_then(|p| {
-                p.fixed()
-                    .filter(|d| (1..=max_secs).contains(&d.as_secs()))
-                    .ok_or_else(|| format!("{p} is out of range ({range})"))
-            })
-            .map_err(|message| self.push(key, message))
-            .ok()
-    }
-
-    /// `value`, or `default` when unset, reported unless it lies in `range`; the
-    /// message names the range as `bounds` says, or as "FIRST to LAST".
-    fn int(
-        &mut self,
-        key: &str,
-        value: Option<i64>,
-        default: i64,
-        range: RangeInclusive<i64>,
-        bounds: Option<&str>,
-    ) -> i64 {
-        let x = value.unwrap_or(default);
-        if !range.contains(&x) {
-            let bounds = bounds.map_or_else(
-                || format!("{} to {}", range.start(), range.end()),
-                str::to_owned,
-            );
-            self.push(key, format!("{x} is out of range ({bounds})"));
-        }
-        x
-    }
-
     /// Every section in turn, so that every problem is reported; `None` when one
     /// left nothing to build on (the problems say why).
     fn validate(&mut self, raw: RawFile, env: &Environment) -> Option<Config> {
@@ -510,7 +301,7 @@ impl Validator {
             raw.jobs,
         );
         Some(Config {
-            source: self.file.clone(),
+            source: self.file().to_path_buf(),
             server: server?,
             policy,
             directory,
@@ -518,46 +309,6 @@ impl Validator {
             rate_limit,
             alerts,
         })
-    }
-
-    /// The key lifecycle rules of `[ApiKey]`.
-    fn policy(&mut self, a: &RawApiKey) -> Policy {
-        let max = self.period(
-            "ApiKey.MaxExpirationPeriod",
-            a.MaxExpirationPeriod.as_deref(),
-            "p6m",
-        );
-        let not_accessed = self.period(
-            "ApiKey.NotAccessedExpirationPeriod",
-            a.NotAccessedExpirationPeriod.as_deref(),
-            "p3m",
-        );
-        let default = self.period(
-            "ApiKey.DefaultExpirationPeriod",
-            a.DefaultExpirationPeriod.as_deref(),
-            "p1y",
-        );
-        let min_import = self.int(
-            "ApiKey.MinImportedSecretLength",
-            a.MinImportedSecretLength,
-            32,
-            16..=256,
-            Some("16 to 256 characters"),
-        );
-        let max_keys = self.int(
-            "ApiKey.MaxKeysPerUser",
-            a.MaxKeysPerUser,
-            i64::from(DEFAULT_MAX_KEYS_PER_USER),
-            0..=10_000_000,
-            Some("0 = no limit, up to 10000000"),
-        );
-        Policy {
-            max_expiration: max,
-            not_accessed_expiration: not_accessed,
-            default_expiration: default,
-            min_imported_secret_length: usize::try_from(min_import).unwrap_or(32),
-            max_keys_per_user: u32::try_from(max_keys).ok().filter(|n| *n > 0),
-        }
     }
 }
 

@@ -169,6 +169,15 @@ impl Period {
     }
 }
 
+/// A period of fixed length (no months or years would be exact, so they are measured
+/// from a fixed instant) as a std `Duration`.
+pub fn fixed_duration(p: &Period) -> Option<std::time::Duration> {
+    let base = DateTime::UNIX_EPOCH;
+    p.add_to(base)
+        .and_then(|t| (t - base).to_std().ok())
+        .filter(|d| !d.is_zero())
+}
+
 fn truncate(s: &str) -> String {
     s.chars().take(MAX_LEN).collect::<String>() + "…"
 }

@@ -732,7 +732,7 @@ async fn expiry_sweep_records_expired_and_inactive_keys_once() {
     let action_of = |id: String| {
         let keys = &f.keys;
         async move {
-            let entries = audit(&keys, &admin(), Some(&id), 10).await.unwrap();
+            let entries = audit(keys, &admin(), Some(&id), 10).await.unwrap();
             entries.first().map(|e| e.action.clone()).unwrap()
         }
     };

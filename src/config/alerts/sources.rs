@@ -7,7 +7,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::config::address::AddressForm;
-use crate::config::{valid_name, Validator};
+use crate::config::directory::valid_name;
+use crate::config::validator::Validator;
 
 /// Built-in source: email to the key's owner (replaceable in the file).
 pub const OWNER_EMAIL: &str = "owner-email";
@@ -110,7 +111,7 @@ impl AlertSource {
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-pub(in crate::config) struct RawAlertSource {
+pub(crate) struct RawAlertSource {
     kind: Option<String>,
     owner: Option<bool>,
     #[serde(default)]
@@ -125,7 +126,7 @@ pub(in crate::config) struct RawAlertSource {
     timeout: Option<String>,
 }
 
-pub(in crate::config) const SOURCE_KEYS: &[&str] = &[
+pub(crate) const SOURCE_KEYS: &[&str] = &[
     "kind", "owner", "to", "cc", "subject", "body", "plugin", "args", "timeout",
 ];
 
@@ -156,7 +157,7 @@ pub fn check_template(template: &str) -> Result<(), String> {
 
 impl Validator {
     /// The sources of the file, with the built-ins unless it replaces them.
-    pub(super) fn sources(
+    pub(crate) fn sources(
         &mut self,
         raw: BTreeMap<String, RawAlertSource>,
     ) -> BTreeMap<String, AlertSource> {
@@ -280,7 +281,7 @@ impl Validator {
 
     /// `[ApiKey] DefaultAlertSource`: unset means the built-in owner email, empty
     /// means none.
-    pub(super) fn default_source(
+    pub(crate) fn default_source(
         &mut self,
         value: Option<&str>,
         sources: &BTreeMap<String, AlertSource>,

@@ -51,10 +51,11 @@ fn routes(prefixes: &[&str]) -> Result<AuthConfig, Vec<String>> {
     };
     let mut v = Validator::new(std::path::Path::new("t.toml"));
     let c = validate_auth(&mut v, raw);
-    if v.problems.is_empty() {
+    let problems = v.finish_err().problems;
+    if problems.is_empty() {
         Ok(c)
     } else {
-        Err(v.problems.iter().map(|p| p.to_string()).collect())
+        Err(problems.iter().map(|p| p.to_string()).collect())
     }
 }
 

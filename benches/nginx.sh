@@ -15,8 +15,8 @@
 #       (for comparison; not a target)
 # ("return" runs before auth_request, so the protected location serves a file.)
 # apikeyd runs as the shipped systemd unit runs it: CPUSchedulingPolicy=batch
-# (chrt --batch), so its wake-ups do not preempt the proxy it answers; see README.md
-# ("Forward-auth against nginx"). d0 shows what that is worth.
+# (chrt --batch), so its wake-ups do not preempt the proxy it answers; see
+# docs/benchmarks.md ("Forward-auth against nginx"). d0 shows what that is worth.
 # The servers (nginx with one worker, apikeyd with worker_threads = 1) are pinned to
 # SERVER_CPU, wrk (one thread) to CLIENT_CPU. Rounds run the scenarios in turn,
 # forwards in odd rounds and backwards in even ones, so that a machine getting

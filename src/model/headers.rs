@@ -80,7 +80,7 @@ pub fn parse(input: &str) -> Result<HeaderTemplate, HeaderError> {
 /// the ones apikeyd's forward-auth reads: a proxy that copies auth-answer headers
 /// by pattern (Traefik `authResponseHeadersRegex`, Envoy `allowed_upstream_headers`)
 /// would put a key's value in place of the upstream's own (`X-Api-Key` is the
-/// default `[auth] key_headers`; configured ones are not known here, see README).
+/// default `[auth] key_headers`; configured ones are not known here, see docs/concepts.md).
 const RESERVED: &[&str] = &[
     "authorization",
     "proxy-authorization",

@@ -12,7 +12,9 @@ use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{parse_body, ApiResult, AppState};
+use super::error::{parse_body, ApiResult};
+use super::routes::Routes;
+use super::state::AppState;
 use crate::keys::{Actor, NotifyRequest, PageRequest};
 
 #[derive(Debug, Deserialize)]
@@ -120,7 +122,7 @@ async fn ack_message(
 
 /// The alert routes, added to the admin routes (and so to the route table the
 /// OpenAPI test compares with the document).
-pub(super) fn routes(r: super::Routes) -> super::Routes {
+pub(crate) fn routes(r: Routes) -> Routes {
     r.add("/v1/admin/keys/{id}/notify", &["POST"], post(notify_key))
         .add("/v1/admin/jobs", &["GET"], get(list_jobs))
         .add(

@@ -15,8 +15,10 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 
+pub use super::edge::AuthPlan;
+use super::error::ApiError;
 use super::metrics::Endpoint;
-use super::AppState;
+use super::state::AppState;
 use crate::config::edge::route_path::{self, BadPath};
 use crate::config::AuthConfig;
 use crate::keys::Live;
@@ -35,36 +37,9 @@ const NO_STORE: HeaderValue = HeaderValue::from_static("no-store");
 #[allow(clippy::declare_interior_mutable_const)]
 const ZERO: HeaderValue = HeaderValue::from_static("0");
 
-/// [`AuthConfig`] with its header names parsed once, at start and on reload, rather
-/// than on every request.
-#[derive(Debug)]
-pub struct AuthPlan {
-    /// The settings.
-    pub config: AuthConfig,
-    /// `key_headers`, each with whether it is read as `Bearer KEY`.
-    key_headers: Vec<(HeaderName, bool)>,
-    uri_headers: Vec<HeaderName>,
-    scope_header: Option<HeaderName>,
-}
-
-impl AuthPlan {
-    /// Parse the header names of `config`. A name that is not a valid header name
-    /// (the configuration refuses those) can never be present in a request, so it is
-    /// left out.
-    pub fn new(config: AuthConfig) -> Self {
-        let parse = |n: &String| HeaderName::from_bytes(n.as_bytes()).ok();
-        Self {
-            key_headers: config
-                .key_headers
-                .iter()
-                .filter_map(|n| parse(n).map(|h| (h, n == "authorization")))
-                .collect(),
-            uri_headers: config.uri_headers.iter().filter_map(parse).collect(),
-            scope_header: parse(&config.scope_header),
-            config,
-        }
-    }
-}
+/// The forward-auth path, answered on the connection ([`super::http1`]) and by
+/// hyper without the router.
+pub const AUTH_PATH: &str = "/v1/auth";
 
 /// Request headers as the forward-auth decision reads them: hyper's [`HeaderMap`] on
 /// the router's path, the parsed head itself on the connection's fast path
@@ -245,7 +220,7 @@ fn peer_of(req: &Request) -> Option<IpAddr> {
 /// address to charge failures to or to check IP filters against, and borrowing
 /// one (127.0.0.1, a trusted proxy) would let any local account speak for it.
 fn no_peer() -> Response {
-    super::ApiError::new(
+    ApiError::new(
         StatusCode::NOT_FOUND,
         "no_route",
         "forward-auth is served on the TCP listener only".into(),
@@ -280,7 +255,7 @@ pub async fn auth_path(State(st): State<AppState>, req: Request) -> Response {
 /// `/v1/auth`, `Some(true)` for `/v1/auth/...`, the original path appended by
 /// Envoy (`/v1/auth/` included: the site root), None for any other path.
 pub fn forward_auth_kind(path: &str) -> Option<bool> {
-    let rest = path.strip_prefix(super::http1::AUTH_PATH)?;
+    let rest = path.strip_prefix(AUTH_PATH)?;
     if rest.is_empty() {
         Some(false)
     } else {
@@ -294,7 +269,7 @@ pub fn forward_auth_kind(path: &str) -> Option<bool> {
 pub fn appended(target: &axum::http::uri::PathAndQuery) -> Option<&str> {
     target
         .as_str()
-        .strip_prefix(super::http1::AUTH_PATH)
+        .strip_prefix(AUTH_PATH)
         .filter(|rest| rest.starts_with('/'))
 }
 
@@ -321,7 +296,7 @@ pub fn check(
         .sum();
     let limit = plan.config.max_header_bytes;
     if size > limit {
-        let mut r = super::ApiError::new(
+        let mut r = ApiError::new(
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             "headers_too_large",
             format!(

@@ -21,11 +21,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::auth::{self, Outcome, ReadHeaders};
-use super::AppState;
+use super::auth::{self, Outcome, ReadHeaders, AUTH_PATH};
+use super::state::AppState;
 
-/// The forward-auth path, answered here (and by hyper without the router).
-pub const AUTH_PATH: &str = "/v1/auth";
 /// Header lines one request may have here; one with more goes to hyper.
 const MAX_HEADERS: usize = 48;
 /// A head still incomplete at this size goes to hyper, which refuses what is too large.

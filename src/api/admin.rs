@@ -1,0 +1,184 @@
+//! Admin API for keys: list, create, import, show, edit, remove, enable, disable,
+//! rotate, and the audit log. Thin: parse, call [`crate::keys::Keys`], render.
+//! Served behind the identity checks of [`super::identity`] (SO_PEERCRED on the
+//! socket, admin-scope key on TCP).
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::error::{parse_body, ApiResult};
+use super::routes::Routes;
+use super::state::AppState;
+use crate::keys::{Actor, CreateKey, EditKey, PageRequest};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    #[serde(default)]
+    user: Option<String>,
+    #[serde(default)]
+    all: Option<bool>,
+    #[serde(default)]
+    cursor: Option<String>,
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditQuery {
+    #[serde(default)]
+    key: Option<String>,
+    #[serde(default)]
+    cursor: Option<String>,
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RotateRequest {
+    #[serde(default)]
+    grace: Option<String>,
+}
+
+async fn whoami(Extension(actor): Extension<Actor>) -> Json<Value> {
+    Json(json!({"user": actor.name, "admin": actor.admin}))
+}
+
+async fn list_keys(
+    State(st): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Query(q): Query<ListQuery>,
+) -> ApiResult<Json<Value>> {
+    let page = PageRequest {
+        cursor: q.cursor,
+        limit: q.limit,
+    };
+    let list = st
+        .keys
+        .list_page(&actor, q.user.as_deref(), q.all.unwrap_or(false), &page)
+        .await?;
+    Ok(Json(
+        json!({ "keys": list.items, "next_cursor": list.next_cursor }),
+    ))
+}
+
+async fn create_key(
+    State(st): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    let req: CreateKey = parse_body(body)?;
+    let issued = st.keys.create(&actor, req).await?;
+    Ok((StatusCode::CREATED, Json(issued)).into_response())
+}
+
+async fn import_key(
+    State(st): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    let req: CreateKey = parse_body(body)?;
+    let view = st.keys.import(&actor, req).await?;
+    Ok((StatusCode::CREATED, Json(view)).into_response())
+}
+
+async fn show_key(
+    State(st): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    Ok(Json(st.keys.show(&actor, &id)?).into_response())
+}
+
+async fn edit_key(
+    State(st): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    let req: EditKey = parse_body(body)?;
+    Ok(Json(st.keys.edit(&actor, &id, req).await?).into_response())
+}
+
+async fn remove_key(
+    State(st): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    Ok(Json(st.keys.remove(&actor, &id).await?).into_response())
+}
+
+async fn disable_key(
+    State(st): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    Ok(Json(st.keys.set_enabled(&actor, &id, false).await?).into_response())
+}
+
+async fn enable_key(
+    State(st): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    Ok(Json(st.keys.set_enabled(&actor, &id, true).await?).into_response())
+}
+
+async fn rotate_key(
+    State(st): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    let bytes_empty = matches!(&body, Ok(b) if b.is_empty());
+    let req: RotateRequest = if bytes_empty {
+        RotateRequest::default()
+    } else {
+        parse_body(body)?
+    };
+    Ok(Json(st.keys.rotate(&actor, &id, req.grace.as_deref()).await?).into_response())
+}
+
+async fn audit(
+    State(st): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Query(q): Query<AuditQuery>,
+) -> ApiResult<Json<Value>> {
+    let page = PageRequest {
+        cursor: q.cursor,
+        limit: q.limit,
+    };
+    let entries = st.keys.audit_page(&actor, q.key.as_deref(), &page).await?;
+    Ok(Json(
+        json!({ "entries": entries.items, "next_cursor": entries.next_cursor }),
+    ))
+}
+
+/// The key routes, the first of the admin routes.
+pub(crate) fn routes(r: Routes) -> Routes {
+    r.add("/v1/admin/whoami", &["GET"], get(whoami))
+        .add(
+            "/v1/admin/keys",
+            &["GET", "POST"],
+            get(list_keys).post(create_key),
+        )
+        .add("/v1/admin/keys/import", &["POST"], post(import_key))
+        .add(
+            "/v1/admin/keys/{id}",
+            &["GET", "PATCH", "DELETE"],
+            get(show_key).patch(edit_key).delete(remove_key),
+        )
+        .add("/v1/admin/keys/{id}/disable", &["POST"], post(disable_key))
+        .add("/v1/admin/keys/{id}/enable", &["POST"], post(enable_key))
+        .add("/v1/admin/keys/{id}/rotate", &["POST"], post(rotate_key))
+        .add("/v1/admin/audit", &["GET"], get(audit))
+}

@@ -1,0 +1,108 @@
+//! The error every handler answers with, `{"error": {"code", "message"}}`, and the
+//! JSON body reader that turns a bad body into one.
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+use crate::alerts::AlertError;
+use crate::keys::KeyError;
+
+/// An error answered as `{"error": {"code", "message"}}`.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    /// An error with a status, a machine-readable code and a message.
+    pub fn new(status: StatusCode, code: &'static str, message: String) -> Self {
+        Self {
+            status,
+            code,
+            message,
+        }
+    }
+
+    /// A 400 with a message.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            code: "bad_request",
+            message: message.into(),
+        }
+    }
+}
+
+impl From<KeyError> for ApiError {
+    fn from(e: KeyError) -> Self {
+        let (status, code) = match &e {
+            KeyError::Invalid { .. } => (StatusCode::BAD_REQUEST, "invalid"),
+            KeyError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            KeyError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            KeyError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            KeyError::Store(_) | KeyError::Internal(_) => {
+                tracing::error!(error = %e, "request failed");
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal")
+            }
+        };
+        Self {
+            status,
+            code,
+            message: e.to_string(),
+        }
+    }
+}
+
+impl From<AlertError> for ApiError {
+    fn from(e: AlertError) -> Self {
+        let (status, code) = match &e {
+            AlertError::Key(_) => {
+                if let AlertError::Key(k) = e {
+                    return k.into();
+                }
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal")
+            }
+            AlertError::Invalid { .. } => (StatusCode::BAD_REQUEST, "invalid"),
+            AlertError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            AlertError::NotFound { .. } => (StatusCode::NOT_FOUND, "not_found"),
+            AlertError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+        };
+        Self {
+            status,
+            code,
+            message: e.to_string(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(json!({"error": {"code": self.code, "message": self.message}})),
+        )
+            .into_response()
+    }
+}
+
+/// What a handler returns.
+pub(crate) type ApiResult<T> = Result<T, ApiError>;
+
+/// A JSON request body, or the error that says why it cannot be read.
+pub(crate) fn parse_body<T: serde::de::DeserializeOwned>(
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<T> {
+    let bytes = body.map_err(|e| ApiError {
+        status: e.status(),
+        code: "bad_body",
+        message: format!("cannot read the request body: {}", e.body_text()),
+    })?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::bad_request(format!("malformed JSON request: {e}")))
+}

@@ -1,0 +1,34 @@
+//! The state every router and connection shares.
+
+use std::sync::Arc;
+
+use super::edge::Edge;
+use crate::alerts::maintenance::MaintenanceStatus;
+use crate::alerts::Alerts;
+use crate::config::{AuthConfig, RateLimitConfig};
+use crate::keys::Keys;
+
+/// Shared state of every router.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    /// The key service.
+    pub keys: Arc<Keys>,
+    /// Alert jobs and operator messages.
+    pub alerts: Arc<Alerts>,
+    /// What the maintenance jobs last did (empty until the scheduler starts).
+    pub maintenance: MaintenanceStatus,
+    /// Forward-auth settings, the rate limiter and the metrics.
+    pub edge: Arc<Edge>,
+}
+
+impl AppState {
+    /// State for `alerts` (and their keys) with these edge settings.
+    pub fn new(alerts: Arc<Alerts>, auth: AuthConfig, rate_limit: RateLimitConfig) -> Self {
+        Self {
+            keys: alerts.keys().clone(),
+            alerts,
+            maintenance: MaintenanceStatus::default(),
+            edge: Arc::new(Edge::new(auth, rate_limit)),
+        }
+    }
+}

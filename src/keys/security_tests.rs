@@ -275,10 +275,10 @@ async fn maintenance_cut_off_by_its_caller_leaves_store_and_index_in_agreement()
                 secrets.push(s);
             }
             f.clock.advance(Duration::days(3));
-            cut_off(maintenance::sweep_expired(&keys), polls, pause).await;
+            cut_off(maintenance::sweep_expired(keys), polls, pause).await;
             settle(keys).await;
             assert_consistent(keys, &secrets, &format!("sweep, {at}"));
-            cut_off(maintenance::purge(&keys), polls, pause).await;
+            cut_off(maintenance::purge(keys), polls, pause).await;
             settle(keys).await;
             assert_consistent(keys, &secrets, &format!("purge, {at}"));
         }
@@ -340,7 +340,7 @@ async fn purging_a_removed_key_leaves_a_new_key_with_the_same_token_working() {
         .unwrap();
     assert_eq!(keys.verify(&s, None, None).code, Code::Valid);
     f.clock.advance(Duration::days(2));
-    assert_eq!(maintenance::purge(&keys).await.unwrap(), 1);
+    assert_eq!(maintenance::purge(keys).await.unwrap(), 1);
     assert!(keys.live(old.id).is_none());
     assert_eq!(keys.verify(&s, None, None).code, Code::Valid);
     let v = keys.show(&admin(), &new.id.to_string()).unwrap();
@@ -383,7 +383,7 @@ async fn forgetting_a_key_only_takes_out_its_own_slots() {
         Err(KeyError::Conflict(_))
     ));
     f.clock.advance(Duration::days(2));
-    assert_eq!(maintenance::purge(&keys).await.unwrap(), 1);
+    assert_eq!(maintenance::purge(keys).await.unwrap(), 1);
     assert_eq!(keys.verify(&a, None, None).code, Code::Valid);
     assert_eq!(keys.verify(&b, None, None).code, Code::Valid);
     assert_eq!(keys.live(new.id).unwrap().name.as_ref(), "same");
@@ -606,7 +606,7 @@ async fn inactivity_warnings_of_an_owner_without_an_address_go_to_the_operators(
     r.expires_in = Some("p6m".into());
     let idle = keys.create(&admin(), r).await.unwrap().view.id;
     f.clock.advance(Duration::days(85));
-    maintenance::schedule_inactivity_warnings(&keys)
+    maintenance::schedule_inactivity_warnings(keys)
         .await
         .unwrap();
     let jobs = f
@@ -673,7 +673,7 @@ async fn a_purge_retires_the_token_an_expired_key_still_held() {
         }
     }
     f.clock.advance(Duration::days(2));
-    assert_eq!(maintenance::purge(&keys).await.unwrap(), 2);
+    assert_eq!(maintenance::purge(keys).await.unwrap(), 2);
     let e = keys
         .import(&alice, import_req("again", &restricted))
         .await

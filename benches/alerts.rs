@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use apikeyd::alerts::job::{AlertJob, JobKind, KeyAlerting, NotificationRef};
 use apikeyd::client::{Client, Endpoint};
-use apikeyd::keys::model::{KeyKind, KeyRecord, KeyState};
+use apikeyd::keys::model::{KeyKind, KeyRecord};
 use apikeyd::store::{Change, RedbStore, Storage};
 use chrono::{DateTime, SecondsFormat, Utc};
 use hyper::Method;
@@ -87,42 +87,34 @@ fn build(db: &Path, n: usize) -> (Vec<Uuid>, Duration) {
         let mut keys = Vec::with_capacity(end - i);
         let mut jobs = Vec::with_capacity(end - i);
         for k in i..end {
-            let id = Uuid::now_v7();
             let expires = now + chrono::Duration::days(150) + chrono::Duration::seconds(k as i64);
             let due = expires - chrono::Duration::days(14);
+            // Like the HMAC outputs real keys have: uniformly distributed bytes (the
+            // verification index hashes by the first eight).
+            let hash: [u8; 32] = Sha256::digest((k as u64).to_le_bytes()).into();
+            let owner = format!("user{}", k % USERS);
+            let mut rec = KeyRecord::new(
+                &owner,
+                &format!("bench-{k}"),
+                &hash,
+                KeyKind::Generated,
+                now,
+            );
+            let id = rec.id;
             let job = AlertJob::new(id, JobKind::Notification, "owner-email", due, now);
-            keys.push(KeyRecord {
-                id,
-                name: format!("bench-{k}"),
-                description: String::new(),
-                owner: format!("user{}", k % USERS),
-                scopes: vec!["catalog:read".into()],
-                // Like the HMAC outputs real keys have: uniformly distributed bytes
-                // (the verification index hashes by the first eight).
-                hash: hex::encode(Sha256::digest((k as u64).to_le_bytes())),
-                previous_hash: None,
-                previous_valid_until: None,
-                kind: KeyKind::Generated,
-                state: KeyState::Enabled,
-                created_at: now,
-                updated_at: now,
-                last_used_at: None,
-                expires_at: Some(expires),
-                ip_filters: Vec::new(),
-                headers: Vec::new(),
-                removed_at: None,
-                usage: Default::default(),
-                alerting: KeyAlerting {
-                    notification: Some(NotificationRef {
-                        at: due,
-                        source: "owner-email".into(),
-                        job_id: job.id,
-                    }),
-                    ..KeyAlerting::default()
-                },
-                admin_restrictions: Default::default(),
-                user_secret: Default::default(),
-            });
+            rec.scopes = vec!["catalog:read".into()];
+            rec.expires_at = Some(expires);
+            rec.alerting = KeyAlerting {
+                notification: Some(NotificationRef {
+                    at: due,
+                    source: "owner-email".into(),
+                    job_id: job.id,
+                }),
+                ..KeyAlerting::default()
+            };
+            // As records written before the secret's length was kept.
+            rec.user_secret = Default::default();
+            keys.push(rec);
             jobs.push(job);
             ids.push(id);
         }

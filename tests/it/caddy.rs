@@ -9,8 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::echo::Echo;
 use crate::nginx::{query_key_is_read, route_spellings_are_refused};
-use crate::util::{find_program, request, Answer, Echo, TestDaemon, DEFAULT_POLICY};
+use crate::util::{find_program, request, Answer, TestDaemon, DEFAULT_POLICY};
 
 /// The file users install, compiled in so the test always runs the shipped one.
 const CADDYFILE: &str = include_str!("../../config/proxies/Caddyfile");

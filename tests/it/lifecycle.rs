@@ -1,16 +1,12 @@
 //! Key lifecycle through the real binaries: create, verify, list, edit, disable,
-//! rotate, remove, import, restarts, kills, reloads, and bad input.
+//! rotate, remove, import, restarts, kills, and bad input. Reloads are in `config`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
-use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::util::{
-    check_config, http, require_root, stdout, wait_until, TestDaemon, APIKEYD, DEFAULT_POLICY,
-};
+use crate::util::{http, require_root, stdout, TestDaemon, APIKEYD};
 
 fn verify_code(d: &TestDaemon, key: &str, extra: &[&str]) -> (bool, String) {
     let mut args = vec!["verify", key];
@@ -622,83 +618,4 @@ fn inactivity_and_expiry_seen_by_the_real_daemon_with_a_shifted_clock() {
         "{shown}"
     );
     assert!(d.ok(&["key", "list"]).contains("inactive"));
-}
-
-#[test]
-fn check_config_reports_every_problem() {
-    let ok = check_config(Path::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/config/apikeyd.toml"
-    )));
-    assert!(
-        ok.status.success(),
-        "{}",
-        String::from_utf8_lossy(&ok.stderr)
-    );
-    let line = stdout(&ok);
-    assert_eq!(line.lines().count(), 1);
-    assert!(line.contains("configuration OK"), "{line}");
-
-    let dir = tempfile::tempdir().unwrap();
-    let bad = dir.path().join("bad.toml");
-    std::fs::write(
-        &bad,
-        "[ApiKey]\nMaxExpirationPeriod = \"p6mjunk\"\nNotAccessedExpirationPeriod = \"6m\"\n[server]\nlisten = \"nowhere\"\n[users.x]\ngroups = [\"Ghost\"]\n",
-    )
-    .unwrap();
-    let out = check_config(&bad);
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    for expected in [
-        "bad.toml: ApiKey.MaxExpirationPeriod: \"p6mjunk\"",
-        "bad.toml: ApiKey.NotAccessedExpirationPeriod: \"6m\"",
-        "bad.toml: server.listen",
-        "bad.toml: users.x.groups: unknown group \"Ghost\"",
-    ] {
-        assert!(err.contains(expected), "{expected:?} missing from:\n{err}");
-    }
-    std::fs::write(&bad, "[ApiKey]\nMaxExpirationPeriode = \"p6m\"\n").unwrap();
-    let out = check_config(&bad);
-    assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("ApiKey.MaxExpirationPeriode: unknown key")
-    );
-}
-
-#[test]
-fn sighup_reloads_users_and_rejects_a_bad_file() {
-    let d = TestDaemon::start();
-    d.fails(&["key", "create", "--user", "dave", "--name", "x"]);
-    let base = std::fs::read_to_string(&d.config).unwrap();
-    let with_dave = format!("{base}\n[users.dave]\ngroups = [\"Synchronizer\"]\n");
-    std::fs::write(&d.config, &with_dave).unwrap();
-    d.signal("HUP");
-    wait_until(Duration::from_secs(10), || {
-        d.ctl(&["key", "create", "--user", "dave", "--name", "x"])
-            .status
-            .success()
-    });
-    // A broken file is rejected; the previous configuration stays in force.
-    std::fs::write(
-        &d.config,
-        base.replace(DEFAULT_POLICY, "MaxExpirationPeriod = \"bogus\""),
-    )
-    .unwrap();
-    d.signal("HUP");
-    wait_until(Duration::from_secs(10), || {
-        d.log_text().contains("reload rejected")
-    });
-    assert!(d.log_text().contains("ApiKey.MaxExpirationPeriod"));
-    d.ok(&["key", "create", "--user", "dave", "--name", "y"]);
-    let err = d.fails(&[
-        "key",
-        "create",
-        "--user",
-        "dave",
-        "--name",
-        "z",
-        "--expires-in",
-        "p7m",
-    ]);
-    assert!(err.contains("p6m"), "old policy still in force: {err}");
 }

@@ -1,14 +1,23 @@
 //! The one integration test binary: the real `apikeyd` and `apikeyctl`.
 
+mod alert_delivery;
+mod alert_email;
+mod alert_plugins;
 mod alerts;
 mod authz;
 mod caddy;
-mod edge;
+mod config;
+mod connection_limits;
+mod echo;
+mod forward_auth;
+mod keep_alive;
 mod lifecycle;
+mod maintenance;
 mod nginx;
 mod openapi;
 mod ops;
 mod paging;
+mod rate_limits;
 mod routes;
 mod security_keys;
 mod service;

@@ -9,7 +9,8 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::util::{find_program, is_root, request, Answer, Echo, TestDaemon, DEFAULT_POLICY};
+use crate::echo::Echo;
+use crate::util::{bearer, find_program, is_root, request, Answer, TestDaemon, DEFAULT_POLICY};
 
 /// The snippet users install, compiled in so the test always runs the shipped file.
 const SNIPPET: &str = include_str!("../../config/proxies/nginx.conf");
@@ -202,10 +203,6 @@ fn sockets_to(port: u16) -> usize {
         .skip(1)
         .filter(|l| l.split_whitespace().nth(2) == Some(remote.as_str()))
         .count()
-}
-
-fn bearer(key: &str) -> String {
-    format!("Bearer {key}")
 }
 
 /// Sends a GET with these headers through a proxy.

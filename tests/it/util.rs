@@ -1,7 +1,7 @@
 //! The `TestDaemon` fixture: the real `apikeyd` binary on a temp dir and port 0,
 //! driven with the real `apikeyctl`. Stopped (SIGKILL) on drop. Beside it, what the
-//! tests share: a raw HTTP client that sends the bytes it is given unchanged, and an
-//! echo upstream for the proxies and the webhook plugin.
+//! tests share: a raw HTTP client that sends the bytes it is given unchanged, also
+//! from other 127.0.0.0/8 addresses. The echo upstream is in `echo`.
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -9,8 +9,6 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -362,6 +360,18 @@ pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) {
     }
 }
 
+/// Restart `d` with these lines added to its `[server]` table.
+pub fn restart_with_server_settings(d: &mut TestDaemon, lines: &str) {
+    d.stop();
+    let text = std::fs::read_to_string(&d.config).unwrap();
+    let text = text.replace(
+        "worker_threads = 2\n",
+        &format!("worker_threads = 2\n{lines}"),
+    );
+    std::fs::write(&d.config, text).unwrap();
+    d.spawn(&[]);
+}
+
 /// A JSON request to the daemon's TCP listener (`Connection: close`): the status and
 /// the body as JSON (a JSON string when it is not JSON).
 pub fn http(
@@ -507,6 +517,26 @@ pub fn connect(addr: SocketAddr, timeout: Duration) -> TcpStream {
     s
 }
 
+/// A connection to the daemon from `source` (any 127.0.0.0/8 address is this host):
+/// how the tests play clients other than 127.0.0.1.
+pub fn connect_from(source: &str, addr: std::net::SocketAddr) -> std::net::TcpStream {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let stream = rt.block_on(async {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
+        socket.connect(addr).await.unwrap()
+    });
+    let stream = stream.into_std().unwrap();
+    stream.set_nonblocking(false).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    stream
+}
+
 /// A connection as a writer and a reader of its answers one by one (keep-alive).
 pub fn split(s: TcpStream) -> (TcpStream, BufReader<TcpStream>) {
     (s.try_clone().unwrap(), BufReader::new(s))
@@ -575,91 +605,18 @@ pub fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &st
     send(addr, req.as_bytes())
 }
 
-/// An upstream answering every request with 200 and the request head as the body,
-/// keeping each request's head and body.
-pub struct Echo {
-    addr: SocketAddr,
-    seen: Arc<Mutex<Vec<(String, String)>>>,
-    stop: Arc<AtomicBool>,
+/// One request on a new connection from `source` (with `Connection: close`): the
+/// status and the body.
+pub fn request_from(source: &str, d: &TestDaemon, head: &str, body: &str) -> (u16, String) {
+    let req = format!(
+        "{head}\r\nHost: t\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let a = Answer::parse(&exchange(connect_from(source, d.addr), req.as_bytes()));
+    (a.status, a.body)
 }
 
-impl Echo {
-    pub fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (seen2, stop2) = (seen.clone(), stop.clone());
-        std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                if stop2.load(Ordering::SeqCst) {
-                    break;
-                }
-                let Ok(conn) = conn else { continue };
-                let seen = seen2.clone();
-                std::thread::spawn(move || Self::serve(conn, &seen));
-            }
-        });
-        Self { addr, seen, stop }
-    }
-
-    fn serve(conn: TcpStream, seen: &Mutex<Vec<(String, String)>>) {
-        let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
-        let mut reader = BufReader::new(&conn);
-        let mut head = String::new();
-        loop {
-            let mut line = String::new();
-            match reader.read_line(&mut line) {
-                Ok(0) | Err(_) => return,
-                Ok(_) if line.trim_end().is_empty() => break,
-                Ok(_) => head.push_str(&line),
-            }
-        }
-        let len = head
-            .lines()
-            .filter_map(|l| l.split_once(':'))
-            .find(|(k, _)| k.trim().eq_ignore_ascii_case("content-length"))
-            .and_then(|(_, v)| v.trim().parse::<usize>().ok())
-            .unwrap_or(0);
-        let mut body = vec![0; len];
-        if reader.read_exact(&mut body).is_err() {
-            return;
-        }
-        let body = String::from_utf8_lossy(&body).into_owned();
-        seen.lock().unwrap().push((head.clone(), body));
-        let resp = format!(
-            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{head}",
-            head.len()
-        );
-        let _ = (&conn).write_all(resp.as_bytes());
-    }
-
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
-    pub fn count(&self) -> usize {
-        self.seen.lock().unwrap().len()
-    }
-
-    /// Head and body of each request received, in order.
-    pub fn requests(&self) -> Vec<(String, String)> {
-        self.seen.lock().unwrap().clone()
-    }
-
-    /// The request line of the last request received.
-    pub fn last_request_line(&self) -> String {
-        let seen = self.seen.lock().unwrap();
-        seen.last()
-            .and_then(|(h, _)| h.lines().next())
-            .unwrap_or_default()
-            .to_owned()
-    }
-}
-
-impl Drop for Echo {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
-    }
+/// An `Authorization` header value for `key`.
+pub fn bearer(key: &str) -> String {
+    format!("Bearer {key}")
 }

@@ -157,7 +157,10 @@ fn seed(
         "seeded {count} keys for {user} in {:.1} s",
         started.elapsed().as_secs_f64()
     );
-    if let (true, Some(sample)) = (print_key, sample) {
+    let Some(sample) = sample else {
+        anyhow::bail!("nothing to seed (count is 0)");
+    };
+    if print_key {
         println!("{}", sample.expose());
     }
     Ok(())

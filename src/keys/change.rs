@@ -1,106 +1,30 @@
-//! Changing a key: edit, enable and disable, remove, rotate. Each goes through
-//! [`Keys::modify`]: under the writer, validate and edit a copy of the record, then
-//! commit it with its audit entry, any job changes and retired secrets.
-
-use std::sync::Arc;
+//! Changing a key: edit, enable and disable, remove, rotate, each through
+//! [`Keys::modify`] (`modify.rs`).
 
 use chrono::{DateTime, Utc};
 
-use super::error::{internal, invalid, KeyError};
+use super::error::{invalid, KeyError};
 use super::index::{check_unique_name, Index};
-use super::live::Live;
+use super::modify::{Ctx, WithJob};
 use super::notification;
 use super::rules::{
     add_period, binds_owner, check_description, check_expiry_range, check_headers, check_ips,
     check_name, check_owner_headers, check_owner_ips, check_scopes, parse_period, parse_time,
-    retirements, OwnSecrets,
+    OwnSecrets,
 };
 use super::secret;
-use super::types::{Actor, EditKey, Issued, KeyView, Settings};
+use super::types::{Actor, EditKey, Issued, KeyView};
 use super::Keys;
-use crate::model::{
-    rfc3339, AlertJob, AuditEntry, KeyKind, KeyRecord, KeyState, Status, UserSecret,
-};
-use crate::store::Change;
-
-/// What a change sees besides the record it edits.
-pub(super) struct Ctx<'a> {
-    /// The index, read-locked for the change (names, quotas).
-    pub(super) index: &'a Index,
-    /// The rules in force.
-    pub(super) settings: &'a Settings,
-    /// The job of the key's notification, if it has one.
-    pub(super) job: Option<AlertJob>,
-    /// The time of the change.
-    pub(super) now: DateTime<Utc>,
-    /// Job changes to commit with the key.
-    pub(super) jobs: Change,
-}
+use crate::model::{rfc3339, KeyKind, KeyRecord, KeyState, Status, UserSecret};
 
 impl Keys {
-    /// Change key `id` in place through `change`, which validates and edits a copy of
-    /// its record and returns the audit detail (and, in [`Ctx::jobs`], job changes).
-    /// Nothing is written if it fails.
-    pub(super) async fn modify<F>(
-        &self,
-        actor: &Actor,
-        id: &str,
-        action: &str,
-        change: F,
-    ) -> Result<Arc<Live>, KeyError>
-    where
-        F: FnOnce(&mut KeyRecord, &mut Ctx<'_>) -> Result<String, KeyError>,
-    {
-        let writer = self.lock_writer().await;
-        let live = self.visible(actor, id)?;
-        if live.life.state == KeyState::Removed {
-            return Err(KeyError::Conflict(format!("key {} was removed", live.id)));
-        }
-        let settings = self.settings();
-        let mut rec = self.record(&live)?;
-        let before = rec.clone();
-        let job = match rec.alerting.notification.as_ref().map(|n| n.job_id) {
-            Some(job_id) => self.blocking(move |s| s.job(job_id)).await?,
-            None => None,
-        };
-        let now = self.clock.now();
-        let (detail, mut commit) = {
-            let index = self.index.read();
-            let mut ctx = Ctx {
-                index: &index,
-                settings: &settings,
-                job,
-                now,
-                jobs: Change::default(),
-            };
-            let detail = change(&mut rec, &mut ctx)?;
-            (detail, ctx.jobs)
-        };
-        rec.updated_at = now;
-        commit.retire = retirements(&before, Some(&rec), now);
-        commit.audit.push(AuditEntry::new(
-            now,
-            &actor.name,
-            action,
-            Some(rec.id),
-            detail,
-        ));
-        commit.put_keys.push(rec);
-        let (mut published, _writer) = self.commit(writer, commit).await?;
-        let new = published
-            .pop()
-            .ok_or_else(|| internal("a committed change published no key"))?;
-        tracing::info!(key_id = %new.id, actor = %actor.name, action, "key changed");
-        Ok(new)
-    }
-
     /// Edit description, name, IP filters, headers, narrow scopes, shorten expiry.
     /// An owner may only narrow the IP filters and headers an admin set; an admin's
     /// change to someone else's key becomes the restriction its owner is held to.
     pub async fn edit(&self, actor: &Actor, id: &str, req: EditKey) -> Result<KeyView, KeyError> {
         let checked = check_not_own_secret(self, actor, id, &req).await?;
         let live = self
-            .modify(actor, id, "edit", |rec, ctx| {
+            .modify(actor, id, ("edit", WithJob::Yes), |rec, ctx| {
                 if checked
                     .as_ref()
                     .is_some_and(|c| OwnSecrets::of(rec).ok().as_ref() != Some(c))
@@ -137,7 +61,7 @@ impl Keys {
     ) -> Result<KeyView, KeyError> {
         let action = if enabled { "enable" } else { "disable" };
         let live = self
-            .modify(actor, id, action, |rec, ctx| {
+            .modify(actor, id, (action, WithJob::No), |rec, ctx| {
                 let settings = ctx.settings;
                 let binds = binds_owner(actor, &rec.owner, &settings.directory);
                 let restrictions = &mut rec.admin_restrictions;
@@ -166,7 +90,7 @@ impl Keys {
     /// notification job, if not started, is cancelled in the same transaction.
     pub async fn remove(&self, actor: &Actor, id: &str) -> Result<KeyView, KeyError> {
         let live = self
-            .modify(actor, id, "remove", |rec, ctx| {
+            .modify(actor, id, ("remove", WithJob::Yes), |rec, ctx| {
                 let now = ctx.now;
                 // An admin's removal retires the key's secret for its owner too.
                 if binds_owner(actor, &rec.owner, &ctx.settings.directory) {
@@ -199,7 +123,7 @@ impl Keys {
         let secret = secret::generate();
         let new_hash = self.hasher.hash(secret.expose());
         let live = self
-            .modify(actor, id, "rotate", |rec, ctx| {
+            .modify(actor, id, ("rotate", WithJob::No), |rec, ctx| {
                 let (settings, now) = (ctx.settings, ctx.now);
                 // A new secret on a key an admin disabled is the owner's way around
                 // the disable once the key is enabled, and frees the old secret.

@@ -131,8 +131,9 @@ async fn insert_new(
     }
     let mut view = view_of(&settings, &rec, now);
     view.notice = notice;
+    // The entry's time is the commit's, under the writer, as for every change.
     change.audit.push(AuditEntry::new(
-        now,
+        keys.clock.now(),
         &actor.name,
         action,
         Some(rec.id),

@@ -21,6 +21,7 @@ pub mod error;
 mod index;
 mod live;
 pub mod maintenance;
+mod modify;
 mod notification;
 pub mod page;
 mod queries;

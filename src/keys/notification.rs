@@ -9,6 +9,7 @@
 use chrono::{DateTime, Duration, Utc};
 
 use super::error::{invalid, KeyError};
+use super::modify::WithJob;
 use super::rules::{parse_period, parse_time};
 use super::types::{Actor, CreateKey, KeyView, NotifyRequest};
 use super::Keys;
@@ -330,7 +331,7 @@ impl Keys {
         let mut note = None;
         let note_out = &mut note;
         let live = self
-            .modify(actor, id, action, |rec, ctx| {
+            .modify(actor, id, (action, WithJob::Yes), |rec, ctx| {
                 let (job, now) = (ctx.job.take(), ctx.now);
                 if matches!(
                     rec.status(&ctx.settings.policy, rec.last_used_at, now),

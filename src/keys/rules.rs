@@ -307,9 +307,14 @@ pub(super) fn parse_time(field: &'static str, s: &str) -> Result<DateTime<Utc>, 
     DateTime::parse_from_rfc3339(s.trim())
         .map(|t| t.with_timezone(&Utc))
         .map_err(|_| {
+            // The example each field has always given.
+            let example = match field {
+                "notify_at" => "2027-01-17T09:00:00Z",
+                _ => "2027-01-31T00:00:00Z",
+            };
             invalid(
                 field,
-                format!("{s:?} is not an RFC 3339 time such as 2027-01-31T00:00:00Z"),
+                format!("{s:?} is not an RFC 3339 time such as {example}"),
             )
         })
 }

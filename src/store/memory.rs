@@ -215,7 +215,8 @@ impl Storage for MemoryStore {
             .map(|(j, _)| (ms(j.run_at), j.id))
             .collect();
         due.sort_unstable();
-        due.truncate(limit);
+        // As the redb store: at least one, whatever the limit.
+        due.truncate(limit.max(1));
         let mut claimed = Vec::with_capacity(due.len());
         for (_, id) in due {
             if let Some((job, _)) = data.jobs.get_mut(&id) {
@@ -272,7 +273,7 @@ impl Storage for MemoryStore {
             .values()
             .rev()
             .filter(|m| !unacknowledged_only || m.acknowledged_at.is_none())
-            .take(limit)
+            .take(limit.max(1))
             .cloned()
             .collect())
     }

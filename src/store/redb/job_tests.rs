@@ -175,3 +175,80 @@ mod paging {
         assert_eq!(walk(&store, &owner).0, alices[1..]);
     }
 }
+
+/// The due index holds exactly the Scheduled jobs and the running index the Running
+/// ones, whatever a commit does to a job: claimed, finished, or cancelled while
+/// waiting (a cancelled job left in the due index would be claimed and delivered).
+mod indexes {
+    use chrono::{Duration, TimeZone, Utc};
+    use redb::{ReadableDatabase, ReadableTableMetadata};
+    use uuid::Uuid;
+
+    use super::super::jobs::{DUE, RUNNING};
+    use super::super::RedbStore;
+    use crate::model::{AlertJob, JobKind, JobState};
+    use crate::store::storage::Change;
+    use crate::store::Storage;
+
+    fn due_and_running(store: &RedbStore) -> (u64, u64) {
+        let txn = store.db.begin_read().unwrap();
+        let due = txn.open_table(DUE).unwrap().len().unwrap();
+        let running = txn.open_table(RUNNING).unwrap().len().unwrap();
+        (due, running)
+    }
+
+    #[test]
+    fn the_due_and_running_indexes_follow_every_state_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(&dir.path().join("db.redb")).unwrap();
+        let t0 = Utc.with_ymd_and_hms(2026, 8, 31, 10, 0, 0).unwrap();
+        let key = Uuid::now_v7();
+        let a = AlertJob::new(
+            key,
+            JobKind::Notification,
+            "s",
+            t0 + Duration::seconds(10),
+            t0,
+        );
+        let b = AlertJob::new(
+            key,
+            JobKind::Notification,
+            "s",
+            t0 + Duration::seconds(20),
+            t0,
+        );
+        store
+            .commit(Change {
+                put_jobs: vec![a.clone(), b.clone()],
+                ..Change::default()
+            })
+            .unwrap();
+        assert_eq!(due_and_running(&store), (2, 0));
+        let claimed = store.claim_due(t0 + Duration::seconds(15), 10).unwrap();
+        assert_eq!(claimed.iter().map(|j| j.id).collect::<Vec<_>>(), [a.id]);
+        assert_eq!(due_and_running(&store), (1, 1));
+        let mut done = claimed[0].clone();
+        done.state = JobState::Completed;
+        let mut cancelled = b.clone();
+        cancelled.cancel("cancelled by admin".into(), t0);
+        store
+            .commit(Change {
+                put_jobs: vec![done],
+                ..Change::default()
+            })
+            .unwrap();
+        assert_eq!(due_and_running(&store), (1, 0));
+        store
+            .commit(Change {
+                put_jobs: vec![cancelled],
+                ..Change::default()
+            })
+            .unwrap();
+        assert_eq!(due_and_running(&store), (0, 0));
+        assert_eq!(store.next_due().unwrap(), None);
+        assert!(store
+            .claim_due(t0 + Duration::hours(1), 10)
+            .unwrap()
+            .is_empty());
+    }
+}

@@ -23,8 +23,8 @@ use crate::store::page::{Page, Pager};
 use crate::store::storage::{Change, JobFilter};
 
 const JOBS: TableDefinition<u128, &[u8]> = TableDefinition::new("alert_jobs");
-const DUE: TableDefinition<(i64, u128), ()> = TableDefinition::new("alert_due");
-const RUNNING: TableDefinition<u128, ()> = TableDefinition::new("alert_running");
+pub(super) const DUE: TableDefinition<(i64, u128), ()> = TableDefinition::new("alert_due");
+pub(super) const RUNNING: TableDefinition<u128, ()> = TableDefinition::new("alert_running");
 const MESSAGES: TableDefinition<u64, &[u8]> = TableDefinition::new("operator_messages");
 /// Number of jobs per state ([`JobState::index`]), kept by [`apply`] in the same
 /// transaction as the jobs, so opening the store reads five rows, not every job.

@@ -303,8 +303,20 @@ impl Keys {
 }
 
 #[cfg(test)]
+mod address_tests;
+#[cfg(test)]
 mod authz_tests;
 #[cfg(test)]
+mod expiry_tests;
+#[cfg(test)]
+mod own_secret_tests;
+#[cfg(test)]
+mod page_tests;
+#[cfg(test)]
+mod restriction_tests;
+#[cfg(test)]
 mod security_tests;
+#[cfg(test)]
+mod status_tests;
 #[cfg(test)]
 mod tests;

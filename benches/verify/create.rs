@@ -1,0 +1,118 @@
+//! Part 3: `Keys::create`, one durable redb commit each.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use apikeyd::clock::{SharedClock, SystemClock};
+use apikeyd::keys::secret::KeyHasher;
+use apikeyd::keys::{Actor, CreateKey, Keys};
+use apikeyd::store::{RedbStore, Storage};
+
+use crate::fixtures::alice_settings;
+use crate::measure::{nanos, Stats};
+
+pub(crate) struct CreateFigures {
+    pub(crate) seq_n: usize,
+    pub(crate) seq_time: Duration,
+    pub(crate) seq_lat: Stats,
+    pub(crate) conc_n: usize,
+    pub(crate) conc_tasks: usize,
+    pub(crate) conc_time: Duration,
+    pub(crate) big_n: usize,
+    pub(crate) big_keys: usize,
+    pub(crate) big_time: Duration,
+    pub(crate) big_lat: Option<Stats>,
+}
+
+async fn create_seq(keys: &Keys, n: usize, prefix: &str) -> (Duration, Vec<u64>) {
+    let admin = Actor {
+        name: "admin".into(),
+        admin: true,
+    };
+    let mut lat = Vec::with_capacity(n);
+    let t = Instant::now();
+    for i in 0..n {
+        let c = Instant::now();
+        keys.create(
+            &admin,
+            CreateKey {
+                user: Some("alice".into()),
+                name: format!("{prefix}{i}"),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("create");
+        lat.push(nanos(c.elapsed()));
+    }
+    (t.elapsed(), lat)
+}
+
+pub(crate) fn bench_create(
+    dir: &Path,
+    hasher: &KeyHasher,
+    big: &Keys,
+    seq_n: usize,
+    big_n: usize,
+) -> CreateFigures {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("create runtime");
+    let store: Arc<dyn Storage> =
+        Arc::new(RedbStore::open(&dir.join("create.redb")).expect("open create store"));
+    let keys = Arc::new(
+        Keys::open(
+            store,
+            hasher.clone(),
+            Arc::new(SystemClock) as SharedClock,
+            alice_settings(),
+        )
+        .expect("open"),
+    );
+    rt.block_on(async {
+        eprintln!("[create] warm-up 20 ...");
+        create_seq(&keys, 20, "w").await;
+
+        eprintln!("[create] {seq_n} sequential ...");
+        let (seq_time, lat) = create_seq(&keys, seq_n, "k").await;
+
+        let tasks = 8usize;
+        let per = seq_n.div_ceil(tasks);
+        eprintln!("[create] {} with {tasks} concurrent tasks ...", per * tasks);
+        let t = Instant::now();
+        let mut set = tokio::task::JoinSet::new();
+        for task in 0..tasks {
+            let keys = keys.clone();
+            set.spawn(async move { create_seq(&keys, per, &format!("c{task}-")).await });
+        }
+        while let Some(r) = set.join_next().await {
+            r.expect("create task");
+        }
+        let conc_time = t.elapsed();
+
+        let big_keys = big.len();
+        let (big_time, big_lat) = if big_n > 0 {
+            eprintln!("[create] {big_n} sequential in the {big_keys}-key database ...");
+            big.reload(alice_settings());
+            let (d, lat) = create_seq(big, big_n, "big").await;
+            (d, Some(Stats::of(lat)))
+        } else {
+            (Duration::ZERO, None)
+        };
+
+        CreateFigures {
+            seq_n,
+            seq_time,
+            seq_lat: Stats::of(lat),
+            conc_n: per * tasks,
+            conc_tasks: tasks,
+            conc_time,
+            big_n,
+            big_keys,
+            big_time,
+            big_lat,
+        }
+    })
+}

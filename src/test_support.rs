@@ -1,5 +1,5 @@
 //! What the unit tests of the key and job rules share: keys and alerts on the
-//! in-memory store, a manual clock at 2026-08-31 10:00 UTC, the test configuration
+//! in-memory store (or, for the store-and-index agreement tests, on redb), a manual clock at 2026-08-31 10:00 UTC, the test configuration
 //! (the Raynet groups in small), the actors and a create request.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -13,7 +13,7 @@ use crate::config::Config;
 use crate::keys::secret::{KeyHasher, ServerSecret};
 use crate::keys::{Actor, CreateKey, KeyError, KeyView, Keys, PageRequest, Settings};
 use crate::model::{AuditEntry, KeyRecord};
-use crate::store::MemoryStore;
+use crate::store::{MemoryStore, RedbStore, Storage};
 
 /// Users admin (Admin), alice and bob (Synchronizer), carol (User).
 pub(crate) const CONFIG: &str = r#"
@@ -41,7 +41,9 @@ groups = ["User"]
 "#;
 
 pub(crate) struct Fixture {
-    pub(crate) store: Arc<MemoryStore>,
+    pub(crate) store: Arc<dyn Storage>,
+    /// The redb store's directory, for as long as the fixture lives.
+    _dir: Option<tempfile::TempDir>,
     pub(crate) clock: Arc<ManualClock>,
     pub(crate) keys: Arc<Keys>,
     pub(crate) alerts: Alerts,
@@ -83,13 +85,17 @@ pub(crate) fn hasher() -> KeyHasher {
 /// Keys on a fresh store with the configuration `text` (its alert settings left
 /// at their defaults; see [`fixture_with_alerts`]).
 pub(crate) fn fixture_with(text: &str) -> Fixture {
+    fixture_on(Arc::new(MemoryStore::new()), None, text)
+}
+
+fn fixture_on(store: Arc<dyn Storage>, dir: Option<tempfile::TempDir>, text: &str) -> Fixture {
     let clock = ManualClock::new(Utc.with_ymd_and_hms(2026, 8, 31, 10, 0, 0).unwrap());
-    let store = Arc::new(MemoryStore::new());
     let keys =
         Arc::new(Keys::open(store.clone(), hasher(), clock.clone(), settings(text)).unwrap());
     let alerts = Alerts::new(keys.clone(), store.clone());
     Fixture {
         store,
+        _dir: dir,
         clock,
         keys,
         alerts,
@@ -99,7 +105,19 @@ pub(crate) fn fixture_with(text: &str) -> Fixture {
 
 /// [`fixture_with`], with the alert sources and defaults of `text` in force.
 pub(crate) fn fixture_with_alerts(text: &str) -> Fixture {
-    let mut f = fixture_with(text);
+    with_alerts(fixture_with(text), text)
+}
+
+/// [`fixture_with_alerts`] on a redb store in a temporary directory: for the tests
+/// that check the index against what a restart would load (through redb's own
+/// decoder) and cut changes off mid-commit (a durable commit takes long enough).
+pub(crate) fn fixture_on_redb(text: &str) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(RedbStore::open(&dir.path().join("db.redb")).unwrap());
+    with_alerts(fixture_on(store, Some(dir), text), text)
+}
+
+fn with_alerts(mut f: Fixture, text: &str) -> Fixture {
     f.keys.alerting().set_config(parse(text).alerts);
     f.alerting = Some(text.to_owned());
     f

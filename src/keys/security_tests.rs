@@ -12,7 +12,7 @@ use super::secret::Secret;
 use super::table::Hit;
 use super::*;
 use crate::model::*;
-use crate::test_support::{admin, fixture_with_alerts, Fixture};
+use crate::test_support::{admin, fixture_on_redb, Fixture};
 use chrono::Duration;
 
 pub(super) const CONFIG: &str = r#"
@@ -36,12 +36,14 @@ groups = ["Synchronizer"]
 email = "alice@example.org"
 "#;
 
+// These tests compare the index with what a restart loads through redb's decoder,
+// and cut changes off during a durable commit: they run on redb.
 pub(super) fn fixture_with(text: &str) -> Fixture {
-    fixture_with_alerts(text)
+    fixture_on_redb(text)
 }
 
 fn fixture() -> Fixture {
-    fixture_with_alerts(CONFIG)
+    fixture_on_redb(CONFIG)
 }
 
 fn token(n: usize) -> String {

@@ -8,7 +8,11 @@
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use uuid::Uuid;
 
-use super::{AuditFilter, Change, JobFilter, MemoryStore, RedbStore, Retire, Storage, UsageUpdate};
+use super::postgres::test_server::TestServer;
+use super::{
+    AuditFilter, Change, JobFilter, MemoryStore, PostgresStore, RedbStore, Retire, Storage,
+    UsageUpdate,
+};
 use crate::model::{
     AlertJob, AuditEntry, JobKind, JobState, KeyKind, KeyRecord, OperatorMessage, RetiredSecret,
     Severity, UsageCounts,
@@ -18,11 +22,19 @@ fn t0() -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 8, 31, 10, 0, 0).unwrap()
 }
 
-/// Run `check` on a fresh store of each backend.
+/// Run `check` on a fresh store of each backend: in memory, redb in a temporary
+/// directory, and PostgreSQL on a private server (see `postgres/test_server.rs`).
 fn each_backend(check: impl Fn(&dyn Storage)) {
     check(&MemoryStore::new());
     let dir = tempfile::tempdir().unwrap();
     check(&RedbStore::open(&dir.path().join("db.redb")).unwrap());
+    if let Some(server) = TestServer::start() {
+        let store = PostgresStore::open(&server.database("conformance"), None).unwrap();
+        check(&store);
+        // A second open of the same database finds the schema applied.
+        drop(store);
+        PostgresStore::open(&server.url("conformance"), None).unwrap();
+    }
 }
 
 fn key(owner: &str, n: u8) -> KeyRecord {

@@ -2,7 +2,8 @@
 //!
 //! [`RedbStore`] (the embedded redb database, the default) implements it, and only
 //! `src/store/redb` knows redb; [`MemoryStore`] implements it in memory for unit
-//! tests. The services above ([`crate::keys::Keys`], [`crate::alerts::Alerts`]) hold
+//! tests; [`PostgresStore`] on PostgreSQL, the first step of cluster mode (not yet
+//! used by the daemon: see its documentation). The services above ([`crate::keys::Keys`], [`crate::alerts::Alerts`]) hold
 //! an `Arc<dyn Storage>` and never see a table, a transaction or a byte of JSON.
 //!
 //! # What a backend promises
@@ -30,12 +31,14 @@
 mod error;
 pub mod memory;
 mod page;
+pub mod postgres;
 mod redb;
 mod storage;
 
 pub use error::{BoxError, StoreError};
 pub use memory::MemoryStore;
 pub use page::{Page, MAX_PAGE};
+pub use postgres::PostgresStore;
 pub use redb::{RedbStore, CACHE_BYTES};
 pub use storage::{AuditFilter, Change, JobFilter, Retire, Storage, UsageUpdate};
 

@@ -1,0 +1,99 @@
+//! The PostgreSQL schema: embedded, versioned migrations, applied at open under an
+//! advisory lock, so that several processes opening one database at once apply each
+//! migration once.
+
+use tokio_postgres::Client;
+
+use crate::store::error::StoreError;
+
+/// Migrations, in order; the database records how many it has applied. Never edit
+/// one that has shipped: add the next.
+pub(super) const MIGRATIONS: &[&str] = &[r"
+CREATE TABLE keys (
+    id uuid PRIMARY KEY,
+    owner text NOT NULL,
+    record jsonb NOT NULL
+);
+CREATE TABLE audit (
+    seq bigserial PRIMARY KEY,
+    key_id uuid,
+    owner text,
+    entry jsonb NOT NULL
+);
+CREATE INDEX audit_by_key ON audit (key_id, seq);
+CREATE INDEX audit_by_owner ON audit (owner, seq);
+CREATE TABLE retired_secrets (
+    hash bytea PRIMARY KEY,
+    entry jsonb NOT NULL
+);
+CREATE TABLE alert_jobs (
+    id uuid PRIMARY KEY,
+    key_id uuid NOT NULL,
+    owner text,
+    state text NOT NULL,
+    run_at_ms bigint NOT NULL,
+    job jsonb NOT NULL
+);
+CREATE INDEX alert_jobs_due ON alert_jobs (run_at_ms, id) WHERE state = 'Scheduled';
+CREATE INDEX alert_jobs_by_state ON alert_jobs (state);
+CREATE INDEX alert_jobs_by_key ON alert_jobs (key_id, id);
+CREATE INDEX alert_jobs_by_owner ON alert_jobs (owner, id);
+CREATE TABLE operator_messages (
+    id bigint PRIMARY KEY,
+    message jsonb NOT NULL
+);
+"];
+
+/// A number no other application's advisory lock is likely to use ("apikeyd" in ASCII).
+const LOCK: i64 = 0x0061_7069_6b65_7964;
+
+fn storage(e: tokio_postgres::Error) -> StoreError {
+    StoreError::Storage(Box::new(e))
+}
+
+/// Apply the migrations the database lacks.
+pub(super) async fn migrate(client: &mut Client) -> Result<(), StoreError> {
+    let tx_err = |e: tokio_postgres::Error| StoreError::Transaction(Box::new(e));
+    let tx = client.transaction().await.map_err(tx_err)?;
+    // Held until the transaction ends: a second process waits here, then finds the
+    // migrations applied.
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK])
+        .await
+        .map_err(storage)?;
+    tx.batch_execute("CREATE TABLE IF NOT EXISTS apikeyd_schema (version integer NOT NULL)")
+        .await
+        .map_err(storage)?;
+    let applied: i64 = tx
+        .query_one(
+            "SELECT COALESCE(MAX(version), 0)::bigint FROM apikeyd_schema",
+            &[],
+        )
+        .await
+        .map_err(storage)?
+        .get(0);
+    let applied = usize::try_from(applied).unwrap_or(0);
+    if applied > MIGRATIONS.len() {
+        return Err(StoreError::Open {
+            path: "PostgreSQL".into(),
+            source: format!(
+                "the database is at schema version {applied}, newer than this apikeyd knows ({}); upgrade apikeyd",
+                MIGRATIONS.len()
+            )
+            .into(),
+        });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(applied) {
+        tx.batch_execute(sql).await.map_err(storage)?;
+        let version = i32::try_from(i + 1).unwrap_or(i32::MAX);
+        tx.execute(
+            "INSERT INTO apikeyd_schema (version) VALUES ($1)",
+            &[&version],
+        )
+        .await
+        .map_err(storage)?;
+        tracing::info!(version, "PostgreSQL schema migrated");
+    }
+    tx.commit()
+        .await
+        .map_err(|e| StoreError::Commit(Box::new(e)))
+}

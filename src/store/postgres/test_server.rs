@@ -1,0 +1,212 @@
+//! A private PostgreSQL server for the tests, from the binaries of Debian's
+//! `postgresql` package (`.ci/run` installs it): `initdb` into a temporary directory,
+//! then `postgres` on a free loopback port. PostgreSQL refuses to run as root, and CI
+//! runs as root, so there both run as the `postgres` account (else `nobody`), through
+//! `setpriv`, which execs the server itself: dropping the [`TestServer`] kills it.
+//!
+//! Without the binaries the tests that need them fail, naming the package; outside
+//! CI, `APIKEYD_ALLOW_SKIP=1` turns that into a `SKIPPED` line, as in `tests/it`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running private server; killed when dropped.
+pub(crate) struct TestServer {
+    child: Child,
+    port: u16,
+    // Removed after the server is killed (fields drop in order).
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for TestServer {
+    /// A fast shutdown (SIGINT), so the server stops its own processes; SIGKILL if
+    /// it has not stopped within 10 s.
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The directory holding `initdb` and `postgres`: the newest version installed.
+fn bin_dir() -> Option<PathBuf> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(|e| Some(e.ok()?.path().join("bin")))
+        .filter(|b| b.join("initdb").is_file() && b.join("postgres").is_file())
+        .collect();
+    found.sort_by_key(|p| {
+        p.parent()
+            .and_then(|v| v.file_name()?.to_str()?.parse::<u32>().ok())
+            .unwrap_or(0)
+    });
+    found.pop()
+}
+
+/// The account to run as when we are root: (uid, gid).
+fn account() -> Option<(u32, u32)> {
+    if rustix_is_root() {
+        for name in ["postgres", "nobody"] {
+            if let Some(ids) = lookup(name) {
+                return Some(ids);
+            }
+        }
+        panic!("running as root and there is neither a 'postgres' nor a 'nobody' account to run PostgreSQL as");
+    }
+    None
+}
+
+fn rustix_is_root() -> bool {
+    std::fs::metadata("/proc/self")
+        .map(|m| m.uid() == 0)
+        .unwrap_or(false)
+}
+
+/// uid and gid of `name`, from /etc/passwd.
+fn lookup(name: &str) -> Option<(u32, u32)> {
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        (f.first() == Some(&name))
+            .then(|| Some((f.get(2)?.parse().ok()?, f.get(3)?.parse().ok()?)))?
+    })
+}
+
+fn command(program: &Path, as_user: Option<(u32, u32)>) -> Command {
+    match as_user {
+        Some((uid, gid)) => {
+            let mut c = Command::new("setpriv");
+            c.arg(format!("--reuid={uid}"))
+                .arg(format!("--regid={gid}"))
+                .arg("--clear-groups")
+                .arg("--")
+                .arg(program);
+            c
+        }
+        None => Command::new(program),
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl TestServer {
+    /// Start a server, or `None` when PostgreSQL is not installed and skipping is
+    /// allowed (never under `CI`).
+    pub(crate) fn start() -> Option<Self> {
+        let Some(bin) = bin_dir() else {
+            let why = "needs PostgreSQL (Debian package `postgresql`: /usr/lib/postgresql/*/bin)";
+            if std::env::var_os("CI").is_none() && std::env::var_os("APIKEYD_ALLOW_SKIP").is_some()
+            {
+                eprintln!("SKIPPED: PostgreSQL store tests: {why}");
+                return None;
+            }
+            panic!("{why}; outside CI, APIKEYD_ALLOW_SKIP=1 skips these tests");
+        };
+        let user = account();
+        let dir = tempfile::tempdir().unwrap();
+        if let Some((uid, gid)) = user {
+            std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).unwrap();
+        }
+        let data = dir.path().join("data");
+        let out = command(&bin.join("initdb"), user)
+            .arg("-D")
+            .arg(&data)
+            .args(["-U", "apikeyd", "-A", "trust", "-E", "UTF8", "--no-sync"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "initdb failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let port = free_port();
+        let child = command(&bin.join("postgres"), user)
+            .arg("-D")
+            .arg(&data)
+            .arg("-p")
+            .arg(port.to_string())
+            .arg("-k")
+            .arg(dir.path())
+            .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let server = Self {
+            child,
+            port,
+            _dir: dir,
+        };
+        server.wait_ready();
+        Some(server)
+    }
+
+    /// Connection parameters for database `db` (no password: `trust` on loopback).
+    pub(crate) fn url(&self, db: &str) -> String {
+        format!("host=127.0.0.1 port={} user=apikeyd dbname={db}", self.port)
+    }
+
+    /// A new empty database.
+    pub(crate) fn database(&self, name: &str) -> String {
+        self.sql(&format!("CREATE DATABASE {name}"));
+        self.url(name)
+    }
+
+    fn sql(&self, statement: &str) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let (client, conn) =
+                tokio_postgres::connect(&self.url("postgres"), tokio_postgres::NoTls)
+                    .await
+                    .unwrap();
+            let conn = tokio::spawn(conn);
+            client.batch_execute(statement).await.unwrap();
+            drop(client);
+            let _ = conn.await;
+        });
+    }
+
+    fn wait_ready(&self) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let ok = rt.block_on(async {
+                tokio_postgres::connect(&self.url("postgres"), tokio_postgres::NoTls)
+                    .await
+                    .is_ok()
+            });
+            if ok {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "PostgreSQL did not start within 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}

@@ -145,7 +145,7 @@ async fn attempt(alerts: &Alerts, channels: &impl Deliver, job: &AlertJob) -> Ou
     if live.life.state == KeyState::Removed {
         return Outcome::Dropped("the key was removed".into());
     }
-    let view = match keys.view(&live) {
+    let view = match keys.view(&live).await {
         Ok(v) => v,
         Err(e) => {
             return Outcome::Failed {

@@ -236,7 +236,7 @@ async fn a_job_left_running_is_replaced_at_start_and_the_key_tracks_the_new_one(
     assert_eq!(new.origin, j1, "same Message-ID");
     assert_eq!(new.run_at, clock.now(), "due at once");
     assert_eq!(new.replaces, Some(j1));
-    assert_eq!(keys.show(&admin(), &id).unwrap().alert_job, Some(j2));
+    assert_eq!(keys.show(&admin(), &id).await.unwrap().alert_job, Some(j2));
     // And it is delivered.
     assert_eq!(alerts.claim_due(clock.now(), 10).await.unwrap().len(), 1);
     let done = alerts.finish_job(j2, Outcome::Delivered).await.unwrap();

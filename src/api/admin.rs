@@ -96,7 +96,7 @@ async fn show_key(
     Extension(actor): Extension<Actor>,
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
-    Ok(Json(st.keys.show(&actor, &id)?).into_response())
+    Ok(Json(st.keys.show(&actor, &id).await?).into_response())
 }
 
 async fn edit_key(

@@ -66,7 +66,7 @@ async fn an_owner_without_an_address_is_refused_owner_email_when_it_is_named() {
         ),
         "{e}"
     );
-    assert_eq!(keys.show(&admin(), &id).unwrap().notification, "none");
+    assert_eq!(keys.show(&admin(), &id).await.unwrap().notification, "none");
 }
 
 #[tokio::test]

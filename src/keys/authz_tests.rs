@@ -91,7 +91,7 @@ async fn privileges_follow_a_reload() {
     let live = f.keys.resolve(&mut v).unwrap();
     assert_eq!(&live.scopes[..], ["catalog:read"]);
     assert_eq!(&live.own_scopes()[..], ["catalog:read", "catalog:sync"]);
-    let view = f.keys.show(&admin(), &id).unwrap();
+    let view = f.keys.show(&admin(), &id).await.unwrap();
     assert_eq!(view.scopes, ["catalog:read", "catalog:sync"]);
     assert_eq!(view.effective_scopes, ["catalog:read"]);
     assert_eq!(view.status, "active");
@@ -129,7 +129,7 @@ async fn privileges_follow_a_reload() {
     assert_eq!(v.code, Code::Valid);
     let live = f.keys.resolve(&mut v).unwrap();
     assert_eq!(&live.scopes[..], ["catalog:read", "catalog:sync"]);
-    let view = f.keys.show(&admin(), &id).unwrap();
+    let view = f.keys.show(&admin(), &id).await.unwrap();
     assert_eq!(view.usage.verifications, 3);
     assert_eq!(view.usage.denied, 3);
     assert_eq!(f.keys.reload(settings(CONFIG)), Regranted::default());
@@ -261,7 +261,7 @@ async fn a_key_whose_owner_holds_none_of_its_scopes_is_refused_and_counted_so() 
             Code::InsufficientScope
         );
     }
-    let view = f.keys.show(&alice(), &id).unwrap();
+    let view = f.keys.show(&alice(), &id).await.unwrap();
     assert_eq!(view.status, "no_scopes");
     assert!(
         view.details.contains("grant none of its scopes"),

@@ -49,7 +49,7 @@ impl Keys {
                 Ok(changed.join(" ") + &more)
             })
             .await?;
-        self.view(&live)
+        self.view(&live).await
     }
 
     /// Enable or disable a key. A key an admin disabled stays disabled for its owner.
@@ -83,7 +83,7 @@ impl Keys {
                 Ok(String::new())
             })
             .await?;
-        self.view(&live)
+        self.view(&live).await
     }
 
     /// Remove a key: it stops working at once and is kept for the record. Its
@@ -105,7 +105,7 @@ impl Keys {
                 Ok(detail)
             })
             .await?;
-        self.view(&live)
+        self.view(&live).await
     }
 
     /// Give a key a new secret, keeping its settings. With a grace period the old
@@ -174,7 +174,7 @@ impl Keys {
             .await?;
         Ok(Issued {
             key: secret,
-            view: self.view(&live)?,
+            view: self.view(&live).await?,
         })
     }
 }
@@ -206,7 +206,7 @@ async fn check_not_own_secret(
         return Ok(None);
     }
     let live = keys.visible(actor, id)?;
-    let own = OwnSecrets::of(&keys.record(&live)?)?;
+    let own = OwnSecrets::of(&keys.record(&live).await?)?;
     if own.hashes.is_empty() {
         return Ok(Some(own));
     }

@@ -142,7 +142,7 @@ async fn inactivity_expires_unused_keys_and_use_extends() {
         f.keys.verify(c.key.expose(), None, None).code,
         Code::Inactive
     );
-    let view = f.keys.show(&admin(), &c.view.id.to_string()).unwrap();
+    let view = f.keys.show(&admin(), &c.view.id.to_string()).await.unwrap();
     assert_eq!(view.status, "inactive");
     assert!(
         view.details.contains("through inactivity"),

@@ -285,7 +285,7 @@ impl Keys {
             .as_ref()
             .and_then(|j| Some((self.live(j.key_id)?, j.id)));
         let tracking = match tracked {
-            Some((live, job_id)) => Some(self.record(&live)?).filter(|rec| {
+            Some((live, job_id)) => Some(self.record(&live).await?).filter(|rec| {
                 rec.alerting
                     .notification
                     .as_ref()

@@ -59,7 +59,7 @@ impl Keys {
             return Err(KeyError::Conflict(format!("key {} was removed", live.id)));
         }
         let settings = self.settings();
-        let mut rec = self.record(&live)?;
+        let mut rec = self.record(&live).await?;
         let before = rec.clone();
         let job = match rec.alerting.notification.as_ref().map(|n| n.job_id) {
             Some(job_id) if with_job == WithJob::Yes => {

@@ -359,7 +359,7 @@ impl Keys {
                 Ok(detail)
             })
             .await?;
-        let mut view = self.view(&live)?;
+        let mut view = self.view(&live).await?;
         view.notice = note;
         Ok(view)
     }

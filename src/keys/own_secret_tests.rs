@@ -63,7 +63,7 @@ async fn a_token_cannot_be_renamed_to_its_own_secret() {
         );
     }
     assert_eq!(audit_len(&f, &id).await, audit, "nothing recorded");
-    let view = f.keys.show(&alice(), &id).unwrap();
+    let view = f.keys.show(&alice(), &id).await.unwrap();
     assert_eq!(view.name, "legacy");
     assert_eq!(view.description, "");
     // Other text, and a token-shaped text that is not its secret, are fine.
@@ -244,7 +244,7 @@ async fn the_own_secret_check_hashes_only_stretches_of_the_tokens_length() {
     assert_eq!(windows("ab", None).count(), 0);
     assert_eq!(windows(&description, Some(36)).count(), 965);
     let live = f.keys.live(Uuid::parse_str(&id).unwrap()).unwrap();
-    let mut rec = f.keys.record(&live).unwrap();
+    let mut rec = f.keys.record(&live).await.unwrap();
     rec.user_secret = UserSecret::Unknown;
     assert_eq!(OwnSecrets::of(&rec).unwrap().len, None);
     assert!(OwnSecrets::of(&rec)

@@ -15,17 +15,19 @@ use crate::store::AuditFilter;
 
 impl Keys {
     /// The admin view of a key at the current time.
-    pub fn view(&self, live: &Live) -> Result<KeyView, KeyError> {
-        let rec = self.record(live)?;
+    pub async fn view(&self, live: &Live) -> Result<KeyView, KeyError> {
+        let rec = self.record(live).await?;
         let settings = self.settings.read().clone();
         Ok(view_of(&settings, &rec, self.clock.now()))
     }
 
-    /// The key's full record from the store, with the usage known in memory.
-    pub fn record(&self, live: &Live) -> Result<KeyRecord, KeyError> {
+    /// The key's full record from the store (read on a blocking thread), with the
+    /// usage known in memory.
+    pub async fn record(&self, live: &Live) -> Result<KeyRecord, KeyError> {
+        let id = live.id;
         let mut rec = self
-            .store
-            .key(live.id)?
+            .blocking(move |s| s.key(id))
+            .await?
             .ok_or_else(|| KeyError::NotFound(live.id.to_string()))?;
         self.index.read().merge_usage(&mut rec, live);
         Ok(rec)
@@ -50,9 +52,9 @@ impl Keys {
     }
 
     /// One key.
-    pub fn show(&self, actor: &Actor, id: &str) -> Result<KeyView, KeyError> {
+    pub async fn show(&self, actor: &Actor, id: &str) -> Result<KeyView, KeyError> {
         let live = self.visible(actor, id)?;
-        self.view(&live)
+        self.view(&live).await
     }
 
     /// One page of the keys visible to `actor`, optionally of one user, oldest first.

@@ -22,7 +22,7 @@ async fn an_owner_cannot_enable_a_key_an_admin_disabled() {
     assert!(msg.contains("disabled by admin \"admin\""), "{msg}");
     assert_eq!(f.keys.verify(&k, None, None).code, Code::Disabled);
     assert_eq!(audit_len(&f, &id).await, audit, "nothing recorded");
-    let view = f.keys.show(&alice(), &id).unwrap();
+    let view = f.keys.show(&alice(), &id).await.unwrap();
     assert_eq!(
         view.admin_restrictions.disabled_by.as_deref(),
         Some("admin")
@@ -59,7 +59,7 @@ async fn an_owner_may_only_narrow_the_ip_filters_an_admin_set() {
         forbidden(e);
     }
     assert_eq!(audit_len(&f, &id).await, audit, "nothing recorded");
-    let view = f.keys.show(&alice(), &id).unwrap();
+    let view = f.keys.show(&alice(), &id).await.unwrap();
     assert_eq!(view.ip_filters, ["10.1.0.0/16", "192.0.2.7/32"]);
     // Narrowing inside the admin's networks is fine, and can be widened back to them.
     f.keys
@@ -178,7 +178,7 @@ async fn an_owner_cannot_forge_identity_headers() {
         )
         .await
         .unwrap();
-    let view = f.keys.show(&alice(), &id).unwrap();
+    let view = f.keys.show(&alice(), &id).await.unwrap();
     assert_eq!(view.headers.len(), 3);
     // An admin's own keys are not restricted (and admins set what they like).
     let mut r = req("admin", "own");
@@ -294,7 +294,7 @@ async fn an_owner_cannot_shadow_an_admin_header_with_underscores() {
     assert_eq!(sent, ["x-tenant=acme", "X-User=alice"]);
 
     // A record stored before `_` was refused: its `_` header is not sent.
-    let mut rec = f.keys.record(&live).unwrap();
+    let mut rec = f.keys.record(&live).await.unwrap();
     rec.headers = vec![
         headers::HeaderTemplate {
             name: "X_Tenant".into(),
@@ -432,7 +432,7 @@ async fn an_owner_cannot_set_headers_proxies_forward_or_trust() {
 
     let mut v = f.keys.verify(issued.key.expose(), None, None);
     let live = f.keys.resolve(&mut v).unwrap();
-    let mut rec = f.keys.record(&live).unwrap();
+    let mut rec = f.keys.record(&live).await.unwrap();
     rec.headers = ["Authorization", "X-Forwarded-User", "X-Tenant"]
         .iter()
         .map(|n| headers::HeaderTemplate {

@@ -225,7 +225,7 @@ async fn a_change_cut_off_by_its_caller_is_applied_to_store_and_index_or_not_at_
             assert_consistent(keys, &secrets, &format!("enable, {at}"));
             // The alerts side: a key's job and its notification change together.
             for (id, delete) in [(&ids[7], false), (&ids[8], true)] {
-                let job = keys.show(&a, id).unwrap().alert_job.unwrap();
+                let job = keys.show(&a, id).await.unwrap().alert_job.unwrap();
                 cut_off(
                     f.alerts.cancel_or_delete_job(&a, &job.to_string(), delete),
                     polls,
@@ -296,7 +296,7 @@ async fn a_record_the_index_cannot_hold_is_refused_before_it_is_saved() {
     let s = token(1);
     let view = keys.import(&admin(), import_req("k", &s)).await.unwrap();
     let live = keys.live(view.id).unwrap();
-    let mut rec = keys.record(&live).unwrap();
+    let mut rec = keys.record(&live).await.unwrap();
     rec.state = KeyState::Disabled;
     rec.hash = "not hex".into();
     let writer = keys.lock_writer().await;
@@ -346,7 +346,7 @@ async fn purging_a_removed_key_leaves_a_new_key_with_the_same_token_working() {
     assert_eq!(maintenance::purge(keys).await.unwrap(), 1);
     assert!(keys.live(old.id).is_none());
     assert_eq!(keys.verify(&s, None, None).code, Code::Valid);
-    let v = keys.show(&admin(), &new.id.to_string()).unwrap();
+    let v = keys.show(&admin(), &new.id.to_string()).await.unwrap();
     assert_eq!(v.status, "active");
     assert_consistent(keys, &[s], "after the purge");
 }

@@ -148,7 +148,7 @@ async fn permissions_follow_groups() {
         .id
         .to_string();
     assert!(matches!(
-        f.keys.show(&alice(), &bobs),
+        f.keys.show(&alice(), &bobs).await,
         Err(KeyError::NotFound(_))
     ));
     assert!(matches!(
@@ -243,7 +243,7 @@ async fn bad_input_changes_nothing() {
         .view
         .id
         .to_string();
-    let before = f.keys.show(&admin(), &id).unwrap();
+    let before = f.keys.show(&admin(), &id).await.unwrap();
     let audit_before = audit(&f.keys, &admin(), None, 100).await.unwrap().len();
     let bad_edits = [
         EditKey {
@@ -274,7 +274,7 @@ async fn bad_input_changes_nothing() {
     let mut r = req("alice", "other");
     r.ip = vec!["10.0.0.0/33".into()];
     assert!(f.keys.create(&admin(), r).await.is_err());
-    assert_eq!(f.keys.show(&admin(), &id).unwrap(), before);
+    assert_eq!(f.keys.show(&admin(), &id).await.unwrap(), before);
     assert_eq!(list(&f.keys, &admin(), None, true).await.unwrap().len(), 1);
     assert_eq!(
         audit(&f.keys, &admin(), None, 100).await.unwrap().len(),
@@ -413,7 +413,7 @@ async fn usage_survives_edits_disable_rotation_and_a_restart() {
         f.keys.verify(rotated.key.expose(), None, None).code,
         Code::Valid
     );
-    let view = f.keys.show(&admin(), &id).unwrap();
+    let view = f.keys.show(&admin(), &id).await.unwrap();
     assert_eq!(view.usage.verifications, 5, "{:?}", view.usage);
     assert_eq!(view.usage.denied, 2, "scope refusal and the disabled key");
     assert_eq!(view.usage.routes.get("/catalog"), Some(&3));
@@ -424,7 +424,7 @@ async fn usage_survives_edits_disable_rotation_and_a_restart() {
     assert!(f.clock.now() > used_at);
     f.keys.flush_last_used(true).await.unwrap();
     let reopened = f.reopen(settings(CONFIG));
-    let again = reopened.show(&admin(), &id).unwrap();
+    let again = reopened.show(&admin(), &id).await.unwrap();
     assert_eq!(again.usage, view.usage);
     assert_eq!(again.last_used_at, view.last_used_at);
     // Both secrets still work after the restart (the old one until its grace ends).

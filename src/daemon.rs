@@ -16,10 +16,12 @@ use crate::alerts::{AlertError, Alerts, Dispatcher};
 use crate::api::{self, AppState};
 use crate::channels::{ChannelError, Channels};
 use crate::clock::SharedClock;
+use crate::config::store::POSTGRES_PASSWORD_CREDENTIAL;
+use crate::config::StoreConfig;
 use crate::config::{self, Config, Environment};
 use crate::keys::secret::{load_or_create_server_secret, KeyHasher, SecretSource};
 use crate::keys::{Keys, Settings};
-use crate::store::{RedbStore, Storage};
+use crate::store::{PostgresStore, RedbStore, Storage};
 
 /// Start-up failures.
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +41,14 @@ pub enum StartError {
     /// Jobs left Running by a crash could not be replaced.
     #[error("cannot recover alert jobs: {0}")]
     Jobs(#[from] AlertError),
+    /// The PostgreSQL password could not be read.
+    #[error("cannot read the PostgreSQL password from {path}: {source}")]
+    StorePassword {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The state directory could not be created or is not a directory.
     #[error("state directory {path}: {source}")]
     StateDir {
@@ -98,11 +108,8 @@ impl Daemon {
             }
         }
         let db_path = config.server.database_path();
-        let store = {
-            let p = db_path.clone();
-            tokio::task::spawn_blocking(move || RedbStore::open(&p)).await??
-        };
-        let store: Arc<dyn Storage> = Arc::new(store);
+        let fingerprint = KeyHasher::new(&secret).hash(SECRET_FINGERPRINT);
+        let store = open_store(&config, env, fingerprint).await?;
         let keys = {
             let store = store.clone();
             let settings = Settings::from(&config);
@@ -111,7 +118,14 @@ impl Daemon {
             tokio::task::spawn_blocking(move || Keys::open(store, hasher, clock, settings))
                 .await??
         };
-        tracing::info!(db = %db_path.display(), keys = keys.len(), "database opened");
+        match &config.store {
+            StoreConfig::Redb => {
+                tracing::info!(db = %db_path.display(), keys = keys.len(), "database opened")
+            }
+            StoreConfig::Postgres { .. } => {
+                tracing::info!(keys = keys.len(), "PostgreSQL database opened")
+            }
+        }
         keys.alerting().set_config(config.alerts.clone());
         let keys = Arc::new(keys);
         let alerts = Arc::new(Alerts::new(keys.clone(), store));
@@ -249,6 +263,52 @@ impl Daemon {
         let _ = std::fs::remove_file(&self.socket_path);
         tracing::info!(last_used_written = written, "stopped");
         Ok(())
+    }
+}
+
+/// What the server secret's fingerprint in a PostgreSQL database is the keyed hash of.
+const SECRET_FINGERPRINT: &str = "apikeyd server secret fingerprint";
+
+/// Open the configured store: redb in the state directory, or PostgreSQL (for now
+/// as the only apikeyd on it, and only under the server secret it was written with;
+/// see [`PostgresStore::claim_sole_use`]).
+async fn open_store(
+    config: &Config,
+    env: &Environment,
+    fingerprint: [u8; 32],
+) -> Result<Arc<dyn Storage>, StartError> {
+    match &config.store {
+        StoreConfig::Redb => {
+            let p = config.server.database_path();
+            let store = tokio::task::spawn_blocking(move || RedbStore::open(&p)).await??;
+            Ok(Arc::new(store))
+        }
+        StoreConfig::Postgres { url, password_file } => {
+            let credential = env
+                .credentials_directory
+                .as_deref()
+                .map(|d| d.join(POSTGRES_PASSWORD_CREDENTIAL))
+                .filter(|p| p.exists());
+            let password = match credential.as_ref().or(password_file.as_ref()) {
+                Some(path) => Some(
+                    std::fs::read_to_string(path)
+                        .map(|s| s.trim_end_matches(['\r', '\n']).to_owned())
+                        .map_err(|source| StartError::StorePassword {
+                            path: path.display().to_string(),
+                            source,
+                        })?,
+                ),
+                None => None,
+            };
+            let url = url.clone();
+            let store = tokio::task::spawn_blocking(move || {
+                let store = PostgresStore::open(&url, password.as_deref())?;
+                store.claim_sole_use(&fingerprint)?;
+                Ok::<_, crate::store::StoreError>(store)
+            })
+            .await??;
+            Ok(Arc::new(store))
+        }
     }
 }
 

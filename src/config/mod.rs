@@ -19,6 +19,7 @@ pub mod ipfilter;
 pub mod period;
 mod policy;
 pub mod server;
+pub mod store;
 mod validator;
 
 use std::collections::BTreeMap;
@@ -33,6 +34,7 @@ pub use error::{ConfigError, Problem};
 pub use period::{Period, PeriodError};
 pub use policy::{Policy, DEFAULT_MAX_KEYS_PER_USER};
 pub use server::{Environment, ServerConfig};
+pub use store::StoreConfig;
 use validator::Validator;
 
 /// The scope that lets a key use the admin API over TCP.
@@ -55,6 +57,8 @@ pub struct Config {
     pub rate_limit: RateLimitConfig,
     /// Alert jobs, sources, SMTP and maintenance schedules.
     pub alerts: AlertConfig,
+    /// Where the keys live.
+    pub store: StoreConfig,
 }
 
 impl Config {
@@ -132,6 +136,8 @@ struct RawFile {
     alerts: alerts::RawAlerts,
     #[serde(default)]
     jobs: alerts::RawJobs,
+    #[serde(default)]
+    store: store::RawStore,
 }
 
 /// The tables a file may hold, in the order the message naming them lists them.
@@ -146,6 +152,7 @@ const FILE_KEYS: &[&str] = &[
     "alert_sources",
     "alerts",
     "jobs",
+    "store",
 ];
 /// The keys a table may hold.
 enum Keys {
@@ -180,6 +187,7 @@ const TABLE_KEYS: &[(&str, Keys)] = &[
     ("ApiKey", Keys::Table(policy::API_KEY_KEYS)),
     ("groups", Keys::Named(directory::GROUP_KEYS)),
     ("users", Keys::Named(directory::USER_KEYS)),
+    ("store", Keys::Table(store::STORE_KEYS)),
 ];
 
 /// Load and validate a configuration file.
@@ -285,6 +293,7 @@ impl Validator {
         let rate_limit = edge::validate_rate_limit(self, raw.rate_limit);
         let policy = self.policy(&raw.api_key);
         let server = self.server(&raw.server, env);
+        let store = self.store(raw.store);
         let directory = self.directory(raw.groups, raw.users);
         let a = raw.api_key;
         let alert_keys = alerts::RawAlertKeys {
@@ -308,6 +317,7 @@ impl Validator {
             auth,
             rate_limit,
             alerts,
+            store,
         })
     }
 }

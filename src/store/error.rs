@@ -36,6 +36,10 @@ pub enum StoreError {
         #[source]
         source: BoxError,
     },
+    /// The database is there but must not be used by this process (another one
+    /// holds it, or it was written under another server secret).
+    #[error("cannot use the database: {0}")]
+    Refused(String),
     /// A record could not be encoded for storage.
     #[error("cannot encode a record for table {table}: {source}")]
     Encode {

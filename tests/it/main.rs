@@ -17,6 +17,9 @@ mod nginx;
 mod openapi;
 mod ops;
 mod paging;
+#[path = "../../src/store/postgres/test_server.rs"]
+mod pg_server;
+mod postgres;
 mod rate_limits;
 mod routes;
 mod security_keys;

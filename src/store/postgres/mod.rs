@@ -3,16 +3,14 @@
 //! the listings filter and order on, and the records themselves as JSON (`jsonb`), so
 //! fields can be added without a migration, as in redb.
 //!
-//! This step is the store alone: it passes the same conformance tests as the other
-//! backends (`store/conformance_tests.rs`), against a private PostgreSQL server the
-//! tests start. The daemon does not use it yet. Before it can:
-//! - every call must come from a blocking thread. `Keys::record` still reads the
-//!   store on its caller's thread (a runtime worker for the admin API); redb
-//!   tolerates that, this store's `block_on` would panic;
-//! - nodes sharing it need a change log they follow, job leases and a leader for
-//!   maintenance; the job counts here are this process's view.
-//!
-//! Until then one process owns the database, as with redb.
+//! It passes the same conformance tests as the other backends
+//! (`store/conformance_tests.rs`), against a private PostgreSQL server the tests
+//! start, and the daemon uses it with `[store] backend = "postgres"`. Every call
+//! comes from a blocking thread (this store's `block_on` would panic on a runtime
+//! worker). Nodes sharing one database need what is not built yet: a change log
+//! they follow, job leases and a leader for maintenance (the job counts here are
+//! this process's view). Until then [`PostgresStore::claim_sole_use`] keeps a
+//! second node out.
 //!
 //! The client is tokio-postgres (the PostgreSQL protocol, well kept, async) driven by
 //! a small runtime of the store's own: [`Storage`] is blocking, and its methods run on
@@ -129,6 +127,51 @@ impl PostgresStore {
             rt: Some(rt),
             client: Mutex::new(client),
             job_states: Mutex::new(job_states),
+        })
+    }
+
+    /// Make this process the only apikeyd on the database, for as long as the store
+    /// is open, and check that the database was written under the same server secret
+    /// (`secret_fingerprint`, derived from it; recorded on first use). Until nodes
+    /// follow each other's changes (cluster mode), a second node would serve stale
+    /// keys; with another secret, every key would verify as NOT_FOUND.
+    pub fn claim_sole_use(&self, secret_fingerprint: &[u8]) -> Result<(), StoreError> {
+        let fingerprint = secret_fingerprint.to_vec();
+        self.run(move |c| {
+            Box::pin(async move {
+                let held: bool = c
+                    .query_one("SELECT pg_try_advisory_lock($1)", &[&schema::NODE_LOCK])
+                    .await
+                    .map_err(pg)?
+                    .get(0);
+                if !held {
+                    return Err(StoreError::Refused(
+                        "another apikeyd is using this PostgreSQL database; several nodes on one database need cluster mode, which is not finished (issue 11)".into(),
+                    ));
+                }
+                let stored: Option<Vec<u8>> = c
+                    .query_opt(
+                        "SELECT value FROM apikeyd_meta WHERE name = 'secret_fingerprint'",
+                        &[],
+                    )
+                    .await
+                    .map_err(pg)?
+                    .map(|r| r.get(0));
+                match stored {
+                    Some(s) if s != fingerprint => Err(StoreError::Refused(
+                        "the database was written with another server secret: every key would verify as NOT_FOUND; start apikeyd with the server secret the database was written with".into(),
+                    )),
+                    Some(_) => Ok(()),
+                    None => c
+                        .execute(
+                            "INSERT INTO apikeyd_meta (name, value) VALUES ('secret_fingerprint', $1)",
+                            &[&fingerprint],
+                        )
+                        .await
+                        .map(|_| ())
+                        .map_err(pg),
+                }
+            })
         })
     }
 

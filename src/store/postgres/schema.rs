@@ -8,7 +8,8 @@ use crate::store::error::StoreError;
 
 /// Migrations, in order; the database records how many it has applied. Never edit
 /// one that has shipped: add the next.
-pub(super) const MIGRATIONS: &[&str] = &[r"
+pub(super) const MIGRATIONS: &[&str] = &[
+    r"
 CREATE TABLE keys (
     id uuid PRIMARY KEY,
     owner text NOT NULL,
@@ -42,10 +43,20 @@ CREATE TABLE operator_messages (
     id bigint PRIMARY KEY,
     message jsonb NOT NULL
 );
-"];
+",
+    r"
+CREATE TABLE apikeyd_meta (
+    name text PRIMARY KEY,
+    value bytea NOT NULL
+);
+",
+];
 
 /// A number no other application's advisory lock is likely to use ("apikeyd" in ASCII).
 const LOCK: i64 = 0x0061_7069_6b65_7964;
+/// The lock a node holds for as long as it uses the database (one node at a time
+/// until cluster mode): the migration lock plus one.
+pub(super) const NODE_LOCK: i64 = LOCK + 1;
 
 fn storage(e: tokio_postgres::Error) -> StoreError {
     StoreError::Storage(Box::new(e))

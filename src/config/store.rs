@@ -95,48 +95,4 @@ impl Validator {
 }
 
 #[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
-    use super::*;
-    use crate::config::from_text;
-
-    fn problems(text: &str) -> Vec<(String, String)> {
-        from_text(text)
-            .unwrap_err()
-            .problems
-            .into_iter()
-            .map(|p| (p.key, p.message))
-            .collect()
-    }
-
-    #[test]
-    fn redb_is_the_default_and_postgres_needs_a_url_without_a_password() {
-        assert_eq!(from_text("").unwrap().store, StoreConfig::Redb);
-        let pg = from_text("[store]\nbackend = \"postgres\"\nurl = \"host=127.0.0.1 dbname=k user=k\"\npassword_file = \"/run/pg\"\n").unwrap();
-        assert_eq!(
-            pg.store,
-            StoreConfig::Postgres {
-                url: "host=127.0.0.1 dbname=k user=k".into(),
-                password_file: Some("/run/pg".into()),
-            }
-        );
-        let p = problems("[store]\nbackend = \"postgres\"\n");
-        assert_eq!(p[0].0, "store.url");
-        for url in [
-            "host=h password=hunter2hunter2 dbname=k",
-            "postgresql://k:hunter2hunter2@h/k",
-        ] {
-            let p = problems(&format!("[store]\nbackend = \"postgres\"\nurl = {url:?}\n"));
-            assert_eq!(p[0].0, "store.url", "{url}");
-            assert!(p[0].1.contains("must not hold the password"), "{p:?}");
-            // The password itself is not repeated in the message.
-            assert!(!p[0].1.contains("hunter2"), "{p:?}");
-        }
-        let p = problems("[store]\nbackend = \"mysql\"\n");
-        assert_eq!(p[0].0, "store.backend");
-        let p = problems("[store]\nurl = \"host=h\"\n");
-        assert_eq!(p[0].0, "store.url");
-        let p = problems("[store]\nbackend = \"postgres\"\nurl = \"host=h\"\nport = 5\n");
-        assert_eq!(p[0].0, "store.port");
-    }
-}
+mod tests;

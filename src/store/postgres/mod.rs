@@ -331,16 +331,39 @@ impl Storage for PostgresStore {
         })
     }
 
+    /// Through a cursor, a chunk at a time: a million records are never all in
+    /// memory at once.
     fn load_keys(&self, each: &mut dyn FnMut(KeyRow)) -> Result<usize, StoreError> {
-        let rows = self.run(|c| {
-            Box::pin(async move { c.query("SELECT record FROM keys", &[]).await.map_err(pg) })
-        })?;
-        let n = rows.len();
-        for row in rows {
-            let rec: KeyRecord = decode("keys", row.get(0))?;
-            each(KeyRow::from_record(&rec).map_err(StoreError::from)?);
-        }
-        Ok(n)
+        const CHUNK: &str = "FETCH 8192 FROM keys_load";
+        let mut client = self.client.lock();
+        let Some(rt) = &self.rt else {
+            return Err(StoreError::Transaction("the store is closed".into()));
+        };
+        rt.block_on(async {
+            let tx = client
+                .transaction()
+                .await
+                .map_err(|e| StoreError::Transaction(Box::new(e)))?;
+            tx.batch_execute("DECLARE keys_load NO SCROLL CURSOR FOR SELECT record FROM keys")
+                .await
+                .map_err(pg)?;
+            let mut n = 0;
+            loop {
+                let rows = tx.query(CHUNK, &[]).await.map_err(pg)?;
+                if rows.is_empty() {
+                    break;
+                }
+                for row in &rows {
+                    let rec: KeyRecord = decode("keys", row.get(0))?;
+                    each(KeyRow::from_record(&rec).map_err(StoreError::from)?);
+                    n += 1;
+                }
+            }
+            tx.commit()
+                .await
+                .map_err(|e| StoreError::Commit(Box::new(e)))?;
+            Ok(n)
+        })
     }
 
     fn keys(&self, ids: &[Uuid]) -> Result<Vec<KeyRecord>, StoreError> {

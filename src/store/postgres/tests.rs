@@ -61,3 +61,42 @@ fn a_database_newer_than_this_apikeyd_is_refused() {
     assert!(matches!(err, StoreError::Open { .. }), "{err:?}");
     assert!(err.to_string().contains("upgrade apikeyd"), "{err}");
 }
+
+/// Loading at start reads the keys through a cursor, chunk after chunk: every key
+/// comes back once, past the first chunk too.
+#[test]
+fn every_key_is_loaded_once_across_chunks() {
+    use crate::model::{KeyKind, KeyRecord};
+    use crate::store::{Change, Storage};
+    let Some(server) = TestServer::start() else {
+        return;
+    };
+    let store = PostgresStore::open(&server.database("many"), None).unwrap();
+    let now = chrono::Utc::now();
+    let mut want = Vec::new();
+    for chunk in 0..2u32 {
+        let mut put_keys = Vec::new();
+        for i in 0..5000u32 {
+            let n = chunk * 5000 + i;
+            let mut hash = [0u8; 32];
+            hash[..4].copy_from_slice(&n.to_le_bytes());
+            let rec = KeyRecord::new("alice", &format!("k{n}"), &hash, KeyKind::Generated, now);
+            want.push(rec.id);
+            put_keys.push(rec);
+        }
+        store
+            .commit(Change {
+                put_keys,
+                ..Change::default()
+            })
+            .unwrap();
+    }
+    let mut seen = Vec::new();
+    assert_eq!(
+        store.load_keys(&mut |row| seen.push(row.id)).unwrap(),
+        10_000
+    );
+    seen.sort();
+    want.sort();
+    assert_eq!(seen, want);
+}

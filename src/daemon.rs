@@ -16,6 +16,7 @@ use crate::alerts::{AlertError, Alerts, Dispatcher};
 use crate::api::{self, AppState};
 use crate::channels::{ChannelError, Channels};
 use crate::clock::SharedClock;
+use crate::config::credential::read_password;
 use crate::config::store::POSTGRES_PASSWORD_CREDENTIAL;
 use crate::config::StoreConfig;
 use crate::config::{self, Config, Environment};
@@ -284,22 +285,15 @@ async fn open_store(
             Ok(Arc::new(store))
         }
         StoreConfig::Postgres { url, password_file } => {
-            let credential = env
-                .credentials_directory
-                .as_deref()
-                .map(|d| d.join(POSTGRES_PASSWORD_CREDENTIAL))
-                .filter(|p| p.exists());
-            let password = match credential.as_ref().or(password_file.as_ref()) {
-                Some(path) => Some(
-                    std::fs::read_to_string(path)
-                        .map(|s| s.trim_end_matches(['\r', '\n']).to_owned())
-                        .map_err(|source| StartError::StorePassword {
-                            path: path.display().to_string(),
-                            source,
-                        })?,
-                ),
-                None => None,
-            };
+            let password = read_password(
+                env.credentials_directory.as_deref(),
+                POSTGRES_PASSWORD_CREDENTIAL,
+                password_file.as_deref(),
+            )
+            .map_err(|e| StartError::StorePassword {
+                path: e.path.display().to_string(),
+                source: e.source,
+            })?;
             let url = url.clone();
             let store = tokio::task::spawn_blocking(move || {
                 let store = PostgresStore::open(&url, password.as_deref())?;

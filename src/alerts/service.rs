@@ -118,15 +118,13 @@ impl Alerts {
         &self.keys
     }
 
+    /// [`Keys::blocking`]: on a blocking thread, over the same store.
     async fn blocking<T, F>(&self, f: F) -> Result<T, AlertError>
     where
         T: Send + 'static,
         F: FnOnce(&dyn Storage) -> Result<T, StoreError> + Send + 'static,
     {
-        let store = self.store.clone();
-        Ok(tokio::task::spawn_blocking(move || f(&*store))
-            .await
-            .map_err(|e| KeyError::Internal(e.to_string()))??)
+        Ok(self.keys.blocking(f).await?)
     }
 
     // ------------------------------------------------------------ jobs for admins

@@ -1,7 +1,7 @@
 //! Email through lettre's pooled async SMTP transport. The password is read once at
 //! start, held in a type whose `Debug` redacts it, and never reaches a log or error.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use lettre::message::header::ContentType;
 use lettre::message::Mailbox;
@@ -11,6 +11,7 @@ use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 
 use crate::alerts::DeliveryError;
 use crate::config::alerts::{SmtpConfig, SmtpTls};
+use crate::config::credential::read_password;
 
 /// Name of the systemd credential holding the SMTP password.
 pub const PASSWORD_CREDENTIAL: &str = "smtp-password";
@@ -31,15 +32,6 @@ impl std::fmt::Debug for Email {
     }
 }
 
-fn read_password(path: &Path) -> Result<String, ChannelError> {
-    std::fs::read_to_string(path)
-        .map(|s| s.trim_end_matches(['\r', '\n']).to_owned())
-        .map_err(|source| ChannelError::Password {
-            path: path.display().to_string(),
-            source,
-        })
-}
-
 impl Email {
     /// Build the (lazy: nothing connects yet) pooled transport.
     pub fn new(smtp: &SmtpConfig, credentials_dir: Option<&Path>) -> Result<Self, ChannelError> {
@@ -55,13 +47,16 @@ impl Email {
             .timeout(Some(smtp.timeout))
             .pool_config(PoolConfig::new().max_size(smtp.pool_size));
         if let Some(user) = &smtp.username {
-            let credential: Option<PathBuf> = credentials_dir
-                .map(|d| d.join(PASSWORD_CREDENTIAL))
-                .filter(|p| p.exists());
-            let password = match credential.as_deref().or(smtp.password_file.as_deref()) {
-                Some(p) => read_password(p)?,
-                None => String::new(),
-            };
+            let password = read_password(
+                credentials_dir,
+                PASSWORD_CREDENTIAL,
+                smtp.password_file.as_deref(),
+            )
+            .map_err(|e| ChannelError::Password {
+                path: e.path.display().to_string(),
+                source: e.source,
+            })?
+            .unwrap_or_default();
             builder = builder.credentials(Credentials::new(user.clone(), password));
         }
         let from: Mailbox = smtp
@@ -152,7 +147,7 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    fn smtp(password_file: Option<PathBuf>) -> SmtpConfig {
+    fn smtp(password_file: Option<std::path::PathBuf>) -> SmtpConfig {
         SmtpConfig {
             host: "127.0.0.1".into(),
             port: 2525,

@@ -136,9 +136,7 @@ impl PostgresStore {
     /// follow each other's changes (cluster mode), a second node would serve stale
     /// keys; with another secret, every key would verify as NOT_FOUND.
     pub fn claim_sole_use(&self, secret_fingerprint: &[u8]) -> Result<(), StoreError> {
-        let fingerprint = secret_fingerprint.to_vec();
-        self.run(move |c| {
-            Box::pin(async move {
+        self.run(async |c| {
                 let held: bool = c
                     .query_one("SELECT pg_try_advisory_lock($1)", &[&schema::NODE_LOCK])
                     .await
@@ -158,26 +156,25 @@ impl PostgresStore {
                     .map_err(pg)?
                     .map(|r| r.get(0));
                 match stored {
-                    Some(s) if s != fingerprint => Err(StoreError::Refused(
+                    Some(s) if s.as_slice() != secret_fingerprint => Err(StoreError::Refused(
                         "the database was written with another server secret: every key would verify as NOT_FOUND; start apikeyd with the server secret the database was written with".into(),
                     )),
                     Some(_) => Ok(()),
                     None => c
                         .execute(
                             "INSERT INTO apikeyd_meta (name, value) VALUES ('secret_fingerprint', $1)",
-                            &[&fingerprint],
+                            &[&secret_fingerprint],
                         )
                         .await
                         .map(|_| ())
                         .map_err(pg),
                 }
             })
-        })
     }
 
     /// Count the jobs per state again after a change of jobs.
     fn recount(&self) -> Result<(), StoreError> {
-        let counts = self.run(|c| Box::pin(async move { count_job_states(c).await }))?;
+        let counts = self.run(async |c| count_job_states(c).await)?;
         *self.job_states.lock() = counts;
         Ok(())
     }
@@ -185,7 +182,7 @@ impl PostgresStore {
     /// Run `f` on the connection, to its end.
     fn run<T>(
         &self,
-        f: impl for<'c> FnOnce(&'c mut Client) -> BoxFuture<'c, Result<T, StoreError>>,
+        f: impl AsyncFnOnce(&mut Client) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         let mut client = self.client.lock();
         match &self.rt {
@@ -194,8 +191,6 @@ impl PostgresStore {
         }
     }
 }
-
-type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 
 /// Apply a change inside `tx`, in the order the redb store does: keys, audit
 /// entries (filed under the owner their key has now, so before any purge), purges,
@@ -319,15 +314,13 @@ fn audit_entry(row: &tokio_postgres::Row) -> Result<AuditEntry, StoreError> {
 
 impl Storage for PostgresStore {
     fn key_count(&self) -> Result<usize, StoreError> {
-        self.run(|c| {
-            Box::pin(async move {
-                let n: i64 = c
-                    .query_one("SELECT COUNT(*) FROM keys", &[])
-                    .await
-                    .map_err(pg)?
-                    .get(0);
-                Ok(usize::try_from(n).unwrap_or(0))
-            })
+        self.run(async |c| {
+            let n: i64 = c
+                .query_one("SELECT COUNT(*) FROM keys", &[])
+                .await
+                .map_err(pg)?
+                .get(0);
+            Ok(usize::try_from(n).unwrap_or(0))
         })
     }
 
@@ -335,12 +328,8 @@ impl Storage for PostgresStore {
     /// memory at once.
     fn load_keys(&self, each: &mut dyn FnMut(KeyRow)) -> Result<usize, StoreError> {
         const CHUNK: &str = "FETCH 8192 FROM keys_load";
-        let mut client = self.client.lock();
-        let Some(rt) = &self.rt else {
-            return Err(StoreError::Transaction("the store is closed".into()));
-        };
-        rt.block_on(async {
-            let tx = client
+        self.run(async |c| {
+            let tx = c
                 .transaction()
                 .await
                 .map_err(|e| StoreError::Transaction(Box::new(e)))?;
@@ -367,16 +356,11 @@ impl Storage for PostgresStore {
     }
 
     fn keys(&self, ids: &[Uuid]) -> Result<Vec<KeyRecord>, StoreError> {
-        let ids = ids.to_vec();
-        let rows = self.run(move |c| {
-            Box::pin(async move {
-                c.query("SELECT id, record FROM keys WHERE id = ANY($1)", &[&ids])
-                    .await
-                    .map_err(pg)
-                    .map(|rows| (ids, rows))
-            })
+        let rows = self.run(async |c| {
+            c.query("SELECT id, record FROM keys WHERE id = ANY($1)", &[&ids])
+                .await
+                .map_err(pg)
         })?;
-        let (ids, rows) = rows;
         let mut by_id = std::collections::HashMap::new();
         for row in rows {
             let id: Uuid = row.get(0);
@@ -390,59 +374,54 @@ impl Storage for PostgresStore {
     }
 
     fn retired(&self, hash: &KeyHash) -> Result<Option<RetiredSecret>, StoreError> {
-        let hash = hash.to_vec();
-        let row = self.run(move |c| {
-            Box::pin(async move {
-                c.query_opt(
-                    "SELECT entry FROM retired_secrets WHERE hash = $1",
-                    &[&hash],
-                )
-                .await
-                .map_err(pg)
-            })
+        let hash: &[u8] = hash;
+        let row = self.run(async |c| {
+            c.query_opt(
+                "SELECT entry FROM retired_secrets WHERE hash = $1",
+                &[&hash],
+            )
+            .await
+            .map_err(pg)
         })?;
         row.map(|r| decode("retired_secrets", r.get(0))).transpose()
     }
 
     fn write_usage(&self, updates: &[UsageUpdate]) -> Result<usize, StoreError> {
-        let updates = updates.to_vec();
-        self.run(move |c| {
-            Box::pin(async move {
-                let tx = c
-                    .transaction()
+        self.run(async |c| {
+            let tx = c
+                .transaction()
+                .await
+                .map_err(|e| StoreError::Transaction(Box::new(e)))?;
+            let mut written = 0;
+            for u in updates {
+                let Some(row) = tx
+                    .query_opt("SELECT record FROM keys WHERE id = $1 FOR UPDATE", &[&u.id])
                     .await
-                    .map_err(|e| StoreError::Transaction(Box::new(e)))?;
-                let mut written = 0;
-                for u in &updates {
-                    let Some(row) = tx
-                        .query_opt("SELECT record FROM keys WHERE id = $1 FOR UPDATE", &[&u.id])
-                        .await
-                        .map_err(pg)?
-                    else {
-                        continue;
-                    };
-                    let mut rec: KeyRecord = decode("keys", row.get(0))?;
-                    rec.last_used_at = rec.last_used_at.max(u.last_used_at);
-                    rec.usage = u.counts.clone();
-                    tx.execute(
-                        "UPDATE keys SET record = $2 WHERE id = $1",
-                        &[&u.id, &encode("keys", &rec)?],
-                    )
-                    .await
-                    .map_err(pg)?;
-                    written += 1;
-                }
-                tx.commit()
-                    .await
-                    .map_err(|e| StoreError::Commit(Box::new(e)))?;
-                Ok(written)
-            })
+                    .map_err(pg)?
+                else {
+                    continue;
+                };
+                let mut rec: KeyRecord = decode("keys", row.get(0))?;
+                rec.last_used_at = rec.last_used_at.max(u.last_used_at);
+                rec.usage = u.counts.clone();
+                tx.execute(
+                    "UPDATE keys SET record = $2 WHERE id = $1",
+                    &[&u.id, &encode("keys", &rec)?],
+                )
+                .await
+                .map_err(pg)?;
+                written += 1;
+            }
+            tx.commit()
+                .await
+                .map_err(|e| StoreError::Commit(Box::new(e)))?;
+            Ok(written)
         })
     }
 
     fn commit(&self, change: Change) -> Result<(), StoreError> {
         let jobs_changed = !change.put_jobs.is_empty() || !change.delete_jobs.is_empty();
-        self.run(move |c| Box::pin(commit(c, change)))?;
+        self.run(async |c| commit(c, change).await)?;
         if jobs_changed {
             self.recount()?;
         }
@@ -459,40 +438,37 @@ impl Storage for PostgresStore {
         let Some(hi) = before.map_or(Some(u64::MAX), |b| b.checked_sub(1)) else {
             return Ok(page.done());
         };
-        let filter = filter.clone();
         // One more than a page can hold tells the pager where the next one starts.
         let fetch = int(u64::try_from(limit.clamp(1, MAX_PAGE)).unwrap_or(1) + 1);
-        let rows = self.run(move |c| {
-            Box::pin(async move {
-                let hi = int(hi);
-                let rows = match (&filter.key, &filter.owner) {
-                    (Some(k), _) => {
-                        c.query(
-                            "SELECT seq, entry FROM audit WHERE key_id = $1 AND seq <= $2
+        let rows = self.run(async |c| {
+            let hi = int(hi);
+            let rows = match (&filter.key, &filter.owner) {
+                (Some(k), _) => {
+                    c.query(
+                        "SELECT seq, entry FROM audit WHERE key_id = $1 AND seq <= $2
                              ORDER BY seq DESC LIMIT $3",
-                            &[k, &hi, &fetch],
-                        )
-                        .await
-                    }
-                    (None, Some(o)) => {
-                        c.query(
-                            "SELECT seq, entry FROM audit WHERE owner = $1 AND key_id IS NOT NULL
+                        &[k, &hi, &fetch],
+                    )
+                    .await
+                }
+                (None, Some(o)) => {
+                    c.query(
+                        "SELECT seq, entry FROM audit WHERE owner = $1 AND key_id IS NOT NULL
                              AND seq <= $2 ORDER BY seq DESC LIMIT $3",
-                            &[o, &hi, &fetch],
-                        )
-                        .await
-                    }
-                    (None, None) => {
-                        c.query(
-                            "SELECT seq, entry FROM audit WHERE seq <= $1
+                        &[o, &hi, &fetch],
+                    )
+                    .await
+                }
+                (None, None) => {
+                    c.query(
+                        "SELECT seq, entry FROM audit WHERE seq <= $1
                              ORDER BY seq DESC LIMIT $2",
-                            &[&hi, &fetch],
-                        )
-                        .await
-                    }
-                };
-                rows.map_err(pg)
-            })
+                        &[&hi, &fetch],
+                    )
+                    .await
+                }
+            };
+            rows.map_err(pg)
         })?;
         for row in &rows {
             if !page.admit(uint(row.get("seq"))) {
@@ -504,12 +480,10 @@ impl Storage for PostgresStore {
     }
 
     fn job(&self, id: Uuid) -> Result<Option<AlertJob>, StoreError> {
-        let row = self.run(move |c| {
-            Box::pin(async move {
-                c.query_opt("SELECT job FROM alert_jobs WHERE id = $1", &[&id])
-                    .await
-                    .map_err(pg)
-            })
+        let row = self.run(async |c| {
+            c.query_opt("SELECT job FROM alert_jobs WHERE id = $1", &[&id])
+                .await
+                .map_err(pg)
         })?;
         row.map(|r| decode("alert_jobs", r.get(0))).transpose()
     }
@@ -519,45 +493,41 @@ impl Storage for PostgresStore {
         let Some(hi) = filter.before.map_or(Some(u128::MAX), |b| b.checked_sub(1)) else {
             return Ok(page.done());
         };
-        let filter = filter.clone();
         // Without a state filter a page needs one row more than it holds; with one,
         // as many as a page may examine.
         let fetch = match filter.state {
             None => int(u64::try_from(filter.limit.clamp(1, MAX_PAGE)).unwrap_or(1) + 1),
             Some(_) => int(u64::try_from(MAX_PAGE).unwrap_or(u64::MAX) + 1),
         };
-        let f = filter.clone();
-        let rows = self.run(move |c| {
-            Box::pin(async move {
-                let hi = Uuid::from_u128(hi);
-                let rows = match (&f.key, &f.owner) {
-                    (Some(k), _) => {
-                        c.query(
-                            "SELECT id, owner, job FROM alert_jobs WHERE key_id = $1 AND id <= $2
+        let rows = self.run(async |c| {
+            let hi = Uuid::from_u128(hi);
+            let rows = match (&filter.key, &filter.owner) {
+                (Some(k), _) => {
+                    c.query(
+                        "SELECT id, owner, job FROM alert_jobs WHERE key_id = $1 AND id <= $2
                              ORDER BY id DESC LIMIT $3",
-                            &[k, &hi, &fetch],
-                        )
-                        .await
-                    }
-                    (None, Some(o)) => {
-                        c.query(
-                            "SELECT id, owner, job FROM alert_jobs WHERE owner = $1 AND id <= $2
+                        &[k, &hi, &fetch],
+                    )
+                    .await
+                }
+                (None, Some(o)) => {
+                    c.query(
+                        "SELECT id, owner, job FROM alert_jobs WHERE owner = $1 AND id <= $2
                              ORDER BY id DESC LIMIT $3",
-                            &[o, &hi, &fetch],
-                        )
-                        .await
-                    }
-                    (None, None) => {
-                        c.query(
-                            "SELECT id, owner, job FROM alert_jobs WHERE id <= $1
+                        &[o, &hi, &fetch],
+                    )
+                    .await
+                }
+                (None, None) => {
+                    c.query(
+                        "SELECT id, owner, job FROM alert_jobs WHERE id <= $1
                              ORDER BY id DESC LIMIT $2",
-                            &[&hi, &fetch],
-                        )
-                        .await
-                    }
-                };
-                rows.map_err(pg)
-            })
+                        &[&hi, &fetch],
+                    )
+                    .await
+                }
+            };
+            rows.map_err(pg)
         })?;
         for row in rows {
             let id: Uuid = row.get("id");
@@ -583,45 +553,43 @@ impl Storage for PostgresStore {
 
     fn claim_due(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<AlertJob>, StoreError> {
         let n = int(u64::try_from(limit.max(1)).unwrap_or(1));
-        let claimed = self.run(move |c| {
-            Box::pin(async move {
-                let tx = c
-                    .transaction()
-                    .await
-                    .map_err(|e| StoreError::Transaction(Box::new(e)))?;
-                let rows = tx
-                    .query(
-                        "SELECT job FROM alert_jobs WHERE state = 'Scheduled' AND run_at_ms <= $1
+        let claimed = self.run(async |c| {
+            let tx = c
+                .transaction()
+                .await
+                .map_err(|e| StoreError::Transaction(Box::new(e)))?;
+            let rows = tx
+                .query(
+                    "SELECT job FROM alert_jobs WHERE state = 'Scheduled' AND run_at_ms <= $1
                          ORDER BY run_at_ms, id LIMIT $2 FOR UPDATE SKIP LOCKED",
-                        &[&ms(now), &n],
-                    )
-                    .await
-                    .map_err(pg)?;
-                let mut claimed = Vec::with_capacity(rows.len());
-                for row in rows {
-                    let mut job: AlertJob = decode("alert_jobs", row.get(0))?;
-                    job.state = JobState::Running;
-                    job.attempts += 1;
-                    job.updated_at = now;
-                    job.started_at.get_or_insert(now);
-                    claimed.push(job);
-                }
-                if claimed.is_empty() {
-                    return Ok(claimed);
-                }
-                apply(
-                    &tx,
-                    Change {
-                        put_jobs: claimed.clone(),
-                        ..Change::default()
-                    },
+                    &[&ms(now), &n],
                 )
-                .await?;
-                tx.commit()
-                    .await
-                    .map_err(|e| StoreError::Commit(Box::new(e)))?;
-                Ok(claimed)
-            })
+                .await
+                .map_err(pg)?;
+            let mut claimed = Vec::with_capacity(rows.len());
+            for row in rows {
+                let mut job: AlertJob = decode("alert_jobs", row.get(0))?;
+                job.state = JobState::Running;
+                job.attempts += 1;
+                job.updated_at = now;
+                job.started_at.get_or_insert(now);
+                claimed.push(job);
+            }
+            if claimed.is_empty() {
+                return Ok(claimed);
+            }
+            apply(
+                &tx,
+                Change {
+                    put_jobs: claimed.clone(),
+                    ..Change::default()
+                },
+            )
+            .await?;
+            tx.commit()
+                .await
+                .map_err(|e| StoreError::Commit(Box::new(e)))?;
+            Ok(claimed)
         })?;
         if !claimed.is_empty() {
             self.recount()?;
@@ -630,12 +598,10 @@ impl Storage for PostgresStore {
     }
 
     fn running_jobs(&self) -> Result<Vec<AlertJob>, StoreError> {
-        let rows = self.run(|c| {
-            Box::pin(async move {
-                c.query("SELECT job FROM alert_jobs WHERE state = 'Running'", &[])
-                    .await
-                    .map_err(pg)
-            })
+        let rows = self.run(async |c| {
+            c.query("SELECT job FROM alert_jobs WHERE state = 'Running'", &[])
+                .await
+                .map_err(pg)
         })?;
         rows.into_iter()
             .map(|r| decode("alert_jobs", r.get(0)))
@@ -643,16 +609,14 @@ impl Storage for PostgresStore {
     }
 
     fn next_due(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
-        let at: Option<i64> = self.run(|c| {
-            Box::pin(async move {
-                Ok(c.query_one(
-                    "SELECT MIN(run_at_ms) FROM alert_jobs WHERE state = 'Scheduled'",
-                    &[],
-                )
-                .await
-                .map_err(pg)?
-                .get(0))
-            })
+        let at: Option<i64> = self.run(async |c| {
+            Ok(c.query_one(
+                "SELECT MIN(run_at_ms) FROM alert_jobs WHERE state = 'Scheduled'",
+                &[],
+            )
+            .await
+            .map_err(pg)?
+            .get(0))
         })?;
         Ok(at.and_then(DateTime::from_timestamp_millis))
     }
@@ -667,17 +631,15 @@ impl Storage for PostgresStore {
         limit: usize,
     ) -> Result<Vec<OperatorMessage>, StoreError> {
         let n = int(u64::try_from(limit.max(1)).unwrap_or(u64::MAX));
-        let rows = self.run(move |c| {
-            Box::pin(async move {
-                c.query(
-                    "SELECT message FROM operator_messages
+        let rows = self.run(async |c| {
+            c.query(
+                "SELECT message FROM operator_messages
                      WHERE NOT $1 OR message->>'acknowledged_at' IS NULL
                      ORDER BY id DESC LIMIT $2",
-                    &[&unacknowledged_only, &n],
-                )
-                .await
-                .map_err(pg)
-            })
+                &[&unacknowledged_only, &n],
+            )
+            .await
+            .map_err(pg)
         })?;
         rows.into_iter()
             .map(|r| decode("operator_messages", r.get(0)))
@@ -685,15 +647,13 @@ impl Storage for PostgresStore {
     }
 
     fn message(&self, id: u64) -> Result<Option<OperatorMessage>, StoreError> {
-        let row = self.run(move |c| {
-            Box::pin(async move {
-                c.query_opt(
-                    "SELECT message FROM operator_messages WHERE id = $1",
-                    &[&int(id)],
-                )
-                .await
-                .map_err(pg)
-            })
+        let row = self.run(async |c| {
+            c.query_opt(
+                "SELECT message FROM operator_messages WHERE id = $1",
+                &[&int(id)],
+            )
+            .await
+            .map_err(pg)
         })?;
         row.map(|r| decode("operator_messages", r.get(0)))
             .transpose()

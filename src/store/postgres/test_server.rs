@@ -8,7 +8,7 @@
 //! CI, `APIKEYD_ALLOW_SKIP=1` turns that into a `SKIPPED` line, as in `tests/it`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -55,41 +55,37 @@ fn bin_dir() -> Option<PathBuf> {
     found.pop()
 }
 
-/// The account to run as when we are root: (uid, gid).
-fn account() -> Option<(u32, u32)> {
-    if rustix_is_root() {
-        for name in ["postgres", "nobody"] {
-            if let Some(ids) = lookup(name) {
-                return Some(ids);
-            }
-        }
-        panic!("running as root and there is neither a 'postgres' nor a 'nobody' account to run PostgreSQL as");
+/// The account (user, group) to run as when we are root: `setpriv` looks the names
+/// up.
+fn account() -> Option<(&'static str, &'static str)> {
+    if !rustix::process::geteuid().is_root() {
+        return None;
     }
-    None
+    let exists = |user: &str| {
+        Command::new("id")
+            .arg(user)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    let found = [("postgres", "postgres"), ("nobody", "nogroup")]
+        .into_iter()
+        .find(|(user, _)| exists(user));
+    match found {
+        Some(account) => Some(account),
+        None => panic!(
+            "running as root and there is neither a 'postgres' nor a 'nobody' account to run PostgreSQL as"
+        ),
+    }
 }
 
-fn rustix_is_root() -> bool {
-    std::fs::metadata("/proc/self")
-        .map(|m| m.uid() == 0)
-        .unwrap_or(false)
-}
-
-/// uid and gid of `name`, from /etc/passwd.
-fn lookup(name: &str) -> Option<(u32, u32)> {
-    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
-    passwd.lines().find_map(|l| {
-        let f: Vec<&str> = l.split(':').collect();
-        (f.first() == Some(&name))
-            .then(|| Some((f.get(2)?.parse().ok()?, f.get(3)?.parse().ok()?)))?
-    })
-}
-
-fn command(program: &Path, as_user: Option<(u32, u32)>) -> Command {
+fn command(program: &Path, as_user: Option<(&str, &str)>) -> Command {
     match as_user {
-        Some((uid, gid)) => {
+        Some((user, group)) => {
             let mut c = Command::new("setpriv");
-            c.arg(format!("--reuid={uid}"))
-                .arg(format!("--regid={gid}"))
+            c.arg(format!("--reuid={user}"))
+                .arg(format!("--regid={group}"))
                 .arg("--clear-groups")
                 .arg("--")
                 .arg(program);
@@ -122,8 +118,9 @@ impl TestServer {
         };
         let user = account();
         let dir = tempfile::tempdir().unwrap();
-        if let Some((uid, gid)) = user {
-            std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).unwrap();
+        if user.is_some() {
+            // The server's account creates its data directory and socket in here.
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
         }
         let data = dir.path().join("data");
         let out = command(&bin.join("initdb"), user)

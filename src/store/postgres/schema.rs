@@ -71,9 +71,14 @@ pub(super) async fn migrate(client: &mut Client) -> Result<(), StoreError> {
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK])
         .await
         .map_err(storage)?;
-    tx.batch_execute("CREATE TABLE IF NOT EXISTS apikeyd_schema (version integer NOT NULL)")
-        .await
-        .map_err(storage)?;
+    // Without this, every start after the first logs the server's notice that the
+    // table already exists.
+    tx.batch_execute(
+        "SET LOCAL client_min_messages = warning;
+         CREATE TABLE IF NOT EXISTS apikeyd_schema (version integer NOT NULL)",
+    )
+    .await
+    .map_err(storage)?;
     let applied: i64 = tx
         .query_one(
             "SELECT COALESCE(MAX(version), 0)::bigint FROM apikeyd_schema",

@@ -123,7 +123,7 @@ impl Daemon {
             StoreConfig::Redb => {
                 tracing::info!(db = %db_path.display(), keys = keys.len(), "database opened")
             }
-            StoreConfig::Postgres { .. } => {
+            StoreConfig::Postgres(_) => {
                 tracing::info!(keys = keys.len(), "PostgreSQL database opened")
             }
         }
@@ -223,6 +223,12 @@ impl Daemon {
         ));
 
         let keys = self.keys.clone();
+        // Other nodes' changes (cluster mode; returns at once on redb).
+        let poll = match &self.config.store {
+            StoreConfig::Postgres(pg) => pg.poll_interval,
+            StoreConfig::Redb => std::time::Duration::from_secs(1),
+        };
+        let follower = tokio::spawn(crate::keys::follow(keys.clone(), poll, stop_rx.clone()));
         let dispatcher = tokio::spawn(
             Dispatcher::new(self.alerts.clone(), self.channels.clone()).run(stop_rx.clone()),
         );
@@ -260,6 +266,7 @@ impl Daemon {
             m.shutdown().await;
         }
         let _ = dispatcher.await;
+        let _ = follower.await;
         let written = keys.flush_last_used(true).await?;
         let _ = std::fs::remove_file(&self.socket_path);
         tracing::info!(last_used_written = written, "stopped");
@@ -270,9 +277,8 @@ impl Daemon {
 /// What the server secret's fingerprint in a PostgreSQL database is the keyed hash of.
 const SECRET_FINGERPRINT: &str = "apikeyd server secret fingerprint";
 
-/// Open the configured store: redb in the state directory, or PostgreSQL (for now
-/// as the only apikeyd on it, and only under the server secret it was written with;
-/// see [`PostgresStore::claim_sole_use`]).
+/// Open the configured store: redb in the state directory, or PostgreSQL (only under
+/// the server secret it was written with; see [`PostgresStore::check_secret`]).
 async fn open_store(
     config: &Config,
     env: &Environment,
@@ -284,20 +290,21 @@ async fn open_store(
             let store = tokio::task::spawn_blocking(move || RedbStore::open(&p)).await??;
             Ok(Arc::new(store))
         }
-        StoreConfig::Postgres { url, password_file } => {
+        StoreConfig::Postgres(pg) => {
             let password = read_password(
                 env.credentials_directory.as_deref(),
                 POSTGRES_PASSWORD_CREDENTIAL,
-                password_file.as_deref(),
+                pg.password_file.as_deref(),
             )
             .map_err(|e| StartError::StorePassword {
                 path: e.path.display().to_string(),
                 source: e.source,
             })?;
-            let url = url.clone();
+            let pg = pg.clone();
             let store = tokio::task::spawn_blocking(move || {
-                let store = PostgresStore::open(&url, password.as_deref())?;
-                store.claim_sole_use(&fingerprint)?;
+                let store = PostgresStore::connect(&pg, password.as_deref())?;
+                store.check_secret(&fingerprint)?;
+                tracing::info!(node = %store.node(), "joined the nodes on this PostgreSQL database");
                 Ok::<_, crate::store::StoreError>(store)
             })
             .await??;

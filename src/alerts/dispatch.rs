@@ -117,7 +117,25 @@ impl<D: Deliver> Dispatcher<D> {
 
 /// One attempt of one job, and its outcome recorded.
 pub async fn deliver(alerts: &Alerts, channels: &impl Deliver, job: AlertJob) {
-    let outcome = attempt(alerts, channels, &job).await;
+    let outcome = {
+        let attempt = attempt(alerts, channels, &job);
+        tokio::pin!(attempt);
+        match alerts.lease_renewal() {
+            None => attempt.await,
+            // Other nodes take over a job whose lease ends: renew it while the
+            // delivery runs.
+            Some(every) => loop {
+                tokio::select! {
+                    outcome = &mut attempt => break outcome,
+                    _ = tokio::time::sleep(every) => match alerts.renew_lease(job.id).await {
+                        Ok(true) => {}
+                        Ok(false) => tracing::warn!(job_id = %job.id, "another node took this alert job over; it may be delivered twice"),
+                        Err(e) => tracing::warn!(job_id = %job.id, error = %e, "cannot renew the lease of an alert job being delivered"),
+                    },
+                }
+            },
+        }
+    };
     match alerts.finish_job(job.id, outcome).await {
         Ok(j) if j.state == JobState::Failed => {}
         Ok(_) => {}

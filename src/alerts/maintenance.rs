@@ -75,13 +75,26 @@ impl Task {
     }
 
     async fn run(self, keys: &Keys) -> Result<String, crate::keys::KeyError> {
+        // Every node writes its own usage; the rest runs on one node at a time.
+        if !matches!(self, Task::Flush) && !keys.lead_maintenance().await? {
+            if matches!(self, Task::Sweep) {
+                keys.count_lapses();
+            }
+            return Ok("skipped: another node runs the maintenance jobs".into());
+        }
         Ok(match self {
             Task::Flush => format!("{} key(s) written", keys.flush_last_used(false).await?),
             Task::Sweep => format!(
                 "{} key(s) recorded as expired",
                 maintenance::sweep_expired(keys).await?
             ),
-            Task::Purge => format!("{} key(s) purged", maintenance::purge(keys).await?),
+            Task::Purge => {
+                let purged = maintenance::purge(keys).await?;
+                match keys.prune_change_log().await? {
+                    0 => format!("{purged} key(s) purged"),
+                    n => format!("{purged} key(s) purged, {n} change log entries dropped"),
+                }
+            }
             Task::InactivityWarning => format!(
                 "{} warning(s) scheduled",
                 maintenance::schedule_inactivity_warnings(keys).await?

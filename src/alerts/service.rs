@@ -270,6 +270,18 @@ impl Alerts {
         self.blocking(move |s| s.claim_due(now, limit)).await
     }
 
+    /// Keep job `id`, which this node is delivering, from being taken over by
+    /// another node for one more lease; `false` if it is no longer this node's.
+    pub async fn renew_lease(&self, id: Uuid) -> Result<bool, AlertError> {
+        let now = self.keys.clock().now();
+        self.blocking(move |s| s.renew_lease(id, now)).await
+    }
+
+    /// How often a delivery renews its job's lease (`None`: claims never lapse).
+    pub fn lease_renewal(&self) -> Option<std::time::Duration> {
+        self.store.job_lease().map(|lease| lease / 3)
+    }
+
     /// When the earliest scheduled job should run.
     pub async fn next_due(&self) -> Result<Option<DateTime<Utc>>, AlertError> {
         self.blocking(|s| s.next_due()).await
@@ -339,9 +351,11 @@ impl Alerts {
     }
 
     /// At start: every job left Running (the daemon died during its delivery) is
-    /// Canceled and replaced by a new job due now, which the key tracks.
+    /// Canceled and replaced by a new job due now, which the key tracks. On a shared
+    /// store, only jobs whose lease ended: another node may be delivering the rest.
     pub async fn recover_running_jobs(&self) -> Result<usize, AlertError> {
-        let running = self.blocking(|s| s.running_jobs()).await?;
+        let now = self.keys.clock().now();
+        let running = self.blocking(move |s| s.running_jobs(now)).await?;
         let mut n = 0;
         for old in running {
             let replaced = self

@@ -10,6 +10,7 @@ use serde_json::json;
 
 use crate::alerts::AlertError;
 use crate::keys::KeyError;
+use crate::store::StoreError;
 
 /// An error answered as `{"error": {"code", "message"}}`.
 #[derive(Debug)]
@@ -45,7 +46,15 @@ impl From<KeyError> for ApiError {
             KeyError::Invalid { .. } => (StatusCode::BAD_REQUEST, "invalid"),
             KeyError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             KeyError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
-            KeyError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            KeyError::Conflict(_) | KeyError::Store(StoreError::Conflict(_)) => {
+                (StatusCode::CONFLICT, "conflict")
+            }
+            // Cluster mode with PostgreSQL down: verification goes on from memory,
+            // and changes are refused whole until it is back.
+            KeyError::Store(StoreError::Unavailable(_)) => {
+                tracing::warn!(error = %e, "change refused: the database is unavailable");
+                (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+            }
             KeyError::Store(_) | KeyError::Internal(_) => {
                 tracing::error!(error = %e, "request failed");
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal")

@@ -192,6 +192,20 @@ impl Metrics {
         let _ = writeln!(out, "# HELP apikeyd_usage_flush_lag_seconds Age of the oldest last write among keys waiting to be flushed.");
         let _ = writeln!(out, "# TYPE apikeyd_usage_flush_lag_seconds gauge");
         let _ = writeln!(out, "apikeyd_usage_flush_lag_seconds {lag}");
+        let _ = writeln!(out, "# HELP apikeyd_store_up Whether the store answered the last time it was used (1) or not (0: changes are refused, verification goes on from memory).");
+        let _ = writeln!(out, "# TYPE apikeyd_store_up gauge");
+        let _ = writeln!(out, "apikeyd_store_up {}", u8::from(keys.store_available()));
+        if let Some(f) = keys.following() {
+            let _ = writeln!(out, "# HELP apikeyd_cluster_change_lag_seconds How far behind other nodes' changes this node may be: the age of the oldest change in the last batch read from the change log, or the time since the log was last read when that is more than two poll intervals ago.");
+            let _ = writeln!(out, "# TYPE apikeyd_cluster_change_lag_seconds gauge");
+            let _ = writeln!(out, "apikeyd_cluster_change_lag_seconds {}", f.lag_seconds);
+            let _ = writeln!(out, "# HELP apikeyd_cluster_changes_applied_total Keys changed on this node by other nodes' changes.");
+            let _ = writeln!(out, "# TYPE apikeyd_cluster_changes_applied_total counter");
+            let _ = writeln!(out, "apikeyd_cluster_changes_applied_total {}", f.applied);
+            let _ = writeln!(out, "# HELP apikeyd_cluster_reloads_total Full reloads of every key after falling behind the change log's retention.");
+            let _ = writeln!(out, "# TYPE apikeyd_cluster_reloads_total counter");
+            let _ = writeln!(out, "apikeyd_cluster_reloads_total {}", f.reloads);
+        }
         let _ = writeln!(out, "# HELP apikeyd_alert_jobs Alert jobs by state.");
         let _ = writeln!(out, "# TYPE apikeyd_alert_jobs gauge");
         // Kept in memory by the store on every commit: no scan of the jobs here.

@@ -12,8 +12,18 @@ use super::routes::Routes;
 use super::state::AppState;
 
 async fn healthz(State(st): State<AppState>) -> Json<Value> {
-    // Serving at all means the store is open and the keys are loaded: live and ready.
-    Json(json!({"status": "ok", "live": true, "ready": true, "keys": st.keys.len()}))
+    // Serving at all means the store was open and the keys are loaded: live and
+    // ready to verify. A store gone since (PostgreSQL down) leaves verification
+    // answering from memory, so the node stays ready (a load balancer must not drop
+    // every node at once); only changes wait for the store.
+    let store_up = st.keys.store_available();
+    Json(json!({
+        "status": if store_up { "ok" } else { "degraded" },
+        "live": true,
+        "ready": true,
+        "keys": st.keys.len(),
+        "store": if store_up { "up" } else { "down" },
+    }))
 }
 
 async fn metrics_text(State(st): State<AppState>) -> Response {

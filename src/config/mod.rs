@@ -35,7 +35,7 @@ pub use error::{ConfigError, Problem};
 pub use period::{Period, PeriodError};
 pub use policy::{Policy, DEFAULT_MAX_KEYS_PER_USER};
 pub use server::{Environment, ServerConfig};
-pub use store::StoreConfig;
+pub use store::{PostgresConfig, StoreConfig};
 use validator::Validator;
 
 /// The scope that lets a key use the admin API over TCP.

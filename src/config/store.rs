@@ -1,15 +1,26 @@
 //! `[store]`: where the keys live. The embedded redb database (the default, in
-//! `server.state_dir`) or a PostgreSQL database, the first step of cluster mode: for
-//! now one apikeyd at a time on it (a second one is refused at start).
+//! `server.state_dir`) or a PostgreSQL database that several apikeyd nodes share
+//! (cluster mode).
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::Deserialize;
 
 use super::validator::Validator;
 
 /// The keys `[store]` may hold.
-pub(crate) const STORE_KEYS: &[&str] = &["backend", "url", "password_file"];
+pub(crate) const STORE_KEYS: &[&str] = &[
+    "backend",
+    "url",
+    "password_file",
+    "pool_size",
+    "connect_timeout",
+    "statement_timeout",
+    "job_lease",
+    "poll_interval",
+    "change_log_retention",
+];
 
 /// The systemd credential that holds the PostgreSQL password (wins over
 /// `password_file`).
@@ -21,14 +32,49 @@ pub enum StoreConfig {
     /// The embedded redb database.
     #[default]
     Redb,
-    /// A PostgreSQL database.
-    Postgres {
-        /// libpq connection string or URL, without a password.
-        url: String,
-        /// File holding the password (the systemd credential `postgres-password`
-        /// wins over it).
-        password_file: Option<PathBuf>,
-    },
+    /// A PostgreSQL database, shared by every node of a cluster.
+    Postgres(PostgresConfig),
+}
+
+/// `[store] backend = "postgres"`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PostgresConfig {
+    /// libpq connection string or URL, without a password.
+    pub url: String,
+    /// File holding the password (the systemd credential `postgres-password`
+    /// wins over it).
+    pub password_file: Option<PathBuf>,
+    /// Most connections this node opens for requests (besides one that listens
+    /// for other nodes' changes and holds the maintenance lock).
+    pub pool_size: usize,
+    /// How long connecting, or waiting for a free connection, may take.
+    pub connect_timeout: Duration,
+    /// How long one statement may run on the server.
+    pub statement_timeout: Duration,
+    /// How long a claimed alert job stays with the node that claimed it without
+    /// being renewed: a node that dies holding it loses it after this.
+    pub job_lease: Duration,
+    /// How often a node looks at the change log even without a notification.
+    pub poll_interval: Duration,
+    /// How long other nodes' changes stay in the change log; a node further
+    /// behind reloads every key.
+    pub change_log_retention: Duration,
+}
+
+impl PostgresConfig {
+    /// The defaults for the database at `url`.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            password_file: None,
+            pool_size: 8,
+            connect_timeout: Duration::from_secs(5),
+            statement_timeout: Duration::from_secs(30),
+            job_lease: Duration::from_secs(60),
+            poll_interval: Duration::from_secs(1),
+            change_log_retention: Duration::from_secs(3600),
+        }
+    }
 }
 
 /// `[store]` as written.
@@ -40,6 +86,34 @@ pub(crate) struct RawStore {
     url: Option<String>,
     #[serde(default)]
     password_file: Option<PathBuf>,
+    #[serde(default)]
+    pool_size: Option<i64>,
+    #[serde(default)]
+    connect_timeout: Option<String>,
+    #[serde(default)]
+    statement_timeout: Option<String>,
+    #[serde(default)]
+    job_lease: Option<String>,
+    #[serde(default)]
+    poll_interval: Option<String>,
+    #[serde(default)]
+    change_log_retention: Option<String>,
+}
+
+impl RawStore {
+    /// The settings only PostgreSQL reads, by name, and whether each is set.
+    fn postgres_only(&self) -> [(&'static str, bool); 8] {
+        [
+            ("url", self.url.is_some()),
+            ("password_file", self.password_file.is_some()),
+            ("pool_size", self.pool_size.is_some()),
+            ("connect_timeout", self.connect_timeout.is_some()),
+            ("statement_timeout", self.statement_timeout.is_some()),
+            ("job_lease", self.job_lease.is_some()),
+            ("poll_interval", self.poll_interval.is_some()),
+            ("change_log_retention", self.change_log_retention.is_some()),
+        ]
+    }
 }
 
 impl Validator {
@@ -49,10 +123,7 @@ impl Validator {
     pub(crate) fn store(&mut self, raw: RawStore) -> StoreConfig {
         match raw.backend.as_deref().map(str::trim).unwrap_or("redb") {
             "redb" => {
-                for (key, set) in [
-                    ("url", raw.url.is_some()),
-                    ("password_file", raw.password_file.is_some()),
-                ] {
+                for (key, set) in raw.postgres_only() {
                     if set {
                         self.push(
                             &format!("store.{key}"),
@@ -78,10 +149,39 @@ impl Validator {
                     ),
                     Ok(_) => {}
                 }
-                StoreConfig::Postgres {
-                    url,
-                    password_file: raw.password_file,
+                let d = PostgresConfig::new(url);
+                let pool = self.int("store.pool_size", raw.pool_size, 8, 1..=256, None);
+                let job_lease = self.duration("store.job_lease", raw.job_lease.as_deref(), "pt1m");
+                let poll_interval =
+                    self.duration("store.poll_interval", raw.poll_interval.as_deref(), "pt1s");
+                if job_lease < Duration::from_secs(3) {
+                    self.push(
+                        "store.job_lease",
+                        "must be at least 3 seconds: a delivery renews its lease a third of the way through".into(),
+                    );
                 }
+                StoreConfig::Postgres(PostgresConfig {
+                    password_file: raw.password_file,
+                    pool_size: usize::try_from(pool).unwrap_or(d.pool_size),
+                    connect_timeout: self.duration(
+                        "store.connect_timeout",
+                        raw.connect_timeout.as_deref(),
+                        "pt5s",
+                    ),
+                    statement_timeout: self.duration(
+                        "store.statement_timeout",
+                        raw.statement_timeout.as_deref(),
+                        "pt30s",
+                    ),
+                    job_lease,
+                    poll_interval,
+                    change_log_retention: self.duration(
+                        "store.change_log_retention",
+                        raw.change_log_retention.as_deref(),
+                        "pt1h",
+                    ),
+                    ..d
+                })
             }
             other => {
                 self.push(

@@ -18,6 +18,7 @@
 mod change;
 mod create;
 pub mod error;
+mod follow;
 mod index;
 mod live;
 pub mod maintenance;
@@ -55,6 +56,7 @@ pub use crate::config::ipfilter;
 pub use crate::model::headers;
 pub use crate::model::key as model;
 pub use error::KeyError;
+pub use follow::{follow, FollowingStatus};
 pub use index::Regranted;
 pub use live::Live;
 pub use page::{Page, PageRequest};
@@ -128,6 +130,23 @@ pub struct Keys {
     /// Some last-used time may be newer than the stored one: an idle daemon's flush
     /// then costs nothing instead of a scan of every key (41 ms at 1M keys).
     touched: AtomicBool,
+    /// Other nodes' changes read (cluster mode).
+    following: follow::Following,
+}
+
+/// An index of every key in `store`, as of `now`.
+fn load_index(
+    store: &dyn Storage,
+    settings: &Settings,
+    now: DateTime<Utc>,
+) -> Result<Index, StoreError> {
+    let mut index = Index::with_capacity(store.key_count()?);
+    index.grants = grants_of(&settings.directory);
+    store.load_keys(&mut |row| index.load(row))?;
+    // Expired and inactive keys are counted as such from the start, not from
+    // the first sweep.
+    index.note_lapses(&settings.policy, now, |_, _| {});
+    Ok(index)
 }
 
 impl std::fmt::Debug for Keys {
@@ -144,12 +163,7 @@ impl Keys {
         clock: SharedClock,
         settings: Settings,
     ) -> Result<Self, StoreError> {
-        let mut index = Index::with_capacity(store.key_count()?);
-        index.grants = grants_of(&settings.directory);
-        store.load_keys(&mut |row| index.load(row))?;
-        // Expired and inactive keys are counted as such from the start, not from
-        // the first sweep.
-        index.note_lapses(&settings.policy, clock.now(), |_, _| {});
+        let index = load_index(&*store, &settings, clock.now())?;
         Ok(Self {
             clock,
             hasher,
@@ -159,6 +173,7 @@ impl Keys {
             writer: Arc::new(tokio::sync::Mutex::new(())),
             alerting: Alerting::default(),
             touched: AtomicBool::new(false),
+            following: follow::Following::default(),
         })
     }
 
@@ -181,6 +196,26 @@ impl Keys {
         let counts = self.index.write().regrant(&settings.directory);
         *self.settings.write() = Arc::new(settings);
         counts
+    }
+
+    /// Whether this node runs the maintenance jobs now (always, unless other nodes
+    /// share the store and one of them does).
+    pub async fn lead_maintenance(&self) -> Result<bool, KeyError> {
+        self.blocking(|s| s.lead_maintenance()).await
+    }
+
+    /// Drop other nodes' changes older than the change log keeps.
+    pub async fn prune_change_log(&self) -> Result<u64, KeyError> {
+        self.blocking(|s| s.prune_changes()).await
+    }
+
+    /// Count expired and inactive keys as of now (what the expiry sweep counts, on
+    /// a node that does not run it).
+    pub fn count_lapses(&self) {
+        let policy = self.settings().policy.clone();
+        self.index
+            .read()
+            .note_lapses(&policy, self.clock.now(), |_, _| {});
     }
 
     /// The alert settings and the dispatcher's wake-up.

@@ -220,7 +220,12 @@ fn due_jobs_are_claimed_in_run_order_and_counted_by_state() {
         assert_eq!(claimed[0].started_at, Some(now));
         assert_eq!(s.claim_due(now, 10).unwrap()[0].id, late.id);
         assert!(s.claim_due(now, 10).unwrap().is_empty());
-        let mut running: Vec<Uuid> = s.running_jobs().unwrap().iter().map(|j| j.id).collect();
+        let mut running: Vec<Uuid> = s
+            .running_jobs(now + chrono::Duration::days(1))
+            .unwrap()
+            .iter()
+            .map(|j| j.id)
+            .collect();
         running.sort();
         let mut want = vec![early.id, late.id];
         want.sort();

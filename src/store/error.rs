@@ -40,6 +40,13 @@ pub enum StoreError {
     /// holds it, or it was written under another server secret).
     #[error("cannot use the database: {0}")]
     Refused(String),
+    /// The database cannot be reached (down, restarting, cut off); nothing was
+    /// written.
+    #[error("the database is unavailable (nothing was written): {0}")]
+    Unavailable(#[source] BoxError),
+    /// Another node changed the same key first; nothing was written.
+    #[error("{0}")]
+    Conflict(String),
     /// A record could not be encoded for storage.
     #[error("cannot encode a record for table {table}: {source}")]
     Encode {

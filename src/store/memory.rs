@@ -230,7 +230,7 @@ impl Storage for MemoryStore {
         Ok(claimed)
     }
 
-    fn running_jobs(&self) -> Result<Vec<AlertJob>, StoreError> {
+    fn running_jobs(&self, _now: DateTime<Utc>) -> Result<Vec<AlertJob>, StoreError> {
         Ok(self
             .data
             .lock()

@@ -40,7 +40,7 @@ pub use memory::MemoryStore;
 pub use page::{Page, MAX_PAGE};
 pub use postgres::PostgresStore;
 pub use redb::{RedbStore, CACHE_BYTES};
-pub use storage::{AuditFilter, Change, JobFilter, Retire, Storage, UsageUpdate};
+pub use storage::{AuditFilter, Change, JobFilter, KeyChanges, Retire, Storage, UsageUpdate};
 
 #[cfg(test)]
 mod conformance_tests;

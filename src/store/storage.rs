@@ -1,7 +1,10 @@
 //! The [`Storage`] trait and what it takes and gives (see the module documentation
 //! of [`crate::store`] for what every backend promises).
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
+use tokio::sync::Notify;
 use uuid::Uuid;
 
 use super::error::StoreError;
@@ -64,6 +67,28 @@ pub struct UsageUpdate {
     pub last_used_at: Option<DateTime<Utc>>,
     /// Counters known in memory.
     pub counts: UsageCounts,
+}
+
+/// Key changes other nodes committed, as [`Storage::changes`] hands them over.
+#[derive(Debug, Default)]
+pub struct KeyChanges {
+    /// This node is further behind than the change log reaches: reload every key.
+    pub reload: bool,
+    /// The current records of keys other nodes changed.
+    pub put: Vec<KeyRecord>,
+    /// Keys other nodes purged.
+    pub gone: Vec<Uuid>,
+    /// Age in seconds (by the database's clock) of the oldest change read, if any.
+    pub lag: Option<f64>,
+    /// The log holds more than one read returns: read again.
+    pub more: bool,
+}
+
+impl KeyChanges {
+    /// Nothing to apply.
+    pub fn is_empty(&self) -> bool {
+        !self.reload && self.put.is_empty() && self.gone.is_empty()
+    }
 }
 
 /// Which audit entries to list.
@@ -147,8 +172,10 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     /// delivered.
     fn claim_due(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<AlertJob>, StoreError>;
 
-    /// Jobs left Running (a delivery was under way when the daemon stopped).
-    fn running_jobs(&self) -> Result<Vec<AlertJob>, StoreError>;
+    /// Jobs left Running whose delivery is no longer under way at `now`: for a store
+    /// one process owns (called at start), every Running job; for a shared store,
+    /// those whose lease ended before `now`.
+    fn running_jobs(&self, now: DateTime<Utc>) -> Result<Vec<AlertJob>, StoreError>;
 
     /// When the earliest Scheduled job should run (millisecond precision).
     fn next_due(&self) -> Result<Option<DateTime<Utc>>, StoreError>;
@@ -167,4 +194,56 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
 
     /// One operator message.
     fn message(&self, id: u64) -> Result<Option<OperatorMessage>, StoreError>;
+
+    // ------------------------------------------------------------ several nodes
+    // A store one process owns keeps these defaults.
+
+    /// Whether other processes (nodes) change this store too.
+    fn shared(&self) -> bool {
+        false
+    }
+
+    /// Key changes other nodes committed since the last call (or since the store was
+    /// opened), oldest first; the position moves on only when this returns them.
+    /// Called under the key service's writer, as commits are: a [`Storage::commit`]
+    /// that changes a key another node changed after that position fails with
+    /// [`StoreError::Conflict`].
+    fn changes(&self) -> Result<KeyChanges, StoreError> {
+        Ok(KeyChanges::default())
+    }
+
+    /// Signalled when another node may have changed keys (in PostgreSQL, a
+    /// notification); `None` if nothing but this process changes the store.
+    fn change_signal(&self) -> Option<Arc<Notify>> {
+        None
+    }
+
+    /// Whether this process runs the maintenance jobs now (one node at a time).
+    fn lead_maintenance(&self) -> Result<bool, StoreError> {
+        Ok(true)
+    }
+
+    /// Drop changes older than the log keeps (the maintenance node does); returns
+    /// how many.
+    fn prune_changes(&self) -> Result<u64, StoreError> {
+        Ok(0)
+    }
+
+    /// How long a claimed job stays with this process without being renewed
+    /// ([`Storage::renew_lease`]); `None` if claims never lapse (one process).
+    fn job_lease(&self) -> Option<std::time::Duration> {
+        None
+    }
+
+    /// Keep job `id`, which this process claimed and is delivering, from being taken
+    /// over by another node for one more lease from `now`; `false` if it is no
+    /// longer this process's to deliver.
+    fn renew_lease(&self, _id: Uuid, _now: DateTime<Utc>) -> Result<bool, StoreError> {
+        Ok(true)
+    }
+
+    /// Whether the store worked the last time it was used (without blocking).
+    fn available(&self) -> bool {
+        true
+    }
 }

@@ -6,6 +6,7 @@ mod alert_plugins;
 mod alerts;
 mod authz;
 mod caddy;
+mod cluster;
 mod config;
 mod connection_limits;
 mod echo;

@@ -19,11 +19,27 @@ fn redb_is_the_default_and_postgres_needs_a_url_without_a_password() {
     let pg = from_text("[store]\nbackend = \"postgres\"\nurl = \"host=127.0.0.1 dbname=k user=k\"\npassword_file = \"/run/pg\"\n").unwrap();
     assert_eq!(
         pg.store,
-        StoreConfig::Postgres {
-            url: "host=127.0.0.1 dbname=k user=k".into(),
+        StoreConfig::Postgres(PostgresConfig {
             password_file: Some("/run/pg".into()),
-        }
+            ..PostgresConfig::new("host=127.0.0.1 dbname=k user=k")
+        })
     );
+    let tuned = from_text("[store]\nbackend = \"postgres\"\nurl = \"host=h\"\npool_size = 3\njob_lease = \"pt10s\"\npoll_interval = \"pt2s\"\nchange_log_retention = \"p1d\"\n").unwrap();
+    let StoreConfig::Postgres(c) = tuned.store else {
+        panic!("not postgres")
+    };
+    assert_eq!(c.pool_size, 3);
+    assert_eq!(c.job_lease, Duration::from_secs(10));
+    assert_eq!(c.poll_interval, Duration::from_secs(2));
+    assert_eq!(c.change_log_retention, Duration::from_secs(86_400));
+    let p = problems(
+        "[store]\nbackend = \"postgres\"\nurl = \"host=h\"\npool_size = 0\njob_lease = \"pt1s\"\n",
+    );
+    let keys: Vec<&str> = p.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(keys, ["store.pool_size", "store.job_lease"], "{p:?}");
+    let p = problems("[store]\njob_lease = \"pt1m\"\n");
+    assert_eq!(p[0].0, "store.job_lease");
+    assert!(p[0].1.contains("only used with backend"), "{p:?}");
     let p = problems("[store]\nbackend = \"postgres\"\n");
     assert_eq!(p[0].0, "store.url");
     for url in [

@@ -1,42 +1,67 @@
-//! [`PostgresStore`]: the [`Storage`] contract on PostgreSQL, the first step of cluster
-//! mode (issue 11). It keeps what the redb store keeps, in tables with the columns
-//! the listings filter and order on, and the records themselves as JSON (`jsonb`), so
+//! [`PostgresStore`]: the [`Storage`] contract on PostgreSQL, shared by the nodes
+//! of a cluster. It keeps what the redb store keeps, in tables with the columns the
+//! listings filter and order on, and the records themselves as JSON (`jsonb`), so
 //! fields can be added without a migration, as in redb.
 //!
-//! It passes the same conformance tests as the other backends
-//! (`store/conformance_tests.rs`), against a private PostgreSQL server the tests
-//! start, and the daemon uses it with `[store] backend = "postgres"`. Every call
-//! comes from a blocking thread (this store's `block_on` would panic on a runtime
-//! worker). Nodes sharing one database need what is not built yet: a change log
-//! they follow, job leases and a leader for maintenance (the job counts here are
-//! this process's view). Until then [`PostgresStore::claim_sole_use`] keeps a
-//! second node out.
+//! What sharing adds (see `ARCHITECTURE.md`, "Several nodes"):
+//! - every commit that changes keys appends their ids to a change log
+//!   (`key_changes`, numbered under a transaction advisory lock so numbers commit in
+//!   order) and notifies the other nodes, which read the log ([`Storage::changes`])
+//!   when notified and every poll interval; a commit that changes a key another
+//!   node changed after this node's position in the log is refused
+//!   ([`StoreError::Conflict`]);
+//! - a claimed alert job carries a lease (node, until); a delivery renews it, and a
+//!   job whose lease ended is claimed again by any node;
+//! - the node holding a session advisory lock runs the maintenance jobs
+//!   ([`Storage::lead_maintenance`]); the server drops the lock with the session.
 //!
-//! The client is tokio-postgres (the PostgreSQL protocol, well kept, async) driven by
-//! a small runtime of the store's own: [`Storage`] is blocking, and its methods run on
+//! It passes the same conformance tests as the other backends
+//! (`store/conformance_tests.rs`) against a private PostgreSQL server the tests start.
+//! Every call comes from a blocking thread. The client is tokio-postgres (the
+//! PostgreSQL protocol, well kept, async) with deadpool-postgres's pool, driven by a
+//! small runtime of the store's own: [`Storage`] is blocking, and its methods run on
 //! blocking threads, where `block_on` is allowed.
 
 mod schema;
+mod session;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use parking_lot::Mutex;
-use tokio_postgres::{Client, NoTls, Transaction};
+use tokio::sync::Notify;
+use tokio_postgres::{Client, IsolationLevel, NoTls, Transaction};
 use uuid::Uuid;
 
+use crate::config::PostgresConfig;
 use crate::model::{
     AlertJob, AuditEntry, JobState, KeyHash, KeyRecord, KeyRow, OperatorMessage, RetiredSecret,
 };
 use crate::store::error::StoreError;
 use crate::store::page::{Page, Pager, MAX_PAGE};
-use crate::store::storage::{AuditFilter, Change, JobFilter, Storage, UsageUpdate};
+use crate::store::storage::{AuditFilter, Change, JobFilter, KeyChanges, Storage, UsageUpdate};
+use session::Session;
+
+/// Most change-log entries read at once.
+const FEED_BATCH: i64 = 20_000;
 
 /// The store on one PostgreSQL database.
 pub struct PostgresStore {
     /// Dropped without waiting (see [`Drop`]): the store may be dropped on a runtime
     /// worker, where a runtime cannot be shut down by blocking.
     rt: Option<tokio::runtime::Runtime>,
-    /// One connection: changes are serialised by the key service's writer anyway.
-    client: Mutex<Client>,
+    pool: Pool,
+    /// This process, in the change log and on the jobs it claims.
+    node: Uuid,
+    /// How far this node has read the change log.
+    cursor: Mutex<i64>,
+    session: Arc<Session>,
+    job_lease: chrono::Duration,
+    retention: std::time::Duration,
+    /// Whether the last call reached the database.
+    up: AtomicBool,
     /// Jobs per state as of the last change of jobs through this store: `/metrics`
     /// reads them on a runtime worker, where this store must not block.
     job_states: Mutex<[(JobState, u64); JobState::ALL.len()]>,
@@ -44,7 +69,9 @@ pub struct PostgresStore {
 
 impl std::fmt::Debug for PostgresStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PostgresStore").finish_non_exhaustive()
+        f.debug_struct("PostgresStore")
+            .field("node", &self.node)
+            .finish_non_exhaustive()
     }
 }
 
@@ -56,8 +83,29 @@ impl Drop for PostgresStore {
     }
 }
 
+/// A failure talking to the server: the server unreachable (no answer, connection
+/// lost, shutting down, refusing connections) is [`StoreError::Unavailable`];
+/// anything the server answered is a read or write failure.
 fn pg(e: tokio_postgres::Error) -> StoreError {
-    StoreError::Storage(Box::new(e))
+    let unreachable = match e.code() {
+        None => true,
+        Some(code) => {
+            let code = code.code();
+            code.starts_with("08") || code.starts_with("57P")
+        }
+    };
+    if unreachable {
+        StoreError::Unavailable(Box::new(e))
+    } else {
+        StoreError::Storage(Box::new(e))
+    }
+}
+
+fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
+    match e {
+        deadpool_postgres::PoolError::Backend(e) => pg(e),
+        other => StoreError::Unavailable(Box::new(other)),
+    }
 }
 
 fn corrupt(table: &'static str, e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
@@ -94,82 +142,141 @@ fn uint(n: i64) -> u64 {
     u64::try_from(n).unwrap_or(0)
 }
 
+fn begin_err(e: tokio_postgres::Error) -> StoreError {
+    match pg(e) {
+        StoreError::Storage(e) => StoreError::Transaction(e),
+        other => other,
+    }
+}
+
+fn commit_err(e: tokio_postgres::Error) -> StoreError {
+    match pg(e) {
+        StoreError::Storage(e) => StoreError::Commit(e),
+        other => other,
+    }
+}
+
+/// Who writes to the change log, and from where in it they read.
+#[derive(Debug, Clone, Copy)]
+struct Writer {
+    node: Uuid,
+    cursor: i64,
+}
+
 impl PostgresStore {
-    /// Connect to `url` (a libpq connection string or URL, without the password,
-    /// which comes as `password`) and bring the schema up to date.
+    /// Connect with the defaults to `url` (a libpq connection string or URL, without
+    /// the password, which comes as `password`) and bring the schema up to date.
     pub fn open(url: &str, password: Option<&str>) -> Result<Self, StoreError> {
+        Self::connect(&PostgresConfig::new(url), password)
+    }
+
+    /// Connect as `config` says and bring the schema up to date.
+    pub fn connect(config: &PostgresConfig, password: Option<&str>) -> Result<Self, StoreError> {
+        let url = &config.url;
         let open_err = |e: Box<dyn std::error::Error + Send + Sync>| StoreError::Open {
             path: url.to_owned(),
             source: e,
         };
-        let rt = tokio::runtime::Builder::new_current_thread()
+        // One worker runs the connections; callers' `block_on` runs their queries.
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("apikeyd-postgres")
             .enable_all()
             .build()
             .map_err(|e| open_err(e.into()))?;
-        let mut config: tokio_postgres::Config = url.parse().map_err(|e| open_err(Box::new(e)))?;
+        let mut pg_config: tokio_postgres::Config =
+            url.parse().map_err(|e| open_err(Box::new(e)))?;
         if let Some(p) = password {
-            config.password(p);
+            pg_config.password(p);
         }
-        let mut client = rt
+        pg_config
+            .application_name("apikeyd")
+            .connect_timeout(config.connect_timeout)
+            .keepalives(true)
+            .options(format!(
+                "-c statement_timeout={}",
+                config.statement_timeout.as_millis()
+            ));
+        let manager = Manager::from_config(
+            pg_config.clone(),
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = {
+            let _rt = rt.enter();
+            Pool::builder(manager)
+                .max_size(config.pool_size)
+                .runtime(Runtime::Tokio1)
+                .wait_timeout(Some(config.connect_timeout))
+                .create_timeout(Some(config.connect_timeout))
+                .build()
+                .map_err(|e| open_err(Box::new(e)))?
+        };
+        let (job_states, cursor) = rt
             .block_on(async {
-                let (client, connection) = config.connect(NoTls).await?;
-                tokio::spawn(async move {
-                    if let Err(e) = connection.await {
-                        tracing::error!(error = %e, "PostgreSQL connection ended");
-                    }
-                });
-                Ok::<_, tokio_postgres::Error>(client)
+                let mut client = pool.get().await.map_err(pool_error)?;
+                schema::migrate(&mut client).await?;
+                let head: i64 = client
+                    .query_one("SELECT COALESCE(MAX(seq), 0) FROM key_changes", &[])
+                    .await
+                    .map_err(pg)?
+                    .get(0);
+                Ok::<_, StoreError>((count_job_states(&client).await?, head))
             })
             .map_err(|e| open_err(Box::new(e)))?;
-        rt.block_on(schema::migrate(&mut client))?;
-        let job_states = rt.block_on(count_job_states(&client))?;
+        let session = Arc::new(Session::default());
+        rt.spawn(session::run(pg_config, session.clone()));
         Ok(Self {
             rt: Some(rt),
-            client: Mutex::new(client),
+            pool,
+            node: Uuid::new_v4(),
+            cursor: Mutex::new(cursor),
+            session,
+            job_lease: chrono::Duration::from_std(config.job_lease)
+                .unwrap_or(chrono::Duration::minutes(1)),
+            retention: config.change_log_retention,
+            up: AtomicBool::new(true),
             job_states: Mutex::new(job_states),
         })
     }
 
-    /// Make this process the only apikeyd on the database, for as long as the store
-    /// is open, and check that the database was written under the same server secret
-    /// (`secret_fingerprint`, derived from it; recorded on first use). Until nodes
-    /// follow each other's changes (cluster mode), a second node would serve stale
-    /// keys; with another secret, every key would verify as NOT_FOUND.
-    pub fn claim_sole_use(&self, secret_fingerprint: &[u8]) -> Result<(), StoreError> {
+    /// This process's id among the nodes (in the change log and on claimed jobs).
+    pub fn node(&self) -> Uuid {
+        self.node
+    }
+
+    /// Check that the database was written under the same server secret
+    /// (`secret_fingerprint`, derived from it; recorded by the first node to start):
+    /// with another secret, every key would verify as NOT_FOUND.
+    pub fn check_secret(&self, secret_fingerprint: &[u8]) -> Result<(), StoreError> {
         self.run(async |c| {
-                let held: bool = c
-                    .query_one("SELECT pg_try_advisory_lock($1)", &[&schema::NODE_LOCK])
-                    .await
-                    .map_err(pg)?
-                    .get(0);
-                if !held {
-                    return Err(StoreError::Refused(
-                        "another apikeyd is using this PostgreSQL database; several nodes on one database need cluster mode, which is not finished (issue 11)".into(),
-                    ));
-                }
-                let stored: Option<Vec<u8>> = c
-                    .query_opt(
-                        "SELECT value FROM apikeyd_meta WHERE name = 'secret_fingerprint'",
-                        &[],
-                    )
-                    .await
-                    .map_err(pg)?
-                    .map(|r| r.get(0));
-                match stored {
-                    Some(s) if s.as_slice() != secret_fingerprint => Err(StoreError::Refused(
-                        "the database was written with another server secret: every key would verify as NOT_FOUND; start apikeyd with the server secret the database was written with".into(),
-                    )),
-                    Some(_) => Ok(()),
-                    None => c
-                        .execute(
-                            "INSERT INTO apikeyd_meta (name, value) VALUES ('secret_fingerprint', $1)",
-                            &[&secret_fingerprint],
-                        )
-                        .await
-                        .map(|_| ())
-                        .map_err(pg),
-                }
-            })
+            // The first of several nodes starting at once records its fingerprint;
+            // the others compare with it.
+            c.execute(
+                "INSERT INTO apikeyd_meta (name, value) VALUES ('secret_fingerprint', $1)
+                 ON CONFLICT (name) DO NOTHING",
+                &[&secret_fingerprint],
+            )
+            .await
+            .map_err(pg)?;
+            let stored: Vec<u8> = c
+                .query_one(
+                    "SELECT value FROM apikeyd_meta WHERE name = 'secret_fingerprint'",
+                    &[],
+                )
+                .await
+                .map_err(pg)?
+                .get(0);
+            if stored.as_slice() == secret_fingerprint {
+                Ok(())
+            } else {
+                Err(StoreError::Refused(
+                    "the database was written with another server secret: every key would verify as NOT_FOUND; start apikeyd with the server secret the database was written with (the same on every node)".into(),
+                ))
+            }
+        })
     }
 
     /// Count the jobs per state again after a change of jobs.
@@ -179,23 +286,49 @@ impl PostgresStore {
         Ok(())
     }
 
-    /// Run `f` on the connection, to its end.
+    /// Where this node writes from.
+    fn writer(&self) -> Writer {
+        Writer {
+            node: self.node,
+            cursor: *self.cursor.lock(),
+        }
+    }
+
+    /// Run `f` on a pooled connection, to its end, and note whether the server
+    /// answered.
     fn run<T>(
         &self,
         f: impl AsyncFnOnce(&mut Client) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let mut client = self.client.lock();
-        match &self.rt {
-            Some(rt) => rt.block_on(f(&mut client)),
-            None => Err(StoreError::Transaction("the store is closed".into())),
+        let Some(rt) = &self.rt else {
+            return Err(StoreError::Transaction("the store is closed".into()));
+        };
+        let result = rt.block_on(async {
+            let mut client = self.pool.get().await.map_err(pool_error)?;
+            f(&mut client).await
+        });
+        match &result {
+            Err(StoreError::Unavailable(e)) => {
+                if self.up.swap(false, Ordering::AcqRel) {
+                    tracing::error!(error = %e, "PostgreSQL is unavailable: verification goes on from memory; changes are refused until it is back");
+                }
+            }
+            _ => {
+                if !self.up.swap(true, Ordering::AcqRel) {
+                    tracing::info!("PostgreSQL is available again");
+                }
+            }
         }
+        result
     }
 }
 
 /// Apply a change inside `tx`, in the order the redb store does: keys, audit
 /// entries (filed under the owner their key has now, so before any purge), purges,
-/// retired secrets, jobs, messages.
-async fn apply(tx: &Transaction<'_>, mut change: Change) -> Result<(), StoreError> {
+/// retired secrets, jobs, messages. Changed keys go to the change log first, unless
+/// another node changed one of them since `writer` read the log.
+async fn apply(tx: &Transaction<'_>, writer: Writer, mut change: Change) -> Result<(), StoreError> {
+    log_key_changes(tx, writer, &change).await?;
     for rec in &change.put_keys {
         tx.execute(
             "INSERT INTO keys (id, owner, record) VALUES ($1, $2, $3)
@@ -244,7 +377,8 @@ async fn apply(tx: &Transaction<'_>, mut change: Change) -> Result<(), StoreErro
             "INSERT INTO alert_jobs (id, key_id, owner, state, run_at_ms, job)
              VALUES ($1, $2, (SELECT owner FROM keys WHERE id = $2), $3, $4, $5)
              ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state,
-                 run_at_ms = EXCLUDED.run_at_ms, job = EXCLUDED.job",
+                 run_at_ms = EXCLUDED.run_at_ms, job = EXCLUDED.job,
+                 claimed_by = NULL, lease_until_ms = NULL",
             &[
                 &job.id,
                 &job.key_id,
@@ -279,6 +413,51 @@ async fn apply(tx: &Transaction<'_>, mut change: Change) -> Result<(), StoreErro
     Ok(())
 }
 
+/// Append the keys `change` changes to the change log and notify the other nodes
+/// (at commit), or refuse the change if another node changed one of those keys
+/// after this node's position in the log.
+async fn log_key_changes(
+    tx: &Transaction<'_>,
+    writer: Writer,
+    change: &Change,
+) -> Result<(), StoreError> {
+    let mut ids: Vec<Uuid> = change.put_keys.iter().map(|r| r.id).collect();
+    ids.extend(&change.purge_keys);
+    if ids.is_empty() {
+        return Ok(());
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    // Until commit: change numbers then commit in their order.
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&schema::CHANGE_LOCK])
+        .await
+        .map_err(pg)?;
+    if let Some(row) = tx
+        .query_opt(
+            "SELECT key_id FROM key_changes WHERE key_id = ANY($1) AND seq > $2 AND node <> $3
+             LIMIT 1",
+            &[&ids, &writer.cursor, &writer.node],
+        )
+        .await
+        .map_err(pg)?
+    {
+        let id: Uuid = row.get(0);
+        return Err(StoreError::Conflict(format!(
+            "key {id} was changed on another node at the same time; nothing was written: try again"
+        )));
+    }
+    tx.execute(
+        "INSERT INTO key_changes (node, key_id) SELECT $1, unnest($2::uuid[])",
+        &[&writer.node, &ids],
+    )
+    .await
+    .map_err(pg)?;
+    tx.execute("SELECT pg_notify($1, '')", &[&schema::CHANNEL])
+        .await
+        .map_err(pg)?;
+    Ok(())
+}
+
 async fn count_job_states(
     client: &Client,
 ) -> Result<[(JobState, u64); JobState::ALL.len()], StoreError> {
@@ -295,15 +474,10 @@ async fn count_job_states(
     }))
 }
 
-async fn commit(client: &mut Client, change: Change) -> Result<(), StoreError> {
-    let tx = client
-        .transaction()
-        .await
-        .map_err(|e| StoreError::Transaction(Box::new(e)))?;
-    apply(&tx, change).await?;
-    tx.commit()
-        .await
-        .map_err(|e| StoreError::Commit(Box::new(e)))
+async fn commit(client: &mut Client, writer: Writer, change: Change) -> Result<(), StoreError> {
+    let tx = client.transaction().await.map_err(begin_err)?;
+    apply(&tx, writer, change).await?;
+    tx.commit().await.map_err(commit_err)
 }
 
 fn audit_entry(row: &tokio_postgres::Row) -> Result<AuditEntry, StoreError> {
@@ -329,10 +503,7 @@ impl Storage for PostgresStore {
     fn load_keys(&self, each: &mut dyn FnMut(KeyRow)) -> Result<usize, StoreError> {
         const CHUNK: &str = "FETCH 8192 FROM keys_load";
         self.run(async |c| {
-            let tx = c
-                .transaction()
-                .await
-                .map_err(|e| StoreError::Transaction(Box::new(e)))?;
+            let tx = c.transaction().await.map_err(begin_err)?;
             tx.batch_execute("DECLARE keys_load NO SCROLL CURSOR FOR SELECT record FROM keys")
                 .await
                 .map_err(pg)?;
@@ -348,9 +519,7 @@ impl Storage for PostgresStore {
                     n += 1;
                 }
             }
-            tx.commit()
-                .await
-                .map_err(|e| StoreError::Commit(Box::new(e)))?;
+            tx.commit().await.map_err(commit_err)?;
             Ok(n)
         })
     }
@@ -388,10 +557,7 @@ impl Storage for PostgresStore {
 
     fn write_usage(&self, updates: &[UsageUpdate]) -> Result<usize, StoreError> {
         self.run(async |c| {
-            let tx = c
-                .transaction()
-                .await
-                .map_err(|e| StoreError::Transaction(Box::new(e)))?;
+            let tx = c.transaction().await.map_err(begin_err)?;
             let mut written = 0;
             for u in updates {
                 let Some(row) = tx
@@ -412,16 +578,15 @@ impl Storage for PostgresStore {
                 .map_err(pg)?;
                 written += 1;
             }
-            tx.commit()
-                .await
-                .map_err(|e| StoreError::Commit(Box::new(e)))?;
+            tx.commit().await.map_err(commit_err)?;
             Ok(written)
         })
     }
 
     fn commit(&self, change: Change) -> Result<(), StoreError> {
         let jobs_changed = !change.put_jobs.is_empty() || !change.delete_jobs.is_empty();
-        self.run(async |c| commit(c, change).await)?;
+        let writer = self.writer();
+        self.run(async |c| commit(c, writer, change).await)?;
         if jobs_changed {
             self.recount()?;
         }
@@ -551,24 +716,43 @@ impl Storage for PostgresStore {
         Ok(page.done())
     }
 
+    /// Jobs whose lease ended (their node died or was cut off) first, then due
+    /// Scheduled jobs; each leaves with this node's lease.
     fn claim_due(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<AlertJob>, StoreError> {
         let n = int(u64::try_from(limit.max(1)).unwrap_or(1));
+        let writer = self.writer();
+        let until = ms(now + self.job_lease);
         let claimed = self.run(async |c| {
-            let tx = c
-                .transaction()
-                .await
-                .map_err(|e| StoreError::Transaction(Box::new(e)))?;
-            let rows = tx
+            let tx = c.transaction().await.map_err(begin_err)?;
+            let mut rows = tx
                 .query(
-                    "SELECT job FROM alert_jobs WHERE state = 'Scheduled' AND run_at_ms <= $1
-                         ORDER BY run_at_ms, id LIMIT $2 FOR UPDATE SKIP LOCKED",
+                    "SELECT job, claimed_by FROM alert_jobs
+                         WHERE state = 'Running' AND lease_until_ms < $1
+                         ORDER BY lease_until_ms LIMIT $2 FOR UPDATE SKIP LOCKED",
                     &[&ms(now), &n],
                 )
                 .await
                 .map_err(pg)?;
+            let left = n - i64::try_from(rows.len()).unwrap_or(n);
+            if left > 0 {
+                rows.extend(
+                    tx.query(
+                        "SELECT job, claimed_by FROM alert_jobs
+                             WHERE state = 'Scheduled' AND run_at_ms <= $1
+                             ORDER BY run_at_ms, id LIMIT $2 FOR UPDATE SKIP LOCKED",
+                        &[&ms(now), &left],
+                    )
+                    .await
+                    .map_err(pg)?,
+                );
+            }
             let mut claimed = Vec::with_capacity(rows.len());
             for row in rows {
                 let mut job: AlertJob = decode("alert_jobs", row.get(0))?;
+                if job.state == JobState::Running {
+                    let from: Option<Uuid> = row.get(1);
+                    tracing::warn!(job_id = %job.id, node = ?from, "took over an alert job whose node stopped renewing its lease");
+                }
                 job.state = JobState::Running;
                 job.attempts += 1;
                 job.updated_at = now;
@@ -578,17 +762,23 @@ impl Storage for PostgresStore {
             if claimed.is_empty() {
                 return Ok(claimed);
             }
+            let ids: Vec<Uuid> = claimed.iter().map(|j| j.id).collect();
             apply(
                 &tx,
+                writer,
                 Change {
                     put_jobs: claimed.clone(),
                     ..Change::default()
                 },
             )
             .await?;
-            tx.commit()
-                .await
-                .map_err(|e| StoreError::Commit(Box::new(e)))?;
+            tx.execute(
+                "UPDATE alert_jobs SET claimed_by = $1, lease_until_ms = $2 WHERE id = ANY($3)",
+                &[&writer.node, &until, &ids],
+            )
+            .await
+            .map_err(pg)?;
+            tx.commit().await.map_err(commit_err)?;
             Ok(claimed)
         })?;
         if !claimed.is_empty() {
@@ -597,11 +787,15 @@ impl Storage for PostgresStore {
         Ok(claimed)
     }
 
-    fn running_jobs(&self) -> Result<Vec<AlertJob>, StoreError> {
+    fn running_jobs(&self, now: DateTime<Utc>) -> Result<Vec<AlertJob>, StoreError> {
         let rows = self.run(async |c| {
-            c.query("SELECT job FROM alert_jobs WHERE state = 'Running'", &[])
-                .await
-                .map_err(pg)
+            c.query(
+                "SELECT job FROM alert_jobs WHERE state = 'Running'
+                     AND (lease_until_ms IS NULL OR lease_until_ms < $1)",
+                &[&ms(now)],
+            )
+            .await
+            .map_err(pg)
         })?;
         rows.into_iter()
             .map(|r| decode("alert_jobs", r.get(0)))
@@ -610,8 +804,11 @@ impl Storage for PostgresStore {
 
     fn next_due(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
         let at: Option<i64> = self.run(async |c| {
+            // A Running job whose lease ends may be claimed again then.
             Ok(c.query_one(
-                "SELECT MIN(run_at_ms) FROM alert_jobs WHERE state = 'Scheduled'",
+                "SELECT LEAST(
+                     (SELECT MIN(run_at_ms) FROM alert_jobs WHERE state = 'Scheduled'),
+                     (SELECT MIN(lease_until_ms) FROM alert_jobs WHERE state = 'Running'))",
                 &[],
             )
             .await
@@ -658,8 +855,153 @@ impl Storage for PostgresStore {
         row.map(|r| decode("operator_messages", r.get(0)))
             .transpose()
     }
+
+    fn shared(&self) -> bool {
+        true
+    }
+
+    fn changes(&self) -> Result<KeyChanges, StoreError> {
+        let (me, cursor) = (self.node, *self.cursor.lock());
+        let (changes, read_to) = self.run(async |c| {
+            // One snapshot: the horizon and the log agree, and since numbers
+            // commit in order, the log read is a prefix of what will ever be there.
+            let tx = c
+                .build_transaction()
+                .isolation_level(IsolationLevel::RepeatableRead)
+                .read_only(true)
+                .start()
+                .await
+                .map_err(begin_err)?;
+            let pruned: i64 = tx
+                .query_one("SELECT pruned_through FROM key_changes_horizon", &[])
+                .await
+                .map_err(pg)?
+                .get(0);
+            if cursor < pruned {
+                let head: i64 = tx
+                    .query_one("SELECT COALESCE(MAX(seq), 0) FROM key_changes", &[])
+                    .await
+                    .map_err(pg)?
+                    .get(0);
+                let reload = KeyChanges {
+                    reload: true,
+                    ..KeyChanges::default()
+                };
+                return Ok((reload, head.max(pruned)));
+            }
+            let rows = tx
+                .query(
+                    "SELECT seq, node, key_id,
+                            EXTRACT(EPOCH FROM clock_timestamp() - at)::float8
+                         FROM key_changes WHERE seq > $1 ORDER BY seq LIMIT $2",
+                    &[&cursor, &FEED_BATCH],
+                )
+                .await
+                .map_err(pg)?;
+            let mut read_to = cursor;
+            let mut ids = Vec::new();
+            let mut lag: Option<f64> = None;
+            for row in &rows {
+                read_to = row.get(0);
+                if row.get::<_, Uuid>(1) == me {
+                    continue;
+                }
+                ids.push(row.get::<_, Uuid>(2));
+                let age: f64 = row.get(3);
+                lag = Some(lag.map_or(age, |l| l.max(age)));
+            }
+            ids.sort_unstable();
+            ids.dedup();
+            let mut changes = KeyChanges {
+                lag,
+                more: i64::try_from(rows.len()).unwrap_or(0) == FEED_BATCH,
+                ..KeyChanges::default()
+            };
+            if !ids.is_empty() {
+                let found = tx
+                    .query("SELECT id, record FROM keys WHERE id = ANY($1)", &[&ids])
+                    .await
+                    .map_err(pg)?;
+                let mut present = std::collections::HashSet::new();
+                for row in found {
+                    present.insert(row.get::<_, Uuid>(0));
+                    changes.put.push(decode("keys", row.get(1))?);
+                }
+                changes.gone = ids.into_iter().filter(|id| !present.contains(id)).collect();
+            }
+            tx.commit().await.map_err(commit_err)?;
+            Ok((changes, read_to))
+        })?;
+        *self.cursor.lock() = read_to;
+        Ok(changes)
+    }
+
+    fn change_signal(&self) -> Option<Arc<Notify>> {
+        Some(self.session.changed.clone())
+    }
+
+    fn lead_maintenance(&self) -> Result<bool, StoreError> {
+        match &self.rt {
+            Some(rt) => rt.block_on(self.session.lead()).map_err(pg),
+            None => Ok(false),
+        }
+    }
+
+    fn prune_changes(&self) -> Result<u64, StoreError> {
+        let keep = self.retention.as_secs_f64();
+        self.run(async |c| {
+            let tx = c.transaction().await.map_err(begin_err)?;
+            let gone = tx
+                .query(
+                    "DELETE FROM key_changes
+                         WHERE at < clock_timestamp() - make_interval(secs => $1)
+                         RETURNING seq",
+                    &[&keep],
+                )
+                .await
+                .map_err(pg)?;
+            let Some(through) = gone.iter().map(|r| r.get::<_, i64>(0)).max() else {
+                return Ok(0);
+            };
+            // A node that has not read this far must reload every key.
+            tx.execute(
+                "UPDATE key_changes_horizon SET pruned_through = GREATEST(pruned_through, $1)",
+                &[&through],
+            )
+            .await
+            .map_err(pg)?;
+            tx.commit().await.map_err(commit_err)?;
+            Ok(u64::try_from(gone.len()).unwrap_or(u64::MAX))
+        })
+    }
+
+    fn job_lease(&self) -> Option<std::time::Duration> {
+        self.job_lease.to_std().ok()
+    }
+
+    fn renew_lease(&self, id: Uuid, now: DateTime<Utc>) -> Result<bool, StoreError> {
+        let until = ms(now + self.job_lease);
+        let node = self.node;
+        self.run(async |c| {
+            let n = c
+                .execute(
+                    "UPDATE alert_jobs SET lease_until_ms = $3
+                         WHERE id = $1 AND claimed_by = $2 AND state = 'Running'",
+                    &[&id, &node, &until],
+                )
+                .await
+                .map_err(pg)?;
+            Ok(n == 1)
+        })
+    }
+
+    fn available(&self) -> bool {
+        self.up.load(Ordering::Acquire)
+    }
 }
 
+#[cfg(test)]
+mod cluster_tests;
 #[cfg(test)]
 pub(crate) mod test_server;
 #[cfg(test)]

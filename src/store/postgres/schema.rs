@@ -50,13 +50,36 @@ CREATE TABLE apikeyd_meta (
     value bytea NOT NULL
 );
 ",
+    // Cluster mode: the change log nodes follow, and job leases.
+    r"
+CREATE TABLE key_changes (
+    seq bigserial PRIMARY KEY,
+    at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    node uuid NOT NULL,
+    key_id uuid NOT NULL
+);
+CREATE INDEX key_changes_by_key ON key_changes (key_id, seq);
+CREATE INDEX key_changes_by_time ON key_changes (at);
+CREATE TABLE key_changes_horizon (
+    one boolean PRIMARY KEY DEFAULT true CHECK (one),
+    pruned_through bigint NOT NULL
+);
+INSERT INTO key_changes_horizon (pruned_through) VALUES (0);
+ALTER TABLE alert_jobs ADD COLUMN claimed_by uuid, ADD COLUMN lease_until_ms bigint;
+CREATE INDEX alert_jobs_leases ON alert_jobs (lease_until_ms) WHERE state = 'Running';
+",
 ];
 
 /// A number no other application's advisory lock is likely to use ("apikeyd" in ASCII).
 const LOCK: i64 = 0x0061_7069_6b65_7964;
-/// The lock a node holds for as long as it uses the database (one node at a time
-/// until cluster mode): the migration lock plus one.
-pub(super) const NODE_LOCK: i64 = LOCK + 1;
+/// Held (for its transaction) by every commit that writes the change log, so that
+/// change numbers are committed in their order: a node that has read up to
+/// change N never finds N - 1 appear later.
+pub(super) const CHANGE_LOCK: i64 = LOCK + 2;
+/// Held (for its session) by the node that runs the maintenance jobs.
+pub(super) const MAINTENANCE_LOCK: i64 = LOCK + 3;
+/// The channel a commit that changes keys notifies.
+pub(super) const CHANNEL: &str = "apikeyd_changes";
 
 fn storage(e: tokio_postgres::Error) -> StoreError {
     StoreError::Storage(Box::new(e))

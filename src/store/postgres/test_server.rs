@@ -17,14 +17,22 @@ use std::time::{Duration, Instant};
 pub(crate) struct TestServer {
     child: Child,
     port: u16,
+    bin: PathBuf,
+    data: PathBuf,
     // Removed after the server is killed (fields drop in order).
     _dir: tempfile::TempDir,
 }
 
 impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.shut_down();
+    }
+}
+
+impl TestServer {
     /// A fast shutdown (SIGINT), so the server stops its own processes; SIGKILL if
     /// it has not stopped within 10 s.
-    fn drop(&mut self) {
+    fn shut_down(&mut self) {
         let _ = Command::new("kill")
             .args(["-INT", &self.child.id().to_string()])
             .status();
@@ -78,6 +86,21 @@ fn account() -> Option<(&'static str, &'static str)> {
             "running as root and there is neither a 'postgres' nor a 'nobody' account to run PostgreSQL as"
         ),
     }
+}
+
+fn run_server(bin: &Path, data: &Path, port: u16, user: Option<(&str, &str)>) -> Child {
+    command(&bin.join("postgres"), user)
+        .arg("-D")
+        .arg(data)
+        .arg("-p")
+        .arg(port.to_string())
+        .arg("-k")
+        .arg(data.parent().unwrap_or(data))
+        .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
 }
 
 fn command(program: &Path, as_user: Option<(&str, &str)>) -> Command {
@@ -135,25 +158,27 @@ impl TestServer {
             String::from_utf8_lossy(&out.stderr)
         );
         let port = free_port();
-        let child = command(&bin.join("postgres"), user)
-            .arg("-D")
-            .arg(&data)
-            .arg("-p")
-            .arg(port.to_string())
-            .arg("-k")
-            .arg(dir.path())
-            .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let child = run_server(&bin, &data, port, user);
         let server = Self {
             child,
             port,
+            bin,
+            data,
             _dir: dir,
         };
         server.wait_ready();
         Some(server)
+    }
+
+    /// Stop the server (a fast shutdown: clients are cut off), keeping its data.
+    pub(crate) fn stop(&mut self) {
+        self.shut_down();
+    }
+
+    /// Start it again on the same data and port, and wait until it answers.
+    pub(crate) fn restart(&mut self) {
+        self.child = run_server(&self.bin, &self.data, self.port, account());
+        self.wait_ready();
     }
 
     /// Connection parameters for database `db` (no password: `trust` on loopback).

@@ -33,7 +33,7 @@ mod state_counts {
         assert_eq!(counts(&store), [2, 0, 0, 0, 0]);
         assert_eq!(store.claim_due(now, 1).unwrap().len(), 1);
         assert_eq!(counts(&store), [1, 1, 0, 0, 0]);
-        let mut done = store.running_jobs().unwrap().remove(0);
+        let mut done = store.running_jobs(chrono::Utc::now()).unwrap().remove(0);
         done.state = JobState::Completed;
         let other = if done.id == a.id { b.id } else { a.id };
         store

@@ -409,7 +409,7 @@ impl Storage for RedbStore {
         Ok(claimed)
     }
 
-    fn running_jobs(&self) -> Result<Vec<AlertJob>, StoreError> {
+    fn running_jobs(&self, _now: DateTime<Utc>) -> Result<Vec<AlertJob>, StoreError> {
         jobs::running(&self.db)
     }
 

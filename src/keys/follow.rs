@@ -1,0 +1,187 @@
+//! Cluster mode: other nodes' key changes reach this node's index. The store says
+//! which keys other nodes changed ([`crate::store::Storage::changes`]); they are
+//! published here under the writer, as this node's own changes are, so verification
+//! refuses a key disabled on another node as soon as the change is read.
+
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use super::error::KeyError;
+use super::Keys;
+use crate::model::KeyRow;
+
+/// What `/metrics` says about following other nodes.
+#[derive(Debug, Default)]
+pub struct Following {
+    /// Age in milliseconds, when read, of the oldest change in the last batch.
+    lag_ms: AtomicU64,
+    /// When (unix milliseconds) the change log was last read successfully; 0 never.
+    read_at_ms: AtomicI64,
+    /// Keys changed here by other nodes' changes.
+    applied: AtomicU64,
+    /// Full reloads (this node fell behind the log's retention).
+    reloads: AtomicU64,
+    /// How often the log is read without a notification (milliseconds).
+    poll_ms: AtomicU64,
+}
+
+/// A snapshot of [`Following`] for `/metrics`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FollowingStatus {
+    /// How far behind other nodes' changes this node may be, in seconds: the age of
+    /// the oldest change in the last batch read, or, when the log could not be read
+    /// for more than two poll intervals, the time since it last was.
+    pub lag_seconds: f64,
+    /// Keys changed here by other nodes' changes.
+    pub applied: u64,
+    /// Full reloads.
+    pub reloads: u64,
+}
+
+impl Keys {
+    /// Whether other nodes share this node's store (cluster mode).
+    pub fn shared(&self) -> bool {
+        self.store.shared()
+    }
+
+    /// Whether the store answered the last time it was used.
+    pub fn store_available(&self) -> bool {
+        self.store.available()
+    }
+
+    /// Following other nodes, for `/metrics` (`None` on a store nobody else uses).
+    pub fn following(&self) -> Option<FollowingStatus> {
+        if !self.shared() {
+            return None;
+        }
+        let f = &self.following;
+        let now = self.clock.now().timestamp_millis();
+        let read_at = f.read_at_ms.load(Ordering::Relaxed);
+        let stale_after = i64::try_from(f.poll_ms.load(Ordering::Relaxed))
+            .unwrap_or(1000)
+            .saturating_mul(2);
+        let mut lag_ms = f.lag_ms.load(Ordering::Relaxed) as f64;
+        if read_at > 0 && now - read_at > stale_after {
+            lag_ms = lag_ms.max((now - read_at) as f64);
+        }
+        Some(FollowingStatus {
+            lag_seconds: lag_ms / 1000.0,
+            applied: f.applied.load(Ordering::Relaxed),
+            reloads: f.reloads.load(Ordering::Relaxed),
+        })
+    }
+
+    /// Apply every key change other nodes committed since the last call; returns
+    /// how many keys changed here.
+    pub async fn catch_up(&self) -> Result<usize, KeyError> {
+        let mut total = 0;
+        loop {
+            let writer = self.lock_writer().await;
+            let changes = self.blocking(|s| s.changes()).await?;
+            let f = &self.following;
+            f.read_at_ms
+                .store(self.clock.now().timestamp_millis(), Ordering::Relaxed);
+            let lag = changes.lag.unwrap_or(0.0).max(0.0) * 1000.0;
+            f.lag_ms.store(lag as u64, Ordering::Relaxed);
+            if changes.reload {
+                drop(writer);
+                total += self.reload_all().await?;
+                continue;
+            }
+            let rows: Vec<KeyRow> = changes
+                .put
+                .iter()
+                .filter_map(|rec| match KeyRow::from_record(rec) {
+                    Ok(row) => Some(row),
+                    Err(e) => {
+                        tracing::error!(key_id = %rec.id, error = %e, "another node wrote a key this node cannot hold; it is left out");
+                        None
+                    }
+                })
+                .collect();
+            let n = rows.len() + changes.gone.len();
+            {
+                let mut index = self.index.write();
+                for row in rows {
+                    index.publish(row);
+                }
+                for id in &changes.gone {
+                    index.remove(*id);
+                }
+            }
+            drop(writer);
+            if n > 0 {
+                f.applied.fetch_add(n as u64, Ordering::Relaxed);
+                tracing::debug!(keys = n, "applied other nodes' key changes");
+            }
+            total += n;
+            if !changes.more {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// Replace the index by every key in the store (this node fell further behind
+    /// than the change log reaches). Usage counted here is written first, so
+    /// nothing counted is lost.
+    async fn reload_all(&self) -> Result<usize, KeyError> {
+        tracing::warn!("this node fell behind the change log's retention: reloading every key");
+        self.flush_last_used(true).await?;
+        let writer = self.lock_writer().await;
+        let store = self.store.clone();
+        let settings = self.settings();
+        let now = self.clock.now();
+        let index = tokio::task::spawn_blocking(move || super::load_index(&*store, &settings, now))
+            .await
+            .map_err(super::error::internal)??;
+        let n = index.by_id.len();
+        *self.index.write() = index;
+        drop(writer);
+        self.following.reloads.fetch_add(1, Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+/// Follow other nodes' changes until `stop`: read the log whenever the store
+/// signals a change, and every `poll` anyway (a notification can be lost, and
+/// some PostgreSQL-compatible servers have none). Returns at once if nobody else
+/// uses the store.
+pub async fn follow(keys: Arc<Keys>, poll: Duration, mut stop: watch::Receiver<bool>) {
+    if !keys.shared() {
+        return;
+    }
+    keys.following.poll_ms.store(
+        u64::try_from(poll.as_millis()).unwrap_or(u64::MAX),
+        Ordering::Relaxed,
+    );
+    let signal = keys.store.change_signal();
+    let mut failing = false;
+    loop {
+        let notified = async {
+            match &signal {
+                Some(s) => s.notified().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = notified => {}
+            _ = tokio::time::sleep(poll) => {}
+            _ = stop.changed() => return,
+        }
+        match keys.catch_up().await {
+            Ok(_) => {
+                if std::mem::take(&mut failing) {
+                    tracing::info!("reading other nodes' changes again");
+                }
+            }
+            Err(e) => {
+                if !std::mem::replace(&mut failing, true) {
+                    tracing::error!(error = %e, "cannot read other nodes' changes; verification goes on with what this node has");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,198 @@
+//! Several nodes on one database: each node is a [`PostgresStore`] of its own, as
+//! each apikeyd process has, on a private server.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+
+use super::test_server::TestServer;
+use super::PostgresStore;
+use crate::config::PostgresConfig;
+use crate::model::{AlertJob, JobKind, JobState, KeyKind, KeyRecord};
+use crate::store::{Change, Storage, StoreError};
+
+fn key(n: u8) -> KeyRecord {
+    KeyRecord::new(
+        "alice",
+        &format!("k{n}"),
+        &[n; 32],
+        KeyKind::Imported,
+        Utc::now(),
+    )
+}
+
+fn put(store: &PostgresStore, rec: &KeyRecord) -> Result<(), StoreError> {
+    store.commit(Change {
+        put_keys: vec![rec.clone()],
+        ..Change::default()
+    })
+}
+
+/// A key one node writes reaches the other through the change log (and a node
+/// never reads back its own changes); a purge arrives as gone.
+#[test]
+fn changes_reach_the_other_nodes_and_not_their_writer() {
+    let Some(server) = TestServer::start() else {
+        return;
+    };
+    let url = server.database("feed");
+    let a = PostgresStore::open(&url, None).unwrap();
+    let b = PostgresStore::open(&url, None).unwrap();
+    assert!(a.shared() && a.changes().unwrap().is_empty());
+    let mut rec = key(1);
+    put(&a, &rec).unwrap();
+    assert!(
+        a.changes().unwrap().is_empty(),
+        "a node read its own change"
+    );
+    let got = b.changes().unwrap();
+    assert_eq!(got.put.iter().map(|r| r.id).collect::<Vec<_>>(), [rec.id]);
+    assert!(
+        got.lag.is_some_and(|l| (0.0..60.0).contains(&l)),
+        "{:?}",
+        got.lag
+    );
+    assert!(b.changes().unwrap().is_empty(), "read twice");
+
+    rec.name = "renamed".into();
+    put(&b, &rec).unwrap();
+    assert_eq!(a.changes().unwrap().put[0].name, "renamed");
+    a.commit(Change {
+        purge_keys: vec![rec.id],
+        ..Change::default()
+    })
+    .unwrap();
+    let got = b.changes().unwrap();
+    assert_eq!((got.put.len(), got.gone.clone()), (0, vec![rec.id]));
+}
+
+/// Two nodes changing one key at once: the second commit, made without having
+/// read the first, is refused whole; once it has read it, it goes through.
+#[test]
+fn a_change_made_without_the_other_nodes_change_is_refused() {
+    let Some(server) = TestServer::start() else {
+        return;
+    };
+    let url = server.database("conflict");
+    let a = PostgresStore::open(&url, None).unwrap();
+    let b = PostgresStore::open(&url, None).unwrap();
+    let rec = key(2);
+    put(&a, &rec).unwrap();
+    b.changes().unwrap();
+    let mut on_a = rec.clone();
+    on_a.name = "from-a".into();
+    put(&a, &on_a).unwrap();
+    let mut on_b = rec.clone();
+    on_b.name = "from-b".into();
+    let err = put(&b, &on_b).unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+    assert!(err.to_string().contains("another node"), "{err}");
+    assert_eq!(
+        b.key(rec.id).unwrap().unwrap().name,
+        "from-a",
+        "half written"
+    );
+    // Other keys are not held up by it.
+    put(&b, &key(3)).unwrap();
+    b.changes().unwrap();
+    put(&b, &on_b).unwrap();
+    assert_eq!(a.key(rec.id).unwrap().unwrap().name, "from-b");
+}
+
+/// A claimed job is not claimed again while its lease runs; once the lease ends
+/// (its node died) another node takes it, and renewing keeps it.
+#[test]
+fn a_job_whose_lease_ended_is_taken_over_by_another_node() {
+    let Some(server) = TestServer::start() else {
+        return;
+    };
+    let url = server.database("leases");
+    let mut config = PostgresConfig::new(&url);
+    config.job_lease = Duration::from_secs(30);
+    let a = PostgresStore::connect(&config, None).unwrap();
+    let b = PostgresStore::connect(&config, None).unwrap();
+    let now = Utc::now();
+    let rec = key(4);
+    let job = AlertJob::new(rec.id, JobKind::Notification, "mail", now, now);
+    let other = AlertJob::new(rec.id, JobKind::Notification, "mail", now, now);
+    a.commit(Change {
+        put_keys: vec![rec],
+        put_jobs: vec![job.clone(), other.clone()],
+        ..Change::default()
+    })
+    .unwrap();
+    let mine = a.claim_due(now, 1).unwrap();
+    let theirs = b.claim_due(now, 10).unwrap();
+    assert_eq!(mine.len() + theirs.len(), 2, "each job claimed once");
+    assert!(b.claim_due(now, 10).unwrap().is_empty());
+    assert_eq!(
+        a.next_due().unwrap(),
+        Some(now + chrono::Duration::seconds(30))
+            .map(|t| { chrono::DateTime::from_timestamp_millis(t.timestamp_millis()).unwrap() })
+    );
+    // A renews its job; B's stops (as if B died).
+    let later = now + chrono::Duration::seconds(20);
+    assert!(a.renew_lease(mine[0].id, later).unwrap());
+    assert!(
+        !b.renew_lease(mine[0].id, later).unwrap(),
+        "renewed someone else's lease"
+    );
+    assert!(
+        b.running_jobs(now).unwrap().is_empty(),
+        "leased jobs listed as abandoned"
+    );
+    let after = now + chrono::Duration::seconds(31);
+    let taken = a.claim_due(after, 10).unwrap();
+    assert_eq!(
+        taken.iter().map(|j| j.id).collect::<Vec<_>>(),
+        [theirs[0].id]
+    );
+    assert_eq!((taken[0].state, taken[0].attempts), (JobState::Running, 2));
+    // A's own job, renewed to now + 50 s, is still A's.
+    assert!(b.claim_due(after, 10).unwrap().is_empty());
+}
+
+/// One node at a time runs maintenance; when it goes, another takes over.
+#[test]
+fn maintenance_runs_on_one_node_at_a_time() {
+    let Some(server) = TestServer::start() else {
+        return;
+    };
+    let url = server.database("leader");
+    let wait_lead = |s: &PostgresStore| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !s.lead_maintenance().unwrap() {
+            assert!(Instant::now() < deadline, "no node took the lead");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let a = PostgresStore::open(&url, None).unwrap();
+    let b = PostgresStore::open(&url, None).unwrap();
+    wait_lead(&a);
+    assert!(a.lead_maintenance().unwrap(), "lost the lead it held");
+    assert!(!b.lead_maintenance().unwrap(), "two leaders");
+    drop(a);
+    wait_lead(&b);
+}
+
+/// A node further behind than the change log keeps is told to reload every key.
+#[test]
+fn a_node_behind_the_pruned_log_reloads() {
+    let Some(server) = TestServer::start() else {
+        return;
+    };
+    let url = server.database("prune");
+    let mut config = PostgresConfig::new(&url);
+    config.change_log_retention = Duration::from_millis(1);
+    let a = PostgresStore::connect(&config, None).unwrap();
+    let b = PostgresStore::connect(&config, None).unwrap();
+    put(&a, &key(5)).unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    assert_eq!(a.prune_changes().unwrap(), 1);
+    assert!(b.changes().unwrap().reload);
+    // Then it follows from there.
+    assert!(b.changes().unwrap().is_empty());
+    put(&a, &key(6)).unwrap();
+    assert_eq!(b.changes().unwrap().put.len(), 1);
+}

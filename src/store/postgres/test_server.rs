@@ -171,11 +171,13 @@ impl TestServer {
     }
 
     /// Stop the server (a fast shutdown: clients are cut off), keeping its data.
+    #[allow(dead_code, reason = "used by tests/it, which includes this file")]
     pub(crate) fn stop(&mut self) {
         self.shut_down();
     }
 
     /// Start it again on the same data and port, and wait until it answers.
+    #[allow(dead_code, reason = "used by tests/it, which includes this file")]
     pub(crate) fn restart(&mut self) {
         self.child = run_server(&self.bin, &self.data, self.port, account());
         self.wait_ready();

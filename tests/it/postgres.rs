@@ -11,7 +11,12 @@ use crate::util::*;
 
 /// A daemon configured for database `url` (and more `[store]` lines), not started.
 pub fn on_postgres(url: &str, more: &str) -> TestDaemon {
-    let d = TestDaemon::configured(DEFAULT_POLICY, "");
+    on_postgres_with(url, more, "")
+}
+
+/// [`on_postgres`] with `extra` configuration (tables before `[store]`).
+pub fn on_postgres_with(url: &str, more: &str, extra: &str) -> TestDaemon {
+    let d = TestDaemon::configured(DEFAULT_POLICY, extra);
     let mut text = std::fs::read_to_string(&d.config).unwrap();
     text.push_str(&format!(
         "\n[store]\nbackend = \"postgres\"\nurl = {url:?}\n{more}"

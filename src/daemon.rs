@@ -228,7 +228,11 @@ impl Daemon {
             StoreConfig::Postgres(pg) => pg.poll_interval,
             StoreConfig::Redb => std::time::Duration::from_secs(1),
         };
-        let follower = tokio::spawn(crate::keys::follow(keys.clone(), poll, stop_rx.clone()));
+        let follower = tokio::spawn(crate::keys::follow::follow(
+            keys.clone(),
+            poll,
+            stop_rx.clone(),
+        ));
         let dispatcher = tokio::spawn(
             Dispatcher::new(self.alerts.clone(), self.channels.clone()).run(stop_rx.clone()),
         );

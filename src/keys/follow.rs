@@ -3,43 +3,16 @@
 //! published here under the writer, as this node's own changes are, so verification
 //! refuses a key disabled on another node as soon as the change is read.
 
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
 
 use super::error::KeyError;
+use super::following::FollowingStatus;
 use super::Keys;
 use crate::model::KeyRow;
-
-/// What `/metrics` says about following other nodes.
-#[derive(Debug, Default)]
-pub struct Following {
-    /// Age in milliseconds, when read, of the oldest change in the last batch.
-    lag_ms: AtomicU64,
-    /// When (unix milliseconds) the change log was last read successfully; 0 never.
-    read_at_ms: AtomicI64,
-    /// Keys changed here by other nodes' changes.
-    applied: AtomicU64,
-    /// Full reloads (this node fell behind the log's retention).
-    reloads: AtomicU64,
-    /// How often the log is read without a notification (milliseconds).
-    poll_ms: AtomicU64,
-}
-
-/// A snapshot of [`Following`] for `/metrics`.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct FollowingStatus {
-    /// How far behind other nodes' changes this node may be, in seconds: the age of
-    /// the oldest change in the last batch read, or, when the log could not be read
-    /// for more than two poll intervals, the time since it last was.
-    pub lag_seconds: f64,
-    /// Keys changed here by other nodes' changes.
-    pub applied: u64,
-    /// Full reloads.
-    pub reloads: u64,
-}
 
 impl Keys {
     /// Whether other nodes share this node's store (cluster mode).

@@ -144,17 +144,19 @@ impl Index {
         held.is_some_and(|held| scopes.iter().all(|s| held.iter().any(|k| k == s)))
     }
 
-    /// Last use and counters as known in memory, for a key that has a slot.
+    /// Last use, and counters not yet written, as known in memory, for a key that
+    /// has a slot.
     pub(super) fn usage(&self, live: &Live) -> Option<(Option<DateTime<Utc>>, UsageCounts)> {
         let slot = self.slot(live)?;
         Some((slot.last_used(), usage_counts(slot, live)))
     }
 
-    /// Put the usage known in memory into a record read from redb.
+    /// Add the usage counted in memory since the last flush to a record read from
+    /// the store.
     pub(super) fn merge_usage(&self, rec: &mut KeyRecord, live: &Live) {
         if let Some((last_used, counts)) = self.usage(live) {
             rec.last_used_at = last_used.max(rec.last_used_at);
-            rec.usage = counts;
+            rec.usage.add(&counts);
         }
     }
 
@@ -260,7 +262,8 @@ impl Index {
             previous: l.previous,
             own_scopes: (!Arc::ptr_eq(&own, &eff.scopes)).then_some(own),
         };
-        let routes = (!l.routes.is_empty()).then(|| Box::new(l.routes));
+        // Per-route counts in memory are those not yet written (see stored_usage).
+        let routes = None;
         Live {
             hash: l.hash,
             life: l.life,
@@ -486,17 +489,18 @@ impl Index {
     }
 }
 
-/// The stored usage of a row, as a slot starts from it.
+/// A slot's usage for a key loaded from the store: its last use, and counters
+/// that count uses not yet written (several nodes add theirs to the stored ones).
 pub(super) fn stored_usage(row: &KeyRow) -> SlotUsage {
     (
         row.last_used_at.map_or(NEVER, |t| t.timestamp()),
-        row.verifications,
-        row.denied,
+        0,
+        0,
         false,
     )
 }
 
-/// The counters of a key: its slot's, and its entry's per route.
+/// The counters of a key not yet written: its slot's, and its entry's per route.
 pub(super) fn usage_counts(slot: &Slot, live: &Live) -> UsageCounts {
     let (verifications, denied) = slot.counts();
     UsageCounts {

@@ -175,6 +175,23 @@ impl Live {
     pub(super) fn route_counts(&self) -> BTreeMap<String, u64> {
         self.routes.lock().as_deref().cloned().unwrap_or_default()
     }
+
+    /// Take the per-route counts (the flush adds them to the stored ones).
+    pub(super) fn take_route_counts(&self) -> BTreeMap<String, u64> {
+        self.routes.lock().take().map(|b| *b).unwrap_or_default()
+    }
+
+    /// Give back per-route counts taken for a write that failed.
+    pub(super) fn restore_route_counts(&self, taken: BTreeMap<String, u64>) {
+        if taken.is_empty() {
+            return;
+        }
+        let mut routes = self.routes.lock();
+        let routes = routes.get_or_insert_with(Default::default);
+        for (route, n) in taken {
+            *routes.entry(route).or_default() += n;
+        }
+    }
 }
 
 /// A key's effective scopes and whether its owner is configured.

@@ -18,7 +18,8 @@
 mod change;
 mod create;
 pub mod error;
-mod follow;
+pub mod follow;
+mod following;
 mod index;
 mod live;
 pub mod maintenance;
@@ -56,7 +57,7 @@ pub use crate::config::ipfilter;
 pub use crate::model::headers;
 pub use crate::model::key as model;
 pub use error::KeyError;
-pub use follow::{follow, FollowingStatus};
+pub use following::FollowingStatus;
 pub use index::Regranted;
 pub use live::Live;
 pub use page::{Page, PageRequest};
@@ -131,7 +132,7 @@ pub struct Keys {
     /// then costs nothing instead of a scan of every key (41 ms at 1M keys).
     touched: AtomicBool,
     /// Other nodes' changes read (cluster mode).
-    following: follow::Following,
+    following: following::Following,
 }
 
 /// An index of every key in `store`, as of `now`.
@@ -173,7 +174,7 @@ impl Keys {
             writer: Arc::new(tokio::sync::Mutex::new(())),
             alerting: Alerting::default(),
             touched: AtomicBool::new(false),
-            following: follow::Following::default(),
+            following: following::Following::default(),
         })
     }
 

@@ -191,6 +191,26 @@ impl Slot {
         }
     }
 
+    /// Take the counters, which start again from zero: what the flush adds to the
+    /// stored counts.
+    pub fn take_counts(&self) -> (u64, u64) {
+        (
+            self.valid.swap(0, Ordering::Relaxed),
+            u64::from(self.denied.swap(0, Ordering::Relaxed)),
+        )
+    }
+
+    /// Give back counters taken for a write that failed.
+    pub fn restore_counts(&self, valid: u64, denied: u64) {
+        self.valid.fetch_add(valid, Ordering::Relaxed);
+        let more = u32::try_from(denied).unwrap_or(u32::MAX);
+        let _ = self
+            .denied
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |d| {
+                Some(d.saturating_add(more))
+            });
+    }
+
     /// Count a refused verification.
     pub fn deny(&self) {
         let _ = self

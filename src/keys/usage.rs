@@ -6,10 +6,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::error::{internal, KeyError};
-use super::index::usage_counts;
 use super::live::Live;
 use super::table::NEVER;
 use super::{Keys, LAST_USED_PERSIST_INTERVAL};
+use crate::model::UsageCounts;
 use crate::store::UsageUpdate;
 
 impl Keys {
@@ -36,10 +36,15 @@ impl Keys {
                     // Cleared before the counters are read: a use racing with this
                     // flush sets the flag again and is written next time.
                     slot.set_dirty(false);
+                    let (verifications, denied) = slot.take_counts();
                     updates.push(UsageUpdate {
                         id: l.id,
                         last_used_at: slot.last_used(),
-                        counts: usage_counts(slot, l),
+                        counts: UsageCounts {
+                            verifications,
+                            denied,
+                            routes: l.take_route_counts(),
+                        },
                     });
                     due.push(l.clone());
                 } else {
@@ -55,19 +60,24 @@ impl Keys {
             return Ok(0);
         }
         let store = self.store.clone();
-        let written = tokio::task::spawn_blocking(move || store.write_usage(&updates))
-            .await
-            .map_err(internal)
-            .and_then(|r| r.map_err(KeyError::from));
+        let (written, updates) = tokio::task::spawn_blocking(move || {
+            let written = store.write_usage(&updates);
+            (written, updates)
+        })
+        .await
+        .map_err(internal)?;
         if let Err(e) = written {
+            // Nothing was added: the counts go back to be written next time.
             let index = self.index.read();
-            for l in &due {
+            for (l, u) in due.iter().zip(updates) {
                 if let Some(slot) = index.slot(l) {
+                    slot.restore_counts(u.counts.verifications, u.counts.denied);
                     slot.set_dirty(true);
                 }
+                l.restore_route_counts(u.counts.routes);
             }
             self.touched.store(true, Ordering::Relaxed);
-            return Err(e);
+            return Err(e.into());
         }
         for l in &due {
             l.persisted_at.store(now, Ordering::Relaxed);

@@ -207,6 +207,29 @@ pub struct UsageCounts {
     pub routes: std::collections::BTreeMap<String, u64>,
 }
 
+impl UsageCounts {
+    /// Add `more`: counts made since the last write (by any node).
+    pub fn add(&mut self, more: &UsageCounts) {
+        self.verifications = self.verifications.saturating_add(more.verifications);
+        self.denied = self.denied.saturating_add(more.denied);
+        for (route, n) in &more.routes {
+            let total = self.routes.entry(route.clone()).or_default();
+            *total = total.saturating_add(*n);
+        }
+    }
+}
+
+impl KeyRecord {
+    /// Keep the usage of `stored`, the record this one replaces: usage in a store
+    /// changes only by the additions of [`crate::store::Storage::write_usage`]
+    /// (several nodes count uses of one key), never by a change of the key, whose
+    /// copy of the counts may be older. The later last use wins.
+    pub fn keep_usage_of(&mut self, stored: &KeyRecord) {
+        self.usage = stored.usage.clone();
+        self.last_used_at = self.last_used_at.max(stored.last_used_at);
+    }
+}
+
 /// Where a secret came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

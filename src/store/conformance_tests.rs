@@ -302,7 +302,17 @@ fn usage_never_moves_back_and_retired_secrets_are_remembered() {
         s.write_usage(&[update(t0() - Duration::hours(1))]).unwrap();
         let stored = s.key(id).unwrap().unwrap();
         assert_eq!(stored.last_used_at, Some(t0()));
-        assert_eq!(stored.usage.verifications, 3);
+        // Counts are added (each node writes what it counted since its last write).
+        assert_eq!(stored.usage.verifications, 6);
+        // A change of the key keeps the stored usage, whatever its copy says.
+        s.commit(Change {
+            put_keys: vec![rec.clone()],
+            ..Change::default()
+        })
+        .unwrap();
+        let stored = s.key(id).unwrap().unwrap();
+        assert_eq!(stored.last_used_at, Some(t0()));
+        assert_eq!(stored.usage.verifications, 6);
         let retire = |hash, refresh_only| Retire {
             hash,
             entry: RetiredSecret::of(&rec, None, t0()),

@@ -86,7 +86,7 @@ impl Storage for MemoryStore {
         for u in updates {
             if let Some(rec) = data.keys.get_mut(&u.id) {
                 rec.last_used_at = rec.last_used_at.max(u.last_used_at);
-                rec.usage = u.counts.clone();
+                rec.usage.add(&u.counts);
                 written += 1;
             }
         }
@@ -95,7 +95,10 @@ impl Storage for MemoryStore {
 
     fn commit(&self, mut change: Change) -> Result<(), StoreError> {
         let mut data = self.data.lock();
-        for rec in &change.put_keys {
+        for rec in &mut change.put_keys {
+            if let Some(stored) = data.keys.get(&rec.id) {
+                rec.keep_usage_of(stored);
+            }
             data.keys.insert(rec.id, rec.clone());
         }
         let mut seq = data.audit.last_key_value().map_or(0, |(s, _)| *s);

@@ -289,3 +289,33 @@ fn alerts_held_by_a_killed_node_are_delivered_by_another() {
         b.log_text()
     );
 }
+
+/// Uses of one key on two nodes add up: each node writes what it counted, and
+/// the latest use wins, whichever node wrote last.
+#[test]
+fn usage_counted_on_several_nodes_adds_up() {
+    let Some(server) = TestServer::start() else {
+        return;
+    };
+    let url = server.database("usage");
+    let mut n = nodes(&url, 2);
+    let (id, secret) = n[0].create("alice", "counted", &[]);
+    seen_within(&[&n[1]], Duration::from_secs(1), |d| valid(d, &secret));
+    for _ in 0..2 {
+        assert!(valid(&n[0], &secret));
+    }
+    assert!(!valid(&n[1], "akd_not_a_key"));
+    // An edit on A between the uses does not overwrite B's counts.
+    n[0].ok(&["key", "edit", &id, "--description", "edited"]);
+    for _ in 0..3 {
+        assert!(valid(&n[1], &secret));
+    }
+    // A stop writes what a node counted.
+    n[1].stop();
+    n[0].stop();
+    n[0].spawn(&[]);
+    let shown = n[0].json(&["key", "show", &id]);
+    // 2 on A; on B, 3 and the one that saw the key arrive.
+    assert_eq!(shown["usage"]["verifications"], 6, "{shown}");
+    assert!(shown["last_used_at"].is_string(), "{shown}");
+}

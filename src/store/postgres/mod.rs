@@ -329,6 +329,7 @@ impl PostgresStore {
 /// another node changed one of them since `writer` read the log.
 async fn apply(tx: &Transaction<'_>, writer: Writer, mut change: Change) -> Result<(), StoreError> {
     log_key_changes(tx, writer, &change).await?;
+    keep_stored_usage(tx, &mut change.put_keys).await?;
     for rec in &change.put_keys {
         tx.execute(
             "INSERT INTO keys (id, owner, record) VALUES ($1, $2, $3)
@@ -409,6 +410,37 @@ async fn apply(tx: &Transaction<'_>, writer: Writer, mut change: Change) -> Resu
         )
         .await
         .map_err(pg)?;
+    }
+    Ok(())
+}
+
+/// Records replacing stored ones keep the stored usage (see
+/// [`KeyRecord::keep_usage_of`]); the rows stay locked until commit, so a usage
+/// write of another node waits rather than being overwritten.
+async fn keep_stored_usage(
+    tx: &Transaction<'_>,
+    records: &mut [KeyRecord],
+) -> Result<(), StoreError> {
+    if records.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Uuid> = records.iter().map(|r| r.id).collect();
+    let rows = tx
+        .query(
+            "SELECT id, record FROM keys WHERE id = ANY($1) FOR UPDATE",
+            &[&ids],
+        )
+        .await
+        .map_err(pg)?;
+    let mut stored = std::collections::HashMap::with_capacity(rows.len());
+    for row in rows {
+        let rec: KeyRecord = decode("keys", row.get(1))?;
+        stored.insert(row.get::<_, Uuid>(0), rec);
+    }
+    for rec in records.iter_mut() {
+        if let Some(s) = stored.get(&rec.id) {
+            rec.keep_usage_of(s);
+        }
     }
     Ok(())
 }
@@ -569,7 +601,7 @@ impl Storage for PostgresStore {
                 };
                 let mut rec: KeyRecord = decode("keys", row.get(0))?;
                 rec.last_used_at = rec.last_used_at.max(u.last_used_at);
-                rec.usage = u.counts.clone();
+                rec.usage.add(&u.counts);
                 tx.execute(
                     "UPDATE keys SET record = $2 WHERE id = $1",
                     &[&u.id, &encode("keys", &rec)?],

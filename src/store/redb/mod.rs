@@ -261,7 +261,7 @@ impl Storage for RedbStore {
                     continue;
                 };
                 rec.last_used_at = rec.last_used_at.max(u.last_used_at);
-                rec.usage = u.counts.clone();
+                rec.usage.add(&u.counts);
                 let bytes = encode("keys", &rec)?;
                 keys.insert(rec.id.as_u128(), bytes.as_slice())?;
                 written += 1;
@@ -275,8 +275,15 @@ impl Storage for RedbStore {
         let txn = self.db.begin_write()?;
         {
             let mut keys = txn.open_table(KEYS)?;
-            for rec in &batch.put_keys {
-                let bytes = encode("keys", rec)?;
+            for rec in &mut batch.put_keys {
+                let stored = keys
+                    .get(rec.id.as_u128())?
+                    .map(|v| decode::<KeyRecord>("keys", v.value()))
+                    .transpose()?;
+                if let Some(stored) = stored {
+                    rec.keep_usage_of(&stored);
+                }
+                let bytes = encode("keys", &*rec)?;
                 keys.insert(rec.id.as_u128(), bytes.as_slice())?;
             }
             let mut audit = txn.open_table(AUDIT)?;

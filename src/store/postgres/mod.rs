@@ -16,6 +16,7 @@
 //! a small runtime of the store's own: [`Storage`] is blocking, and its methods run on
 //! blocking threads, where `block_on` is allowed.
 
+mod export;
 mod schema;
 
 use chrono::{DateTime, Utc};
@@ -27,6 +28,7 @@ use crate::model::{
     AlertJob, AuditEntry, JobState, KeyHash, KeyRecord, KeyRow, OperatorMessage, RetiredSecret,
 };
 use crate::store::error::StoreError;
+use crate::store::export::RecordCounts;
 use crate::store::page::{Page, Pager, MAX_PAGE};
 use crate::store::storage::{AuditFilter, Change, JobFilter, Storage, UsageUpdate};
 
@@ -657,6 +659,40 @@ impl Storage for PostgresStore {
         })?;
         row.map(|r| decode("operator_messages", r.get(0)))
             .transpose()
+    }
+
+    // ---- export (migration): in `export.rs`.
+
+    fn export_counts(&self) -> Result<RecordCounts, StoreError> {
+        export::counts(self)
+    }
+
+    fn export_keys(
+        &self,
+        after: Option<Uuid>,
+        limit: usize,
+    ) -> Result<Vec<KeyRecord>, StoreError> {
+        export::keys(self, after, limit)
+    }
+
+    fn export_audit(&self, after: u64, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
+        export::audit(self, after, limit)
+    }
+
+    fn export_retired(
+        &self,
+        after: Option<KeyHash>,
+        limit: usize,
+    ) -> Result<Vec<(KeyHash, RetiredSecret)>, StoreError> {
+        export::retired(self, after, limit)
+    }
+
+    fn export_messages(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<OperatorMessage>, StoreError> {
+        export::messages(self, after, limit)
     }
 }
 

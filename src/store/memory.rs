@@ -296,11 +296,7 @@ impl Storage for MemoryStore {
         })
     }
 
-    fn export_keys(
-        &self,
-        after: Option<Uuid>,
-        limit: usize,
-    ) -> Result<Vec<KeyRecord>, StoreError> {
+    fn export_keys(&self, after: Option<Uuid>, limit: usize) -> Result<Vec<KeyRecord>, StoreError> {
         let data = self.data.lock();
         let from = after.map_or(Bound::Unbounded, Bound::Excluded);
         Ok(data

@@ -178,8 +178,7 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     fn export_counts(&self) -> Result<RecordCounts, StoreError>;
 
     /// Up to `limit` key records with ids above `after` (all without it), in id order.
-    fn export_keys(&self, after: Option<Uuid>, limit: usize)
-        -> Result<Vec<KeyRecord>, StoreError>;
+    fn export_keys(&self, after: Option<Uuid>, limit: usize) -> Result<Vec<KeyRecord>, StoreError>;
 
     /// Up to `limit` audit entries with a `seq` above `after`, oldest first.
     fn export_audit(&self, after: u64, limit: usize) -> Result<Vec<AuditEntry>, StoreError>;
@@ -193,9 +192,6 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     ) -> Result<Vec<(KeyHash, RetiredSecret)>, StoreError>;
 
     /// Up to `limit` operator messages with ids above `after`, oldest first.
-    fn export_messages(
-        &self,
-        after: u64,
-        limit: usize,
-    ) -> Result<Vec<OperatorMessage>, StoreError>;
+    fn export_messages(&self, after: u64, limit: usize)
+        -> Result<Vec<OperatorMessage>, StoreError>;
 }

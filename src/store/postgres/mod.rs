@@ -667,11 +667,7 @@ impl Storage for PostgresStore {
         export::counts(self)
     }
 
-    fn export_keys(
-        &self,
-        after: Option<Uuid>,
-        limit: usize,
-    ) -> Result<Vec<KeyRecord>, StoreError> {
+    fn export_keys(&self, after: Option<Uuid>, limit: usize) -> Result<Vec<KeyRecord>, StoreError> {
         export::keys(self, after, limit)
     }
 

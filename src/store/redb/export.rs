@@ -59,7 +59,11 @@ pub(super) fn keys(
     })
 }
 
-pub(super) fn audit(db: &Database, after: u64, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
+pub(super) fn audit(
+    db: &Database,
+    after: u64,
+    limit: usize,
+) -> Result<Vec<AuditEntry>, StoreError> {
     page(db, AUDIT, Some(after), limit, |_, v| decode("audit", v))
 }
 

@@ -445,11 +445,7 @@ impl Storage for RedbStore {
         export::counts(&self.db)
     }
 
-    fn export_keys(
-        &self,
-        after: Option<Uuid>,
-        limit: usize,
-    ) -> Result<Vec<KeyRecord>, StoreError> {
+    fn export_keys(&self, after: Option<Uuid>, limit: usize) -> Result<Vec<KeyRecord>, StoreError> {
         export::keys(&self.db, after, limit)
     }
 

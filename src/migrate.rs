@@ -100,9 +100,6 @@ pub struct Report {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum MigrateError {
-    /// The source and the target are the same store.
-    #[error("the source and the target are the same store")]
-    SameStore,
     /// A redb source file that does not exist (opening it would create it empty).
     #[error("no database at {0}")]
     NoSource(String),

@@ -330,7 +330,7 @@ impl Storage for MemoryStore {
             .filter(|(h, _)| after.is_none_or(|a| **h > a))
             .map(|(h, r)| (*h, r.clone()))
             .collect();
-        out.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        out.sort_unstable_by_key(|a| a.0);
         out.truncate(limit);
         Ok(out)
     }

@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use crate::config::credential::read_password;
 use crate::config::store::{check_postgres_url, UrlError, POSTGRES_PASSWORD_CREDENTIAL};
-use crate::model::AlertJob;
+use crate::model::{AlertJob, KeyHash, KeyRecord, RetiredSecret};
 use crate::store::{
     Change, JobFilter, PostgresStore, RecordCounts, RedbStore, Retire, Storage, StoreError,
 };
@@ -214,28 +214,75 @@ pub fn migrate(
     })
 }
 
-fn count(n: usize) -> u64 {
-    u64::try_from(n).unwrap_or(u64::MAX)
-}
-
 fn write(to: &dyn Storage, change: Change) -> Result<(), MigrateError> {
     to.commit(change).map_err(MigrateError::Target)
 }
 
-/// Keys with their usage, each batch read back from the target and compared.
-fn copy_keys(from: &dyn Storage, to: &dyn Storage) -> Result<u64, MigrateError> {
-    let mut moved = 0;
+/// Hand each page `read` gives to `each`, the next page read from after the last
+/// record of the one before (`None`: from the start), until a page is empty;
+/// returns how many records there were.
+fn for_each_page<T, C>(
+    read: impl Fn(Option<C>) -> Result<Vec<T>, StoreError>,
+    cursor: impl Fn(&T) -> C,
+    mut each: impl FnMut(Vec<T>) -> Result<(), MigrateError>,
+) -> Result<u64, MigrateError> {
+    let mut seen = 0;
     let mut after = None;
     loop {
-        let batch = from
-            .export_keys(after, BATCH)
-            .map_err(MigrateError::Source)?;
-        let Some(last) = batch.last() else {
-            return Ok(moved);
+        let page = read(after).map_err(MigrateError::Source)?;
+        let Some(last) = page.last() else {
+            return Ok(seen);
         };
-        after = Some(last.id);
+        after = Some(cursor(last));
+        seen += u64::try_from(page.len()).unwrap_or(u64::MAX);
+        each(page)?;
+    }
+}
+
+fn key_pages(
+    from: &dyn Storage,
+    each: impl FnMut(Vec<KeyRecord>) -> Result<(), MigrateError>,
+) -> Result<u64, MigrateError> {
+    for_each_page(|after| from.export_keys(after, BATCH), |r| r.id, each)
+}
+
+fn retired_pages(
+    from: &dyn Storage,
+    each: impl FnMut(Vec<(KeyHash, RetiredSecret)>) -> Result<(), MigrateError>,
+) -> Result<u64, MigrateError> {
+    for_each_page(|after| from.export_retired(after, BATCH), |r| r.0, each)
+}
+
+/// Every job of the source, a page at a time (newest first, as listings go).
+fn job_pages(
+    from: &dyn Storage,
+    mut each: impl FnMut(Vec<AlertJob>) -> Result<(), MigrateError>,
+) -> Result<u64, MigrateError> {
+    let mut seen = 0;
+    let mut before = None;
+    loop {
+        let page = from
+            .jobs(&JobFilter {
+                before,
+                limit: BATCH,
+                ..JobFilter::default()
+            })
+            .map_err(MigrateError::Source)?;
+        seen += u64::try_from(page.items.len()).unwrap_or(u64::MAX);
+        if !page.items.is_empty() {
+            each(page.items)?;
+        }
+        match page.next {
+            Some(next) => before = Some(next),
+            None => return Ok(seen),
+        }
+    }
+}
+
+/// Keys with their usage, each batch read back from the target and compared.
+fn copy_keys(from: &dyn Storage, to: &dyn Storage) -> Result<u64, MigrateError> {
+    key_pages(from, |batch| {
         let ids: Vec<Uuid> = batch.iter().map(|r| r.id).collect();
-        moved += count(batch.len());
         write(
             to,
             Change {
@@ -246,80 +293,46 @@ fn copy_keys(from: &dyn Storage, to: &dyn Storage) -> Result<u64, MigrateError> 
         // In the order asked for, missing ones skipped: the first record that
         // differs is the first one lost or changed.
         let mut back = to.keys(&ids).map_err(MigrateError::Target)?.into_iter();
-        for rec in &batch {
-            if back.next().as_ref() != Some(rec) {
-                return Err(MigrateError::KeyMismatch(rec.id));
-            }
+        match batch.iter().find(|rec| back.next().as_ref() != Some(*rec)) {
+            Some(rec) => Err(MigrateError::KeyMismatch(rec.id)),
+            None => Ok(()),
         }
-    }
+    })
 }
 
 /// Oldest first, so the target numbers them in the same order; after the keys, so
 /// each entry is filed under its key's owner.
 fn copy_audit(from: &dyn Storage, to: &dyn Storage) -> Result<u64, MigrateError> {
-    let mut moved = 0;
-    let mut after = 0;
-    loop {
-        let mut batch = from
-            .export_audit(after, BATCH)
-            .map_err(MigrateError::Source)?;
-        let Some(last) = batch.last() else {
-            return Ok(moved);
-        };
-        after = last.seq;
-        moved += count(batch.len());
-        for entry in &mut batch {
-            entry.seq = 0;
-        }
-        write(
-            to,
-            Change {
-                audit: batch,
-                ..Change::default()
-            },
-        )?;
-    }
-}
-
-/// Every job of the source, a page at a time (newest first, as listings go).
-fn for_each_job_page(
-    from: &dyn Storage,
-    mut each: impl FnMut(Vec<AlertJob>) -> Result<(), MigrateError>,
-) -> Result<(), MigrateError> {
-    let mut before = None;
-    loop {
-        let page = from
-            .jobs(&JobFilter {
-                before,
-                limit: BATCH,
-                ..JobFilter::default()
-            })
-            .map_err(MigrateError::Source)?;
-        if !page.items.is_empty() {
-            each(page.items)?;
-        }
-        match page.next {
-            Some(next) => before = Some(next),
-            None => return Ok(()),
-        }
-    }
+    for_each_page(
+        |after| from.export_audit(after.unwrap_or(0), BATCH),
+        |e| e.seq,
+        |mut audit| {
+            for entry in &mut audit {
+                entry.seq = 0;
+            }
+            write(
+                to,
+                Change {
+                    audit,
+                    ..Change::default()
+                },
+            )
+        },
+    )
 }
 
 /// Jobs keep ids, states and attempts; after the keys, so each is filed under its
 /// key's owner.
 fn copy_jobs(from: &dyn Storage, to: &dyn Storage) -> Result<u64, MigrateError> {
-    let mut moved = 0;
-    for_each_job_page(from, |jobs| {
-        moved += count(jobs.len());
+    job_pages(from, |put_jobs| {
         write(
             to,
             Change {
-                put_jobs: jobs,
+                put_jobs,
                 ..Change::default()
             },
         )
-    })?;
-    Ok(moved)
+    })
 }
 
 /// Messages keep their ids and acknowledgements; into a target that has messages
@@ -329,82 +342,60 @@ fn copy_messages(
     to: &dyn Storage,
     renumber: bool,
 ) -> Result<u64, MigrateError> {
-    let mut moved = 0;
-    let mut after = 0;
-    loop {
-        let mut batch = from
-            .export_messages(after, BATCH)
-            .map_err(MigrateError::Source)?;
-        let Some(last) = batch.last() else {
-            return Ok(moved);
-        };
-        after = last.id;
-        moved += count(batch.len());
-        if renumber {
-            for m in &mut batch {
-                m.id = 0;
+    for_each_page(
+        |after| from.export_messages(after.unwrap_or(0), BATCH),
+        |m| m.id,
+        |mut messages| {
+            if renumber {
+                for m in &mut messages {
+                    m.id = 0;
+                }
             }
-        }
-        write(
-            to,
-            Change {
-                messages: batch,
-                ..Change::default()
-            },
-        )?;
-    }
+            write(
+                to,
+                Change {
+                    messages,
+                    ..Change::default()
+                },
+            )
+        },
+    )
 }
 
 /// Retired secrets: without them, an imported token removed or rotated in the
 /// source could be imported again on the target.
 fn copy_retired(from: &dyn Storage, to: &dyn Storage) -> Result<u64, MigrateError> {
-    let mut moved = 0;
-    let mut after = None;
-    loop {
-        let batch = from
-            .export_retired(after, BATCH)
-            .map_err(MigrateError::Source)?;
-        let Some(last) = batch.last() else {
-            return Ok(moved);
-        };
-        after = Some(last.0);
-        moved += count(batch.len());
+    retired_pages(from, |batch| {
+        let retire = batch
+            .into_iter()
+            .map(|(hash, entry)| Retire {
+                hash,
+                entry,
+                refresh_only: false,
+            })
+            .collect();
         write(
             to,
             Change {
-                retire: batch
-                    .into_iter()
-                    .map(|(hash, entry)| Retire {
-                        hash,
-                        entry,
-                        refresh_only: false,
-                    })
-                    .collect(),
+                retire,
                 ..Change::default()
             },
-        )?;
-    }
+        )
+    })
 }
 
 /// Before writing into a non-empty target: no key, job or retired secret of the
 /// source may be there already (writing it would replace the target's, and the
 /// counts could not tell).
 fn find_collisions(from: &dyn Storage, to: &dyn Storage) -> Result<(), MigrateError> {
-    let mut after = None;
-    loop {
-        let batch = from
-            .export_keys(after, BATCH)
-            .map_err(MigrateError::Source)?;
-        let Some(last) = batch.last() else {
-            break;
-        };
-        after = Some(last.id);
+    key_pages(from, |batch| {
         let ids: Vec<Uuid> = batch.iter().map(|r| r.id).collect();
-        if let Some(there) = to.keys(&ids).map_err(MigrateError::Target)?.first() {
-            return Err(MigrateError::Collision(format!("key {}", there.id)));
+        match to.keys(&ids).map_err(MigrateError::Target)?.first() {
+            Some(there) => Err(MigrateError::Collision(format!("key {}", there.id))),
+            None => Ok(()),
         }
-    }
-    for_each_job_page(from, |jobs| {
+    })?;
+    job_pages(from, |jobs| {
         for job in jobs {
             if to.job(job.id).map_err(MigrateError::Target)?.is_some() {
                 return Err(MigrateError::Collision(format!("alert job {}", job.id)));
@@ -412,15 +403,7 @@ fn find_collisions(from: &dyn Storage, to: &dyn Storage) -> Result<(), MigrateEr
         }
         Ok(())
     })?;
-    let mut after = None;
-    loop {
-        let batch = from
-            .export_retired(after, BATCH)
-            .map_err(MigrateError::Source)?;
-        let Some(last) = batch.last() else {
-            return Ok(());
-        };
-        after = Some(last.0);
+    retired_pages(from, |batch| {
         for (hash, entry) in &batch {
             if to.retired(hash).map_err(MigrateError::Target)?.is_some() {
                 // The hash itself stays unsaid; the key that held it is enough.
@@ -430,7 +413,9 @@ fn find_collisions(from: &dyn Storage, to: &dyn Storage) -> Result<(), MigrateEr
                 )));
             }
         }
-    }
+        Ok(())
+    })?;
+    Ok(())
 }
 
 /// Everything the source held was read (it did not change meanwhile), and the

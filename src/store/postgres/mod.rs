@@ -664,15 +664,15 @@ impl Storage for PostgresStore {
     // ---- export (migration): in `export.rs`.
 
     fn export_counts(&self) -> Result<RecordCounts, StoreError> {
-        export::counts(self)
+        self.count_records()
     }
 
     fn export_keys(&self, after: Option<Uuid>, limit: usize) -> Result<Vec<KeyRecord>, StoreError> {
-        export::keys(self, after, limit)
+        self.keys_after(after, limit)
     }
 
     fn export_audit(&self, after: u64, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
-        export::audit(self, after, limit)
+        self.audit_after(after, limit)
     }
 
     fn export_retired(
@@ -680,7 +680,7 @@ impl Storage for PostgresStore {
         after: Option<KeyHash>,
         limit: usize,
     ) -> Result<Vec<(KeyHash, RetiredSecret)>, StoreError> {
-        export::retired(self, after, limit)
+        self.retired_after(after, limit)
     }
 
     fn export_messages(
@@ -688,7 +688,7 @@ impl Storage for PostgresStore {
         after: u64,
         limit: usize,
     ) -> Result<Vec<OperatorMessage>, StoreError> {
-        export::messages(self, after, limit)
+        self.messages_after(after, limit)
     }
 }
 

@@ -442,15 +442,15 @@ impl Storage for RedbStore {
     // ---- export (migration): in `export.rs`.
 
     fn export_counts(&self) -> Result<RecordCounts, StoreError> {
-        export::counts(&self.db)
+        self.count_records()
     }
 
     fn export_keys(&self, after: Option<Uuid>, limit: usize) -> Result<Vec<KeyRecord>, StoreError> {
-        export::keys(&self.db, after, limit)
+        self.keys_after(after, limit)
     }
 
     fn export_audit(&self, after: u64, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
-        export::audit(&self.db, after, limit)
+        self.audit_after(after, limit)
     }
 
     fn export_retired(
@@ -458,7 +458,7 @@ impl Storage for RedbStore {
         after: Option<KeyHash>,
         limit: usize,
     ) -> Result<Vec<(KeyHash, RetiredSecret)>, StoreError> {
-        export::retired(&self.db, after, limit)
+        self.retired_after(after, limit)
     }
 
     fn export_messages(
@@ -466,7 +466,7 @@ impl Storage for RedbStore {
         after: u64,
         limit: usize,
     ) -> Result<Vec<OperatorMessage>, StoreError> {
-        export::messages(&self.db, after, limit)
+        self.messages_after(after, limit)
     }
 }
 

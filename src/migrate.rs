@@ -130,6 +130,9 @@ pub enum MigrateError {
     /// Reading the source failed.
     #[error("reading the source failed: {0}")]
     Source(#[source] StoreError),
+    /// Reading the target failed.
+    #[error("reading the target failed: {0}")]
+    TargetRead(#[source] StoreError),
     /// Writing the target failed part way.
     #[error("writing the target failed: {0}. The batches written before stay there: empty the target before trying again")]
     Target(#[source] StoreError),
@@ -192,7 +195,7 @@ pub fn migrate(
     options: &Options,
 ) -> Result<Report, MigrateError> {
     let source_counts = from.export_counts().map_err(MigrateError::Source)?;
-    let before = to.export_counts().map_err(MigrateError::Target)?;
+    let before = to.export_counts().map_err(MigrateError::TargetRead)?;
     if !before.is_empty() {
         if !options.into_non_empty {
             return Err(MigrateError::NotEmpty(before));
@@ -292,7 +295,7 @@ fn copy_keys(from: &dyn Storage, to: &dyn Storage) -> Result<u64, MigrateError> 
         )?;
         // In the order asked for, missing ones skipped: the first record that
         // differs is the first one lost or changed.
-        let mut back = to.keys(&ids).map_err(MigrateError::Target)?.into_iter();
+        let mut back = to.keys(&ids).map_err(MigrateError::TargetRead)?.into_iter();
         match batch.iter().find(|rec| back.next().as_ref() != Some(*rec)) {
             Some(rec) => Err(MigrateError::KeyMismatch(rec.id)),
             None => Ok(()),
@@ -390,14 +393,14 @@ fn copy_retired(from: &dyn Storage, to: &dyn Storage) -> Result<u64, MigrateErro
 fn find_collisions(from: &dyn Storage, to: &dyn Storage) -> Result<(), MigrateError> {
     key_pages(from, |batch| {
         let ids: Vec<Uuid> = batch.iter().map(|r| r.id).collect();
-        match to.keys(&ids).map_err(MigrateError::Target)?.first() {
+        match to.keys(&ids).map_err(MigrateError::TargetRead)?.first() {
             Some(there) => Err(MigrateError::Collision(format!("key {}", there.id))),
             None => Ok(()),
         }
     })?;
     job_pages(from, |jobs| {
         for job in jobs {
-            if to.job(job.id).map_err(MigrateError::Target)?.is_some() {
+            if to.job(job.id).map_err(MigrateError::TargetRead)?.is_some() {
                 return Err(MigrateError::Collision(format!("alert job {}", job.id)));
             }
         }
@@ -405,7 +408,11 @@ fn find_collisions(from: &dyn Storage, to: &dyn Storage) -> Result<(), MigrateEr
     })?;
     retired_pages(from, |batch| {
         for (hash, entry) in &batch {
-            if to.retired(hash).map_err(MigrateError::Target)?.is_some() {
+            if to
+                .retired(hash)
+                .map_err(MigrateError::TargetRead)?
+                .is_some()
+            {
                 // The hash itself stays unsaid; the key that held it is enough.
                 return Err(MigrateError::Collision(format!(
                     "a retired secret (last held by key {})",
@@ -433,7 +440,7 @@ fn check_counts(
             "the source held {source} at the start and {source_now} at the end, and {moved} were copied; was an apikeyd using it?"
         )));
     }
-    let after = to.export_counts().map_err(MigrateError::Target)?;
+    let after = to.export_counts().map_err(MigrateError::TargetRead)?;
     let expected = RecordCounts {
         keys: before.keys + moved.keys,
         audit: before.audit + moved.audit,

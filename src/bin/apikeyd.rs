@@ -227,6 +227,10 @@ fn migrate(
     let creds = env.credentials_directory.as_deref();
     let source = migrate::open(&from, Side::Source, creds, password_file)?;
     let target = migrate::open(&to, Side::Target, creds, password_file)?;
+    // A large store takes minutes: say what is coming.
+    if let Ok(counts) = source.export_counts() {
+        eprintln!("copying {counts} from {from} to {to}");
+    }
     let report = migrate::migrate(&*source, &*target, &Options { into_non_empty })?;
     let m = &report.moved;
     println!(

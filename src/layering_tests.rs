@@ -281,7 +281,8 @@ fn layer(top: &str) -> Option<usize> {
         "clock" | "config" => 0,
         "model" => 1,
         "store" => 2,
-        "keys" => 3,
+        // Above the stores it copies between, beside the key service.
+        "keys" | "migrate" => 3,
         "alerts" => 4,
         "channels" | "api" => 5,
         "client" => 5,

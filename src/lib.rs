@@ -10,6 +10,7 @@
 //! - [`client`]: the admin API client used by `apikeyctl`.
 //! - [`clock`]: the injected clock.
 //! - [`alerts`]: alert jobs (one per key), the dispatcher, cron maintenance jobs.
+//! - [`migrate`]: copying every record from one store to another (`apikeyd migrate`).
 //! - [`channels`]: delivery: email (lettre), operator messages, exec plugins.
 
 pub mod alerts;
@@ -22,6 +23,7 @@ pub mod daemon;
 pub mod keys;
 #[cfg(test)]
 mod layering_tests;
+pub mod migrate;
 pub mod model;
 pub mod store;
 #[cfg(test)]

@@ -32,6 +32,37 @@ enum Command {
     CheckConfig,
     /// Run in the foreground (the default).
     Run,
+    /// Copy every record (keys with their usage, the audit trail, alert jobs,
+    /// operator messages, retired secrets) from one store into another, then check
+    /// the counts on both.
+    ///
+    /// Stop every apikeyd that uses either database first: a redb file is locked
+    /// while a daemon holds it, but PostgreSQL has no such lock. The keys are copied
+    /// as keyed hashes, so the daemon on the target must run with the source's
+    /// server secret. A target that already holds records is refused unless
+    /// --into-non-empty.
+    #[command(
+        after_help = "Examples:\n  apikeyd migrate --from redb:/var/lib/apikeyd/apikeyd.redb --to 'postgres:host=db.example dbname=apikeyd user=apikeyd' --password-file /etc/apikeyd/pg.password\n  apikeyd migrate --from 'postgres:host=db.example dbname=apikeyd user=apikeyd' --to redb:/var/lib/apikeyd/new.redb"
+    )]
+    Migrate {
+        /// The store to read: redb:PATH (an existing file) or postgres:URL (a
+        /// libpq connection string or URL without the password).
+        // Parsed after clap, whose errors repeat the value given (which might
+        // hold a password).
+        #[arg(long, value_name = "STORE")]
+        from: String,
+        /// The store to write: redb:PATH (created when missing) or postgres:URL.
+        #[arg(long, value_name = "STORE")]
+        to: String,
+        /// File holding the PostgreSQL password (the systemd credential
+        /// postgres-password wins over it). Never put it in the URL.
+        #[arg(long, value_name = "FILE")]
+        password_file: Option<PathBuf>,
+        /// Add to a target that already holds records (none with the same ids;
+        /// moved operator messages get new ids).
+        #[arg(long)]
+        into_non_empty: bool,
+    },
     /// Write COUNT keys for USER straight into the database (daemon stopped) and
     /// print one of their secrets. For benchmarks and load tests only: the records
     /// bypass the key rules, so the subcommand exists only in builds with the
@@ -65,6 +96,18 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("apikeyd: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Some(Command::Migrate {
+            from,
+            to,
+            password_file,
+            into_non_empty,
+        }) => match migrate(&from, &to, &env, password_file.as_deref(), into_non_empty) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("apikeyd migrate: {e}");
                 ExitCode::FAILURE
             }
         },
@@ -163,6 +206,52 @@ fn seed(
     if print_key {
         println!("{}", sample.expose());
     }
+    Ok(())
+}
+
+fn migrate(
+    from: &str,
+    to: &str,
+    env: &Environment,
+    password_file: Option<&std::path::Path>,
+    into_non_empty: bool,
+) -> anyhow::Result<()> {
+    use apikeyd::migrate::{self, Endpoint, Options, Side};
+    // Every error below carries its cause in its message: shown without a chain.
+    let from: Endpoint = from.parse().map_err(|e| anyhow::anyhow!("--from {e}"))?;
+    let to: Endpoint = to.parse().map_err(|e| anyhow::anyhow!("--to {e}"))?;
+    if from == to {
+        anyhow::bail!("the source and the target are the same store");
+    }
+    let started = std::time::Instant::now();
+    let creds = env.credentials_directory.as_deref();
+    let source = migrate::open(&from, Side::Source, creds, password_file)?;
+    let target = migrate::open(&to, Side::Target, creds, password_file)?;
+    // A large store takes minutes: say what is coming.
+    if let Ok(counts) = source.export_counts() {
+        eprintln!("copying {counts} from {from} to {to}");
+    }
+    let report = migrate::migrate(&*source, &*target, &Options { into_non_empty })?;
+    let m = &report.moved;
+    println!(
+        "migrated {from} to {to} in {:.1} s, counts checked on both:",
+        started.elapsed().as_secs_f64()
+    );
+    for (n, what) in [
+        (m.keys, "keys (with their usage)"),
+        (m.audit, "audit entries"),
+        (m.jobs, "alert jobs"),
+        (m.messages, "operator messages"),
+        (m.retired, "retired secrets"),
+    ] {
+        println!("{n:>10} {what}");
+    }
+    if report.renumbered_messages {
+        println!("The target had operator messages already: the moved ones got new ids.");
+    }
+    println!(
+        "Start apikeyd on the target with the same server secret as the source's: keys were moved as keyed hashes."
+    );
     Ok(())
 }
 

@@ -77,6 +77,30 @@ impl PostgresConfig {
     }
 }
 
+/// Why a PostgreSQL connection string cannot be used. Never repeats the string: it
+/// may hold a password.
+#[derive(Debug, thiserror::Error)]
+pub enum UrlError {
+    /// It does not parse.
+    #[error("not a PostgreSQL connection string: {0}")]
+    Unparsable(#[source] tokio_postgres::Error),
+    /// It holds a password, which belongs in a file or a systemd credential.
+    #[error("must not hold the password")]
+    HoldsPassword,
+}
+
+/// Check a connection string for the PostgreSQL store (the config's `[store] url`,
+/// `apikeyd migrate`'s `postgres:URL`): it parses and holds no password (a secret in
+/// a config file or on a command line is readable by whoever may read them, and
+/// shown by tools that print them).
+pub fn check_postgres_url(url: &str) -> Result<(), UrlError> {
+    match url.parse::<tokio_postgres::Config>() {
+        Err(e) => Err(UrlError::Unparsable(e)),
+        Ok(c) if c.get_password().is_some() => Err(UrlError::HoldsPassword),
+        Ok(_) => Ok(()),
+    }
+}
+
 /// `[store]` as written.
 #[derive(Debug, Default, Deserialize)]
 pub(crate) struct RawStore {
@@ -141,13 +165,13 @@ impl Validator {
                     );
                     return StoreConfig::Redb;
                 };
-                match url.parse::<tokio_postgres::Config>() {
-                    Err(e) => self.push("store.url", format!("not a PostgreSQL connection string: {e}")),
-                    Ok(c) if c.get_password().is_some() => self.push(
+                match check_postgres_url(&url) {
+                    Err(e @ UrlError::Unparsable(_)) => self.push("store.url", e.to_string()),
+                    Err(UrlError::HoldsPassword) => self.push(
                         "store.url",
                         format!("must not hold the password: put it in store.password_file or the systemd credential {POSTGRES_PASSWORD_CREDENTIAL:?}"),
                     ),
-                    Ok(_) => {}
+                    Ok(()) => {}
                 }
                 let d = PostgresConfig::new(url);
                 let pool = self.int("store.pool_size", raw.pool_size, 8, 1..=256, None);

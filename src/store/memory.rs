@@ -4,12 +4,14 @@
 //! (`store/conformance_tests.rs`) run both against the same scenarios.
 
 use std::collections::{BTreeMap, HashMap};
+use std::ops::Bound;
 
 use chrono::{DateTime, Utc};
 use parking_lot::Mutex;
 use uuid::Uuid;
 
 use super::error::StoreError;
+use super::export::RecordCounts;
 use super::page::{Page, Pager};
 use super::storage::{AuditFilter, Change, JobFilter, Storage, UsageUpdate};
 use crate::model::{
@@ -283,5 +285,70 @@ impl Storage for MemoryStore {
 
     fn message(&self, id: u64) -> Result<Option<OperatorMessage>, StoreError> {
         Ok(self.data.lock().messages.get(&id).cloned())
+    }
+
+    fn export_counts(&self) -> Result<RecordCounts, StoreError> {
+        let data = self.data.lock();
+        let n = |len: usize| u64::try_from(len).unwrap_or(u64::MAX);
+        Ok(RecordCounts {
+            keys: n(data.keys.len()),
+            audit: n(data.audit.len()),
+            jobs: n(data.jobs.len()),
+            messages: n(data.messages.len()),
+            retired: n(data.retired.len()),
+        })
+    }
+
+    fn export_keys(&self, after: Option<Uuid>, limit: usize) -> Result<Vec<KeyRecord>, StoreError> {
+        let data = self.data.lock();
+        let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+        Ok(data
+            .keys
+            .range((from, Bound::Unbounded))
+            .take(limit)
+            .map(|(_, r)| r.clone())
+            .collect())
+    }
+
+    fn export_audit(&self, after: u64, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
+        let data = self.data.lock();
+        Ok(data
+            .audit
+            .range((Bound::Excluded(after), Bound::Unbounded))
+            .take(limit)
+            .map(|(_, (e, _))| e.clone())
+            .collect())
+    }
+
+    /// Sorted here: the map has no order.
+    fn export_retired(
+        &self,
+        after: Option<KeyHash>,
+        limit: usize,
+    ) -> Result<Vec<(KeyHash, RetiredSecret)>, StoreError> {
+        let data = self.data.lock();
+        let mut out: Vec<(KeyHash, RetiredSecret)> = data
+            .retired
+            .iter()
+            .filter(|(h, _)| after.is_none_or(|a| **h > a))
+            .map(|(h, r)| (*h, r.clone()))
+            .collect();
+        out.sort_unstable_by_key(|a| a.0);
+        out.truncate(limit);
+        Ok(out)
+    }
+
+    fn export_messages(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<OperatorMessage>, StoreError> {
+        let data = self.data.lock();
+        Ok(data
+            .messages
+            .range((Bound::Excluded(after), Bound::Unbounded))
+            .take(limit)
+            .map(|(_, m)| m.clone())
+            .collect())
     }
 }

@@ -29,6 +29,7 @@
 //! store in a way that assumes more than this list.
 
 mod error;
+mod export;
 pub mod memory;
 mod page;
 pub mod postgres;
@@ -36,6 +37,7 @@ mod redb;
 mod storage;
 
 pub use error::{BoxError, StoreError};
+pub use export::RecordCounts;
 pub use memory::MemoryStore;
 pub use page::{Page, MAX_PAGE};
 pub use postgres::PostgresStore;

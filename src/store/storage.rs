@@ -8,6 +8,7 @@ use tokio::sync::Notify;
 use uuid::Uuid;
 
 use super::error::StoreError;
+use super::export::RecordCounts;
 use super::page::Page;
 use crate::model::{
     AlertJob, AuditEntry, JobState, KeyHash, KeyRecord, KeyRow, OperatorMessage, RetiredSecret,
@@ -246,4 +247,30 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     fn available(&self) -> bool {
         true
     }
+
+    // ---- export (migration)
+    // Every record of a kind, a page at a time in a stable order, so that
+    // `crate::migrate` copies a whole store through this trait. Alert jobs are
+    // read with [`Storage::jobs`].
+
+    /// How many records of each kind are stored.
+    fn export_counts(&self) -> Result<RecordCounts, StoreError>;
+
+    /// Up to `limit` key records with ids above `after` (all without it), in id order.
+    fn export_keys(&self, after: Option<Uuid>, limit: usize) -> Result<Vec<KeyRecord>, StoreError>;
+
+    /// Up to `limit` audit entries with a `seq` above `after`, oldest first.
+    fn export_audit(&self, after: u64, limit: usize) -> Result<Vec<AuditEntry>, StoreError>;
+
+    /// Up to `limit` retired secrets with keyed hashes above `after` (all without
+    /// it), in hash order.
+    fn export_retired(
+        &self,
+        after: Option<KeyHash>,
+        limit: usize,
+    ) -> Result<Vec<(KeyHash, RetiredSecret)>, StoreError>;
+
+    /// Up to `limit` operator messages with ids above `after`, oldest first.
+    fn export_messages(&self, after: u64, limit: usize)
+        -> Result<Vec<OperatorMessage>, StoreError>;
 }

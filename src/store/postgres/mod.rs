@@ -22,6 +22,7 @@
 //! small runtime of the store's own: [`Storage`] is blocking, and its methods run on
 //! blocking threads, where `block_on` is allowed.
 
+mod export;
 mod schema;
 mod session;
 
@@ -40,6 +41,7 @@ use crate::model::{
     AlertJob, AuditEntry, JobState, KeyHash, KeyRecord, KeyRow, OperatorMessage, RetiredSecret,
 };
 use crate::store::error::StoreError;
+use crate::store::export::RecordCounts;
 use crate::store::page::{Page, Pager, MAX_PAGE};
 use crate::store::storage::{AuditFilter, Change, JobFilter, KeyChanges, Storage, UsageUpdate};
 use session::Session;
@@ -1029,6 +1031,36 @@ impl Storage for PostgresStore {
 
     fn available(&self) -> bool {
         self.up.load(Ordering::Acquire)
+    }
+
+    // ---- export (migration): in `export.rs`.
+
+    fn export_counts(&self) -> Result<RecordCounts, StoreError> {
+        self.count_records()
+    }
+
+    fn export_keys(&self, after: Option<Uuid>, limit: usize) -> Result<Vec<KeyRecord>, StoreError> {
+        self.keys_after(after, limit)
+    }
+
+    fn export_audit(&self, after: u64, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
+        self.audit_after(after, limit)
+    }
+
+    fn export_retired(
+        &self,
+        after: Option<KeyHash>,
+        limit: usize,
+    ) -> Result<Vec<(KeyHash, RetiredSecret)>, StoreError> {
+        self.retired_after(after, limit)
+    }
+
+    fn export_messages(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<OperatorMessage>, StoreError> {
+        self.messages_after(after, limit)
     }
 }
 

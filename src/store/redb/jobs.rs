@@ -22,10 +22,10 @@ use crate::store::error::StoreError;
 use crate::store::page::{Page, Pager};
 use crate::store::storage::{Change, JobFilter};
 
-const JOBS: TableDefinition<u128, &[u8]> = TableDefinition::new("alert_jobs");
+pub(super) const JOBS: TableDefinition<u128, &[u8]> = TableDefinition::new("alert_jobs");
 pub(super) const DUE: TableDefinition<(i64, u128), ()> = TableDefinition::new("alert_due");
 pub(super) const RUNNING: TableDefinition<u128, ()> = TableDefinition::new("alert_running");
-const MESSAGES: TableDefinition<u64, &[u8]> = TableDefinition::new("operator_messages");
+pub(super) const MESSAGES: TableDefinition<u64, &[u8]> = TableDefinition::new("operator_messages");
 /// Number of jobs per state ([`JobState::index`]), kept by [`apply`] in the same
 /// transaction as the jobs, so opening the store reads five rows, not every job.
 const STATE_COUNTS: TableDefinition<u8, i64> = TableDefinition::new("alert_job_state_counts");

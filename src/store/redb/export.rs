@@ -1,0 +1,97 @@
+//! The export methods of [`Storage`](crate::store::Storage) on redb: every record of
+//! a kind, a page at a time in key order, each page in its own read transaction.
+//! The trait's methods (in `mod.rs`) call these.
+
+use std::ops::Bound;
+
+use redb::{Database, ReadableDatabase, ReadableTableMetadata, TableDefinition};
+use uuid::Uuid;
+
+use super::jobs::{JOBS, MESSAGES};
+use super::tables::{decode, KEYS};
+use super::{RedbStore, AUDIT, RETIRED};
+use crate::model::{AuditEntry, KeyHash, KeyRecord, OperatorMessage, RetiredSecret};
+use crate::store::error::StoreError;
+use crate::store::export::RecordCounts;
+
+/// Up to `limit` records of `table` with keys above `after`, decoded.
+fn page<K, T>(
+    db: &Database,
+    table: TableDefinition<K, &[u8]>,
+    after: Option<K::SelfType<'_>>,
+    limit: usize,
+    each: impl Fn(K::SelfType<'_>, &[u8]) -> Result<T, StoreError>,
+) -> Result<Vec<T>, StoreError>
+where
+    K: redb::Key + 'static,
+{
+    let txn = db.begin_read()?;
+    let table = txn.open_table(table)?;
+    let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+    let mut out = Vec::with_capacity(limit.min(4096));
+    for row in table.range::<K::SelfType<'_>>((from, Bound::Unbounded))? {
+        if out.len() >= limit {
+            break;
+        }
+        let (k, v) = row?;
+        out.push(each(k.value(), v.value())?);
+    }
+    Ok(out)
+}
+
+impl RedbStore {
+    pub(super) fn count_records(&self) -> Result<RecordCounts, StoreError> {
+        let txn = self.db.begin_read()?;
+        Ok(RecordCounts {
+            keys: txn.open_table(KEYS)?.len()?,
+            audit: txn.open_table(AUDIT)?.len()?,
+            jobs: txn.open_table(JOBS)?.len()?,
+            messages: txn.open_table(MESSAGES)?.len()?,
+            retired: txn.open_table(RETIRED)?.len()?,
+        })
+    }
+
+    pub(super) fn keys_after(
+        &self,
+        after: Option<Uuid>,
+        limit: usize,
+    ) -> Result<Vec<KeyRecord>, StoreError> {
+        let after = after.map(|a| a.as_u128());
+        page(&self.db, KEYS, after, limit, |_, v| decode("keys", v))
+    }
+
+    pub(super) fn audit_after(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        page(&self.db, AUDIT, Some(after), limit, |_, v| {
+            decode("audit", v)
+        })
+    }
+
+    pub(super) fn retired_after(
+        &self,
+        after: Option<KeyHash>,
+        limit: usize,
+    ) -> Result<Vec<(KeyHash, RetiredSecret)>, StoreError> {
+        let after = after.as_ref().map(|h| h.as_slice());
+        page(&self.db, RETIRED, after, limit, |k, v| {
+            let hash: KeyHash = k.try_into().map_err(|e| StoreError::Corrupt {
+                table: "retired_secrets",
+                source: Box::new(e),
+            })?;
+            Ok((hash, decode("retired_secrets", v)?))
+        })
+    }
+
+    pub(super) fn messages_after(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<OperatorMessage>, StoreError> {
+        page(&self.db, MESSAGES, Some(after), limit, |_, v| {
+            decode("operator_messages", v)
+        })
+    }
+}

@@ -20,6 +20,7 @@ pub(crate) const STORE_KEYS: &[&str] = &[
     "job_lease",
     "poll_interval",
     "change_log_retention",
+    "ca_file",
 ];
 
 /// The systemd credential that holds the PostgreSQL password (wins over
@@ -59,6 +60,9 @@ pub struct PostgresConfig {
     /// How long other nodes' changes stay in the change log; a node further
     /// behind reloads every key.
     pub change_log_retention: Duration,
+    /// PEM file of CA certificates trusted for the server's certificate, besides
+    /// the usual public roots (TLS itself is asked for with `sslmode` in `url`).
+    pub ca_file: Option<PathBuf>,
 }
 
 impl PostgresConfig {
@@ -73,6 +77,7 @@ impl PostgresConfig {
             job_lease: Duration::from_secs(60),
             poll_interval: Duration::from_secs(1),
             change_log_retention: Duration::from_secs(3600),
+            ca_file: None,
         }
     }
 }
@@ -122,11 +127,13 @@ pub(crate) struct RawStore {
     poll_interval: Option<String>,
     #[serde(default)]
     change_log_retention: Option<String>,
+    #[serde(default)]
+    ca_file: Option<PathBuf>,
 }
 
 impl RawStore {
     /// The settings only PostgreSQL reads, by name, and whether each is set.
-    fn postgres_only(&self) -> [(&'static str, bool); 8] {
+    fn postgres_only(&self) -> [(&'static str, bool); 9] {
         [
             ("url", self.url.is_some()),
             ("password_file", self.password_file.is_some()),
@@ -136,6 +143,7 @@ impl RawStore {
             ("job_lease", self.job_lease.is_some()),
             ("poll_interval", self.poll_interval.is_some()),
             ("change_log_retention", self.change_log_retention.is_some()),
+            ("ca_file", self.ca_file.is_some()),
         ]
     }
 }
@@ -199,6 +207,7 @@ impl Validator {
                     ),
                     job_lease,
                     poll_interval,
+                    ca_file: raw.ca_file,
                     change_log_retention: self.duration(
                         "store.change_log_retention",
                         raw.change_log_retention.as_deref(),

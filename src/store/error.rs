@@ -15,6 +15,14 @@ pub enum StoreError {
         #[source]
         source: BoxError,
     },
+    /// PostgreSQL could not be reached or refused this node at start.
+    #[error("cannot connect to PostgreSQL ({url}): {why}")]
+    Connect {
+        /// The connection string (it never holds the password).
+        url: String,
+        /// Why, with every cause.
+        why: String,
+    },
     /// A transaction could not be started.
     #[error("cannot start a database transaction: {0}")]
     Transaction(#[source] BoxError),

@@ -25,6 +25,7 @@
 mod export;
 mod schema;
 mod session;
+mod tls;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -33,7 +34,7 @@ use chrono::{DateTime, Utc};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use parking_lot::Mutex;
 use tokio::sync::Notify;
-use tokio_postgres::{Client, IsolationLevel, NoTls, Transaction};
+use tokio_postgres::{Client, IsolationLevel, Transaction};
 use uuid::Uuid;
 
 use crate::config::PostgresConfig;
@@ -107,6 +108,24 @@ fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
     match e {
         deadpool_postgres::PoolError::Backend(e) => pg(e),
         other => StoreError::Unavailable(Box::new(other)),
+    }
+}
+
+/// `e` and its causes, as [`StoreError::Connect`]: a refused TLS handshake says
+/// nothing useful without its cause (an unknown issuer, a name mismatch).
+fn connect_err(url: &str, e: &(dyn std::error::Error + 'static)) -> StoreError {
+    let mut why = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !why.contains(&text) {
+            why = format!("{why}: {text}");
+        }
+        cause = c.source();
+    }
+    StoreError::Connect {
+        url: url.to_owned(),
+        why,
     }
 }
 
@@ -199,9 +218,10 @@ impl PostgresStore {
                 "-c statement_timeout={}",
                 config.statement_timeout.as_millis()
             ));
+        let tls = tls::connector(config.ca_file.as_deref()).map_err(|e| open_err(e.into()))?;
         let manager = Manager::from_config(
             pg_config.clone(),
-            NoTls,
+            tls.clone(),
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -218,7 +238,10 @@ impl PostgresStore {
         };
         let (job_states, cursor) = rt
             .block_on(async {
-                let mut client = pool.get().await.map_err(pool_error)?;
+                let mut client = pool.get().await.map_err(|e| match e {
+                    deadpool_postgres::PoolError::Backend(e) => connect_err(url, &e),
+                    other => connect_err(url, &other),
+                })?;
                 schema::migrate(&mut client).await?;
                 let head: i64 = client
                     .query_one("SELECT COALESCE(MAX(seq), 0) FROM key_changes", &[])
@@ -227,9 +250,12 @@ impl PostgresStore {
                     .get(0);
                 Ok::<_, StoreError>((count_job_states(&client).await?, head))
             })
-            .map_err(|e| open_err(Box::new(e)))?;
+            .map_err(|e| match e {
+                StoreError::Connect { .. } | StoreError::Open { .. } => e,
+                other => open_err(Box::new(other)),
+            })?;
         let session = Arc::new(Session::default());
-        rt.spawn(session::run(pg_config, session.clone()));
+        rt.spawn(session::run(pg_config, tls, session.clone()));
         Ok(Self {
             rt: Some(rt),
             pool,

@@ -10,7 +10,8 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
-use tokio_postgres::{AsyncMessage, Client, NoTls};
+use tokio_postgres::{AsyncMessage, Client};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::schema::{CHANNEL, MAINTENANCE_LOCK};
 
@@ -49,11 +50,15 @@ impl Session {
 }
 
 /// Keep the session connected until the runtime stops.
-pub(super) async fn run(config: tokio_postgres::Config, session: Arc<Session>) {
+pub(super) async fn run(
+    config: tokio_postgres::Config,
+    tls: MakeRustlsConnect,
+    session: Arc<Session>,
+) {
     let mut generation = 0u64;
     let mut failures = 0u32;
     loop {
-        match config.connect(NoTls).await {
+        match config.connect(tls.clone()).await {
             Ok((client, mut connection)) => {
                 generation += 1;
                 failures = 0;
@@ -73,16 +78,25 @@ pub(super) async fn run(config: tokio_postgres::Config, session: Arc<Session>) {
                     }
                 });
                 match client.batch_execute(&format!("LISTEN {CHANNEL}")).await {
-                    Ok(()) => {
-                        *session.client.lock() = Some((generation, Arc::new(client)));
-                        session.changed.notify_one();
-                        let _ = driver.await;
+                    Ok(()) => {}
+                    // A server without notifications (some PostgreSQL-compatible
+                    // databases): the session still holds the maintenance lock, and
+                    // the node learns of changes by polling.
+                    Err(e) if e.as_db_error().is_some() => {
+                        if generation == 1 {
+                            tracing::warn!(error = %e, "the database has no LISTEN: other nodes' changes are seen by polling only ([store] poll_interval)");
+                        }
                     }
                     Err(e) => {
-                        tracing::warn!(error = %e, "cannot LISTEN on PostgreSQL; reconnecting");
+                        tracing::warn!(error = %e, "PostgreSQL session lost while starting; reconnecting");
                         driver.abort();
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
                     }
                 }
+                *session.client.lock() = Some((generation, Arc::new(client)));
+                session.changed.notify_one();
+                let _ = driver.await;
                 *session.client.lock() = None;
                 if session.leading.swap(0, Ordering::AcqRel) != 0 {
                     tracing::warn!("lost the maintenance lock with the PostgreSQL session");

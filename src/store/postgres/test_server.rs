@@ -88,6 +88,38 @@ fn account() -> Option<(&'static str, &'static str)> {
     }
 }
 
+/// A test CA and a server certificate for `names` in the data directory (made by
+/// the server's account, so that the key is its own and private, as PostgreSQL
+/// demands), and `ssl = on`.
+fn make_certificates(data: &Path, names: &[&str], user: Option<(&str, &str)>) {
+    let sans: Vec<String> = names.iter().map(|n| format!("DNS:{n}")).collect();
+    let script = format!(
+        "set -e; cd '{dir}'
+         openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+             -keyout test-ca.key -out test-ca.crt -days 2 -subj /CN=apikeyd-test-ca \
+             -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign
+         openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+             -keyout server.key -out server.csr -subj /CN={cn}
+         printf 'subjectAltName={sans}\nextendedKeyUsage=serverAuth\n' > server.ext
+         openssl x509 -req -in server.csr -CA test-ca.crt -CAkey test-ca.key \
+             -CAcreateserial -out server.crt -days 2 -extfile server.ext
+         chmod 600 server.key
+         echo 'ssl = on' >> postgresql.conf",
+        dir = data.display(),
+        cn = names.first().copied().unwrap_or("localhost"),
+        sans = sans.join(","),
+    );
+    let out = command(Path::new("/bin/sh"), user)
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "making test certificates failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn run_server(bin: &Path, data: &Path, port: u16, user: Option<(&str, &str)>) -> Child {
     command(&bin.join("postgres"), user)
         .arg("-D")
@@ -130,6 +162,19 @@ impl TestServer {
     /// Start a server, or `None` when PostgreSQL is not installed and skipping is
     /// allowed (never under `CI`).
     pub(crate) fn start() -> Option<Self> {
+        Self::start_with(None)
+    }
+
+    /// A server speaking TLS (`ssl = on`) with a certificate for `names` (DNS names)
+    /// signed by a test CA made for it, and that CA's certificate file.
+    #[allow(dead_code, reason = "the TLS tests use it")]
+    pub(crate) fn start_tls(names: &[&str]) -> Option<(Self, PathBuf)> {
+        let server = Self::start_with(Some(names))?;
+        let ca = server.data.join("test-ca.crt");
+        Some((server, ca))
+    }
+
+    fn start_with(tls_names: Option<&[&str]>) -> Option<Self> {
         let Some(bin) = bin_dir() else {
             let why = "needs PostgreSQL (Debian package `postgresql`: /usr/lib/postgresql/*/bin)";
             if std::env::var_os("CI").is_none() && std::env::var_os("APIKEYD_ALLOW_SKIP").is_some()
@@ -157,6 +202,9 @@ impl TestServer {
             "initdb failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        if let Some(names) = tls_names {
+            make_certificates(&data, names, user);
+        }
         let port = free_port();
         let child = run_server(&bin, &data, port, user);
         let server = Self {

@@ -100,3 +100,68 @@ fn every_key_is_loaded_once_across_chunks() {
     want.sort();
     assert_eq!(seen, want);
 }
+
+/// TLS: with `sslmode=require` the store talks to a server whose certificate
+/// `ca_file`'s CA signed for the host name in the URL; without that CA, or under
+/// another host name, it refuses to connect, saying why.
+#[test]
+fn tls_is_verified_against_the_ca_file_and_the_host_name() {
+    use crate::config::PostgresConfig;
+    let Some((server, ca)) = TestServer::start_tls(&["localhost"]) else {
+        return;
+    };
+    server.database("tls");
+    let url = |host: &str| {
+        server
+            .url("tls")
+            .replace("host=127.0.0.1", &format!("host={host} sslmode=require"))
+    };
+    let with_ca = PostgresConfig {
+        ca_file: Some(ca.clone()),
+        ..PostgresConfig::new(url("localhost"))
+    };
+    let store = PostgresStore::connect(&with_ca, None).unwrap();
+    // The pool really speaks TLS.
+    let ssl: bool = store
+        .run(async |c| {
+            Ok(c.query_one(
+                "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                &[],
+            )
+            .await
+            .map_err(super::pg)?
+            .get(0))
+        })
+        .unwrap();
+    assert!(ssl, "the connection is not encrypted");
+    drop(store);
+
+    let err = PostgresStore::connect(&PostgresConfig::new(url("localhost")), None).unwrap_err();
+    let text = err.to_string();
+    assert!(text.starts_with("cannot connect to PostgreSQL"), "{text}");
+    assert!(
+        text.contains("invalid peer certificate: UnknownIssuer"),
+        "{text}"
+    );
+
+    let wrong_name = PostgresConfig {
+        ca_file: Some(ca),
+        ..PostgresConfig::new(url("127.0.0.1"))
+    };
+    let err = PostgresStore::connect(&wrong_name, None).unwrap_err();
+    assert!(
+        err.to_string().contains("certificate not valid for name"),
+        "{err}"
+    );
+
+    let bad = PostgresConfig {
+        ca_file: Some("/nonexistent/ca.pem".into()),
+        ..PostgresConfig::new(url("localhost"))
+    };
+    let err = PostgresStore::connect(&bad, None).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("store.ca_file /nonexistent/ca.pem"),
+        "{err}"
+    );
+}

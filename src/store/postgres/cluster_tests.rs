@@ -196,3 +196,34 @@ fn a_node_behind_the_pruned_log_reloads() {
     put(&a, &key(6)).unwrap();
     assert_eq!(b.changes().unwrap().put.len(), 1);
 }
+
+/// Two nodes creating keys that clash (same secret, or same owner and name) at
+/// the same moment, before either has read the other's: the database refuses the
+/// second, as each node's index refuses a clash it can see.
+#[test]
+fn clashing_creations_on_two_nodes_are_refused_by_the_database() {
+    let Some(server) = TestServer::start() else {
+        return;
+    };
+    let url = server.database("clash");
+    let a = PostgresStore::open(&url, None).unwrap();
+    let b = PostgresStore::open(&url, None).unwrap();
+    let first = key(7);
+    put(&a, &first).unwrap();
+    // Same secret, another name.
+    let mut same_secret = key(7);
+    same_secret.name = "other".into();
+    let err = put(&b, &same_secret).unwrap_err();
+    assert!(err.to_string().contains("a key with the same secret"), "{err}");
+    // Same owner and name (other case), another secret.
+    let mut same_name = key(8);
+    same_name.name = "K7".into();
+    let err = put(&b, &same_name).unwrap_err();
+    assert!(err.to_string().contains("same owner and name"), "{err}");
+    // Once the first is removed, both are allowed.
+    let mut removed = first.clone();
+    removed.state = crate::model::KeyState::Removed;
+    put(&a, &removed).unwrap();
+    put(&b, &same_secret).unwrap();
+    put(&b, &same_name).unwrap();
+}

@@ -90,6 +90,18 @@ impl Drop for PostgresStore {
 /// lost, shutting down, refusing connections) is [`StoreError::Unavailable`];
 /// anything the server answered is a read or write failure.
 fn pg(e: tokio_postgres::Error) -> StoreError {
+    if let Some(db) = e.as_db_error() {
+        let what = match db.constraint() {
+            Some("keys_unique_secret") => Some("a key with the same secret"),
+            Some("keys_unique_name") => Some("a key with the same owner and name"),
+            _ => None,
+        };
+        if let Some(what) = what {
+            return StoreError::Conflict(format!(
+                "{what} was written on another node at the same time; nothing was written"
+            ));
+        }
+    }
     let unreachable = match e.code() {
         None => true,
         Some(code) => {

@@ -68,6 +68,15 @@ INSERT INTO key_changes_horizon (pruned_through) VALUES (0);
 ALTER TABLE alert_jobs ADD COLUMN claimed_by uuid, ADD COLUMN lease_until_ms bigint;
 CREATE INDEX alert_jobs_leases ON alert_jobs (lease_until_ms) WHERE state = 'Running';
 ",
+    // What a node checks in its index before a change, the database enforces for
+    // changes made on two nodes at once: one key per secret, and names unique per
+    // owner (ignoring case) among keys not removed.
+    r"
+CREATE UNIQUE INDEX keys_unique_secret ON keys ((record->>'hash'))
+    WHERE record->>'state' <> 'removed';
+CREATE UNIQUE INDEX keys_unique_name ON keys (owner, lower(record->>'name'))
+    WHERE record->>'state' <> 'removed';
+",
 ];
 
 /// A number no other application's advisory lock is likely to use ("apikeyd" in ASCII).

@@ -157,7 +157,18 @@ async fn attempt(alerts: &Alerts, channels: &impl Deliver, job: &AlertJob) -> Ou
             permanent: true,
         };
     };
-    let Some(live) = keys.live(job.key_id) else {
+    let mut live = keys.live(job.key_id);
+    if live.is_none() && keys.shared() {
+        // A key created on another node a moment ago, not read here yet.
+        if let Err(e) = keys.catch_up().await {
+            return Outcome::Failed {
+                error: format!("reading other nodes' changes: {e}"),
+                permanent: false,
+            };
+        }
+        live = keys.live(job.key_id);
+    }
+    let Some(live) = live else {
         return Outcome::Dropped("the key no longer exists".into());
     };
     if live.life.state == KeyState::Removed {

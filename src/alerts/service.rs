@@ -358,9 +358,10 @@ impl Alerts {
         let running = self.blocking(move |s| s.running_jobs(now)).await?;
         let mut n = 0;
         for old in running {
+            let id = old.id;
             let replaced = self
                 .keys
-                .change_job(old.id, |scope| -> Result<_, AlertError> {
+                .change_job(id, |scope| -> Result<_, AlertError> {
                     match scope.job {
                         Some(old) if old.state == JobState::Running => {
                             Ok((true, replace(old, scope.tracking, scope.now)))
@@ -368,8 +369,15 @@ impl Alerts {
                         _ => Ok((false, Change::default())),
                     }
                 })
-                .await?;
-            n += usize::from(replaced);
+                .await;
+            match replaced {
+                Ok(replaced) => n += usize::from(replaced),
+                // Another node took it over meanwhile (cluster mode).
+                Err(AlertError::Key(KeyError::Store(StoreError::Conflict(why)))) => {
+                    tracing::info!(job_id = %id, why, "interrupted alert job left to another node");
+                }
+                Err(e) => return Err(e),
+            }
         }
         Ok(n)
     }

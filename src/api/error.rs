@@ -51,7 +51,7 @@ impl From<KeyError> for ApiError {
             }
             // Cluster mode with PostgreSQL down: verification goes on from memory,
             // and changes are refused whole until it is back.
-            KeyError::Store(StoreError::Unavailable(_)) => {
+            KeyError::Store(StoreError::Unavailable(_) | StoreError::Interrupted(_)) => {
                 tracing::warn!(error = %e, "change refused: the database is unavailable");
                 (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
             }

@@ -61,30 +61,34 @@ impl Keys {
             f.lag_ms.store(lag as u64, Ordering::Relaxed);
             if changes.reload {
                 drop(writer);
-                total += self.reload_all().await?;
+                total += self.reload_all(changes.upto).await?;
                 continue;
             }
+            let mut gone = changes.gone;
             let rows: Vec<KeyRow> = changes
                 .put
                 .iter()
                 .filter_map(|rec| match KeyRow::from_record(rec) {
                     Ok(row) => Some(row),
                     Err(e) => {
-                        tracing::error!(key_id = %rec.id, error = %e, "another node wrote a key this node cannot hold; it is left out");
+                        // Fail closed: refused here rather than served as it was.
+                        tracing::error!(key_id = %rec.id, error = %e, "another node wrote a key this node cannot hold; refused on this node");
+                        gone.push(rec.id);
                         None
                     }
                 })
                 .collect();
-            let n = rows.len() + changes.gone.len();
+            let n = rows.len() + gone.len();
             {
                 let mut index = self.index.write();
                 for row in rows {
                     index.publish(row);
                 }
-                for id in &changes.gone {
+                for id in &gone {
                     index.remove(*id);
                 }
             }
+            self.store.changes_applied(changes.upto);
             drop(writer);
             if n > 0 {
                 f.applied.fetch_add(n as u64, Ordering::Relaxed);
@@ -97,10 +101,30 @@ impl Keys {
         }
     }
 
+    /// Raise last uses to those other nodes wrote lately (inactivity is judged on
+    /// the latest use across the cluster); returns how many keys moved.
+    pub async fn catch_up_uses(&self) -> Result<usize, KeyError> {
+        let uses = self.blocking(|s| s.recent_uses()).await?;
+        let index = self.index.read();
+        let mut raised = 0;
+        for (id, at) in uses {
+            let Some(slot) = index.get(&id).and_then(|l| index.slot(l)) else {
+                continue;
+            };
+            if slot.last_used_s() < at.timestamp() {
+                slot.raise_last_used(at.timestamp());
+                raised += 1;
+            }
+        }
+        Ok(raised)
+    }
+
     /// Replace the index by every key in the store (this node fell further behind
-    /// than the change log reaches). Usage counted here is written first, so
-    /// nothing counted is lost.
-    async fn reload_all(&self) -> Result<usize, KeyError> {
+    /// than the change log reaches), then follow the log from `upto` (read before
+    /// the keys, so nothing committed meanwhile is missed). Usage counted here is
+    /// written first, so nothing counted is lost; if anything fails, the position
+    /// stays where it was and the next read asks for a reload again.
+    async fn reload_all(&self, upto: u64) -> Result<usize, KeyError> {
         tracing::warn!("this node fell behind the change log's retention: reloading every key");
         self.flush_last_used(true).await?;
         let writer = self.lock_writer().await;
@@ -112,6 +136,7 @@ impl Keys {
             .map_err(super::error::internal)??;
         let n = index.by_id.len();
         *self.index.write() = index;
+        self.store.changes_applied(upto);
         drop(writer);
         self.following.reloads.fetch_add(1, Ordering::Relaxed);
         Ok(n)
@@ -132,6 +157,10 @@ pub async fn follow(keys: Arc<Keys>, poll: Duration, mut stop: watch::Receiver<b
     );
     let signal = keys.store.change_signal();
     let mut failing = false;
+    // Last uses move a key's inactivity deadline, months away: twice a minute is
+    // plenty, and cheaper than logging every usage write as a change.
+    let mut uses = tokio::time::interval(Duration::from_secs(30));
+    uses.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let notified = async {
             match &signal {
@@ -142,6 +171,12 @@ pub async fn follow(keys: Arc<Keys>, poll: Duration, mut stop: watch::Receiver<b
         tokio::select! {
             _ = notified => {}
             _ = tokio::time::sleep(poll) => {}
+            _ = uses.tick() => {
+                if let Err(e) = keys.catch_up_uses().await {
+                    tracing::debug!(error = %e, "cannot read other nodes' last uses");
+                }
+                continue;
+            }
             _ = stop.changed() => return,
         }
         match keys.catch_up().await {

@@ -151,6 +151,26 @@ impl Index {
         Some((slot.last_used(), usage_counts(slot, live)))
     }
 
+    /// Take key `id`'s usage not yet written, if it has any (its slot is about to go).
+    pub(super) fn take_unflushed(&self, id: Uuid) -> Option<crate::store::UsageUpdate> {
+        let live = self.get(&id)?;
+        let slot = self.slot(live)?;
+        if !slot.is_dirty() {
+            return None;
+        }
+        slot.set_dirty(false);
+        let (verifications, denied) = slot.take_counts();
+        Some(crate::store::UsageUpdate {
+            id,
+            last_used_at: slot.last_used(),
+            counts: UsageCounts {
+                verifications,
+                denied,
+                routes: live.take_route_counts(),
+            },
+        })
+    }
+
     /// Add the usage counted in memory since the last flush to a record read from
     /// the store.
     pub(super) fn merge_usage(&self, rec: &mut KeyRecord, live: &Live) {
@@ -175,7 +195,13 @@ impl Index {
             Some(o) => o.entry,
             None => self.allocate(),
         };
-        let usage = usage.unwrap_or_else(|| stored_usage(&loaded));
+        // The later last use: this node's, or the stored one (other nodes' uses).
+        let usage = match usage {
+            Some((last, valid, denied, dirty)) => {
+                (last.max(stored_usage(&loaded).0), valid, denied, dirty)
+            }
+            None => stored_usage(&loaded),
+        };
         let live = Arc::new(self.entry(loaded, entry));
         if let Some(o) = &old {
             live.persisted_at

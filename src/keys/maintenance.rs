@@ -37,6 +37,11 @@ pub async fn sweep_expired(keys: &Keys) -> Result<usize, KeyError> {
     let mut records = Vec::new();
     let mut audit = Vec::new();
     for (mut rec, action) in records_of(keys, picked).await? {
+        // Another node may have seen a use this node has not (cluster mode).
+        let lapse = rec.status(&policy, None, now);
+        if !matches!(lapse, Status::Expired | Status::Inactive) {
+            continue;
+        }
         rec.alerting.lapse_recorded_at = Some(now);
         audit.push(entry(
             now,
@@ -47,6 +52,9 @@ pub async fn sweep_expired(keys: &Keys) -> Result<usize, KeyError> {
         records.push(rec);
     }
     let n = records.len();
+    if n == 0 {
+        return Ok(0);
+    }
     let change = Change {
         put_keys: records,
         audit,
@@ -88,6 +96,34 @@ pub async fn purge(keys: &Keys) -> Result<usize, KeyError> {
     if gone.is_empty() {
         return Ok(0);
     }
+    // An expired key still holds its secret until now: retire it with the purge,
+    // so that purging does not free an imported token for anyone to import.
+    let holding: Vec<Uuid> = gone
+        .iter()
+        .filter(|l| l.life.state != KeyState::Removed)
+        .map(|l| l.id)
+        .collect();
+    let held = if holding.is_empty() {
+        Vec::new()
+    } else {
+        keys.blocking(move |s| s.keys(&holding)).await?
+    };
+    // Another node may have seen a use this node has not (cluster mode): a key
+    // whose stored last use keeps it alive is not purged.
+    let alive: std::collections::HashSet<Uuid> = held
+        .iter()
+        .filter(|rec| {
+            rec.effective_expiry(&policy, rec.last_used_at)
+                .map(|(t, _)| t)
+                .and_then(|t| retention.add_to(t))
+                .is_none_or(|until| until > now)
+        })
+        .map(|rec| rec.id)
+        .collect();
+    gone.retain(|l| !alive.contains(&l.id));
+    if gone.is_empty() {
+        return Ok(0);
+    }
     let audit: Vec<AuditEntry> = gone
         .iter()
         .map(|l| {
@@ -103,22 +139,11 @@ pub async fn purge(keys: &Keys) -> Result<usize, KeyError> {
         })
         .collect();
     let ids: Vec<Uuid> = gone.iter().map(|l| l.id).collect();
-    // An expired key still holds its secret until now: retire it with the purge,
-    // so that purging does not free an imported token for anyone to import.
-    let holding: Vec<Uuid> = gone
+    let retire = held
         .iter()
-        .filter(|l| l.life.state != KeyState::Removed)
-        .map(|l| l.id)
+        .filter(|rec| !alive.contains(&rec.id))
+        .flat_map(|rec| retirements(rec, None, now))
         .collect();
-    let retire = if holding.is_empty() {
-        Vec::new()
-    } else {
-        keys.blocking(move |s| s.keys(&holding))
-            .await?
-            .iter()
-            .flat_map(|rec| retirements(rec, None, now))
-            .collect()
-    };
     let change = Change {
         purge_keys: ids.clone(),
         audit,
@@ -187,6 +212,10 @@ pub async fn schedule_inactivity_warnings(keys: &Keys) -> Result<usize, KeyError
     let mut alerts = Change::default();
     let directory = keys.settings().directory.clone();
     for (mut rec, (stretch, deadline)) in records_of(keys, picked).await? {
+        // A use another node wrote moves the deadline out of the lead time.
+        if rec.last_used_at.is_some_and(|t| t > stretch) {
+            continue;
+        }
         rec.alerting.inactivity_warned_for = Some(stretch);
         let expires = format!("expires {} through inactivity", rfc3339(deadline));
         // An owner without an address gets the warning through the operators.
@@ -212,6 +241,9 @@ pub async fn schedule_inactivity_warnings(keys: &Keys) -> Result<usize, KeyError
         records.push(rec);
     }
     let n = records.len();
+    if n == 0 {
+        return Ok(0);
+    }
     let change = Change {
         put_keys: records,
         audit,
@@ -222,7 +254,9 @@ pub async fn schedule_inactivity_warnings(keys: &Keys) -> Result<usize, KeyError
     Ok(n)
 }
 
-/// Full records (with in-memory usage) of `picked` keys, each with its note.
+/// Full records (with in-memory usage) of `picked` keys, each with its note. A
+/// later last use in the store (written by another node) raises the key's slot,
+/// so that this node judges inactivity on the latest use across the cluster.
 async fn records_of<T: Send + 'static>(
     keys: &Keys,
     picked: Vec<(Arc<Live>, T)>,
@@ -236,6 +270,9 @@ async fn records_of<T: Send + 'static>(
         .into_iter()
         .filter_map(|(l, note)| {
             let mut rec = by_id.remove(&l.id)?;
+            if let (Some(slot), Some(t)) = (index.slot(&l), rec.last_used_at) {
+                slot.raise_last_used(t.timestamp());
+            }
             index.merge_usage(&mut rec, &l);
             Some((rec, note))
         })

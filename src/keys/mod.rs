@@ -46,8 +46,8 @@ use uuid::Uuid;
 
 use crate::clock::SharedClock;
 use crate::config::AlertConfig;
-use crate::model::{AlertJob, JobState, KeyRecord, KeyRow};
-use crate::store::{Change, Storage, StoreError};
+use crate::model::{AlertJob, JobState, KeyRecord, KeyRow, KeyState};
+use crate::store::{Change, Storage, StoreError, UsageUpdate};
 use error::internal;
 use index::{grants_of, Index};
 use secret::KeyHasher;
@@ -133,6 +133,8 @@ pub struct Keys {
     touched: AtomicBool,
     /// Other nodes' changes read (cluster mode).
     following: following::Following,
+    /// One usage flush at a time.
+    flushing: tokio::sync::Mutex<()>,
 }
 
 /// An index of every key in `store`, as of `now`.
@@ -175,6 +177,7 @@ impl Keys {
             alerting: Alerting::default(),
             touched: AtomicBool::new(false),
             following: following::Following::default(),
+            flushing: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -289,11 +292,23 @@ impl Keys {
         tokio::task::spawn_blocking(move || {
             store.commit(change)?;
             let mut index = index.write();
+            // A removed key has no slot: what it counted since the last flush is
+            // written now, or it would be lost.
+            let leaving: Vec<UsageUpdate> = rows
+                .iter()
+                .filter(|row| row.life.state == KeyState::Removed)
+                .filter_map(|row| index.take_unflushed(row.id))
+                .collect();
             let published = rows.into_iter().map(|row| index.publish(row)).collect();
             for id in purged {
                 index.remove(id);
             }
             drop(index);
+            if !leaving.is_empty() {
+                if let Err(e) = store.write_usage(&leaving) {
+                    tracing::warn!(error = %e, keys = leaving.len(), "cannot write the last uses of removed keys");
+                }
+            }
             if let Some(wake) = wake {
                 wake.notify_one();
             }

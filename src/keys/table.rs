@@ -191,6 +191,14 @@ impl Slot {
         }
     }
 
+    /// Raise the last use to `s` (unix seconds) if that is later: a use another
+    /// node wrote, not one to write again.
+    pub fn raise_last_used(&self, s: i64) {
+        if self.last_used_s.load(Ordering::Relaxed) < s {
+            self.last_used_s.fetch_max(s, Ordering::Relaxed);
+        }
+    }
+
     /// Take the counters, which start again from zero: what the flush adds to the
     /// stored counts.
     pub fn take_counts(&self) -> (u64, u64) {

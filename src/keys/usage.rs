@@ -16,7 +16,9 @@ impl Keys {
     /// Write last-used times that changed. A key is written at most once per
     /// [`LAST_USED_PERSIST_INTERVAL`] unless `force` (shutdown). Returns keys written.
     pub async fn flush_last_used(&self, force: bool) -> Result<usize, KeyError> {
-        let _writer = self.writer.lock().await;
+        // Not the writer: a flush only adds to the stored counts (a change keeps
+        // them), so changes and other nodes' changes need not wait for its writes.
+        let _flushing = self.flushing.lock().await;
         if !self.touched.swap(false, Ordering::AcqRel) && !force {
             return Ok(0);
         }

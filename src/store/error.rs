@@ -52,6 +52,11 @@ pub enum StoreError {
     /// written.
     #[error("the database is unavailable (nothing was written): {0}")]
     Unavailable(#[source] BoxError),
+    /// The connection went during the commit: the change may have been written.
+    /// (A node applies its own changes from the change log too, so its index
+    /// follows whichever way it went once the database answers.)
+    #[error("the connection to the database was lost during the commit: the change may or may not have been written; look before retrying once the database answers: {0}")]
+    Interrupted(#[source] BoxError),
     /// Another node changed the same key first; nothing was written.
     #[error("{0}")]
     Conflict(String),

@@ -83,6 +83,9 @@ pub struct KeyChanges {
     pub lag: Option<f64>,
     /// The log holds more than one read returns: read again.
     pub more: bool,
+    /// Where in the log these changes end: pass it to [`Storage::changes_applied`]
+    /// once they (or, after `reload`, every key) are in the index.
+    pub upto: u64,
 }
 
 impl KeyChanges {
@@ -175,7 +178,7 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
 
     /// Jobs left Running whose delivery is no longer under way at `now`: for a store
     /// one process owns (called at start), every Running job; for a shared store,
-    /// those whose lease ended before `now`.
+    /// those no node holds a lease on (a job whose lease ended is claimed again).
     fn running_jobs(&self, now: DateTime<Utc>) -> Result<Vec<AlertJob>, StoreError>;
 
     /// When the earliest Scheduled job should run (millisecond precision).
@@ -204,14 +207,25 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
         false
     }
 
-    /// Key changes other nodes committed since the last call (or since the store was
-    /// opened), oldest first; the position moves on only when this returns them.
-    /// Called under the key service's writer, as commits are: a [`Storage::commit`]
-    /// that changes a key another node changed after that position fails with
-    /// [`StoreError::Conflict`].
+    /// Key changes committed since this node's position in the change log (its
+    /// own too: a commit whose outcome it could not learn is applied this way),
+    /// oldest first. Called under the key service's writer, as commits are: a
+    /// [`Storage::commit`] that changes a key another node changed after that
+    /// position fails with [`StoreError::Conflict`]. A record this node cannot
+    /// decode comes as gone: refused here rather than served as it was.
     fn changes(&self) -> Result<KeyChanges, StoreError> {
         Ok(KeyChanges::default())
     }
+
+    /// Last uses other nodes wrote since the previous call (some may come again):
+    /// (key, last use). Empty for a store nobody else uses.
+    fn recent_uses(&self) -> Result<Vec<(Uuid, DateTime<Utc>)>, StoreError> {
+        Ok(Vec::new())
+    }
+
+    /// Move this node's position in the change log to `upto` (from
+    /// [`KeyChanges::upto`]), once the index shows those changes.
+    fn changes_applied(&self, _upto: u64) {}
 
     /// Signalled when another node may have changed keys (in PostgreSQL, a
     /// notification); `None` if nothing but this process changes the store.

@@ -22,6 +22,13 @@ fn key(n: u8) -> KeyRecord {
     )
 }
 
+/// What the log holds for `store` since its position, which then moves on.
+fn read(store: &PostgresStore) -> crate::store::KeyChanges {
+    let changes = store.changes().unwrap();
+    store.changes_applied(changes.upto);
+    changes
+}
+
 fn put(store: &PostgresStore, rec: &KeyRecord) -> Result<(), StoreError> {
     store.commit(Change {
         put_keys: vec![rec.clone()],
@@ -29,41 +36,42 @@ fn put(store: &PostgresStore, rec: &KeyRecord) -> Result<(), StoreError> {
     })
 }
 
-/// A key one node writes reaches the other through the change log (and a node
-/// never reads back its own changes); a purge arrives as gone.
+/// A key one node writes reaches the other through the change log (the writer
+/// reads it back too: a commit whose outcome it missed is applied that way); a
+/// purge arrives as gone; the position moves only when told.
 #[test]
-fn changes_reach_the_other_nodes_and_not_their_writer() {
+fn changes_reach_every_node_once_applied() {
     let Some(server) = TestServer::start() else {
         return;
     };
     let url = server.database("feed");
     let a = PostgresStore::open(&url, None).unwrap();
     let b = PostgresStore::open(&url, None).unwrap();
-    assert!(a.shared() && a.changes().unwrap().is_empty());
+    assert!(a.shared() && read(&a).is_empty());
     let mut rec = key(1);
     put(&a, &rec).unwrap();
-    assert!(
-        a.changes().unwrap().is_empty(),
-        "a node read its own change"
-    );
-    let got = b.changes().unwrap();
+    assert_eq!(read(&a).put.len(), 1, "the writer reads its change back");
+    // Not applied yet: read again.
+    assert_eq!(b.changes().unwrap().put.len(), 1);
+    let got = read(&b);
     assert_eq!(got.put.iter().map(|r| r.id).collect::<Vec<_>>(), [rec.id]);
     assert!(
         got.lag.is_some_and(|l| (0.0..60.0).contains(&l)),
         "{:?}",
         got.lag
     );
-    assert!(b.changes().unwrap().is_empty(), "read twice");
+    assert!(read(&b).is_empty(), "read twice");
 
     rec.name = "renamed".into();
     put(&b, &rec).unwrap();
-    assert_eq!(a.changes().unwrap().put[0].name, "renamed");
+    assert_eq!(read(&a).put[0].name, "renamed");
+    read(&b);
     a.commit(Change {
         purge_keys: vec![rec.id],
         ..Change::default()
     })
     .unwrap();
-    let got = b.changes().unwrap();
+    let got = read(&b);
     assert_eq!((got.put.len(), got.gone.clone()), (0, vec![rec.id]));
 }
 
@@ -79,7 +87,7 @@ fn a_change_made_without_the_other_nodes_change_is_refused() {
     let b = PostgresStore::open(&url, None).unwrap();
     let rec = key(2);
     put(&a, &rec).unwrap();
-    b.changes().unwrap();
+    read(&b);
     let mut on_a = rec.clone();
     on_a.name = "from-a".into();
     put(&a, &on_a).unwrap();
@@ -95,7 +103,7 @@ fn a_change_made_without_the_other_nodes_change_is_refused() {
     );
     // Other keys are not held up by it.
     put(&b, &key(3)).unwrap();
-    b.changes().unwrap();
+    read(&b);
     put(&b, &on_b).unwrap();
     assert_eq!(a.key(rec.id).unwrap().unwrap().name, "from-b");
 }
@@ -190,11 +198,11 @@ fn a_node_behind_the_pruned_log_reloads() {
     put(&a, &key(5)).unwrap();
     std::thread::sleep(Duration::from_millis(20));
     assert_eq!(a.prune_changes().unwrap(), 1);
-    assert!(b.changes().unwrap().reload);
+    assert!(read(&b).reload);
     // Then it follows from there.
-    assert!(b.changes().unwrap().is_empty());
+    assert!(read(&b).is_empty());
     put(&a, &key(6)).unwrap();
-    assert_eq!(b.changes().unwrap().put.len(), 1);
+    assert_eq!(read(&b).put.len(), 1);
 }
 
 /// Two nodes creating keys that clash (same secret, or same owner and name) at
@@ -214,7 +222,10 @@ fn clashing_creations_on_two_nodes_are_refused_by_the_database() {
     let mut same_secret = key(7);
     same_secret.name = "other".into();
     let err = put(&b, &same_secret).unwrap_err();
-    assert!(err.to_string().contains("a key with the same secret"), "{err}");
+    assert!(
+        err.to_string().contains("a key with the same secret"),
+        "{err}"
+    );
     // Same owner and name (other case), another secret.
     let mut same_name = key(8);
     same_name.name = "K7".into();
@@ -226,4 +237,28 @@ fn clashing_creations_on_two_nodes_are_refused_by_the_database() {
     put(&a, &removed).unwrap();
     put(&b, &same_secret).unwrap();
     put(&b, &same_name).unwrap();
+}
+
+/// A last use one node writes is read by the others (inactivity is judged on the
+/// latest use across the cluster), and not again once read (beyond a margin).
+#[test]
+fn last_uses_written_by_one_node_reach_the_others() {
+    use crate::store::UsageUpdate;
+    let Some(server) = TestServer::start() else {
+        return;
+    };
+    let url = server.database("uses");
+    let a = PostgresStore::open(&url, None).unwrap();
+    let b = PostgresStore::open(&url, None).unwrap();
+    let rec = key(9);
+    put(&a, &rec).unwrap();
+    assert!(b.recent_uses().unwrap().is_empty());
+    let at = chrono::DateTime::from_timestamp(Utc::now().timestamp(), 0).unwrap();
+    a.write_usage(&[UsageUpdate {
+        id: rec.id,
+        last_used_at: Some(at),
+        counts: Default::default(),
+    }])
+    .unwrap();
+    assert_eq!(b.recent_uses().unwrap(), [(rec.id, at)]);
 }

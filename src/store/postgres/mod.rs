@@ -65,6 +65,10 @@ pub struct PostgresStore {
     retention: std::time::Duration,
     /// Whether the last call reached the database.
     up: AtomicBool,
+    /// Longest a call may take: waiting for a connection, then the statement.
+    call_timeout: std::time::Duration,
+    /// The database's time at the last read of recent uses.
+    uses_read_at: Mutex<DateTime<Utc>>,
     /// Jobs per state as of the last change of jobs through this store: `/metrics`
     /// reads them on a runtime worker, where this store must not block.
     job_states: Mutex<[(JobState, u64); JobState::ALL.len()]>,
@@ -102,11 +106,23 @@ fn pg(e: tokio_postgres::Error) -> StoreError {
             ));
         }
     }
-    let unreachable = match e.code() {
+    let code = e.code().map(|c| c.code().to_owned());
+    if let Some("40001" | "40P01") = code.as_deref() {
+        return StoreError::Conflict(format!(
+            "the database refused the change to avoid a conflict with another one ({e}); nothing was written: try again"
+        ));
+    }
+    // No answer, a lost connection, a server shutting down or refusing
+    // connections (08, 57P), out of resources (53), too slow (57014: the
+    // statement timeout), or a primary turned read-only during a failover (25006).
+    let unreachable = match code.as_deref() {
         None => true,
         Some(code) => {
-            let code = code.code();
-            code.starts_with("08") || code.starts_with("57P")
+            code.starts_with("08")
+                || code.starts_with("57P")
+                || code.starts_with("53")
+                || code == "57014"
+                || code == "25006"
         }
     };
     if unreachable {
@@ -185,6 +201,8 @@ fn begin_err(e: tokio_postgres::Error) -> StoreError {
 fn commit_err(e: tokio_postgres::Error) -> StoreError {
     match pg(e) {
         StoreError::Storage(e) => StoreError::Commit(e),
+        // The server may have committed before the connection went.
+        StoreError::Unavailable(e) => StoreError::Interrupted(e),
         other => other,
     }
 }
@@ -226,6 +244,9 @@ impl PostgresStore {
             .application_name("apikeyd")
             .connect_timeout(config.connect_timeout)
             .keepalives(true)
+            .keepalives_idle(std::time::Duration::from_secs(15))
+            .keepalives_interval(std::time::Duration::from_secs(5))
+            .keepalives_retries(3)
             .options(format!(
                 "-c statement_timeout={}",
                 config.statement_timeout.as_millis()
@@ -248,18 +269,23 @@ impl PostgresStore {
                 .build()
                 .map_err(|e| open_err(Box::new(e)))?
         };
-        let (job_states, cursor) = rt
+        let (job_states, (cursor, opened_at)) = rt
             .block_on(async {
                 let mut client = pool.get().await.map_err(|e| match e {
                     deadpool_postgres::PoolError::Backend(e) => connect_err(url, &e),
                     other => connect_err(url, &other),
                 })?;
                 schema::migrate(&mut client).await?;
-                let head: i64 = client
-                    .query_one("SELECT COALESCE(MAX(seq), 0) FROM key_changes", &[])
+                // Where following starts: before the keys are loaded, so nothing
+                // committed meanwhile is missed (it is applied twice at worst).
+                let row = client
+                    .query_one(
+                        "SELECT COALESCE(MAX(seq), 0), clock_timestamp() FROM key_changes",
+                        &[],
+                    )
                     .await
-                    .map_err(pg)?
-                    .get(0);
+                    .map_err(pg)?;
+                let head: (i64, DateTime<Utc>) = (row.get(0), row.get(1));
                 Ok::<_, StoreError>((count_job_states(&client).await?, head))
             })
             .map_err(|e| match e {
@@ -278,6 +304,8 @@ impl PostgresStore {
                 .unwrap_or(chrono::Duration::minutes(1)),
             retention: config.change_log_retention,
             up: AtomicBool::new(true),
+            call_timeout: config.connect_timeout + config.statement_timeout,
+            uses_read_at: Mutex::new(opened_at),
             job_states: Mutex::new(job_states),
         })
     }
@@ -320,10 +348,13 @@ impl PostgresStore {
     }
 
     /// Count the jobs per state again after a change of jobs.
-    fn recount(&self) -> Result<(), StoreError> {
-        let counts = self.run(async |c| count_job_states(c).await)?;
-        *self.job_states.lock() = counts;
-        Ok(())
+    /// Only `/metrics` reads the counts: a failure keeps the old ones, and never
+    /// turns the change that was committed into an error.
+    fn recount(&self) {
+        match self.run(async |c| count_job_states(c).await) {
+            Ok(counts) => *self.job_states.lock() = counts,
+            Err(e) => tracing::warn!(error = %e, "cannot count alert jobs for /metrics"),
+        }
     }
 
     /// Where this node writes from.
@@ -344,11 +375,22 @@ impl PostgresStore {
             return Err(StoreError::Transaction("the store is closed".into()));
         };
         let result = rt.block_on(async {
-            let mut client = self.pool.get().await.map_err(pool_error)?;
-            f(&mut client).await
+            // A server that stops answering (a silent failover, a partition) is
+            // cut off here rather than holding the caller for the kernel's
+            // keepalive timeouts.
+            let call = async {
+                let mut client = self.pool.get().await.map_err(pool_error)?;
+                f(&mut client).await
+            };
+            match tokio::time::timeout(self.call_timeout, call).await {
+                Ok(result) => result,
+                Err(_) => Err(StoreError::Unavailable(
+                    format!("no answer within {:?}", self.call_timeout).into(),
+                )),
+            }
         });
         match &result {
-            Err(StoreError::Unavailable(e)) => {
+            Err(StoreError::Unavailable(e) | StoreError::Interrupted(e)) => {
                 if self.up.swap(false, Ordering::AcqRel) {
                     tracing::error!(error = %e, "PostgreSQL is unavailable: verification goes on from memory; changes are refused until it is back");
                 }
@@ -485,6 +527,39 @@ async fn keep_stored_usage(
     Ok(())
 }
 
+/// A job another node is delivering under a live lease is that node's to finish:
+/// a change to it from here (an outcome recorded after this node lost the job, a
+/// cancel, a reschedule) is refused whole, and can be tried again once it is done.
+async fn refuse_jobs_of_other_nodes(
+    tx: &Transaction<'_>,
+    writer: Writer,
+    change: &Change,
+) -> Result<(), StoreError> {
+    let mut ids: Vec<Uuid> = change.put_jobs.iter().map(|j| j.id).collect();
+    ids.extend(&change.delete_jobs);
+    if ids.is_empty() {
+        return Ok(());
+    }
+    ids.sort_unstable();
+    let held = tx
+        .query_opt(
+            "SELECT id FROM alert_jobs WHERE id = ANY($1) AND state = 'Running'
+                 AND claimed_by <> $2
+                 AND lease_until_ms >= (EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::bigint
+                 ORDER BY id LIMIT 1 FOR UPDATE",
+            &[&ids, &writer.node],
+        )
+        .await
+        .map_err(pg)?;
+    match held {
+        Some(row) => Err(StoreError::Conflict(format!(
+            "alert job {} is being delivered by another node; nothing was written: try again once it is done",
+            row.get::<_, Uuid>(0)
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// Append the keys `change` changes to the change log and notify the other nodes
 /// (at commit), or refuse the change if another node changed one of those keys
 /// after this node's position in the log.
@@ -548,6 +623,7 @@ async fn count_job_states(
 
 async fn commit(client: &mut Client, writer: Writer, change: Change) -> Result<(), StoreError> {
     let tx = client.transaction().await.map_err(begin_err)?;
+    refuse_jobs_of_other_nodes(&tx, writer, &change).await?;
     apply(&tx, writer, change).await?;
     tx.commit().await.map_err(commit_err)
 }
@@ -628,23 +704,34 @@ impl Storage for PostgresStore {
     }
 
     fn write_usage(&self, updates: &[UsageUpdate]) -> Result<usize, StoreError> {
+        let mut by_id: std::collections::HashMap<Uuid, &UsageUpdate> =
+            updates.iter().map(|u| (u.id, u)).collect();
+        let mut ids: Vec<Uuid> = by_id.keys().copied().collect();
+        // Rows are locked in id order on every node: two nodes flushing the same
+        // keys wait for each other instead of deadlocking.
+        ids.sort_unstable();
         self.run(async |c| {
             let tx = c.transaction().await.map_err(begin_err)?;
+            let rows = tx
+                .query(
+                    "SELECT id, record FROM keys WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+                    &[&ids],
+                )
+                .await
+                .map_err(pg)?;
             let mut written = 0;
-            for u in updates {
-                let Some(row) = tx
-                    .query_opt("SELECT record FROM keys WHERE id = $1 FOR UPDATE", &[&u.id])
-                    .await
-                    .map_err(pg)?
-                else {
+            for row in rows {
+                let id: Uuid = row.get(0);
+                let Some(u) = by_id.remove(&id) else {
                     continue;
                 };
-                let mut rec: KeyRecord = decode("keys", row.get(0))?;
+                let mut rec: KeyRecord = decode("keys", row.get(1))?;
                 rec.last_used_at = rec.last_used_at.max(u.last_used_at);
                 rec.usage.add(&u.counts);
                 tx.execute(
-                    "UPDATE keys SET record = $2 WHERE id = $1",
-                    &[&u.id, &encode("keys", &rec)?],
+                    "UPDATE keys SET record = $2, usage_written_at = clock_timestamp()
+                         WHERE id = $1",
+                    &[&id, &encode("keys", &rec)?],
                 )
                 .await
                 .map_err(pg)?;
@@ -660,7 +747,7 @@ impl Storage for PostgresStore {
         let writer = self.writer();
         self.run(async |c| commit(c, writer, change).await)?;
         if jobs_changed {
-            self.recount()?;
+            self.recount();
         }
         Ok(())
     }
@@ -854,17 +941,19 @@ impl Storage for PostgresStore {
             Ok(claimed)
         })?;
         if !claimed.is_empty() {
-            self.recount()?;
+            self.recount();
         }
         Ok(claimed)
     }
 
-    fn running_jobs(&self, now: DateTime<Utc>) -> Result<Vec<AlertJob>, StoreError> {
+    /// Only jobs Running without a lease (written before leases, or moved here by
+    /// `apikeyd migrate`): a job whose lease ended is claimed again by
+    /// [`Storage::claim_due`], which no other node can do at the same time.
+    fn running_jobs(&self, _now: DateTime<Utc>) -> Result<Vec<AlertJob>, StoreError> {
         let rows = self.run(async |c| {
             c.query(
-                "SELECT job FROM alert_jobs WHERE state = 'Running'
-                     AND (lease_until_ms IS NULL OR lease_until_ms < $1)",
-                &[&ms(now)],
+                "SELECT job FROM alert_jobs WHERE state = 'Running' AND lease_until_ms IS NULL",
+                &[],
             )
             .await
             .map_err(pg)
@@ -933,8 +1022,8 @@ impl Storage for PostgresStore {
     }
 
     fn changes(&self) -> Result<KeyChanges, StoreError> {
-        let (me, cursor) = (self.node, *self.cursor.lock());
-        let (changes, read_to) = self.run(async |c| {
+        let cursor = *self.cursor.lock();
+        self.run(async |c| {
             // One snapshot: the horizon and the log agree, and since numbers
             // commit in order, the log read is a prefix of what will ever be there.
             let tx = c
@@ -955,31 +1044,27 @@ impl Storage for PostgresStore {
                     .await
                     .map_err(pg)?
                     .get(0);
-                let reload = KeyChanges {
+                return Ok(KeyChanges {
                     reload: true,
+                    upto: uint(head.max(pruned)),
                     ..KeyChanges::default()
-                };
-                return Ok((reload, head.max(pruned)));
+                });
             }
             let rows = tx
                 .query(
-                    "SELECT seq, node, key_id,
-                            EXTRACT(EPOCH FROM clock_timestamp() - at)::float8
+                    "SELECT seq, key_id, EXTRACT(EPOCH FROM clock_timestamp() - at)::float8
                          FROM key_changes WHERE seq > $1 ORDER BY seq LIMIT $2",
                     &[&cursor, &FEED_BATCH],
                 )
                 .await
                 .map_err(pg)?;
-            let mut read_to = cursor;
+            let mut upto = cursor;
             let mut ids = Vec::new();
             let mut lag: Option<f64> = None;
             for row in &rows {
-                read_to = row.get(0);
-                if row.get::<_, Uuid>(1) == me {
-                    continue;
-                }
-                ids.push(row.get::<_, Uuid>(2));
-                let age: f64 = row.get(3);
+                upto = row.get(0);
+                ids.push(row.get::<_, Uuid>(1));
+                let age: f64 = row.get(2);
                 lag = Some(lag.map_or(age, |l| l.max(age)));
             }
             ids.sort_unstable();
@@ -987,6 +1072,7 @@ impl Storage for PostgresStore {
             let mut changes = KeyChanges {
                 lag,
                 more: i64::try_from(rows.len()).unwrap_or(0) == FEED_BATCH,
+                upto: uint(upto),
                 ..KeyChanges::default()
             };
             if !ids.is_empty() {
@@ -996,16 +1082,63 @@ impl Storage for PostgresStore {
                     .map_err(pg)?;
                 let mut present = std::collections::HashSet::new();
                 for row in found {
-                    present.insert(row.get::<_, Uuid>(0));
-                    changes.put.push(decode("keys", row.get(1))?);
+                    let id: Uuid = row.get(0);
+                    match decode::<KeyRecord>("keys", row.get(1)) {
+                        Ok(rec) => {
+                            present.insert(id);
+                            changes.put.push(rec);
+                        }
+                        // Fail closed: a newer node's record this one cannot read
+                        // (say during an upgrade) stops verifying here.
+                        Err(e) => {
+                            tracing::error!(key_id = %id, error = %e, "a key changed on another node cannot be read here; refused on this node until it can");
+                        }
+                    }
                 }
                 changes.gone = ids.into_iter().filter(|id| !present.contains(id)).collect();
             }
             tx.commit().await.map_err(commit_err)?;
-            Ok((changes, read_to))
+            Ok(changes)
+        })
+    }
+
+    fn recent_uses(&self) -> Result<Vec<(Uuid, DateTime<Utc>)>, StoreError> {
+        let since = *self.uses_read_at.lock();
+        // A usage write that took its time stamp before our last read may commit
+        // after it: look back further than the longest call.
+        let margin = chrono::Duration::from_std(self.call_timeout * 2)
+            .unwrap_or(chrono::Duration::minutes(1));
+        let (uses, read_at) = self.run(async |c| {
+            let read_at: DateTime<Utc> = c
+                .query_one("SELECT clock_timestamp()", &[])
+                .await
+                .map_err(pg)?
+                .get(0);
+            let rows = c
+                .query(
+                    "SELECT id, record->>'last_used_at' FROM keys
+                         WHERE usage_written_at > $1",
+                    &[&(since - margin)],
+                )
+                .await
+                .map_err(pg)?;
+            let uses = rows
+                .iter()
+                .filter_map(|r| {
+                    let at: Option<&str> = r.get(1);
+                    let at = DateTime::parse_from_rfc3339(at?).ok()?;
+                    Some((r.get::<_, Uuid>(0), at.with_timezone(&Utc)))
+                })
+                .collect();
+            Ok((uses, read_at))
         })?;
-        *self.cursor.lock() = read_to;
-        Ok(changes)
+        *self.uses_read_at.lock() = read_at;
+        Ok(uses)
+    }
+
+    fn changes_applied(&self, upto: u64) {
+        let mut cursor = self.cursor.lock();
+        *cursor = (*cursor).max(int(upto));
     }
 
     fn change_signal(&self) -> Option<Arc<Notify>> {

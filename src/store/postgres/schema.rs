@@ -77,6 +77,13 @@ CREATE UNIQUE INDEX keys_unique_secret ON keys ((record->>'hash'))
 CREATE UNIQUE INDEX keys_unique_name ON keys (owner, lower(record->>'name'))
     WHERE record->>'state' <> 'removed';
 ",
+    // When a node last wrote a key's usage: the others read recent last uses from
+    // it (inactivity is judged on the latest use across the cluster).
+    r"
+ALTER TABLE keys ADD COLUMN usage_written_at timestamptz;
+CREATE INDEX keys_by_usage_written ON keys (usage_written_at)
+    WHERE usage_written_at IS NOT NULL;
+",
 ];
 
 /// A number no other application's advisory lock is likely to use ("apikeyd" in ASCII).

@@ -251,8 +251,9 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     }
 
     /// Keep job `id`, which this process claimed and is delivering, from being taken
-    /// over by another node for one more lease from `now`; `false` if it is no
-    /// longer this process's to deliver.
+    /// over by another node for one more lease from now (a shared store judges
+    /// leases by its own clock); `false` if it is no longer this process's to
+    /// deliver.
     fn renew_lease(&self, _id: Uuid, _now: DateTime<Utc>) -> Result<bool, StoreError> {
         Ok(true)
     }

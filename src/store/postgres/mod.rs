@@ -47,6 +47,10 @@ use crate::store::page::{Page, Pager, MAX_PAGE};
 use crate::store::storage::{AuditFilter, Change, JobFilter, KeyChanges, Storage, UsageUpdate};
 use session::Session;
 
+/// The database's clock in unix milliseconds: leases are taken and judged by it,
+/// so that nodes whose clocks disagree do not take each other's live jobs.
+const DB_NOW_MS: &str = "(EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::bigint";
+
 /// Most change-log entries read at once.
 const FEED_BATCH: i64 = 20_000;
 
@@ -320,6 +324,21 @@ impl PostgresStore {
     /// with another secret, every key would verify as NOT_FOUND.
     pub fn check_secret(&self, secret_fingerprint: &[u8]) -> Result<(), StoreError> {
         self.run(async |c| {
+            // An apikeyd from before cluster mode holds this lock while it runs,
+            // and writes no change log: nodes would never see its changes.
+            let free: bool = c
+                .query_one("SELECT pg_try_advisory_lock($1)", &[&schema::OLD_NODE_LOCK])
+                .await
+                .map_err(pg)?
+                .get(0);
+            if !free {
+                return Err(StoreError::Refused(
+                    "an apikeyd older than cluster mode is using this database: stop it before starting this version (it does not tell other nodes about its changes)".into(),
+                ));
+            }
+            c.execute("SELECT pg_advisory_unlock($1)", &[&schema::OLD_NODE_LOCK])
+                .await
+                .map_err(pg)?;
             // The first of several nodes starting at once records its fingerprint;
             // the others compare with it.
             c.execute(
@@ -543,10 +562,11 @@ async fn refuse_jobs_of_other_nodes(
     ids.sort_unstable();
     let held = tx
         .query_opt(
-            "SELECT id FROM alert_jobs WHERE id = ANY($1) AND state = 'Running'
-                 AND claimed_by <> $2
-                 AND lease_until_ms >= (EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::bigint
-                 ORDER BY id LIMIT 1 FOR UPDATE",
+            &format!(
+                "SELECT id FROM alert_jobs WHERE id = ANY($1) AND state = 'Running'
+                     AND claimed_by <> $2 AND lease_until_ms >= {DB_NOW_MS}
+                     ORDER BY id LIMIT 1 FOR UPDATE"
+            ),
             &[&ids, &writer.node],
         )
         .await
@@ -880,15 +900,17 @@ impl Storage for PostgresStore {
     fn claim_due(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<AlertJob>, StoreError> {
         let n = int(u64::try_from(limit.max(1)).unwrap_or(1));
         let writer = self.writer();
-        let until = ms(now + self.job_lease);
+        let lease = self.job_lease.num_milliseconds();
         let claimed = self.run(async |c| {
             let tx = c.transaction().await.map_err(begin_err)?;
             let mut rows = tx
                 .query(
-                    "SELECT job, claimed_by FROM alert_jobs
-                         WHERE state = 'Running' AND lease_until_ms < $1
-                         ORDER BY lease_until_ms LIMIT $2 FOR UPDATE SKIP LOCKED",
-                    &[&ms(now), &n],
+                    &format!(
+                        "SELECT job, claimed_by FROM alert_jobs
+                             WHERE state = 'Running' AND lease_until_ms < {DB_NOW_MS}
+                             ORDER BY lease_until_ms LIMIT $1 FOR UPDATE SKIP LOCKED"
+                    ),
+                    &[&n],
                 )
                 .await
                 .map_err(pg)?;
@@ -932,8 +954,11 @@ impl Storage for PostgresStore {
             )
             .await?;
             tx.execute(
-                "UPDATE alert_jobs SET claimed_by = $1, lease_until_ms = $2 WHERE id = ANY($3)",
-                &[&writer.node, &until, &ids],
+                &format!(
+                    "UPDATE alert_jobs SET claimed_by = $1, lease_until_ms = {DB_NOW_MS} + $2
+                         WHERE id = ANY($3)"
+                ),
+                &[&writer.node, &lease, &ids],
             )
             .await
             .map_err(pg)?;
@@ -1038,12 +1063,19 @@ impl Storage for PostgresStore {
                 .await
                 .map_err(pg)?
                 .get(0);
-            if cursor < pruned {
-                let head: i64 = tx
-                    .query_one("SELECT COALESCE(MAX(seq), 0) FROM key_changes", &[])
-                    .await
-                    .map_err(pg)?
-                    .get(0);
+            let head: i64 = tx
+                .query_one("SELECT COALESCE(MAX(seq), 0) FROM key_changes", &[])
+                .await
+                .map_err(pg)?
+                .get(0);
+            // Behind the pruned part, or ahead of the whole log: after a failover
+            // to a replica that lacked the latest changes, numbers this node has
+            // read may be handed out again, and only a reload is sure.
+            let behind_log = head < cursor && pruned < cursor;
+            if behind_log {
+                tracing::warn!(position = cursor, head, "the change log is behind this node (a failover to a replica that lacked the latest changes?): reloading every key");
+            }
+            if cursor < pruned || behind_log {
                 return Ok(KeyChanges {
                     reload: true,
                     upto: uint(head.max(pruned)),
@@ -1184,15 +1216,17 @@ impl Storage for PostgresStore {
         self.job_lease.to_std().ok()
     }
 
-    fn renew_lease(&self, id: Uuid, now: DateTime<Utc>) -> Result<bool, StoreError> {
-        let until = ms(now + self.job_lease);
+    fn renew_lease(&self, id: Uuid, _now: DateTime<Utc>) -> Result<bool, StoreError> {
+        let lease = self.job_lease.num_milliseconds();
         let node = self.node;
         self.run(async |c| {
             let n = c
                 .execute(
-                    "UPDATE alert_jobs SET lease_until_ms = $3
-                         WHERE id = $1 AND claimed_by = $2 AND state = 'Running'",
-                    &[&id, &node, &until],
+                    &format!(
+                        "UPDATE alert_jobs SET lease_until_ms = {DB_NOW_MS} + $3
+                             WHERE id = $1 AND claimed_by = $2 AND state = 'Running'"
+                    ),
+                    &[&id, &node, &lease],
                 )
                 .await
                 .map_err(pg)?;

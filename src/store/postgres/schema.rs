@@ -88,6 +88,9 @@ CREATE INDEX keys_by_usage_written ON keys (usage_written_at)
 
 /// A number no other application's advisory lock is likely to use ("apikeyd" in ASCII).
 const LOCK: i64 = 0x0061_7069_6b65_7964;
+/// Held by an apikeyd from before cluster mode for as long as it ran (one node
+/// at a time then): a node of this version refuses to start beside one.
+pub(super) const OLD_NODE_LOCK: i64 = LOCK + 1;
 /// Held (for its transaction) by every commit that writes the change log, so that
 /// change numbers are committed in their order: a node that has read up to
 /// change N never finds N - 1 appear later.

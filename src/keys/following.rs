@@ -18,7 +18,7 @@ pub struct Following {
     pub(super) poll_ms: AtomicU64,
 }
 
-/// A snapshot of [`Following`] for `/metrics`.
+/// A snapshot of `Following` for `/metrics`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct FollowingStatus {
     /// How far behind other nodes' changes this node may be, in seconds: the age of

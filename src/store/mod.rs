@@ -2,8 +2,7 @@
 //!
 //! [`RedbStore`] (the embedded redb database, the default) implements it, and only
 //! `src/store/redb` knows redb; [`MemoryStore`] implements it in memory for unit
-//! tests; [`PostgresStore`] on PostgreSQL, the first step of cluster mode (not yet
-//! used by the daemon: see its documentation). The services above ([`crate::keys::Keys`], [`crate::alerts::Alerts`]) hold
+//! tests; [`PostgresStore`] on PostgreSQL, shared by the nodes of a cluster. The services above ([`crate::keys::Keys`], [`crate::alerts::Alerts`]) hold
 //! an `Arc<dyn Storage>` and never see a table, a transaction or a byte of JSON.
 //!
 //! # What a backend promises
@@ -16,17 +15,19 @@
 //!   decoding of the backend's format stays inside the backend.
 //! - Listings (audit, jobs) are filtered and paged in the store ([`Page`]).
 //!
-//! # The single-writer assumption
-//! One process owns the store, and within it the keys service serialises every
-//! change through one writer lock: a change reads the current record, validates,
-//! commits, then publishes to the in-memory index, and nothing else can commit in
-//! between. So no method here reports a conflict, and nothing changes under the
-//! index's feet. A backend shared by several nodes (PostgreSQL) differs in two
-//! places: a commit may find that another node changed the same record first (a
-//! conflict, to be reported as an error and retried by re-reading), and changes
-//! made by other nodes must reach this node's index (a change feed the node
-//! follows). Both would be added to this trait; nothing in the domain reads the
-//! store in a way that assumes more than this list.
+//! - Stored usage (counters, last use) changes only by [`Storage::write_usage`],
+//!   which adds; a commit that replaces a record keeps the stored usage.
+//!
+//! # One writer, or several nodes
+//! Within a process the keys service serialises every change through one writer
+//! lock: a change reads the current record, validates, commits, then publishes to
+//! the in-memory index, and nothing else of this process commits in between. A
+//! store one process owns (redb, memory) needs no more. A store shared by several
+//! nodes (PostgreSQL) adds, through the trait's cluster methods: a commit refused
+//! with [`StoreError::Conflict`] when another node changed the same record after
+//! this node last read the change feed; the change feed itself
+//! ([`Storage::changes`]), applied under the same writer; leases on claimed jobs;
+//! and one node at a time for maintenance.
 
 mod error;
 mod export;

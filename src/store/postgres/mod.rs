@@ -73,9 +73,11 @@ pub struct PostgresStore {
     call_timeout: std::time::Duration,
     /// The database's time at the last read of recent uses.
     uses_read_at: Mutex<DateTime<Utc>>,
-    /// Jobs per state as of the last change of jobs through this store: `/metrics`
-    /// reads them on a runtime worker, where this store must not block.
-    job_states: Mutex<[(JobState, u64); JobState::ALL.len()]>,
+    /// Jobs per state, counted in the background (`count_jobs`): `/metrics` reads
+    /// them on a runtime worker, where this store must not block.
+    job_states: Arc<Mutex<[(JobState, u64); JobState::ALL.len()]>>,
+    /// Wakes the counting after this node changed jobs.
+    jobs_changed: Arc<Notify>,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -296,6 +298,13 @@ impl PostgresStore {
                 StoreError::Connect { .. } | StoreError::Open { .. } => e,
                 other => open_err(Box::new(other)),
             })?;
+        let job_states = Arc::new(Mutex::new(job_states));
+        let jobs_changed = Arc::new(Notify::new());
+        rt.spawn(count_jobs(
+            pool.clone(),
+            job_states.clone(),
+            jobs_changed.clone(),
+        ));
         let session = Arc::new(Session::default());
         rt.spawn(session::run(pg_config, tls, session.clone()));
         Ok(Self {
@@ -310,7 +319,8 @@ impl PostgresStore {
             up: AtomicBool::new(true),
             call_timeout: config.connect_timeout + config.statement_timeout,
             uses_read_at: Mutex::new(opened_at),
-            job_states: Mutex::new(job_states),
+            job_states,
+            jobs_changed,
         })
     }
 
@@ -364,16 +374,6 @@ impl PostgresStore {
                 ))
             }
         })
-    }
-
-    /// Count the jobs per state again after a change of jobs.
-    /// Only `/metrics` reads the counts: a failure keeps the old ones, and never
-    /// turns the change that was committed into an error.
-    fn recount(&self) {
-        match self.run(async |c| count_job_states(c).await) {
-            Ok(counts) => *self.job_states.lock() = counts,
-            Err(e) => tracing::warn!(error = %e, "cannot count alert jobs for /metrics"),
-        }
     }
 
     /// Where this node writes from.
@@ -625,6 +625,32 @@ async fn log_key_changes(
     Ok(())
 }
 
+/// Keep `counts` current for `/metrics`: after this node changes jobs (at most once
+/// a second: a count reads every job's state), and every 10 s for other nodes'
+/// changes. A failure keeps the old counts.
+async fn count_jobs(
+    pool: Pool,
+    counts: Arc<Mutex<[(JobState, u64); JobState::ALL.len()]>>,
+    changed: Arc<Notify>,
+) {
+    loop {
+        tokio::select! {
+            _ = changed.notified() => {}
+            _ = tokio::time::sleep(std::time::Duration::from_secs(10)) => {}
+        }
+        let counted = async {
+            let client = pool.get().await.map_err(pool_error)?;
+            count_job_states(&client).await
+        };
+        match tokio::time::timeout(std::time::Duration::from_secs(30), counted).await {
+            Ok(Ok(c)) => *counts.lock() = c,
+            Ok(Err(e)) => tracing::debug!(error = %e, "cannot count alert jobs for /metrics"),
+            Err(_) => tracing::debug!("counting alert jobs for /metrics took over 30 s"),
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+}
+
 async fn count_job_states(
     client: &Client,
 ) -> Result<[(JobState, u64); JobState::ALL.len()], StoreError> {
@@ -767,7 +793,7 @@ impl Storage for PostgresStore {
         let writer = self.writer();
         self.run(async |c| commit(c, writer, change).await)?;
         if jobs_changed {
-            self.recount();
+            self.jobs_changed.notify_one();
         }
         Ok(())
     }
@@ -966,7 +992,7 @@ impl Storage for PostgresStore {
             Ok(claimed)
         })?;
         if !claimed.is_empty() {
-            self.recount();
+            self.jobs_changed.notify_one();
         }
         Ok(claimed)
     }

@@ -31,6 +31,7 @@
 
 mod error;
 mod export;
+mod load;
 pub mod memory;
 mod page;
 pub mod postgres;

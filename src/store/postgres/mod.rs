@@ -698,18 +698,23 @@ impl Storage for PostgresStore {
         const CHUNK: &str = "FETCH 8192 FROM keys_load";
         self.run(async |c| {
             let tx = c.transaction().await.map_err(begin_err)?;
-            tx.batch_execute("DECLARE keys_load NO SCROLL CURSOR FOR SELECT record FROM keys")
-                .await
-                .map_err(pg)?;
+            // The text of each record, read by the decoder that skips what the
+            // index does not keep (the redb store's).
+            tx.batch_execute(
+                "DECLARE keys_load NO SCROLL CURSOR FOR SELECT record::text FROM keys",
+            )
+            .await
+            .map_err(pg)?;
             let mut n = 0;
+            let mut cache = crate::store::load::LoadCache::default();
             loop {
                 let rows = tx.query(CHUNK, &[]).await.map_err(pg)?;
                 if rows.is_empty() {
                     break;
                 }
                 for row in &rows {
-                    let rec: KeyRecord = decode("keys", row.get(0))?;
-                    each(KeyRow::from_record(&rec).map_err(StoreError::from)?);
+                    let text: &str = row.get(0);
+                    each(crate::store::load::prepare(&mut cache, text.as_bytes())?);
                     n += 1;
                 }
             }

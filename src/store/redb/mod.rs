@@ -15,7 +15,6 @@ mod export;
 #[cfg(test)]
 mod job_tests;
 mod jobs;
-mod load;
 mod tables;
 
 use std::path::Path;
@@ -234,7 +233,7 @@ impl Storage for RedbStore {
     }
 
     fn load_keys(&self, each: &mut dyn FnMut(KeyRow)) -> Result<usize, StoreError> {
-        self.read_keys(load::prepare, each)
+        self.read_keys(crate::store::load::prepare, each)
     }
 
     fn keys(&self, ids: &[Uuid]) -> Result<Vec<KeyRecord>, StoreError> {

@@ -1,4 +1,5 @@
-//! Reading the stored keys at start: only what the in-memory index keeps.
+//! Reading the stored keys at start: only what the in-memory index keeps, from a
+//! record's JSON as redb stores it or PostgreSQL prints its `jsonb`.
 //!
 //! A cold start decodes every key record, so this is the start time. The decoder
 //! threads read each record's JSON into a borrowed view that skips the fields only

@@ -89,10 +89,14 @@ impl Task {
                 maintenance::sweep_expired(keys).await?
             ),
             Task::Purge => {
-                let purged = maintenance::purge(keys).await?;
-                match keys.prune_change_log().await? {
-                    0 => format!("{purged} key(s) purged"),
-                    n => format!("{purged} key(s) purged, {n} change log entries dropped"),
+                // Each runs whether the other failed or not.
+                let purged = maintenance::purge(keys).await;
+                let pruned = keys.prune_change_log().await;
+                match (purged?, pruned?) {
+                    (purged, 0) => format!("{purged} key(s) purged"),
+                    (purged, n) => {
+                        format!("{purged} key(s) purged, {n} change log entries dropped")
+                    }
                 }
             }
             Task::InactivityWarning => format!(

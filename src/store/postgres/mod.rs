@@ -284,9 +284,14 @@ impl PostgresStore {
                 schema::migrate(&mut client).await?;
                 // Where following starts: before the keys are loaded, so nothing
                 // committed meanwhile is missed (it is applied twice at worst).
+                // A log pruned empty starts after what was pruned, not at 0 (which
+                // would ask for a reload at once).
                 let row = client
                     .query_one(
-                        "SELECT COALESCE(MAX(seq), 0), clock_timestamp() FROM key_changes",
+                        "SELECT GREATEST(COALESCE(MAX(seq), 0),
+                                         (SELECT pruned_through FROM key_changes_horizon)),
+                                clock_timestamp()
+                         FROM key_changes",
                         &[],
                     )
                     .await
@@ -429,8 +434,10 @@ impl PostgresStore {
 /// retired secrets, jobs, messages. Changed keys go to the change log first, unless
 /// another node changed one of them since `writer` read the log.
 async fn apply(tx: &Transaction<'_>, writer: Writer, mut change: Change) -> Result<(), StoreError> {
-    log_key_changes(tx, writer, &change).await?;
+    // Row locks first, in id order, then the log's lock: the cluster-wide lock is
+    // held briefly, and never while waiting for a row another node holds.
     keep_stored_usage(tx, &mut change.put_keys).await?;
+    log_key_changes(tx, writer, &change).await?;
     for rec in &change.put_keys {
         tx.execute(
             "INSERT INTO keys (id, owner, record) VALUES ($1, $2, $3)
@@ -528,7 +535,7 @@ async fn keep_stored_usage(
     let ids: Vec<Uuid> = records.iter().map(|r| r.id).collect();
     let rows = tx
         .query(
-            "SELECT id, record FROM keys WHERE id = ANY($1) FOR UPDATE",
+            "SELECT id, record FROM keys WHERE id = ANY($1) ORDER BY id FOR UPDATE",
             &[&ids],
         )
         .await
@@ -770,7 +777,8 @@ impl Storage for PostgresStore {
                 )
                 .await
                 .map_err(pg)?;
-            let mut written = 0;
+            let mut ids = Vec::with_capacity(rows.len());
+            let mut records = Vec::with_capacity(rows.len());
             for row in rows {
                 let id: Uuid = row.get(0);
                 let Some(u) = by_id.remove(&id) else {
@@ -779,15 +787,21 @@ impl Storage for PostgresStore {
                 let mut rec: KeyRecord = decode("keys", row.get(1))?;
                 rec.last_used_at = rec.last_used_at.max(u.last_used_at);
                 rec.usage.add(&u.counts);
+                ids.push(id);
+                records.push(encode("keys", &rec)?);
+            }
+            // One statement per thousand keys, not a round trip per key.
+            for (ids, records) in ids.chunks(1000).zip(records.chunks(1000)) {
                 tx.execute(
-                    "UPDATE keys SET record = $2, usage_written_at = clock_timestamp()
-                         WHERE id = $1",
-                    &[&id, &encode("keys", &rec)?],
+                    "UPDATE keys SET record = v.record, usage_written_at = clock_timestamp()
+                         FROM unnest($1::uuid[], $2::jsonb[]) AS v(id, record)
+                         WHERE keys.id = v.id",
+                    &[&ids, &records],
                 )
                 .await
                 .map_err(pg)?;
-                written += 1;
             }
+            let written = ids.len();
             tx.commit().await.map_err(commit_err)?;
             Ok(written)
         })
@@ -1217,30 +1231,45 @@ impl Storage for PostgresStore {
 
     fn prune_changes(&self) -> Result<u64, StoreError> {
         let keep = self.retention.as_secs_f64();
-        self.run(async |c| {
-            let tx = c.transaction().await.map_err(begin_err)?;
-            let gone = tx
-                .query(
-                    "DELETE FROM key_changes
-                         WHERE at < clock_timestamp() - make_interval(secs => $1)
-                         RETURNING seq",
-                    &[&keep],
-                )
-                .await
-                .map_err(pg)?;
-            let Some(through) = gone.iter().map(|r| r.get::<_, i64>(0)).max() else {
-                return Ok(0);
-            };
-            // A node that has not read this far must reload every key.
-            tx.execute(
-                "UPDATE key_changes_horizon SET pruned_through = GREATEST(pruned_through, $1)",
-                &[&through],
-            )
-            .await
-            .map_err(pg)?;
-            tx.commit().await.map_err(commit_err)?;
-            Ok(u64::try_from(gone.len()).unwrap_or(u64::MAX))
-        })
+        let mut total = 0;
+        // In chunks, each its own transaction: a log of millions of rows (after a
+        // migration) is pruned over several calls, never in one statement that
+        // outlasts the statement timeout.
+        loop {
+            let gone = self.run(async |c| {
+                let tx = c.transaction().await.map_err(begin_err)?;
+                let row = tx
+                    .query_one(
+                        "WITH gone AS (
+                             DELETE FROM key_changes WHERE seq IN (
+                                 SELECT seq FROM key_changes
+                                 WHERE at < clock_timestamp() - make_interval(secs => $1)
+                                 ORDER BY seq LIMIT 50000)
+                             RETURNING seq)
+                         SELECT COUNT(*), MAX(seq) FROM gone",
+                        &[&keep],
+                    )
+                    .await
+                    .map_err(pg)?;
+                let (n, through): (i64, Option<i64>) = (row.get(0), row.get(1));
+                if let Some(through) = through {
+                    // A node that has not read this far must reload every key.
+                    tx.execute(
+                        "UPDATE key_changes_horizon
+                             SET pruned_through = GREATEST(pruned_through, $1)",
+                        &[&through],
+                    )
+                    .await
+                    .map_err(pg)?;
+                }
+                tx.commit().await.map_err(commit_err)?;
+                Ok(uint(n))
+            })?;
+            total += gone;
+            if gone < 50_000 {
+                return Ok(total);
+            }
+        }
     }
 
     fn job_lease(&self) -> Option<std::time::Duration> {

@@ -46,6 +46,7 @@ impl<D: Deliver> Dispatcher<D> {
         let wake = keys.alerting().wake();
         let mut tasks = JoinSet::new();
         let clock = keys.clock().clone();
+        let mut failing = false;
         loop {
             if *stop.borrow() {
                 break;
@@ -61,10 +62,21 @@ impl<D: Deliver> Dispatcher<D> {
             let free = permits.available_permits().min(CLAIM_BATCH);
             let now = clock.now();
             let claimed = match self.alerts.claim_due(now, free).await {
-                Ok(c) => c,
+                Ok(c) => {
+                    if std::mem::take(&mut failing) {
+                        tracing::info!("claiming due alert jobs again");
+                    }
+                    c
+                }
                 Err(e) => {
-                    tracing::error!(error = %e, "cannot claim due alert jobs; retrying in 1s");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    // Once per outage (a database down for an hour is one line).
+                    if !std::mem::replace(&mut failing, true) {
+                        tracing::error!(error = %e, "cannot claim due alert jobs; delivery pauses, retrying every second");
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = stop.changed() => break,
+                    }
                     continue;
                 }
             };

@@ -137,17 +137,21 @@ fn three_nodes_serve_every_key_and_revocation_reaches_all_within_a_second() {
 }
 
 /// PostgreSQL stops: verification goes on from memory on every node, /healthz and
-/// /metrics say the store is down, and changes answer 503 with nothing written.
-/// PostgreSQL returns: changes work again and every node agrees.
+/// /metrics say the store is down, changes answer 503 with nothing written, and an
+/// alert falling due waits. PostgreSQL returns: changes work again, every node
+/// agrees, and the overdue alert is delivered once.
 #[test]
 fn nodes_verify_from_memory_while_postgresql_is_down_and_catch_up_after() {
     let Some(mut server) = TestServer::start() else {
         return;
     };
     let url = server.database("outage");
-    let n = nodes(&url, 2);
+    let smtp = Smtp::start();
+    let extra = alert_tables(smtp.port, &shipped_plugins(), "", "");
+    let n = nodes_with(&url, 2, "", &extra);
     let (a, b) = (&n[0], &n[1]);
     let (id, secret) = a.create("alice", "before", &[]);
+    let (_, _) = b.create("alice", "due-in-the-outage", &["--notify-at", &at(3)]);
     seen_within(&[b], Duration::from_secs(1), |d| valid(d, &secret));
 
     server.stop();
@@ -166,6 +170,9 @@ fn nodes_verify_from_memory_while_postgresql_is_down_and_catch_up_after() {
     });
     assert_eq!(metric(a, "apikeyd_store_up"), 0.0);
     assert!(valid(a, &secret), "the refused disable was half applied");
+    // Past the alert's due time, with nothing delivered.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(smtp.count(), 0);
 
     server.restart();
     // The pool replaces its dead connections: the next change goes through.
@@ -179,6 +186,9 @@ fn nodes_verify_from_memory_while_postgresql_is_down_and_catch_up_after() {
         let (_, h) = http(b.addr, "GET", "/healthz", &[], b"");
         h["store"] == "up"
     });
+    wait_until(Duration::from_secs(20), || smtp.count() >= 1);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(smtp.count(), 1, "the overdue alert was delivered twice");
 }
 
 /// 300 alerts falling due within a few seconds, their keys created on all three

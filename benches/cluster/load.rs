@@ -1,0 +1,275 @@
+//! Parts 3 and 4: a node's cold start from PostgreSQL at N keys against redb's,
+//! where that time goes, and verification on `Keys` loaded from each store.
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use apikeyd::clock::{SharedClock, SystemClock};
+use apikeyd::keys::model::{Code, KeyRecord};
+use apikeyd::keys::Keys;
+use apikeyd::model::KeyRow;
+use apikeyd::store::{PostgresStore, Storage};
+use tokio_postgres::types::Json;
+use tokio_postgres::Row;
+
+use crate::build::Built;
+use crate::fixtures::{plain_settings, SCOPE};
+use crate::measure::{median_f64, secs, text_of, time_hot, Stats};
+
+pub(crate) struct Seeded {
+    pub(crate) time: Duration,
+}
+
+/// Records read from the built redb store a batch at a time.
+const SEED_BATCH: usize = 20_000;
+
+/// Copy the built redb database's keys into the empty PostgreSQL database at `url`:
+/// the schema from `PostgresStore::open`, then one multi-row `INSERT` per batch.
+/// `apikeyd migrate`'s code writes a row per statement (a few thousand keys/s
+/// here, minutes for 1M keys), and a cold start reads only the `keys` table.
+pub(crate) fn seed_postgres(built: &Built, url: &str) -> Seeded {
+    drop(PostgresStore::open(url, None).expect("create the schema"));
+    eprintln!("[seed] {} keys redb -> PostgreSQL ...", built.n);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let t = Instant::now();
+    rt.block_on(async {
+        let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+            .await
+            .expect("connect");
+        let conn = tokio::spawn(conn);
+        let mut after = None;
+        let mut done = 0;
+        loop {
+            let recs = built
+                .store
+                .export_keys(after, SEED_BATCH)
+                .expect("read redb");
+            let Some(last) = recs.last() else { break };
+            after = Some(last.id);
+            let ids: Vec<uuid::Uuid> = recs.iter().map(|r| r.id).collect();
+            let owners: Vec<&str> = recs.iter().map(|r| r.owner.as_str()).collect();
+            let records: Vec<Json<&KeyRecord>> = recs.iter().map(Json).collect();
+            client
+                .execute(
+                    "INSERT INTO keys (id, owner, record)
+                     SELECT * FROM unnest($1::uuid[], $2::text[], $3::jsonb[])",
+                    &[&ids, &owners, &records],
+                )
+                .await
+                .expect("insert");
+            done += recs.len();
+            if done % 200_000 < recs.len() {
+                eprintln!("[seed] {done} ({:.1} s)", secs(t.elapsed()));
+            }
+        }
+        assert_eq!(done, built.n);
+        drop(client);
+        let _ = conn.await;
+    });
+    let time = t.elapsed();
+    eprintln!("[seed] done in {:.1} s", secs(time));
+    Seeded { time }
+}
+
+fn open_keys(store: Arc<dyn Storage>, built: &Built) -> Keys {
+    Keys::open(
+        store,
+        built.hasher.clone(),
+        Arc::new(SystemClock) as SharedClock,
+        plain_settings(),
+    )
+    .expect("Keys::open")
+}
+
+pub(crate) struct ColdStart {
+    /// Seconds of each `Keys::open` over the open redb store.
+    pub(crate) redb: Vec<f64>,
+    /// Seconds of each `PostgresStore::connect` (pool, schema check, listener).
+    pub(crate) pg_connect: Vec<f64>,
+    /// Seconds of each `Keys::open` over it.
+    pub(crate) pg_open: Vec<f64>,
+}
+
+/// `rounds` cold starts of each, alternating.
+pub(crate) fn cold_start(built: &Built, url: &str, rounds: usize) -> ColdStart {
+    let mut out = ColdStart {
+        redb: Vec::new(),
+        pg_connect: Vec::new(),
+        pg_open: Vec::new(),
+    };
+    for r in 0..rounds {
+        let t = Instant::now();
+        let keys = open_keys(built.store.clone(), built);
+        out.redb.push(secs(t.elapsed()));
+        assert_eq!(keys.len(), built.n);
+        drop(keys);
+
+        let t = Instant::now();
+        let store: Arc<dyn Storage> = Arc::new(PostgresStore::open(url, None).expect("open"));
+        out.pg_connect.push(secs(t.elapsed()));
+        let t = Instant::now();
+        let keys = open_keys(store, built);
+        out.pg_open.push(secs(t.elapsed()));
+        assert_eq!(keys.len(), built.n);
+        drop(keys);
+        eprintln!(
+            "[cold start {}] redb {:.2} s, PostgreSQL connect {:.3} s + Keys::open {:.2} s",
+            r + 1,
+            out.redb[r],
+            out.pg_connect[r],
+            out.pg_open[r]
+        );
+    }
+    out
+}
+
+/// Where a PostgreSQL load spends its time, one step added at a time.
+pub(crate) struct LoadProfile {
+    /// `SELECT record::text` through a cursor, 8192 rows a fetch: the server's
+    /// work and the transfer.
+    pub(crate) fetch_text: f64,
+    /// `SELECT record` read as `serde_json::Value`, as `load_keys` reads it.
+    pub(crate) fetch_value: f64,
+    /// ... and each `Value` decoded into a `KeyRecord`, then a `KeyRow`.
+    pub(crate) value_record_row: f64,
+    /// `PostgresStore::load_keys` with an index that drops each row.
+    pub(crate) pg_load_keys: f64,
+    /// The same on redb (`RedbStore::load_keys`: parallel decoders of only the
+    /// fields the index keeps).
+    pub(crate) redb_load_keys: f64,
+    /// Alternative: `record` read straight into a `KeyRecord` (`Json<KeyRecord>`,
+    /// no `Value` in between), then a `KeyRow`.
+    pub(crate) json_record_row: f64,
+}
+
+/// Read every row of `sql` through a cursor, 8192 rows a fetch, as `load_keys`
+/// does; `f` sees each row.
+fn scan(url: &str, sql: &str, mut f: impl FnMut(&Row)) -> f64 {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let (mut client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+            .await
+            .expect("connect");
+        let conn = tokio::spawn(conn);
+        let t = Instant::now();
+        let tx = client.transaction().await.expect("begin");
+        tx.batch_execute(&format!("DECLARE scan NO SCROLL CURSOR FOR {sql}"))
+            .await
+            .expect("declare");
+        loop {
+            let rows = tx.query("FETCH 8192 FROM scan", &[]).await.expect("fetch");
+            if rows.is_empty() {
+                break;
+            }
+            for row in &rows {
+                f(row);
+            }
+        }
+        tx.commit().await.expect("commit");
+        let took = secs(t.elapsed());
+        drop(client);
+        let _ = conn.await;
+        took
+    })
+}
+
+pub(crate) fn load_profile(built: &Built, url: &str) -> LoadProfile {
+    eprintln!("[profile] the steps of a PostgreSQL load ...");
+    let mut bytes = 0usize;
+    let fetch_text = scan(url, "SELECT record::text FROM keys", |r| {
+        bytes += r.get::<_, &str>(0).len();
+    });
+    black_box(bytes);
+    let fetch_value = scan(url, "SELECT record FROM keys", |r| {
+        black_box(r.get::<_, serde_json::Value>(0));
+    });
+    let value_record_row = scan(url, "SELECT record FROM keys", |r| {
+        let rec: KeyRecord = serde_json::from_value(r.get(0)).expect("KeyRecord");
+        black_box(KeyRow::from_record(&rec).expect("KeyRow"));
+    });
+    let json_record_row = scan(url, "SELECT record FROM keys", |r| {
+        let rec: Json<KeyRecord> = r.get(0);
+        black_box(KeyRow::from_record(&rec.0).expect("KeyRow"));
+    });
+    let pg = PostgresStore::open(url, None).expect("open");
+    let t = Instant::now();
+    let n = pg.load_keys(&mut |row| drop(black_box(row))).expect("load");
+    let pg_load_keys = secs(t.elapsed());
+    assert_eq!(n, built.n);
+    let t = Instant::now();
+    built
+        .store
+        .load_keys(&mut |row| drop(black_box(row)))
+        .expect("load");
+    let redb_load_keys = secs(t.elapsed());
+    LoadProfile {
+        fetch_text,
+        fetch_value,
+        value_record_row,
+        pg_load_keys,
+        redb_load_keys,
+        json_record_row,
+    }
+}
+
+pub(crate) struct VerifyCompare {
+    /// Per round: (redb, PostgreSQL).
+    pub(crate) rounds: Vec<(Stats, Stats)>,
+    pub(crate) calls: usize,
+}
+
+impl VerifyCompare {
+    pub(crate) fn medians(&self) -> (f64, f64) {
+        let r: Vec<f64> = self.rounds.iter().map(|(a, _)| a.median as f64).collect();
+        let p: Vec<f64> = self.rounds.iter().map(|(_, b)| b.median as f64).collect();
+        (median_f64(&r), median_f64(&p))
+    }
+}
+
+/// VALID verifications of the sample on `Keys` loaded from redb and from
+/// PostgreSQL (the same keys), `rounds` interleaved rounds of `calls` each.
+pub(crate) fn verify_compare(
+    built: &Built,
+    url: &str,
+    calls: usize,
+    rounds: usize,
+) -> VerifyCompare {
+    let store: Arc<dyn Storage> = Arc::new(PostgresStore::open(url, None).expect("open"));
+    let pg = open_keys(store, built);
+    let sample = &built.sample;
+    let time = |keys: &Keys| {
+        for s in sample.iter().take(calls.min(200_000)) {
+            assert_eq!(keys.verify(s, Some(SCOPE), None).code, Code::Valid);
+        }
+        Stats::of(time_hot(calls, String::new(), text_of(sample), |k| {
+            let v = keys.verify(k, Some(SCOPE), None);
+            assert!(v.code == Code::Valid);
+        }))
+    };
+    let mut out = Vec::new();
+    for r in 0..rounds {
+        // Alternate which goes first.
+        let (a, b) = if r % 2 == 0 {
+            let a = time(&built.keys);
+            (a, time(&pg))
+        } else {
+            let b = time(&pg);
+            (time(&built.keys), b)
+        };
+        eprintln!(
+            "[verify {}] VALID median redb {} ns, PostgreSQL {} ns",
+            r + 1,
+            a.median,
+            b.median
+        );
+        out.push((a, b));
+    }
+    VerifyCompare { rounds: out, calls }
+}

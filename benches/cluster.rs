@@ -12,13 +12,14 @@
 //! 3. Cold start at N keys: `Keys::open` from PostgreSQL against redb, and where a
 //!    PostgreSQL load spends its time.
 //! 4. Verification on `Keys` loaded from PostgreSQL against redb (the same keys).
+//! 5. The real `apikeyd` started on those N keys, PostgreSQL against redb.
 //!
 //! Environment (defaults; `APIKEYD_BENCH_QUICK=1` makes every default small, for a
 //! smoke run): `APIKEYD_BENCH_KEYS` (1000000), `APIKEYD_BENCH_SAMPLE` (100000),
 //! `APIKEYD_BENCH_ROUNDS` (200, propagation with NOTIFY), `APIKEYD_BENCH_POLL_ROUNDS`
 //! (30, polling only), `APIKEYD_BENCH_POLL_MS` (1000, `[store] poll_interval`),
 //! `APIKEYD_BENCH_CREATES` (1000 per pass), `APIKEYD_BENCH_CREATE_PASSES` (3),
-//! `APIKEYD_BENCH_STARTS` (3 cold starts of each), `APIKEYD_BENCH_CALLS` (1000000
+//! `APIKEYD_BENCH_STARTS` (3 cold starts of each, in-process and daemon), `APIKEYD_BENCH_CALLS` (1000000
 //! verifications per round), `APIKEYD_BENCH_VERIFY_ROUNDS` (4).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -43,6 +44,8 @@ mod common;
 )]
 #[path = "verify/create.rs"]
 mod create;
+#[path = "cluster/daemon.rs"]
+mod daemon;
 #[allow(
     dead_code,
     reason = "shared with the verify benchmark, which uses all of it"
@@ -238,6 +241,31 @@ fn main() {
     let profile = load::load_profile(&built, &big);
     // Part 4.
     let verify = load::verify_compare(&built, &big, calls, verify_rounds);
+    // Part 5: the daemon needs the redb file to itself.
+    let build_wall = built.build_wall;
+    drop(built);
+    let redb_node = dir.path().join("redb-node");
+    let redb_config = daemon::config(&redb_node, "");
+    std::fs::rename(
+        dir.path().join("keys.redb"),
+        redb_node.join("state/apikeyd.redb"),
+    )
+    .expect("move the redb database");
+    let pg_config = daemon::config(
+        &dir.path().join("pg-node"),
+        &format!("[store]\nbackend = \"postgres\"\nurl = {big:?}\n"),
+    );
+    let mut daemon_starts = (Vec::new(), Vec::new());
+    for r in 0..starts {
+        daemon_starts.0.push(daemon::start(&redb_config));
+        daemon_starts.1.push(daemon::start(&pg_config));
+        eprintln!(
+            "[daemon start {}] redb {:.2} s, PostgreSQL {:.2} s",
+            r + 1,
+            daemon_starts.0[r],
+            daemon_starts.1[r]
+        );
+    }
 
     // ------------------------------------------------------------ report
     let mut out = Vec::new();
@@ -316,7 +344,7 @@ fn main() {
     out.push(format!("[3] cold start at N = {n} keys"));
     out.push(format!(
         "  seeding: redb build {:.1} s; redb -> PostgreSQL, one INSERT ... unnest() per 20k keys, {:.1} s ({:.0} keys/s)",
-        secs(built.build_wall),
+        secs(build_wall),
         secs(seeded.time),
         rate(n, seeded.time)
     ));
@@ -393,6 +421,21 @@ fn main() {
     out.push(format!(
         "  medians of the rounds: redb {vr:.0} ns, PostgreSQL {vp:.0} ns, ratio {:.2}",
         vp / vr
+    ));
+    out.push(String::new());
+    let (dr, dp) = (median_f64(&daemon_starts.0), median_f64(&daemon_starts.1));
+    out.push(format!(
+        "[5] apikeyd at N = {n} keys, spawn -> `listening` on stdout, {starts} starts each (alternating)"
+    ));
+    out.push(format!(
+        "  redb:       median {dr:.2} s ({})",
+        list(&daemon_starts.0)
+    ));
+    out.push(format!(
+        "  PostgreSQL: median {dp:.2} s ({}); ratio PostgreSQL/redb {:.2}; target <= 10 s -> {}",
+        list(&daemon_starts.1),
+        dp / dr,
+        if dp <= 10.0 { "MET" } else { "NOT MET" }
     ));
     out.push(String::new());
     out.push(format!(

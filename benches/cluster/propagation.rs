@@ -116,12 +116,22 @@ fn ms(d: Duration) -> f64 {
 
 /// Disable each of `keys` in turn, on nodes 0, 1, 2, 0, ..., and time until the
 /// other two refuse it.
-fn rounds(rt: &Runtime, nodes: &[Arc<Keys>], keys: &[(String, String)], label: &str) -> Rounds {
+///
+/// Rounds start 5 ms + a random part of `spread` after the previous one ended: with
+/// polling only, a round ends at a poll, so the spread must cover the poll interval
+/// or every disable would land just after a poll.
+fn rounds(
+    rt: &Runtime,
+    nodes: &[Arc<Keys>],
+    keys: &[(String, String)],
+    spread: Duration,
+    label: &str,
+) -> Rounds {
     let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    let spread_us = u64::try_from(spread.as_micros()).unwrap_or(u64::MAX).max(1);
     let mut out = Rounds::default();
     for (i, (id, secret)) in keys.iter().enumerate() {
-        // Apart from the rounds before, at a time unrelated to any poll period.
-        std::thread::sleep(Duration::from_micros(rng.gen_range(5_000..25_000)));
+        std::thread::sleep(Duration::from_micros(5_000 + rng.gen_range(0..spread_us)));
         let on = i % nodes.len();
         let others: Vec<&Arc<Keys>> = (0..nodes.len())
             .filter(|&j| j != on)
@@ -187,7 +197,13 @@ pub(crate) fn bench_propagation(
     wait_valid_everywhere(&nodes, &poll_keys);
 
     eprintln!("[propagation] {n_rounds} rounds, NOTIFY and polling every {poll:?} ...");
-    let notify = rounds(&rt, &nodes, &notify_keys, "notify");
+    let notify = rounds(
+        &rt,
+        &nodes,
+        &notify_keys,
+        Duration::from_millis(20),
+        "notify",
+    );
 
     let _ = stop_tx.send(true);
     rt.block_on(async {
@@ -201,7 +217,7 @@ pub(crate) fn bench_propagation(
         .iter()
         .map(|k| rt.spawn(poll_only(k.clone(), poll, stop_rx.clone())))
         .collect();
-    let polling = rounds(&rt, &nodes, &poll_keys, "polling");
+    let polling = rounds(&rt, &nodes, &poll_keys, poll, "polling");
     let _ = stop_tx.send(true);
     rt.block_on(async {
         for p in pollers {

@@ -382,6 +382,10 @@ fn main() {
         profile.fetch_text
     ));
     out.push(format!(
+        "    the same from a json (text) column copy      {:.2} s",
+        profile.fetch_json_column
+    ));
+    out.push(format!(
         "    fetch record as serde_json::Value            {:.2} s",
         profile.fetch_value
     ));
@@ -396,6 +400,10 @@ fn main() {
     out.push(format!(
         "    alternative: Json<KeyRecord> -> KeyRow         {:.2} s",
         profile.json_record_row
+    ));
+    out.push(format!(
+        "    prototype: raw jsonb bytes fetched on another thread, overlapped with Json -> KeyRecord -> KeyRow here  {:.2} s",
+        profile.overlapped
     ));
     out.push(format!(
         "    RedbStore::load_keys (no index), same keys   {:.2} s",

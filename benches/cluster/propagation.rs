@@ -218,6 +218,9 @@ pub(crate) fn bench_propagation(
         .map(|k| rt.spawn(poll_only(k.clone(), poll, stop_rx.clone())))
         .collect();
     let polling = rounds(&rt, &nodes, &poll_keys, poll, "polling");
+    let mut sorted = polling.both_from_request.clone();
+    sorted.sort_by(f64::total_cmp);
+    eprintln!("[propagation polling] ms, sorted: {sorted:.0?}");
     let _ = stop_tx.send(true);
     rt.block_on(async {
         for p in pollers {

@@ -410,25 +410,35 @@ fn main() {
         profile.redb_load_keys
     ));
     out.push(String::new());
-    let (vr, vp) = verify.medians();
+    let vm = verify.medians();
     out.push(format!(
-        "[4] Keys::verify VALID at N = {n}, {} interleaved rounds of {} calls (each timed alone, median per round)",
+        "[4] Keys::verify VALID at N = {n}, {} rounds of {} calls on each (each call timed alone; each Keys first in turn)",
         verify.rounds.len(),
         verify.calls
     ));
-    for (i, (r, p)) in verify.rounds.iter().enumerate() {
+    for (i, r) in verify.rounds.iter().enumerate() {
         out.push(format!(
-            "  round {}: redb median {} ns p99 {} ns | PostgreSQL median {} ns p99 {} ns",
+            "  round {}: {}",
             i + 1,
-            r.median,
-            r.p99,
-            p.median,
-            p.p99
+            load::VERIFY_LABELS
+                .iter()
+                .zip(r)
+                .map(|(l, s)| format!("{l} median {} ns p99 {} ns", s.median, s.p99))
+                .collect::<Vec<_>>()
+                .join(" | ")
         ));
     }
     out.push(format!(
-        "  medians of the rounds: redb {vr:.0} ns, PostgreSQL {vp:.0} ns, ratio {:.2}",
-        vp / vr
+        "  medians of the rounds: {}; PostgreSQL/redb (built) {:.2}, PostgreSQL/redb (reloaded) {:.2}, redb reloaded/built {:.2}",
+        load::VERIFY_LABELS
+            .iter()
+            .zip(vm)
+            .map(|(l, m)| format!("{l} {m:.0} ns"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        vm[2] / vm[0],
+        vm[2] / vm[1],
+        vm[1] / vm[0]
     ));
     out.push(String::new());
     let (dr, dp) = (median_f64(&daemon_starts.0), median_f64(&daemon_starts.1));

@@ -305,17 +305,24 @@ pub(crate) fn load_profile(built: &Built, url: &str) -> LoadProfile {
     }
 }
 
+/// The `Keys` part 4 compares: loaded from redb when built, loaded again from redb
+/// next to the PostgreSQL one (two indexes of the same keys in different memory:
+/// how far apart placement alone puts them), and loaded from PostgreSQL.
+pub(crate) const VERIFY_LABELS: [&str; 3] = ["redb (built)", "redb (reloaded)", "PostgreSQL"];
+
 pub(crate) struct VerifyCompare {
-    /// Per round: (redb, PostgreSQL).
-    pub(crate) rounds: Vec<(Stats, Stats)>,
+    /// Per round, in the order of [`VERIFY_LABELS`].
+    pub(crate) rounds: Vec<[Stats; 3]>,
     pub(crate) calls: usize,
 }
 
 impl VerifyCompare {
-    pub(crate) fn medians(&self) -> (f64, f64) {
-        let r: Vec<f64> = self.rounds.iter().map(|(a, _)| a.median as f64).collect();
-        let p: Vec<f64> = self.rounds.iter().map(|(_, b)| b.median as f64).collect();
-        (median_f64(&r), median_f64(&p))
+    /// The median of each `Keys`' per-round medians.
+    pub(crate) fn medians(&self) -> [f64; 3] {
+        [0, 1, 2].map(|k| {
+            let v: Vec<f64> = self.rounds.iter().map(|r| r[k].median as f64).collect();
+            median_f64(&v)
+        })
     }
 }
 
@@ -328,7 +335,9 @@ pub(crate) fn verify_compare(
     rounds: usize,
 ) -> VerifyCompare {
     let store: Arc<dyn Storage> = Arc::new(PostgresStore::open(url, None).expect("open"));
+    let reloaded = open_keys(built.store.clone(), built);
     let pg = open_keys(store, built);
+    let all: [&Keys; 3] = [&built.keys, &reloaded, &pg];
     let sample = &built.sample;
     let time = |keys: &Keys| {
         for s in sample.iter().take(calls.min(200_000)) {
@@ -341,21 +350,21 @@ pub(crate) fn verify_compare(
     };
     let mut out = Vec::new();
     for r in 0..rounds {
-        // Alternate which goes first.
-        let (a, b) = if r % 2 == 0 {
-            let a = time(&built.keys);
-            (a, time(&pg))
-        } else {
-            let b = time(&pg);
-            (time(&built.keys), b)
-        };
+        // Each goes first in turn.
+        let mut stats: [Option<Stats>; 3] = [None; 3];
+        for k in 0..3 {
+            let i = (r + k) % 3;
+            stats[i] = Some(time(all[i]));
+        }
+        let stats = stats.map(|s| s.expect("timed"));
         eprintln!(
-            "[verify {}] VALID median redb {} ns, PostgreSQL {} ns",
+            "[verify {}] VALID medians {} ns, {} ns, {} ns ({VERIFY_LABELS:?})",
             r + 1,
-            a.median,
-            b.median
+            stats[0].median,
+            stats[1].median,
+            stats[2].median
         );
-        out.push((a, b));
+        out.push(stats);
     }
     VerifyCompare { rounds: out, calls }
 }

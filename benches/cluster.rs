@@ -17,7 +17,7 @@
 //! Environment (defaults; `APIKEYD_BENCH_QUICK=1` makes every default small, for a
 //! smoke run): `APIKEYD_BENCH_KEYS` (1000000), `APIKEYD_BENCH_SAMPLE` (100000),
 //! `APIKEYD_BENCH_ROUNDS` (200, propagation with NOTIFY), `APIKEYD_BENCH_POLL_ROUNDS`
-//! (30, polling only), `APIKEYD_BENCH_POLL_MS` (1000, `[store] poll_interval`),
+//! (50, polling only), `APIKEYD_BENCH_POLL_MS` (1000, `[store] poll_interval`),
 //! `APIKEYD_BENCH_CREATES` (1000 per pass), `APIKEYD_BENCH_CREATE_PASSES` (3),
 //! `APIKEYD_BENCH_STARTS` (3 cold starts of each, in-process and daemon), `APIKEYD_BENCH_CALLS` (1000000
 //! verifications per round), `APIKEYD_BENCH_VERIFY_ROUNDS` (4).
@@ -199,7 +199,7 @@ fn main() {
     let n = env_usize("APIKEYD_BENCH_KEYS", d(1_000_000, 5_000)).max(1);
     let sample_size = env_usize("APIKEYD_BENCH_SAMPLE", d(100_000, 1_000)).clamp(1, n);
     let rounds = env_usize("APIKEYD_BENCH_ROUNDS", d(200, 10)).max(1);
-    let poll_rounds = env_usize("APIKEYD_BENCH_POLL_ROUNDS", d(30, 3));
+    let poll_rounds = env_usize("APIKEYD_BENCH_POLL_ROUNDS", d(50, 3));
     let poll_ms = env_usize("APIKEYD_BENCH_POLL_MS", d(1000, 100)).max(1);
     let creates = env_usize("APIKEYD_BENCH_CREATES", d(1000, 50)).max(1);
     let passes = env_usize("APIKEYD_BENCH_CREATE_PASSES", d(3, 1)).max(1);

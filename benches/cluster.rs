@@ -166,15 +166,7 @@ fn bench_creations(
 /// The same statement on a plain tokio-postgres connection driven by the calling
 /// thread (a current-thread runtime): no hand-over between threads.
 fn direct_round_trip(url: &str, n: usize) -> measure::Stats {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async {
-        let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-            .await
-            .expect("connect");
-        let conn = tokio::spawn(conn);
+    load::with_client(url, async |client| {
         let stmt = client
             .prepare("SELECT message FROM operator_messages WHERE id = $1")
             .await
@@ -187,8 +179,6 @@ fn direct_round_trip(url: &str, n: usize) -> measure::Stats {
                 lat.push(measure::nanos(t.elapsed()));
             }
         }
-        drop(client);
-        let _ = conn.await;
         measure::Stats::of(lat)
     })
 }
@@ -456,11 +446,5 @@ fn main() {
         if dp <= 10.0 { "MET" } else { "NOT MET" }
     ));
     out.push(String::new());
-    out.push(format!(
-        "total bench time: {:.0} s; 1-min load average at start {load_start}, at end {}",
-        secs(total.elapsed()),
-        loadavg()
-    ));
-    out.push("=".repeat(84));
-    println!("{}", out.join("\n"));
+    measure::print_summary(out, total, &load_start);
 }

@@ -230,11 +230,5 @@ fn main() {
         ));
     }
     out.push(String::new());
-    out.push(format!(
-        "total bench time: {:.0} s; 1-min load average at start {load_start}, at end {}",
-        secs(total.elapsed()),
-        loadavg()
-    ));
-    out.push("=".repeat(84));
-    println!("{}", out.join("\n"));
+    measure::print_summary(out, total, &load_start);
 }

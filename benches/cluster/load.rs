@@ -11,7 +11,7 @@ use apikeyd::keys::Keys;
 use apikeyd::model::KeyRow;
 use apikeyd::store::{PostgresStore, Storage};
 use tokio_postgres::types::Json;
-use tokio_postgres::Row;
+use tokio_postgres::{Client, Row};
 
 use crate::build::Built;
 use crate::fixtures::{plain_settings, SCOPE};
@@ -31,16 +31,8 @@ const SEED_BATCH: usize = 20_000;
 pub(crate) fn seed_postgres(built: &Built, url: &str) -> Seeded {
     drop(PostgresStore::open(url, None).expect("create the schema"));
     eprintln!("[seed] {} keys redb -> PostgreSQL ...", built.n);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
     let t = Instant::now();
-    rt.block_on(async {
-        let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-            .await
-            .expect("connect");
-        let conn = tokio::spawn(conn);
+    with_client(url, async |client| {
         let mut after = None;
         let mut done = 0;
         loop {
@@ -67,8 +59,6 @@ pub(crate) fn seed_postgres(built: &Built, url: &str) -> Seeded {
             }
         }
         assert_eq!(done, built.n);
-        drop(client);
-        let _ = conn.await;
     });
     let time = t.elapsed();
     eprintln!("[seed] done in {:.1} s", secs(time));
@@ -201,9 +191,8 @@ fn overlapped(url: &str) -> (f64, usize) {
     })
 }
 
-/// Read every row of `sql` through a cursor, 8192 rows a fetch, as `load_keys`
-/// does; `f` sees each row.
-fn scan(url: &str, sql: &str, mut f: impl FnMut(&Row)) -> f64 {
+/// Run `f` on a plain connection to `url`, driven by this thread.
+pub(crate) fn with_client<T>(url: &str, f: impl AsyncFnOnce(&mut Client) -> T) -> T {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -213,6 +202,17 @@ fn scan(url: &str, sql: &str, mut f: impl FnMut(&Row)) -> f64 {
             .await
             .expect("connect");
         let conn = tokio::spawn(conn);
+        let out = f(&mut client).await;
+        drop(client);
+        let _ = conn.await;
+        out
+    })
+}
+
+/// Read every row of `sql` through a cursor, 8192 rows a fetch, as `load_keys`
+/// does; `f` sees each row.
+fn scan(url: &str, sql: &str, mut f: impl FnMut(&Row)) -> f64 {
+    with_client(url, async |client| {
         let t = Instant::now();
         let tx = client.transaction().await.expect("begin");
         tx.batch_execute(&format!("DECLARE scan NO SCROLL CURSOR FOR {sql}"))
@@ -228,10 +228,7 @@ fn scan(url: &str, sql: &str, mut f: impl FnMut(&Row)) -> f64 {
             }
         }
         tx.commit().await.expect("commit");
-        let took = secs(t.elapsed());
-        drop(client);
-        let _ = conn.await;
-        took
+        secs(t.elapsed())
     })
 }
 
@@ -254,23 +251,13 @@ pub(crate) fn load_profile(built: &Built, url: &str) -> LoadProfile {
         black_box(KeyRow::from_record(&rec.0).expect("KeyRow"));
     });
     let fetch_json_column = {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(async {
-            let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-                .await
-                .expect("connect");
-            let conn = tokio::spawn(conn);
+        with_client(url, async |client| {
             client
                 .batch_execute(
                     "CREATE TABLE keys_as_json AS SELECT id, record::json AS record FROM keys",
                 )
                 .await
                 .expect("copy to a json column");
-            drop(client);
-            let _ = conn.await;
         });
         let mut bytes = 0usize;
         let took = scan(url, "SELECT record::text FROM keys_as_json", |r| {

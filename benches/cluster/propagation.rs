@@ -7,18 +7,16 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use apikeyd::clock::{SharedClock, SystemClock};
-use apikeyd::config::PostgresConfig;
 use apikeyd::keys::model::Code;
 use apikeyd::keys::secret::KeyHasher;
-use apikeyd::keys::{Actor, CreateKey, Keys};
+use apikeyd::keys::Keys;
 use apikeyd::store::{PostgresStore, Storage};
 use rand::{Rng, SeedableRng};
 use tokio::runtime::Runtime;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::fixtures::alice_settings;
+use crate::create::{admin, create_one, keys_for_creations};
 
 /// Milliseconds of each round.
 #[derive(Default)]
@@ -37,28 +35,11 @@ pub(crate) struct Propagation {
     pub(crate) poll: Duration,
 }
 
-fn admin() -> Actor {
-    Actor {
-        name: "admin".into(),
-        admin: true,
-    }
-}
-
 /// A node: `Keys` over its own connection to the database at `url`.
-pub(crate) fn open_node(url: &str, hasher: &KeyHasher, poll: Duration) -> Arc<Keys> {
-    let mut config = PostgresConfig::new(url);
-    config.poll_interval = poll;
+fn open_node(url: &str, hasher: &KeyHasher) -> Arc<Keys> {
     let store: Arc<dyn Storage> =
-        Arc::new(PostgresStore::connect(&config, None).expect("connect to PostgreSQL"));
-    Arc::new(
-        Keys::open(
-            store,
-            hasher.clone(),
-            Arc::new(SystemClock) as SharedClock,
-            alice_settings(),
-        )
-        .expect("Keys::open on PostgreSQL"),
-    )
+        Arc::new(PostgresStore::open(url, None).expect("connect to PostgreSQL"));
+    keys_for_creations(store, hasher)
 }
 
 /// What `follow` does when the store gives no change signal (a server without
@@ -79,17 +60,7 @@ fn create_keys(rt: &Runtime, on: &Keys, n: usize, tag: &str) -> Vec<(String, Str
     rt.block_on(async {
         let mut out = Vec::with_capacity(n);
         for i in 0..n {
-            let issued = on
-                .create(
-                    &admin(),
-                    CreateKey {
-                        user: Some("alice".into()),
-                        name: format!("{tag}{i}"),
-                        ..Default::default()
-                    },
-                )
-                .await
-                .expect("create");
+            let issued = create_one(on, format!("{tag}{i}")).await;
             out.push((issued.view.id.to_string(), issued.key.expose().to_owned()));
         }
         out
@@ -178,7 +149,7 @@ pub(crate) fn bench_propagation(
         .build()
         .expect("runtime");
     eprintln!("[propagation] three nodes ...");
-    let nodes: Vec<Arc<Keys>> = (0..3).map(|_| open_node(url, hasher, poll)).collect();
+    let nodes: Vec<Arc<Keys>> = (0..3).map(|_| open_node(url, hasher)).collect();
     let (stop_tx, stop_rx) = watch::channel(false);
     let followers: Vec<JoinHandle<()>> = nodes
         .iter()

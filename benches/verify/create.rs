@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use apikeyd::clock::{SharedClock, SystemClock};
 use apikeyd::keys::secret::KeyHasher;
-use apikeyd::keys::{Actor, CreateKey, Keys};
+use apikeyd::keys::{Actor, CreateKey, Issued, Keys};
 use apikeyd::store::{RedbStore, Storage};
 
 use crate::fixtures::alice_settings;
@@ -31,25 +31,34 @@ pub(crate) struct CreateFigures {
     pub(crate) big_lat: Option<Stats>,
 }
 
-async fn create_seq(keys: &Keys, n: usize, prefix: &str) -> (Duration, Vec<u64>) {
-    let admin = Actor {
+/// The admin the benchmarks act as.
+pub(crate) fn admin() -> Actor {
+    Actor {
         name: "admin".into(),
         admin: true,
-    };
+    }
+}
+
+/// A key for alice named `name`, created by the admin.
+pub(crate) async fn create_one(keys: &Keys, name: String) -> Issued {
+    keys.create(
+        &admin(),
+        CreateKey {
+            user: Some("alice".into()),
+            name,
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("create")
+}
+
+async fn create_seq(keys: &Keys, n: usize, prefix: &str) -> (Duration, Vec<u64>) {
     let mut lat = Vec::with_capacity(n);
     let t = Instant::now();
     for i in 0..n {
         let c = Instant::now();
-        keys.create(
-            &admin,
-            CreateKey {
-                user: Some("alice".into()),
-                name: format!("{prefix}{i}"),
-                ..Default::default()
-            },
-        )
-        .await
-        .expect("create");
+        create_one(keys, format!("{prefix}{i}")).await;
         lat.push(nanos(c.elapsed()));
     }
     (t.elapsed(), lat)

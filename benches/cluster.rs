@@ -19,8 +19,9 @@
 //! `APIKEYD_BENCH_ROUNDS` (200, propagation with NOTIFY), `APIKEYD_BENCH_POLL_ROUNDS`
 //! (50, polling only), `APIKEYD_BENCH_POLL_MS` (1000, `[store] poll_interval`),
 //! `APIKEYD_BENCH_CREATES` (1000 per pass), `APIKEYD_BENCH_CREATE_PASSES` (3),
-//! `APIKEYD_BENCH_STARTS` (3 cold starts of each, in-process and daemon), `APIKEYD_BENCH_CALLS` (1000000
-//! verifications per round), `APIKEYD_BENCH_VERIFY_ROUNDS` (4).
+//! `APIKEYD_BENCH_STARTS` (3 cold starts of each, in-process and daemon),
+//! `APIKEYD_BENCH_CALLS` (1000000 verifications per round),
+//! `APIKEYD_BENCH_VERIFY_ROUNDS` (4).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -105,7 +106,7 @@ fn bench_creations(
     hasher: &KeyHasher,
     n: usize,
     passes: usize,
-) -> (Vec<(&'static str, CreateRuns)>, [measure::Stats; 2]) {
+) -> (Vec<(&'static str, CreateRuns)>, [measure::Stats; 4]) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -129,7 +130,8 @@ fn bench_creations(
         .map(|(_, s)| create::keys_for_creations(s.clone(), hasher))
         .collect();
     // What one statement costs through the store: a primary-key read of an empty
-    // table, from a blocking thread as every store call comes.
+    // table, from a thread outside any runtime, like the blocking threads every
+    // store call comes from.
     let round_trip = {
         let pg = &stores[0].1;
         for _ in 0..200 {
@@ -139,7 +141,7 @@ fn bench_creations(
             pg.message(0).expect("read");
         }))
     };
-    let direct = direct_round_trip(url, 2000);
+    let [text, typed, prepared] = direct_round_trips(url, 2000);
     let mut runs: Vec<CreateRuns> = stores.iter().map(|_| CreateRuns::default()).collect();
     for pass in 0..passes {
         // Forwards, then backwards: drift during a pass favours no store.
@@ -159,27 +161,37 @@ fn bench_creations(
     drop(keys);
     (
         stores.into_iter().map(|(l, _)| l).zip(runs).collect(),
-        [round_trip, direct],
+        [round_trip, text, typed, prepared],
     )
 }
 
 /// The same statement on a plain tokio-postgres connection driven by the calling
-/// thread (a current-thread runtime): no hand-over between threads.
-fn direct_round_trip(url: &str, n: usize) -> measure::Stats {
+/// thread (a current-thread runtime): no hand-over between threads. As the store
+/// sends it (SQL text: tokio-postgres prepares it first, one more round trip),
+/// with its parameter types given (`query_typed_opt`: no prepare), and prepared
+/// once.
+fn direct_round_trips(url: &str, n: usize) -> [measure::Stats; 3] {
+    const SQL: &str = "SELECT message FROM operator_messages WHERE id = $1";
     load::with_client(url, async |client| {
-        let stmt = client
-            .prepare("SELECT message FROM operator_messages WHERE id = $1")
-            .await
-            .expect("prepare");
-        let mut lat = Vec::with_capacity(n);
+        let stmt = client.prepare(SQL).await.expect("prepare");
+        let mut lat: [Vec<u64>; 3] = Default::default();
         for i in 0..n + 200 {
-            let t = Instant::now();
+            let t0 = Instant::now();
+            client.query_opt(SQL, &[&0i64]).await.expect("query");
+            let t1 = Instant::now();
+            client
+                .query_typed_opt(SQL, &[(&0i64, tokio_postgres::types::Type::INT8)])
+                .await
+                .expect("query");
+            let t2 = Instant::now();
             client.query_opt(&stmt, &[&0i64]).await.expect("query");
             if i >= 200 {
-                lat.push(measure::nanos(t.elapsed()));
+                lat[0].push(measure::nanos(t1 - t0));
+                lat[1].push(measure::nanos(t2 - t1));
+                lat[2].push(measure::nanos(t2.elapsed()));
             }
         }
-        measure::Stats::of(lat)
+        lat.map(measure::Stats::of)
     })
 }
 
@@ -324,11 +336,15 @@ fn main() {
         ));
     }
     out.push(format!(
-        "  baseline: one statement through PostgresStore (primary-key read, empty table): median {:.0} us, p99 {:.0} us; on a plain connection driven by the caller's thread: median {:.0} us, p99 {:.0} us",
+        "  baseline, one statement (primary-key read, empty table), median / p99: through PostgresStore {:.0} / {:.0} us; on a plain connection driven by the caller's thread, as SQL text (prepare + execute) {:.0} / {:.0} us, with typed parameters (no prepare) {:.0} / {:.0} us, prepared once {:.0} / {:.0} us",
         round_trip[0].median as f64 / 1e3,
         round_trip[0].p99 as f64 / 1e3,
         round_trip[1].median as f64 / 1e3,
-        round_trip[1].p99 as f64 / 1e3
+        round_trip[1].p99 as f64 / 1e3,
+        round_trip[2].median as f64 / 1e3,
+        round_trip[2].p99 as f64 / 1e3,
+        round_trip[3].median as f64 / 1e3,
+        round_trip[3].p99 as f64 / 1e3
     ));
     out.push(String::new());
     out.push(format!("[3] cold start at N = {n} keys"));

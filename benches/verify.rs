@@ -202,20 +202,21 @@ fn main() {
     ));
     out.push(String::new());
     out.push("[3] Keys::create (one durable redb commit each)".to_owned());
+    let rates = &create.rates;
     out.push(format!(
         "  sequential, fresh db: {} creations in {:.2} s = {:.0} creations/s (latency median {:.2} ms, p99 {:.2} ms)",
-        create.seq_n,
-        secs(create.seq_time),
-        rate(create.seq_n, create.seq_time),
-        create.seq_lat.median as f64 / 1e6,
-        create.seq_lat.p99 as f64 / 1e6
+        rates.seq_n,
+        secs(rates.seq_time),
+        rate(rates.seq_n, rates.seq_time),
+        rates.seq_lat.median as f64 / 1e6,
+        rates.seq_lat.p99 as f64 / 1e6
     ));
     out.push(format!(
         "  {} concurrent tasks, same db: {} creations in {:.2} s = {:.0} creations/s",
-        create.conc_tasks,
-        create.conc_n,
-        secs(create.conc_time),
-        rate(create.conc_n, create.conc_time)
+        rates.conc_tasks,
+        rates.conc_n,
+        secs(rates.conc_time),
+        rate(rates.conc_n, rates.conc_time)
     ));
     if let Some(lat) = create.big_lat {
         out.push(format!(
@@ -229,11 +230,5 @@ fn main() {
         ));
     }
     out.push(String::new());
-    out.push(format!(
-        "total bench time: {:.0} s; 1-min load average at start {load_start}, at end {}",
-        secs(total.elapsed()),
-        loadavg()
-    ));
-    out.push("=".repeat(84));
-    println!("{}", out.join("\n"));
+    measure::print_summary(out, total, &load_start);
 }

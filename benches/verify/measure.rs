@@ -194,3 +194,15 @@ pub(crate) fn loadavg() -> String {
         .and_then(|s| s.split_whitespace().next().map(str::to_owned))
         .unwrap_or_else(|| "n/a".to_owned())
 }
+
+/// Print a summary block: its lines, then how long the run took and the load
+/// average at its start and end.
+pub(crate) fn print_summary(mut out: Vec<String>, started: Instant, load_start: &str) {
+    out.push(format!(
+        "total bench time: {:.0} s; 1-min load average at start {load_start}, at end {}",
+        secs(started.elapsed()),
+        loadavg()
+    ));
+    out.push("=".repeat(84));
+    println!("{}", out.join("\n"));
+}

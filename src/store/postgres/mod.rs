@@ -34,6 +34,7 @@ use chrono::{DateTime, Utc};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use parking_lot::Mutex;
 use tokio::sync::Notify;
+use tokio_postgres::types::Type;
 use tokio_postgres::{Client, IsolationLevel, Transaction};
 use uuid::Uuid;
 
@@ -438,28 +439,40 @@ async fn apply(tx: &Transaction<'_>, writer: Writer, mut change: Change) -> Resu
     // held briefly, and never while waiting for a row another node holds.
     keep_stored_usage(tx, &mut change.put_keys).await?;
     log_key_changes(tx, writer, &change).await?;
+    // Typed statements (parse, bind and execute in one round trip) throughout the
+    // paths every change takes: a statement sent as plain text is prepared first,
+    // one more round trip each.
     for rec in &change.put_keys {
-        tx.execute(
+        let record = encode("keys", rec)?;
+        tx.execute_typed(
             "INSERT INTO keys (id, owner, record) VALUES ($1, $2, $3)
              ON CONFLICT (id) DO UPDATE SET owner = EXCLUDED.owner, record = EXCLUDED.record",
-            &[&rec.id, &rec.owner, &encode("keys", rec)?],
+            &[
+                (&rec.id, Type::UUID),
+                (&rec.owner, Type::TEXT),
+                (&record, Type::JSONB),
+            ],
         )
         .await
         .map_err(pg)?;
     }
     for entry in change.audit.drain(..) {
-        tx.execute(
+        let encoded = encode("audit", &entry)?;
+        tx.execute_typed(
             "INSERT INTO audit (key_id, owner, entry)
              VALUES ($1, (SELECT owner FROM keys WHERE id = $1), $2)",
-            &[&entry.key_id, &encode("audit", &entry)?],
+            &[(&entry.key_id, Type::UUID), (&encoded, Type::JSONB)],
         )
         .await
         .map_err(pg)?;
     }
     if !change.purge_keys.is_empty() {
-        tx.execute("DELETE FROM keys WHERE id = ANY($1)", &[&change.purge_keys])
-            .await
-            .map_err(pg)?;
+        tx.execute_typed(
+            "DELETE FROM keys WHERE id = ANY($1)",
+            &[(&change.purge_keys, Type::UUID_ARRAY)],
+        )
+        .await
+        .map_err(pg)?;
     }
     for r in &change.retire {
         let hash: &[u8] = &r.hash;
@@ -470,30 +483,33 @@ async fn apply(tx: &Transaction<'_>, writer: Writer, mut change: Change) -> Resu
             "INSERT INTO retired_secrets (hash, entry) VALUES ($1, $2)
              ON CONFLICT (hash) DO UPDATE SET entry = EXCLUDED.entry"
         };
-        tx.execute(sql, &[&hash, &entry]).await.map_err(pg)?;
+        tx.execute_typed(sql, &[(&hash, Type::BYTEA), (&entry, Type::JSONB)])
+            .await
+            .map_err(pg)?;
     }
     if !change.delete_jobs.is_empty() {
-        tx.execute(
+        tx.execute_typed(
             "DELETE FROM alert_jobs WHERE id = ANY($1)",
-            &[&change.delete_jobs],
+            &[(&change.delete_jobs, Type::UUID_ARRAY)],
         )
         .await
         .map_err(pg)?;
     }
     for job in &change.put_jobs {
+        let encoded = encode("alert_jobs", job)?;
         // A job is filed under the owner its key had when the job was first written.
-        tx.execute(
+        tx.execute_typed(
             "INSERT INTO alert_jobs (id, key_id, owner, state, run_at_ms, job)
              VALUES ($1, $2, (SELECT owner FROM keys WHERE id = $2), $3, $4, $5)
              ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state,
                  run_at_ms = EXCLUDED.run_at_ms, job = EXCLUDED.job,
                  claimed_by = NULL, lease_until_ms = NULL",
             &[
-                &job.id,
-                &job.key_id,
-                &job.state.as_str(),
-                &ms(job.run_at),
-                &encode("alert_jobs", job)?,
+                (&job.id, Type::UUID),
+                (&job.key_id, Type::UUID),
+                (&job.state.as_str(), Type::TEXT),
+                (&ms(job.run_at), Type::INT8),
+                (&encoded, Type::JSONB),
             ],
         )
         .await
@@ -534,9 +550,9 @@ async fn keep_stored_usage(
     }
     let ids: Vec<Uuid> = records.iter().map(|r| r.id).collect();
     let rows = tx
-        .query(
+        .query_typed(
             "SELECT id, record FROM keys WHERE id = ANY($1) ORDER BY id FOR UPDATE",
-            &[&ids],
+            &[(&ids, Type::UUID_ARRAY)],
         )
         .await
         .map_err(pg)?;
@@ -568,13 +584,13 @@ async fn refuse_jobs_of_other_nodes(
     }
     ids.sort_unstable();
     let held = tx
-        .query_opt(
+        .query_typed_opt(
             &format!(
                 "SELECT id FROM alert_jobs WHERE id = ANY($1) AND state = 'Running'
                      AND claimed_by <> $2 AND lease_until_ms >= {DB_NOW_MS}
                      ORDER BY id LIMIT 1 FOR UPDATE"
             ),
-            &[&ids, &writer.node],
+            &[(&ids, Type::UUID_ARRAY), (&writer.node, Type::UUID)],
         )
         .await
         .map_err(pg)?;
@@ -602,34 +618,46 @@ async fn log_key_changes(
     }
     ids.sort_unstable();
     ids.dedup();
-    // Until commit: change numbers then commit in their order.
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&schema::CHANGE_LOCK])
-        .await
-        .map_err(pg)?;
-    if let Some(row) = tx
-        .query_opt(
-            "SELECT key_id FROM key_changes WHERE key_id = ANY($1) AND seq > $2 AND node <> $3
-             LIMIT 1",
-            &[&ids, &writer.cursor, &writer.node],
-        )
-        .await
-        .map_err(pg)?
-    {
-        let id: Uuid = row.get(0);
-        return Err(StoreError::Conflict(format!(
-            "key {id} was changed on another node at the same time; nothing was written: try again"
-        )));
-    }
-    tx.execute(
-        "INSERT INTO key_changes (node, key_id) SELECT $1, unnest($2::uuid[])",
-        &[&writer.node, &ids],
+    // Until commit: change numbers then commit in their order. A statement of its
+    // own: the next one's snapshot must be taken after the lock is held, to see
+    // every change committed before.
+    tx.execute_typed(
+        "SELECT pg_advisory_xact_lock($1)",
+        &[(&schema::CHANGE_LOCK, Type::INT8)],
     )
     .await
     .map_err(pg)?;
-    tx.execute("SELECT pg_notify($1, '')", &[&schema::CHANNEL])
+    // The conflict check, the log entries and the notification (sent at commit),
+    // in one round trip; nothing is logged if another node changed a key first.
+    let row = tx
+        .query_typed_one(
+            "WITH clash AS (
+                 SELECT key_id FROM key_changes
+                 WHERE key_id = ANY($1) AND seq > $2 AND node <> $3 LIMIT 1),
+             logged AS (
+                 INSERT INTO key_changes (node, key_id)
+                 SELECT $3, k FROM unnest($1::uuid[]) AS k
+                 WHERE NOT EXISTS (SELECT 1 FROM clash)
+                 RETURNING 1),
+             notified AS (
+                 SELECT pg_notify($4, '') WHERE NOT EXISTS (SELECT 1 FROM clash))
+             SELECT (SELECT key_id FROM clash),
+                    (SELECT COUNT(*) FROM logged) + (SELECT COUNT(*) FROM notified)",
+            &[
+                (&ids, Type::UUID_ARRAY),
+                (&writer.cursor, Type::INT8),
+                (&writer.node, Type::UUID),
+                (&schema::CHANNEL, Type::TEXT),
+            ],
+        )
         .await
         .map_err(pg)?;
-    Ok(())
+    match row.get::<_, Option<Uuid>>(0) {
+        Some(id) => Err(StoreError::Conflict(format!(
+            "key {id} was changed on another node at the same time; nothing was written: try again"
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// Keep `counts` current for `/metrics`: after this node changes jobs (at most once
@@ -714,16 +742,21 @@ impl Storage for PostgresStore {
             .map_err(pg)?;
             let mut n = 0;
             let mut cache = crate::store::load::LoadCache::default();
-            loop {
-                let rows = tx.query(CHUNK, &[]).await.map_err(pg)?;
-                if rows.is_empty() {
-                    break;
-                }
-                for row in &rows {
-                    let text: &str = row.get(0);
-                    each(crate::store::load::prepare(&mut cache, text.as_bytes())?);
-                    n += 1;
-                }
+            let mut rows = tx.query_typed(CHUNK, &[]).await.map_err(pg)?;
+            while !rows.is_empty() {
+                // The server reads and sends the next chunk while this thread
+                // decodes this one (the connection runs on the store's worker).
+                let decode = async {
+                    for row in &rows {
+                        let text: &str = row.get(0);
+                        each(crate::store::load::prepare(&mut cache, text.as_bytes())?);
+                        n += 1;
+                    }
+                    Ok::<_, StoreError>(())
+                };
+                let (next, decoded) = tokio::join!(tx.query_typed(CHUNK, &[]), decode);
+                decoded?;
+                rows = next.map_err(pg)?;
             }
             tx.commit().await.map_err(commit_err)?;
             Ok(n)

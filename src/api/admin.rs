@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 use super::error::{parse_body, ApiResult};
 use super::routes::Routes;
 use super::state::AppState;
-use crate::keys::{Actor, CreateKey, EditKey, PageRequest};
+use crate::keys::{Actor, CreateKey, EditKey, PageRequest, Whoami};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -49,8 +49,8 @@ struct RotateRequest {
     grace: Option<String>,
 }
 
-async fn whoami(Extension(actor): Extension<Actor>) -> Json<Value> {
-    Json(json!({"user": actor.name, "admin": actor.admin}))
+async fn whoami(State(st): State<AppState>, Extension(actor): Extension<Actor>) -> Json<Whoami> {
+    Json(st.keys.whoami(&actor))
 }
 
 async fn list_keys(

@@ -256,12 +256,18 @@ fn migrate(
 }
 
 fn run(path: &std::path::Path, env: Environment) -> anyhow::Result<()> {
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Quiet by default, even at RUST_LOG=debug: the maintenance scheduler's own
+    // lines ("Job creator created", ...) say nothing an operator needs. Naming it
+    // in RUST_LOG brings them back.
+    let asked = std::env::var("RUST_LOG").is_ok_and(|v| v.contains("tokio_cron_scheduler"));
+    if let (false, Ok(quiet)) = (asked, "tokio_cron_scheduler=warn".parse()) {
+        filter = filter.add_directive(quiet);
+    }
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
+        .with_env_filter(filter)
         .init();
     if let Err(e) = apikeyd::daemon::forbid_core_dumps() {
         tracing::warn!(error = %e, "cannot mark the process non-dumpable; its memory may end up in core dumps");

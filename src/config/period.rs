@@ -167,6 +167,45 @@ impl Period {
     pub fn as_str(&self) -> &str {
         &self.text
     }
+
+    /// In words, for people: "6 months", "1 year, 2 months", "2 weeks", "90 minutes"
+    /// is "1 hour, 30 minutes".
+    pub fn describe(&self) -> String {
+        let plural = |n: u64, unit: &str| {
+            if n == 1 {
+                format!("1 {unit}")
+            } else {
+                format!("{n} {unit}s")
+            }
+        };
+        let mut parts = Vec::new();
+        let (years, months) = (u64::from(self.months / 12), u64::from(self.months % 12));
+        let (weeks, days) = if self.days % 7 == 0 {
+            (self.days / 7, 0)
+        } else {
+            (0, self.days)
+        };
+        let secs = self.millis / 1000;
+        let (hours, minutes, seconds) = (secs / 3600, secs / 60 % 60, secs % 60);
+        for (n, unit) in [
+            (years, "year"),
+            (months, "month"),
+            (weeks, "week"),
+            (days, "day"),
+            (hours, "hour"),
+            (minutes, "minute"),
+            (seconds, "second"),
+        ] {
+            if n > 0 {
+                parts.push(plural(n, unit));
+            }
+        }
+        if parts.is_empty() {
+            "no time".into()
+        } else {
+            parts.join(", ")
+        }
+    }
 }
 
 /// A period of fixed length (no months or years would be exact, so they are measured
@@ -210,6 +249,21 @@ mod tests {
 
     fn at(y: i32, m: u32, d: u32) -> DateTime<Utc> {
         Utc.with_ymd_and_hms(y, m, d, 12, 0, 0).unwrap()
+    }
+
+    #[test]
+    fn periods_are_described_in_words() {
+        for (text, words) in [
+            ("p6m", "6 months"),
+            ("p1m", "1 month"),
+            ("p1y2m", "1 year, 2 months"),
+            ("p2w", "2 weeks"),
+            ("p10d", "10 days"),
+            ("pt90m", "1 hour, 30 minutes"),
+            ("p1dt2h", "1 day, 2 hours"),
+        ] {
+            assert_eq!(Period::parse(text).unwrap().describe(), words, "{text}");
+        }
     }
 
     #[test]

@@ -63,7 +63,8 @@ pub use live::Live;
 pub use page::{Page, PageRequest};
 pub use seed::seed;
 pub use types::{
-    view_of, Actor, CreateKey, EditKey, Issued, KeyView, NotifyRequest, Settings, Verification,
+    policy_lines, view_of, Actor, CreateKey, EditKey, Issued, KeyView, NotifyRequest, Settings,
+    Verification, Whoami,
 };
 
 /// How long a last-used time may sit in memory before it is written (per key).

@@ -8,12 +8,32 @@ use uuid::Uuid;
 use super::error::{invalid, KeyError};
 use super::live::Live;
 use super::page::{self, Page, PageRequest};
-use super::types::{view_of, Actor, KeyView};
+use super::types::{policy_lines, view_of, Actor, KeyView, Whoami};
 use super::Keys;
 use crate::model::{AuditEntry, KeyRecord, KeyState};
 use crate::store::AuditFilter;
 
 impl Keys {
+    /// Who `actor` is, what they may do, and the policy in force.
+    pub fn whoami(&self, actor: &Actor) -> Whoami {
+        let settings = self.settings();
+        let directory = &settings.directory;
+        let rights = directory.rights(&actor.name).unwrap_or_default();
+        Whoami {
+            user: actor.name.clone(),
+            admin: actor.admin,
+            groups: directory
+                .users
+                .get(&actor.name)
+                .map(|u| u.groups.clone())
+                .unwrap_or_default(),
+            scopes: rights.scopes.into_iter().collect(),
+            create_keys: rights.create_keys,
+            manage_all_keys: rights.manage_all_keys,
+            policy: policy_lines(&settings.policy, &self.alerting.config()),
+        }
+    }
+
     /// The admin view of a key at the current time.
     pub async fn view(&self, live: &Live) -> Result<KeyView, KeyError> {
         let rec = self.record(live).await?;

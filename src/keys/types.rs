@@ -17,6 +17,65 @@ use crate::model::{
     UsageCounts,
 };
 
+/// Who the caller is and what they may do (`apikeyctl whoami`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Whoami {
+    /// Configured user name (or `root` for an unmapped root).
+    pub user: String,
+    /// Manages everyone's keys.
+    pub admin: bool,
+    /// The user's groups.
+    pub groups: Vec<String>,
+    /// The scopes the user may give keys (their groups' together).
+    pub scopes: Vec<String>,
+    /// One of the groups allows creating keys.
+    pub create_keys: bool,
+    /// One of the groups manages everyone's keys.
+    pub manage_all_keys: bool,
+    /// The policy in force, a sentence each ("Max key lifespan: 6 months (p6m)").
+    pub policy: Vec<String>,
+}
+
+/// The policy in force, in sentences: the key lifespan, inactivity, the default
+/// expiry, the key limit, and the notification and warning lead times.
+pub fn policy_lines(policy: &Policy, alerts: &crate::config::AlertConfig) -> Vec<String> {
+    let said = |p: &crate::config::Period| format!("{} ({p})", p.describe());
+    let mut lines = vec![
+        match &policy.max_expiration {
+            Some(p) => format!("Max key lifespan: {}", said(p)),
+            None => "Max key lifespan: none (keys may never expire)".into(),
+        },
+        match &policy.not_accessed_expiration {
+            Some(p) => format!("Keys not used for {} expire ({p})", p.describe()),
+            None => "Keys do not expire for lack of use".into(),
+        },
+        match (&policy.default_expiration, &policy.max_expiration) {
+            (Some(d), _) => format!("Default expiry: {}, at most the max lifespan", said(d)),
+            (None, Some(_)) => "Default expiry: the max lifespan".into(),
+            (None, None) => "Default expiry: never".into(),
+        },
+    ];
+    if let Some(n) = policy.max_keys_per_user {
+        lines.push(format!(
+            "Up to {n} keys per user (removed keys do not count)"
+        ));
+    }
+    lines.push(match &alerts.default_lead_time {
+        Some(p) => format!("Expiry notifications: {} before a key expires", said(p)),
+        None => "Expiry notifications: only when asked for".into(),
+    });
+    if let (Some(p), Some(_)) = (
+        &alerts.inactivity_warning_lead_time,
+        &policy.not_accessed_expiration,
+    ) {
+        lines.push(format!(
+            "Inactivity warnings: {} before a key expires for lack of use",
+            said(p)
+        ));
+    }
+    lines
+}
+
 /// Who is asking.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Actor {

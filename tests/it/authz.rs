@@ -90,7 +90,7 @@ fn owners_cannot_lift_admin_restrictions_or_forge_identity_headers() {
     let d = TestDaemon::start_with(DEFAULT_POLICY, AUTH);
     let run = |args: &[&str]| d.ctl_as(Some(NOBODY), args);
     let must_fail = |args: &[&str], expected: &str| fails_as_alice(&d, args, expected);
-    assert_eq!(stdout(&run(&["whoami"])).trim(), "alice");
+    assert_eq!(stdout(&run(&["whoami"])).lines().next(), Some("alice"));
     let out = run(&["key", "create", "--name", "mine", "--json"]);
     assert!(
         out.status.success(),

@@ -505,8 +505,27 @@ fn users_act_only_on_their_own_keys_and_unknown_peers_are_refused() {
     let (bobs, _) = d.create("bob", "bobs", &[]);
     const NOBODY: u32 = 65534; // mapped to alice in the test config
     let run = |args: &[&str]| d.ctl_as(Some(NOBODY), args);
-    let who = run(&["whoami"]);
-    assert_eq!(stdout(&who).trim(), "alice");
+    let who = stdout(&run(&["whoami"]));
+    // The user first (scripts read it), then what they may do and the policy.
+    assert_eq!(who.lines().next(), Some("alice"), "{who}");
+    for line in [
+        "  groups: Synchronizer",
+        "  scopes you may give keys: catalog:read, catalog:sync",
+        "  may create keys: yes; manages everyone's keys: no",
+        "Max key lifespan: 6 months (p6m)",
+        "Keys not used for 3 months expire (p3m)",
+    ] {
+        assert!(who.lines().any(|l| l == line), "no {line:?} in:\n{who}");
+    }
+    let me: serde_json::Value = serde_json::from_str(&stdout(&run(&["whoami", "--json"]))).unwrap();
+    assert_eq!(
+        (me["user"].as_str(), me["admin"].as_bool()),
+        (Some("alice"), Some(false))
+    );
+    assert_eq!(
+        me["scopes"],
+        serde_json::json!(["catalog:read", "catalog:sync"])
+    );
     let out = run(&["key", "create", "--name", "mine", "--json"]);
     assert!(
         out.status.success(),

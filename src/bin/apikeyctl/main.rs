@@ -35,9 +35,9 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 use apikeyd::client::{Client, Endpoint};
 use apikeyd::config::{self, Environment};
+use apikeyd::keys::Whoami;
 use clap::{Parser, Subcommand};
 use hyper::Method;
-use serde::Deserialize;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -73,8 +73,12 @@ enum Command {
     Verify(verify::VerifyArgs),
     /// Show the audit trail, newest first.
     Audit(audit::AuditArgs),
-    /// Show who the daemon thinks you are.
-    Whoami,
+    /// Show who the daemon thinks you are, what you may do, and the policy in force.
+    Whoami {
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
     /// Alert jobs (notifications) and the maintenance jobs.
     #[command(subcommand)]
     Job(alerts::JobCommand),
@@ -149,21 +153,37 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Audit(a) => audit::audit(&client, a).await,
         Command::Job(cmd) => alerts::job_command(&client, cmd).await,
         Command::Message(cmd) => alerts::message_command(&client, cmd).await,
-        Command::Whoami => whoami(&client).await,
+        Command::Whoami { json } => whoami(&client, json).await,
     }
 }
 
-/// The answer of `/v1/admin/whoami`.
-#[derive(Debug, Deserialize)]
-struct Whoami {
-    user: String,
-    admin: bool,
-}
-
-/// `whoami`.
-async fn whoami(client: &Client) -> anyhow::Result<ExitCode> {
+/// `whoami`: the user on the first line (scripts read it), then what they may do
+/// and the policy.
+async fn whoami(client: &Client, json: bool) -> anyhow::Result<ExitCode> {
     let me: Whoami = client.fetch(Method::GET, "/v1/admin/whoami").await?;
+    if json {
+        output::print_json(&me);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let yes = |b: bool| if b { "yes" } else { "no" };
+    let list = |l: &[String]| {
+        if l.is_empty() {
+            "none".to_owned()
+        } else {
+            l.join(", ")
+        }
+    };
     println!("{}{}", me.user, if me.admin { " (admin)" } else { "" });
+    println!("  groups: {}", list(&me.groups));
+    println!("  scopes you may give keys: {}", list(&me.scopes));
+    println!(
+        "  may create keys: {}; manages everyone's keys: {}",
+        yes(me.create_keys),
+        yes(me.manage_all_keys)
+    );
+    for line in &me.policy {
+        println!("{line}");
+    }
     Ok(ExitCode::SUCCESS)
 }
 

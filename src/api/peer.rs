@@ -9,22 +9,29 @@ use crate::keys::Actor;
 pub struct UnixPeer {
     /// The peer's uid, if the kernel told us.
     pub uid: Option<u32>,
+    /// Its account name, looked up once per connection.
+    pub account: Option<String>,
 }
 
-/// The account name of `uid` from `/etc/passwd`.
+impl UnixPeer {
+    /// The peer with uid `uid`, its account name looked up through NSS on a
+    /// blocking thread (an LDAP or sssd lookup may wait on the network).
+    pub async fn of(uid: Option<u32>) -> Self {
+        let account = match uid {
+            Some(uid) => tokio::task::spawn_blocking(move || account_name(uid))
+                .await
+                .ok()
+                .flatten(),
+            None => None,
+        };
+        Self { uid, account }
+    }
+}
+
+/// The account name of `uid`, through NSS (`getpwuid_r`): `/etc/passwd`, LDAP,
+/// sssd, whatever the system is configured with. Blocks.
 pub fn account_name(uid: u32) -> Option<String> {
-    let text = std::fs::read_to_string("/etc/passwd").ok()?;
-    account_in(&text, uid)
-}
-
-fn account_in(passwd: &str, uid: u32) -> Option<String> {
-    passwd.lines().find_map(|line| {
-        let mut fields = line.split(':');
-        let name = fields.next()?;
-        let _password = fields.next()?;
-        let id: u32 = fields.next()?.parse().ok()?;
-        (id == uid).then(|| name.to_owned())
-    })
+    uzers::get_user_by_uid(uid).and_then(|u| u.name().to_str().map(str::to_owned))
 }
 
 /// Map a peer to an actor: root is always an administrator; other accounts must be
@@ -33,7 +40,7 @@ pub fn actor_for(peer: &UnixPeer, directory: &Directory) -> Result<Actor, String
     let Some(uid) = peer.uid else {
         return Err("cannot read the peer credentials of this connection".into());
     };
-    let account = account_name(uid);
+    let account = peer.account.clone();
     let user = account.as_deref().and_then(|a| directory.user_for_unix(a));
     if uid == 0 {
         return Ok(Actor {
@@ -56,9 +63,13 @@ pub fn actor_for(peer: &UnixPeer, directory: &Directory) -> Result<Actor, String
 }
 
 /// Whether `uid` is an administrator on the admin socket: root, or an account
-/// mapped to a user who manages all keys.
+/// mapped to a user who manages all keys. Looks the account up (blocks).
 pub fn is_admin(uid: u32, directory: &Directory) -> bool {
-    actor_for(&UnixPeer { uid: Some(uid) }, directory).is_ok_and(|a| a.admin)
+    let peer = UnixPeer {
+        uid: Some(uid),
+        account: account_name(uid),
+    };
+    actor_for(&peer, directory).is_ok_and(|a| a.admin)
 }
 
 #[cfg(test)]
@@ -67,26 +78,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn passwd_lookup() {
-        let passwd = "root:x:0:0:root:/root:/bin/bash\nalice:x:1000:1000::/home/alice:/bin/sh\n";
-        assert_eq!(account_in(passwd, 1000).as_deref(), Some("alice"));
-        assert_eq!(account_in(passwd, 0).as_deref(), Some("root"));
-        assert_eq!(account_in(passwd, 7), None);
+    fn accounts_are_looked_up_through_nss() {
+        assert_eq!(account_name(0).as_deref(), Some("root"));
+        // The same answer as getent, which asks NSS too.
+        let out = std::process::Command::new("getent")
+            .args(["passwd", "65534"])
+            .output()
+            .unwrap();
+        let name = String::from_utf8_lossy(&out.stdout);
+        let name = name.split(':').next().filter(|n| !n.is_empty());
+        assert_eq!(account_name(65534).as_deref(), name);
+        assert_eq!(account_name(4_000_000), None);
     }
 
-    #[test]
-    fn unknown_peer_is_refused_and_root_is_admin() {
+    #[tokio::test]
+    async fn unknown_peer_is_refused_and_root_is_admin() {
         let dir = Directory::default();
-        assert!(actor_for(&UnixPeer { uid: None }, &dir).is_err());
-        let root = actor_for(&UnixPeer { uid: Some(0) }, &dir).unwrap();
+        assert!(actor_for(&UnixPeer::of(None).await, &dir).is_err());
+        let root = actor_for(&UnixPeer::of(Some(0)).await, &dir).unwrap();
         assert!(root.admin);
         assert_eq!(root.name, "root");
-        assert!(actor_for(
-            &UnixPeer {
-                uid: Some(4_000_000)
-            },
-            &dir
-        )
-        .is_err());
+        let nobody = actor_for(&UnixPeer::of(Some(4_000_000)).await, &dir).unwrap_err();
+        assert!(nobody.contains("uid 4000000"), "{nobody}");
     }
 }

@@ -203,7 +203,7 @@ pub async fn serve_unix(
         let close_rx = close_rx.clone();
         tokio::spawn(async move {
             let _slot = slot;
-            let peer = Peer::Unix(UnixPeer { uid });
+            let peer = Peer::Unix(UnixPeer::of(uid).await);
             serve_hyper(stream, peer, state, router, &builder, timeouts, stopping).await;
             drop(close_rx);
         });
@@ -309,8 +309,8 @@ impl std::fmt::Display for Peer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Peer::Tcp(addr) => write!(f, "{addr}"),
-            Peer::Unix(UnixPeer { uid: Some(uid) }) => write!(f, "local uid {uid}"),
-            Peer::Unix(UnixPeer { uid: None }) => write!(f, "a local caller"),
+            Peer::Unix(UnixPeer { uid: Some(uid), .. }) => write!(f, "local uid {uid}"),
+            Peer::Unix(UnixPeer { uid: None, .. }) => write!(f, "a local caller"),
         }
     }
 }

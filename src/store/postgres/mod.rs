@@ -442,26 +442,41 @@ async fn apply(tx: &Transaction<'_>, writer: Writer, mut change: Change) -> Resu
     // Typed statements (parse, bind and execute in one round trip) throughout the
     // paths every change takes: a statement sent as plain text is prepared first,
     // one more round trip each.
-    for rec in &change.put_keys {
-        let record = encode("keys", rec)?;
+    // Many records (a sweep, a migration) go in one statement per thousand.
+    for chunk in change.put_keys.chunks(1000) {
+        let ids: Vec<Uuid> = chunk.iter().map(|r| r.id).collect();
+        let owners: Vec<&str> = chunk.iter().map(|r| r.owner.as_str()).collect();
+        let records = chunk
+            .iter()
+            .map(|r| encode("keys", r))
+            .collect::<Result<Vec<_>, _>>()?;
         tx.execute_typed(
-            "INSERT INTO keys (id, owner, record) VALUES ($1, $2, $3)
+            "INSERT INTO keys (id, owner, record)
+             SELECT * FROM unnest($1::uuid[], $2::text[], $3::jsonb[])
              ON CONFLICT (id) DO UPDATE SET owner = EXCLUDED.owner, record = EXCLUDED.record",
             &[
-                (&rec.id, Type::UUID),
-                (&rec.owner, Type::TEXT),
-                (&record, Type::JSONB),
+                (&ids, Type::UUID_ARRAY),
+                (&owners, Type::TEXT_ARRAY),
+                (&records, Type::JSONB_ARRAY),
             ],
         )
         .await
         .map_err(pg)?;
     }
-    for entry in change.audit.drain(..) {
-        let encoded = encode("audit", &entry)?;
+    for chunk in change.audit.chunks(1000) {
+        let keys: Vec<Option<Uuid>> = chunk.iter().map(|e| e.key_id).collect();
+        let entries = chunk
+            .iter()
+            .map(|e| encode("audit", e))
+            .collect::<Result<Vec<_>, _>>()?;
+        // In the order given: the sequence numbers follow it.
         tx.execute_typed(
             "INSERT INTO audit (key_id, owner, entry)
-             VALUES ($1, (SELECT owner FROM keys WHERE id = $1), $2)",
-            &[(&entry.key_id, Type::UUID), (&encoded, Type::JSONB)],
+             SELECT a.key_id, k.owner, a.entry
+             FROM unnest($1::uuid[], $2::jsonb[]) WITH ORDINALITY AS a(key_id, entry, n)
+             LEFT JOIN keys k ON k.id = a.key_id
+             ORDER BY a.n",
+            &[(&keys, Type::UUID_ARRAY), (&entries, Type::JSONB_ARRAY)],
         )
         .await
         .map_err(pg)?;

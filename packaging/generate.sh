@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Writes what the Debian package ships besides the binaries, from the built binaries:
-#   OUT/man/man8/apikeyd*.8, OUT/man/man1/apikeyctl*.1   (clap_mangen)
+#   OUT/man/man8/apikeyd*.8.gz, OUT/man/man1/apikeyctl*.1.gz (clap_mangen)
 #   OUT/completions/{bash,zsh,fish}/                      (clap_complete)
 #   OUT/apikeyd.toml                                      the packaged configuration
 # Usage: packaging/generate.sh [BIN_DIR [OUT]]
@@ -15,6 +15,9 @@ rm -rf "$out"
 mkdir -p "$out"
 "$bin_dir/apikeyd" generate-docs --out "$out"
 "$bin_dir/apikeyctl" generate-docs --out "$out"
+# Debian policy: man pages gzip -9n. cargo-deb compresses single man page assets,
+# not those it finds through a glob, so they are compressed here.
+gzip -9n "$out"/man/man*/*
 
 # config/apikeyd.toml is set up for running from the source tree (data in ./var,
 # plugins in ./plugins). Under systemd the relative state_dir and admin_socket would

@@ -67,7 +67,9 @@ trap 'rm -rf "$control"' EXIT
 dpkg-deb --control "$deb" "$control"
 grep -qxF /etc/apikeyd/apikeyd.toml "$control/conffiles" ||
   fail "/etc/apikeyd/apikeyd.toml is not a conffile: $(cat "$control/conffiles" 2>/dev/null)"
-grep -q "systemd-sysusers" "$control/postinst" || fail "the postinst does not run systemd-sysusers"
+# Once: cargo-deb inserts its fragments at every #DEBHELPER# token, comments included.
+[ "$(grep -c '^ *systemd-sysusers ' "$control/postinst")" = 1 ] ||
+  fail "the postinst does not run systemd-sysusers exactly once"
 grep -q "systemd-tmpfiles" "$control/postinst" || fail "the postinst does not run systemd-tmpfiles"
 grep -q "daemon-reload" "$control/postinst" || fail "the postinst does not reload systemd"
 # Starting or enabling on install: cargo-deb's start fragment and its enable

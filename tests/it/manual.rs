@@ -93,7 +93,8 @@ fn check_binary(bin: &str, name: &str, section: &str, out: &Path, render: bool) 
         }
         // A parent's page names each subcommand as the page it has.
         for sub in subcommands(bin, path) {
-            let page = format!("{stem}\\-{}", sub.replace('-', "\\-"));
+            // roff writes every '-' of the name as "\-".
+            let page = format!("{stem}-{sub}").replace('-', "\\-");
             assert!(
                 roff.contains(&page),
                 "{} does not name {page}",

@@ -33,9 +33,11 @@ pub struct ManualError {
     pub source: io::Error,
 }
 
-/// The completion scripts: shell, directory under `completions/`, and the file name
-/// each shell's vendor directory expects for a command `NAME`.
-const SHELLS: [(Shell, &str, fn(&str) -> String); 3] = [
+/// The file name a shell's vendor directory expects for the completions of a command.
+type FileName = fn(&str) -> String;
+
+/// The completion scripts: shell, directory under `completions/`, file name.
+const SHELLS: [(Shell, &str, FileName); 3] = [
     (Shell::Bash, "bash", |name| name.to_owned()),
     (Shell::Zsh, "zsh", |name| format!("_{name}")),
     (Shell::Fish, "fish", |name| format!("{name}.fish")),

@@ -12,6 +12,7 @@
 //! - [`alerts`]: alert jobs (one per key), the dispatcher, cron maintenance jobs.
 //! - [`migrate`]: copying every record from one store to another (`apikeyd migrate`).
 //! - [`channels`]: delivery: email (lettre), operator messages, exec plugins.
+//! - [`manual`]: man pages and shell completions from the binaries' clap definitions.
 
 pub mod alerts;
 pub mod api;
@@ -23,6 +24,7 @@ pub mod daemon;
 pub mod keys;
 #[cfg(test)]
 mod layering_tests;
+pub mod manual;
 pub mod migrate;
 pub mod model;
 pub mod store;

@@ -8,7 +8,7 @@ use anyhow::Context;
 use apikeyd::clock::SharedClock;
 use apikeyd::config::{self, Environment};
 use apikeyd::daemon::Daemon;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
 #[command(name = "apikeyd", version, about = "API key lifecycle daemon")]
@@ -29,7 +29,10 @@ struct Args {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Validate the configuration and exit (non-zero listing every problem).
-    CheckConfig,
+    CheckConfig {
+        /// The file to check [default: the --config file].
+        file: Option<PathBuf>,
+    },
     /// Run in the foreground (the default).
     Run,
     /// Copy every record (keys with their usage, the audit trail, alert jobs,
@@ -63,6 +66,9 @@ enum Command {
         #[arg(long)]
         into_non_empty: bool,
     },
+    /// Write the man pages and shell completions (packaging/generate.sh).
+    #[command(hide = true)]
+    GenerateDocs(apikeyd::manual::GenerateDocsArgs),
     /// Write COUNT keys for USER straight into the database (daemon stopped) and
     /// print one of their secrets. For benchmarks and load tests only: the records
     /// bypass the key rules, so the subcommand exists only in builds with the
@@ -86,7 +92,18 @@ fn main() -> ExitCode {
     let args = Args::parse();
     let env = Environment::from_process();
     match args.command {
-        Some(Command::CheckConfig) => check_config(&args.config, &env),
+        Some(Command::CheckConfig { file }) => {
+            check_config(file.as_deref().unwrap_or(&args.config), &env)
+        }
+        Some(Command::GenerateDocs(a)) => {
+            match apikeyd::manual::generate(Args::command(), "8", &a.out) {
+                Ok(_) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("apikeyd: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         #[cfg(feature = "test-hooks")]
         Some(Command::SeedKeys {
             count,

@@ -191,6 +191,30 @@ const TABLE_KEYS: &[(&str, Keys)] = &[
     ("store", Keys::Table(store::STORE_KEYS)),
 ];
 
+/// Every table a file may hold with the keys it may hold (an array of tables as
+/// `routes.prefix`), for the test that apikeyd.toml(5) describes them all.
+#[cfg(test)]
+pub(crate) fn documented_keys() -> Vec<(&'static str, Vec<String>)> {
+    TABLE_KEYS
+        .iter()
+        .map(|(table, keys)| {
+            let keys = match keys {
+                Keys::Table(k) | Keys::Named(k) => k.iter().map(|k| (*k).to_owned()).collect(),
+                Keys::WithArray {
+                    keys,
+                    array,
+                    item_keys,
+                } => keys
+                    .iter()
+                    .map(|k| (*k).to_owned())
+                    .chain(item_keys.iter().map(|k| format!("{array}.{k}")))
+                    .collect(),
+            };
+            (*table, keys)
+        })
+        .collect()
+}
+
 /// Load and validate a configuration file.
 pub fn load(path: &Path, env: &Environment) -> Result<Config, ConfigError> {
     let fail = |key: &str, message: String| ConfigError {

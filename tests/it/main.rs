@@ -14,6 +14,7 @@ mod forward_auth;
 mod keep_alive;
 mod lifecycle;
 mod maintenance;
+mod manual;
 mod migrate;
 mod nginx;
 mod openapi;

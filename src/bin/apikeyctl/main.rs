@@ -36,7 +36,7 @@ use anyhow::{bail, Context};
 use apikeyd::client::{Client, Endpoint};
 use apikeyd::config::{self, Environment};
 use apikeyd::keys::Whoami;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use hyper::Method;
 
 #[derive(Debug, Parser)]
@@ -85,10 +85,22 @@ enum Command {
     /// Operator messages.
     #[command(subcommand)]
     Message(alerts::MessageCommand),
+    /// Write the man pages and shell completions (packaging/generate.sh).
+    #[command(hide = true)]
+    GenerateDocs(apikeyd::manual::GenerateDocsArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::GenerateDocs(a) = &cli.command {
+        return match apikeyd::manual::generate(Cli::command(), "1", &a.out) {
+            Ok(_) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("apikeyctl: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -154,6 +166,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Job(cmd) => alerts::job_command(&client, cmd).await,
         Command::Message(cmd) => alerts::message_command(&client, cmd).await,
         Command::Whoami { json } => whoami(&client, json).await,
+        // Answered in main, before there is a runtime or a client.
+        Command::GenerateDocs(_) => Ok(ExitCode::SUCCESS),
     }
 }
 

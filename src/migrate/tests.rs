@@ -11,7 +11,7 @@ use crate::model::{
     RetiredSecret, Severity,
 };
 use crate::store::postgres::test_server::TestServer;
-use crate::store::{MemoryStore, MAX_PAGE};
+use crate::store::{Export, MemoryStore, MAX_PAGE};
 
 fn t0() -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 8, 31, 10, 0, 0).unwrap()

@@ -1,7 +1,6 @@
 //! What the in-memory index keeps of a stored key: the row every storage backend
 //! yields when the keys are loaded at start, and what a change publishes.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -41,12 +40,6 @@ pub struct KeyRow {
     pub warned_for: Option<DateTime<Utc>>,
     /// The expiry sweep recorded the key's lapse.
     pub lapse_recorded: bool,
-    /// Successful verifications as stored.
-    pub verifications: u64,
-    /// Refusals as stored.
-    pub denied: u64,
-    /// Successful verifications per route as stored.
-    pub routes: BTreeMap<String, u64>,
 }
 
 /// A stored hash that is not 64 hex digits.
@@ -88,9 +81,6 @@ impl KeyRow {
             last_used_at: rec.last_used_at,
             warned_for: rec.alerting.inactivity_warned_for,
             lapse_recorded: rec.alerting.lapse_recorded_at.is_some(),
-            verifications: rec.usage.verifications,
-            denied: rec.usage.denied,
-            routes: rec.usage.routes.clone(),
         })
     }
 }

@@ -1,5 +1,36 @@
-//! What a migration between stores reads besides the records themselves (the
-//! export methods at the end of [`crate::store::Storage`]).
+//! What a migration between stores reads: [`Export`], every record of a kind, a
+//! page at a time in a stable order, so that `crate::migrate` copies a whole store
+//! through [`crate::store::Storage`] (of which it is a part). Alert jobs are read
+//! with `Storage::jobs`.
+
+use uuid::Uuid;
+
+use super::error::StoreError;
+use crate::model::{AuditEntry, KeyHash, KeyRecord, OperatorMessage, RetiredSecret};
+
+/// Every record of a kind, a page at a time (part of every store).
+pub trait Export {
+    /// How many records of each kind are stored.
+    fn export_counts(&self) -> Result<RecordCounts, StoreError>;
+
+    /// Up to `limit` key records with ids above `after` (all without it), in id order.
+    fn export_keys(&self, after: Option<Uuid>, limit: usize) -> Result<Vec<KeyRecord>, StoreError>;
+
+    /// Up to `limit` audit entries with a `seq` above `after`, oldest first.
+    fn export_audit(&self, after: u64, limit: usize) -> Result<Vec<AuditEntry>, StoreError>;
+
+    /// Up to `limit` retired secrets with keyed hashes above `after` (all without
+    /// it), in hash order.
+    fn export_retired(
+        &self,
+        after: Option<KeyHash>,
+        limit: usize,
+    ) -> Result<Vec<(KeyHash, RetiredSecret)>, StoreError>;
+
+    /// Up to `limit` operator messages with ids above `after`, oldest first.
+    fn export_messages(&self, after: u64, limit: usize)
+        -> Result<Vec<OperatorMessage>, StoreError>;
+}
 
 /// How many records of each kind a store holds.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

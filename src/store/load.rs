@@ -8,7 +8,6 @@
 //! and scopes already shared with the previous record where they are equal.
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, NaiveDate, Utc};
@@ -85,8 +84,7 @@ struct Stored<'a> {
     removed_at: Option<DateTime<Utc>>,
     #[serde(default)]
     alerting: StoredAlerting,
-    #[serde(default)]
-    usage: StoredUsage,
+    // Stored usage counts are not read: the index counts only uses not yet written.
 }
 
 /// What loading needs of [`crate::model::AdminRestrictions`]: the order of headers.
@@ -102,16 +100,6 @@ struct StoredAlerting {
     lapse_recorded_at: Option<serde::de::IgnoredAny>,
     #[serde(default, deserialize_with = "opt_time")]
     inactivity_warned_for: Option<DateTime<Utc>>,
-}
-
-#[derive(Deserialize, Default)]
-struct StoredUsage {
-    #[serde(default)]
-    verifications: u64,
-    #[serde(default)]
-    denied: u64,
-    #[serde(default)]
-    routes: BTreeMap<String, u64>,
 }
 
 fn corrupt(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
@@ -142,9 +130,6 @@ pub fn prepare(cache: &mut LoadCache, raw: &[u8]) -> Result<KeyRow, StoreError> 
         last_used_at: s.last_used_at,
         warned_for: s.alerting.inactivity_warned_for,
         lapse_recorded: s.alerting.lapse_recorded_at.is_some(),
-        verifications: s.usage.verifications,
-        denied: s.usage.denied,
-        routes: s.usage.routes,
     })
 }
 

@@ -11,7 +11,7 @@ use parking_lot::Mutex;
 use uuid::Uuid;
 
 use super::error::StoreError;
-use super::export::RecordCounts;
+use super::export::{Export, RecordCounts};
 use super::page::{Page, Pager};
 use super::storage::{AuditFilter, Change, JobFilter, Storage, UsageUpdate};
 use crate::model::{
@@ -286,7 +286,9 @@ impl Storage for MemoryStore {
     fn message(&self, id: u64) -> Result<Option<OperatorMessage>, StoreError> {
         Ok(self.data.lock().messages.get(&id).cloned())
     }
+}
 
+impl Export for MemoryStore {
     fn export_counts(&self) -> Result<RecordCounts, StoreError> {
         let data = self.data.lock();
         let n = |len: usize| u64::try_from(len).unwrap_or(u64::MAX);

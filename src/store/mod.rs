@@ -39,7 +39,7 @@ mod redb;
 mod storage;
 
 pub use error::{BoxError, StoreError};
-pub use export::RecordCounts;
+pub use export::{Export, RecordCounts};
 pub use memory::MemoryStore;
 pub use page::{Page, MAX_PAGE};
 pub use postgres::PostgresStore;

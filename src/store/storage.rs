@@ -8,7 +8,7 @@ use tokio::sync::Notify;
 use uuid::Uuid;
 
 use super::error::StoreError;
-use super::export::RecordCounts;
+use super::export::Export;
 use super::page::Page;
 use crate::model::{
     AlertJob, AuditEntry, JobState, KeyHash, KeyRecord, KeyRow, OperatorMessage, RetiredSecret,
@@ -122,7 +122,7 @@ pub struct JobFilter {
 
 /// Everything the domain persists. See the module documentation for what every
 /// backend promises.
-pub trait Storage: Send + Sync + std::fmt::Debug {
+pub trait Storage: Export + Send + Sync + std::fmt::Debug {
     // ------------------------------------------------------------ keys
 
     /// Number of stored keys (all states): sizes the index before loading.
@@ -262,30 +262,4 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     fn available(&self) -> bool {
         true
     }
-
-    // ---- export (migration)
-    // Every record of a kind, a page at a time in a stable order, so that
-    // `crate::migrate` copies a whole store through this trait. Alert jobs are
-    // read with [`Storage::jobs`].
-
-    /// How many records of each kind are stored.
-    fn export_counts(&self) -> Result<RecordCounts, StoreError>;
-
-    /// Up to `limit` key records with ids above `after` (all without it), in id order.
-    fn export_keys(&self, after: Option<Uuid>, limit: usize) -> Result<Vec<KeyRecord>, StoreError>;
-
-    /// Up to `limit` audit entries with a `seq` above `after`, oldest first.
-    fn export_audit(&self, after: u64, limit: usize) -> Result<Vec<AuditEntry>, StoreError>;
-
-    /// Up to `limit` retired secrets with keyed hashes above `after` (all without
-    /// it), in hash order.
-    fn export_retired(
-        &self,
-        after: Option<KeyHash>,
-        limit: usize,
-    ) -> Result<Vec<(KeyHash, RetiredSecret)>, StoreError>;
-
-    /// Up to `limit` operator messages with ids above `after`, oldest first.
-    fn export_messages(&self, after: u64, limit: usize)
-        -> Result<Vec<OperatorMessage>, StoreError>;
 }

@@ -1,6 +1,5 @@
-//! The export methods of [`Storage`](crate::store::Storage) on PostgreSQL: every
-//! record of a kind, a page at a time in primary-key order. The trait's methods (in
-//! `mod.rs`) call these.
+//! [`Export`] on PostgreSQL: every record of a kind, a page at a time in
+//! primary-key order.
 
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
@@ -9,7 +8,7 @@ use uuid::Uuid;
 use super::{corrupt, decode, int, pg, uint, PostgresStore};
 use crate::model::{AuditEntry, KeyHash, KeyRecord, OperatorMessage, RetiredSecret};
 use crate::store::error::StoreError;
-use crate::store::export::RecordCounts;
+use crate::store::export::{Export, RecordCounts};
 
 fn page_size(limit: usize) -> i64 {
     int(u64::try_from(limit).unwrap_or(u64::MAX))
@@ -37,8 +36,8 @@ fn records<T: serde::de::DeserializeOwned>(
         .collect()
 }
 
-impl PostgresStore {
-    pub(super) fn count_records(&self) -> Result<RecordCounts, StoreError> {
+impl Export for PostgresStore {
+    fn export_counts(&self) -> Result<RecordCounts, StoreError> {
         let row = self.run(async |c| {
             c.query_one(
                 "SELECT (SELECT COUNT(*) FROM keys), (SELECT COUNT(*) FROM audit),
@@ -58,11 +57,7 @@ impl PostgresStore {
         })
     }
 
-    pub(super) fn keys_after(
-        &self,
-        after: Option<Uuid>,
-        limit: usize,
-    ) -> Result<Vec<KeyRecord>, StoreError> {
+    fn export_keys(&self, after: Option<Uuid>, limit: usize) -> Result<Vec<KeyRecord>, StoreError> {
         records(
             self,
             "keys",
@@ -71,11 +66,7 @@ impl PostgresStore {
         )
     }
 
-    pub(super) fn audit_after(
-        &self,
-        after: u64,
-        limit: usize,
-    ) -> Result<Vec<AuditEntry>, StoreError> {
+    fn export_audit(&self, after: u64, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
         rows(
             self,
             "SELECT seq, entry FROM audit WHERE seq > $1 ORDER BY seq LIMIT $2",
@@ -86,7 +77,7 @@ impl PostgresStore {
         .collect()
     }
 
-    pub(super) fn retired_after(
+    fn export_retired(
         &self,
         after: Option<KeyHash>,
         limit: usize,
@@ -107,7 +98,7 @@ impl PostgresStore {
         .collect()
     }
 
-    pub(super) fn messages_after(
+    fn export_messages(
         &self,
         after: u64,
         limit: usize,

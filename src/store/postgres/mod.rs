@@ -43,7 +43,6 @@ use crate::model::{
     AlertJob, AuditEntry, JobState, KeyHash, KeyRecord, KeyRow, OperatorMessage, RetiredSecret,
 };
 use crate::store::error::StoreError;
-use crate::store::export::RecordCounts;
 use crate::store::page::{Page, Pager, MAX_PAGE};
 use crate::store::storage::{AuditFilter, Change, JobFilter, KeyChanges, Storage, UsageUpdate};
 use session::Session;
@@ -276,7 +275,7 @@ impl PostgresStore {
                 .build()
                 .map_err(|e| open_err(Box::new(e)))?
         };
-        let (job_states, (cursor, opened_at)) = rt
+        let (cursor, opened_at) = rt
             .block_on(async {
                 let mut client = pool.get().await.map_err(|e| match e {
                     deadpool_postgres::PoolError::Backend(e) => connect_err(url, &e),
@@ -298,14 +297,17 @@ impl PostgresStore {
                     .await
                     .map_err(pg)?;
                 let head: (i64, DateTime<Utc>) = (row.get(0), row.get(1));
-                Ok::<_, StoreError>((count_job_states(&client).await?, head))
+                Ok::<_, StoreError>(head)
             })
             .map_err(|e| match e {
                 StoreError::Connect { .. } | StoreError::Open { .. } => e,
                 other => open_err(Box::new(other)),
             })?;
-        let job_states = Arc::new(Mutex::new(job_states));
+        // Counted in the background, the first time at once: not a scan of every
+        // job on the way to serving.
+        let job_states = Arc::new(Mutex::new(JobState::ALL.map(|s| (s, 0))));
         let jobs_changed = Arc::new(Notify::new());
+        jobs_changed.notify_one();
         rt.spawn(count_jobs(
             pool.clone(),
             job_states.clone(),
@@ -1344,36 +1346,6 @@ impl Storage for PostgresStore {
 
     fn available(&self) -> bool {
         self.up.load(Ordering::Acquire)
-    }
-
-    // ---- export (migration): in `export.rs`.
-
-    fn export_counts(&self) -> Result<RecordCounts, StoreError> {
-        self.count_records()
-    }
-
-    fn export_keys(&self, after: Option<Uuid>, limit: usize) -> Result<Vec<KeyRecord>, StoreError> {
-        self.keys_after(after, limit)
-    }
-
-    fn export_audit(&self, after: u64, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
-        self.audit_after(after, limit)
-    }
-
-    fn export_retired(
-        &self,
-        after: Option<KeyHash>,
-        limit: usize,
-    ) -> Result<Vec<(KeyHash, RetiredSecret)>, StoreError> {
-        self.retired_after(after, limit)
-    }
-
-    fn export_messages(
-        &self,
-        after: u64,
-        limit: usize,
-    ) -> Result<Vec<OperatorMessage>, StoreError> {
-        self.messages_after(after, limit)
     }
 }
 

@@ -1,6 +1,5 @@
-//! The export methods of [`Storage`](crate::store::Storage) on redb: every record of
-//! a kind, a page at a time in key order, each page in its own read transaction.
-//! The trait's methods (in `mod.rs`) call these.
+//! [`Export`] on redb: every record of a kind, a page at a time in key order, each
+//! page in its own read transaction.
 
 use std::ops::Bound;
 
@@ -12,7 +11,7 @@ use super::tables::{decode, KEYS};
 use super::{RedbStore, AUDIT, RETIRED};
 use crate::model::{AuditEntry, KeyHash, KeyRecord, OperatorMessage, RetiredSecret};
 use crate::store::error::StoreError;
-use crate::store::export::RecordCounts;
+use crate::store::export::{Export, RecordCounts};
 
 /// Up to `limit` records of `table` with keys above `after`, decoded.
 fn page<K, T>(
@@ -39,8 +38,8 @@ where
     Ok(out)
 }
 
-impl RedbStore {
-    pub(super) fn count_records(&self) -> Result<RecordCounts, StoreError> {
+impl Export for RedbStore {
+    fn export_counts(&self) -> Result<RecordCounts, StoreError> {
         let txn = self.db.begin_read()?;
         Ok(RecordCounts {
             keys: txn.open_table(KEYS)?.len()?,
@@ -51,26 +50,18 @@ impl RedbStore {
         })
     }
 
-    pub(super) fn keys_after(
-        &self,
-        after: Option<Uuid>,
-        limit: usize,
-    ) -> Result<Vec<KeyRecord>, StoreError> {
+    fn export_keys(&self, after: Option<Uuid>, limit: usize) -> Result<Vec<KeyRecord>, StoreError> {
         let after = after.map(|a| a.as_u128());
         page(&self.db, KEYS, after, limit, |_, v| decode("keys", v))
     }
 
-    pub(super) fn audit_after(
-        &self,
-        after: u64,
-        limit: usize,
-    ) -> Result<Vec<AuditEntry>, StoreError> {
+    fn export_audit(&self, after: u64, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
         page(&self.db, AUDIT, Some(after), limit, |_, v| {
             decode("audit", v)
         })
     }
 
-    pub(super) fn retired_after(
+    fn export_retired(
         &self,
         after: Option<KeyHash>,
         limit: usize,
@@ -85,7 +76,7 @@ impl RedbStore {
         })
     }
 
-    pub(super) fn messages_after(
+    fn export_messages(
         &self,
         after: u64,
         limit: usize,

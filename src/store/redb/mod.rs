@@ -30,7 +30,6 @@ use crate::model::{
     AlertJob, AuditEntry, JobState, KeyHash, KeyRecord, KeyRow, OperatorMessage, RetiredSecret,
 };
 use crate::store::error::StoreError;
-use crate::store::export::RecordCounts;
 use crate::store::page::{Page, Pager};
 use crate::store::storage::{AuditFilter, Change, JobFilter, Storage, UsageUpdate};
 use tables::{decode, encode, owner_of, KEYS};
@@ -443,36 +442,6 @@ impl Storage for RedbStore {
 
     fn message(&self, id: u64) -> Result<Option<OperatorMessage>, StoreError> {
         jobs::read_message(&self.db, id)
-    }
-
-    // ---- export (migration): in `export.rs`.
-
-    fn export_counts(&self) -> Result<RecordCounts, StoreError> {
-        self.count_records()
-    }
-
-    fn export_keys(&self, after: Option<Uuid>, limit: usize) -> Result<Vec<KeyRecord>, StoreError> {
-        self.keys_after(after, limit)
-    }
-
-    fn export_audit(&self, after: u64, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
-        self.audit_after(after, limit)
-    }
-
-    fn export_retired(
-        &self,
-        after: Option<KeyHash>,
-        limit: usize,
-    ) -> Result<Vec<(KeyHash, RetiredSecret)>, StoreError> {
-        self.retired_after(after, limit)
-    }
-
-    fn export_messages(
-        &self,
-        after: u64,
-        limit: usize,
-    ) -> Result<Vec<OperatorMessage>, StoreError> {
-        self.messages_after(after, limit)
     }
 }
 

@@ -267,6 +267,18 @@ pub(crate) fn from_text(text: &str) -> Result<Config, ConfigError> {
     parse(Path::new("test.toml"), text, &Environment::default())
 }
 
+/// Test helper: the problems `text` is refused with, as (key, message).
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+pub(crate) fn problems(text: &str) -> Vec<(String, String)> {
+    from_text(text)
+        .unwrap_err()
+        .problems
+        .into_iter()
+        .map(|p| (p.key, p.message))
+        .collect()
+}
+
 fn location(text: &str, span: Option<std::ops::Range<usize>>) -> String {
     match span {
         Some(r) => {

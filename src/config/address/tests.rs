@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use super::*;
-use crate::config::from_text;
+use crate::config::{from_text, problems};
 
 /// Bare addresses lettre refuses. The old check (text, an `@`, a dotted domain,
 /// no white space) let the first four and the domain literal through.
@@ -79,15 +79,6 @@ fn with_bare_address(address: &str) -> String {
         "[users.alice]\ngroups = [\"g\"]\nemail = {quoted}\n[groups.g]\n\
          [alert_sources.team]\nkind = \"email\"\nto = [{quoted}]\ncc = [{quoted}]\n"
     )
-}
-
-fn problems(text: &str) -> Vec<(String, String)> {
-    from_text(text)
-        .unwrap_err()
-        .problems
-        .into_iter()
-        .map(|p| (p.key, p.message))
-        .collect()
 }
 
 /// Regression (issue 10, item 5): an address that the old check passed, such as

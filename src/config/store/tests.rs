@@ -2,16 +2,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use super::*;
-use crate::config::from_text;
-
-fn problems(text: &str) -> Vec<(String, String)> {
-    from_text(text)
-        .unwrap_err()
-        .problems
-        .into_iter()
-        .map(|p| (p.key, p.message))
-        .collect()
-}
+use crate::config::{from_text, problems};
 
 #[test]
 fn redb_is_the_default_and_postgres_needs_a_url_without_a_password() {

@@ -96,7 +96,7 @@ impl Client {
         method: Method,
         path: &str,
     ) -> Result<T, ClientError> {
-        let (status, value) = self.exchange(method, path, Bytes::new()).await?;
+        let (status, value) = self.exchange(method, path, Bytes::new(), JSON).await?;
         decode(path, success(status, value)?)
     }
 
@@ -107,7 +107,7 @@ impl Client {
         B: Serialize + ?Sized,
         T: DeserializeOwned,
     {
-        let (status, value) = self.exchange(method, path, payload(body)?).await?;
+        let (status, value) = self.exchange(method, path, payload(body)?, JSON).await?;
         decode(path, success(status, value)?)
     }
 
@@ -122,7 +122,18 @@ impl Client {
             Some(v) => payload(v)?,
             None => Bytes::new(),
         };
-        self.exchange(method, path, payload).await
+        self.exchange(method, path, payload, JSON).await
+    }
+
+    /// POST `body` of type `content_type` as it is; return status and JSON body,
+    /// whatever the status.
+    pub async fn post_bytes(
+        &self,
+        path: &str,
+        content_type: &'static str,
+        body: Bytes,
+    ) -> Result<(StatusCode, Value), ClientError> {
+        self.exchange(Method::POST, path, body, content_type).await
     }
 
     async fn exchange(
@@ -130,13 +141,14 @@ impl Client {
         method: Method,
         path: &str,
         payload: Bytes,
+        content_type: &'static str,
     ) -> Result<(StatusCode, Value), ClientError> {
         let http = |e: &dyn std::fmt::Display| ClientError::Http(e.to_string());
         let mut builder = Request::builder()
             .method(method)
             .uri(path)
             .header(hyper::header::HOST, "apikeyd")
-            .header(hyper::header::CONTENT_TYPE, "application/json");
+            .header(hyper::header::CONTENT_TYPE, content_type);
         if let Endpoint::Tcp { token, .. } = &self.endpoint {
             builder = builder.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
         }
@@ -177,6 +189,9 @@ impl Client {
         Ok((status, value))
     }
 }
+
+/// The content type of every request but a file's.
+const JSON: &str = "application/json";
 
 fn payload<B: Serialize + ?Sized>(body: &B) -> Result<Bytes, ClientError> {
     serde_json::to_vec(body)

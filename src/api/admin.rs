@@ -5,7 +5,7 @@
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -13,7 +13,7 @@ use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::error::{parse_body, ApiResult};
+use super::error::{parse_body, read_body, ApiError, ApiResult};
 use super::routes::Routes;
 use super::state::AppState;
 use crate::keys::{Actor, CreateKey, EditKey, PageRequest, Whoami};
@@ -89,6 +89,47 @@ async fn import_key(
     let req: CreateKey = parse_body(body)?;
     let view = st.keys.import(&actor, req).await?;
     Ok((StatusCode::CREATED, Json(view)).into_response())
+}
+
+/// The largest import file: about 3M lines of typical keys.
+pub const MAX_IMPORT_BYTES: usize = 1 << 30;
+
+/// `POST /v1/admin/keys/bulk-import`: a JSON-lines file, all or nothing. A bad
+/// file answers 400 with every bad line (`error.problems`).
+async fn import_file(
+    State(st): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    let bytes = read_body(body)?;
+    let text = std::str::from_utf8(&bytes).map_err(|e| {
+        ApiError::bad_request(format!(
+            "the file is not UTF-8 text (bad byte at offset {})",
+            e.valid_up_to()
+        ))
+    })?;
+    match st.keys.import_lines(&actor, text.into()).await? {
+        Ok(summary) => Ok((StatusCode::CREATED, Json(summary)).into_response()),
+        Err(refused) => {
+            let shown = refused.problems.len();
+            let message = format!(
+                "{} line(s) of the file cannot be imported{}; nothing was imported",
+                refused.bad_lines,
+                if shown < refused.bad_lines {
+                    format!(" (the first {shown} are listed)")
+                } else {
+                    String::new()
+                }
+            );
+            let body = json!({"error": {
+                "code": "invalid_lines",
+                "message": message,
+                "bad_lines": refused.bad_lines,
+                "problems": refused.problems,
+            }});
+            Ok((StatusCode::BAD_REQUEST, Json(body)).into_response())
+        }
+    }
 }
 
 async fn show_key(
@@ -172,6 +213,11 @@ pub(crate) fn routes(r: Routes) -> Routes {
             get(list_keys).post(create_key),
         )
         .add("/v1/admin/keys/import", &["POST"], post(import_key))
+        .add(
+            "/v1/admin/keys/bulk-import",
+            &["POST"],
+            post(import_file).layer(DefaultBodyLimit::max(MAX_IMPORT_BYTES)),
+        )
         .add(
             "/v1/admin/keys/{id}",
             &["GET", "PATCH", "DELETE"],

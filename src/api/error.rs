@@ -55,6 +55,12 @@ impl From<KeyError> for ApiError {
                 tracing::warn!(error = %e, "change refused: the database is unavailable");
                 (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
             }
+            // The disk refused the flush (full, read-only, failing): say so rather
+            // than acknowledge a change a stop would lose.
+            KeyError::Store(StoreError::NotDurable(_)) => {
+                tracing::error!(error = %e, "change not acknowledged: it could not be made durable");
+                (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+            }
             KeyError::Store(_) | KeyError::Internal(_) => {
                 tracing::error!(error = %e, "request failed");
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal")
@@ -103,15 +109,20 @@ impl IntoResponse for ApiError {
 /// What a handler returns.
 pub(crate) type ApiResult<T> = Result<T, ApiError>;
 
+/// The request body, or the error that says why it cannot be read (too large, cut off).
+pub(crate) fn read_body(body: Result<Bytes, BytesRejection>) -> ApiResult<Bytes> {
+    body.map_err(|e| ApiError {
+        status: e.status(),
+        code: "bad_body",
+        message: format!("cannot read the request body: {}", e.body_text()),
+    })
+}
+
 /// A JSON request body, or the error that says why it cannot be read.
 pub(crate) fn parse_body<T: serde::de::DeserializeOwned>(
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<T> {
-    let bytes = body.map_err(|e| ApiError {
-        status: e.status(),
-        code: "bad_body",
-        message: format!("cannot read the request body: {}", e.body_text()),
-    })?;
+    let bytes = read_body(body)?;
     serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::bad_request(format!("malformed JSON request: {e}")))
 }

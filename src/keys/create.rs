@@ -42,7 +42,7 @@ impl Keys {
 }
 
 /// What a user-defined token must be: not one of ours, long enough, printable.
-fn check_token(s: &str, min: usize) -> Result<(), KeyError> {
+pub(super) fn check_token(s: &str, min: usize) -> Result<(), KeyError> {
     if s.starts_with(secret::PREFIX) {
         return Err(invalid(
             "secret",
@@ -71,10 +71,10 @@ fn check_token(s: &str, min: usize) -> Result<(), KeyError> {
 }
 
 /// A new key's record, checked: everything but the checks against other keys.
-struct Checked {
-    rec: KeyRecord,
-    plan: Plan,
-    notice: Option<String>,
+pub(super) struct Checked {
+    pub(super) rec: KeyRecord,
+    pub(super) plan: Plan,
+    pub(super) notice: Option<String>,
 }
 
 async fn insert_new(
@@ -118,17 +118,7 @@ async fn insert_new(
         KeyKind::Generated => "create",
         KeyKind::Imported => "import",
     };
-    let mut detail = format!(
-        "name={:?} owner={} scopes=[{}] expires={}{}",
-        rec.name,
-        rec.owner,
-        rec.scopes.join(","),
-        rec.expires_at.map_or_else(|| "never".to_owned(), rfc3339),
-        notification::describe(&rec)
-    );
-    if let Some(n) = &notice {
-        detail = format!("{detail}; {n}");
-    }
+    let detail = issue_detail(&rec, notice.as_deref());
     let mut view = view_of(&settings, &rec, now);
     view.notice = notice;
     // The entry's time is the commit's, under the writer, as for every change.
@@ -145,9 +135,25 @@ async fn insert_new(
     Ok(Issued { key: secret, view })
 }
 
+/// The audit detail of a key issued or imported.
+pub(super) fn issue_detail(rec: &KeyRecord, notice: Option<&str>) -> String {
+    let detail = format!(
+        "name={:?} owner={} scopes=[{}] expires={}{}",
+        rec.name,
+        rec.owner,
+        rec.scopes.join(","),
+        rec.expires_at.map_or_else(|| "never".to_owned(), rfc3339),
+        notification::describe(rec)
+    );
+    match notice {
+        Some(n) => format!("{detail}; {n}"),
+        None => detail,
+    }
+}
+
 /// Check a creation request against the owner's rights and the policy, and build
 /// the record it asks for (without its secret).
-fn check_new(
+pub(super) fn check_new(
     keys: &Keys,
     actor: &Actor,
     req: &CreateKey,

@@ -20,6 +20,7 @@ mod create;
 pub mod error;
 pub mod follow;
 mod following;
+mod import;
 mod index;
 mod live;
 pub mod maintenance;
@@ -63,8 +64,8 @@ pub use live::Live;
 pub use page::{Page, PageRequest};
 pub use seed::seed;
 pub use types::{
-    policy_lines, view_of, Actor, CreateKey, EditKey, Issued, KeyView, NotifyRequest, Settings,
-    Verification, Whoami,
+    policy_lines, view_of, Actor, CreateKey, EditKey, ImportRefused, ImportSummary, Issued,
+    KeyView, LineProblem, NotifyRequest, Settings, Verification, Whoami,
 };
 
 /// How long a last-used time may sit in memory before it is written (per key).
@@ -268,14 +269,18 @@ impl Keys {
     /// mid-commit drops this future, and the store and the index must still agree
     /// (issue 9, item 2). The records in `change.put_keys` are published (their new
     /// entries returned, in order) and the keys in `change.purge_keys` leave the
-    /// index; jobs it schedules wake the dispatcher. The task holds `writer` until
-    /// the index shows the change, and hands it back. A record the index cannot hold
+    /// index; jobs it schedules wake the dispatcher. A record the index cannot hold
     /// is refused before anything is written.
+    ///
+    /// Group commit: the task holds `writer` until the index shows the change, then
+    /// lets the next change in while it waits for its commit to be durable
+    /// ([`Storage::sync`]), so changes from many clients share one fsync. It returns
+    /// only once the change is durable: nothing is acknowledged before.
     pub(crate) async fn commit(
         &self,
         writer: Writer,
         change: Change,
-    ) -> Result<(Vec<Arc<Live>>, Writer), KeyError> {
+    ) -> Result<Vec<Arc<Live>>, KeyError> {
         let rows = change
             .put_keys
             .iter()
@@ -291,7 +296,7 @@ impl Keys {
         let store = self.store.clone();
         let index = self.index.clone();
         tokio::task::spawn_blocking(move || {
-            store.commit(change)?;
+            let ticket = store.commit_pending(change)?;
             let mut index = index.write();
             // A removed key has no slot: what it counted since the last flush is
             // written now, or it would be lost.
@@ -305,15 +310,19 @@ impl Keys {
                 index.remove(id);
             }
             drop(index);
+            drop(writer);
             if !leaving.is_empty() {
                 if let Err(e) = store.write_usage(&leaving) {
                     tracing::warn!(error = %e, keys = leaving.len(), "cannot write the last uses of removed keys");
                 }
             }
+            // The change is in force, durable or not: its jobs are due either way.
+            let synced = store.sync(ticket);
             if let Some(wake) = wake {
                 wake.notify_one();
             }
-            Ok((published, writer))
+            synced?;
+            Ok(published)
         })
         .await
         .map_err(internal)?

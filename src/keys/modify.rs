@@ -90,7 +90,7 @@ impl Keys {
             detail,
         ));
         commit.put_keys.push(rec);
-        let (mut published, _writer) = self.commit(writer, commit).await?;
+        let mut published = self.commit(writer, commit).await?;
         let new = published
             .pop()
             .ok_or_else(|| internal("a committed change published no key"))?;

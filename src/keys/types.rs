@@ -358,3 +358,38 @@ pub fn view_of(settings: &Settings, rec: &KeyRecord, now: DateTime<Utc>) -> KeyV
         admin_restrictions: rec.admin_restrictions.clone(),
     }
 }
+
+/// Bad lines an import reports at most (the count says how many there were).
+pub const MAX_PROBLEMS: usize = 1000;
+
+/// What is wrong with one line of the file (numbered from 1).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LineProblem {
+    /// Line number.
+    pub line: usize,
+    /// What is wrong, without the token.
+    pub message: String,
+}
+
+/// Why a file was refused: every bad line (up to [`MAX_PROBLEMS`]); nothing was
+/// written.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ImportRefused {
+    /// Bad lines, in order.
+    pub problems: Vec<LineProblem>,
+    /// How many lines were bad in all.
+    pub bad_lines: usize,
+}
+
+/// What an import did.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ImportSummary {
+    /// Keys imported (one per line that is not blank).
+    pub imported: usize,
+    /// Keys imported per owner.
+    pub owners: std::collections::BTreeMap<String, usize>,
+    /// Keys that got a notification job.
+    pub notifications: usize,
+    /// Keys with an expiry.
+    pub expiring: usize,
+}

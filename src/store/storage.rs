@@ -149,8 +149,40 @@ pub trait Storage: Export + Send + Sync + std::fmt::Debug {
 
     // ------------------------------------------------------------ changes
 
-    /// Commit `change` atomically: all of it, or nothing.
+    /// Commit `change` atomically and durably: all of it, or nothing.
     fn commit(&self, change: Change) -> Result<(), StoreError>;
+
+    /// Commit `change` atomically, visible to every later read at once but
+    /// perhaps not yet durable; returns a ticket for [`Storage::sync`]. A crash
+    /// before that sync loses all of the change or none of it. Nothing may be
+    /// acknowledged before its sync returned.
+    fn commit_pending(&self, change: Change) -> Result<u64, StoreError> {
+        self.commit(change).map(|()| 0)
+    }
+
+    /// Commit `changes` (a bulk import, in batches) as one unit, durably: all of
+    /// them, or none if any fails.
+    fn commit_all(&self, changes: Vec<Change>) -> Result<(), StoreError> {
+        let mut all = Change::default();
+        for c in changes {
+            all.put_keys.extend(c.put_keys);
+            all.purge_keys.extend(c.purge_keys);
+            all.audit.extend(c.audit);
+            all.retire.extend(c.retire);
+            all.put_jobs.extend(c.put_jobs);
+            all.delete_jobs.extend(c.delete_jobs);
+            all.messages.extend(c.messages);
+        }
+        self.commit(all)
+    }
+
+    /// Make every change [`Storage::commit_pending`] committed up to `ticket`
+    /// durable. Callers waiting at the same time share one flush (group commit).
+    /// On failure the change is still visible and a later sync may yet persist
+    /// it ([`StoreError::NotDurable`]).
+    fn sync(&self, _ticket: u64) -> Result<(), StoreError> {
+        Ok(())
+    }
 
     /// Audit entries matching `filter`, newest first, older than `before` (a `seq`
     /// from [`Page::next`]), at most `limit`.

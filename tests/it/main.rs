@@ -5,6 +5,7 @@ mod alert_email;
 mod alert_plugins;
 mod alerts;
 mod authz;
+mod bulk_import;
 mod caddy;
 mod cluster;
 mod config;

@@ -13,6 +13,7 @@ use hyper::Method;
 use serde::{Deserialize, Serialize};
 
 use crate::alerts;
+use crate::import;
 use crate::issued::{issued, KeyFile};
 use crate::listing::{list, Listing};
 use crate::output::{or_dash, or_never, print_json};
@@ -33,9 +34,10 @@ pub struct NewKeyArgs {
     /// Owner (default: yourself).
     #[arg(long)]
     user: Option<String>,
-    /// Name, unique per owner.
+    /// Name, unique per owner (required).
+    // Not required by clap: `key import --file` takes names from the file.
     #[arg(long)]
-    name: String,
+    name: Option<String>,
     /// Description.
     #[arg(long)]
     description: Option<String>,
@@ -55,9 +57,6 @@ pub struct NewKeyArgs {
     never_expires: bool,
     #[command(flatten)]
     notify: alerts::CreateNotifyArgs,
-    /// JSON output.
-    #[arg(long)]
-    json: bool,
 }
 
 // The subcommands' arguments below carry no doc comment: clap would take it for the
@@ -70,15 +69,27 @@ pub struct CreateArgs {
     /// Write the secret to this *.APIKEY file (mode 0600) instead of printing it.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// JSON output.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
 pub struct ImportArgs {
+    /// Import every line of this JSON-lines file, all or nothing: one object per
+    /// line with owner, name and token (or token_file, read here, relative to the
+    /// file's directory), and optionally description, expires_at, scopes, ip and
+    /// headers.
+    #[arg(long, conflicts_with_all = ["NewKeyArgs", "secret_file"])]
+    file: Option<PathBuf>,
     #[command(flatten)]
     new: NewKeyArgs,
-    /// File holding the token.
+    /// File holding the token (one key; with --name and the other settings).
     #[arg(long)]
-    secret_file: PathBuf,
+    secret_file: Option<PathBuf>,
+    /// JSON output.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -216,10 +227,13 @@ pub fn key_path(id: &str, action: &str) -> String {
     format!("/v1/admin/keys/{}{action}", urlencode(id))
 }
 
-fn new_key_request(new: &NewKeyArgs) -> CreateKey {
+fn new_key_request(new: &NewKeyArgs) -> anyhow::Result<CreateKey> {
+    let Some(name) = &new.name else {
+        anyhow::bail!("--name is required: every key has a name, unique per owner");
+    };
     let mut req = CreateKey {
         user: new.user.clone(),
-        name: new.name.clone(),
+        name: name.clone(),
         description: new.description.clone(),
         scopes: new.scopes.clone(),
         expires_at: new.expiry.expires_at.clone(),
@@ -230,7 +244,7 @@ fn new_key_request(new: &NewKeyArgs) -> CreateKey {
         ..CreateKey::default()
     };
     new.notify.add_to(&mut req);
-    req
+    Ok(req)
 }
 
 /// `key create`.
@@ -239,25 +253,33 @@ async fn create(client: &Client, a: CreateArgs) -> anyhow::Result<ExitCode> {
     // a failed call leaves no file behind (KeyFile's drop removes it).
     let out = a.out.map(|p| KeyFile::create(&p, "created")).transpose()?;
     let answer: Issued = client
-        .send(Method::POST, "/v1/admin/keys", &new_key_request(&a.new))
+        .send(Method::POST, "/v1/admin/keys", &new_key_request(&a.new)?)
         .await?;
-    Ok(issued(&answer, out, a.new.json, "Created"))
+    Ok(issued(&answer, out, a.json, "Created"))
 }
 
 /// `key import`.
 async fn import(client: &Client, a: ImportArgs) -> anyhow::Result<ExitCode> {
-    let secret = std::fs::read_to_string(&a.secret_file)
-        .with_context(|| format!("reading {}", a.secret_file.display()))?;
+    if let Some(file) = &a.file {
+        return import::import_file(client, file, a.json).await;
+    }
+    let Some(secret_file) = &a.secret_file else {
+        anyhow::bail!(
+            "give --name and --secret-file for one key, or --file for a JSON-lines file of keys"
+        );
+    };
+    let secret = std::fs::read_to_string(secret_file)
+        .with_context(|| format!("reading {}", secret_file.display()))?;
     let req = CreateKey {
         secret: Some(Secret::new(
             secret.trim_end_matches(['\n', '\r']).to_owned(),
         )),
-        ..new_key_request(&a.new)
+        ..new_key_request(&a.new)?
     };
     let v: KeyView = client
         .send(Method::POST, "/v1/admin/keys/import", &req)
         .await?;
-    if a.new.json {
+    if a.json {
         print_json(&v);
     } else {
         println!("Imported key {} \"{}\" for {}", v.id, v.name, v.owner);

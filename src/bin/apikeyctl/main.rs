@@ -23,6 +23,7 @@ macro_rules! eprintln {
 
 mod alerts;
 mod audit;
+mod import;
 mod issued;
 mod keys;
 mod listing;

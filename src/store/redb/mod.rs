@@ -18,11 +18,12 @@ mod jobs;
 mod tables;
 
 use std::path::Path;
-use std::sync::atomic::AtomicI64;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use chrono::{DateTime, Utc};
 use redb::{
-    Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition, TableHandle,
+    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
+    TableHandle,
 };
 use uuid::Uuid;
 
@@ -52,6 +53,10 @@ pub struct RedbStore {
     /// Alert jobs per state ([`JobState::index`]), counted at open and kept up to
     /// date by every commit, so `/metrics` never scans the jobs.
     job_states: [AtomicI64; JobState::ALL.len()],
+    /// Group commit: the last change [`Storage::commit_pending`] committed, and up
+    /// to which one [`Storage::sync`] made them durable.
+    committed: AtomicU64,
+    durable: parking_lot::Mutex<u64>,
 }
 
 /// Open (or create) the database file readable by its owner only, whatever the umask:
@@ -117,7 +122,12 @@ impl RedbStore {
         }
         txn.commit()?;
         let job_states = jobs::load_state_counts(&db)?.map(AtomicI64::new);
-        Ok(Self { db, job_states })
+        Ok(Self {
+            db,
+            job_states,
+            committed: AtomicU64::new(0),
+            durable: parking_lot::Mutex::new(0),
+        })
     }
 
     /// Add a committed [`jobs::apply`]'s changes to the counts.
@@ -127,6 +137,17 @@ impl RedbStore {
                 count.fetch_add(*d, std::sync::atomic::Ordering::Relaxed);
             }
         }
+    }
+
+    /// Write `batch` in one transaction committed with `durability`.
+    fn write_change(&self, mut batch: Change, durability: Durability) -> Result<(), StoreError> {
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(durability)
+            .map_err(|e| StoreError::Transaction(Box::new(e)))?;
+        let delta = apply_change(&txn, &mut batch)?;
+        txn.commit()?;
+        self.add_job_states(&delta);
+        Ok(())
     }
 
     /// Pass every stored key, as `prepare` decodes its bytes (with a per-thread cache
@@ -271,72 +292,44 @@ impl Storage for RedbStore {
         Ok(written)
     }
 
-    fn commit(&self, mut batch: Change) -> Result<(), StoreError> {
+    fn commit(&self, batch: Change) -> Result<(), StoreError> {
+        self.write_change(batch, Durability::Immediate)
+    }
+
+    fn commit_all(&self, mut changes: Vec<Change>) -> Result<(), StoreError> {
         let txn = self.db.begin_write()?;
-        {
-            let mut keys = txn.open_table(KEYS)?;
-            for rec in &mut batch.put_keys {
-                let stored = keys
-                    .get(rec.id.as_u128())?
-                    .map(|v| decode::<KeyRecord>("keys", v.value()))
-                    .transpose()?;
-                if let Some(stored) = stored {
-                    rec.keep_usage_of(&stored);
-                }
-                let bytes = encode("keys", &*rec)?;
-                keys.insert(rec.id.as_u128(), bytes.as_slice())?;
-            }
-            let mut audit = txn.open_table(AUDIT)?;
-            let first = match audit.last()? {
-                Some((k, _)) => k.value() + 1,
-                None => 1,
-            };
-            let mut by_key = txn.open_table(AUDIT_BY_KEY)?;
-            let mut by_owner = txn.open_table(AUDIT_BY_OWNER)?;
-            // A sweep writes thousands of records with an entry each: look owners up
-            // by id, not by a search of the batch per entry.
-            let written: std::collections::HashMap<Uuid, &str> = batch
-                .put_keys
-                .iter()
-                .map(|r| (r.id, r.owner.as_str()))
-                .collect();
-            for (seq, entry) in (first..).zip(&mut batch.audit) {
-                entry.seq = seq;
-                let bytes = encode("audit", entry)?;
-                audit.insert(entry.seq, bytes.as_slice())?;
-                let Some(key) = entry.key_id else {
-                    continue;
-                };
-                by_key.insert((key.as_u128(), seq), ())?;
-                let owner = match written.get(&key) {
-                    Some(owner) => Some((*owner).to_owned()),
-                    None => owner_of(&keys, key)?,
-                };
-                if let Some(owner) = owner {
-                    by_owner.insert((owner.as_str(), seq), ())?;
-                }
+        let mut delta = jobs::StateDelta::default();
+        for batch in &mut changes {
+            for (sum, d) in delta.iter_mut().zip(apply_change(&txn, batch)?) {
+                *sum += d;
             }
         }
-        if !batch.retire.is_empty() {
-            let mut retired = txn.open_table(RETIRED)?;
-            for r in &batch.retire {
-                if r.refresh_only && retired.get(r.hash.as_slice())?.is_none() {
-                    continue;
-                }
-                let bytes = encode("retired_secrets", &r.entry)?;
-                retired.insert(r.hash.as_slice(), bytes.as_slice())?;
-            }
-        }
-        if !batch.purge_keys.is_empty() {
-            // After the audit entries, which file a purged key under its owner.
-            let mut keys = txn.open_table(KEYS)?;
-            for id in &batch.purge_keys {
-                keys.remove(id.as_u128())?;
-            }
-        }
-        let delta = jobs::apply(&txn, &mut batch)?;
         txn.commit()?;
         self.add_job_states(&delta);
+        Ok(())
+    }
+
+    /// A commit without its fsync: redb keeps it in this process until a durable
+    /// commit follows, which [`Self::sync`] makes (one for every change waiting).
+    fn commit_pending(&self, batch: Change) -> Result<u64, StoreError> {
+        self.write_change(batch, Durability::None)?;
+        // redb serialises write transactions, so a number taken after this commit
+        // returned is at least every number of a commit that returned before.
+        Ok(self.committed.fetch_add(1, Ordering::AcqRel) + 1)
+    }
+
+    fn sync(&self, ticket: u64) -> Result<(), StoreError> {
+        // The first waiter makes every change committed so far durable; those that
+        // waited behind it find theirs among them and return without an fsync.
+        let mut durable = self.durable.lock();
+        if *durable >= ticket {
+            return Ok(());
+        }
+        let upto = self.committed.load(Ordering::Acquire);
+        let txn = self.db.begin_write()?;
+        txn.commit()
+            .map_err(|e| StoreError::NotDurable(Box::new(e)))?;
+        *durable = upto;
         Ok(())
     }
 
@@ -485,6 +478,75 @@ fn index_audit(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
         tracing::info!(entries = n, "audit trail indexed by key and owner");
     }
     Ok(())
+}
+
+/// Write `batch` into `txn`; returns the change in job counts per state.
+fn apply_change(
+    txn: &redb::WriteTransaction,
+    batch: &mut Change,
+) -> Result<jobs::StateDelta, StoreError> {
+    {
+        let mut keys = txn.open_table(KEYS)?;
+        for rec in &mut batch.put_keys {
+            let stored = keys
+                .get(rec.id.as_u128())?
+                .map(|v| decode::<KeyRecord>("keys", v.value()))
+                .transpose()?;
+            if let Some(stored) = stored {
+                rec.keep_usage_of(&stored);
+            }
+            let bytes = encode("keys", &*rec)?;
+            keys.insert(rec.id.as_u128(), bytes.as_slice())?;
+        }
+        let mut audit = txn.open_table(AUDIT)?;
+        let first = match audit.last()? {
+            Some((k, _)) => k.value() + 1,
+            None => 1,
+        };
+        let mut by_key = txn.open_table(AUDIT_BY_KEY)?;
+        let mut by_owner = txn.open_table(AUDIT_BY_OWNER)?;
+        // A sweep writes thousands of records with an entry each: look owners up
+        // by id, not by a search of the batch per entry.
+        let written: std::collections::HashMap<Uuid, &str> = batch
+            .put_keys
+            .iter()
+            .map(|r| (r.id, r.owner.as_str()))
+            .collect();
+        for (seq, entry) in (first..).zip(&mut batch.audit) {
+            entry.seq = seq;
+            let bytes = encode("audit", entry)?;
+            audit.insert(entry.seq, bytes.as_slice())?;
+            let Some(key) = entry.key_id else {
+                continue;
+            };
+            by_key.insert((key.as_u128(), seq), ())?;
+            let owner = match written.get(&key) {
+                Some(owner) => Some((*owner).to_owned()),
+                None => owner_of(&keys, key)?,
+            };
+            if let Some(owner) = owner {
+                by_owner.insert((owner.as_str(), seq), ())?;
+            }
+        }
+    }
+    if !batch.retire.is_empty() {
+        let mut retired = txn.open_table(RETIRED)?;
+        for r in &batch.retire {
+            if r.refresh_only && retired.get(r.hash.as_slice())?.is_none() {
+                continue;
+            }
+            let bytes = encode("retired_secrets", &r.entry)?;
+            retired.insert(r.hash.as_slice(), bytes.as_slice())?;
+        }
+    }
+    if !batch.purge_keys.is_empty() {
+        // After the audit entries, which file a purged key under its owner.
+        let mut keys = txn.open_table(KEYS)?;
+        for id in &batch.purge_keys {
+            keys.remove(id.as_u128())?;
+        }
+    }
+    jobs::apply(txn, batch)
 }
 
 #[cfg(test)]

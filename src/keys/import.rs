@@ -1,0 +1,386 @@
+//! Bulk import ([`Keys::import_lines`]): the tokens of another system, one JSON
+//! object per line, checked whole before anything is written and then committed
+//! all or nothing.
+//!
+//! Every line passes the checks a single `key import` passes (the same functions:
+//! `check_token`, `check_new`, the index's name, secret and quota checks), plus
+//! the file against itself (a token or an owner's name twice). Checking runs on
+//! every CPU without the writer; the checks against other keys and the commit run
+//! under it, so nothing can slip in between. The store writes the file as one
+//! transaction in batches ([`Storage::commit_all`]), and the index shows the keys
+//! in chunks, so verification goes on meanwhile.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+
+use super::create::{check_new, check_token, issue_detail, Checked};
+use super::error::{internal, KeyError};
+use super::index::check_unique_name;
+use super::notification;
+use super::secret::Secret;
+use super::types::{
+    Actor, CreateKey, ImportRefused, ImportSummary, LineProblem, Settings, MAX_PROBLEMS,
+};
+use super::Keys;
+use crate::model::{AuditEntry, KeyHash, KeyKind, KeyRecord, KeyRow, UserSecret};
+use crate::store::{Change, StoreError};
+
+/// Keys per batch the store writes, and per chunk the index takes at a time.
+const BATCH: usize = 10_000;
+
+/// One line of an import file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Line {
+    owner: String,
+    name: String,
+    #[serde(default)]
+    token: Option<Secret>,
+    /// Read by `apikeyctl` (as the user who runs it) and sent as `token`: the
+    /// daemon reads no file a request names.
+    #[serde(default)]
+    token_file: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    expires_at: Option<String>,
+    #[serde(default)]
+    scopes: Option<Vec<String>>,
+    #[serde(default)]
+    ip: Vec<String>,
+    #[serde(default)]
+    headers: Vec<String>,
+}
+
+/// A line checked on its own.
+struct Ready {
+    line: usize,
+    rec: KeyRecord,
+    hash: KeyHash,
+    plan: notification::Plan,
+    notice: Option<String>,
+}
+
+impl Keys {
+    /// Import every line of `text` (JSON lines; blank lines are skipped), all or
+    /// nothing. `Ok(Err(_))` lists the bad lines; nothing was written then.
+    pub async fn import_lines(
+        self: &Arc<Self>,
+        actor: &Actor,
+        text: Arc<str>,
+    ) -> Result<Result<ImportSummary, ImportRefused>, KeyError> {
+        let settings = self.settings();
+        let now = self.clock.now();
+        let keys = self.clone();
+        let who = actor.clone();
+        let checked =
+            tokio::task::spawn_blocking(move || check_lines(&keys, &who, &settings, &text, now))
+                .await
+                .map_err(internal)?;
+        let (ready, mut problems) = checked;
+        let writer = self.lock_writer().await;
+        problems.extend(self.check_against_keys(actor, &ready).await?);
+        if !problems.is_empty() {
+            return Ok(Err(refused(problems)));
+        }
+        let (changes, rows, summary) = build(actor, ready, now)?;
+        let wake = summary.notifications > 0;
+        let store = self.store.clone();
+        let index = self.index.clone();
+        // One task to the end, as every commit is (see `Keys::commit`).
+        tokio::task::spawn_blocking(move || {
+            store.commit_all(changes)?;
+            let mut rows = rows.into_iter().peekable();
+            while rows.peek().is_some() {
+                let mut index = index.write();
+                for row in rows.by_ref().take(BATCH) {
+                    index.publish(row);
+                }
+            }
+            drop(writer);
+            Ok::<_, KeyError>(())
+        })
+        .await
+        .map_err(internal)??;
+        if wake {
+            self.alerting.wake.notify_one();
+        }
+        tracing::info!(actor = %actor.name, keys = summary.imported, owners = summary.owners.len(), "keys imported");
+        Ok(Ok(summary))
+    }
+
+    /// Under the writer: the checks against the keys already held (names, secrets,
+    /// quotas) and, for an owner importing, secrets retired from other hands.
+    async fn check_against_keys(
+        &self,
+        actor: &Actor,
+        ready: &[Ready],
+    ) -> Result<Vec<LineProblem>, KeyError> {
+        let settings = self.settings();
+        let mut problems = Vec::new();
+        {
+            let index = self.index.read();
+            let mut added: HashMap<&str, u32> = HashMap::new();
+            for r in ready {
+                let owner = r.rec.owner.as_str();
+                let held = added.entry(owner).or_insert(0);
+                *held += 1;
+                let problem = if index.table.contains(&r.hash) {
+                    Some("this token is already in use by another key".to_owned())
+                } else if let Err(e) = check_unique_name(&index, owner, &r.rec.name, None) {
+                    Some(e.to_string())
+                } else {
+                    settings
+                        .policy
+                        .max_keys_per_user
+                        .filter(|max| index.owned_by(owner) + *held > *max)
+                        .map(|max| {
+                            format!(
+                                "user {owner:?} would have more than {max} keys, the most MaxKeysPerUser allows"
+                            )
+                        })
+                };
+                if let Some(message) = problem {
+                    problems.push(LineProblem {
+                        line: r.line,
+                        message,
+                    });
+                }
+            }
+        }
+        if !actor.admin {
+            let asked: Vec<(usize, KeyHash, String)> = ready
+                .iter()
+                .map(|r| (r.line, r.hash, r.rec.owner.clone()))
+                .collect();
+            let retired = self
+                .blocking(move |s| {
+                    let mut bad = Vec::new();
+                    for (line, hash, owner) in asked {
+                        if s.retired(&hash)?
+                            .is_some_and(|r| r.owner != owner || r.restricted)
+                        {
+                            bad.push(line);
+                        }
+                    }
+                    Ok(bad)
+                })
+                .await?;
+            problems.extend(retired.into_iter().map(|line| LineProblem {
+                line,
+                message: "this token was used by a key that was removed or rotated and cannot be imported again; ask an admin".into(),
+            }));
+        }
+        Ok(problems)
+    }
+}
+
+/// Check every line on its own and the file against itself, on every CPU.
+fn check_lines(
+    keys: &Keys,
+    actor: &Actor,
+    settings: &Settings,
+    text: &str,
+    now: DateTime<Utc>,
+) -> (Vec<Ready>, Vec<LineProblem>) {
+    let lines: Vec<(usize, &str)> = text
+        .lines()
+        .enumerate()
+        .map(|(i, l)| (i + 1, l))
+        .filter(|(_, l)| !l.trim().is_empty())
+        .collect();
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let per = lines.len().div_ceil(threads).max(1);
+    let results: Vec<Vec<Result<Ready, LineProblem>>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = lines
+            .chunks(per)
+            .map(|chunk| {
+                scope.spawn(move || {
+                    chunk
+                        .iter()
+                        .map(|(n, l)| check_line(keys, actor, settings, *n, l, now))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    vec![Err(LineProblem {
+                        line: 0,
+                        message: "internal error while checking the file".into(),
+                    })]
+                })
+            })
+            .collect()
+    });
+    let mut ready = Vec::with_capacity(lines.len());
+    let mut problems = Vec::new();
+    let mut tokens: HashMap<KeyHash, usize> = HashMap::with_capacity(lines.len());
+    let mut names: HashMap<(String, String), usize> = HashMap::with_capacity(lines.len());
+    for result in results.into_iter().flatten() {
+        let r = match result {
+            Ok(r) => r,
+            Err(p) => {
+                problems.push(p);
+                continue;
+            }
+        };
+        let name = (r.rec.owner.clone(), r.rec.name.to_lowercase());
+        let clash = if let Some(first) = tokens.get(&r.hash) {
+            Some(format!("the same token as line {first}"))
+        } else if let Some(first) = names.get(&name) {
+            Some(format!(
+                "{} already has a key named {:?} on line {first} (names are unique per owner, ignoring case)",
+                r.rec.owner, r.rec.name
+            ))
+        } else {
+            None
+        };
+        if let Some(message) = clash {
+            problems.push(LineProblem {
+                line: r.line,
+                message,
+            });
+            continue;
+        }
+        tokens.insert(r.hash, r.line);
+        names.insert(name, r.line);
+        ready.push(r);
+    }
+    if ready.is_empty() && problems.is_empty() {
+        problems.push(LineProblem {
+            line: 0,
+            message: "the file holds no keys".into(),
+        });
+    }
+    (ready, problems)
+}
+
+/// One line, checked as `key import` checks its request.
+fn check_line(
+    keys: &Keys,
+    actor: &Actor,
+    settings: &Settings,
+    line: usize,
+    text: &str,
+    now: DateTime<Utc>,
+) -> Result<Ready, LineProblem> {
+    let problem = |message: String| LineProblem { line, message };
+    let parsed: Line = serde_json::from_str(text).map_err(|e| problem(json_problem(&e)))?;
+    if parsed.token_file.is_some() {
+        return Err(problem(
+            "token_file is read by apikeyctl; send the token itself as \"token\"".into(),
+        ));
+    }
+    let Some(token) = parsed.token else {
+        return Err(problem("\"token\" (or \"token_file\") is required".into()));
+    };
+    let token = Secret::new(token.expose().trim_end_matches(['\n', '\r']).to_owned());
+    check_token(token.expose(), settings.policy.min_imported_secret_length)
+        .map_err(|e| problem(e.to_string()))?;
+    let req = CreateKey {
+        user: Some(parsed.owner),
+        name: parsed.name,
+        description: parsed.description,
+        scopes: parsed.scopes,
+        expires_at: parsed.expires_at,
+        ip: parsed.ip,
+        headers: parsed.headers,
+        ..CreateKey::default()
+    };
+    let Checked {
+        mut rec,
+        plan,
+        notice,
+    } = check_new(keys, actor, &req, settings, &token, now).map_err(|e| problem(e.to_string()))?;
+    let hash = keys.hasher.hash(token.expose());
+    rec.kind = KeyKind::Imported;
+    rec.user_secret = UserSecret::Length(token.expose().len());
+    rec.hash = hex::encode(hash);
+    Ok(Ready {
+        line,
+        rec,
+        hash,
+        plan,
+        notice,
+    })
+}
+
+/// A JSON error without the text it was reading: a line holds a token, and serde's
+/// messages quote values.
+fn json_problem(e: &serde_json::Error) -> String {
+    use serde_json::error::Category;
+    let what = match e.classify() {
+        Category::Syntax | Category::Eof => "is not valid JSON",
+        Category::Io => "could not be read",
+        Category::Data => {
+            let text = e.to_string();
+            // serde names the field it missed or did not know, never a value, in
+            // these two messages; every other data error may quote one.
+            if text.starts_with("missing field") || text.starts_with("unknown field") {
+                let field = text.split('`').nth(1).unwrap_or("?");
+                return if text.starts_with("missing") {
+                    format!("field {field:?} is required")
+                } else {
+                    format!(
+                        "unknown field {field:?} (known: owner, name, token, token_file, description, expires_at, scopes, ip, headers)"
+                    )
+                };
+            }
+            "has a field of the wrong type (owner, name, token, description and expires_at are strings; scopes, ip and headers are lists of strings)"
+        }
+    };
+    format!("{what} (column {})", e.column())
+}
+
+/// Every bad line, in order, the first [`MAX_PROBLEMS`] of them.
+fn refused(mut problems: Vec<LineProblem>) -> ImportRefused {
+    problems.sort_by_key(|p| p.line);
+    let bad_lines = problems.len();
+    problems.truncate(MAX_PROBLEMS);
+    ImportRefused {
+        problems,
+        bad_lines,
+    }
+}
+
+/// The batches the store writes, the rows the index takes, and the summary.
+fn build(
+    actor: &Actor,
+    ready: Vec<Ready>,
+    now: DateTime<Utc>,
+) -> Result<(Vec<Change>, Vec<KeyRow>, ImportSummary), KeyError> {
+    let mut summary = ImportSummary::default();
+    let mut rows = Vec::with_capacity(ready.len());
+    let mut changes = Vec::with_capacity(ready.len().div_ceil(BATCH));
+    let mut batch = Change::default();
+    for r in ready {
+        let (rec, change) = notification::attach(r.rec, r.plan, now);
+        rows.push(KeyRow::from_record(&rec).map_err(StoreError::from)?);
+        summary.imported += 1;
+        *summary.owners.entry(rec.owner.clone()).or_default() += 1;
+        summary.notifications += usize::from(!change.put_jobs.is_empty());
+        summary.expiring += usize::from(rec.expires_at.is_some());
+        batch.put_jobs.extend(change.put_jobs);
+        batch.audit.push(AuditEntry::new(
+            now,
+            &actor.name,
+            "import",
+            Some(rec.id),
+            issue_detail(&rec, r.notice.as_deref()),
+        ));
+        batch.put_keys.push(rec);
+        if batch.put_keys.len() == BATCH {
+            changes.push(std::mem::take(&mut batch));
+        }
+    }
+    if !batch.is_empty() {
+        changes.push(batch);
+    }
+    Ok((changes, rows, summary))
+}

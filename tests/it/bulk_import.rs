@@ -1,0 +1,188 @@
+//! `apikeyctl key import --file`: a JSON-lines file of tokens from another system,
+//! through the real daemon. A file with bad lines reports every one with its number
+//! and imports nothing; a good file imports every key, which then verifies.
+#![allow(clippy::unwrap_used)]
+
+use serde_json::{json, Value};
+
+use crate::util::{stdout, TestDaemon};
+
+const NOBODY: u32 = 65534; // alice in the test config
+
+fn token(i: usize) -> String {
+    format!("legacy-token-{i:04}-abcdefghijklmnopqrstuvwxyz")
+}
+
+fn line(owner: &str, name: &str, i: usize) -> Value {
+    json!({"owner": owner, "name": name, "token": token(i)})
+}
+
+/// `apikeyctl verify`'s answer code.
+fn verify(d: &TestDaemon, key: &str, extra: &[&str]) -> String {
+    let mut args = vec!["verify", key];
+    args.extend_from_slice(extra);
+    stdout(&d.ctl(&args)).trim().to_owned()
+}
+
+fn write_lines(d: &TestDaemon, file: &str, lines: &[String]) -> String {
+    let path = d.path(file);
+    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+    // Readable by alice's apikeyctl (uid nobody) too.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    path.display().to_string()
+}
+
+#[test]
+fn a_bad_file_names_every_bad_line_and_imports_nothing() {
+    let d = TestDaemon::start();
+    d.create("alice", "taken", &[]);
+    let before = d.audit_len();
+    let lines = vec![
+        line("alice", "ok-1", 1).to_string(),
+        "{not json".to_owned(),
+        line("alice", "taken", 2).to_string(),
+        json!({"owner": "alice", "name": "short", "token": "too-short"}).to_string(),
+        line("alice", "dup-token", 1).to_string(),
+        line("alice", "OK-1", 3).to_string(),
+        json!({"owner": "mallory", "name": "x", "token": token(4)}).to_string(),
+        json!({"owner": "alice", "name": "y", "token": token(5), "colour": "red"}).to_string(),
+        json!({"owner": "alice", "name": "z", "token": token(6), "expires_at": "2099-01-01T00:00:00Z"}).to_string(),
+        String::new(),
+        line("bob", "fine", 7).to_string(),
+    ];
+    let file = write_lines(&d, "bad.jsonl", &lines);
+    let err = d.fails(&["key", "import", "--file", &file]);
+    for (n, what) in [
+        (2, "not valid JSON"),
+        (3, "already has a key named \"taken\""),
+        (4, "at least 32"),
+        (5, "the same token as line 1"),
+        (6, "on line 1"),
+        (7, "unknown user"),
+        (8, "unknown field \"colour\""),
+        (9, "MaxExpirationPeriod"),
+    ] {
+        let prefix = format!("{file}:{n}: ");
+        let shown = err.lines().find(|l| l.starts_with(&prefix));
+        assert!(
+            shown.is_some_and(|l| l.contains(what)),
+            "line {n} should be reported with {what:?}:\n{err}"
+        );
+    }
+    for ok in [1, 10, 11] {
+        assert!(
+            !err.contains(&format!("{file}:{ok}: ")),
+            "line {ok} is fine:\n{err}"
+        );
+    }
+    assert!(
+        err.contains("8 line(s)") && err.contains("nothing was imported"),
+        "{err}"
+    );
+    // No token is ever echoed.
+    for i in 1..8 {
+        assert!(!err.contains(&token(i)), "a token was echoed:\n{err}");
+    }
+    assert!(!err.contains("too-short"), "{err}");
+    // Nothing changed.
+    assert_eq!(d.keys().len(), 1);
+    assert_eq!(d.audit_len(), before);
+}
+
+#[test]
+fn a_good_file_imports_every_key_with_token_files_and_an_audit_entry_each() {
+    let d = TestDaemon::start();
+    std::fs::create_dir(d.path("tokens")).unwrap();
+    std::fs::write(d.path("tokens/svc"), token(999) + "\n").unwrap();
+    let mut lines: Vec<String> = (0..200)
+        .map(|i| {
+            line(
+                if i % 2 == 0 { "alice" } else { "bob" },
+                &format!("k{i}"),
+                i,
+            )
+            .to_string()
+        })
+        .collect();
+    lines.push(
+        json!({"owner": "alice", "name": "from-file", "token_file": "tokens/svc",
+               "description": "CI runner", "scopes": ["catalog:read"],
+               "ip": ["10.0.0.0/8"], "headers": ["X-Tenant=${key.owner}"],
+               "expires_at": "2026-12-31T00:00:00Z"})
+        .to_string(),
+    );
+    let file = write_lines(&d, "keys.jsonl", &lines);
+    let before = d.audit_len();
+    let out = d.ok(&["key", "import", "--file", &file]);
+    assert!(out.starts_with("Imported 201 key(s)"), "{out}");
+    assert!(
+        out.contains("alice: 101") && out.contains("bob: 100"),
+        "{out}"
+    );
+
+    let keys = d.keys();
+    assert_eq!(keys.len(), 201);
+    assert_eq!(d.audit_len(), before + 201);
+    let svc = keys.iter().find(|k| k["name"] == "from-file").unwrap();
+    assert_eq!(svc["description"], "CI runner");
+    assert_eq!(svc["scopes"], json!(["catalog:read"]));
+    assert_eq!(svc["expires_at"], "2026-12-31T00:00:00Z");
+
+    // Each imported token verifies as its key; the token_file one from its address.
+    for i in [0, 1, 150, 199] {
+        let owner = if i % 2 == 0 { "alice" } else { "bob" };
+        let answer = verify(&d, &token(i), &[]);
+        assert!(
+            answer.starts_with("VALID: key ") && answer.ends_with(&format!("\"k{i}\" of {owner}")),
+            "{answer}"
+        );
+    }
+    assert_eq!(verify(&d, &token(999), &[]), "IP_NOT_ALLOWED");
+    assert!(verify(&d, &token(999), &["--ip", "10.1.2.3"]).ends_with("\"from-file\" of alice"));
+    assert_eq!(verify(&d, &token(500), &[]), "NOT_FOUND");
+
+    // Importing the same file again clashes on every line and changes nothing.
+    let err = d.fails(&["key", "import", "--file", &file]);
+    assert!(err.contains("201 line(s)"), "{err}");
+    assert_eq!(d.keys().len(), 201);
+
+    // The keys survive a restart (the import was durable before it answered).
+    let mut d = d;
+    d.kill9();
+    d.restart();
+    assert_eq!(d.keys().len(), 201);
+    assert!(verify(&d, &token(42), &[]).ends_with("\"k42\" of alice"));
+}
+
+#[test]
+fn an_owner_imports_only_their_own_keys() {
+    let d = TestDaemon::start();
+    let file = write_lines(
+        &d,
+        "mine.jsonl",
+        &[
+            line("alice", "mine", 1).to_string(),
+            line("bob", "theirs", 2).to_string(),
+        ],
+    );
+    let out = d.ctl_as(Some(NOBODY), &["key", "import", "--file", &file]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains(":2: ") && err.contains("may only create keys for themselves"),
+        "{err}"
+    );
+    assert!(d.keys().is_empty());
+
+    let file = write_lines(&d, "mine2.jsonl", &[line("alice", "mine", 1).to_string()]);
+    let out = d.ctl_as(Some(NOBODY), &["key", "import", "--file", &file, "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["imported"], 1);
+    assert_eq!(summary["owners"]["alice"], 1);
+}

@@ -37,7 +37,7 @@ pub mod types;
 mod usage;
 mod verify;
 
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -78,8 +78,29 @@ pub fn index_bytes_per_key() -> (usize, usize) {
 }
 
 /// The writer lock, owned: a change carries it into the task that commits and
-/// publishes, which holds it until the index shows the change.
-pub(crate) type Writer = tokio::sync::OwnedMutexGuard<()>;
+/// publishes, which holds it until the index shows the change. While it is
+/// wanted or held, the change is counted in [`Keys`]' `writers` (group commit).
+pub(crate) struct Writer {
+    _guard: tokio::sync::OwnedMutexGuard<()>,
+    _counted: Counted,
+}
+
+/// One change on its way to the store, counted until dropped (also when the
+/// caller gives up while waiting for the writer).
+struct Counted(Arc<AtomicUsize>);
+
+impl Counted {
+    fn new(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::SeqCst);
+        Self(count.clone())
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
 
 /// The alert settings a key's notification follows, and the dispatcher's wake-up:
 /// key changes schedule alert jobs, and the dispatcher waits for them.
@@ -129,6 +150,9 @@ pub struct Keys {
     index: Arc<RwLock<Index>>,
     /// Serialises changes; owned guards travel into that task (see [`Writer`]).
     writer: Arc<tokio::sync::Mutex<()>>,
+    /// Changes that want or hold the writer: a commit waiting to be made durable
+    /// lets them commit first and share its fsync ([`Storage::sync`]).
+    writers: Arc<AtomicUsize>,
     alerting: Alerting,
     /// Some last-used time may be newer than the stored one: an idle daemon's flush
     /// then costs nothing instead of a scan of every key (41 ms at 1M keys).
@@ -176,6 +200,7 @@ impl Keys {
             settings: RwLock::new(Arc::new(settings)),
             index: Arc::new(RwLock::new(index)),
             writer: Arc::new(tokio::sync::Mutex::new(())),
+            writers: Arc::new(AtomicUsize::new(0)),
             alerting: Alerting::default(),
             touched: AtomicBool::new(false),
             following: following::Following::default(),
@@ -261,7 +286,11 @@ impl Keys {
 
     /// Take the writer lock, owned, so that a change can hand it to [`Self::commit`].
     pub(crate) async fn lock_writer(&self) -> Writer {
-        self.writer.clone().lock_owned().await
+        let counted = Counted::new(&self.writers);
+        Writer {
+            _guard: self.writer.clone().lock_owned().await,
+            _counted: counted,
+        }
     }
 
     /// Commit `change` and show it in the index, as one blocking task that runs to
@@ -295,6 +324,7 @@ impl Keys {
             .then(|| self.alerting.wake.clone());
         let store = self.store.clone();
         let index = self.index.clone();
+        let writers = self.writers.clone();
         tokio::task::spawn_blocking(move || {
             let ticket = store.commit_pending(change)?;
             let mut index = index.write();
@@ -317,7 +347,7 @@ impl Keys {
                 }
             }
             // The change is in force, durable or not: its jobs are due either way.
-            let synced = store.sync(ticket);
+            let synced = store.sync(ticket, &|| writers.load(Ordering::SeqCst) > 0);
             if let Some(wake) = wake {
                 wake.notify_one();
             }

@@ -177,10 +177,12 @@ pub trait Storage: Export + Send + Sync + std::fmt::Debug {
     }
 
     /// Make every change [`Storage::commit_pending`] committed up to `ticket`
-    /// durable. Callers waiting at the same time share one flush (group commit).
-    /// On failure the change is still visible and a later sync may yet persist
-    /// it ([`StoreError::NotDurable`]).
-    fn sync(&self, _ticket: u64) -> Result<(), StoreError> {
+    /// durable. Callers waiting at the same time share one flush (group commit);
+    /// while `more_coming` says other changes are about to commit, the flush may
+    /// wait a moment for them (as PostgreSQL's `commit_delay` does, only when
+    /// there are such changes). On failure the change is still visible and a
+    /// later sync may yet persist it ([`StoreError::NotDurable`]).
+    fn sync(&self, _ticket: u64, _more_coming: &dyn Fn() -> bool) -> Result<(), StoreError> {
         Ok(())
     }
 

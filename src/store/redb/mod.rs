@@ -46,6 +46,10 @@ const RETIRED: TableDefinition<&[u8], &[u8]> = TableDefinition::new("retired_sec
 /// cache costs nothing measurable and keeps a 1M-key daemon well under 600 MB.
 pub const CACHE_BYTES: usize = 32 * 1024 * 1024;
 
+/// How long a flush waits at most for changes about to commit, to make them
+/// durable together (group commit).
+const GROUP_COMMIT_WAIT: std::time::Duration = std::time::Duration::from_millis(2);
+
 /// The open database.
 #[derive(Debug)]
 pub struct RedbStore {
@@ -57,6 +61,8 @@ pub struct RedbStore {
     /// to which one [`Storage::sync`] made them durable.
     committed: AtomicU64,
     durable: parking_lot::Mutex<u64>,
+    /// Signalled by every [`Storage::commit_pending`], for a flush waiting for it.
+    more: parking_lot::Condvar,
 }
 
 /// Open (or create) the database file readable by its owner only, whatever the umask:
@@ -127,6 +133,7 @@ impl RedbStore {
             job_states,
             committed: AtomicU64::new(0),
             durable: parking_lot::Mutex::new(0),
+            more: parking_lot::Condvar::new(),
         })
     }
 
@@ -315,13 +322,23 @@ impl Storage for RedbStore {
         self.write_change(batch, Durability::None)?;
         // redb serialises write transactions, so a number taken after this commit
         // returned is at least every number of a commit that returned before.
-        Ok(self.committed.fetch_add(1, Ordering::AcqRel) + 1)
+        let ticket = self.committed.fetch_add(1, Ordering::AcqRel) + 1;
+        self.more.notify_all();
+        Ok(ticket)
     }
 
-    fn sync(&self, ticket: u64) -> Result<(), StoreError> {
-        // The first waiter makes every change committed so far durable; those that
-        // waited behind it find theirs among them and return without an fsync.
+    fn sync(&self, ticket: u64, more_coming: &dyn Fn() -> bool) -> Result<(), StoreError> {
+        // A flush holds redb's write lock, so a change about to commit would wait
+        // for it and need a flush of its own: let those commit first, for a short
+        // while at most. Then the first waiter makes every change committed so far
+        // durable; those behind it find theirs among them and return.
+        let deadline = std::time::Instant::now() + GROUP_COMMIT_WAIT;
         let mut durable = self.durable.lock();
+        while *durable < ticket && more_coming() {
+            if self.more.wait_until(&mut durable, deadline).timed_out() {
+                break;
+            }
+        }
         if *durable >= ticket {
             return Ok(());
         }
@@ -330,6 +347,9 @@ impl Storage for RedbStore {
         txn.commit()
             .map_err(|e| StoreError::NotDurable(Box::new(e)))?;
         *durable = upto;
+        drop(durable);
+        // Those waiting for changes to come are among the ones just made durable.
+        self.more.notify_all();
         Ok(())
     }
 

@@ -54,7 +54,8 @@ To keep your service working, rotate the key before then:
 /// Default operator message title.
 pub const DEFAULT_TITLE: &str = "API key \"${key.name}\" of ${key.owner} ${alert.reason}";
 /// Default operator message text.
-pub const DEFAULT_TEXT: &str = "Key ${key.id} (\"${key.name}\", owner ${key.owner}) ${alert.reason}. \
+pub const DEFAULT_TEXT: &str =
+    "Key ${key.id} (\"${key.name}\", owner ${key.owner}) ${alert.reason}. \
 Details: ${key.details}. To rotate it: apikeyctl key rotate ${key.id}";
 
 /// What a source does.

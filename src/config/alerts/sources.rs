@@ -56,7 +56,7 @@ pub const DEFAULT_TITLE: &str = "API key \"${key.name}\" of ${key.owner} ${alert
 /// Default operator message text.
 pub const DEFAULT_TEXT: &str =
     "Key ${key.id} (\"${key.name}\", owner ${key.owner}) ${alert.reason}. \
-Details: ${key.details}. To rotate it: apikeyctl key rotate ${key.id}";
+     Details: ${key.details}. To rotate it: apikeyctl key rotate ${key.id}";
 
 /// What a source does.
 #[derive(Debug, Clone, PartialEq, Eq)]

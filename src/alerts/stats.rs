@@ -34,7 +34,7 @@ impl DeliveryCounters {
     pub fn record(&self, kind: &SourceKind, delivered: bool) {
         let channel = match kind {
             SourceKind::Email { .. } => 0,
-            SourceKind::OperatorMessage => 1,
+            SourceKind::OperatorMessage { .. } => 1,
             SourceKind::Plugin { .. } => 2,
         };
         let outcome = usize::from(!delivered);
@@ -71,9 +71,9 @@ mod tests {
     #[test]
     fn counts_by_channel_and_outcome() {
         let c = DeliveryCounters::new();
-        c.record(&SourceKind::OperatorMessage, true);
-        c.record(&SourceKind::OperatorMessage, false);
-        c.record(&SourceKind::OperatorMessage, false);
+        c.record(&SourceKind::operator_message(), true);
+        c.record(&SourceKind::operator_message(), false);
+        c.record(&SourceKind::operator_message(), false);
         let snap = c.snapshot();
         assert_eq!(snap.len(), 6);
         assert!(snap.contains(&("operator_message", "delivered", 1)));

@@ -91,7 +91,9 @@ impl Channels {
                     )
                     .await
             }
-            SourceKind::OperatorMessage => self.operator.post(alert).await,
+            SourceKind::OperatorMessage { title, text } => {
+                self.operator.post(alert, title, text).await
+            }
             SourceKind::Plugin {
                 plugin,
                 args,
@@ -106,6 +108,80 @@ impl Channels {
                 )
                 .await
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use crate::alerts::Alert;
+    use crate::clock::Clock;
+    use crate::model::{AlertJob, JobKind};
+    use crate::test_support::{admin, fixture_with_alerts, parse, req, CONFIG};
+
+    /// Operator messages through `source` of `text`, for each kind of job, as stored.
+    async fn posted(text: &str, source: &str) -> Vec<(String, String, Alert)> {
+        let f = fixture_with_alerts(text);
+        let config = parse(text).alerts;
+        let alerts = Arc::new(Alerts::new(f.keys.clone(), f.store.clone()));
+        let channels = Channels::new(&config, alerts.clone(), None).unwrap();
+        let view = f
+            .keys
+            .create(&admin(), req("alice", "nightly"))
+            .await
+            .unwrap()
+            .view;
+        let mut sent = vec![];
+        for kind in [JobKind::Notification, JobKind::InactivityWarning] {
+            let now = f.clock.now();
+            let alert = Alert::new(&AlertJob::new(view.id, kind, source, now, now), &view, None);
+            channels
+                .deliver_via(config.source(source).unwrap(), &alert)
+                .await
+                .unwrap();
+            let m = alerts.messages(&admin(), false, 1).await.unwrap().remove(0);
+            assert_eq!(m.job_id, Some(alert.job_id));
+            sent.push((m.title, m.text, alert));
+        }
+        sent
+    }
+
+    #[tokio::test]
+    async fn operator_messages_are_rendered_with_the_sources_templates() {
+        let text = format!(
+            "{CONFIG}
+[alert_sources.ops]
+kind = \"operator_message\"
+title = \"[ops] ${{key.owner}}/${{key.name}}: ${{alert.reason}}\"
+text = \"Rotate ${{key.id}} by ${{key.effective_expires_at}} (job ${{job.id}})\"
+"
+        );
+        for (title, body, a) in posted(&text, "ops").await {
+            assert_eq!(title, format!("[ops] alice/nightly: {}", a.reason));
+            let by = a.key.effective_expires_at.as_deref().unwrap();
+            assert_eq!(
+                body,
+                format!("Rotate {} by {by} (job {})", a.key.id, a.job_id)
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn the_built_in_operator_source_keeps_the_fixed_wording() {
+        let sent = posted(CONFIG, crate::config::alerts::OPERATOR).await;
+        assert!(sent[1].2.reason.contains("inactivity"), "{:?}", sent[1]);
+        for (title, body, a) in sent {
+            let k = &a.key;
+            assert_eq!(title, format!("API key \"nightly\" of alice {}", a.reason));
+            assert_eq!(
+                body,
+                format!(
+                    "Key {} (\"nightly\", owner alice) {}. Details: {}. To rotate it: apikeyctl key rotate {}",
+                    k.id, a.reason, k.details, k.id
+                )
+            );
         }
     }
 }

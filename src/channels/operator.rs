@@ -1,5 +1,6 @@
 //! The operator-message channel: the alert becomes an operator message, kept by
-//! [`Alerts`] (listed with `apikeyctl message list`) and logged at warn level.
+//! [`Alerts`] (listed with `apikeyctl message list`) and logged at warn level. Its
+//! title and text come from the source's templates, as an email's subject and body do.
 
 use std::sync::Arc;
 
@@ -23,25 +24,15 @@ impl Operator {
         Self { alerts }
     }
 
-    /// Post the alert as a warning message.
-    pub async fn post(&self, alert: &Alert) -> Result<(), DeliveryError> {
+    /// Post the alert as a warning message, its title and text rendered from the
+    /// source's templates.
+    pub async fn post(&self, alert: &Alert, title: &str, text: &str) -> Result<(), DeliveryError> {
         let message = OperatorMessage {
             id: 0,
             at: self.alerts.keys().clock().now(),
             severity: Severity::Warning,
-            title: format!(
-                "API key \"{}\" of {} {}",
-                alert.key.name, alert.key.owner, alert.reason
-            ),
-            text: format!(
-                "Key {} (\"{}\", owner {}) {}. Details: {}. To rotate it: {}",
-                alert.key.id,
-                alert.key.name,
-                alert.key.owner,
-                alert.reason,
-                alert.key.details,
-                alert.rotate_hint
-            ),
+            title: alert.render(title),
+            text: alert.render(text),
             key_id: Some(alert.key.id),
             job_id: Some(alert.job_id),
             acknowledged_by: None,

@@ -18,8 +18,8 @@ pub mod sources;
 pub use super::period::fixed_duration;
 
 pub use sources::{
-    check_template, AlertSource, SourceKind, DEFAULT_BODY, DEFAULT_SUBJECT, OPERATOR, OWNER_EMAIL,
-    TEMPLATE_FIELDS,
+    check_template, AlertSource, SourceKind, DEFAULT_BODY, DEFAULT_SUBJECT, DEFAULT_TEXT,
+    DEFAULT_TITLE, OPERATOR, OWNER_EMAIL, TEMPLATE_FIELDS,
 };
 pub(crate) use sources::{RawAlertSource, SOURCE_KEYS};
 

@@ -2,6 +2,7 @@
 
 mod alert_delivery;
 mod alert_email;
+mod alert_operator;
 mod alert_plugins;
 mod alerts;
 mod authz;

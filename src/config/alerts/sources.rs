@@ -1,5 +1,6 @@
 //! `[alert_sources.NAME]`: what each alert source does (email, operator message or
-//! plugin), the built-in sources, and the email templates and their placeholders.
+//! plugin), the built-in sources, and the templates of emails and operator messages
+//! and their placeholders.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -15,7 +16,8 @@ pub const OWNER_EMAIL: &str = "owner-email";
 /// Built-in source: an operator message (replaceable in the file).
 pub const OPERATOR: &str = "operator";
 
-/// Placeholders a subject or body template may use.
+/// Placeholders a template (email subject and body, operator message title and
+/// text) may use. None of them can reveal a secret or its hash.
 pub const TEMPLATE_FIELDS: &[&str] = &[
     "key.id",
     "key.name",
@@ -49,6 +51,13 @@ To keep your service working, rotate the key before then:
 -- apikeyd (alert job ${job.id}, due ${alert.due_at})
 ";
 
+/// Default operator message title.
+pub const DEFAULT_TITLE: &str = "API key \"${key.name}\" of ${key.owner} ${alert.reason}";
+/// Default operator message text.
+pub const DEFAULT_TEXT: &str =
+    "Key ${key.id} (\"${key.name}\", owner ${key.owner}) ${alert.reason}. \
+     Details: ${key.details}. To rotate it: apikeyctl key rotate ${key.id}";
+
 /// What a source does.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SourceKind {
@@ -66,7 +75,12 @@ pub enum SourceKind {
         body: String,
     },
     /// A message stored for the operators (and logged at warn level).
-    OperatorMessage,
+    OperatorMessage {
+        /// Title template (one line).
+        title: String,
+        /// Text template.
+        text: String,
+    },
     /// An executable under the plugins directory, given the alert as JSON on stdin.
     Plugin {
         /// File name under `[alerts] plugins_dir`.
@@ -87,6 +101,14 @@ impl SourceKind {
             cc: vec![],
             subject: DEFAULT_SUBJECT.into(),
             body: DEFAULT_BODY.into(),
+        }
+    }
+
+    /// The built-in `operator`: an operator message with the default templates.
+    pub fn operator_message() -> Self {
+        Self::OperatorMessage {
+            title: DEFAULT_TITLE.into(),
+            text: DEFAULT_TEXT.into(),
         }
     }
 }
@@ -120,6 +142,8 @@ pub(crate) struct RawAlertSource {
     cc: Vec<String>,
     subject: Option<String>,
     body: Option<String>,
+    title: Option<String>,
+    text: Option<String>,
     plugin: Option<String>,
     #[serde(default)]
     args: Vec<String>,
@@ -127,7 +151,7 @@ pub(crate) struct RawAlertSource {
 }
 
 pub(crate) const SOURCE_KEYS: &[&str] = &[
-    "kind", "owner", "to", "cc", "subject", "body", "plugin", "args", "timeout",
+    "kind", "owner", "to", "cc", "subject", "body", "title", "text", "plugin", "args", "timeout",
 ];
 
 /// Placeholders in `template` that are not in [`TEMPLATE_FIELDS`], or an error for an
@@ -164,7 +188,7 @@ impl Validator {
         let mut out = BTreeMap::new();
         let builtins = [
             (OWNER_EMAIL, SourceKind::owner_email()),
-            (OPERATOR, SourceKind::OperatorMessage),
+            (OPERATOR, SourceKind::operator_message()),
         ];
         for (name, kind) in builtins {
             out.insert(
@@ -191,12 +215,17 @@ impl Validator {
             ("owner", s.owner.is_some()),
             ("subject", s.subject.is_some()),
             ("body", s.body.is_some()),
+            ("title", s.title.is_some()),
+            ("text", s.text.is_some()),
             ("plugin", s.plugin.is_some()),
             ("timeout", s.timeout.is_some()),
         ];
         let kind = match s.kind.as_deref() {
             Some("email") => self.email_source(&key, s),
-            Some("operator_message") => SourceKind::OperatorMessage,
+            Some("operator_message") => SourceKind::OperatorMessage {
+                title: self.template(&key, "title", s.title, DEFAULT_TITLE, true),
+                text: self.template(&key, "text", s.text, DEFAULT_TEXT, false),
+            },
             Some("plugin") => self.plugin_source(&key, s),
             other => {
                 self.push(
@@ -211,9 +240,11 @@ impl Validator {
         };
         let is_email = matches!(kind, SourceKind::Email { .. });
         let is_plugin = matches!(kind, SourceKind::Plugin { .. });
+        let is_operator = matches!(kind, SourceKind::OperatorMessage { .. });
         for (field, present) in given {
             let applies = match field {
                 "plugin" | "timeout" => is_plugin,
+                "title" | "text" => is_operator,
                 _ => is_email,
             };
             if present && !applies {
@@ -239,23 +270,33 @@ impl Validator {
                 "with owner = false, name at least one recipient".into(),
             );
         }
-        let subject = s.subject.unwrap_or_else(|| DEFAULT_SUBJECT.into());
-        let body = s.body.unwrap_or_else(|| DEFAULT_BODY.into());
-        for (field, t) in [("subject", &subject), ("body", &body)] {
-            if let Err(e) = check_template(t) {
-                self.push(&format!("{key}.{field}"), e);
-            }
-        }
-        if subject.contains(['\r', '\n']) {
-            self.push(&format!("{key}.subject"), "must be one line".into());
-        }
         SourceKind::Email {
             to_owner,
             to: s.to,
             cc: s.cc,
-            subject,
-            body,
+            subject: self.template(key, "subject", s.subject, DEFAULT_SUBJECT, true),
+            body: self.template(key, "body", s.body, DEFAULT_BODY, false),
         }
+    }
+
+    /// The template `key.field` (`default` when unset), its placeholders checked; a
+    /// heading (email subject, message title) must be one line.
+    fn template(
+        &mut self,
+        key: &str,
+        field: &str,
+        value: Option<String>,
+        default: &str,
+        heading: bool,
+    ) -> String {
+        let template = value.unwrap_or_else(|| default.into());
+        if let Err(e) = check_template(&template) {
+            self.push(&format!("{key}.{field}"), e);
+        }
+        if heading && template.contains(['\r', '\n']) {
+            self.push(&format!("{key}.{field}"), "must be one line".into());
+        }
+        template
     }
 
     fn plugin_source(&mut self, key: &str, s: RawAlertSource) -> SourceKind {

@@ -86,3 +86,85 @@ fn good_cron_accepted() {
     assert!(check_cron("* * * * *").is_err());
     assert!(check_cron("0 0 25 * * *").is_err());
 }
+
+#[test]
+fn operator_message_sources_take_title_and_text_templates() {
+    let c = from_text(
+        r#"
+        [alert_sources.ops]
+        kind = "operator_message"
+        title = "[ops] ${key.owner}/${key.name} ${alert.reason}"
+        text = """
+        Rotate ${key.name} (${key.id}) before ${key.effective_expires_at}.
+        Job ${job.id}."""
+        "#,
+    )
+    .unwrap();
+    assert_eq!(
+        c.alerts.source("ops").unwrap().kind,
+        SourceKind::OperatorMessage {
+            title: "[ops] ${key.owner}/${key.name} ${alert.reason}".into(),
+            text: "        Rotate ${key.name} (${key.id}) before ${key.effective_expires_at}.\n        Job ${job.id}.".into(),
+        }
+    );
+}
+
+#[test]
+fn operator_message_defaults_are_the_fixed_wording() {
+    let c = from_text("[alert_sources.ops]\nkind = \"operator_message\"\n").unwrap();
+    let defaults = SourceKind::OperatorMessage {
+        title: DEFAULT_TITLE.into(),
+        text: DEFAULT_TEXT.into(),
+    };
+    assert_eq!(c.alerts.source("ops").unwrap().kind, defaults);
+    assert_eq!(c.alerts.source(OPERATOR).unwrap().kind, defaults);
+    // Emails keep theirs.
+    assert!(matches!(
+        &c.alerts.source(OWNER_EMAIL).unwrap().kind,
+        SourceKind::Email { subject, body, .. } if subject == DEFAULT_SUBJECT && body == DEFAULT_BODY
+    ));
+}
+
+#[test]
+fn bad_operator_message_templates_are_config_errors_naming_source_and_setting() {
+    let problems = crate::config::problems(
+        r#"
+        [alert_sources.ops]
+        kind = "operator_message"
+        title = "key ${key.secret}"
+        text = "hash ${key.hash} ${key.name"
+        [alert_sources.two-lines]
+        kind = "operator_message"
+        title = "a\nb"
+        subject = "s"
+        [alert_sources.mail]
+        kind = "email"
+        title = "t"
+        text = "x"
+        "#,
+    );
+    let message = |key: &str| {
+        problems
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, m)| m.as_str())
+            .unwrap_or_else(|| panic!("{key} missing from {problems:?}"))
+    };
+    let title = message("alert_sources.ops.title");
+    assert!(
+        title.contains("unknown placeholder ${key.secret}") && title.contains("${key.name}"),
+        "says which placeholder and lists the known ones: {title}"
+    );
+    assert!(
+        message("alert_sources.ops.text").contains("${key.hash}"),
+        "{problems:?}"
+    );
+    assert_eq!(message("alert_sources.two-lines.title"), "must be one line");
+    for key in [
+        "alert_sources.two-lines.subject",
+        "alert_sources.mail.title",
+        "alert_sources.mail.text",
+    ] {
+        assert_eq!(message(key), "does not apply to this kind of source");
+    }
+}

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use serde::{Deserialize, Serialize};
 use tokio_cron_scheduler::{Job, JobScheduler, JobSchedulerError};
 
@@ -143,7 +143,14 @@ impl Runs {
 impl plan::Runs for Runs {
     fn next_run(&self, task: Task, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
         let (_, cron) = self.0.iter().find(|(k, _)| *k == task)?;
-        cron.as_ref()?.find_next_occurrence(&t, true).ok()
+        // Runs fall on whole seconds: from the first whole second not before `t`.
+        let whole = t.trunc_subsecs(0);
+        let from = if whole < t {
+            whole + chrono::Duration::seconds(1)
+        } else {
+            whole
+        };
+        cron.as_ref()?.find_next_occurrence(&from, true).ok()
     }
 }
 

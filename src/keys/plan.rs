@@ -770,11 +770,11 @@ fn key_change(
     if fires(&was) != fires(&will) {
         let detail = match (&was, &will) {
             (_, Some((_, deadline, Ok((source, _))))) => format!(
-                "inactivity warning via {source}: expires {} through inactivity if not used again",
+                "via {source}: expires {} through inactivity if not used again",
                 rfc3339(*deadline)
             ),
             (_, Some((_, _, Err(why)))) => format!("no inactivity warning can be sent: {why}"),
-            (Some(_), None) => "no inactivity warning within the window".to_owned(),
+            (Some(_), None) => "none within the window".to_owned(),
             (None, None) => String::new(),
         };
         change.notifications.push(NotificationMove {

@@ -16,7 +16,7 @@ use clap::Args;
 use hyper::Method;
 use serde_json::json;
 
-use crate::output::{print_json, time, wire_name as wire};
+use crate::output::{print_json, wire_name as wire};
 use crate::urlencode;
 
 // No doc comment: clap would take it for the subcommand's description.
@@ -62,8 +62,8 @@ async fn ahead(client: &Client, a: &PlanArgs) -> anyhow::Result<ExitCode> {
 fn print_plan(p: &Plan) {
     println!(
         "From {} to {} ({}): {} event(s)",
-        time(&p.now),
-        time(&p.until),
+        secs(&p.now),
+        secs(&p.until),
         p.within,
         p.total
     );
@@ -103,10 +103,15 @@ fn print_plan(p: &Plan) {
                 "  {:<20} {:<18} next {}",
                 wire(&m.task),
                 m.schedule,
-                m.next_run.as_ref().map_or_else(|| "never".to_owned(), time)
+                m.next_run.as_ref().map_or_else(|| "never".to_owned(), secs)
             );
         }
     }
+}
+
+/// A time to the second, as the text lines show it.
+fn secs(t: &DateTime<Utc>) -> String {
+    t.format("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
 /// One event: the key (name and id) and what happens to it, or the run's job.
@@ -187,8 +192,8 @@ fn print_policy(p: &PolicyPlan, file: &std::path::Path) {
 /// What changes for one key, a line each.
 fn change_lines(k: &KeyChange) -> Vec<String> {
     let when = |t: &Option<DateTime<Utc>>, limit: &Option<String>| match (t, limit) {
-        (Some(t), Some(l)) => format!("{} ({l})", time(t)),
-        (Some(t), None) => time(t),
+        (Some(t), Some(l)) => format!("{} ({l})", secs(t)),
+        (Some(t), None) => secs(t),
         (None, _) => "never".to_owned(),
     };
     let mut out = Vec::new();
@@ -220,9 +225,9 @@ fn change_lines(k: &KeyChange) -> Vec<String> {
         out.push(line);
     }
     for n in &k.notifications {
-        let at = |t: &Option<DateTime<Utc>>| t.as_ref().map_or_else(|| "-".to_owned(), time);
+        let at = |t: &Option<DateTime<Utc>>| t.as_ref().map_or_else(|| "none".to_owned(), secs);
         out.push(format!(
-            "{} {} -> {}: {}",
+            "{}: {} -> {}, {}",
             wire(&n.kind).replace('_', " "),
             at(&n.from),
             at(&n.to),

@@ -310,15 +310,6 @@ pub struct PolicyPlan {
     pub notes: Vec<String>,
 }
 
-/// The name of a limit on the wire (as `key show` gives it).
-fn limit_name(limit: Limit) -> String {
-    match limit {
-        Limit::Hard => "hard",
-        Limit::Inactivity => "inactivity",
-    }
-    .to_owned()
-}
-
 /// The `limit` earliest events pushed, and how many were pushed.
 struct Earliest {
     limit: usize,
@@ -476,7 +467,7 @@ impl Ahead<'_> {
                     }
                 };
                 let mut e = Event::about(at, EventKind::Expiry, l, detail);
-                e.limit = Some(limit_name(limit));
+                e.limit = Some(limit.as_str().to_owned());
                 out.push(e);
                 if let Some(run) = self.run_for(Task::ExpirySweep, at).filter(|_| admin) {
                     *tally.entry((run, Task::ExpirySweep)).or_default() += 1;
@@ -728,9 +719,9 @@ fn key_change(
     if was != will {
         change.expiry = Some(ExpiryMove {
             from: was.map(|(t, _)| t),
-            from_limit: was.map(|(_, l)| limit_name(l)),
+            from_limit: was.map(|(_, l)| l.as_str().to_owned()),
             to: will.map(|(t, _)| t),
-            to_limit: will.map(|(_, l)| limit_name(l)),
+            to_limit: will.map(|(_, l)| l.as_str().to_owned()),
             at_once: !lapsed(l.life.status(old_policy, last_used, now))
                 && lapsed(l.life.status(new_policy, last_used, now)),
         });

@@ -87,14 +87,7 @@ fn print_plan(p: &Plan) {
             }
         }
     }
-    if p.events.len() < p.total {
-        println!();
-        println!(
-            "(the first {} of {} events; --limit lists more)",
-            p.events.len(),
-            p.total
-        );
-    }
+    print_cut(p.events.len(), p.total, "events");
     if !p.maintenance.is_empty() {
         println!();
         println!("Maintenance jobs:");
@@ -106,6 +99,14 @@ fn print_plan(p: &Plan) {
                 m.next_run.as_ref().map_or_else(|| "never".to_owned(), secs)
             );
         }
+    }
+}
+
+/// Say so when the limit cut the list.
+fn print_cut(shown: usize, total: usize, what: &str) {
+    if shown < total {
+        println!();
+        println!("(the first {shown} of {total} {what}; --limit lists more)");
     }
 }
 
@@ -172,14 +173,7 @@ fn print_policy(p: &PolicyPlan, file: &std::path::Path) {
             println!("    {line}");
         }
     }
-    if p.keys.len() < p.total {
-        println!();
-        println!(
-            "(the first {} of {} keys; --limit lists more)",
-            p.keys.len(),
-            p.total
-        );
-    }
+    print_cut(p.keys.len(), p.total, "keys");
     if !p.notes.is_empty() {
         println!();
         println!("Notes:");

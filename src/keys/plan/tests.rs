@@ -11,30 +11,20 @@ use chrono::{DateTime, Duration, DurationRound, TimeZone, Utc};
 
 use super::*;
 use crate::keys::CreateKey;
-use crate::test_support::{admin, alice, fixture_with_alerts, parse, Fixture};
+use crate::test_support::{admin, alice, fixture_with_alerts, parse, Fixture, CONFIG};
 
-const CONFIG: &str = r#"
-[ApiKey]
-MaxExpirationPeriod = "p6m"
-NotAccessedExpirationPeriod = "p20d"
-DefaultExpirationPeriod = "p6m"
-DefaultAlertSource = "operator"
-InactivityWarningLeadTime = "p7d"
-RetentionPeriod = "p1d"
-[groups.Synchronizer]
-scopes = ["catalog:read", "catalog:sync"]
-create_keys = true
-[groups.Admin]
-scopes = ["catalog:read", "apikeyd:admin"]
-create_keys = true
-manage_all_keys = true
-[users.admin]
-groups = ["Admin"]
-[users.alice]
-groups = ["Synchronizer"]
-[users.bob]
-groups = ["Synchronizer"]
-"#;
+/// The shared test configuration with 20 days of inactivity, operator warnings a
+/// week ahead and a day of retention.
+fn config() -> String {
+    let from = "NotAccessedExpirationPeriod = \"p3m\"\nDefaultExpirationPeriod = \"p1y\"\n";
+    assert!(CONFIG.contains(from));
+    CONFIG.replace(
+        from,
+        "NotAccessedExpirationPeriod = \"p20d\"\nDefaultExpirationPeriod = \"p6m\"\n\
+         DefaultAlertSource = \"operator\"\nInactivityWarningLeadTime = \"p7d\"\n\
+         RetentionPeriod = \"p1d\"\n",
+    )
+}
 
 /// Every maintenance job runs on the hour.
 struct Hourly;
@@ -89,7 +79,7 @@ fn maintenance(plan: &Plan, task: Task) -> Vec<(DateTime<Utc>, usize)> {
 
 #[tokio::test]
 async fn plan_lists_expiries_notifications_warnings_and_maintenance_runs() {
-    let f = fixture_with_alerts(CONFIG);
+    let f = fixture_with_alerts(&config());
     // Hard limit in 10 days, before the 20 days of inactivity.
     let hard = key(&f, "alice", "hard", "p10d", None).await;
     // Hard limit in 6 months: inactivity comes first, in 20 days if not used.
@@ -164,7 +154,7 @@ async fn plan_lists_expiries_notifications_warnings_and_maintenance_runs() {
 
 #[tokio::test]
 async fn plan_follows_the_clock_and_the_last_use() {
-    let f = fixture_with_alerts(CONFIG);
+    let f = fixture_with_alerts(&config());
     let idle = key(&f, "alice", "idle", "p6m", None).await;
     // 15 days on, the warning is due now (at the next run) and the key expires in 5.
     f.clock.set(day(15));
@@ -194,7 +184,7 @@ async fn bad_windows_and_limits_are_refused() {
 
 /// The configuration in force with `edit` applied to its text.
 fn new_config(edit: &[(&str, &str)]) -> crate::config::Config {
-    let mut text = CONFIG.to_owned();
+    let mut text = config();
     for (from, to) in edit {
         assert!(text.contains(from), "{from}");
         text = text.replace(from, to);
@@ -202,19 +192,21 @@ fn new_config(edit: &[(&str, &str)]) -> crate::config::Config {
     parse(&text)
 }
 
-async fn plan_policy(f: &Fixture, edit: &[(&str, &str)]) -> PolicyPlan {
+async fn plan_policy_as(
+    f: &Fixture,
+    actor: &Actor,
+    edit: &[(&str, &str)],
+) -> Result<PolicyPlan, KeyError> {
     let new = new_config(edit);
     let ask = Ask::parse(Some("p30d"), None).unwrap();
+    let settings = Settings::from(&new);
     f.keys
-        .plan_policy(
-            &admin(),
-            Settings::from(&new),
-            new.alerts.clone(),
-            &ask,
-            Arc::new(Hourly),
-        )
+        .plan_policy(actor, settings, new.alerts, &ask, Arc::new(Hourly))
         .await
-        .unwrap()
+}
+
+async fn plan_policy(f: &Fixture, edit: &[(&str, &str)]) -> PolicyPlan {
+    plan_policy_as(f, &admin(), edit).await.unwrap()
 }
 
 fn change(p: &PolicyPlan, id: Uuid) -> &KeyChange {
@@ -226,7 +218,7 @@ fn change(p: &PolicyPlan, id: Uuid) -> &KeyChange {
 
 #[tokio::test]
 async fn a_new_policy_moves_expiries_and_makes_keys_inactive_at_once() {
-    let f = fixture_with_alerts(CONFIG);
+    let f = fixture_with_alerts(&config());
     let idle = key(&f, "alice", "idle", "p6m", None).await;
     f.clock.set(day(15));
     // p20d → p10d of inactivity: 15 days idle is past it.
@@ -250,7 +242,7 @@ async fn a_new_policy_moves_expiries_and_makes_keys_inactive_at_once() {
     // Nothing was applied.
     assert_eq!(
         f.keys.settings().policy.not_accessed_expiration,
-        parse(CONFIG).policy.not_accessed_expiration
+        parse(&config()).policy.not_accessed_expiration
     );
     let now = plan(&f, &admin(), "p30d").await;
     assert_eq!(of(&now, idle, EventKind::Expiry)[0].at, day(20));
@@ -261,7 +253,7 @@ async fn a_new_policy_moves_expiries_and_makes_keys_inactive_at_once() {
 /// says which keys would lie beyond it, and that they keep their expiry.
 #[tokio::test]
 async fn a_shorter_max_expiration_keeps_existing_expiries_and_says_so() {
-    let f = fixture_with_alerts(CONFIG);
+    let f = fixture_with_alerts(&config());
     let long = key(&f, "alice", "long", "p6m", None).await;
     let short = key(&f, "alice", "short", "p10d", None).await;
     let p = plan_policy(
@@ -288,7 +280,7 @@ async fn a_shorter_max_expiration_keeps_existing_expiries_and_says_so() {
 
 #[tokio::test]
 async fn a_new_directory_takes_scopes_and_owners() {
-    let f = fixture_with_alerts(CONFIG);
+    let f = fixture_with_alerts(&config());
     let sync = key(&f, "alice", "sync", "p6m", None).await;
     let bobs = key(&f, "bob", "b", "p6m", None).await;
     let p = plan_policy(
@@ -309,7 +301,7 @@ async fn a_new_directory_takes_scopes_and_owners() {
     assert!(c.owner_lost);
     assert_eq!((p.counts.lose_scopes, p.counts.lose_owner), (1, 1));
     assert!(
-        p.notes.iter().any(|n| n.contains("users 3 -> 2")),
+        p.notes.iter().any(|n| n.contains("users 4 -> 3")),
         "{:?}",
         p.notes
     );
@@ -330,19 +322,7 @@ async fn a_new_directory_takes_scopes_and_owners() {
 
 #[tokio::test]
 async fn only_admins_plan_a_configuration() {
-    let f = fixture_with_alerts(CONFIG);
-    let new = parse(CONFIG);
-    let ask = Ask::parse(None, None).unwrap();
-    let e = f
-        .keys
-        .plan_policy(
-            &alice(),
-            Settings::from(&new),
-            new.alerts.clone(),
-            &ask,
-            Arc::new(Hourly),
-        )
-        .await
-        .unwrap_err();
+    let f = fixture_with_alerts(&config());
+    let e = plan_policy_as(&f, &alice(), &[]).await.unwrap_err();
     assert!(matches!(e, KeyError::Forbidden(_)), "{e}");
 }

@@ -96,7 +96,7 @@ pub trait Runs: Send + Sync {
 pub struct Ask {
     /// How far ahead to look.
     pub within: Period,
-    /// The most entries to list.
+    /// The most entries to list (of each kind: keys' events and maintenance runs).
     pub limit: usize,
 }
 
@@ -203,7 +203,8 @@ pub struct Plan {
     pub until: DateTime<Utc>,
     /// The window, as asked.
     pub within: String,
-    /// The earliest events, at most the limit asked for, in time order.
+    /// The earliest events, in time order: at most the limit asked for of the
+    /// keys', and as many maintenance runs.
     pub events: Vec<Event>,
     /// Every event within the window (more than `events` holds when the limit cut).
     pub total: usize,
@@ -357,19 +358,17 @@ impl Earliest {
         }
     }
 
-    /// In time order; at one time, by owner and key name.
+    /// In [`order`].
     fn into_sorted(self) -> Vec<Event> {
         let mut out: Vec<Event> = self.heap.into_iter().map(|r| r.2).collect();
-        out.sort_by(|a, b| {
-            (a.at, &a.owner, &a.key_name, a.kind as u8).cmp(&(
-                b.at,
-                &b.owner,
-                &b.key_name,
-                b.kind as u8,
-            ))
-        });
+        out.sort_by(order);
         out
     }
+}
+
+/// Time order; at one time, by owner and key name.
+fn order(a: &Event, b: &Event) -> std::cmp::Ordering {
+    (a.at, &a.owner, &a.key_name, a.kind as u8).cmp(&(b.at, &b.owner, &b.key_name, b.kind as u8))
 }
 
 /// Everything a plan reads besides the keys: the rules, the schedules and the window.
@@ -659,8 +658,11 @@ fn plan_of(
             }
         }
     })?;
+    // The runs have a limit of their own: a million keys expiring first must not
+    // hide the sweep and the purge that follow.
+    let mut runs = Earliest::new(ask.limit);
     for (run, n) in tally {
-        out.push(ahead.maintenance_event(run, n));
+        runs.push(ahead.maintenance_event(run, n));
     }
     let maintenance = if actor.admin {
         Task::ALL
@@ -674,12 +676,15 @@ fn plan_of(
     } else {
         Vec::new()
     };
-    let total = out.total;
+    let total = out.total + runs.total;
+    let mut events = out.into_sorted();
+    events.extend(runs.into_sorted());
+    events.sort_by(order);
     Ok(Plan {
         now: ahead.now,
         until: ahead.until,
         within: ask.within.to_string(),
-        events: out.into_sorted(),
+        events,
         total,
         maintenance,
     })

@@ -68,7 +68,7 @@ async fn plan_policy(
     Extension(actor): Extension<Actor>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<PolicyPlan>> {
-    // Before the body is read: anyone else learns nothing of the configuration.
+    // Before the body is parsed: anyone else learns nothing about the configuration.
     admin_only(&actor)?;
     let req: PolicyRequest = parse_body(body)?;
     let ask = Ask::parse(req.within.as_deref(), req.limit)?;

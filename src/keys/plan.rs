@@ -372,12 +372,12 @@ fn order(a: &Event, b: &Event) -> std::cmp::Ordering {
 }
 
 /// Everything a plan reads besides the keys: the rules, the schedules and the window.
-pub(crate) struct Ahead<'a> {
-    pub(crate) settings: &'a Settings,
-    pub(crate) alerts: &'a AlertConfig,
-    pub(crate) runs: &'a dyn Runs,
-    pub(crate) now: DateTime<Utc>,
-    pub(crate) until: DateTime<Utc>,
+struct Ahead<'a> {
+    settings: &'a Settings,
+    alerts: &'a AlertConfig,
+    runs: &'a dyn Runs,
+    now: DateTime<Utc>,
+    until: DateTime<Utc>,
 }
 
 /// An inactivity warning ahead: the run that schedules it, the deadline it warns

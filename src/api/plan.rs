@@ -35,6 +35,7 @@ struct PlanQuery {
     limit: Option<usize>,
 }
 
+// No Debug: the configuration text has no business in a log line.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PolicyRequest {

@@ -5,11 +5,13 @@
 
 use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use serde::{Deserialize, Serialize};
 use tokio_cron_scheduler::{Job, JobScheduler, JobSchedulerError};
 
+use crate::config::alerts::MaintenanceSchedules;
 use crate::config::AlertConfig;
+use crate::keys::plan::{self, Task};
 use crate::keys::{maintenance, Keys};
 use crate::model::key::rfc3339;
 
@@ -55,56 +57,37 @@ impl MaintenanceStatus {
     }
 }
 
-/// Which maintenance task.
-#[derive(Debug, Clone, Copy)]
-enum Task {
-    Flush,
-    Sweep,
-    Purge,
-    InactivityWarning,
-}
-
-impl Task {
-    fn name(self) -> &'static str {
-        match self {
-            Task::Flush => "last_used_flush",
-            Task::Sweep => "expiry_sweep",
-            Task::Purge => "purge",
-            Task::InactivityWarning => "inactivity_warning",
+/// One run of maintenance job `task`, and what it did.
+async fn run(task: Task, keys: &Keys) -> Result<String, crate::keys::KeyError> {
+    // Every node writes its own usage; the rest runs on one node at a time.
+    if !matches!(task, Task::LastUsedFlush) && !keys.lead_maintenance().await? {
+        if matches!(task, Task::ExpirySweep) {
+            keys.count_lapses();
         }
+        return Ok("skipped: another node runs the maintenance jobs".into());
     }
-
-    async fn run(self, keys: &Keys) -> Result<String, crate::keys::KeyError> {
-        // Every node writes its own usage; the rest runs on one node at a time.
-        if !matches!(self, Task::Flush) && !keys.lead_maintenance().await? {
-            if matches!(self, Task::Sweep) {
-                keys.count_lapses();
-            }
-            return Ok("skipped: another node runs the maintenance jobs".into());
-        }
-        Ok(match self {
-            Task::Flush => format!("{} key(s) written", keys.flush_last_used(false).await?),
-            Task::Sweep => format!(
-                "{} key(s) recorded as expired",
-                maintenance::sweep_expired(keys).await?
-            ),
-            Task::Purge => {
-                // Each runs whether the other failed or not.
-                let purged = maintenance::purge(keys).await;
-                let pruned = keys.prune_change_log().await;
-                match (purged?, pruned?) {
-                    (purged, 0) => format!("{purged} key(s) purged"),
-                    (purged, n) => {
-                        format!("{purged} key(s) purged, {n} change log entries dropped")
-                    }
+    Ok(match task {
+        Task::LastUsedFlush => format!("{} key(s) written", keys.flush_last_used(false).await?),
+        Task::ExpirySweep => format!(
+            "{} key(s) recorded as expired",
+            maintenance::sweep_expired(keys).await?
+        ),
+        Task::Purge => {
+            // Each runs whether the other failed or not.
+            let purged = maintenance::purge(keys).await;
+            let pruned = keys.prune_change_log().await;
+            match (purged?, pruned?) {
+                (purged, 0) => format!("{purged} key(s) purged"),
+                (purged, n) => {
+                    format!("{purged} key(s) purged, {n} change log entries dropped")
                 }
             }
-            Task::InactivityWarning => format!(
-                "{} warning(s) scheduled",
-                maintenance::schedule_inactivity_warnings(keys).await?
-            ),
-        })
-    }
+        }
+        Task::InactivityWarning => format!(
+            "{} warning(s) scheduled",
+            maintenance::schedule_inactivity_warnings(keys).await?
+        ),
+    })
 }
 
 /// The running maintenance scheduler.
@@ -119,18 +102,56 @@ impl std::fmt::Debug for Maintenance {
 }
 
 fn next_tick(schedule: &str) -> Option<String> {
-    let cron = croner_next(schedule)?;
+    let cron = parse_cron(schedule)?
+        .find_next_occurrence(&Utc::now(), false)
+        .ok()?;
     Some(rfc3339(cron))
 }
 
-fn croner_next(schedule: &str) -> Option<DateTime<Utc>> {
-    let parsed = croner::parser::CronParser::builder()
+/// A `[jobs]` schedule as tokio-cron-scheduler reads it (seconds first, in UTC).
+fn parse_cron(schedule: &str) -> Option<croner::Cron> {
+    croner::parser::CronParser::builder()
         .seconds(croner::parser::Seconds::Required)
         .dom_and_dow(true)
         .build()
         .parse(schedule)
-        .ok()?;
-    parsed.find_next_occurrence(&Utc::now(), false).ok()
+        .ok()
+}
+
+/// The runs of the maintenance jobs as `[jobs]` schedules them, for the plan
+/// (`crate::keys::plan`): each schedule parsed once.
+pub struct Runs(Vec<(Task, Option<croner::Cron>)>);
+
+impl std::fmt::Debug for Runs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runs").finish_non_exhaustive()
+    }
+}
+
+impl Runs {
+    /// The runs of the jobs of `jobs`.
+    pub fn of(jobs: &MaintenanceSchedules) -> Self {
+        Self(
+            Task::ALL
+                .iter()
+                .map(|&t| (t, parse_cron(t.schedule(jobs))))
+                .collect(),
+        )
+    }
+}
+
+impl plan::Runs for Runs {
+    fn next_run(&self, task: Task, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let (_, cron) = self.0.iter().find(|(k, _)| *k == task)?;
+        // Runs fall on whole seconds: from the first whole second not before `t`.
+        let whole = t.trunc_subsecs(0);
+        let from = if whole < t {
+            whole + chrono::Duration::seconds(1)
+        } else {
+            whole
+        };
+        cron.as_ref()?.find_next_occurrence(&from, true).ok()
+    }
 }
 
 impl Maintenance {
@@ -143,18 +164,14 @@ impl Maintenance {
         let scheduler = JobScheduler::new_with_channel_size(CHANNEL_SIZE).await?;
         let s = &config.jobs;
         let mut runs = Vec::new();
-        for (task, schedule) in [
-            (Task::Flush, &s.last_used_flush),
-            (Task::Sweep, &s.expiry_sweep),
-            (Task::Purge, &s.purge),
-            (Task::InactivityWarning, &s.inactivity_warning),
-        ] {
+        for task in Task::ALL {
+            let schedule = task.schedule(s).to_owned();
             runs.push(MaintenanceRun {
                 name: task.name().to_owned(),
                 schedule: schedule.clone(),
                 last_run: None,
                 last_result: None,
-                next_run: next_tick(schedule),
+                next_run: next_tick(&schedule),
             });
             let keys = keys.clone();
             let status = status.clone();
@@ -168,7 +185,7 @@ impl Maintenance {
                     let timer = std::time::Instant::now();
                     let span = tracing::info_span!("maintenance", job = task.name());
                     let _enter = span.enter();
-                    let result = match task.run(&keys).await {
+                    let result = match run(task, &keys).await {
                         Ok(r) => {
                             let r = format!("{r} in {} ms", timer.elapsed().as_millis());
                             tracing::debug!(result = %r, "maintenance job done");

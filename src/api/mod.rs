@@ -21,6 +21,7 @@ mod lifetime;
 pub mod limits;
 pub mod metrics;
 pub mod peer;
+mod plan;
 mod routes;
 pub mod server;
 mod state;
@@ -42,7 +43,10 @@ pub use verify::{verify_response, VerifyResponse};
 use routes::{Routes, ANY};
 
 fn admin_routes() -> Routes {
-    Routes::new().extend(admin::routes).extend(alerts::routes)
+    Routes::new()
+        .extend(admin::routes)
+        .extend(alerts::routes)
+        .extend(plan::routes)
 }
 
 fn public_routes() -> Routes {

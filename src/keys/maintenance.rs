@@ -13,8 +13,62 @@ use super::live::Live;
 use super::notification;
 use super::rules::retirements;
 use super::Keys;
-use crate::model::{rfc3339, AlertJob, AuditEntry, JobKind, KeyRecord, KeyState, Status};
+use crate::config::{Period, Policy};
+use crate::model::{rfc3339, AlertJob, AuditEntry, JobKind, KeyRecord, KeyState, Lifetime, Status};
 use crate::store::Change;
+
+/// When the purge deletes a key: RetentionPeriod after it was removed, or after
+/// it expired (the earlier of its limits, if it is not used again). `None`: never.
+/// The plan (`super::plan`) reads the same rule.
+pub(crate) fn purge_after(
+    life: &Lifetime,
+    last_used: Option<DateTime<Utc>>,
+    policy: &Policy,
+    retention: &Period,
+) -> Option<DateTime<Utc>> {
+    let ended = match life.state {
+        KeyState::Removed => life.removed_at,
+        _ => life.effective_expiry(policy, last_used).map(|(t, _)| t),
+    };
+    ended.and_then(|t| retention.add_to(t))
+}
+
+/// The inactivity warning a key is owed for its current idle stretch, if any.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct InactivityWarning {
+    /// Start of the idle stretch it is about.
+    pub(crate) stretch: DateTime<Utc>,
+    /// When the key expires through inactivity if not used again.
+    pub(crate) deadline: DateTime<Utc>,
+    /// From when the warning run sends it (InactivityWarningLeadTime before the
+    /// deadline); `None`: the lead time reaches before any date.
+    pub(crate) from: Option<DateTime<Utc>>,
+}
+
+/// Whether a key will be warned that it expires through inactivity: only when
+/// inactivity comes before its hard limit (which has its own notification), and
+/// once per idle stretch (`warned_for`). The warning run and the plan both ask.
+pub(crate) fn inactivity_warning(
+    life: &Lifetime,
+    policy: &Policy,
+    last_used: Option<DateTime<Utc>>,
+    warned_for: Option<DateTime<Utc>>,
+    lead: &Period,
+) -> Option<InactivityWarning> {
+    let deadline = life.inactivity_deadline(policy, last_used)?;
+    if life.expires_at.is_some_and(|h| h <= deadline) {
+        return None;
+    }
+    let stretch = life.last_activity(last_used);
+    if warned_for == Some(stretch) {
+        return None;
+    }
+    Some(InactivityWarning {
+        stretch,
+        deadline,
+        from: lead.subtract_from(deadline),
+    })
+}
 
 /// An audit entry the daemon itself writes about key `key`.
 fn entry(now: DateTime<Utc>, action: &str, key: Uuid, detail: String) -> AuditEntry {
@@ -77,16 +131,7 @@ pub async fn purge(keys: &Keys) -> Result<usize, KeyError> {
     {
         let index = keys.index.read();
         for l in index.all() {
-            let ended = match l.life.state {
-                KeyState::Removed => l.life.removed_at,
-                _ => l
-                    .life
-                    .effective_expiry(&policy, index.last_used(l))
-                    .map(|(t, _)| t)
-                    .filter(|t| *t <= now),
-            };
-            if ended
-                .and_then(|t| retention.add_to(t))
+            if purge_after(&l.life, index.last_used(l), &policy, &retention)
                 .is_some_and(|until| until <= now)
             {
                 gone.push(l.clone());
@@ -113,9 +158,7 @@ pub async fn purge(keys: &Keys) -> Result<usize, KeyError> {
     let alive: std::collections::HashSet<Uuid> = held
         .iter()
         .filter(|rec| {
-            rec.effective_expiry(&policy, rec.last_used_at)
-                .map(|(t, _)| t)
-                .and_then(|t| retention.add_to(t))
+            purge_after(&rec.lifetime(), rec.last_used_at, &policy, &retention)
                 .is_none_or(|until| until > now)
         })
         .map(|rec| rec.id)
@@ -186,22 +229,15 @@ pub async fn schedule_inactivity_warnings(keys: &Keys) -> Result<usize, KeyError
             slot.activity_ms() <= latest_ms && slot.status(&policy, now) == Status::Active
         });
         for (slot, l) in near.filter_map(|slot| Some((slot, index.at(slot.entry)?))) {
-            let last_used = slot.last_used();
-            let Some(deadline) = l.life.inactivity_deadline(&policy, last_used) else {
+            let Some(w) =
+                inactivity_warning(&l.life, &policy, slot.last_used(), l.warned_for, &lead)
+            else {
                 continue;
             };
-            // Only when inactivity comes first: a hard expiry has its own notification.
-            if l.life.expires_at.is_some_and(|h| h <= deadline) {
+            if w.from.is_none_or(|from| now < from) {
                 continue;
             }
-            let stretch = l.life.last_activity(last_used);
-            if l.warned_for == Some(stretch) {
-                continue;
-            }
-            if lead.subtract_from(deadline).is_none_or(|from| now < from) {
-                continue;
-            }
-            picked.push((l.clone(), (stretch, deadline)));
+            picked.push((l.clone(), (w.stretch, w.deadline)));
         }
     }
     if picked.is_empty() {

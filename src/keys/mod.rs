@@ -27,6 +27,7 @@ pub mod maintenance;
 mod modify;
 mod notification;
 pub mod page;
+pub mod plan;
 mod queries;
 mod rules;
 pub mod secret;

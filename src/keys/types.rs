@@ -13,8 +13,7 @@ use super::table;
 use crate::config::{Config, Directory, Policy};
 use crate::model::headers::HeaderTemplate;
 use crate::model::{
-    rfc3339, AdminRestrictions, Code, KeyHash, KeyKind, KeyRecord, KeyState, Limit, Status,
-    UsageCounts,
+    rfc3339, AdminRestrictions, Code, KeyHash, KeyKind, KeyRecord, KeyState, Status, UsageCounts,
 };
 
 /// Who the caller is and what they may do (`apikeyctl whoami`).
@@ -335,13 +334,7 @@ pub fn view_of(settings: &Settings, rec: &KeyRecord, now: DateTime<Utc>) -> KeyV
         last_used_at: last_used.map(rfc3339),
         expires_at: rec.expires_at.map(rfc3339),
         effective_expires_at: effective.map(|(t, _)| rfc3339(t)),
-        effective_limit: effective.map(|(_, l)| {
-            match l {
-                Limit::Hard => "hard",
-                Limit::Inactivity => "inactivity",
-            }
-            .to_owned()
-        }),
+        effective_limit: effective.map(|(_, l)| l.as_str().to_owned()),
         details,
         ip_filters: rec.ip_filters.iter().map(|n| n.to_string()).collect(),
         headers: rec.headers.clone(),

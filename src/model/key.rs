@@ -340,6 +340,16 @@ pub enum Limit {
     Inactivity,
 }
 
+impl Limit {
+    /// The name `key show` and the plan give it: `hard` or `inactivity`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Limit::Hard => "hard",
+            Limit::Inactivity => "inactivity",
+        }
+    }
+}
+
 /// What the expiry rules read of a key: small and `Copy`, so the in-memory index
 /// keeps it inline and the full record stays in redb.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -24,6 +24,7 @@ mod ops;
 mod paging;
 #[path = "../../src/store/postgres/test_server.rs"]
 mod pg_server;
+mod plan;
 mod postgres;
 mod rate_limits;
 mod routes;

@@ -28,6 +28,7 @@ mod issued;
 mod keys;
 mod listing;
 mod output;
+mod plan;
 mod verify;
 
 use std::path::PathBuf;
@@ -86,6 +87,8 @@ enum Command {
     /// Operator messages.
     #[command(subcommand)]
     Message(alerts::MessageCommand),
+    /// What will happen to your keys within a window (expiries, notifications, warnings, maintenance); --policy FILE: how a new configuration would change them.
+    Plan(plan::PlanArgs),
     /// Write the man pages and shell completions (packaging/generate.sh).
     #[command(hide = true)]
     GenerateDocs(apikeyd::manual::GenerateDocsArgs),
@@ -166,6 +169,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Audit(a) => audit::audit(&client, a).await,
         Command::Job(cmd) => alerts::job_command(&client, cmd).await,
         Command::Message(cmd) => alerts::message_command(&client, cmd).await,
+        Command::Plan(a) => plan::plan(&client, a).await,
         Command::Whoami { json } => whoami(&client, json).await,
         // Answered in main, before there is a runtime or a client.
         Command::GenerateDocs(_) => Ok(ExitCode::SUCCESS),

@@ -12,6 +12,7 @@
 //! - `live`, `index`, `status`, `table`: the in-memory index;
 //! - `verify`: verification; `queries`: views, listings, the audit trail;
 //! - `create`, `change`: admin changes; `notification`: a key's alert job rules;
+//! - [`rotation`]: rotation that waits for the new secret's first use;
 //! - `usage`: the last-used flush; [`maintenance`]: the sweep, purge and warnings;
 //! - [`secret`], [`page`], [`seed`]: secrets, paging, bulk seeding.
 
@@ -27,6 +28,7 @@ mod modify;
 mod notification;
 pub mod page;
 mod queries;
+pub mod rotation;
 mod rules;
 pub mod secret;
 pub mod seed;
@@ -63,8 +65,8 @@ pub use live::Live;
 pub use page::{Page, PageRequest};
 pub use seed::seed;
 pub use types::{
-    policy_lines, view_of, Actor, CreateKey, EditKey, Issued, KeyView, NotifyRequest, Settings,
-    Verification, Whoami,
+    policy_lines, view_of, Actor, CreateKey, EditKey, Issued, KeyView, NotifyRequest, RotateKey,
+    RotationView, Settings, Verification, Whoami,
 };
 
 /// How long a last-used time may sit in memory before it is written (per key).
@@ -136,6 +138,8 @@ pub struct Keys {
     following: following::Following,
     /// One usage flush at a time.
     flushing: tokio::sync::Mutex<()>,
+    /// First uses of rotated keys' new secrets, for the background switch.
+    rotations: rotation::FirstUses,
 }
 
 /// An index of every key in `store`, as of `now`.
@@ -179,6 +183,7 @@ impl Keys {
             touched: AtomicBool::new(false),
             following: following::Following::default(),
             flushing: tokio::sync::Mutex::new(()),
+            rotations: rotation::FirstUses::default(),
         })
     }
 

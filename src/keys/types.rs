@@ -232,6 +232,10 @@ pub struct KeyView {
     pub headers: Vec<HeaderTemplate>,
     /// When the previous secret stops working after a rotation.
     pub rotation_grace_until: Option<String>,
+    /// The last rotation that waits for the new secret's first use (`key rotate
+    /// --until-used`), if the last rotation was one.
+    #[serde(default)]
+    pub rotation: Option<RotationView>,
     /// Alert notification: "TIME via SOURCE", or "none".
     pub notification: String,
     /// Verification counts (in memory, flushed with the last-used times).
@@ -255,6 +259,27 @@ pub struct KeyView {
     pub admin_restrictions: AdminRestrictions,
 }
 
+/// A rotation that waits for the new secret's first use, as `key show` tells it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RotationView {
+    /// `pending` (waiting for the new secret's first use), `switched` (it was
+    /// used) or `lapsed` (never used: the old secret stopped at the max grace).
+    pub state: String,
+    /// When the new secret was issued.
+    pub started_at: String,
+    /// When the old secret stops if the new one is never used.
+    pub max_grace_until: String,
+    /// The new secret's first successful use.
+    pub switched_at: Option<String>,
+    /// When the old secret stops (or stopped).
+    pub old_secret_until: Option<String>,
+    /// The job that warns before the max grace ends (while pending).
+    pub warning_job: Option<Uuid>,
+    /// The state in one line, e.g. "pending: waiting for the new secret's first
+    /// use; old secret valid until 2026-09-07T10:00:00Z (max grace)".
+    pub summary: String,
+}
+
 /// A key just issued: the secret, shown once, and the key.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Issued {
@@ -263,6 +288,23 @@ pub struct Issued {
     /// The key.
     #[serde(flatten)]
     pub view: KeyView,
+}
+
+/// Request to rotate a key (`POST /v1/admin/keys/ID/rotate`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RotateKey {
+    /// The old secret keeps working for this period (ISO 8601).
+    #[serde(default)]
+    pub grace: Option<String>,
+    /// The old secret keeps working until the new one is first used, then for
+    /// `[ApiKey] RotationOverlapPeriod`.
+    #[serde(default)]
+    pub until_used: bool,
+    /// With `until_used`: the longest the old secret keeps working if the new one
+    /// is never used (ISO 8601; default p7d).
+    #[serde(default)]
+    pub max_grace: Option<String>,
 }
 
 /// Request to set, change or cancel a key's notification.
@@ -346,6 +388,7 @@ pub fn view_of(settings: &Settings, rec: &KeyRecord, now: DateTime<Utc>) -> KeyV
         ip_filters: rec.ip_filters.iter().map(|n| n.to_string()).collect(),
         headers: rec.headers.clone(),
         rotation_grace_until: rec.previous_valid_until.filter(|t| *t > now).map(rfc3339),
+        rotation: super::rotation::view(rec, now),
         notification: rec.alerting.notification.as_ref().map_or_else(
             || "none".to_owned(),
             |n| format!("{} via {}", rfc3339(n.at), n.source),

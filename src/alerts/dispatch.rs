@@ -196,9 +196,10 @@ async fn attempt(alerts: &Alerts, channels: &impl Deliver, job: &AlertJob) -> Ou
         }
     };
     if job.kind == JobKind::RotationWarning
-        && !view.rotation.as_ref().is_some_and(|r| {
-            r.state == "pending" && r.warning_job.is_some_and(|w| w == job.origin)
-        })
+        && !view
+            .rotation
+            .as_ref()
+            .is_some_and(|r| r.state == "pending" && r.warning_job.is_some_and(|w| w == job.origin))
     {
         // A change that ends the rotation cancels its warning; one that raced the
         // claim is caught here.

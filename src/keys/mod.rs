@@ -372,6 +372,8 @@ mod page_tests;
 #[cfg(test)]
 mod restriction_tests;
 #[cfg(test)]
+mod rotation_tests;
+#[cfg(test)]
 mod security_tests;
 #[cfg(test)]
 mod status_tests;

@@ -205,8 +205,13 @@ pub(super) fn warning_dropped(
 
 /// How `key show` tells `rec`'s rotation at `now`, if it has one.
 pub(super) fn view(rec: &KeyRecord, now: DateTime<Utc>) -> Option<RotationView> {
-    let r = rec.rotation.as_ref().filter(|_| rec.state != KeyState::Removed)?;
-    let old_until = rec.previous_valid_until.filter(|_| rec.previous_hash.is_some());
+    let r = rec
+        .rotation
+        .as_ref()
+        .filter(|_| rec.state != KeyState::Removed)?;
+    let old_until = rec
+        .previous_valid_until
+        .filter(|_| rec.previous_hash.is_some());
     let ended = old_until.is_none_or(|t| t <= now);
     let until = old_until.map_or_else(|| "-".to_owned(), rfc3339);
     let (state, summary) = match (r.switched_at, ended) {
@@ -261,10 +266,7 @@ impl Keys {
                 "grace",
                 "give either --grace or --until-used (with --max-grace), not both",
             )),
-            (false, _, true) => Err(invalid(
-                "max_grace",
-                "--max-grace goes with --until-used",
-            )),
+            (false, _, true) => Err(invalid("max_grace", "--max-grace goes with --until-used")),
             (true, false, _) => {
                 self.rotate_until_used(actor, id, req.max_grace.as_deref())
                     .await
@@ -349,9 +351,7 @@ impl Keys {
                         )));
                     }
                     let retired = first.at + overlap;
-                    let until = rec
-                        .previous_valid_until
-                        .map_or(retired, |t| t.min(retired));
+                    let until = rec.previous_valid_until.map_or(retired, |t| t.min(retired));
                     if rec.previous_hash.is_some() {
                         rec.previous_valid_until = Some(until);
                     }

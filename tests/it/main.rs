@@ -24,6 +24,7 @@ mod paging;
 mod pg_server;
 mod postgres;
 mod rate_limits;
+mod rotation;
 mod routes;
 mod security_keys;
 mod service;

@@ -7,7 +7,7 @@ use super::error::{invalid, KeyError};
 use super::index::{check_unique_name, Index};
 use super::modify::{Ctx, WithJob};
 use super::notification;
-use super::rotation;
+use super::rotation::{self, Grace};
 use super::rules::{
     add_period, binds_owner, check_description, check_expiry_range, check_headers, check_ips,
     check_name, check_owner_headers, check_owner_ips, check_scopes, parse_period, parse_time,
@@ -16,7 +16,6 @@ use super::rules::{
 use super::secret;
 use super::types::{Actor, EditKey, Issued, KeyView};
 use super::Keys;
-use crate::config::Period;
 use crate::model::{rfc3339, KeyKind, KeyRecord, KeyState, Status, UserSecret};
 
 impl Keys {
@@ -196,18 +195,6 @@ impl Keys {
             view: self.view(&live).await?,
         })
     }
-}
-
-/// What a rotation does with the old secret.
-pub(super) enum Grace {
-    /// It stops at once.
-    None,
-    /// It keeps working for this period.
-    For(Period),
-    /// It keeps working until the new secret's first use (then for the overlap),
-    /// at most for this period (`--until-used --max-grace`, or the default:
-    /// `false`).
-    UntilUsed(Period, bool),
 }
 
 /// Refuse a new name or description that contains the key's own secret: names

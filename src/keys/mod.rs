@@ -12,13 +12,14 @@
 //! - `live`, `index`, `status`, `table`: the in-memory index;
 //! - `verify`: verification; `queries`: views, listings, the audit trail;
 //! - `create`, `change`: admin changes; `notification`: a key's alert job rules;
-//! - [`rotation`]: rotation that waits for the new secret's first use;
+//! - [`rotation`], `first_use`: rotation that waits for the new secret's first use;
 //! - `usage`: the last-used flush; [`maintenance`]: the sweep, purge and warnings;
 //! - [`secret`], [`page`], [`seed`]: secrets, paging, bulk seeding.
 
 mod change;
 mod create;
 pub mod error;
+mod first_use;
 pub mod follow;
 mod following;
 mod index;
@@ -139,7 +140,7 @@ pub struct Keys {
     /// One usage flush at a time.
     flushing: tokio::sync::Mutex<()>,
     /// First uses of rotated keys' new secrets, for the background switch.
-    rotations: rotation::FirstUses,
+    rotations: first_use::FirstUses,
 }
 
 /// An index of every key in `store`, as of `now`.
@@ -183,7 +184,7 @@ impl Keys {
             touched: AtomicBool::new(false),
             following: following::Following::default(),
             flushing: tokio::sync::Mutex::new(()),
-            rotations: rotation::FirstUses::default(),
+            rotations: first_use::FirstUses::default(),
         })
     }
 

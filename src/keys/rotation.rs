@@ -5,8 +5,8 @@
 //! The state is in the key record ([`Rotation`], beside `previous_hash` and
 //! `previous_valid_until`, which verification already honours), so a restart
 //! keeps it. Verification notices the first use from a flag in the slot it reads
-//! anyway (`verify.rs`), claims it once in the key's entry and queues it here; a
-//! background task ([`switch_on_first_use`]) commits the switch through
+//! anyway (`verify.rs`), claims it once in the key's entry and queues it
+//! (`first_use.rs`); a background task ([`switch_on_first_use`]) commits the switch through
 //! [`Keys::modify`] and never the request. In cluster mode whichever node sees the
 //! use commits; the others read the switch from the change log. A commit that
 //! fails gives the claim back, so the next use tells again.
@@ -15,19 +15,17 @@ use std::sync::Arc;
 use std::time::Duration as StdDuration;
 
 use chrono::{DateTime, Duration, Utc};
-use tokio::sync::{watch, Notify};
-use uuid::Uuid;
+use tokio::sync::watch;
 
-use super::change::Grace;
 use super::error::{invalid, KeyError};
-use super::live::Live;
+use super::first_use::FirstUse;
 use super::modify::{Ctx, WithJob};
 use super::notification::choose_source;
 use super::rules::parse_period;
-use super::types::{Actor, Issued, RotateKey, RotationView};
+use super::types::{Actor, Issued, RotateKey};
 use super::Keys;
 use crate::config::{AlertConfig, Period};
-use crate::model::{rfc3339, AlertJob, JobKind, KeyHash, KeyRecord, KeyState, Rotation};
+use crate::model::{rfc3339, AlertJob, JobKind, KeyRecord, Rotation};
 use crate::store::StoreError;
 
 /// `--max-grace` when none is given: a week, enough for a client deployed weekly
@@ -41,36 +39,16 @@ const MAX_WARNING_LEAD: Duration = Duration::days(1);
 /// Commits of one switch tried before its claim is given back.
 const SWITCH_ATTEMPTS: usize = 3;
 
-/// A first successful use of a secret a rotation waits for, not yet committed.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct FirstUse {
-    id: Uuid,
-    hash: KeyHash,
-    at: DateTime<Utc>,
-}
-
-/// First uses seen by verification, waiting for the background task.
-#[derive(Debug, Default)]
-pub(super) struct FirstUses {
-    queue: parking_lot::Mutex<Vec<FirstUse>>,
-    wake: Notify,
-}
-
-impl FirstUses {
-    /// Queue the first use of `live`'s current secret at `at` (once per claim,
-    /// see [`Live::claim_first_use`]).
-    pub(super) fn first_used(&self, live: &Live, at: DateTime<Utc>) {
-        self.queue.lock().push(FirstUse {
-            id: live.id,
-            hash: live.hash,
-            at,
-        });
-        self.wake.notify_one();
-    }
-
-    fn take(&self) -> Vec<FirstUse> {
-        std::mem::take(&mut *self.queue.lock())
-    }
+/// What a rotation does with the old secret.
+pub(super) enum Grace {
+    /// It stops at once.
+    None,
+    /// It keeps working for this period.
+    For(Period),
+    /// It keeps working until the new secret's first use (then for the overlap),
+    /// at most for this period: given with `--max-grace` (`true`, checked against
+    /// the policy) or the default (`false`, shortened to the policy).
+    UntilUsed(Period, bool),
 }
 
 /// The warning's lead before the max grace ends: a quarter of the time the client
@@ -180,67 +158,6 @@ pub(super) fn start(
         warning_job,
     });
     Ok(detail)
-}
-
-/// The warning job of a rotation that `before` waited for and `after` no longer
-/// does (the new secret was used, the key was rotated again or removed), and why
-/// it is not wanted: the change that ends the rotation cancels it.
-pub(super) fn warning_dropped(
-    before: &KeyRecord,
-    after: &KeyRecord,
-) -> Option<(Uuid, &'static str)> {
-    let job = before.pending_rotation()?.warning_job?;
-    if after.pending_rotation().and_then(|r| r.warning_job) == Some(job) {
-        return None;
-    }
-    let why = if after.state == KeyState::Removed {
-        "the key was removed"
-    } else if after.hash == before.hash {
-        "the new secret was used"
-    } else {
-        "the key was rotated again"
-    };
-    Some((job, why))
-}
-
-/// How `key show` tells `rec`'s rotation at `now`, if it has one.
-pub(super) fn view(rec: &KeyRecord, now: DateTime<Utc>) -> Option<RotationView> {
-    let r = rec
-        .rotation
-        .as_ref()
-        .filter(|_| rec.state != KeyState::Removed)?;
-    let old_until = rec
-        .previous_valid_until
-        .filter(|_| rec.previous_hash.is_some());
-    let ended = old_until.is_none_or(|t| t <= now);
-    let until = old_until.map_or_else(|| "-".to_owned(), rfc3339);
-    let (state, summary) = match (r.switched_at, ended) {
-        (None, false) => (
-            "pending",
-            format!("pending: waiting for the new secret's first use; old secret valid until {until} (max grace)"),
-        ),
-        (None, true) => (
-            "lapsed",
-            format!("lapsed: the new secret was never used; old secret retired at {until} (max grace)"),
-        ),
-        (Some(at), false) => (
-            "switched",
-            format!("switched at {}; old secret valid until {until}", rfc3339(at)),
-        ),
-        (Some(at), true) => (
-            "switched",
-            format!("switched at {}; old secret retired at {until}", rfc3339(at)),
-        ),
-    };
-    Some(RotationView {
-        state: state.to_owned(),
-        started_at: rfc3339(r.started_at),
-        max_grace_until: rfc3339(r.max_grace_until),
-        switched_at: r.switched_at.map(rfc3339),
-        old_secret_until: old_until.map(rfc3339),
-        warning_job: r.warning_job.filter(|_| r.switched_at.is_none()),
-        summary,
-    })
 }
 
 /// The daemon itself, as the actor of the switch.

@@ -10,7 +10,6 @@ use uuid::Uuid;
 
 use super::tests::is_invalid;
 use super::*;
-use crate::clock::Clock;
 use crate::model::*;
 use crate::store::JobFilter;
 use crate::test_support::*;

@@ -388,7 +388,7 @@ pub fn view_of(settings: &Settings, rec: &KeyRecord, now: DateTime<Utc>) -> KeyV
         ip_filters: rec.ip_filters.iter().map(|n| n.to_string()).collect(),
         headers: rec.headers.clone(),
         rotation_grace_until: rec.previous_valid_until.filter(|t| *t > now).map(rfc3339),
-        rotation: super::rotation::view(rec, now),
+        rotation: rotation_view(rec, now),
         notification: rec.alerting.notification.as_ref().map_or_else(
             || "none".to_owned(),
             |n| format!("{} via {}", rfc3339(n.at), n.source),
@@ -400,4 +400,44 @@ pub fn view_of(settings: &Settings, rec: &KeyRecord, now: DateTime<Utc>) -> KeyV
         notice: None,
         admin_restrictions: rec.admin_restrictions.clone(),
     }
+}
+
+/// How `key show` tells `rec`'s rotation at `now`, if it has one.
+fn rotation_view(rec: &KeyRecord, now: DateTime<Utc>) -> Option<RotationView> {
+    let r = rec
+        .rotation
+        .as_ref()
+        .filter(|_| rec.state != KeyState::Removed)?;
+    let old_until = rec
+        .previous_valid_until
+        .filter(|_| rec.previous_hash.is_some());
+    let ended = old_until.is_none_or(|t| t <= now);
+    let until = old_until.map_or_else(|| "-".to_owned(), rfc3339);
+    let (state, summary) = match (r.switched_at, ended) {
+        (None, false) => (
+            "pending",
+            format!("pending: waiting for the new secret's first use; old secret valid until {until} (max grace)"),
+        ),
+        (None, true) => (
+            "lapsed",
+            format!("lapsed: the new secret was never used; old secret retired at {until} (max grace)"),
+        ),
+        (Some(at), false) => (
+            "switched",
+            format!("switched at {}; old secret valid until {until}", rfc3339(at)),
+        ),
+        (Some(at), true) => (
+            "switched",
+            format!("switched at {}; old secret retired at {until}", rfc3339(at)),
+        ),
+    };
+    Some(RotationView {
+        state: state.to_owned(),
+        started_at: rfc3339(r.started_at),
+        max_grace_until: rfc3339(r.max_grace_until),
+        switched_at: r.switched_at.map(rfc3339),
+        old_secret_until: old_until.map(rfc3339),
+        warning_job: r.warning_job.filter(|_| r.switched_at.is_none()),
+        summary,
+    })
 }

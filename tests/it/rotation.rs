@@ -33,7 +33,10 @@ fn the_old_secret_works_until_the_new_ones_first_use_and_the_overlap() {
     let rotated = d.json(&["key", "rotate", &id, "--until-used", "--max-grace", "p2d"]);
     let new = rotated["key"].as_str().unwrap().to_owned();
     assert_eq!(rotated["rotation"]["state"], "pending", "{rotated}");
-    let until = rotated["rotation"]["old_secret_until"].as_str().unwrap().to_owned();
+    let until = rotated["rotation"]["old_secret_until"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     assert_eq!(
         rotation_line(&d, &id),
         format!(
@@ -49,7 +52,10 @@ fn the_old_secret_works_until_the_new_ones_first_use_and_the_overlap() {
         d.json(&["key", "show", &id])["rotation"]["state"] == "switched"
     });
     let shown = d.json(&["key", "show", &id]);
-    let switched_at = shown["rotation"]["switched_at"].as_str().unwrap().to_owned();
+    let switched_at = shown["rotation"]["switched_at"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let retired_at = shown["rotation"]["old_secret_until"]
         .as_str()
         .unwrap()
@@ -67,7 +73,10 @@ fn the_old_secret_works_until_the_new_ones_first_use_and_the_overlap() {
         )),
         "{audit}"
     );
-    assert!(audit.contains("until the new secret's first use"), "{audit}");
+    assert!(
+        audit.contains("until the new secret's first use"),
+        "{audit}"
+    );
 
     // Ten minutes on, past the pt5m overlap: the old secret is retired.
     d.stop();

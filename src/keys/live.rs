@@ -106,8 +106,11 @@ impl Live {
             .as_deref()
             .and_then(|e| e.first_use.as_deref())
             .is_some_and(|f| {
-                f.compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed)
-                    .is_ok()
+                // Until the switch is published every use of the key comes here:
+                // a load, not a compare-exchange, keeps the line shared.
+                !f.load(Ordering::Relaxed)
+                    && f.compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed)
+                        .is_ok()
             })
     }
 

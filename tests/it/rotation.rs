@@ -1,5 +1,6 @@
 //! `key rotate --until-used` through the real daemon and apikeyctl: the old
-//! secret keeps working until the new one's first use, then for the overlap
+//! secret keeps working until the new one's first use (here through
+//! forward-auth), then for the overlap
 //! (`RotationOverlapPeriod`, pt5m by default), and `key show` and the audit trail
 //! tell the switch. The daemon's clock moves forward by a restart with
 //! `APIKEYD_CLOCK_OFFSET_SECS`.
@@ -7,7 +8,9 @@
 
 use std::time::Duration;
 
-use crate::util::{stdout, wait_until, TestDaemon};
+use crate::util::{
+    bearer, request, stdout, wait_until, TestDaemon, CATALOG_ROUTES, DEFAULT_POLICY,
+};
 
 /// The code `apikeyctl verify` answers for `key`.
 fn verify(d: &TestDaemon, key: &str) -> String {
@@ -27,7 +30,7 @@ fn rotation_line(d: &TestDaemon, id: &str) -> String {
 
 #[test]
 fn the_old_secret_works_until_the_new_ones_first_use_and_the_overlap() {
-    let mut d = TestDaemon::start();
+    let mut d = TestDaemon::start_with(DEFAULT_POLICY, CATALOG_ROUTES);
     let (id, old) = d.create("alice", "ci", &[]);
     assert_eq!(rotation_line(&d, &id), "rotation     none");
     let rotated = d.json(&["key", "rotate", &id, "--until-used", "--max-grace", "p2d"]);
@@ -47,7 +50,18 @@ fn the_old_secret_works_until_the_new_ones_first_use_and_the_overlap() {
     // Until the new secret is used, the old one goes on working.
     assert_eq!(verify(&d, &old), "VALID");
     assert_eq!(verify(&d, &old), "VALID");
-    assert_eq!(verify(&d, &new), "VALID");
+    // The first use through forward-auth (`/v1/auth`, answered without hyper).
+    let auth = bearer(&new);
+    let first = request(
+        d.addr,
+        "GET",
+        "/v1/auth",
+        &[
+            ("Authorization", auth.as_str()),
+            ("X-Original-URI", "/catalog/sync/run"),
+        ],
+    );
+    assert_eq!(first.status, 200, "{}", first.body);
     wait_until(Duration::from_secs(10), || {
         d.json(&["key", "show", &id])["rotation"]["state"] == "switched"
     });

@@ -10,8 +10,8 @@ use super::notification;
 use super::rotation::{self, Grace};
 use super::rules::{
     add_period, binds_owner, check_description, check_expiry_range, check_headers, check_ips,
-    check_name, check_owner_headers, check_owner_ips, check_scopes, parse_period, parse_time,
-    OwnSecrets,
+    check_name, check_owner_headers, check_owner_ips, check_scopes, optional_period, parse_period,
+    parse_time, OwnSecrets,
 };
 use super::secret;
 use super::types::{Actor, EditKey, Issued, KeyView};
@@ -118,10 +118,7 @@ impl Keys {
         id: &str,
         grace: Option<&str>,
     ) -> Result<Issued, KeyError> {
-        let grace = match grace.map(str::trim).filter(|g| !g.is_empty()) {
-            Some(g) => Grace::For(parse_period("grace", g)?),
-            None => Grace::None,
-        };
+        let grace = optional_period("grace", grace)?.map_or(Grace::None, Grace::For);
         self.rotate_with(actor, id, grace).await
     }
 

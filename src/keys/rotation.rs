@@ -21,7 +21,7 @@ use super::error::{invalid, KeyError};
 use super::first_use::FirstUse;
 use super::modify::{Ctx, WithJob};
 use super::notification::choose_source;
-use super::rules::parse_period;
+use super::rules::{optional_period, parse_period};
 use super::types::{Actor, Issued, RotateKey};
 use super::Keys;
 use crate::config::{AlertConfig, Period};
@@ -160,6 +160,15 @@ pub(super) fn start(
     Ok(detail)
 }
 
+/// What `--until-used` does with the old secret, at most for `max_grace` (given)
+/// or [`DEFAULT_MAX_GRACE`].
+fn until_used(max_grace: Option<Period>) -> Result<Grace, KeyError> {
+    Ok(match max_grace {
+        Some(p) => Grace::UntilUsed(p, true),
+        None => Grace::UntilUsed(parse_period("max_grace", DEFAULT_MAX_GRACE)?, false),
+    })
+}
+
 /// The daemon itself, as the actor of the switch.
 fn daemon() -> Actor {
     Actor {
@@ -177,19 +186,22 @@ impl Keys {
         id: &str,
         req: &RotateKey,
     ) -> Result<Issued, KeyError> {
-        let given = |v: &Option<String>| v.as_deref().is_some_and(|v| !v.trim().is_empty());
-        match (req.until_used, given(&req.grace), given(&req.max_grace)) {
-            (true, true, _) => Err(invalid(
-                "grace",
-                "give either --grace or --until-used (with --max-grace), not both",
-            )),
-            (false, _, true) => Err(invalid("max_grace", "--max-grace goes with --until-used")),
-            (true, false, _) => {
-                self.rotate_until_used(actor, id, req.max_grace.as_deref())
-                    .await
+        let grace = optional_period("grace", req.grace.as_deref())?;
+        let max_grace = optional_period("max_grace", req.max_grace.as_deref())?;
+        let grace = match (req.until_used, grace, max_grace) {
+            (true, Some(_), _) => {
+                return Err(invalid(
+                    "grace",
+                    "give either --grace or --until-used (with --max-grace), not both",
+                ))
             }
-            (false, _, false) => self.rotate(actor, id, req.grace.as_deref()).await,
-        }
+            (false, _, Some(_)) => {
+                return Err(invalid("max_grace", "--max-grace goes with --until-used"))
+            }
+            (true, None, max_grace) => until_used(max_grace)?,
+            (false, grace, None) => grace.map_or(Grace::None, Grace::For),
+        };
+        self.rotate_with(actor, id, grace).await
     }
 
     /// Give a key a new secret; the old one keeps working until the new one is
@@ -201,10 +213,7 @@ impl Keys {
         id: &str,
         max_grace: Option<&str>,
     ) -> Result<Issued, KeyError> {
-        let grace = match max_grace.map(str::trim).filter(|g| !g.is_empty()) {
-            Some(g) => Grace::UntilUsed(parse_period("max_grace", g)?, true),
-            None => Grace::UntilUsed(parse_period("max_grace", DEFAULT_MAX_GRACE)?, false),
-        };
+        let grace = until_used(optional_period("max_grace", max_grace)?)?;
         self.rotate_with(actor, id, grace).await
     }
 

@@ -319,6 +319,17 @@ pub(super) fn parse_period(field: &'static str, s: &str) -> Result<Period, KeyEr
     Period::parse(s).map_err(|e| invalid(field, e.to_string()))
 }
 
+/// An optional period in request field `field`: absent or blank is `None`.
+pub(super) fn optional_period(
+    field: &'static str,
+    s: Option<&str>,
+) -> Result<Option<Period>, KeyError> {
+    match s.map(str::trim).filter(|s| !s.is_empty()) {
+        Some(s) => parse_period(field, s).map(Some),
+        None => Ok(None),
+    }
+}
+
 pub(super) fn add_period(p: &Period, now: DateTime<Utc>) -> Result<DateTime<Utc>, KeyError> {
     p.add_to(now)
         .ok_or_else(|| invalid("expires_in", format!("{p} is too far in the future")))

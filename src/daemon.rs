@@ -236,6 +236,11 @@ impl Daemon {
         let dispatcher = tokio::spawn(
             Dispatcher::new(self.alerts.clone(), self.channels.clone()).run(stop_rx.clone()),
         );
+        // Rotations waiting for a new secret's first use switch off the request path.
+        let switcher = tokio::spawn(crate::keys::rotation::switch_on_first_use(
+            keys.clone(),
+            stop_rx.clone(),
+        ));
         // The last-used flush, expiry sweep, purge and inactivity warning.
         let mut maintenance = match Maintenance::start(
             keys.clone(),
@@ -270,6 +275,7 @@ impl Daemon {
             m.shutdown().await;
         }
         let _ = dispatcher.await;
+        let _ = switcher.await;
         let _ = follower.await;
         let written = keys.flush_last_used(true).await?;
         let _ = std::fs::remove_file(&self.socket_path);

@@ -79,7 +79,7 @@ pub struct AlertKey {
 pub struct Alert {
     /// Document version.
     pub version: u32,
-    /// `notification` or `inactivity_warning`.
+    /// `notification`, `inactivity_warning` or `rotation_warning`.
     pub kind: JobKind,
     /// Job id.
     pub job_id: Uuid,
@@ -110,6 +110,13 @@ impl Alert {
             JobKind::InactivityWarning => format!(
                 "will expire through inactivity on {} unless it is used",
                 view.effective_expires_at.as_deref().unwrap_or("?")
+            ),
+            JobKind::RotationWarning => format!(
+                "has a new secret the client never picked up; the old one stops at {}",
+                view.rotation
+                    .as_ref()
+                    .and_then(|r| r.old_secret_until.as_deref())
+                    .unwrap_or("?")
             ),
         };
         Self {

@@ -11,7 +11,7 @@ use tracing::Instrument;
 use super::alert::{Alert, Deliver};
 use super::service::{Alerts, Outcome};
 use super::stats::DELIVERIES;
-use crate::model::{AlertJob, JobState, KeyState};
+use crate::model::{AlertJob, JobKind, JobState, KeyState};
 
 /// Longest sleep between looks at the due index (guards against wall-clock jumps).
 pub const MAX_IDLE: Duration = Duration::from_secs(60);
@@ -195,6 +195,16 @@ async fn attempt(alerts: &Alerts, channels: &impl Deliver, job: &AlertJob) -> Ou
             }
         }
     };
+    if job.kind == JobKind::RotationWarning
+        && !view
+            .rotation
+            .as_ref()
+            .is_some_and(|r| r.state == "pending" && r.warning_job.is_some_and(|w| w == job.origin))
+    {
+        // A change that ends the rotation cancels its warning; one that raced the
+        // claim is caught here.
+        return Outcome::Dropped("the rotation it warns about is no longer waiting".into());
+    }
     let email = keys
         .settings()
         .directory

@@ -20,4 +20,6 @@ pub use dispatch::Dispatcher;
 pub use service::{AlertError, Alerts, Outcome, MAX_ERROR_LEN};
 
 #[cfg(test)]
+mod rotation_tests;
+#[cfg(test)]
 mod tests;

@@ -308,7 +308,7 @@ impl Alerts {
                     JobKind::Notification => scope
                         .tracking
                         .is_some_and(|r| r.state != KeyState::Removed),
-                    JobKind::InactivityWarning => self
+                    JobKind::InactivityWarning | JobKind::RotationWarning => self
                         .keys
                         .live(job.key_id)
                         .is_some_and(|l| l.life.state != KeyState::Removed),

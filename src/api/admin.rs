@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 use super::error::{parse_body, read_body, ApiError, ApiResult};
 use super::routes::Routes;
 use super::state::AppState;
-use crate::keys::{Actor, CreateKey, EditKey, PageRequest, Whoami};
+use crate::keys::{Actor, CreateKey, EditKey, PageRequest, RotateKey, Whoami};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -40,13 +40,6 @@ struct AuditQuery {
     cursor: Option<String>,
     #[serde(default)]
     limit: Option<usize>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RotateRequest {
-    #[serde(default)]
-    grace: Option<String>,
 }
 
 async fn whoami(State(st): State<AppState>, Extension(actor): Extension<Actor>) -> Json<Whoami> {
@@ -181,12 +174,12 @@ async fn rotate_key(
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
     let bytes_empty = matches!(&body, Ok(b) if b.is_empty());
-    let req: RotateRequest = if bytes_empty {
-        RotateRequest::default()
+    let req: RotateKey = if bytes_empty {
+        RotateKey::default()
     } else {
         parse_body(body)?
     };
-    Ok(Json(st.keys.rotate(&actor, &id, req.grace.as_deref()).await?).into_response())
+    Ok(Json(st.keys.rotate_as(&actor, &id, &req).await?).into_response())
 }
 
 async fn audit(

@@ -22,7 +22,16 @@ pub struct Policy {
     pub min_imported_secret_length: usize,
     /// Most keys one user may hold (removed keys do not count); `None` = no limit.
     pub max_keys_per_user: Option<u32>,
+    /// How long the old secret of a rotation that waits for the new one's first
+    /// use (`key rotate --until-used`) keeps working after that use, so that
+    /// requests already in flight with it finish.
+    pub rotation_overlap: std::time::Duration,
 }
+
+/// `[ApiKey] RotationOverlapPeriod` when the file names none.
+pub const DEFAULT_ROTATION_OVERLAP: &str = "pt5m";
+/// The longest `[ApiKey] RotationOverlapPeriod`, in seconds (one day).
+const MAX_ROTATION_OVERLAP_SECS: u64 = 86_400;
 
 impl Default for Policy {
     fn default() -> Self {
@@ -33,6 +42,7 @@ impl Default for Policy {
             default_expiration: p("p1y"),
             min_imported_secret_length: 32,
             max_keys_per_user: Some(DEFAULT_MAX_KEYS_PER_USER),
+            rotation_overlap: std::time::Duration::from_secs(300),
         }
     }
 }
@@ -50,6 +60,7 @@ pub(crate) struct RawApiKey {
     pub(crate) InactivityWarningLeadTime: Option<String>,
     pub(crate) RetentionPeriod: Option<String>,
     MaxKeysPerUser: Option<i64>,
+    RotationOverlapPeriod: Option<String>,
 }
 
 pub(crate) const API_KEY_KEYS: &[&str] = &[
@@ -62,6 +73,7 @@ pub(crate) const API_KEY_KEYS: &[&str] = &[
     "InactivityWarningLeadTime",
     "RetentionPeriod",
     "MaxKeysPerUser",
+    "RotationOverlapPeriod",
 ];
 
 impl Validator {
@@ -96,12 +108,23 @@ impl Validator {
             0..=10_000_000,
             Some("0 = no limit, up to 10000000"),
         );
+        let overlap = self
+            .fixed_period(
+                "ApiKey.RotationOverlapPeriod",
+                a.RotationOverlapPeriod
+                    .as_deref()
+                    .unwrap_or(DEFAULT_ROTATION_OVERLAP),
+                MAX_ROTATION_OVERLAP_SECS,
+                "pt1s to p1d, without months or years",
+            )
+            .unwrap_or(Policy::default().rotation_overlap);
         Policy {
             max_expiration: max,
             not_accessed_expiration: not_accessed,
             default_expiration: default,
             min_imported_secret_length: usize::try_from(min_import).unwrap_or(32),
             max_keys_per_user: u32::try_from(max_keys).ok().filter(|n| *n > 0),
+            rotation_overlap: overlap,
         }
     }
 }

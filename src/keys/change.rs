@@ -7,10 +7,11 @@ use super::error::{invalid, KeyError};
 use super::index::{check_unique_name, Index};
 use super::modify::{Ctx, WithJob};
 use super::notification;
+use super::rotation::{self, Grace};
 use super::rules::{
     add_period, binds_owner, check_description, check_expiry_range, check_headers, check_ips,
-    check_name, check_owner_headers, check_owner_ips, check_scopes, parse_period, parse_time,
-    OwnSecrets,
+    check_name, check_owner_headers, check_owner_ips, check_scopes, optional_period, parse_period,
+    parse_time, OwnSecrets,
 };
 use super::secret;
 use super::types::{Actor, EditKey, Issued, KeyView};
@@ -100,6 +101,7 @@ impl Keys {
                 rec.removed_at = Some(now);
                 rec.previous_hash = None;
                 rec.previous_valid_until = None;
+                rec.rotation = None;
                 let (detail, jobs) = notification::cancel_for_removal(rec, ctx.job.take(), now);
                 ctx.jobs = jobs;
                 Ok(detail)
@@ -116,12 +118,20 @@ impl Keys {
         id: &str,
         grace: Option<&str>,
     ) -> Result<Issued, KeyError> {
-        let grace = match grace.map(str::trim).filter(|g| !g.is_empty()) {
-            Some(g) => Some(parse_period("grace", g)?),
-            None => None,
-        };
+        let grace = optional_period("grace", grace)?.map_or(Grace::None, Grace::For);
+        self.rotate_with(actor, id, grace).await
+    }
+
+    /// [`Self::rotate`] with `grace`: what becomes of the old secret.
+    pub(super) async fn rotate_with(
+        &self,
+        actor: &Actor,
+        id: &str,
+        grace: Grace,
+    ) -> Result<Issued, KeyError> {
         let secret = secret::generate();
         let new_hash = self.hasher.hash(secret.expose());
+        let alerting = self.alerting.config();
         let live = self
             .modify(actor, id, ("rotate", WithJob::No), |rec, ctx| {
                 let (settings, now) = (ctx.settings, ctx.now);
@@ -148,14 +158,19 @@ impl Keys {
                 }
                 let old = rec.hash.clone();
                 rec.hash = hex::encode(new_hash);
-                if rec.kind == KeyKind::Generated || grace.is_none() {
+                if rec.kind == KeyKind::Generated || matches!(grace, Grace::None) {
                     // No imported secret is left on the key (the previous secret,
                     // if any, is a generated one).
                     rec.user_secret = UserSecret::None;
                 }
                 rec.kind = KeyKind::Generated;
+                // A rotation waiting for a first use ends with this one.
+                rec.rotation = None;
                 match &grace {
-                    Some(p) => {
+                    Grace::UntilUsed(max_grace, asked) => {
+                        rotation::start(rec, ctx, old, (max_grace, *asked), &alerting)
+                    }
+                    Grace::For(p) => {
                         let mut until = add_period(p, now)?;
                         if let Some(exp) = rec.expires_at {
                             until = until.min(exp);
@@ -164,7 +179,7 @@ impl Keys {
                         rec.previous_valid_until = Some(until);
                         Ok(format!("grace until {}", rfc3339(until)))
                     }
-                    None => {
+                    Grace::None => {
                         rec.previous_hash = None;
                         rec.previous_valid_until = None;
                         Ok("no grace".to_owned())

@@ -287,6 +287,9 @@ impl Index {
             headers: l.headers,
             previous: l.previous,
             own_scopes: (!Arc::ptr_eq(&own, &eff.scopes)).then_some(own),
+            first_use: l
+                .awaits_first_use
+                .then(|| Arc::new(std::sync::atomic::AtomicBool::new(false))),
         };
         // Per-route counts in memory are those not yet written (see stored_usage).
         let routes = None;
@@ -434,11 +437,7 @@ impl Index {
                 hash: live.hash,
                 life: live.life,
                 entry: live.entry,
-                flags: if live.ip_filters().is_empty() {
-                    0
-                } else {
-                    table::HAS_IP_FILTERS
-                } | live.refusal(),
+                flags: live.slot_flags(),
                 scope_set: live.scope_set,
                 usage,
             });

@@ -1,7 +1,7 @@
 //! A key as the in-memory index holds it ([`Live`]), besides its verification slot.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -21,6 +21,11 @@ pub(super) struct Extra {
     pub(super) previous: Option<(KeyHash, DateTime<Utc>)>,
     /// The key's own scopes, when its owner's groups no longer grant all of them.
     pub(super) own_scopes: Option<Arc<[String]>>,
+    /// While a rotation waits for the current secret's first use: whether a
+    /// verification has seen that use and handed it on (set once, by
+    /// compare-exchange, so racing first uses hand it on once). Shared by the
+    /// entries a reload makes of the same record.
+    pub(super) first_use: Option<Arc<AtomicBool>>,
 }
 
 impl Extra {
@@ -29,6 +34,7 @@ impl Extra {
             && self.headers.is_empty()
             && self.previous.is_none()
             && self.own_scopes.is_none()
+            && self.first_use.is_none()
     }
 }
 
@@ -87,6 +93,35 @@ impl Live {
         self.extra.as_deref().and_then(|e| e.previous)
     }
 
+    /// Whether a rotation waits for the current secret's first use.
+    pub(super) fn awaits_first_use(&self) -> bool {
+        self.extra.as_deref().is_some_and(|e| e.first_use.is_some())
+    }
+
+    /// Claim the first use of the current secret: `true` for the one caller that
+    /// sees it first (of this record; a failed hand-on gives it back, see
+    /// [`Live::unclaim_first_use`]).
+    pub(super) fn claim_first_use(&self) -> bool {
+        self.extra
+            .as_deref()
+            .and_then(|e| e.first_use.as_deref())
+            .is_some_and(|f| {
+                // Until the switch is published every use of the key comes here:
+                // a load, not a compare-exchange, keeps the line shared.
+                !f.load(Ordering::Relaxed)
+                    && f.compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed)
+                        .is_ok()
+            })
+    }
+
+    /// Let the next use of the current secret be handed on again (recording
+    /// this one failed).
+    pub(super) fn unclaim_first_use(&self) {
+        if let Some(f) = self.extra.as_deref().and_then(|e| e.first_use.as_deref()) {
+            f.store(false, Ordering::Release);
+        }
+    }
+
     /// The scopes the key was issued with (or narrowed to), whatever its owner holds.
     pub fn own_scopes(&self) -> &Arc<[String]> {
         self.extra
@@ -105,6 +140,18 @@ impl Live {
     /// the scopes it was issued with ([`table::NO_SCOPES`]); 0 if neither.
     pub(super) fn refusal(&self) -> u8 {
         refusal(self.owner_unknown, &self.scopes, self.own_scopes())
+    }
+
+    /// The flags of the key's verification slot ([`table::Slot::flags`]).
+    pub(super) fn slot_flags(&self) -> u8 {
+        let mut flags = self.refusal();
+        if !self.ip_filters().is_empty() {
+            flags |= table::HAS_IP_FILTERS;
+        }
+        if self.awaits_first_use() {
+            flags |= table::AWAITS_FIRST_USE;
+        }
+        flags
     }
 
     /// The same key with other effective scopes (a reload changed what its owner

@@ -12,12 +12,14 @@
 //! - `live`, `index`, `status`, `table`: the in-memory index;
 //! - `verify`: verification; `queries`: views, listings, the audit trail;
 //! - `create`, `change`: admin changes; `notification`: a key's alert job rules;
+//! - [`rotation`], `first_use`: rotation that waits for the new secret's first use;
 //! - `usage`: the last-used flush; [`maintenance`]: the sweep, purge and warnings;
 //! - [`secret`], [`page`], [`seed`]: secrets, paging, bulk seeding.
 
 mod change;
 mod create;
 pub mod error;
+mod first_use;
 pub mod follow;
 mod following;
 mod import;
@@ -29,6 +31,7 @@ mod notification;
 pub mod page;
 pub mod plan;
 mod queries;
+pub mod rotation;
 mod rules;
 pub mod secret;
 pub mod seed;
@@ -66,7 +69,7 @@ pub use page::{Page, PageRequest};
 pub use seed::seed;
 pub use types::{
     policy_lines, view_of, Actor, CreateKey, EditKey, ImportRefused, ImportSummary, Issued,
-    KeyView, LineProblem, NotifyRequest, Settings, Verification, Whoami,
+    KeyView, LineProblem, NotifyRequest, RotateKey, RotationView, Settings, Verification, Whoami,
 };
 
 /// How long a last-used time may sit in memory before it is written (per key).
@@ -162,6 +165,8 @@ pub struct Keys {
     following: following::Following,
     /// One usage flush at a time.
     flushing: tokio::sync::Mutex<()>,
+    /// First uses of rotated keys' new secrets, for the background switch.
+    rotations: first_use::FirstUses,
 }
 
 /// An index of every key in `store`, as of `now`.
@@ -206,6 +211,7 @@ impl Keys {
             touched: AtomicBool::new(false),
             following: following::Following::default(),
             flushing: tokio::sync::Mutex::new(()),
+            rotations: first_use::FirstUses::default(),
         })
     }
 
@@ -406,6 +412,8 @@ mod own_secret_tests;
 mod page_tests;
 #[cfg(test)]
 mod restriction_tests;
+#[cfg(test)]
+mod rotation_tests;
 #[cfg(test)]
 mod security_tests;
 #[cfg(test)]

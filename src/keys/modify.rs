@@ -10,10 +10,10 @@ use chrono::{DateTime, Utc};
 use super::error::{internal, KeyError};
 use super::index::Index;
 use super::live::Live;
-use super::rules::retirements;
+use super::rules::{retirements, rotation_warning_dropped};
 use super::types::{Actor, Settings};
 use super::Keys;
-use crate::model::{AlertJob, AuditEntry, KeyRecord, KeyState};
+use crate::model::{AlertJob, AuditEntry, JobState, KeyRecord, KeyState};
 use crate::store::Change;
 
 /// What a change sees besides the record it edits.
@@ -81,6 +81,14 @@ impl Keys {
             (detail, ctx.jobs)
         };
         rec.updated_at = now;
+        // A change that ends a rotation waiting for a first use cancels its warning.
+        if let Some((job_id, why)) = rotation_warning_dropped(&before, &rec) {
+            let job = self.blocking(move |s| s.job(job_id)).await?;
+            if let Some(mut job) = job.filter(|j| j.state == JobState::Scheduled) {
+                job.cancel(why.to_owned(), now);
+                commit.put_jobs.push(job);
+            }
+        }
         commit.retire = retirements(&before, Some(&rec), now);
         commit.audit.push(AuditEntry::new(
             now,

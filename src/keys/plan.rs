@@ -128,6 +128,19 @@ pub enum EventKind {
     InactivityWarning,
     /// A maintenance run that will change something.
     Maintenance,
+    /// A rotation's warning that the client never picked up the new secret.
+    RotationWarning,
+}
+
+impl EventKind {
+    /// The event an alert job of `kind` is.
+    fn of(kind: JobKind) -> Self {
+        match kind {
+            JobKind::Notification => Self::Notification,
+            JobKind::InactivityWarning => Self::InactivityWarning,
+            JobKind::RotationWarning => Self::RotationWarning,
+        }
+    }
 }
 
 /// One thing that will happen.
@@ -518,13 +531,13 @@ impl Ahead<'_> {
         if job.run_at > self.until || l.life.state == KeyState::Removed {
             return None;
         }
-        let kind = match job.kind {
-            JobKind::Notification => EventKind::Notification,
-            JobKind::InactivityWarning => EventKind::InactivityWarning,
-        };
+        let kind = EventKind::of(job.kind);
         let mut detail = match job.kind {
             JobKind::Notification => "notification".to_owned(),
             JobKind::InactivityWarning => "inactivity warning".to_owned(),
+            JobKind::RotationWarning => {
+                "rotation warning: the new secret has not been used yet".to_owned()
+            }
         };
         if job.attempts > 0 {
             detail += &format!(" (retry; {} attempt(s) so far)", job.attempts);
@@ -796,10 +809,7 @@ fn job_move(old: &Ahead<'_>, new: &Ahead<'_>, job: &AlertJob) -> Option<Notifica
         return None;
     }
     Some(NotificationMove {
-        kind: match job.kind {
-            JobKind::Notification => EventKind::Notification,
-            JobKind::InactivityWarning => EventKind::InactivityWarning,
-        },
+        kind: EventKind::of(job.kind),
         job_id: Some(job.id),
         from: Some(job.run_at.max(old.now)),
         to: None,

@@ -4,6 +4,7 @@
 //! field.
 
 use chrono::{DateTime, Duration, Utc};
+use uuid::Uuid;
 
 use super::error::{invalid, KeyError};
 use super::secret::{self, KeyHasher};
@@ -293,8 +294,40 @@ pub(super) fn retirements(
     out
 }
 
+/// The warning job of a rotation that `before` waited for and `after` no longer
+/// does (the new secret was used, the key was rotated again or removed), and why
+/// it is not wanted: the change that ends the rotation cancels it.
+pub(super) fn rotation_warning_dropped(
+    before: &KeyRecord,
+    after: &KeyRecord,
+) -> Option<(Uuid, &'static str)> {
+    let job = before.pending_rotation()?.warning_job?;
+    if after.pending_rotation().and_then(|r| r.warning_job) == Some(job) {
+        return None;
+    }
+    let why = if after.state == KeyState::Removed {
+        "the key was removed"
+    } else if after.hash == before.hash {
+        "the new secret was used"
+    } else {
+        "the key was rotated again"
+    };
+    Some((job, why))
+}
+
 pub(super) fn parse_period(field: &'static str, s: &str) -> Result<Period, KeyError> {
     Period::parse(s).map_err(|e| invalid(field, e.to_string()))
+}
+
+/// An optional period in request field `field`: absent or blank is `None`.
+pub(super) fn optional_period(
+    field: &'static str,
+    s: Option<&str>,
+) -> Result<Option<Period>, KeyError> {
+    match s.map(str::trim).filter(|s| !s.is_empty()) {
+        Some(s) => parse_period(field, s).map(Some),
+        None => Ok(None),
+    }
 }
 
 pub(super) fn add_period(p: &Period, now: DateTime<Utc>) -> Result<DateTime<Utc>, KeyError> {

@@ -40,6 +40,10 @@ pub const OWNER_UNKNOWN: u8 = 2;
 pub const NO_SCOPES: u8 = 4;
 /// Either reason a key in good standing is refused.
 pub const REFUSED: u8 = OWNER_UNKNOWN | NO_SCOPES;
+/// A rotation waits for this (current) secret's first successful use (`key rotate
+/// --until-used`): verification hands that use to [`super::Keys`]'s rotation
+/// side. In the flags a verification reads anyway, so other keys pay nothing.
+pub const AWAITS_FIRST_USE: u8 = 8;
 
 /// `last_used_s` of a key never used.
 pub const NEVER: i64 = i64::MIN;
@@ -64,7 +68,7 @@ pub struct Slot {
     pub entry: u32,
     kind: u8,
     state: u8,
-    /// `HAS_IP_FILTERS`, `OWNER_UNKNOWN`, `NO_SCOPES`.
+    /// `HAS_IP_FILTERS`, `OWNER_UNKNOWN`, `NO_SCOPES`, `AWAITS_FIRST_USE`.
     pub flags: u8,
     /// Usage not yet written to the store.
     dirty: AtomicBool,

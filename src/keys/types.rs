@@ -231,6 +231,10 @@ pub struct KeyView {
     pub headers: Vec<HeaderTemplate>,
     /// When the previous secret stops working after a rotation.
     pub rotation_grace_until: Option<String>,
+    /// The last rotation that waits for the new secret's first use (`key rotate
+    /// --until-used`), if the last rotation was one.
+    #[serde(default)]
+    pub rotation: Option<RotationView>,
     /// Alert notification: "TIME via SOURCE", or "none".
     pub notification: String,
     /// Verification counts (in memory, flushed with the last-used times).
@@ -254,6 +258,27 @@ pub struct KeyView {
     pub admin_restrictions: AdminRestrictions,
 }
 
+/// A rotation that waits for the new secret's first use, as `key show` tells it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RotationView {
+    /// `pending` (waiting for the new secret's first use), `switched` (it was
+    /// used) or `lapsed` (never used: the old secret stopped at the max grace).
+    pub state: String,
+    /// When the new secret was issued.
+    pub started_at: String,
+    /// When the old secret stops if the new one is never used.
+    pub max_grace_until: String,
+    /// The new secret's first successful use.
+    pub switched_at: Option<String>,
+    /// When the old secret stops (or stopped).
+    pub old_secret_until: Option<String>,
+    /// The job that warns before the max grace ends (while pending).
+    pub warning_job: Option<Uuid>,
+    /// The state in one line, e.g. "pending: waiting for the new secret's first
+    /// use; old secret valid until 2026-09-07T10:00:00Z (max grace)".
+    pub summary: String,
+}
+
 /// A key just issued: the secret, shown once, and the key.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Issued {
@@ -262,6 +287,23 @@ pub struct Issued {
     /// The key.
     #[serde(flatten)]
     pub view: KeyView,
+}
+
+/// Request to rotate a key (`POST /v1/admin/keys/ID/rotate`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RotateKey {
+    /// The old secret keeps working for this period (ISO 8601).
+    #[serde(default)]
+    pub grace: Option<String>,
+    /// The old secret keeps working until the new one is first used, then for
+    /// `[ApiKey] RotationOverlapPeriod`.
+    #[serde(default)]
+    pub until_used: bool,
+    /// With `until_used`: the longest the old secret keeps working if the new one
+    /// is never used (ISO 8601; default p7d).
+    #[serde(default)]
+    pub max_grace: Option<String>,
 }
 
 /// Request to set, change or cancel a key's notification.
@@ -339,6 +381,7 @@ pub fn view_of(settings: &Settings, rec: &KeyRecord, now: DateTime<Utc>) -> KeyV
         ip_filters: rec.ip_filters.iter().map(|n| n.to_string()).collect(),
         headers: rec.headers.clone(),
         rotation_grace_until: rec.previous_valid_until.filter(|t| *t > now).map(rfc3339),
+        rotation: rotation_view(rec, now),
         notification: rec.alerting.notification.as_ref().map_or_else(
             || "none".to_owned(),
             |n| format!("{} via {}", rfc3339(n.at), n.source),
@@ -385,4 +428,44 @@ pub struct ImportSummary {
     pub notifications: usize,
     /// Keys with an expiry.
     pub expiring: usize,
+}
+
+/// How `key show` tells `rec`'s rotation at `now`, if it has one.
+fn rotation_view(rec: &KeyRecord, now: DateTime<Utc>) -> Option<RotationView> {
+    let r = rec
+        .rotation
+        .as_ref()
+        .filter(|_| rec.state != KeyState::Removed)?;
+    let old_until = rec
+        .previous_valid_until
+        .filter(|_| rec.previous_hash.is_some());
+    let ended = old_until.is_none_or(|t| t <= now);
+    let until = old_until.map_or_else(|| "-".to_owned(), rfc3339);
+    let (state, summary) = match (r.switched_at, ended) {
+        (None, false) => (
+            "pending",
+            format!("pending: waiting for the new secret's first use; old secret valid until {until} (max grace)"),
+        ),
+        (None, true) => (
+            "lapsed",
+            format!("lapsed: the new secret was never used; old secret retired at {until} (max grace)"),
+        ),
+        (Some(at), false) => (
+            "switched",
+            format!("switched at {}; old secret valid until {until}", rfc3339(at)),
+        ),
+        (Some(at), true) => (
+            "switched",
+            format!("switched at {}; old secret retired at {until}", rfc3339(at)),
+        ),
+    };
+    Some(RotationView {
+        state: state.to_owned(),
+        started_at: rfc3339(r.started_at),
+        max_grace_until: rfc3339(r.max_grace_until),
+        switched_at: r.switched_at.map(rfc3339),
+        old_secret_until: old_until.map(rfc3339),
+        warning_job: r.warning_job.filter(|_| r.switched_at.is_none()),
+        summary,
+    })
 }

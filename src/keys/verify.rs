@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
+use super::index::Index;
 use super::live::Live;
 use super::secret::{self, Shape};
 use super::table::{self, Hit};
@@ -57,6 +58,17 @@ impl Keys {
     }
 }
 
+/// The first successful use of a secret a rotation waits for: the one verification
+/// that claims it hands it to the rotation side, which commits the switch in the
+/// background ([`Keys::switch_first_uses`]); never in the request.
+#[cold]
+#[inline(never)]
+fn first_use(keys: &Keys, index: &Index, entry: u32, now: DateTime<Utc>) {
+    if let Some(live) = index.at(entry).filter(|l| l.claim_first_use()) {
+        keys.rotations.first_used(live, now);
+    }
+}
+
 /// Verify `presented` against the index under `policy` at `now`.
 fn verify_with(
     keys: &Keys,
@@ -82,9 +94,9 @@ fn verify_with(
     // Counting happens under the read lock: a change to the key replaces its slot
     // under the write lock and takes the counters over from the old one.
     let index = keys.index.read();
-    let slot = match index.table.get(&hash) {
+    let (slot, current) = match index.table.get(&hash) {
         None => return none(Code::NotFound),
-        Some(Hit::Current(slot)) => slot,
+        Some(Hit::Current(slot)) => (slot, true),
         Some(Hit::Previous { until_ms, entry }) => {
             // The previous secret of a rotated key: good only during the grace period.
             let current = (now.timestamp_millis() < until_ms)
@@ -92,7 +104,7 @@ fn verify_with(
                 .flatten()
                 .and_then(|live| index.table.current(&live.hash));
             match current {
-                Some(slot) => slot,
+                Some(slot) => (slot, false),
                 None => return none(Code::NotFound),
             }
         }
@@ -118,6 +130,11 @@ fn verify_with(
             slot.touch(now.timestamp());
             if let (Some(r), Some(live)) = (route, index.at(slot.entry)) {
                 live.count_route(r);
+            }
+            // A byte of the slot's line, read for the refusal check above: keys
+            // without a rotation waiting for this use pay a predicted branch.
+            if current && slot.flags & table::AWAITS_FIRST_USE != 0 {
+                first_use(keys, &index, slot.entry, now);
             }
             Code::Valid
         }

@@ -70,6 +70,9 @@ pub enum JobKind {
     Notification,
     /// The maintenance warning that a key will soon expire through inactivity.
     InactivityWarning,
+    /// The warning that the new secret of a rotation waiting for its first use
+    /// (`key rotate --until-used`) was never used, before the old one stops.
+    RotationWarning,
 }
 
 /// One alert job.

@@ -69,6 +69,37 @@ pub struct KeyRecord {
     /// description does not contain it hashes only stretches of that length.
     #[serde(default, skip_serializing_if = "UserSecret::is_unknown")]
     pub user_secret: UserSecret,
+    /// The last rotation that waits for the new secret's first use (`key rotate
+    /// --until-used`), pending or switched; `None` after any other rotation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation: Option<Rotation>,
+}
+
+/// A rotation whose old secret keeps working until the new one is first used
+/// (then for `[ApiKey] RotationOverlapPeriod`), or until its max grace ends. The
+/// old secret itself is the record's `previous_hash`, good until
+/// `previous_valid_until`; this says why it is good until then.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rotation {
+    /// When the new secret was issued.
+    pub started_at: DateTime<Utc>,
+    /// When the old secret stops if the new one is never used: the max grace,
+    /// never past the key's expiry.
+    pub max_grace_until: DateTime<Utc>,
+    /// The new secret's first successful use; `None` while pending.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub switched_at: Option<DateTime<Utc>>,
+    /// The job that warns, before the max grace ends, that the new secret was
+    /// never used (while pending, and when an alert source could be found).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warning_job: Option<Uuid>,
+}
+
+impl KeyRecord {
+    /// The rotation waiting for the new secret's first use, if one is.
+    pub fn pending_rotation(&self) -> Option<&Rotation> {
+        self.rotation.as_ref().filter(|r| r.switched_at.is_none())
+    }
 }
 
 impl KeyRecord {
@@ -104,6 +135,7 @@ impl KeyRecord {
             alerting: KeyAlerting::default(),
             admin_restrictions: AdminRestrictions::default(),
             user_secret: UserSecret::None,
+            rotation: None,
         }
     }
 }
@@ -541,6 +573,7 @@ mod tests {
             alerting: KeyAlerting::default(),
             admin_restrictions: AdminRestrictions::default(),
             user_secret: UserSecret::None,
+            rotation: None,
         }
     }
 
@@ -595,6 +628,7 @@ mod tests {
             default_expiration: None,
             min_imported_secret_length: 32,
             max_keys_per_user: None,
+            ..Policy::default()
         };
         let r = rec(t(2026, 11, 1), None);
         assert_eq!(r.details(&policy, None, t(2090, 1, 1)), "never expires");

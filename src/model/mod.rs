@@ -14,6 +14,6 @@ pub use job::{
 };
 pub use key::{
     rfc3339, AdminRestrictions, AuditEntry, Code, KeyKind, KeyRecord, KeyState, Lifetime, Limit,
-    RetiredSecret, Status, UsageCounts, UserSecret,
+    RetiredSecret, Rotation, Status, UsageCounts, UserSecret,
 };
 pub use row::{KeyHash, KeyRow};

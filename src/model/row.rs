@@ -40,6 +40,8 @@ pub struct KeyRow {
     pub warned_for: Option<DateTime<Utc>>,
     /// The expiry sweep recorded the key's lapse.
     pub lapse_recorded: bool,
+    /// A rotation waits for the current secret's first successful use.
+    pub awaits_first_use: bool,
 }
 
 /// A stored hash that is not 64 hex digits.
@@ -81,6 +83,7 @@ impl KeyRow {
             last_used_at: rec.last_used_at,
             warned_for: rec.alerting.inactivity_warned_for,
             lapse_recorded: rec.alerting.lapse_recorded_at.is_some(),
+            awaits_first_use: rec.pending_rotation().is_some(),
         })
     }
 }

@@ -84,6 +84,8 @@ struct Stored<'a> {
     removed_at: Option<DateTime<Utc>>,
     #[serde(default)]
     alerting: StoredAlerting,
+    #[serde(default)]
+    rotation: Option<StoredRotation>,
     // Stored usage counts are not read: the index counts only uses not yet written.
 }
 
@@ -92,6 +94,13 @@ struct Stored<'a> {
 struct StoredRestrictions {
     #[serde(default)]
     headers: Vec<HeaderTemplate>,
+}
+
+/// What loading needs of [`crate::model::Rotation`]: whether it still waits.
+#[derive(Deserialize)]
+struct StoredRotation {
+    #[serde(default)]
+    switched_at: Option<serde::de::IgnoredAny>,
 }
 
 #[derive(Deserialize, Default)]
@@ -130,6 +139,7 @@ pub fn prepare(cache: &mut LoadCache, raw: &[u8]) -> Result<KeyRow, StoreError> 
         last_used_at: s.last_used_at,
         warned_for: s.alerting.inactivity_warned_for,
         lapse_recorded: s.alerting.lapse_recorded_at.is_some(),
+        awaits_first_use: s.rotation.is_some_and(|r| r.switched_at.is_none()),
     })
 }
 

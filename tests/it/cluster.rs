@@ -329,3 +329,48 @@ fn usage_counted_on_several_nodes_adds_up() {
     assert_eq!(shown["usage"]["verifications"], 6, "{shown}");
     assert!(shown["last_used_at"].is_string(), "{shown}");
 }
+
+/// `key rotate --until-used` on A; the new secret's first uses on B and A at
+/// once: the switch commits once, whichever node saw it, and reaches the other
+/// node through the change log, so that after the overlap (pt2s here) the old
+/// secret is refused on both (A would otherwise accept it for the week of the
+/// max grace).
+#[test]
+fn a_rotation_waiting_for_the_first_use_switches_once_across_nodes() {
+    let Some(server) = TestServer::start() else {
+        return;
+    };
+    let url = server.database("rotation");
+    let mut n = nodes(&url, 2);
+    for d in &mut n {
+        d.stop();
+        let text = std::fs::read_to_string(&d.config).unwrap();
+        let text = text.replacen(
+            "[ApiKey]\n",
+            "[ApiKey]\nRotationOverlapPeriod = \"pt2s\"\n",
+            1,
+        );
+        std::fs::write(&d.config, text).unwrap();
+        d.spawn(&[]);
+    }
+    let (a, b) = (&n[0], &n[1]);
+    let (id, old) = a.create("alice", "ci", &[]);
+    let rotated = a.json(&["key", "rotate", &id, "--until-used"]);
+    let new = rotated["key"].as_str().unwrap().to_owned();
+    seen_within(&[b], Duration::from_secs(2), |d| valid(d, &new));
+    assert!(valid(a, &new));
+    seen_within(&[a, b], Duration::from_secs(10), |d| {
+        d.json(&["key", "show", &id])["rotation"]["state"] == "switched"
+    });
+    let took = seen_within(&[a, b], Duration::from_secs(10), |d| !valid(d, &old));
+    eprintln!("old secret refused on both nodes {took:?} after the switch was seen");
+    assert!(valid(a, &new) && valid(b, &new));
+    let audit = a.json(&["audit", "--key", &id]);
+    let switches: Vec<&Value> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "rotate-switch")
+        .collect();
+    assert_eq!(switches.len(), 1, "{audit}");
+}

@@ -27,6 +27,7 @@ mod pg_server;
 mod plan;
 mod postgres;
 mod rate_limits;
+mod rotation;
 mod routes;
 mod security_keys;
 mod service;

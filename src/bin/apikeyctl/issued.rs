@@ -159,8 +159,14 @@ fn issued_text(answer: &Issued, saved: Option<&Path>, json: bool, verb: &str) ->
     if let Some(n) = &v.notice {
         let _ = writeln!(t, "  note:    {n}");
     }
-    if let Some(g) = &v.rotation_grace_until {
-        let _ = writeln!(t, "  the previous secret keeps working until {g}");
+    match (&v.rotation, &v.rotation_grace_until) {
+        (Some(r), _) => {
+            let _ = writeln!(t, "  rotation: {}", r.summary);
+        }
+        (None, Some(g)) => {
+            let _ = writeln!(t, "  the previous secret keeps working until {g}");
+        }
+        (None, None) => {}
     }
     match saved {
         Some(path) => {

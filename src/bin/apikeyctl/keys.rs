@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use apikeyd::client::Client;
 use apikeyd::keys::secret::Secret;
-use apikeyd::keys::{CreateKey, EditKey, Issued, KeyView};
+use apikeyd::keys::{CreateKey, EditKey, Issued, KeyView, RotateKey};
 use clap::{Args, Subcommand};
 use hyper::Method;
 use serde::{Deserialize, Serialize};
@@ -157,8 +157,17 @@ pub struct RotateArgs {
     /// Key id.
     id: String,
     /// Grace period for the old secret (e.g. pt1h, p1d).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "until_used")]
     grace: Option<String>,
+    /// Keep the old secret working until the new one is first used, then for
+    /// [ApiKey] RotationOverlapPeriod (default pt5m).
+    #[arg(long)]
+    until_used: bool,
+    /// With --until-used: the old secret stops after this period even if the new
+    /// one was never used (default p7d, never past the key's expiry); the key's
+    /// alert source is warned before then.
+    #[arg(long, requires = "until_used")]
+    max_grace: Option<String>,
     /// Write the new secret to this *.APIKEY file (mode 0600).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -194,7 +203,8 @@ pub enum KeyCommand {
         /// Key id.
         id: String,
     },
-    /// New secret, same settings. With --grace the old secret keeps working for that period.
+    /// New secret, same settings. With --grace the old secret keeps working for that
+    /// period; with --until-used until the new one is first used.
     Rotate(RotateArgs),
     /// Set, change (--at/--before/--source) or cancel (--cancel) the key's notification.
     Notify(alerts::NotifyArgs),
@@ -388,12 +398,6 @@ async fn change_state(
     Ok(ExitCode::SUCCESS)
 }
 
-/// The body of `POST /v1/admin/keys/ID/rotate`.
-#[derive(Debug, Serialize)]
-struct RotateRequest {
-    grace: Option<String>,
-}
-
 /// `key rotate`.
 async fn rotate(client: &Client, a: RotateArgs) -> anyhow::Result<ExitCode> {
     let out = a.out.map(|p| KeyFile::create(&p, "rotated")).transpose()?;
@@ -401,7 +405,11 @@ async fn rotate(client: &Client, a: RotateArgs) -> anyhow::Result<ExitCode> {
         .send(
             Method::POST,
             &key_path(&a.id, "/rotate"),
-            &RotateRequest { grace: a.grace },
+            &RotateKey {
+                grace: a.grace,
+                until_used: a.until_used,
+                max_grace: a.max_grace,
+            },
         )
         .await?;
     Ok(issued(&answer, out, a.json, "Rotated"))
@@ -424,7 +432,7 @@ fn print_key(v: &KeyView, json: bool) {
     }
 }
 
-fn key_fields(v: &KeyView) -> [(&'static str, String); 19] {
+fn key_fields(v: &KeyView) -> [(&'static str, String); 20] {
     let headers = v
         .headers
         .iter()
@@ -450,6 +458,12 @@ fn key_fields(v: &KeyView) -> [(&'static str, String); 19] {
         ("ip filters", v.ip_filters.join(", ")),
         ("headers", headers),
         ("notification", v.notification.clone()),
+        (
+            "rotation",
+            v.rotation
+                .as_ref()
+                .map_or_else(|| "none".to_owned(), |r| r.summary.clone()),
+        ),
         ("verified", v.usage.verifications.to_string()),
         ("denied", v.usage.denied.to_string()),
     ]

@@ -122,7 +122,10 @@ fn event_line(e: &Event) -> String {
         _ => String::new(),
     };
     let via = match (&e.source, e.kind) {
-        (Some(s), EventKind::Notification | EventKind::InactivityWarning) => {
+        (
+            Some(s),
+            EventKind::Notification | EventKind::InactivityWarning | EventKind::RotationWarning,
+        ) => {
             format!(" via {s}")
         }
         _ => String::new(),

@@ -10,7 +10,8 @@
 //! - [`types`]: requests and answers; [`error`]: [`KeyError`];
 //! - `rules`: the pure validation rules (no store);
 //! - `live`, `index`, `status`, `table`: the in-memory index;
-//! - `verify`: verification; `queries`: views, listings, the audit trail;
+//! - `verify`: verification; `queries`: views, listings, the audit trail; `list`:
+//!   the filters and orders of `key list`;
 //! - `create`, `change`: admin changes; `notification`: a key's alert job rules;
 //! - `usage`: the last-used flush; [`maintenance`]: the sweep, purge and warnings;
 //! - [`secret`], [`page`], [`seed`]: secrets, paging, bulk seeding.
@@ -21,6 +22,7 @@ pub mod error;
 pub mod follow;
 mod following;
 mod index;
+mod list;
 mod live;
 pub mod maintenance;
 mod modify;
@@ -59,6 +61,7 @@ pub use crate::model::key as model;
 pub use error::KeyError;
 pub use following::FollowingStatus;
 pub use index::Regranted;
+pub use list::KeyQuery;
 pub use live::Live;
 pub use page::{Page, PageRequest};
 pub use seed::seed;
@@ -360,6 +363,8 @@ mod address_tests;
 mod authz_tests;
 #[cfg(test)]
 mod expiry_tests;
+#[cfg(test)]
+mod list_tests;
 #[cfg(test)]
 mod own_secret_tests;
 #[cfg(test)]

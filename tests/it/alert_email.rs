@@ -37,7 +37,7 @@ fn email_notification_reaches_the_owner_on_time() {
     assert_eq!(v["notify_at"], due.as_str());
     assert_eq!(v["alert_source"], "owner-email");
     // key list shows the notification time and source.
-    let list = d.ok(&["key", "list"]);
+    let list = d.ok(&["key", "list", "--wide"]);
     assert!(list.contains(&format!("{due} via owner-email")), "{list}");
 
     let j = wait_job(&d, &job_id, "Completed", 15);

@@ -110,9 +110,10 @@ impl Keys {
                     last_used: index.last_used(live),
                 };
                 let pass = plan.admits(&k, &settings.policy);
-                let key = plan.live_key(&k, &settings.policy);
-                match (pass, key) {
-                    (Pass::No, _) => {}
+                if pass == Pass::No {
+                    continue;
+                }
+                match (pass, plan.live_key(&k, &settings.policy)) {
                     (Pass::Yes, Some(key)) => first.offer(Place::new(plan.sort, key, live.id)),
                     (pass, key) => pending.push((live.id, key, pass)),
                 }

@@ -78,36 +78,21 @@ fn key_list_fits_filters_sorts_and_pages() {
             l.chars().count()
         );
     }
-    for h in [
-        "ID",
-        "NAME",
-        "OWNER",
-        "STATUS",
-        "EFFECTIVE EXPIRY",
-        "LAST USED",
-    ] {
-        assert!(lines[0].contains(h), "{h}: {}", lines[0]);
-    }
+    assert!(
+        lines[0].starts_with("ID ") && lines[0].ends_with("  EFFECTIVE EXPIRY   LAST USED"),
+        "{}",
+        lines[0]
+    );
     for (name, id) in &made {
         assert_eq!(table.contains(id.as_str()), name != "old-import", "{table}");
     }
     assert!(table.contains('…') && !table.contains(LONG_NAME), "{table}");
     assert!(table.contains("disabled"), "{table}");
 
-    // --wide: every column, only cells over 60 characters cut (the details line,
-    // last, never); --json never cut.
+    // --wide: every column (lifecycle checks their titles), only cells over 60
+    // characters cut (the details line, last, never); --json never cut.
     let wide = d.ok(&["key", "list", "--wide"]);
-    for h in [
-        "DESCRIPTION",
-        "CREATED",
-        "CHANGED",
-        "LAST USED",
-        "EXPIRES",
-        "DETAILS",
-        "NOTIFICATION",
-    ] {
-        assert!(wide.lines().next().unwrap().contains(h), "{h}:\n{wide}");
-    }
+    assert!(wide.starts_with("ID ") && wide.lines().next().unwrap().ends_with(" DETAILS"));
     assert!(wide.contains(&format!("{}…", &LONG_NAME[..59])), "{wide}");
     assert!(
         wide.contains("UTC if not used again (inactivity)"),

@@ -249,7 +249,7 @@ async fn bad_parameters_are_refused_by_name() {
         ),
         (query(|q| q.sort = Some("colour".into())), "sort"),
         (query(|q| q.after = Some(Uuid::nil().to_string())), "after"),
-        (query(|q| q.after = Some("k00".into())), "cursor"),
+        (query(|q| q.after = Some("k00".into())), "after"),
     ] {
         let e = refused(q, none()).await;
         assert!(is_invalid(&e, field), "{field}: {e}");

@@ -14,6 +14,15 @@ use super::Keys;
 use crate::model::{AuditEntry, KeyRecord};
 use crate::store::AuditFilter;
 
+/// Where a key listing starts after a cursor made for the same order.
+fn cursor_start(plan: &Plan, page: &PageRequest) -> Result<Option<Place>, KeyError> {
+    let Some(c) = page.key_cursor()? else {
+        return Ok(None);
+    };
+    plan.sort.check_tag(c.tag)?;
+    Ok(Some(Place::new(plan.sort, c.key, c.id)))
+}
+
 /// Records read at a time for a listing whose sort column or search text only the
 /// records have: what one blocking read holds in memory at once.
 const LIST_CHUNK: usize = 512;
@@ -189,36 +198,37 @@ impl Keys {
         page: &PageRequest,
     ) -> Result<Option<Place>, KeyError> {
         let after = plan.after.as_deref();
-        let by_id = after.filter(|a| Uuid::parse_str(a).is_ok());
         if after.is_some() && page.cursor.is_some() {
             return Err(invalid("after", "give after or cursor, not both"));
         }
-        let Some(after) = by_id else {
-            // A cursor, given as `cursor` or as `after`.
+        let Some(after) = after else {
+            return cursor_start(plan, page);
+        };
+        if Uuid::parse_str(after).is_err() {
             let cursor = PageRequest {
-                cursor: after.map(str::to_owned).or_else(|| page.cursor.clone()),
+                cursor: Some(after.to_owned()),
                 limit: None,
             };
-            let Some(c) = cursor.key_cursor()? else {
-                return Ok(None);
-            };
-            plan.sort.check_tag(c.tag)?;
-            return Ok(Some(Place::new(plan.sort, c.key, c.id)));
-        };
+            // The cursor was given as `after`: the error names what the caller gave.
+            return cursor_start(plan, &cursor).map_err(|e| match e {
+                KeyError::Invalid { message, .. } => invalid("after", message),
+                e => e,
+            });
+        }
         let live = self.visible(actor, after).map_err(|_| {
             invalid(
                 "after",
                 format!("no key {after} (pass the id of the last key of the previous page, or its next_cursor)"),
             )
         })?;
-        let settings = self.settings.read().clone();
+        let policy = self.settings.read().policy.clone();
         let key = {
             let index = self.index.read();
             let k = Standing {
                 live: &live,
                 last_used: index.last_used(&live),
             };
-            plan.live_key(&k, &settings.policy)
+            plan.live_key(&k, &policy)
         };
         let key = match key {
             Some(key) => key,

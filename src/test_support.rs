@@ -11,7 +11,7 @@ use crate::alerts::Alerts;
 use crate::clock::ManualClock;
 use crate::config::Config;
 use crate::keys::secret::{KeyHasher, ServerSecret};
-use crate::keys::{Actor, CreateKey, KeyError, KeyView, Keys, PageRequest, Settings};
+use crate::keys::{Actor, CreateKey, KeyError, KeyQuery, KeyView, Keys, PageRequest, Settings};
 use crate::model::{AuditEntry, KeyRecord};
 use crate::store::{MemoryStore, RedbStore, Storage};
 
@@ -175,9 +175,13 @@ pub(crate) async fn list(
     user: Option<&str>,
     include_removed: bool,
 ) -> Result<Vec<KeyView>, KeyError> {
-    let page = PageRequest::default();
+    let query = KeyQuery {
+        owner: user.map(str::to_owned),
+        include_removed,
+        ..KeyQuery::default()
+    };
     Ok(keys
-        .list_page(actor, user, include_removed, &page)
+        .list_page(actor, &query, &PageRequest::default())
         .await?
         .items)
 }

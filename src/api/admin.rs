@@ -4,7 +4,7 @@
 //! socket, admin-scope key on TCP).
 
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -16,15 +16,28 @@ use serde_json::{json, Value};
 use super::error::{parse_body, read_body, ApiError, ApiResult};
 use super::routes::Routes;
 use super::state::AppState;
-use crate::keys::{Actor, CreateKey, EditKey, PageRequest, RotateKey, Whoami};
+use crate::keys::{Actor, CreateKey, EditKey, KeyQuery, PageRequest, RotateKey, Whoami};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ListQuery {
     #[serde(default)]
+    owner: Option<String>,
+    /// The older name of `owner`.
+    #[serde(default)]
     user: Option<String>,
     #[serde(default)]
     all: Option<bool>,
+    #[serde(default)]
+    status: Option<String>,
+    #[serde(default)]
+    expiring_within: Option<String>,
+    #[serde(default)]
+    search: Option<String>,
+    #[serde(default)]
+    sort: Option<String>,
+    #[serde(default)]
+    after: Option<String>,
     #[serde(default)]
     cursor: Option<String>,
     #[serde(default)]
@@ -49,16 +62,31 @@ async fn whoami(State(st): State<AppState>, Extension(actor): Extension<Actor>) 
 async fn list_keys(
     State(st): State<AppState>,
     Extension(actor): Extension<Actor>,
-    Query(q): Query<ListQuery>,
+    q: Result<Query<ListQuery>, QueryRejection>,
 ) -> ApiResult<Json<Value>> {
+    // axum's own rejection is plain text; the error every handler answers is JSON.
+    let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    if let (Some(o), Some(u)) = (&q.owner, &q.user) {
+        if o != u {
+            return Err(ApiError::bad_request(
+                "owner: user is another name for owner; give one of them",
+            ));
+        }
+    }
+    let query = KeyQuery {
+        owner: q.owner.or(q.user),
+        include_removed: q.all.unwrap_or(false),
+        status: q.status,
+        expiring_within: q.expiring_within,
+        search: q.search,
+        sort: q.sort,
+        after: q.after,
+    };
     let page = PageRequest {
         cursor: q.cursor,
         limit: q.limit,
     };
-    let list = st
-        .keys
-        .list_page(&actor, q.user.as_deref(), q.all.unwrap_or(false), &page)
-        .await?;
+    let list = st.keys.list_page(&actor, &query, &page).await?;
     Ok(Json(
         json!({ "keys": list.items, "next_cursor": list.next_cursor }),
     ))

@@ -10,7 +10,8 @@
 //! - [`types`]: requests and answers; [`error`]: [`KeyError`];
 //! - `rules`: the pure validation rules (no store);
 //! - `live`, `index`, `status`, `table`: the in-memory index;
-//! - `verify`: verification; `queries`: views, listings, the audit trail;
+//! - `verify`: verification; `queries`: views, listings, the audit trail; `list`:
+//!   the filters and orders of `key list`;
 //! - `create`, `change`: admin changes; `notification`: a key's alert job rules;
 //! - [`rotation`], `first_use`: rotation that waits for the new secret's first use;
 //! - `usage`: the last-used flush; [`maintenance`]: the sweep, purge and warnings;
@@ -24,6 +25,7 @@ pub mod follow;
 mod following;
 mod import;
 mod index;
+mod list;
 mod live;
 pub mod maintenance;
 mod modify;
@@ -64,6 +66,7 @@ pub use crate::model::key as model;
 pub use error::KeyError;
 pub use following::FollowingStatus;
 pub use index::Regranted;
+pub use list::KeyQuery;
 pub use live::Live;
 pub use page::{Page, PageRequest};
 pub use seed::seed;
@@ -406,6 +409,8 @@ mod address_tests;
 mod authz_tests;
 #[cfg(test)]
 mod expiry_tests;
+#[cfg(test)]
+mod list_tests;
 #[cfg(test)]
 mod own_secret_tests;
 #[cfg(test)]

@@ -2,7 +2,6 @@
 //! default and a ceiling, and an opaque cursor, so no request makes the daemon read
 //! more than one page of a table.
 
-use chrono::{DateTime, Utc};
 use serde::Serialize;
 use uuid::Uuid;
 
@@ -63,8 +62,14 @@ impl PageRequest {
         }
     }
 
-    /// The cursor's bytes, checked to come from `listing` and to be `len` long.
-    fn cursor_bytes(&self, listing: Listing, len: usize) -> Result<Option<Vec<u8>>, KeyError> {
+    /// The cursor's bytes, checked to come from `listing` and to be `len` long (at
+    /// least `len` long when `exact` is false).
+    fn cursor_bytes(
+        &self,
+        listing: Listing,
+        len: usize,
+        exact: bool,
+    ) -> Result<Option<Vec<u8>>, KeyError> {
         let Some(c) = self.cursor.as_deref().map(str::trim) else {
             return Ok(None);
         };
@@ -76,7 +81,7 @@ impl PageRequest {
         };
         let rest = c.strip_prefix(listing.prefix()).ok_or_else(bad)?;
         let bytes = hex::decode(rest).map_err(|_| bad())?;
-        if bytes.len() != len {
+        if bytes.len() < len || (exact && bytes.len() != len) {
             return Err(bad());
         }
         Ok(Some(bytes))
@@ -85,7 +90,7 @@ impl PageRequest {
     /// An audit cursor: the `seq` of the last entry of the previous page.
     pub(crate) fn audit_cursor(&self) -> Result<Option<u64>, KeyError> {
         Ok(self
-            .cursor_bytes(Listing::Audit, 8)?
+            .cursor_bytes(Listing::Audit, 8, true)?
             .and_then(|b| <[u8; 8]>::try_from(b).ok())
             .map(u64::from_be_bytes))
     }
@@ -93,26 +98,37 @@ impl PageRequest {
     /// A job cursor: the id of the last job of the previous page.
     pub(crate) fn job_cursor(&self) -> Result<Option<u128>, KeyError> {
         Ok(self
-            .cursor_bytes(Listing::Jobs, 16)?
+            .cursor_bytes(Listing::Jobs, 16, true)?
             .and_then(|b| <[u8; 16]>::try_from(b).ok())
             .map(u128::from_be_bytes))
     }
 
-    /// A key cursor: creation time and id of the last key of the previous page.
-    pub(crate) fn key_cursor(&self) -> Result<Option<(DateTime<Utc>, Uuid)>, KeyError> {
-        let Some(b) = self.cursor_bytes(Listing::Keys, 28)? else {
+    /// A key cursor: the order it was made for (two bytes), then the sort key and
+    /// id of the last key of the previous page.
+    pub(crate) fn key_cursor(&self) -> Result<Option<KeyCursor>, KeyError> {
+        let Some(mut b) = self.cursor_bytes(Listing::Keys, 18, false)? else {
             return Ok(None);
         };
-        let secs = b.get(..8).and_then(|s| <[u8; 8]>::try_from(s).ok());
-        let nanos = b.get(8..12).and_then(|s| <[u8; 4]>::try_from(s).ok());
-        let id = b.get(12..).and_then(|s| <[u8; 16]>::try_from(s).ok());
-        let (Some(secs), Some(nanos), Some(id)) = (secs, nanos, id) else {
-            return Ok(None);
+        let id = b.split_off(b.len() - 16);
+        let key = b.split_off(2);
+        let (Ok(tag), Ok(id)) = (<[u8; 2]>::try_from(b), <[u8; 16]>::try_from(id)) else {
+            return Err(invalid("cursor", "is not a cursor of this listing"));
         };
-        let at = DateTime::from_timestamp(i64::from_be_bytes(secs), u32::from_be_bytes(nanos))
-            .ok_or_else(|| invalid("cursor", "is not a cursor of this listing"))?;
-        Ok(Some((at, Uuid::from_bytes(id))))
+        Ok(Some(KeyCursor {
+            tag,
+            key,
+            id: Uuid::from_bytes(id),
+        }))
     }
+}
+
+/// Where a page of `key list` starts: after the key with this sort key and id, in
+/// the order `tag` names (see `keys::list::Sort::tag`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct KeyCursor {
+    pub(crate) tag: [u8; 2],
+    pub(crate) key: Vec<u8>,
+    pub(crate) id: Uuid,
 }
 
 pub(crate) fn audit_cursor(seq: u64) -> String {
@@ -131,11 +147,11 @@ pub(crate) fn job_cursor(id: u128) -> String {
     )
 }
 
-pub(crate) fn key_cursor(at: DateTime<Utc>, id: Uuid) -> String {
-    let mut b = Vec::with_capacity(28);
-    b.extend_from_slice(&at.timestamp().to_be_bytes());
-    b.extend_from_slice(&at.timestamp_subsec_nanos().to_be_bytes());
-    b.extend_from_slice(id.as_bytes());
+pub(crate) fn key_cursor(c: &KeyCursor) -> String {
+    let mut b = Vec::with_capacity(2 + c.key.len() + 16);
+    b.extend_from_slice(&c.tag);
+    b.extend_from_slice(&c.key);
+    b.extend_from_slice(c.id.as_bytes());
     format!("{}{}", Listing::Keys.prefix(), hex::encode(b))
 }
 
@@ -159,13 +175,23 @@ mod tests {
             req(&job_cursor(id.as_u128())).job_cursor().unwrap(),
             Some(id.as_u128())
         );
-        let at = Utc::now();
+        let at = KeyCursor {
+            tag: [5, 1],
+            key: b"sort key".to_vec(),
+            id,
+        };
         assert_eq!(
-            req(&key_cursor(at, id)).key_cursor().unwrap(),
-            Some((at, id))
+            req(&key_cursor(&at)).key_cursor().unwrap(),
+            Some(at.clone())
         );
+        let bare = KeyCursor {
+            key: Vec::new(),
+            ..at
+        };
+        assert_eq!(req(&key_cursor(&bare)).key_cursor().unwrap(), Some(bare));
         assert!(req(&audit_cursor(42)).job_cursor().is_err());
         assert!(req(&job_cursor(1)).key_cursor().is_err());
+        assert!(req("k00").key_cursor().is_err());
         for bad in ["", "a", "a12", "azz00000000000000", "x0000000000000001"] {
             assert!(req(bad).audit_cursor().is_err(), "{bad:?}");
         }

@@ -15,7 +15,11 @@ async fn walk_keys(f: &Fixture, actor: &Actor, all: bool, limit: usize) -> Vec<U
     };
     let mut seen = Vec::new();
     loop {
-        let p = f.keys.list_page(actor, None, all, &page).await.unwrap();
+        let query = KeyQuery {
+            include_removed: all,
+            ..KeyQuery::default()
+        };
+        let p = f.keys.list_page(actor, &query, &page).await.unwrap();
         assert!(p.items.len() <= limit);
         seen.extend(p.items.iter().map(|k| k.id));
         match p.next_cursor {
@@ -98,7 +102,7 @@ async fn key_list_and_audit_pages_walk_every_visible_row_once() {
     };
     let e = f
         .keys
-        .list_page(&admin(), None, true, &wrong)
+        .list_page(&admin(), &KeyQuery::default(), &wrong)
         .await
         .unwrap_err();
     assert!(is_invalid(&e, "cursor"), "{e}");

@@ -1,17 +1,31 @@
 //! Reading keys: views, listings and the audit trail, as the actor may see them.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::error::{invalid, KeyError};
+use super::list::{First, KeyQuery, Pass, Place, Plan, Standing};
 use super::live::Live;
-use super::page::{self, Page, PageRequest};
+use super::page::{self, KeyCursor, Page, PageRequest};
 use super::types::{policy_lines, view_of, Actor, KeyView, Whoami};
 use super::Keys;
-use crate::model::{AuditEntry, KeyRecord, KeyState};
+use crate::model::{AuditEntry, KeyRecord};
 use crate::store::AuditFilter;
+
+/// Where a key listing starts after a cursor made for the same order.
+fn cursor_start(plan: &Plan, page: &PageRequest) -> Result<Option<Place>, KeyError> {
+    let Some(c) = page.key_cursor()? else {
+        return Ok(None);
+    };
+    plan.sort.check_tag(c.tag)?;
+    Ok(Some(Place::new(plan.sort, c.key, c.id)))
+}
+
+/// Records read at a time for a listing whose sort column or search text only the
+/// records have: what one blocking read holds in memory at once.
+const LIST_CHUNK: usize = 512;
 
 impl Keys {
     /// Who `actor` is, what they may do, and the policy in force.
@@ -77,75 +91,150 @@ impl Keys {
         self.view(&live).await
     }
 
-    /// One page of the keys visible to `actor`, optionally of one user, oldest first.
-    /// The index is walked in memory, keeping only the page's keys, so only their
-    /// records are read from redb.
+    /// One page of the keys visible to `actor` that pass `query`, in its order
+    /// (oldest first by default). The filters and the sort keys the index holds are
+    /// applied in memory, keeping only the page's keys; records are read for the
+    /// page, and beforehand only for the keys whose sort column (description,
+    /// changed, notification) or search text (in the description) only the record
+    /// has, a chunk at a time.
     pub async fn list_page(
         &self,
         actor: &Actor,
-        user: Option<&str>,
-        include_removed: bool,
+        query: &KeyQuery,
         page: &PageRequest,
     ) -> Result<Page<KeyView>, KeyError> {
-        if let Some(u) = user {
-            if !actor.admin && u != actor.name {
-                return Err(KeyError::Forbidden(format!(
-                    "{} may only list their own keys (not those of {u:?})",
-                    actor.name
-                )));
-            }
-        }
-        let limit = page.limit(page::DEFAULT_KEYS)?;
-        let after = page.key_cursor()?;
         let settings = self.settings.read().clone();
-        let now = self.clock.now();
-        let wanted = user
-            .map(str::to_owned)
-            .or_else(|| (!actor.admin).then(|| actor.name.clone()));
-        // The `limit + 1` first keys after the cursor (one more tells whether a next
-        // page exists), in a heap whose top is the latest of them.
-        let mut first: std::collections::BinaryHeap<(DateTime<Utc>, Uuid)> =
-            std::collections::BinaryHeap::with_capacity(limit + 1);
-        for l in self.index.read().all() {
-            if wanted.as_deref().is_some_and(|w| *l.owner != *w)
-                || (!include_removed && l.life.state == KeyState::Removed)
-            {
-                continue;
-            }
-            let at = (l.life.created_at, l.id);
-            if after.is_some_and(|a| at <= a) {
-                continue;
-            }
-            if first.len() <= limit {
-                first.push(at);
-            } else if first.peek().is_some_and(|top| at < *top) {
-                first.pop();
-                first.push(at);
-            }
-        }
-        let mut picked = first.into_sorted_vec();
-        let next_cursor = if picked.len() > limit {
-            picked.truncate(limit);
-            picked.last().map(|(at, id)| page::key_cursor(*at, *id))
-        } else {
-            None
-        };
-        let ids: Vec<Uuid> = picked.into_iter().map(|(_, id)| id).collect();
-        // Reading and decoding a page of records is blocking work: not on a runtime
-        // worker, which may be the only one serving verifications.
-        let mut records = self.blocking(move |s| s.keys(&ids)).await?;
+        let plan = query.plan(actor, self.clock.now())?;
+        let limit = page.limit(page::DEFAULT_KEYS)?;
+        let start = self.list_start(actor, &plan, page).await?;
+        // The `limit + 1` first keys after the start: one more tells whether a next
+        // page exists.
+        let mut first = First::new(limit + 1, start);
+        let mut pending: Vec<(Uuid, Option<Vec<u8>>, Pass)> = Vec::new();
         {
             let index = self.index.read();
-            for rec in &mut records {
-                if let Some(live) = index.get(&rec.id) {
-                    index.merge_usage(rec, live);
+            for live in index.all() {
+                let k = Standing {
+                    live,
+                    last_used: index.last_used(live),
+                };
+                let pass = plan.admits(&k, &settings.policy);
+                if pass == Pass::No {
+                    continue;
+                }
+                match (pass, plan.live_key(&k, &settings.policy)) {
+                    (Pass::Yes, Some(key)) => first.offer(Place::new(plan.sort, key, live.id)),
+                    (pass, key) => pending.push((live.id, key, pass)),
                 }
             }
         }
-        Ok(Page {
-            items: records.iter().map(|r| view_of(&settings, r, now)).collect(),
-            next_cursor,
-        })
+        if !pending.is_empty() {
+            let plan = plan.clone();
+            first = self
+                .blocking(move |s| {
+                    for chunk in pending.chunks(LIST_CHUNK) {
+                        let ids: Vec<Uuid> = chunk.iter().map(|(id, _, _)| *id).collect();
+                        let records: HashMap<Uuid, KeyRecord> =
+                            s.keys(&ids)?.into_iter().map(|r| (r.id, r)).collect();
+                        for (id, key, pass) in chunk {
+                            let Some(rec) = records.get(id) else { continue };
+                            if *pass == Pass::IfDescriptionMatches && !plan.description_matches(rec)
+                            {
+                                continue;
+                            }
+                            let key = key.clone().unwrap_or_else(|| plan.record_key(rec));
+                            first.offer(Place::new(plan.sort, key, *id));
+                        }
+                    }
+                    Ok(first)
+                })
+                .await?;
+        }
+        let mut picked = first.into_sorted();
+        let next_cursor = if picked.len() > limit {
+            picked.truncate(limit);
+            picked.last().map(|p| {
+                page::key_cursor(&KeyCursor {
+                    tag: plan.sort.tag(),
+                    key: p.key.clone(),
+                    id: p.id,
+                })
+            })
+        } else {
+            None
+        };
+        let ids: Vec<Uuid> = picked.into_iter().map(|p| p.id).collect();
+        // Reading and decoding a page of records is blocking work: not on a runtime
+        // worker, which may be the only one serving verifications.
+        let wanted = ids.clone();
+        let mut records: HashMap<Uuid, KeyRecord> = self
+            .blocking(move |s| s.keys(&wanted))
+            .await?
+            .into_iter()
+            .map(|r| (r.id, r))
+            .collect();
+        let now = self.clock.now();
+        let index = self.index.read();
+        let items = ids
+            .iter()
+            .filter_map(|id| {
+                let mut rec = records.remove(id)?;
+                if let Some(live) = index.get(id) {
+                    index.merge_usage(&mut rec, live);
+                }
+                Some(view_of(&settings, &rec, now))
+            })
+            .collect();
+        Ok(Page { items, next_cursor })
+    }
+
+    /// Where a key listing starts: after the key a cursor names (made for the same
+    /// order), or after a key given by id (`after`), wherever its sort key puts it
+    /// now; `None` for the first page.
+    async fn list_start(
+        &self,
+        actor: &Actor,
+        plan: &Plan,
+        page: &PageRequest,
+    ) -> Result<Option<Place>, KeyError> {
+        let after = plan.after.as_deref();
+        if after.is_some() && page.cursor.is_some() {
+            return Err(invalid("after", "give after or cursor, not both"));
+        }
+        let Some(after) = after else {
+            return cursor_start(plan, page);
+        };
+        if Uuid::parse_str(after).is_err() {
+            let cursor = PageRequest {
+                cursor: Some(after.to_owned()),
+                limit: None,
+            };
+            // The cursor was given as `after`: the error names what the caller gave.
+            return cursor_start(plan, &cursor).map_err(|e| match e {
+                KeyError::Invalid { message, .. } => invalid("after", message),
+                e => e,
+            });
+        }
+        let live = self.visible(actor, after).map_err(|_| {
+            invalid(
+                "after",
+                format!("no key {after} (pass the id of the last key of the previous page, or its next_cursor)"),
+            )
+        })?;
+        let policy = self.settings.read().policy.clone();
+        let key = {
+            let index = self.index.read();
+            let k = Standing {
+                live: &live,
+                last_used: index.last_used(&live),
+            };
+            plan.live_key(&k, &policy)
+        };
+        let key = match key {
+            Some(key) => key,
+            None => plan.record_key(&self.record(&live).await?),
+        };
+        Ok(Some(Place::new(plan.sort, key, live.id)))
     }
 
     /// One page of the audit entries visible to `actor`, newest first: an admin's

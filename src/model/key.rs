@@ -359,8 +359,10 @@ pub fn rfc3339(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Secs, true)
 }
 
-fn day(t: DateTime<Utc>) -> String {
-    t.format("%Y-%m-%d").to_string()
+/// A time in the details line: to the minute, in UTC, saying so (apikeyctl shows it
+/// in local time on request).
+fn to_minute(t: DateTime<Utc>) -> String {
+    t.format("%Y-%m-%d %H:%M UTC").to_string()
 }
 
 /// Which limit ends a key's life first.
@@ -468,7 +470,7 @@ impl Lifetime {
         now: DateTime<Utc>,
     ) -> String {
         if let (KeyState::Removed, Some(at)) = (self.state, self.removed_at) {
-            return format!("removed {}", day(at));
+            return format!("removed {}", to_minute(at));
         }
         let prefix = if self.state == KeyState::Disabled {
             "disabled; "
@@ -476,21 +478,23 @@ impl Lifetime {
             ""
         };
         let body = match (self.expires_at, self.inactivity_deadline(policy, last_used)) {
-            (Some(hard), _) if hard <= now => format!("expired {}", day(hard)),
+            (Some(hard), _) if hard <= now => format!("expired {}", to_minute(hard)),
             (hard, Some(idle)) if idle <= now && hard.is_none_or(|h| idle < h) => {
                 let since = match last_used {
-                    Some(t) => format!("last used {}", day(t)),
+                    Some(t) => format!("last used {}", to_minute(t)),
                     None => "never used".to_owned(),
                 };
-                format!("expired {} through inactivity ({since})", day(idle))
+                format!("expired {} through inactivity ({since})", to_minute(idle))
             }
             (Some(hard), Some(idle)) if idle < hard => format!(
                 "expires {} if not used again (inactivity); hard limit {}",
-                day(idle),
-                day(hard)
+                to_minute(idle),
+                to_minute(hard)
             ),
-            (None, Some(idle)) => format!("expires {} if not used again (inactivity)", day(idle)),
-            (Some(hard), _) => format!("expires {}", day(hard)),
+            (None, Some(idle)) => {
+                format!("expires {} if not used again (inactivity)", to_minute(idle))
+            }
+            (Some(hard), _) => format!("expires {}", to_minute(hard)),
             (None, None) => "never expires".to_owned(),
         };
         format!("{prefix}{body}")
@@ -584,13 +588,13 @@ mod tests {
         let used = Some(t(2026, 11, 1));
         assert_eq!(
             r.details(&policy, used, t(2026, 11, 2)),
-            "expires 2027-02-01 if not used again (inactivity); hard limit 2027-05-01"
+            "expires 2027-02-01 00:00 UTC if not used again (inactivity); hard limit 2027-05-01 00:00 UTC"
         );
         assert_eq!(r.status(&policy, used, t(2027, 1, 31)), Status::Active);
         assert_eq!(r.status(&policy, used, t(2027, 2, 1)), Status::Inactive);
         assert_eq!(
             r.details(&policy, used, t(2027, 2, 2)),
-            "expired 2027-02-01 through inactivity (last used 2026-11-01)"
+            "expired 2027-02-01 00:00 UTC through inactivity (last used 2026-11-01 00:00 UTC)"
         );
         // Using it again moves the inactivity deadline.
         let used = Some(t(2027, 1, 15));
@@ -607,16 +611,29 @@ mod tests {
         let r = rec(t(2026, 11, 1), Some(t(2026, 12, 31)));
         assert_eq!(
             r.details(&policy, None, t(2026, 11, 2)),
-            "expires 2026-12-31"
+            "expires 2026-12-31 00:00 UTC"
         );
         assert_eq!(r.status(&policy, None, t(2026, 12, 31)), Status::Expired);
         assert_eq!(
             r.details(&policy, None, t(2027, 1, 2)),
-            "expired 2026-12-31"
+            "expired 2026-12-31 00:00 UTC"
         );
         assert_eq!(
             r.status(&policy, None, t(2026, 12, 31) - Duration::seconds(1)),
             Status::Active
+        );
+    }
+
+    /// The details line gave only the date of an expiry: a key expiring late in
+    /// the day read as expired already at its start. It gives the time too, in UTC.
+    #[test]
+    fn details_give_the_time_as_well_as_the_date() {
+        let policy = Policy::default();
+        let created = Utc.with_ymd_and_hms(2026, 11, 23, 14, 5, 59).unwrap();
+        let r = rec(created, Some(created + Duration::days(200)));
+        assert_eq!(
+            r.details(&policy, None, created),
+            "expires 2027-02-23 14:05 UTC if not used again (inactivity); hard limit 2027-06-11 14:05 UTC"
         );
     }
 
@@ -639,7 +656,7 @@ mod tests {
         };
         assert_eq!(
             r.details(&policy, None, t(2026, 11, 2)),
-            "expires 2026-12-01 if not used again (inactivity)"
+            "expires 2026-12-01 00:00 UTC if not used again (inactivity)"
         );
     }
 
@@ -657,7 +674,7 @@ mod tests {
         assert_eq!(r.status(&policy, None, t(2026, 11, 4)), Status::Removed);
         assert_eq!(
             r.details(&policy, None, t(2026, 11, 4)),
-            "removed 2026-11-03"
+            "removed 2026-11-03 00:00 UTC"
         );
     }
 }

@@ -37,7 +37,7 @@ fn email_notification_reaches_the_owner_on_time() {
     assert_eq!(v["notify_at"], due.as_str());
     assert_eq!(v["alert_source"], "owner-email");
     // key list shows the notification time and source.
-    let list = d.ok(&["key", "list"]);
+    let list = d.ok(&["key", "list", "--wide"]);
     assert!(list.contains(&format!("{due} via owner-email")), "{list}");
 
     let j = wait_job(&d, &job_id, "Completed", 15);
@@ -241,12 +241,9 @@ body = "Key ${key.id} (${key.details}); effective expiry ${key.effective_expires
         m.header("Subject").unwrap(),
         format!("[apikeyd] bob/reports expires on {expires}")
     );
-    assert!(
-        m.data.contains(&format!("Key {id} (expires ")),
-        "{}",
-        m.data
-    );
-    assert!(m.data.contains(&format!("Job {job_id}.")), "{}", m.data);
+    let body = m.unwrapped();
+    assert!(body.contains(&format!("Key {id} (expires ")), "{body}");
+    assert!(body.contains(&format!("Job {job_id}.")), "{body}");
 
     // SIGHUP: a source removed from the file is refused for new notifications;
     // a bad template is rejected and the running configuration stays.

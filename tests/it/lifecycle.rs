@@ -70,8 +70,8 @@ fn create_verify_and_manage_a_key() {
     let (_, body) = d.post("/v1/verify", &json!({"key": "akd_x"}).to_string());
     assert_eq!(body, json!({"valid": false, "code": "MALFORMED"}));
 
-    // list shows the columns the extension shows.
-    let list = d.ok(&["key", "list"]);
+    // list --wide shows the columns the extension shows.
+    let list = d.ok(&["key", "list", "--wide"]);
     for col in [
         "ID",
         "NAME",

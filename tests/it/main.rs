@@ -14,6 +14,7 @@ mod connection_limits;
 mod echo;
 mod forward_auth;
 mod keep_alive;
+mod key_list;
 mod lifecycle;
 mod maintenance;
 mod manual;

@@ -126,7 +126,7 @@ fn a_user_walks_every_page_of_her_keys_audit_and_jobs() {
     let more = String::from_utf8(out.stderr).unwrap();
     let cursor = more
         .trim()
-        .strip_prefix("more: --cursor ")
+        .strip_prefix("more: --after ")
         .unwrap_or_else(|| panic!("no cursor in {more:?}"));
     let out = d.ctl_as(
         Some(NOBODY),

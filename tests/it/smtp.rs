@@ -22,6 +22,13 @@ pub struct Mail {
 }
 
 impl Mail {
+    /// The data with quoted-printable's soft line breaks joined, so that a value the
+    /// encoder wrapped (an id, a time) reads whole wherever a longer line put the
+    /// break.
+    pub fn unwrapped(&self) -> String {
+        self.data.replace("=\r\n", "").replace("=\n", "")
+    }
+
     pub fn header(&self, name: &str) -> Option<String> {
         let prefix = format!("{}:", name.to_lowercase());
         self.data

@@ -262,7 +262,9 @@ impl TestDaemon {
         cmd.arg("--socket")
             .arg(&self.socket)
             .args(args)
-            .env_remove("APIKEYD_SOCKET");
+            .env_remove("APIKEYD_SOCKET")
+            // Times in UTC, as the tests expect, unless a test sets TZ.
+            .env_remove("TZ");
         cmd
     }
 

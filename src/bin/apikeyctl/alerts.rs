@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::keys::key_path;
 use crate::listing::{list, Listing};
-use crate::output::{or_dash, or_empty, print_json, time, wire_name};
+use crate::output::{or_dash, or_empty, print_json, time, time_str, wire_name};
 use crate::{cursor_param, urlencode};
 
 /// Notification flags of `key create` / `key import`.
@@ -158,7 +158,7 @@ pub async fn notify(client: &Client, a: NotifyArgs) -> anyhow::Result<ExitCode> 
             "Key {} \"{}\": notification {} (job {})",
             v.id,
             v.name,
-            v.notification,
+            crate::keys::notification(&v),
             or_empty(v.alert_job)
         );
         if let Some(n) = &v.notice {
@@ -252,8 +252,8 @@ impl Listing for MaintenanceList {
                 vec![
                     m.name.clone(),
                     m.schedule.clone(),
-                    or_dash(m.last_run.as_deref()),
-                    or_dash(m.next_run.as_deref()),
+                    or_dash(m.last_run.as_deref().map(time_str)),
+                    or_dash(m.next_run.as_deref().map(time_str)),
                     or_dash(m.last_result.as_deref()),
                 ]
             })

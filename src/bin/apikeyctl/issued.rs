@@ -11,7 +11,7 @@ use anyhow::bail;
 use apikeyd::keys::{Issued, KeyView};
 use serde::Serialize;
 
-use crate::output::{json_text, or_never, out_text, rescue_secret};
+use crate::output::{json_text, or_never, out_text, rescue_secret, time_str};
 
 /// The `--out` file of `key create` and `key rotate`: `FILE.APIKEY` (the suffix is
 /// added unless present), created before the API call, so a name that cannot be used
@@ -154,8 +154,12 @@ fn issued_text(answer: &Issued, saved: Option<&Path>, json: bool, verb: &str) ->
     // Writing to a String cannot fail.
     let _ = writeln!(t, "{verb} key {} \"{}\" for {}", v.id, v.name, v.owner);
     let _ = writeln!(t, "  scopes:  {}", v.scopes.join(", "));
-    let _ = writeln!(t, "  expires: {}", or_never(v.expires_at.as_deref()));
-    let _ = writeln!(t, "  notify:  {}", v.notification);
+    let _ = writeln!(
+        t,
+        "  expires: {}",
+        or_never(v.expires_at.as_deref().map(time_str))
+    );
+    let _ = writeln!(t, "  notify:  {}", crate::keys::notification(v));
     if let Some(n) = &v.notice {
         let _ = writeln!(t, "  note:    {n}");
     }
@@ -164,7 +168,11 @@ fn issued_text(answer: &Issued, saved: Option<&Path>, json: bool, verb: &str) ->
             let _ = writeln!(t, "  rotation: {}", r.summary);
         }
         (None, Some(g)) => {
-            let _ = writeln!(t, "  the previous secret keeps working until {g}");
+            let _ = writeln!(
+                t,
+                "  the previous secret keeps working until {}",
+                time_str(g)
+            );
         }
         (None, None) => {}
     }

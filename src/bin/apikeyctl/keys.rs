@@ -15,9 +15,11 @@ use serde::{Deserialize, Serialize};
 use crate::alerts;
 use crate::import;
 use crate::issued::{issued, KeyFile};
-use crate::listing::{list, Listing};
-use crate::output::{or_dash, or_never, print_json};
-use crate::{cursor_param, urlencode};
+use crate::output::{
+    or_dash, or_never, print_fitted, print_json, print_more, prose_times, time_str, time_text, Fit,
+    Precision,
+};
+use crate::urlencode;
 
 #[derive(Debug, Args)]
 pub struct ExpiryArgs {
@@ -95,17 +97,40 @@ pub struct ImportArgs {
 #[derive(Debug, Args)]
 pub struct ListArgs {
     /// Only this user's keys.
-    #[arg(long)]
-    user: Option<String>,
+    #[arg(long, visible_alias = "user")]
+    owner: Option<String>,
     /// Include removed keys.
     #[arg(long)]
     all: bool,
+    /// Only keys with this status: active, disabled, expired, inactive, removed,
+    /// owner_unknown, no_scopes (repeatable, or a comma list).
+    #[arg(long, value_delimiter = ',')]
+    status: Vec<String>,
+    /// Only keys whose effective expiry (hard limit or inactivity, whichever is
+    /// sooner) falls within this ISO 8601 period from now (e.g. p30d).
+    #[arg(long, value_name = "PERIOD")]
+    expiring_within: Option<String>,
+    /// Only keys with this text in their name, description, owner or id (any case).
+    #[arg(long, value_name = "TEXT")]
+    search: Option<String>,
+    /// Order by this column, descending with a leading '-' (e.g. -last_used): id,
+    /// name, description, owner, status, created, changed, last_used, expires,
+    /// effective, notification [default: created].
+    #[arg(long, value_name = "COLUMN", allow_hyphen_values = true)]
+    sort: Option<String>,
     /// How many keys (one page; default 1000, at most 10000).
     #[arg(long)]
     limit: Option<usize>,
-    /// Continue after the previous page (its "more: --cursor C" or next_cursor).
+    /// Continue after the previous page: its "more: --after C" (exact), or the id of
+    /// its last key.
+    #[arg(long, value_name = "CURSOR|ID", conflicts_with = "cursor")]
+    after: Option<String>,
+    /// Continue after the previous page (its next_cursor; as --after).
     #[arg(long)]
     cursor: Option<String>,
+    /// Every column (the default fits 120 columns).
+    #[arg(long, conflicts_with = "json")]
+    wide: bool,
     /// JSON output.
     #[arg(long)]
     json: bool,
@@ -308,57 +333,115 @@ struct KeyList {
     next_cursor: Option<String>,
 }
 
-impl Listing for KeyList {
-    const HEADERS: &'static [&'static str] = &[
-        "ID",
-        "NAME",
-        "OWNER",
-        "STATUS",
-        "CREATED",
-        "CHANGED",
-        "LAST USED",
-        "EXPIRES",
-        "DETAILS",
-        "NOTIFICATION",
-        "DESCRIPTION",
-    ];
+/// `key list`'s columns: what fits 120 columns, and `--wide`'s every one.
+const NARROW: [&str; 6] = [
+    "ID",
+    "NAME",
+    "OWNER",
+    "STATUS",
+    "EFFECTIVE EXPIRY",
+    "LAST USED",
+];
+/// The details line comes last: it is the longest, and a last column is never cut.
+const WIDE: [&str; 11] = [
+    "ID",
+    "NAME",
+    "DESCRIPTION",
+    "OWNER",
+    "STATUS",
+    "CREATED",
+    "CHANGED",
+    "LAST USED",
+    "EXPIRES",
+    "NOTIFICATION",
+    "DETAILS",
+];
+/// The width `key list` keeps to without `--wide`.
+const LIST_WIDTH: usize = 120;
+/// The widest a cell of `--wide` but the details line gets.
+const WIDE_CAP: usize = 60;
 
-    fn rows(&self) -> Vec<Vec<String>> {
-        self.keys.iter().map(key_row).collect()
-    }
-
-    fn next_cursor(&self) -> Option<&str> {
-        self.next_cursor.as_deref()
-    }
-}
-
-fn key_row(k: &KeyView) -> Vec<String> {
+fn narrow_row(k: &KeyView) -> Vec<String> {
+    let minutes = |t: Option<&str>| t.map(|t| time_text(t, Precision::Minutes));
     vec![
         k.id.to_string(),
         k.name.clone(),
         k.owner.clone(),
         k.status.clone(),
-        k.created_at.clone(),
-        k.updated_at.clone(),
-        or_dash(k.last_used_at.as_deref()),
-        or_never(k.expires_at.as_deref()),
-        k.details.clone(),
-        k.notification.clone(),
-        k.description.clone(),
+        or_never(minutes(k.effective_expires_at.as_deref())),
+        or_dash(minutes(k.last_used_at.as_deref())),
     ]
 }
 
-/// `key list`.
+fn wide_row(k: &KeyView) -> Vec<String> {
+    vec![
+        k.id.to_string(),
+        k.name.clone(),
+        k.description.clone(),
+        k.owner.clone(),
+        k.status.clone(),
+        time_str(&k.created_at),
+        time_str(&k.updated_at),
+        or_dash(k.last_used_at.as_deref().map(time_str)),
+        or_never(k.expires_at.as_deref().map(time_str)),
+        notification(k),
+        prose_times(&k.details),
+    ]
+}
+
+/// A key's notification: "TIME via SOURCE", or "none".
+pub fn notification(k: &KeyView) -> String {
+    match (&k.notify_at, &k.alert_source) {
+        (Some(at), Some(source)) => format!("{} via {source}", time_str(at)),
+        _ => k.notification.clone(),
+    }
+}
+
+/// `key list`: the query goes to the daemon, which filters, sorts and pages.
 async fn list_keys(client: &Client, a: ListArgs) -> anyhow::Result<ExitCode> {
     let mut path = format!("/v1/admin/keys?all={}", a.all);
-    if let Some(u) = a.user {
-        path += &format!("&user={}", urlencode(&u));
+    let status = a.status.join(",");
+    let params = [
+        ("owner", a.owner.as_deref()),
+        ("status", Some(status.as_str()).filter(|s| !s.is_empty())),
+        ("expiring_within", a.expiring_within.as_deref()),
+        ("search", a.search.as_deref()),
+        ("sort", a.sort.as_deref()),
+        ("after", a.after.as_deref()),
+        ("cursor", a.cursor.as_deref()),
+    ];
+    for (name, value) in params {
+        if let Some(v) = value {
+            path += &format!("&{name}={}", urlencode(v));
+        }
     }
     if let Some(n) = a.limit {
         path += &format!("&limit={n}");
     }
-    path += &cursor_param(a.cursor.as_deref());
-    list::<KeyList>(client, &path, a.json).await
+    let page: KeyList = client.fetch(Method::GET, &path).await?;
+    if a.json {
+        print_json(&page);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if a.wide {
+        let rows: Vec<_> = page.keys.iter().map(wide_row).collect();
+        let fit = Fit {
+            cap: WIDE_CAP,
+            ..Fit::default()
+        };
+        print_fitted(&WIDE, &rows, &fit);
+    } else {
+        let rows: Vec<_> = page.keys.iter().map(narrow_row).collect();
+        let fit = Fit {
+            width: Some(LIST_WIDTH),
+            // Name and owner give way; the id must stay whole for the other commands.
+            flexible: vec![1, 2],
+            cap: 0,
+        };
+        print_fitted(&NARROW, &rows, &fit);
+    }
+    print_more("--after", page.next_cursor.as_deref());
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `key show`.
@@ -449,15 +532,21 @@ fn key_fields(v: &KeyView) -> [(&'static str, String); 20] {
         ("scopes", v.scopes.join(", ")),
         // What verification allows: the scopes the owner's groups still grant.
         ("in force", v.effective_scopes.join(", ")),
-        ("created", v.created_at.clone()),
-        ("changed", v.updated_at.clone()),
-        ("last used", or_dash(v.last_used_at.as_deref())),
-        ("expires", or_never(v.expires_at.as_deref())),
-        ("effective", or_dash(v.effective_expires_at.as_deref())),
-        ("details", v.details.clone()),
+        ("created", time_str(&v.created_at)),
+        ("changed", time_str(&v.updated_at)),
+        (
+            "last used",
+            or_dash(v.last_used_at.as_deref().map(time_str)),
+        ),
+        ("expires", or_never(v.expires_at.as_deref().map(time_str))),
+        (
+            "effective",
+            or_dash(v.effective_expires_at.as_deref().map(time_str)),
+        ),
+        ("details", prose_times(&v.details)),
         ("ip filters", v.ip_filters.join(", ")),
         ("headers", headers),
-        ("notification", v.notification.clone()),
+        ("notification", notification(v)),
         (
             "rotation",
             v.rotation

@@ -30,7 +30,7 @@ pub async fn list<L: Listing>(client: &Client, path: &str, json: bool) -> anyhow
         print_json(&page);
     } else {
         print_table(L::HEADERS, &page.rows());
-        print_more(page.next_cursor());
+        print_more("--cursor", page.next_cursor());
     }
     Ok(ExitCode::SUCCESS)
 }

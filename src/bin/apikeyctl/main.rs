@@ -60,6 +60,9 @@ struct Cli {
     /// File holding a key with the apikeyd:admin scope (for --addr).
     #[arg(long, global = true, env = "APIKEYD_TOKEN_FILE")]
     token_file: Option<PathBuf>,
+    /// Show times in local time (also when TZ is set); JSON output stays in UTC.
+    #[arg(long, global = true)]
+    local: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -96,6 +99,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    output::use_local_times(cli.local || std::env::var_os("TZ").is_some_and(|tz| !tz.is_empty()));
     if let Command::GenerateDocs(a) = &cli.command {
         return match apikeyd::manual::generate(Cli::command(), "1", &a.out) {
             Ok(_) => ExitCode::SUCCESS,

@@ -2,8 +2,9 @@
 //! the few ways a value of the daemon's answer is shown in a table cell.
 
 use std::io::Write;
+use std::sync::OnceLock;
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Local, NaiveDateTime, SecondsFormat, Utc};
 use serde::Serialize;
 
 /// Exit status when stdout is a closed pipe: what a shell reports for a process that
@@ -69,40 +70,193 @@ pub fn print_json(value: &impl Serialize) {
 }
 
 pub fn print_table(headers: &[&str], rows: &[Vec<String>]) {
-    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    print_fitted(headers, rows, &Fit::default());
+}
+
+/// How a table is kept within bounds: no cell wider than `cap` characters, and,
+/// with a `width`, the columns in `flexible` narrowed (widest first) until a line
+/// fits. A cut cell ends with an ellipsis.
+#[derive(Debug, Clone, Default)]
+pub struct Fit {
+    /// The widest a line may be.
+    pub width: Option<usize>,
+    /// The columns that give way to fit `width`.
+    pub flexible: Vec<usize>,
+    /// The widest a cell may be (none if 0); the last column, which nothing follows,
+    /// is never cut to it.
+    pub cap: usize,
+}
+
+/// Narrowest a flexible column gets: its title, or this.
+const MIN_FLEXIBLE: usize = 8;
+
+/// The column widths for `rows` under `fit`.
+fn widths(headers: &[&str], rows: &[Vec<String>], fit: &Fit) -> Vec<usize> {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
         }
     }
+    let last = widths.len().saturating_sub(1);
+    if fit.cap > 0 {
+        for (i, w) in widths.iter_mut().enumerate() {
+            if i != last {
+                *w = (*w).min(fit.cap.max(headers[i].chars().count()));
+            }
+        }
+    }
+    let Some(width) = fit.width else {
+        return widths;
+    };
+    let floor = |i: usize| headers[i].chars().count().max(MIN_FLEXIBLE);
+    loop {
+        let total: usize = widths.iter().sum::<usize>() + 2 * last;
+        if total <= width {
+            return widths;
+        }
+        let widest = fit
+            .flexible
+            .iter()
+            .copied()
+            .filter(|&i| i < widths.len() && widths[i] > floor(i))
+            .max_by_key(|&i| widths[i]);
+        let Some(i) = widest else {
+            return widths;
+        };
+        widths[i] -= 1;
+    }
+}
+
+/// `cell` in at most `width` characters: cut, with an ellipsis, when longer.
+fn cut(cell: &str, width: usize) -> String {
+    if cell.chars().count() <= width {
+        return cell.to_owned();
+    }
+    let mut out: String = cell.chars().take(width.saturating_sub(1)).collect();
+    out.push('…');
+    out
+}
+
+/// The table's lines, headers first, each cell padded to its column.
+pub fn table_lines(headers: &[&str], rows: &[Vec<String>], fit: &Fit) -> Vec<String> {
+    let widths = widths(headers, rows, fit);
     let line = |cells: &[String]| {
         let mut out = String::new();
         for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
+            let cell = cut(cell, *w);
             if i + 1 == cells.len() {
-                out += cell;
+                out += &cell;
             } else {
                 out += &format!("{cell:<w$}  ");
             }
         }
-        println!("{}", out.trim_end());
+        out.trim_end().to_owned()
     };
-    line(&headers.iter().map(|h| (*h).to_owned()).collect::<Vec<_>>());
-    for row in rows {
-        line(row);
+    let mut lines = vec![line(
+        &headers.iter().map(|h| (*h).to_owned()).collect::<Vec<_>>(),
+    )];
+    lines.extend(rows.iter().map(|r| line(r)));
+    lines
+}
+
+/// Print a table kept within `fit`.
+pub fn print_fitted(headers: &[&str], rows: &[Vec<String>], fit: &Fit) {
+    for l in table_lines(headers, rows, fit) {
+        println!("{l}");
     }
 }
 
 /// In table mode, where the next page of a listing starts (on stderr, so that the
-/// table on stdout stays only rows).
-pub fn print_more(next_cursor: Option<&str>) {
+/// table on stdout stays only rows): the option that continues it, and its value.
+pub fn print_more(option: &str, next_cursor: Option<&str>) {
     if let Some(c) = next_cursor {
-        eprintln!("more: --cursor {c}");
+        eprintln!("more: {option} {c}");
     }
 }
 
-/// A time as the daemon's JSON carries it (chrono's serde form).
+/// Whether text output shows times in local time (`--local`, or `TZ` set), chosen
+/// once at start.
+static LOCAL_TIMES: OnceLock<bool> = OnceLock::new();
+
+/// Show times in local time from now on (`--local`, or `TZ` set); JSON keeps UTC.
+pub fn use_local_times(local: bool) {
+    let _ = LOCAL_TIMES.set(local);
+}
+
+/// How much of a time is shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precision {
+    /// To the second (or below, if the time has it), RFC 3339.
+    Full,
+    /// To the minute, with a space for the `T`, where a table must stay narrow.
+    Minutes,
+}
+
+/// A time as apikeyctl shows it in text; every time it prints goes through here. In
+/// UTC as the daemon's JSON writes it, or, with `--local` or `TZ`, in local time
+/// with its offset (chrono's `Local` reads `TZ`).
+pub fn show_time(t: &DateTime<Utc>, precision: Precision) -> String {
+    let local = LOCAL_TIMES.get().copied().unwrap_or(false);
+    match (precision, local) {
+        (Precision::Full, false) => t.to_rfc3339_opts(SecondsFormat::AutoSi, true),
+        (Precision::Full, true) => t
+            .with_timezone(&Local)
+            .to_rfc3339_opts(SecondsFormat::AutoSi, true),
+        (Precision::Minutes, false) => t.format("%Y-%m-%d %H:%MZ").to_string(),
+        (Precision::Minutes, true) => t
+            .with_timezone(&Local)
+            .format("%Y-%m-%d %H:%M%:z")
+            .to_string(),
+    }
+}
+
+/// A time, in full.
 pub fn time(t: &DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::AutoSi, true)
+    show_time(t, Precision::Full)
+}
+
+/// A time the daemon sent as RFC 3339 text, shown as [`show_time`] shows it (or as
+/// it came, if it is not one).
+pub fn time_text(text: &str, precision: Precision) -> String {
+    match DateTime::parse_from_rfc3339(text) {
+        Ok(t) => show_time(&t.with_timezone(&Utc), precision),
+        Err(_) => text.to_owned(),
+    }
+}
+
+/// A time the daemon sent as RFC 3339 text, in full.
+pub fn time_str(text: &str) -> String {
+    time_text(text, Precision::Full)
+}
+
+/// The times in a sentence of the daemon's (the details line: "expires 2027-02-23
+/// 14:05 UTC if not used again"), shown as [`show_time`] shows them to the minute.
+pub fn prose_times(text: &str) -> String {
+    const LEN: usize = "2027-02-23 14:05 UTC".len();
+    if !LOCAL_TIMES.get().copied().unwrap_or(false) {
+        return text.to_owned();
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    let mut rest = text;
+    while !rest.is_empty() {
+        let found = rest.get(..LEN).and_then(|head| {
+            let t = NaiveDateTime::parse_from_str(head.strip_suffix(" UTC")?, "%Y-%m-%d %H:%M");
+            t.ok()
+        });
+        match found {
+            Some(t) => {
+                out += &show_time(&t.and_utc(), Precision::Minutes);
+                rest = &rest[LEN..];
+            }
+            None => {
+                let mut chars = rest.chars();
+                out.extend(chars.next());
+                rest = chars.as_str();
+            }
+        }
+    }
+    out
 }
 
 /// A unit-like enum (job kind, message severity) by its name on the wire.
@@ -160,6 +314,43 @@ mod tests {
             InactivityWarning,
         }
         assert_eq!(wire_name(&Kind::InactivityWarning), "inactivity_warning");
+    }
+
+    #[test]
+    fn tables_fit_their_width_and_cut_with_an_ellipsis() {
+        let headers = ["ID", "NAME", "NOTE"];
+        let rows = vec![vec![
+            "0123456789".to_owned(),
+            "a rather long name for a key".to_owned(),
+            "the last column".to_owned(),
+        ]];
+        let fit = Fit {
+            width: Some(40),
+            flexible: vec![1, 2],
+            cap: 0,
+        };
+        let lines = table_lines(&headers, &rows, &fit);
+        assert!(lines.iter().all(|l| l.chars().count() <= 40), "{lines:#?}");
+        // The widest flexible column gives way first, down to the narrowest.
+        assert_eq!(lines[1], "0123456789  a rather lon…  the last col…");
+        // Capped cells, but not the last column.
+        let fit = Fit {
+            cap: 6,
+            ..Fit::default()
+        };
+        let lines = table_lines(&headers, &rows, &fit);
+        assert_eq!(lines[1], "01234…  a rat…  the last column");
+    }
+
+    #[test]
+    fn prose_times_stay_as_they_are_in_utc() {
+        let s = "expires 2027-02-23 14:05 UTC if not used again; ünïcode 2027-13-01 00:00 UTC";
+        assert_eq!(prose_times(s), s);
+        assert_eq!(time_text("not a time", Precision::Full), "not a time");
+        assert_eq!(
+            time_text("2027-02-23T14:05:09Z", Precision::Minutes),
+            "2027-02-23 14:05Z"
+        );
     }
 
     #[test]

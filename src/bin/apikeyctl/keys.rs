@@ -82,7 +82,10 @@ pub struct ImportArgs {
     /// line with owner, name and token (or token_file, read here, relative to the
     /// file's directory), and optionally description, expires_at, scopes, ip and
     /// headers.
-    #[arg(long, conflicts_with_all = ["NewKeyArgs", "secret_file"])]
+    #[arg(long, conflicts_with_all = [
+        "secret_file", "user", "name", "description", "scopes", "ip", "header", "expires_at",
+        "expires_in", "never_expires", "notify_at", "notify_before", "alert_source", "no_notify",
+    ])]
     file: Option<PathBuf>,
     #[command(flatten)]
     new: NewKeyArgs,

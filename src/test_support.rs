@@ -88,7 +88,11 @@ pub(crate) fn fixture_with(text: &str) -> Fixture {
     fixture_on(Arc::new(MemoryStore::new()), None, text)
 }
 
-fn fixture_on(store: Arc<dyn Storage>, dir: Option<tempfile::TempDir>, text: &str) -> Fixture {
+pub(crate) fn fixture_on(
+    store: Arc<dyn Storage>,
+    dir: Option<tempfile::TempDir>,
+    text: &str,
+) -> Fixture {
     let clock = ManualClock::new(Utc.with_ymd_and_hms(2026, 8, 31, 10, 0, 0).unwrap());
     let keys =
         Arc::new(Keys::open(store.clone(), hasher(), clock.clone(), settings(text)).unwrap());

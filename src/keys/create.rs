@@ -98,7 +98,7 @@ async fn insert_new(
     };
     rec.hash = hex::encode(hash);
 
-    let writer = keys.lock_writer().await;
+    let writer = keys.lock_writer_for_new().await;
     check_free(&keys.index.read(), &settings, &hash, &rec)?;
     if kind == KeyKind::Imported && !actor.admin {
         // Under the writer lock: a removal or rotation that retires the secret
@@ -130,7 +130,7 @@ async fn insert_new(
         detail,
     ));
     change.put_keys.push(rec);
-    keys.commit(writer, change).await?;
+    keys.commit_new(writer, change).await?;
     tracing::info!(key_id = %view.id, owner = %view.owner, actor = %actor.name, action, "key issued");
     Ok(Issued { key: secret, view })
 }

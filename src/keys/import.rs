@@ -355,6 +355,10 @@ fn build(
     ready: Vec<Ready>,
     now: DateTime<Utc>,
 ) -> Result<(Vec<Change>, Vec<KeyRow>, ImportSummary), KeyError> {
+    // In id order (ids are time-ordered): each table then grows at its end, rather
+    // than splitting pages all over as lines checked on several threads would.
+    let mut ready = ready;
+    ready.sort_unstable_by_key(|r| r.rec.id);
     let mut summary = ImportSummary::default();
     let mut rows = Vec::with_capacity(ready.len());
     let mut changes = Vec::with_capacity(ready.len().div_ceil(BATCH));

@@ -17,6 +17,7 @@
 //! - `usage`: the last-used flush; [`maintenance`]: the sweep, purge and warnings;
 //! - [`secret`], [`page`], [`seed`]: secrets, paging, bulk seeding.
 
+mod batch;
 mod change;
 mod create;
 pub mod error;
@@ -168,6 +169,8 @@ pub struct Keys {
     following: following::Following,
     /// One usage flush at a time.
     flushing: tokio::sync::Mutex<()>,
+    /// New keys on their way to the store (group commit of creations).
+    creations: batch::Creations,
     /// First uses of rotated keys' new secrets, for the background switch.
     rotations: first_use::FirstUses,
 }
@@ -201,19 +204,23 @@ impl Keys {
         clock: SharedClock,
         settings: Settings,
     ) -> Result<Self, StoreError> {
-        let index = load_index(&*store, &settings, clock.now())?;
+        let index = Arc::new(RwLock::new(load_index(&*store, &settings, clock.now())?));
+        let alerting = Alerting::default();
+        let creations = batch::Creations::start(store.clone(), index.clone(), alerting.wake())
+            .map_err(|e| StoreError::Storage(Box::new(e)))?;
         Ok(Self {
             clock,
             hasher,
             store,
             settings: RwLock::new(Arc::new(settings)),
-            index: Arc::new(RwLock::new(index)),
+            index,
             writer: Arc::new(tokio::sync::Mutex::new(())),
             writers: Arc::new(AtomicUsize::new(0)),
-            alerting: Alerting::default(),
+            alerting,
             touched: AtomicBool::new(false),
             following: following::Following::default(),
             flushing: tokio::sync::Mutex::new(()),
+            creations,
             rotations: first_use::FirstUses::default(),
         })
     }
@@ -295,12 +302,44 @@ impl Keys {
     }
 
     /// Take the writer lock, owned, so that a change can hand it to [`Self::commit`].
+    /// Once it holds the writer, every creation queued before is written: a change
+    /// reads the store, which then shows every key the index shows.
     pub(crate) async fn lock_writer(&self) -> Writer {
+        let writer = self.lock_writer_for_new().await;
+        self.creations.settled().await;
+        writer
+    }
+
+    /// The writer for a creation, which reads only the index (and retired
+    /// secrets, which only other changes write).
+    pub(crate) async fn lock_writer_for_new(&self) -> Writer {
         let counted = Counted::new(&self.writers);
         Writer {
             _guard: self.writer.clone().lock_owned().await,
             _counted: counted,
         }
+    }
+
+    /// Show a creation's new keys in the index and queue its change for the next
+    /// group commit ([`batch`]); returns once it is durable. It is written whatever
+    /// happens to the caller once queued.
+    pub(crate) async fn commit_new(&self, writer: Writer, change: Change) -> Result<(), KeyError> {
+        let rows = change
+            .put_keys
+            .iter()
+            .map(KeyRow::from_record)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(StoreError::from)?;
+        {
+            let mut index = self.index.write();
+            for row in rows {
+                index.publish(row);
+            }
+        }
+        let written = self.creations.push(change);
+        drop(writer);
+        written.await.map_err(internal)??;
+        Ok(())
     }
 
     /// Commit `change` and show it in the index, as one blocking task that runs to
@@ -407,6 +446,8 @@ impl Keys {
 mod address_tests;
 #[cfg(test)]
 mod authz_tests;
+#[cfg(test)]
+mod batch_tests;
 #[cfg(test)]
 mod expiry_tests;
 #[cfg(test)]

@@ -22,6 +22,9 @@ use crate::model::{
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     data: Mutex<Data>,
+    /// Tests: a commit writing a key with one of these names fails whole.
+    #[cfg(test)]
+    pub(crate) refuse_names: Mutex<Vec<String>>,
 }
 
 #[derive(Debug, Default)]
@@ -96,6 +99,13 @@ impl Storage for MemoryStore {
     }
 
     fn commit(&self, mut change: Change) -> Result<(), StoreError> {
+        #[cfg(test)]
+        {
+            let refused = self.refuse_names.lock();
+            if change.put_keys.iter().any(|r| refused.contains(&r.name)) {
+                return Err(StoreError::Commit("refused for the test".into()));
+            }
+        }
         let mut data = self.data.lock();
         for rec in &mut change.put_keys {
             if let Some(stored) = data.keys.get(&rec.id) {

@@ -71,7 +71,7 @@ pub(super) fn index_jobs(txn: &WriteTransaction) -> Result<(), StoreError> {
             id.value(),
         ));
     }
-    add_to_indexes(txn, &wanted)?;
+    add_to_indexes(txn, &wanted, &std::collections::HashMap::new())?;
     if !wanted.is_empty() {
         tracing::info!(jobs = wanted.len(), "alert jobs indexed by key and owner");
     }
@@ -79,7 +79,11 @@ pub(super) fn index_jobs(txn: &WriteTransaction) -> Result<(), StoreError> {
 }
 
 /// File jobs (key, job id) not yet indexed under their key and their key's owner.
-fn add_to_indexes(txn: &WriteTransaction, wanted: &[(Uuid, u128)]) -> Result<(), StoreError> {
+fn add_to_indexes(
+    txn: &WriteTransaction,
+    wanted: &[(Uuid, u128)],
+    known: &std::collections::HashMap<Uuid, &str>,
+) -> Result<(), StoreError> {
     if wanted.is_empty() {
         return Ok(());
     }
@@ -91,8 +95,12 @@ fn add_to_indexes(txn: &WriteTransaction, wanted: &[(Uuid, u128)]) -> Result<(),
         if by_key.get(k)?.is_some() {
             continue;
         }
-        // A job whose key is gone has no owner to be listed under.
-        let owner = owner_of(&keys, *key)?;
+        // A job whose key is gone has no owner to be listed under. The owner of a
+        // key written in the same change is known without reading its record.
+        let owner = match known.get(key) {
+            Some(owner) => Some((*owner).to_owned()),
+            None => owner_of(&keys, *key)?,
+        };
         by_key.insert(k, owner.as_deref().unwrap_or(""))?;
         if let Some(owner) = owner {
             by_owner.insert((owner.as_str(), *id), ())?;
@@ -185,7 +193,12 @@ pub(super) fn apply(txn: &WriteTransaction, batch: &mut Change) -> Result<StateD
         .iter()
         .map(|j| (j.key_id, j.id.as_u128()))
         .collect();
-    add_to_indexes(txn, &filed)?;
+    let known = batch
+        .put_keys
+        .iter()
+        .map(|r| (r.id, r.owner.as_str()))
+        .collect();
+    add_to_indexes(txn, &filed, &known)?;
     if !batch.messages.is_empty() {
         let mut table = txn.open_table(MESSAGES)?;
         let mut next = match table.last()? {

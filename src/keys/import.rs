@@ -186,6 +186,8 @@ fn check_lines(
     text: &str,
     now: DateTime<Utc>,
 ) -> (Vec<Ready>, Vec<LineProblem>) {
+    // A byte-order mark some editors write is not part of the first line.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let lines: Vec<(usize, &str)> = text
         .lines()
         .enumerate()

@@ -451,6 +451,8 @@ mod batch_tests;
 #[cfg(test)]
 mod expiry_tests;
 #[cfg(test)]
+mod import_tests;
+#[cfg(test)]
 mod list_tests;
 #[cfg(test)]
 mod own_secret_tests;

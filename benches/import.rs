@@ -131,7 +131,7 @@ fn main() {
             single.push(singles as f64 / t.elapsed().as_secs_f64());
 
             let keys = fresh_keys(dir.path(), &format!("bulk{pass}.redb"), &hasher);
-            let text: Arc<str> = import_file(lines, "b").into();
+            let text = import_file(lines, "b");
             eprintln!("[import] pass {pass}: {lines} lines ...");
             let t = Instant::now();
             let summary = keys

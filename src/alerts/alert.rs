@@ -144,6 +144,15 @@ impl Alert {
         }
     }
 
+    /// [`Self::render`] for a heading (an email's subject, a message's title): one
+    /// line whatever the values hold (a description may span lines).
+    pub fn render_line(&self, template: &str) -> String {
+        self.render(template)
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect()
+    }
+
     /// Fill `${...}` placeholders (validated at config load).
     pub fn render(&self, template: &str) -> String {
         let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "never".to_owned());

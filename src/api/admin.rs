@@ -123,13 +123,14 @@ async fn import_file(
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
     let bytes = read_body(body)?;
-    let text = std::str::from_utf8(&bytes).map_err(|e| {
+    // Without a copy: the body is the request's alone.
+    let text = String::from_utf8(Vec::from(bytes)).map_err(|e| {
         ApiError::bad_request(format!(
             "the file is not UTF-8 text (bad byte at offset {})",
-            e.valid_up_to()
+            e.utf8_error().valid_up_to()
         ))
     })?;
-    match st.keys.import_lines(&actor, text.into()).await? {
+    match st.keys.import_lines(&actor, text).await? {
         Ok(summary) => Ok((StatusCode::CREATED, Json(summary)).into_response()),
         Err(refused) => {
             let shown = refused.problems.len();

@@ -85,7 +85,7 @@ impl Channels {
                     .send(
                         &recipients,
                         cc,
-                        &alert.render(subject),
+                        &alert.render_line(subject),
                         &alert.render(body),
                         &alert.message_id,
                     )

@@ -31,7 +31,7 @@ impl Operator {
             id: 0,
             at: self.alerts.keys().clock().now(),
             severity: Severity::Warning,
-            title: alert.render(title),
+            title: alert.render_line(title),
             text: alert.render(text),
             key_id: Some(alert.key.id),
             job_id: Some(alert.job_id),

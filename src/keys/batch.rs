@@ -5,10 +5,13 @@
 //! once, so the next creation is checked against it; it then queues its change
 //! and lets the writer go. One thread commits everything queued as one durable
 //! transaction while the next creations are checked, and only then are they
-//! acknowledged. If that transaction fails, each change is tried alone, so one bad
-//! change fails alone; a change that cannot be written leaves the index again.
-//! Nobody holds a new key's secret before it is acknowledged (a generated secret
-//! is only in the answer), so a key the index shows a moment early changes nothing.
+//! acknowledged. If that transaction fails on a conflict (in a cluster, another
+//! node took a name or a secret), each change is tried alone, so one bad change
+//! fails alone; if the store itself failed, all are refused. A change that was not
+//! written leaves the index again. Only keys with a generated secret come this
+//! way: nobody holds it before the creation is answered, so a key the index shows
+//! a moment early changes nothing. An imported token is its holder's already;
+//! that creation is committed before it shows.
 //!
 //! Every other change reads the store, so it takes the writer only once the
 //! creations queued before it are written ([`Keys::lock_writer`]).
@@ -138,7 +141,22 @@ impl Writer {
                 std::mem::take(&mut q.items)
             };
             let n = batch.len() as u64;
-            self.write(batch);
+            let ids: Vec<Uuid> = batch
+                .iter()
+                .flat_map(|q| q.change.put_keys.iter().map(|r| r.id))
+                .collect();
+            // A panic below must not stop every later change (they wait for `done`):
+            // the batch is then refused (its callers get an error as their answers
+            // are dropped) and leaves the index.
+            let written =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.write(batch)));
+            if written.is_err() {
+                tracing::error!(
+                    keys = ids.len(),
+                    "writing new keys failed unexpectedly; they were not created"
+                );
+                self.forget(&ids);
+            }
             self.done.send_modify(|d| *d += n);
         }
     }
@@ -163,22 +181,51 @@ impl Writer {
                     let _ = q.reply.send(Ok(()));
                 }
             }
-            _ => {
+            // A conflict may be one change's (another node took its name or secret):
+            // each is tried alone, and only the ones refused fail.
+            None | Some(Err(StoreError::Conflict(_))) => {
                 for q in batch {
                     let ids: Vec<Uuid> = q.change.put_keys.iter().map(|r| r.id).collect();
                     let outcome = self.store.commit(q.change);
                     if outcome.is_err() {
-                        let mut index = self.index.write();
-                        for id in ids {
-                            index.remove(id);
-                        }
+                        self.forget(&ids);
                     }
                     let _ = q.reply.send(outcome);
+                }
+            }
+            // The store itself failed (down, disk full, cut off mid-commit): trying
+            // each change again would only wait as long again, so all are refused
+            // with that error.
+            Some(Err(e)) => {
+                let ids: Vec<Uuid> = batch
+                    .iter()
+                    .flat_map(|q| q.change.put_keys.iter().map(|r| r.id))
+                    .collect();
+                self.forget(&ids);
+                let why = e.to_string();
+                let interrupted = matches!(e, StoreError::Interrupted(_));
+                for q in batch {
+                    let each = if interrupted {
+                        StoreError::Interrupted(why.clone().into())
+                    } else {
+                        StoreError::Unavailable(why.clone().into())
+                    };
+                    let _ = q.reply.send(Err(each));
                 }
             }
         }
         if wake {
             self.wake.notify_one();
+        }
+    }
+}
+
+impl Writer {
+    /// Take keys that were not written out of the index.
+    fn forget(&self, ids: &[Uuid]) {
+        let mut index = self.index.write();
+        for id in ids {
+            index.remove(*id);
         }
     }
 }

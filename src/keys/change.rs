@@ -156,7 +156,16 @@ impl Keys {
                 if binds_owner(actor, &rec.owner, &settings.directory) {
                     rec.admin_restrictions.restricted_by = Some(actor.name.clone());
                 }
-                let old = rec.hash.clone();
+                // While a rotation waits for its new secret's first use, the client
+                // still uses the secret before it: that one stays the old secret, and
+                // the never-used one is dropped (rotating again must not stop the
+                // secret in use at once).
+                let waiting_old = rec
+                    .pending_rotation()
+                    .and(rec.previous_hash.clone())
+                    .filter(|_| rec.previous_valid_until.is_some_and(|t| t > now));
+                let kept_in_use = waiting_old.is_some();
+                let old = waiting_old.unwrap_or_else(|| rec.hash.clone());
                 rec.hash = hex::encode(new_hash);
                 if rec.kind == KeyKind::Generated || matches!(grace, Grace::None) {
                     // No imported secret is left on the key (the previous secret,
@@ -166,7 +175,7 @@ impl Keys {
                 rec.kind = KeyKind::Generated;
                 // A rotation waiting for a first use ends with this one.
                 rec.rotation = None;
-                match &grace {
+                let detail = match &grace {
                     Grace::UntilUsed(max_grace, asked) => {
                         rotation::start(rec, ctx, old, (max_grace, *asked), &alerting)
                     }
@@ -184,7 +193,12 @@ impl Keys {
                         rec.previous_valid_until = None;
                         Ok("no grace".to_owned())
                     }
-                }
+                }?;
+                Ok(if kept_in_use && !matches!(grace, Grace::None) {
+                    format!("{detail}; the old secret is the one in use before the pending rotation (its new secret was never used)")
+                } else {
+                    detail
+                })
             })
             .await?;
         Ok(Issued {

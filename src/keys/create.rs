@@ -98,7 +98,13 @@ async fn insert_new(
     };
     rec.hash = hex::encode(hash);
 
-    let writer = keys.lock_writer_for_new().await;
+    // A generated secret is known only from the answer, so a new key may show in
+    // the index before it is written (group commit, `batch.rs`); an imported token
+    // is its holder's already, so that key shows only once written.
+    let writer = match kind {
+        KeyKind::Generated => keys.lock_writer_for_new().await,
+        KeyKind::Imported => keys.lock_writer().await,
+    };
     check_free(&keys.index.read(), &settings, &hash, &rec)?;
     if kind == KeyKind::Imported && !actor.admin {
         // Under the writer lock: a removal or rotation that retires the secret
@@ -130,7 +136,12 @@ async fn insert_new(
         detail,
     ));
     change.put_keys.push(rec);
-    keys.commit_new(writer, change).await?;
+    match kind {
+        KeyKind::Generated => keys.commit_new(writer, change).await?,
+        KeyKind::Imported => {
+            keys.commit(writer, change).await?;
+        }
+    }
     tracing::info!(key_id = %view.id, owner = %view.owner, actor = %actor.name, action, "key issued");
     Ok(Issued { key: secret, view })
 }

@@ -67,31 +67,38 @@ struct Ready {
 impl Keys {
     /// Import every line of `text` (JSON lines; blank lines are skipped), all or
     /// nothing. `Ok(Err(_))` lists the bad lines; nothing was written then.
+    /// One import at a time: each holds its file's keys in memory.
     pub async fn import_lines(
         self: &Arc<Self>,
         actor: &Actor,
-        text: Arc<str>,
+        text: String,
     ) -> Result<Result<ImportSummary, ImportRefused>, KeyError> {
+        let _one = self.importing.lock().await;
         let settings = self.settings();
         let now = self.clock.now();
         let keys = self.clone();
         let who = actor.clone();
+        // Checking a big file is seconds of CPU: never on a runtime worker, which
+        // may be the one serving verifications.
         let checked =
             tokio::task::spawn_blocking(move || check_lines(&keys, &who, &settings, &text, now))
                 .await
                 .map_err(internal)?;
         let (ready, mut problems) = checked;
         let writer = self.lock_writer().await;
-        problems.extend(self.check_against_keys(actor, &ready).await?);
+        let (ready, more) = self.check_against_keys(actor, ready).await?;
+        problems.extend(more);
         if !problems.is_empty() {
             return Ok(Err(refused(problems)));
         }
-        let (changes, rows, summary) = build(actor, ready, now)?;
-        let wake = summary.notifications > 0;
+        let now = self.clock.now();
+        let who = actor.clone();
         let store = self.store.clone();
         let index = self.index.clone();
+        let wake = self.alerting.wake();
         // One task to the end, as every commit is (see `Keys::commit`).
-        tokio::task::spawn_blocking(move || {
+        let summary = tokio::task::spawn_blocking(move || {
+            let (changes, rows, summary) = build(&who, ready, now)?;
             store.commit_all(changes)?;
             let mut rows = rows.into_iter().peekable();
             while rows.peek().is_some() {
@@ -101,13 +108,13 @@ impl Keys {
                 }
             }
             drop(writer);
-            Ok::<_, KeyError>(())
+            if summary.notifications > 0 {
+                wake.notify_one();
+            }
+            Ok::<_, KeyError>(summary)
         })
         .await
         .map_err(internal)??;
-        if wake {
-            self.alerting.wake.notify_one();
-        }
         tracing::info!(actor = %actor.name, keys = summary.imported, owners = summary.owners.len(), "keys imported");
         Ok(Ok(summary))
     }
@@ -117,14 +124,15 @@ impl Keys {
     async fn check_against_keys(
         &self,
         actor: &Actor,
-        ready: &[Ready],
-    ) -> Result<Vec<LineProblem>, KeyError> {
+        ready: Vec<Ready>,
+    ) -> Result<(Vec<Ready>, Vec<LineProblem>), KeyError> {
         let settings = self.settings();
-        let mut problems = Vec::new();
-        {
-            let index = self.index.read();
+        let index = self.index.clone();
+        let (ready, mut problems) = tokio::task::spawn_blocking(move || {
+            let mut problems = Vec::new();
+            let index = index.read();
             let mut added: HashMap<&str, u32> = HashMap::new();
-            for r in ready {
+            for r in &ready {
                 let owner = r.rec.owner.as_str();
                 let held = added.entry(owner).or_insert(0);
                 *held += 1;
@@ -150,7 +158,12 @@ impl Keys {
                     });
                 }
             }
-        }
+            drop(added);
+            drop(index);
+            (ready, problems)
+        })
+        .await
+        .map_err(internal)?;
         if !actor.admin {
             let asked: Vec<(usize, KeyHash, String)> = ready
                 .iter()
@@ -174,7 +187,7 @@ impl Keys {
                 message: "this token was used by a key that was removed or rotated and cannot be imported again; ask an admin".into(),
             }));
         }
-        Ok(problems)
+        Ok((ready, problems))
     }
 }
 
@@ -324,15 +337,20 @@ fn json_problem(e: &serde_json::Error) -> String {
             let text = e.to_string();
             // serde names the field it missed or did not know, never a value, in
             // these two messages; every other data error may quote one.
-            if text.starts_with("missing field") || text.starts_with("unknown field") {
+            // The name of a field the line does not have is ours; the name of an
+            // unknown one is the line's, which could be anything: not quoted.
+            if text.starts_with("missing field") {
                 let field = text.split('`').nth(1).unwrap_or("?");
-                return if text.starts_with("missing") {
-                    format!("field {field:?} is required")
-                } else {
-                    format!(
-                        "unknown field {field:?} (known: owner, name, token, token_file, description, expires_at, scopes, ip, headers)"
-                    )
-                };
+                return format!("field {field:?} is required (column {})", e.column());
+            }
+            if text.starts_with("unknown field") {
+                return format!(
+                    "has an unknown field (column {}; known: owner, name, token, token_file, description, expires_at, scopes, ip, headers)",
+                    e.column()
+                );
+            }
+            if text.starts_with("duplicate field") {
+                return format!("has a field twice (column {})", e.column());
             }
             "has a field of the wrong type (owner, name, token, description and expires_at are strings; scopes, ip and headers are lists of strings)"
         }
@@ -343,7 +361,9 @@ fn json_problem(e: &serde_json::Error) -> String {
 /// Every bad line, in order, the first [`MAX_PROBLEMS`] of them.
 fn refused(mut problems: Vec<LineProblem>) -> ImportRefused {
     problems.sort_by_key(|p| p.line);
-    let bad_lines = problems.len();
+    let mut lines: Vec<usize> = problems.iter().map(|p| p.line).collect();
+    lines.dedup();
+    let bad_lines = lines.len();
     problems.truncate(MAX_PROBLEMS);
     ImportRefused {
         problems,

@@ -2,8 +2,6 @@
 //! all or nothing, the file against itself and against the keys held.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::sync::Arc;
-
 use crate::model::Code;
 use crate::test_support::{admin, alice, fixture, fixture_with, req, CONFIG};
 
@@ -29,7 +27,7 @@ async fn line_numbers_count_blank_lines_crlf_and_a_byte_order_mark() {
     );
     let refused = f
         .keys
-        .import_lines(&admin(), Arc::from(text.as_str()))
+        .import_lines(&admin(), text.clone())
         .await
         .unwrap()
         .unwrap_err();
@@ -55,7 +53,7 @@ async fn a_good_file_is_imported_whole_and_verifies() {
         .collect();
     let summary = f
         .keys
-        .import_lines(&admin(), Arc::from(text.as_str()))
+        .import_lines(&admin(), text.clone())
         .await
         .unwrap()
         .unwrap();
@@ -88,7 +86,7 @@ async fn the_file_is_checked_against_the_keys_held_and_the_quota() {
     .join("\n");
     let refused = f
         .keys
-        .import_lines(&admin(), Arc::from(text.as_str()))
+        .import_lines(&admin(), text.clone())
         .await
         .unwrap()
         .unwrap_err();
@@ -103,7 +101,7 @@ async fn the_file_is_checked_against_the_keys_held_and_the_quota() {
     let text = [line("alice", "ok", 6), line("bob", "theirs", 7)].join("\n");
     let refused = f
         .keys
-        .import_lines(&alice(), Arc::from(text.as_str()))
+        .import_lines(&alice(), text.clone())
         .await
         .unwrap()
         .unwrap_err();

@@ -9,6 +9,8 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicI64, AtomicU8, Ordering};
 use std::sync::Arc;
 
+use parking_lot::RwLock;
+
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
@@ -630,4 +632,33 @@ pub(super) fn check_unique_name(
         )));
     }
     Ok(())
+}
+
+/// Index entries read under one hold of its read lock by a scan of every key: a
+/// change waiting for the write lock (and the verifications queued behind it)
+/// waits for one chunk at most.
+pub(super) const SCAN_CHUNK: usize = 4096;
+
+/// Hand every key of the index, with its newest known last use, to `f`, a chunk at
+/// a time (see [`SCAN_CHUNK`]).
+pub(super) fn each_key(index: &RwLock<Index>, mut f: impl FnMut(&Live, Option<DateTime<Utc>>)) {
+    let mut next = 0;
+    loop {
+        let chunk: Vec<(Arc<Live>, Option<DateTime<Utc>>)> = {
+            let index = index.read();
+            let Some(rest) = index.entries.get(next..).filter(|r| !r.is_empty()) else {
+                break;
+            };
+            let chunk = rest.get(..SCAN_CHUNK).unwrap_or(rest);
+            next += chunk.len();
+            chunk
+                .iter()
+                .flatten()
+                .map(|l| (l.clone(), index.last_used(l)))
+                .collect()
+        };
+        for (l, last_used) in &chunk {
+            f(l, *last_used);
+        }
+    }
 }

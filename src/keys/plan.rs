@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::error::{internal, invalid, KeyError};
-use super::index::{grants_of, Index};
+use super::index::{each_key, grants_of, Index};
 use super::live::Live;
 use super::maintenance::{inactivity_warning, purge_after};
 use super::notification::choose_source;
@@ -31,10 +31,6 @@ use crate::config::alerts::MaintenanceSchedules;
 use crate::config::{AlertConfig, Period};
 use crate::model::{rfc3339, AlertJob, JobKind, JobState, KeyState, Lifetime, Limit, Status};
 use crate::store::{JobFilter, Storage, StoreError, MAX_PAGE};
-
-/// Index entries read under one hold of its read lock: a change waiting for the
-/// write lock (and the verifications queued behind it) waits for one chunk at most.
-const CHUNK: usize = 4096;
 
 /// Entries an answer lists when the caller names no limit.
 pub const DEFAULT_LIMIT: usize = 1000;
@@ -582,30 +578,6 @@ impl Ahead<'_> {
             task: Some(task),
             keys: Some(n),
             detail: format!("{}: {detail}", task.name()),
-        }
-    }
-}
-
-/// Hand every key of the index, with its newest known last use, to `f`, a chunk at
-/// a time (see [`CHUNK`]).
-fn each_key(index: &RwLock<Index>, mut f: impl FnMut(&Live, Option<DateTime<Utc>>)) {
-    let mut next = 0;
-    loop {
-        let chunk: Vec<(Arc<Live>, Option<DateTime<Utc>>)> = {
-            let index = index.read();
-            let Some(rest) = index.entries.get(next..).filter(|r| !r.is_empty()) else {
-                break;
-            };
-            let chunk = rest.get(..CHUNK).unwrap_or(rest);
-            next += chunk.len();
-            chunk
-                .iter()
-                .flatten()
-                .map(|l| (l.clone(), index.last_used(l)))
-                .collect()
-        };
-        for (l, last_used) in &chunk {
-            f(l, *last_used);
         }
     }
 }

@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use uuid::Uuid;
 
-use super::error::{invalid, KeyError};
+use super::error::{internal, invalid, KeyError};
+use super::index::each_key;
 use super::list::{First, KeyQuery, Pass, Place, Plan, Standing};
 use super::live::Live;
 use super::page::{self, KeyCursor, Page, PageRequest};
@@ -109,25 +110,30 @@ impl Keys {
         let start = self.list_start(actor, &plan, page).await?;
         // The `limit + 1` first keys after the start: one more tells whether a next
         // page exists.
-        let mut first = First::new(limit + 1, start);
-        let mut pending: Vec<(Uuid, Option<Vec<u8>>, Pass)> = Vec::new();
-        {
-            let index = self.index.read();
-            for live in index.all() {
-                let k = Standing {
-                    live,
-                    last_used: index.last_used(live),
-                };
-                let pass = plan.admits(&k, &settings.policy);
+        // A scan of every key, on a blocking thread and a chunk of the index at a
+        // time: at a million keys it takes a while, and verifications must not
+        // queue behind it.
+        let index = self.index.clone();
+        let (scan_plan, scan_settings) = (plan.clone(), settings.clone());
+        let (mut first, pending) = tokio::task::spawn_blocking(move || {
+            let (plan, policy) = (scan_plan, &scan_settings.policy);
+            let mut first = First::new(limit + 1, start);
+            let mut pending: Vec<(Uuid, Option<Vec<u8>>, Pass)> = Vec::new();
+            each_key(&index, |live, last_used| {
+                let k = Standing { live, last_used };
+                let pass = plan.admits(&k, policy);
                 if pass == Pass::No {
-                    continue;
+                    return;
                 }
-                match (pass, plan.live_key(&k, &settings.policy)) {
+                match (pass, plan.live_key(&k, policy)) {
                     (Pass::Yes, Some(key)) => first.offer(Place::new(plan.sort, key, live.id)),
                     (pass, key) => pending.push((live.id, key, pass)),
                 }
-            }
-        }
+            });
+            (first, pending)
+        })
+        .await
+        .map_err(internal)?;
         if !pending.is_empty() {
             let plan = plan.clone();
             first = self

@@ -206,7 +206,7 @@ async fn first_uses_racing_commit_the_switch_once() {
 }
 
 #[tokio::test]
-async fn a_rotation_while_one_is_pending_replaces_it() {
+async fn a_rotation_while_one_is_pending_replaces_it_and_keeps_the_secret_in_use() {
     let f = fixture_with_alerts(&config());
     let (id, first) = key(&f.keys, CreateKey::default()).await;
     let second = f.keys.rotate_until_used(&alice(), &id, None).await.unwrap();
@@ -220,9 +220,10 @@ async fn a_rotation_while_one_is_pending_replaces_it() {
         .unwrap();
     let job2 = third.view.rotation.as_ref().unwrap().warning_job.unwrap();
     let third = third.key.expose().to_owned();
-    // The secret before the last one is the previous one now; the first is gone.
-    assert_eq!(code(&f.keys, &first), Code::NotFound);
-    assert_eq!(code(&f.keys, &second), Code::Valid);
+    // The client still uses the first secret: it stays the old one, and the
+    // second, never used, is gone (rotating again must not cut the client off).
+    assert_eq!(code(&f.keys, &second), Code::NotFound);
+    assert_eq!(code(&f.keys, &first), Code::Valid);
     let old_job = f.store.job(job1).unwrap().unwrap();
     assert_eq!(old_job.state, JobState::Canceled);
     assert_eq!(
@@ -251,7 +252,11 @@ async fn a_rotation_while_one_is_pending_replaces_it() {
         f.store.job(job3).unwrap().unwrap().state,
         JobState::Canceled
     );
-    assert_eq!(code(&f.keys, fourth.key.expose()), Code::Valid, "its grace");
+    // The third secret, the one in use, works for the plain rotation's grace; the
+    // fourth was never used and is gone.
+    assert_eq!(code(&f.keys, &third), Code::Valid, "its grace");
+    assert_eq!(code(&f.keys, fourth.key.expose()), Code::NotFound);
+    assert_eq!(code(&f.keys, plain.key.expose()), Code::Valid);
     assert_eq!(f.keys.switch_first_uses().await.unwrap(), 0);
 }
 

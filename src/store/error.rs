@@ -57,9 +57,9 @@ pub enum StoreError {
     /// follows whichever way it went once the database answers.)
     #[error("the connection to the database was lost during the commit: the change may or may not have been written; look before retrying once the database answers: {0}")]
     Interrupted(#[source] BoxError),
-    /// The change was committed, but making it durable failed: it is in force now
-    /// and a later successful write persists it, but a stop before that loses it.
-    #[error("the change was applied but could not be made durable (it is lost if apikeyd stops before the next successful write): {0}")]
+    /// The change was committed, but making it durable failed: it is in force in
+    /// this process and may be lost when it stops.
+    #[error("the change is in force but could not be written to disk, and may be lost when apikeyd stops (check the disk; a restart may be needed before changes are accepted again): {0}")]
     NotDurable(#[source] BoxError),
     /// Another node changed the same key first; nothing was written.
     #[error("{0}")]

@@ -103,7 +103,7 @@ impl Storage for MemoryStore {
         {
             let refused = self.refuse_names.lock();
             if change.put_keys.iter().any(|r| refused.contains(&r.name)) {
-                return Err(StoreError::Commit("refused for the test".into()));
+                return Err(StoreError::Conflict("refused for the test".into()));
             }
         }
         let mut data = self.data.lock();

@@ -72,6 +72,8 @@ pub async fn import_file(client: &Client, file: &Path, json: bool) -> anyhow::Re
 fn resolve_token_files(text: &str, base: &Path) -> (String, Vec<LineProblem>) {
     let mut out = String::with_capacity(text.len());
     let mut problems = Vec::new();
+    // A byte-order mark some editors write is not part of the first line.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     for (i, line) in text.lines().enumerate() {
         let resolved = if line.contains("\"token_file\"") {
             match with_token(line, base) {

@@ -338,7 +338,7 @@ async fn only_admins_plan_a_configuration() {
 async fn a_plan_over_many_keys_lists_the_limit_and_counts_them_all() {
     let f = fixture_with_alerts(&config());
     let scopes = ["catalog:read".to_owned()];
-    let n = 3 * CHUNK + 7;
+    let n = 3 * crate::keys::index::SCAN_CHUNK + 7;
     crate::keys::seed(
         &*f.store,
         &crate::test_support::hasher(),

@@ -343,9 +343,9 @@ impl Storage for RedbStore {
             return Ok(());
         }
         let upto = self.committed.load(Ordering::Acquire);
-        let txn = self.db.begin_write()?;
-        txn.commit()
-            .map_err(|e| StoreError::NotDurable(Box::new(e)))?;
+        let not_durable = |e: StoreError| StoreError::NotDurable(Box::new(e));
+        let txn = self.db.begin_write().map_err(|e| not_durable(e.into()))?;
+        txn.commit().map_err(|e| not_durable(e.into()))?;
         *durable = upto;
         drop(durable);
         // Those waiting for changes to come are among the ones just made durable.

@@ -276,6 +276,10 @@ impl Daemon {
         }
         let _ = dispatcher.await;
         let _ = switcher.await;
+        // First uses seen by the requests that finished after the switcher stopped.
+        if let Err(e) = keys.switch_first_uses().await {
+            tracing::warn!(error = %e, "cannot record the first use of a rotated key's new secret; its next use will");
+        }
         let _ = follower.await;
         let written = keys.flush_last_used(true).await?;
         let _ = std::fs::remove_file(&self.socket_path);

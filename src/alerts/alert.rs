@@ -97,6 +97,10 @@ pub struct Alert {
     pub key: AlertKey,
     /// How to rotate the key.
     pub rotate_hint: String,
+    /// What the owner should do, one clause: rotate the key (a notification, an
+    /// inactivity warning), or deploy the new secret a rotation waits for (a
+    /// rotation warning: rotating again would issue yet another secret).
+    pub action: String,
 }
 
 impl Alert {
@@ -141,6 +145,19 @@ impl Alert {
                 details: view.details.clone(),
             },
             rotate_hint: format!("apikeyctl key rotate {}", view.id),
+            action: match job.kind {
+                JobKind::Notification | JobKind::InactivityWarning => format!(
+                    "rotate it before then (apikeyctl key rotate {}) or create a new key and retire this one",
+                    view.id
+                ),
+                JobKind::RotationWarning => format!(
+                    "put the new secret it was given on {} where the key is used (rotating again would issue yet another secret; apikeyctl key show {} shows the rotation)",
+                    view.rotation
+                        .as_ref()
+                        .map_or("?", |r| r.started_at.as_str()),
+                    view.id
+                ),
+            },
         }
     }
 
@@ -156,7 +173,7 @@ impl Alert {
     /// Fill `${...}` placeholders (validated at config load).
     pub fn render(&self, template: &str) -> String {
         let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "never".to_owned());
-        let values: [(&str, String); 11] = [
+        let values: [(&str, String); 12] = [
             ("key.id", self.key.id.to_string()),
             ("key.name", self.key.name.clone()),
             ("key.owner", self.key.owner.clone()),
@@ -172,6 +189,7 @@ impl Alert {
             ),
             ("key.details", self.key.details.clone()),
             ("alert.reason", self.reason.clone()),
+            ("alert.action", self.action.clone()),
             ("alert.due_at", self.due_at.clone()),
             ("job.id", self.job_id.to_string()),
         ];
@@ -229,6 +247,7 @@ mod tests {
                 details: "d".into(),
             },
             rotate_hint: String::new(),
+            action: String::new(),
         }
     }
 

@@ -89,6 +89,14 @@ async fn a_new_secret_never_used_is_warned_about_once_before_the_old_one_stops()
         sent[0].reason,
         "has a new secret the client never picked up; the old one stops at 2026-09-04T10:00:00Z"
     );
+    // The default wording asks for the new secret to be put in place, not for
+    // another rotation (which would issue yet another secret).
+    let text = sent[0].render(crate::config::alerts::DEFAULT_TEXT);
+    assert!(
+        text.contains("put the new secret it was given on 2026-08-31T10:00:00Z"),
+        "{text}"
+    );
+    assert!(!text.contains("key rotate"), "{text}");
     assert_eq!(
         f.store.job(job).unwrap().unwrap().state,
         JobState::Completed

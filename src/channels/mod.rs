@@ -169,7 +169,7 @@ text = \"Rotate ${{key.id}} by ${{key.effective_expires_at}} (job ${{job.id}})\"
     }
 
     #[tokio::test]
-    async fn the_built_in_operator_source_keeps_the_fixed_wording() {
+    async fn the_built_in_operator_source_gives_the_default_wording() {
         let sent = posted(CONFIG, crate::config::alerts::OPERATOR).await;
         assert!(sent[1].2.reason.contains("inactivity"), "{:?}", sent[1]);
         for (title, body, a) in sent {
@@ -178,7 +178,7 @@ text = \"Rotate ${{key.id}} by ${{key.effective_expires_at}} (job ${{job.id}})\"
             assert_eq!(
                 body,
                 format!(
-                    "Key {} (\"nightly\", owner alice) {}. Details: {}. To rotate it: apikeyctl key rotate {}",
+                    "Key {} (\"nightly\", owner alice) {}. Details: {}. To keep it working, rotate it before then (apikeyctl key rotate {}) or create a new key and retire this one",
                     k.id, a.reason, k.details, k.id
                 )
             );

@@ -28,6 +28,7 @@ pub const TEMPLATE_FIELDS: &[&str] = &[
     "key.effective_limit",
     "key.details",
     "alert.reason",
+    "alert.action",
     "alert.due_at",
     "job.id",
 ];
@@ -44,9 +45,7 @@ your API key \"${key.name}\" (id ${key.id}) ${alert.reason}.
   details:            ${key.details}
   description:        ${key.description}
 
-To keep your service working, rotate the key before then:
-  apikeyctl key rotate ${key.id}
-(or create a new key and retire this one).
+To keep your service working, ${alert.action}.
 
 -- apikeyd (alert job ${job.id}, due ${alert.due_at})
 ";
@@ -56,7 +55,7 @@ pub const DEFAULT_TITLE: &str = "API key \"${key.name}\" of ${key.owner} ${alert
 /// Default operator message text.
 pub const DEFAULT_TEXT: &str =
     "Key ${key.id} (\"${key.name}\", owner ${key.owner}) ${alert.reason}. \
-     Details: ${key.details}. To rotate it: apikeyctl key rotate ${key.id}";
+     Details: ${key.details}. To keep it working, ${alert.action}";
 
 /// What a source does.
 #[derive(Debug, Clone, PartialEq, Eq)]

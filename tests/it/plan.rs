@@ -72,6 +72,15 @@ fn plan_shows_what_is_coming_and_plan_policy_what_a_new_file_would_change() {
         "{text}"
     );
     assert!(text.contains("Maintenance jobs:"), "{text}");
+    // Times in local time with TZ (or --local): each event's time carries the offset.
+    let tokyo = d
+        .ctl_command(&["plan", "--within", "p20d"])
+        .env("TZ", "Asia/Tokyo")
+        .output()
+        .unwrap();
+    let tokyo = String::from_utf8(tokyo.stdout).unwrap();
+    assert!(tokyo.contains(&format!("+09:00  idle ({idle})")), "{tokyo}");
+    assert!(!text.contains("+09:00"), "{text}");
 
     // An owner sees their own keys only, and no maintenance.
     let out = d.ctl_as(Some(NOBODY), &["plan", "--json"]);

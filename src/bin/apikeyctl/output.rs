@@ -193,6 +193,23 @@ pub enum Precision {
     Minutes,
 }
 
+/// The day and the time of day of `t`, for a listing grouped by day: in UTC, or
+/// with `--local` or `TZ` in local time (the time then with its offset).
+pub fn day_and_time(t: &DateTime<Utc>) -> (String, String) {
+    if LOCAL_TIMES.get().copied().unwrap_or(false) {
+        let l = t.with_timezone(&Local);
+        (
+            l.format("%Y-%m-%d").to_string(),
+            l.format("%H:%M:%S%:z").to_string(),
+        )
+    } else {
+        (
+            t.format("%Y-%m-%d").to_string(),
+            t.format("%H:%M:%S").to_string(),
+        )
+    }
+}
+
 /// A time as apikeyctl shows it in text; every time it prints goes through here. In
 /// UTC as the daemon's JSON writes it, or, with `--local` or `TZ`, in local time
 /// with its offset (chrono's `Local` reads `TZ`).

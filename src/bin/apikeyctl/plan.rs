@@ -11,12 +11,12 @@ use std::process::ExitCode;
 use anyhow::Context;
 use apikeyd::client::Client;
 use apikeyd::keys::plan::{Event, EventKind, KeyChange, Plan, PolicyPlan};
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use clap::Args;
 use hyper::Method;
 use serde_json::json;
 
-use crate::output::{print_json, wire_name as wire};
+use crate::output::{day_and_time, print_json, show_time, wire_name as wire, Precision};
 use crate::urlencode;
 
 // No doc comment: clap would take it for the subcommand's description.
@@ -68,22 +68,24 @@ fn print_plan(p: &Plan) {
         p.total
     );
     // Day, then owner (the maintenance runs last), then time.
-    let mut days: BTreeMap<String, BTreeMap<(bool, String), Vec<&Event>>> = BTreeMap::new();
+    let mut days: BTreeMap<String, BTreeMap<(bool, String), Vec<(String, &Event)>>> =
+        BTreeMap::new();
     for e in &p.events {
         let owner = e.owner.clone().unwrap_or_else(|| "maintenance".to_owned());
-        days.entry(e.at.format("%Y-%m-%d").to_string())
+        let (day, time) = day_and_time(&e.at);
+        days.entry(day)
             .or_default()
             .entry((e.owner.is_none(), owner))
             .or_default()
-            .push(e);
+            .push((time, e));
     }
     for (day, owners) in days {
         println!();
         println!("{day}");
         for ((_, owner), events) in owners {
             println!("  {owner}");
-            for e in events {
-                println!("    {}  {}", e.at.format("%H:%M:%S"), event_line(e));
+            for (time, e) in events {
+                println!("    {time}  {}", event_line(e));
             }
         }
     }
@@ -110,9 +112,9 @@ fn print_cut(shown: usize, total: usize, what: &str) {
     }
 }
 
-/// A time to the second, as the text lines show it.
+/// A time to the second, as the text lines show it (local with `--local` or `TZ`).
 fn secs(t: &DateTime<Utc>) -> String {
-    t.format("%Y-%m-%dT%H:%M:%SZ").to_string()
+    show_time(&t.trunc_subsecs(0), Precision::Full)
 }
 
 /// One event: the key (name and id) and what happens to it, or the run's job.

@@ -59,6 +59,9 @@ async fn ahead(client: &Client, a: &PlanArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// One day's events by owner (the maintenance runs last), each with its time of day.
+type ByOwner<'a> = BTreeMap<(bool, String), Vec<(String, &'a Event)>>;
+
 fn print_plan(p: &Plan) {
     println!(
         "From {} to {} ({}): {} event(s)",
@@ -68,8 +71,7 @@ fn print_plan(p: &Plan) {
         p.total
     );
     // Day, then owner (the maintenance runs last), then time.
-    let mut days: BTreeMap<String, BTreeMap<(bool, String), Vec<(String, &Event)>>> =
-        BTreeMap::new();
+    let mut days: BTreeMap<String, ByOwner<'_>> = BTreeMap::new();
     for e in &p.events {
         let owner = e.owner.clone().unwrap_or_else(|| "maintenance".to_owned());
         let (day, time) = day_and_time(&e.at);

@@ -50,9 +50,9 @@ struct PolicyRequest {
     limit: Option<usize>,
 }
 
-/// The maintenance runs as scheduled now.
+/// The maintenance runs as the scheduler runs them (a reload does not move them).
 fn runs(st: &AppState) -> Arc<Runs> {
-    Arc::new(Runs::of(&st.keys.alerting().config().jobs))
+    Arc::new(Runs::of(&st.schedules))
 }
 
 async fn plan(

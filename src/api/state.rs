@@ -5,6 +5,7 @@ use std::sync::Arc;
 use super::edge::Edge;
 use crate::alerts::maintenance::MaintenanceStatus;
 use crate::alerts::Alerts;
+use crate::config::alerts::MaintenanceSchedules;
 use crate::config::{AuthConfig, RateLimitConfig};
 use crate::keys::Keys;
 
@@ -19,12 +20,16 @@ pub struct AppState {
     pub maintenance: MaintenanceStatus,
     /// Forward-auth settings, the rate limiter and the metrics.
     pub edge: Arc<Edge>,
+    /// The maintenance schedules the scheduler runs: those in force at start (a
+    /// reload does not move them; `[jobs]` changes take a restart).
+    pub schedules: Arc<MaintenanceSchedules>,
 }
 
 impl AppState {
     /// State for `alerts` (and their keys) with these edge settings.
     pub fn new(alerts: Arc<Alerts>, auth: AuthConfig, rate_limit: RateLimitConfig) -> Self {
         Self {
+            schedules: Arc::new(alerts.keys().alerting().config().jobs.clone()),
             keys: alerts.keys().clone(),
             alerts,
             maintenance: MaintenanceStatus::default(),

@@ -237,9 +237,12 @@ impl Daemon {
             Dispatcher::new(self.alerts.clone(), self.channels.clone()).run(stop_rx.clone()),
         );
         // Rotations waiting for a new secret's first use switch off the request path.
+        // It stops after the listeners, so the first uses of the last requests are
+        // recorded by its final round.
+        let (switch_stop_tx, switch_stop_rx) = watch::channel(false);
         let switcher = tokio::spawn(crate::keys::rotation::switch_on_first_use(
             keys.clone(),
-            stop_rx.clone(),
+            switch_stop_rx,
         ));
         // The last-used flush, expiry sweep, purge and inactivity warning.
         let mut maintenance = match Maintenance::start(
@@ -271,15 +274,12 @@ impl Daemon {
         let _ = stop_tx.send(true);
         let _ = tcp_task.await;
         let _ = unix_task.await;
+        let _ = switch_stop_tx.send(true);
         if let Some(m) = maintenance.as_mut() {
             m.shutdown().await;
         }
         let _ = dispatcher.await;
         let _ = switcher.await;
-        // First uses seen by the requests that finished after the switcher stopped.
-        if let Err(e) = keys.switch_first_uses().await {
-            tracing::warn!(error = %e, "cannot record the first use of a rotated key's new secret; its next use will");
-        }
         let _ = follower.await;
         let written = keys.flush_last_used(true).await?;
         let _ = std::fs::remove_file(&self.socket_path);

@@ -23,7 +23,6 @@ use tokio::sync::{oneshot, watch, Notify};
 use uuid::Uuid;
 
 use super::index::Index;
-use crate::model::JobState;
 use crate::store::{Change, Storage, StoreError};
 
 /// One queued creation: its change, and where its outcome goes.
@@ -141,10 +140,7 @@ impl Writer {
                 std::mem::take(&mut q.items)
             };
             let n = batch.len() as u64;
-            let ids: Vec<Uuid> = batch
-                .iter()
-                .flat_map(|q| q.change.put_keys.iter().map(|r| r.id))
-                .collect();
+            let ids = ids_of(&batch);
             // A panic below must not stop every later change (they wait for `done`):
             // the batch is then refused (its callers get an error as their answers
             // are dropped) and leaves the index.
@@ -163,16 +159,12 @@ impl Writer {
 
     /// Write `batch` as one transaction; if that fails, each change alone.
     fn write(&self, batch: Vec<Queued>) {
-        let wake = batch.iter().any(|q| {
-            q.change
-                .put_jobs
-                .iter()
-                .any(|j| j.state == JobState::Scheduled)
-        });
+        let wake = batch.iter().any(|q| q.change.schedules_jobs());
         let together = if batch.len() == 1 {
             None
         } else {
-            let changes = batch.iter().map(|q| copy(&q.change)).collect();
+            // Cloned: each is written alone if the transaction fails.
+            let changes = batch.iter().map(|q| q.change.clone()).collect();
             Some(self.store.commit_all(changes))
         };
         match together {
@@ -197,11 +189,7 @@ impl Writer {
             // each change again would only wait as long again, so all are refused
             // with that error.
             Some(Err(e)) => {
-                let ids: Vec<Uuid> = batch
-                    .iter()
-                    .flat_map(|q| q.change.put_keys.iter().map(|r| r.id))
-                    .collect();
-                self.forget(&ids);
+                self.forget(&ids_of(&batch));
                 let why = e.to_string();
                 let interrupted = matches!(e, StoreError::Interrupted(_));
                 for q in batch {
@@ -230,16 +218,10 @@ impl Writer {
     }
 }
 
-/// A creation's change, for the transaction that writes several (kept whole, to be
-/// written alone if that transaction fails).
-fn copy(c: &Change) -> Change {
-    Change {
-        put_keys: c.put_keys.clone(),
-        purge_keys: c.purge_keys.clone(),
-        audit: c.audit.clone(),
-        retire: c.retire.clone(),
-        put_jobs: c.put_jobs.clone(),
-        delete_jobs: c.delete_jobs.clone(),
-        messages: c.messages.clone(),
-    }
+/// The keys the creations of `batch` add.
+fn ids_of(batch: &[Queued]) -> Vec<Uuid> {
+    batch
+        .iter()
+        .flat_map(|q| q.change.put_keys.iter().map(|r| r.id))
+        .collect()
 }

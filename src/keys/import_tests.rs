@@ -2,6 +2,9 @@
 //! all or nothing, the file against itself and against the keys held.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::sync::Arc;
+
+use crate::keys::{Actor, ImportRefused, Keys};
 use crate::model::Code;
 use crate::test_support::{admin, alice, fixture, fixture_with, req, CONFIG};
 
@@ -16,6 +19,19 @@ fn line(owner: &str, name: &str, i: usize) -> String {
     )
 }
 
+/// The file refused: its bad lines.
+async fn refuse(keys: &Arc<Keys>, actor: &Actor, text: &str) -> ImportRefused {
+    keys.import_lines(actor, text.to_owned())
+        .await
+        .unwrap()
+        .unwrap_err()
+}
+
+/// The numbers of the bad lines, in order.
+fn lines_of(refused: &ImportRefused) -> Vec<usize> {
+    refused.problems.iter().map(|p| p.line).collect()
+}
+
 #[tokio::test]
 async fn line_numbers_count_blank_lines_crlf_and_a_byte_order_mark() {
     let f = fixture();
@@ -25,13 +41,8 @@ async fn line_numbers_count_blank_lines_crlf_and_a_byte_order_mark() {
         line("alice", "b", 2),
         line("alice", "a", 3)
     );
-    let refused = f
-        .keys
-        .import_lines(&admin(), text.clone())
-        .await
-        .unwrap()
-        .unwrap_err();
-    let lines: Vec<usize> = refused.problems.iter().map(|p| p.line).collect();
+    let refused = refuse(&f.keys, &admin(), &text).await;
+    let lines = lines_of(&refused);
     assert_eq!(lines, vec![4, 5], "{:?}", refused.problems);
     assert!(refused.problems[0].message.contains("\"name\" is required"));
     assert!(refused.problems[1].message.contains("on line 1"));
@@ -84,13 +95,8 @@ async fn the_file_is_checked_against_the_keys_held_and_the_quota() {
         line("bob", "mine", 5),
     ]
     .join("\n");
-    let refused = f
-        .keys
-        .import_lines(&admin(), text.clone())
-        .await
-        .unwrap()
-        .unwrap_err();
-    let lines: Vec<usize> = refused.problems.iter().map(|p| p.line).collect();
+    let refused = refuse(&f.keys, &admin(), &text).await;
+    let lines = lines_of(&refused);
     // Line 1 clashes with the key held. Alice holds 1 key and may have 3: every
     // line of hers counts (once line 1 is renamed it is imported too), so lines 3
     // and 4 are over the quota.
@@ -99,12 +105,7 @@ async fn the_file_is_checked_against_the_keys_held_and_the_quota() {
 
     // An owner may import only their own keys.
     let text = [line("alice", "ok", 6), line("bob", "theirs", 7)].join("\n");
-    let refused = f
-        .keys
-        .import_lines(&alice(), text.clone())
-        .await
-        .unwrap()
-        .unwrap_err();
+    let refused = refuse(&f.keys, &alice(), &text).await;
     assert_eq!(refused.problems.len(), 1);
     assert_eq!(refused.problems[0].line, 2);
 }

@@ -54,7 +54,7 @@ use uuid::Uuid;
 
 use crate::clock::SharedClock;
 use crate::config::AlertConfig;
-use crate::model::{AlertJob, JobState, KeyRecord, KeyRow, KeyState};
+use crate::model::{AlertJob, KeyRecord, KeyRow, KeyState};
 use crate::store::{Change, Storage, StoreError, UsageUpdate};
 use error::internal;
 use index::{grants_of, Index};
@@ -175,6 +175,13 @@ pub struct Keys {
     importing: tokio::sync::Mutex<()>,
     /// First uses of rotated keys' new secrets, for the background switch.
     rotations: first_use::FirstUses,
+}
+
+/// The rows the index takes for the records `change` writes: a record the index
+/// cannot hold is refused before anything is written.
+fn rows_of(change: &Change) -> Result<Vec<KeyRow>, KeyError> {
+    let rows = change.put_keys.iter().map(KeyRow::from_record);
+    Ok(rows.collect::<Result<_, _>>().map_err(StoreError::from)?)
 }
 
 /// An index of every key in `store`, as of `now`.
@@ -327,12 +334,7 @@ impl Keys {
     /// group commit ([`batch`]); returns once it is durable. It is written whatever
     /// happens to the caller once queued.
     pub(crate) async fn commit_new(&self, writer: Writer, change: Change) -> Result<(), KeyError> {
-        let rows = change
-            .put_keys
-            .iter()
-            .map(KeyRow::from_record)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(StoreError::from)?;
+        let rows = rows_of(&change)?;
         {
             let mut index = self.index.write();
             for row in rows {
@@ -362,18 +364,9 @@ impl Keys {
         writer: Writer,
         change: Change,
     ) -> Result<Vec<Arc<Live>>, KeyError> {
-        let rows = change
-            .put_keys
-            .iter()
-            .map(KeyRow::from_record)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(StoreError::from)?;
+        let rows = rows_of(&change)?;
         let purged = change.purge_keys.clone();
-        let wake = change
-            .put_jobs
-            .iter()
-            .any(|j| j.state == JobState::Scheduled)
-            .then(|| self.alerting.wake.clone());
+        let wake = change.schedules_jobs().then(|| self.alerting.wake.clone());
         let store = self.store.clone();
         let index = self.index.clone();
         let writers = self.writers.clone();

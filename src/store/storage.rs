@@ -16,7 +16,7 @@ use crate::model::{
 };
 
 /// Everything one change writes, committed atomically by [`Storage::commit`].
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Change {
     /// Key records to insert or replace.
     pub put_keys: Vec<KeyRecord>,
@@ -44,6 +44,11 @@ impl Change {
             && self.put_jobs.is_empty()
             && self.delete_jobs.is_empty()
             && self.messages.is_empty()
+    }
+
+    /// Whether it schedules an alert job (the dispatcher is woken once it is written).
+    pub fn schedules_jobs(&self) -> bool {
+        self.put_jobs.iter().any(|j| j.state == JobState::Scheduled)
     }
 }
 

@@ -46,6 +46,7 @@ mod measure;
 
 use common::env_usize;
 use create::{admin, keys_for_creations, rates};
+use measure::median_f64;
 
 fn token(i: usize) -> String {
     format!("legacy-{i:08}-0123456789abcdefghijklmnopqrstuv")
@@ -63,11 +64,6 @@ fn import_file(n: usize, tag: &str) -> String {
         );
     }
     text
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 fn fresh_keys(dir: &std::path::Path, name: &str, hasher: &KeyHasher) -> Arc<Keys> {
@@ -103,7 +99,7 @@ fn main() {
             eight.push(r.conc_n as f64 / r.conc_time.as_secs_f64());
             eprintln!("[create] pass {pass}: {:.0} / {:.0} per s", one[pass], eight[pass]);
         }
-        let (one, eight) = (median(one), median(eight));
+        let (one, eight) = (median_f64(&one), median_f64(&eight));
         out.push(format!(
             "creations/s (Keys::create, durable before answered), medians of {passes} passes: \
              1 client {one:.0}, 8 clients {eight:.0} ({:.1}x)",
@@ -163,7 +159,7 @@ fn main() {
             let _ = std::fs::remove_file(dir.path().join(format!("bulk{pass}.redb")));
             std::thread::sleep(Duration::from_millis(200));
         }
-        let (single, bulk, check) = (median(single), median(bulk), median(check));
+        let (single, bulk, check) = (median_f64(&single), median_f64(&bulk), median_f64(&check));
         out.push(format!(
             "imports/s, medians of {passes} passes: one at a time (Keys::import) {single:.0}; \
              a {lines}-line file (Keys::import_lines) {bulk:.0} ({:.0}x); \

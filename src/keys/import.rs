@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
+use uuid::Uuid;
 
 use super::create::{check_new, check_token, issue_detail, Checked};
 use super::error::{internal, KeyError};
@@ -25,7 +26,7 @@ use super::types::{
     Actor, CreateKey, ImportRefused, ImportSummary, LineProblem, Settings, MAX_PROBLEMS,
 };
 use super::Keys;
-use crate::model::{AuditEntry, KeyHash, KeyKind, KeyRecord, KeyRow, UserSecret};
+use crate::model::{AlertJob, AuditEntry, KeyHash, KeyKind, KeyRecord, KeyRow, UserSecret};
 use crate::store::{Change, StoreError};
 
 /// Keys per batch the store writes, and per chunk the index takes at a time.
@@ -74,6 +75,7 @@ impl Keys {
         text: String,
     ) -> Result<Result<ImportSummary, ImportRefused>, KeyError> {
         let _one = self.importing.lock().await;
+        let started = std::time::Instant::now();
         let settings = self.settings();
         let now = self.clock.now();
         let keys = self.clone();
@@ -115,7 +117,13 @@ impl Keys {
         })
         .await
         .map_err(internal)??;
-        tracing::info!(actor = %actor.name, keys = summary.imported, owners = summary.owners.len(), "keys imported");
+        tracing::info!(
+            actor = %actor.name,
+            keys = summary.imported,
+            owners = summary.owners.len(),
+            took_ms = started.elapsed().as_millis(),
+            "keys imported"
+        );
         Ok(Ok(summary))
     }
 
@@ -207,37 +215,27 @@ fn check_lines(
         .map(|(i, l)| (i + 1, l))
         .filter(|(_, l)| !l.trim().is_empty())
         .collect();
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let per = lines.len().div_ceil(threads).max(1);
-    let results: Vec<Vec<Result<Ready, LineProblem>>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = lines
-            .chunks(per)
-            .map(|chunk| {
-                scope.spawn(move || {
-                    chunk
-                        .iter()
-                        .map(|(n, l)| check_line(keys, actor, settings, *n, l, now))
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join().unwrap_or_else(|_| {
-                    vec![Err(LineProblem {
-                        line: 0,
-                        message: "internal error while checking the file".into(),
-                    })]
-                })
-            })
-            .collect()
+    let per = lines.len().div_ceil(cpus()).max(1);
+    let results = on_threads(lines.chunks(per).collect(), |chunk| {
+        chunk
+            .iter()
+            .map(|(n, l)| check_line(keys, actor, settings, *n, l, now))
+            .collect::<Vec<_>>()
+    })
+    .into_iter()
+    .map(|part| {
+        part.unwrap_or_else(|| {
+            vec![Err(LineProblem {
+                line: 0,
+                message: "internal error while checking the file".into(),
+            })]
+        })
     });
     let mut ready = Vec::with_capacity(lines.len());
     let mut problems = Vec::new();
     let mut tokens: HashMap<KeyHash, usize> = HashMap::with_capacity(lines.len());
     let mut names: HashMap<(String, String), usize> = HashMap::with_capacity(lines.len());
-    for result in results.into_iter().flatten() {
+    for result in results.flatten() {
         let r = match result {
             Ok(r) => r,
             Err(p) => {
@@ -371,38 +369,103 @@ fn refused(mut problems: Vec<LineProblem>) -> ImportRefused {
     }
 }
 
-/// The batches the store writes, the rows the index takes, and the summary.
+/// The number of CPUs.
+fn cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// `f` over each of `parts`, one thread each; the results in order, `None` for a
+/// part whose thread panicked.
+fn on_threads<T: Send, R: Send>(parts: Vec<T>, f: impl Fn(T) -> R + Sync) -> Vec<Option<R>> {
+    let f = &f;
+    std::thread::scope(|s| {
+        let handles: Vec<_> = parts
+            .into_iter()
+            .map(|part| s.spawn(move || f(part)))
+            .collect();
+        handles.into_iter().map(|h| h.join().ok()).collect()
+    })
+}
+
+/// The batches the store writes, the rows the index takes, and the summary, built
+/// on every CPU.
 fn build(
     actor: &Actor,
     ready: Vec<Ready>,
     now: DateTime<Utc>,
 ) -> Result<(Vec<Change>, Vec<KeyRow>, ImportSummary), KeyError> {
-    // In id order (ids are time-ordered): each table then grows at its end, rather
-    // than splitting pages all over as lines checked on several threads would.
-    let mut ready = ready;
-    ready.sort_unstable_by_key(|r| r.rec.id);
+    // Key and job ids (time-ordered) given again in line order, here: each table
+    // then grows at its end, rather than splitting pages all over as ids made on
+    // several threads would.
+    let total = ready.len();
+    let per = total.div_ceil(cpus()).max(1);
+    let mut parts = Vec::new();
+    let mut ready = ready.into_iter().map(|mut r| {
+        r.rec.id = Uuid::now_v7();
+        let (rec, change) = notification::attach(r.rec, r.plan, now);
+        (rec, change.put_jobs, r.notice)
+    });
+    loop {
+        // Sized up front: growing a vector of records moves them all again.
+        let mut part = Vec::with_capacity(per);
+        part.extend(ready.by_ref().take(per));
+        if part.is_empty() {
+            break;
+        }
+        parts.push(part);
+    }
+    let mut summary = ImportSummary::default();
+    let mut rows = Vec::with_capacity(total);
+    let mut changes = Vec::new();
+    for part in on_threads(parts, |part| build_part(actor, part, now)) {
+        let (part_changes, part_rows, part_summary) =
+            part.ok_or_else(|| internal("building the import's records failed"))??;
+        changes.extend(part_changes);
+        rows.extend(part_rows);
+        summary.imported += part_summary.imported;
+        summary.notifications += part_summary.notifications;
+        summary.expiring += part_summary.expiring;
+        for (owner, n) in part_summary.owners {
+            *summary.owners.entry(owner).or_default() += n;
+        }
+    }
+    Ok((changes, rows, summary))
+}
+
+/// [`build`] for one part of the keys (each with its jobs and the note for its
+/// audit entry), in order.
+fn build_part(
+    actor: &Actor,
+    ready: Vec<(KeyRecord, Vec<AlertJob>, Option<String>)>,
+    now: DateTime<Utc>,
+) -> Result<(Vec<Change>, Vec<KeyRow>, ImportSummary), KeyError> {
     let mut summary = ImportSummary::default();
     let mut rows = Vec::with_capacity(ready.len());
     let mut changes = Vec::with_capacity(ready.len().div_ceil(BATCH));
-    let mut batch = Change::default();
-    for r in ready {
-        let (rec, change) = notification::attach(r.rec, r.plan, now);
+    let sized = || Change {
+        put_keys: Vec::with_capacity(BATCH),
+        audit: Vec::with_capacity(BATCH),
+        put_jobs: Vec::with_capacity(BATCH),
+        ..Change::default()
+    };
+    let mut batch = sized();
+    for (rec, jobs, notice) in ready {
         rows.push(KeyRow::from_record(&rec).map_err(StoreError::from)?);
         summary.imported += 1;
         *summary.owners.entry(rec.owner.clone()).or_default() += 1;
-        summary.notifications += usize::from(!change.put_jobs.is_empty());
+        summary.notifications += usize::from(!jobs.is_empty());
         summary.expiring += usize::from(rec.expires_at.is_some());
-        batch.put_jobs.extend(change.put_jobs);
+        batch.put_jobs.extend(jobs);
         batch.audit.push(AuditEntry::new(
             now,
             &actor.name,
             "import",
             Some(rec.id),
-            issue_detail(&rec, r.notice.as_deref()),
+            issue_detail(&rec, notice.as_deref()),
         ));
         batch.put_keys.push(rec);
         if batch.put_keys.len() == BATCH {
-            changes.push(std::mem::take(&mut batch));
+            changes.push(std::mem::replace(&mut batch, sized()));
         }
     }
     if !batch.is_empty() {

@@ -82,14 +82,19 @@ pub(super) fn index_jobs(txn: &WriteTransaction) -> Result<(), StoreError> {
 fn add_to_indexes(
     txn: &WriteTransaction,
     wanted: &[(Uuid, u128)],
-    known: &std::collections::HashMap<Uuid, &str>,
+    known: &super::Owners,
 ) -> Result<(), StoreError> {
+    use std::borrow::Cow;
     if wanted.is_empty() {
         return Ok(());
     }
-    let keys = txn.open_table(KEYS)?;
+    // Opened only when a job's key is not among those written with it: the keys
+    // table may be open on another thread (see `RedbStore::commit_all`).
+    let mut keys = None;
     let mut by_key = txn.open_table(BY_KEY)?;
     let mut by_owner = txn.open_table(BY_OWNER)?;
+    // Written in (owner, job) order: see the audit trail's owner index.
+    let mut owned: Vec<(Cow<'_, str>, u128)> = Vec::new();
     for (key, id) in wanted {
         let k = (key.as_u128(), *id);
         if by_key.get(k)?.is_some() {
@@ -98,13 +103,23 @@ fn add_to_indexes(
         // A job whose key is gone has no owner to be listed under. The owner of a
         // key written in the same change is known without reading its record.
         let owner = match known.get(key) {
-            Some(owner) => Some((*owner).to_owned()),
-            None => owner_of(&keys, *key)?,
+            Some(owner) => Some(Cow::Borrowed(owner.as_str())),
+            None => {
+                let keys = match &mut keys {
+                    Some(keys) => keys,
+                    None => keys.insert(txn.open_table(KEYS)?),
+                };
+                owner_of(keys, *key)?.map(Cow::Owned)
+            }
         };
         by_key.insert(k, owner.as_deref().unwrap_or(""))?;
         if let Some(owner) = owner {
-            by_owner.insert((owner.as_str(), *id), ())?;
+            owned.push((owner, *id));
         }
+    }
+    owned.sort_unstable();
+    for (owner, id) in &owned {
+        by_owner.insert((owner.as_ref(), *id), ())?;
     }
     Ok(())
 }
@@ -132,7 +147,12 @@ pub(super) type StateDelta = [i64; JobState::ALL.len()];
 /// Apply `batch` inside an open write transaction. Every job write goes through
 /// here, and each replaced or deleted job is read first anyway (to unindex it), so
 /// this also returns how the batch changes the number of jobs in each state.
-pub(super) fn apply(txn: &WriteTransaction, batch: &mut Change) -> Result<StateDelta, StoreError> {
+/// `owners`: the owners of the keys written with the jobs, which need not be read.
+pub(super) fn apply(
+    txn: &WriteTransaction,
+    batch: &mut Change,
+    owners: &super::Owners,
+) -> Result<StateDelta, StoreError> {
     let mut delta = StateDelta::default();
     if batch.put_jobs.is_empty() && batch.delete_jobs.is_empty() && batch.messages.is_empty() {
         return Ok(delta);
@@ -193,12 +213,7 @@ pub(super) fn apply(txn: &WriteTransaction, batch: &mut Change) -> Result<StateD
         .iter()
         .map(|j| (j.key_id, j.id.as_u128()))
         .collect();
-    let known = batch
-        .put_keys
-        .iter()
-        .map(|r| (r.id, r.owner.as_str()))
-        .collect();
-    add_to_indexes(txn, &filed, &known)?;
+    add_to_indexes(txn, &filed, owners)?;
     if !batch.messages.is_empty() {
         let mut table = txn.open_table(MESSAGES)?;
         let mut next = match table.last()? {
@@ -442,6 +457,7 @@ pub(super) fn claim(
             put_jobs: claimed.clone(),
             ..Change::default()
         },
+        &super::Owners::new(),
     )?;
     txn.commit()?;
     Ok((claimed, delta))

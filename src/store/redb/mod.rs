@@ -17,6 +17,7 @@ mod job_tests;
 mod jobs;
 mod tables;
 
+use std::borrow::Cow;
 use std::path::Path;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
@@ -303,12 +304,52 @@ impl Storage for RedbStore {
         self.write_change(batch, Durability::Immediate)
     }
 
+    /// A big import is half keys and audit trail, half alert jobs: when every job
+    /// belongs to a key written in the same change (so no key record is read for
+    /// its owner), the jobs are written on a second thread (redb lets one
+    /// transaction's tables be written from several).
     fn commit_all(&self, mut changes: Vec<Change>) -> Result<(), StoreError> {
         let txn = self.db.begin_write()?;
         let mut delta = jobs::StateDelta::default();
-        for batch in &mut changes {
-            for (sum, d) in delta.iter_mut().zip(apply_change(&txn, batch)?) {
+        let mut add = |d: jobs::StateDelta| {
+            for (sum, d) in delta.iter_mut().zip(d) {
                 *sum += d;
+            }
+        };
+        if changes.len() > 1 && changes.iter().all(owns_its_jobs) {
+            let job_parts: Vec<(Change, Owners)> = changes
+                .iter_mut()
+                .map(|c| {
+                    let owners = owners_written(c);
+                    (take_jobs(c), owners)
+                })
+                .collect();
+            let txn = &txn;
+            std::thread::scope(|s| {
+                let jobs = s.spawn(move || {
+                    let mut delta = jobs::StateDelta::default();
+                    for (mut part, owners) in job_parts {
+                        let d = jobs::apply(txn, &mut part, &owners)?;
+                        for (sum, d) in delta.iter_mut().zip(d) {
+                            *sum += d;
+                        }
+                    }
+                    Ok::<_, StoreError>(delta)
+                });
+                for batch in &mut changes {
+                    apply_keys(txn, batch)?;
+                }
+                let d = jobs.join().map_err(|_| {
+                    StoreError::Transaction(Box::new(std::io::Error::other(
+                        "writing the alert jobs failed",
+                    )))
+                })??;
+                add(d);
+                Ok::<_, StoreError>(())
+            })?;
+        } else {
+            for batch in &mut changes {
+                add(apply_change(&txn, batch)?);
             }
         }
         txn.commit()?;
@@ -500,11 +541,45 @@ fn index_audit(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Owners of the keys a change writes, by id.
+type Owners = std::collections::HashMap<Uuid, String>;
+
+fn owners_written(batch: &Change) -> Owners {
+    batch
+        .put_keys
+        .iter()
+        .map(|r| (r.id, r.owner.clone()))
+        .collect()
+}
+
+/// Whether every job `batch` files belongs to a key it writes.
+fn owns_its_jobs(batch: &Change) -> bool {
+    let ids: std::collections::HashSet<Uuid> = batch.put_keys.iter().map(|r| r.id).collect();
+    batch.put_jobs.iter().all(|j| ids.contains(&j.key_id))
+}
+
+/// The jobs and operator messages of `batch`, taken out of it.
+fn take_jobs(batch: &mut Change) -> Change {
+    Change {
+        put_jobs: std::mem::take(&mut batch.put_jobs),
+        delete_jobs: std::mem::take(&mut batch.delete_jobs),
+        messages: std::mem::take(&mut batch.messages),
+        ..Change::default()
+    }
+}
+
 /// Write `batch` into `txn`; returns the change in job counts per state.
 fn apply_change(
     txn: &redb::WriteTransaction,
     batch: &mut Change,
 ) -> Result<jobs::StateDelta, StoreError> {
+    apply_keys(txn, batch)?;
+    let owners = owners_written(batch);
+    jobs::apply(txn, batch, &owners)
+}
+
+/// Write the keys, audit entries and retired secrets of `batch` into `txn`.
+fn apply_keys(txn: &redb::WriteTransaction, batch: &mut Change) -> Result<(), StoreError> {
     {
         let mut keys = txn.open_table(KEYS)?;
         for rec in &mut batch.put_keys {
@@ -532,6 +607,9 @@ fn apply_change(
             .iter()
             .map(|r| (r.id, r.owner.as_str()))
             .collect();
+        // Owners' entries interleave in a batch: written in (owner, seq) order, each
+        // owner's run lands on one page instead of each entry on another.
+        let mut owned: Vec<(Cow<'_, str>, u64)> = Vec::new();
         for (seq, entry) in (first..).zip(&mut batch.audit) {
             entry.seq = seq;
             let bytes = encode("audit", entry)?;
@@ -541,12 +619,16 @@ fn apply_change(
             };
             by_key.insert((key.as_u128(), seq), ())?;
             let owner = match written.get(&key) {
-                Some(owner) => Some((*owner).to_owned()),
-                None => owner_of(&keys, key)?,
+                Some(owner) => Some(Cow::Borrowed(*owner)),
+                None => owner_of(&keys, key)?.map(Cow::Owned),
             };
             if let Some(owner) = owner {
-                by_owner.insert((owner.as_str(), seq), ())?;
+                owned.push((owner, seq));
             }
+        }
+        owned.sort_unstable();
+        for (owner, seq) in &owned {
+            by_owner.insert((owner.as_ref(), *seq), ())?;
         }
     }
     if !batch.retire.is_empty() {
@@ -566,7 +648,7 @@ fn apply_change(
             keys.remove(id.as_u128())?;
         }
     }
-    jobs::apply(txn, batch)
+    Ok(())
 }
 
 #[cfg(test)]

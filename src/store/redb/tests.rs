@@ -222,3 +222,117 @@ fn audit_and_job_indexes_are_built_for_an_older_database() {
         [job.id]
     );
 }
+
+/// Keys of alice, bob and carol in turn, each with its audit entry and alert job,
+/// as a bulk import writes them, in `batches` changes of `per` keys.
+fn import_batches(batches: usize, per: usize) -> Vec<Change> {
+    let now = Utc::now();
+    let owners = ["alice", "bob", "carol"];
+    (0..batches)
+        .map(|b| {
+            let mut change = Change::default();
+            for i in 0..per {
+                let rec = record(owners[(b * per + i) % 3], now);
+                let at = now + chrono::Duration::minutes(i64::try_from(i % 5).unwrap());
+                change
+                    .put_jobs
+                    .push(AlertJob::new(rec.id, JobKind::Notification, "s", at, now));
+                change.audit.push(entry(rec.id, "import"));
+                change.put_keys.push(rec);
+            }
+            change
+        })
+        .collect()
+}
+
+/// What the indexes give for one owner and one key: audit entries (seq, key),
+/// jobs by owner, jobs of the key, and the job counts.
+fn indexed(
+    store: &RedbStore,
+    owner: &str,
+    key: Uuid,
+) -> (Vec<(u64, Option<Uuid>)>, Vec<Uuid>, Vec<Uuid>) {
+    let filter = AuditFilter {
+        key: None,
+        owner: Some(owner.into()),
+    };
+    let audit = store
+        .audit_page(&filter, None, 1000)
+        .unwrap()
+        .items
+        .iter()
+        .map(|e| (e.seq, e.key_id))
+        .collect();
+    let jobs = |filter: JobFilter| -> Vec<Uuid> {
+        store
+            .jobs(&filter)
+            .unwrap()
+            .items
+            .iter()
+            .map(|j| j.id)
+            .collect()
+    };
+    let by_owner = jobs(JobFilter {
+        owner: Some(owner.into()),
+        limit: 1000,
+        ..JobFilter::default()
+    });
+    let by_key = jobs(JobFilter {
+        key: Some(key),
+        limit: 1000,
+        ..JobFilter::default()
+    });
+    (audit, by_owner, by_key)
+}
+
+/// A bulk import's changes (every job's key in its own change) are written with
+/// the jobs on a second thread; the tables come out as the same changes committed
+/// one by one leave them, and a change filing a job of a key written earlier (its
+/// owner read from the keys table) still finds the owner.
+#[test]
+fn a_bulk_commit_writes_the_same_tables_as_commits_one_by_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let bulk = RedbStore::open(&dir.path().join("bulk.redb")).unwrap();
+    let single = RedbStore::open(&dir.path().join("single.redb")).unwrap();
+    let changes = import_batches(4, 150);
+    // Key 300 of 600, in the third change: alice's.
+    let alices = changes[2].put_keys[0].id;
+    assert_eq!(changes[2].put_keys[0].owner, "alice");
+    bulk.commit_all(changes.clone()).unwrap();
+    for c in changes {
+        single.commit(c).unwrap();
+    }
+    for owner in ["alice", "bob", "carol"] {
+        let (audit, by_owner, by_key) = indexed(&bulk, owner, alices);
+        assert_eq!(audit.len(), 200, "{owner}");
+        assert_eq!(by_owner.len(), 200, "{owner}");
+        assert_eq!(
+            (audit, by_owner, by_key),
+            indexed(&single, owner, alices),
+            "{owner}"
+        );
+    }
+    assert_eq!(bulk.job_state_counts(), single.job_state_counts());
+    assert_eq!(bulk.next_due().unwrap(), single.next_due().unwrap());
+    assert_eq!(bulk.key_count().unwrap(), 600);
+
+    // Two changes again, the second filing a job of a key of the first commit:
+    // written in order on one thread.
+    let now = Utc::now();
+    let mut more = import_batches(2, 3);
+    more[1]
+        .put_jobs
+        .push(AlertJob::new(alices, JobKind::Notification, "s", now, now));
+    bulk.commit_all(more.clone()).unwrap();
+    for c in more {
+        single.commit(c).unwrap();
+    }
+    let (_, by_owner, by_key) = indexed(&bulk, "alice", alices);
+    assert_eq!(by_key.len(), 2);
+    assert_eq!(by_owner.len(), 203);
+    assert_eq!(
+        indexed(&bulk, "alice", alices),
+        indexed(&single, "alice", alices)
+    );
+    assert_eq!(bulk.job_state_counts(), single.job_state_counts());
+}

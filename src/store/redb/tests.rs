@@ -245,13 +245,12 @@ fn import_batches(batches: usize, per: usize) -> Vec<Change> {
         .collect()
 }
 
+/// Audit entries (seq, key), jobs by owner, jobs of one key.
+type Indexed = (Vec<(u64, Option<Uuid>)>, Vec<Uuid>, Vec<Uuid>);
+
 /// What the indexes give for one owner and one key: audit entries (seq, key),
-/// jobs by owner, jobs of the key, and the job counts.
-fn indexed(
-    store: &RedbStore,
-    owner: &str,
-    key: Uuid,
-) -> (Vec<(u64, Option<Uuid>)>, Vec<Uuid>, Vec<Uuid>) {
+/// jobs by owner, jobs of the key.
+fn indexed(store: &RedbStore, owner: &str, key: Uuid) -> Indexed {
     let filter = AuditFilter {
         key: None,
         owner: Some(owner.into()),

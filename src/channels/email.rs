@@ -138,7 +138,11 @@ impl Email {
             Cause::Other if e.is_tls() => "TLS failed (check [smtp] tls and the server's certificate)".to_owned(),
             Cause::Other => "cannot talk to the SMTP server (is it running? check [smtp] host, port and tls)".to_owned(),
         };
-        let message = format!("SMTP {}: {advice}: {e}", self.server);
+        let message = match cause(e) {
+            // lettre's words for it are the socket's: "Resource temporarily unavailable".
+            Cause::Timeout => format!("SMTP {}: {advice}", self.server),
+            _ => format!("SMTP {}: {advice}: {e}", self.server),
+        };
         if e.is_permanent() {
             DeliveryError::permanent(message)
         } else {

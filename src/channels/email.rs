@@ -19,7 +19,8 @@ use lettre::{Message, SmtpTransport, Transport};
 use rustls::CertificateError;
 
 use crate::alerts::DeliveryError;
-use crate::config::alerts::{read_ca_file, SmtpConfig, SmtpTls, SMTP_PASSWORD_CREDENTIAL};
+use crate::config::alerts::{SmtpConfig, SmtpTls, SMTP_PASSWORD_CREDENTIAL};
+use crate::config::ca_file::read_ca_file;
 use crate::config::credential::read_password;
 
 /// The email channel.

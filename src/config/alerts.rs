@@ -7,11 +7,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rustls::pki_types::pem::{self, PemObject};
-use rustls::pki_types::CertificateDer;
 use serde::Deserialize;
 
 use super::address::AddressForm;
+use super::ca_file::read_ca_file;
 use super::period::Period;
 use super::validator::Validator;
 
@@ -39,23 +38,6 @@ pub enum SmtpTls {
 /// Name of the systemd credential holding the SMTP password (it wins over
 /// `[smtp] password_file`).
 pub const SMTP_PASSWORD_CREDENTIAL: &str = "smtp-password";
-
-/// The certificates of a PEM file of CA certificates, in DER; an error saying what
-/// is wrong (not readable, not PEM, no certificate in it) otherwise.
-pub fn read_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let why = |e: pem::Error| match e {
-        pem::Error::Io(e) => format!("cannot read it: {e}"),
-        e => format!("not a PEM file of certificates: {e}"),
-    };
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(why)?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(why)?;
-    if certs.is_empty() {
-        return Err("no PEM certificate in it".into());
-    }
-    Ok(certs)
-}
 
 /// `[smtp]`.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -12,6 +12,7 @@
 
 pub mod address;
 pub mod alerts;
+pub mod ca_file;
 pub mod credential;
 pub mod directory;
 pub mod edge;

@@ -121,7 +121,8 @@ impl Email {
 
     /// A failed send as advice an operator can act on, followed by lettre's error.
     fn explain(&self, e: &lettre::transport::smtp::Error) -> DeliveryError {
-        let advice = match cause(e) {
+        let cause = cause(e);
+        let advice = match cause {
             _ if e.is_permanent() => "the SMTP server refused the message".to_owned(),
             Cause::Timeout => format!(
                 "the SMTP server did not answer within {:?} ([smtp] timeout)",
@@ -139,7 +140,7 @@ impl Email {
             Cause::Other if e.is_tls() => "TLS failed (check [smtp] tls and the server's certificate)".to_owned(),
             Cause::Other => "cannot talk to the SMTP server (is it running? check [smtp] host, port and tls)".to_owned(),
         };
-        let message = match cause(e) {
+        let message = match cause {
             // lettre's words for it are the socket's: "Resource temporarily unavailable".
             Cause::Timeout => format!("SMTP {}: {advice}", self.server),
             _ => format!("SMTP {}: {advice}: {e}", self.server),

@@ -1,26 +1,36 @@
-//! Email through lettre's pooled async SMTP transport. The password is read once at
+//! Email through lettre's pooled SMTP transport. The password is read once at
 //! start, held in a type whose `Debug` redacts it, and never reaches a log or error.
+//!
+//! The blocking transport, run on tokio's blocking threads: its `timeout` bounds
+//! every read and write on the socket (the TLS handshake and each SMTP command), so
+//! a server that accepts and never answers, or hangs after DATA, is cut off, and
+//! the failed connection is closed instead of going back to the pool. The async
+//! transport's timeout bounds only the TCP connect; cancelling its send from outside
+//! would return a connection in mid-exchange to its pool.
 
 use std::path::Path;
 
 use lettre::message::header::ContentType;
 use lettre::message::Mailbox;
 use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::transport::smtp::PoolConfig;
-use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use lettre::{Message, SmtpTransport, Transport};
+use rustls::CertificateError;
 
 use crate::alerts::DeliveryError;
-use crate::config::alerts::{SmtpConfig, SmtpTls};
+use crate::config::alerts::{SmtpConfig, SmtpTls, SMTP_PASSWORD_CREDENTIAL};
+use crate::config::ca_file::read_ca_file;
 use crate::config::credential::read_password;
-
-/// Name of the systemd credential holding the SMTP password.
-pub const PASSWORD_CREDENTIAL: &str = "smtp-password";
 
 /// The email channel.
 pub struct Email {
-    transport: AsyncSmtpTransport<Tokio1Executor>,
+    transport: SmtpTransport,
     from: Mailbox,
+    /// `host:port`, for messages.
     server: String,
+    host: String,
+    timeout: std::time::Duration,
 }
 
 impl std::fmt::Debug for Email {
@@ -35,21 +45,15 @@ impl std::fmt::Debug for Email {
 impl Email {
     /// Build the (lazy: nothing connects yet) pooled transport.
     pub fn new(smtp: &SmtpConfig, credentials_dir: Option<&Path>) -> Result<Self, ChannelError> {
-        let builder = match smtp.tls {
-            SmtpTls::None => AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&smtp.host),
-            SmtpTls::StartTls => AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&smtp.host)
-                .map_err(|e| ChannelError::Smtp(e.to_string()))?,
-            SmtpTls::Tls => AsyncSmtpTransport::<Tokio1Executor>::relay(&smtp.host)
-                .map_err(|e| ChannelError::Smtp(e.to_string()))?,
-        };
-        let mut builder = builder
+        let mut builder = SmtpTransport::builder_dangerous(&smtp.host)
             .port(smtp.port)
+            .tls(tls(smtp)?)
             .timeout(Some(smtp.timeout))
             .pool_config(PoolConfig::new().max_size(smtp.pool_size));
         if let Some(user) = &smtp.username {
             let password = read_password(
                 credentials_dir,
-                PASSWORD_CREDENTIAL,
+                SMTP_PASSWORD_CREDENTIAL,
                 smtp.password_file.as_deref(),
             )
             .map_err(|e| ChannelError::Password {
@@ -67,6 +71,8 @@ impl Email {
             transport: builder.build(),
             from,
             server: format!("{}:{}", smtp.host, smtp.port),
+            host: smtp.host.clone(),
+            timeout: smtp.timeout,
         })
     }
 
@@ -102,27 +108,107 @@ impl Email {
         let message = builder
             .body(body.to_owned())
             .map_err(|e| DeliveryError::permanent(format!("cannot build the email: {e}")))?;
-        match self.transport.send(message).await {
-            Ok(_) => Ok(()),
-            Err(e) => {
-                let advice = if e.is_permanent() {
-                    "the SMTP server refused the message"
-                } else if e.is_timeout() {
-                    "the SMTP server did not answer in time ([smtp] timeout)"
-                } else if e.is_tls() {
-                    "TLS failed (check [smtp] tls and the server certificate)"
-                } else {
-                    "cannot talk to the SMTP server (is it running? check [smtp] host, port and tls)"
-                };
-                let message = format!("SMTP {}: {advice}: {e}", self.server);
-                Err(if e.is_permanent() {
-                    DeliveryError::permanent(message)
-                } else {
-                    DeliveryError::transient(message)
-                })
-            }
+        let transport = self.transport.clone();
+        match tokio::task::spawn_blocking(move || transport.send(&message)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(self.explain(&e)),
+            Err(e) => Err(DeliveryError::transient(format!(
+                "SMTP {}: the sending thread failed: {e}",
+                self.server
+            ))),
         }
     }
+
+    /// A failed send as advice an operator can act on, followed by lettre's error.
+    fn explain(&self, e: &lettre::transport::smtp::Error) -> DeliveryError {
+        let cause = cause(e);
+        let advice = match cause {
+            _ if e.is_permanent() => "the SMTP server refused the message".to_owned(),
+            Cause::Timeout => format!(
+                "the SMTP server did not answer within {:?} ([smtp] timeout)",
+                self.timeout
+            ),
+            Cause::Tls(rustls::Error::InvalidCertificate(c)) => match c {
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => format!(
+                    "TLS: the server's certificate is not valid for the host name {:?} (set [smtp] host to a name the certificate holds)",
+                    self.host
+                ),
+                CertificateError::UnknownIssuer => "TLS: the server's certificate is not signed by a trusted CA (add the CA with [smtp] ca_file)".to_owned(),
+                _ => "TLS: the server's certificate is refused".to_owned(),
+            },
+            Cause::Tls(_) => "TLS failed (check [smtp] tls: \"tls\" for port 465, \"starttls\" for 587)".to_owned(),
+            Cause::Other if e.is_tls() => "TLS failed (check [smtp] tls and the server's certificate)".to_owned(),
+            Cause::Other => "cannot talk to the SMTP server (is it running? check [smtp] host, port and tls)".to_owned(),
+        };
+        let message = match cause {
+            // lettre's words for it are the socket's: "Resource temporarily unavailable".
+            Cause::Timeout => format!("SMTP {}: {advice}", self.server),
+            _ => format!("SMTP {}: {advice}: {e}", self.server),
+        };
+        if e.is_permanent() {
+            DeliveryError::permanent(message)
+        } else {
+            DeliveryError::transient(message)
+        }
+    }
+}
+
+/// The TLS settings of `[smtp]`: the host name is verified against the server's
+/// certificate, which must chain to Mozilla's roots or a CA of `ca_file`.
+fn tls(smtp: &SmtpConfig) -> Result<Tls, ChannelError> {
+    if smtp.tls == SmtpTls::None {
+        return Ok(Tls::None);
+    }
+    let mut params = TlsParameters::builder(smtp.host.clone());
+    if let Some(path) = &smtp.ca_file {
+        let bad = |why: String| ChannelError::CaFile {
+            path: path.display().to_string(),
+            why,
+        };
+        for der in read_ca_file(path).map_err(bad)? {
+            let cert = Certificate::from_der(der.to_vec()).map_err(|e| bad(e.to_string()))?;
+            params = params.add_root_certificate(cert);
+        }
+    }
+    let params = params
+        .build_rustls()
+        .map_err(|e| ChannelError::Smtp(format!("TLS: {e}")))?;
+    Ok(match smtp.tls {
+        SmtpTls::StartTls => Tls::Required(params),
+        _ => Tls::Wrapper(params),
+    })
+}
+
+/// What lies under a failed send.
+enum Cause<'a> {
+    /// A read or write on the socket outlasted `[smtp] timeout`.
+    Timeout,
+    /// rustls refused the handshake (a certificate, a protocol mismatch).
+    Tls(&'a rustls::Error),
+    Other,
+}
+
+fn cause(e: &lettre::transport::smtp::Error) -> Cause<'_> {
+    let mut source = std::error::Error::source(e);
+    while let Some(err) = source {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            // A socket read timeout is EAGAIN on Linux.
+            if matches!(
+                io.kind(),
+                std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
+            ) {
+                return Cause::Timeout;
+            }
+            if let Some(tls) = io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+                return Cause::Tls(tls);
+            }
+        }
+        if let Some(tls) = err.downcast_ref::<rustls::Error>() {
+            return Cause::Tls(tls);
+        }
+        source = err.source();
+    }
+    Cause::Other
 }
 
 /// Channel set-up failures (at daemon start).
@@ -135,6 +221,14 @@ pub enum ChannelError {
         path: String,
         /// Why.
         source: std::io::Error,
+    },
+    /// `[smtp] ca_file` could not be read or holds no usable certificate.
+    #[error("smtp.ca_file {path}: {why}")]
+    CaFile {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        why: String,
     },
     /// The SMTP transport could not be built.
     #[error("SMTP settings rejected: {0}")]
@@ -152,6 +246,7 @@ mod tests {
             host: "127.0.0.1".into(),
             port: 2525,
             tls: SmtpTls::None,
+            ca_file: None,
             username: Some("apikeyd".into()),
             password_file,
             from: "apikeyd@example.com".into(),
@@ -160,15 +255,18 @@ mod tests {
         }
     }
 
-    // The pooled transport spawns its pool task: it needs a runtime.
-    #[tokio::test]
-    async fn the_password_is_read_from_the_credential_or_the_file_and_never_shown() {
+    #[test]
+    fn the_password_is_read_from_the_credential_or_the_file_and_never_shown() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("pw");
         std::fs::write(&file, "from-the-file\n").unwrap();
         let creds = dir.path().join("creds");
         std::fs::create_dir(&creds).unwrap();
-        std::fs::write(creds.join(PASSWORD_CREDENTIAL), "from-the-credential\n").unwrap();
+        std::fs::write(
+            creds.join(SMTP_PASSWORD_CREDENTIAL),
+            "from-the-credential\n",
+        )
+        .unwrap();
         let e = Email::new(&smtp(Some(file.clone())), Some(&creds)).unwrap();
         let shown = format!("{e:?}");
         assert!(!shown.contains("from-the"), "{shown}");
@@ -177,8 +275,8 @@ mod tests {
         Email::new(&smtp(Some(file)), None).unwrap();
     }
 
-    #[tokio::test]
-    async fn a_missing_password_file_is_a_start_error_naming_the_file() {
+    #[test]
+    fn a_missing_password_file_is_a_start_error_naming_the_file() {
         let err = Email::new(&smtp(Some("/nonexistent/smtp.pw".into())), None).unwrap_err();
         let text = err.to_string();
         assert!(text.contains("/nonexistent/smtp.pw"), "{text}");

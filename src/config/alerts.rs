@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::address::AddressForm;
+use super::ca_file::read_ca_file;
 use super::period::Period;
 use super::validator::Validator;
 
@@ -34,6 +35,10 @@ pub enum SmtpTls {
     Tls,
 }
 
+/// Name of the systemd credential holding the SMTP password (it wins over
+/// `[smtp] password_file`).
+pub const SMTP_PASSWORD_CREDENTIAL: &str = "smtp-password";
+
 /// `[smtp]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SmtpConfig {
@@ -43,13 +48,15 @@ pub struct SmtpConfig {
     pub port: u16,
     /// Transport security.
     pub tls: SmtpTls,
+    /// PEM file of CA certificates trusted besides Mozilla's roots.
+    pub ca_file: Option<PathBuf>,
     /// User name for AUTH, if any.
     pub username: Option<String>,
     /// File holding the password (a systemd credential `smtp-password` wins).
     pub password_file: Option<PathBuf>,
     /// From address.
     pub from: String,
-    /// Timeout of one SMTP command.
+    /// How long connecting, the TLS handshake and each SMTP command may take.
     pub timeout: Duration,
     /// Pooled connections kept open.
     pub pool_size: u32,
@@ -143,6 +150,7 @@ pub(crate) struct RawSmtp {
     host: Option<String>,
     port: Option<i64>,
     tls: Option<String>,
+    ca_file: Option<String>,
     username: Option<String>,
     password_file: Option<String>,
     from: Option<String>,
@@ -173,6 +181,7 @@ pub(crate) const SMTP_KEYS: &[&str] = &[
     "host",
     "port",
     "tls",
+    "ca_file",
     "username",
     "password_file",
     "from",
@@ -269,6 +278,13 @@ impl Validator {
         }
         let from = smtp.from.unwrap_or_else(|| "apikeyd@localhost".into());
         self.address("smtp.from", &from, AddressForm::Mailbox);
+        let ca_file = smtp.ca_file.filter(|p| !p.is_empty()).map(PathBuf::from);
+        if ca_file.is_some() && tls == SmtpTls::None {
+            self.push(
+                "smtp.ca_file",
+                "a CA is only used with TLS (smtp.tls = \"starttls\" or \"tls\")".into(),
+            );
+        }
         let username = smtp.username.filter(|u| !u.is_empty());
         let password_file = smtp
             .password_file
@@ -285,11 +301,32 @@ impl Validator {
             host,
             port: u16::try_from(port).unwrap_or(25),
             tls,
+            ca_file,
             username,
             password_file,
             from,
             timeout: self.duration("smtp.timeout", smtp.timeout.as_deref(), "pt30s"),
             pool_size: u32::try_from(pool_size).unwrap_or(4),
+        }
+    }
+
+    /// The files `[smtp]` names, read as the daemon will read them at start: the CA
+    /// certificates, and the password file unless systemd's credential replaces it
+    /// (opened only: its content is never read here).
+    pub(crate) fn smtp_files(&mut self, smtp: &SmtpConfig, credentials_dir: Option<&Path>) {
+        if let Some(path) = &smtp.ca_file {
+            if let Err(why) = read_ca_file(path) {
+                self.push("smtp.ca_file", format!("{}: {why}", path.display()));
+            }
+        }
+        let credential = credentials_dir.is_some_and(|d| d.join(SMTP_PASSWORD_CREDENTIAL).exists());
+        if let (Some(path), false) = (&smtp.password_file, credential) {
+            if let Err(e) = std::fs::File::open(path) {
+                self.push(
+                    "smtp.password_file",
+                    format!("{}: cannot read it: {e}", path.display()),
+                );
+            }
         }
     }
 

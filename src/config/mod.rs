@@ -12,6 +12,7 @@
 
 pub mod address;
 pub mod alerts;
+pub mod ca_file;
 pub mod credential;
 pub mod directory;
 pub mod edge;
@@ -215,7 +216,8 @@ pub(crate) fn documented_keys() -> Vec<(&'static str, Vec<String>)> {
         .collect()
 }
 
-/// Load and validate a configuration file.
+/// Load and validate a configuration file, and check that the files it names that
+/// the daemon reads at start ([`parse`] opens none) can be read.
 pub fn load(path: &Path, env: &Environment) -> Result<Config, ConfigError> {
     let fail = |key: &str, message: String| ConfigError {
         problems: vec![Problem {
@@ -226,7 +228,13 @@ pub fn load(path: &Path, env: &Environment) -> Result<Config, ConfigError> {
     };
     let text = std::fs::read_to_string(path)
         .map_err(|e| fail("", format!("cannot read the file: {e}")))?;
-    parse(path, &text, env)
+    let config = parse(path, &text, env)?;
+    let mut v = Validator::new(path);
+    v.smtp_files(&config.alerts.smtp, env.credentials_directory.as_deref());
+    match v.has_problems() {
+        false => Ok(config),
+        true => Err(v.finish_err()),
+    }
 }
 
 /// Validate configuration text as if it came from `path`.

@@ -16,6 +16,7 @@ mod forward_auth;
 mod keep_alive;
 mod key_list;
 mod lifecycle;
+mod mail_server;
 mod maintenance;
 mod manual;
 mod migrate;

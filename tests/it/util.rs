@@ -115,7 +115,7 @@ impl TestDaemon {
 
     /// A temp dir with a config, the daemon not started yet (`spawn`, `spawn_as`).
     pub fn configured(api_key_table: &str, extra_users: &str) -> Self {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir_in(open_temp_dir()).unwrap();
         // Let a non-root apikeyctl (uid nobody) reach the socket inside.
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let config = dir.path().join("apikeyd.toml");
@@ -155,13 +155,17 @@ impl TestDaemon {
             .append(true)
             .open(&self.log)
             .unwrap();
+        let program = match uid {
+            Some(_) => self.runnable_by_all(APIKEYD),
+            None => PathBuf::from(APIKEYD),
+        };
         let mut cmd = match umask {
-            None => Command::new(APIKEYD),
+            None => Command::new(&program),
             Some(mask) => {
                 let mut c = Command::new("sh");
                 c.arg("-c")
                     .arg(format!("umask {mask:03o} && exec \"$0\" \"$@\""))
-                    .arg(APIKEYD);
+                    .arg(&program);
                 c
             }
         };
@@ -258,7 +262,12 @@ impl TestDaemon {
 
     /// apikeyctl on this daemon's socket, not run yet.
     pub fn ctl_command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(APIKEYCTL);
+        self.ctl_program(Path::new(APIKEYCTL), args)
+    }
+
+    /// `ctl_command` with apikeyctl at `program`.
+    fn ctl_program(&self, program: &Path, args: &[&str]) -> Command {
+        let mut cmd = Command::new(program);
         cmd.arg("--socket")
             .arg(&self.socket)
             .args(args)
@@ -271,11 +280,36 @@ impl TestDaemon {
     /// Run apikeyctl, optionally as another uid (tests run as root).
     pub fn ctl_as(&self, uid: Option<u32>, args: &[&str]) -> Output {
         use std::os::unix::process::CommandExt;
-        let mut cmd = self.ctl_command(args);
+        let mut cmd = match uid {
+            Some(_) => self.ctl_program(&self.runnable_by_all(APIKEYCTL), args),
+            None => self.ctl_command(args),
+        };
         if let Some(uid) = uid {
             cmd.uid(uid).gid(uid);
         }
         cmd.output().unwrap()
+    }
+
+    /// `program` (one of the built binaries) at a path any account can run it from.
+    /// The binaries live under the checkout's target directory, which other accounts
+    /// cannot enter when the checkout is private (under /root, or a mode 0700 temp
+    /// dir): then a hard link (a copy across file systems) in this daemon's dir,
+    /// which every account may enter, stands in for it.
+    pub fn runnable_by_all(&self, program: &str) -> PathBuf {
+        let program = Path::new(program);
+        if program.ancestors().skip(1).all(open_to_all) {
+            return program.to_path_buf();
+        }
+        let bin = self.dir.path().join("bin");
+        let link = bin.join(program.file_name().unwrap());
+        if !link.exists() {
+            std::fs::create_dir_all(&bin).unwrap();
+            std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+            if std::fs::hard_link(program, &link).is_err() {
+                std::fs::copy(program, &link).unwrap();
+            }
+        }
+        link
     }
 
     /// apikeyctl that must succeed; returns stdout.
@@ -359,6 +393,25 @@ pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) {
             "condition not met within {timeout:?}"
         );
         std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// Whether every account may pass through directory `dir` (its "others" execute
+/// bit; a path that is not there counts as closed).
+fn open_to_all(dir: &Path) -> bool {
+    dir.as_os_str().is_empty()
+        || std::fs::metadata(dir).is_ok_and(|m| m.permissions().mode() & 0o001 != 0)
+}
+
+/// Where the daemons' temp dirs go: the usual temp dir when every account can reach
+/// it (tests run apikeyctl and apikeyd as other accounts against the socket and
+/// files inside), else /tmp.
+pub fn open_temp_dir() -> PathBuf {
+    let tmp = std::env::temp_dir();
+    if tmp.ancestors().all(open_to_all) {
+        tmp
+    } else {
+        PathBuf::from("/tmp")
     }
 }
 

@@ -168,3 +168,69 @@ fn bad_operator_message_templates_are_config_errors_naming_source_and_setting() 
         assert_eq!(message(key), "does not apply to this kind of source");
     }
 }
+
+/// `[smtp] ca_file` and `password_file` are files the daemon reads at start:
+/// `load` (start, reload, check-config) refuses a file naming ones it cannot read,
+/// naming the key and the path; `parse` (a posted configuration) opens neither.
+#[test]
+fn smtp_files_are_checked_when_a_file_is_loaded() {
+    use crate::config::{load, parse, Environment};
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("apikeyd.toml");
+    let not_pem = dir.path().join("not.pem");
+    std::fs::write(&not_pem, "hello\n").unwrap();
+    let text = format!(
+        "[smtp]\ntls = \"starttls\"\nca_file = \"/nonexistent/ca.pem\"\nusername = \"u\"\npassword_file = \"/nonexistent/smtp.pw\"\n[server]\nstate_dir = \"{}\"\n",
+        dir.path().display()
+    );
+    std::fs::write(&config, &text).unwrap();
+    let env = Environment::default();
+    assert!(parse(&config, &text, &env).is_ok());
+    let problems: Vec<String> = load(&config, &env)
+        .unwrap_err()
+        .problems
+        .iter()
+        .map(|p| format!("{}: {}", p.key, p.message))
+        .collect();
+    assert_eq!(problems.len(), 2, "{problems:?}");
+    assert!(
+        problems[0].starts_with("smtp.ca_file: /nonexistent/ca.pem: "),
+        "{problems:?}"
+    );
+    assert!(
+        problems[1].starts_with("smtp.password_file: /nonexistent/smtp.pw: cannot read it"),
+        "{problems:?}"
+    );
+
+    // A file that holds no certificate; the systemd credential replaces the file.
+    let creds = dir.path().join("creds");
+    std::fs::create_dir(&creds).unwrap();
+    std::fs::write(creds.join(SMTP_PASSWORD_CREDENTIAL), "pw\n").unwrap();
+    std::fs::write(
+        &config,
+        text.replace("/nonexistent/ca.pem", not_pem.to_str().unwrap()),
+    )
+    .unwrap();
+    let env = Environment {
+        credentials_directory: Some(creds),
+        ..Environment::default()
+    };
+    let problems = load(&config, &env).unwrap_err().problems;
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert_eq!(problems[0].key, "smtp.ca_file");
+    assert!(
+        problems[0]
+            .message
+            .ends_with("not.pem: no PEM certificate in it"),
+        "{}",
+        problems[0].message
+    );
+}
+
+#[test]
+fn a_ca_file_without_tls_is_a_config_error() {
+    let problems = crate::config::problems("[smtp]\nca_file = \"/etc/ssl/ca.pem\"\n");
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert_eq!(problems[0].0, "smtp.ca_file");
+    assert!(problems[0].1.contains("only used with TLS"), "{problems:?}");
+}

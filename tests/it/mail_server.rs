@@ -322,3 +322,30 @@ fn check_config_names_an_unusable_ca_file() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Regression: with the blocking transport, a stop while a send hung waited for
+/// the send's timeout (twice, with the QUIT): a minute at `[smtp] timeout =
+/// "pt30s"`. The daemon now stops once the dispatcher's grace for deliveries in
+/// flight (10 s) is over; the job stays claimed and is sent again at the next
+/// start, as after a crash.
+#[test]
+fn a_stop_does_not_wait_for_a_hung_send() {
+    let smtp = Smtp::start();
+    smtp.hang_after_data(true);
+    let mut d = hang_daemon(smtp.port, "pt60s");
+    let (_, hung) = notify_soon(&d, "alice", "k", "owner-email");
+    smtp.wait_hanging(1, Duration::from_secs(15));
+    let asked = std::time::Instant::now();
+    d.stop();
+    let took = asked.elapsed();
+    assert!(took < Duration::from_secs(16), "the stop took {took:?}");
+
+    smtp.hang_after_data(false);
+    d.restart();
+    // At the start the cut-short delivery is replaced by a new job, which sends.
+    let old = job(&d, &hung);
+    assert_eq!(old["state"], "Canceled", "{old}");
+    let next = old["replaced_by"].as_str().unwrap().to_owned();
+    wait_job(&d, &next, "Completed", 30);
+    assert_eq!(smtp.count(), 1, "{:?}", smtp.mails());
+}

@@ -304,10 +304,11 @@ impl Storage for RedbStore {
         self.write_change(batch, Durability::Immediate)
     }
 
-    /// A big import is half keys and audit trail, half alert jobs: when every job
-    /// belongs to a key written in the same change (so no key record is read for
-    /// its owner), the jobs are written on a second thread (redb lets one
-    /// transaction's tables be written from several).
+    /// A big import is half keys and audit trail, half their indexes and alert
+    /// jobs: when every job and audit entry is about a key written in the same
+    /// change (so no key record is read for its owner), the audit indexes and the
+    /// jobs are written on a second thread (redb lets one transaction's tables be
+    /// written from several).
     fn commit_all(&self, mut changes: Vec<Change>) -> Result<(), StoreError> {
         let txn = self.db.begin_write()?;
         let mut delta = jobs::StateDelta::default();
@@ -316,19 +317,28 @@ impl Storage for RedbStore {
                 *sum += d;
             }
         };
-        if changes.len() > 1 && changes.iter().all(owns_its_jobs) {
-            let job_parts: Vec<(Change, Owners)> = changes
+        if changes.len() > 1 && changes.iter().all(self_contained) {
+            // Numbered here as `apply_keys` numbers them, for the other thread.
+            let mut next = next_seq(&txn.open_table(AUDIT)?)?;
+            let job_parts: Vec<(Change, Vec<(u64, Uuid)>, Owners)> = changes
                 .iter_mut()
                 .map(|c| {
+                    for entry in &mut c.audit {
+                        entry.seq = next;
+                        next += 1;
+                    }
                     let owners = owners_written(c);
-                    (take_jobs(c), owners)
+                    (take_jobs(c), about_keys(&c.audit), owners)
                 })
                 .collect();
             let txn = &txn;
             std::thread::scope(|s| {
                 let jobs = s.spawn(move || {
                     let mut delta = jobs::StateDelta::default();
-                    for (mut part, owners) in job_parts {
+                    for (mut part, audit, owners) in job_parts {
+                        file_audit(txn, &audit, |key| {
+                            Ok(owners.get(&key).map(|o| Cow::Borrowed(o.as_str())))
+                        })?;
                         let d = jobs::apply(txn, &mut part, &owners)?;
                         for (sum, d) in delta.iter_mut().zip(d) {
                             *sum += d;
@@ -337,7 +347,7 @@ impl Storage for RedbStore {
                     Ok::<_, StoreError>(delta)
                 });
                 for batch in &mut changes {
-                    apply_keys(txn, batch)?;
+                    apply_keys(txn, batch, false)?;
                 }
                 let d = jobs.join().map_err(|_| {
                     StoreError::Transaction(Box::new(std::io::Error::other(
@@ -552,10 +562,15 @@ fn owners_written(batch: &Change) -> Owners {
         .collect()
 }
 
-/// Whether every job `batch` files belongs to a key it writes.
-fn owns_its_jobs(batch: &Change) -> bool {
+/// Whether every job `batch` files and every audit entry it appends is about a
+/// key it writes (whose owner it holds).
+fn self_contained(batch: &Change) -> bool {
     let ids: std::collections::HashSet<Uuid> = batch.put_keys.iter().map(|r| r.id).collect();
     batch.put_jobs.iter().all(|j| ids.contains(&j.key_id))
+        && batch
+            .audit
+            .iter()
+            .all(|e| e.key_id.is_none_or(|k| ids.contains(&k)))
 }
 
 /// The jobs and operator messages of `batch`, taken out of it.
@@ -573,13 +588,60 @@ fn apply_change(
     txn: &redb::WriteTransaction,
     batch: &mut Change,
 ) -> Result<jobs::StateDelta, StoreError> {
-    apply_keys(txn, batch)?;
+    apply_keys(txn, batch, true)?;
     let owners = owners_written(batch);
     jobs::apply(txn, batch, &owners)
 }
 
-/// Write the keys, audit entries and retired secrets of `batch` into `txn`.
-fn apply_keys(txn: &redb::WriteTransaction, batch: &mut Change) -> Result<(), StoreError> {
+/// The number the next audit entry gets.
+fn next_seq(audit: &impl ReadableTable<u64, &'static [u8]>) -> Result<u64, StoreError> {
+    Ok(match audit.last()? {
+        Some((k, _)) => k.value() + 1,
+        None => 1,
+    })
+}
+
+/// (seq, key) of the numbered `entries` that are about a key.
+fn about_keys(entries: &[AuditEntry]) -> Vec<(u64, Uuid)> {
+    entries
+        .iter()
+        .filter_map(|e| Some((e.seq, e.key_id?)))
+        .collect()
+}
+
+/// File audit entries (seq, key) under their key and under their key's owner, as
+/// `owner_of` gives it (none: a key already purged).
+fn file_audit<'a>(
+    txn: &redb::WriteTransaction,
+    entries: &[(u64, Uuid)],
+    mut owner_of: impl FnMut(Uuid) -> Result<Option<Cow<'a, str>>, StoreError>,
+) -> Result<(), StoreError> {
+    let mut by_key = txn.open_table(AUDIT_BY_KEY)?;
+    let mut by_owner = txn.open_table(AUDIT_BY_OWNER)?;
+    // Owners' entries interleave in a batch: written in (owner, seq) order, each
+    // owner's run lands on one page instead of each entry on another.
+    let mut owned: Vec<(Cow<'a, str>, u64)> = Vec::with_capacity(entries.len());
+    for (seq, key) in entries {
+        by_key.insert((key.as_u128(), *seq), ())?;
+        if let Some(owner) = owner_of(*key)? {
+            owned.push((owner, *seq));
+        }
+    }
+    owned.sort_unstable();
+    for (owner, seq) in &owned {
+        by_owner.insert((owner.as_ref(), *seq), ())?;
+    }
+    Ok(())
+}
+
+/// Write the keys, audit entries and retired secrets of `batch` into `txn`; with
+/// `index_audit`, file the entries in the audit indexes too (else the caller does:
+/// see [`RedbStore::commit_all`]).
+fn apply_keys(
+    txn: &redb::WriteTransaction,
+    batch: &mut Change,
+    index_audit: bool,
+) -> Result<(), StoreError> {
     {
         let mut keys = txn.open_table(KEYS)?;
         for rec in &mut batch.put_keys {
@@ -594,41 +656,26 @@ fn apply_keys(txn: &redb::WriteTransaction, batch: &mut Change) -> Result<(), St
             keys.insert(rec.id.as_u128(), bytes.as_slice())?;
         }
         let mut audit = txn.open_table(AUDIT)?;
-        let first = match audit.last()? {
-            Some((k, _)) => k.value() + 1,
-            None => 1,
-        };
-        let mut by_key = txn.open_table(AUDIT_BY_KEY)?;
-        let mut by_owner = txn.open_table(AUDIT_BY_OWNER)?;
-        // A sweep writes thousands of records with an entry each: look owners up
-        // by id, not by a search of the batch per entry.
-        let written: std::collections::HashMap<Uuid, &str> = batch
-            .put_keys
-            .iter()
-            .map(|r| (r.id, r.owner.as_str()))
-            .collect();
-        // Owners' entries interleave in a batch: written in (owner, seq) order, each
-        // owner's run lands on one page instead of each entry on another.
-        let mut owned: Vec<(Cow<'_, str>, u64)> = Vec::new();
+        let first = next_seq(&audit)?;
         for (seq, entry) in (first..).zip(&mut batch.audit) {
             entry.seq = seq;
             let bytes = encode("audit", entry)?;
             audit.insert(entry.seq, bytes.as_slice())?;
-            let Some(key) = entry.key_id else {
-                continue;
-            };
-            by_key.insert((key.as_u128(), seq), ())?;
-            let owner = match written.get(&key) {
-                Some(owner) => Some(Cow::Borrowed(*owner)),
-                None => owner_of(&keys, key)?.map(Cow::Owned),
-            };
-            if let Some(owner) = owner {
-                owned.push((owner, seq));
-            }
         }
-        owned.sort_unstable();
-        for (owner, seq) in &owned {
-            by_owner.insert((owner.as_ref(), *seq), ())?;
+        if index_audit {
+            // A sweep writes thousands of records with an entry each: look owners
+            // up by id, not by a search of the batch per entry.
+            let written: std::collections::HashMap<Uuid, &str> = batch
+                .put_keys
+                .iter()
+                .map(|r| (r.id, r.owner.as_str()))
+                .collect();
+            file_audit(txn, &about_keys(&batch.audit), |key| {
+                Ok(match written.get(&key) {
+                    Some(owner) => Some(Cow::Borrowed(*owner)),
+                    None => owner_of(&keys, key)?.map(Cow::Owned),
+                })
+            })?;
         }
     }
     if !batch.retire.is_empty() {

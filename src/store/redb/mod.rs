@@ -320,7 +320,7 @@ impl Storage for RedbStore {
         if changes.len() > 1 && changes.iter().all(self_contained) {
             // Numbered here as `apply_keys` numbers them, for the other thread.
             let mut next = next_seq(&txn.open_table(AUDIT)?)?;
-            let job_parts: Vec<(Change, Vec<(u64, Uuid)>, Owners)> = changes
+            let job_parts: Vec<(Change, Vec<AboutKey>, Owners)> = changes
                 .iter_mut()
                 .map(|c| {
                     for entry in &mut c.audit {
@@ -601,8 +601,11 @@ fn next_seq(audit: &impl ReadableTable<u64, &'static [u8]>) -> Result<u64, Store
     })
 }
 
-/// (seq, key) of the numbered `entries` that are about a key.
-fn about_keys(entries: &[AuditEntry]) -> Vec<(u64, Uuid)> {
+/// An audit entry about a key: (seq, key).
+type AboutKey = (u64, Uuid);
+
+/// The numbered `entries` that are about a key.
+fn about_keys(entries: &[AuditEntry]) -> Vec<AboutKey> {
     entries
         .iter()
         .filter_map(|e| Some((e.seq, e.key_id?)))
@@ -613,7 +616,7 @@ fn about_keys(entries: &[AuditEntry]) -> Vec<(u64, Uuid)> {
 /// `owner_of` gives it (none: a key already purged).
 fn file_audit<'a>(
     txn: &redb::WriteTransaction,
-    entries: &[(u64, Uuid)],
+    entries: &[AboutKey],
     mut owner_of: impl FnMut(Uuid) -> Result<Option<Cow<'a, str>>, StoreError>,
 ) -> Result<(), StoreError> {
     let mut by_key = txn.open_table(AUDIT_BY_KEY)?;

@@ -5,7 +5,7 @@
 
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -13,7 +13,7 @@ use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::error::{parse_body, read_body, ApiError, ApiResult};
+use super::error::{parse_body, read_at_most, ApiError, ApiResult};
 use super::routes::Routes;
 use super::state::AppState;
 use crate::keys::{Actor, CreateKey, EditKey, KeyQuery, PageRequest, RotateKey, Whoami};
@@ -112,17 +112,34 @@ async fn import_key(
     Ok((StatusCode::CREATED, Json(view)).into_response())
 }
 
-/// The largest import file: about 3M lines of typical keys.
+/// The largest import file an admin may send: about 3M lines of typical keys.
 pub const MAX_IMPORT_BYTES: usize = 1 << 30;
+
+/// The largest an owner may send (their own keys only): about 200 000 lines. The
+/// daemon holds a file whole while it checks it, so anyone may not make it hold
+/// a gigabyte.
+pub const MAX_OWNER_IMPORT_BYTES: usize = 32 << 20;
 
 /// `POST /v1/admin/keys/bulk-import`: a JSON-lines file, all or nothing. A bad
 /// file answers 400 with every bad line (`error.problems`).
 async fn import_file(
     State(st): State<AppState>,
     Extension(actor): Extension<Actor>,
-    body: Result<Bytes, BytesRejection>,
+    body: axum::body::Body,
 ) -> ApiResult<Response> {
-    let bytes = read_body(body)?;
+    let most = if actor.admin {
+        MAX_IMPORT_BYTES
+    } else {
+        MAX_OWNER_IMPORT_BYTES
+    };
+    let bytes = read_at_most(body, most, || {
+        format!(
+            "the file is larger than {} MiB, the most {} may import at once; split it",
+            most >> 20,
+            if actor.admin { "an admin" } else { "a key owner" }
+        )
+    })
+    .await?;
     // Without a copy: the body is the request's alone.
     let text = String::from_utf8(Vec::from(bytes)).map_err(|e| {
         ApiError::bad_request(format!(
@@ -238,7 +255,7 @@ pub(crate) fn routes(r: Routes) -> Routes {
         .add(
             "/v1/admin/keys/bulk-import",
             &["POST"],
-            post(import_file).layer(DefaultBodyLimit::max(MAX_IMPORT_BYTES)),
+            post(import_file),
         )
         .add(
             "/v1/admin/keys/{id}",

@@ -118,6 +118,32 @@ pub(crate) fn read_body(body: Result<Bytes, BytesRejection>) -> ApiResult<Bytes>
     })
 }
 
+/// A request body of at most `most` bytes, for a route whose limit depends on the
+/// caller; `too_large` says what to do about a larger one (413).
+pub(crate) async fn read_at_most(
+    body: axum::body::Body,
+    most: usize,
+    too_large: impl FnOnce() -> String,
+) -> ApiResult<Bytes> {
+    axum::body::to_bytes(body, most).await.map_err(|e| {
+        let over = std::error::Error::source(&e)
+            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+        if over {
+            ApiError {
+                status: StatusCode::PAYLOAD_TOO_LARGE,
+                code: "bad_body",
+                message: too_large(),
+            }
+        } else {
+            ApiError {
+                status: StatusCode::BAD_REQUEST,
+                code: "bad_body",
+                message: format!("cannot read the request body: {e}"),
+            }
+        }
+    })
+}
+
 /// A JSON request body, or the error that says why it cannot be read.
 pub(crate) fn parse_body<T: serde::de::DeserializeOwned>(
     body: Result<Bytes, BytesRejection>,

@@ -191,4 +191,19 @@ fn an_owner_imports_only_their_own_keys() {
     let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(summary["imported"], 1);
     assert_eq!(summary["owners"]["alice"], 1);
+
+    // An owner's file is held whole while it is checked: at most 32 MiB of it.
+    let big: Vec<String> = (0..400_000)
+        .map(|i| line("alice", &format!("n{i}"), i).to_string())
+        .collect();
+    let file = write_lines(&d, "big.jsonl", &big);
+    assert!(std::fs::metadata(&file).unwrap().len() > 32 << 20);
+    let out = d.ctl_as(Some(NOBODY), &["key", "import", "--file", &file]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("larger than 32 MiB, the most a key owner may import at once"),
+        "{err}"
+    );
+    assert_eq!(d.keys().len(), 1);
 }

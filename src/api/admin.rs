@@ -136,7 +136,11 @@ async fn import_file(
         format!(
             "the file is larger than {} MiB, the most {} may import at once; split it",
             most >> 20,
-            if actor.admin { "an admin" } else { "a key owner" }
+            if actor.admin {
+                "an admin"
+            } else {
+                "a key owner"
+            }
         )
     })
     .await?;
@@ -252,11 +256,7 @@ pub(crate) fn routes(r: Routes) -> Routes {
             get(list_keys).post(create_key),
         )
         .add("/v1/admin/keys/import", &["POST"], post(import_key))
-        .add(
-            "/v1/admin/keys/bulk-import",
-            &["POST"],
-            post(import_file),
-        )
+        .add("/v1/admin/keys/bulk-import", &["POST"], post(import_file))
         .add(
             "/v1/admin/keys/{id}",
             &["GET", "PATCH", "DELETE"],

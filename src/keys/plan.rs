@@ -276,12 +276,39 @@ pub struct KeyChange {
     /// Its owner would no longer be a configured user: the key is refused.
     #[serde(default)]
     pub owner_lost: bool,
+    /// Scopes of its own that its owner's groups do not grant now and would: the
+    /// key may do more than today.
+    #[serde(default)]
+    pub gained_scopes: Vec<String>,
+    /// Its owner is not a configured user now (the key is refused) and would be:
+    /// the key works again.
+    #[serde(default)]
+    pub owner_regained: bool,
     /// Its owner's groups would grant none of its scopes: the key is refused.
     #[serde(default)]
     pub refused: bool,
     /// Notifications and warnings that move.
     #[serde(default)]
     pub notifications: Vec<NotificationMove>,
+}
+
+impl KeyChange {
+    /// `l`, changing in nothing (yet).
+    fn none(l: &Live) -> Self {
+        Self {
+            key_id: l.id,
+            owner: l.owner.to_string(),
+            name: l.name.to_string(),
+            expiry: None,
+            beyond_max: false,
+            lost_scopes: Vec::new(),
+            owner_lost: false,
+            gained_scopes: Vec::new(),
+            owner_regained: false,
+            refused: false,
+            notifications: Vec::new(),
+        }
+    }
 }
 
 /// How many keys each kind of change touches.
@@ -297,6 +324,12 @@ pub struct ChangeCounts {
     pub lose_scopes: usize,
     /// Keys whose owner is no longer configured.
     pub lose_owner: usize,
+    /// Keys that gain scopes (of their own, granted again).
+    #[serde(default)]
+    pub gain_scopes: usize,
+    /// Keys whose owner is configured again: they work again.
+    #[serde(default)]
+    pub regain_owner: usize,
     /// Notifications and warnings that move, appear, go or would fail.
     pub notifications: usize,
 }
@@ -692,17 +725,7 @@ fn key_change(
     }
     let now = old.now;
     let (old_policy, new_policy) = (&old.settings.policy, &new.settings.policy);
-    let mut change = KeyChange {
-        key_id: l.id,
-        owner: l.owner.to_string(),
-        name: l.name.to_string(),
-        expiry: None,
-        beyond_max: false,
-        lost_scopes: Vec::new(),
-        owner_lost: false,
-        refused: false,
-        notifications: Vec::new(),
-    };
+    let mut change = KeyChange::none(l);
     let lapsed = |s: Status| matches!(s, Status::Expired | Status::Inactive);
     let was = l.life.effective_expiry(old_policy, last_used);
     let will = l.life.effective_expiry(new_policy, last_used);
@@ -731,6 +754,7 @@ fn key_change(
     let own = l.own_scopes();
     match (grants.0.get(&*l.owner), grants.1.get(&*l.owner)) {
         (Some(_), None) => change.owner_lost = true,
+        (None, Some(_)) => change.owner_regained = true,
         (Some(was), Some(will)) => {
             let held: Vec<&String> = own.iter().filter(|s| was.contains(*s)).collect();
             change.lost_scopes = held
@@ -739,8 +763,13 @@ fn key_change(
                 .map(|s| (*s).clone())
                 .collect();
             change.refused = !held.is_empty() && held.len() == change.lost_scopes.len();
+            change.gained_scopes = own
+                .iter()
+                .filter(|s| !was.contains(*s) && will.contains(*s))
+                .cloned()
+                .collect();
         }
-        _ => {}
+        (None, None) => {}
     }
     let was = old.warning(l, last_used);
     let will = new.warning(l, last_used);
@@ -770,6 +799,8 @@ fn key_change(
         || change.beyond_max
         || !change.lost_scopes.is_empty()
         || change.owner_lost
+        || !change.gained_scopes.is_empty()
+        || change.owner_regained
         || !change.notifications.is_empty();
     changed.then_some(change)
 }
@@ -859,6 +890,8 @@ fn policy_plan_of(
         counts.beyond_max += usize::from(change.beyond_max);
         counts.lose_scopes += usize::from(!change.lost_scopes.is_empty());
         counts.lose_owner += usize::from(change.owner_lost);
+        counts.gain_scopes += usize::from(!change.gained_scopes.is_empty());
+        counts.regain_owner += usize::from(change.owner_regained);
         counts.notifications += change.notifications.len();
         let at = (change.owner.clone(), change.name.clone(), change.key_id);
         if kept.len() < ask.limit {
@@ -893,15 +926,8 @@ fn policy_plan_of(
             }
             (Some(c), None) => Some(c),
             (None, Some(jobs)) if l.life.state != KeyState::Removed => Some(KeyChange {
-                key_id: l.id,
-                owner: l.owner.to_string(),
-                name: l.name.to_string(),
-                expiry: None,
-                beyond_max: false,
-                lost_scopes: Vec::new(),
-                owner_lost: false,
-                refused: false,
                 notifications: jobs,
+                ..KeyChange::none(l)
             }),
             (None, _) => None,
         };

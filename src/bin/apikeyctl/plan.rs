@@ -165,8 +165,15 @@ fn print_policy(p: &PolicyPlan, file: &std::path::Path) {
         p.total
     );
     println!(
-        "  expiry moves: {} ({} expired or inactive at once); beyond the new maximum: {}; lose scopes: {}; lose their owner: {}; notifications move: {}",
-        c.expiry_moves, c.expire_at_once, c.beyond_max, c.lose_scopes, c.lose_owner, c.notifications
+        "  expiry moves: {} ({} expired or inactive at once); beyond the new maximum: {}; lose scopes: {}; lose their owner: {}; gain scopes: {}; work again: {}; notifications move: {}",
+        c.expiry_moves,
+        c.expire_at_once,
+        c.beyond_max,
+        c.lose_scopes,
+        c.lose_owner,
+        c.gain_scopes,
+        c.regain_owner,
+        c.notifications
     );
     let mut owner = None;
     for k in &p.keys {
@@ -224,6 +231,18 @@ fn change_lines(k: &KeyChange) -> Vec<String> {
             line += ": none left, the key is refused";
         }
         out.push(line);
+    }
+    if k.owner_regained {
+        out.push(format!(
+            "owner {:?} configured again: THE KEY WORKS AGAIN",
+            k.owner
+        ));
+    }
+    if !k.gained_scopes.is_empty() {
+        out.push(format!(
+            "GAINS scopes {}: its owner's groups grant them again",
+            k.gained_scopes.join(", ")
+        ));
     }
     for n in &k.notifications {
         let at = |t: &Option<DateTime<Utc>>| t.as_ref().map_or_else(|| "none".to_owned(), secs);

@@ -323,6 +323,24 @@ async fn a_new_directory_takes_scopes_and_owners() {
     // The same configuration changes nothing.
     let same = plan_policy(&f, &[]).await;
     assert_eq!(same.total, 0, "{same:#?}");
+
+    // The other way: with the narrower one in force, the file that grants more
+    // shows the widening an admin is about to make.
+    let narrower = [
+        (
+            "scopes = [\"catalog:read\", \"catalog:sync\"]",
+            "scopes = [\"catalog:read\"]",
+        ),
+        ("[users.bob]\ngroups = [\"Synchronizer\"]\n", ""),
+    ];
+    f.keys.reload(Settings::from(&new_config(&narrower)));
+    let p = plan_policy(&f, &[]).await;
+    let c = change(&p, sync);
+    assert_eq!(c.gained_scopes, ["catalog:sync"]);
+    assert!(c.lost_scopes.is_empty() && !c.owner_regained);
+    assert!(change(&p, bobs).owner_regained);
+    assert_eq!((p.counts.gain_scopes, p.counts.regain_owner), (1, 1));
+    assert_eq!((p.counts.lose_scopes, p.counts.lose_owner), (0, 0));
 }
 
 #[tokio::test]

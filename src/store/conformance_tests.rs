@@ -145,6 +145,69 @@ fn a_change_is_committed_whole_with_sequence_numbers_and_ids_assigned() {
     });
 }
 
+/// A bulk import's commit: several changes of keys, each with its audit entry and
+/// alert job, as one unit. Every backend numbers the entries in order across the
+/// changes and files entries and jobs under their key and owner (redb writes them
+/// on two threads, PostgreSQL in one transaction of several batches).
+#[test]
+fn a_bulk_commit_numbers_and_files_every_change_in_order() {
+    each_backend(|s| {
+        let owners = ["alice", "bob", "carol"];
+        let mut changes = Vec::new();
+        let mut ids = Vec::new();
+        for b in 0..4u8 {
+            let mut c = Change::default();
+            for i in 0..25u8 {
+                let rec = key(owners[usize::from(b * 25 + i) % 3], b * 25 + i);
+                let at = t0() + Duration::minutes(i64::from(i));
+                c.put_jobs
+                    .push(AlertJob::new(rec.id, JobKind::Notification, "s", at, t0()));
+                c.audit.push(entry(Some(rec.id), "import"));
+                ids.push(rec.id);
+                c.put_keys.push(rec);
+            }
+            changes.push(c);
+        }
+        s.commit_all(changes).unwrap();
+        assert_eq!(s.key_count().unwrap(), 100);
+        let all = s.audit_page(&AuditFilter::default(), None, 1000).unwrap();
+        let in_order: Vec<Option<Uuid>> = all.items.iter().rev().map(|e| e.key_id).collect();
+        assert_eq!(in_order, ids.iter().copied().map(Some).collect::<Vec<_>>());
+        let seqs: Vec<u64> = all.items.iter().rev().map(|e| e.seq).collect();
+        assert_eq!(seqs, (1..=100).collect::<Vec<u64>>());
+        for (n, owner) in owners.iter().enumerate() {
+            let want = 34 - usize::from(n > 0);
+            let filter = AuditFilter {
+                key: None,
+                owner: Some((*owner).to_owned()),
+            };
+            assert_eq!(
+                s.audit_page(&filter, None, 1000).unwrap().items.len(),
+                want,
+                "{owner}"
+            );
+            let jobs = s
+                .jobs(&JobFilter {
+                    owner: Some((*owner).to_owned()),
+                    limit: 1000,
+                    ..JobFilter::default()
+                })
+                .unwrap();
+            assert_eq!(jobs.items.len(), want, "{owner}");
+        }
+        let one = s
+            .jobs(&JobFilter {
+                key: Some(ids[60]),
+                limit: 10,
+                ..JobFilter::default()
+            })
+            .unwrap();
+        assert_eq!(one.items.len(), 1);
+        counts_become(s, [100, 0, 0, 0, 0]);
+        assert_eq!(s.next_due().unwrap(), Some(t0()));
+    });
+}
+
 #[test]
 fn audit_pages_by_key_and_owner_end_with_a_cursor() {
     each_backend(|s| {

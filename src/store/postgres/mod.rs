@@ -398,6 +398,15 @@ impl PostgresStore {
         &self,
         f: impl AsyncFnOnce(&mut Client) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
+        self.run_within(self.call_timeout, f)
+    }
+
+    /// [`Self::run`] with another bound on the whole call.
+    fn run_within<T>(
+        &self,
+        call_timeout: std::time::Duration,
+        f: impl AsyncFnOnce(&mut Client) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
         let Some(rt) = &self.rt else {
             return Err(StoreError::Transaction("the store is closed".into()));
         };
@@ -409,10 +418,10 @@ impl PostgresStore {
                 let mut client = self.pool.get().await.map_err(pool_error)?;
                 f(&mut client).await
             };
-            match tokio::time::timeout(self.call_timeout, call).await {
+            match tokio::time::timeout(call_timeout, call).await {
                 Ok(result) => result,
                 Err(_) => Err(StoreError::Unavailable(
-                    format!("no answer within {:?}", self.call_timeout).into(),
+                    format!("no answer within {call_timeout:?}").into(),
                 )),
             }
         });
@@ -861,6 +870,29 @@ impl Storage for PostgresStore {
         let jobs_changed = !change.put_jobs.is_empty() || !change.delete_jobs.is_empty();
         let writer = self.writer();
         self.run(async |c| commit(c, writer, change).await)?;
+        if jobs_changed {
+            self.jobs_changed.notify_one();
+        }
+        Ok(())
+    }
+
+    /// One transaction, the changes applied one after another: each batch's
+    /// statements are bounded by `statement_timeout`, and the whole call by the call
+    /// timeout once per batch (a million-key import is a hundred of them), not once.
+    fn commit_all(&self, changes: Vec<Change>) -> Result<(), StoreError> {
+        let jobs_changed = changes
+            .iter()
+            .any(|c| !c.put_jobs.is_empty() || !c.delete_jobs.is_empty());
+        let writer = self.writer();
+        let batches = u32::try_from(changes.len()).unwrap_or(u32::MAX).max(1);
+        self.run_within(self.call_timeout.saturating_mul(batches), async |c| {
+            let tx = c.transaction().await.map_err(begin_err)?;
+            for change in changes {
+                refuse_jobs_of_other_nodes(&tx, writer, &change).await?;
+                apply(&tx, writer, change).await?;
+            }
+            tx.commit().await.map_err(commit_err)
+        })?;
         if jobs_changed {
             self.jobs_changed.notify_one();
         }

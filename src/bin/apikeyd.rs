@@ -307,7 +307,7 @@ fn run(path: &std::path::Path, env: Environment) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the tokio runtime")?;
-    let result = rt.block_on(async move {
+    rt.block_on(async move {
         let clock = clock()?;
         let daemon = Daemon::start(config, &env, clock).await?;
         let addr = daemon.tcp_addr()?;
@@ -334,14 +334,7 @@ fn run(path: &std::path::Path, env: Environment) -> anyhow::Result<()> {
         };
         daemon.run(shutdown, reload_rx, env).await?;
         Ok(())
-    });
-    // What the daemon must finish, `run` finished (deliveries in flight had the
-    // dispatcher's STOP_GRACE). A blocking task still going is an SMTP send waiting
-    // out [smtp] timeout (twice, with the QUIT), which would hold the stop up to a
-    // minute; its job is still marked running and is sent again at the next start,
-    // as after a crash.
-    rt.shutdown_timeout(std::time::Duration::from_secs(1));
-    result
+    })
 }
 
 /// The daemon's clock: the system clock. Builds with the `test-hooks` feature (tests

@@ -109,11 +109,28 @@ impl Email {
             .body(body.to_owned())
             .map_err(|e| DeliveryError::permanent(format!("cannot build the email: {e}")))?;
         let transport = self.transport.clone();
-        match tokio::task::spawn_blocking(move || transport.send(&message)).await {
+        // A thread of its own, not tokio's blocking pool: the runtime waits for its
+        // blocking tasks when the daemon stops (store commits must finish), and a
+        // send to a hung server would hold the stop for twice [smtp] timeout. The
+        // dispatcher gives a send in flight its grace; a thread still waiting after
+        // that ends with the process, and the job, still Running, is sent again.
+        let (done, result) = tokio::sync::oneshot::channel();
+        let spawned = std::thread::Builder::new()
+            .name("smtp-send".into())
+            .spawn(move || {
+                let _ = done.send(transport.send(&message));
+            });
+        if let Err(e) = spawned {
+            return Err(DeliveryError::transient(format!(
+                "SMTP {}: cannot start a sending thread: {e}",
+                self.server
+            )));
+        }
+        match result.await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err(self.explain(&e)),
-            Err(e) => Err(DeliveryError::transient(format!(
-                "SMTP {}: the sending thread failed: {e}",
+            Err(_) => Err(DeliveryError::transient(format!(
+                "SMTP {}: the sending thread failed",
                 self.server
             ))),
         }

@@ -125,6 +125,15 @@ pub(crate) async fn read_at_most(
     most: usize,
     too_large: impl FnOnce() -> String,
 ) -> ApiResult<Bytes> {
+    use axum::body::HttpBody as _;
+    // A declared length over the limit is refused before anything is read.
+    if body.size_hint().lower() > u64::try_from(most).unwrap_or(u64::MAX) {
+        return Err(ApiError {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            code: "bad_body",
+            message: too_large(),
+        });
+    }
     axum::body::to_bytes(body, most).await.map_err(|e| {
         let over = std::error::Error::source(&e)
             .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());

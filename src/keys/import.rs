@@ -32,6 +32,9 @@ use crate::store::{Change, StoreError};
 /// Keys per batch the store writes, and per chunk the index takes at a time.
 const BATCH: usize = 10_000;
 
+/// Lines at least per thread: a small file is not worth a thread per line.
+const MIN_PART: usize = 1024;
+
 /// One line of an import file.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -215,7 +218,7 @@ fn check_lines(
         .map(|(i, l)| (i + 1, l))
         .filter(|(_, l)| !l.trim().is_empty())
         .collect();
-    let per = lines.len().div_ceil(cpus()).max(1);
+    let per = lines.len().div_ceil(cpus()).max(MIN_PART);
     let results = on_threads(lines.chunks(per).collect(), |chunk| {
         chunk
             .iter()
@@ -398,7 +401,7 @@ fn build(
     // then grows at its end, rather than splitting pages all over as ids made on
     // several threads would.
     let total = ready.len();
-    let per = total.div_ceil(cpus()).max(1);
+    let per = total.div_ceil(cpus()).max(MIN_PART);
     let mut parts = Vec::new();
     let mut ready = ready.into_iter().map(|mut r| {
         r.rec.id = Uuid::now_v7();

@@ -754,7 +754,12 @@ fn key_change(
     let own = l.own_scopes();
     match (grants.0.get(&*l.owner), grants.1.get(&*l.owner)) {
         (Some(_), None) => change.owner_lost = true,
-        (None, Some(_)) => change.owner_regained = true,
+        (None, Some(will)) => {
+            // Usable again only with a scope of its own its groups grant.
+            change.owner_regained = true;
+            change.gained_scopes = own.iter().filter(|s| will.contains(*s)).cloned().collect();
+            change.refused = change.gained_scopes.is_empty();
+        }
         (Some(was), Some(will)) => {
             let held: Vec<&String> = own.iter().filter(|s| was.contains(*s)).collect();
             change.lost_scopes = held
@@ -890,7 +895,9 @@ fn policy_plan_of(
         counts.beyond_max += usize::from(change.beyond_max);
         counts.lose_scopes += usize::from(!change.lost_scopes.is_empty());
         counts.lose_owner += usize::from(change.owner_lost);
-        counts.gain_scopes += usize::from(!change.gained_scopes.is_empty());
+        // A key whose owner comes back is counted as such, not as gaining scopes.
+        counts.gain_scopes +=
+            usize::from(!change.gained_scopes.is_empty() && !change.owner_regained);
         counts.regain_owner += usize::from(change.owner_regained);
         counts.notifications += change.notifications.len();
         let at = (change.owner.clone(), change.name.clone(), change.key_id);

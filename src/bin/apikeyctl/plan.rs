@@ -232,13 +232,18 @@ fn change_lines(k: &KeyChange) -> Vec<String> {
         }
         out.push(line);
     }
-    if k.owner_regained {
+    if k.owner_regained && k.refused {
         out.push(format!(
-            "owner {:?} configured again: THE KEY WORKS AGAIN",
+            "owner {:?} configured again, but its groups grant none of the key's scopes: still refused",
             k.owner
         ));
-    }
-    if !k.gained_scopes.is_empty() {
+    } else if k.owner_regained {
+        out.push(format!(
+            "owner {:?} configured again: THE KEY IS NO LONGER REFUSED (if enabled and not expired), with scopes {}",
+            k.owner,
+            k.gained_scopes.join(", ")
+        ));
+    } else if !k.gained_scopes.is_empty() {
         out.push(format!(
             "GAINS scopes {}: its owner's groups grant them again",
             k.gained_scopes.join(", ")

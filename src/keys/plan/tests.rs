@@ -338,7 +338,9 @@ async fn a_new_directory_takes_scopes_and_owners() {
     let c = change(&p, sync);
     assert_eq!(c.gained_scopes, ["catalog:sync"]);
     assert!(c.lost_scopes.is_empty() && !c.owner_regained);
-    assert!(change(&p, bobs).owner_regained);
+    let c = change(&p, bobs);
+    assert!(c.owner_regained && !c.refused, "{c:?}");
+    assert!(!c.gained_scopes.is_empty());
     assert_eq!((p.counts.gain_scopes, p.counts.regain_owner), (1, 1));
     assert_eq!((p.counts.lose_scopes, p.counts.lose_owner), (0, 0));
 }

@@ -333,28 +333,36 @@ impl Storage for RedbStore {
                 .collect();
             let txn = &txn;
             std::thread::scope(|s| {
-                let jobs = s.spawn(move || {
-                    let mut delta = jobs::StateDelta::default();
-                    for (mut part, audit, owners) in job_parts {
-                        file_audit(txn, &audit, |key| {
-                            Ok(owners.get(&key).map(|o| Cow::Borrowed(o.as_str())))
-                        })?;
-                        let d = jobs::apply(txn, &mut part, &owners)?;
-                        for (sum, d) in delta.iter_mut().zip(d) {
-                            *sum += d;
+                // Refused (not a panic) when no thread can be had: the transaction
+                // is then aborted as any failed write is.
+                let jobs = std::thread::Builder::new()
+                    .name("redb-jobs".into())
+                    .spawn_scoped(s, move || {
+                        let mut delta = jobs::StateDelta::default();
+                        for (mut part, audit, owners) in job_parts {
+                            file_audit(txn, &audit, |key| {
+                                Ok(owners.get(&key).map(|o| Cow::Borrowed(o.as_str())))
+                            })?;
+                            let d = jobs::apply(txn, &mut part, &owners)?;
+                            for (sum, d) in delta.iter_mut().zip(d) {
+                                *sum += d;
+                            }
                         }
-                    }
-                    Ok::<_, StoreError>(delta)
-                });
-                for batch in &mut changes {
-                    apply_keys(txn, batch, false)?;
-                }
-                let d = jobs.join().map_err(|_| {
+                        Ok::<_, StoreError>(delta)
+                    })
+                    .map_err(|e| StoreError::Transaction(Box::new(e)))?;
+                let keys = changes
+                    .iter_mut()
+                    .try_for_each(|batch| apply_keys(txn, batch, false));
+                // Joined whatever happened here: a thread left running (or
+                // panicked) must not outlive its tables.
+                let jobs = jobs.join().map_err(|_| {
                     StoreError::Transaction(Box::new(std::io::Error::other(
                         "writing the alert jobs failed",
                     )))
-                })??;
-                add(d);
+                });
+                keys?;
+                add(jobs??);
                 Ok::<_, StoreError>(())
             })?;
         } else {
@@ -661,6 +669,16 @@ fn apply_keys(
         let mut audit = txn.open_table(AUDIT)?;
         let first = next_seq(&audit)?;
         for (seq, entry) in (first..).zip(&mut batch.audit) {
+            // Numbered already for the other thread's indexes: the numbers must
+            // be these, or the indexes would point at other entries.
+            if !index_audit && entry.seq != seq {
+                return Err(StoreError::Transaction(Box::new(std::io::Error::other(
+                    format!(
+                        "audit entry numbered {} ahead, {seq} in the table",
+                        entry.seq
+                    ),
+                ))));
+            }
             entry.seq = seq;
             let bytes = encode("audit", entry)?;
             audit.insert(entry.seq, bytes.as_slice())?;

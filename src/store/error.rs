@@ -64,6 +64,12 @@ pub enum StoreError {
     /// Another node changed the same key first; nothing was written.
     #[error("{0}")]
     Conflict(String),
+    /// The store cannot do this (a backup of a PostgreSQL store, say).
+    #[error("{0}")]
+    Unsupported(String),
+    /// A file given as a snapshot is not one apikeyd can restore.
+    #[error("{0}")]
+    NotSnapshot(String),
     /// A record could not be encoded for storage.
     #[error("cannot encode a record for table {table}: {source}")]
     Encode {
@@ -81,5 +87,47 @@ impl From<crate::model::row::BadHash> for StoreError {
             table: "keys",
             source: Box::new(e),
         }
+    }
+}
+
+/// What the disk answered when a storage failure came from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiskProblem {
+    /// No space left (or the quota is used up).
+    Full,
+    /// The file system is mounted read-only.
+    ReadOnly,
+    /// The database file (or its directory) may not be written by this process.
+    Denied,
+    /// An earlier write failed: the database must be reopened before it is used.
+    Earlier,
+}
+
+/// The cause kept when a write failed before and the database refuses every use
+/// until it is reopened (redb's "previous I/O error").
+#[derive(Debug, thiserror::Error)]
+#[error("an earlier write to the database file failed (disk full, read-only or failing)")]
+pub struct EarlierWriteFailed;
+
+impl StoreError {
+    /// Whether the disk caused this failure, and how: an I/O error somewhere in
+    /// its causes (a backend keeps the `std::io::Error` itself as the cause).
+    pub fn disk_problem(&self) -> Option<DiskProblem> {
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(self);
+        while let Some(e) = cause {
+            if e.downcast_ref::<EarlierWriteFailed>().is_some() {
+                return Some(DiskProblem::Earlier);
+            }
+            if let Some(io) = e.downcast_ref::<std::io::Error>() {
+                return match io.raw_os_error() {
+                    Some(libc::ENOSPC | libc::EDQUOT) => Some(DiskProblem::Full),
+                    Some(libc::EROFS) => Some(DiskProblem::ReadOnly),
+                    Some(libc::EACCES | libc::EPERM) => Some(DiskProblem::Denied),
+                    _ => None,
+                };
+            }
+            cause = e.source();
+        }
+        None
     }
 }

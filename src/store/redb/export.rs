@@ -11,7 +11,7 @@ use super::tables::{decode, KEYS};
 use super::{RedbStore, AUDIT, RETIRED};
 use crate::model::{AuditEntry, KeyHash, KeyRecord, OperatorMessage, RetiredSecret};
 use crate::store::error::StoreError;
-use crate::store::export::{Export, RecordCounts};
+use crate::store::export::{Export, RecordCounts, Snapshot, SnapshotInfo};
 
 /// Up to `limit` records of `table` with keys above `after`, decoded.
 fn page<K, T>(
@@ -84,5 +84,9 @@ impl Export for RedbStore {
         page(&self.db, MESSAGES, Some(after), limit, |_, v| {
             decode("operator_messages", v)
         })
+    }
+
+    fn snapshot(&self, info: SnapshotInfo) -> Result<Snapshot, StoreError> {
+        self.take_snapshot(info)
     }
 }

@@ -15,6 +15,7 @@ mod export;
 #[cfg(test)]
 mod job_tests;
 mod jobs;
+mod snapshot;
 mod tables;
 
 use std::path::Path;
@@ -54,6 +55,8 @@ const GROUP_COMMIT_WAIT: std::time::Duration = std::time::Duration::from_millis(
 #[derive(Debug)]
 pub struct RedbStore {
     db: Database,
+    /// The database's directory: where a backup's scratch file goes.
+    dir: std::path::PathBuf,
     /// Alert jobs per state ([`JobState::index`]), counted at open and kept up to
     /// date by every commit, so `/metrics` never scans the jobs.
     job_states: [AtomicI64; JobState::ALL.len()],
@@ -130,6 +133,10 @@ impl RedbStore {
         let job_states = jobs::load_state_counts(&db)?.map(AtomicI64::new);
         Ok(Self {
             db,
+            dir: path
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .map_or_else(|| ".".into(), Path::to_path_buf),
             job_states,
             committed: AtomicU64::new(0),
             durable: parking_lot::Mutex::new(0),

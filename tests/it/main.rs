@@ -6,6 +6,7 @@ mod alert_operator;
 mod alert_plugins;
 mod alerts;
 mod authz;
+mod backup;
 mod bulk_import;
 mod caddy;
 mod cluster;

@@ -221,3 +221,104 @@ impl RedbStore {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    use chrono::Utc;
+
+    use super::*;
+    use crate::model::{AuditEntry, KeyKind, KeyRecord};
+    use crate::store::{Change, Export, Storage};
+
+    fn info() -> SnapshotInfo {
+        SnapshotInfo::new(Utc::now(), &[7; 32])
+    }
+
+    /// Every table a store opens is copied: a table added to the store without a
+    /// line in `copy_all` fails here, not in an operator's restore.
+    #[test]
+    fn a_snapshot_copies_every_table_a_store_opens() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(&dir.path().join("db.redb")).unwrap();
+        let read = store.db.begin_read().unwrap();
+        let mut opened: Vec<String> = read
+            .list_tables()
+            .unwrap()
+            .map(|t| t.name().to_owned())
+            .collect();
+        opened.sort();
+        let mut copied = copy_names();
+        copied.sort();
+        assert_eq!(opened, copied);
+    }
+
+    /// One key and its audit entry per commit, while the snapshot is taken: a
+    /// snapshot read table by table in separate transactions could hold a key
+    /// without its entry; one read transaction cannot.
+    #[test]
+    fn a_snapshot_taken_during_commits_is_one_moment_of_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(RedbStore::open(&dir.path().join("db.redb")).unwrap());
+        let stop = Arc::new(AtomicBool::new(false));
+        let writer = {
+            let (store, stop) = (store.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut n = 0u32;
+                while !stop.load(Ordering::Relaxed) {
+                    let mut hash = [0u8; 32];
+                    hash[..4].copy_from_slice(&n.to_be_bytes());
+                    let rec = KeyRecord::new("alice", &format!("k{n}"), &hash, KeyKind::Generated, Utc::now());
+                    let entry = AuditEntry::new(Utc::now(), "alice", "create", Some(rec.id), "created".into());
+                    store
+                        .commit(Change {
+                            put_keys: vec![rec],
+                            audit: vec![entry],
+                            ..Change::default()
+                        })
+                        .unwrap();
+                    n += 1;
+                }
+                n
+            })
+        };
+        while store.export_counts().unwrap().keys < 50 {
+            std::thread::yield_now();
+        }
+        let snap = store.snapshot(info()).unwrap();
+        stop.store(true, Ordering::Relaxed);
+        let written = writer.join().unwrap();
+        assert_eq!(snap.info.counts.keys, snap.info.counts.audit);
+        assert!(snap.info.counts.keys >= 50 && snap.info.counts.keys <= u64::from(written));
+        // The file is a snapshot that says so, and opens as a store afterwards.
+        let path = dir.path().join("copy.redb");
+        let mut out = std::fs::File::create(&path).unwrap();
+        let mut file = snap.file;
+        let copied = std::io::copy(&mut file, &mut out).unwrap();
+        assert_eq!(copied, snap.bytes);
+        assert_eq!(RedbStore::inspect_snapshot(&path).unwrap(), snap.info);
+        assert_eq!(RedbStore::adopt_snapshot(&path).unwrap(), snap.info);
+        let restored = RedbStore::open(&path).unwrap();
+        assert_eq!(restored.export_counts().unwrap(), snap.info.counts);
+        // Adopted: an ordinary database now, no longer a snapshot.
+        drop(restored);
+        assert!(matches!(
+            RedbStore::inspect_snapshot(&path),
+            Err(StoreError::NotSnapshot(_))
+        ));
+    }
+
+    #[test]
+    fn a_store_in_use_is_seen_as_such() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.redb");
+        let store = RedbStore::open(&path).unwrap();
+        assert!(RedbStore::in_use(&path).unwrap());
+        drop(store);
+        assert!(!RedbStore::in_use(&path).unwrap());
+    }
+}

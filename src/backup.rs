@@ -71,7 +71,9 @@ pub enum RestoreError {
         source: StoreError,
     },
     /// The restored database reads back unlike the snapshot.
-    #[error("the restored database holds {held}, and the snapshot {expected}. Nothing was changed")]
+    #[error(
+        "the restored database holds {held}, and the snapshot {expected}. Nothing was changed"
+    )]
     Mismatch {
         /// What the snapshot said.
         expected: RecordCounts,
@@ -214,14 +216,15 @@ fn place(
             database.display(),
             chrono::Utc::now().format("%Y%m%dT%H%M%SZ")
         ));
-        std::fs::rename(database, &aside).map_err(io(format!(
-            "cannot move {} aside",
-            database.display()
-        )))?;
+        std::fs::rename(database, &aside)
+            .map_err(io(format!("cannot move {} aside", database.display())))?;
         replaced = Some(aside);
     }
-    std::fs::rename(copy, database)
-        .map_err(io(format!("cannot rename {} to {}", copy.display(), database.display())))?;
+    std::fs::rename(copy, database).map_err(io(format!(
+        "cannot rename {} to {}",
+        copy.display(),
+        database.display()
+    )))?;
     if let Some(dir) = database.parent() {
         std::fs::File::open(dir)
             .and_then(|d| d.sync_all())

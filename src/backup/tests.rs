@@ -63,7 +63,10 @@ fn a_snapshot_restores_and_an_existing_database_is_replaced_only_with_force() {
         std::fs::metadata(&db).unwrap().permissions().mode() & 0o777,
         0o600
     );
-    assert_eq!(RedbStore::open(&db).unwrap().export_counts().unwrap().keys, 1);
+    assert_eq!(
+        RedbStore::open(&db).unwrap().export_counts().unwrap().keys,
+        1
+    );
     // Again: refused without force, and nothing moves.
     let err = restore(&config, &env(), &file, false).unwrap_err();
     assert!(matches!(err, RestoreError::Exists { .. }), "{err}");
@@ -89,7 +92,10 @@ fn what_is_not_a_snapshot_is_refused_and_nothing_is_put_in_place() {
         assert!(err.to_string().contains("not an apikeyd snapshot"), "{err}");
     }
     let missing = restore(&config, &env(), &dir.path().join("nope"), false).unwrap_err();
-    assert!(matches!(missing, RestoreError::Unreadable { .. }), "{missing}");
+    assert!(
+        matches!(missing, RestoreError::Unreadable { .. }),
+        "{missing}"
+    );
     let db = config.server.database_path();
     assert!(!db.exists());
     assert!(!db.with_extension("redb.restoring").exists());

@@ -44,7 +44,11 @@ fn new_machine_with_secret_of(from: &TestDaemon) -> TestDaemon {
     let to = TestDaemon::configured(crate::util::DEFAULT_POLICY, "");
     let state = to.path("state");
     std::fs::create_dir_all(&state).unwrap();
-    std::fs::copy(from.path("state/server.secret"), state.join("server.secret")).unwrap();
+    std::fs::copy(
+        from.path("state/server.secret"),
+        state.join("server.secret"),
+    )
+    .unwrap();
     to
 }
 
@@ -138,7 +142,10 @@ fn a_backup_under_write_load_restores_every_key_acknowledged_before_it() {
     }
     assert!(!valid(&n, &disabled.1), "a disabled key stays disabled");
     for (id, key, _) in &acked_before {
-        assert!(valid(&n, key), "key {id}, acknowledged before the backup, verifies");
+        assert!(
+            valid(&n, key),
+            "key {id}, acknowledged before the backup, verifies"
+        );
     }
     assert_eq!(n.keys().len(), keys_in);
     let jobs = n.json(&["job", "list", "--limit", "1000"])["jobs"]
@@ -196,7 +203,11 @@ fn restore_refuses_an_existing_database_a_running_daemon_another_secret_and_othe
     std::fs::write(other.path("state/server.secret"), "ab".repeat(32)).unwrap();
     let out = restore(&other, &file, &[]);
     assert!(!out.status.success());
-    assert!(text(&out).contains("another server secret"), "{}", text(&out));
+    assert!(
+        text(&out).contains("another server secret"),
+        "{}",
+        text(&out)
+    );
     assert!(!other.db_path().exists(), "nothing was put in place");
 
     // No secret at all: refused, and none is created.
@@ -210,12 +221,20 @@ fn restore_refuses_an_existing_database_a_running_daemon_another_secret_and_othe
     let n = new_machine_with_secret_of(&d);
     let out = restore(&n, &d.db_path(), &[]);
     assert!(!out.status.success());
-    assert!(text(&out).contains("not an apikeyd snapshot"), "{}", text(&out));
+    assert!(
+        text(&out).contains("not an apikeyd snapshot"),
+        "{}",
+        text(&out)
+    );
     let junk = n.path("junk.redb");
     std::fs::write(&junk, b"not a database at all").unwrap();
     let out = restore(&n, &junk, &[]);
     assert!(!out.status.success());
-    assert!(text(&out).contains("not an apikeyd snapshot"), "{}", text(&out));
+    assert!(
+        text(&out).contains("not an apikeyd snapshot"),
+        "{}",
+        text(&out)
+    );
     assert!(!n.db_path().exists(), "nothing was put in place");
 }
 

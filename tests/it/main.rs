@@ -12,6 +12,7 @@ mod caddy;
 mod cluster;
 mod config;
 mod connection_limits;
+mod disk;
 mod echo;
 mod forward_auth;
 mod keep_alive;

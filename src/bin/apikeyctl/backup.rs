@@ -71,7 +71,10 @@ pub async fn backup(client: &Client, args: BackupArgs) -> anyhow::Result<ExitCod
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if length.is_some_and(|l| l != bytes) {
-        bail!("the backup was cut off ({bytes} of {length:?} bytes); nothing was written to {}", file.display());
+        bail!(
+            "the backup was cut off ({bytes} of {length:?} bytes); nothing was written to {}",
+            file.display()
+        );
     }
     let sent: Option<SnapshotInfo> = headers
         .get(SNAPSHOT_HEADER)
@@ -80,9 +83,17 @@ pub async fn backup(client: &Client, args: BackupArgs) -> anyhow::Result<ExitCod
     let path = partial.path().to_path_buf();
     let info = tokio::task::spawn_blocking(move || RedbStore::inspect_snapshot(&path))
         .await?
-        .with_context(|| format!("the backup received does not check out; nothing was written to {}", file.display()))?;
+        .with_context(|| {
+            format!(
+                "the backup received does not check out; nothing was written to {}",
+                file.display()
+            )
+        })?;
     if sent.as_ref().is_some_and(|s| *s != info) {
-        bail!("the backup received is not the one apikeyd took; nothing was written to {}", file.display());
+        bail!(
+            "the backup received is not the one apikeyd took; nothing was written to {}",
+            file.display()
+        );
     }
     if args.force {
         partial.persist(file)

@@ -3,7 +3,7 @@
 
 use std::ops::Bound;
 
-use redb::{Database, ReadableDatabase, ReadableTableMetadata, TableDefinition};
+use redb::{ReadableTableMetadata, TableDefinition};
 use uuid::Uuid;
 
 use super::jobs::{JOBS, MESSAGES};
@@ -15,7 +15,7 @@ use crate::store::export::{Export, RecordCounts, Snapshot, SnapshotInfo};
 
 /// Up to `limit` records of `table` with keys above `after`, decoded.
 fn page<K, T>(
-    db: &Database,
+    db: &super::reopen::Db,
     table: TableDefinition<K, &[u8]>,
     after: Option<K::SelfType<'_>>,
     limit: usize,

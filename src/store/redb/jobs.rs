@@ -28,11 +28,14 @@ pub(super) const RUNNING: TableDefinition<u128, ()> = TableDefinition::new("aler
 pub(super) const MESSAGES: TableDefinition<u64, &[u8]> = TableDefinition::new("operator_messages");
 /// Number of jobs per state ([`JobState::index`]), kept by [`apply`] in the same
 /// transaction as the jobs, so opening the store reads five rows, not every job.
-pub(super) const STATE_COUNTS: TableDefinition<u8, i64> = TableDefinition::new("alert_job_state_counts");
+pub(super) const STATE_COUNTS: TableDefinition<u8, i64> =
+    TableDefinition::new("alert_job_state_counts");
 /// The owner is the value so that a deleted job's owner entry can be found even
 /// when its key was purged before it.
-pub(super) const BY_KEY: TableDefinition<(u128, u128), &str> = TableDefinition::new("alert_jobs_by_key");
-pub(super) const BY_OWNER: TableDefinition<(&str, u128), ()> = TableDefinition::new("alert_jobs_by_owner");
+pub(super) const BY_KEY: TableDefinition<(u128, u128), &str> =
+    TableDefinition::new("alert_jobs_by_key");
+pub(super) const BY_OWNER: TableDefinition<(&str, u128), ()> =
+    TableDefinition::new("alert_jobs_by_owner");
 
 fn ms(t: DateTime<Utc>) -> i64 {
     t.timestamp_millis()

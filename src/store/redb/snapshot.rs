@@ -43,7 +43,10 @@ fn copy<K: Key + 'static, V: Value + 'static>(
 }
 
 /// Every table of the store, copied: (name, rows).
-fn copy_all(from: &ReadTransaction, to: &WriteTransaction) -> Result<Vec<(String, u64)>, StoreError> {
+fn copy_all(
+    from: &ReadTransaction,
+    to: &WriteTransaction,
+) -> Result<Vec<(String, u64)>, StoreError> {
     let mut copied = Vec::new();
     macro_rules! each {
         ($($t:expr),* $(,)?) => {
@@ -100,9 +103,10 @@ impl RedbStore {
         info.counts = counts(&read)?;
         let mut file = tempfile::tempfile_in(&self.dir).map_err(io)?;
         let db = Database::builder()
-            .create_with_backend(redb::backends::FileBackend::new(
-                file.try_clone().map_err(io)?,
-            ).map_err(|e| StoreError::Storage(Box::new(e)))?)
+            .create_with_backend(
+                redb::backends::FileBackend::new(file.try_clone().map_err(io)?)
+                    .map_err(|e| StoreError::Storage(Box::new(e)))?,
+            )
             .map_err(|e| StoreError::Storage(Box::new(e)))?;
         let write = db.begin_write()?;
         copy_all(&read, &write)?;
@@ -154,7 +158,9 @@ fn read_info(db: &impl ReadableDatabase) -> Result<SnapshotInfo, StoreError> {
     let meta = read.open_table(SNAPSHOT).map_err(|_| {
         not("no snapshot record: apikeyctl backup writes one; a live apikeyd.redb has none")
     })?;
-    let text = meta.get("info")?.ok_or_else(|| not("empty snapshot record"))?;
+    let text = meta
+        .get("info")?
+        .ok_or_else(|| not("empty snapshot record"))?;
     let info: SnapshotInfo = serde_json::from_str(text.value())
         .map_err(|e| not(format!("unreadable snapshot record: {e}")))?;
     if info.format != SNAPSHOT_FORMAT {
@@ -189,11 +195,12 @@ impl RedbStore {
     /// so the file is an ordinary database. Returns what the snapshot said about
     /// itself.
     pub fn adopt_snapshot(path: &Path) -> Result<SnapshotInfo, StoreError> {
-        let mut db = Database::open(path)
-            .map_err(|e| not(format!("not a readable redb database: {e}")))?;
-        if !db.check_integrity().map_err(|e| {
-            StoreError::NotSnapshot(format!("the snapshot is damaged: {e}"))
-        })? {
+        let mut db =
+            Database::open(path).map_err(|e| not(format!("not a readable redb database: {e}")))?;
+        if !db
+            .check_integrity()
+            .map_err(|e| StoreError::NotSnapshot(format!("the snapshot is damaged: {e}")))?
+        {
             return Err(StoreError::NotSnapshot(
                 "the snapshot is damaged: redb had to repair it".into(),
             ));
@@ -272,8 +279,20 @@ mod tests {
                 while !stop.load(Ordering::Relaxed) {
                     let mut hash = [0u8; 32];
                     hash[..4].copy_from_slice(&n.to_be_bytes());
-                    let rec = KeyRecord::new("alice", &format!("k{n}"), &hash, KeyKind::Generated, Utc::now());
-                    let entry = AuditEntry::new(Utc::now(), "alice", "create", Some(rec.id), "created".into());
+                    let rec = KeyRecord::new(
+                        "alice",
+                        &format!("k{n}"),
+                        &hash,
+                        KeyKind::Generated,
+                        Utc::now(),
+                    );
+                    let entry = AuditEntry::new(
+                        Utc::now(),
+                        "alice",
+                        "create",
+                        Some(rec.id),
+                        "created".into(),
+                    );
                     store
                         .commit(Change {
                             put_keys: vec![rec],

@@ -11,7 +11,7 @@ pub(super) const KEYS: TableDefinition<u128, &[u8]> = TableDefinition::new("keys
 
 /// The cause to keep of a redb storage failure: the I/O error itself when there
 /// is one, so [`StoreError::disk_problem`] can tell a full or read-only disk.
-fn cause(e: redb::StorageError) -> BoxError {
+pub(super) fn cause(e: redb::StorageError) -> BoxError {
     match e {
         redb::StorageError::Io(io) => Box::new(io),
         redb::StorageError::PreviousIo => Box::new(EarlierWriteFailed),

@@ -5,6 +5,7 @@
 use chrono::{DateTime, Utc};
 
 use super::*;
+use redb::Database;
 use crate::model::job::{AlertJob, JobKind};
 use crate::model::key::KeyKind;
 

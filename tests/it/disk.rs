@@ -136,6 +136,22 @@ fn a_full_disk_refuses_changes_clearly_keeps_verifying_and_recovers_once_space_i
         message.contains("disk holding the database is full"),
         "{message}"
     );
+    // Several creations at once share one commit (group commit): each is refused
+    // with what the disk said, not a generic "unavailable" (a bug this found).
+    let statuses: Vec<u16> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..8)
+            .map(|i| {
+                let (d, admin) = (&d, &admin);
+                s.spawn(move || create(d, admin, &format!("together{i}")).0)
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap()).collect()
+    });
+    assert!(
+        statuses.iter().all(|s| *s == 507),
+        "{statuses:?}\n{}",
+        problems(&d)
+    );
     // apikeyctl says it too.
     let said = d.fails(&["key", "create", "--user", "alice", "--name", "via-ctl"]);
     assert!(said.contains("is full"), "{said}\n{}", problems(&d));

@@ -19,16 +19,13 @@ use crate::util::{bearer, http, require_root, wait_until, TestDaemon, DEFAULT_PO
 /// hold files there) when dropped, even when the test fails.
 pub struct Mounted {
     at: PathBuf,
-    /// The loop device behind it, detached after the unmount.
+    /// The loop device behind it (mount's own, freed once unmounted).
     device: Option<String>,
 }
 
 impl Drop for Mounted {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg("-l").arg(&self.at).status();
-        if let Some(dev) = &self.device {
-            let _ = Command::new("losetup").arg("-d").arg(dev).status();
-        }
     }
 }
 
@@ -207,4 +204,123 @@ fn a_full_disk_refuses_changes_clearly_keeps_verifying_and_recovers_once_space_i
             .unwrap()
             >= 4
     );
+}
+
+/// An ext4 file system in an image file at `at`, on a loop device (freed with
+/// the mount), that goes read-only on its first error, as a failing disk's does.
+fn ext4(image: &Path, at: &Path) -> Mounted {
+    std::fs::create_dir_all(at).unwrap();
+    run(Command::new("mount")
+        .args(["-t", "ext4", "-o", "loop,errors=remount-ro"])
+        .arg(image)
+        .arg(at));
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    let device = mounts
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f.get(1) == Some(&at.to_str().unwrap()))
+        .map(|f| f[0].to_owned());
+    Mounted {
+        at: at.to_path_buf(),
+        device,
+    }
+}
+
+/// Make the ext4 file system at `m` read-only under whoever has files open on it:
+/// ext4 records an error and, mounted `errors=remount-ro`, refuses every write
+/// from then on (what it does when the disk under it fails).
+fn fail_ext4(m: &Mounted) {
+    let dev = m.device.as_deref().unwrap().trim_start_matches("/dev/");
+    std::fs::write(format!("/sys/fs/ext4/{dev}/trigger_fs_error"), "test\n").unwrap();
+}
+
+#[test]
+fn a_read_only_disk_refuses_changes_clearly_keeps_verifying_and_loses_nothing() {
+    let tools = ["mkfs.ext4"]
+        .iter()
+        .all(|t| crate::util::find_program(t, &["/usr/sbin", "/sbin"]).is_some());
+    if !require_root("to mount an ext4 image")
+        || !crate::util::require(
+            "mkfs.ext4, loop devices and ext4's /sys/fs/ext4 (a loop-mounted image)",
+            tools && Path::new("/sys/fs/ext4").exists() && Path::new("/dev/loop-control").exists(),
+        )
+    {
+        return;
+    }
+    let mut d = TestDaemon::configured(DEFAULT_POLICY, FLUSH_EVERY_SECOND);
+    let image = d.path("disk.img");
+    std::fs::File::create(&image)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    let mkfs = crate::util::find_program("mkfs.ext4", &["/usr/sbin", "/sbin"]).unwrap();
+    run(Command::new(mkfs).arg("-q").arg(&image));
+    let disk = ext4(&image, &d.path("state"));
+    d.spawn(&[]);
+    let (_, admin_key) = d.create("admin", "ops", &["--scopes", "apikeyd:admin"]);
+    let admin = bearer(&admin_key);
+    let mut acked = Vec::new();
+    for i in 0..20 {
+        acked.push(d.create("alice", &format!("before{i}"), &[]));
+    }
+
+    fail_ext4(&disk);
+    let (status, v) = create(&d, &admin, "refused");
+    assert_eq!(status, 503, "{v}\n{}", problems(&d));
+    assert_eq!(v["error"]["code"], "read_only", "{v}");
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(message.contains("read-only file system"), "{message}");
+    // Later changes too (redb refuses every use after a failed write; the store
+    // tries to reopen it, and the disk's own answer comes back).
+    for i in 0..3 {
+        let (status, v) = create(&d, &admin, &format!("refused{i}"));
+        assert_eq!(status, 503, "{v}");
+        assert_eq!(v["error"]["code"], "read_only", "{v}");
+    }
+    let said = d.fails(&["key", "disable", &acked[1].0]);
+    assert!(said.contains("read-only"), "{said}\n{}", problems(&d));
+
+    // Verification goes on from memory; the flush keeps what it could not write.
+    for (_, key) in &acked {
+        assert!(valid(&d, key));
+    }
+    wait_until(Duration::from_secs(20), || {
+        let log = d.log_text();
+        log.contains("last_used_flush") && log.contains("Read-only file system")
+    });
+    let (count, _) = unflushed(&d);
+    assert!(count > 0, "the uses wait in memory for a flush that works");
+
+    // The disk is fixed (ext4 comes back read-write only through a new mount):
+    // after a restart every acknowledged key is there and verifies, nothing is
+    // corrupted, and changes are accepted.
+    d.kill9();
+    drop(disk);
+    let disk = ext4(&image, &d.path("state"));
+    d.spawn(&[]);
+    for (id, key) in &acked {
+        assert!(valid(&d, key), "key {id} verifies after the restart");
+    }
+    assert_eq!(d.keys().len(), acked.len() + 1);
+    let (status, v) = create(&d, &admin, "after");
+    assert_eq!(status, 201, "{v}");
+    d.stop();
+    drop(disk);
+}
+
+/// Keys with uses not yet written, from `/metrics`.
+fn unflushed(d: &TestDaemon) -> (u64, u64) {
+    let a = crate::util::request(d.addr, "GET", "/metrics", &[]);
+    let find = |name: &str| {
+        a.body
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0) as u64
+    };
+    (
+        find("apikeyd_usage_unflushed_keys "),
+        find("apikeyd_usage_flush_lag_seconds "),
+    )
 }

@@ -88,7 +88,7 @@ impl Db {
         match first {
             Err(e) if latched(&e) => {
                 if self.committed.load(Ordering::Acquire) != self.durable.load(Ordering::Acquire) {
-                    return Err(StoreError::Refused(
+                    return Err(StoreError::Unavailable(
                         "an earlier write to the database failed (disk full, read-only or failing) while changes in force were not yet on disk: fix the disk, then restart apikeyd; changes are refused until then, keys still verify".into(),
                     ));
                 }

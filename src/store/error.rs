@@ -7,7 +7,7 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The database could not be opened (held by another process, unreadable, ...).
-    #[error("cannot open database {path}: {source} (is another apikeyd running on it?)")]
+    #[error("cannot open database {path}: {source} ({hint})", hint = open_hint(.source.as_ref()))]
     Open {
         /// Database file (or address).
         path: String,
@@ -109,33 +109,50 @@ pub enum DiskProblem {
 #[error("an earlier write to the database file failed (disk full, read-only or failing)")]
 pub struct EarlierWriteFailed;
 
+/// What the disk said, somewhere in `e`'s causes.
+fn problem_in(e: &(dyn std::error::Error + 'static)) -> Option<DiskProblem> {
+    let mut cause = Some(e);
+    while let Some(e) = cause {
+        if e.downcast_ref::<EarlierWriteFailed>().is_some() {
+            return Some(DiskProblem::Earlier);
+        }
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind;
+            return match (io.raw_os_error(), io.kind()) {
+                (Some(libc::ENOSPC | libc::EDQUOT), _) | (None, ErrorKind::StorageFull) => {
+                    Some(DiskProblem::Full)
+                }
+                (Some(libc::EROFS), _) | (None, ErrorKind::ReadOnlyFilesystem) => {
+                    Some(DiskProblem::ReadOnly)
+                }
+                (Some(libc::EACCES | libc::EPERM), _) | (None, ErrorKind::PermissionDenied) => {
+                    Some(DiskProblem::Denied)
+                }
+                _ => None,
+            };
+        }
+        cause = e.source();
+    }
+    None
+}
+
+/// What to do about a database that cannot be opened.
+fn open_hint(source: &(dyn std::error::Error + Send + Sync + 'static)) -> &'static str {
+    match problem_in(source) {
+        Some(DiskProblem::Full) => "the disk is full: free space on it",
+        Some(DiskProblem::ReadOnly) => "the file system is read-only: remount it read-write",
+        Some(DiskProblem::Denied) => {
+            "apikeyd's account may not read and write it: check the owner and mode of the file and its directory"
+        }
+        _ => "is another apikeyd running on it?",
+    }
+}
+
 impl StoreError {
     /// Whether the disk caused this failure, and how: an I/O error somewhere in
     /// its causes (a backend keeps the `std::io::Error` itself as the cause).
     pub fn disk_problem(&self) -> Option<DiskProblem> {
-        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(self);
-        while let Some(e) = cause {
-            if e.downcast_ref::<EarlierWriteFailed>().is_some() {
-                return Some(DiskProblem::Earlier);
-            }
-            if let Some(io) = e.downcast_ref::<std::io::Error>() {
-                use std::io::ErrorKind;
-                return match (io.raw_os_error(), io.kind()) {
-                    (Some(libc::ENOSPC | libc::EDQUOT), _) | (None, ErrorKind::StorageFull) => {
-                        Some(DiskProblem::Full)
-                    }
-                    (Some(libc::EROFS), _) | (None, ErrorKind::ReadOnlyFilesystem) => {
-                        Some(DiskProblem::ReadOnly)
-                    }
-                    (Some(libc::EACCES | libc::EPERM), _) | (None, ErrorKind::PermissionDenied) => {
-                        Some(DiskProblem::Denied)
-                    }
-                    _ => None,
-                };
-            }
-            cause = e.source();
-        }
-        None
+        problem_in(self)
     }
 
     /// The same failure, for each of several changes one commit refused (the
@@ -179,6 +196,26 @@ mod tests {
         let latched = StoreError::Transaction(Box::new(EarlierWriteFailed));
         assert_eq!(latched.disk_problem(), Some(DiskProblem::Earlier));
         assert_eq!(StoreError::Conflict("x".into()).disk_problem(), None);
+    }
+
+    /// Regression: a database on a read-only or full disk failed to open with
+    /// "(is another apikeyd running on it?)", which sent operators the wrong way.
+    #[test]
+    fn a_database_that_cannot_be_opened_says_why() {
+        let open = |code| StoreError::Open {
+            path: "/var/lib/apikeyd/apikeyd.redb".into(),
+            source: Box::new(std::io::Error::from_raw_os_error(code)),
+        };
+        let said = open(libc::EROFS).to_string();
+        assert!(said.contains("remount it read-write"), "{said}");
+        assert!(!said.contains("another apikeyd"), "{said}");
+        assert!(open(libc::ENOSPC).to_string().contains("the disk is full"));
+        assert!(open(libc::EACCES).to_string().contains("owner and mode"));
+        let held = StoreError::Open {
+            path: "x".into(),
+            source: "Database already open".into(),
+        };
+        assert!(held.to_string().contains("another apikeyd"));
     }
 
     /// Regression: the creations' group commit refused every change of a batch

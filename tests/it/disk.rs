@@ -295,6 +295,17 @@ fn a_read_only_disk_refuses_changes_clearly_keeps_verifying_and_loses_nothing() 
     // after a restart every acknowledged key is there and verifies, nothing is
     // corrupted, and changes are accepted.
     d.kill9();
+    // Started on the read-only disk, apikeyd says what is wrong (not "is another
+    // apikeyd running on it?", as it did).
+    let start = Command::new(crate::util::APIKEYD)
+        .arg("--config")
+        .arg(&d.config)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&start.stderr);
+    assert!(!start.status.success());
+    assert!(said.contains("read-only: remount it read-write"), "{said}");
+    assert!(!said.contains("another apikeyd"), "{said}");
     drop(disk);
     let disk = ext4(&image, &d.path("state"));
     d.spawn(&[]);

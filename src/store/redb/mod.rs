@@ -340,7 +340,7 @@ impl Storage for RedbStore {
         }
         let upto = self.db.committed.load(Ordering::Acquire);
         let not_durable = |e: StoreError| StoreError::NotDurable(Box::new(e));
-        let txn = self.db.begin_write().map_err(|e| not_durable(e.into()))?;
+        let txn = self.db.begin_write().map_err(not_durable)?;
         txn.commit().map_err(|e| not_durable(e.into()))?;
         *durable = upto;
         self.db.durable.store(upto, Ordering::Release);

@@ -24,6 +24,22 @@ use crate::store::export::{RecordCounts, Snapshot, SnapshotInfo, SNAPSHOT_FORMAT
 /// The snapshot's own record: `info` → JSON [`SnapshotInfo`]. A restore removes it.
 const SNAPSHOT: TableDefinition<&str, &str> = TableDefinition::new("apikeyd_snapshot");
 
+/// The snapshot's page cache: it is written once, in key order, and read by no one.
+const SNAPSHOT_CACHE_BYTES: usize = 8 * 1024 * 1024;
+
+/// A fresh database in `file` for a snapshot. redb's default cache (1 GiB) kept
+/// every page written, as much as the database, in the daemon's memory until the
+/// copy was closed: a backup of 1M keys took RSS from 530 MB to 1.1 GB (30 MB more
+/// with this cache).
+fn snapshot_database(file: std::fs::File) -> Result<Database, StoreError> {
+    let backend =
+        redb::backends::FileBackend::new(file).map_err(|e| StoreError::Storage(Box::new(e)))?;
+    Database::builder()
+        .set_cache_size(SNAPSHOT_CACHE_BYTES)
+        .create_with_backend(backend)
+        .map_err(|e| StoreError::Storage(Box::new(e)))
+}
+
 /// Copy `table` from `from` into `to`; returns how many rows.
 fn copy<K: Key + 'static, V: Value + 'static>(
     from: &ReadTransaction,
@@ -102,12 +118,7 @@ impl RedbStore {
         }
         info.counts = counts(&read)?;
         let mut file = tempfile::tempfile_in(&self.dir).map_err(io)?;
-        let db = Database::builder()
-            .create_with_backend(
-                redb::backends::FileBackend::new(file.try_clone().map_err(io)?)
-                    .map_err(|e| StoreError::Storage(Box::new(e)))?,
-            )
-            .map_err(|e| StoreError::Storage(Box::new(e)))?;
+        let db = snapshot_database(file.try_clone().map_err(io)?)?;
         let write = db.begin_write()?;
         copy_all(&read, &write)?;
         drop(read);

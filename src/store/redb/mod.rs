@@ -32,18 +32,13 @@ use crate::model::{
 use crate::store::error::StoreError;
 use crate::store::page::{Page, Pager};
 use crate::store::storage::{AuditFilter, Change, JobFilter, Storage, UsageUpdate};
+pub use reopen::CACHE_BYTES;
 use tables::{decode, encode, owner_of, KEYS};
 
 const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
 const AUDIT_BY_KEY: TableDefinition<(u128, u64), ()> = TableDefinition::new("audit_by_key");
 const AUDIT_BY_OWNER: TableDefinition<(&str, u64), ()> = TableDefinition::new("audit_by_owner");
 const RETIRED: TableDefinition<&[u8], &[u8]> = TableDefinition::new("retired_secrets");
-
-/// redb's page cache. Its default (1 GiB) filled up while loading the keys at start and
-/// stayed resident; every read path that matters (verification, listing keys) runs from
-/// memory, and the alert dispatcher reads only the head of the due index, so a small
-/// cache costs nothing measurable and keeps a 1M-key daemon well under 600 MB.
-pub const CACHE_BYTES: usize = 32 * 1024 * 1024;
 
 /// How long a flush waits at most for changes about to commit, to make them
 /// durable together (group commit).
@@ -63,27 +58,6 @@ pub struct RedbStore {
     durable: parking_lot::Mutex<u64>,
     /// Signalled by every [`Storage::commit_pending`], for a flush waiting for it.
     more: parking_lot::Condvar,
-}
-
-/// Open (or create) the database file readable by its owner only, whatever the umask:
-/// it holds every key's hash and owner. An existing file that others may read is
-/// tightened to 0600, with a warning.
-fn open_private(path: &Path) -> std::io::Result<std::fs::File> {
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    // What redb's own `create` does, plus the mode.
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(path)?;
-    let mode = file.metadata()?.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
-        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-        tracing::warn!(path = %path.display(), mode = format!("{mode:o}"), "database was readable by group or others; its mode is now 0600");
-    }
-    Ok(file)
 }
 
 impl RedbStore {

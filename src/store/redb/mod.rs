@@ -31,7 +31,7 @@ use crate::model::{
 };
 use crate::store::error::StoreError;
 use crate::store::page::{Page, Pager};
-use crate::store::storage::{AuditFilter, Change, JobFilter, Storage, UsageUpdate};
+use crate::store::storage::{AuditFilter, Change, JobFilter, KeyChanges, Storage, UsageUpdate};
 pub use reopen::CACHE_BYTES;
 use tables::{decode, encode, owner_of, KEYS};
 
@@ -423,6 +423,21 @@ impl Storage for RedbStore {
     ) -> Result<Vec<OperatorMessage>, StoreError> {
         self.db
             .with(|db| jobs::list_messages(db, unacknowledged_only, limit))
+    }
+
+    /// Nobody else writes this database: the only change to report is that a
+    /// reopen after a failed write lost changes the index shows.
+    fn changes(&self) -> Result<KeyChanges, StoreError> {
+        let (reload, upto) = self.db.reload_wanted();
+        Ok(KeyChanges {
+            reload,
+            upto,
+            ..KeyChanges::default()
+        })
+    }
+
+    fn changes_applied(&self, upto: u64) {
+        self.db.reloaded(upto);
     }
 
     fn message(&self, id: u64) -> Result<Option<OperatorMessage>, StoreError> {

@@ -5,9 +5,10 @@
 //! restarted. A transaction begun on a latched database reopens it first, and the
 //! disk's own error comes back while it still refuses writes.
 //!
-//! A change committed without its fsync (group commit) and not made durable
-//! since would be lost by a reopen while the key index still shows it: then the
-//! database stays as it is, and changes are refused until apikeyd restarts.
+//! A change committed without its fsync (group commit) whose fsync then failed is
+//! lost by the reopen (its caller was told it may be), while the key index shows
+//! it: the store then asks the keys service to reload the index from the database
+//! (`Storage::changes`), so the two agree again.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -54,6 +55,10 @@ pub(super) struct Db {
     /// the key index shows.
     pub(super) committed: AtomicU64,
     pub(super) durable: AtomicU64,
+    /// Reopens that lost changes the key index shows, and up to which of them
+    /// the index was reloaded since ([`Self::reload_wanted`]).
+    lost: AtomicU64,
+    reloaded: AtomicU64,
     /// Reopens so far: a caller that saw the database latched reopens it only if
     /// nobody did since.
     generation: AtomicU64,
@@ -88,7 +93,21 @@ impl Db {
             committed: AtomicU64::new(0),
             durable: AtomicU64::new(0),
             generation: AtomicU64::new(0),
+            lost: AtomicU64::new(0),
+            reloaded: AtomicU64::new(0),
         }
+    }
+
+    /// Whether the key index must be reloaded, and the reopen to pass to
+    /// [`Self::reloaded`] once it was (read before the reload reads the keys).
+    pub(super) fn reload_wanted(&self) -> (bool, u64) {
+        let lost = self.lost.load(Ordering::Acquire);
+        (lost != self.reloaded.load(Ordering::Acquire), lost)
+    }
+
+    /// The index was reloaded after the reopen `upto`.
+    pub(super) fn reloaded(&self, upto: u64) {
+        self.reloaded.fetch_max(upto, Ordering::AcqRel);
     }
 
     pub(super) fn begin_read(&self) -> Result<ReadTransaction, StoreError> {
@@ -99,9 +118,8 @@ impl Db {
         self.with(|db| db.begin_write().map_err(StoreError::from))
     }
 
-    /// `f` on the database; if an earlier write left it latched, reopen it
-    /// (unless that would lose changes not yet durable) and run `f` again (what
-    /// failed on a latched database wrote nothing).
+    /// `f` on the database; if an earlier write left it latched, reopen it and run
+    /// `f` again (what failed on a latched database wrote nothing).
     pub(super) fn with<T>(
         &self,
         f: impl Fn(&Database) -> Result<T, StoreError>,
@@ -113,11 +131,6 @@ impl Db {
         };
         match first {
             Err(e) if latched(&e) => {
-                if self.committed.load(Ordering::Acquire) != self.durable.load(Ordering::Acquire) {
-                    return Err(StoreError::Unavailable(
-                        "an earlier write to the database failed (disk full, read-only or failing) while changes in force were not yet on disk: fix the disk, then restart apikeyd; changes are refused until then, keys still verify".into(),
-                    ));
-                }
                 self.reopen(seen)?;
                 match &*self.open.read() {
                     Some(db) => f(db),
@@ -141,7 +154,15 @@ impl Db {
         }
         let db = open_file(&self.path)?;
         self.generation.fetch_add(1, Ordering::AcqRel);
-        tracing::warn!(db = %self.path.display(), "database reopened after a failed write");
+        // Changes committed without their fsync are gone with the old handle,
+        // though the key index shows them: the keys service reloads it.
+        let committed = self.committed.load(Ordering::Acquire);
+        if self.durable.swap(committed, Ordering::AcqRel) != committed {
+            self.lost.fetch_add(1, Ordering::AcqRel);
+            tracing::error!(db = %self.path.display(), "database reopened after a failed write; changes not yet on disk were lost (their callers were told), the key index is reloaded from it");
+        } else {
+            tracing::warn!(db = %self.path.display(), "database reopened after a failed write");
+        }
         *open = Some(db);
         Ok(())
     }

@@ -56,6 +56,9 @@ pub enum ClientError {
         /// The daemon's message.
         message: String,
     },
+    /// What the daemon sent could not be written where it was going.
+    #[error("cannot write what apikeyd sent: {0}")]
+    Write(#[source] std::io::Error),
     /// A 2xx answer that is not what this client expects (for instance a daemon of
     /// another version).
     #[error("unexpected answer from apikeyd to {path}")]
@@ -143,6 +146,48 @@ impl Client {
         payload: Bytes,
         content_type: &'static str,
     ) -> Result<(StatusCode, Value), ClientError> {
+        let response = self.request(method, path, payload, content_type).await?;
+        let status = response.status();
+        Ok((status, json_body(response.into_body()).await?))
+    }
+
+    /// POST to `path` and copy the body of a 2xx answer into `to` as it arrives
+    /// (a backup is as large as the database); returns the answer's headers and
+    /// the bytes copied, or the daemon's error.
+    pub async fn download<W>(
+        &self,
+        path: &str,
+        to: &mut W,
+    ) -> Result<(hyper::HeaderMap, u64), ClientError>
+    where
+        W: tokio::io::AsyncWrite + Unpin,
+    {
+        use tokio::io::AsyncWriteExt;
+        let response = self.request(Method::POST, path, Bytes::new(), JSON).await?;
+        let status = response.status();
+        let (parts, mut body) = response.into_parts();
+        if !status.is_success() {
+            return Err(api_error(status, json_body(body).await?));
+        }
+        let mut copied = 0u64;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| ClientError::Http(e.to_string()))?;
+            if let Ok(data) = frame.into_data() {
+                to.write_all(&data).await.map_err(ClientError::Write)?;
+                copied += data.len() as u64;
+            }
+        }
+        to.flush().await.map_err(ClientError::Write)?;
+        Ok((parts.headers, copied))
+    }
+
+    async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        payload: Bytes,
+        content_type: &'static str,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, ClientError> {
         let http = |e: &dyn std::fmt::Display| ClientError::Http(e.to_string());
         let mut builder = Request::builder()
             .method(method)
@@ -153,7 +198,7 @@ impl Client {
             builder = builder.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
         }
         let req = builder.body(Full::new(payload)).map_err(|e| http(&e))?;
-        let response = match &self.endpoint {
+        match &self.endpoint {
             Endpoint::Unix(path) => {
                 let stream = tokio::net::UnixStream::connect(path)
                     .await
@@ -161,7 +206,7 @@ impl Client {
                         endpoint: path.display().to_string(),
                         source,
                     })?;
-                send(stream, req).await?
+                send(stream, req).await
             }
             Endpoint::Tcp { addr, .. } => {
                 let stream = tokio::net::TcpStream::connect(addr)
@@ -170,24 +215,25 @@ impl Client {
                         endpoint: addr.clone(),
                         source,
                     })?;
-                send(stream, req).await?
+                send(stream, req).await
             }
-        };
-        let status = response.status();
-        let bytes = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| http(&e))?
-            .to_bytes();
-        let value = if bytes.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&bytes)
-                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
-        };
-        Ok((status, value))
+        }
     }
+}
+
+/// A whole answer's body as JSON (text that is not JSON as a string; none as null).
+async fn json_body(body: hyper::body::Incoming) -> Result<Value, ClientError> {
+    let bytes = body
+        .collect()
+        .await
+        .map_err(|e| ClientError::Http(e.to_string()))?
+        .to_bytes();
+    Ok(if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
+    })
 }
 
 /// The content type of every request but a file's.
@@ -204,15 +250,20 @@ fn success(status: StatusCode, value: Value) -> Result<Value, ClientError> {
     if status.is_success() {
         return Ok(value);
     }
+    Err(api_error(status, value))
+}
+
+/// The daemon's error in a non-2xx answer.
+fn api_error(status: StatusCode, value: Value) -> ClientError {
     let message = value
         .pointer("/error/message")
         .and_then(Value::as_str)
         .map(str::to_owned)
         .unwrap_or_else(|| format!("HTTP {status}: {value}"));
-    Err(ClientError::Api {
+    ClientError::Api {
         status: status.as_u16(),
         message,
-    })
+    }
 }
 
 fn decode<T: DeserializeOwned>(path: &str, value: Value) -> Result<T, ClientError> {

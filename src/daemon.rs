@@ -77,6 +77,8 @@ pub struct Daemon {
     tcp: TcpListener,
     unix: UnixListener,
     socket_path: PathBuf,
+    /// Where the server secret came from (for backups: a restore needs it).
+    secret_source: SecretSource,
 }
 
 impl std::fmt::Debug for Daemon {
@@ -109,7 +111,7 @@ impl Daemon {
             }
         }
         let db_path = config.server.database_path();
-        let fingerprint = KeyHasher::new(&secret).hash(SECRET_FINGERPRINT);
+        let fingerprint = KeyHasher::new(&secret).fingerprint();
         let store = open_store(&config, env, fingerprint).await?;
         let keys = {
             let store = store.clone();
@@ -167,6 +169,7 @@ impl Daemon {
             tcp,
             unix,
             socket_path,
+            secret_source: source,
         })
     }
 
@@ -200,6 +203,7 @@ impl Daemon {
             self.config.rate_limit.clone(),
         );
         state.maintenance = maintenance_status.clone();
+        state.secret_source = Arc::from(self.secret_source.to_string());
         let state_for_reload = state.clone();
         let max_body = self.config.server.max_body_bytes;
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -287,9 +291,6 @@ impl Daemon {
         Ok(())
     }
 }
-
-/// What the server secret's fingerprint in a PostgreSQL database is the keyed hash of.
-const SECRET_FINGERPRINT: &str = "apikeyd server secret fingerprint";
 
 /// Open the configured store: redb in the state directory, or PostgreSQL (only under
 /// the server secret it was written with; see [`PostgresStore::check_secret`]).

@@ -282,7 +282,7 @@ fn layer(top: &str) -> Option<usize> {
         "model" => 1,
         "store" => 2,
         // Above the stores it copies between, beside the key service.
-        "keys" | "migrate" => 3,
+        "keys" | "migrate" | "backup" => 3,
         "alerts" => 4,
         "channels" | "api" => 5,
         "client" => 5,

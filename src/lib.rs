@@ -11,11 +11,13 @@
 //! - [`clock`]: the injected clock.
 //! - [`alerts`]: alert jobs (one per key), the dispatcher, cron maintenance jobs.
 //! - [`migrate`]: copying every record from one store to another (`apikeyd migrate`).
+//! - [`backup`]: putting a snapshot from `apikeyctl backup` in place (`apikeyd restore`).
 //! - [`channels`]: delivery: email (lettre), operator messages, exec plugins.
 //! - [`manual`]: man pages and shell completions from the binaries' clap definitions.
 
 pub mod alerts;
 pub mod api;
+pub mod backup;
 pub mod channels;
 pub mod client;
 pub mod clock;

@@ -10,7 +10,7 @@ use serde_json::json;
 
 use crate::alerts::AlertError;
 use crate::keys::KeyError;
-use crate::store::StoreError;
+use crate::store::{DiskProblem, StoreError};
 
 /// An error answered as `{"error": {"code", "message"}}`.
 #[derive(Debug)]
@@ -40,8 +40,46 @@ impl ApiError {
     }
 }
 
+/// A store failure the disk caused, as the operator should read it: the status,
+/// the code and what to do. Verification goes on from memory meanwhile.
+fn disk_error(e: &StoreError) -> Option<ApiError> {
+    let (status, code, what) = match e.disk_problem()? {
+        DiskProblem::Full => (
+            StatusCode::INSUFFICIENT_STORAGE,
+            "disk_full",
+            "the disk holding the database is full: free space on it, then try again",
+        ),
+        DiskProblem::ReadOnly => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "read_only",
+            "the database is on a read-only file system: remount it read-write, then try again",
+        ),
+        DiskProblem::Denied => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "read_only",
+            "apikeyd may not write the database file: give its account write access again, then try again",
+        ),
+        DiskProblem::Earlier => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "an earlier write to the database failed (disk full, read-only or failing): fix the disk, then try again",
+        ),
+    };
+    tracing::error!(error = %e, "change refused: {what}");
+    Some(ApiError {
+        status,
+        code,
+        message: format!("{what}; keys still verify meanwhile. ({e})"),
+    })
+}
+
 impl From<KeyError> for ApiError {
     fn from(e: KeyError) -> Self {
+        if let KeyError::Store(store) = &e {
+            if let Some(disk) = disk_error(store) {
+                return disk;
+            }
+        }
         let (status, code) = match &e {
             KeyError::Invalid { .. } => (StatusCode::BAD_REQUEST, "invalid"),
             KeyError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
@@ -60,6 +98,9 @@ impl From<KeyError> for ApiError {
             KeyError::Store(StoreError::NotDurable(_)) => {
                 tracing::error!(error = %e, "change not acknowledged: it could not be made durable");
                 (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+            }
+            KeyError::Store(StoreError::Unsupported(_)) => {
+                (StatusCode::NOT_IMPLEMENTED, "unsupported")
             }
             KeyError::Store(_) | KeyError::Internal(_) => {
                 tracing::error!(error = %e, "request failed");

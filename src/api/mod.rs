@@ -12,6 +12,7 @@
 mod admin;
 mod alerts;
 pub mod auth;
+pub mod backup;
 mod connections;
 mod edge;
 mod error;
@@ -47,6 +48,7 @@ fn admin_routes() -> Routes {
         .extend(admin::routes)
         .extend(alerts::routes)
         .extend(plan::routes)
+        .extend(backup::routes)
 }
 
 fn public_routes() -> Routes {

@@ -23,6 +23,9 @@ pub struct AppState {
     /// The maintenance schedules the scheduler runs: those in force at start (a
     /// reload does not move them; `[jobs]` changes take a restart).
     pub schedules: Arc<MaintenanceSchedules>,
+    /// Where the server secret was read from (a backup's answer says: a restore
+    /// needs it). Empty when unknown.
+    pub secret_source: Arc<str>,
 }
 
 impl AppState {
@@ -34,6 +37,7 @@ impl AppState {
             alerts,
             maintenance: MaintenanceStatus::default(),
             edge: Arc::new(Edge::new(auth, rate_limit)),
+            secret_source: Arc::from(""),
         }
     }
 }

@@ -66,6 +66,24 @@ enum Command {
         #[arg(long)]
         into_non_empty: bool,
     },
+    /// Put a snapshot written by `apikeyctl backup` in place of the database named
+    /// by the configuration (this machine or a new one), after checking it whole.
+    ///
+    /// Stop apikeyd first (the database's lock tells whether it runs). The server
+    /// secret must be the one the backup was taken under, in place before the
+    /// restore: it is checked against the snapshot's fingerprint. An existing
+    /// database is replaced only with --force, and then kept beside the new one
+    /// as apikeyd.redb.replaced-TIME.
+    #[command(
+        after_help = "Example:\n  systemctl stop apikeyd\n  apikeyd restore /backup/apikeyd-2026-11-27.redb\n  systemctl start apikeyd"
+    )]
+    Restore {
+        /// The snapshot file.
+        file: PathBuf,
+        /// Replace an existing database (it is kept aside, not deleted).
+        #[arg(long)]
+        force: bool,
+    },
     /// Write the man pages and shell completions (packaging/generate.sh).
     #[command(hide = true)]
     GenerateDocs(apikeyd::manual::GenerateDocsArgs),
@@ -125,6 +143,13 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("apikeyd migrate: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Some(Command::Restore { file, force }) => match restore(&args.config, &env, &file, force) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("apikeyd restore: {e}");
                 ExitCode::FAILURE
             }
         },
@@ -269,6 +294,31 @@ fn migrate(
     println!(
         "Start apikeyd on the target with the same server secret as the source's: keys were moved as keyed hashes."
     );
+    Ok(())
+}
+
+fn restore(
+    path: &std::path::Path,
+    env: &Environment,
+    file: &std::path::Path,
+    force: bool,
+) -> anyhow::Result<()> {
+    let config = config::load(path, env).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let started = std::time::Instant::now();
+    let done = apikeyd::backup::restore(&config, env, file, force)?;
+    println!(
+        "restored {} (taken at {} by apikeyd {}) as {} in {:.1} s: {}",
+        file.display(),
+        done.info.taken_at.to_rfc3339(),
+        done.info.apikeyd,
+        done.database.display(),
+        started.elapsed().as_secs_f64(),
+        done.info.counts
+    );
+    if let Some(old) = done.replaced {
+        println!("The database it replaced is kept as {}.", old.display());
+    }
+    println!("Start apikeyd: it runs with the same server secret the backup was taken under.");
     Ok(())
 }
 

@@ -190,15 +190,8 @@ impl Writer {
             // with that error.
             Some(Err(e)) => {
                 self.forget(&ids_of(&batch));
-                let why = e.to_string();
-                let interrupted = matches!(e, StoreError::Interrupted(_));
                 for q in batch {
-                    let each = if interrupted {
-                        StoreError::Interrupted(why.clone().into())
-                    } else {
-                        StoreError::Unavailable(why.clone().into())
-                    };
-                    let _ = q.reply.send(Err(each));
+                    let _ = q.reply.send(Err(e.again()));
                 }
             }
         }

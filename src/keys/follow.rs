@@ -120,12 +120,18 @@ impl Keys {
     }
 
     /// Replace the index by every key in the store (this node fell further behind
-    /// than the change log reaches), then follow the log from `upto` (read before
+    /// than the change log reaches, or the store lost changes it showed), then follow the log from `upto` (read before
     /// the keys, so nothing committed meanwhile is missed). Usage counted here is
     /// written first, so nothing counted is lost; if anything fails, the position
     /// stays where it was and the next read asks for a reload again.
     async fn reload_all(&self, upto: u64) -> Result<usize, KeyError> {
-        tracing::warn!("this node fell behind the change log's retention: reloading every key");
+        if self.shared() {
+            tracing::warn!("this node fell behind the change log's retention: reloading every key");
+        } else {
+            tracing::warn!(
+                "the database lost changes the index showed: reloading every key from it"
+            );
+        }
         self.flush_last_used(true).await?;
         let writer = self.lock_writer().await;
         let store = self.store.clone();
@@ -143,13 +149,28 @@ impl Keys {
     }
 }
 
+/// A store nobody else uses asks for a reload of the index only when it lost
+/// changes the index shows (redb, reopened after a write failed): look every
+/// `poll` until `stop`.
+async fn reload_when_asked(keys: Arc<Keys>, poll: Duration, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(poll) => {}
+            _ = stop.changed() => return,
+        }
+        if let Err(e) = keys.catch_up().await {
+            tracing::error!(error = %e, "cannot reload the keys from the database; verification goes on with what the index has");
+        }
+    }
+}
+
 /// Follow other nodes' changes until `stop`: read the log whenever the store
 /// signals a change, and every `poll` anyway (a notification can be lost, and
 /// some PostgreSQL-compatible servers have none). Returns at once if nobody else
 /// uses the store.
 pub async fn follow(keys: Arc<Keys>, poll: Duration, mut stop: watch::Receiver<bool>) {
     if !keys.shared() {
-        return;
+        return reload_when_asked(keys, poll, stop).await;
     }
     keys.following.poll_ms.store(
         u64::try_from(poll.as_millis()).unwrap_or(u64::MAX),

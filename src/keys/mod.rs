@@ -17,6 +17,7 @@
 //! - `usage`: the last-used flush; [`maintenance`]: the sweep, purge and warnings;
 //! - [`secret`], [`page`], [`seed`]: secrets, paging, bulk seeding.
 
+mod backup;
 mod batch;
 mod change;
 mod create;

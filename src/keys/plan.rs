@@ -1026,11 +1026,16 @@ impl Keys {
 
 /// Only an admin may plan a configuration: it is about everyone's keys.
 pub fn admin_only(actor: &Actor) -> Result<(), KeyError> {
+    admin_only_for(actor, "plan a configuration: it is about everyone's keys")
+}
+
+/// Refuse anyone but an admin: "`actor` may not `what` (admins only)".
+pub(crate) fn admin_only_for(actor: &Actor, what: &str) -> Result<(), KeyError> {
     if actor.admin {
         return Ok(());
     }
     Err(KeyError::Forbidden(format!(
-        "{} may not plan a configuration: it is about everyone's keys (admins only)",
+        "{} may not {what} (admins only)",
         actor.name
     )))
 }

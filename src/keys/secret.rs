@@ -194,6 +194,23 @@ pub enum SecretSource {
     Created(PathBuf),
 }
 
+impl std::fmt::Display for SecretSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SecretSource::Credential(p) => write!(
+                f,
+                "the systemd credential server-secret (read from {})",
+                p.display()
+            ),
+            SecretSource::File(p) | SecretSource::Created(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
+/// What the server secret's fingerprint ([`KeyHasher::fingerprint`]) is the keyed
+/// hash of.
+const SECRET_FINGERPRINT: &str = "apikeyd server secret fingerprint";
+
 /// Load the server secret: the systemd credential `server-secret` if present, else
 /// `path`, creating it (mode 0600, 32 random bytes as hex) if absent.
 pub fn load_or_create_server_secret(
@@ -288,6 +305,13 @@ impl KeyHasher {
             #[cfg(test)]
             count: Default::default(),
         }
+    }
+
+    /// What tells databases written under this secret from others (the
+    /// PostgreSQL store records it; a backup carries it): a keyed hash of a fixed
+    /// text, which reveals nothing of the secret.
+    pub fn fingerprint(&self) -> KeyHash {
+        self.hash(SECRET_FINGERPRINT)
     }
 
     /// HMAC-SHA256 of `presented`. Cloning the keyed state skips re-deriving the

@@ -38,8 +38,8 @@ pub mod postgres;
 mod redb;
 mod storage;
 
-pub use error::{BoxError, StoreError};
-pub use export::{Export, RecordCounts};
+pub use error::{BoxError, DiskProblem, EarlierWriteFailed, StoreError};
+pub use export::{Export, RecordCounts, Snapshot, SnapshotInfo, SNAPSHOT_FORMAT};
 pub use memory::MemoryStore;
 pub use page::{Page, MAX_PAGE};
 pub use postgres::PostgresStore;

@@ -23,6 +23,7 @@ macro_rules! eprintln {
 
 mod alerts;
 mod audit;
+mod backup;
 mod import;
 mod issued;
 mod keys;
@@ -92,6 +93,8 @@ enum Command {
     Message(alerts::MessageCommand),
     /// What will happen to your keys within a window (expiries, notifications, warnings, maintenance); --policy FILE: how a new configuration would change them.
     Plan(plan::PlanArgs),
+    /// Write a consistent snapshot of the daemon's database to FILE while it keeps serving (admins only).
+    Backup(backup::BackupArgs),
     /// Write the man pages and shell completions (packaging/generate.sh).
     #[command(hide = true)]
     GenerateDocs(apikeyd::manual::GenerateDocsArgs),
@@ -175,6 +178,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Message(cmd) => alerts::message_command(&client, cmd).await,
         Command::Plan(a) => plan::plan(&client, a).await,
         Command::Whoami { json } => whoami(&client, json).await,
+        Command::Backup(a) => backup::backup(&client, a).await,
         // Answered in main, before there is a runtime or a client.
         Command::GenerateDocs(_) => Ok(ExitCode::SUCCESS),
     }

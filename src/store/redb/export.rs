@@ -3,7 +3,7 @@
 
 use std::ops::Bound;
 
-use redb::{Database, ReadableDatabase, ReadableTableMetadata, TableDefinition};
+use redb::{ReadableTableMetadata, TableDefinition};
 use uuid::Uuid;
 
 use super::jobs::{JOBS, MESSAGES};
@@ -11,11 +11,11 @@ use super::tables::{decode, KEYS};
 use super::{RedbStore, AUDIT, RETIRED};
 use crate::model::{AuditEntry, KeyHash, KeyRecord, OperatorMessage, RetiredSecret};
 use crate::store::error::StoreError;
-use crate::store::export::{Export, RecordCounts};
+use crate::store::export::{Export, RecordCounts, Snapshot, SnapshotInfo};
 
 /// Up to `limit` records of `table` with keys above `after`, decoded.
 fn page<K, T>(
-    db: &Database,
+    db: &super::reopen::Db,
     table: TableDefinition<K, &[u8]>,
     after: Option<K::SelfType<'_>>,
     limit: usize,
@@ -84,5 +84,9 @@ impl Export for RedbStore {
         page(&self.db, MESSAGES, Some(after), limit, |_, v| {
             decode("operator_messages", v)
         })
+    }
+
+    fn snapshot(&self, info: SnapshotInfo) -> Result<Snapshot, StoreError> {
+        self.take_snapshot(info)
     }
 }

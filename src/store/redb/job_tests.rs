@@ -181,7 +181,7 @@ mod paging {
 /// waiting (a cancelled job left in the due index would be claimed and delivered).
 mod indexes {
     use chrono::{Duration, TimeZone, Utc};
-    use redb::{ReadableDatabase, ReadableTableMetadata};
+    use redb::ReadableTableMetadata;
     use uuid::Uuid;
 
     use super::super::jobs::{DUE, RUNNING};

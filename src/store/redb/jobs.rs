@@ -16,7 +16,7 @@ use redb::{
 };
 use uuid::Uuid;
 
-use super::tables::{decode, encode, owner_of, KEYS};
+use super::tables::{decode, encode, owner_of, Owners, KEYS};
 use crate::model::{AlertJob, JobState, OperatorMessage};
 use crate::store::error::StoreError;
 use crate::store::page::{Page, Pager};
@@ -28,11 +28,14 @@ pub(super) const RUNNING: TableDefinition<u128, ()> = TableDefinition::new("aler
 pub(super) const MESSAGES: TableDefinition<u64, &[u8]> = TableDefinition::new("operator_messages");
 /// Number of jobs per state ([`JobState::index`]), kept by [`apply`] in the same
 /// transaction as the jobs, so opening the store reads five rows, not every job.
-const STATE_COUNTS: TableDefinition<u8, i64> = TableDefinition::new("alert_job_state_counts");
+pub(super) const STATE_COUNTS: TableDefinition<u8, i64> =
+    TableDefinition::new("alert_job_state_counts");
 /// The owner is the value so that a deleted job's owner entry can be found even
 /// when its key was purged before it.
-const BY_KEY: TableDefinition<(u128, u128), &str> = TableDefinition::new("alert_jobs_by_key");
-const BY_OWNER: TableDefinition<(&str, u128), ()> = TableDefinition::new("alert_jobs_by_owner");
+pub(super) const BY_KEY: TableDefinition<(u128, u128), &str> =
+    TableDefinition::new("alert_jobs_by_key");
+pub(super) const BY_OWNER: TableDefinition<(&str, u128), ()> =
+    TableDefinition::new("alert_jobs_by_owner");
 
 fn ms(t: DateTime<Utc>) -> i64 {
     t.timestamp_millis()
@@ -82,7 +85,7 @@ pub(super) fn index_jobs(txn: &WriteTransaction) -> Result<(), StoreError> {
 fn add_to_indexes(
     txn: &WriteTransaction,
     wanted: &[(Uuid, u128)],
-    known: &super::Owners,
+    known: &Owners,
 ) -> Result<(), StoreError> {
     use std::borrow::Cow;
     if wanted.is_empty() {
@@ -151,7 +154,7 @@ pub(super) type StateDelta = [i64; JobState::ALL.len()];
 pub(super) fn apply(
     txn: &WriteTransaction,
     batch: &mut Change,
-    owners: &super::Owners,
+    owners: &Owners,
 ) -> Result<StateDelta, StoreError> {
     let mut delta = StateDelta::default();
     if batch.put_jobs.is_empty() && batch.delete_jobs.is_empty() && batch.messages.is_empty() {
@@ -457,7 +460,7 @@ pub(super) fn claim(
             put_jobs: claimed.clone(),
             ..Change::default()
         },
-        &super::Owners::new(),
+        &Owners::new(),
     )?;
     txn.commit()?;
     Ok((claimed, delta))

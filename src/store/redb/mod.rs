@@ -15,17 +15,16 @@ mod export;
 #[cfg(test)]
 mod job_tests;
 mod jobs;
+mod reopen;
+mod snapshot;
 mod tables;
 
 use std::borrow::Cow;
 use std::path::Path;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use chrono::{DateTime, Utc};
-use redb::{
-    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
-    TableHandle,
-};
+use redb::{Durability, ReadableTable, ReadableTableMetadata, TableDefinition, TableHandle};
 use uuid::Uuid;
 
 use crate::model::{
@@ -33,19 +32,14 @@ use crate::model::{
 };
 use crate::store::error::StoreError;
 use crate::store::page::{Page, Pager};
-use crate::store::storage::{AuditFilter, Change, JobFilter, Storage, UsageUpdate};
-use tables::{decode, encode, owner_of, KEYS};
+use crate::store::storage::{AuditFilter, Change, JobFilter, KeyChanges, Storage, UsageUpdate};
+pub use reopen::CACHE_BYTES;
+use tables::{decode, encode, owner_of, Owners, KEYS};
 
 const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
 const AUDIT_BY_KEY: TableDefinition<(u128, u64), ()> = TableDefinition::new("audit_by_key");
 const AUDIT_BY_OWNER: TableDefinition<(&str, u64), ()> = TableDefinition::new("audit_by_owner");
 const RETIRED: TableDefinition<&[u8], &[u8]> = TableDefinition::new("retired_secrets");
-
-/// redb's page cache. Its default (1 GiB) filled up while loading the keys at start and
-/// stayed resident; every read path that matters (verification, listing keys) runs from
-/// memory, and the alert dispatcher reads only the head of the due index, so a small
-/// cache costs nothing measurable and keeps a 1M-key daemon well under 600 MB.
-pub const CACHE_BYTES: usize = 32 * 1024 * 1024;
 
 /// How long a flush waits at most for changes about to commit, to make them
 /// durable together (group commit).
@@ -54,46 +48,22 @@ const GROUP_COMMIT_WAIT: std::time::Duration = std::time::Duration::from_millis(
 /// The open database.
 #[derive(Debug)]
 pub struct RedbStore {
-    db: Database,
+    db: reopen::Db,
+    /// The database's directory: where a backup's scratch file goes.
+    dir: std::path::PathBuf,
     /// Alert jobs per state ([`JobState::index`]), counted at open and kept up to
     /// date by every commit, so `/metrics` never scans the jobs.
     job_states: [AtomicI64; JobState::ALL.len()],
-    /// Group commit: the last change [`Storage::commit_pending`] committed, and up
-    /// to which one [`Storage::sync`] made them durable.
-    committed: AtomicU64,
+    /// Group commit: up to which change [`Storage::commit_pending`] numbered
+    /// (`db.committed`) [`Storage::sync`] made them durable (`db.durable` too).
     durable: parking_lot::Mutex<u64>,
     /// Signalled by every [`Storage::commit_pending`], for a flush waiting for it.
     more: parking_lot::Condvar,
 }
 
-/// Open (or create) the database file readable by its owner only, whatever the umask:
-/// it holds every key's hash and owner. An existing file that others may read is
-/// tightened to 0600, with a warning.
-fn open_private(path: &Path) -> std::io::Result<std::fs::File> {
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    // What redb's own `create` does, plus the mode.
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(path)?;
-    let mode = file.metadata()?.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
-        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-        tracing::warn!(path = %path.display(), mode = format!("{mode:o}"), "database was readable by group or others; its mode is now 0600");
-    }
-    Ok(file)
-}
-
 impl RedbStore {
     /// Open (or create) the database file and its tables.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let open_err = |e: Box<dyn std::error::Error + Send + Sync>| StoreError::Open {
-            path: path.display().to_string(),
-            source: e,
-        };
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             // A missing state directory is made private, as the daemon makes it.
             use std::os::unix::fs::DirBuilderExt;
@@ -101,15 +71,12 @@ impl RedbStore {
                 .recursive(true)
                 .mode(0o700)
                 .create(parent)
-                .map_err(|e| open_err(e.into()))?;
+                .map_err(|e| StoreError::Open {
+                    path: path.display().to_string(),
+                    source: e.into(),
+                })?;
         }
-        let file = open_private(path).map_err(|e| open_err(e.into()))?;
-        let db = Database::builder()
-            .set_cache_size(CACHE_BYTES)
-            .create_with_backend(
-                redb::backends::FileBackend::new(file).map_err(|e| open_err(e.into()))?,
-            )
-            .map_err(|e| open_err(e.into()))?;
+        let db = reopen::open_file(path)?;
         let txn = db.begin_write()?;
         let existing: Vec<String> = txn.list_tables()?.map(|t| t.name().to_owned()).collect();
         let missing = |name: &str| !existing.iter().any(|t| t == name);
@@ -130,9 +97,12 @@ impl RedbStore {
         txn.commit()?;
         let job_states = jobs::load_state_counts(&db)?.map(AtomicI64::new);
         Ok(Self {
-            db,
+            db: reopen::Db::new(path, db),
+            dir: path
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .map_or_else(|| ".".into(), Path::to_path_buf),
             job_states,
-            committed: AtomicU64::new(0),
             durable: parking_lot::Mutex::new(0),
             more: parking_lot::Condvar::new(),
         })
@@ -381,7 +351,7 @@ impl Storage for RedbStore {
         self.write_change(batch, Durability::None)?;
         // redb serialises write transactions, so a number taken after this commit
         // returned is at least every number of a commit that returned before.
-        let ticket = self.committed.fetch_add(1, Ordering::AcqRel) + 1;
+        let ticket = self.db.committed.fetch_add(1, Ordering::AcqRel) + 1;
         self.more.notify_all();
         Ok(ticket)
     }
@@ -401,11 +371,12 @@ impl Storage for RedbStore {
         if *durable >= ticket {
             return Ok(());
         }
-        let upto = self.committed.load(Ordering::Acquire);
+        let upto = self.db.committed.load(Ordering::Acquire);
         let not_durable = |e: StoreError| StoreError::NotDurable(Box::new(e));
-        let txn = self.db.begin_write().map_err(|e| not_durable(e.into()))?;
+        let txn = self.db.begin_write().map_err(not_durable)?;
         txn.commit().map_err(|e| not_durable(e.into()))?;
         *durable = upto;
+        self.db.durable.store(upto, Ordering::Release);
         drop(durable);
         // Those waiting for changes to come are among the ones just made durable.
         self.more.notify_all();
@@ -475,25 +446,25 @@ impl Storage for RedbStore {
     }
 
     fn job(&self, id: Uuid) -> Result<Option<AlertJob>, StoreError> {
-        jobs::read_job(&self.db, id)
+        self.db.with(|db| jobs::read_job(db, id))
     }
 
     fn jobs(&self, filter: &JobFilter) -> Result<Page<AlertJob, u128>, StoreError> {
-        jobs::list_jobs(&self.db, filter)
+        self.db.with(|db| jobs::list_jobs(db, filter))
     }
 
     fn claim_due(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<AlertJob>, StoreError> {
-        let (claimed, delta) = jobs::claim(&self.db, now, limit)?;
+        let (claimed, delta) = self.db.with(|db| jobs::claim(db, now, limit))?;
         self.add_job_states(&delta);
         Ok(claimed)
     }
 
     fn running_jobs(&self, _now: DateTime<Utc>) -> Result<Vec<AlertJob>, StoreError> {
-        jobs::running(&self.db)
+        self.db.with(jobs::running)
     }
 
     fn next_due(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
-        jobs::first_due(&self.db)
+        self.db.with(jobs::first_due)
     }
 
     /// Kept in memory (see [`jobs::apply`]): no scan.
@@ -509,11 +480,27 @@ impl Storage for RedbStore {
         unacknowledged_only: bool,
         limit: usize,
     ) -> Result<Vec<OperatorMessage>, StoreError> {
-        jobs::list_messages(&self.db, unacknowledged_only, limit)
+        self.db
+            .with(|db| jobs::list_messages(db, unacknowledged_only, limit))
+    }
+
+    /// Nobody else writes this database: the only change to report is that a
+    /// reopen after a failed write lost changes the index shows.
+    fn changes(&self) -> Result<KeyChanges, StoreError> {
+        let (reload, upto) = self.db.reload_wanted();
+        Ok(KeyChanges {
+            reload,
+            upto,
+            ..KeyChanges::default()
+        })
+    }
+
+    fn changes_applied(&self, upto: u64) {
+        self.db.reloaded(upto);
     }
 
     fn message(&self, id: u64) -> Result<Option<OperatorMessage>, StoreError> {
-        jobs::read_message(&self.db, id)
+        self.db.with(|db| jobs::read_message(db, id))
     }
 }
 
@@ -558,9 +545,6 @@ fn index_audit(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
     }
     Ok(())
 }
-
-/// Owners of the keys a change writes, by id.
-type Owners = std::collections::HashMap<Uuid, String>;
 
 fn owners_written(batch: &Change) -> Owners {
     batch

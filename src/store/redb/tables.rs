@@ -4,32 +4,51 @@
 use redb::{ReadableTable, TableDefinition};
 use uuid::Uuid;
 
-use crate::store::error::StoreError;
+use crate::store::error::{BoxError, EarlierWriteFailed, StoreError};
 
 /// Key id → JSON [`crate::model::KeyRecord`].
 pub(super) const KEYS: TableDefinition<u128, &[u8]> = TableDefinition::new("keys");
 
+/// The cause to keep of a redb storage failure: the I/O error itself when there
+/// is one, so [`StoreError::disk_problem`] can tell a full or read-only disk.
+pub(super) fn cause(e: redb::StorageError) -> BoxError {
+    match e {
+        redb::StorageError::Io(io) => Box::new(io),
+        redb::StorageError::PreviousIo => Box::new(EarlierWriteFailed),
+        e => Box::new(e),
+    }
+}
+
 impl From<redb::TransactionError> for StoreError {
     fn from(e: redb::TransactionError) -> Self {
-        StoreError::Transaction(Box::new(e))
+        StoreError::Transaction(match e {
+            redb::TransactionError::Storage(s) => cause(s),
+            e => Box::new(e),
+        })
     }
 }
 
 impl From<redb::TableError> for StoreError {
     fn from(e: redb::TableError) -> Self {
-        StoreError::Table(Box::new(e))
+        StoreError::Table(match e {
+            redb::TableError::Storage(s) => cause(s),
+            e => Box::new(e),
+        })
     }
 }
 
 impl From<redb::StorageError> for StoreError {
     fn from(e: redb::StorageError) -> Self {
-        StoreError::Storage(Box::new(e))
+        StoreError::Storage(cause(e))
     }
 }
 
 impl From<redb::CommitError> for StoreError {
     fn from(e: redb::CommitError) -> Self {
-        StoreError::Commit(Box::new(e))
+        StoreError::Commit(match e {
+            redb::CommitError::Storage(s) => cause(s),
+            e => Box::new(e),
+        })
     }
 }
 
@@ -73,3 +92,6 @@ pub(super) fn decode<T: serde::de::DeserializeOwned>(
         source: Box::new(e),
     })
 }
+
+/// Owners of the keys a change writes, by id.
+pub(super) type Owners = std::collections::HashMap<uuid::Uuid, String>;

@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use super::*;
 use crate::model::job::{AlertJob, JobKind};
 use crate::model::key::KeyKind;
+use redb::Database;
 
 pub(crate) fn record(owner: &str, now: DateTime<Utc>) -> KeyRecord {
     let name = format!("k-{}", Uuid::now_v7());

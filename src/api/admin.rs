@@ -16,7 +16,10 @@ use serde_json::{json, Value};
 use super::error::{parse_body, read_at_most, ApiError, ApiResult};
 use super::routes::Routes;
 use super::state::AppState;
-use crate::keys::{Actor, CreateKey, EditKey, KeyQuery, PageRequest, RotateKey, Whoami};
+use crate::keys::{
+    import_too_large, max_import_bytes, Actor, CreateKey, EditKey, KeyQuery, PageRequest,
+    RotateKey, Whoami,
+};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -112,14 +115,6 @@ async fn import_key(
     Ok((StatusCode::CREATED, Json(view)).into_response())
 }
 
-/// The largest import file an admin may send: about 3M lines of typical keys.
-pub const MAX_IMPORT_BYTES: usize = 1 << 30;
-
-/// The largest an owner may send (their own keys only): about 200 000 lines. The
-/// daemon holds a file whole while it checks it, so anyone may not make it hold
-/// a gigabyte.
-pub const MAX_OWNER_IMPORT_BYTES: usize = 32 << 20;
-
 /// `POST /v1/admin/keys/bulk-import`: a JSON-lines file, all or nothing. A bad
 /// file answers 400 with every bad line (`error.problems`).
 async fn import_file(
@@ -127,23 +122,8 @@ async fn import_file(
     Extension(actor): Extension<Actor>,
     body: axum::body::Body,
 ) -> ApiResult<Response> {
-    let most = if actor.admin {
-        MAX_IMPORT_BYTES
-    } else {
-        MAX_OWNER_IMPORT_BYTES
-    };
-    let bytes = read_at_most(body, most, || {
-        format!(
-            "the file is larger than {} MiB, the most {} may import at once; split it",
-            most >> 20,
-            if actor.admin {
-                "an admin"
-            } else {
-                "a key owner"
-            }
-        )
-    })
-    .await?;
+    let most = max_import_bytes(actor.admin);
+    let bytes = read_at_most(body, most, || import_too_large(actor.admin)).await?;
     // Without a copy: the body is the request's alone.
     let text = String::from_utf8(Vec::from(bytes)).map_err(|e| {
         ApiError::bad_request(format!(

@@ -67,6 +67,7 @@ pub use crate::model::headers;
 pub use crate::model::key as model;
 pub use error::KeyError;
 pub use following::FollowingStatus;
+pub use import::{import_too_large, max_import_bytes};
 pub use index::Regranted;
 pub use list::KeyQuery;
 pub use live::Live;

@@ -33,6 +33,10 @@ pub struct Whoami {
     pub manage_all_keys: bool,
     /// The policy in force, a sentence each ("Max key lifespan: 6 months (p6m)").
     pub policy: Vec<String>,
+    /// The largest bulk-import file they may send, in bytes (0: not said, an
+    /// older daemon).
+    #[serde(default)]
+    pub max_import_bytes: usize,
 }
 
 /// The policy in force, in sentences: the key lifespan, inactivity, the default

@@ -9,8 +9,9 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use apikeyd::client::Client;
-use apikeyd::keys::{ImportSummary, LineProblem};
+use apikeyd::keys::{import_too_large, ImportSummary, LineProblem, Whoami};
 use hyper::body::Bytes;
+use hyper::Method;
 use serde_json::{Map, Value};
 
 use crate::output::print_json;
@@ -29,6 +30,17 @@ pub async fn import_file(client: &Client, file: &Path, json: bool) -> anyhow::Re
             "apikeyctl: {} line(s) of {} cannot be read; nothing was imported",
             problems.len(),
             file.display()
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    // Said before sending: the daemon refuses a larger file without reading it,
+    // and closes the connection under a client still writing.
+    let me: Whoami = client.fetch(Method::GET, "/v1/admin/whoami").await?;
+    if me.max_import_bytes > 0 && body.len() > me.max_import_bytes {
+        eprintln!(
+            "apikeyctl: error: {}: {}",
+            file.display(),
+            import_too_large(me.admin)
         );
         return Ok(ExitCode::FAILURE);
     }

@@ -623,3 +623,7 @@ mod tests {
 
 #[cfg(test)]
 mod differential;
+#[cfg(any(test, feature = "fuzzing"))]
+mod harness;
+#[cfg(feature = "fuzzing")]
+pub(crate) use harness::fast_path_agrees_with_hyper;

@@ -12,7 +12,10 @@ fuzz_target!(|text: &str| {
     if got != Shape::Generated {
         return;
     }
-    assert!(text.len() == KEY_LEN && text.starts_with(PREFIX), "{text:?}");
+    assert!(
+        text.len() == KEY_LEN && text.starts_with(PREFIX),
+        "{text:?}"
+    );
     assert!(looks_like_key(text), "{text:?}");
     let mut typo = text.as_bytes().to_vec();
     for at in PREFIX.len()..typo.len() {

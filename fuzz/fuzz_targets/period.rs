@@ -17,7 +17,11 @@ fuzz_target!(|text: &str| {
     let _ = p.fixed();
     let _ = fixed_duration(&p);
     // The earliest and latest instants a key can be stamped with.
-    for at in [DateTime::UNIX_EPOCH, DateTime::<chrono::Utc>::MAX_UTC, DateTime::<chrono::Utc>::MIN_UTC] {
+    for at in [
+        DateTime::UNIX_EPOCH,
+        DateTime::<chrono::Utc>::MAX_UTC,
+        DateTime::<chrono::Utc>::MIN_UTC,
+    ] {
         let _ = p.add_to(at);
         let _ = p.subtract_from(at);
     }

@@ -17,7 +17,10 @@ fuzz_target!(|uri: &str| {
         for (i, s) in segments.iter().enumerate() {
             let bare = s.split(';').next().unwrap_or_default();
             assert!(bare != "." && bare != "..", "{uri:?} -> {path:?}");
-            assert!(!s.is_empty() || i + 1 == segments.len(), "{uri:?} -> {path:?}");
+            assert!(
+                !s.is_empty() || i + 1 == segments.len(),
+                "{uri:?} -> {path:?}"
+            );
         }
         // `%20` comes out as a space, which a URI cannot carry: only the rest is
         // read again.

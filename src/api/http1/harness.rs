@@ -3,8 +3,8 @@
 //! `auth_head` fuzz target (fuzz/, through the non-default `fuzzing` feature) both
 //! drive it. Never in a release build: it holds fixed test keys and a server secret.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
-// The fuzz target uses only the comparison; the proptest uses the parts too.
-#![cfg_attr(not(test), allow(dead_code))]
+// The fuzz target uses only the comparison, the proptest only the parts.
+#![allow(dead_code)]
 
 use std::convert::Infallible;
 use std::path::Path;

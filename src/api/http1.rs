@@ -624,6 +624,4 @@ mod tests {
 #[cfg(test)]
 mod differential;
 #[cfg(any(test, feature = "fuzzing"))]
-mod harness;
-#[cfg(feature = "fuzzing")]
-pub(crate) use harness::fast_path_agrees_with_hyper;
+pub(super) mod harness;

@@ -17,7 +17,7 @@ mod edge;
 mod error;
 mod http1;
 #[cfg(feature = "fuzzing")]
-pub(crate) use http1::fast_path_agrees_with_hyper;
+pub(crate) use http1::harness::fast_path_agrees_with_hyper;
 mod identity;
 mod lifetime;
 pub mod limits;

@@ -23,6 +23,9 @@ pub mod client;
 pub mod clock;
 pub mod config;
 pub mod daemon;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod keys;
 #[cfg(test)]
 mod layering_tests;

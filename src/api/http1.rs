@@ -623,3 +623,5 @@ mod tests {
 
 #[cfg(test)]
 mod differential;
+#[cfg(any(test, feature = "fuzzing"))]
+pub(super) mod harness;

@@ -17,6 +17,8 @@ mod connections;
 mod edge;
 mod error;
 mod http1;
+#[cfg(feature = "fuzzing")]
+pub(crate) use http1::harness::fast_path_agrees_with_hyper;
 mod identity;
 mod lifetime;
 pub mod limits;

@@ -58,9 +58,22 @@ pub fn parse(input: &str) -> Result<IpNet, IpFilterError> {
         }
         Some(_) => return Err(IpFilterError::Prefix(s.to_owned())),
     };
-    IpNet::new(addr, prefix)
+    let net = IpNet::new(addr, prefix)
         .map(|n| n.trunc())
-        .map_err(|_| IpFilterError::Prefix(s.to_owned()))
+        .map_err(|_| IpFilterError::Prefix(s.to_owned()))?;
+    Ok(unmapped(net))
+}
+
+/// An IPv6 filter inside `::ffff:0:0/96` as the IPv4 network it spells: [`allows`]
+/// matches clients by their IPv4 address, which an IPv6 network never contains.
+fn unmapped(net: IpNet) -> IpNet {
+    match net {
+        IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.network().to_ipv4_mapped() {
+            Some(v4) => IpNet::new(IpAddr::V4(v4), v6.prefix_len() - 96).unwrap_or(net),
+            None => net,
+        },
+        other => other,
+    }
 }
 
 fn parse_addr(text: &str, whole: &str) -> Result<IpAddr, IpFilterError> {
@@ -120,6 +133,33 @@ mod tests {
         );
         assert_eq!(parse("2001:db8::/32").unwrap().to_string(), "2001:db8::/32");
         assert_eq!(parse("::1").unwrap().to_string(), "::1/128");
+    }
+
+    /// Regression (found by the `ip_filter` fuzz target): a filter written as an
+    /// IPv4-mapped IPv6 address (`::ffff:1.2.3.4`, `::ffff:10.0.0.0/104`) parsed
+    /// as an IPv6 network, while `allows` matches such a client by the IPv4
+    /// address it carries: the filter let no one in, not even the address it names.
+    #[test]
+    fn ipv4_mapped_filters_are_the_ipv4_networks_they_spell() {
+        for (text, net) in [
+            ("::ffff:1.2.3.4", "1.2.3.4/32"),
+            ("::ffff:10.0.0.0/104", "10.0.0.0/8"),
+            ("::FFFF:0:0/96", "0.0.0.0/0"),
+        ] {
+            let parsed = parse(text).unwrap();
+            assert_eq!(parsed.to_string(), net, "{text}");
+            assert_eq!(parse(&parsed.to_string()), Ok(parsed), "{text}");
+        }
+        let filter = [parse("::ffff:1.2.3.4").unwrap()];
+        assert!(allows(&filter, "1.2.3.4".parse().unwrap()));
+        assert!(allows(&filter, "::ffff:1.2.3.4".parse().unwrap()));
+        assert!(!allows(&filter, "1.2.3.5".parse().unwrap()));
+        // Networks outside the mapped range stay IPv6 and do not match IPv4 clients.
+        assert_eq!(parse("::/0").unwrap().to_string(), "::/0");
+        assert!(!allows(
+            &[parse("::/0").unwrap()],
+            "1.2.3.4".parse().unwrap()
+        ));
     }
 
     #[test]

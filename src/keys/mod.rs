@@ -25,6 +25,8 @@ pub mod error;
 mod first_use;
 pub mod follow;
 mod following;
+#[cfg(feature = "fuzzing")]
+pub(crate) mod fuzzing;
 mod import;
 mod index;
 mod list;

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Runs every fuzz target for SECONDS_PER_TARGET (default 60) from the seeds in
+# corpus/TARGET, and prints per target the executions, executions per second and
+# crashes. Exits non-zero if any target crashed (the input is in artifacts/TARGET/).
+#
+#   bash fuzz/run.sh [SECONDS_PER_TARGET]      FUZZ_TARGETS="period config" to pick some
+#
+# cargo-fuzz (`cargo install cargo-fuzz --locked`) passes -Z flags (sanitizers,
+# coverage) to rustc: the stable toolchain takes them with RUSTC_BOOTSTRAP=1, so no
+# nightly toolchain is needed. The first build (AddressSanitizer, every dependency)
+# takes several minutes; later ones only rebuild what changed.
+set -euo pipefail
+cd "$(dirname "$0")"
+secs=${1:-60}
+read -r -a targets <<<"${FUZZ_TARGETS:-period ip_filter key_shape config route_path admin_json auth_head}"
+export RUSTC_BOOTSTRAP=1
+
+cargo fuzz build
+mkdir -p target/logs
+failed=0
+printf '%-12s %12s %10s  %s\n' target executions 'execs/s' result
+for t in "${targets[@]}"; do
+  # New inputs go to the first directory (gitignored), the seeds stay as they are.
+  mkdir -p "target/corpus/$t" "artifacts/$t"
+  log="target/logs/$t.log"
+  rc=0
+  cargo fuzz run "$t" "target/corpus/$t" "corpus/$t" -- \
+    -max_total_time="$secs" -print_final_stats=1 -timeout=30 >"$log" 2>&1 || rc=$?
+  execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n 1)
+  execs=${execs:-0}
+  if [ "$rc" -eq 0 ]; then
+    result="0 crashes"
+  else
+    result="CRASH (exit $rc): $(grep -m1 -o "artifacts/$t/[^ ]*" "$log" || echo "see fuzz/$log")"
+    failed=1
+  fi
+  printf '%-12s %12s %10s  %s\n' "$t" "$execs" "$((execs / secs))" "$result"
+done
+exit "$failed"

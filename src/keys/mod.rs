@@ -69,15 +69,15 @@ pub use crate::model::headers;
 pub use crate::model::key as model;
 pub use error::KeyError;
 pub use following::FollowingStatus;
-pub use import::{import_too_large, max_import_bytes};
 pub use index::Regranted;
 pub use list::KeyQuery;
 pub use live::Live;
 pub use page::{Page, PageRequest};
 pub use seed::seed;
 pub use types::{
-    policy_lines, view_of, Actor, CreateKey, EditKey, ImportRefused, ImportSummary, Issued,
-    KeyView, LineProblem, NotifyRequest, RotateKey, RotationView, Settings, Verification, Whoami,
+    import_too_large, max_import_bytes, policy_lines, view_of, Actor, CreateKey, EditKey,
+    ImportRefused, ImportSummary, Issued, KeyView, LineProblem, NotifyRequest, RotateKey,
+    RotationView, Settings, Verification, Whoami,
 };
 
 /// How long a last-used time may sit in memory before it is written (per key).

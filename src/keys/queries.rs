@@ -46,7 +46,7 @@ impl Keys {
             create_keys: rights.create_keys,
             manage_all_keys: rights.manage_all_keys,
             policy: policy_lines(&settings.policy, &self.alerting.config()),
-            max_import_bytes: super::import::max_import_bytes(actor.admin),
+            max_import_bytes: super::types::max_import_bytes(actor.admin),
         }
     }
 

@@ -473,3 +473,23 @@ fn rotation_view(rec: &KeyRecord, now: DateTime<Utc>) -> Option<RotationView> {
         summary,
     })
 }
+
+/// The largest import file an admin may send (about 3M lines of typical keys), or
+/// a key owner (their own keys only: about 200 000 lines). The daemon holds a file
+/// whole while it checks it, so not anyone may make it hold a gigabyte.
+pub fn max_import_bytes(admin: bool) -> usize {
+    if admin {
+        1 << 30
+    } else {
+        32 << 20
+    }
+}
+
+/// Why a file over [`max_import_bytes`] is refused, and what to do.
+pub fn import_too_large(admin: bool) -> String {
+    format!(
+        "the file is larger than {} MiB, the most {} may import at once; split it",
+        max_import_bytes(admin) >> 20,
+        if admin { "an admin" } else { "a key owner" }
+    )
+}

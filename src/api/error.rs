@@ -1,8 +1,9 @@
 //! The error every handler answers with, `{"error": {"code", "message"}}`, and the
-//! JSON body reader that turns a bad body into one.
+//! readers of the request (JSON body, query, path) that turn a bad one into it.
 
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::extract::FromRequestParts;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -105,6 +106,30 @@ impl IntoResponse for ApiError {
             .into_response()
     }
 }
+
+impl From<QueryRejection> for ApiError {
+    fn from(e: QueryRejection) -> Self {
+        Self::new(e.status(), "bad_request", e.body_text())
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(e: PathRejection) -> Self {
+        Self::new(e.status(), "bad_request", e.body_text())
+    }
+}
+
+/// axum's `Query`, refused with the JSON error every handler answers (axum's own
+/// rejection is plain text).
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(ApiError))]
+pub(crate) struct Query<T>(pub(crate) T);
+
+/// axum's `Path`, refused with the JSON error (a segment that is not UTF-8 once
+/// percent-decoded).
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(ApiError))]
+pub(crate) struct Path<T>(pub(crate) T);
 
 /// What a handler returns.
 pub(crate) type ApiResult<T> = Result<T, ApiError>;

@@ -11,6 +11,7 @@ mod caddy;
 mod cluster;
 mod config;
 mod connection_limits;
+mod contract;
 mod echo;
 mod forward_auth;
 mod keep_alive;

@@ -120,3 +120,29 @@ fn every_operation_with_a_body_documents_413() {
     assert_eq!(status, 413, "{v}");
     assert_eq!(v["error"]["code"], "bad_body", "{v}");
 }
+
+/// Regression (the long contract run): serde reads a struct from a JSON array,
+/// field by field, so `PATCH /v1/admin/keys/{id}` with `["False"]` answered 200 and
+/// renamed the key to "False", and `/v1/verify` took `["<key>"]`. A body that is
+/// not a JSON object is a 400 now.
+#[test]
+fn bodies_that_are_not_json_objects_are_refused() {
+    let d = TestDaemon::start();
+    let auth = admin(&d);
+    let (id, secret) = d.create("alice", "before", &[]);
+    let (status, v) = crate::util::http(
+        d.addr,
+        "PATCH",
+        &format!("/v1/admin/keys/{id}"),
+        &[("Authorization", auth.as_str())],
+        br#"["False"]"#,
+    );
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (400, Some("bad_request")),
+        "{v}"
+    );
+    assert_eq!(d.json(&["key", "show", &id])["name"], "before");
+    let (status, v) = d.post("/v1/verify", &format!("[\"{secret}\"]"));
+    assert_eq!(status, 400, "{v}");
+}

@@ -257,6 +257,8 @@ def main():
     ap.add_argument("--report-dir", type=pathlib.Path,
                     help="keep schemathesis' JUnit and NDJSON reports here")
     ap.add_argument("--seed", type=int)
+    ap.add_argument("--pass", dest="only", choices=[n.split()[0].rstrip(",") for n, _ in PASSES],
+                    help="run only this pass (to reproduce a failure with its --seed)")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (daemon log)")
     args, rest = ap.parse_known_args()
 
@@ -275,6 +277,8 @@ def main():
         }
         statuses = []
         for name, regex in PASSES:
+            if args.only and not name.startswith(args.only):
+                continue
             cmd = [
                 str(st), "--config-file", str(work / "schemathesis.toml"), "run",
                 f"http://{d.addr}/openapi.json",

@@ -4,8 +4,8 @@
 //! socket, admin-scope key on TCP).
 
 use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -13,7 +13,7 @@ use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::error::{parse_body, read_at_most, ApiError, ApiResult};
+use super::error::{parse_body, read_at_most, ApiError, ApiResult, Path, Query};
 use super::routes::Routes;
 use super::state::AppState;
 use crate::keys::{
@@ -65,10 +65,8 @@ async fn whoami(State(st): State<AppState>, Extension(actor): Extension<Actor>) 
 async fn list_keys(
     State(st): State<AppState>,
     Extension(actor): Extension<Actor>,
-    q: Result<Query<ListQuery>, QueryRejection>,
+    Query(q): Query<ListQuery>,
 ) -> ApiResult<Json<Value>> {
-    // axum's own rejection is plain text; the error every handler answers is JSON.
-    let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
     if let (Some(o), Some(u)) = (&q.owner, &q.user) {
         if o != u {
             return Err(ApiError::bad_request(

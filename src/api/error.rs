@@ -1,8 +1,9 @@
 //! The error every handler answers with, `{"error": {"code", "message"}}`, and the
-//! JSON body reader that turns a bad body into one.
+//! readers of the request (JSON body, query, path) that turn a bad one into it.
 
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::extract::FromRequestParts;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -147,6 +148,30 @@ impl IntoResponse for ApiError {
     }
 }
 
+impl From<QueryRejection> for ApiError {
+    fn from(e: QueryRejection) -> Self {
+        Self::new(e.status(), "bad_request", e.body_text())
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(e: PathRejection) -> Self {
+        Self::new(e.status(), "bad_request", e.body_text())
+    }
+}
+
+/// axum's `Query`, refused with the JSON error every handler answers (axum's own
+/// rejection is plain text).
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(ApiError))]
+pub(crate) struct Query<T>(pub(crate) T);
+
+/// axum's `Path`, refused with the JSON error (a segment that is not UTF-8 once
+/// percent-decoded).
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(ApiError))]
+pub(crate) struct Path<T>(pub(crate) T);
+
 /// What a handler returns.
 pub(crate) type ApiResult<T> = Result<T, ApiError>;
 
@@ -195,10 +220,51 @@ pub(crate) async fn read_at_most(
 }
 
 /// A JSON request body, or the error that says why it cannot be read.
+///
+/// Every body is a JSON object. serde reads a struct from an array too, field by
+/// field in order (`["x"]` was an edit that renamed the key to "x"), so anything
+/// else is refused before serde sees it.
 pub(crate) fn parse_body<T: serde::de::DeserializeOwned>(
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<T> {
     let bytes = read_body(body)?;
+    let first = bytes
+        .iter()
+        .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
+    if first != Some(&b'{') {
+        return Err(ApiError::bad_request(
+            "malformed JSON request: the body must be a JSON object",
+        ));
+    }
     serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::bad_request(format!("malformed JSON request: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Edit {
+        name: Option<String>,
+    }
+
+    /// Regression (found by the schemathesis contract run): `PATCH
+    /// /v1/admin/keys/{id}` with the body `["False"]` answered 200 and renamed the
+    /// key to "False", because serde reads a struct from a JSON array by position.
+    #[test]
+    fn bodies_that_are_not_objects_are_refused() {
+        let parse = |text: &'static str| parse_body::<Edit>(Ok(Bytes::from(text)));
+        for text in [r#"["False"]"#, r#" ["a", "b"]"#, "null", "1", r#""x""#, ""] {
+            let e = parse(text).unwrap_err();
+            assert_eq!(e.status, StatusCode::BAD_REQUEST, "{text}");
+        }
+        assert_eq!(
+            parse(r#"{"name": "x"}"#).unwrap().name.as_deref(),
+            Some("x")
+        );
+        assert!(parse("\r\n\t {}").is_ok());
+    }
 }

@@ -12,13 +12,13 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Extension, Json};
 use serde::Deserialize;
 
-use super::error::{parse_body, ApiError, ApiResult};
+use super::error::{parse_body, ApiError, ApiResult, Query};
 use super::routes::Routes;
 use super::state::AppState;
 use crate::alerts::maintenance::Runs;

@@ -13,7 +13,9 @@ pub(crate) struct Routes {
 }
 
 /// Every method, for routes that answer them all.
-pub(crate) const ANY: &[&str] = &["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"];
+pub(crate) const ANY: &[&str] = &[
+    "GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "TRACE",
+];
 
 impl Routes {
     pub(crate) fn extend(self, more: impl FnOnce(Self) -> Self) -> Self {

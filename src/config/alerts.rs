@@ -210,6 +210,17 @@ pub fn check_cron(schedule: &str) -> Result<(), String> {
             "{schedule:?} is not a cron schedule with seconds (6 fields: sec min hour day month weekday, e.g. \"0 */5 * * * *\")"
         ));
     }
+    // A list with an empty element ("25 , * * * *", found by fuzzing the config)
+    // passed the parser as a field no time matches, and looking for its next run
+    // never ended: the load, a reload or check-config hung.
+    if schedule
+        .split_whitespace()
+        .any(|field| field.split(',').any(str::is_empty))
+    {
+        return Err(format!(
+            "{schedule:?} has an empty entry in a list (a comma with nothing before or after it)"
+        ));
+    }
     tokio_cron_scheduler::Job::new_async(schedule, |_, _| Box::pin(async {}))
         .map(|_| ())
         .map_err(|_| format!("{schedule:?} is not a valid cron schedule (6 fields: sec min hour day month weekday)"))

@@ -85,6 +85,26 @@ fn good_cron_accepted() {
     check_cron("0 17 3 * * *").unwrap();
     assert!(check_cron("* * * * *").is_err());
     assert!(check_cron("0 0 25 * * *").is_err());
+    check_cron("0 5,35 * * * *").unwrap();
+}
+
+/// Regression (the `config` fuzz target): a list with an empty entry made loading
+/// the file hang for ever (its next run was searched without end). Refused at once.
+#[test]
+fn a_cron_list_with_an_empty_entry_is_refused_at_once() {
+    let started = std::time::Instant::now();
+    for schedule in [
+        "25 , * * * *",
+        "0 5, * * * *",
+        "0 ,5 * * * *",
+        "0 1,,2 * * * *",
+    ] {
+        let e = check_cron(schedule).unwrap_err();
+        assert!(e.contains("empty entry in a list"), "{schedule}: {e}");
+    }
+    let e = from_text("[jobs]\nexpiry_sweep = \"25 , * * * *\"\n").unwrap_err();
+    assert!(e.to_string().contains("empty entry in a list"), "{e}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
 }
 
 #[test]

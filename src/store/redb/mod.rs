@@ -287,17 +287,22 @@ impl Storage for RedbStore {
                 *sum += d;
             }
         };
-        if changes.len() > 1 && changes.iter().all(self_contained) {
+        let owners: Vec<Owners> = if changes.len() > 1 {
+            changes.iter().map(owners_written).collect()
+        } else {
+            Vec::new()
+        };
+        if !owners.is_empty() && changes.iter().zip(&owners).all(self_contained) {
             // Numbered here as `apply_keys` numbers them, for the other thread.
             let mut next = next_seq(&txn.open_table(AUDIT)?)?;
             let job_parts: Vec<(Change, Vec<AboutKey>, Owners)> = changes
                 .iter_mut()
-                .map(|c| {
+                .zip(owners)
+                .map(|(c, owners)| {
                     for entry in &mut c.audit {
                         entry.seq = next;
                         next += 1;
                     }
-                    let owners = owners_written(c);
                     (take_jobs(c), about_keys(&c.audit), owners)
                 })
                 .collect();
@@ -555,14 +560,16 @@ fn owners_written(batch: &Change) -> Owners {
 }
 
 /// Whether every job `batch` files and every audit entry it appends is about a
-/// key it writes (whose owner it holds).
-fn self_contained(batch: &Change) -> bool {
-    let ids: std::collections::HashSet<Uuid> = batch.put_keys.iter().map(|r| r.id).collect();
-    batch.put_jobs.iter().all(|j| ids.contains(&j.key_id))
+/// key it writes (`owners`: [`owners_written`] of it).
+fn self_contained((batch, owners): (&Change, &Owners)) -> bool {
+    batch
+        .put_jobs
+        .iter()
+        .all(|j| owners.contains_key(&j.key_id))
         && batch
             .audit
             .iter()
-            .all(|e| e.key_id.is_none_or(|k| ids.contains(&k)))
+            .all(|e| e.key_id.is_none_or(|k| owners.contains_key(&k)))
 }
 
 /// The jobs and operator messages of `batch`, taken out of it.

@@ -120,8 +120,9 @@ impl Keys {
     }
 
     /// Replace the index by every key in the store (this node fell further behind
-    /// than the change log reaches, or the store lost changes it showed), then follow the log from `upto` (read before
-    /// the keys, so nothing committed meanwhile is missed). Usage counted here is
+    /// than the change log reaches, or the store lost changes it showed), then
+    /// follow the log from `upto` (read before the keys, so nothing committed
+    /// meanwhile is missed). Usage counted here is
     /// written first, so nothing counted is lost; if anything fails, the position
     /// stays where it was and the next read asks for a reload again.
     async fn reload_all(&self, upto: u64) -> Result<usize, KeyError> {

@@ -4,6 +4,8 @@
 # crashes. Exits non-zero if any target crashed (the input is in artifacts/TARGET/).
 #
 #   bash fuzz/run.sh [SECONDS_PER_TARGET]      FUZZ_TARGETS="period config" to pick some
+#   FUZZ_RUNS=10000000 bash fuzz/run.sh 3600   stops each target after that many
+#                                              executions (or the time, if first)
 #
 # cargo-fuzz (`cargo install cargo-fuzz --locked`) passes -Z flags (sanitizers,
 # coverage) to rustc: the stable toolchain takes them with RUSTC_BOOTSTRAP=1, so no
@@ -29,15 +31,17 @@ for t in "${targets[@]}"; do
   log="target/logs/$t.log"
   rc=0
   cargo fuzz run --sanitizer "$sanitizer" "$t" "target/corpus/$t" "corpus/$t" -- \
-    -max_total_time="$secs" -print_final_stats=1 -timeout=30 >"$log" 2>&1 || rc=$?
+    -max_total_time="$secs" ${FUZZ_RUNS:+-runs="$FUZZ_RUNS"} -print_final_stats=1 -timeout=30 \
+    >"$log" 2>&1 || rc=$?
   execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n 1)
   execs=${execs:-0}
+  rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -n 1)
   if [ "$rc" -eq 0 ]; then
     result="0 crashes"
   else
     result="CRASH (exit $rc): $(grep -m1 -o "artifacts/$t/[^ ]*" "$log" || echo "see fuzz/$log")"
     failed=1
   fi
-  printf '%-12s %12s %10s  %s\n' "$t" "$execs" "$((execs / secs))" "$result"
+  printf '%-12s %12s %10s  %s\n' "$t" "$execs" "${rate:-0}" "$result"
 done
 exit "$failed"

@@ -129,6 +129,21 @@ fn a_backup_under_write_load_restores_every_key_acknowledged_before_it() {
     for (_, key, _) in &acked {
         assert!(valid(&d, key));
     }
+    // The audit trail says who took a copy of everyone's keys, and of how much.
+    let entries = d.json(&["audit", "--limit", "100000"])["entries"].clone();
+    let backups: Vec<&Value> = entries
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "backup")
+        .collect();
+    assert_eq!(backups.len(), 1, "one audit entry per backup: {entries}");
+    let detail = backups[0]["detail"].as_str().unwrap();
+    assert!(
+        detail.contains(&format!("snapshot of {keys_in} keys")),
+        "{detail}"
+    );
+    assert!(backups[0]["key_id"].is_null(), "{}", backups[0]);
     d.stop();
 
     // A new machine with the same secret.

@@ -13,7 +13,9 @@ use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::error::{parse_body, read_at_most, ApiError, ApiResult, Path, Query};
+use super::error::{
+    parse_body, read_at_most, refuse_declared_over, ApiError, ApiResult, Path, Query,
+};
 use super::routes::Routes;
 use super::state::AppState;
 use crate::keys::{
@@ -121,7 +123,11 @@ async fn import_file(
     body: axum::body::Body,
 ) -> ApiResult<Response> {
     let most = max_import_bytes(actor.admin);
-    let bytes = read_at_most(body, most, || import_too_large(actor.admin)).await?;
+    let too_large = || import_too_large(actor.admin);
+    refuse_declared_over(&body, most, too_large)?;
+    // The file is read once it is its turn: until then it stays with the client.
+    let turn = st.keys.import_turn().await;
+    let bytes = read_at_most(body, most, too_large).await?;
     // Without a copy: the body is the request's alone.
     let text = String::from_utf8(Vec::from(bytes)).map_err(|e| {
         ApiError::bad_request(format!(
@@ -129,7 +135,7 @@ async fn import_file(
             e.utf8_error().valid_up_to()
         ))
     })?;
-    match st.keys.import_lines(&actor, text).await? {
+    match st.keys.import_file(turn, &actor, text).await? {
         Ok(summary) => Ok((StatusCode::CREATED, Json(summary)).into_response()),
         Err(refused) => {
             let shown = refused.problems.len();

@@ -184,15 +184,14 @@ pub(crate) fn read_body(body: Result<Bytes, BytesRejection>) -> ApiResult<Bytes>
     })
 }
 
-/// A request body of at most `most` bytes, for a route whose limit depends on the
-/// caller; `too_large` says what to do about a larger one (413).
-pub(crate) async fn read_at_most(
-    body: axum::body::Body,
+/// A body whose declared length (Content-Length) is over `most` is refused (413)
+/// before anything is read, or waited for.
+pub(crate) fn refuse_declared_over(
+    body: &axum::body::Body,
     most: usize,
-    too_large: impl FnOnce() -> String,
-) -> ApiResult<Bytes> {
+    too_large: impl Fn() -> String,
+) -> ApiResult<()> {
     use axum::body::HttpBody as _;
-    // A declared length over the limit is refused before anything is read.
     if body.size_hint().lower() > u64::try_from(most).unwrap_or(u64::MAX) {
         return Err(ApiError {
             status: StatusCode::PAYLOAD_TOO_LARGE,
@@ -200,6 +199,17 @@ pub(crate) async fn read_at_most(
             message: too_large(),
         });
     }
+    Ok(())
+}
+
+/// A request body of at most `most` bytes, for a route whose limit depends on the
+/// caller; `too_large` says what to do about a larger one (413).
+pub(crate) async fn read_at_most(
+    body: axum::body::Body,
+    most: usize,
+    too_large: impl Fn() -> String,
+) -> ApiResult<Bytes> {
+    refuse_declared_over(&body, most, &too_large)?;
     axum::body::to_bytes(body, most).await.map_err(|e| {
         let over = std::error::Error::source(&e)
             .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());

@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
+use tokio::sync::OwnedMutexGuard;
 use uuid::Uuid;
 
 use super::create::{check_new, check_token, issue_detail, Checked};
@@ -68,16 +69,40 @@ struct Ready {
     notice: Option<String>,
 }
 
+/// The turn of one bulk import: one at a time, as each holds its file's keys in
+/// memory. The API takes it before it reads a file, so that files waiting their
+/// turn stay with their clients rather than in the daemon's memory.
+pub struct ImportTurn {
+    _held: OwnedMutexGuard<()>,
+}
+
 impl Keys {
-    /// Import every line of `text` (JSON lines; blank lines are skipped), all or
-    /// nothing. `Ok(Err(_))` lists the bad lines; nothing was written then.
-    /// One import at a time: each holds its file's keys in memory.
+    /// Wait for the turn to import a file ([`Keys::import_file`]).
+    pub async fn import_turn(&self) -> ImportTurn {
+        ImportTurn {
+            _held: self.importing.clone().lock_owned().await,
+        }
+    }
+
+    /// [`Keys::import_file`] once it is this file's turn.
     pub async fn import_lines(
         self: &Arc<Self>,
         actor: &Actor,
         text: String,
     ) -> Result<Result<ImportSummary, ImportRefused>, KeyError> {
-        let _one = self.importing.lock().await;
+        let turn = self.import_turn().await;
+        self.import_file(turn, actor, text).await
+    }
+
+    /// Import every line of `text` (JSON lines; blank lines are skipped), all or
+    /// nothing. `Ok(Err(_))` lists the bad lines; nothing was written then.
+    pub async fn import_file(
+        self: &Arc<Self>,
+        turn: ImportTurn,
+        actor: &Actor,
+        text: String,
+    ) -> Result<Result<ImportSummary, ImportRefused>, KeyError> {
+        let _turn = turn;
         let started = std::time::Instant::now();
         let settings = self.settings();
         let now = self.clock.now();

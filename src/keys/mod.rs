@@ -175,8 +175,8 @@ pub struct Keys {
     flushing: tokio::sync::Mutex<()>,
     /// New keys on their way to the store (group commit of creations).
     creations: batch::Creations,
-    /// One bulk import at a time.
-    importing: tokio::sync::Mutex<()>,
+    /// One bulk import at a time ([`import::ImportTurn`]).
+    importing: Arc<tokio::sync::Mutex<()>>,
     /// First uses of rotated keys' new secrets, for the background switch.
     rotations: first_use::FirstUses,
 }
@@ -234,7 +234,7 @@ impl Keys {
             following: following::Following::default(),
             flushing: tokio::sync::Mutex::new(()),
             creations,
-            importing: tokio::sync::Mutex::new(()),
+            importing: Arc::default(),
             rotations: first_use::FirstUses::default(),
         })
     }

@@ -207,3 +207,90 @@ fn an_owner_imports_only_their_own_keys() {
     );
     assert_eq!(d.keys().len(), 1);
 }
+
+/// The head of a bulk import of `len` bytes over TCP, as the admin key `key`.
+fn start_upload(d: &TestDaemon, key: &str, len: usize) -> std::net::TcpStream {
+    use std::io::Write;
+    let mut s = crate::util::connect(d.addr, std::time::Duration::from_secs(30));
+    write!(
+        s,
+        "POST /v1/admin/keys/bulk-import HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {key}\r\n\
+         Content-Type: application/x-ndjson\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    s
+}
+
+/// Bytes of `body` written before the daemon stopped reading for `patience`.
+fn write_until_stalled(
+    s: &mut std::net::TcpStream,
+    body: &[u8],
+    patience: std::time::Duration,
+) -> usize {
+    use std::io::Write;
+    s.set_write_timeout(Some(patience)).unwrap();
+    let mut sent = 0;
+    while sent < body.len() {
+        match s.write(&body[sent..]) {
+            Ok(n) => sent += n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                break
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    sent
+}
+
+/// One import at a time, and a file waiting for its turn is not read: it stays
+/// with its client (whose socket fills up), not in the daemon's memory.
+#[test]
+fn a_file_waiting_for_its_turn_stays_with_its_client() {
+    use std::time::Duration;
+    let d = TestDaemon::start();
+    let (_, admin_key) = d.create("admin", "ops", &["--scopes", "apikeyd:admin"]);
+    // One key, then 24 MiB of blank lines (skipped): more than loopback's socket
+    // buffers hold, so a client gets its file out only while the daemon reads it.
+    let file = |name: &str, i: usize| {
+        let mut f = line("alice", name, i).to_string() + "\n";
+        f.push_str(&" \n".repeat(12 << 20));
+        f.into_bytes()
+    };
+    let (a, b) = (file("first", 1), file("second", 2));
+
+    // The first file all but its last byte: the daemon reads it, so it has the turn.
+    let mut first = start_upload(&d, &admin_key, a.len());
+    let sent = write_until_stalled(&mut first, &a[..a.len() - 1], Duration::from_secs(30));
+    assert_eq!(sent, a.len() - 1, "the first file is read as it comes");
+
+    // The second waits, unread: its client cannot send it all.
+    let mut second = start_upload(&d, &admin_key, b.len());
+    let early = write_until_stalled(&mut second, &b, Duration::from_secs(1));
+    assert!(
+        early < b.len() / 2,
+        "{early} of {} bytes of a file waiting its turn were taken",
+        b.len()
+    );
+
+    // The first ends and is imported; then the second is read and imported.
+    let mut first_reader = std::io::BufReader::new(first.try_clone().unwrap());
+    let last = write_until_stalled(&mut first, &a[a.len() - 1..], Duration::from_secs(30));
+    assert_eq!(last, 1);
+    let answer = crate::util::read_answer(&mut first_reader);
+    assert_eq!(answer.status, 201, "{}", answer.body);
+    let rest = write_until_stalled(&mut second, &b[early..], Duration::from_secs(30));
+    assert_eq!(
+        early + rest,
+        b.len(),
+        "the second file is read once it is its turn"
+    );
+    let answer = crate::util::read_answer(&mut std::io::BufReader::new(second));
+    assert_eq!(answer.status, 201, "{}", answer.body);
+    assert!(verify(&d, &token(1), &[]).ends_with("\"first\" of alice"));
+    assert!(verify(&d, &token(2), &[]).ends_with("\"second\" of alice"));
+}

@@ -204,6 +204,7 @@ impl Daemon {
         );
         state.maintenance = maintenance_status.clone();
         state.secret_source = Arc::from(self.secret_source.to_string());
+        state.start_only = Some(Arc::new(config::StartOnly::of(&self.config)));
         let state_for_reload = state.clone();
         let max_body = self.config.server.max_body_bytes;
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -400,8 +401,12 @@ fn reload_config(state: &AppState, path: &Path, env: &Environment, running: &Con
     notify_reloading();
     match config::load(path, env) {
         Ok(new) => {
-            if new.server != running.server {
-                tracing::warn!("[server] settings changed; they take effect after a restart");
+            let restart = config::StartOnly::of(running).changed_in(&new);
+            if !restart.is_empty() {
+                tracing::warn!(
+                    "{} settings changed; they take effect after a restart",
+                    restart.join(" and ")
+                );
             }
             let users = new.directory.users.len();
             let groups = new.directory.groups.len();

@@ -87,6 +87,11 @@ async fn plan_policy(
         .keys
         .plan_policy(&actor, settings, new.alerts.clone(), &ask, runs(&st))
         .await?;
+    if let Some(start_only) = &st.start_only {
+        plan.notes.extend(start_only.changed_in(&new).into_iter().map(|s| {
+            format!("{s} differs from the settings apikeyd started with: a reload does not apply it, a restart does")
+        }));
+    }
     plan.notes
         .extend(new.warnings().iter().map(|p| format!("warning: {p}")));
     Ok(Json(plan))

@@ -6,7 +6,7 @@ use super::edge::Edge;
 use crate::alerts::maintenance::MaintenanceStatus;
 use crate::alerts::Alerts;
 use crate::config::alerts::MaintenanceSchedules;
-use crate::config::{AuthConfig, RateLimitConfig};
+use crate::config::{AuthConfig, RateLimitConfig, StartOnly};
 use crate::keys::Keys;
 
 /// Shared state of every router.
@@ -26,6 +26,9 @@ pub struct AppState {
     /// Where the server secret was read from (a backup's answer says: a restore
     /// needs it). Empty when unknown.
     pub secret_source: Arc<str>,
+    /// The listeners and store the daemon started with (`plan --policy` says when
+    /// a new file changes them); `None` where no daemon is behind the state.
+    pub start_only: Option<Arc<StartOnly>>,
 }
 
 impl AppState {
@@ -38,6 +41,7 @@ impl AppState {
             maintenance: MaintenanceStatus::default(),
             edge: Arc::new(Edge::new(auth, rate_limit)),
             secret_source: Arc::from(""),
+            start_only: None,
         }
     }
 }

@@ -63,6 +63,35 @@ pub struct Config {
     pub store: StoreConfig,
 }
 
+/// The listeners and the store a daemon started with: read once, at start, so a
+/// reload does not apply changes to them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartOnly {
+    server: ServerConfig,
+    store: StoreConfig,
+}
+
+impl StartOnly {
+    pub fn of(c: &Config) -> Self {
+        Self {
+            server: c.server.clone(),
+            store: c.store.clone(),
+        }
+    }
+
+    /// The sections of `new` that differ from these and would need a restart.
+    pub fn changed_in(&self, new: &Config) -> Vec<&'static str> {
+        let mut changed = Vec::new();
+        if new.server != self.server {
+            changed.push("[server]");
+        }
+        if new.store != self.store {
+            changed.push("[store]");
+        }
+        changed
+    }
+}
+
 impl Config {
     /// What loads but will not work for everyone: warnings (`check-config` prints
     /// them and still accepts the file).

@@ -102,6 +102,7 @@ fn plan_shows_what_is_coming_and_plan_policy_what_a_new_file_would_change() {
     // without catalog:sync.
     let current = std::fs::read_to_string(&d.config).unwrap();
     let new = current
+        .replace("worker_threads = 2", "worker_threads = 1")
         .replace(
             "NotAccessedExpirationPeriod = \"p20d\"",
             "NotAccessedExpirationPeriod = \"p3d\"",
@@ -135,6 +136,12 @@ fn plan_shows_what_is_coming_and_plan_policy_what_a_new_file_would_change() {
     let text = d.ok(&["plan", "--policy", new_path]);
     assert!(text.contains("EXPIRED OR INACTIVE AT ONCE"), "{text}");
     assert!(text.contains("no longer configured"), "{text}");
+    // Listeners are read once: the plan says a reload would not apply them.
+    assert!(
+        text.contains("[server] differs from the settings apikeyd started with"),
+        "{text}"
+    );
+    assert!(!text.contains("[store]"), "{text}");
     // Nothing applied: the key is still active, bob still configured.
     assert_eq!(d.json(&["key", "show", &idle])["status"], "active");
     assert_eq!(d.json(&["key", "show", &notified])["status"], "active");

@@ -119,9 +119,10 @@ fn admin_changes_cut_off_by_their_clients_are_seen_by_verification_too() {
             ),
         }
     }
-    // Let whatever the daemon still does for the dropped clients land: the writer
-    // lock is free once a change made after them has gone through.
-    std::thread::sleep(Duration::from_millis(200));
+    // Let whatever the daemon still does for the dropped clients land: once their
+    // connections are gone, a change still running holds the writer lock, which is
+    // free once a change made after them has gone through.
+    crate::util::wait_until(Duration::from_secs(30), || d.connections_open() == 1);
     d.create("alice", "barrier", &["--no-notify"]);
     let before = observe(&d, &secrets);
     // Every key agrees with itself: list, show and verification.

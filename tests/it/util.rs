@@ -370,6 +370,14 @@ impl TestDaemon {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// `apikeyd_connections_open` as another client sees it (counting itself).
+    pub fn connections_open(&self) -> u64 {
+        let m = request(self.addr, "GET", "/metrics", &[]).body;
+        m.lines()
+            .find_map(|l| l.strip_prefix("apikeyd_connections_open ")?.parse().ok())
+            .unwrap()
+    }
+
     /// POST to the daemon's TCP listener.
     pub fn post(&self, path: &str, body: &str) -> (u16, Value) {
         http(self.addr, "POST", path, &[], body.as_bytes())

@@ -1,16 +1,18 @@
 //! Crash storm (issue 13, part 1): the real daemon under a mixed workload over the
 //! admin socket (create, import, edit, rotate with and without grace, disable,
-//! enable, remove) and a verification load, killed with SIGKILL at random moments
+//! enable, remove, notify, cancel a notification with `key notify --cancel` or
+//! `job cancel`) and a verification load, killed with SIGKILL at random moments
 //! and restarted, with the invariants checked after every restart:
 //!
 //! - the database opens every time;
 //! - every change acknowledged to the client is there, and none is undone (a
 //!   change cut short by the kill is there whole or not at all);
 //! - every key's verification agrees with `key show` (its current secret works
-//!   exactly when it is active; a secret rotated away without grace never works);
+//!   exactly when it is active; a secret rotated away without grace never works),
+//!   and `key show` and `job show` agree with the model's notification;
 //! - the audit trail has one entry per change, key by key.
 //!
-//! `APIKEYD_STORM_KILLS` kills (20 here; `scripts/crash-storm.sh` runs 200), with
+//! `APIKEYD_STORM_KILLS` kills (20 here; `tests/crash-storm.sh` runs 200), with
 //! the seed printed (`APIKEYD_STORM_SEED` replays it).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -57,6 +59,11 @@ struct Key {
     dead: Vec<String>,
     state: State,
     description: String,
+    /// Its notification time (`notify_at` as `key show` gives it), if any.
+    notify: Option<String>,
+    /// The job of that notification when it is known to wait far ahead: `job
+    /// cancel` is sure to find it Scheduled.
+    far_job: Option<String>,
     /// Audit entries the changes made so far must have written.
     audit: usize,
     /// What happened to it, for the failure messages.
@@ -79,6 +86,15 @@ enum Doubt {
         to: String,
     },
     Rotated {
+        index: usize,
+    },
+    /// `key notify --at` (rescheduled in place or a new job).
+    Notified {
+        index: usize,
+        to: String,
+    },
+    /// `key notify --cancel` or `job cancel`.
+    Cancelled {
         index: usize,
     },
 }
@@ -115,7 +131,7 @@ impl Storm {
     fn run(&self, args: &[&str]) -> Outcome {
         let mut a = args.to_vec();
         // The commands that answer with the key (and its secret) say it in JSON.
-        if ["create", "import", "rotate"].contains(&args[1]) {
+        if ["create", "import", "rotate", "notify"].contains(&args[1]) {
             a.push("--json");
         }
         let out = self.d.ctl(&a);
@@ -139,7 +155,7 @@ impl Storm {
         let live: Vec<usize> = (0..self.keys.len())
             .filter(|i| self.keys[*i].id.is_some() && self.keys[*i].state != State::Removed)
             .collect();
-        let pick = self.rng.gen_range(0..10);
+        let pick = self.rng.gen_range(0..13);
         if live.is_empty() || pick < 2 {
             return self.create(pick == 1);
         }
@@ -183,12 +199,27 @@ impl Storm {
                     Doubt::Described { index, to },
                 )
             }
-            _ => {
+            7..=9 => {
                 let mut args = vec!["key".into(), "rotate".into(), id];
                 if pick == 9 {
                     args.extend(["--grace".into(), "p1d".into()]);
                 }
                 (args, Doubt::Rotated { index })
+            }
+            12 if self.keys[index].notify.is_some() => {
+                // `job cancel` needs the job's id and a job sure not to be running.
+                let args = match self.keys[index].far_job.clone() {
+                    Some(job) if self.rng.gen_bool(0.5) => vec!["job".into(), "cancel".into(), job],
+                    _ => vec!["key".into(), "notify".into(), id, "--cancel".into()],
+                };
+                (args, Doubt::Cancelled { index })
+            }
+            _ => {
+                let to = self.notify_time(index);
+                (
+                    vec!["key".into(), "notify".into(), id, "--at".into(), to.clone()],
+                    Doubt::Notified { index, to },
+                )
             }
         };
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -199,7 +230,22 @@ impl Storm {
                 k.audit += 1;
                 k.history.push(format!("{:?} acknowledged", &args[1..]));
                 match doubt {
-                    Doubt::State { to, .. } => k.state = to,
+                    Doubt::State { to, .. } => {
+                        k.state = to;
+                        if to == State::Removed {
+                            k.notify = None;
+                            k.far_job = None;
+                        }
+                    }
+                    Doubt::Notified { to, .. } => {
+                        assert_eq!(v["notify_at"], to.as_str(), "notify answered {v}");
+                        k.far_job = v["alert_job"].as_str().map(str::to_owned);
+                        k.notify = Some(to);
+                    }
+                    Doubt::Cancelled { .. } => {
+                        k.notify = None;
+                        k.far_job = None;
+                    }
                     Doubt::Described { to, .. } => k.description = to,
                     Doubt::Rotated { .. } => {
                         let new = v["key"].as_str().map(str::to_owned);
@@ -259,6 +305,8 @@ impl Storm {
             dead: Vec::new(),
             state: State::Enabled,
             description: String::new(),
+            notify: None,
+            far_job: None,
             audit: 0,
             history: vec![if import { "import" } else { "create" }.to_owned()],
         };
@@ -270,6 +318,8 @@ impl Storm {
                     key.secret = Some(v["key"].as_str().unwrap().to_owned());
                 }
                 key.audit = 1;
+                key.notify = v["notify_at"].as_str().map(str::to_owned);
+                key.far_job = v["alert_job"].as_str().map(str::to_owned);
                 self.keys.push(key);
                 None
             }
@@ -307,6 +357,8 @@ impl Storm {
                 let k = &mut self.keys[index];
                 if let Some(v) = found.first() {
                     k.id = Some(v["id"].as_str().unwrap().to_owned());
+                    k.notify = v["notify_at"].as_str().map(str::to_owned);
+                    k.far_job = v["alert_job"].as_str().map(str::to_owned);
                     k.audit = 1;
                     self.changes += 1;
                 } else {
@@ -320,6 +372,10 @@ impl Storm {
                 let k = &mut self.keys[index];
                 if shown == to.shown() {
                     k.state = to;
+                    if to == State::Removed {
+                        k.notify = None;
+                        k.far_job = None;
+                    }
                     k.audit += 1;
                     self.changes += 1;
                 } else {
@@ -360,6 +416,53 @@ impl Storm {
                 } else {
                     assert_eq!(audit, k.audit, "{}: {audit} audit entries", k.name);
                 }
+            }
+            Doubt::Notified { index, to } => {
+                let v = self.show(self.keys[index].id.as_deref().unwrap());
+                let k = &mut self.keys[index];
+                if v["notify_at"] == to.as_str() {
+                    k.notify = Some(to);
+                    k.far_job = v["alert_job"].as_str().map(str::to_owned);
+                    k.audit += 1;
+                    self.changes += 1;
+                } else {
+                    assert_eq!(
+                        v["notify_at"].as_str(),
+                        k.notify.as_deref(),
+                        "{} cut short: neither before nor after",
+                        k.name
+                    );
+                }
+            }
+            Doubt::Cancelled { index } => {
+                let v = self.show(self.keys[index].id.as_deref().unwrap());
+                let k = &mut self.keys[index];
+                if v["notify_at"].is_null() {
+                    k.notify = None;
+                    k.far_job = None;
+                    k.audit += 1;
+                    self.changes += 1;
+                } else {
+                    assert_eq!(
+                        v["notify_at"].as_str(),
+                        k.notify.as_deref(),
+                        "{} cut short: neither before nor after",
+                        k.name
+                    );
+                }
+            }
+        }
+    }
+
+    /// A notification time for key `index` that differs from its current one:
+    /// days ahead, before the key expires (p6m here).
+    fn notify_time(&mut self, index: usize) -> String {
+        loop {
+            let at = chrono::Utc::now()
+                + chrono::Duration::seconds(self.rng.gen_range(86_400..30 * 86_400));
+            let at = at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+            if self.keys[index].notify.as_deref() != Some(at.as_str()) {
+                return at;
             }
         }
     }
@@ -413,6 +516,28 @@ impl Storm {
             if k.state != State::Removed {
                 assert_eq!(v["description"], k.description.as_str(), "{}", k.name);
             }
+            assert_eq!(
+                v["notify_at"].as_str(),
+                k.notify.as_deref(),
+                "{}: notification; {:?}",
+                k.name,
+                k.history
+            );
+            if let Some(at) = &k.notify {
+                let job = self
+                    .d
+                    .json(&["job", "show", v["alert_job"].as_str().unwrap()]);
+                // `key show` gives whole seconds; the job keeps what it was given.
+                assert_eq!(
+                    seconds(&job["due_at"]),
+                    seconds(&Value::from(at.as_str())),
+                    "{}: {job}",
+                    k.name
+                );
+                if k.far_job.is_some() {
+                    assert_eq!(job["state"], "Scheduled", "{}: {job}", k.name);
+                }
+            }
             if let Some(secret) = &k.secret {
                 let (valid, answer) = self.verify(secret);
                 assert_eq!(
@@ -452,6 +577,13 @@ fn poke(addr: std::net::SocketAddr, secret: &str) -> bool {
     }
     let mut answer = Vec::new();
     s.read_to_end(&mut answer).is_ok() && answer.starts_with(b"HTTP/1.1 ")
+}
+
+/// An RFC 3339 time as whole seconds since the epoch.
+fn seconds(v: &Value) -> i64 {
+    chrono::DateTime::parse_from_rfc3339(v.as_str().unwrap())
+        .unwrap()
+        .timestamp()
 }
 
 fn env_or(name: &str, default: u64) -> u64 {

@@ -10,7 +10,15 @@
 //! - every key's verification agrees with `key show` (its current secret works
 //!   exactly when it is active; a secret rotated away without grace never works),
 //!   and `key show` and `job show` agree with the model's notification;
-//! - the audit trail has one entry per change, key by key.
+//! - the audit trail has one entry per change, key by key (beside them, only the
+//!   daemon's own `notify-replace` for a delivery a kill cut off);
+//! - every alert that fell due reaches a real SMTP server (in this process, so it
+//!   outlives the daemon) at least once, to the key's owner; a notification set
+//!   seconds ahead falls due unless a change supersedes it before its time (or
+//!   within seconds of it, when it may or may not have started). An alert that
+//!   reaches the server twice (same Message-ID) needs a kill inside the send
+//!   before: the server answers 200 ms after taking a message, so some kills
+//!   land there, and the repeats are counted.
 //!
 //! `APIKEYD_STORM_KILLS` kills (20 here; `tests/crash-storm.sh` runs 200), with
 //! the seed printed (`APIKEYD_STORM_SEED` replays it).
@@ -26,6 +34,10 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
 
+use chrono::{DateTime, Utc};
+
+use crate::alerts::{alert_tables, shipped_plugins, time};
+use crate::smtp::{Mail, Smtp};
 use crate::util::{TestDaemon, DEFAULT_POLICY};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,6 +76,9 @@ struct Key {
     /// The job of that notification when it is known to wait far ahead: `job
     /// cancel` is sure to find it Scheduled.
     far_job: Option<String>,
+    /// The alert (in `Storm::alerts`) of that notification when it falls due
+    /// during the storm.
+    alert: Option<usize>,
     /// Audit entries the changes made so far must have written.
     audit: usize,
     /// What happened to it, for the failure messages.
@@ -92,6 +107,7 @@ enum Doubt {
     Notified {
         index: usize,
         to: String,
+        near: bool,
     },
     /// `key notify --cancel` or `job cancel`.
     Cancelled {
@@ -99,13 +115,35 @@ enum Doubt {
     },
 }
 
+/// A notification set to fall due seconds after it was set.
+#[derive(Debug)]
+struct Alert {
+    key: usize,
+    at: DateTime<Utc>,
+    /// The job the notify answered with (or the key showed after the restart).
+    job: String,
+    /// The job it continues, which names the email (`Message-ID`), once read.
+    origin: Option<String>,
+    /// Whether it must be delivered: not when a change superseded it around
+    /// its due time (before: it never fell due; at it: it may or may not have).
+    due: bool,
+}
+
+/// How long after an alert's due time a change that supersedes it leaves it due:
+/// the dispatcher had that long to start it.
+const DUE_MARGIN: i64 = 5;
+
 struct Storm {
     d: TestDaemon,
+    smtp: Smtp,
     keys: Vec<Key>,
+    alerts: Vec<Alert>,
     rng: StdRng,
     next_name: usize,
     changes: usize,
     doubts: usize,
+    /// When the last change was sent.
+    sent: DateTime<Utc>,
 }
 
 /// `apikeyctl` that ran to its end: `Some(stdout)` on success, `None` on a
@@ -128,12 +166,13 @@ impl Storm {
         })
     }
 
-    fn run(&self, args: &[&str]) -> Outcome {
+    fn run(&mut self, args: &[&str]) -> Outcome {
         let mut a = args.to_vec();
         // The commands that answer with the key (and its secret) say it in JSON.
         if ["create", "import", "rotate", "notify"].contains(&args[1]) {
             a.push("--json");
         }
+        self.sent = Utc::now();
         let out = self.d.ctl(&a);
         if out.status.success() {
             return Outcome::Done(serde_json::from_slice(&out.stdout).unwrap_or(Value::Null));
@@ -162,6 +201,15 @@ impl Storm {
         let index = live[self.rng.gen_range(0..live.len())];
         let id = self.keys[index].id.clone().unwrap();
         let state = self.keys[index].state;
+        // Mostly let an alert about to fall due do so (an edit instead of the
+        // change that would supersede it), so that many do.
+        let pending = self.keys[index].alert.is_some_and(|a| {
+            Utc::now() < self.alerts[a].at + chrono::Duration::seconds(DUE_MARGIN)
+        });
+        let pick = match pick {
+            4 | 10.. if pending && self.rng.gen_bool(0.8) => 5,
+            _ => pick,
+        };
         let (args, doubt): (Vec<String>, Doubt) = match pick {
             2 | 3 => {
                 let to = if state == State::Enabled {
@@ -215,10 +263,11 @@ impl Storm {
                 (args, Doubt::Cancelled { index })
             }
             _ => {
-                let to = self.notify_time(index);
+                let near = self.rng.gen_bool(0.5);
+                let to = self.notify_time(index, near);
                 (
                     vec!["key".into(), "notify".into(), id, "--at".into(), to.clone()],
-                    Doubt::Notified { index, to },
+                    Doubt::Notified { index, to, near },
                 )
             }
         };
@@ -226,6 +275,20 @@ impl Storm {
         match self.run(&args) {
             Outcome::Done(v) => {
                 self.changes += 1;
+                if matches!(
+                    doubt,
+                    Doubt::Notified { .. }
+                        | Doubt::Cancelled { .. }
+                        | Doubt::State {
+                            to: State::Removed,
+                            ..
+                        }
+                ) {
+                    self.supersede(index);
+                }
+                if let Doubt::Notified { near: true, to, .. } = &doubt {
+                    self.fall_due(index, to, &v);
+                }
                 let k = &mut self.keys[index];
                 k.audit += 1;
                 k.history.push(format!("{:?} acknowledged", &args[1..]));
@@ -237,9 +300,11 @@ impl Storm {
                             k.far_job = None;
                         }
                     }
-                    Doubt::Notified { to, .. } => {
+                    Doubt::Notified { to, near, .. } => {
                         assert_eq!(v["notify_at"], to.as_str(), "notify answered {v}");
-                        k.far_job = v["alert_job"].as_str().map(str::to_owned);
+                        k.far_job = (!near)
+                            .then(|| v["alert_job"].as_str().map(str::to_owned))
+                            .flatten();
                         k.notify = Some(to);
                     }
                     Doubt::Cancelled { .. } => {
@@ -257,6 +322,14 @@ impl Storm {
                     }
                     Doubt::Created { .. } => unreachable!(),
                 }
+                None
+            }
+            // A notification seconds ahead that took longer than that to reach
+            // the daemon (a loaded machine): refused, nothing changed.
+            Outcome::Refused(e)
+                if matches!(doubt, Doubt::Notified { near: true, .. })
+                    && e.contains("is not in the future") =>
+            {
                 None
             }
             Outcome::Refused(e) => panic!("{args:?} refused: {e}"),
@@ -307,6 +380,7 @@ impl Storm {
             description: String::new(),
             notify: None,
             far_job: None,
+            alert: None,
             audit: 0,
             history: vec![if import { "import" } else { "create" }.to_owned()],
         };
@@ -369,6 +443,9 @@ impl Storm {
             Doubt::State { index, to } => {
                 let id = self.keys[index].id.clone().unwrap();
                 let shown = self.show(&id)["status"].as_str().unwrap().to_owned();
+                if shown == to.shown() && to == State::Removed {
+                    self.supersede(index);
+                }
                 let k = &mut self.keys[index];
                 if shown == to.shown() {
                     k.state = to;
@@ -417,12 +494,20 @@ impl Storm {
                     assert_eq!(audit, k.audit, "{}: {audit} audit entries", k.name);
                 }
             }
-            Doubt::Notified { index, to } => {
+            Doubt::Notified { index, to, near } => {
                 let v = self.show(self.keys[index].id.as_deref().unwrap());
+                if v["notify_at"] == to.as_str() {
+                    self.supersede(index);
+                    if near {
+                        self.fall_due(index, &to, &v);
+                    }
+                }
                 let k = &mut self.keys[index];
                 if v["notify_at"] == to.as_str() {
                     k.notify = Some(to);
-                    k.far_job = v["alert_job"].as_str().map(str::to_owned);
+                    k.far_job = (!near)
+                        .then(|| v["alert_job"].as_str().map(str::to_owned))
+                        .flatten();
                     k.audit += 1;
                     self.changes += 1;
                 } else {
@@ -436,6 +521,9 @@ impl Storm {
             }
             Doubt::Cancelled { index } => {
                 let v = self.show(self.keys[index].id.as_deref().unwrap());
+                if v["notify_at"].is_null() {
+                    self.supersede(index);
+                }
                 let k = &mut self.keys[index];
                 if v["notify_at"].is_null() {
                     k.notify = None;
@@ -455,11 +543,16 @@ impl Storm {
     }
 
     /// A notification time for key `index` that differs from its current one:
-    /// days ahead, before the key expires (p6m here).
-    fn notify_time(&mut self, index: usize) -> String {
+    /// `near`, seconds ahead (it falls due during the storm), else days ahead,
+    /// before the key expires (p6m here).
+    fn notify_time(&mut self, index: usize, near: bool) -> String {
         loop {
-            let at = chrono::Utc::now()
-                + chrono::Duration::seconds(self.rng.gen_range(86_400..30 * 86_400));
+            let ahead = if near {
+                self.rng.gen_range(2..=4)
+            } else {
+                self.rng.gen_range(86_400..30 * 86_400)
+            };
+            let at = Utc::now() + chrono::Duration::seconds(ahead);
             let at = at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
             if self.keys[index].notify.as_deref() != Some(at.as_str()) {
                 return at;
@@ -467,11 +560,90 @@ impl Storm {
         }
     }
 
+    /// Key `index`'s notification set `to` seconds ahead (`v` the key as answered
+    /// or shown) is an alert that will fall due.
+    fn fall_due(&mut self, index: usize, to: &str, v: &Value) {
+        self.keys[index].alert = Some(self.alerts.len());
+        self.alerts.push(Alert {
+            key: index,
+            at: time(&Value::from(to)),
+            job: v["alert_job"].as_str().unwrap().to_owned(),
+            origin: None,
+            due: true,
+        });
+    }
+
+    /// A change to key `index`'s notification (or its removal) took effect: its
+    /// alert still falls due only if the change came well after its due time.
+    fn supersede(&mut self, index: usize) {
+        if let Some(a) = self.keys[index].alert.take() {
+            let alert = &mut self.alerts[a];
+            alert.due = self.sent > alert.at + chrono::Duration::seconds(DUE_MARGIN);
+        }
+    }
+
+    /// The job alert `a` continues (its email's Message-ID names it), read once
+    /// (`job show` of the job the notify gave).
+    fn origin(&mut self, a: usize) -> String {
+        if self.alerts[a].origin.is_none() {
+            let job = self.d.json(&["job", "show", &self.alerts[a].job]);
+            self.alerts[a].origin = Some(job["origin"].as_str().unwrap().to_owned());
+        }
+        self.alerts[a].origin.clone().unwrap()
+    }
+
+    /// The mails received, by the job their Message-ID names.
+    fn mails(&self) -> HashMap<String, Vec<Mail>> {
+        let mut by_origin: HashMap<String, Vec<Mail>> = HashMap::new();
+        for m in self.smtp.mails() {
+            let id = m.header("Message-ID").unwrap_or_default();
+            let origin = id
+                .strip_prefix("<alert-")
+                .and_then(|r| r.strip_suffix("@apikeyd>"))
+                .unwrap_or_else(|| panic!("a mail that is no alert: {}", m.data));
+            by_origin.entry(origin.to_owned()).or_default().push(m);
+        }
+        by_origin
+    }
+
+    /// Every alert due by `by` has reached the SMTP server, to its owner.
+    fn delivered_by(&mut self, by: DateTime<Utc>) -> Result<(), String> {
+        let mails = self.mails();
+        for a in 0..self.alerts.len() {
+            if !self.alerts[a].due || self.alerts[a].at > by {
+                continue;
+            }
+            let origin = self.origin(a);
+            let k = &self.keys[self.alerts[a].key];
+            let Some(got) = mails.get(&origin) else {
+                return Err(format!(
+                    "the alert of {} due at {} (job {origin}) never reached the SMTP server; {:?}",
+                    k.name, self.alerts[a].at, k.history
+                ));
+            };
+            let owner = format!("{}@example.com", k.owner);
+            assert!(
+                got.iter().all(|m| m.to == [owner.as_str()]),
+                "{}: {got:?}",
+                k.name
+            );
+        }
+        Ok(())
+    }
+
+    /// Audit entries of key `id`: those of the workload's changes, and those the
+    /// daemon wrote itself (a delivery cut off by a kill, replaced at the start).
     fn audit_of(&self, id: &str) -> usize {
-        self.d.json(&["audit", "--key", id, "--limit", "10000"])["entries"]
+        let all = self.d.json(&["audit", "--key", id, "--limit", "10000"])["entries"]
             .as_array()
             .unwrap()
-            .len()
+            .clone();
+        let (own, workload): (Vec<&Value>, Vec<&Value>) =
+            all.iter().partition(|e| e["actor"] == "apikeyd");
+        for e in own {
+            assert_eq!(e["action"], "notify-replace", "{e}");
+        }
+        workload.len()
     }
 
     /// Whether `secret` verifies (apikeyctl exits 0 only for VALID), and the answer.
@@ -527,6 +699,12 @@ impl Storm {
                 let job = self
                     .d
                     .json(&["job", "show", v["alert_job"].as_str().unwrap()]);
+                let state = job["state"].as_str().unwrap();
+                assert!(
+                    ["Scheduled", "Running", "Completed"].contains(&state),
+                    "{}: {job}",
+                    k.name
+                );
                 // `key show` gives whole seconds; the job keeps what it was given.
                 assert_eq!(
                     seconds(&job["due_at"]),
@@ -593,20 +771,71 @@ fn env_or(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
+/// `[smtp]` at the test's server with quick retries, and no abuse limit on failed
+/// verifications to wait out: the checks verify dead secrets and disabled keys on
+/// purpose.
+fn storm_config(smtp: &Smtp) -> String {
+    alert_tables(
+        smtp.port,
+        &shipped_plugins(),
+        "",
+        "[rate_limit]\nfailures_per_minute = 0\n",
+    )
+}
+
+/// The test's SMTP server, which answers each message 200 ms after taking it: a
+/// send lasts long enough for some kills to land inside it.
+fn slow_smtp() -> Smtp {
+    Smtp::on(
+        std::net::TcpListener::bind("127.0.0.1:0").unwrap(),
+        Duration::from_millis(200),
+    )
+}
+
+/// Alerts delivered more than once: each repeat must follow a kill that landed
+/// inside the send before it (from a little before that send reached the server
+/// to the repeat), which cut the delivery off before it was recorded.
+fn duplicates(mails: &HashMap<String, Vec<Mail>>, kills: &[DateTime<Utc>]) -> usize {
+    let mut repeats = 0;
+    for (origin, got) in mails {
+        let mut at: Vec<DateTime<Utc>> = got.iter().map(|m| m.received_at).collect();
+        at.sort();
+        for pair in at.windows(2) {
+            let (first, again) = (pair[0], pair[1]);
+            assert!(
+                kills
+                    .iter()
+                    .any(|k| *k >= first - chrono::Duration::seconds(2) && *k <= again),
+                "alert {origin} reached the server at {first} and again at {again} with no kill in between"
+            );
+            repeats += 1;
+        }
+    }
+    repeats
+}
+
 #[test]
 fn a_storm_of_kills_loses_no_acknowledged_change() {
-    let kills = env_or("APIKEYD_STORM_KILLS", 20);
+    let smtp = slow_smtp();
+    let d = TestDaemon::start_with(DEFAULT_POLICY, &storm_config(&smtp));
+    storm(d, smtp, env_or("APIKEYD_STORM_KILLS", 20));
+}
+
+/// `kills` kills of `d` (started, its alerts sent to `smtp`), the invariants
+/// checked after each restart and at the end.
+fn storm(d: TestDaemon, smtp: Smtp, kills: u64) {
     let seed = env_or("APIKEYD_STORM_SEED", rand::random());
     eprintln!("crash storm: {kills} kills, APIKEYD_STORM_SEED={seed}");
     let mut storm = Storm {
-        // The checks verify dead secrets and disabled keys on purpose: no abuse
-        // limit on failed verifications to wait out.
-        d: TestDaemon::start_with(DEFAULT_POLICY, "\n[rate_limit]\nfailures_per_minute = 0\n"),
+        d,
+        smtp,
         keys: Vec::new(),
+        alerts: Vec::new(),
         rng: StdRng::seed_from_u64(seed),
         next_name: 0,
         changes: 0,
         doubts: 0,
+        sent: Utc::now(),
     };
     let mut check_rng = StdRng::seed_from_u64(seed ^ 0x5eed);
     // Verifications all along, through HTTP: the daemon's port changes at each
@@ -629,12 +858,16 @@ fn a_storm_of_kills_loses_no_acknowledged_change() {
             sent
         })
     };
+    // When each kill was sent, to tell a duplicate delivery it explains.
+    let killed: Arc<Mutex<Vec<DateTime<Utc>>>> = Arc::default();
     let started = Instant::now();
     for round in 0..kills {
         let pid = storm.d.pid();
         let after = Duration::from_millis(storm.rng.gen_range(30..400));
+        let killed = killed.clone();
         let killer = std::thread::spawn(move || {
             std::thread::sleep(after);
+            killed.lock().unwrap().push(Utc::now());
             let _ = std::process::Command::new("kill")
                 .args(["-KILL", &pid.to_string()])
                 .status();
@@ -657,15 +890,48 @@ fn a_storm_of_kills_loses_no_acknowledged_change() {
         storm.settle(doubt);
         let sample = if round + 1 == kills { usize::MAX } else { 8 };
         storm.check(sample, &mut check_rng);
+        // Alerts due a while ago went out, kills or not (the last ones are
+        // waited for below).
+        if let Err(e) = storm.delivered_by(Utc::now() - chrono::Duration::seconds(20)) {
+            panic!("after kill {}: {e}", round + 1);
+        }
     }
     stop.store(true, Ordering::Relaxed);
     let verifications = load.join().unwrap();
+    let storm_time = started.elapsed();
+    // Every alert that fell due reaches the server, the last ones within seconds.
+    let last = storm
+        .alerts
+        .iter()
+        .map(|a| a.at)
+        .max()
+        .unwrap_or_else(Utc::now);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match storm.delivered_by(last) {
+            Ok(()) => break,
+            Err(e) => assert!(Instant::now() < deadline, "{e}"),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Every mail is one of the storm's alerts.
+    let origins: Vec<String> = (0..storm.alerts.len()).map(|a| storm.origin(a)).collect();
+    let mails = storm.mails();
+    for origin in mails.keys() {
+        assert!(
+            origins.contains(origin),
+            "a mail for job {origin}, no alert of the storm"
+        );
+    }
+    let repeats = duplicates(&mails, &killed.lock().unwrap());
+    let due = storm.alerts.iter().filter(|a| a.due).count();
     eprintln!(
-        "crash storm: {kills} kills survived in {:.0?}; {} changes acknowledged or settled, {} cut short by a kill, {} keys, {verifications} verifications sent",
-        started.elapsed(),
+        "crash storm: {kills} kills survived in {storm_time:.0?}; {} changes acknowledged or settled, {} cut short by a kill, {} keys, {verifications} verifications sent; alerts: {due} fell due, {due} delivered ({} mails), {repeats} delivered twice after a kill inside the send, {} superseded before or at their due time",
         storm.changes,
         storm.doubts,
-        storm.keys.iter().filter(|k| k.id.is_some()).count()
+        storm.keys.iter().filter(|k| k.id.is_some()).count(),
+        storm.smtp.count(),
+        storm.alerts.len() - due,
     );
     assert!(
         storm.changes > usize::try_from(kills).unwrap(),

@@ -20,8 +20,11 @@
 //!   before: the server answers 200 ms after taking a message, so some kills
 //!   land there, and the repeats are counted.
 //!
-//! `APIKEYD_STORM_KILLS` kills (20 here; `tests/crash-storm.sh` runs 200), with
-//! the seed printed (`APIKEYD_STORM_SEED` replays it).
+//! The same storm runs on redb and on PostgreSQL (a private server that is not
+//! killed; without PostgreSQL installed that test fails, naming the package, as
+//! the other PostgreSQL tests do). `APIKEYD_STORM_KILLS` kills (20 on redb and 10
+//! on PostgreSQL here; `tests/crash-storm.sh` runs 200), with the seed printed
+//! (`APIKEYD_STORM_SEED` replays it).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
@@ -37,6 +40,8 @@ use serde_json::Value;
 use chrono::{DateTime, Utc};
 
 use crate::alerts::{alert_tables, shipped_plugins, time};
+use crate::pg_server::TestServer;
+use crate::postgres::on_postgres_with;
 use crate::smtp::{Mail, Smtp};
 use crate::util::{TestDaemon, DEFAULT_POLICY};
 
@@ -818,14 +823,32 @@ fn duplicates(mails: &HashMap<String, Vec<Mail>>, kills: &[DateTime<Utc>]) -> us
 fn a_storm_of_kills_loses_no_acknowledged_change() {
     let smtp = slow_smtp();
     let d = TestDaemon::start_with(DEFAULT_POLICY, &storm_config(&smtp));
-    storm(d, smtp, env_or("APIKEYD_STORM_KILLS", 20));
+    storm("redb", d, smtp, env_or("APIKEYD_STORM_KILLS", 20));
 }
 
-/// `kills` kills of `d` (started, its alerts sent to `smtp`), the invariants
-/// checked after each restart and at the end.
-fn storm(d: TestDaemon, smtp: Smtp, kills: u64) {
+/// The same on PostgreSQL (a private server, which is not killed): 10 kills here.
+/// A delivery a kill cut off waits for its lease to end before another start
+/// takes it over, so the lease is the shortest allowed.
+#[test]
+fn a_storm_of_kills_on_postgresql_loses_no_acknowledged_change() {
+    let Some(server) = TestServer::start() else {
+        return;
+    };
+    let smtp = slow_smtp();
+    let mut d = on_postgres_with(
+        &server.database("storm"),
+        "job_lease = \"pt3s\"\n",
+        &storm_config(&smtp),
+    );
+    d.spawn(&[]);
+    storm("postgres", d, smtp, env_or("APIKEYD_STORM_KILLS", 10));
+}
+
+/// `kills` kills of `d` (started on `backend`, its alerts sent to `smtp`), the
+/// invariants checked after each restart and at the end.
+fn storm(backend: &str, d: TestDaemon, smtp: Smtp, kills: u64) {
     let seed = env_or("APIKEYD_STORM_SEED", rand::random());
-    eprintln!("crash storm: {kills} kills, APIKEYD_STORM_SEED={seed}");
+    eprintln!("crash storm ({backend}): {kills} kills, APIKEYD_STORM_SEED={seed}");
     let mut storm = Storm {
         d,
         smtp,
@@ -926,7 +949,7 @@ fn storm(d: TestDaemon, smtp: Smtp, kills: u64) {
     let repeats = duplicates(&mails, &killed.lock().unwrap());
     let due = storm.alerts.iter().filter(|a| a.due).count();
     eprintln!(
-        "crash storm: {kills} kills survived in {storm_time:.0?}; {} changes acknowledged or settled, {} cut short by a kill, {} keys, {verifications} verifications sent; alerts: {due} fell due, {due} delivered ({} mails), {repeats} delivered twice after a kill inside the send, {} superseded before or at their due time",
+        "crash storm ({backend}): {kills} kills survived in {storm_time:.0?}; {} changes acknowledged or settled, {} cut short by a kill, {} keys, {verifications} verifications sent; alerts: {due} fell due, {due} delivered ({} mails received), {repeats} delivered twice after a kill inside the send, {} superseded before or at their due time",
         storm.changes,
         storm.doubts,
         storm.keys.iter().filter(|k| k.id.is_some()).count(),

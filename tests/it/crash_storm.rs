@@ -636,6 +636,27 @@ impl Storm {
         Ok(())
     }
 
+    /// How many attempts to deliver the alert `origin` of key `key` the daemon
+    /// never saw end: those of jobs replaced at a start (redb), or taken over
+    /// when their lease ran out (PostgreSQL), where the attempt is counted again.
+    /// Every other attempt ended Completed: the SMTP server never fails one.
+    fn attempts_cut_off(&self, key: &str, origin: &str) -> usize {
+        let jobs = self
+            .d
+            .json(&["job", "list", "--key", key, "--limit", "1000"])["jobs"]
+            .as_array()
+            .unwrap()
+            .clone();
+        let mine = jobs.iter().filter(|j| j["origin"] == origin);
+        let (attempts, completed) = mine.fold((0, 0), |(n, c), j| {
+            (
+                n + j["attempts"].as_u64().unwrap(),
+                c + u64::from(j["state"] == "Completed"),
+            )
+        });
+        usize::try_from(attempts - completed).unwrap()
+    }
+
     /// Audit entries of key `id`: those of the workload's changes, and those the
     /// daemon wrote itself (a delivery cut off by a kill, replaced at the start).
     fn audit_of(&self, id: &str) -> usize {
@@ -952,6 +973,19 @@ fn storm(backend: &str, d: TestDaemon, smtp: Smtp, kills: u64) {
         );
     }
     let repeats = duplicates(&mails, &killed.lock().unwrap());
+    // And the daemon's record agrees: each repeat is an attempt it never saw end.
+    for (origin, got) in &mails {
+        if got.len() > 1 {
+            let a = origins.iter().position(|o| o == origin).unwrap();
+            let key = storm.keys[storm.alerts[a].key].id.clone().unwrap();
+            let cut = storm.attempts_cut_off(&key, origin);
+            assert!(
+                got.len() - 1 <= cut,
+                "alert {origin} reached the server {} times; the daemon saw {cut} of its attempts cut off",
+                got.len()
+            );
+        }
+    }
     let due = storm.alerts.iter().filter(|a| a.due).count();
     eprintln!(
         "crash storm ({backend}): {kills} kills survived in {storm_time:.0?}; {} changes acknowledged or settled, {} cut short by a kill, {} keys, {verifications} verifications sent; alerts: {due} fell due, {due} delivered ({} mails received), {repeats} delivered twice after a kill inside the send, {} superseded before or at their due time",

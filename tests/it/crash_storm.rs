@@ -107,6 +107,7 @@ enum Doubt {
     },
     Rotated {
         index: usize,
+        grace: bool,
     },
     /// `key notify --at` (rescheduled in place or a new job).
     Notified {
@@ -137,6 +138,19 @@ struct Alert {
 /// How long after an alert's due time a change that supersedes it leaves it due:
 /// the dispatcher had that long to start it.
 const DUE_MARGIN: i64 = 5;
+
+impl Doubt {
+    fn index(&self) -> usize {
+        match self {
+            Doubt::Created { index }
+            | Doubt::State { index, .. }
+            | Doubt::Described { index, .. }
+            | Doubt::Rotated { index, .. }
+            | Doubt::Notified { index, .. }
+            | Doubt::Cancelled { index } => *index,
+        }
+    }
+}
 
 struct Storm {
     d: TestDaemon,
@@ -257,7 +271,8 @@ impl Storm {
                 if pick == 9 {
                     args.extend(["--grace".into(), "p1d".into()]);
                 }
-                (args, Doubt::Rotated { index })
+                let grace = pick == 9;
+                (args, Doubt::Rotated { index, grace })
             }
             12 if self.keys[index].notify.is_some() => {
                 // `job cancel` needs the job's id and a job sure not to be running.
@@ -279,54 +294,10 @@ impl Storm {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         match self.run(&args) {
             Outcome::Done(v) => {
-                self.changes += 1;
-                if matches!(
-                    doubt,
-                    Doubt::Notified { .. }
-                        | Doubt::Cancelled { .. }
-                        | Doubt::State {
-                            to: State::Removed,
-                            ..
-                        }
-                ) {
-                    self.supersede(index);
-                }
-                if let Doubt::Notified { near: true, to, .. } = &doubt {
-                    self.fall_due(index, to, &v);
-                }
-                let k = &mut self.keys[index];
-                k.audit += 1;
-                k.history.push(format!("{:?} acknowledged", &args[1..]));
-                match doubt {
-                    Doubt::State { to, .. } => {
-                        k.state = to;
-                        if to == State::Removed {
-                            k.notify = None;
-                            k.far_job = None;
-                        }
-                    }
-                    Doubt::Notified { to, near, .. } => {
-                        assert_eq!(v["notify_at"], to.as_str(), "notify answered {v}");
-                        k.far_job = (!near)
-                            .then(|| v["alert_job"].as_str().map(str::to_owned))
-                            .flatten();
-                        k.notify = Some(to);
-                    }
-                    Doubt::Cancelled { .. } => {
-                        k.notify = None;
-                        k.far_job = None;
-                    }
-                    Doubt::Described { to, .. } => k.description = to,
-                    Doubt::Rotated { .. } => {
-                        let new = v["key"].as_str().map(str::to_owned);
-                        assert!(new.is_some(), "rotate answered {v}");
-                        if !args.contains(&"--grace") {
-                            k.dead.extend(k.secret.take());
-                        }
-                        k.secret = new;
-                    }
-                    Doubt::Created { .. } => unreachable!(),
-                }
+                self.keys[index]
+                    .history
+                    .push(format!("{:?} acknowledged", &args[1..]));
+                self.took_effect(doubt, &v, true);
                 None
             }
             // A notification seconds ahead that took longer than that to reach
@@ -445,105 +416,102 @@ impl Storm {
                     k.state = State::Removed;
                 }
             }
-            Doubt::State { index, to } => {
+            doubt => {
+                let index = doubt.index();
                 let id = self.keys[index].id.clone().unwrap();
-                let shown = self.show(&id)["status"].as_str().unwrap().to_owned();
-                if shown == to.shown() && to == State::Removed {
-                    self.supersede(index);
-                }
-                let k = &mut self.keys[index];
-                if shown == to.shown() {
-                    k.state = to;
-                    if to == State::Removed {
-                        k.notify = None;
-                        k.far_job = None;
+                let v = self.show(&id);
+                let k = &self.keys[index];
+                let notify = || Value::from(k.notify.as_deref());
+                // What the daemon shows, after the change, and before it.
+                let (shown, after, before) = match &doubt {
+                    Doubt::State { to, .. } => (
+                        v["status"].clone(),
+                        Value::from(to.shown()),
+                        Value::from(k.state.shown()),
+                    ),
+                    Doubt::Described { to, .. } => (
+                        v["description"].clone(),
+                        Value::from(to.as_str()),
+                        Value::from(k.description.as_str()),
+                    ),
+                    Doubt::Notified { to, .. } => {
+                        (v["notify_at"].clone(), Value::from(to.as_str()), notify())
                     }
-                    k.audit += 1;
-                    self.changes += 1;
+                    Doubt::Cancelled { .. } => (v["notify_at"].clone(), Value::Null, notify()),
+                    Doubt::Rotated { .. } => (
+                        Value::from(self.audit_of(&id)),
+                        Value::from(k.audit + 1),
+                        Value::from(k.audit),
+                    ),
+                    Doubt::Created { .. } => unreachable!(),
+                };
+                if shown == after {
+                    self.took_effect(doubt, &v, false);
                 } else {
                     assert_eq!(
-                        shown,
-                        k.state.shown(),
-                        "{} cut short: neither before nor after",
-                        k.name
+                        shown, before,
+                        "{} cut short: neither before nor after; {:?}",
+                        k.name, k.history
                     );
                 }
             }
-            Doubt::Described { index, to } => {
-                let id = self.keys[index].id.clone().unwrap();
-                let shown = self.show(&id)["description"].as_str().unwrap().to_owned();
-                let k = &mut self.keys[index];
-                if shown == to {
-                    k.description = to;
-                    k.audit += 1;
-                    self.changes += 1;
-                } else {
-                    assert_eq!(
-                        shown, k.description,
-                        "{} cut short: neither before nor after",
-                        k.name
-                    );
+        }
+    }
+
+    /// Change `doubt` of a key took effect: the model follows. `v` is the key as
+    /// the change `answered`, or as shown after the restart when the kill cut the
+    /// answer off.
+    fn took_effect(&mut self, doubt: Doubt, v: &Value, answered: bool) {
+        let index = doubt.index();
+        self.changes += 1;
+        if matches!(
+            doubt,
+            Doubt::Notified { .. }
+                | Doubt::Cancelled { .. }
+                | Doubt::State {
+                    to: State::Removed,
+                    ..
                 }
-            }
-            Doubt::Rotated { index } => {
-                let id = self.keys[index].id.clone().unwrap();
-                let audit = self.audit_of(&id);
-                let k = &mut self.keys[index];
-                if audit == k.audit + 1 {
-                    // Rotated: the new secret was never seen. The old one may
-                    // still work (a grace) or not: it is no longer checked.
-                    k.secret = None;
-                    k.audit += 1;
-                    self.changes += 1;
-                } else {
-                    assert_eq!(audit, k.audit, "{}: {audit} audit entries", k.name);
-                }
-            }
-            Doubt::Notified { index, to, near } => {
-                let v = self.show(self.keys[index].id.as_deref().unwrap());
-                if v["notify_at"] == to.as_str() {
-                    self.supersede(index);
-                    if near {
-                        self.fall_due(index, &to, &v);
-                    }
-                }
-                let k = &mut self.keys[index];
-                if v["notify_at"] == to.as_str() {
-                    k.notify = Some(to);
-                    k.far_job = (!near)
-                        .then(|| v["alert_job"].as_str().map(str::to_owned))
-                        .flatten();
-                    k.audit += 1;
-                    self.changes += 1;
-                } else {
-                    assert_eq!(
-                        v["notify_at"].as_str(),
-                        k.notify.as_deref(),
-                        "{} cut short: neither before nor after",
-                        k.name
-                    );
-                }
-            }
-            Doubt::Cancelled { index } => {
-                let v = self.show(self.keys[index].id.as_deref().unwrap());
-                if v["notify_at"].is_null() {
-                    self.supersede(index);
-                }
-                let k = &mut self.keys[index];
-                if v["notify_at"].is_null() {
+        ) {
+            self.supersede(index);
+        }
+        if let Doubt::Notified { near: true, to, .. } = &doubt {
+            self.fall_due(index, to, v);
+        }
+        let k = &mut self.keys[index];
+        k.audit += 1;
+        match doubt {
+            Doubt::State { to, .. } => {
+                k.state = to;
+                if to == State::Removed {
                     k.notify = None;
                     k.far_job = None;
-                    k.audit += 1;
-                    self.changes += 1;
-                } else {
-                    assert_eq!(
-                        v["notify_at"].as_str(),
-                        k.notify.as_deref(),
-                        "{} cut short: neither before nor after",
-                        k.name
-                    );
                 }
             }
+            Doubt::Described { to, .. } => k.description = to,
+            Doubt::Rotated { grace, .. } => {
+                // Cut off, the new secret was never seen; the old one may still
+                // work (a grace) or not: neither is checked any more.
+                let new = v["key"].as_str().map(str::to_owned);
+                assert!(new.is_some() || !answered, "rotate answered {v}");
+                let old = k.secret.take();
+                if answered && !grace {
+                    k.dead.extend(old);
+                }
+                k.secret = new;
+            }
+            Doubt::Notified { to, near, .. } => {
+                assert_eq!(v["notify_at"], to.as_str(), "notify answered {v}");
+                k.far_job = (!near)
+                    .then(|| v["alert_job"].as_str().map(str::to_owned))
+                    .flatten();
+                k.notify = Some(to);
+            }
+            Doubt::Cancelled { .. } => {
+                k.notify = None;
+                k.far_job = None;
+            }
+            Doubt::Created { .. } => unreachable!(),
         }
     }
 

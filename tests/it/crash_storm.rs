@@ -17,8 +17,10 @@
 //!   seconds ahead falls due unless a change supersedes it before its time (or
 //!   within seconds of it, when it may or may not have started). An alert that
 //!   reaches the server twice (same Message-ID) needs a kill inside the send
-//!   before: the server answers 200 ms after taking a message, so some kills
-//!   land there, and the repeats are counted.
+//!   before and an attempt the daemon never saw end (a job replaced at a start
+//!   on redb, taken over after its lease on PostgreSQL): the server answers
+//!   200 ms after taking a message, so some kills land there, and the repeats
+//!   are counted.
 //!
 //! The same storm runs on redb and on PostgreSQL (a private server that is not
 //! killed; without PostgreSQL installed that test fails, naming the package, as
@@ -33,11 +35,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use chrono::{DateTime, Utc};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
-
-use chrono::{DateTime, Utc};
 
 use crate::alerts::{alert_tables, shipped_plugins, time};
 use crate::pg_server::TestServer;

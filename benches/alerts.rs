@@ -412,17 +412,23 @@ fn main() {
     std::thread::sleep(Duration::from_millis(500));
     // One listing of the Completed jobs gives both the due times (by Message-ID, for
     // the SMTP receipt times) and the claim lateness.
+    // A filtered page examines a bounded number of jobs, so it may hold fewer than
+    // asked (even none) with a cursor: follow it to the end.
     let completed: Vec<Value> = rt.block_on(async {
-        let v = d
-            .client
-            .call(
-                Method::GET,
-                &format!("/v1/admin/jobs?state=Completed&limit={}", burst * 2),
-                None,
-            )
-            .await
-            .unwrap();
-        v["jobs"].as_array().unwrap().clone()
+        let mut all = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let mut path = format!("/v1/admin/jobs?state=Completed&limit={}", burst * 2);
+            if let Some(c) = &cursor {
+                path.push_str(&format!("&cursor={c}"));
+            }
+            let v = d.client.call(Method::GET, &path, None).await.unwrap();
+            all.extend(v["jobs"].as_array().unwrap().iter().cloned());
+            match v["next_cursor"].as_str() {
+                Some(c) => cursor = Some(c.to_owned()),
+                None => break all,
+            }
+        }
     });
     let due_of: HashMap<String, DateTime<Utc>> = completed
         .iter()

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use super::console::Sessions;
+use super::console::sessions::Sessions;
 use super::edge::Edge;
 use crate::alerts::maintenance::MaintenanceStatus;
 use crate::alerts::Alerts;

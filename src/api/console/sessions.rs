@@ -337,7 +337,6 @@ fn current_actor(s: &Session, directory: &Directory) -> Option<Actor> {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use std::sync::Arc;
-    use std::time::Duration;
 
     use super::*;
     use crate::clock::ManualClock;
@@ -418,14 +417,18 @@ mod tests {
             Refusal::NoSession
         );
 
+        // Busy all along, a session still ends 12 hours after its login.
         let b = login(&s);
-        for _ in 0..(12 * 60 / 20) {
+        for _ in 0..(12 * 60 / 20 - 1) {
             clock.advance(chrono::Duration::minutes(20));
-            if s.authenticate(b.id.expose(), false, None, &dir).is_err() {
-                break;
-            }
+            s.authenticate(b.id.expose(), false, None, &dir).unwrap();
         }
-        clock.advance(chrono::Duration::from_std(Duration::from_secs(1)).unwrap());
+        clock.advance(chrono::Duration::minutes(20));
+        assert_eq!(
+            s.authenticate(b.id.expose(), false, None, &dir)
+                .unwrap_err(),
+            Refusal::Over("12 hour(s)".into())
+        );
         let c = login(&s);
         s.logout(c.id.expose());
         assert_eq!(

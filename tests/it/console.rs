@@ -107,6 +107,19 @@ fn login(d: &TestDaemon, url: &str) -> Result<Session, Answer> {
     })
 }
 
+/// A request authenticated by the session cookie, with `csrf` in `X-CSRF-Token`.
+fn with_cookie(
+    d: &TestDaemon,
+    method: &str,
+    path: &str,
+    cookie: &str,
+    csrf: Option<&str>,
+) -> Answer {
+    let mut headers = vec![("Cookie", cookie)];
+    headers.extend(csrf.map(|t| ("X-CSRF-Token", t)));
+    call(d, method, path, &headers, "")
+}
+
 fn must_login(d: &TestDaemon, url: &str) -> Session {
     match login(d, url) {
         Ok(s) => s,
@@ -184,37 +197,18 @@ fn a_console_link_logs_in_once_as_its_user_and_changes_need_the_csrf_token() {
 
     // A change by cookie needs the CSRF token.
     let disable = format!("/v1/admin/keys/{alice_key}/disable");
-    let cookie = ("Cookie", alice.cookie.as_str());
-    let none = call(&d, "POST", &disable, &[cookie], "");
+    let none = with_cookie(&d, "POST", &disable, &alice.cookie, None);
     assert_eq!(none.status, 403, "{}", none.body);
     assert_eq!(json(&none)["error"]["code"], "csrf");
-    let wrong = call(
-        &d,
-        "POST",
-        &disable,
-        &[cookie, ("X-CSRF-Token", &admin.csrf)],
-        "",
-    );
+    let wrong = with_cookie(&d, "POST", &disable, &alice.cookie, Some(&admin.csrf));
     assert_eq!(wrong.status, 403, "{}", wrong.body);
     assert_eq!(d.json(&["key", "show", &alice_key])["status"], "active");
-    let right = call(
-        &d,
-        "POST",
-        &disable,
-        &[cookie, ("X-CSRF-Token", &alice.csrf)],
-        "",
-    );
+    let right = with_cookie(&d, "POST", &disable, &alice.cookie, Some(&alice.csrf));
     assert_eq!(right.status, 200, "{}", right.body);
     assert_eq!(d.json(&["key", "show", &alice_key])["status"], "disabled");
     // The same rules as the CLI: not someone else's key.
     let other = format!("/v1/admin/keys/{bob_key}/disable");
-    let refused = call(
-        &d,
-        "POST",
-        &other,
-        &[cookie, ("X-CSRF-Token", &alice.csrf)],
-        "",
-    );
+    let refused = with_cookie(&d, "POST", &other, &alice.cookie, Some(&alice.csrf));
     assert!(matches!(refused.status, 403 | 404), "{}", refused.body);
     assert_eq!(d.json(&["key", "show", &bob_key])["status"], "active");
 
@@ -229,18 +223,18 @@ fn a_console_link_logs_in_once_as_its_user_and_changes_need_the_csrf_token() {
     }
 
     // Logout needs the token too, then ends the session.
-    let out = call(&d, "DELETE", "/console/session", &[cookie], "");
+    let out = with_cookie(&d, "DELETE", "/console/session", &alice.cookie, None);
     assert_eq!(out.status, 403);
-    let out = call(
+    let out = with_cookie(
         &d,
         "DELETE",
         "/console/session",
-        &[cookie, ("X-CSRF-Token", &alice.csrf)],
-        "",
+        &alice.cookie,
+        Some(&alice.csrf),
     );
     assert_eq!(out.status, 204, "{}", out.body);
     assert!(out.header("set-cookie").unwrap().contains("Max-Age=0"));
-    let after = call(&d, "GET", "/v1/admin/keys", &[cookie], "");
+    let after = with_cookie(&d, "GET", "/v1/admin/keys", &alice.cookie, None);
     assert_eq!(after.status, 401, "{}", after.body);
     assert_eq!(json(&after)["error"]["code"], "console_session");
 }

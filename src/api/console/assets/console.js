@@ -119,6 +119,7 @@ async function load() {
     $("next-page").disabled = !page.next_cursor;
     $("next-page").dataset.cursor = page.next_cursor || "";
     $("first-page").disabled = cursors.length === 0;
+    $("previous-page").disabled = cursors.length === 0;
     say("");
   } catch (e) {
     say(`The keys could not be loaded: ${e.message}`, true);
@@ -168,6 +169,10 @@ async function main() {
       cursors.push(next);
       load();
     }
+  });
+  $("previous-page").addEventListener("click", () => {
+    cursors.pop();
+    load();
   });
   $("first-page").addEventListener("click", () => {
     cursors = [];

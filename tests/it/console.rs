@@ -412,6 +412,9 @@ fn the_console_shows_the_callers_keys_in_headless_chromium() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(dom.contains("for the catalog sync"), "{dom}");
+    // Times are rendered by the page (in the browser's zone), machine-readable too.
+    assert!(dom.contains("<time datetime=\""), "{dom}");
+    assert!(dom.contains("hide-owner"), "an owner does not get the owner column");
     assert!(!dom.contains("bobs-key"), "alice sees bob's key: {dom}");
     assert!(
         !dom.contains(token_of(&url)),
@@ -420,4 +423,31 @@ fn the_console_shows_the_callers_keys_in_headless_chromium() {
     assert!(dom.contains("alice"), "{dom}");
     // The link was used by the browser: it cannot log in again.
     assert_eq!(login(&d, &url).err().unwrap().status, 401);
+}
+
+/// Every choice the page's filters offer is one the list API takes (the page
+/// sends them as they are).
+#[test]
+fn the_pages_filter_choices_are_ones_the_list_api_takes() {
+    let (d, _) = daemon("");
+    d.create("admin", "ops-key", &[]);
+    let s = must_login(&d, &link(&d, None));
+    let page = request(d.addr, "GET", "/console/", &[]).body;
+    let mut checked = 0;
+    for select in page.split("<select ").skip(1) {
+        let select = select.split("</select>").next().unwrap();
+        let name = select
+            .split("name=\"")
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+            .unwrap();
+        for value in select.split("value=\"").skip(1) {
+            let value = value.split('"').next().unwrap();
+            let path = format!("/v1/admin/keys?limit=5&{name}={value}");
+            let a = with_cookie(&d, "GET", &path, &s.cookie, None);
+            assert_eq!(a.status, 200, "{path}: {}", a.body);
+            checked += 1;
+        }
+    }
+    assert!(checked >= 15, "only {checked} choices found in the page");
 }

@@ -10,7 +10,8 @@ const PAGE = 50;
 let csrf = null;
 let admin = false;
 let cursors = [];
-let search = "";
+// The filters of the shown list, as the list API takes them.
+let filters = {};
 
 const $ = (id) => document.getElementById(id);
 
@@ -83,8 +84,9 @@ function render(keys) {
   rows.replaceChildren();
   if (keys.length === 0) {
     const tr = document.createElement("tr");
-    const td = cell(tr, search ? "No key matches the search." : "No keys yet.", "empty");
-    td.colSpan = 8;
+    const filtered = Object.values(filters).some((v) => v && v !== "name");
+    const td = cell(tr, filtered ? "No key matches." : "No keys yet.", "empty");
+    td.colSpan = 10;
     rows.append(tr);
     return;
   }
@@ -99,9 +101,11 @@ function render(keys) {
     cell(tr, k.owner, "owner-col");
     cell(tr, k.status);
     timeCell(tr, k.created_at, "");
+    timeCell(tr, k.updated_at, "");
     timeCell(tr, k.last_used_at, "never");
     timeCell(tr, k.effective_expires_at || k.expires_at, "never");
     cell(tr, k.details);
+    cell(tr, k.notification);
     rows.append(tr);
   }
 }
@@ -109,7 +113,9 @@ function render(keys) {
 async function load() {
   const url = api("v1/admin/keys");
   url.searchParams.set("limit", String(PAGE));
-  if (search) url.searchParams.set("search", search);
+  for (const [name, value] of Object.entries(filters)) {
+    if (value) url.searchParams.set(name, value);
+  }
   const cursor = cursors[cursors.length - 1];
   if (cursor) url.searchParams.set("cursor", cursor);
   say("Loading keys…");
@@ -159,7 +165,12 @@ async function main() {
   $("keys").hidden = false;
   $("search-form").addEventListener("submit", (ev) => {
     ev.preventDefault();
-    search = $("search").value.trim();
+    filters = {
+      search: $("search").value.trim(),
+      status: $("status-filter").value,
+      expiring_within: $("expiring-filter").value,
+      sort: $("sort").value,
+    };
     cursors = [];
     load();
   });

@@ -414,7 +414,10 @@ fn the_console_shows_the_callers_keys_in_headless_chromium() {
     assert!(dom.contains("for the catalog sync"), "{dom}");
     // Times are rendered by the page (in the browser's zone), machine-readable too.
     assert!(dom.contains("<time datetime=\""), "{dom}");
-    assert!(dom.contains("hide-owner"), "an owner does not get the owner column");
+    assert!(
+        dom.contains("hide-owner"),
+        "an owner does not get the owner column"
+    );
     assert!(!dom.contains("bobs-key"), "alice sees bob's key: {dom}");
     assert!(
         !dom.contains(token_of(&url)),

@@ -88,31 +88,28 @@ impl Validator {
                 }
             }
         });
-        let defaults = ConsoleConfig::default();
-        let session_idle = self
-            .fixed_period(
-                "console.session_idle",
-                c.session_idle.as_deref().unwrap_or("pt30m"),
-                7 * 86_400,
-                "pt1s to p7d",
-            )
-            .unwrap_or(defaults.session_idle);
-        let session_max = self
-            .fixed_period(
-                "console.session_max",
-                c.session_max.as_deref().unwrap_or("pt12h"),
-                30 * 86_400,
-                "pt1s to p30d",
-            )
-            .unwrap_or(defaults.session_max);
-        let link_lifetime = self
-            .fixed_period(
-                "console.link_lifetime",
-                c.link_lifetime.as_deref().unwrap_or("pt5m"),
-                3600,
-                "pt1s to pt1h",
-            )
-            .unwrap_or(defaults.link_lifetime);
+        let d = ConsoleConfig::default();
+        let idle = (
+            c.session_idle.as_deref(),
+            d.session_idle,
+            7 * 86_400,
+            "pt1s to p7d",
+        );
+        let session_idle = self.console_period("session_idle", idle);
+        let max = (
+            c.session_max.as_deref(),
+            d.session_max,
+            30 * 86_400,
+            "pt1s to p30d",
+        );
+        let session_max = self.console_period("session_max", max);
+        let link = (
+            c.link_lifetime.as_deref(),
+            d.link_lifetime,
+            3600,
+            "pt1s to pt1h",
+        );
+        let link_lifetime = self.console_period("link_lifetime", link);
         if session_idle > session_max {
             self.push(
                 "console.session_idle",
@@ -126,6 +123,20 @@ impl Validator {
             session_max,
             link_lifetime,
         }
+    }
+}
+
+impl Validator {
+    /// A fixed period (from 1 s to a most, named in words) as a duration: the
+    /// default when unset or bad (reported).
+    fn console_period(
+        &mut self,
+        key: &str,
+        (value, default, max_secs, range): (Option<&str>, Duration, u64, &str),
+    ) -> Duration {
+        value
+            .and_then(|v| self.fixed_period(&format!("console.{key}"), v, max_secs, range))
+            .unwrap_or(default)
     }
 }
 

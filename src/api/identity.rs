@@ -41,7 +41,8 @@ pub(crate) async fn bearer_actor(
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
     let Some(token) = token else {
-        if let Some(id) = super::console::cookie_of(&headers) {
+        let console = st.console.config().enabled;
+        if let Some(id) = super::console::cookie_of(&headers).filter(|_| console) {
             return super::console::cookie_actor(st, &id, req, next).await;
         }
         return unauthorized(

@@ -388,23 +388,7 @@ fn the_console_shows_the_callers_keys_in_headless_chromium() {
     d.create("alice", "alices-second-key", &[]);
     d.create("bob", "bobs-key", &[]);
     let url = link(&d, Some(65534));
-    let profile = tempfile::tempdir().unwrap();
-    let out = Command::new(chromium.unwrap())
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--virtual-time-budget=10000",
-        ])
-        .arg(format!("--user-data-dir={}", profile.path().display()))
-        .arg("--dump-dom")
-        .arg(&url)
-        .output()
-        .unwrap();
+    let out = dump_dom(chromium.as_ref().unwrap(), &url);
     let dom = String::from_utf8_lossy(&out.stdout);
     assert!(
         dom.contains("alices-first-key") && dom.contains("alices-second-key"),
@@ -424,8 +408,35 @@ fn the_console_shows_the_callers_keys_in_headless_chromium() {
         "the login token is in the page"
     );
     assert!(dom.contains("alice"), "{dom}");
-    // The link was used by the browser: it cannot log in again.
+    // The link was used by the browser: it cannot log in again, and the page says so.
     assert_eq!(login(&d, &url).err().unwrap().status, 401);
+    let again = dump_dom(chromium.as_ref().unwrap(), &url);
+    let dom = String::from_utf8_lossy(&again.stdout);
+    assert!(dom.contains("used already"), "{dom}");
+    assert!(!dom.contains("alices-first-key"), "{dom}");
+}
+
+/// The page at `url` after its scripts ran, from a fresh headless Chromium
+/// profile (the flags it needs as root on these machines, and no network of its
+/// own).
+fn dump_dom(chromium: &std::path::Path, url: &str) -> std::process::Output {
+    let profile = tempfile::tempdir().unwrap();
+    Command::new(chromium)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--virtual-time-budget=10000",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg("--dump-dom")
+        .arg(url)
+        .output()
+        .unwrap()
 }
 
 /// Every choice the page's filters offer is one the list API takes (the page

@@ -155,7 +155,7 @@ fn a_console_link_logs_in_once_as_its_user_and_changes_need_the_csrf_token() {
     let (d, _) = daemon(CONSOLE);
     let (alice_key, _) = d.create("alice", "alice-key", &[]);
     let (bob_key, _) = d.create("bob", "bob-key", &[]);
-    d.create("admin", "ops-key", &[]);
+    let (_, admin_key) = d.create("admin", "ops-key", &["--scopes", "apikeyd:admin"]);
 
     let url = link(&d, Some(65534));
     let body = serde_json::json!({ "token": token_of(&url) }).to_string();
@@ -211,6 +211,18 @@ fn a_console_link_logs_in_once_as_its_user_and_changes_need_the_csrf_token() {
     let refused = with_cookie(&d, "POST", &other, &alice.cookie, Some(&alice.csrf));
     assert!(matches!(refused.status, 403 | 404), "{}", refused.body);
     assert_eq!(d.json(&["key", "show", &bob_key])["status"], "active");
+
+    // A request with a key is authenticated by the key, as before, cookie or not.
+    let bearer = format!("Bearer {admin_key}");
+    let by_key = call(
+        &d,
+        "POST",
+        &other,
+        &[("Authorization", &bearer), ("Cookie", &alice.cookie)],
+        "",
+    );
+    assert_eq!(by_key.status, 200, "{}", by_key.body);
+    assert_eq!(d.json(&["key", "show", &bob_key])["status"], "disabled");
 
     // Nothing secret in the log.
     let log = d.log_text();

@@ -95,3 +95,33 @@ impl Clock for OffsetClock {
         Utc::now() + self.offset
     }
 }
+
+/// The system clock shifted by the number of seconds a file holds, read at every
+/// call (an absent or unreadable file is no offset). Used by the daemon when
+/// `APIKEYD_CLOCK_OFFSET_FILE` is set, so an integration test can move a running
+/// daemon's time, which in-memory state (console links and sessions) needs: a
+/// restart would lose it. Only with the `test-hooks` feature, like [`OffsetClock`].
+#[cfg(feature = "test-hooks")]
+#[derive(Debug)]
+pub struct FileOffsetClock {
+    file: std::path::PathBuf,
+}
+
+#[cfg(feature = "test-hooks")]
+impl FileOffsetClock {
+    /// A clock ahead of the system clock by what `file` says.
+    pub fn new(file: std::path::PathBuf) -> Self {
+        Self { file }
+    }
+}
+
+#[cfg(feature = "test-hooks")]
+impl Clock for FileOffsetClock {
+    fn now(&self) -> DateTime<Utc> {
+        let secs = std::fs::read_to_string(&self.file)
+            .ok()
+            .and_then(|s| s.trim().parse::<i64>().ok())
+            .unwrap_or(0);
+        Utc::now() + Duration::seconds(secs)
+    }
+}

@@ -205,6 +205,11 @@ impl Daemon {
         state.maintenance = maintenance_status.clone();
         state.secret_source = Arc::from(self.secret_source.to_string());
         state.start_only = Some(Arc::new(config::StartOnly::of(&self.config)));
+        state.console = Arc::new(api::console::Sessions::new(
+            self.config.console.clone(),
+            console_base(&self.config.console, self.tcp.local_addr().ok()),
+            self.keys.clock().clone(),
+        ));
         let state_for_reload = state.clone();
         let max_body = self.config.server.max_body_bytes;
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -290,6 +295,26 @@ impl Daemon {
         let _ = std::fs::remove_file(&self.socket_path);
         tracing::info!(last_used_written = written, "stopped");
         Ok(())
+    }
+}
+
+/// Where console links point: `[console] public_url`, else the TCP listener
+/// (loopback for an address that means "every interface").
+fn console_base(console: &config::ConsoleConfig, listen: Option<SocketAddr>) -> String {
+    if let Some(url) = &console.public_url {
+        return url.to_string();
+    }
+    match listen {
+        Some(mut addr) => {
+            if addr.ip().is_unspecified() {
+                addr.set_ip(match addr {
+                    SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                    SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+                });
+            }
+            format!("http://{addr}")
+        }
+        None => String::new(),
     }
 }
 

@@ -27,7 +27,8 @@ fn unauthorized(message: &str) -> Response {
 }
 
 /// The admin routes' guard on TCP: the caller is the owner of the bearer key,
-/// which must hold the `apikeyd:admin` scope.
+/// which must hold the `apikeyd:admin` scope; without a bearer, the user of the
+/// console session the cookie names.
 pub(crate) async fn bearer_actor(
     State(st): State<AppState>,
     headers: HeaderMap,
@@ -40,6 +41,10 @@ pub(crate) async fn bearer_actor(
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
     let Some(token) = token else {
+        let console = st.console.config().enabled;
+        if let Some(id) = super::console::cookie_of(&headers).filter(|_| console) {
+            return super::console::cookie_actor(st, &id, req, next).await;
+        }
         return unauthorized(
             "the admin API on TCP needs Authorization: Bearer <key with the apikeyd:admin scope>",
         );

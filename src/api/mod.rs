@@ -14,6 +14,7 @@ mod alerts;
 pub mod auth;
 pub mod backup;
 mod connections;
+pub mod console;
 mod edge;
 mod error;
 mod http1;
@@ -51,6 +52,11 @@ fn admin_routes() -> Routes {
         .extend(alerts::routes)
         .extend(plan::routes)
         .extend(backup::routes)
+        .add(
+            "/v1/admin/console-link",
+            &["POST"],
+            axum::routing::post(console::link),
+        )
 }
 
 fn public_routes() -> Routes {
@@ -84,8 +90,9 @@ async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "no_route", "no such endpoint".into())
 }
 
-/// The router served on TCP: verification, health, and the admin API for bearers of
-/// a key with the `apikeyd:admin` scope.
+/// The router served on TCP: verification, health, the admin API for bearers of
+/// a key with the `apikeyd:admin` scope (or of a console session's cookie), and
+/// the console when it is on.
 pub fn tcp_router(state: AppState, max_body: usize) -> Router {
     let admin = admin_routes()
         .router
@@ -93,10 +100,16 @@ pub fn tcp_router(state: AppState, max_body: usize) -> Router {
             state.clone(),
             identity::bearer_actor,
         ));
+    let console = if state.console.config().enabled {
+        console::router()
+    } else {
+        axum::Router::new()
+    };
     public_routes()
         .router
         .merge(forward_auth_routes().router)
         .merge(admin)
+        .merge(console)
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(state)

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use super::console::sessions::Sessions;
 use super::edge::Edge;
 use crate::alerts::maintenance::MaintenanceStatus;
 use crate::alerts::Alerts;
@@ -29,11 +30,14 @@ pub struct AppState {
     /// The listeners and store the daemon started with (`plan --policy` says when
     /// a new file changes them); `None` where no daemon is behind the state.
     pub start_only: Option<Arc<StartOnly>>,
+    /// The web console's links and sessions (off unless the daemon turns it on).
+    pub console: Arc<Sessions>,
 }
 
 impl AppState {
     /// State for `alerts` (and their keys) with these edge settings.
     pub fn new(alerts: Arc<Alerts>, auth: AuthConfig, rate_limit: RateLimitConfig) -> Self {
+        let console = Arc::new(Sessions::disabled(alerts.keys().clock().clone()));
         Self {
             schedules: Arc::new(alerts.keys().alerting().config().jobs.clone()),
             keys: alerts.keys().clone(),
@@ -42,6 +46,7 @@ impl AppState {
             edge: Arc::new(Edge::new(auth, rate_limit)),
             secret_source: Arc::from(""),
             start_only: None,
+            console,
         }
     }
 }

@@ -398,7 +398,11 @@ fn clock() -> anyhow::Result<SharedClock> {
 
 #[cfg(feature = "test-hooks")]
 fn clock() -> anyhow::Result<SharedClock> {
-    use apikeyd::clock::{OffsetClock, SystemClock};
+    use apikeyd::clock::{FileOffsetClock, OffsetClock, SystemClock};
+    if let Some(file) = std::env::var_os("APIKEYD_CLOCK_OFFSET_FILE") {
+        tracing::warn!("clock offset read from a file (testing only)");
+        return Ok(Arc::new(FileOffsetClock::new(file.into())));
+    }
     Ok(match std::env::var("APIKEYD_CLOCK_OFFSET_SECS") {
         Ok(s) => {
             let secs: i64 = s

@@ -13,6 +13,7 @@
 pub mod address;
 pub mod alerts;
 pub mod ca_file;
+pub mod console;
 pub mod credential;
 pub mod directory;
 pub mod edge;
@@ -30,6 +31,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 pub use alerts::AlertConfig;
+pub use console::ConsoleConfig;
 pub use directory::{valid_name, valid_scope, Directory, Group, Rights, User};
 pub use edge::{AuthConfig, RateLimitConfig, Route};
 pub use error::{ConfigError, Problem};
@@ -61,6 +63,8 @@ pub struct Config {
     pub alerts: AlertConfig,
     /// Where the keys live.
     pub store: StoreConfig,
+    /// The web console.
+    pub console: ConsoleConfig,
 }
 
 /// The listeners and the store a daemon started with: read once, at start, so a
@@ -69,6 +73,7 @@ pub struct Config {
 pub struct StartOnly {
     server: ServerConfig,
     store: StoreConfig,
+    console: ConsoleConfig,
 }
 
 impl StartOnly {
@@ -76,6 +81,7 @@ impl StartOnly {
         Self {
             server: c.server.clone(),
             store: c.store.clone(),
+            console: c.console.clone(),
         }
     }
 
@@ -88,6 +94,9 @@ impl StartOnly {
         if new.store != self.store {
             changed.push("[store]");
         }
+        if new.console != self.console {
+            changed.push("[console]");
+        }
         changed
     }
 }
@@ -96,7 +105,7 @@ impl Config {
     /// What loads but will not work for everyone: warnings (`check-config` prints
     /// them and still accepts the file).
     pub fn warnings(&self) -> Vec<Problem> {
-        let mut out = Vec::new();
+        let mut out = self.console_warnings();
         let Some(name) = self.alerts.default_source.as_deref() else {
             return out;
         };
@@ -142,6 +151,25 @@ impl Config {
     }
 }
 
+impl Config {
+    /// The console reachable beyond this machine over plain HTTP: its session
+    /// cookie and every key shown would cross the network in the clear.
+    fn console_warnings(&self) -> Vec<Problem> {
+        let c = &self.console;
+        if !c.enabled || self.server.listen.ip().is_loopback() || c.secure_cookie() {
+            return Vec::new();
+        }
+        vec![Problem {
+            file: self.source.clone(),
+            key: "console.enabled".into(),
+            message: format!(
+                "the console is reachable beyond loopback ({}) without TLS: put an HTTPS proxy in front and set console.public_url = \"https://...\"",
+                self.server.listen
+            ),
+        }]
+    }
+}
+
 // ---------- raw file types ----------
 
 #[derive(Debug, Deserialize, Default)]
@@ -169,6 +197,8 @@ struct RawFile {
     jobs: alerts::RawJobs,
     #[serde(default)]
     store: store::RawStore,
+    #[serde(default)]
+    console: console::RawConsole,
 }
 
 /// The tables a file may hold, in the order the message naming them lists them.
@@ -184,6 +214,7 @@ const FILE_KEYS: &[&str] = &[
     "alerts",
     "jobs",
     "store",
+    "console",
 ];
 /// The keys a table may hold.
 enum Keys {
@@ -219,6 +250,7 @@ const TABLE_KEYS: &[(&str, Keys)] = &[
     ("groups", Keys::Named(directory::GROUP_KEYS)),
     ("users", Keys::Named(directory::USER_KEYS)),
     ("store", Keys::Table(store::STORE_KEYS)),
+    ("console", Keys::Table(console::CONSOLE_KEYS)),
 ];
 
 /// Every table a file may hold with the keys it may hold (an array of tables as
@@ -368,6 +400,7 @@ impl Validator {
         let policy = self.policy(&raw.api_key);
         let server = self.server(&raw.server, env);
         let store = self.store(raw.store);
+        let console = self.console(&raw.console, server.as_ref().map(|s| s.listen));
         let directory = self.directory(raw.groups, raw.users);
         let a = raw.api_key;
         let alert_keys = alerts::RawAlertKeys {
@@ -392,6 +425,7 @@ impl Validator {
             rate_limit,
             alerts,
             store,
+            console,
         })
     }
 }

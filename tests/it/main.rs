@@ -12,6 +12,7 @@ mod caddy;
 mod cluster;
 mod config;
 mod connection_limits;
+mod console;
 mod contract;
 mod crash_storm;
 mod disk;

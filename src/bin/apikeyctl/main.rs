@@ -95,6 +95,12 @@ enum Command {
     Plan(plan::PlanArgs),
     /// Write a consistent snapshot of the daemon's database to FILE while it keeps serving (admins only).
     Backup(backup::BackupArgs),
+    /// Print a one-time link that logs you in to the web console; it works once, within minutes.
+    ConsoleLink {
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
     /// Write the man pages and shell completions (packaging/generate.sh).
     #[command(hide = true)]
     GenerateDocs(apikeyd::manual::GenerateDocsArgs),
@@ -179,6 +185,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Plan(a) => plan::plan(&client, a).await,
         Command::Whoami { json } => whoami(&client, json).await,
         Command::Backup(a) => backup::backup(&client, a).await,
+        Command::ConsoleLink { json } => console_link(&client, json).await,
         // Answered in main, before there is a runtime or a client.
         Command::GenerateDocs(_) => Ok(ExitCode::SUCCESS),
     }
@@ -211,6 +218,26 @@ async fn whoami(client: &Client, json: bool) -> anyhow::Result<ExitCode> {
     for line in &me.policy {
         println!("{line}");
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `console-link`: the link on stdout (alone, for scripts), how long it works on
+/// stderr.
+async fn console_link(client: &Client, json: bool) -> anyhow::Result<ExitCode> {
+    let link = client
+        .call(Method::POST, "/v1/admin/console-link", None)
+        .await?;
+    if json {
+        output::print_json(&link);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let url = link["url"].as_str().unwrap_or_default();
+    println!("{url}");
+    eprintln!(
+        "Open it in your browser to log in as {} before {}; it works once.",
+        link["user"].as_str().unwrap_or_default(),
+        link["expires_at"].as_str().unwrap_or_default()
+    );
     Ok(ExitCode::SUCCESS)
 }
 

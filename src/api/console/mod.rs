@@ -1,0 +1,285 @@
+//! The web console: static pages under `/console/` on the TCP listener, the
+//! login that turns a one-time link into a cookie session, and that session as
+//! one more way to authenticate to the admin API (see `cookie_actor`), as its
+//! user, through the admin API's own handlers. Links are made on the admin
+//! socket only (`POST /v1/admin/console-link`), where SO_PEERCRED says who asks.
+
+pub mod sessions;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::get;
+use axum::{Extension, Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::error::{parse_body, ApiError, ApiResult};
+use super::peer::UnixPeer;
+use super::state::AppState;
+use crate::keys::Actor;
+pub use sessions::Sessions;
+use sessions::{Refusal, SessionInfo};
+
+/// The session cookie's name.
+const COOKIE: &str = "apikeyd_session";
+/// The header a cookie-authenticated change carries its CSRF token in.
+const CSRF_HEADER: &str = "x-csrf-token";
+
+/// Every console response: no script or style but the console's own files, no
+/// framing, no caching, no sniffing, no Referer.
+const SECURITY_HEADERS: &[(&str, &str)] = &[
+    (
+        "content-security-policy",
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
+    ),
+    ("x-frame-options", "DENY"),
+    ("cache-control", "no-store"),
+    ("x-content-type-options", "nosniff"),
+    ("referrer-policy", "no-referrer"),
+];
+
+/// The console's files, embedded: no build step, nothing read at run time.
+const ASSETS: &[(&str, &str, &[u8])] = &[
+    (
+        "",
+        "text/html; charset=utf-8",
+        include_bytes!("assets/index.html"),
+    ),
+    (
+        "console.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("assets/console.js"),
+    ),
+    (
+        "console.css",
+        "text/css; charset=utf-8",
+        include_bytes!("assets/console.css"),
+    ),
+];
+
+async fn secure(mut r: Response) -> Response {
+    let h = r.headers_mut();
+    for (name, value) in SECURITY_HEADERS {
+        h.insert(*name, HeaderValue::from_static(value));
+    }
+    r
+}
+
+fn asset(name: &str) -> Response {
+    match ASSETS.iter().find(|(n, _, _)| *n == name) {
+        Some((_, kind, body)) => {
+            ([(header::CONTENT_TYPE, *kind)], Bytes::from_static(body)).into_response()
+        }
+        None => ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no_route",
+            "no such console file".into(),
+        )
+        .into_response(),
+    }
+}
+
+async fn index() -> Response {
+    asset("")
+}
+
+async fn file(axum::extract::Path(name): axum::extract::Path<String>) -> Response {
+    asset(&name)
+}
+
+/// The value of the session cookie, if the request has one.
+fn session_cookie(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|c| c.trim().strip_prefix(COOKIE)?.strip_prefix('='))
+        .filter(|v| !v.is_empty())
+}
+
+fn refused(r: &Refusal) -> ApiError {
+    let (status, code) = match r {
+        Refusal::CsrfMissing | Refusal::CsrfWrong => (StatusCode::FORBIDDEN, "csrf"),
+        Refusal::Full(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+        Refusal::LinkUnknown | Refusal::LinkExpired(_) => {
+            (StatusCode::UNAUTHORIZED, "console_link")
+        }
+        Refusal::NoSession | Refusal::Idle(_) | Refusal::Over(_) | Refusal::UserGone => {
+            (StatusCode::UNAUTHORIZED, "console_session")
+        }
+    };
+    ApiError::new(status, code, r.to_string())
+}
+
+/// The cookie that holds `value` (empty and expired: the cookie removed).
+fn cookie(st: &AppState, value: &str) -> HeaderValue {
+    let mut c = format!("{COOKIE}={value}; HttpOnly; SameSite=Strict; Path=/");
+    if value.is_empty() {
+        c.push_str("; Max-Age=0");
+    }
+    if st.console.config().secure_cookie() {
+        c.push_str("; Secure");
+    }
+    // Hex and fixed words only: always a valid header value.
+    HeaderValue::from_str(&c).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+fn session_json(info: &SessionInfo) -> serde_json::Value {
+    json!({
+        "user": info.actor.name,
+        "admin": info.actor.admin,
+        "csrf_token": info.csrf.expose(),
+        "expires_at": info.expires.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Login {
+    token: String,
+}
+
+/// `POST /console/session`: use a link's token; answers the session and sets
+/// its cookie. Only JSON, which a cross-site form cannot send.
+async fn login(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !json {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "bad_request",
+            "send the login as application/json".into(),
+        ));
+    }
+    let req: Login = parse_body(body)?;
+    let directory = &st.keys.settings().directory;
+    let new = st
+        .console
+        .login(&req.token, directory)
+        .map_err(|r| refused(&r))?;
+    tracing::info!(user = %new.info.actor.name, "console login");
+    let mut r = Json(session_json(&new.info)).into_response();
+    r.headers_mut()
+        .insert(header::SET_COOKIE, cookie(&st, new.id.expose()));
+    Ok(r)
+}
+
+/// `GET /console/session`: the session the cookie names (the page reloaded).
+async fn current(State(st): State<AppState>, headers: HeaderMap) -> ApiResult<Response> {
+    let id = session_cookie(&headers).ok_or_else(|| refused(&Refusal::NoSession))?;
+    let info = st
+        .console
+        .authenticate(id, false, None, &st.keys.settings().directory)
+        .map_err(|r| refused(&r))?;
+    Ok(Json(session_json(&info)).into_response())
+}
+
+/// `DELETE /console/session`: log out (with the CSRF token, as every change).
+async fn logout(State(st): State<AppState>, headers: HeaderMap) -> ApiResult<Response> {
+    if let Some(id) = session_cookie(&headers) {
+        let csrf = headers.get(CSRF_HEADER).and_then(|v| v.to_str().ok());
+        match st
+            .console
+            .authenticate(id, true, csrf, &st.keys.settings().directory)
+        {
+            Ok(info) => {
+                st.console.logout(id);
+                tracing::info!(user = %info.actor.name, "console logout");
+            }
+            Err(r @ (Refusal::CsrfMissing | Refusal::CsrfWrong)) => return Err(refused(&r)),
+            // Ended already: the cookie goes all the same.
+            Err(_) => {}
+        }
+    }
+    let mut r = StatusCode::NO_CONTENT.into_response();
+    r.headers_mut().insert(header::SET_COOKIE, cookie(&st, ""));
+    Ok(r)
+}
+
+/// The console's pages and session endpoints (TCP only, when `[console]` is on).
+pub(crate) fn router() -> Router<AppState> {
+    Router::new()
+        .route(
+            "/console",
+            get(|| async { Redirect::permanent("console/") }),
+        )
+        .route("/console/", get(index))
+        .route("/console/session", get(current).post(login).delete(logout))
+        .route("/console/{*name}", get(file))
+        .layer(middleware::map_response(secure))
+}
+
+/// `POST /v1/admin/console-link`: a one-time login link for the caller, on the
+/// admin socket only (a TCP bearer cannot turn a key into a browser session).
+pub(crate) async fn link(
+    State(st): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    req: Request,
+) -> ApiResult<Response> {
+    let Some(peer) = req.extensions().get::<ConnectInfo<UnixPeer>>() else {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "console links are made on the admin socket only (apikeyctl console-link)".into(),
+        ));
+    };
+    if !st.console.config().enabled {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "console_off",
+            "the web console is off: set [console] enabled = true (it is on by default only when [server] listen is a loopback address)".into(),
+        ));
+    }
+    let from_root = peer.0.uid == Some(0);
+    let name = actor.name.clone();
+    let new = st
+        .console
+        .issue_link(actor, from_root)
+        .map_err(|r| refused(&r))?;
+    tracing::info!(user = %name, "console link issued");
+    Ok(Json(json!({
+        "url": new.url.expose(),
+        "user": name,
+        "expires_at": new.expires.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+    }))
+    .into_response())
+}
+
+/// The admin API's guard for a request without `Authorization` that carries the
+/// console's cookie: the session's user is the actor; a change needs the CSRF
+/// token. Answers are not cached.
+pub(crate) async fn cookie_actor(st: AppState, id: &str, mut req: Request, next: Next) -> Response {
+    if !st.console.config().enabled {
+        return refused(&Refusal::NoSession).into_response();
+    }
+    let change = !matches!(*req.method(), Method::GET | Method::HEAD);
+    let csrf = req.headers().get(CSRF_HEADER).and_then(|v| v.to_str().ok());
+    let info = match st
+        .console
+        .authenticate(id, change, csrf, &st.keys.settings().directory)
+    {
+        Ok(info) => info,
+        Err(r) => return refused(&r).into_response(),
+    };
+    req.extensions_mut().insert(info.actor);
+    let mut r = next.run(req).await;
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+/// The session cookie of a request, for the admin API's guard.
+pub(crate) fn cookie_of(headers: &HeaderMap) -> Option<String> {
+    session_cookie(headers).map(str::to_owned)
+}

@@ -1,0 +1,144 @@
+//! `[console]`: the web console served under `/console/` on the TCP listener. It
+//! is on by default only where that listener is loopback-only; anywhere else it
+//! must be switched on, since a console session is as good as an admin key.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::validator::Validator;
+
+/// Validated console settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsoleConfig {
+    /// Whether `/console/` is served and console links can be made.
+    pub enabled: bool,
+    /// The address users open the console at (links are made with it), when it is
+    /// not the listener's own (a proxy in front, TLS).
+    pub public_url: Option<url::Url>,
+    /// A session ends after this long without a request.
+    pub session_idle: Duration,
+    /// A session ends this long after its login, however busy.
+    pub session_max: Duration,
+    /// How long a console link can be used.
+    pub link_lifetime: Duration,
+}
+
+impl ConsoleConfig {
+    /// Whether the session cookie must be `Secure`: the console is reached over
+    /// HTTPS (apikeyd itself serves plain HTTP, so only a proxy can add TLS).
+    pub fn secure_cookie(&self) -> bool {
+        self.public_url
+            .as_ref()
+            .is_some_and(|u| u.scheme() == "https")
+    }
+}
+
+impl Default for ConsoleConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            public_url: None,
+            session_idle: Duration::from_secs(30 * 60),
+            session_max: Duration::from_secs(12 * 3600),
+            link_lifetime: Duration::from_secs(5 * 60),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawConsole {
+    enabled: Option<bool>,
+    public_url: Option<String>,
+    session_idle: Option<String>,
+    session_max: Option<String>,
+    link_lifetime: Option<String>,
+}
+
+pub(crate) const CONSOLE_KEYS: &[&str] = &[
+    "enabled",
+    "public_url",
+    "session_idle",
+    "session_max",
+    "link_lifetime",
+];
+
+impl Validator {
+    /// `listen` is the TCP listener the console would be served on (`None` when
+    /// it did not parse: then the console stays off).
+    pub(crate) fn console(&mut self, c: &RawConsole, listen: Option<SocketAddr>) -> ConsoleConfig {
+        let loopback = listen.is_some_and(|a| a.ip().is_loopback());
+        let enabled = c.enabled.unwrap_or(loopback);
+        let public_url = c.public_url.as_deref().filter(|u| !u.is_empty()).and_then(|text| {
+            match url::Url::parse(text) {
+                Ok(u) if !matches!(u.scheme(), "http" | "https") => {
+                    self.push("console.public_url", format!("{text:?} must be an http:// or https:// address"));
+                    None
+                }
+                Ok(u) if u.query().is_some() || u.fragment().is_some() || !u.username().is_empty() || u.password().is_some() => {
+                    self.push("console.public_url", format!("{text:?} must be a plain address without user, query or fragment, such as \"https://keys.example.com\""));
+                    None
+                }
+                Ok(u) => Some(u),
+                Err(e) => {
+                    self.push("console.public_url", format!("{text:?} is not an address: {e}"));
+                    None
+                }
+            }
+        });
+        let d = ConsoleConfig::default();
+        let idle = (
+            c.session_idle.as_deref(),
+            d.session_idle,
+            7 * 86_400,
+            "pt1s to p7d",
+        );
+        let session_idle = self.console_period("session_idle", idle);
+        let max = (
+            c.session_max.as_deref(),
+            d.session_max,
+            30 * 86_400,
+            "pt1s to p30d",
+        );
+        let session_max = self.console_period("session_max", max);
+        let link = (
+            c.link_lifetime.as_deref(),
+            d.link_lifetime,
+            3600,
+            "pt1s to pt1h",
+        );
+        let link_lifetime = self.console_period("link_lifetime", link);
+        if session_idle > session_max {
+            self.push(
+                "console.session_idle",
+                "is longer than console.session_max, which would never let it count".into(),
+            );
+        }
+        ConsoleConfig {
+            enabled,
+            public_url,
+            session_idle,
+            session_max,
+            link_lifetime,
+        }
+    }
+}
+
+impl Validator {
+    /// A fixed period (from 1 s to a most, named in words) as a duration: the
+    /// default when unset or bad (reported).
+    fn console_period(
+        &mut self,
+        key: &str,
+        (value, default, max_secs, range): (Option<&str>, Duration, u64, &str),
+    ) -> Duration {
+        value
+            .and_then(|v| self.fixed_period(&format!("console.{key}"), v, max_secs, range))
+            .unwrap_or(default)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,54 @@
+//! `[console]` tests. They load whole files with the parser of `config`, which
+//! imports this section, so they live in a file of their own rather than inside it.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use crate::config::{from_text, problems};
+
+#[test]
+fn on_by_default_only_on_loopback() {
+    let c = from_text("").unwrap();
+    assert!(c.console.enabled);
+    assert_eq!(c.console.session_idle, Duration::from_secs(1800));
+    assert_eq!(c.console.session_max, Duration::from_secs(12 * 3600));
+    assert_eq!(c.console.link_lifetime, Duration::from_secs(300));
+    assert!(c.warnings().is_empty());
+    let open = from_text("[server]\nlisten = \"0.0.0.0:8700\"\n").unwrap();
+    assert!(!open.console.enabled);
+    assert!(open.warnings().is_empty());
+}
+
+#[test]
+fn beyond_loopback_without_tls_is_a_warning() {
+    let c = from_text("[server]\nlisten = \"0.0.0.0:8700\"\n[console]\nenabled = true\n").unwrap();
+    let w = c.warnings();
+    assert_eq!(w.len(), 1);
+    assert_eq!(w[0].key, "console.enabled");
+    assert!(w[0].message.contains("without TLS"), "{}", w[0].message);
+    let behind = from_text(
+        "[server]\nlisten = \"0.0.0.0:8700\"\n[console]\nenabled = true\npublic_url = \"https://keys.example.com\"\n",
+    )
+    .unwrap();
+    assert!(behind.warnings().is_empty());
+    assert!(behind.console.secure_cookie());
+}
+
+#[test]
+fn bad_values_are_reported_with_their_key() {
+    let p = problems(
+        "[console]\npublic_url = \"ftp://x\"\nsession_idle = \"p1m\"\nsession_max = \"pt1m\"\nlink_lifetime = \"pt2h\"\n",
+    );
+    let keys: Vec<&str> = p.iter().map(|(k, _)| k.as_str()).collect();
+    for k in [
+        "console.public_url",
+        "console.session_idle",
+        "console.link_lifetime",
+    ] {
+        assert!(keys.contains(&k), "{k} missing from {p:?}");
+    }
+    let p = problems("[console]\nsession_idle = \"pt2h\"\nsession_max = \"pt1h\"\n");
+    assert_eq!(p[0].0, "console.session_idle", "{p:?}");
+    let p = problems("[console]\npublic_url = \"https://keys.example.com/?a=b\"\n");
+    assert_eq!(p[0].0, "console.public_url", "{p:?}");
+}

@@ -1,0 +1,479 @@
+//! The web console against the real daemon: links made by the real
+//! `apikeyctl console-link` log in once, expire, and start sessions with an idle
+//! and an absolute limit; the session cookie authenticates to the admin API as its
+//! user, with a CSRF token for changes; every console answer carries the security
+//! headers; the console is off beyond loopback unless switched on. Time moves
+//! through the daemon's clock-offset file (test builds only). Then the page itself
+//! in Debian's headless Chromium.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use serde_json::Value;
+
+use crate::util::{
+    check_config, find_program, request, require_root, send, Answer, TestDaemon, DEFAULT_POLICY,
+};
+
+/// Short limits so a test moves the clock by little.
+const CONSOLE: &str = "\n[console]\nsession_idle = \"pt30m\"\nsession_max = \"pt1h\"\n";
+
+const SECURITY_HEADERS: [(&str, &str); 5] = [
+    (
+        "content-security-policy",
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
+    ),
+    ("x-frame-options", "DENY"),
+    ("cache-control", "no-store"),
+    ("x-content-type-options", "nosniff"),
+    ("referrer-policy", "no-referrer"),
+];
+
+/// A daemon whose clock runs `clock` file's seconds ahead.
+fn daemon(extra: &str) -> (TestDaemon, PathBuf) {
+    let mut d = TestDaemon::configured(DEFAULT_POLICY, extra);
+    let clock = d.path("clock-offset");
+    std::fs::write(&clock, "0").unwrap();
+    d.spawn(&[("APIKEYD_CLOCK_OFFSET_FILE", clock.to_str().unwrap())]);
+    (d, clock)
+}
+
+fn move_clock(clock: &PathBuf, secs: i64) {
+    std::fs::write(clock, secs.to_string()).unwrap();
+}
+
+/// A console link from `apikeyctl console-link`, run as `uid`.
+fn link(d: &TestDaemon, uid: Option<u32>) -> String {
+    let out = d.ctl_as(uid, &["console-link"]);
+    assert!(
+        out.status.success(),
+        "console-link failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let url = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let prefix = format!("http://127.0.0.1:{}/console/#login=", d.addr.port());
+    assert!(
+        url.starts_with(&prefix),
+        "{url:?} should start with {prefix:?}"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("works once"), "{stderr}");
+    url
+}
+
+fn token_of(url: &str) -> &str {
+    url.split_once("#login=").unwrap().1
+}
+
+/// A request with a JSON body and extra headers.
+fn call(d: &TestDaemon, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Answer {
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    if !body.is_empty() {
+        req += "Content-Type: application/json\r\n";
+    }
+    for (k, v) in headers {
+        req += &format!("{k}: {v}\r\n");
+    }
+    req += "\r\n";
+    req += body;
+    send(d.addr, req.as_bytes())
+}
+
+fn json(a: &Answer) -> Value {
+    serde_json::from_str(&a.body).unwrap_or(Value::Null)
+}
+
+/// A logged-in session: the `Cookie` header value and the CSRF token.
+struct Session {
+    cookie: String,
+    csrf: String,
+}
+
+fn login(d: &TestDaemon, url: &str) -> Result<Session, Answer> {
+    let body = serde_json::json!({ "token": token_of(url) }).to_string();
+    let a = call(d, "POST", "/console/session", &[], &body);
+    if a.status != 200 {
+        return Err(a);
+    }
+    let set = a.header("set-cookie").unwrap().to_owned();
+    let cookie = set.split(';').next().unwrap().to_owned();
+    Ok(Session {
+        cookie,
+        csrf: json(&a)["csrf_token"].as_str().unwrap().to_owned(),
+    })
+}
+
+/// A request authenticated by the session cookie, with `csrf` in `X-CSRF-Token`.
+fn with_cookie(
+    d: &TestDaemon,
+    method: &str,
+    path: &str,
+    cookie: &str,
+    csrf: Option<&str>,
+) -> Answer {
+    let mut headers = vec![("Cookie", cookie)];
+    headers.extend(csrf.map(|t| ("X-CSRF-Token", t)));
+    call(d, method, path, &headers, "")
+}
+
+fn must_login(d: &TestDaemon, url: &str) -> Session {
+    match login(d, url) {
+        Ok(s) => s,
+        Err(a) => panic!("login refused: {} {}", a.status, a.body),
+    }
+}
+
+fn key_names(d: &TestDaemon, s: &Session) -> Vec<String> {
+    let a = call(
+        d,
+        "GET",
+        "/v1/admin/keys?limit=100",
+        &[("Cookie", &s.cookie)],
+        "",
+    );
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.header("cache-control"), Some("no-store"));
+    let mut names: Vec<String> = json(&a)["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["name"].as_str().unwrap().to_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn a_console_link_logs_in_once_as_its_user_and_changes_need_the_csrf_token() {
+    if !require_root("apikeyctl runs as alice's account, nobody") {
+        return;
+    }
+    let (d, _) = daemon(CONSOLE);
+    let (alice_key, _) = d.create("alice", "alice-key", &[]);
+    let (bob_key, _) = d.create("bob", "bob-key", &[]);
+    let (_, admin_key) = d.create("admin", "ops-key", &["--scopes", "apikeyd:admin"]);
+
+    let url = link(&d, Some(65534));
+    let body = serde_json::json!({ "token": token_of(&url) }).to_string();
+    let first = call(&d, "POST", "/console/session", &[], &body);
+    assert_eq!(first.status, 200, "{}", first.body);
+    assert_eq!(json(&first)["user"], "alice");
+    assert_eq!(json(&first)["admin"], false);
+    let set = first.header("set-cookie").unwrap();
+    let attrs: Vec<&str> = set.split(';').map(str::trim).collect();
+    assert!(attrs[0].starts_with("apikeyd_session="), "{set}");
+    assert!(attrs[0].len() > "apikeyd_session=".len() + 32, "{set}");
+    for a in ["HttpOnly", "SameSite=Strict", "Path=/"] {
+        assert!(attrs.contains(&a), "{a} missing from {set}");
+    }
+    assert!(!attrs.contains(&"Secure"), "plain HTTP on loopback: {set}");
+    let alice = Session {
+        cookie: attrs[0].to_owned(),
+        csrf: json(&first)["csrf_token"].as_str().unwrap().to_owned(),
+    };
+
+    // Once only.
+    let again = call(&d, "POST", "/console/session", &[], &body);
+    assert_eq!(again.status, 401);
+    assert!(again.body.contains("used already"), "{}", again.body);
+    // A form post (not JSON) is not a login.
+    let form = call(
+        &d,
+        "POST",
+        "/console/session",
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        "",
+    );
+    assert_eq!(form.status, 415);
+
+    // The owner sees only her keys, the admin everyone's.
+    assert_eq!(key_names(&d, &alice), ["alice-key"]);
+    let admin = must_login(&d, &link(&d, None));
+    assert_eq!(key_names(&d, &admin), ["alice-key", "bob-key", "ops-key"]);
+
+    // A change by cookie needs the CSRF token.
+    let disable = format!("/v1/admin/keys/{alice_key}/disable");
+    let none = with_cookie(&d, "POST", &disable, &alice.cookie, None);
+    assert_eq!(none.status, 403, "{}", none.body);
+    assert_eq!(json(&none)["error"]["code"], "csrf");
+    let wrong = with_cookie(&d, "POST", &disable, &alice.cookie, Some(&admin.csrf));
+    assert_eq!(wrong.status, 403, "{}", wrong.body);
+    assert_eq!(d.json(&["key", "show", &alice_key])["status"], "active");
+    let right = with_cookie(&d, "POST", &disable, &alice.cookie, Some(&alice.csrf));
+    assert_eq!(right.status, 200, "{}", right.body);
+    assert_eq!(d.json(&["key", "show", &alice_key])["status"], "disabled");
+    // The same rules as the CLI: not someone else's key.
+    let other = format!("/v1/admin/keys/{bob_key}/disable");
+    let refused = with_cookie(&d, "POST", &other, &alice.cookie, Some(&alice.csrf));
+    assert!(matches!(refused.status, 403 | 404), "{}", refused.body);
+    assert_eq!(d.json(&["key", "show", &bob_key])["status"], "active");
+
+    // A request with a key is authenticated by the key, as before, cookie or not.
+    let bearer = format!("Bearer {admin_key}");
+    let by_key = call(
+        &d,
+        "POST",
+        &other,
+        &[("Authorization", &bearer), ("Cookie", &alice.cookie)],
+        "",
+    );
+    assert_eq!(by_key.status, 200, "{}", by_key.body);
+    assert_eq!(d.json(&["key", "show", &bob_key])["status"], "disabled");
+
+    // Nothing secret in the log.
+    let log = d.log_text();
+    for secret in [
+        token_of(&url),
+        &alice.csrf,
+        &alice.cookie["apikeyd_session=".len()..],
+    ] {
+        assert!(!log.contains(secret), "a console secret is in the log");
+    }
+
+    // Logout needs the token too, then ends the session.
+    let out = with_cookie(&d, "DELETE", "/console/session", &alice.cookie, None);
+    assert_eq!(out.status, 403);
+    let out = with_cookie(
+        &d,
+        "DELETE",
+        "/console/session",
+        &alice.cookie,
+        Some(&alice.csrf),
+    );
+    assert_eq!(out.status, 204, "{}", out.body);
+    assert!(out.header("set-cookie").unwrap().contains("Max-Age=0"));
+    let after = with_cookie(&d, "GET", "/v1/admin/keys", &alice.cookie, None);
+    assert_eq!(after.status, 401, "{}", after.body);
+    assert_eq!(json(&after)["error"]["code"], "console_session");
+}
+
+#[test]
+fn links_expire_and_sessions_end_when_idle_or_at_their_limit() {
+    let (d, clock) = daemon(CONSOLE);
+    d.create("admin", "ops-key", &[]);
+
+    // A link works for five minutes.
+    let late = link(&d, None);
+    move_clock(&clock, 301);
+    let refused = login(&d, &late).err().unwrap();
+    assert_eq!(refused.status, 401);
+    assert!(refused.body.contains("expired"), "{}", refused.body);
+
+    // Idle for 30 minutes ends a session; use keeps it going.
+    let s = must_login(&d, &link(&d, None));
+    move_clock(&clock, 301 + 29 * 60);
+    key_names(&d, &s);
+    // Within session_max (an hour), but 30 minutes since the last request.
+    move_clock(&clock, 301 + 59 * 60);
+    let idle = call(&d, "GET", "/v1/admin/keys", &[("Cookie", &s.cookie)], "");
+    assert_eq!(idle.status, 401);
+    assert!(idle.body.contains("without use"), "{}", idle.body);
+
+    // However busy, a session ends an hour (session_max) after its login.
+    let start = 301 + 60 * 60;
+    move_clock(&clock, start);
+    let s = must_login(&d, &link(&d, None));
+    for minutes in [20, 40, 59] {
+        move_clock(&clock, start + minutes * 60);
+        key_names(&d, &s);
+    }
+    move_clock(&clock, start + 60 * 60);
+    let over = call(&d, "GET", "/console/session", &[("Cookie", &s.cookie)], "");
+    assert_eq!(over.status, 401);
+    assert!(over.body.contains("limit of 1 hour"), "{}", over.body);
+}
+
+#[test]
+fn every_console_answer_carries_the_security_headers() {
+    let (d, _) = daemon("");
+    let cases = [
+        ("GET", "/console/", 200, Some("text/html")),
+        ("GET", "/console/console.js", 200, Some("text/javascript")),
+        ("GET", "/console/console.css", 200, Some("text/css")),
+        ("GET", "/console/nothing.js", 404, None),
+        ("GET", "/console/session", 401, None),
+        ("DELETE", "/console/session", 204, None),
+        ("GET", "/console", 308, None),
+    ];
+    for (method, path, status, kind) in cases {
+        let a = request(d.addr, method, path, &[]);
+        assert_eq!(a.status, status, "{method} {path}: {}", a.body);
+        for (name, value) in SECURITY_HEADERS {
+            assert_eq!(a.header(name), Some(value), "{name} on {method} {path}");
+        }
+        if let Some(kind) = kind {
+            assert!(
+                a.header("content-type").unwrap().starts_with(kind),
+                "{path}"
+            );
+        }
+    }
+    let bad = call(&d, "POST", "/console/session", &[], r#"{"token":"00"}"#);
+    assert_eq!(bad.status, 401);
+    for (name, value) in SECURITY_HEADERS {
+        assert_eq!(bad.header(name), Some(value), "{name} on a refused login");
+    }
+    // No inline script or style in the page: the policy would block it.
+    let page = request(d.addr, "GET", "/console/", &[]).body;
+    assert!(
+        !page.contains("<script>") && !page.contains("style="),
+        "{page}"
+    );
+    assert!(page.contains(r#"<script type="module" src="console.js"></script>"#));
+}
+
+#[test]
+fn the_console_is_off_beyond_loopback_unless_switched_on() {
+    let mut d = TestDaemon::configured(DEFAULT_POLICY, "");
+    let text = std::fs::read_to_string(&d.config).unwrap();
+    let open = text.replace("listen = \"127.0.0.1:0\"", "listen = \"0.0.0.0:0\"");
+    std::fs::write(&d.config, &open).unwrap();
+    d.spawn(&[]);
+    assert_eq!(request(d.addr, "GET", "/console/", &[]).status, 404);
+    let err = d.fails(&["console-link"]);
+    assert!(err.contains("console is off"), "{err}");
+    let cookie = call(
+        &d,
+        "GET",
+        "/v1/admin/keys",
+        &[("Cookie", "apikeyd_session=00")],
+        "",
+    );
+    assert_eq!(cookie.status, 401);
+
+    // Switched on: served, and check-config warns that it is reachable without TLS.
+    std::fs::write(&d.config, format!("{open}\n[console]\nenabled = true\n")).unwrap();
+    let check = check_config(&d.config);
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+    assert!(check.status.success(), "{said}");
+    assert!(said.contains("without TLS"), "{said}");
+    d.restart();
+    assert_eq!(request(d.addr, "GET", "/console/", &[]).status, 200);
+    let url = link(&d, None);
+    assert!(login(&d, &url).is_ok());
+
+    // Behind an HTTPS proxy: no warning, links at the public address, Secure cookie.
+    std::fs::write(
+        &d.config,
+        format!("{open}\n[console]\nenabled = true\npublic_url = \"https://keys.example.com/\"\n"),
+    )
+    .unwrap();
+    let check = check_config(&d.config);
+    assert!(!String::from_utf8_lossy(&check.stderr).contains("without TLS"));
+    d.restart();
+    let out = d.ok(&["console-link"]);
+    assert!(
+        out.starts_with("https://keys.example.com/console/#login="),
+        "{out}"
+    );
+    let body = serde_json::json!({ "token": token_of(out.trim()) }).to_string();
+    let a = call(&d, "POST", "/console/session", &[], &body);
+    assert!(a.header("set-cookie").unwrap().contains("; Secure"));
+}
+
+#[test]
+fn the_console_shows_the_callers_keys_in_headless_chromium() {
+    let chromium = find_program("chromium", &["/usr/bin", "/usr/local/bin"]);
+    if !crate::util::require(
+        "Debian's chromium (apt-get install chromium)",
+        chromium.is_some(),
+    ) {
+        return;
+    }
+    if !require_root("apikeyctl runs as alice's account, nobody") {
+        return;
+    }
+    let (d, _) = daemon("");
+    d.create(
+        "alice",
+        "alices-first-key",
+        &["--description", "for the catalog sync"],
+    );
+    d.create("alice", "alices-second-key", &[]);
+    d.create("bob", "bobs-key", &[]);
+    let url = link(&d, Some(65534));
+    let out = dump_dom(chromium.as_ref().unwrap(), &url);
+    let dom = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        dom.contains("alices-first-key") && dom.contains("alices-second-key"),
+        "the key list is not in the page: {dom}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(dom.contains("for the catalog sync"), "{dom}");
+    // Times are rendered by the page (in the browser's zone), machine-readable too.
+    assert!(dom.contains("<time datetime=\""), "{dom}");
+    assert!(
+        dom.contains("hide-owner"),
+        "an owner does not get the owner column"
+    );
+    assert!(!dom.contains("bobs-key"), "alice sees bob's key: {dom}");
+    assert!(
+        !dom.contains(token_of(&url)),
+        "the login token is in the page"
+    );
+    assert!(dom.contains("alice"), "{dom}");
+    // The link was used by the browser: it cannot log in again, and the page says so.
+    assert_eq!(login(&d, &url).err().unwrap().status, 401);
+    let again = dump_dom(chromium.as_ref().unwrap(), &url);
+    let dom = String::from_utf8_lossy(&again.stdout);
+    assert!(dom.contains("used already"), "{dom}");
+    assert!(!dom.contains("alices-first-key"), "{dom}");
+}
+
+/// The page at `url` after its scripts ran, from a fresh headless Chromium
+/// profile (the flags it needs as root on these machines, and no network of its
+/// own).
+fn dump_dom(chromium: &std::path::Path, url: &str) -> std::process::Output {
+    let profile = tempfile::tempdir().unwrap();
+    Command::new(chromium)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--virtual-time-budget=10000",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg("--dump-dom")
+        .arg(url)
+        .output()
+        .unwrap()
+}
+
+/// Every choice the page's filters offer is one the list API takes (the page
+/// sends them as they are).
+#[test]
+fn the_pages_filter_choices_are_ones_the_list_api_takes() {
+    let (d, _) = daemon("");
+    d.create("admin", "ops-key", &[]);
+    let s = must_login(&d, &link(&d, None));
+    let page = request(d.addr, "GET", "/console/", &[]).body;
+    let mut checked = 0;
+    for select in page.split("<select ").skip(1) {
+        let select = select.split("</select>").next().unwrap();
+        let name = select
+            .split("name=\"")
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+            .unwrap();
+        for value in select.split("value=\"").skip(1) {
+            let value = value.split('"').next().unwrap();
+            let path = format!("/v1/admin/keys?limit=5&{name}={value}");
+            let a = with_cookie(&d, "GET", &path, &s.cookie, None);
+            assert_eq!(a.status, 200, "{path}: {}", a.body);
+            checked += 1;
+        }
+    }
+    assert!(checked >= 15, "only {checked} choices found in the page");
+}

@@ -92,7 +92,7 @@ fn email_notification_reaches_the_owner_on_time() {
 fn smtp_down_for_good_fails_after_max_attempts_with_an_operator_message() {
     let port = free_port();
     let d = start(port, "max_attempts = 3", "");
-    let (id, _) = d.create("alice", "doomed", &["--notify-at", &at(1)]);
+    let (id, _) = d.create("alice", "doomed", &["--notify-at", &at(2)]);
     let job_id = key(&d, &id)["alert_job"].as_str().unwrap().to_owned();
     let j = wait_job(&d, &job_id, "Failed", 30);
     assert_eq!(j["attempts"], 3);
@@ -144,7 +144,7 @@ fn smtp_password_never_reaches_logs_errors_or_the_database() {
             ),
         ),
     );
-    let (id, _) = d.create("alice", "k", &["--notify-at", &at(1)]);
+    let (id, _) = d.create("alice", "k", &["--notify-at", &at(2)]);
     let job_id = key(&d, &id)["alert_job"].as_str().unwrap().to_owned();
     let j = wait_job(&d, &job_id, "Failed", 30);
     assert!(!j.to_string().contains(secret));

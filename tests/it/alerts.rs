@@ -13,8 +13,17 @@ use serde_json::Value;
 use crate::smtp::Smtp;
 use crate::util::{free_port, TestDaemon, DEFAULT_POLICY};
 
+/// A time at least `secs` whole seconds from now, written to the second. Rounded
+/// up, not down: `at(1)` written as the next second was sometimes a few
+/// milliseconds ahead, and a busy machine had passed it before the daemon read
+/// the request ("not in the future"). Tests that need an alert to fall due soon
+/// ask for 2 s at least.
 pub(crate) fn at(secs: i64) -> String {
-    (Utc::now() + chrono::Duration::seconds(secs)).to_rfc3339_opts(SecondsFormat::Secs, true)
+    let now = Utc::now();
+    let next_second = now.timestamp() + 1;
+    DateTime::from_timestamp(next_second + secs, 0)
+        .unwrap_or(now)
+        .to_rfc3339_opts(SecondsFormat::Secs, true)
 }
 
 pub(crate) fn time(v: &Value) -> DateTime<Utc> {

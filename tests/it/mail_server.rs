@@ -21,7 +21,7 @@ fn notify_soon(d: &TestDaemon, user: &str, name: &str, source: &str) -> (String,
     let (id, _) = d.create(
         user,
         name,
-        &["--notify-at", &at(1), "--alert-source", source],
+        &["--notify-at", &at(2), "--alert-source", source],
     );
     let job_id = key(d, &id)["alert_job"].as_str().unwrap().to_owned();
     (id, job_id)

@@ -128,12 +128,12 @@ fn must_login(d: &TestDaemon, url: &str) -> Session {
 }
 
 fn key_names(d: &TestDaemon, s: &Session) -> Vec<String> {
-    let a = call(
+    let a = with_cookie(
         d,
         "GET",
         "/v1/admin/keys?limit=100",
-        &[("Cookie", &s.cookie)],
-        "",
+        &s.cookie,
+        Some(&s.csrf),
     );
     assert_eq!(a.status, 200, "{}", a.body);
     assert_eq!(a.header("cache-control"), Some("no-store"));
@@ -234,6 +234,20 @@ fn a_console_link_logs_in_once_as_its_user_and_changes_need_the_csrf_token() {
         assert!(!log.contains(secret), "a console secret is in the log");
     }
 
+    // The token is answered by the login only: a reload reads the session with
+    // the token the page kept.
+    let reload = with_cookie(
+        &d,
+        "GET",
+        "/console/session",
+        &alice.cookie,
+        Some(&alice.csrf),
+    );
+    assert_eq!(reload.status, 200, "{}", reload.body);
+    assert_eq!(json(&reload)["user"], "alice");
+    assert!(!reload.body.contains(&alice.csrf), "{}", reload.body);
+    assert_eq!(json(&reload).get("csrf_token"), None);
+
     // Logout needs the token too, then ends the session.
     let out = with_cookie(&d, "DELETE", "/console/session", &alice.cookie, None);
     assert_eq!(out.status, 403);
@@ -249,6 +263,77 @@ fn a_console_link_logs_in_once_as_its_user_and_changes_need_the_csrf_token() {
     let after = with_cookie(&d, "GET", "/v1/admin/keys", &alice.cookie, None);
     assert_eq!(after.status, 401, "{}", after.body);
     assert_eq!(json(&after)["error"]["code"], "console_session");
+}
+
+/// Regression: browsers send the `apikeyd_session` cookie to every port of the
+/// host, so another local server could capture it; `GET /console/session` then
+/// answered the CSRF token for the cookie alone, and every API read took the
+/// cookie alone. Now the cookie without the token (or from another site or
+/// origin) opens nothing.
+#[test]
+fn a_stolen_cookie_without_the_token_opens_nothing() {
+    let (d, _) = daemon(CONSOLE);
+    let (key, _) = d.create("admin", "ops-key", &[]);
+    let job = "00000000-0000-0000-0000-000000000000";
+    let s = must_login(&d, &link(&d, None));
+    let gets = [
+        "/console/session".to_owned(),
+        "/v1/admin/whoami".into(),
+        "/v1/admin/keys".into(),
+        format!("/v1/admin/keys/{key}"),
+        "/v1/admin/audit".into(),
+        "/v1/admin/jobs".into(),
+        format!("/v1/admin/jobs/{job}"),
+        "/v1/admin/messages".into(),
+        "/v1/admin/plan".into(),
+    ];
+    for path in &gets {
+        let stolen = with_cookie(&d, "GET", path, &s.cookie, None);
+        assert_eq!(stolen.status, 403, "{path}: {}", stolen.body);
+        assert_eq!(json(&stolen)["error"]["code"], "csrf", "{path}");
+        assert!(!stolen.body.contains(&s.csrf), "{path}");
+        assert_eq!(
+            stolen.header("x-content-type-options"),
+            Some("nosniff"),
+            "{path}"
+        );
+        let wrong = with_cookie(&d, "GET", path, &s.cookie, Some("0"));
+        assert_eq!(wrong.status, 403, "{path}: {}", wrong.body);
+    }
+    // With the token the same reads work, and the session answer holds no token.
+    let own = with_cookie(&d, "GET", "/console/session", &s.cookie, Some(&s.csrf));
+    assert_eq!(own.status, 200, "{}", own.body);
+    assert!(
+        !own.body.contains(&s.csrf) && !own.body.contains("csrf"),
+        "{}",
+        own.body
+    );
+    let keys = with_cookie(&d, "GET", "/v1/admin/keys", &s.cookie, Some(&s.csrf));
+    assert_eq!(keys.status, 200, "{}", keys.body);
+    assert_eq!(keys.header("x-content-type-options"), Some("nosniff"));
+
+    // Token and cookie, but the browser says another site or origin sent it.
+    let port = d.addr.port();
+    let own_origin = format!("http://127.0.0.1:{port}");
+    let other_port = format!("http://127.0.0.1:{}", port.wrapping_add(1));
+    let cases: [(&str, &str, u16); 5] = [
+        ("Sec-Fetch-Site", "same-site", 403),
+        ("Sec-Fetch-Site", "cross-site", 403),
+        ("Origin", &other_port, 403),
+        ("Sec-Fetch-Site", "same-origin", 200),
+        ("Origin", &own_origin, 200),
+    ];
+    for (name, value, status) in cases {
+        for path in ["/console/session", "/v1/admin/keys"] {
+            let headers = [
+                ("Cookie", s.cookie.as_str()),
+                ("X-CSRF-Token", s.csrf.as_str()),
+                (name, value),
+            ];
+            let a = call(&d, "GET", path, &headers, "");
+            assert_eq!(a.status, status, "{name}: {value} on {path}: {}", a.body);
+        }
+    }
 }
 
 #[test]
@@ -269,7 +354,7 @@ fn links_expire_and_sessions_end_when_idle_or_at_their_limit() {
     key_names(&d, &s);
     // Within session_max (an hour), but 30 minutes since the last request.
     move_clock(&clock, 301 + 59 * 60);
-    let idle = call(&d, "GET", "/v1/admin/keys", &[("Cookie", &s.cookie)], "");
+    let idle = with_cookie(&d, "GET", "/v1/admin/keys", &s.cookie, Some(&s.csrf));
     assert_eq!(idle.status, 401);
     assert!(idle.body.contains("without use"), "{}", idle.body);
 
@@ -282,7 +367,7 @@ fn links_expire_and_sessions_end_when_idle_or_at_their_limit() {
         key_names(&d, &s);
     }
     move_clock(&clock, start + 60 * 60);
-    let over = call(&d, "GET", "/console/session", &[("Cookie", &s.cookie)], "");
+    let over = with_cookie(&d, "GET", "/console/session", &s.cookie, Some(&s.csrf));
     assert_eq!(over.status, 401);
     assert!(over.body.contains("limit of 1 hour"), "{}", over.body);
 }
@@ -470,7 +555,7 @@ fn the_pages_filter_choices_are_ones_the_list_api_takes() {
         for value in select.split("value=\"").skip(1) {
             let value = value.split('"').next().unwrap();
             let path = format!("/v1/admin/keys?limit=5&{name}={value}");
-            let a = with_cookie(&d, "GET", &path, &s.cookie, None);
+            let a = with_cookie(&d, "GET", &path, &s.cookie, Some(&s.csrf));
             assert_eq!(a.status, 200, "{path}: {}", a.body);
             checked += 1;
         }

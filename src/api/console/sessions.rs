@@ -25,8 +25,9 @@ const MAX_SESSIONS: usize = 10_000;
 /// late click gets the clearer message.
 const REMEMBER_EXPIRED: chrono::Duration = chrono::Duration::hours(1);
 
-/// A secret token: its `Debug` never shows it.
-#[derive(Clone, PartialEq, Eq)]
+/// A secret token: its `Debug` never shows it, and it has no `==` (which would
+/// not compare in constant time); compare with `subtle`.
+#[derive(Clone)]
 pub struct Token(String);
 
 impl Token {
@@ -76,9 +77,10 @@ pub enum Refusal {
     /// The session's user is no longer configured.
     #[error("the console session's user is no longer configured")]
     UserGone,
-    /// A change without the session's CSRF token.
+    /// A request without the session's CSRF token: the cookie alone is not a
+    /// session (browsers send it to every port of the host).
     #[error(
-        "a change through the console needs the session's CSRF token in the X-CSRF-Token header"
+        "a request through the console needs the session's CSRF token in the X-CSRF-Token header; open a new console link (apikeyctl console-link) if this tab has lost it"
     )]
     CsrfMissing,
     /// A change with a wrong CSRF token.
@@ -119,6 +121,9 @@ pub struct NewLink {
 pub struct NewSession {
     /// The cookie's value.
     pub id: Token,
+    /// The session's second secret, answered only here: the page keeps it and
+    /// sends it with every request, so the cookie alone is no session.
+    pub csrf: Token,
     /// What the session is.
     pub info: SessionInfo,
 }
@@ -128,8 +133,6 @@ pub struct NewSession {
 pub struct SessionInfo {
     /// Who is logged in, with the rights in force now.
     pub actor: Actor,
-    /// Sent back with every change.
-    pub csrf: Token,
     /// When the session ends at the latest.
     pub expires: DateTime<Utc>,
 }
@@ -188,6 +191,15 @@ impl Sessions {
     /// A console that is off (state without a daemon).
     pub fn disabled(clock: SharedClock) -> Self {
         Self::new(ConsoleConfig::default(), String::new(), clock)
+    }
+
+    /// The console's own origin (`scheme://host[:port]`), from the address its
+    /// links are made with.
+    pub fn origin(&self) -> Option<String> {
+        url::Url::parse(&self.base)
+            .ok()
+            .map(|u| u.origin().ascii_serialization())
+            .filter(|o| o != "null")
     }
 
     /// The settings.
@@ -259,20 +271,20 @@ impl Sessions {
         let actor = current_actor(&session, directory).ok_or(Refusal::UserGone)?;
         let info = SessionInfo {
             actor,
-            csrf: session.csrf.clone(),
             expires: now + max,
         };
         let id = Token::random();
+        let csrf = session.csrf.clone();
         maps.sessions.insert(hash(id.expose()), session);
-        Ok(NewSession { id, info })
+        Ok(NewSession { id, csrf, info })
     }
 
-    /// The session `id` names, if it is still on: its use counts as activity.
-    /// `csrf` is checked when `change` says the request changes something.
+    /// The session `id` names, if it is still on and `csrf` is its token: its
+    /// use counts as activity. Every request needs the token, reads too: the
+    /// cookie can be captured by any server on the same host, the token cannot.
     pub fn authenticate(
         &self,
         id: &str,
-        change: bool,
         csrf: Option<&str>,
         directory: &Directory,
     ) -> Result<SessionInfo, Refusal> {
@@ -293,13 +305,11 @@ impl Sessions {
             maps.sessions.remove(&key);
             return Err(r);
         }
-        if change {
-            let Some(sent) = csrf else {
-                return Err(Refusal::CsrfMissing);
-            };
-            if !bool::from(sent.as_bytes().ct_eq(s.csrf.expose().as_bytes())) {
-                return Err(Refusal::CsrfWrong);
-            }
+        let Some(sent) = csrf else {
+            return Err(Refusal::CsrfMissing);
+        };
+        if !bool::from(sent.as_bytes().ct_eq(s.csrf.expose().as_bytes())) {
+            return Err(Refusal::CsrfWrong);
         }
         let Some(actor) = current_actor(s, directory) else {
             maps.sessions.remove(&key);
@@ -308,7 +318,6 @@ impl Sessions {
         s.last_seen = now;
         Ok(SessionInfo {
             actor,
-            csrf: s.csrf.clone(),
             expires: s.started + chrono(self.config.session_max),
         })
     }
@@ -395,25 +404,26 @@ mod tests {
         };
         let a = login(&s);
         let id = a.id.expose();
-        let csrf = a.info.csrf.expose();
+        let csrf = Some(a.csrf.expose());
+        // Reads need the token too: the cookie alone is not a session.
         assert_eq!(
-            s.authenticate(id, true, None, &dir).unwrap_err(),
+            s.authenticate(id, None, &dir).unwrap_err(),
             Refusal::CsrfMissing
         );
         assert_eq!(
-            s.authenticate(id, true, Some("x"), &dir).unwrap_err(),
+            s.authenticate(id, Some("x"), &dir).unwrap_err(),
             Refusal::CsrfWrong
         );
-        s.authenticate(id, true, Some(csrf), &dir).unwrap();
+        s.authenticate(id, csrf, &dir).unwrap();
         clock.advance(chrono::Duration::minutes(29));
-        s.authenticate(id, false, None, &dir).unwrap();
+        s.authenticate(id, csrf, &dir).unwrap();
         clock.advance(chrono::Duration::minutes(30));
         assert!(matches!(
-            s.authenticate(id, false, None, &dir),
+            s.authenticate(id, csrf, &dir),
             Err(Refusal::Idle(_))
         ));
         assert_eq!(
-            s.authenticate(id, false, None, &dir).unwrap_err(),
+            s.authenticate(id, csrf, &dir).unwrap_err(),
             Refusal::NoSession
         );
 
@@ -421,18 +431,19 @@ mod tests {
         let b = login(&s);
         for _ in 0..(12 * 60 / 20 - 1) {
             clock.advance(chrono::Duration::minutes(20));
-            s.authenticate(b.id.expose(), false, None, &dir).unwrap();
+            s.authenticate(b.id.expose(), Some(b.csrf.expose()), &dir)
+                .unwrap();
         }
         clock.advance(chrono::Duration::minutes(20));
         assert_eq!(
-            s.authenticate(b.id.expose(), false, None, &dir)
+            s.authenticate(b.id.expose(), Some(b.csrf.expose()), &dir)
                 .unwrap_err(),
             Refusal::Over("12 hour(s)".into())
         );
         let c = login(&s);
         s.logout(c.id.expose());
         assert_eq!(
-            s.authenticate(c.id.expose(), false, None, &dir)
+            s.authenticate(c.id.expose(), Some(c.csrf.expose()), &dir)
                 .unwrap_err(),
             Refusal::NoSession
         );

@@ -445,10 +445,13 @@ fn the_console_is_off_beyond_loopback_unless_switched_on() {
     let url = link(&d, None);
     assert!(login(&d, &url).is_ok());
 
-    // Behind an HTTPS proxy: no warning, links at the public address, Secure cookie.
+    // Behind an HTTPS proxy, under a path: no warning, links at the public
+    // address, a Secure cookie for that path only.
     std::fs::write(
         &d.config,
-        format!("{open}\n[console]\nenabled = true\npublic_url = \"https://keys.example.com/\"\n"),
+        format!(
+            "{open}\n[console]\nenabled = true\npublic_url = \"https://keys.example.com/keys/\"\n"
+        ),
     )
     .unwrap();
     let check = check_config(&d.config);
@@ -456,12 +459,14 @@ fn the_console_is_off_beyond_loopback_unless_switched_on() {
     d.restart();
     let out = d.ok(&["console-link"]);
     assert!(
-        out.starts_with("https://keys.example.com/console/#login="),
+        out.starts_with("https://keys.example.com/keys/console/#login="),
         "{out}"
     );
     let body = serde_json::json!({ "token": token_of(out.trim()) }).to_string();
     let a = call(&d, "POST", "/console/session", &[], &body);
-    assert!(a.header("set-cookie").unwrap().contains("; Secure"));
+    let set = a.header("set-cookie").unwrap();
+    assert!(set.contains("; Secure"), "{set}");
+    assert!(set.contains("; Path=/keys/;"), "{set}");
 }
 
 #[test]

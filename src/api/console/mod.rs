@@ -149,9 +149,11 @@ fn refused(r: &Refusal) -> ApiError {
     ApiError::new(status, code, r.to_string())
 }
 
-/// The cookie that holds `value` (empty and expired: the cookie removed).
+/// The cookie that holds `value` (empty and expired: the cookie removed), sent
+/// only under the console's public path.
 fn cookie(st: &AppState, value: &str) -> HeaderValue {
-    let mut c = format!("{COOKIE}={value}; HttpOnly; SameSite=Strict; Path=/");
+    let path = st.console.config().cookie_path();
+    let mut c = format!("{COOKIE}={value}; HttpOnly; SameSite=Strict; Path={path}");
     if value.is_empty() {
         c.push_str("; Max-Age=0");
     }

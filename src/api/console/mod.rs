@@ -208,6 +208,17 @@ async fn login(
         .login(&req.token, directory)
         .map_err(|r| refused(&r))?;
     tracing::info!(user = %new.info.actor.name, "console login");
+    // A new login replaces the page's session: the page sent that session's
+    // token (the cookie alone must not end someone's session).
+    if let Some(old) = session_cookie(&headers) {
+        if st
+            .console
+            .authenticate(old, csrf_of(&headers), directory)
+            .is_ok()
+        {
+            st.console.logout(old);
+        }
+    }
     let mut answer = session_json(&new.info);
     answer["csrf_token"] = new.csrf.expose().into();
     let mut r = Json(answer).into_response();

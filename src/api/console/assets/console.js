@@ -44,6 +44,10 @@ async function startSession() {
     const token = hash.slice("#login=".length);
     // Out of the address bar and history before anything else.
     history.replaceState(null, "", location.pathname + location.search);
+    // Only on a click: a page opened by someone else's link (login CSRF) does
+    // not log in by itself. The previous session's token goes along, so the
+    // daemon ends that session.
+    await clicked();
     const session = await call(new URL("session", base), {
       method: "POST",
       headers: { "Content-Type": "application/json" },
@@ -62,6 +66,23 @@ async function startSession() {
     forget();
     throw e;
   }
+}
+
+function clicked() {
+  say("");
+  $("login").hidden = false;
+  $("login-button").focus();
+  return new Promise((resolve) => {
+    $("login-button").addEventListener(
+      "click",
+      () => {
+        $("login").hidden = true;
+        say("Logging in…");
+        resolve();
+      },
+      { once: true },
+    );
+  });
 }
 
 function forget() {

@@ -334,6 +334,14 @@ fn a_stolen_cookie_without_the_token_opens_nothing() {
             assert_eq!(a.status, status, "{name}: {value} on {path}: {}", a.body);
         }
     }
+
+    // Two session cookies (another server on the host set one too): each is
+    // tried, not the first only.
+    let both = format!("apikeyd_session=00; {}", s.cookie);
+    for path in ["/console/session", "/v1/admin/keys"] {
+        let a = with_cookie(&d, "GET", path, &both, Some(&s.csrf));
+        assert_eq!(a.status, 200, "{path}: {}", a.body);
+    }
 }
 
 /// A new login from a page that has a session (it sends that session's cookie

@@ -91,15 +91,36 @@ async fn file(axum::extract::Path(name): axum::extract::Path<String>) -> Respons
     asset(&name)
 }
 
-/// The value of the session cookie, if the request has one.
-fn session_cookie(headers: &HeaderMap) -> Option<&str> {
+/// The values of the request's session cookies. There can be several (another
+/// server on the host, or a page under another path, set one too): each is
+/// tried, not the first only.
+fn session_cookies(headers: &HeaderMap) -> impl Iterator<Item = &str> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
-        .find_map(|c| c.trim().strip_prefix(COOKIE)?.strip_prefix('='))
+        .filter_map(|c| c.trim().strip_prefix(COOKIE)?.strip_prefix('='))
         .filter(|v| !v.is_empty())
+}
+
+/// The session one of the request's cookies names with the request's CSRF
+/// token, and that cookie; else why the first was refused.
+fn session_of<'h>(
+    st: &AppState,
+    headers: &'h HeaderMap,
+) -> Result<(&'h str, SessionInfo), Refusal> {
+    let directory = &st.keys.settings().directory;
+    let mut first = None;
+    for id in session_cookies(headers) {
+        match st.console.authenticate(id, csrf_of(headers), directory) {
+            Ok(info) => return Ok((id, info)),
+            Err(r) => {
+                first.get_or_insert(r);
+            }
+        }
+    }
+    Err(first.unwrap_or(Refusal::NoSession))
 }
 
 /// The CSRF token a request sends.
@@ -210,14 +231,8 @@ async fn login(
     tracing::info!(user = %new.info.actor.name, "console login");
     // A new login replaces the page's session: the page sent that session's
     // token (the cookie alone must not end someone's session).
-    if let Some(old) = session_cookie(&headers) {
-        if st
-            .console
-            .authenticate(old, csrf_of(&headers), directory)
-            .is_ok()
-        {
-            st.console.logout(old);
-        }
+    if let Ok((old, _)) = session_of(&st, &headers) {
+        st.console.logout(old);
     }
     let mut answer = session_json(&new.info);
     answer["csrf_token"] = new.csrf.expose().into();
@@ -233,11 +248,7 @@ async fn current(State(st): State<AppState>, headers: HeaderMap) -> ApiResult<Re
     if let Some(e) = foreign(&st, &headers) {
         return Err(e);
     }
-    let id = session_cookie(&headers).ok_or_else(|| refused(&Refusal::NoSession))?;
-    let info = st
-        .console
-        .authenticate(id, csrf_of(&headers), &st.keys.settings().directory)
-        .map_err(|r| refused(&r))?;
+    let (_, info) = session_of(&st, &headers).map_err(|r| refused(&r))?;
     Ok(Json(session_json(&info)).into_response())
 }
 
@@ -246,19 +257,14 @@ async fn logout(State(st): State<AppState>, headers: HeaderMap) -> ApiResult<Res
     if let Some(e) = foreign(&st, &headers) {
         return Err(e);
     }
-    if let Some(id) = session_cookie(&headers) {
-        match st
-            .console
-            .authenticate(id, csrf_of(&headers), &st.keys.settings().directory)
-        {
-            Ok(info) => {
-                st.console.logout(id);
-                tracing::info!(user = %info.actor.name, "console logout");
-            }
-            Err(r @ (Refusal::CsrfMissing | Refusal::CsrfWrong)) => return Err(refused(&r)),
-            // Ended already: the cookie goes all the same.
-            Err(_) => {}
+    match session_of(&st, &headers) {
+        Ok((id, info)) => {
+            st.console.logout(id);
+            tracing::info!(user = %info.actor.name, "console logout");
         }
+        Err(r @ (Refusal::CsrfMissing | Refusal::CsrfWrong)) => return Err(refused(&r)),
+        // Ended already, or never: the cookie goes all the same.
+        Err(_) => {}
     }
     let mut r = StatusCode::NO_CONTENT.into_response();
     r.headers_mut().insert(header::SET_COOKIE, cookie(&st, ""));
@@ -318,14 +324,14 @@ pub(crate) async fn link(
 /// console's cookie: the session's user is the actor, if the request also
 /// carries the session's CSRF token (any method: the cookie alone is no
 /// session). Answers are not cached or sniffed.
-pub(crate) async fn cookie_actor(st: AppState, id: &str, mut req: Request, next: Next) -> Response {
+pub(crate) async fn cookie_actor(st: AppState, mut req: Request, next: Next) -> Response {
     let checked = if !st.console.config().enabled {
         Err(refused(&Refusal::NoSession))
     } else if let Some(e) = foreign(&st, req.headers()) {
         Err(e)
     } else {
-        st.console
-            .authenticate(id, csrf_of(req.headers()), &st.keys.settings().directory)
+        session_of(&st, req.headers())
+            .map(|(_, info)| info)
             .map_err(|r| refused(&r))
     };
     let mut r = match checked {
@@ -344,7 +350,7 @@ pub(crate) async fn cookie_actor(st: AppState, id: &str, mut req: Request, next:
     r
 }
 
-/// The session cookie of a request, for the admin API's guard.
-pub(crate) fn cookie_of(headers: &HeaderMap) -> Option<String> {
-    session_cookie(headers).map(str::to_owned)
+/// Whether a request carries a session cookie, for the admin API's guard.
+pub(crate) fn has_cookie(headers: &HeaderMap) -> bool {
+    session_cookies(headers).next().is_some()
 }

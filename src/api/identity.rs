@@ -42,8 +42,8 @@ pub(crate) async fn bearer_actor(
         .map(str::trim);
     let Some(token) = token else {
         let console = st.console.config().enabled;
-        if let Some(id) = super::console::cookie_of(&headers).filter(|_| console) {
-            return super::console::cookie_actor(st, &id, req, next).await;
+        if console && super::console::has_cookie(&headers) {
+            return super::console::cookie_actor(st, req, next).await;
         }
         return unauthorized(
             "the admin API on TCP needs Authorization: Bearer <key with the apikeyd:admin scope>",

@@ -33,6 +33,13 @@ impl ConsoleConfig {
             .as_ref()
             .is_some_and(|u| u.scheme() == "https")
     }
+
+    /// The session cookie's `Path`: the path of `public_url` (the page reaches
+    /// the API relative to it, so the rest of a shared host never gets the
+    /// cookie), else `/`.
+    pub fn cookie_path(&self) -> &str {
+        self.public_url.as_ref().map_or("/", url::Url::path)
+    }
 }
 
 impl Default for ConsoleConfig {
@@ -79,6 +86,11 @@ impl Validator {
                 }
                 Ok(u) if u.query().is_some() || u.fragment().is_some() || !u.username().is_empty() || u.password().is_some() => {
                     self.push("console.public_url", format!("{text:?} must be a plain address without user, query or fragment, such as \"https://keys.example.com\""));
+                    None
+                }
+                // It becomes the cookie's Path, where `;` would start an attribute.
+                Ok(u) if u.path().contains([';', ',']) => {
+                    self.push("console.public_url", format!("{text:?} must not hold ';' or ',' in its path"));
                     None
                 }
                 Ok(u) => Some(u),

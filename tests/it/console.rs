@@ -128,12 +128,12 @@ fn must_login(d: &TestDaemon, url: &str) -> Session {
 }
 
 fn key_names(d: &TestDaemon, s: &Session) -> Vec<String> {
-    let a = call(
+    let a = with_cookie(
         d,
         "GET",
         "/v1/admin/keys?limit=100",
-        &[("Cookie", &s.cookie)],
-        "",
+        &s.cookie,
+        Some(&s.csrf),
     );
     assert_eq!(a.status, 200, "{}", a.body);
     assert_eq!(a.header("cache-control"), Some("no-store"));
@@ -234,6 +234,20 @@ fn a_console_link_logs_in_once_as_its_user_and_changes_need_the_csrf_token() {
         assert!(!log.contains(secret), "a console secret is in the log");
     }
 
+    // The token is answered by the login only: a reload reads the session with
+    // the token the page kept.
+    let reload = with_cookie(
+        &d,
+        "GET",
+        "/console/session",
+        &alice.cookie,
+        Some(&alice.csrf),
+    );
+    assert_eq!(reload.status, 200, "{}", reload.body);
+    assert_eq!(json(&reload)["user"], "alice");
+    assert!(!reload.body.contains(&alice.csrf), "{}", reload.body);
+    assert_eq!(json(&reload).get("csrf_token"), None);
+
     // Logout needs the token too, then ends the session.
     let out = with_cookie(&d, "DELETE", "/console/session", &alice.cookie, None);
     assert_eq!(out.status, 403);
@@ -249,6 +263,128 @@ fn a_console_link_logs_in_once_as_its_user_and_changes_need_the_csrf_token() {
     let after = with_cookie(&d, "GET", "/v1/admin/keys", &alice.cookie, None);
     assert_eq!(after.status, 401, "{}", after.body);
     assert_eq!(json(&after)["error"]["code"], "console_session");
+}
+
+/// Regression: browsers send the `apikeyd_session` cookie to every port of the
+/// host, so another local server could capture it; `GET /console/session` then
+/// answered the CSRF token for the cookie alone, and every API read took the
+/// cookie alone. Now the cookie without the token (or from another site or
+/// origin) opens nothing.
+#[test]
+fn a_stolen_cookie_without_the_token_opens_nothing() {
+    let (d, _) = daemon(CONSOLE);
+    let (key, _) = d.create("admin", "ops-key", &[]);
+    let job = "00000000-0000-0000-0000-000000000000";
+    let s = must_login(&d, &link(&d, None));
+    let gets = [
+        "/console/session".to_owned(),
+        "/v1/admin/whoami".into(),
+        "/v1/admin/keys".into(),
+        format!("/v1/admin/keys/{key}"),
+        "/v1/admin/audit".into(),
+        "/v1/admin/jobs".into(),
+        format!("/v1/admin/jobs/{job}"),
+        "/v1/admin/messages".into(),
+        "/v1/admin/plan".into(),
+    ];
+    for path in &gets {
+        let stolen = with_cookie(&d, "GET", path, &s.cookie, None);
+        assert_eq!(stolen.status, 403, "{path}: {}", stolen.body);
+        assert_eq!(json(&stolen)["error"]["code"], "csrf", "{path}");
+        assert!(!stolen.body.contains(&s.csrf), "{path}");
+        assert_eq!(
+            stolen.header("x-content-type-options"),
+            Some("nosniff"),
+            "{path}"
+        );
+        let wrong = with_cookie(&d, "GET", path, &s.cookie, Some("0"));
+        assert_eq!(wrong.status, 403, "{path}: {}", wrong.body);
+    }
+    // With the token the same reads work, and the session answer holds no token.
+    let own = with_cookie(&d, "GET", "/console/session", &s.cookie, Some(&s.csrf));
+    assert_eq!(own.status, 200, "{}", own.body);
+    assert!(
+        !own.body.contains(&s.csrf) && !own.body.contains("csrf"),
+        "{}",
+        own.body
+    );
+    let keys = with_cookie(&d, "GET", "/v1/admin/keys", &s.cookie, Some(&s.csrf));
+    assert_eq!(keys.status, 200, "{}", keys.body);
+    assert_eq!(keys.header("x-content-type-options"), Some("nosniff"));
+
+    // Token and cookie, but the browser says another site or origin sent it.
+    let port = d.addr.port();
+    let own_origin = format!("http://127.0.0.1:{port}");
+    let other_port = format!("http://127.0.0.1:{}", port.wrapping_add(1));
+    let cases: [(&str, &str, u16); 5] = [
+        ("Sec-Fetch-Site", "same-site", 403),
+        ("Sec-Fetch-Site", "cross-site", 403),
+        ("Origin", &other_port, 403),
+        ("Sec-Fetch-Site", "same-origin", 200),
+        ("Origin", &own_origin, 200),
+    ];
+    for (name, value, status) in cases {
+        for path in ["/console/session", "/v1/admin/keys"] {
+            let headers = [
+                ("Cookie", s.cookie.as_str()),
+                ("X-CSRF-Token", s.csrf.as_str()),
+                (name, value),
+            ];
+            let a = call(&d, "GET", path, &headers, "");
+            assert_eq!(a.status, status, "{name}: {value} on {path}: {}", a.body);
+        }
+    }
+
+    // Two session cookies (another server on the host set one too): each is
+    // tried, not the first only.
+    let both = format!("apikeyd_session=00; {}", s.cookie);
+    for path in ["/console/session", "/v1/admin/keys"] {
+        let a = with_cookie(&d, "GET", path, &both, Some(&s.csrf));
+        assert_eq!(a.status, 200, "{path}: {}", a.body);
+    }
+}
+
+/// A new login from a page that has a session (it sends that session's cookie
+/// and token) ends that session server-side; the cookie alone ends nothing.
+#[test]
+fn a_new_login_ends_the_pages_previous_session() {
+    let (d, _) = daemon(CONSOLE);
+    let first = must_login(&d, &link(&d, None));
+    let body = |url: &str| serde_json::json!({ "token": token_of(url) }).to_string();
+    // The cookie without the token: a login, but the old session goes on.
+    let url = link(&d, None);
+    let a = call(
+        &d,
+        "POST",
+        "/console/session",
+        &[("Cookie", &first.cookie)],
+        &body(&url),
+    );
+    assert_eq!(a.status, 200, "{}", a.body);
+    let still = with_cookie(
+        &d,
+        "GET",
+        "/console/session",
+        &first.cookie,
+        Some(&first.csrf),
+    );
+    assert_eq!(still.status, 200, "{}", still.body);
+    // With the token: the old session ends.
+    let url = link(&d, None);
+    let headers = [
+        ("Cookie", first.cookie.as_str()),
+        ("X-CSRF-Token", &first.csrf),
+    ];
+    let a = call(&d, "POST", "/console/session", &headers, &body(&url));
+    assert_eq!(a.status, 200, "{}", a.body);
+    let ended = with_cookie(
+        &d,
+        "GET",
+        "/console/session",
+        &first.cookie,
+        Some(&first.csrf),
+    );
+    assert_eq!(ended.status, 401, "{}", ended.body);
 }
 
 #[test]
@@ -269,7 +405,7 @@ fn links_expire_and_sessions_end_when_idle_or_at_their_limit() {
     key_names(&d, &s);
     // Within session_max (an hour), but 30 minutes since the last request.
     move_clock(&clock, 301 + 59 * 60);
-    let idle = call(&d, "GET", "/v1/admin/keys", &[("Cookie", &s.cookie)], "");
+    let idle = with_cookie(&d, "GET", "/v1/admin/keys", &s.cookie, Some(&s.csrf));
     assert_eq!(idle.status, 401);
     assert!(idle.body.contains("without use"), "{}", idle.body);
 
@@ -282,7 +418,7 @@ fn links_expire_and_sessions_end_when_idle_or_at_their_limit() {
         key_names(&d, &s);
     }
     move_clock(&clock, start + 60 * 60);
-    let over = call(&d, "GET", "/console/session", &[("Cookie", &s.cookie)], "");
+    let over = with_cookie(&d, "GET", "/console/session", &s.cookie, Some(&s.csrf));
     assert_eq!(over.status, 401);
     assert!(over.body.contains("limit of 1 hour"), "{}", over.body);
 }
@@ -360,10 +496,13 @@ fn the_console_is_off_beyond_loopback_unless_switched_on() {
     let url = link(&d, None);
     assert!(login(&d, &url).is_ok());
 
-    // Behind an HTTPS proxy: no warning, links at the public address, Secure cookie.
+    // Behind an HTTPS proxy, under a path: no warning, links at the public
+    // address, a Secure cookie for that path only.
     std::fs::write(
         &d.config,
-        format!("{open}\n[console]\nenabled = true\npublic_url = \"https://keys.example.com/\"\n"),
+        format!(
+            "{open}\n[console]\nenabled = true\npublic_url = \"https://keys.example.com/keys/\"\n"
+        ),
     )
     .unwrap();
     let check = check_config(&d.config);
@@ -371,16 +510,23 @@ fn the_console_is_off_beyond_loopback_unless_switched_on() {
     d.restart();
     let out = d.ok(&["console-link"]);
     assert!(
-        out.starts_with("https://keys.example.com/console/#login="),
+        out.starts_with("https://keys.example.com/keys/console/#login="),
         "{out}"
     );
     let body = serde_json::json!({ "token": token_of(out.trim()) }).to_string();
     let a = call(&d, "POST", "/console/session", &[], &body);
-    assert!(a.header("set-cookie").unwrap().contains("; Secure"));
+    let set = a.header("set-cookie").unwrap();
+    assert!(set.contains("; Secure"), "{set}");
+    assert!(set.contains("; Path=/keys/;"), "{set}");
 }
 
+/// Regression (login CSRF): the page used the link in its fragment as soon as
+/// it loaded, so a page opened by someone else's link logged the browser in as
+/// that someone. Now it asks, and uses the link only on a click; `--dump-dom`
+/// cannot click, so this checks the page asks and leaves the link unused, and
+/// the login itself is tested over HTTP.
 #[test]
-fn the_console_shows_the_callers_keys_in_headless_chromium() {
+fn the_console_page_asks_before_using_a_link_in_headless_chromium() {
     let chromium = find_program("chromium", &["/usr/bin", "/usr/local/bin"]);
     if !crate::util::require(
         "Debian's chromium (apt-get install chromium)",
@@ -392,40 +538,31 @@ fn the_console_shows_the_callers_keys_in_headless_chromium() {
         return;
     }
     let (d, _) = daemon("");
-    d.create(
-        "alice",
-        "alices-first-key",
-        &["--description", "for the catalog sync"],
-    );
-    d.create("alice", "alices-second-key", &[]);
-    d.create("bob", "bobs-key", &[]);
+    d.create("alice", "alices-first-key", &[]);
     let url = link(&d, Some(65534));
     let out = dump_dom(chromium.as_ref().unwrap(), &url);
     let dom = String::from_utf8_lossy(&out.stdout);
     assert!(
-        dom.contains("alices-first-key") && dom.contains("alices-second-key"),
-        "the key list is not in the page: {dom}\n{}",
+        dom.contains(r#"<section id="login" aria-labelledby="login-title">"#)
+            && dom.contains(r#"<button id="login-button" type="button">Log in</button>"#),
+        "the page does not ask to log in: {dom}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(dom.contains("for the catalog sync"), "{dom}");
-    // Times are rendered by the page (in the browser's zone), machine-readable too.
-    assert!(dom.contains("<time datetime=\""), "{dom}");
-    assert!(
-        dom.contains("hide-owner"),
-        "an owner does not get the owner column"
-    );
-    assert!(!dom.contains("bobs-key"), "alice sees bob's key: {dom}");
+    assert!(!dom.contains("alices-first-key"), "{dom}");
     assert!(
         !dom.contains(token_of(&url)),
         "the login token is in the page"
     );
-    assert!(dom.contains("alice"), "{dom}");
-    // The link was used by the browser: it cannot log in again, and the page says so.
-    assert_eq!(login(&d, &url).err().unwrap().status, 401);
-    let again = dump_dom(chromium.as_ref().unwrap(), &url);
-    let dom = String::from_utf8_lossy(&again.stdout);
-    assert!(dom.contains("used already"), "{dom}");
-    assert!(!dom.contains("alices-first-key"), "{dom}");
+    // The browser did not use the link: it still logs in, once.
+    let s = must_login(&d, &url);
+    assert_eq!(key_names(&d, &s), ["alices-first-key"]);
+
+    // Without a link, in a tab that has no session token, the page says to
+    // open a new link.
+    let base = url.split_once('#').unwrap().0;
+    let bare = dump_dom(chromium.as_ref().unwrap(), base);
+    let dom = String::from_utf8_lossy(&bare.stdout);
+    assert!(dom.contains("open a new console link"), "{dom}");
 }
 
 /// The page at `url` after its scripts ran, from a fresh headless Chromium
@@ -470,7 +607,7 @@ fn the_pages_filter_choices_are_ones_the_list_api_takes() {
         for value in select.split("value=\"").skip(1) {
             let value = value.split('"').next().unwrap();
             let path = format!("/v1/admin/keys?limit=5&{name}={value}");
-            let a = with_cookie(&d, "GET", &path, &s.cookie, None);
+            let a = with_cookie(&d, "GET", &path, &s.cookie, Some(&s.csrf));
             assert_eq!(a.status, 200, "{path}: {}", a.body);
             checked += 1;
         }

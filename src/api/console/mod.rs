@@ -9,7 +9,7 @@ pub mod sessions;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
@@ -26,7 +26,7 @@ use sessions::{Refusal, SessionInfo};
 
 /// The session cookie's name.
 const COOKIE: &str = "apikeyd_session";
-/// The header a cookie-authenticated change carries its CSRF token in.
+/// The header every cookie-authenticated request carries its CSRF token in.
 const CSRF_HEADER: &str = "x-csrf-token";
 
 /// Every console response: no script or style but the console's own files, no
@@ -91,15 +91,69 @@ async fn file(axum::extract::Path(name): axum::extract::Path<String>) -> Respons
     asset(&name)
 }
 
-/// The value of the session cookie, if the request has one.
-fn session_cookie(headers: &HeaderMap) -> Option<&str> {
+/// The values of the request's session cookies. There can be several (another
+/// server on the host, or a page under another path, set one too): each is
+/// tried, not the first only.
+fn session_cookies(headers: &HeaderMap) -> impl Iterator<Item = &str> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
-        .find_map(|c| c.trim().strip_prefix(COOKIE)?.strip_prefix('='))
+        .filter_map(|c| c.trim().strip_prefix(COOKIE)?.strip_prefix('='))
         .filter(|v| !v.is_empty())
+}
+
+/// The session one of the request's cookies names with the request's CSRF
+/// token, and that cookie; else why the first was refused.
+fn session_of<'h>(
+    st: &AppState,
+    headers: &'h HeaderMap,
+) -> Result<(&'h str, SessionInfo), Refusal> {
+    let directory = &st.keys.settings().directory;
+    let mut first = None;
+    for id in session_cookies(headers) {
+        match st.console.authenticate(id, csrf_of(headers), directory) {
+            Ok(info) => return Ok((id, info)),
+            Err(r) => {
+                first.get_or_insert(r);
+            }
+        }
+    }
+    Err(first.unwrap_or(Refusal::NoSession))
+}
+
+/// The CSRF token a request sends.
+fn csrf_of(headers: &HeaderMap) -> Option<&str> {
+    headers.get(CSRF_HEADER).and_then(|v| v.to_str().ok())
+}
+
+/// Defence in depth beside the token: a request the browser says comes from
+/// another site (`Sec-Fetch-Site`), or from another origin (`Origin`, which also
+/// tells another port of the same host apart), is refused. Requests without
+/// these headers (not from a browser) pass: the token protects those.
+fn foreign(st: &AppState, headers: &HeaderMap) -> Option<ApiError> {
+    let text = |name: &str| headers.get(name).map(|v| v.to_str().unwrap_or("?"));
+    let site_ok = text("sec-fetch-site").is_none_or(|s| matches!(s, "same-origin" | "none"));
+    let origin_ok = text(header::ORIGIN.as_str()).is_none_or(|o| {
+        // Ours: the origin links are made with, or (a listener on every
+        // address, reached by any of its names) the host the browser asked.
+        let own = st.console.origin();
+        let scheme = own
+            .as_deref()
+            .and_then(|o| o.split_once("://"))
+            .map_or("http", |(s, _)| s);
+        Some(o) == own.as_deref()
+            || text(header::HOST.as_str()).is_some_and(|h| o == format!("{scheme}://{h}"))
+    });
+    (!site_ok || !origin_ok).then(|| {
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            "csrf",
+            "the console answers its own page only (this request came from another site or origin)"
+                .into(),
+        )
+    })
 }
 
 fn refused(r: &Refusal) -> ApiError {
@@ -116,9 +170,11 @@ fn refused(r: &Refusal) -> ApiError {
     ApiError::new(status, code, r.to_string())
 }
 
-/// The cookie that holds `value` (empty and expired: the cookie removed).
+/// The cookie that holds `value` (empty and expired: the cookie removed), sent
+/// only under the console's public path.
 fn cookie(st: &AppState, value: &str) -> HeaderValue {
-    let mut c = format!("{COOKIE}={value}; HttpOnly; SameSite=Strict; Path=/");
+    let path = st.console.config().cookie_path();
+    let mut c = format!("{COOKIE}={value}; HttpOnly; SameSite=Strict; Path={path}");
     if value.is_empty() {
         c.push_str("; Max-Age=0");
     }
@@ -129,11 +185,12 @@ fn cookie(st: &AppState, value: &str) -> HeaderValue {
     HeaderValue::from_str(&c).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
+/// What the page learns about its session; never its token, which only the
+/// login answers (`GET` would give it to anyone holding the cookie).
 fn session_json(info: &SessionInfo) -> serde_json::Value {
     json!({
         "user": info.actor.name,
         "admin": info.actor.admin,
-        "csrf_token": info.csrf.expose(),
         "expires_at": info.expires.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
     })
 }
@@ -162,6 +219,9 @@ async fn login(
             "send the login as application/json".into(),
         ));
     }
+    if let Some(e) = foreign(&st, &headers) {
+        return Err(e);
+    }
     let req: Login = parse_body(body)?;
     let directory = &st.keys.settings().directory;
     let new = st
@@ -169,38 +229,42 @@ async fn login(
         .login(&req.token, directory)
         .map_err(|r| refused(&r))?;
     tracing::info!(user = %new.info.actor.name, "console login");
-    let mut r = Json(session_json(&new.info)).into_response();
+    // A new login replaces the page's session: the page sent that session's
+    // token (the cookie alone must not end someone's session).
+    if let Ok((old, _)) = session_of(&st, &headers) {
+        st.console.logout(old);
+    }
+    let mut answer = session_json(&new.info);
+    answer["csrf_token"] = new.csrf.expose().into();
+    let mut r = Json(answer).into_response();
     r.headers_mut()
         .insert(header::SET_COOKIE, cookie(&st, new.id.expose()));
     Ok(r)
 }
 
-/// `GET /console/session`: the session the cookie names (the page reloaded).
+/// `GET /console/session`: the session the cookie and the token name (the
+/// page reloaded, its token in `sessionStorage`).
 async fn current(State(st): State<AppState>, headers: HeaderMap) -> ApiResult<Response> {
-    let id = session_cookie(&headers).ok_or_else(|| refused(&Refusal::NoSession))?;
-    let info = st
-        .console
-        .authenticate(id, false, None, &st.keys.settings().directory)
-        .map_err(|r| refused(&r))?;
+    if let Some(e) = foreign(&st, &headers) {
+        return Err(e);
+    }
+    let (_, info) = session_of(&st, &headers).map_err(|r| refused(&r))?;
     Ok(Json(session_json(&info)).into_response())
 }
 
 /// `DELETE /console/session`: log out (with the CSRF token, as every change).
 async fn logout(State(st): State<AppState>, headers: HeaderMap) -> ApiResult<Response> {
-    if let Some(id) = session_cookie(&headers) {
-        let csrf = headers.get(CSRF_HEADER).and_then(|v| v.to_str().ok());
-        match st
-            .console
-            .authenticate(id, true, csrf, &st.keys.settings().directory)
-        {
-            Ok(info) => {
-                st.console.logout(id);
-                tracing::info!(user = %info.actor.name, "console logout");
-            }
-            Err(r @ (Refusal::CsrfMissing | Refusal::CsrfWrong)) => return Err(refused(&r)),
-            // Ended already: the cookie goes all the same.
-            Err(_) => {}
+    if let Some(e) = foreign(&st, &headers) {
+        return Err(e);
+    }
+    match session_of(&st, &headers) {
+        Ok((id, info)) => {
+            st.console.logout(id);
+            tracing::info!(user = %info.actor.name, "console logout");
         }
+        Err(r @ (Refusal::CsrfMissing | Refusal::CsrfWrong)) => return Err(refused(&r)),
+        // Ended already, or never: the cookie goes all the same.
+        Err(_) => {}
     }
     let mut r = StatusCode::NO_CONTENT.into_response();
     r.headers_mut().insert(header::SET_COOKIE, cookie(&st, ""));
@@ -257,29 +321,36 @@ pub(crate) async fn link(
 }
 
 /// The admin API's guard for a request without `Authorization` that carries the
-/// console's cookie: the session's user is the actor; a change needs the CSRF
-/// token. Answers are not cached.
-pub(crate) async fn cookie_actor(st: AppState, id: &str, mut req: Request, next: Next) -> Response {
-    if !st.console.config().enabled {
-        return refused(&Refusal::NoSession).into_response();
-    }
-    let change = !matches!(*req.method(), Method::GET | Method::HEAD);
-    let csrf = req.headers().get(CSRF_HEADER).and_then(|v| v.to_str().ok());
-    let info = match st
-        .console
-        .authenticate(id, change, csrf, &st.keys.settings().directory)
-    {
-        Ok(info) => info,
-        Err(r) => return refused(&r).into_response(),
+/// console's cookie: the session's user is the actor, if the request also
+/// carries the session's CSRF token (any method: the cookie alone is no
+/// session). Answers are not cached or sniffed.
+pub(crate) async fn cookie_actor(st: AppState, mut req: Request, next: Next) -> Response {
+    let checked = if !st.console.config().enabled {
+        Err(refused(&Refusal::NoSession))
+    } else if let Some(e) = foreign(&st, req.headers()) {
+        Err(e)
+    } else {
+        session_of(&st, req.headers())
+            .map(|(_, info)| info)
+            .map_err(|r| refused(&r))
     };
-    req.extensions_mut().insert(info.actor);
-    let mut r = next.run(req).await;
-    r.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    let mut r = match checked {
+        Ok(info) => {
+            req.extensions_mut().insert(info.actor);
+            next.run(req).await
+        }
+        Err(e) => e.into_response(),
+    };
+    let h = r.headers_mut();
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
     r
 }
 
-/// The session cookie of a request, for the admin API's guard.
-pub(crate) fn cookie_of(headers: &HeaderMap) -> Option<String> {
-    session_cookie(headers).map(str::to_owned)
+/// Whether a request carries a session cookie, for the admin API's guard.
+pub(crate) fn has_cookie(headers: &HeaderMap) -> bool {
+    session_cookies(headers).next().is_some()
 }

@@ -3,7 +3,7 @@
 //! only as its SHA-256, so a memory dump of the map gives nothing to log in with.
 //! Every expiry is read from the injected clock.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 
 use chrono::{DateTime, Utc};
@@ -16,17 +16,23 @@ use crate::clock::SharedClock;
 use crate::config::{ConsoleConfig, Directory};
 use crate::keys::Actor;
 
-/// Most links waiting to be used, and most sessions, at once: beyond them new
-/// ones are refused rather than memory growing without bound.
+/// Most links waiting to be used, and most sessions, of one user: a new one
+/// ends that user's oldest, so no user can fill the maps and lock others out.
+const USER_LINKS: usize = 3;
+const USER_SESSIONS: usize = 10;
+
+/// Most links and sessions of everyone at once, a backstop: beyond them new ones
+/// are refused rather than memory growing without bound.
 const MAX_LINKS: usize = 1_000;
 const MAX_SESSIONS: usize = 10_000;
 
-/// How long a used-up link is remembered as expired (rather than unknown), so a
-/// late click gets the clearer message.
-const REMEMBER_EXPIRED: chrono::Duration = chrono::Duration::hours(1);
+/// How many used or expired links are remembered, so a late or second click
+/// gets the clearer message; the oldest are forgotten first.
+const REMEMBERED_LINKS: usize = 1_000;
 
-/// A secret token: its `Debug` never shows it.
-#[derive(Clone, PartialEq, Eq)]
+/// A secret token: its `Debug` never shows it, and it has no `==` (which would
+/// not compare in constant time); compare with `subtle`.
+#[derive(Clone)]
 pub struct Token(String);
 
 impl Token {
@@ -76,9 +82,10 @@ pub enum Refusal {
     /// The session's user is no longer configured.
     #[error("the console session's user is no longer configured")]
     UserGone,
-    /// A change without the session's CSRF token.
+    /// A request without the session's CSRF token: the cookie alone is not a
+    /// session (browsers send it to every port of the host).
     #[error(
-        "a change through the console needs the session's CSRF token in the X-CSRF-Token header"
+        "a request through the console needs the session's CSRF token in the X-CSRF-Token header; open a new console link (apikeyctl console-link) if this tab has lost it"
     )]
     CsrfMissing,
     /// A change with a wrong CSRF token.
@@ -93,7 +100,13 @@ struct Link {
     actor: Actor,
     from_root: bool,
     expires: DateTime<Utc>,
-    used: bool,
+}
+
+/// How a link that is gone ended, for its message.
+#[derive(Clone, Copy)]
+enum Ended {
+    Used,
+    Expired(DateTime<Utc>),
 }
 
 struct Session {
@@ -119,6 +132,9 @@ pub struct NewLink {
 pub struct NewSession {
     /// The cookie's value.
     pub id: Token,
+    /// The session's second secret, answered only here: the page keeps it and
+    /// sends it with every request, so the cookie alone is no session.
+    pub csrf: Token,
     /// What the session is.
     pub info: SessionInfo,
 }
@@ -128,16 +144,106 @@ pub struct NewSession {
 pub struct SessionInfo {
     /// Who is logged in, with the rights in force now.
     pub actor: Actor,
-    /// Sent back with every change.
-    pub csrf: Token,
     /// When the session ends at the latest.
     pub expires: DateTime<Utc>,
 }
 
+/// Links or sessions by the hash of their token, with each user's in the order
+/// they were made, so a user at the cap loses their own oldest.
+struct PerUser<T> {
+    entries: HashMap<Hash, (String, T)>,
+    by_user: HashMap<String, VecDeque<Hash>>,
+}
+
+impl<T> Default for PerUser<T> {
+    fn default() -> Self {
+        Self {
+            entries: HashMap::new(),
+            by_user: HashMap::new(),
+        }
+    }
+}
+
+impl<T> PerUser<T> {
+    fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    fn get_mut(&mut self, h: &Hash) -> Option<&mut T> {
+        self.entries.get_mut(h).map(|(_, t)| t)
+    }
+
+    fn remove(&mut self, h: &Hash) -> Option<T> {
+        let (user, t) = self.entries.remove(h)?;
+        if let Some(mine) = self.by_user.get_mut(&user) {
+            // At most the per-user cap long.
+            mine.retain(|x| x != h);
+            if mine.is_empty() {
+                self.by_user.remove(&user);
+            }
+        }
+        Some(t)
+    }
+
+    /// Remove (and hand back) every entry `gone` says has ended: only when the
+    /// map is full, and the map is bounded.
+    fn prune(&mut self, gone: impl Fn(&T) -> bool) -> Vec<(Hash, T)> {
+        let ended: Vec<Hash> = self
+            .entries
+            .iter()
+            .filter(|(_, (_, t))| gone(t))
+            .map(|(h, _)| *h)
+            .collect();
+        ended
+            .into_iter()
+            .filter_map(|h| self.remove(&h).map(|t| (h, t)))
+            .collect()
+    }
+
+    /// Add `t` for `user`: at `per_user` entries, the user's oldest goes first
+    /// (answered `Some(true)`); at `max` entries in all, nothing is added
+    /// (`None`).
+    fn insert(&mut self, user: &str, h: Hash, t: T, per_user: usize, max: usize) -> Option<bool> {
+        let oldest = self
+            .by_user
+            .get(user)
+            .filter(|mine| mine.len() >= per_user)
+            .and_then(|mine| mine.front().copied());
+        if let Some(old) = oldest {
+            self.remove(&old);
+        }
+        if self.entries.len() >= max {
+            return None;
+        }
+        self.entries.insert(h, (user.to_owned(), t));
+        self.by_user
+            .entry(user.to_owned())
+            .or_default()
+            .push_back(h);
+        Some(oldest.is_some())
+    }
+}
+
 #[derive(Default)]
 struct Maps {
-    links: HashMap<Hash, Link>,
-    sessions: HashMap<Hash, Session>,
+    links: PerUser<Link>,
+    sessions: PerUser<Session>,
+    /// Links used or expired lately, oldest first, at most `REMEMBERED_LINKS`.
+    ended: HashMap<Hash, Ended>,
+    ended_order: VecDeque<Hash>,
+}
+
+impl Maps {
+    fn remember(&mut self, h: Hash, how: Ended) {
+        if self.ended_order.len() >= REMEMBERED_LINKS {
+            if let Some(old) = self.ended_order.pop_front() {
+                self.ended.remove(&old);
+            }
+        }
+        if self.ended.insert(h, how).is_none() {
+            self.ended_order.push_back(h);
+        }
+    }
 }
 
 /// The console's links and sessions.
@@ -157,6 +263,11 @@ impl fmt::Debug for Sessions {
             .field("sessions", &maps.sessions.len())
             .finish_non_exhaustive()
     }
+}
+
+/// `t + d`, or the end of time where that would overflow (a huge limit).
+fn later(t: DateTime<Utc>, d: chrono::Duration) -> DateTime<Utc> {
+    t.checked_add_signed(d).unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
 fn chrono(d: std::time::Duration) -> chrono::Duration {
@@ -190,6 +301,15 @@ impl Sessions {
         Self::new(ConsoleConfig::default(), String::new(), clock)
     }
 
+    /// The console's own origin (`scheme://host[:port]`), from the address its
+    /// links are made with.
+    pub fn origin(&self) -> Option<String> {
+        url::Url::parse(&self.base)
+            .ok()
+            .map(|u| u.origin().ascii_serialization())
+            .filter(|o| o != "null")
+    }
+
     /// The settings.
     pub fn config(&self) -> &ConsoleConfig {
         &self.config
@@ -198,60 +318,64 @@ impl Sessions {
     /// A one-time link that logs `actor` in.
     pub fn issue_link(&self, actor: Actor, from_root: bool) -> Result<NewLink, Refusal> {
         let now = self.clock.now();
-        let expires = now + chrono(self.config.link_lifetime);
+        let expires = later(now, chrono(self.config.link_lifetime));
         let token = Token::random();
+        let user = actor.name.clone();
         let mut maps = self.maps.lock();
-        maps.links.retain(|_, l| l.expires + REMEMBER_EXPIRED > now);
-        if maps
-            .links
-            .values()
-            .filter(|l| !l.used && l.expires > now)
-            .count()
-            >= MAX_LINKS
-        {
-            return Err(Refusal::Full("links"));
+        if maps.links.len() >= MAX_LINKS {
+            for (h, l) in maps.links.prune(|l| l.expires <= now) {
+                maps.remember(h, Ended::Expired(l.expires));
+            }
         }
-        maps.links.insert(
-            hash(token.expose()),
-            Link {
-                actor,
-                from_root,
-                expires,
-                used: false,
-            },
-        );
+        let link = Link {
+            actor,
+            from_root,
+            expires,
+        };
+        match maps
+            .links
+            .insert(&user, hash(token.expose()), link, USER_LINKS, MAX_LINKS)
+        {
+            Some(true) => tracing::warn!(
+                user = %user,
+                most = USER_LINKS,
+                "console: a new link for this user ends their oldest unused one"
+            ),
+            Some(false) => {}
+            None => {
+                tracing::warn!(most = MAX_LINKS, "console: too many links at once; refused");
+                return Err(Refusal::Full("links"));
+            }
+        }
         Ok(NewLink {
             url: Token(format!("{}/console/#login={}", self.base, token.expose())),
             expires,
         })
     }
 
-    /// Use a link's token (once): a new session for its actor.
+    /// Use a link's token (once: it is gone after, remembered only for the
+    /// message): a new session for its actor.
     pub fn login(&self, token: &str, directory: &Directory) -> Result<NewSession, Refusal> {
         let now = self.clock.now();
+        let h = hash(token);
         let mut maps = self.maps.lock();
-        let link = match maps.links.get_mut(&hash(token)) {
-            None => return Err(Refusal::LinkUnknown),
-            Some(l) if l.used => return Err(Refusal::LinkUnknown),
-            Some(l) => {
-                // Used up whatever follows: a refused attempt does not leave it open.
-                l.used = true;
-                if now >= l.expires {
-                    return Err(Refusal::LinkExpired(l.expires));
-                }
-                (l.actor.clone(), l.from_root)
-            }
+        // Used up whatever follows: a refused attempt does not leave it open.
+        let Some(link) = maps.links.remove(&h) else {
+            return Err(match maps.ended.get(&h) {
+                Some(Ended::Expired(at)) => Refusal::LinkExpired(*at),
+                Some(Ended::Used) | None => Refusal::LinkUnknown,
+            });
         };
+        if now >= link.expires {
+            maps.remember(h, Ended::Expired(link.expires));
+            return Err(Refusal::LinkExpired(link.expires));
+        }
+        maps.remember(h, Ended::Used);
         let idle = chrono(self.config.session_idle);
         let max = chrono(self.config.session_max);
-        maps.sessions
-            .retain(|_, s| now < s.last_seen + idle && now < s.started + max);
-        if maps.sessions.len() >= MAX_SESSIONS {
-            return Err(Refusal::Full("sessions"));
-        }
         let session = Session {
-            actor: link.0,
-            from_root: link.1,
+            actor: link.actor,
+            from_root: link.from_root,
             csrf: Token::random(),
             started: now,
             last_seen: now,
@@ -259,20 +383,45 @@ impl Sessions {
         let actor = current_actor(&session, directory).ok_or(Refusal::UserGone)?;
         let info = SessionInfo {
             actor,
-            csrf: session.csrf.clone(),
-            expires: now + max,
+            expires: later(now, max),
         };
+        if maps.sessions.len() >= MAX_SESSIONS {
+            maps.sessions
+                .prune(|s| now >= later(s.last_seen, idle) || now >= later(s.started, max));
+        }
         let id = Token::random();
-        maps.sessions.insert(hash(id.expose()), session);
-        Ok(NewSession { id, info })
+        let csrf = session.csrf.clone();
+        let user = session.actor.name.clone();
+        match maps.sessions.insert(
+            &user,
+            hash(id.expose()),
+            session,
+            USER_SESSIONS,
+            MAX_SESSIONS,
+        ) {
+            Some(true) => tracing::warn!(
+                user = %user,
+                most = USER_SESSIONS,
+                "console: a new session for this user ends their oldest"
+            ),
+            Some(false) => {}
+            None => {
+                tracing::warn!(
+                    most = MAX_SESSIONS,
+                    "console: too many sessions at once; refused"
+                );
+                return Err(Refusal::Full("sessions"));
+            }
+        }
+        Ok(NewSession { id, csrf, info })
     }
 
-    /// The session `id` names, if it is still on: its use counts as activity.
-    /// `csrf` is checked when `change` says the request changes something.
+    /// The session `id` names, if it is still on and `csrf` is its token: its
+    /// use counts as activity. Every request needs the token, reads too: the
+    /// cookie can be captured by any server on the same host, the token cannot.
     pub fn authenticate(
         &self,
         id: &str,
-        change: bool,
         csrf: Option<&str>,
         directory: &Directory,
     ) -> Result<SessionInfo, Refusal> {
@@ -282,9 +431,9 @@ impl Sessions {
         let Some(s) = maps.sessions.get_mut(&key) else {
             return Err(Refusal::NoSession);
         };
-        let refusal = if now >= s.started + chrono(self.config.session_max) {
+        let refusal = if now >= later(s.started, chrono(self.config.session_max)) {
             Some(Refusal::Over(words(self.config.session_max)))
-        } else if now >= s.last_seen + chrono(self.config.session_idle) {
+        } else if now >= later(s.last_seen, chrono(self.config.session_idle)) {
             Some(Refusal::Idle(words(self.config.session_idle)))
         } else {
             None
@@ -293,13 +442,11 @@ impl Sessions {
             maps.sessions.remove(&key);
             return Err(r);
         }
-        if change {
-            let Some(sent) = csrf else {
-                return Err(Refusal::CsrfMissing);
-            };
-            if !bool::from(sent.as_bytes().ct_eq(s.csrf.expose().as_bytes())) {
-                return Err(Refusal::CsrfWrong);
-            }
+        let Some(sent) = csrf else {
+            return Err(Refusal::CsrfMissing);
+        };
+        if !bool::from(sent.as_bytes().ct_eq(s.csrf.expose().as_bytes())) {
+            return Err(Refusal::CsrfWrong);
         }
         let Some(actor) = current_actor(s, directory) else {
             maps.sessions.remove(&key);
@@ -308,8 +455,7 @@ impl Sessions {
         s.last_seen = now;
         Ok(SessionInfo {
             actor,
-            csrf: s.csrf.clone(),
-            expires: s.started + chrono(self.config.session_max),
+            expires: later(s.started, chrono(self.config.session_max)),
         })
     }
 
@@ -395,25 +541,26 @@ mod tests {
         };
         let a = login(&s);
         let id = a.id.expose();
-        let csrf = a.info.csrf.expose();
+        let csrf = Some(a.csrf.expose());
+        // Reads need the token too: the cookie alone is not a session.
         assert_eq!(
-            s.authenticate(id, true, None, &dir).unwrap_err(),
+            s.authenticate(id, None, &dir).unwrap_err(),
             Refusal::CsrfMissing
         );
         assert_eq!(
-            s.authenticate(id, true, Some("x"), &dir).unwrap_err(),
+            s.authenticate(id, Some("x"), &dir).unwrap_err(),
             Refusal::CsrfWrong
         );
-        s.authenticate(id, true, Some(csrf), &dir).unwrap();
+        s.authenticate(id, csrf, &dir).unwrap();
         clock.advance(chrono::Duration::minutes(29));
-        s.authenticate(id, false, None, &dir).unwrap();
+        s.authenticate(id, csrf, &dir).unwrap();
         clock.advance(chrono::Duration::minutes(30));
         assert!(matches!(
-            s.authenticate(id, false, None, &dir),
+            s.authenticate(id, csrf, &dir),
             Err(Refusal::Idle(_))
         ));
         assert_eq!(
-            s.authenticate(id, false, None, &dir).unwrap_err(),
+            s.authenticate(id, csrf, &dir).unwrap_err(),
             Refusal::NoSession
         );
 
@@ -421,21 +568,114 @@ mod tests {
         let b = login(&s);
         for _ in 0..(12 * 60 / 20 - 1) {
             clock.advance(chrono::Duration::minutes(20));
-            s.authenticate(b.id.expose(), false, None, &dir).unwrap();
+            s.authenticate(b.id.expose(), Some(b.csrf.expose()), &dir)
+                .unwrap();
         }
         clock.advance(chrono::Duration::minutes(20));
         assert_eq!(
-            s.authenticate(b.id.expose(), false, None, &dir)
+            s.authenticate(b.id.expose(), Some(b.csrf.expose()), &dir)
                 .unwrap_err(),
             Refusal::Over("12 hour(s)".into())
         );
         let c = login(&s);
         s.logout(c.id.expose());
         assert_eq!(
-            s.authenticate(c.id.expose(), false, None, &dir)
+            s.authenticate(c.id.expose(), Some(c.csrf.expose()), &dir)
                 .unwrap_err(),
             Refusal::NoSession
         );
+    }
+
+    fn user(name: &str) -> Actor {
+        Actor {
+            name: name.into(),
+            admin: false,
+        }
+    }
+
+    fn directory(users: &[&str]) -> Directory {
+        let mut d = Directory::default();
+        for u in users {
+            let user = crate::config::User {
+                name: (*u).into(),
+                email: None,
+                groups: Vec::new(),
+                unix_user: None,
+            };
+            d.users.insert((*u).into(), user);
+        }
+        d
+    }
+
+    /// Regression: the caps on links and sessions were global only, so one user
+    /// making links or logging in again and again locked everyone else out.
+    #[test]
+    fn one_user_making_many_links_and_sessions_does_not_lock_others_out() {
+        let (_, s) = setup();
+        let dir = directory(&["alice", "bob"]);
+        let mut alices = Vec::new();
+        for _ in 0..MAX_LINKS + 5 {
+            alices.push(token_of(&s.issue_link(user("alice"), false).unwrap()));
+        }
+        // Only alice's newest links work; bob still gets one.
+        let bobs = token_of(&s.issue_link(user("bob"), false).unwrap());
+        assert_eq!(s.login(&alices[0], &dir).unwrap_err(), Refusal::LinkUnknown);
+        s.login(alices.last().unwrap(), &dir).unwrap();
+        assert_eq!(s.maps.lock().links.len(), USER_LINKS - 1 + 1);
+
+        let mut sessions = Vec::new();
+        for _ in 0..MAX_SESSIONS + 5 {
+            let t = token_of(&s.issue_link(user("alice"), false).unwrap());
+            sessions.push(s.login(&t, &dir).unwrap());
+        }
+        // Bob logs in, and alice's newest sessions go on; her oldest ended.
+        let bob = s.login(&bobs, &dir).unwrap();
+        s.authenticate(bob.id.expose(), Some(bob.csrf.expose()), &dir)
+            .unwrap();
+        let newest = sessions.last().unwrap();
+        s.authenticate(newest.id.expose(), Some(newest.csrf.expose()), &dir)
+            .unwrap();
+        let oldest = &sessions[0];
+        assert_eq!(
+            s.authenticate(oldest.id.expose(), Some(oldest.csrf.expose()), &dir)
+                .unwrap_err(),
+            Refusal::NoSession
+        );
+        assert_eq!(s.maps.lock().sessions.len(), USER_SESSIONS + 1);
+    }
+
+    /// Regression: a used link stayed in the map (marked used) for an hour past
+    /// its expiry, and every new link scanned the whole map, so the map was
+    /// bounded by nothing but time. Now a used link is removed at once, and only
+    /// a bounded number of used hashes are remembered for the message.
+    #[test]
+    fn used_links_are_removed_and_only_a_few_remembered() {
+        let (clock, s) = setup();
+        let dir = Directory::default();
+        let first = token_of(&s.issue_link(root(), true).unwrap());
+        s.login(&first, &dir).unwrap();
+        let mut last = first.clone();
+        for _ in 0..REMEMBERED_LINKS * 2 {
+            last = token_of(&s.issue_link(root(), true).unwrap());
+            s.login(&last, &dir).unwrap();
+        }
+        {
+            let maps = s.maps.lock();
+            assert_eq!(maps.links.len(), 0);
+            assert!(maps.links.by_user.is_empty());
+            assert_eq!(maps.ended.len(), REMEMBERED_LINKS);
+            assert_eq!(maps.ended_order.len(), REMEMBERED_LINKS);
+        }
+        // A recent one is "used already", an old one unknown: the same message.
+        assert_eq!(s.login(&last, &dir).unwrap_err(), Refusal::LinkUnknown);
+        assert_eq!(s.login(&first, &dir).unwrap_err(), Refusal::LinkUnknown);
+        // An expired link, tried twice, says expired both times.
+        let late = token_of(&s.issue_link(root(), true).unwrap());
+        clock.advance(chrono::Duration::minutes(6));
+        for _ in 0..2 {
+            assert!(matches!(s.login(&late, &dir), Err(Refusal::LinkExpired(_))));
+        }
+        assert_eq!(s.maps.lock().links.len(), 0);
     }
 
     #[test]

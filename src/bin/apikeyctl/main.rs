@@ -231,7 +231,9 @@ async fn console_link(client: &Client, json: bool) -> anyhow::Result<ExitCode> {
         output::print_json(&link);
         return Ok(ExitCode::SUCCESS);
     }
-    let url = link["url"].as_str().unwrap_or_default();
+    let Some(url) = link["url"].as_str().filter(|u| !u.is_empty()) else {
+        anyhow::bail!("the daemon answered no console link (is apikeyd older than apikeyctl?)");
+    };
     println!("{url}");
     eprintln!(
         "Open it in your browser to log in as {} before {}; it works once.",

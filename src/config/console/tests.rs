@@ -34,6 +34,22 @@ fn beyond_loopback_without_tls_is_a_warning() {
     assert!(behind.console.secure_cookie());
 }
 
+/// Regression: the cookie's Path was always `/`, so behind a proxy that serves
+/// the console under a path, every other application on the host got it.
+#[test]
+fn the_cookie_path_is_the_public_urls_path() {
+    let c = |u: &str| from_text(&format!("[console]\npublic_url = \"{u}\"\n")).unwrap();
+    assert_eq!(from_text("").unwrap().console.cookie_path(), "/");
+    assert_eq!(c("https://keys.example.com").console.cookie_path(), "/");
+    assert_eq!(
+        c("https://example.com/keys/").console.cookie_path(),
+        "/keys/"
+    );
+    assert_eq!(c("https://example.com/keys").console.cookie_path(), "/keys");
+    let p = problems("[console]\npublic_url = \"https://example.com/a;Domain=x/\"\n");
+    assert_eq!(p[0].0, "console.public_url", "{p:?}");
+}
+
 #[test]
 fn bad_values_are_reported_with_their_key() {
     let p = problems(

@@ -1,13 +1,16 @@
 // The console's page: log in with the token in the address's fragment (which
 // never reaches a server), then show the caller's keys through the admin API.
-// The session cookie is HttpOnly; changes send the CSRF token the session
-// endpoint answers.
+// The session cookie is HttpOnly, and not enough: browsers send it to every
+// port of the host. Every request also sends the CSRF token that only the login
+// answers, kept in sessionStorage (per origin and tab, so it survives a reload
+// but not a new tab).
 
 const base = new URL(".", document.baseURI);
 const api = (path) => new URL(`../${path}`, base);
 const PAGE = 50;
 
-let csrf = null;
+const CSRF_KEY = "apikeyd.csrf";
+let csrf = sessionStorage.getItem(CSRF_KEY);
 let admin = false;
 let cursors = [];
 // The filters of the shown list, as the list API takes them.
@@ -25,7 +28,7 @@ function say(text, error = false) {
 async function call(url, options = {}) {
   const headers = { Accept: "application/json", ...(options.headers || {}) };
   const method = options.method || "GET";
-  if (csrf && method !== "GET" && method !== "HEAD") headers["X-CSRF-Token"] = csrf;
+  if (csrf) headers["X-CSRF-Token"] = csrf;
   const r = await fetch(url, { ...options, method, headers, credentials: "same-origin" });
   const body = r.status === 204 ? null : await r.json().catch(() => null);
   if (!r.ok) {
@@ -41,13 +44,50 @@ async function startSession() {
     const token = hash.slice("#login=".length);
     // Out of the address bar and history before anything else.
     history.replaceState(null, "", location.pathname + location.search);
-    return call(new URL("session", base), {
+    // Only on a click: a page opened by someone else's link (login CSRF) does
+    // not log in by itself. The previous session's token goes along, so the
+    // daemon ends that session.
+    await clicked();
+    const session = await call(new URL("session", base), {
       method: "POST",
       headers: { "Content-Type": "application/json" },
       body: JSON.stringify({ token }),
     });
+    csrf = session.csrf_token;
+    sessionStorage.setItem(CSRF_KEY, csrf);
+    return session;
   }
-  return call(new URL("session", base));
+  if (!csrf) {
+    throw new Error("Not logged in in this tab: open a new console link (run apikeyctl console-link).");
+  }
+  try {
+    return await call(new URL("session", base));
+  } catch (e) {
+    forget();
+    throw e;
+  }
+}
+
+function clicked() {
+  say("");
+  $("login").hidden = false;
+  $("login-button").focus();
+  return new Promise((resolve) => {
+    $("login-button").addEventListener(
+      "click",
+      () => {
+        $("login").hidden = true;
+        say("Logging in…");
+        resolve();
+      },
+      { once: true },
+    );
+  });
+}
+
+function forget() {
+  csrf = null;
+  sessionStorage.removeItem(CSRF_KEY);
 }
 
 function when(text) {
@@ -139,7 +179,7 @@ async function logout() {
     say(`Logging out failed: ${e.message}`, true);
     return;
   }
-  csrf = null;
+  forget();
   $("keys").hidden = true;
   $("logout").hidden = true;
   $("who").hidden = true;
@@ -154,7 +194,6 @@ async function main() {
     say(e.message, true);
     return;
   }
-  csrf = session.csrf_token;
   admin = session.admin;
   $("who").textContent = `${session.user}${admin ? " (admin: all keys)" : ""}`;
   $("who").hidden = false;

@@ -22,8 +22,11 @@
 //! The verdict, start against end (a leak fails the test):
 //! - **RSS**: from the middle of the run to its end, VmRSS grows by at most
 //!   `max(10 % of the middle value, 8 MiB)` and RssAnon by at most `max(10 %, 4
-//!   MiB)`; the first half is the warm-up (caches, the allocator's arenas, redb's page
-//!   cache of at most 32 MiB filling as the file grows, the binary's pages);
+//!   MiB)`, each plus what the database file grew meanwhile: redb keeps every page
+//!   it writes in its page cache, up to 32 MiB (`store::CACHE_BYTES`), so
+//!   that cache grows with the file (the audit trail, job history and operator
+//!   messages grow it all along) until it is full; the first half is the warm-up
+//!   (the allocator's arenas, the binary's pages faulting in);
 //! - **descriptors and threads**: the most seen in the second half is at most the
 //!   most seen in the first half plus 8 (they come and go with apikeyctl
 //!   connections, SMTP sessions and tokio's blocking threads, but stay a bounded
@@ -689,18 +692,24 @@ fn soak_stays_flat() {
             problems.push(what);
         }
     };
+    // redb keeps every page it writes in its page cache, up to CACHE_BYTES: memory
+    // that follows the database file's growth is that cache.
+    let cache_kib = (end.db_bytes.saturating_sub(mid.db_bytes) / 1024)
+        .min(apikeyd::store::CACHE_BYTES as u64 / 1024);
     for (what, m, e, floor) in [
         ("RSS", mid.rss_kib, end.rss_kib, 8 * 1024),
         ("RssAnon", mid.anon_kib, end.anon_kib, 4 * 1024),
     ] {
-        let allowed = (m / 10).max(floor);
+        let allowed = (m / 10).max(floor) + cache_kib;
         check(
             e <= m + allowed,
             format!(
-                "{what} over the second half: {:.1} -> {:.1} MiB (allowed +{:.1} MiB)",
+                "{what} over the second half: {:.1} -> {:.1} MiB (allowed +{:.1} MiB: {:.1} + {:.1} the database grew)",
                 mib(m),
                 mib(e),
-                mib(allowed)
+                mib(allowed),
+                mib(allowed - cache_kib),
+                mib(cache_kib)
             ),
         );
     }

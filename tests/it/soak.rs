@@ -135,6 +135,19 @@ fn fd_kinds(pid: i32) -> std::collections::BTreeMap<String, usize> {
     kinds
 }
 
+/// The daemon's threads, counted by name.
+fn thread_names(pid: i32) -> std::collections::BTreeMap<String, usize> {
+    let mut names = std::collections::BTreeMap::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+    {
+        let name = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        *names.entry(name.trim().to_owned()).or_insert(0) += 1;
+    }
+    names
+}
+
 fn sample(pid: i32, db: &Path) -> Sample {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let field = |name: &str| -> u64 {
@@ -509,7 +522,7 @@ fn soak_stays_flat() {
     // The idle values the end is compared with: after a moment of quiet.
     std::thread::sleep(Duration::from_secs(2));
     let idle_before = sample(pid, &db);
-    let kinds_before = fd_kinds(pid);
+    let kinds_before = (fd_kinds(pid), thread_names(pid));
 
     let total = Duration::from_secs_f64(minutes * 60.0);
     let window = total / windows as u32;
@@ -625,7 +638,7 @@ fn soak_stays_flat() {
     let (delivered, failed) = deliveries(&d);
     let mails = smtp.mails().len();
     let idle_after = sample(pid, &db);
-    let kinds_after = fd_kinds(pid);
+    let kinds_after = (fd_kinds(pid), thread_names(pid));
 
     let mut out = String::new();
     out += &format!(
@@ -668,7 +681,7 @@ fn soak_stays_flat() {
         idle_after.fds,
         idle_after.threads
     );
-    out += &format!("descriptors before: {kinds_before:?}\ndescriptors after: {kinds_after:?}\n");
+    out += &format!("descriptors and threads before: {kinds_before:?}\nafter: {kinds_after:?}\n");
     out += &format!(
         "totals: {requests} verifications ({:.0}/s), {total_changes} changes, {} notifications set, {delivered} alerts delivered ({mails} emails received), {failed} failed, {} overdue; database {:.1} MB -> {:.1} MB\n",
         requests as f64 / total.as_secs_f64(),

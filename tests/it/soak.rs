@@ -200,9 +200,21 @@ struct Seen {
 /// The verification load: `CONNECTIONS` threads, each on one keep-alive
 /// connection, sending its share of `rate` requests a second on a fixed schedule.
 struct Load {
-    windows: Arc<Vec<Mutex<Seen>>>,
-    wrong_answers: Arc<Mutex<Vec<String>>>,
+    shared: Arc<LoadShared>,
     threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+/// What the load's threads share.
+struct LoadShared {
+    probes: Vec<Probe>,
+    /// Between two requests on one connection.
+    interval: Duration,
+    started: Instant,
+    window: Duration,
+    windows: Vec<Mutex<Seen>>,
+    /// The first few, for the failure message.
+    wrong_answers: Mutex<Vec<String>>,
+    stop: Arc<AtomicBool>,
 }
 
 /// A request and what its answer must be: one of the statuses and a piece of the
@@ -213,32 +225,31 @@ struct Probe {
     body: &'static str,
 }
 
+/// Per good key four requests, three of them good (verify and forward-auth) and one
+/// refused, verify and forward-auth in turn.
 fn probes(good: &[String], refused: &[String]) -> Vec<Probe> {
     let verify = |key: &str, valid: bool| {
         let body = format!(r#"{{"key":"{key}","scope":"catalog:read"}}"#);
+        let head = "POST /v1/verify HTTP/1.1\r\nHost: soak\r\nContent-Type: application/json";
         Probe {
-            bytes: format!(
-                "POST /v1/verify HTTP/1.1\r\nHost: soak\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-                body.len()
-            )
-            .into_bytes(),
+            bytes: format!("{head}\r\nContent-Length: {}\r\n\r\n{body}", body.len()).into_bytes(),
             status: &[200],
-            body: if valid { "\"valid\":true" } else { "\"valid\":false" },
+            body: if valid {
+                "\"valid\":true"
+            } else {
+                "\"valid\":false"
+            },
         }
     };
     let auth = |key: &str, valid: bool| {
+        let head = format!("GET /v1/auth HTTP/1.1\r\nHost: soak\r\nAuthorization: Bearer {key}");
         Probe {
-        bytes: format!(
-            "GET /v1/auth HTTP/1.1\r\nHost: soak\r\nAuthorization: Bearer {key}\r\nX-Original-URI: /catalog/items\r\n\r\n"
-        )
-        .into_bytes(),
-        // A disabled key is 403, an unknown one 401.
-        status: if valid { &[200] } else { &[401, 403] },
-        body: "",
-    }
+            bytes: format!("{head}\r\nX-Original-URI: /catalog/items\r\n\r\n").into_bytes(),
+            // A disabled key is 403, an unknown one 401.
+            status: if valid { &[200] } else { &[401, 403] },
+            body: "",
+        }
     };
-    // Per four: a verify and a forward-auth of good keys, then one of each kind
-    // alternating between good and refused.
     let mut out = Vec::new();
     for (i, key) in good.iter().enumerate() {
         let bad = &refused[i % refused.len()];
@@ -265,74 +276,80 @@ impl Load {
         windows: usize,
         stop: Arc<AtomicBool>,
     ) -> Self {
-        let seen: Arc<Vec<Mutex<Seen>>> =
-            Arc::new((0..windows).map(|_| Mutex::default()).collect());
-        let wrong_answers: Arc<Mutex<Vec<String>>> = Arc::default();
-        let probes = Arc::new(probes);
-        let interval = Duration::from_secs_f64(CONNECTIONS as f64 / rate);
+        let shared = Arc::new(LoadShared {
+            probes,
+            interval: Duration::from_secs_f64(CONNECTIONS as f64 / rate),
+            started,
+            window,
+            windows: (0..windows).map(|_| Mutex::default()).collect(),
+            wrong_answers: Mutex::default(),
+            stop,
+        });
         let threads = (0..CONNECTIONS)
             .map(|c| {
-                let (seen, wrong_answers, probes, stop) = (
-                    seen.clone(),
-                    wrong_answers.clone(),
-                    probes.clone(),
-                    stop.clone(),
-                );
-                std::thread::spawn(move || {
-                    let (mut w, mut r) = split(connect(addr, Duration::from_secs(10)));
-                    w.set_nodelay(true).unwrap();
-                    // Spread the connections' schedules over one interval.
-                    let mut next = Instant::now() + interval.mul_f64(c as f64 / CONNECTIONS as f64);
-                    let mut local = Seen::default();
-                    let mut local_window = 0;
-                    let mut i = c;
-                    while !stop.load(Ordering::Relaxed) {
-                        let now = Instant::now();
-                        if next > now {
-                            std::thread::sleep(next - now);
-                        }
-                        next += interval;
-                        let p = &probes[i % probes.len()];
-                        i += CONNECTIONS;
-                        let sent = Instant::now();
-                        w.write_all(&p.bytes).unwrap();
-                        let a = read_answer(&mut r);
-                        let took = sent.elapsed();
-                        let index =
-                            ((sent - started).as_secs_f64() / window.as_secs_f64()) as usize;
-                        if index != local_window {
-                            let mut s = seen[local_window.min(windows - 1)].lock().unwrap();
-                            s.latencies.append(&mut local.latencies);
-                            s.wrong += std::mem::take(&mut local.wrong);
-                            local_window = index;
-                        }
-                        local
-                            .latencies
-                            .push(u32::try_from(took.as_micros()).unwrap_or(u32::MAX));
-                        if !p.status.contains(&a.status) || !a.body.contains(p.body) {
-                            local.wrong += 1;
-                            let mut wrong = wrong_answers.lock().unwrap();
-                            if wrong.len() < 5 {
-                                wrong.push(format!(
-                                    "{} {}: {}",
-                                    a.status,
-                                    String::from_utf8_lossy(&p.bytes).lines().next().unwrap(),
-                                    a.body
-                                ));
-                            }
-                        }
-                    }
-                    let mut s = seen[local_window.min(windows - 1)].lock().unwrap();
-                    s.latencies.append(&mut local.latencies);
-                    s.wrong += local.wrong;
-                })
+                let shared = shared.clone();
+                std::thread::spawn(move || shared.connection(addr, c))
             })
             .collect();
-        Load {
-            windows: seen,
-            wrong_answers,
-            threads,
+        Load { shared, threads }
+    }
+}
+
+impl LoadShared {
+    /// Connection `c`: every `interval` the next of its probes (a request sent late
+    /// goes at once; its latency counts from when it was written), until `stop`.
+    fn connection(&self, addr: std::net::SocketAddr, c: usize) {
+        let (mut w, mut r) = split(connect(addr, Duration::from_secs(10)));
+        w.set_nodelay(true).unwrap();
+        // Spread the connections' schedules over one interval.
+        let mut next = Instant::now() + self.interval.mul_f64(c as f64 / CONNECTIONS as f64);
+        let mut local = Seen::default();
+        let mut local_window = 0;
+        let mut i = c;
+        while !self.stop.load(Ordering::Relaxed) {
+            if let Some(wait) = next.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+            next += self.interval;
+            let p = &self.probes[i % self.probes.len()];
+            i += CONNECTIONS;
+            let sent = Instant::now();
+            w.write_all(&p.bytes).unwrap();
+            let a = read_answer(&mut r);
+            let took = sent.elapsed();
+            let window = ((sent - self.started).as_secs_f64() / self.window.as_secs_f64()) as usize;
+            if window != local_window {
+                self.merge(local_window, &mut local);
+                local_window = window;
+            }
+            local
+                .latencies
+                .push(u32::try_from(took.as_micros()).unwrap_or(u32::MAX));
+            if !p.status.contains(&a.status) || !a.body.contains(p.body) {
+                local.wrong += 1;
+                let mut wrong = self.wrong_answers.lock().unwrap();
+                if wrong.len() < 5 {
+                    // The request line only: the rest holds the key.
+                    let line = String::from_utf8_lossy(&p.bytes)
+                        .lines()
+                        .next()
+                        .unwrap()
+                        .to_owned();
+                    wrong.push(format!("{} to {line}: {}", a.status, a.body));
+                }
+            }
         }
+        self.merge(local_window, &mut local);
+    }
+
+    /// What a connection saw in `window` (the last one for requests past the end)
+    /// added to that window's.
+    fn merge(&self, window: usize, local: &mut Seen) {
+        let mut s = self.windows[window.min(self.windows.len() - 1)]
+            .lock()
+            .unwrap();
+        s.latencies.append(&mut local.latencies);
+        s.wrong += std::mem::take(&mut local.wrong);
     }
 }
 
@@ -484,6 +501,115 @@ fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
 }
 
+/// The table, a row per window.
+fn table(rows: &[Row]) -> String {
+    let mut out = String::new();
+    out += "window  end s  requests   req/s    p50    p99     max  wrong  changes  alerts  RSS MiB  anon   fds (max)  threads (max)  db MB\n";
+    for (w, r) in rows.iter().enumerate() {
+        out += &format!(
+            "{:>6} {:>6.0} {:>9} {:>7.0} {:>6} {:>6} {:>7} {:>6} {:>8} {:>7} {:>7.1} {:>5.1} {:>5} ({:>4}) {:>6} ({:>5}) {:>6.1}\n",
+            w + 1,
+            r.end_secs,
+            r.requests,
+            r.rps,
+            r.p50,
+            r.p99,
+            r.max,
+            r.wrong,
+            r.changes,
+            r.alerts,
+            mib(r.last.rss_kib),
+            mib(r.last.anon_kib),
+            r.last.fds,
+            r.most.fds,
+            r.last.threads,
+            r.most.threads,
+            r.last.db_bytes as f64 / 1e6,
+        );
+    }
+    out
+}
+
+/// Whether the run stayed flat, by the rules of the module's doc: the verdict's
+/// lines, and the rules broken.
+fn verdict(rows: &[Row], idle_before: Sample, idle_after: Sample) -> (String, Vec<String>) {
+    let mut out = String::new();
+    let half = rows.len() / 2;
+    let (first, second) = rows.split_at(half);
+    let (mid, end) = (first.last().unwrap().last, second.last().unwrap().last);
+    let max_of =
+        |rows: &[Row], f: fn(&Sample) -> u64| rows.iter().map(|r| f(&r.most)).max().unwrap();
+    let (f0, l0) = (&rows[0], rows.last().unwrap());
+    let mut problems = Vec::new();
+    let mut check = |ok: bool, what: String| {
+        out += &format!("{} {what}\n", if ok { "  ok  " } else { "  FAIL" });
+        if !ok {
+            problems.push(what);
+        }
+    };
+    // redb keeps every page it writes in its page cache, up to CACHE_BYTES: memory
+    // that follows the database file's growth is that cache.
+    let cache_kib = (end.db_bytes.saturating_sub(mid.db_bytes) / 1024)
+        .min(apikeyd::store::CACHE_BYTES as u64 / 1024);
+    for (what, m, e, floor) in [
+        ("RSS", mid.rss_kib, end.rss_kib, 8 * 1024),
+        ("RssAnon", mid.anon_kib, end.anon_kib, 4 * 1024),
+    ] {
+        let allowed = (m / 10).max(floor) + cache_kib;
+        check(
+            e <= m + allowed,
+            format!(
+                "{what} over the second half: {:.1} -> {:.1} MiB (allowed +{:.1} MiB: {:.1} + {:.1} the database grew)",
+                mib(m),
+                mib(e),
+                mib(allowed),
+                mib(allowed - cache_kib),
+                mib(cache_kib)
+            ),
+        );
+    }
+    for (what, f) in [
+        ("fds", (|s: &Sample| s.fds) as fn(&Sample) -> u64),
+        ("threads", |s: &Sample| s.threads),
+    ] {
+        let (a, b) = (max_of(first, f), max_of(second, f));
+        check(
+            b <= a + 8,
+            format!(
+                "{what}: at most {a} in the first half, {b} in the second (allowed {})",
+                a + 8
+            ),
+        );
+        let (before, after) = (f(&idle_before), f(&idle_after));
+        check(
+            after <= before + IDLE_SLACK,
+            format!(
+                "{what} when idle: {before} before the load, {after} after (allowed {})",
+                before + IDLE_SLACK
+            ),
+        );
+    }
+    check(
+        f64::from(l0.p50) <= 2.0 * f64::from(f0.p50) + 200.0,
+        format!(
+            "p50: {} µs in the first window, {} µs in the last (allowed 2x + 200)",
+            f0.p50, l0.p50
+        ),
+    );
+    check(
+        f64::from(l0.p99) <= 3.0 * f64::from(f0.p99) + 2000.0,
+        format!(
+            "p99: {} µs in the first window, {} µs in the last (allowed 3x + 2000)",
+            f0.p99, l0.p99
+        ),
+    );
+    check(
+        rows.iter().all(|r| r.requests > 0 && r.changes > 0),
+        "every window answered verifications and made changes".to_owned(),
+    );
+    (out, problems)
+}
+
 #[test]
 #[ignore = "long; tests/soak.sh runs it on the release build"]
 fn soak_stays_flat() {
@@ -613,9 +739,9 @@ fn soak_stays_flat() {
         join_within(t, "a verification thread");
     }
     join_within(churner, "the admin churn");
-    let wrong = load.wrong_answers.lock().unwrap().clone();
+    let wrong = load.shared.wrong_answers.lock().unwrap().clone();
     for (w, row) in rows.iter_mut().enumerate() {
-        let mut seen = load.windows[w].lock().unwrap();
+        let mut seen = load.shared.windows[w].lock().unwrap();
         seen.latencies.sort_unstable();
         row.requests = seen.latencies.len();
         row.rps = row.requests as f64 / window.as_secs_f64();
@@ -645,29 +771,7 @@ fn soak_stays_flat() {
         "\nsoak: {minutes} min, {windows} windows of {:.0} s; {rate} verifications/s asked, {changes_per_sec} admin commands/s; latency in µs (client side)\n",
         window.as_secs_f64()
     );
-    out += "window  end s  requests   req/s    p50    p99     max  wrong  changes  alerts  RSS MiB  anon   fds (max)  threads (max)  db MB\n";
-    for (w, r) in rows.iter().enumerate() {
-        out += &format!(
-            "{:>6} {:>6.0} {:>9} {:>7.0} {:>6} {:>6} {:>7} {:>6} {:>8} {:>7} {:>7.1} {:>5.1} {:>5} ({:>4}) {:>6} ({:>5}) {:>6.1}\n",
-            w + 1,
-            r.end_secs,
-            r.requests,
-            r.rps,
-            r.p50,
-            r.p99,
-            r.max,
-            r.wrong,
-            r.changes,
-            r.alerts,
-            mib(r.last.rss_kib),
-            mib(r.last.anon_kib),
-            r.last.fds,
-            r.most.fds,
-            r.last.threads,
-            r.most.threads,
-            r.last.db_bytes as f64 / 1e6,
-        );
-    }
+    out += &table(&rows);
     let requests: usize = rows.iter().map(|r| r.requests).sum();
     let total_changes: u64 = rows.iter().map(|r| r.changes).sum();
     out += &format!(
@@ -691,83 +795,10 @@ fn soak_stays_flat() {
         idle_after.db_bytes as f64 / 1e6,
     );
 
-    // The verdict.
-    let half = windows / 2;
-    let (first, second) = rows.split_at(half);
-    let (mid, end) = (first.last().unwrap().last, second.last().unwrap().last);
-    let max_of =
-        |rows: &[Row], f: fn(&Sample) -> u64| rows.iter().map(|r| f(&r.most)).max().unwrap();
-    let (f0, l0) = (&rows[0], rows.last().unwrap());
-    let mut problems = Vec::new();
-    let mut check = |ok: bool, what: String| {
-        out += &format!("{} {what}\n", if ok { "  ok  " } else { "  FAIL" });
-        if !ok {
-            problems.push(what);
-        }
-    };
-    // redb keeps every page it writes in its page cache, up to CACHE_BYTES: memory
-    // that follows the database file's growth is that cache.
-    let cache_kib = (end.db_bytes.saturating_sub(mid.db_bytes) / 1024)
-        .min(apikeyd::store::CACHE_BYTES as u64 / 1024);
-    for (what, m, e, floor) in [
-        ("RSS", mid.rss_kib, end.rss_kib, 8 * 1024),
-        ("RssAnon", mid.anon_kib, end.anon_kib, 4 * 1024),
-    ] {
-        let allowed = (m / 10).max(floor) + cache_kib;
-        check(
-            e <= m + allowed,
-            format!(
-                "{what} over the second half: {:.1} -> {:.1} MiB (allowed +{:.1} MiB: {:.1} + {:.1} the database grew)",
-                mib(m),
-                mib(e),
-                mib(allowed),
-                mib(allowed - cache_kib),
-                mib(cache_kib)
-            ),
-        );
-    }
-    for (what, f) in [
-        ("fds", (|s: &Sample| s.fds) as fn(&Sample) -> u64),
-        ("threads", |s: &Sample| s.threads),
-    ] {
-        let (a, b) = (max_of(first, f), max_of(second, f));
-        check(
-            b <= a + 8,
-            format!(
-                "{what}: at most {a} in the first half, {b} in the second (allowed {})",
-                a + 8
-            ),
-        );
-        let (before, after) = (f(&idle_before), f(&idle_after));
-        check(
-            after <= before + IDLE_SLACK,
-            format!(
-                "{what} when idle: {before} before the load, {after} after (allowed {})",
-                before + IDLE_SLACK
-            ),
-        );
-    }
-    check(
-        f64::from(l0.p50) <= 2.0 * f64::from(f0.p50) + 200.0,
-        format!(
-            "p50: {} µs in the first window, {} µs in the last (allowed 2x + 200)",
-            f0.p50, l0.p50
-        ),
-    );
-    check(
-        f64::from(l0.p99) <= 3.0 * f64::from(f0.p99) + 2000.0,
-        format!(
-            "p99: {} µs in the first window, {} µs in the last (allowed 3x + 2000)",
-            f0.p99, l0.p99
-        ),
-    );
-    check(
-        rows.iter().all(|r| r.requests > 0 && r.changes > 0),
-        "every window answered verifications and made changes".to_owned(),
-    );
+    let (lines, problems) = verdict(&rows, idle_before, idle_after);
+    out += &lines;
     let _ = writeln!(std::io::stderr(), "{out}");
     // And it stops cleanly.
-    drop(load.windows);
     if let Ok(mut d) = Arc::try_unwrap(d) {
         d.stop();
     }

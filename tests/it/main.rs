@@ -39,5 +39,6 @@ mod routes;
 mod security_keys;
 mod service;
 mod smtp;
+mod soak;
 mod systemd;
 mod util;

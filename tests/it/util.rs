@@ -100,6 +100,9 @@ pub struct TestDaemon {
     pub log: PathBuf,
     child: Option<Child>,
     runs: usize,
+    /// The binaries run: the test build's, or another build's (`use_bins`).
+    apikeyd: PathBuf,
+    apikeyctl: PathBuf,
 }
 
 impl TestDaemon {
@@ -128,7 +131,16 @@ impl TestDaemon {
             addr: "127.0.0.1:1".parse().unwrap(),
             child: None,
             runs: 0,
+            apikeyd: PathBuf::from(APIKEYD),
+            apikeyctl: PathBuf::from(APIKEYCTL),
         }
+    }
+
+    /// Run the `apikeyd` and `apikeyctl` in `dir` (say the release build) instead of
+    /// the test build's.
+    pub fn use_bins(&mut self, dir: &Path) {
+        self.apikeyd = dir.join("apikeyd");
+        self.apikeyctl = dir.join("apikeyctl");
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -156,8 +168,8 @@ impl TestDaemon {
             .open(&self.log)
             .unwrap();
         let program = match uid {
-            Some(_) => self.runnable_by_all(APIKEYD),
-            None => PathBuf::from(APIKEYD),
+            Some(_) => self.runnable_by_all(&self.apikeyd),
+            None => self.apikeyd.clone(),
         };
         let mut cmd = match umask {
             None => Command::new(&program),
@@ -262,7 +274,7 @@ impl TestDaemon {
 
     /// apikeyctl on this daemon's socket, not run yet.
     pub fn ctl_command(&self, args: &[&str]) -> Command {
-        self.ctl_program(Path::new(APIKEYCTL), args)
+        self.ctl_program(&self.apikeyctl, args)
     }
 
     /// `ctl_command` with apikeyctl at `program`.
@@ -281,7 +293,7 @@ impl TestDaemon {
     pub fn ctl_as(&self, uid: Option<u32>, args: &[&str]) -> Output {
         use std::os::unix::process::CommandExt;
         let mut cmd = match uid {
-            Some(_) => self.ctl_program(&self.runnable_by_all(APIKEYCTL), args),
+            Some(_) => self.ctl_program(&self.runnable_by_all(&self.apikeyctl), args),
             None => self.ctl_command(args),
         };
         if let Some(uid) = uid {
@@ -295,8 +307,8 @@ impl TestDaemon {
     /// cannot enter when the checkout is private (under /root, or a mode 0700 temp
     /// dir): then a hard link (a copy across file systems) in this daemon's dir,
     /// which every account may enter, stands in for it.
-    pub fn runnable_by_all(&self, program: &str) -> PathBuf {
-        let program = Path::new(program);
+    pub fn runnable_by_all(&self, program: impl AsRef<Path>) -> PathBuf {
+        let program = program.as_ref();
         if program.ancestors().skip(1).all(open_to_all) {
             return program.to_path_buf();
         }

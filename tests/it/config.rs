@@ -86,3 +86,27 @@ fn sighup_reloads_users_and_rejects_a_bad_file() {
     ]);
     assert!(err.contains("p6m"), "old policy still in force: {err}");
 }
+
+/// A reload applies users, groups and the policy, not the listeners or the store:
+/// it says which changed sections wait for a restart. (A `[store]` change was
+/// ignored without a word.)
+#[test]
+fn a_reload_names_the_changed_sections_that_need_a_restart() {
+    let d = TestDaemon::start();
+    let text = std::fs::read_to_string(&d.config).unwrap();
+    let changed = text.replace("worker_threads = 2", "worker_threads = 1")
+        + "\n[store]\nbackend = \"postgres\"\nurl = \"postgresql://apikeyd@127.0.0.1:1/apikeyd\"\n";
+    std::fs::write(&d.config, changed).unwrap();
+    d.signal("HUP");
+    wait_until(Duration::from_secs(20), || {
+        d.log_text().contains("configuration reloaded")
+    });
+    assert!(
+        d.log_text()
+            .contains("[server] and [store] settings changed; they take effect after a restart"),
+        "{}",
+        d.log_text()
+    );
+    // Still on its redb store: changes go on.
+    d.create("alice", "after-reload", &[]);
+}

@@ -76,3 +76,35 @@ fn served_routes_and_openapi_document_agree() {
     // Undocumented paths are not served.
     assert_eq!(request(d.addr, "GET", "/v1/nothing", &[]).status, 404);
 }
+
+/// Every admin operation that writes to the store says how a failing disk answers:
+/// 507 `disk_full`, 503 `read_only`. (Only the backup route said so.)
+#[test]
+fn every_admin_write_documents_the_disk_answers() {
+    // Writes nothing to the store: a plan, and a login link kept in memory.
+    const NOT_WRITES: [&str; 2] = ["/v1/admin/plan/policy", "/v1/admin/console-link"];
+    let doc: Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/src/api/openapi.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    let mut writes = 0;
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        if !path.starts_with("/v1/admin/") || NOT_WRITES.contains(&path.as_str()) {
+            continue;
+        }
+        for (method, op) in item.as_object().unwrap() {
+            if !["post", "patch", "delete"].contains(&method.as_str()) {
+                continue;
+            }
+            writes += 1;
+            for code in ["503", "507"] {
+                assert!(
+                    op["responses"].get(code).is_some(),
+                    "{method} {path} does not document {code}"
+                );
+            }
+        }
+    }
+    assert!(writes >= 13, "{writes}");
+}

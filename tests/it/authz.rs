@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::util::{request, require_root, stdout, wait_until, TestDaemon, DEFAULT_POLICY};
+use crate::util::{
+    request, require_root, stdout, strip_colours, wait_until, TestDaemon, DEFAULT_POLICY,
+};
 
 const NOBODY: u32 = 65534; // mapped to alice in the test config
 
@@ -58,24 +60,6 @@ fn failed_with(out: &Output, what: &str, expected: &str) {
         err.contains(expected),
         "{what}: expected {expected:?} in {err:?}"
     );
-}
-
-/// The log without its ANSI colour sequences (`ESC [ ... m`).
-fn strip_colours(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c == 'm' {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 /// Regression (issue 9, item 4): as the non-admin owner alice could re-enable a key

@@ -277,7 +277,6 @@ print(json.dumps([sorted(closed), answered]), flush=True)
 #[test]
 fn admins_on_the_socket_pass_max_connections_and_refused_callers_learn_why() {
     use std::os::unix::net::UnixStream;
-    use std::time::Duration;
 
     if !crate::util::require_root("runs apikeyctl as other accounts") {
         return;
@@ -291,31 +290,18 @@ fn admins_on_the_socket_pass_max_connections_and_refused_callers_learn_why() {
     );
     let daemon_uid = Some(1);
     let nobody = Some(65534);
-    // Fill max_connections with TCP clients within their per-client limit; a
-    // non-admin account is then refused, and told why. connect() returns before
-    // the daemon has taken a connection (a busy daemon takes a while), so the
-    // refusal is waited for. Every connection counts, an exempt admin's too: one
-    // of ours still closing (the start's `whoami`, a try above) can make the last
-    // client find the limit reached and be refused itself; then fill it again.
-    let mut attempts = 0;
-    let (open, o) = loop {
-        attempts += 1;
-        let open: Vec<_> = [("127.0.0.2", 3), ("127.0.0.3", 1)]
-            .iter()
-            .flat_map(|&(ip, n)| (0..n).map(move |_| connect_from(ip, d.addr)))
-            .collect();
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        let mut o = d.ctl_as(nobody, &["key", "list"]);
-        while o.status.success() && std::time::Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
-            o = d.ctl_as(nobody, &["key", "list"]);
-        }
-        if !o.status.success() {
-            break (open, o);
-        }
-        assert!(attempts < 5, "never refused:\n{}", d.log_text());
-        drop(open);
-    };
+    // Fill max_connections with TCP clients within their per-client limit: a
+    // non-admin account is refused, and told why.
+    let (open, o) = refused_while_held(
+        &d,
+        || {
+            [("127.0.0.2", 3), ("127.0.0.3", 1)]
+                .iter()
+                .flat_map(|&(ip, n)| (0..n).map(move |_| connect_from(ip, d.addr)))
+                .collect::<Vec<_>>()
+        },
+        || d.ctl_as(nobody, &["key", "list"]),
+    );
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("server.max_connections (4)"), "{err}");
     // The admin mapped to "daemon" gets in, as root does.
@@ -324,30 +310,46 @@ fn admins_on_the_socket_pass_max_connections_and_refused_callers_learn_why() {
     assert!(d.ctl(&["key", "list"]).status.success());
     drop(open);
     // Over the per-client limit, an admin too is refused, and told which limit.
-    // (As above: if one of root's own connections was still closing, one held here
-    // was refused instead; then hold three again.)
-    let mut attempts = 0;
-    let (held, o) = loop {
-        attempts += 1;
-        let held: Vec<_> = (0..3)
-            .map(|_| UnixStream::connect(&d.socket).unwrap())
-            .collect();
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        let mut o = d.ctl(&["key", "list"]);
-        while o.status.success() && std::time::Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
-            o = d.ctl(&["key", "list"]);
-        }
-        if !o.status.success() {
-            break (held, o);
-        }
-        assert!(attempts < 5, "never refused:\n{}", d.log_text());
-        drop(held);
-    };
+    let (held, o) = refused_while_held(
+        &d,
+        || {
+            (0..3)
+                .map(|_| UnixStream::connect(&d.socket).unwrap())
+                .collect::<Vec<_>>()
+        },
+        || d.ctl(&["key", "list"]),
+    );
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
         err.contains("server.max_connections_per_client (3)"),
         "{err}"
     );
     drop(held);
+}
+
+/// Open connections with `hold` until `attempt` is refused while they are held:
+/// what it said, and the connections. connect() returns before the daemon has
+/// taken a connection (a busy daemon takes a while), so the refusal is waited for;
+/// and every connection counts, an exempt admin's too, so one of the test's own
+/// still closing (the start's `whoami`, an earlier try) can make a held one the
+/// refused one: then they are opened again.
+fn refused_while_held<T>(
+    d: &TestDaemon,
+    hold: impl Fn() -> Vec<T>,
+    attempt: impl Fn() -> std::process::Output,
+) -> (Vec<T>, std::process::Output) {
+    use std::time::{Duration, Instant};
+    for _ in 0..5 {
+        let held = hold();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut o = attempt();
+        while o.status.success() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+            o = attempt();
+        }
+        if !o.status.success() {
+            return (held, o);
+        }
+    }
+    panic!("never refused:\n{}", d.log_text());
 }

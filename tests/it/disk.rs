@@ -13,7 +13,9 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::util::{bearer, http, require_root, wait_until, TestDaemon, DEFAULT_POLICY};
+use crate::util::{
+    bearer, http, require_root, strip_colours, wait_until, TestDaemon, DEFAULT_POLICY,
+};
 
 /// A file system mounted for the test, unmounted (lazily: the daemon may still
 /// hold files there) when dropped, even when the test fails.
@@ -196,7 +198,7 @@ fn a_full_disk_refuses_changes_clearly_keeps_verifying_and_recovers_once_space_i
         "a last-used flush that failed or wrote the uses",
         || {
             let log = d.log_text();
-            log.lines().map(without_colours).any(|l| {
+            strip_colours(&log).lines().any(|l| {
                 l.contains("last_used_flush")
                     && (l.contains("No space left")
                         || l.contains("an earlier write")
@@ -392,18 +394,4 @@ fn unflushed(d: &TestDaemon) -> (u64, u64) {
         find("apikeyd_usage_unflushed_keys "),
         find("apikeyd_usage_flush_lag_seconds "),
     )
-}
-
-/// A log line without its terminal colour codes (`ESC [ ... m`).
-fn without_colours(line: &str) -> String {
-    let mut out = String::with_capacity(line.len());
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        if c == '\x1b' {
-            let _ = chars.by_ref().find(|c| *c == 'm');
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }

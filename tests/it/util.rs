@@ -695,3 +695,21 @@ pub fn request_from(source: &str, d: &TestDaemon, head: &str, body: &str) -> (u1
 pub fn bearer(key: &str) -> String {
     format!("Bearer {key}")
 }
+
+/// A log without its ANSI colour sequences (`ESC [ ... m`).
+pub fn strip_colours(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}

@@ -13,12 +13,15 @@ use crate::alerts::AlertError;
 use crate::keys::KeyError;
 use crate::store::{DiskProblem, StoreError};
 
-/// An error answered as `{"error": {"code", "message"}}`.
+/// An error answered as `{"error": {"code", "message"}}`, with `"field"` naming
+/// the request field at fault when one is (the console shows the message next
+/// to that field).
 #[derive(Debug)]
 pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
+    field: Option<&'static str>,
 }
 
 impl ApiError {
@@ -28,16 +31,13 @@ impl ApiError {
             status,
             code,
             message,
+            field: None,
         }
     }
 
     /// A 400 with a message.
     pub fn bad_request(message: impl Into<String>) -> Self {
-        Self {
-            status: StatusCode::BAD_REQUEST,
-            code: "bad_request",
-            message: message.into(),
-        }
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", message.into())
     }
 }
 
@@ -67,11 +67,11 @@ fn disk_error(e: &StoreError) -> Option<ApiError> {
         ),
     };
     tracing::error!(error = %e, "change refused: {what}");
-    Some(ApiError {
+    Some(ApiError::new(
         status,
         code,
-        message: format!("{what}; keys still verify meanwhile. ({e})"),
-    })
+        format!("{what}; keys still verify meanwhile. ({e})"),
+    ))
 }
 
 impl From<KeyError> for ApiError {
@@ -85,9 +85,9 @@ impl From<KeyError> for ApiError {
             KeyError::Invalid { .. } => (StatusCode::BAD_REQUEST, "invalid"),
             KeyError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             KeyError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
-            KeyError::Conflict(_) | KeyError::Store(StoreError::Conflict(_)) => {
-                (StatusCode::CONFLICT, "conflict")
-            }
+            KeyError::Conflict(_)
+            | KeyError::Taken { .. }
+            | KeyError::Store(StoreError::Conflict(_)) => (StatusCode::CONFLICT, "conflict"),
             // Cluster mode with PostgreSQL down: verification goes on from memory,
             // and changes are refused whole until it is back.
             KeyError::Store(StoreError::Unavailable(_) | StoreError::Interrupted(_)) => {
@@ -108,10 +108,13 @@ impl From<KeyError> for ApiError {
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal")
             }
         };
+        let field = match &e {
+            KeyError::Invalid { field, .. } | KeyError::Taken { field, .. } => Some(*field),
+            _ => None,
+        };
         Self {
-            status,
-            code,
-            message: e.to_string(),
+            field,
+            ..Self::new(status, code, e.to_string())
         }
     }
 }
@@ -130,21 +133,24 @@ impl From<AlertError> for ApiError {
             AlertError::NotFound { .. } => (StatusCode::NOT_FOUND, "not_found"),
             AlertError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
         };
+        let field = match &e {
+            AlertError::Invalid { field, .. } => Some(*field),
+            _ => None,
+        };
         Self {
-            status,
-            code,
-            message: e.to_string(),
+            field,
+            ..Self::new(status, code, e.to_string())
         }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (
-            self.status,
-            Json(json!({"error": {"code": self.code, "message": self.message}})),
-        )
-            .into_response()
+        let mut error = json!({"code": self.code, "message": self.message});
+        if let Some(field) = self.field {
+            error["field"] = field.into();
+        }
+        (self.status, Json(json!({ "error": error }))).into_response()
     }
 }
 
@@ -177,10 +183,12 @@ pub(crate) type ApiResult<T> = Result<T, ApiError>;
 
 /// The request body, or the error that says why it cannot be read (too large, cut off).
 pub(crate) fn read_body(body: Result<Bytes, BytesRejection>) -> ApiResult<Bytes> {
-    body.map_err(|e| ApiError {
-        status: e.status(),
-        code: "bad_body",
-        message: format!("cannot read the request body: {}", e.body_text()),
+    body.map_err(|e| {
+        ApiError::new(
+            e.status(),
+            "bad_body",
+            format!("cannot read the request body: {}", e.body_text()),
+        )
     })
 }
 
@@ -193,11 +201,11 @@ pub(crate) fn refuse_declared_over(
 ) -> ApiResult<()> {
     use axum::body::HttpBody as _;
     if body.size_hint().lower() > u64::try_from(most).unwrap_or(u64::MAX) {
-        return Err(ApiError {
-            status: StatusCode::PAYLOAD_TOO_LARGE,
-            code: "bad_body",
-            message: too_large(),
-        });
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "bad_body",
+            too_large(),
+        ));
     }
     Ok(())
 }
@@ -214,17 +222,13 @@ pub(crate) async fn read_at_most(
         let over = std::error::Error::source(&e)
             .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
         if over {
-            ApiError {
-                status: StatusCode::PAYLOAD_TOO_LARGE,
-                code: "bad_body",
-                message: too_large(),
-            }
+            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "bad_body", too_large())
         } else {
-            ApiError {
-                status: StatusCode::BAD_REQUEST,
-                code: "bad_body",
-                message: format!("cannot read the request body: {e}"),
-            }
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_body",
+                format!("cannot read the request body: {e}"),
+            )
         }
     })
 }
@@ -276,5 +280,39 @@ mod tests {
             Some("x")
         );
         assert!(parse("\r\n\t {}").is_ok());
+    }
+
+    async fn body(e: ApiError) -> serde_json::Value {
+        let r = e.into_response();
+        let bytes = axum::body::to_bytes(r.into_body(), 4096).await.unwrap();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    /// A refusal about one field names it, so that the console can show the
+    /// message next to that field; other refusals name none.
+    #[tokio::test]
+    async fn refusals_about_a_field_name_it() {
+        let invalid = body(
+            crate::keys::KeyError::Invalid {
+                field: "ip",
+                message: "\"10.0.0.300\" is not an IP address".into(),
+            }
+            .into(),
+        )
+        .await;
+        assert_eq!(invalid["error"]["field"], "ip");
+        assert_eq!(invalid["error"]["code"], "invalid");
+        let taken = body(
+            crate::keys::KeyError::Taken {
+                field: "name",
+                message: "alice already has a key named \"x\"".into(),
+            }
+            .into(),
+        )
+        .await;
+        assert_eq!(taken["error"]["field"], "name");
+        assert_eq!(taken["error"]["code"], "conflict");
+        let other = body(crate::keys::KeyError::Conflict("key x was removed".into()).into()).await;
+        assert!(other["error"].get("field").is_none(), "{other}");
     }
 }

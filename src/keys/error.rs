@@ -20,9 +20,18 @@ pub enum KeyError {
     /// jobs and operator messages have their own error ([`crate::alerts::AlertError`]).
     #[error("no key with id {0}")]
     NotFound(String),
-    /// Conflicts with existing state (duplicate name, expired key, ...).
+    /// Conflicts with existing state (expired key, removed key, ...).
     #[error("{0}")]
     Conflict(String),
+    /// Another key already holds this value of a field that must be unique (a
+    /// name, per owner); `field` says which.
+    #[error("{message}")]
+    Taken {
+        /// The field (`name`).
+        field: &'static str,
+        /// Which key holds it.
+        message: String,
+    },
     /// The store failed; nothing was changed.
     #[error(transparent)]
     Store(#[from] StoreError),

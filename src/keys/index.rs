@@ -627,9 +627,12 @@ pub(super) fn check_unique_name(
         },
     };
     if clash {
-        return Err(KeyError::Conflict(format!(
-            "{owner} already has a key named {name:?} (names are unique per owner, ignoring case)"
-        )));
+        return Err(KeyError::Taken {
+            field: "name",
+            message: format!(
+                "{owner} already has a key named {name:?} (names are unique per owner, ignoring case)"
+            ),
+        });
     }
     Ok(())
 }

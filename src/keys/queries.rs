@@ -10,8 +10,10 @@ use super::index::each_key;
 use super::list::{First, KeyQuery, Pass, Place, Plan, Standing};
 use super::live::Live;
 use super::page::{self, KeyCursor, Page, PageRequest};
-use super::types::{policy_lines, view_of, Actor, KeyView, Whoami};
+use super::rules::resolve_create_expiry;
+use super::types::{policy_lines, view_of, Actor, CreateKey, KeyView, Whoami};
 use super::Keys;
+use crate::model::rfc3339;
 use crate::model::{AuditEntry, KeyRecord};
 use crate::store::AuditFilter;
 
@@ -34,6 +36,9 @@ impl Keys {
         let settings = self.settings();
         let directory = &settings.directory;
         let rights = directory.rights(&actor.name).unwrap_or_default();
+        let policy = &settings.policy;
+        let alerts = self.alerting.config();
+        let now = self.clock.now();
         Whoami {
             user: actor.name.clone(),
             admin: actor.admin,
@@ -45,8 +50,28 @@ impl Keys {
             scopes: rights.scopes.into_iter().collect(),
             create_keys: rights.create_keys,
             manage_all_keys: rights.manage_all_keys,
-            policy: policy_lines(&settings.policy, &self.alerting.config()),
+            policy: policy_lines(policy, &alerts),
             max_import_bytes: super::types::max_import_bytes(actor.admin),
+            max_expiration: policy.max_expiration.as_ref().map(ToString::to_string),
+            max_expires_at: policy
+                .max_expiration
+                .as_ref()
+                .and_then(|p| p.add_to(now))
+                .map(rfc3339),
+            default_expires_at: resolve_create_expiry(policy, &CreateKey::default(), now)
+                .ok()
+                .flatten()
+                .map(rfc3339),
+            inactivity_expiration: policy
+                .not_accessed_expiration
+                .as_ref()
+                .map(ToString::to_string),
+            alert_sources: alerts.sources.keys().cloned().collect(),
+            default_alert_source: alerts.default_source.clone(),
+            default_notification_lead_time: alerts
+                .default_lead_time
+                .as_ref()
+                .map(ToString::to_string),
         }
     }
 

@@ -169,7 +169,7 @@ async fn names_are_unique_per_owner_and_never_a_key() {
     f.keys.create(&admin(), req("alice", "Sync")).await.unwrap();
     assert!(matches!(
         f.keys.create(&admin(), req("alice", "sYNC")).await,
-        Err(KeyError::Conflict(_))
+        Err(KeyError::Taken { field: "name", .. })
     ));
     f.keys.create(&admin(), req("bob", "sync")).await.unwrap();
     let pasted = secret::generate();

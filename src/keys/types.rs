@@ -37,6 +37,27 @@ pub struct Whoami {
     /// older daemon).
     #[serde(default)]
     pub max_import_bytes: usize,
+    /// `MaxExpirationPeriod` (none: keys may never expire).
+    #[serde(default)]
+    pub max_expiration: Option<String>,
+    /// The latest expiry a key created now may have (now + `MaxExpirationPeriod`).
+    #[serde(default)]
+    pub max_expires_at: Option<String>,
+    /// The expiry a key created now gets when the request names none.
+    #[serde(default)]
+    pub default_expires_at: Option<String>,
+    /// `NotAccessedExpirationPeriod` (none: keys do not expire for lack of use).
+    #[serde(default)]
+    pub inactivity_expiration: Option<String>,
+    /// The alert sources a notification may name.
+    #[serde(default)]
+    pub alert_sources: Vec<String>,
+    /// The source a notification gets when the request names none.
+    #[serde(default)]
+    pub default_alert_source: Option<String>,
+    /// The lead time of the notification every new expiring key gets.
+    #[serde(default)]
+    pub default_notification_lead_time: Option<String>,
 }
 
 /// The policy in force, in sentences: the key lifespan, inactivity, the default

@@ -596,8 +596,13 @@ fn the_pages_filter_choices_are_ones_the_list_api_takes() {
     d.create("admin", "ops-key", &[]);
     let s = must_login(&d, &link(&d, None));
     let page = request(d.addr, "GET", "/console/", &[]).body;
+    let form = page
+        .split("<form id=\"search-form\"")
+        .nth(1)
+        .and_then(|f| f.split("</form>").next())
+        .expect("the page has the key search form");
     let mut checked = 0;
-    for select in page.split("<select ").skip(1) {
+    for select in form.split("<select ").skip(1) {
         let select = select.split("</select>").next().unwrap();
         let name = select
             .split("name=\"")

@@ -526,6 +526,24 @@ fn users_act_only_on_their_own_keys_and_unknown_peers_are_refused() {
         me["scopes"],
         serde_json::json!(["catalog:read", "catalog:sync"])
     );
+    // What the console's create form is bounded by: the latest expiry allowed
+    // now (six months ahead), and the sources a notification may name.
+    assert_eq!(me["max_expiration"], "p6m");
+    let latest = chrono::DateTime::parse_from_rfc3339(me["max_expires_at"].as_str().unwrap())
+        .unwrap()
+        .with_timezone(&chrono::Utc);
+    let ahead = latest - chrono::Utc::now();
+    assert!(
+        (chrono::TimeDelta::days(180)..=chrono::TimeDelta::days(185)).contains(&ahead),
+        "{latest}"
+    );
+    assert!(me["default_expires_at"].is_string(), "{me}");
+    assert_eq!(me["inactivity_expiration"], "p3m");
+    assert!(me["alert_sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|s| s == "operator"));
     let out = run(&["key", "create", "--name", "mine", "--json"]);
     assert!(
         out.status.success(),

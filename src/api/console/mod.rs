@@ -55,9 +55,34 @@ const ASSETS: &[(&str, &str, &[u8])] = &[
         include_bytes!("assets/console.js"),
     ),
     (
+        "api.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("assets/api.js"),
+    ),
+    (
+        "dom.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("assets/dom.js"),
+    ),
+    (
+        "keys.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("assets/keys.js"),
+    ),
+    (
+        "admin.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("assets/admin.js"),
+    ),
+    (
         "console.css",
         "text/css; charset=utf-8",
         include_bytes!("assets/console.css"),
+    ),
+    (
+        "icon.svg",
+        "image/svg+xml",
+        include_bytes!("assets/icon.svg"),
     ),
 ];
 

@@ -2,7 +2,7 @@
 // (acknowledge) and the audit trail. The daemon refuses these to anyone else.
 
 import { api, call } from "./api.js";
-import { $, el, say, timeEl, cell, emptyRow, button } from "./dom.js";
+import { $, el, say, timeEl, cell, emptyRow, button, labelRows } from "./dom.js";
 import { openKey } from "./keys.js";
 
 const PAGE = 50;
@@ -130,6 +130,7 @@ function renderMessages(items) {
     }
     rows.append(tr);
   }
+  labelRows(rows);
 }
 
 // ---------------------------------------------------------------- audit
@@ -152,6 +153,7 @@ function renderAudit(items) {
     cell(tr, a.detail);
     rows.append(tr);
   }
+  labelRows(rows);
 }
 
 // ---------------------------------------------------------------- wiring

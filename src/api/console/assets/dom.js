@@ -41,6 +41,18 @@ export function cell(row, content, className) {
   return td;
 }
 
+// Each cell names its column (data-label), for the narrow layout that shows a
+// row as a card.
+export function labelRows(tbody) {
+  const heads = [...tbody.closest("table").tHead.rows[0].cells].map((c) => c.textContent);
+  for (const row of tbody.rows) {
+    if (row.cells.length !== heads.length) continue;
+    [...row.cells].forEach((c, i) => {
+      c.dataset.label = heads[i];
+    });
+  }
+}
+
 export function emptyRow(tbody, columns, text) {
   const tr = el("tr");
   const td = cell(tr, text, "empty");

@@ -4,7 +4,7 @@
 
 import { api, call, keyUrl } from "./api.js";
 import {
-  $, el, say, when, timeEl, cell, emptyRow, toLocalInput, fromLocalInput, lines,
+  $, el, say, when, timeEl, cell, emptyRow, labelRows, toLocalInput, fromLocalInput, lines,
   clearErrors, showError, checkboxes, ticked,
 } from "./dom.js";
 
@@ -46,6 +46,7 @@ function render(keys) {
     cell(tr, notification(k));
     rows.append(tr);
   }
+  labelRows(rows);
 }
 
 // The daemon's Details and notification lines, with their times in the

@@ -571,16 +571,8 @@ fn the_console_page_asks_before_using_a_link_in_headless_chromium() {
 fn dump_dom(chromium: &std::path::Path, url: &str) -> std::process::Output {
     let profile = tempfile::tempdir().unwrap();
     Command::new(chromium)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--virtual-time-budget=10000",
-        ])
+        .args(crate::browser::CHROMIUM_FLAGS)
+        .arg("--virtual-time-budget=10000")
         .arg(format!("--user-data-dir={}", profile.path().display()))
         .arg("--dump-dom")
         .arg(url)

@@ -36,7 +36,7 @@ const WINDOW: (u32, u32) = (1280, 900);
 pub const CSRF_STORAGE_KEY: &str = "apikeyd.csrf";
 
 /// Chromium's flags on these machines (as root, no network of its own).
-const CHROMIUM_FLAGS: [&str; 7] = [
+pub const CHROMIUM_FLAGS: [&str; 7] = [
     "--headless",
     "--no-sandbox",
     "--disable-gpu",
@@ -169,6 +169,7 @@ impl Browser {
     }
 
     /// `f` (WebDriver commands) within `COMMAND`; panics naming `what` on an error.
+    #[track_caller]
     pub fn run<T, E: std::fmt::Display>(
         &self,
         what: &str,
@@ -196,6 +197,7 @@ impl Browser {
 
     /// `f` again and again until it gives a value, for at most `WAIT`; then panics
     /// naming `what` and the page's text.
+    #[track_caller]
     pub fn poll<T>(&self, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
         let deadline = Instant::now() + WAIT;
         loop {
@@ -222,11 +224,13 @@ impl Browser {
     /// Load `url` as a new page, even when it differs from the shown one only in
     /// its fragment (as a console link and the console do), which would not load
     /// the page again.
+    #[track_caller]
     pub fn open(&self, url: &str) {
         self.run("open about:blank", self.client().goto("about:blank"));
         self.run(&format!("open {url}"), self.client().goto(url));
     }
 
+    #[track_caller]
     pub fn reload(&self) {
         self.run("reload", self.client().refresh());
     }
@@ -238,6 +242,7 @@ impl Browser {
     }
 
     /// Open a console link `url` and press "Log in"; what follows is the page's.
+    #[track_caller]
     pub fn use_link(&self, url: &str) {
         self.open(url);
         self.click("#login-button");
@@ -245,12 +250,14 @@ impl Browser {
 
     /// Log in as the user `apikeyctl console-link` run as `uid` (None: root)
     /// is, and wait for the key list; the name the page shows.
+    #[track_caller]
     pub fn login(&self, d: &TestDaemon, uid: Option<u32>) -> String {
         self.login_with(&link(d, uid))
     }
 
     /// Log in with the console link `url` and wait for the key list; the name
     /// the page shows.
+    #[track_caller]
     pub fn login_with(&self, url: &str) -> String {
         self.use_link(url);
         self.wait_for("#keys");
@@ -260,6 +267,7 @@ impl Browser {
     }
 
     /// The first element `css` matches, now.
+    #[track_caller]
     pub fn find(&self, css: &str) -> Element {
         self.run(
             &format!("find {css}"),
@@ -269,6 +277,7 @@ impl Browser {
 
     /// The visible text of the shown elements `css` matches (none: hidden or
     /// absent), read in one step so that a list being redrawn reads whole.
+    #[track_caller]
     pub fn texts(&self, css: &str) -> Vec<String> {
         self.try_texts(css)
             .unwrap_or_else(|e| panic!("read {css}: {e}"))
@@ -283,6 +292,7 @@ impl Browser {
     }
 
     /// The visible text of the one shown element `css` matches.
+    #[track_caller]
     pub fn text(&self, css: &str) -> String {
         let mut t = self.texts(css);
         assert_eq!(t.len(), 1, "{css} should match one shown element: {t:?}");
@@ -290,12 +300,14 @@ impl Browser {
     }
 
     /// An input's current value.
+    #[track_caller]
     pub fn value(&self, css: &str) -> String {
         let v = self.run(&format!("value of {css}"), self.find(css).prop("value"));
         v.unwrap_or_default()
     }
 
     /// Wait until an element `css` matches is shown; that element.
+    #[track_caller]
     pub fn wait_for(&self, css: &str) -> Element {
         self.poll(&format!("{css} shown"), || {
             self.try_texts(css).ok().filter(|t| !t.is_empty())
@@ -305,6 +317,7 @@ impl Browser {
 
     /// Wait until a shown element `css` matches has `text` in its text; that
     /// element's whole text.
+    #[track_caller]
     pub fn wait_text(&self, css: &str, text: &str) -> String {
         self.poll(&format!("{css} showing {text:?}"), || {
             self.try_texts(css)
@@ -315,6 +328,7 @@ impl Browser {
     }
 
     /// Wait until no element `css` matches is shown (hidden or gone).
+    #[track_caller]
     pub fn wait_gone(&self, css: &str) {
         self.poll(&format!("{css} gone"), || {
             self.try_texts(css).ok().filter(|t| t.is_empty())
@@ -323,6 +337,7 @@ impl Browser {
 
     /// Click the element `css` matches, once it is shown and can take the
     /// click (WebDriver's click: scrolled into view, refused when covered).
+    #[track_caller]
     pub fn click(&self, css: &str) {
         self.wait_for(css);
         self.poll(&format!("click {css}"), || {
@@ -332,6 +347,7 @@ impl Browser {
     }
 
     /// Type `text` into the input `css` matches, replacing what it held.
+    #[track_caller]
     pub fn fill(&self, css: &str, text: &str) {
         let e = self.wait_for(css);
         self.run(&format!("clear {css}"), e.clear());
@@ -339,11 +355,13 @@ impl Browser {
     }
 
     /// Run `script` in the page (not subject to the page's CSP); its result.
+    #[track_caller]
     pub fn exec(&self, script: &str, args: Vec<Value>) -> Value {
         self.run("execute script", self.client().execute(script, args))
     }
 
     /// Run `script`, which ends by calling its last argument with the result.
+    #[track_caller]
     pub fn exec_async(&self, script: &str, args: Vec<Value>) -> Value {
         self.run(
             "execute async script",
@@ -353,6 +371,7 @@ impl Browser {
 
     /// `fetch(path)` from the page, with its cookies, and with the session's CSRF
     /// token when `with_csrf`: the status and the body (JSON, or a JSON string).
+    #[track_caller]
     pub fn fetch(&self, method: &str, path: &str, with_csrf: bool) -> (u16, Value) {
         let script = "const [method, path, key, done] = arguments;
             const headers = { Accept: 'application/json' };
@@ -374,6 +393,7 @@ impl Browser {
     }
 
     /// The names in the key table's rows, in the order shown.
+    #[track_caller]
     pub fn key_names(&self) -> Vec<String> {
         self.texts("#key-rows tr[data-id] > th")
     }
@@ -384,6 +404,7 @@ impl Browser {
     }
 
     /// Wait until the download `name` is complete; its bytes.
+    #[track_caller]
     pub fn wait_download(&self, name: &str) -> Vec<u8> {
         let file = self.downloads().join(name);
         // Chromium writes to NAME.crdownload (or a temp name) and renames it
@@ -393,6 +414,7 @@ impl Browser {
 
     /// A screenshot of the window as `NAME.png` in the screenshot directory
     /// (`APIKEYD_SCREENSHOTS`, else the browser's temp dir); its path.
+    #[track_caller]
     pub fn screenshot(&self, name: &str) -> PathBuf {
         let png = self.run("screenshot", self.client().screenshot());
         let path = self.shots.join(format!("{name}.png"));
@@ -401,6 +423,7 @@ impl Browser {
     }
 
     /// Resize the window (a smaller screenshot, a phone).
+    #[track_caller]
     pub fn resize(&self, width: u32, height: u32) {
         self.run(
             "resize the window",

@@ -31,7 +31,7 @@ const SECURITY_HEADERS: [(&str, &str); 5] = [
 ];
 
 /// A daemon whose clock runs `clock` file's seconds ahead.
-fn daemon(extra: &str) -> (TestDaemon, PathBuf) {
+pub fn daemon(extra: &str) -> (TestDaemon, PathBuf) {
     let mut d = TestDaemon::configured(DEFAULT_POLICY, extra);
     let clock = d.path("clock-offset");
     std::fs::write(&clock, "0").unwrap();
@@ -39,12 +39,12 @@ fn daemon(extra: &str) -> (TestDaemon, PathBuf) {
     (d, clock)
 }
 
-fn move_clock(clock: &PathBuf, secs: i64) {
+pub fn move_clock(clock: &PathBuf, secs: i64) {
     std::fs::write(clock, secs.to_string()).unwrap();
 }
 
 /// A console link from `apikeyctl console-link`, run as `uid`.
-fn link(d: &TestDaemon, uid: Option<u32>) -> String {
+pub fn link(d: &TestDaemon, uid: Option<u32>) -> String {
     let out = d.ctl_as(uid, &["console-link"]);
     assert!(
         out.status.success(),
@@ -571,16 +571,8 @@ fn the_console_page_asks_before_using_a_link_in_headless_chromium() {
 fn dump_dom(chromium: &std::path::Path, url: &str) -> std::process::Output {
     let profile = tempfile::tempdir().unwrap();
     Command::new(chromium)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--virtual-time-budget=10000",
-        ])
+        .args(crate::browser::CHROMIUM_FLAGS)
+        .arg("--virtual-time-budget=10000")
         .arg(format!("--user-data-dir={}", profile.path().display()))
         .arg("--dump-dom")
         .arg(url)

@@ -1,5 +1,6 @@
 //! An upstream for the proxy and webhook-plugin tests: answers every request with
 //! 200 and the request head as the body, and keeps each request's head and body.
+//! With a page (`Echo::serving`), the other site of the browser's CSRF test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -18,6 +19,15 @@ pub struct Echo {
 
 impl Echo {
     pub fn start() -> Self {
+        Self::answering(None)
+    }
+
+    /// Answers every request with `html` instead of the request head.
+    pub fn serving(html: &str) -> Self {
+        Self::answering(Some(Arc::from(html)))
+    }
+
+    fn answering(page: Option<Arc<str>>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
@@ -30,13 +40,14 @@ impl Echo {
                 }
                 let Ok(conn) = conn else { continue };
                 let seen = seen2.clone();
-                std::thread::spawn(move || Self::serve(conn, &seen));
+                let page = page.clone();
+                std::thread::spawn(move || Self::serve(conn, &seen, page.as_deref()));
             }
         });
         Self { addr, seen, stop }
     }
 
-    fn serve(conn: TcpStream, seen: &Mutex<Vec<(String, String)>>) {
+    fn serve(conn: TcpStream, seen: &Mutex<Vec<(String, String)>>, page: Option<&str>) {
         let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
         let mut reader = BufReader::new(&conn);
         let mut head = String::new();
@@ -60,9 +71,13 @@ impl Echo {
         }
         let body = String::from_utf8_lossy(&body).into_owned();
         seen.lock().unwrap().push((head.clone(), body));
+        let (kind, answer) = match page {
+            Some(html) => ("text/html; charset=utf-8", html),
+            None => ("text/plain", head.as_str()),
+        };
         let resp = format!(
-            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{head}",
-            head.len()
+            "HTTP/1.1 200 OK\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}",
+            answer.len()
         );
         let _ = (&conn).write_all(resp.as_bytes());
     }

@@ -7,6 +7,7 @@ mod alert_plugins;
 mod alerts;
 mod authz;
 mod backup;
+mod browser;
 mod bulk_import;
 mod caddy;
 mod cluster;

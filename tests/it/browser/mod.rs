@@ -6,6 +6,7 @@
 //! the page are in the submodules; the harness's own checks are here.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod keys;
 mod session;
 
 use std::future::Future;

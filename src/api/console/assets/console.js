@@ -33,12 +33,15 @@ async function startSession() {
     return login({ token });
   }
   if (hash) history.replaceState(null, "", location.pathname + location.search);
+  // Why this tab has no session: the daemon's word for an ended one.
+  let ended = null;
   if (hasToken()) {
     try {
       return await call(sessionUrl);
     } catch (e) {
       forgetToken();
       if (e.code !== "console_session") throw e;
+      ended = e;
     }
   }
   // No session in this tab: the proxy in front may say who this is.
@@ -46,7 +49,7 @@ async function startSession() {
     return await login({ proxy: true });
   } catch (e) {
     if (e.code === "console_link" || e.status === 400) {
-      throw new Error("Not logged in in this tab: open a new console link (run apikeyctl console-link).");
+      throw ended || new Error("Not logged in in this tab: open a new console link (run apikeyctl console-link).");
     }
     throw e;
   }

@@ -11,6 +11,8 @@ import {
 const PAGE = 50;
 let me = null; // whoami
 let cursors = [];
+// The filters of the shown list, as the list API takes them; the first load
+// sorts as the form's "Sort by" says.
 let filters = {};
 let shown = null; // the key in the key dialog
 
@@ -414,6 +416,7 @@ async function submitEdit(ev) {
 
 export function initKeys(whoami) {
   me = whoami;
+  filters = { sort: $("sort").value };
   $("key-caption").textContent = me.admin ? "All keys" : "Your keys";
   $("key-table").classList.toggle("hide-owner", !me.admin);
   $("create-button").hidden = !(me.admin || me.create_keys);

@@ -54,11 +54,12 @@ function render(keys) {
 // The daemon's Details and notification lines, with their times in the
 // browser's zone (the daemon writes them in UTC).
 function details(k) {
-  if (k.status !== "active" || !k.effective_expires_at) return k.details;
+  if (!["active", "disabled"].includes(k.status) || !k.effective_expires_at) return k.details;
+  const prefix = k.status === "disabled" ? "disabled; " : "";
   if (k.effective_limit === "inactivity") {
-    return `expires ${when(k.effective_expires_at)} if not used again (inactivity)`;
+    return `${prefix}expires ${when(k.effective_expires_at)} if not used again (inactivity)`;
   }
-  return `expires ${when(k.effective_expires_at)}`;
+  return `${prefix}expires ${when(k.effective_expires_at)}`;
 }
 
 function notification(k) {

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 
 use crate::console::{call_at, json};
 use crate::nginx::Nginx;
-use crate::util::{find_program, Answer, TestDaemon, DEFAULT_POLICY};
+use crate::util::{check_config, find_program, Answer, TestDaemon, DEFAULT_POLICY};
 
 const PROXY_LOGIN: &str = r#"
 [auth]
@@ -239,4 +239,45 @@ fn without_proxy_user_header_a_proxy_login_asks_for_a_console_link() {
     assert_eq!(json(&a)["error"]["code"], "console_link");
     assert!(a.body.contains("apikeyctl console-link"), "{}", a.body);
     assert!(a.header("set-cookie").is_none());
+}
+
+/// `check-config` refuses proxy login without trusted proxies (no peer could
+/// ever use it: fail closed, saying what to add), and warns when the console is
+/// served beyond loopback over plain HTTP by a proxy (`public_url` http://).
+#[test]
+fn check_config_refuses_proxy_login_without_trusted_proxies_and_warns_of_plain_http() {
+    let d = TestDaemon::configured(
+        DEFAULT_POLICY,
+        "\n[console]\nproxy_user_header = \"Remote-User\"\n",
+    );
+    let said = |o: &std::process::Output| {
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    };
+    let out = check_config(&d.config);
+    assert!(!out.status.success(), "{}", said(&out));
+    assert!(
+        said(&out).contains("console.proxy_user_header")
+            && said(&out).contains("auth.trusted_proxies is empty"),
+        "{}",
+        said(&out)
+    );
+    let text = std::fs::read_to_string(&d.config).unwrap();
+    let proxied = text.replace(
+        "proxy_user_header = \"Remote-User\"\n",
+        "public_url = \"http://keys.example.com/\"\n",
+    );
+    std::fs::write(&d.config, proxied).unwrap();
+    let out = check_config(&d.config);
+    assert!(out.status.success(), "{}", said(&out));
+    assert!(
+        said(&out).contains("console.public_url")
+            && said(&out).contains("without TLS")
+            && said(&out).contains("keys.example.com"),
+        "{}",
+        said(&out)
+    );
 }

@@ -362,6 +362,10 @@ async fn logout(
     Ok(r)
 }
 
+/// The console's API route and its methods, for the route table (the pages are
+/// not in the OpenAPI document).
+pub(crate) const SESSION_ROUTE: (&str, &[&str]) = ("/console/session", &["GET", "POST", "DELETE"]);
+
 /// The console's pages and session endpoints (TCP only, when `[console]` is on).
 pub(crate) fn router() -> Router<AppState> {
     Router::new()
@@ -370,7 +374,7 @@ pub(crate) fn router() -> Router<AppState> {
             get(|| async { Redirect::permanent("console/") }),
         )
         .route("/console/", get(index))
-        .route("/console/session", get(current).post(login).delete(logout))
+        .route(SESSION_ROUTE.0, get(current).post(login).delete(logout))
         .route("/console/{*name}", get(file))
         .layer(middleware::map_response(secure))
 }

@@ -8,7 +8,7 @@
 
 use std::net::SocketAddr;
 
-use crate::console::{call_at, json};
+use crate::console::{call_at, json, names_in as key_names};
 use crate::nginx::Nginx;
 use crate::util::{check_config, find_program, Answer, TestDaemon, DEFAULT_POLICY};
 
@@ -89,7 +89,12 @@ fn session_of(a: &Answer) -> Session {
 /// A proxy login through nginx, as the user `as_user` picks (`None`: alice).
 fn proxy_login(n: &Nginx, as_user: Option<&str>) -> Answer {
     let headers: Vec<(&str, &str)> = as_user.map(|u| ("X-Test-Login", u)).into_iter().collect();
-    call_at(proxy(n), "POST", "/console/session", &headers, PROXY_BODY)
+    proxy_login_at(proxy(n), &headers)
+}
+
+/// `POST /console/session {"proxy": true}` to `addr` with `headers`.
+fn proxy_login_at(addr: SocketAddr, headers: &[(&str, &str)]) -> Answer {
+    call_at(addr, "POST", "/console/session", headers, PROXY_BODY)
 }
 
 /// `GET path` on `s` at `addr`, with extra headers.
@@ -97,18 +102,6 @@ fn get(addr: SocketAddr, path: &str, s: &Session, extra: &[(&str, &str)]) -> Ans
     let mut headers = vec![("Cookie", s.cookie.as_str()), ("X-CSRF-Token", &s.csrf)];
     headers.extend_from_slice(extra);
     call_at(addr, "GET", path, &headers, "")
-}
-
-fn key_names(a: &Answer) -> Vec<String> {
-    assert_eq!(a.status, 200, "{}", a.body);
-    let mut names: Vec<String> = json(a)["keys"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|k| k["name"].as_str().unwrap().to_owned())
-        .collect();
-    names.sort();
-    names
 }
 
 #[test]
@@ -169,13 +162,7 @@ fn a_proxy_login_through_nginx_is_its_users_session_and_holds_only_while_the_pro
 
     // The same header straight to apikeyd, from a peer that is no trusted
     // proxy, logs nobody in...
-    let direct = call_at(
-        d.addr,
-        "POST",
-        "/console/session",
-        &[("Remote-User", "alice")],
-        PROXY_BODY,
-    );
+    let direct = proxy_login_at(d.addr, &[("Remote-User", "alice")]);
     assert_eq!(direct.status, 401, "{}", direct.body);
     assert_eq!(json(&direct)["error"]["code"], "console_link");
     assert!(direct.header("set-cookie").is_none());
@@ -213,13 +200,7 @@ fn a_proxy_login_through_nginx_is_its_users_session_and_holds_only_while_the_pro
         assert_eq!(a.status, 400, "{body}: {}", a.body);
     }
     // Another origin is refused, as for a link login.
-    let other = call_at(
-        via,
-        "POST",
-        "/console/session",
-        &[("Origin", "http://evil.example")],
-        PROXY_BODY,
-    );
+    let other = proxy_login_at(via, &[("Origin", "http://evil.example")]);
     assert_eq!(other.status, 403, "{}", other.body);
     assert_eq!(json(&other)["error"]["code"], "csrf");
     // The log has who logged in, never a session secret.

@@ -649,37 +649,26 @@ mod tests {
         let b = login(&s);
         for _ in 0..(12 * 60 / 20 - 1) {
             clock.advance(chrono::Duration::minutes(20));
-            s.authenticate(
-                b.id.expose(),
-                Some(b.csrf.expose()),
-                Proxied::Untrusted,
-                &dir,
-            )
-            .unwrap();
+            again(&s, &b, &dir).unwrap();
         }
         clock.advance(chrono::Duration::minutes(20));
         assert_eq!(
-            s.authenticate(
-                b.id.expose(),
-                Some(b.csrf.expose()),
-                Proxied::Untrusted,
-                &dir
-            )
-            .unwrap_err(),
+            again(&s, &b, &dir).unwrap_err(),
             Refusal::Over("12 hour(s)".into())
         );
         let c = login(&s);
         s.logout(c.id.expose());
-        assert_eq!(
-            s.authenticate(
-                c.id.expose(),
-                Some(c.csrf.expose()),
-                Proxied::Untrusted,
-                &dir
-            )
-            .unwrap_err(),
-            Refusal::NoSession
-        );
+        assert_eq!(again(&s, &c, &dir).unwrap_err(), Refusal::NoSession);
+    }
+
+    /// A request on session `n` with its token, not through a proxy.
+    fn again(s: &Sessions, n: &NewSession, dir: &Directory) -> Result<SessionInfo, Refusal> {
+        s.authenticate(
+            n.id.expose(),
+            Some(n.csrf.expose()),
+            Proxied::Untrusted,
+            dir,
+        )
     }
 
     fn user(name: &str) -> Actor {
@@ -726,32 +715,11 @@ mod tests {
         }
         // Bob logs in, and alice's newest sessions go on; her oldest ended.
         let bob = s.login(&bobs, &dir).unwrap();
-        s.authenticate(
-            bob.id.expose(),
-            Some(bob.csrf.expose()),
-            Proxied::Untrusted,
-            &dir,
-        )
-        .unwrap();
+        again(&s, &bob, &dir).unwrap();
         let newest = sessions.last().unwrap();
-        s.authenticate(
-            newest.id.expose(),
-            Some(newest.csrf.expose()),
-            Proxied::Untrusted,
-            &dir,
-        )
-        .unwrap();
+        again(&s, newest, &dir).unwrap();
         let oldest = &sessions[0];
-        assert_eq!(
-            s.authenticate(
-                oldest.id.expose(),
-                Some(oldest.csrf.expose()),
-                Proxied::Untrusted,
-                &dir
-            )
-            .unwrap_err(),
-            Refusal::NoSession
-        );
+        assert_eq!(again(&s, oldest, &dir).unwrap_err(), Refusal::NoSession);
         assert_eq!(s.maps.lock().sessions.len(), USER_SESSIONS + 1);
     }
 

@@ -176,7 +176,7 @@ fn proxy_login(
         Proxied::Trusted(None) => Refusal::ProxyNoUser(header.to_owned()),
         Proxied::Trusted(Some(user)) if valid_name(user) => {
             let new = st.console.proxy_login(user, directory);
-            if new.is_err() {
+            if let Err(Refusal::ProxyUnknownUser(_)) = &new {
                 tracing::warn!(user = %user, header, "console proxy login refused: the user is not configured");
             }
             return new;

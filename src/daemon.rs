@@ -131,7 +131,8 @@ impl Daemon {
         }
         keys.alerting().set_config(config.alerts.clone());
         let keys = Arc::new(keys);
-        let alerts = Arc::new(Alerts::new(keys.clone(), store));
+        let alerts =
+            Arc::new(Alerts::new(keys.clone(), store).with_console(config.console.clone()));
         let channels = Channels::new(
             &config.alerts,
             alerts.clone(),

@@ -72,6 +72,10 @@ pub struct AlertKey {
     pub effective_limit: Option<String>,
     /// The details line.
     pub details: String,
+    /// The key's page in the web console (`BASE/console/#key=ID`), when `[console]
+    /// public_url` says where users reach it; null otherwise.
+    #[serde(default)]
+    pub console_url: Option<String>,
 }
 
 /// What every channel delivers. Plugins receive it as JSON (see `plugins/README.md`).
@@ -143,6 +147,7 @@ impl Alert {
                 effective_expires_at: view.effective_expires_at.clone(),
                 effective_limit: view.effective_limit.clone(),
                 details: view.details.clone(),
+                console_url: None,
             },
             rotate_hint: format!("apikeyctl key rotate {}", view.id),
             action: match job.kind {
@@ -173,7 +178,10 @@ impl Alert {
     /// Fill `${...}` placeholders (validated at config load).
     pub fn render(&self, template: &str) -> String {
         let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "never".to_owned());
-        let values: [(&str, String); 12] = [
+        let console_line = self.key.console_url.as_ref().map_or_else(String::new, |u| {
+            format!("\nSee and manage this key in the web console: {u}\n")
+        });
+        let values: [(&str, String); 14] = [
             ("key.id", self.key.id.to_string()),
             ("key.name", self.key.name.clone()),
             ("key.owner", self.key.owner.clone()),
@@ -188,9 +196,14 @@ impl Alert {
                 self.key.effective_limit.clone().unwrap_or_default(),
             ),
             ("key.details", self.key.details.clone()),
+            (
+                "key.console_url",
+                self.key.console_url.clone().unwrap_or_default(),
+            ),
             ("alert.reason", self.reason.clone()),
             ("alert.action", self.action.clone()),
             ("alert.due_at", self.due_at.clone()),
+            ("alert.console_line", console_line),
             ("job.id", self.job_id.to_string()),
         ];
         let mut out = String::with_capacity(template.len() + 128);
@@ -245,6 +258,7 @@ mod tests {
                 effective_expires_at: None,
                 effective_limit: None,
                 details: "d".into(),
+                console_url: None,
             },
             rotate_hint: String::new(),
             action: String::new(),
@@ -259,6 +273,18 @@ mod tests {
                 "${key.name} of ${key.owner}: ${alert.reason}; eff ${key.effective_expires_at} ${x"
             ),
             "nightly ${key.id} of alice: expires on 2027-01-15T00:00:00Z; eff never ${x"
+        );
+    }
+
+    #[test]
+    fn the_console_link_is_a_paragraph_only_when_there_is_one() {
+        let mut a = alert();
+        let body = "do it.\n${alert.console_line}\n-- end ${key.console_url}";
+        assert_eq!(a.render(body), "do it.\n\n-- end ");
+        a.key.console_url = Some("https://keys.example.com/console/#key=1".into());
+        assert_eq!(
+            a.render(body),
+            "do it.\n\nSee and manage this key in the web console: https://keys.example.com/console/#key=1\n\n-- end https://keys.example.com/console/#key=1"
         );
     }
 }

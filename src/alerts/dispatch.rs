@@ -211,7 +211,8 @@ async fn attempt(alerts: &Alerts, channels: &impl Deliver, job: &AlertJob) -> Ou
         .users
         .get(&view.owner)
         .and_then(|u| u.email.clone());
-    let alert = Alert::new(job, &view, email);
+    let mut alert = Alert::new(job, &view, email);
+    alert.key.console_url = alerts.key_page(view.id);
     let result = channels.deliver(source, &alert).await;
     DELIVERIES.record(&source.kind, result.is_ok());
     match result {

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Duration, Utc};
 use uuid::Uuid;
 
+use crate::config::ConsoleConfig;
 use crate::keys::{Actor, KeyError, Keys, Page, PageRequest};
 use crate::model::{
     rfc3339, AlertJob, AuditEntry, JobKind, JobState, KeyState, OperatorMessage, Severity,
@@ -93,6 +94,9 @@ fn truncate(mut s: String) -> String {
 pub struct Alerts {
     keys: Arc<Keys>,
     store: Arc<dyn Storage>,
+    /// Where the alerts link the key's console page (set at start, as the
+    /// console's own settings are).
+    console: ConsoleConfig,
     /// Serialises acknowledgements (read, check, write) of operator messages.
     acks: tokio::sync::Mutex<()>,
 }
@@ -109,8 +113,21 @@ impl Alerts {
         Self {
             keys,
             store,
+            console: ConsoleConfig::default(),
             acks: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// Alerts that link the key's page in the console `console` describes.
+    pub fn with_console(mut self, console: ConsoleConfig) -> Self {
+        self.console = console;
+        self
+    }
+
+    /// The console page of key `id`, for its alerts: none unless the console
+    /// is on and `public_url` set.
+    pub fn key_page(&self, id: Uuid) -> Option<String> {
+        self.console.key_page(&id)
     }
 
     /// The key service the jobs are about.

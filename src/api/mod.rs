@@ -82,6 +82,7 @@ pub fn route_table() -> Vec<(String, Vec<&'static str>)> {
         .into_iter()
         .chain(forward_auth_routes().table)
         .chain(admin_routes().table)
+        .chain([console::SESSION_ROUTE])
         .map(|(p, m)| (p.replace("{*", "{"), m.to_vec()))
         .collect()
 }

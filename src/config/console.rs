@@ -5,8 +5,10 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use ipnet::IpNet;
 use serde::Deserialize;
 
+use super::edge::valid_header_name;
 use super::validator::Validator;
 
 /// Validated console settings.
@@ -23,6 +25,9 @@ pub struct ConsoleConfig {
     pub session_max: Duration,
     /// How long a console link can be used.
     pub link_lifetime: Duration,
+    /// The header (lower case) in which an authenticating proxy in `[auth]
+    /// trusted_proxies` names the logged-in user; `None`: no proxy login.
+    pub proxy_user_header: Option<String>,
 }
 
 impl ConsoleConfig {
@@ -40,6 +45,34 @@ impl ConsoleConfig {
     pub fn cookie_path(&self) -> &str {
         self.public_url.as_ref().map_or("/", url::Url::path)
     }
+
+    /// The console page's address for key `id` (`#key=ID`, which the page opens),
+    /// for the emails about it: only when the console is on and `public_url` says
+    /// where users reach it (the listener's own address may be loopback only).
+    pub fn key_page(&self, id: &impl std::fmt::Display) -> Option<String> {
+        let base = self.public_url.as_ref().filter(|_| self.enabled)?;
+        Some(page(base.as_str(), &format!("key={id}")))
+    }
+}
+
+/// Whether `u`'s host is this machine only (`localhost` or a loopback address).
+pub fn loopback(u: &url::Url) -> bool {
+    match u.host() {
+        Some(url::Host::Domain(d)) => {
+            let d = d.trim_end_matches('.');
+            d == "localhost" || d.ends_with(".localhost")
+        }
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
+}
+
+/// The console page under `base` (an address without a trailing slash needs
+/// none) with `fragment`: `BASE/console/#FRAGMENT`. A fragment never reaches a
+/// server or a `Referer`.
+pub fn page(base: &str, fragment: &str) -> String {
+    format!("{}/console/#{fragment}", base.trim_end_matches('/'))
 }
 
 impl Default for ConsoleConfig {
@@ -50,6 +83,7 @@ impl Default for ConsoleConfig {
             session_idle: Duration::from_secs(30 * 60),
             session_max: Duration::from_secs(12 * 3600),
             link_lifetime: Duration::from_secs(5 * 60),
+            proxy_user_header: None,
         }
     }
 }
@@ -62,6 +96,7 @@ pub(crate) struct RawConsole {
     session_idle: Option<String>,
     session_max: Option<String>,
     link_lifetime: Option<String>,
+    proxy_user_header: Option<String>,
 }
 
 pub(crate) const CONSOLE_KEYS: &[&str] = &[
@@ -70,12 +105,35 @@ pub(crate) const CONSOLE_KEYS: &[&str] = &[
     "session_idle",
     "session_max",
     "link_lifetime",
+    "proxy_user_header",
+];
+
+/// Headers apikeyd or browsers give another meaning: naming one as the proxy's
+/// user header is a mistake (a browser sets `Cookie` or `Origin` itself).
+const NOT_USER_HEADERS: &[&str] = &[
+    "authorization",
+    "cookie",
+    "host",
+    "origin",
+    "referer",
+    "content-type",
+    "content-length",
+    "x-csrf-token",
+    "sec-fetch-site",
+    "x-forwarded-for",
+    "x-real-ip",
 ];
 
 impl Validator {
     /// `listen` is the TCP listener the console would be served on (`None` when
-    /// it did not parse: then the console stays off).
-    pub(crate) fn console(&mut self, c: &RawConsole, listen: Option<SocketAddr>) -> ConsoleConfig {
+    /// it did not parse: then the console stays off); `trusted_proxies` are the
+    /// only peers whose `proxy_user_header` is believed.
+    pub(crate) fn console(
+        &mut self,
+        c: &RawConsole,
+        listen: Option<SocketAddr>,
+        trusted_proxies: &[IpNet],
+    ) -> ConsoleConfig {
         let loopback = listen.is_some_and(|a| a.ip().is_loopback());
         let enabled = c.enabled.unwrap_or(loopback);
         let public_url = c.public_url.as_deref().filter(|u| !u.is_empty()).and_then(|text| {
@@ -128,13 +186,41 @@ impl Validator {
                 "is longer than console.session_max, which would never let it count".into(),
             );
         }
+        let proxy_user_header =
+            self.proxy_user_header(c.proxy_user_header.as_deref(), trusted_proxies);
         ConsoleConfig {
             enabled,
             public_url,
             session_idle,
             session_max,
             link_lifetime,
+            proxy_user_header,
         }
+    }
+
+    /// `proxy_user_header`: a header name apikeyd reads for nothing else. Set
+    /// without `[auth] trusted_proxies` it is refused rather than ignored: the
+    /// operator meant proxy login to work, and no peer could ever use it.
+    fn proxy_user_header(
+        &mut self,
+        name: Option<&str>,
+        trusted_proxies: &[IpNet],
+    ) -> Option<String> {
+        let name = name.filter(|n| !n.is_empty())?;
+        const KEY: &str = "console.proxy_user_header";
+        let valid = valid_header_name(name);
+        if !valid {
+            self.push(KEY, format!("{name:?} is not a valid HTTP header name"));
+        }
+        let lower = name.to_ascii_lowercase();
+        let reserved = NOT_USER_HEADERS.contains(&lower.as_str());
+        if reserved {
+            self.push(KEY, format!("{name:?} means something else to apikeyd or to browsers; name the header your authenticating proxy sets, such as \"Remote-User\""));
+        }
+        if trusted_proxies.is_empty() {
+            self.push(KEY, format!("is set, but auth.trusted_proxies is empty: the {name} header is believed only from the authenticating proxy's address, so list it there (such as [\"127.0.0.1/32\"]), or remove proxy_user_header"));
+        }
+        (valid && !reserved && !trusted_proxies.is_empty()).then_some(lower)
     }
 }
 

@@ -228,9 +228,14 @@ pub(crate) const RATE_LIMIT_KEYS: &[&str] = &[
     "ipv6_prefix",
 ];
 
-fn header_name(v: &mut Validator, key: &str, name: &str) -> String {
+/// Whether `name` is an HTTP header name (a token, RFC 9110) of at most 64 bytes.
+pub(crate) fn valid_header_name(name: &str) -> bool {
     let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
-    if name.is_empty() || name.len() > 64 || !name.bytes().all(token) {
+    !name.is_empty() && name.len() <= 64 && name.bytes().all(token)
+}
+
+fn header_name(v: &mut Validator, key: &str, name: &str) -> String {
+    if !valid_header_name(name) {
         v.push(key, format!("{name:?} is not a valid HTTP header name"));
     }
     name.to_ascii_lowercase()

@@ -152,21 +152,49 @@ impl Config {
 }
 
 impl Config {
-    /// The console reachable beyond this machine over plain HTTP: its session
-    /// cookie and every key shown would cross the network in the clear.
+    /// The console reachable beyond this machine over plain HTTP (its session
+    /// cookie and every key shown would cross the network in the clear), or a
+    /// proxy login that cannot be used.
     fn console_warnings(&self) -> Vec<Problem> {
         let c = &self.console;
-        if !c.enabled || self.server.listen.ip().is_loopback() || c.secure_cookie() {
-            return Vec::new();
+        if !c.enabled {
+            return c
+                .proxy_user_header
+                .iter()
+                .map(|_| self.warning(
+                    "console.proxy_user_header",
+                    "is set, but the console is off (console.enabled), so nobody can log in through the proxy".into(),
+                ))
+                .collect();
         }
-        vec![Problem {
+        let plain = |host: String| {
+            format!(
+            "the console is reachable beyond loopback ({host}) without TLS: its session cookie and new keys' secrets would cross the network in the clear; put an HTTPS proxy in front and set console.public_url = \"https://...\""
+        )
+        };
+        if !self.server.listen.ip().is_loopback() && !c.secure_cookie() {
+            vec![self.warning("console.enabled", plain(self.server.listen.to_string()))]
+        } else if let Some(u) = c
+            .public_url
+            .as_ref()
+            .filter(|u| u.scheme() == "http" && !console::loopback(u))
+        {
+            let host = u.host_str().unwrap_or_default().to_owned();
+            vec![self.warning(
+                "console.public_url",
+                plain(format!("served as {host} by a proxy")),
+            )]
+        } else {
+            Vec::new()
+        }
+    }
+
+    fn warning(&self, key: &str, message: String) -> Problem {
+        Problem {
             file: self.source.clone(),
-            key: "console.enabled".into(),
-            message: format!(
-                "the console is reachable beyond loopback ({}) without TLS: put an HTTPS proxy in front and set console.public_url = \"https://...\"",
-                self.server.listen
-            ),
-        }]
+            key: key.into(),
+            message,
+        }
     }
 }
 
@@ -400,7 +428,8 @@ impl Validator {
         let policy = self.policy(&raw.api_key);
         let server = self.server(&raw.server, env);
         let store = self.store(raw.store);
-        let console = self.console(&raw.console, server.as_ref().map(|s| s.listen));
+        let listen = server.as_ref().map(|s| s.listen);
+        let console = self.console(&raw.console, listen, &auth.trusted_proxies);
         let directory = self.directory(raw.groups, raw.users);
         let a = raw.api_key;
         let alert_keys = alerts::RawAlertKeys {

@@ -246,3 +246,53 @@ body = "Key ${key.id} (${key.details}); effective expiry ${key.effective_expires
         .any(|m| m["job_id"] == pending.as_str()));
     d.json(&["key", "notify", &id, "--at", &at(3600), "--source", "crew"]);
 }
+
+/// Issue 12: with `[console] public_url` set, the email links the key's page in
+/// the console (`#key=ID`, which the page opens); without it, no link.
+#[test]
+fn expiry_emails_link_the_keys_console_page_when_public_url_is_set() {
+    let smtp = Smtp::start();
+    let body_of = |d: &TestDaemon, name: &str| {
+        let (id, _) = d.create(
+            "alice",
+            name,
+            &["--expires-in", "p30d", "--notify-at", &at(2)],
+        );
+        let job_id = key(d, &id)["alert_job"].as_str().unwrap().to_owned();
+        wait_job(d, &job_id, "Completed", 15);
+        let mail = smtp
+            .mails()
+            .into_iter()
+            .find(|m| m.data.contains(&id))
+            .unwrap();
+        // Quoted-printable: soft breaks and `=3D` for the fragment's `=`.
+        let decoded =
+            quoted_printable::decode(mail.data.as_bytes(), quoted_printable::ParseMode::Robust)
+                .unwrap();
+        (
+            id,
+            String::from_utf8(decoded).unwrap().replace("\r\n", "\n"),
+        )
+    };
+
+    let console = "[console]\npublic_url = \"https://keys.example.com/keys/\"\n";
+    let d = start(smtp.port, "", console);
+    let (id, body) = body_of(&d, "linked");
+    let link = format!("https://keys.example.com/keys/console/#key={id}");
+    assert!(
+        body.contains(&format!(
+            "\nSee and manage this key in the web console: {link}\n"
+        )),
+        "{body}"
+    );
+    drop(d);
+
+    let d = start(smtp.port, "", "");
+    let (_, body) = body_of(&d, "unlinked");
+    assert!(
+        !body.contains("#key=") && !body.contains("web console"),
+        "{body}"
+    );
+    // The paragraph leaves no trace: the body reads as before.
+    assert!(body.contains("retire this one.\n\n-- apikeyd"), "{body}");
+}

@@ -7,6 +7,7 @@
 //! in Debian's headless Chromium.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -68,6 +69,17 @@ fn token_of(url: &str) -> &str {
 
 /// A request with a JSON body and extra headers.
 fn call(d: &TestDaemon, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Answer {
+    call_at(d.addr, method, path, headers, body)
+}
+
+/// [`call`] to any address (a proxy in front of the daemon).
+pub(crate) fn call_at(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Answer {
     let mut req = format!(
         "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: {}\r\n",
         body.len()
@@ -80,10 +92,10 @@ fn call(d: &TestDaemon, method: &str, path: &str, headers: &[(&str, &str)], body
     }
     req += "\r\n";
     req += body;
-    send(d.addr, req.as_bytes())
+    send(addr, req.as_bytes())
 }
 
-fn json(a: &Answer) -> Value {
+pub(crate) fn json(a: &Answer) -> Value {
     serde_json::from_str(&a.body).unwrap_or(Value::Null)
 }
 
@@ -135,9 +147,14 @@ fn key_names(d: &TestDaemon, s: &Session) -> Vec<String> {
         &s.cookie,
         Some(&s.csrf),
     );
-    assert_eq!(a.status, 200, "{}", a.body);
     assert_eq!(a.header("cache-control"), Some("no-store"));
-    let mut names: Vec<String> = json(&a)["keys"]
+    names_in(&a)
+}
+
+/// The names of the keys a key list answered, sorted.
+pub(crate) fn names_in(a: &Answer) -> Vec<String> {
+    assert_eq!(a.status, 200, "{}", a.body);
+    let mut names: Vec<String> = json(a)["keys"]
         .as_array()
         .unwrap()
         .iter()

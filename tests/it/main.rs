@@ -14,6 +14,7 @@ mod cluster;
 mod config;
 mod connection_limits;
 mod console;
+mod console_proxy;
 mod contract;
 mod crash_storm;
 mod disk;

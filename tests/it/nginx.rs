@@ -39,9 +39,9 @@ burst = 5
 "#;
 
 /// A running nginx (master and worker in their own process group); stopped on drop.
-struct Nginx {
+pub(crate) struct Nginx {
     child: Option<Child>,
-    port: u16,
+    pub(crate) port: u16,
     dir: tempfile::TempDir,
 }
 
@@ -91,6 +91,12 @@ http {{
     }
 
     fn start(bin: &Path, apikeyd: SocketAddr, app: SocketAddr) -> Self {
+        Self::start_with(bin, &|port| Self::snippet(apikeyd, app, port))
+    }
+
+    /// nginx with the `http` block's contents `server(port)`, which must listen
+    /// on 127.0.0.1:`port`.
+    pub(crate) fn start_with(bin: &Path, server: &dyn Fn(u16) -> String) -> Self {
         let mut dir = tempfile::tempdir().unwrap();
         let conf = dir.path().join("nginx.conf");
         std::fs::write(&conf, Self::main_conf(dir.path())).unwrap();
@@ -98,11 +104,7 @@ http {{
         // take it in between, so try a few times.
         for _attempt in 0..5 {
             let port = crate::util::free_port();
-            std::fs::write(
-                dir.path().join("apikeyd.conf"),
-                Self::snippet(apikeyd, app, port),
-            )
-            .unwrap();
+            std::fs::write(dir.path().join("apikeyd.conf"), server(port)).unwrap();
             // Fresh logs, so a clash is told from another failure by this attempt's.
             std::fs::write(dir.path().join("error.log"), "").unwrap();
             let out = std::fs::File::create(dir.path().join("stderr.log")).unwrap();
@@ -155,7 +157,7 @@ http {{
         panic!("nginx found no free port in 5 tries");
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         let read = |n: &str| std::fs::read_to_string(self.dir.path().join(n)).unwrap_or_default();
         format!("{}{}", read("stderr.log"), read("error.log"))
     }

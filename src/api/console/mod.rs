@@ -6,10 +6,12 @@
 
 pub mod sessions;
 
+use std::net::{IpAddr, SocketAddr};
+
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, Extensions, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
@@ -20,9 +22,11 @@ use serde_json::json;
 use super::error::{parse_body, ApiError, ApiResult};
 use super::peer::UnixPeer;
 use super::state::AppState;
+use crate::config::ipfilter::allows_any;
+use crate::config::{valid_name, Directory};
 use crate::keys::Actor;
 pub use sessions::Sessions;
-use sessions::{Refusal, SessionInfo};
+use sessions::{NewSession, Proxied, Refusal, SessionInfo};
 
 /// The session cookie's name.
 const COOKIE: &str = "apikeyd_session";
@@ -130,15 +134,21 @@ fn session_cookies(headers: &HeaderMap) -> impl Iterator<Item = &str> {
 }
 
 /// The session one of the request's cookies names with the request's CSRF
-/// token, and that cookie; else why the first was refused.
+/// token, and that cookie; else why the first was refused. `peer` is the TCP
+/// peer, for the sessions a proxy login made.
 fn session_of<'h>(
     st: &AppState,
     headers: &'h HeaderMap,
+    peer: Option<IpAddr>,
 ) -> Result<(&'h str, SessionInfo), Refusal> {
     let directory = &st.keys.settings().directory;
+    let proxied = proxied(st, headers, peer);
     let mut first = None;
     for id in session_cookies(headers) {
-        match st.console.authenticate(id, csrf_of(headers), directory) {
+        match st
+            .console
+            .authenticate(id, csrf_of(headers), proxied, directory)
+        {
             Ok(info) => return Ok((id, info)),
             Err(r) => {
                 first.get_or_insert(r);
@@ -146,6 +156,60 @@ fn session_of<'h>(
         }
     }
     Err(first.unwrap_or(Refusal::NoSession))
+}
+
+/// The request's TCP peer (none on the admin socket).
+fn peer_of(extensions: &Extensions) -> Option<IpAddr> {
+    extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip())
+}
+
+/// Who the authenticating proxy says makes the request: its user header is
+/// believed only with proxy login on and from a peer in `[auth]
+/// trusted_proxies` (read now: a reload may change them). Exactly one header
+/// counts; two could be one from the client the proxy failed to remove.
+fn proxied<'h>(st: &AppState, headers: &'h HeaderMap, peer: Option<IpAddr>) -> Proxied<'h> {
+    let Some(name) = st.console.config().proxy_user_header.as_deref() else {
+        return Proxied::Untrusted;
+    };
+    let trusted = peer.is_some_and(|ip| allows_any(&st.edge.auth().config.trusted_proxies, ip));
+    if !trusted {
+        return Proxied::Untrusted;
+    }
+    let mut values = headers.get_all(name).iter();
+    let user = match (values.next(), values.next()) {
+        (Some(v), None) => v.to_str().ok().map(str::trim).filter(|u| !u.is_empty()),
+        _ => None,
+    };
+    Proxied::Trusted(user)
+}
+
+/// A login as the user the authenticating proxy names. Its value is logged only
+/// when it is a valid user name (letters, digits, `-_.`): never raw.
+fn proxy_login(
+    st: &AppState,
+    headers: &HeaderMap,
+    peer: Option<IpAddr>,
+    directory: &Directory,
+) -> Result<NewSession, Refusal> {
+    let Some(header) = st.console.config().proxy_user_header.as_deref() else {
+        return Err(Refusal::ProxyOff);
+    };
+    let refusal = match proxied(st, headers, peer) {
+        Proxied::Untrusted => Refusal::ProxyUntrusted,
+        Proxied::Trusted(None) => Refusal::ProxyNoUser(header.to_owned()),
+        Proxied::Trusted(Some(user)) if valid_name(user) => {
+            let new = st.console.proxy_login(user, directory);
+            if let Err(Refusal::ProxyUnknownUser(_)) = &new {
+                tracing::warn!(user = %user, header, "console proxy login refused: the user is not configured");
+            }
+            return new;
+        }
+        Proxied::Trusted(Some(_)) => Refusal::ProxyUnknownUser(header.to_owned()),
+    };
+    tracing::warn!(peer = ?peer, header, reason = %refusal, "console proxy login refused");
+    Err(refusal)
 }
 
 /// The CSRF token a request sends.
@@ -185,12 +249,17 @@ fn refused(r: &Refusal) -> ApiError {
     let (status, code) = match r {
         Refusal::CsrfMissing | Refusal::CsrfWrong => (StatusCode::FORBIDDEN, "csrf"),
         Refusal::Full(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
-        Refusal::LinkUnknown | Refusal::LinkExpired(_) => {
-            (StatusCode::UNAUTHORIZED, "console_link")
-        }
-        Refusal::NoSession | Refusal::Idle(_) | Refusal::Over(_) | Refusal::UserGone => {
-            (StatusCode::UNAUTHORIZED, "console_session")
-        }
+        Refusal::LinkUnknown
+        | Refusal::LinkExpired(_)
+        | Refusal::ProxyOff
+        | Refusal::ProxyUntrusted
+        | Refusal::ProxyNoUser(_) => (StatusCode::UNAUTHORIZED, "console_link"),
+        Refusal::ProxyUnknownUser(_) => (StatusCode::FORBIDDEN, "forbidden"),
+        Refusal::NoSession
+        | Refusal::Idle(_)
+        | Refusal::Over(_)
+        | Refusal::UserGone
+        | Refusal::ProxyChanged => (StatusCode::UNAUTHORIZED, "console_session"),
     };
     ApiError::new(status, code, r.to_string())
 }
@@ -220,17 +289,23 @@ fn session_json(info: &SessionInfo) -> serde_json::Value {
     })
 }
 
+/// A login: a link's token, or `proxy: true` (the user the authenticating
+/// proxy names).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Login {
-    token: String,
+    token: Option<String>,
+    #[serde(default)]
+    proxy: bool,
 }
 
-/// `POST /console/session`: use a link's token; answers the session and sets
-/// its cookie. Only JSON, which a cross-site form cannot send.
+/// `POST /console/session`: use a link's token, or the authenticating proxy's
+/// word; answers the session and sets its cookie. Only JSON, which a
+/// cross-site form cannot send.
 async fn login(
     State(st): State<AppState>,
     headers: HeaderMap,
+    extensions: Extensions,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
     let json = headers
@@ -248,15 +323,23 @@ async fn login(
         return Err(e);
     }
     let req: Login = parse_body(body)?;
-    let directory = &st.keys.settings().directory;
-    let new = st
-        .console
-        .login(&req.token, directory)
-        .map_err(|r| refused(&r))?;
-    tracing::info!(user = %new.info.actor.name, "console login");
+    let peer = peer_of(&extensions);
+    let settings = st.keys.settings();
+    let directory = &settings.directory;
+    let (new, how) = match (req.token, req.proxy) {
+        (Some(token), false) => (st.console.login(&token, directory), "link"),
+        (None, true) => (proxy_login(&st, &headers, peer, directory), "proxy"),
+        _ => {
+            return Err(ApiError::bad_request(
+                "send {\"token\": \"...\"} from a console link, or {\"proxy\": true} behind an authenticating proxy",
+            ))
+        }
+    };
+    let new = new.map_err(|r| refused(&r))?;
+    tracing::info!(user = %new.info.actor.name, how, "console login");
     // A new login replaces the page's session: the page sent that session's
     // token (the cookie alone must not end someone's session).
-    if let Ok((old, _)) = session_of(&st, &headers) {
+    if let Ok((old, _)) = session_of(&st, &headers, peer) {
         st.console.logout(old);
     }
     let mut answer = session_json(&new.info);
@@ -269,20 +352,28 @@ async fn login(
 
 /// `GET /console/session`: the session the cookie and the token name (the
 /// page reloaded, its token in `sessionStorage`).
-async fn current(State(st): State<AppState>, headers: HeaderMap) -> ApiResult<Response> {
+async fn current(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    extensions: Extensions,
+) -> ApiResult<Response> {
     if let Some(e) = foreign(&st, &headers) {
         return Err(e);
     }
-    let (_, info) = session_of(&st, &headers).map_err(|r| refused(&r))?;
+    let (_, info) = session_of(&st, &headers, peer_of(&extensions)).map_err(|r| refused(&r))?;
     Ok(Json(session_json(&info)).into_response())
 }
 
 /// `DELETE /console/session`: log out (with the CSRF token, as every change).
-async fn logout(State(st): State<AppState>, headers: HeaderMap) -> ApiResult<Response> {
+async fn logout(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    extensions: Extensions,
+) -> ApiResult<Response> {
     if let Some(e) = foreign(&st, &headers) {
         return Err(e);
     }
-    match session_of(&st, &headers) {
+    match session_of(&st, &headers, peer_of(&extensions)) {
         Ok((id, info)) => {
             st.console.logout(id);
             tracing::info!(user = %info.actor.name, "console logout");
@@ -296,6 +387,10 @@ async fn logout(State(st): State<AppState>, headers: HeaderMap) -> ApiResult<Res
     Ok(r)
 }
 
+/// The console's API route and its methods, for the route table (the pages are
+/// not in the OpenAPI document).
+pub(crate) const SESSION_ROUTE: (&str, &[&str]) = ("/console/session", &["GET", "POST", "DELETE"]);
+
 /// The console's pages and session endpoints (TCP only, when `[console]` is on).
 pub(crate) fn router() -> Router<AppState> {
     Router::new()
@@ -304,7 +399,7 @@ pub(crate) fn router() -> Router<AppState> {
             get(|| async { Redirect::permanent("console/") }),
         )
         .route("/console/", get(index))
-        .route("/console/session", get(current).post(login).delete(logout))
+        .route(SESSION_ROUTE.0, get(current).post(login).delete(logout))
         .route("/console/{*name}", get(file))
         .layer(middleware::map_response(secure))
 }
@@ -355,7 +450,7 @@ pub(crate) async fn cookie_actor(st: AppState, mut req: Request, next: Next) -> 
     } else if let Some(e) = foreign(&st, req.headers()) {
         Err(e)
     } else {
-        session_of(&st, req.headers())
+        session_of(&st, req.headers(), peer_of(req.extensions()))
             .map(|(_, info)| info)
             .map_err(|r| refused(&r))
     };

@@ -13,6 +13,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::clock::SharedClock;
+use crate::config::console::page;
 use crate::config::{ConsoleConfig, Directory};
 use crate::keys::Actor;
 
@@ -94,6 +95,34 @@ pub enum Refusal {
     /// Too many links or sessions at once.
     #[error("too many console {0} at once; try again later")]
     Full(&'static str),
+    /// A proxy login where `[console] proxy_user_header` is not set.
+    #[error("this console has no login through an authenticating proxy (console.proxy_user_header is not set): open a console link: run `apikeyctl console-link`")]
+    ProxyOff,
+    /// A proxy login from a peer outside `[auth] trusted_proxies`.
+    #[error("a login through the authenticating proxy must come from that proxy ([auth] trusted_proxies), and this request did not: open the console through the proxy, or open a console link: run `apikeyctl console-link`")]
+    ProxyUntrusted,
+    /// A proxy login where the proxy named no user (the header's name).
+    #[error("the authenticating proxy sent no single user name in the {0} header: log in at the proxy, or check that it sets {0} for the console; or open a console link: run `apikeyctl console-link`")]
+    ProxyNoUser(String),
+    /// A proxy login for a user apikeyd does not know (the header's name; never
+    /// its value, which is the proxy's word, not the configuration's).
+    #[error("the user the authenticating proxy names in the {0} header is not configured in apikeyd (add it to [users], under the same name)")]
+    ProxyUnknownUser(String),
+    /// A request on a proxy-made session that did not come from the proxy as
+    /// the session's user: logged out, or another user, at the proxy.
+    #[error("this console session was started through the authenticating proxy, and this request did not come from it as the same user (logged out or changed user there?); reload the page to log in again")]
+    ProxyChanged,
+}
+
+/// Who the authenticating proxy says is making a request, for the sessions it
+/// made: each of their requests must come from the proxy as their user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proxied<'a> {
+    /// From a peer outside `[auth] trusted_proxies`, or proxy login is off: no
+    /// user header is believed.
+    Untrusted,
+    /// From a trusted proxy, which named this user (`None`: no single header).
+    Trusted(Option<&'a str>),
 }
 
 struct Link {
@@ -112,6 +141,8 @@ enum Ended {
 struct Session {
     actor: Actor,
     from_root: bool,
+    /// Made by a proxy login: bound to the proxy's word on every request.
+    proxied: bool,
     csrf: Token,
     started: DateTime<Utc>,
     last_seen: DateTime<Utc>,
@@ -348,7 +379,7 @@ impl Sessions {
             }
         }
         Ok(NewLink {
-            url: Token(format!("{}/console/#login={}", self.base, token.expose())),
+            url: Token(page(&self.base, &format!("login={}", token.expose()))),
             expires,
         })
     }
@@ -371,16 +402,56 @@ impl Sessions {
             return Err(Refusal::LinkExpired(link.expires));
         }
         maps.remember(h, Ended::Used);
-        let idle = chrono(self.config.session_idle);
-        let max = chrono(self.config.session_max);
         let session = Session {
             actor: link.actor,
             from_root: link.from_root,
+            proxied: false,
             csrf: Token::random(),
             started: now,
             last_seen: now,
         };
-        let actor = current_actor(&session, directory).ok_or(Refusal::UserGone)?;
+        self.open(&mut maps, session, now, directory, Refusal::UserGone)
+    }
+
+    /// A session for `user`, whom a trusted authenticating proxy named: with
+    /// the rights the configuration gives that user, as a link's would have,
+    /// and bound to the proxy's word on every later request.
+    pub fn proxy_login(&self, user: &str, directory: &Directory) -> Result<NewSession, Refusal> {
+        let now = self.clock.now();
+        let session = Session {
+            actor: Actor {
+                name: user.to_owned(),
+                admin: false,
+            },
+            from_root: false,
+            proxied: true,
+            csrf: Token::random(),
+            started: now,
+            last_seen: now,
+        };
+        let header = self.config.proxy_user_header.clone().unwrap_or_default();
+        let mut maps = self.maps.lock();
+        self.open(
+            &mut maps,
+            session,
+            now,
+            directory,
+            Refusal::ProxyUnknownUser(header),
+        )
+    }
+
+    /// Start `session` under the caps; `unknown` if its user is not configured.
+    fn open(
+        &self,
+        maps: &mut Maps,
+        session: Session,
+        now: DateTime<Utc>,
+        directory: &Directory,
+        unknown: Refusal,
+    ) -> Result<NewSession, Refusal> {
+        let idle = chrono(self.config.session_idle);
+        let max = chrono(self.config.session_max);
+        let actor = current_actor(&session, directory).ok_or(unknown)?;
         let info = SessionInfo {
             actor,
             expires: later(now, max),
@@ -419,10 +490,13 @@ impl Sessions {
     /// The session `id` names, if it is still on and `csrf` is its token: its
     /// use counts as activity. Every request needs the token, reads too: the
     /// cookie can be captured by any server on the same host, the token cannot.
+    /// A session a proxy login made also needs `proxied` to be its user, or it
+    /// ends (checked after the token, so only its own page can end it so).
     pub fn authenticate(
         &self,
         id: &str,
         csrf: Option<&str>,
+        proxied: Proxied<'_>,
         directory: &Directory,
     ) -> Result<SessionInfo, Refusal> {
         let now = self.clock.now();
@@ -447,6 +521,10 @@ impl Sessions {
         };
         if !bool::from(sent.as_bytes().ct_eq(s.csrf.expose().as_bytes())) {
             return Err(Refusal::CsrfWrong);
+        }
+        if s.proxied && proxied != Proxied::Trusted(Some(s.actor.name.as_str())) {
+            maps.sessions.remove(&key);
+            return Err(Refusal::ProxyChanged);
         }
         let Some(actor) = current_actor(s, directory) else {
             maps.sessions.remove(&key);
@@ -544,23 +622,26 @@ mod tests {
         let csrf = Some(a.csrf.expose());
         // Reads need the token too: the cookie alone is not a session.
         assert_eq!(
-            s.authenticate(id, None, &dir).unwrap_err(),
+            s.authenticate(id, None, Proxied::Untrusted, &dir)
+                .unwrap_err(),
             Refusal::CsrfMissing
         );
         assert_eq!(
-            s.authenticate(id, Some("x"), &dir).unwrap_err(),
+            s.authenticate(id, Some("x"), Proxied::Untrusted, &dir)
+                .unwrap_err(),
             Refusal::CsrfWrong
         );
-        s.authenticate(id, csrf, &dir).unwrap();
+        s.authenticate(id, csrf, Proxied::Untrusted, &dir).unwrap();
         clock.advance(chrono::Duration::minutes(29));
-        s.authenticate(id, csrf, &dir).unwrap();
+        s.authenticate(id, csrf, Proxied::Untrusted, &dir).unwrap();
         clock.advance(chrono::Duration::minutes(30));
         assert!(matches!(
-            s.authenticate(id, csrf, &dir),
+            s.authenticate(id, csrf, Proxied::Untrusted, &dir),
             Err(Refusal::Idle(_))
         ));
         assert_eq!(
-            s.authenticate(id, csrf, &dir).unwrap_err(),
+            s.authenticate(id, csrf, Proxied::Untrusted, &dir)
+                .unwrap_err(),
             Refusal::NoSession
         );
 
@@ -568,22 +649,26 @@ mod tests {
         let b = login(&s);
         for _ in 0..(12 * 60 / 20 - 1) {
             clock.advance(chrono::Duration::minutes(20));
-            s.authenticate(b.id.expose(), Some(b.csrf.expose()), &dir)
-                .unwrap();
+            again(&s, &b, &dir).unwrap();
         }
         clock.advance(chrono::Duration::minutes(20));
         assert_eq!(
-            s.authenticate(b.id.expose(), Some(b.csrf.expose()), &dir)
-                .unwrap_err(),
+            again(&s, &b, &dir).unwrap_err(),
             Refusal::Over("12 hour(s)".into())
         );
         let c = login(&s);
         s.logout(c.id.expose());
-        assert_eq!(
-            s.authenticate(c.id.expose(), Some(c.csrf.expose()), &dir)
-                .unwrap_err(),
-            Refusal::NoSession
-        );
+        assert_eq!(again(&s, &c, &dir).unwrap_err(), Refusal::NoSession);
+    }
+
+    /// A request on session `n` with its token, not through a proxy.
+    fn again(s: &Sessions, n: &NewSession, dir: &Directory) -> Result<SessionInfo, Refusal> {
+        s.authenticate(
+            n.id.expose(),
+            Some(n.csrf.expose()),
+            Proxied::Untrusted,
+            dir,
+        )
     }
 
     fn user(name: &str) -> Actor {
@@ -630,17 +715,11 @@ mod tests {
         }
         // Bob logs in, and alice's newest sessions go on; her oldest ended.
         let bob = s.login(&bobs, &dir).unwrap();
-        s.authenticate(bob.id.expose(), Some(bob.csrf.expose()), &dir)
-            .unwrap();
+        again(&s, &bob, &dir).unwrap();
         let newest = sessions.last().unwrap();
-        s.authenticate(newest.id.expose(), Some(newest.csrf.expose()), &dir)
-            .unwrap();
+        again(&s, newest, &dir).unwrap();
         let oldest = &sessions[0];
-        assert_eq!(
-            s.authenticate(oldest.id.expose(), Some(oldest.csrf.expose()), &dir)
-                .unwrap_err(),
-            Refusal::NoSession
-        );
+        assert_eq!(again(&s, oldest, &dir).unwrap_err(), Refusal::NoSession);
         assert_eq!(s.maps.lock().sessions.len(), USER_SESSIONS + 1);
     }
 
@@ -688,5 +767,62 @@ mod tests {
         };
         let t = token_of(&s.issue_link(bob, false).unwrap());
         assert_eq!(s.login(&t, &dir).unwrap_err(), Refusal::UserGone);
+    }
+
+    #[test]
+    fn a_proxy_session_holds_only_while_the_proxy_names_its_user() {
+        let (_, s) = setup();
+        let dir = directory(&["alice", "bob"]);
+        assert_eq!(
+            s.proxy_login("mallory", &dir).unwrap_err(),
+            Refusal::ProxyUnknownUser(String::new())
+        );
+        let login = || s.proxy_login("alice", &dir).unwrap();
+        let a = login();
+        assert_eq!(a.info.actor.name, "alice");
+        assert!(!a.info.actor.admin);
+        let auth = |n: &NewSession, csrf: Option<&str>, p: Proxied<'_>| {
+            s.authenticate(n.id.expose(), csrf, p, &dir)
+        };
+        let csrf = Some(a.csrf.expose());
+        auth(&a, csrf, Proxied::Trusted(Some("alice"))).unwrap();
+        // Without the token nothing is decided, and the session goes on.
+        assert_eq!(
+            auth(&a, None, Proxied::Untrusted).unwrap_err(),
+            Refusal::CsrfMissing
+        );
+        auth(&a, csrf, Proxied::Trusted(Some("alice"))).unwrap();
+        // Another user, no user, or not through the proxy: refused and ended.
+        for other in [
+            Proxied::Trusted(Some("bob")),
+            Proxied::Trusted(None),
+            Proxied::Untrusted,
+        ] {
+            let n = login();
+            let csrf = Some(n.csrf.expose());
+            assert_eq!(auth(&n, csrf, other).unwrap_err(), Refusal::ProxyChanged);
+            assert_eq!(
+                auth(&n, csrf, Proxied::Trusted(Some("alice"))).unwrap_err(),
+                Refusal::NoSession
+            );
+        }
+        // A link's session is not bound to the proxy.
+        let t = token_of(&s.issue_link(user("bob"), false).unwrap());
+        let b = s.login(&t, &dir).unwrap();
+        let csrf = Some(b.csrf.expose());
+        auth(&b, csrf, Proxied::Trusted(Some("alice"))).unwrap();
+        auth(&b, csrf, Proxied::Untrusted).unwrap();
+        // The per-user cap holds for proxy logins too.
+        let many: Vec<NewSession> = (0..USER_SESSIONS + 2).map(|_| login()).collect();
+        let first = &many[0];
+        assert_eq!(
+            auth(
+                first,
+                Some(first.csrf.expose()),
+                Proxied::Trusted(Some("alice"))
+            )
+            .unwrap_err(),
+            Refusal::NoSession
+        );
     }
 }

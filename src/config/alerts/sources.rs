@@ -27,9 +27,11 @@ pub const TEMPLATE_FIELDS: &[&str] = &[
     "key.effective_expires_at",
     "key.effective_limit",
     "key.details",
+    "key.console_url",
     "alert.reason",
     "alert.action",
     "alert.due_at",
+    "alert.console_line",
     "job.id",
 ];
 
@@ -46,7 +48,7 @@ your API key \"${key.name}\" (id ${key.id}) ${alert.reason}.
   description:        ${key.description}
 
 To keep your service working, ${alert.action}.
-
+${alert.console_line}
 -- apikeyd (alert job ${job.id}, due ${alert.due_at})
 ";
 

@@ -68,3 +68,66 @@ fn bad_values_are_reported_with_their_key() {
     let p = problems("[console]\npublic_url = \"https://keys.example.com/?a=b\"\n");
     assert_eq!(p[0].0, "console.public_url", "{p:?}");
 }
+
+#[test]
+fn a_plain_http_public_url_beyond_loopback_is_a_warning() {
+    let c = |u: &str| from_text(&format!("[console]\npublic_url = \"{u}\"\n")).unwrap();
+    let w = c("http://keys.example.com/").warnings();
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert_eq!(w[0].key, "console.public_url");
+    assert!(
+        w[0].message.contains("without TLS") && w[0].message.contains("keys.example.com"),
+        "{}",
+        w[0].message
+    );
+    for fine in [
+        "https://keys.example.com/",
+        "http://localhost:8080/",
+        "http://127.0.0.1:8700",
+        "http://[::1]:8700",
+    ] {
+        assert!(c(fine).warnings().is_empty(), "{fine}");
+    }
+    // Off: nothing is reachable, nothing to warn about.
+    let off = from_text("[console]\nenabled = false\npublic_url = \"http://keys.example.com\"\n");
+    assert!(off.unwrap().warnings().is_empty());
+}
+
+const TRUSTED: &str = "[auth]\ntrusted_proxies = [\"127.0.0.1/32\"]\n";
+
+#[test]
+fn proxy_login_needs_a_header_name_and_trusted_proxies() {
+    let c = from_text(&format!(
+        "{TRUSTED}[console]\nproxy_user_header = \"Remote-User\"\n"
+    ))
+    .unwrap();
+    assert_eq!(c.console.proxy_user_header.as_deref(), Some("remote-user"));
+    assert!(c.warnings().is_empty(), "{:?}", c.warnings());
+    assert_eq!(from_text("").unwrap().console.proxy_user_header, None);
+
+    // Fail closed: without trusted proxies no peer could ever log in this way.
+    let p = problems("[console]\nproxy_user_header = \"Remote-User\"\n");
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert_eq!(p[0].0, "console.proxy_user_header");
+    assert!(p[0].1.contains("auth.trusted_proxies"), "{}", p[0].1);
+
+    for bad in ["Remote User", "Remote-User:", "", "Cookie", "X-CSRF-Token"] {
+        let text = format!("{TRUSTED}[console]\nproxy_user_header = \"{bad}\"\n");
+        if bad.is_empty() {
+            // Empty is unset.
+            assert_eq!(from_text(&text).unwrap().console.proxy_user_header, None);
+            continue;
+        }
+        let p = problems(&text);
+        assert_eq!(p[0].0, "console.proxy_user_header", "{bad}: {p:?}");
+    }
+
+    // Set while the console is off: check-config says it does nothing.
+    let off = from_text(&format!(
+        "{TRUSTED}[console]\nenabled = false\nproxy_user_header = \"Remote-User\"\n"
+    ))
+    .unwrap();
+    let w = off.warnings();
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert_eq!(w[0].key, "console.proxy_user_header");
+}

@@ -118,6 +118,8 @@ async function main() {
     }
   }
   $("keys").hidden = false;
+  // The Log in button just went away: the focus goes to what replaced it.
+  $("keys-title").focus();
   await loadKeys();
   const wanted = localStorage.getItem(OPEN_KEY);
   if (wanted) {

@@ -334,7 +334,9 @@ mod tests {
         assert!(at + slack >= body_at + t.idle && at <= Instant::now() + t.idle + slack);
         let expired = activity.expired(t);
         tokio::pin!(expired);
-        assert!(futures_poll(expired.as_mut()).await.is_pending());
+        // Pending, unless this thread was kept off the CPU past the deadline (a
+        // loaded machine): then the poll says nothing.
+        assert!(futures_poll(expired.as_mut()).await.is_pending() || body_at.elapsed() >= t.idle);
         let answered = Instant::now();
         drop(busy);
         let (at, why) = activity.deadline(t);
@@ -342,7 +344,7 @@ mod tests {
         assert!(at + slack >= answered + t.idle && at <= Instant::now() + t.idle + slack);
         // The watcher resolves once idle for t.idle, not before.
         tokio::time::sleep(Duration::from_millis(300)).await;
-        assert!(futures_poll(expired.as_mut()).await.is_pending());
+        assert!(futures_poll(expired.as_mut()).await.is_pending() || answered.elapsed() >= t.idle);
         let why = tokio::time::timeout(Duration::from_secs(5), expired)
             .await
             .expect("expires");

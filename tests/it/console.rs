@@ -81,9 +81,13 @@ pub(crate) fn call_at(
     body: &str,
 ) -> Answer {
     let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: {}\r\n",
+        "{method} {path} HTTP/1.1\r\nConnection: close\r\nContent-Length: {}\r\n",
         body.len()
     );
+    // The address asked for, as a browser sends it, unless the test names another.
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        req += &format!("Host: {addr}\r\n");
+    }
     if !body.is_empty() {
         req += "Content-Type: application/json\r\n";
     }
@@ -627,4 +631,81 @@ fn the_pages_filter_choices_are_ones_the_list_api_takes() {
         }
     }
     assert!(checked >= 15, "only {checked} choices found in the page");
+}
+
+/// DNS rebinding: a page at an attacker's host name, pointed at this address,
+/// is same-origin with itself (its Origin matches its Host). The console answers
+/// a browser only at an IP address, `localhost` or `public_url`'s host.
+#[test]
+fn a_page_at_another_host_name_is_refused_dns_rebinding() {
+    let (d, _) = daemon("\n[console]\npublic_url = \"http://keys.example.test/\"\n");
+    let port = d.addr.port();
+    // Links name public_url here, which link() does not expect.
+    let body = |d: &TestDaemon| {
+        let url = String::from_utf8(d.ctl(&["console-link"]).stdout).unwrap();
+        assert!(
+            url.starts_with("http://keys.example.test/console/#login="),
+            "{url}"
+        );
+        serde_json::json!({ "token": token_of(url.trim()) }).to_string()
+    };
+    let evil = format!("rebind.attacker.example:{port}");
+    let evil_origin = format!("http://{evil}");
+    let a = call(
+        &d,
+        "POST",
+        "/console/session",
+        &[
+            ("Host", &evil),
+            ("Origin", &evil_origin),
+            ("Sec-Fetch-Site", "same-origin"),
+        ],
+        &body(&d),
+    );
+    assert_eq!(a.status, 403, "{}", a.body);
+    assert!(a.header("set-cookie").is_none());
+    assert!(a.body.contains("its own address"), "{}", a.body);
+
+    // Our names: the listener's address, localhost, public_url's host.
+    for host in [
+        format!("127.0.0.1:{port}"),
+        format!("localhost:{port}"),
+        "keys.example.test".to_owned(),
+    ] {
+        let origin = format!("http://{host}");
+        let a = call(
+            &d,
+            "POST",
+            "/console/session",
+            &[
+                ("Host", &host),
+                ("Origin", &origin),
+                ("Sec-Fetch-Site", "same-origin"),
+            ],
+            &body(&d),
+        );
+        assert_eq!(a.status, 200, "{host}: {}", a.body);
+        // And the session it made is refused under the attacker's name.
+        let cookie = a
+            .header("set-cookie")
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap()
+            .to_owned();
+        let csrf = json(&a)["csrf_token"].as_str().unwrap().to_owned();
+        let r = call(
+            &d,
+            "GET",
+            "/v1/admin/keys",
+            &[
+                ("Host", &evil),
+                ("Sec-Fetch-Site", "same-origin"),
+                ("Cookie", &cookie),
+                ("X-CSRF-Token", &csrf),
+            ],
+            "",
+        );
+        assert_eq!(r.status, 403, "{}", r.body);
+    }
 }

@@ -235,14 +235,48 @@ fn foreign(st: &AppState, headers: &HeaderMap) -> Option<ApiError> {
         Some(o) == own.as_deref()
             || text(header::HOST.as_str()).is_some_and(|h| o == format!("{scheme}://{h}"))
     });
-    (!site_ok || !origin_ok).then(|| {
-        ApiError::new(
+    if !site_ok || !origin_ok {
+        return Some(ApiError::new(
             StatusCode::FORBIDDEN,
             "csrf",
             "the console answers its own page only (this request came from another site or origin)"
                 .into(),
-        )
-    })
+        ));
+    }
+    // A browser's request (it says where it comes from) must also have asked
+    // for one of our names: a page whose host name an attacker points at this
+    // address (DNS rebinding) is "same-origin" with itself, Origin = Host.
+    let from_browser = text("sec-fetch-site").is_some() || text(header::ORIGIN.as_str()).is_some();
+    let host = text(header::HOST.as_str());
+    match host {
+        Some(h) if from_browser && !own_host(st, h) => Some(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "csrf",
+            "the console answers only at its own address: open it at [console] public_url, or at the listener's IP address or localhost"
+                .into(),
+        )),
+        _ => None,
+    }
+}
+
+/// Whether `host` (a Host header: name or address, and a port) is one the
+/// console is served at: an IP address, `localhost`, or `public_url`'s host.
+/// None of these can be a name an attacker's DNS answers for.
+fn own_host(st: &AppState, host: &str) -> bool {
+    let Ok(authority) = host.parse::<axum::http::uri::Authority>() else {
+        return false;
+    };
+    let name = authority.host();
+    let bare = name.trim_start_matches('[').trim_end_matches(']');
+    bare.parse::<std::net::IpAddr>().is_ok()
+        || name.eq_ignore_ascii_case("localhost")
+        || st
+            .console
+            .config()
+            .public_url
+            .as_ref()
+            .and_then(|u| u.host_str())
+            .is_some_and(|h| h.eq_ignore_ascii_case(name))
 }
 
 fn refused(r: &Refusal) -> ApiError {

@@ -11,17 +11,22 @@ import { initAdmin, openers } from "./admin.js";
 // the login, which may happen in another tab. An id is not a secret.
 const OPEN_KEY = "apikeyd.open-key";
 
+// How this tab logged in ("proxy" or "link"), for what logging out means.
+const VIA = "apikeyd.via";
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+
 async function login(body) {
   const session = await call(sessionUrl, { method: "POST", body });
   keepToken(session.csrf_token);
+  sessionStorage.setItem(VIA, body.proxy ? "proxy" : "link");
   return session;
 }
 
 async function startSession() {
   const hash = location.hash;
-  if (hash.startsWith("#key=")) {
-    localStorage.setItem(OPEN_KEY, decodeURIComponent(hash.slice("#key=".length)));
-  }
+  // A key id only (an email's link): anything else is ignored.
+  const wanted = hash.startsWith("#key=") ? hash.slice("#key=".length) : "";
+  if (UUID.test(wanted)) localStorage.setItem(OPEN_KEY, wanted.toLowerCase());
   if (hash.startsWith("#login=")) {
     const token = hash.slice("#login=".length);
     // Out of the address bar and history before anything else.
@@ -91,8 +96,15 @@ async function logout() {
     return;
   }
   forgetToken();
+  localStorage.removeItem(OPEN_KEY);
   for (const id of ["keys", "jobs", "messages", "audit", "tabs", "logout", "who"]) $(id).hidden = true;
-  say("Logged out. Run apikeyctl console-link to log in again.");
+  for (const d of document.querySelectorAll("dialog[open]")) d.close();
+  if (sessionStorage.getItem(VIA) === "proxy") {
+    say("Logged out of the console. Your sign-in at the proxy in front still holds: reload the page to log in again, or sign out there.");
+  } else {
+    say("Logged out. Run apikeyctl console-link to log in again.");
+  }
+  sessionStorage.removeItem(VIA);
 }
 
 async function main() {
@@ -122,7 +134,7 @@ async function main() {
   $("keys-title").focus();
   await loadKeys();
   const wanted = localStorage.getItem(OPEN_KEY);
-  if (wanted) {
+  if (wanted && UUID.test(wanted)) {
     localStorage.removeItem(OPEN_KEY);
     await openKey(wanted);
   }

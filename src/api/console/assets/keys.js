@@ -318,7 +318,9 @@ async function rotate(ev) {
   $("rotate-error").hidden = true;
   try {
     const issued = await call(keyUrl(shown.id, "rotate"), { method: "POST", body });
-    showKey(issued);
+    // The panel keeps the key, not its secret: only the secret dialog holds that.
+    const { key: _secret, ...rotated } = issued;
+    showKey(rotated);
     keyStatus("A new secret was issued.");
     loadKeys();
     showSecret(issued, issued.rotation_grace_until ? `The old secret keeps working until ${new Date(issued.rotation_grace_until).toLocaleString()}.` : "The old secret no longer works.");

@@ -383,7 +383,7 @@ async fn forgetting_a_key_only_takes_out_its_own_slots() {
             }
         )
         .await,
-        Err(KeyError::Conflict(_))
+        Err(KeyError::Taken { field: "name", .. })
     ));
     f.clock.advance(Duration::days(2));
     assert_eq!(maintenance::purge(keys).await.unwrap(), 1);

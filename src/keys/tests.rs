@@ -371,7 +371,7 @@ async fn names_are_freed_by_rename_and_removal() {
         .unwrap();
     assert!(matches!(
         f.keys.create(&admin(), req("alice", "Second")).await,
-        Err(KeyError::Conflict(_))
+        Err(KeyError::Taken { field: "name", .. })
     ));
     f.keys.remove(&alice(), &id).await.unwrap();
     f.keys

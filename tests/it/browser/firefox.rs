@@ -31,7 +31,8 @@ fn in_firefox_a_key_is_created_downloaded_and_disabled_in_the_page() {
     b.wait_for("#secret-dialog[open]");
     let secret = b.value("#secret-value");
     assert!(secret.starts_with("akd_"), "{secret:?}");
-    assert!(verify(&d, &secret).contains("VALID"), "{}", verify(&d, &secret));
+    let verified = verify(&d, &secret);
+    assert!(verified.contains("VALID"), "{verified}");
     b.click("#secret-download");
     let file = b.wait_download("firefox-deploy.APIKEY");
     assert_eq!(String::from_utf8(file).unwrap().trim(), secret);

@@ -39,7 +39,13 @@ pub(super) fn verify(d: &TestDaemon, secret: &str) -> String {
 
 /// The status `/v1/auth` answers for `secret`, as nginx would ask.
 pub(super) fn auth(d: &TestDaemon, secret: &str) -> u16 {
-    request(d.addr, "GET", "/v1/auth", &[("Authorization", &bearer(secret))]).status
+    request(
+        d.addr,
+        "GET",
+        "/v1/auth",
+        &[("Authorization", &bearer(secret))],
+    )
+    .status
 }
 
 /// Open the key `id`'s panel from its row.
@@ -54,7 +60,11 @@ fn a_key_created_in_the_page_shows_its_secret_once_and_verifies() {
         return;
     };
     let (d, _) = daemon("");
-    d.create("admin", "older-key", &["--description", "Made with apikeyctl"]);
+    d.create(
+        "admin",
+        "older-key",
+        &["--description", "Made with apikeyctl"],
+    );
     b.login(&d, None);
 
     // From the keyboard: the button opens the dialog with the name focused.
@@ -68,22 +78,28 @@ fn a_key_created_in_the_page_shows_its_secret_once_and_verifies() {
         policy.contains("Max key lifespan: 6 months") && policy.contains("3 months"),
         "{policy}"
     );
-    let max = b.run(
-        "read max",
-        b.find("#create-expires_at").attr("max"),
+    let max = b.run("read max", b.find("#create-expires_at").attr("max"));
+    assert!(
+        max.is_some_and(|m| !m.is_empty()),
+        "no max on the expiry picker"
     );
-    assert!(max.is_some_and(|m| !m.is_empty()), "no max on the expiry picker");
 
     b.fill("#create-name", "ci-deploy");
     b.fill("#create-description", "Deploys from CI");
     b.screenshot("create-dialog");
     b.click("#create-submit");
     b.wait_for("#secret-dialog[open]");
-    assert!(b.text("#secret-warning").contains("will not be shown again"));
+    assert!(b
+        .text("#secret-warning")
+        .contains("will not be shown again"));
     let secret = b.value("#secret-value");
     assert!(secret.starts_with("akd_"), "{secret:?}");
     b.screenshot("secret-dialog");
-    assert!(verify(&d, &secret).contains("VALID"), "{}", verify(&d, &secret));
+    assert!(
+        verify(&d, &secret).contains("VALID"),
+        "{}",
+        verify(&d, &secret)
+    );
 
     // The download holds the secret, under the key's name.
     b.click("#secret-download");
@@ -157,7 +173,10 @@ fn disable_and_enable_in_the_page_decide_forward_auth() {
     b.wait_text("#key-status", "disabled");
     // 403 DISABLED: a key known and refused (docs/forward-auth.md).
     assert_eq!(auth(&d, &secret), 403, "a disabled key is refused at once");
-    assert!(b.texts("#key-disable").is_empty(), "no Disable on a disabled key");
+    assert!(
+        b.texts("#key-disable").is_empty(),
+        "no Disable on a disabled key"
+    );
     b.wait_text(&format!("#key-rows tr[data-id='{id}']"), "disabled");
 
     b.click("#key-enable");
@@ -165,7 +184,11 @@ fn disable_and_enable_in_the_page_decide_forward_auth() {
     assert_eq!(auth(&d, &secret), 200);
     let actions: Vec<String> = d.json(&["audit", "--key", &id])["entries"]
         .as_array()
-        .map(|a| a.iter().map(|e| e["action"].as_str().unwrap().to_owned()).collect())
+        .map(|a| {
+            a.iter()
+                .map(|e| e["action"].as_str().unwrap().to_owned())
+                .collect()
+        })
         .unwrap_or_default();
     assert!(
         actions.contains(&"disable".into()) && actions.contains(&"enable".into()),

@@ -52,7 +52,7 @@ pub const CHROMIUM_FLAGS: [&str; 7] = [
 
 /// Which browser a `Browser` runs; the helpers are the same for both.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
+enum Kind {
     /// Debian's Chromium through Debian's chromedriver.
     Chromium,
     /// Debian's Firefox ESR through geckodriver (from crates.io: Debian has no
@@ -165,10 +165,11 @@ impl Browser {
                 cmd.arg("--port=0");
             }
             Kind::Firefox => {
-                // Firefox keeps a cache and temp files under HOME and TMPDIR
-                // besides its profile; here they go with the rest on drop,
-                // which a kill would not give Firefox the time to do. The
-                // marionette port is the system's pick by default.
+                // Firefox writes under HOME (~/.cache/mozilla, ~/.config/
+                // mozilla, dconf) and TMPDIR besides its profile, as root too
+                // (where it runs as it is): here that goes with the rest on
+                // drop, which a kill would not give Firefox the time to do.
+                // The marionette port is the system's pick by default.
                 let home = dir.path().join("home");
                 let tmp = dir.path().join("tmp");
                 for d in [&home, &tmp] {
@@ -177,7 +178,12 @@ impl Browser {
                 cmd.args(["--port", "0"])
                     .env("HOME", home)
                     .env("TMPDIR", tmp)
-                    .env("MOZ_CRASHREPORTER_DISABLE", "1");
+                    .env("MOZ_CRASHREPORTER_DISABLE", "1")
+                    // Firefox then refuses connections off this machine, and
+                    // honours the remote settings server pref, which a
+                    // release build ignores otherwise (it looked up
+                    // firefox.settings.services.mozilla.com without).
+                    .env("MOZ_DISABLE_NONLOCAL_CONNECTIONS", "1");
             }
         }
         if let Some(tz) = tz {
@@ -223,7 +229,11 @@ impl Browser {
             .block_on(async { tokio::time::timeout(START, connect).await })
         {
             Ok(Ok(c)) => c,
-            Ok(Err(e)) => panic!("{} could not start {}: {e}", kind.driver_name(), kind.name()),
+            Ok(Err(e)) => panic!(
+                "{} could not start {}: {e}",
+                kind.driver_name(),
+                kind.name()
+            ),
             Err(_) => panic!("{} did not start within {START:?}", kind.name()),
         };
         b.client = Some(client);
@@ -558,9 +568,9 @@ fn chromium_options(chromium: &Path, profile: &Path, downloads: &Path) -> Value 
 }
 
 /// Firefox's capabilities: headless on `profile`, downloads into `downloads`,
-/// no network of its own. geckodriver and Marionette already switch off much
-/// (updates, normandy, remote settings, health reports); these make the rest,
-/// and what this harness relies on, explicit.
+/// no network of its own (with MOZ_DISABLE_NONLOCAL_CONNECTIONS, set in
+/// `start_with`). geckodriver and Marionette already switch off much of it;
+/// these make what this harness relies on explicit.
 fn firefox_options(firefox: &Path, profile: &Path, downloads: &Path) -> Value {
     json!({
         "browserName": "firefox",
@@ -639,7 +649,10 @@ fn driver_port(kind: Kind, stdout: std::process::ChildStdout) -> u16 {
         }
     });
     rx.recv_timeout(START).unwrap_or_else(|_| {
-        panic!("{} did not say its port within {START:?}", kind.driver_name())
+        panic!(
+            "{} did not say its port within {START:?}",
+            kind.driver_name()
+        )
     })
 }
 
@@ -674,6 +687,12 @@ fn saves_a_blob_download_and_a_screenshot(b: Browser, shot: &str) {
          document.body.append(a);",
         vec![],
     );
+    // The window the screenshots assume, and the page's locale.
+    let size = b.exec(
+        "return [window.outerWidth, window.outerHeight, navigator.language]",
+        vec![],
+    );
+    assert_eq!(size, json!([WINDOW.0, WINDOW.1, "en-US"]));
     b.click("#test-download");
     assert_eq!(b.wait_download("harness-check.APIKEY"), b"not a secret\n");
     let shot = b.screenshot(shot);

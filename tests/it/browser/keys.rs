@@ -15,7 +15,7 @@ use crate::console::daemon;
 use crate::util::{bearer, request, TestDaemon};
 
 /// What `apikeyctl verify` says of `secret` (read from stdin, never argv).
-fn verify(d: &TestDaemon, secret: &str) -> String {
+pub(super) fn verify(d: &TestDaemon, secret: &str) -> String {
     let mut child = d
         .ctl_command(&["verify", "-"])
         .stdin(Stdio::piped())
@@ -38,7 +38,7 @@ fn verify(d: &TestDaemon, secret: &str) -> String {
 }
 
 /// The status `/v1/auth` answers for `secret`, as nginx would ask.
-fn auth(d: &TestDaemon, secret: &str) -> u16 {
+pub(super) fn auth(d: &TestDaemon, secret: &str) -> u16 {
     request(
         d.addr,
         "GET",
@@ -49,7 +49,7 @@ fn auth(d: &TestDaemon, secret: &str) -> u16 {
 }
 
 /// Open the key `id`'s panel from its row.
-fn open_key(b: &Browser, id: &str) {
+pub(super) fn open_key(b: &Browser, id: &str) {
     b.click(&format!("#key-rows tr[data-id='{id}'] th button"));
     b.wait_for("#key-dialog[open]");
 }

@@ -1,18 +1,21 @@
 //! The web console in a real browser: Debian's Chromium, headless, driven over
-//! WebDriver by Debian's chromedriver (fantoccini). `Browser` starts both on a
-//! fresh profile, bounds every command and every wait by a few seconds, and kills
-//! both on drop, a panic included; its helpers log in through a real console link
-//! and find, click, fill, wait, read, download and take screenshots. The tests of
-//! the page are in the submodules; the harness's own checks are here.
+//! WebDriver by Debian's chromedriver (fantoccini), or Debian's Firefox ESR by
+//! geckodriver (`Browser::firefox`). `Browser` starts both on a fresh profile,
+//! bounds every command and every wait by a few seconds, and kills both on drop,
+//! a panic included; its helpers log in through a real console link and find,
+//! click, fill, wait, read, download and take screenshots, the same in either
+//! browser. The tests of the page are in the submodules (Firefox's in firefox.rs);
+//! the harness's own checks are here.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod firefox;
 mod keys;
 mod session;
 
 use std::future::Future;
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -29,7 +32,7 @@ use crate::util::{find_program, require, TestDaemon};
 pub const WAIT: Duration = Duration::from_secs(10);
 /// The longest one WebDriver command may take, a page load included.
 const COMMAND: Duration = Duration::from_secs(15);
-/// The longest chromedriver may take to start, and Chromium to open a session.
+/// The longest the driver may take to start, and the browser to open a session.
 const START: Duration = Duration::from_secs(30);
 /// The window: wide enough for the key table's columns in a screenshot.
 const WINDOW: (u32, u32) = (1280, 900);
@@ -47,58 +50,143 @@ pub const CHROMIUM_FLAGS: [&str; 7] = [
     "--disable-sync",
 ];
 
-/// One headless Chromium behind its own chromedriver, on a fresh profile.
+/// Which browser a `Browser` runs; the helpers are the same for both.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    /// Debian's Chromium through Debian's chromedriver.
+    Chromium,
+    /// Debian's Firefox ESR through geckodriver (from crates.io: Debian has no
+    /// package of it).
+    Firefox,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Chromium => "Chromium",
+            Kind::Firefox => "Firefox",
+        }
+    }
+
+    fn driver_name(self) -> &'static str {
+        match self {
+            Kind::Chromium => "chromedriver",
+            Kind::Firefox => "geckodriver",
+        }
+    }
+
+    /// The browser and its driver on this machine, or what to install.
+    fn programs(self) -> Result<(PathBuf, PathBuf), &'static str> {
+        let found = match self {
+            Kind::Chromium => (
+                find_program("chromium", &["/usr/bin", "/usr/local/bin"]),
+                find_program("chromedriver", &["/usr/bin", "/usr/lib/chromium"]),
+            ),
+            Kind::Firefox => (
+                find_program("firefox-esr", &["/usr/bin", "/usr/local/bin"]),
+                find_program("geckodriver", &[&cargo_bin()]),
+            ),
+        };
+        match found {
+            (Some(browser), Some(driver)) => Ok((browser, driver)),
+            _ => Err(match self {
+                Kind::Chromium => {
+                    "Debian's chromium and chromedriver (apt-get install chromium chromium-driver)"
+                }
+                Kind::Firefox => {
+                    "Debian's firefox-esr and geckodriver (apt-get install firefox-esr; \
+                     cargo install --locked geckodriver)"
+                }
+            }),
+        }
+    }
+}
+
+/// One headless browser behind its own WebDriver server, on a fresh profile.
 pub struct Browser {
     rt: tokio::runtime::Runtime,
     /// None only while starting, or when the start failed.
     client: Option<Client>,
-    /// chromedriver, leader of a process group that Chromium's processes join.
+    /// The driver, leader of a process group that the browser's processes join.
     driver: Child,
-    /// The profile and the downloads.
+    /// The profile, the downloads, and for Firefox its home and temp dir.
     dir: tempfile::TempDir,
     /// Where screenshots go: `APIKEYD_SCREENSHOTS`, else `dir`.
     shots: PathBuf,
 }
 
 impl Browser {
-    /// A browser in the machine's time zone; `None` when Chromium or chromedriver
-    /// is missing and skipping was allowed (`util::require`: never under CI).
+    /// A Chromium in the machine's time zone; `None` when Chromium or
+    /// chromedriver is missing and skipping was allowed (`util::require`: never
+    /// under CI).
     pub fn start() -> Option<Self> {
-        Self::start_with(None)
+        Self::start_with(Kind::Chromium, None)
     }
 
-    /// A browser whose time zone is `tz` (an IANA name, through `TZ`).
+    /// A Chromium whose time zone is `tz` (an IANA name, through `TZ`).
     pub fn start_in(tz: &str) -> Option<Self> {
-        Self::start_with(Some(tz))
+        Self::start_with(Kind::Chromium, Some(tz))
     }
 
-    fn start_with(tz: Option<&str>) -> Option<Self> {
-        let chromium = find_program("chromium", &["/usr/bin", "/usr/local/bin"]);
-        let driver = find_program("chromedriver", &["/usr/bin", "/usr/lib/chromium"]);
-        if !require(
-            "Debian's chromium and chromedriver (apt-get install chromium chromium-driver)",
-            chromium.is_some() && driver.is_some(),
-        ) {
-            return None;
-        }
+    /// A Firefox in the machine's time zone; `None` as for `start`.
+    pub fn firefox() -> Option<Self> {
+        Self::start_with(Kind::Firefox, None)
+    }
+
+    fn start_with(kind: Kind, tz: Option<&str>) -> Option<Self> {
+        let (browser, driver) = match kind.programs() {
+            Ok(p) => p,
+            Err(what) => {
+                require(what, false);
+                return None;
+            }
+        };
         let dir = tempfile::tempdir().unwrap();
         let downloads = dir.path().join("downloads");
-        std::fs::create_dir(&downloads).unwrap();
+        let profile = dir.path().join("profile");
+        for d in [&downloads, &profile] {
+            std::fs::create_dir(d).unwrap();
+        }
         let shots = match std::env::var_os("APIKEYD_SCREENSHOTS") {
             Some(d) if !d.is_empty() => PathBuf::from(d),
             _ => dir.path().to_path_buf(),
         };
         std::fs::create_dir_all(&shots).unwrap();
 
-        // Port 0: chromedriver takes a free port and says which.
-        let mut cmd = Command::new(driver.unwrap());
-        cmd.arg("--port=0")
-            .process_group(0)
+        // Port 0: the driver takes a free port and says which. The browser
+        // inherits the driver's environment.
+        let mut cmd = Command::new(driver);
+        cmd.process_group(0)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null());
+        match kind {
+            Kind::Chromium => {
+                cmd.arg("--port=0");
+            }
+            Kind::Firefox => {
+                // Firefox writes under HOME (~/.cache/mozilla, ~/.config/
+                // mozilla, dconf) and TMPDIR besides its profile, as root too
+                // (where it runs as it is): here that goes with the rest on
+                // drop, which a kill would not give Firefox the time to do.
+                // The marionette port is the system's pick by default.
+                let home = dir.path().join("home");
+                let tmp = dir.path().join("tmp");
+                for d in [&home, &tmp] {
+                    std::fs::create_dir(d).unwrap();
+                }
+                cmd.args(["--port", "0"])
+                    .env("HOME", home)
+                    .env("TMPDIR", tmp)
+                    .env("MOZ_CRASHREPORTER_DISABLE", "1")
+                    // Firefox then refuses connections off this machine, and
+                    // honours the remote settings server pref, which a
+                    // release build ignores otherwise (it looked up
+                    // firefox.settings.services.mozilla.com without).
+                    .env("MOZ_DISABLE_NONLOCAL_CONNECTIONS", "1");
+            }
+        }
         if let Some(tz) = tz {
-            // Chromium inherits chromedriver's environment.
             cmd.env("TZ", tz);
         }
         let mut child = cmd.spawn().unwrap();
@@ -107,7 +195,7 @@ impl Browser {
             .enable_all()
             .build()
             .unwrap();
-        // From here on, Drop kills chromedriver whatever happens.
+        // From here on, Drop kills the driver and the browser whatever happens.
         let mut b = Self {
             rt,
             client: None,
@@ -115,36 +203,20 @@ impl Browser {
             dir,
             shots,
         };
-        let port = driver_port(stdout);
-        let profile = b.dir.path().join("profile");
-        let mut args: Vec<String> = CHROMIUM_FLAGS.iter().map(|f| f.to_string()).collect();
-        args.extend([
-            format!("--user-data-dir={}", profile.display()),
-            format!("--window-size={},{}", WINDOW.0, WINDOW.1),
-            // Dates and times as en-US writes them, whatever the machine's locale.
-            "--lang=en-US".into(),
-        ]);
-        let caps = json!({
-            "browserName": "chrome",
-            "goog:chromeOptions": {
-                "binary": chromium.unwrap(),
-                "args": args,
-                // Downloads land in `downloads` without asking.
-                "prefs": {
-                    "download.default_directory": downloads,
-                    "download.prompt_for_download": false,
-                    "download.directory_upgrade": true,
-                },
-            },
-            "timeouts": {
+        let port = driver_port(kind, stdout);
+        let caps = match kind {
+            Kind::Chromium => chromium_options(&browser, &profile, &downloads),
+            Kind::Firefox => firefox_options(&browser, &profile, &downloads),
+        };
+        let mut caps = caps.as_object().unwrap().clone();
+        caps.insert(
+            "timeouts".into(),
+            json!({
                 "implicit": 0,
                 "pageLoad": COMMAND.as_millis() as u64,
                 "script": WAIT.as_millis() as u64,
-            },
-        });
-        let Value::Object(caps) = caps else {
-            unreachable!()
-        };
+            }),
+        );
         let url = format!("http://127.0.0.1:{port}");
         let connect = async {
             ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
@@ -157,8 +229,12 @@ impl Browser {
             .block_on(async { tokio::time::timeout(START, connect).await })
         {
             Ok(Ok(c)) => c,
-            Ok(Err(e)) => panic!("chromedriver could not start Chromium: {e}"),
-            Err(_) => panic!("Chromium did not start within {START:?}"),
+            Ok(Err(e)) => panic!(
+                "{} could not start {}: {e}",
+                kind.driver_name(),
+                kind.name()
+            ),
+            Err(_) => panic!("{} did not start within {START:?}", kind.name()),
         };
         b.client = Some(client);
         Some(b)
@@ -408,9 +484,16 @@ impl Browser {
     #[track_caller]
     pub fn wait_download(&self, name: &str) -> Vec<u8> {
         let file = self.downloads().join(name);
+        let part = self.downloads().join(format!("{name}.part"));
         // Chromium writes to NAME.crdownload (or a temp name) and renames it
-        // when done, so a file under its own name is whole.
-        self.poll(&format!("download {name}"), || std::fs::read(&file).ok())
+        // when done, so a file under its own name is whole. Firefox first puts
+        // an empty NAME in place, writes NAME.part and renames it over NAME: no
+        // .part and some bytes is whole (no download here is empty).
+        self.poll(&format!("download {name}"), || {
+            std::fs::read(&file)
+                .ok()
+                .filter(|b| !b.is_empty() && !part.exists())
+        })
     }
 
     /// A screenshot of the window as `NAME.png` in the screenshot directory
@@ -436,13 +519,13 @@ impl Browser {
 impl Drop for Browser {
     fn drop(&mut self) {
         if let Some(c) = self.client.take() {
-            // A polite end first (Chromium closes its profile); bounded, as a
+            // A polite end first (the browser closes its profile); bounded, as a
             // browser that hangs must not hang the test.
             let _ = self
                 .rt
                 .block_on(async { tokio::time::timeout(Duration::from_secs(3), c.close()).await });
         }
-        // Then chromedriver's whole process group: Chromium and its helpers.
+        // Then the driver's whole process group: the browser and its helpers.
         let _ = rustix::process::kill_process_group(
             rustix::process::Pid::from_child(&self.driver),
             rustix::process::Signal::KILL,
@@ -451,17 +534,113 @@ impl Drop for Browser {
     }
 }
 
-/// The port chromedriver says it listens on ("... started successfully on port
-/// N."); its output is drained after that so it never blocks on a full pipe.
-fn driver_port(stdout: std::process::ChildStdout) -> u16 {
+/// Where `cargo install` puts programs (geckodriver), for when it is not on PATH.
+fn cargo_bin() -> String {
+    let home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .unwrap_or_default();
+    home.join("bin").display().to_string()
+}
+
+/// Chromium's capabilities: headless on `profile`, downloads into `downloads`.
+fn chromium_options(chromium: &Path, profile: &Path, downloads: &Path) -> Value {
+    let mut args: Vec<String> = CHROMIUM_FLAGS.iter().map(|f| f.to_string()).collect();
+    args.extend([
+        format!("--user-data-dir={}", profile.display()),
+        format!("--window-size={},{}", WINDOW.0, WINDOW.1),
+        // Dates and times as en-US writes them, whatever the machine's locale.
+        "--lang=en-US".into(),
+    ]);
+    json!({
+        "browserName": "chrome",
+        "goog:chromeOptions": {
+            "binary": chromium,
+            "args": args,
+            // Downloads land in `downloads` without asking.
+            "prefs": {
+                "download.default_directory": downloads,
+                "download.prompt_for_download": false,
+                "download.directory_upgrade": true,
+            },
+        },
+    })
+}
+
+/// Firefox's capabilities: headless on `profile`, downloads into `downloads`,
+/// no network of its own (with MOZ_DISABLE_NONLOCAL_CONNECTIONS, set in
+/// `start_with`). geckodriver and Marionette already switch off much of it;
+/// these make what this harness relies on explicit.
+fn firefox_options(firefox: &Path, profile: &Path, downloads: &Path) -> Value {
+    json!({
+        "browserName": "firefox",
+        "moz:firefoxOptions": {
+            "binary": firefox,
+            "args": [
+                "-headless",
+                "-profile", profile,
+                "-width", WINDOW.0.to_string(),
+                "-height", WINDOW.1.to_string(),
+            ],
+            "prefs": {
+                // Downloads land in `downloads` without asking.
+                "browser.download.folderList": 2,
+                "browser.download.dir": downloads,
+                "browser.download.useDownloadDir": true,
+                "browser.download.always_ask_before_handling_new_types": false,
+                "browser.helperApps.neverAsk.saveToDisk": "application/octet-stream",
+                "browser.download.alwaysOpenPanel": false,
+                // Dates and times as en-US writes them, whatever the machine's locale.
+                "intl.locale.requested": "en-US",
+                "intl.accept_languages": "en-US",
+                // No network of its own.
+                "app.update.auto": false,
+                "app.update.disabledForTesting": true,
+                "app.normandy.enabled": false,
+                "app.normandy.api_url": "",
+                "services.settings.server": "data:,#remote-settings-dummy/v1",
+                "datareporting.policy.dataSubmissionEnabled": false,
+                "datareporting.healthreport.uploadEnabled": false,
+                "toolkit.telemetry.enabled": false,
+                "toolkit.telemetry.server": "",
+                "network.captive-portal-service.enabled": false,
+                "network.connectivity-service.enabled": false,
+                "browser.safebrowsing.downloads.enabled": false,
+                "browser.safebrowsing.downloads.remote.enabled": false,
+                "browser.safebrowsing.malware.enabled": false,
+                "browser.safebrowsing.phishing.enabled": false,
+                "browser.safebrowsing.update.enabled": false,
+                "extensions.update.enabled": false,
+                "extensions.getAddons.cache.enabled": false,
+                "media.gmp-manager.updateEnabled": false,
+                "browser.region.update.enabled": false,
+                "browser.search.update": false,
+                "network.trr.mode": 5,
+                "network.dns.disablePrefetch": true,
+                "network.prefetch-next": false,
+                "network.http.speculative-parallel-limit": 0,
+                "dom.push.connection.enabled": false,
+            },
+        },
+    })
+}
+
+/// The port the driver says it listens on (chromedriver: "... started
+/// successfully on port N."; geckodriver: "Listening on 127.0.0.1:N"); its
+/// output is drained after that so it never blocks on a full pipe.
+fn driver_port(kind: Kind, stdout: std::process::ChildStdout) -> u16 {
+    let marker = match kind {
+        Kind::Chromium => "started successfully on port ",
+        Kind::Firefox => "Listening on 127.0.0.1:",
+    };
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let mut tx = Some(tx);
         for line in BufReader::new(stdout).lines() {
             let Ok(line) = line else { break };
             let port = line
-                .split_once("started successfully on port ")
-                .and_then(|(_, p)| p.trim_end_matches('.').parse::<u16>().ok());
+                .split_once(marker)
+                .and_then(|(_, p)| p.trim().trim_end_matches('.').parse::<u16>().ok());
             if let Some(port) = port {
                 if let Some(tx) = tx.take() {
                     let _ = tx.send(port);
@@ -469,8 +648,12 @@ fn driver_port(stdout: std::process::ChildStdout) -> u16 {
             }
         }
     });
-    rx.recv_timeout(START)
-        .unwrap_or_else(|_| panic!("chromedriver did not say its port within {START:?}"))
+    rx.recv_timeout(START).unwrap_or_else(|_| {
+        panic!(
+            "{} did not say its port within {START:?}",
+            kind.driver_name()
+        )
+    })
 }
 
 /// The harness's download path works headless, on the console's page, under its
@@ -478,7 +661,20 @@ fn driver_port(stdout: std::process::ChildStdout) -> u16 {
 /// secret" link will be, saves its file without a prompt.
 #[test]
 fn the_browser_saves_a_blob_download_without_asking() {
-    let Some(b) = Browser::start() else { return };
+    if let Some(b) = Browser::start() {
+        saves_a_blob_download_and_a_screenshot(b, "harness-check");
+    }
+}
+
+/// The same in Firefox.
+#[test]
+fn firefox_saves_a_blob_download_without_asking() {
+    if let Some(b) = Browser::firefox() {
+        saves_a_blob_download_and_a_screenshot(b, "harness-check-firefox");
+    }
+}
+
+fn saves_a_blob_download_and_a_screenshot(b: Browser, shot: &str) {
     let (d, _) = crate::console::daemon("");
     b.open(&format!("http://127.0.0.1:{}/console/", d.addr.port()));
     b.wait_text("#status", "Not logged in");
@@ -491,9 +687,15 @@ fn the_browser_saves_a_blob_download_without_asking() {
          document.body.append(a);",
         vec![],
     );
+    // The window the screenshots assume, and the page's locale.
+    let size = b.exec(
+        "return [window.outerWidth, window.outerHeight, navigator.language]",
+        vec![],
+    );
+    assert_eq!(size, json!([WINDOW.0, WINDOW.1, "en-US"]));
     b.click("#test-download");
     assert_eq!(b.wait_download("harness-check.APIKEY"), b"not a secret\n");
-    let shot = b.screenshot("harness-check");
+    let shot = b.screenshot(shot);
     let png = std::fs::read(&shot).unwrap();
     assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "{shot:?} is no PNG");
     if std::env::var_os("APIKEYD_SCREENSHOTS").is_some() {

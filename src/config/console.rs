@@ -260,7 +260,8 @@ impl Validator {
         }
         let proxy_user_header =
             self.proxy_user_header(c.proxy_user_header.as_deref(), trusted_proxies);
-        let (proxy_secret_file, proxy_secret_header) = self.proxy_secret(c, proxy_user_header.as_deref());
+        let (proxy_secret_file, proxy_secret_header) =
+            self.proxy_secret(c, proxy_user_header.as_deref());
         ConsoleConfig {
             enabled,
             public_url,
@@ -281,8 +282,16 @@ impl Validator {
         c: &RawConsole,
         user_header: Option<&str>,
     ) -> (Option<PathBuf>, String) {
-        let file = c.proxy_secret_file.as_deref().filter(|f| !f.is_empty()).map(PathBuf::from);
-        if c.proxy_user_header.as_deref().is_some_and(|h| !h.is_empty()) && file.is_none() {
+        let file = c
+            .proxy_secret_file
+            .as_deref()
+            .filter(|f| !f.is_empty())
+            .map(PathBuf::from);
+        if c.proxy_user_header
+            .as_deref()
+            .is_some_and(|h| !h.is_empty())
+            && file.is_none()
+        {
             self.push("console.proxy_user_header", format!("is set without console.proxy_secret_file: a peer address in auth.trusted_proxies proves nothing on a shared host (any local account can connect from 127.0.0.1 or any loopback address and name any user), so the proxy must also send a secret only it knows: put {PROXY_SECRET_MIN} or more random bytes in a file readable by apikeyd only (such as `openssl rand -hex 32`), name it in console.proxy_secret_file (or give the systemd credential {PROXY_SECRET_CREDENTIAL:?}), and have the proxy send it in the {} header", c.proxy_secret_header.as_deref().unwrap_or(DEFAULT_SECRET_HEADER)));
         }
         const KEY: &str = "console.proxy_secret_header";
@@ -292,7 +301,9 @@ impl Validator {
                 let lower = name.to_ascii_lowercase();
                 if !valid_header_name(name) {
                     self.push(KEY, format!("{name:?} is not a valid HTTP header name"));
-                } else if NOT_USER_HEADERS.contains(&lower.as_str()) || user_header == Some(lower.as_str()) {
+                } else if NOT_USER_HEADERS.contains(&lower.as_str())
+                    || user_header == Some(lower.as_str())
+                {
                     self.push(KEY, format!("{name:?} means something else to apikeyd or to browsers (or is the user header); name a header of its own, such as \"{DEFAULT_SECRET_HEADER}\""));
                 }
                 lower

@@ -277,7 +277,10 @@ fn a_local_account_without_the_secret_is_no_proxy() {
     // user header and all): refused and ended.
     let via = proxy(&nginx);
     let s = session_of(&proxy_login(&nginx, Some("admin")));
-    assert_eq!(get(via, "/v1/admin/keys", &s, &[("X-Test-Login", "admin")]).status, 200);
+    assert_eq!(
+        get(via, "/v1/admin/keys", &s, &[("X-Test-Login", "admin")]).status,
+        200
+    );
     let stolen = get(d.addr, "/v1/admin/keys", &s, &[("Remote-User", "admin")]);
     assert_eq!(stolen.status, 401, "{}", stolen.body);
     assert_eq!(json(&stolen)["error"]["code"], "console_session");
@@ -289,7 +292,8 @@ fn a_local_account_without_the_secret_is_no_proxy() {
     let log = d.log_text();
     assert!(!log.contains(SECRET) && !log.contains(wrong), "{log}");
     assert!(
-        !log.lines().any(|l| l.contains("WARN") && l.contains("proxy login refused")),
+        !log.lines()
+            .any(|l| l.contains("WARN") && l.contains("proxy login refused")),
         "{log}"
     );
 }
@@ -339,7 +343,11 @@ fn check_config_refuses_proxy_login_without_trusted_proxies_or_secret_and_warns(
     );
     refused(
         &PROXY_LOGIN.replace("proxy_secret_file = \"SECRET_FILE\"\n", ""),
-        &["console.proxy_user_header", "proxy_secret_file", "any local account"],
+        &[
+            "console.proxy_user_header",
+            "proxy_secret_file",
+            "any local account",
+        ],
     );
     refused(
         &PROXY_LOGIN.replace("SECRET_FILE", "/nonexistent/console-proxy-secret"),
@@ -358,11 +366,19 @@ fn check_config_refuses_proxy_login_without_trusted_proxies_or_secret_and_warns(
     let d = with_secret(PROXY_LOGIN);
     let out = check_config(&d.config);
     assert!(out.status.success(), "{}", said(&out));
-    assert!(said(&out).contains("host name of its own"), "{}", said(&out));
+    assert!(
+        said(&out).contains("host name of its own"),
+        "{}",
+        said(&out)
+    );
     let own = PROXY_LOGIN.to_owned() + "public_url = \"https://keys.example.com/\"\n";
     let out = check_config(&with_secret(&own).config);
     assert!(out.status.success(), "{}", said(&out));
-    assert!(!said(&out).contains("host name of its own"), "{}", said(&out));
+    assert!(
+        !said(&out).contains("host name of its own"),
+        "{}",
+        said(&out)
+    );
 
     let d = TestDaemon::configured(
         DEFAULT_POLICY,

@@ -858,7 +858,11 @@ mod tests {
         assert!(!s.is_proxy_secret(b""), "no secret: nothing is the proxy");
         let s = s.with_proxy_secret("0123456789abcdef0123456789abcdef".into());
         assert!(s.is_proxy_secret(b"0123456789abcdef0123456789abcdef"));
-        for wrong in [&b""[..], b"0123456789abcdef0123456789abcdeF", b"0123456789abcdef"] {
+        for wrong in [
+            &b""[..],
+            b"0123456789abcdef0123456789abcdeF",
+            b"0123456789abcdef",
+        ] {
             assert!(!s.is_proxy_secret(wrong));
         }
         assert!(!format!("{s:?}").contains("0123456789"));

@@ -113,7 +113,8 @@ fn proxy_login_needs_a_header_name_trusted_proxies_and_a_secret() {
     assert_eq!(from_text("").unwrap().console.proxy_user_header, None);
 
     // Fail closed: without trusted proxies no peer could ever log in this way.
-    let p = problems("[console]\nproxy_secret_file = \"/s\"\nproxy_user_header = \"Remote-User\"\n");
+    let p =
+        problems("[console]\nproxy_secret_file = \"/s\"\nproxy_user_header = \"Remote-User\"\n");
     assert_eq!(p.len(), 1, "{p:?}");
     assert_eq!(p[0].0, "console.proxy_user_header");
     assert!(p[0].1.contains("auth.trusted_proxies"), "{}", p[0].1);
@@ -121,11 +122,21 @@ fn proxy_login_needs_a_header_name_trusted_proxies_and_a_secret() {
     // Regression (security review): with trusted_proxies alone any local
     // account could connect from loopback and name any user; without a secret
     // proxy login is refused, saying why.
-    let p = problems(&format!("{TRUSTED}[console]\nproxy_user_header = \"Remote-User\"\n"));
+    let p = problems(&format!(
+        "{TRUSTED}[console]\nproxy_user_header = \"Remote-User\"\n"
+    ));
     assert_eq!(p.len(), 1, "{p:?}");
     assert_eq!(p[0].0, "console.proxy_user_header");
-    for said in ["proxy_secret_file", "any local account", "X-Apikeyd-Proxy-Secret"] {
-        assert!(p[0].1.to_lowercase().contains(&said.to_lowercase()), "{said}: {}", p[0].1);
+    for said in [
+        "proxy_secret_file",
+        "any local account",
+        "X-Apikeyd-Proxy-Secret",
+    ] {
+        assert!(
+            p[0].1.to_lowercase().contains(&said.to_lowercase()),
+            "{said}: {}",
+            p[0].1
+        );
     }
 
     for bad in ["Remote User", "Remote-User:", "", "Cookie", "X-CSRF-Token"] {
@@ -139,10 +150,15 @@ fn proxy_login_needs_a_header_name_trusted_proxies_and_a_secret() {
         assert_eq!(p[0].0, "console.proxy_user_header", "{bad}: {p:?}");
     }
     // The secret's header: its own, valid name.
-    let named = from_text(&proxy_login("proxy_user_header = \"Remote-User\"\nproxy_secret_header = \"X-Proxy-Key\"\n")).unwrap();
+    let named = from_text(&proxy_login(
+        "proxy_user_header = \"Remote-User\"\nproxy_secret_header = \"X-Proxy-Key\"\n",
+    ))
+    .unwrap();
     assert_eq!(named.console.proxy_secret_header, "x-proxy-key");
     for bad in ["X Proxy", "Cookie", "remote-user"] {
-        let p = problems(&proxy_login(&format!("proxy_user_header = \"Remote-User\"\nproxy_secret_header = \"{bad}\"\n")));
+        let p = problems(&proxy_login(&format!(
+            "proxy_user_header = \"Remote-User\"\nproxy_secret_header = \"{bad}\"\n"
+        )));
         assert_eq!(p.len(), 1, "{bad}: {p:?}");
         assert_eq!(p[0].0, "console.proxy_secret_header", "{bad}: {p:?}");
     }
@@ -174,5 +190,7 @@ fn proxy_login_without_an_origin_of_its_own_is_a_warning() {
     let under = proxy_login(on).replace("keys.example.com/", "example.com/keys/");
     assert!(own_origin(&from_text(&under).unwrap()));
     // Without proxy login a link is needed, which another page cannot have.
-    assert!(!own_origin(&from_text("[console]\npublic_url = \"https://example.com/keys/\"\n").unwrap()));
+    assert!(!own_origin(
+        &from_text("[console]\npublic_url = \"https://example.com/keys/\"\n").unwrap()
+    ));
 }

@@ -456,6 +456,29 @@ async fn bind_unix(path: &Path) -> Result<UnixListener, StartError> {
     Ok(listener)
 }
 
+/// The proxy secret is read at start only: say so when a reload finds another
+/// one (the file rotated), since the proxy sending the new one is refused.
+fn warn_if_proxy_secret_changed(
+    state: &AppState,
+    running: &Config,
+    new: &Config,
+    env: &Environment,
+) {
+    if running.console.proxy_user_header.is_none() || new.console != running.console {
+        // Off, or [console] changed, which is named as a whole.
+        return;
+    }
+    let dir = env.credentials_directory.as_deref();
+    if let Ok(Some((secret, path))) = new.console.proxy_secret(dir) {
+        if !state.console.is_proxy_secret(secret.as_bytes()) {
+            tracing::warn!(
+                path = %path.display(),
+                "the console proxy secret changed; it takes effect after a restart (until then only the old one is accepted)"
+            );
+        }
+    }
+}
+
 fn reload_config(state: &AppState, path: &Path, env: &Environment, running: &Config) {
     let keys = &state.keys;
     notify_reloading();
@@ -468,6 +491,7 @@ fn reload_config(state: &AppState, path: &Path, env: &Environment, running: &Con
                     restart.join(" and ")
                 );
             }
+            warn_if_proxy_secret_changed(state, running, &new, env);
             let users = new.directory.users.len();
             let groups = new.directory.groups.len();
             if new.alerts.smtp != running.alerts.smtp

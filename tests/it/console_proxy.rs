@@ -287,6 +287,23 @@ fn a_local_account_without_the_secret_is_no_proxy() {
     let back = get(via, "/v1/admin/keys", &s, &[("X-Test-Login", "admin")]);
     assert_eq!(back.status, 401, "{}", back.body);
 
+    // The secret is read at start only: a reload after the file changed says
+    // so, and the old one is still the one checked.
+    let file = d.dir.path().join("console-proxy-secret");
+    std::fs::write(&file, wrong).unwrap();
+    d.signal("HUP");
+    crate::util::wait_until(std::time::Duration::from_secs(10), || {
+        d.log_text().contains("configuration reloaded")
+    });
+    assert!(
+        d.log_text().contains("console proxy secret changed"),
+        "{}",
+        d.log_text()
+    );
+    let new = [("Remote-User", "admin"), ("X-Apikeyd-Proxy-Secret", wrong)];
+    assert_eq!(proxy_login_at(d.addr, &new).status, 401);
+    assert_eq!(proxy_login(&nginx, Some("admin")).status, 200);
+
     // Refusals are no warnings (anyone could fill the log with them), and
     // neither secret is ever logged.
     let log = d.log_text();

@@ -42,6 +42,9 @@ pub enum StartError {
     /// Jobs left Running by a crash could not be replaced.
     #[error("cannot recover alert jobs: {0}")]
     Jobs(#[from] AlertError),
+    /// The console's proxy secret could not be read, or is too short.
+    #[error("console.proxy_secret_file: {0}")]
+    ProxySecret(#[from] crate::config::console::ProxySecretError),
     /// The PostgreSQL password could not be read.
     #[error("cannot read the PostgreSQL password from {path}: {source}")]
     StorePassword {
@@ -79,6 +82,8 @@ pub struct Daemon {
     socket_path: PathBuf,
     /// Where the server secret came from (for backups: a restore needs it).
     secret_source: SecretSource,
+    /// What the console's authenticating proxy proves itself with.
+    proxy_secret: Option<String>,
 }
 
 impl std::fmt::Debug for Daemon {
@@ -110,6 +115,7 @@ impl Daemon {
                 tracing::info!(path = %p.display(), "server secret loaded from systemd credential")
             }
         }
+        let proxy_secret = load_proxy_secret(&config, env)?;
         let db_path = config.server.database_path();
         let fingerprint = KeyHasher::new(&secret).fingerprint();
         let store = open_store(&config, env, fingerprint).await?;
@@ -171,6 +177,7 @@ impl Daemon {
             unix,
             socket_path,
             secret_source: source,
+            proxy_secret,
         })
     }
 
@@ -206,11 +213,15 @@ impl Daemon {
         state.maintenance = maintenance_status.clone();
         state.secret_source = Arc::from(self.secret_source.to_string());
         state.start_only = Some(Arc::new(config::StartOnly::of(&self.config)));
-        state.console = Arc::new(api::console::Sessions::new(
+        let mut console = api::console::Sessions::new(
             self.config.console.clone(),
             console_base(&self.config.console, self.tcp.local_addr().ok()),
             self.keys.clock().clone(),
-        ));
+        );
+        if let Some(secret) = self.proxy_secret {
+            console = console.with_proxy_secret(secret);
+        }
+        state.console = Arc::new(console);
         let state_for_reload = state.clone();
         let max_body = self.config.server.max_body_bytes;
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -319,6 +330,29 @@ fn console_base(console: &config::ConsoleConfig, listen: Option<SocketAddr>) -> 
     }
 }
 
+/// The console's proxy secret (read at start only, as all of `[console]`);
+/// a file others can read is named in a warning, as the server secret's is.
+fn load_proxy_secret(config: &Config, env: &Environment) -> Result<Option<String>, StartError> {
+    let Some((secret, path)) = config
+        .console
+        .proxy_secret(env.credentials_directory.as_deref())?
+    else {
+        return Ok(None);
+    };
+    let managed = env
+        .credentials_directory
+        .as_deref()
+        .is_some_and(|d| path.starts_with(d));
+    match std::fs::metadata(&path) {
+        Ok(meta) if !managed && meta.permissions().mode() & 0o077 != 0 => tracing::warn!(
+            path = %path.display(),
+            "the console proxy secret is readable by group or others, who could then log in as anyone through the proxy header; chmod 600 it"
+        ),
+        _ => tracing::info!(path = %path.display(), "console proxy secret loaded"),
+    }
+    Ok(Some(secret))
+}
+
 /// Open the configured store: redb in the state directory, or PostgreSQL (only under
 /// the server secret it was written with; see [`PostgresStore::check_secret`]).
 async fn open_store(
@@ -422,6 +456,29 @@ async fn bind_unix(path: &Path) -> Result<UnixListener, StartError> {
     Ok(listener)
 }
 
+/// The proxy secret is read at start only: say so when a reload finds another
+/// one (the file rotated), since the proxy sending the new one is refused.
+fn warn_if_proxy_secret_changed(
+    state: &AppState,
+    running: &Config,
+    new: &Config,
+    env: &Environment,
+) {
+    if running.console.proxy_user_header.is_none() || new.console != running.console {
+        // Off, or [console] changed, which is named as a whole.
+        return;
+    }
+    let dir = env.credentials_directory.as_deref();
+    if let Ok(Some((secret, path))) = new.console.proxy_secret(dir) {
+        if !state.console.is_proxy_secret(secret.as_bytes()) {
+            tracing::warn!(
+                path = %path.display(),
+                "the console proxy secret changed; it takes effect after a restart (until then only the old one is accepted)"
+            );
+        }
+    }
+}
+
 fn reload_config(state: &AppState, path: &Path, env: &Environment, running: &Config) {
     let keys = &state.keys;
     notify_reloading();
@@ -434,6 +491,7 @@ fn reload_config(state: &AppState, path: &Path, env: &Environment, running: &Con
                     restart.join(" and ")
                 );
             }
+            warn_if_proxy_secret_changed(state, running, &new, env);
             let users = new.directory.users.len();
             let groups = new.directory.groups.len();
             if new.alerts.smtp != running.alerts.smtp

@@ -3,11 +3,13 @@
 //! must be switched on, since a console session is as good as an admin key.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ipnet::IpNet;
 use serde::Deserialize;
 
+use super::credential::read_password;
 use super::edge::valid_header_name;
 use super::validator::Validator;
 
@@ -28,6 +30,39 @@ pub struct ConsoleConfig {
     /// The header (lower case) in which an authenticating proxy in `[auth]
     /// trusted_proxies` names the logged-in user; `None`: no proxy login.
     pub proxy_user_header: Option<String>,
+    /// The file holding the secret the proxy sends in `proxy_secret_header`
+    /// (the systemd credential [`PROXY_SECRET_CREDENTIAL`] replaces it): set
+    /// whenever `proxy_user_header` is, since any local account can connect
+    /// from a loopback address, so a peer address alone proves nothing.
+    pub proxy_secret_file: Option<PathBuf>,
+    /// The header (lower case) the proxy sends that secret in.
+    pub proxy_secret_header: String,
+}
+
+/// The systemd credential that holds the proxy secret, ahead of
+/// `proxy_secret_file`.
+pub const PROXY_SECRET_CREDENTIAL: &str = "console-proxy-secret";
+
+/// The shortest proxy secret accepted, in bytes: one guessed by trying is none.
+pub const PROXY_SECRET_MIN: usize = 32;
+
+/// A proxy secret that cannot be used. Never holds the secret.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxySecretError {
+    /// The file or credential could not be read.
+    #[error("{}: cannot read it: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Neither the file nor the credential exists (no file configured).
+    #[error("no proxy secret: set console.proxy_secret_file, or give the systemd credential {PROXY_SECRET_CREDENTIAL:?}")]
+    Missing,
+    /// Too short to resist guessing.
+    #[error("the proxy secret holds {0} bytes, fewer than {PROXY_SECRET_MIN}: make a longer one, such as with `openssl rand -hex 32`")]
+    Short(usize),
 }
 
 impl ConsoleConfig {
@@ -52,6 +87,34 @@ impl ConsoleConfig {
     pub fn key_page(&self, id: &impl std::fmt::Display) -> Option<String> {
         let base = self.public_url.as_ref().filter(|_| self.enabled)?;
         Some(page(base.as_str(), &format!("key={id}")))
+    }
+
+    /// The proxy secret, read as the other secrets are (the systemd credential
+    /// first, then the file; a trailing line end is not part of it), and the
+    /// path it came from; `None` without proxy login. Read once, at start.
+    pub fn proxy_secret(
+        &self,
+        credentials_dir: Option<&Path>,
+    ) -> Result<Option<(String, PathBuf)>, ProxySecretError> {
+        if self.proxy_user_header.is_none() {
+            return Ok(None);
+        }
+        let file = self.proxy_secret_file.as_deref();
+        let path = credentials_dir
+            .map(|d| d.join(PROXY_SECRET_CREDENTIAL))
+            .filter(|p| p.exists())
+            .or_else(|| file.map(Path::to_path_buf))
+            .ok_or(ProxySecretError::Missing)?;
+        let secret = read_password(credentials_dir, PROXY_SECRET_CREDENTIAL, file)
+            .map_err(|e| ProxySecretError::Read {
+                path: e.path,
+                source: e.source,
+            })?
+            .ok_or(ProxySecretError::Missing)?;
+        if secret.len() < PROXY_SECRET_MIN {
+            return Err(ProxySecretError::Short(secret.len()));
+        }
+        Ok(Some((secret, path)))
     }
 }
 
@@ -84,6 +147,8 @@ impl Default for ConsoleConfig {
             session_max: Duration::from_secs(12 * 3600),
             link_lifetime: Duration::from_secs(5 * 60),
             proxy_user_header: None,
+            proxy_secret_file: None,
+            proxy_secret_header: DEFAULT_SECRET_HEADER.to_owned(),
         }
     }
 }
@@ -97,7 +162,12 @@ pub(crate) struct RawConsole {
     session_max: Option<String>,
     link_lifetime: Option<String>,
     proxy_user_header: Option<String>,
+    proxy_secret_file: Option<String>,
+    proxy_secret_header: Option<String>,
 }
+
+/// The header the proxy sends its secret in unless `proxy_secret_header` says.
+const DEFAULT_SECRET_HEADER: &str = "x-apikeyd-proxy-secret";
 
 pub(crate) const CONSOLE_KEYS: &[&str] = &[
     "enabled",
@@ -106,6 +176,8 @@ pub(crate) const CONSOLE_KEYS: &[&str] = &[
     "session_max",
     "link_lifetime",
     "proxy_user_header",
+    "proxy_secret_file",
+    "proxy_secret_header",
 ];
 
 /// Headers apikeyd or browsers give another meaning: naming one as the proxy's
@@ -188,6 +260,8 @@ impl Validator {
         }
         let proxy_user_header =
             self.proxy_user_header(c.proxy_user_header.as_deref(), trusted_proxies);
+        let (proxy_secret_file, proxy_secret_header) =
+            self.proxy_secret(c, proxy_user_header.as_deref());
         ConsoleConfig {
             enabled,
             public_url,
@@ -195,7 +269,47 @@ impl Validator {
             session_max,
             link_lifetime,
             proxy_user_header,
+            proxy_secret_file,
+            proxy_secret_header,
         }
+    }
+
+    /// `proxy_secret_file` and `proxy_secret_header`. Proxy login without a
+    /// secret is refused: on one host any local account can connect from any
+    /// loopback address, so `trusted_proxies` alone would let it name any user.
+    fn proxy_secret(
+        &mut self,
+        c: &RawConsole,
+        user_header: Option<&str>,
+    ) -> (Option<PathBuf>, String) {
+        let file = c
+            .proxy_secret_file
+            .as_deref()
+            .filter(|f| !f.is_empty())
+            .map(PathBuf::from);
+        if c.proxy_user_header
+            .as_deref()
+            .is_some_and(|h| !h.is_empty())
+            && file.is_none()
+        {
+            self.push("console.proxy_user_header", format!("is set without console.proxy_secret_file: a peer address in auth.trusted_proxies proves nothing on a shared host (any local account can connect from 127.0.0.1 or any loopback address and name any user), so the proxy must also send a secret only it knows: put {PROXY_SECRET_MIN} or more random bytes in a file readable by apikeyd only (such as `openssl rand -hex 32`), name it in console.proxy_secret_file (or give the systemd credential {PROXY_SECRET_CREDENTIAL:?}), and have the proxy send it in the {} header", c.proxy_secret_header.as_deref().unwrap_or(DEFAULT_SECRET_HEADER)));
+        }
+        const KEY: &str = "console.proxy_secret_header";
+        let header = match c.proxy_secret_header.as_deref().filter(|h| !h.is_empty()) {
+            None => DEFAULT_SECRET_HEADER.to_owned(),
+            Some(name) => {
+                let lower = name.to_ascii_lowercase();
+                if !valid_header_name(name) {
+                    self.push(KEY, format!("{name:?} is not a valid HTTP header name"));
+                } else if NOT_USER_HEADERS.contains(&lower.as_str())
+                    || user_header == Some(lower.as_str())
+                {
+                    self.push(KEY, format!("{name:?} means something else to apikeyd or to browsers (or is the user header); name a header of its own, such as \"{DEFAULT_SECRET_HEADER}\""));
+                }
+                lower
+            }
+        };
+        (file, header)
     }
 
     /// `proxy_user_header`: a header name apikeyd reads for nothing else. Set
@@ -218,13 +332,20 @@ impl Validator {
             self.push(KEY, format!("{name:?} means something else to apikeyd or to browsers; name the header your authenticating proxy sets, such as \"Remote-User\""));
         }
         if trusted_proxies.is_empty() {
-            self.push(KEY, format!("is set, but auth.trusted_proxies is empty: the {name} header is believed only from the authenticating proxy's address, so list it there (such as [\"127.0.0.1/32\"]), or remove proxy_user_header"));
+            self.push(KEY, format!("is set, but auth.trusted_proxies is empty: the {name} header is believed only from the authenticating proxy's address (and with its secret, console.proxy_secret_file), so list that address there, or remove proxy_user_header"));
         }
         (valid && !reserved && !trusted_proxies.is_empty()).then_some(lower)
     }
 }
 
 impl Validator {
+    /// The proxy secret, read as the daemon will read it at start (never shown).
+    pub(crate) fn console_files(&mut self, c: &ConsoleConfig, credentials_dir: Option<&Path>) {
+        if let Err(e) = c.proxy_secret(credentials_dir) {
+            self.push("console.proxy_secret_file", e.to_string());
+        }
+    }
+
     /// A fixed period (from 1 s to a most, named in words) as a duration: the
     /// default when unset or bad (reported).
     fn console_period(

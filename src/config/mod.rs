@@ -172,7 +172,7 @@ impl Config {
             "the console is reachable beyond loopback ({host}) without TLS: its session cookie and new keys' secrets would cross the network in the clear; put an HTTPS proxy in front and set console.public_url = \"https://...\""
         )
         };
-        if !self.server.listen.ip().is_loopback() && !c.secure_cookie() {
+        let mut out = if !self.server.listen.ip().is_loopback() && !c.secure_cookie() {
             vec![self.warning("console.enabled", plain(self.server.listen.to_string()))]
         } else if let Some(u) = c
             .public_url
@@ -186,7 +186,17 @@ impl Config {
             )]
         } else {
             Vec::new()
+        };
+        // A proxy login needs no secret from the page, which logs in on load:
+        // script of any other page of its origin could log in the same way.
+        let own_origin = c.public_url.as_ref().is_some_and(|u| u.path() == "/");
+        if c.proxy_user_header.is_some() && !own_origin {
+            out.push(self.warning(
+                "console.public_url",
+                "proxy login is on, and the console does not have a host name of its own (console.public_url is unset or has a path): a script on any other page of the same origin could log in through the proxy as the user looking at it; serve the console at its own name, such as public_url = \"https://keys.example.com/\"".into(),
+            ));
         }
+        out
     }
 
     fn warning(&self, key: &str, message: String) -> Problem {
@@ -320,6 +330,7 @@ pub fn load(path: &Path, env: &Environment) -> Result<Config, ConfigError> {
     let config = parse(path, &text, env)?;
     let mut v = Validator::new(path);
     v.smtp_files(&config.alerts.smtp, env.credentials_directory.as_deref());
+    v.console_files(&config.console, env.credentials_directory.as_deref());
     match v.has_problems() {
         false => Ok(config),
         true => Err(v.finish_err()),

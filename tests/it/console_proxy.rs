@@ -18,7 +18,11 @@ trusted_proxies = ["127.0.0.3/32"]
 
 [console]
 proxy_user_header = "Remote-User"
+proxy_secret_file = "SECRET_FILE"
 "#;
+
+/// What nginx proves itself with (`proxy_secret_file` holds it).
+const SECRET: &str = "test-proxy-secret-0123456789abcdef0123456789";
 
 /// The proxy: `X-Test-Login: bob` is bob logged in at it, `none` nobody.
 fn nginx_conf(apikeyd: SocketAddr, port: u16) -> String {
@@ -37,6 +41,7 @@ server {{
         proxy_pass http://{apikeyd};
         proxy_bind 127.0.0.3;
         proxy_set_header Remote-User $test_user;
+        proxy_set_header X-Apikeyd-Proxy-Secret "{SECRET}";
         proxy_set_header X-Test-Login "";
     }}
 }}
@@ -57,9 +62,24 @@ fn nginx_bin() -> Option<std::path::PathBuf> {
     .flatten()
 }
 
+/// A daemon configured with `extra`, not started; `SECRET_FILE` in it names a
+/// file (mode 600) holding `SECRET`.
+fn with_secret(extra: &str) -> TestDaemon {
+    use std::os::unix::fs::PermissionsExt;
+    let d = TestDaemon::configured(DEFAULT_POLICY, extra);
+    let file = d.dir.path().join("console-proxy-secret");
+    std::fs::write(&file, format!("{SECRET}\n")).unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let text = std::fs::read_to_string(&d.config).unwrap();
+    let text = text.replace("SECRET_FILE", file.to_str().unwrap());
+    std::fs::write(&d.config, text).unwrap();
+    d
+}
+
 /// A daemon with `extra` and an nginx in front of it.
 fn behind_nginx(bin: &std::path::Path, extra: &str) -> (TestDaemon, Nginx) {
-    let d = TestDaemon::start_with(DEFAULT_POLICY, extra);
+    let mut d = with_secret(extra);
+    d.spawn(&[]);
     let addr = d.addr;
     let nginx = Nginx::start_with(bin, &|port| nginx_conf(addr, port));
     (d, nginx)
@@ -203,9 +223,96 @@ fn a_proxy_login_through_nginx_is_its_users_session_and_holds_only_while_the_pro
     let other = proxy_login_at(via, &[("Origin", "http://evil.example")]);
     assert_eq!(other.status, 403, "{}", other.body);
     assert_eq!(json(&other)["error"]["code"], "csrf");
-    // The log has who logged in, never a session secret.
+    // The log has who logged in and from where, never a session secret or the
+    // proxy's.
     let log = d.log_text();
     assert!(!log.contains(&alice.csrf) && !log.contains(&alice.cookie));
+    assert!(!log.contains(SECRET), "{log}");
+    assert!(
+        log.lines()
+            .any(|l| l.contains("console login") && l.contains("127.0.0.3")),
+        "{log}"
+    );
+}
+
+/// Regression (security review): with `trusted_proxies` naming loopback, any
+/// local account could connect from 127.0.0.1 (or any 127/8 address), send
+/// `Remote-User: admin` and get an administrator's session. The proxy must
+/// also send the secret: without it, or with a wrong one, a request from a
+/// trusted address is no proxy's, and a proxy session used so ends.
+#[test]
+fn a_local_account_without_the_secret_is_no_proxy() {
+    let Some(bin) = nginx_bin() else {
+        return;
+    };
+    let extra = PROXY_LOGIN.replace("127.0.0.3/32", "127.0.0.0/8");
+    let (d, nginx) = behind_nginx(&bin, &extra);
+    let wrong = "test-proxy-secret-0123456789abcdef012345678X";
+    for headers in [
+        vec![("Remote-User", "admin")],
+        vec![("Remote-User", "admin"), ("X-Apikeyd-Proxy-Secret", wrong)],
+        vec![("Remote-User", "admin"), ("X-Apikeyd-Proxy-Secret", "")],
+        // Twice: one could be the client's, which the proxy failed to remove.
+        vec![
+            ("Remote-User", "admin"),
+            ("X-Apikeyd-Proxy-Secret", SECRET),
+            ("X-Apikeyd-Proxy-Secret", wrong),
+        ],
+    ] {
+        let a = proxy_login_at(d.addr, &headers);
+        assert_eq!(a.status, 401, "{headers:?}: {}", a.body);
+        assert_eq!(json(&a)["error"]["code"], "console_link");
+        assert!(a.header("set-cookie").is_none());
+        assert!(a.body.contains("proxy_secret_file"), "{}", a.body);
+        assert!(!a.body.contains(SECRET) && !a.body.contains(wrong));
+    }
+    // The secret is what counts (here the peer is trusted too).
+    let with = proxy_login_at(
+        d.addr,
+        &[("Remote-User", "admin"), ("X-Apikeyd-Proxy-Secret", SECRET)],
+    );
+    assert_eq!(with.status, 200, "{}", with.body);
+
+    // A session the proxy made, used from loopback without the secret (the
+    // user header and all): refused and ended.
+    let via = proxy(&nginx);
+    let s = session_of(&proxy_login(&nginx, Some("admin")));
+    assert_eq!(
+        get(via, "/v1/admin/keys", &s, &[("X-Test-Login", "admin")]).status,
+        200
+    );
+    let stolen = get(d.addr, "/v1/admin/keys", &s, &[("Remote-User", "admin")]);
+    assert_eq!(stolen.status, 401, "{}", stolen.body);
+    assert_eq!(json(&stolen)["error"]["code"], "console_session");
+    let back = get(via, "/v1/admin/keys", &s, &[("X-Test-Login", "admin")]);
+    assert_eq!(back.status, 401, "{}", back.body);
+
+    // The secret is read at start only: a reload after the file changed says
+    // so, and the old one is still the one checked.
+    let file = d.dir.path().join("console-proxy-secret");
+    std::fs::write(&file, wrong).unwrap();
+    d.signal("HUP");
+    crate::util::wait_until(std::time::Duration::from_secs(10), || {
+        d.log_text().contains("configuration reloaded")
+    });
+    assert!(
+        d.log_text().contains("console proxy secret changed"),
+        "{}",
+        d.log_text()
+    );
+    let new = [("Remote-User", "admin"), ("X-Apikeyd-Proxy-Secret", wrong)];
+    assert_eq!(proxy_login_at(d.addr, &new).status, 401);
+    assert_eq!(proxy_login(&nginx, Some("admin")).status, 200);
+
+    // Refusals are no warnings (anyone could fill the log with them), and
+    // neither secret is ever logged.
+    let log = d.log_text();
+    assert!(!log.contains(SECRET) && !log.contains(wrong), "{log}");
+    assert!(
+        !log.lines()
+            .any(|l| l.contains("WARN") && l.contains("proxy login refused")),
+        "{log}"
+    );
 }
 
 #[test]
@@ -223,14 +330,13 @@ fn without_proxy_user_header_a_proxy_login_asks_for_a_console_link() {
 }
 
 /// `check-config` refuses proxy login without trusted proxies (no peer could
-/// ever use it: fail closed, saying what to add), and warns when the console is
-/// served beyond loopback over plain HTTP by a proxy (`public_url` http://).
+/// ever use it: fail closed, saying what to add) or without the proxy's secret
+/// (any local account could name any user), or with a secret that is short or
+/// unreadable; it warns when the console has no host name of its own behind
+/// the proxy, and when it is served beyond loopback over plain HTTP by a proxy
+/// (`public_url` http://).
 #[test]
-fn check_config_refuses_proxy_login_without_trusted_proxies_and_warns_of_plain_http() {
-    let d = TestDaemon::configured(
-        DEFAULT_POLICY,
-        "\n[console]\nproxy_user_header = \"Remote-User\"\n",
-    );
+fn check_config_refuses_proxy_login_without_trusted_proxies_or_secret_and_warns() {
     let said = |o: &std::process::Output| {
         format!(
             "{}{}",
@@ -238,20 +344,63 @@ fn check_config_refuses_proxy_login_without_trusted_proxies_and_warns_of_plain_h
             String::from_utf8_lossy(&o.stderr)
         )
     };
+    let refused = |extra: &str, words: &[&str]| {
+        let d = with_secret(extra);
+        let out = check_config(&d.config);
+        assert!(!out.status.success(), "{}", said(&out));
+        for w in words {
+            assert!(said(&out).contains(w), "{w}: {}", said(&out));
+        }
+        assert!(!said(&out).contains(SECRET));
+    };
+    let user = "\n[console]\nproxy_user_header = \"Remote-User\"\n";
+    refused(
+        &format!("{user}proxy_secret_file = \"SECRET_FILE\"\n"),
+        &["console.proxy_user_header", "auth.trusted_proxies is empty"],
+    );
+    refused(
+        &PROXY_LOGIN.replace("proxy_secret_file = \"SECRET_FILE\"\n", ""),
+        &[
+            "console.proxy_user_header",
+            "proxy_secret_file",
+            "any local account",
+        ],
+    );
+    refused(
+        &PROXY_LOGIN.replace("SECRET_FILE", "/nonexistent/console-proxy-secret"),
+        &["console.proxy_secret_file", "cannot read it"],
+    );
+    let d = with_secret(PROXY_LOGIN);
+    let file = d.dir.path().join("console-proxy-secret");
+    std::fs::write(&file, "tiny-secret\n").unwrap();
     let out = check_config(&d.config);
     assert!(!out.status.success(), "{}", said(&out));
+    assert!(said(&out).contains("fewer than 32"), "{}", said(&out));
+    assert!(!said(&out).contains("tiny-secret"), "{}", said(&out));
+
+    // Good, but the console shares its origin (no public_url, or one with a
+    // path): a warning.
+    let d = with_secret(PROXY_LOGIN);
+    let out = check_config(&d.config);
+    assert!(out.status.success(), "{}", said(&out));
     assert!(
-        said(&out).contains("console.proxy_user_header")
-            && said(&out).contains("auth.trusted_proxies is empty"),
+        said(&out).contains("host name of its own"),
         "{}",
         said(&out)
     );
-    let text = std::fs::read_to_string(&d.config).unwrap();
-    let proxied = text.replace(
-        "proxy_user_header = \"Remote-User\"\n",
-        "public_url = \"http://keys.example.com/\"\n",
+    let own = PROXY_LOGIN.to_owned() + "public_url = \"https://keys.example.com/\"\n";
+    let out = check_config(&with_secret(&own).config);
+    assert!(out.status.success(), "{}", said(&out));
+    assert!(
+        !said(&out).contains("host name of its own"),
+        "{}",
+        said(&out)
     );
-    std::fs::write(&d.config, proxied).unwrap();
+
+    let d = TestDaemon::configured(
+        DEFAULT_POLICY,
+        "\n[console]\npublic_url = \"http://keys.example.com/\"\n",
+    );
     let out = check_config(&d.config);
     assert!(out.status.success(), "{}", said(&out));
     assert!(

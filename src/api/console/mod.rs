@@ -166,23 +166,37 @@ fn peer_of(extensions: &Extensions) -> Option<IpAddr> {
 }
 
 /// Who the authenticating proxy says makes the request: its user header is
-/// believed only with proxy login on and from a peer in `[auth]
-/// trusted_proxies` (read now: a reload may change them). Exactly one header
-/// counts; two could be one from the client the proxy failed to remove.
+/// believed only with proxy login on, from a peer in `[auth] trusted_proxies`
+/// (read now: a reload may change them), and with the proxy's secret in
+/// `proxy_secret_header` (the peer address alone proves nothing on a shared
+/// host: any local account can connect from any loopback address). Exactly one
+/// of each header counts; two could be one from the client the proxy failed
+/// to remove.
 fn proxied<'h>(st: &AppState, headers: &'h HeaderMap, peer: Option<IpAddr>) -> Proxied<'h> {
-    let Some(name) = st.console.config().proxy_user_header.as_deref() else {
+    let config = st.console.config();
+    let Some(name) = config.proxy_user_header.as_deref() else {
         return Proxied::Untrusted;
     };
-    let trusted = peer.is_some_and(|ip| allows_any(&st.edge.auth().config.trusted_proxies, ip));
+    let trusted = peer.is_some_and(|ip| allows_any(&st.edge.auth().config.trusted_proxies, ip))
+        && only(headers, &config.proxy_secret_header)
+            .is_some_and(|v| st.console.is_proxy_secret(v.as_bytes()));
     if !trusted {
         return Proxied::Untrusted;
     }
-    let mut values = headers.get_all(name).iter();
-    let user = match (values.next(), values.next()) {
-        (Some(v), None) => v.to_str().ok().map(str::trim).filter(|u| !u.is_empty()),
-        _ => None,
-    };
+    let user = only(headers, name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|u| !u.is_empty());
     Proxied::Trusted(user)
+}
+
+/// The value of header `name` when the request has exactly one.
+fn only<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h HeaderValue> {
+    let mut values = headers.get_all(name).iter();
+    match (values.next(), values.next()) {
+        (Some(v), None) => Some(v),
+        _ => None,
+    }
 }
 
 /// A login as the user the authenticating proxy names. Its value is logged only
@@ -202,13 +216,14 @@ fn proxy_login(
         Proxied::Trusted(Some(user)) if valid_name(user) => {
             let new = st.console.proxy_login(user, directory);
             if let Err(Refusal::ProxyUnknownUser(_)) = &new {
-                tracing::warn!(user = %user, header, "console proxy login refused: the user is not configured");
+                tracing::debug!(peer = ?peer, user = %user, header, "console proxy login refused: the user is not configured");
             }
             return new;
         }
         Proxied::Trusted(Some(_)) => Refusal::ProxyUnknownUser(header.to_owned()),
     };
-    tracing::warn!(peer = ?peer, header, reason = %refusal, "console proxy login refused");
+    // Debug only: anyone who can connect could otherwise fill the log.
+    tracing::debug!(peer = ?peer, header, reason = %refusal, "console proxy login refused");
     Err(refusal)
 }
 
@@ -370,7 +385,7 @@ async fn login(
         }
     };
     let new = new.map_err(|r| refused(&r))?;
-    tracing::info!(user = %new.info.actor.name, how, "console login");
+    tracing::info!(user = %new.info.actor.name, how, peer = peer.map(tracing::field::display), "console login");
     // A new login replaces the page's session: the page sent that session's
     // token (the cookie alone must not end someone's session).
     if let Ok((old, _)) = session_of(&st, &headers, peer) {

@@ -55,6 +55,12 @@ impl fmt::Debug for Token {
     }
 }
 
+/// Whether a secret sent equals ours, in time that does not depend on where
+/// they differ.
+fn same(sent: &[u8], ours: &[u8]) -> bool {
+    bool::from(sent.ct_eq(ours))
+}
+
 type Hash = [u8; 32];
 
 fn hash(token: &str) -> Hash {
@@ -98,8 +104,9 @@ pub enum Refusal {
     /// A proxy login where `[console] proxy_user_header` is not set.
     #[error("this console has no login through an authenticating proxy (console.proxy_user_header is not set): open a console link: run `apikeyctl console-link`")]
     ProxyOff,
-    /// A proxy login from a peer outside `[auth] trusted_proxies`.
-    #[error("a login through the authenticating proxy must come from that proxy ([auth] trusted_proxies), and this request did not: open the console through the proxy, or open a console link: run `apikeyctl console-link`")]
+    /// A proxy login from a peer outside `[auth] trusted_proxies`, or without
+    /// the proxy's secret.
+    #[error("a login through the authenticating proxy must come from that proxy (from an address in [auth] trusted_proxies, with the secret of console.proxy_secret_file), and this request did not: open the console through the proxy, or open a console link: run `apikeyctl console-link`")]
     ProxyUntrusted,
     /// A proxy login where the proxy named no user (the header's name).
     #[error("the authenticating proxy sent no single user name in the {0} header: log in at the proxy, or check that it sets {0} for the console; or open a console link: run `apikeyctl console-link`")]
@@ -118,8 +125,8 @@ pub enum Refusal {
 /// made: each of their requests must come from the proxy as their user.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Proxied<'a> {
-    /// From a peer outside `[auth] trusted_proxies`, or proxy login is off: no
-    /// user header is believed.
+    /// From a peer outside `[auth] trusted_proxies`, without the proxy's
+    /// secret, or proxy login is off: no user header is believed.
     Untrusted,
     /// From a trusted proxy, which named this user (`None`: no single header).
     Trusted(Option<&'a str>),
@@ -283,6 +290,9 @@ pub struct Sessions {
     base: String,
     clock: SharedClock,
     maps: Mutex<Maps>,
+    /// What the authenticating proxy sends in `proxy_secret_header`: read at
+    /// start; without it no request is believed to come from the proxy.
+    proxy_secret: Option<Token>,
 }
 
 impl fmt::Debug for Sessions {
@@ -324,7 +334,23 @@ impl Sessions {
             base: base.trim_end_matches('/').to_owned(),
             clock,
             maps: Mutex::new(Maps::default()),
+            proxy_secret: None,
         }
+    }
+
+    /// With `secret` as the one the authenticating proxy proves itself with.
+    #[must_use]
+    pub fn with_proxy_secret(mut self, secret: String) -> Self {
+        self.proxy_secret = Some(Token(secret));
+        self
+    }
+
+    /// Whether `sent` is the proxy's secret, compared in constant time (as
+    /// the CSRF token is); `false` when there is no secret to compare with.
+    pub fn is_proxy_secret(&self, sent: &[u8]) -> bool {
+        self.proxy_secret
+            .as_ref()
+            .is_some_and(|s| same(sent, s.expose().as_bytes()))
     }
 
     /// A console that is off (state without a daemon).
@@ -519,7 +545,7 @@ impl Sessions {
         let Some(sent) = csrf else {
             return Err(Refusal::CsrfMissing);
         };
-        if !bool::from(sent.as_bytes().ct_eq(s.csrf.expose().as_bytes())) {
+        if !same(sent.as_bytes(), s.csrf.expose().as_bytes()) {
             return Err(Refusal::CsrfWrong);
         }
         if s.proxied && proxied != Proxied::Trusted(Some(s.actor.name.as_str())) {
@@ -824,5 +850,21 @@ mod tests {
             .unwrap_err(),
             Refusal::NoSession
         );
+    }
+
+    #[test]
+    fn only_the_proxy_secret_itself_proves_the_proxy() {
+        let (_, s) = setup();
+        assert!(!s.is_proxy_secret(b""), "no secret: nothing is the proxy");
+        let s = s.with_proxy_secret("0123456789abcdef0123456789abcdef".into());
+        assert!(s.is_proxy_secret(b"0123456789abcdef0123456789abcdef"));
+        for wrong in [
+            &b""[..],
+            b"0123456789abcdef0123456789abcdeF",
+            b"0123456789abcdef",
+        ] {
+            assert!(!s.is_proxy_secret(wrong));
+        }
+        assert!(!format!("{s:?}").contains("0123456789"));
     }
 }

@@ -95,24 +95,52 @@ fn a_plain_http_public_url_beyond_loopback_is_a_warning() {
 
 const TRUSTED: &str = "[auth]\ntrusted_proxies = [\"127.0.0.1/32\"]\n";
 
+/// A proxy login's settings beside `rest` (more of `[console]`).
+fn proxy_login(rest: &str) -> String {
+    format!("{TRUSTED}[console]\nproxy_secret_file = \"/etc/apikeyd/console-proxy-secret\"\npublic_url = \"https://keys.example.com/\"\n{rest}")
+}
+
 #[test]
-fn proxy_login_needs_a_header_name_and_trusted_proxies() {
-    let c = from_text(&format!(
-        "{TRUSTED}[console]\nproxy_user_header = \"Remote-User\"\n"
-    ))
-    .unwrap();
+fn proxy_login_needs_a_header_name_trusted_proxies_and_a_secret() {
+    let c = from_text(&proxy_login("proxy_user_header = \"Remote-User\"\n")).unwrap();
     assert_eq!(c.console.proxy_user_header.as_deref(), Some("remote-user"));
+    assert_eq!(c.console.proxy_secret_header, "x-apikeyd-proxy-secret");
+    assert_eq!(
+        c.console.proxy_secret_file.as_deref(),
+        Some(std::path::Path::new("/etc/apikeyd/console-proxy-secret"))
+    );
     assert!(c.warnings().is_empty(), "{:?}", c.warnings());
     assert_eq!(from_text("").unwrap().console.proxy_user_header, None);
 
     // Fail closed: without trusted proxies no peer could ever log in this way.
-    let p = problems("[console]\nproxy_user_header = \"Remote-User\"\n");
+    let p =
+        problems("[console]\nproxy_secret_file = \"/s\"\nproxy_user_header = \"Remote-User\"\n");
     assert_eq!(p.len(), 1, "{p:?}");
     assert_eq!(p[0].0, "console.proxy_user_header");
     assert!(p[0].1.contains("auth.trusted_proxies"), "{}", p[0].1);
 
+    // Regression (security review): with trusted_proxies alone any local
+    // account could connect from loopback and name any user; without a secret
+    // proxy login is refused, saying why.
+    let p = problems(&format!(
+        "{TRUSTED}[console]\nproxy_user_header = \"Remote-User\"\n"
+    ));
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert_eq!(p[0].0, "console.proxy_user_header");
+    for said in [
+        "proxy_secret_file",
+        "any local account",
+        "X-Apikeyd-Proxy-Secret",
+    ] {
+        assert!(
+            p[0].1.to_lowercase().contains(&said.to_lowercase()),
+            "{said}: {}",
+            p[0].1
+        );
+    }
+
     for bad in ["Remote User", "Remote-User:", "", "Cookie", "X-CSRF-Token"] {
-        let text = format!("{TRUSTED}[console]\nproxy_user_header = \"{bad}\"\n");
+        let text = proxy_login(&format!("proxy_user_header = \"{bad}\"\n"));
         if bad.is_empty() {
             // Empty is unset.
             assert_eq!(from_text(&text).unwrap().console.proxy_user_header, None);
@@ -121,13 +149,48 @@ fn proxy_login_needs_a_header_name_and_trusted_proxies() {
         let p = problems(&text);
         assert_eq!(p[0].0, "console.proxy_user_header", "{bad}: {p:?}");
     }
+    // The secret's header: its own, valid name.
+    let named = from_text(&proxy_login(
+        "proxy_user_header = \"Remote-User\"\nproxy_secret_header = \"X-Proxy-Key\"\n",
+    ))
+    .unwrap();
+    assert_eq!(named.console.proxy_secret_header, "x-proxy-key");
+    for bad in ["X Proxy", "Cookie", "remote-user"] {
+        let p = problems(&proxy_login(&format!(
+            "proxy_user_header = \"Remote-User\"\nproxy_secret_header = \"{bad}\"\n"
+        )));
+        assert_eq!(p.len(), 1, "{bad}: {p:?}");
+        assert_eq!(p[0].0, "console.proxy_secret_header", "{bad}: {p:?}");
+    }
 
     // Set while the console is off: check-config says it does nothing.
-    let off = from_text(&format!(
-        "{TRUSTED}[console]\nenabled = false\nproxy_user_header = \"Remote-User\"\n"
+    let off = from_text(&proxy_login(
+        "enabled = false\nproxy_user_header = \"Remote-User\"\n",
     ))
     .unwrap();
     let w = off.warnings();
     assert_eq!(w.len(), 1, "{w:?}");
     assert_eq!(w[0].key, "console.proxy_user_header");
+}
+
+/// Proxy login logs in on page load with nothing from the page: script on
+/// another page of the same origin could do it, so the console wants a host
+/// name of its own (security review).
+#[test]
+fn proxy_login_without_an_origin_of_its_own_is_a_warning() {
+    let own_origin = |c: &crate::config::Config| {
+        c.warnings()
+            .iter()
+            .any(|w| w.key == "console.public_url" && w.message.contains("host name of its own"))
+    };
+    let on = "proxy_user_header = \"Remote-User\"\n";
+    assert!(!own_origin(&from_text(&proxy_login(on)).unwrap()));
+    let unset = proxy_login(on).replace("public_url = \"https://keys.example.com/\"\n", "");
+    assert!(own_origin(&from_text(&unset).unwrap()));
+    let under = proxy_login(on).replace("keys.example.com/", "example.com/keys/");
+    assert!(own_origin(&from_text(&under).unwrap()));
+    // Without proxy login a link is needed, which another page cannot have.
+    assert!(!own_origin(
+        &from_text("[console]\npublic_url = \"https://example.com/keys/\"\n").unwrap()
+    ));
 }

@@ -331,7 +331,8 @@ fn console_base(console: &config::ConsoleConfig, listen: Option<SocketAddr>) -> 
 }
 
 /// The console's proxy secret (read at start only, as all of `[console]`);
-/// a file others can read is named in a warning, as the server secret's is.
+/// a file every account can read is refused ([`config::ConsoleConfig::proxy_secret`]), one
+/// its group can read is named in a warning.
 fn load_proxy_secret(config: &Config, env: &Environment) -> Result<Option<String>, StartError> {
     let Some((secret, path)) = config
         .console
@@ -344,9 +345,9 @@ fn load_proxy_secret(config: &Config, env: &Environment) -> Result<Option<String
         .as_deref()
         .is_some_and(|d| path.starts_with(d));
     match std::fs::metadata(&path) {
-        Ok(meta) if !managed && meta.permissions().mode() & 0o077 != 0 => tracing::warn!(
+        Ok(meta) if !managed && meta.permissions().mode() & 0o070 != 0 => tracing::warn!(
             path = %path.display(),
-            "the console proxy secret is readable by group or others, who could then log in as anyone through the proxy header; chmod 600 it"
+            "the console proxy secret is readable by its group, whose accounts could then log in as anyone through the proxy header; chmod 600 it unless the group is the proxy's"
         ),
         _ => tracing::info!(path = %path.display(), "console proxy secret loaded"),
     }

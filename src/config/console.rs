@@ -63,6 +63,10 @@ pub enum ProxySecretError {
     /// Too short to resist guessing.
     #[error("the proxy secret holds {0} bytes, fewer than {PROXY_SECRET_MIN}: make a longer one, such as with `openssl rand -hex 32`")]
     Short(usize),
+    /// Every account could read it, and so log in as anyone through the proxy
+    /// header: refused, not only warned about.
+    #[error("{}: every local account may read it, and could then log in to the console as anyone; chmod 600 it (or 640 for a group the proxy shares)", .0.display())]
+    WorldReadable(PathBuf),
 }
 
 impl ConsoleConfig {
@@ -113,6 +117,12 @@ impl ConsoleConfig {
             .ok_or(ProxySecretError::Missing)?;
         if secret.len() < PROXY_SECRET_MIN {
             return Err(ProxySecretError::Short(secret.len()));
+        }
+        let managed = credentials_dir.is_some_and(|d| path.starts_with(d));
+        let world = std::fs::metadata(&path)
+            .is_ok_and(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o004 != 0);
+        if world && !managed {
+            return Err(ProxySecretError::WorldReadable(path));
         }
         Ok(Some((secret, path)))
     }

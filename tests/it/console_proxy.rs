@@ -377,6 +377,17 @@ fn check_config_refuses_proxy_login_without_trusted_proxies_or_secret_and_warns(
     assert!(!out.status.success(), "{}", said(&out));
     assert!(said(&out).contains("fewer than 32"), "{}", said(&out));
     assert!(!said(&out).contains("tiny-secret"), "{}", said(&out));
+    // Every account may read it: refused (the daemon refuses to start on it too).
+    std::fs::write(&file, format!("{SECRET}\n")).unwrap();
+    std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let out = check_config(&d.config);
+    assert!(!out.status.success(), "{}", said(&out));
+    assert!(
+        said(&out).contains("every local account may read it"),
+        "{}",
+        said(&out)
+    );
+    assert!(!said(&out).contains(SECRET), "{}", said(&out));
 
     // Good, but the console shares its origin (no public_url, or one with a
     // path): a warning.

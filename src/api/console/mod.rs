@@ -478,7 +478,7 @@ pub(crate) async fn link(
     let name = actor.name.clone();
     let new = st
         .console
-        .issue_link(actor, from_root)
+        .issue_link(actor, from_root, peer.0.account.clone())
         .map_err(|r| refused(&r))?;
     tracing::info!(user = %name, "console link issued");
     Ok(Json(json!({

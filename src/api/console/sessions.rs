@@ -87,7 +87,7 @@ pub enum Refusal {
     #[error("the console session reached its limit of {0}; run `apikeyctl console-link` to log in again")]
     Over(String),
     /// The session's user is no longer configured.
-    #[error("the console session's user is no longer configured")]
+    #[error("the console session's user is no longer configured, or no longer mapped to the account that asked for its link")]
     UserGone,
     /// A request without the session's CSRF token: the cookie alone is not a
     /// session (browsers send it to every port of the host).
@@ -135,6 +135,9 @@ pub enum Proxied<'a> {
 struct Link {
     actor: Actor,
     from_root: bool,
+    /// The Unix account that asked for it (not root): the session holds only
+    /// while the configuration still maps that account to the user.
+    account: Option<String>,
     expires: DateTime<Utc>,
 }
 
@@ -148,6 +151,8 @@ enum Ended {
 struct Session {
     actor: Actor,
     from_root: bool,
+    /// The link's account (see [`Link::account`]); none for root and proxies.
+    account: Option<String>,
     /// Made by a proxy login: bound to the proxy's word on every request.
     proxied: bool,
     csrf: Token,
@@ -373,7 +378,12 @@ impl Sessions {
     }
 
     /// A one-time link that logs `actor` in.
-    pub fn issue_link(&self, actor: Actor, from_root: bool) -> Result<NewLink, Refusal> {
+    pub fn issue_link(
+        &self,
+        actor: Actor,
+        from_root: bool,
+        account: Option<String>,
+    ) -> Result<NewLink, Refusal> {
         let now = self.clock.now();
         let expires = later(now, chrono(self.config.link_lifetime));
         let token = Token::random();
@@ -387,6 +397,7 @@ impl Sessions {
         let link = Link {
             actor,
             from_root,
+            account: account.filter(|_| !from_root),
             expires,
         };
         match maps
@@ -431,6 +442,7 @@ impl Sessions {
         let session = Session {
             actor: link.actor,
             from_root: link.from_root,
+            account: link.account,
             proxied: false,
             csrf: Token::random(),
             started: now,
@@ -450,6 +462,7 @@ impl Sessions {
                 admin: false,
             },
             from_root: false,
+            account: None,
             proxied: true,
             csrf: Token::random(),
             started: now,
@@ -573,6 +586,16 @@ impl Sessions {
 /// have taken them away), as the admin socket would see the same account: root
 /// stays an administrator, a user no longer configured is refused.
 fn current_actor(s: &Session, directory: &Directory) -> Option<Actor> {
+    // The account the link was made for must still be this user's: removing
+    // the mapping ends its sessions, as it ends its use of the admin socket.
+    if let Some(account) = &s.account {
+        if directory
+            .user_for_unix(account)
+            .is_none_or(|u| u.name != s.actor.name)
+        {
+            return None;
+        }
+    }
     match directory.rights(&s.actor.name) {
         Some(r) => Some(Actor {
             name: s.actor.name.clone(),
@@ -621,13 +644,13 @@ mod tests {
     fn a_link_logs_in_once_and_expires() {
         let (clock, s) = setup();
         let dir = Directory::default();
-        let link = s.issue_link(root(), true).unwrap();
+        let link = s.issue_link(root(), true, None).unwrap();
         let token = token_of(&link);
         let session = s.login(&token, &dir).unwrap();
         assert!(session.info.actor.admin);
         assert_eq!(s.login(&token, &dir).unwrap_err(), Refusal::LinkUnknown);
         assert_eq!(s.login("nope", &dir).unwrap_err(), Refusal::LinkUnknown);
-        let late = token_of(&s.issue_link(root(), true).unwrap());
+        let late = token_of(&s.issue_link(root(), true, None).unwrap());
         clock.advance(chrono::Duration::minutes(5));
         assert!(matches!(s.login(&late, &dir), Err(Refusal::LinkExpired(_))));
         // Nothing secret in Debug output.
@@ -640,7 +663,7 @@ mod tests {
         let (clock, s) = setup();
         let dir = Directory::default();
         let login = |s: &Sessions| {
-            let t = token_of(&s.issue_link(root(), true).unwrap());
+            let t = token_of(&s.issue_link(root(), true, None).unwrap());
             s.login(&t, &dir).unwrap()
         };
         let a = login(&s);
@@ -711,11 +734,42 @@ mod tests {
                 name: (*u).into(),
                 email: None,
                 groups: Vec::new(),
-                unix_user: None,
+                // Each user's account has the user's name.
+                unix_user: Some((*u).into()),
             };
             d.users.insert((*u).into(), user);
         }
         d
+    }
+
+    /// Regression (issue 12 review, finding 5): a link session outlived the
+    /// removal of its account's mapping, which ends that account's use of the
+    /// admin socket at once.
+    #[test]
+    fn a_link_session_ends_when_its_account_is_no_longer_mapped_to_its_user() {
+        let (_, s) = setup();
+        let dir = directory(&["alice", "bob"]);
+        let t = token_of(
+            &s.issue_link(user("alice"), false, Some("alice".into()))
+                .unwrap(),
+        );
+        let new = s.login(&t, &dir).unwrap();
+        let use_it = |dir: &Directory| {
+            s.authenticate(
+                new.id.expose(),
+                Some(new.csrf.expose()),
+                Proxied::Untrusted,
+                dir,
+            )
+        };
+        assert!(use_it(&dir).is_ok());
+        // The account now maps to bob, say: alice's session from it ends.
+        let mut moved = dir.clone();
+        moved.users.get_mut("alice").unwrap().unix_user = None;
+        moved.users.get_mut("bob").unwrap().unix_user = Some("alice".into());
+        assert!(matches!(use_it(&moved), Err(Refusal::UserGone)));
+        // Ended for good, even with the old mapping back.
+        assert!(matches!(use_it(&dir), Err(Refusal::NoSession)));
     }
 
     /// Regression: the caps on links and sessions were global only, so one user
@@ -726,17 +780,26 @@ mod tests {
         let dir = directory(&["alice", "bob"]);
         let mut alices = Vec::new();
         for _ in 0..MAX_LINKS + 5 {
-            alices.push(token_of(&s.issue_link(user("alice"), false).unwrap()));
+            alices.push(token_of(
+                &s.issue_link(user("alice"), false, Some("alice".into()))
+                    .unwrap(),
+            ));
         }
         // Only alice's newest links work; bob still gets one.
-        let bobs = token_of(&s.issue_link(user("bob"), false).unwrap());
+        let bobs = token_of(
+            &s.issue_link(user("bob"), false, Some("bob".into()))
+                .unwrap(),
+        );
         assert_eq!(s.login(&alices[0], &dir).unwrap_err(), Refusal::LinkUnknown);
         s.login(alices.last().unwrap(), &dir).unwrap();
         assert_eq!(s.maps.lock().links.len(), USER_LINKS - 1 + 1);
 
         let mut sessions = Vec::new();
         for _ in 0..MAX_SESSIONS + 5 {
-            let t = token_of(&s.issue_link(user("alice"), false).unwrap());
+            let t = token_of(
+                &s.issue_link(user("alice"), false, Some("alice".into()))
+                    .unwrap(),
+            );
             sessions.push(s.login(&t, &dir).unwrap());
         }
         // Bob logs in, and alice's newest sessions go on; her oldest ended.
@@ -757,11 +820,11 @@ mod tests {
     fn used_links_are_removed_and_only_a_few_remembered() {
         let (clock, s) = setup();
         let dir = Directory::default();
-        let first = token_of(&s.issue_link(root(), true).unwrap());
+        let first = token_of(&s.issue_link(root(), true, None).unwrap());
         s.login(&first, &dir).unwrap();
         let mut last = first.clone();
         for _ in 0..REMEMBERED_LINKS * 2 {
-            last = token_of(&s.issue_link(root(), true).unwrap());
+            last = token_of(&s.issue_link(root(), true, None).unwrap());
             s.login(&last, &dir).unwrap();
         }
         {
@@ -775,7 +838,7 @@ mod tests {
         assert_eq!(s.login(&last, &dir).unwrap_err(), Refusal::LinkUnknown);
         assert_eq!(s.login(&first, &dir).unwrap_err(), Refusal::LinkUnknown);
         // An expired link, tried twice, says expired both times.
-        let late = token_of(&s.issue_link(root(), true).unwrap());
+        let late = token_of(&s.issue_link(root(), true, None).unwrap());
         clock.advance(chrono::Duration::minutes(6));
         for _ in 0..2 {
             assert!(matches!(s.login(&late, &dir), Err(Refusal::LinkExpired(_))));
@@ -791,7 +854,7 @@ mod tests {
             name: "bob".into(),
             admin: false,
         };
-        let t = token_of(&s.issue_link(bob, false).unwrap());
+        let t = token_of(&s.issue_link(bob, false, Some("bob".into())).unwrap());
         assert_eq!(s.login(&t, &dir).unwrap_err(), Refusal::UserGone);
     }
 
@@ -833,7 +896,10 @@ mod tests {
             );
         }
         // A link's session is not bound to the proxy.
-        let t = token_of(&s.issue_link(user("bob"), false).unwrap());
+        let t = token_of(
+            &s.issue_link(user("bob"), false, Some("bob".into()))
+                .unwrap(),
+        );
         let b = s.login(&t, &dir).unwrap();
         let csrf = Some(b.csrf.expose());
         auth(&b, csrf, Proxied::Trusted(Some("alice"))).unwrap();

@@ -331,27 +331,24 @@ fn console_base(console: &config::ConsoleConfig, listen: Option<SocketAddr>) -> 
 }
 
 /// The console's proxy secret (read at start only, as all of `[console]`);
-/// a file every account can read is refused ([`config::ConsoleConfig::proxy_secret`]), one
-/// its group can read is named in a warning.
+/// one its group can read is named in a warning (every account: refused).
 fn load_proxy_secret(config: &Config, env: &Environment) -> Result<Option<String>, StartError> {
-    let Some((secret, path)) = config
+    let Some(secret) = config
         .console
         .proxy_secret(env.credentials_directory.as_deref())?
     else {
         return Ok(None);
     };
-    let managed = env
-        .credentials_directory
-        .as_deref()
-        .is_some_and(|d| path.starts_with(d));
-    match std::fs::metadata(&path) {
-        Ok(meta) if !managed && meta.permissions().mode() & 0o070 != 0 => tracing::warn!(
-            path = %path.display(),
+    let path = secret.path.display();
+    if secret.group_readable {
+        tracing::warn!(
+            path = %path,
             "the console proxy secret is readable by its group, whose accounts could then log in as anyone through the proxy header; chmod 600 it unless the group is the proxy's"
-        ),
-        _ => tracing::info!(path = %path.display(), "console proxy secret loaded"),
+        );
+    } else {
+        tracing::info!(path = %path, "console proxy secret loaded");
     }
-    Ok(Some(secret))
+    Ok(Some(secret.value))
 }
 
 /// Open the configured store: redb in the state directory, or PostgreSQL (only under
@@ -470,10 +467,10 @@ fn warn_if_proxy_secret_changed(
         return;
     }
     let dir = env.credentials_directory.as_deref();
-    if let Ok(Some((secret, path))) = new.console.proxy_secret(dir) {
-        if !state.console.is_proxy_secret(secret.as_bytes()) {
+    if let Ok(Some(secret)) = new.console.proxy_secret(dir) {
+        if !state.console.is_proxy_secret(secret.value.as_bytes()) {
             tracing::warn!(
-                path = %path.display(),
+                path = %secret.path.display(),
                 "the console proxy secret changed; it takes effect after a restart (until then only the old one is accepted)"
             );
         }

@@ -41,8 +41,7 @@ pub(crate) async fn bearer_actor(
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
     let Some(token) = token else {
-        let console = st.console.config().enabled;
-        if console && super::console::has_cookie(&headers) {
+        if super::console::has_cookie(&st, &headers) {
             return super::console::cookie_actor(st, req, next).await;
         }
         return unauthorized(

@@ -9,7 +9,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::Deserialize;
 
-use super::credential::read_password;
+use super::credential::{password_path, read_password_at};
 use super::edge::valid_header_name;
 use super::validator::Validator;
 
@@ -94,38 +94,49 @@ impl ConsoleConfig {
     }
 
     /// The proxy secret, read as the other secrets are (the systemd credential
-    /// first, then the file; a trailing line end is not part of it), and the
-    /// path it came from; `None` without proxy login. Read once, at start.
+    /// first, then the file; a trailing line end is not part of it); `None`
+    /// without proxy login. Read once, at start.
     pub fn proxy_secret(
         &self,
         credentials_dir: Option<&Path>,
-    ) -> Result<Option<(String, PathBuf)>, ProxySecretError> {
+    ) -> Result<Option<ProxySecret>, ProxySecretError> {
         if self.proxy_user_header.is_none() {
             return Ok(None);
         }
         let file = self.proxy_secret_file.as_deref();
-        let path = credentials_dir
-            .map(|d| d.join(PROXY_SECRET_CREDENTIAL))
-            .filter(|p| p.exists())
-            .or_else(|| file.map(Path::to_path_buf))
+        let path = password_path(credentials_dir, PROXY_SECRET_CREDENTIAL, file)
             .ok_or(ProxySecretError::Missing)?;
-        let secret = read_password(credentials_dir, PROXY_SECRET_CREDENTIAL, file)
-            .map_err(|e| ProxySecretError::Read {
-                path: e.path,
-                source: e.source,
-            })?
-            .ok_or(ProxySecretError::Missing)?;
-        if secret.len() < PROXY_SECRET_MIN {
-            return Err(ProxySecretError::Short(secret.len()));
+        let value = read_password_at(&path).map_err(|e| ProxySecretError::Read {
+            path: e.path,
+            source: e.source,
+        })?;
+        if value.len() < PROXY_SECRET_MIN {
+            return Err(ProxySecretError::Short(value.len()));
         }
+        // systemd keeps credentials to the service; a file's mode is the operator's.
         let managed = credentials_dir.is_some_and(|d| path.starts_with(d));
-        let world = std::fs::metadata(&path)
-            .is_ok_and(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o004 != 0);
-        if world && !managed {
+        let mode = std::fs::metadata(&path)
+            .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()))
+            .unwrap_or(0);
+        if !managed && mode & 0o004 != 0 {
             return Err(ProxySecretError::WorldReadable(path));
         }
-        Ok(Some((secret, path)))
+        Ok(Some(ProxySecret {
+            value,
+            group_readable: !managed && mode & 0o070 != 0,
+            path,
+        }))
     }
+}
+
+/// The proxy secret and where it came from. No `Debug`: it holds the secret.
+pub struct ProxySecret {
+    /// The secret.
+    pub value: String,
+    /// The file or credential.
+    pub path: PathBuf,
+    /// Its group has any access to it (warned about: the group may be the proxy's).
+    pub group_readable: bool,
 }
 
 /// Whether `u`'s host is this machine only (`localhost` or a loopback address).

@@ -13,8 +13,7 @@ use super::page::{self, KeyCursor, Page, PageRequest};
 use super::rules::resolve_create_expiry;
 use super::types::{policy_lines, view_of, Actor, CreateKey, KeyView, Whoami};
 use super::Keys;
-use crate::model::rfc3339;
-use crate::model::{AuditEntry, KeyRecord};
+use crate::model::{rfc3339, AuditEntry, KeyRecord};
 use crate::store::AuditFilter;
 
 /// Where a key listing starts after a cursor made for the same order.

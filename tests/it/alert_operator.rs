@@ -2,7 +2,7 @@
 //! `apikeyctl message list` shows, and templates refused by check-config.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use crate::alerts::{at, key, messages, start, wait_job};
+use crate::alerts::{messages, nightly_notified_at_restart, start};
 use crate::util::{check_config, free_port};
 
 const OPS: &str = r#"
@@ -15,24 +15,8 @@ text = "Rotate ${key.name} (${key.id}) before ${key.effective_expires_at}; job $
 #[test]
 fn a_notification_through_an_operator_source_uses_its_title_and_text() {
     let mut d = start(free_port(), "", OPS);
-    let (id, _) = d.create(
-        "alice",
-        "nightly",
-        &[
-            "--expires-in",
-            "p30d",
-            "--notify-at",
-            &at(3600),
-            "--alert-source",
-            "ops",
-        ],
-    );
-    let k = key(&d, &id);
-    let job = k["alert_job"].as_str().unwrap().to_owned();
-    // Two hours on: the notification is due at start.
-    d.stop();
-    d.spawn(&[("APIKEYD_CLOCK_OFFSET_SECS", "7200")]);
-    wait_job(&d, &job, "Completed", 10);
+    let (k, job) = nightly_notified_at_restart(&mut d, "ops");
+    let id = k["id"].as_str().unwrap();
 
     let expires = k["expires_at"].as_str().unwrap();
     let title = format!("[ops] alice/nightly expires on {expires}");

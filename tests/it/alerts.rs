@@ -101,6 +101,30 @@ pub(crate) fn key(d: &TestDaemon, id: &str) -> Value {
     d.json(&["key", "show", id])
 }
 
+/// Alice's key "nightly" (30 days) with a notification through `source` an
+/// hour ahead, then the daemon restarted two hours on, where the notification is
+/// due at start and delivered: the key as created and its job's id.
+pub(crate) fn nightly_notified_at_restart(d: &mut TestDaemon, source: &str) -> (Value, String) {
+    let (id, _) = d.create(
+        "alice",
+        "nightly",
+        &[
+            "--expires-in",
+            "p30d",
+            "--notify-at",
+            &at(3600),
+            "--alert-source",
+            source,
+        ],
+    );
+    let k = key(d, &id);
+    let job = k["alert_job"].as_str().unwrap().to_owned();
+    d.stop();
+    d.spawn(&[("APIKEYD_CLOCK_OFFSET_SECS", "7200")]);
+    wait_job(d, &job, "Completed", 10);
+    (k, job)
+}
+
 pub(crate) fn jobs_of(d: &TestDaemon, key_id: &str) -> Vec<Value> {
     d.json(&["job", "list", "--key", key_id])["jobs"]
         .as_array()

@@ -26,7 +26,7 @@ use crate::config::ipfilter::allows_any;
 use crate::config::{valid_name, Directory};
 use crate::keys::Actor;
 pub use sessions::Sessions;
-use sessions::{NewSession, Proxied, Refusal, SessionInfo};
+use sessions::{NewSession, Proxied, Refusal, SessionInfo, Via};
 
 /// The session cookie's name.
 const COOKIE: &str = "apikeyd_session";
@@ -46,6 +46,15 @@ const SECURITY_HEADERS: &[(&str, &str)] = &[
     ("referrer-policy", "no-referrer"),
 ];
 
+/// One embedded console file: its name under `/console/`, its type, its bytes.
+macro_rules! embedded {
+    ($name:literal, $kind:expr) => {
+        ($name, $kind, include_bytes!(concat!("assets/", $name)))
+    };
+}
+
+const JS: &str = "text/javascript; charset=utf-8";
+
 /// The console's files, embedded: no build step, nothing read at run time.
 const ASSETS: &[(&str, &str, &[u8])] = &[
     (
@@ -53,41 +62,13 @@ const ASSETS: &[(&str, &str, &[u8])] = &[
         "text/html; charset=utf-8",
         include_bytes!("assets/index.html"),
     ),
-    (
-        "console.js",
-        "text/javascript; charset=utf-8",
-        include_bytes!("assets/console.js"),
-    ),
-    (
-        "api.js",
-        "text/javascript; charset=utf-8",
-        include_bytes!("assets/api.js"),
-    ),
-    (
-        "dom.js",
-        "text/javascript; charset=utf-8",
-        include_bytes!("assets/dom.js"),
-    ),
-    (
-        "keys.js",
-        "text/javascript; charset=utf-8",
-        include_bytes!("assets/keys.js"),
-    ),
-    (
-        "admin.js",
-        "text/javascript; charset=utf-8",
-        include_bytes!("assets/admin.js"),
-    ),
-    (
-        "console.css",
-        "text/css; charset=utf-8",
-        include_bytes!("assets/console.css"),
-    ),
-    (
-        "icon.svg",
-        "image/svg+xml",
-        include_bytes!("assets/icon.svg"),
-    ),
+    embedded!("console.js", JS),
+    embedded!("api.js", JS),
+    embedded!("dom.js", JS),
+    embedded!("keys.js", JS),
+    embedded!("admin.js", JS),
+    embedded!("console.css", "text/css; charset=utf-8"),
+    embedded!("icon.svg", "image/svg+xml"),
 ];
 
 async fn secure(mut r: Response) -> Response {
@@ -238,8 +219,13 @@ fn csrf_of(headers: &HeaderMap) -> Option<&str> {
 /// these headers (not from a browser) pass: the token protects those.
 fn foreign(st: &AppState, headers: &HeaderMap) -> Option<ApiError> {
     let text = |name: &str| headers.get(name).map(|v| v.to_str().unwrap_or("?"));
-    let site_ok = text("sec-fetch-site").is_none_or(|s| matches!(s, "same-origin" | "none"));
-    let origin_ok = text(header::ORIGIN.as_str()).is_none_or(|o| {
+    let (site, origin, host) = (
+        text("sec-fetch-site"),
+        text(header::ORIGIN.as_str()),
+        text(header::HOST.as_str()),
+    );
+    let site_ok = site.is_none_or(|s| matches!(s, "same-origin" | "none"));
+    let origin_ok = origin.is_none_or(|o| {
         // Ours: the origin links are made with, or (a listener on every
         // address, reached by any of its names) the host the browser asked.
         let own = st.console.origin();
@@ -247,8 +233,7 @@ fn foreign(st: &AppState, headers: &HeaderMap) -> Option<ApiError> {
             .as_deref()
             .and_then(|o| o.split_once("://"))
             .map_or("http", |(s, _)| s);
-        Some(o) == own.as_deref()
-            || text(header::HOST.as_str()).is_some_and(|h| o == format!("{scheme}://{h}"))
+        Some(o) == own.as_deref() || host.is_some_and(|h| o == format!("{scheme}://{h}"))
     });
     if !site_ok || !origin_ok {
         return Some(ApiError::new(
@@ -261,8 +246,7 @@ fn foreign(st: &AppState, headers: &HeaderMap) -> Option<ApiError> {
     // A browser's request (it says where it comes from) must also have asked
     // for one of our names: a page whose host name an attacker points at this
     // address (DNS rebinding) is "same-origin" with itself, Origin = Host.
-    let from_browser = text("sec-fetch-site").is_some() || text(header::ORIGIN.as_str()).is_some();
-    let host = text(header::HOST.as_str());
+    let from_browser = site.is_some() || origin.is_some();
     match host {
         Some(h) if from_browser && !own_host(st, h) => Some(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -474,12 +458,14 @@ pub(crate) async fn link(
             "the web console is off: set [console] enabled = true (it is on by default only when [server] listen is a loopback address)".into(),
         ));
     }
-    let from_root = peer.0.uid == Some(0);
+    // A non-root peer has an account name here: the admin socket mapped it to
+    // `actor` through that name.
+    let via = match &peer.0.account {
+        _ if peer.0.uid == Some(0) => Via::Root,
+        account => Via::Account(account.clone().unwrap_or_default()),
+    };
     let name = actor.name.clone();
-    let new = st
-        .console
-        .issue_link(actor, from_root, peer.0.account.clone())
-        .map_err(|r| refused(&r))?;
+    let new = st.console.issue_link(actor, via).map_err(|r| refused(&r))?;
     tracing::info!(user = %name, "console link issued");
     Ok(Json(json!({
         "url": new.url.expose(),
@@ -490,13 +476,11 @@ pub(crate) async fn link(
 }
 
 /// The admin API's guard for a request without `Authorization` that carries the
-/// console's cookie: the session's user is the actor, if the request also
+/// console's cookie (see [`has_cookie`]): the session's user is the actor, if the request also
 /// carries the session's CSRF token (any method: the cookie alone is no
 /// session). Answers are not cached or sniffed.
 pub(crate) async fn cookie_actor(st: AppState, mut req: Request, next: Next) -> Response {
-    let checked = if !st.console.config().enabled {
-        Err(refused(&Refusal::NoSession))
-    } else if let Some(e) = foreign(&st, req.headers()) {
+    let checked = if let Some(e) = foreign(&st, req.headers()) {
         Err(e)
     } else {
         session_of(&st, req.headers(), peer_of(req.extensions()))
@@ -519,7 +503,8 @@ pub(crate) async fn cookie_actor(st: AppState, mut req: Request, next: Next) -> 
     r
 }
 
-/// Whether a request carries a session cookie, for the admin API's guard.
-pub(crate) fn has_cookie(headers: &HeaderMap) -> bool {
-    session_cookies(headers).next().is_some()
+/// Whether the admin API's guard should take a request to [`cookie_actor`]: the
+/// console is on and the request carries a session cookie.
+pub(crate) fn has_cookie(st: &AppState, headers: &HeaderMap) -> bool {
+    st.console.config().enabled && session_cookies(headers).next().is_some()
 }

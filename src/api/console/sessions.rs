@@ -132,12 +132,21 @@ pub enum Proxied<'a> {
     Trusted(Option<&'a str>),
 }
 
+/// Who started a session, which decides what keeps it valid.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Via {
+    /// A link root asked for: root stays an administrator on the admin socket.
+    Root,
+    /// A link this Unix account asked for: the session holds only while the
+    /// configuration still maps the account to the user.
+    Account(String),
+    /// A proxy login: every request must come from the proxy naming the user.
+    Proxy,
+}
+
 struct Link {
     actor: Actor,
-    from_root: bool,
-    /// The Unix account that asked for it (not root): the session holds only
-    /// while the configuration still maps that account to the user.
-    account: Option<String>,
+    via: Via,
     expires: DateTime<Utc>,
 }
 
@@ -150,11 +159,7 @@ enum Ended {
 
 struct Session {
     actor: Actor,
-    from_root: bool,
-    /// The link's account (see [`Link::account`]); none for root and proxies.
-    account: Option<String>,
-    /// Made by a proxy login: bound to the proxy's word on every request.
-    proxied: bool,
+    via: Via,
     csrf: Token,
     started: DateTime<Utc>,
     last_seen: DateTime<Utc>,
@@ -378,12 +383,7 @@ impl Sessions {
     }
 
     /// A one-time link that logs `actor` in.
-    pub fn issue_link(
-        &self,
-        actor: Actor,
-        from_root: bool,
-        account: Option<String>,
-    ) -> Result<NewLink, Refusal> {
+    pub fn issue_link(&self, actor: Actor, via: Via) -> Result<NewLink, Refusal> {
         let now = self.clock.now();
         let expires = later(now, chrono(self.config.link_lifetime));
         let token = Token::random();
@@ -396,8 +396,7 @@ impl Sessions {
         }
         let link = Link {
             actor,
-            from_root,
-            account: account.filter(|_| !from_root),
+            via,
             expires,
         };
         match maps
@@ -441,9 +440,7 @@ impl Sessions {
         maps.remember(h, Ended::Used);
         let session = Session {
             actor: link.actor,
-            from_root: link.from_root,
-            account: link.account,
-            proxied: false,
+            via: link.via,
             csrf: Token::random(),
             started: now,
             last_seen: now,
@@ -461,9 +458,7 @@ impl Sessions {
                 name: user.to_owned(),
                 admin: false,
             },
-            from_root: false,
-            account: None,
-            proxied: true,
+            via: Via::Proxy,
             csrf: Token::random(),
             started: now,
             last_seen: now,
@@ -561,7 +556,7 @@ impl Sessions {
         if !same(sent.as_bytes(), s.csrf.expose().as_bytes()) {
             return Err(Refusal::CsrfWrong);
         }
-        if s.proxied && proxied != Proxied::Trusted(Some(s.actor.name.as_str())) {
+        if s.via == Via::Proxy && proxied != Proxied::Trusted(Some(s.actor.name.as_str())) {
             maps.sessions.remove(&key);
             return Err(Refusal::ProxyChanged);
         }
@@ -588,7 +583,7 @@ impl Sessions {
 fn current_actor(s: &Session, directory: &Directory) -> Option<Actor> {
     // The account the link was made for must still be this user's: removing
     // the mapping ends its sessions, as it ends its use of the admin socket.
-    if let Some(account) = &s.account {
+    if let Via::Account(account) = &s.via {
         if directory
             .user_for_unix(account)
             .is_none_or(|u| u.name != s.actor.name)
@@ -596,12 +591,13 @@ fn current_actor(s: &Session, directory: &Directory) -> Option<Actor> {
             return None;
         }
     }
+    let root = s.via == Via::Root;
     match directory.rights(&s.actor.name) {
         Some(r) => Some(Actor {
             name: s.actor.name.clone(),
-            admin: s.from_root || r.manage_all_keys,
+            admin: root || r.manage_all_keys,
         }),
-        None if s.from_root => Some(s.actor.clone()),
+        None if root => Some(s.actor.clone()),
         None => None,
     }
 }
@@ -644,13 +640,13 @@ mod tests {
     fn a_link_logs_in_once_and_expires() {
         let (clock, s) = setup();
         let dir = Directory::default();
-        let link = s.issue_link(root(), true, None).unwrap();
+        let link = s.issue_link(root(), Via::Root).unwrap();
         let token = token_of(&link);
         let session = s.login(&token, &dir).unwrap();
         assert!(session.info.actor.admin);
         assert_eq!(s.login(&token, &dir).unwrap_err(), Refusal::LinkUnknown);
         assert_eq!(s.login("nope", &dir).unwrap_err(), Refusal::LinkUnknown);
-        let late = token_of(&s.issue_link(root(), true, None).unwrap());
+        let late = token_of(&s.issue_link(root(), Via::Root).unwrap());
         clock.advance(chrono::Duration::minutes(5));
         assert!(matches!(s.login(&late, &dir), Err(Refusal::LinkExpired(_))));
         // Nothing secret in Debug output.
@@ -663,7 +659,7 @@ mod tests {
         let (clock, s) = setup();
         let dir = Directory::default();
         let login = |s: &Sessions| {
-            let t = token_of(&s.issue_link(root(), true, None).unwrap());
+            let t = token_of(&s.issue_link(root(), Via::Root).unwrap());
             s.login(&t, &dir).unwrap()
         };
         let a = login(&s);
@@ -750,7 +746,7 @@ mod tests {
         let (_, s) = setup();
         let dir = directory(&["alice", "bob"]);
         let t = token_of(
-            &s.issue_link(user("alice"), false, Some("alice".into()))
+            &s.issue_link(user("alice"), Via::Account("alice".into()))
                 .unwrap(),
         );
         let new = s.login(&t, &dir).unwrap();
@@ -781,13 +777,13 @@ mod tests {
         let mut alices = Vec::new();
         for _ in 0..MAX_LINKS + 5 {
             alices.push(token_of(
-                &s.issue_link(user("alice"), false, Some("alice".into()))
+                &s.issue_link(user("alice"), Via::Account("alice".into()))
                     .unwrap(),
             ));
         }
         // Only alice's newest links work; bob still gets one.
         let bobs = token_of(
-            &s.issue_link(user("bob"), false, Some("bob".into()))
+            &s.issue_link(user("bob"), Via::Account("bob".into()))
                 .unwrap(),
         );
         assert_eq!(s.login(&alices[0], &dir).unwrap_err(), Refusal::LinkUnknown);
@@ -797,7 +793,7 @@ mod tests {
         let mut sessions = Vec::new();
         for _ in 0..MAX_SESSIONS + 5 {
             let t = token_of(
-                &s.issue_link(user("alice"), false, Some("alice".into()))
+                &s.issue_link(user("alice"), Via::Account("alice".into()))
                     .unwrap(),
             );
             sessions.push(s.login(&t, &dir).unwrap());
@@ -820,11 +816,11 @@ mod tests {
     fn used_links_are_removed_and_only_a_few_remembered() {
         let (clock, s) = setup();
         let dir = Directory::default();
-        let first = token_of(&s.issue_link(root(), true, None).unwrap());
+        let first = token_of(&s.issue_link(root(), Via::Root).unwrap());
         s.login(&first, &dir).unwrap();
         let mut last = first.clone();
         for _ in 0..REMEMBERED_LINKS * 2 {
-            last = token_of(&s.issue_link(root(), true, None).unwrap());
+            last = token_of(&s.issue_link(root(), Via::Root).unwrap());
             s.login(&last, &dir).unwrap();
         }
         {
@@ -838,7 +834,7 @@ mod tests {
         assert_eq!(s.login(&last, &dir).unwrap_err(), Refusal::LinkUnknown);
         assert_eq!(s.login(&first, &dir).unwrap_err(), Refusal::LinkUnknown);
         // An expired link, tried twice, says expired both times.
-        let late = token_of(&s.issue_link(root(), true, None).unwrap());
+        let late = token_of(&s.issue_link(root(), Via::Root).unwrap());
         clock.advance(chrono::Duration::minutes(6));
         for _ in 0..2 {
             assert!(matches!(s.login(&late, &dir), Err(Refusal::LinkExpired(_))));
@@ -854,7 +850,7 @@ mod tests {
             name: "bob".into(),
             admin: false,
         };
-        let t = token_of(&s.issue_link(bob, false, Some("bob".into())).unwrap());
+        let t = token_of(&s.issue_link(bob, Via::Account("bob".into())).unwrap());
         assert_eq!(s.login(&t, &dir).unwrap_err(), Refusal::UserGone);
     }
 
@@ -897,7 +893,7 @@ mod tests {
         }
         // A link's session is not bound to the proxy.
         let t = token_of(
-            &s.issue_link(user("bob"), false, Some("bob".into()))
+            &s.issue_link(user("bob"), Via::Account("bob".into()))
                 .unwrap(),
         );
         let b = s.login(&t, &dir).unwrap();

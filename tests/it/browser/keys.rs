@@ -10,7 +10,7 @@ use std::io::Write;
 use std::process::Stdio;
 
 use super::Browser;
-use crate::alerts::{at, messages, wait_job};
+use crate::alerts::{messages, nightly_notified_at_restart};
 use crate::console::daemon;
 use crate::util::{bearer, request, TestDaemon};
 
@@ -248,26 +248,8 @@ fn an_admin_acknowledges_an_operator_message_in_the_page() {
         return;
     };
     let (mut d, _) = daemon("");
-    let (id, _) = d.create(
-        "alice",
-        "nightly",
-        &[
-            "--expires-in",
-            "p30d",
-            "--notify-at",
-            &at(3600),
-            "--alert-source",
-            "operator",
-        ],
-    );
-    let job = d.json(&["key", "show", &id])["alert_job"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    // Two hours on: the notification is due at start, as an operator message.
-    d.stop();
-    d.spawn(&[("APIKEYD_CLOCK_OFFSET_SECS", "7200")]);
-    wait_job(&d, &job, "Completed", 10);
+    // Delivered at start, as an operator message.
+    nightly_notified_at_restart(&mut d, "operator");
 
     b.login(&d, None);
     b.click("#tab-messages");

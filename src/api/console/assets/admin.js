@@ -2,7 +2,7 @@
 // (acknowledge) and the audit trail. The daemon refuses these to anyone else.
 
 import { api, call } from "./api.js";
-import { $, el, say, timeEl, cell, emptyRow, button, labelRows } from "./dom.js";
+import { $, el, say, timeEl, cell, button, fillRows } from "./dom.js";
 import { openKey } from "./keys.js";
 
 const PAGE = 50;
@@ -46,7 +46,6 @@ async function jobAction(job, action, done) {
   try {
     if (action === "delete") await call(api(`v1/admin/jobs/${encodeURIComponent(job.id)}`), { method: "DELETE" });
     else await call(api(`v1/admin/jobs/${encodeURIComponent(job.id)}/cancel`), { method: "POST" });
-    say(done);
     await jobs.reload();
     say(done);
   } catch (e) {
@@ -55,13 +54,7 @@ async function jobAction(job, action, done) {
 }
 
 function renderJobs(items) {
-  const rows = $("job-rows");
-  if (!items.length) {
-    emptyRow(rows, 8, "No job matches.");
-    return;
-  }
-  rows.replaceChildren();
-  for (const j of items) {
+  fillRows($("job-rows"), items, "No job matches.", (j) => {
     const tr = el("tr");
     tr.dataset.id = j.id;
     cell(tr, j.kind);
@@ -74,8 +67,8 @@ function renderJobs(items) {
     const actions = cell(tr, "");
     if (j.state === "Scheduled") actions.append(button("Cancel", () => jobAction(j, "cancel", "The job was cancelled."), "cancel"));
     if (j.state !== "Running") actions.append(button("Delete", () => jobAction(j, "delete", "The job was deleted."), "delete"));
-    rows.append(tr);
-  }
+    return tr;
+  });
 }
 
 // ---------------------------------------------------------------- messages
@@ -104,13 +97,7 @@ async function ack(m) {
 }
 
 function renderMessages(items) {
-  const rows = $("message-rows");
-  if (!items.length) {
-    emptyRow(rows, 5, "No messages.");
-    return;
-  }
-  rows.replaceChildren();
-  for (const m of items) {
+  fillRows($("message-rows"), items, "No messages.", (m) => {
     const tr = el("tr");
     tr.dataset.id = m.id;
     cell(tr, timeEl(m.at));
@@ -128,9 +115,8 @@ function renderMessages(items) {
       b.setAttribute("aria-label", `Acknowledge: ${m.title}`);
       td.append(b);
     }
-    rows.append(tr);
-  }
-  labelRows(rows);
+    return tr;
+  });
 }
 
 // ---------------------------------------------------------------- audit
@@ -138,22 +124,15 @@ function renderMessages(items) {
 let audit;
 
 function renderAudit(items) {
-  const rows = $("audit-rows");
-  if (!items.length) {
-    emptyRow(rows, 5, "No entries.");
-    return;
-  }
-  rows.replaceChildren();
-  for (const a of items) {
+  fillRows($("audit-rows"), items, "No entries.", (a) => {
     const tr = el("tr");
     cell(tr, timeEl(a.at));
     cell(tr, a.actor);
     cell(tr, a.action);
     cell(tr, keyLink(a.key_id));
     cell(tr, a.detail);
-    rows.append(tr);
-  }
-  labelRows(rows);
+    return tr;
+  });
 }
 
 // ---------------------------------------------------------------- wiring

@@ -41,23 +41,23 @@ export function cell(row, content, className) {
   return td;
 }
 
-// Each cell names its column (data-label), for the narrow layout that shows a
-// row as a card.
-export function labelRows(tbody) {
+// Fill a table body with one row per item (`row(item)` makes it), each cell
+// naming its column (data-label) for the narrow layout that shows a row as a
+// card; `empty` across the whole width when there are none.
+export function fillRows(tbody, items, empty, row) {
   const heads = [...tbody.closest("table").tHead.rows[0].cells].map((c) => c.textContent);
-  for (const row of tbody.rows) {
-    if (row.cells.length !== heads.length) continue;
-    [...row.cells].forEach((c, i) => {
+  if (!items.length) {
+    const tr = el("tr");
+    cell(tr, empty, "empty").colSpan = heads.length;
+    tbody.replaceChildren(tr);
+    return;
+  }
+  tbody.replaceChildren(...items.map(row));
+  for (const r of tbody.rows) {
+    [...r.cells].forEach((c, i) => {
       c.dataset.label = heads[i];
     });
   }
-}
-
-export function emptyRow(tbody, columns, text) {
-  const tr = el("tr");
-  const td = cell(tr, text, "empty");
-  td.colSpan = columns;
-  tbody.replaceChildren(tr);
 }
 
 export function button(text, onClick, className) {

@@ -4,7 +4,7 @@
 
 import { api, call, keyUrl } from "./api.js";
 import {
-  $, el, say, when, timeEl, cell, emptyRow, labelRows, toLocalInput, fromLocalInput, lines,
+  $, el, say, when, timeEl, cell, fillRows, toLocalInput, fromLocalInput, lines,
   clearErrors, showError, checkboxes, ticked,
 } from "./dom.js";
 
@@ -19,14 +19,8 @@ let shown = null; // the key in the key dialog
 // ---------------------------------------------------------------- the list
 
 function render(keys) {
-  const rows = $("key-rows");
-  if (keys.length === 0) {
-    const filtered = Object.entries(filters).some(([k, v]) => v && k !== "sort");
-    emptyRow(rows, 10, filtered ? "No key matches." : "No keys yet.");
-    return;
-  }
-  rows.replaceChildren();
-  for (const k of keys) {
+  const filtered = Object.entries(filters).some(([k, v]) => v && k !== "sort");
+  fillRows($("key-rows"), keys, filtered ? "No key matches." : "No keys yet.", (k) => {
     const tr = el("tr");
     tr.dataset.id = k.id;
     const name = el("th");
@@ -46,9 +40,8 @@ function render(keys) {
     cell(tr, timeEl(k.effective_expires_at || k.expires_at, "never"));
     cell(tr, details(k));
     cell(tr, notification(k));
-    rows.append(tr);
-  }
-  labelRows(rows);
+    return tr;
+  });
 }
 
 // The daemon's Details and notification lines, with their times in the
